@@ -1,0 +1,22 @@
+//===- Pipelines.h - registered mhc pipelines -------------------*- C++ -*-===//
+#ifndef MHC_PIPELINES_PIPELINES_H
+#define MHC_PIPELINES_PIPELINES_H
+
+namespace mlir::mhc {
+
+/// --mhc-cpu-pipeline: mhc + func/arith/tensor/linalg/bufferization on tensors
+/// down to the LLVM dialect (the portable reference path).
+void registerMHCCPUPipeline();
+
+/// --mhc-gpu-pipeline: mhc down to NVVM cubins in a gpu.binary plus LLVM host
+/// code calling the mgpu* runtime.
+void registerMHCGPUPipeline();
+
+inline void registerMHCPipelines() {
+  registerMHCCPUPipeline();
+  registerMHCGPUPipeline();
+}
+
+} // namespace mlir::mhc
+
+#endif // MHC_PIPELINES_PIPELINES_H

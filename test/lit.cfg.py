@@ -1,0 +1,65 @@
+# -*- Python -*-
+import os
+import shutil
+import subprocess
+
+import lit.formats
+from lit.llvm import llvm_config
+from lit.llvm.subst import ToolSubst
+
+config.name = "MHC"
+config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
+config.suffixes = [".mlir", ".py"]
+config.test_source_root = os.path.dirname(__file__)
+config.test_exec_root = os.path.join(config.mhc_obj_root, "test")
+# Inputs/ holds data for tests, not tests.
+config.excludes = ["Inputs", "CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py"]
+
+config.substitutions.append(("%PATH%", config.environment["PATH"]))
+config.substitutions.append(("%shlibext", config.llvm_shlib_ext))
+config.substitutions.append(("%mlir_lib_dir", config.mlir_lib_dir))
+config.substitutions.append(("%mhc_lib_dir", config.mhc_lib_dir))
+config.substitutions.append(("%mhc_src_root", config.mhc_src_root))
+config.substitutions.append(("%python", config.python_executable))
+config.substitutions.append(
+    ("%runner_utils",
+     os.path.join(config.mlir_lib_dir, "libmlir_runner_utils.so")))
+config.substitutions.append(
+    ("%c_runner_utils",
+     os.path.join(config.mlir_lib_dir, "libmlir_c_runner_utils.so")))
+
+llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
+llvm_config.use_default_substitutions()
+
+# Tests run the tools we just built, then the LLVM tools (mlir-runner, ...).
+tool_dirs = [config.mhc_tools_dir, config.llvm_tools_dir]
+tools = ["mhc-opt", "mlir-opt", "mlir-runner", "mlir-translate"]
+llvm_config.add_tool_substitutions(tools, tool_dirs)
+llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
+llvm_config.with_environment("PYTHONPATH",
+                             os.path.join(config.mhc_src_root, "python"),
+                             append_path=True)
+
+# GPU execution tests need a visible CUDA device; compilation tests do not.
+def _has_cuda_device():
+    if os.environ.get("MHC_FORCE_NO_CUDA"):
+        return False
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True,
+                             timeout=20)
+    except Exception:
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+if _has_cuda_device():
+    config.available_features.add("cuda")
+if os.path.exists(os.path.join(config.cuda_home, "bin", "ptxas")):
+    config.available_features.add("ptxas")
+try:
+    import numpy  # noqa: F401
+    config.available_features.add("numpy")
+except ImportError:
+    pass
