@@ -4,6 +4,8 @@ Gradient checks: every backward is compared with central finite differences in f
 non-zero random data, with |analytic - fd| <= 1e-6 * max|fd| + 1e-9 elementwise.
 """
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,8 @@ CS = [7, 13]                      # odd widths
 
 
 def rng_for(*key):
-    return np.random.default_rng([20250101, *[hash(k) % 2**31 for k in key]])
+    # crc32, not hash(): str hashes are salted per process and the data must be reproducible.
+    return np.random.default_rng([20250101, zlib.crc32(repr(key).encode())])
 
 
 def M_of(n):
@@ -426,7 +429,7 @@ def test_round_to_other_types_and_idempotence():
     b = R.round_to(v, "bf16")
     assert b.dtype == np.float64
     np.testing.assert_array_equal(R.round_to(b, "bf16"), b)
-    assert np.max(np.abs(b - v) / np.abs(v)) <= 2**-9       # half an ulp of an 8-bit significand
+    assert np.max(np.abs(b - v) / np.abs(v)) <= 2**-8       # unit roundoff of an 8-bit significand
     h = R.round_to(v, "f16")
     np.testing.assert_array_equal(h, v.astype(np.float32).astype(np.float16).astype(np.float64))
     assert R.round_to(np.float32(1 + 2**-11), "f16") == 1.0   # f16 tie to even
