@@ -15,3 +15,11 @@ void MHCDialect::initialize() {
 #include "mhc/Dialect/MHC/IR/MHCOps.cpp.inc"
       >();
 }
+
+Operation *MHCDialect::materializeConstant(OpBuilder &builder, Attribute value,
+                                          Type type, Location loc) {
+  auto typed = dyn_cast<TypedAttr>(value);
+  if (!typed || typed.getType() != type)
+    return nullptr;
+  return arith::ConstantOp::create(builder, loc, type, typed);
+}

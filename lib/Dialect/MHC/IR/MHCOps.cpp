@@ -121,13 +121,15 @@ static int64_t streamsFromMixes(int64_t m) {
 LogicalResult ExpandOp::verify() {
   auto in = getInput().getType();
   auto out = getResult().getType();
-  if (getStreams() < 1)
-    return emitOpError() << "expects 'streams' >= 1, got " << getStreams();
+  // I64Attr getters are unsigned: read the signed value to reject negatives.
+  int64_t streams = getStreamsAttr().getInt();
+  if (streams < 1)
+    return emitOpError() << "expects 'streams' >= 1, got " << streams;
   if (failed(verifyTrailingStatic(*this, in, "input", 1, "[C]")) ||
       failed(verifyTrailingStatic(*this, out, "result", 2, "[n, C]")) ||
       failed(verifyLeadingMatch(*this, leadingDims(out, 2), "result",
                                 leadingDims(in, 1), "input")) ||
-      failed(verifyDim(*this, out.getDimSize(out.getRank() - 2), getStreams(),
+      failed(verifyDim(*this, out.getDimSize(out.getRank() - 2), streams,
                        "the result's stream dim (= 'streams')")) ||
       failed(verifyDim(*this, out.getShape().back(), in.getShape().back(),
                        "the result's width C (= the input's)")) ||
@@ -322,9 +324,9 @@ LogicalResult SinkhornOp::verify() {
     return emitOpError() << "expects square n x n matrices in the last two "
                             "dims, got "
                          << t;
-  if (getIterations() < 1)
-    return emitOpError() << "expects 'iterations' >= 1, got "
-                         << getIterations();
+  int64_t iterations = getIterationsAttr().getInt(); // the getter is unsigned
+  if (iterations < 1)
+    return emitOpError() << "expects 'iterations' >= 1, got " << iterations;
   return verifyNonNegative(*this, getEpsAttr(), "eps");
 }
 

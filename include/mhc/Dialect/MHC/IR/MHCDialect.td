@@ -8,6 +8,8 @@ def MHC_Dialect : Dialect {
   let name = "mhc";
   let cppNamespace = "::mlir::mhc";
   // Canonicalization patterns create arith and tensor ops.
+  // Folds (e.g. Sinkhorn of a constant) materialize as arith.constant.
+  let hasConstantMaterializer = 1;
   let dependentDialects = ["::mlir::arith::ArithDialect",
                            "::mlir::tensor::TensorDialect"];
   let summary = "Manifold-Constrained Hyper-Connections (mHC)";

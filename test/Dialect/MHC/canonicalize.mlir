@@ -1,0 +1,110 @@
+// RUN: mhc-opt %s -split-input-file --canonicalize | FileCheck %s
+// The folded Sinkhorn constant must equal the float64 reference (section 3).
+// REQUIRES: numpy
+// RUN: mhc-opt %s -split-input-file --canonicalize | %python %S/Inputs/check_folded_sinkhorn.py
+
+// One stream: expand is a reshape.
+// CHECK-LABEL: func @expand_one_stream
+// CHECK: %[[R:.*]] = tensor.expand_shape %arg0 {{\[\[}}0], [1, 2]] output_shape [%{{.*}}, 1, 64] : tensor<?x64xf32> into tensor<?x1x64xf32>
+// CHECK-NEXT: return %[[R]]
+func.func @expand_one_stream(%h: tensor<?x64xf32>) -> tensor<?x1x64xf32> {
+  %x = mhc.expand %h, streams = 1 : tensor<?x64xf32> -> tensor<?x1x64xf32>
+  return %x : tensor<?x1x64xf32>
+}
+
+// -----
+
+// One stream: collapse is a reshape.
+// CHECK-LABEL: func @collapse_one_stream
+// CHECK-NEXT: %[[R:.*]] = tensor.collapse_shape %arg0 {{\[\[}}0], [1], [2, 3]] : tensor<2x8x1x13xbf16> into tensor<2x8x13xbf16>
+// CHECK-NEXT: return %[[R]]
+func.func @collapse_one_stream(%x: tensor<2x8x1x13xbf16>) -> tensor<2x8x13xbf16> {
+  %h = mhc.collapse %x : tensor<2x8x1x13xbf16> -> tensor<2x8x13xbf16>
+  return %h : tensor<2x8x13xbf16>
+}
+
+// -----
+
+// collapse(expand(h, 4)) = 4 * h.
+// CHECK-LABEL: func @collapse_of_expand
+// CHECK-DAG: %[[FOUR:.*]] = arith.constant 4.000000e+00 : bf16
+// CHECK-DAG: %[[D:.*]] = tensor.dim %arg0, %c0
+// CHECK: %[[S:.*]] = tensor.splat %[[FOUR]][%[[D]]] : tensor<?x64xbf16>
+// CHECK: %[[R:.*]] = arith.mulf %arg0, %[[S]] : tensor<?x64xbf16>
+// CHECK-NOT: mhc.
+// CHECK: return %[[R]]
+func.func @collapse_of_expand(%h: tensor<?x64xbf16>) -> tensor<?x64xbf16> {
+  %x = mhc.expand %h, streams = 4 : tensor<?x64xbf16> -> tensor<?x4x64xbf16>
+  %r = mhc.collapse %x : tensor<?x4x64xbf16> -> tensor<?x64xbf16>
+  return %r : tensor<?x64xbf16>
+}
+
+// -----
+
+// ... and with one stream the pair disappears.
+// CHECK-LABEL: func @collapse_of_expand_one
+// CHECK-NEXT: return %arg0
+func.func @collapse_of_expand_one(%h: tensor<8x64xf32>) -> tensor<8x64xf32> {
+  %x = mhc.expand %h, streams = 1 : tensor<8x64xf32> -> tensor<8x1x64xf32>
+  %r = mhc.collapse %x : tensor<8x1x64xf32> -> tensor<8x64xf32>
+  return %r : tensor<8x64xf32>
+}
+
+// -----
+
+// Leading dims that differ in staticness are left alone (no silent cast).
+// CHECK-LABEL: func @collapse_of_expand_cast
+// CHECK: mhc.expand
+// CHECK: mhc.collapse
+func.func @collapse_of_expand_cast(%h: tensor<8x64xf32>) -> tensor<?x64xf32> {
+  %x = mhc.expand %h, streams = 2 : tensor<8x64xf32> -> tensor<?x2x64xf32>
+  %r = mhc.collapse %x : tensor<?x2x64xf32> -> tensor<?x64xf32>
+  return %r : tensor<?x64xf32>
+}
+
+// -----
+
+// Sinkhorn of a constant folds to a constant computed with the exact numerics.
+// CHECK-LABEL: func @sinkhorn_constant
+// CHECK-NOT: mhc.sinkhorn
+// CHECK: %[[C:.*]] = arith.constant dense<{{.*}}> : tensor<2x3x3xf32>
+// CHECK: return %[[C]]
+func.func @sinkhorn_constant() -> tensor<2x3x3xf32> {
+  %l = arith.constant dense<[[[0.5, -1.25, 2.0], [1.5, 0.25, -0.75], [-2.0, 1.0, 0.125]],
+                             [[3.0, 0.0, -1.0], [0.3, 0.7, -0.2], [1.1, -0.4, 2.5]]]> : tensor<2x3x3xf32>
+  %c = mhc.sinkhorn %l : tensor<2x3x3xf32>
+  return %c : tensor<2x3x3xf32>
+}
+
+// -----
+
+// Non-default attributes are honoured by the folder.
+// CHECK-LABEL: func @sinkhorn_constant_attrs
+// CHECK-NOT: mhc.sinkhorn
+// CHECK: arith.constant dense<{{.*}}> : tensor<4x4xf32>
+func.func @sinkhorn_constant_attrs() -> tensor<4x4xf32> {
+  %l = arith.constant dense<[[0.1, 2.0, -0.3, 0.4], [1.0, -1.0, 0.5, 0.0], [0.2, 0.3, 0.4, 3.0], [-2.0, 0.6, 0.7, 0.8]]> : tensor<4x4xf32>
+  %c = mhc.sinkhorn %l {iterations = 3 : i64, eps = 1.0e-3 : f32} : tensor<4x4xf32>
+  return %c : tensor<4x4xf32>
+}
+
+// -----
+
+// Dead coefficient chains disappear; the live mixing stays.
+// CHECK-LABEL: func @dead_coefficients
+// CHECK-NOT: mhc.norm_project
+// CHECK-NOT: mhc.split_mixes
+// CHECK-NOT: mhc.sinkhorn
+// CHECK: mhc.pre_apply
+// CHECK-NEXT: return
+func.func @dead_coefficients(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>,
+                             %scale: tensor<3xf32>, %base: tensor<24xf32>,
+                             %pre: tensor<?x4xf32>) -> tensor<?x64xbf16> {
+  %mix = mhc.norm_project %x, %fn : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  %p, %q, %l = mhc.split_mixes %mix, %scale, %base
+      : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>
+      -> tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %c = mhc.sinkhorn %l : tensor<?x4x4xf32>
+  %u = mhc.pre_apply %x, %pre : tensor<?x4x64xbf16>, tensor<?x4xf32> -> tensor<?x64xbf16>
+  return %u : tensor<?x64xbf16>
+}

@@ -1,0 +1,349 @@
+// RUN: mhc-opt %s -split-input-file -verify-diagnostics
+// One case per verifier error; each names the operand and what is wrong.
+
+func.func @expand_zero_streams(%h: tensor<8x64xbf16>) {
+  // expected-error @+1 {{expects 'streams' >= 1, got 0}}
+  %x = mhc.expand %h, streams = 0 : tensor<8x64xbf16> -> tensor<8x0x64xbf16>
+  return
+}
+
+// -----
+
+func.func @expand_wrong_stream_dim(%h: tensor<8x64xbf16>) {
+  // expected-error @+1 {{expects the result's stream dim (= 'streams') to be 4, got 2}}
+  %x = mhc.expand %h, streams = 4 : tensor<8x64xbf16> -> tensor<8x2x64xbf16>
+  return
+}
+
+// -----
+
+func.func @expand_wrong_width(%h: tensor<8x64xbf16>) {
+  // expected-error @+1 {{expects the result's width C (= the input's) to be 64, got 32}}
+  %x = mhc.expand %h, streams = 4 : tensor<8x64xbf16> -> tensor<8x4x32xbf16>
+  return
+}
+
+// -----
+
+func.func @expand_dynamic_width(%h: tensor<8x?xbf16>) {
+  // expected-error @+1 {{expects the trailing dims [C] of input to be static, got 'tensor<8x?xbf16>'}}
+  %x = mhc.expand %h, streams = 4 : tensor<8x?xbf16> -> tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @expand_scalar(%h: tensor<bf16>) {
+  // expected-error @+1 {{expects input of shape [C] (rank >= 1), got 'tensor<bf16>'}}
+  %x = mhc.expand %h, streams = 4 : tensor<bf16> -> tensor<4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @expand_leading_mismatch(%h: tensor<8x64xbf16>) {
+  // expected-error @+1 {{leading dims of result (9) do not match the leading dims of input (8)}}
+  %x = mhc.expand %h, streams = 4 : tensor<8x64xbf16> -> tensor<9x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @expand_element_type(%h: tensor<8x64xbf16>) {
+  // expected-error @+1 {{expects input and result to have the same element type, got 'bf16' and 'f32'}}
+  %x = mhc.expand %h, streams = 4 : tensor<8x64xbf16> -> tensor<8x4x64xf32>
+  return
+}
+
+// -----
+
+func.func @activation_integer(%h: tensor<8x64xi32>) {
+  // expected-error @+1 {{operand #0 must be ranked tensor of bfloat16 type or 16-bit float or 32-bit float values}}
+  %x = mhc.expand %h, streams = 4 : tensor<8x64xi32> -> tensor<8x4x64xi32>
+  return
+}
+
+// -----
+
+func.func @collapse_rank(%x: tensor<64xbf16>) {
+  // expected-error @+1 {{expects input of shape [n, C] (rank >= 2), got 'tensor<64xbf16>'}}
+  %h = mhc.collapse %x : tensor<64xbf16> -> tensor<64xbf16>
+  return
+}
+
+// -----
+
+func.func @collapse_width(%x: tensor<8x4x64xbf16>) {
+  // expected-error @+1 {{expects the result's width C (= the input's) to be 64, got 65}}
+  %h = mhc.collapse %x : tensor<8x4x64xbf16> -> tensor<8x65xbf16>
+  return
+}
+
+// -----
+
+func.func @collapse_leading(%x: tensor<8x4x64xbf16>) {
+  // expected-error @+1 {{leading dims of result (2x8) do not match the leading dims of input (8)}}
+  %h = mhc.collapse %x : tensor<8x4x64xbf16> -> tensor<2x8x64xbf16>
+  return
+}
+
+// -----
+
+func.func @norm_project_fn_shape(%x: tensor<8x4x64xbf16>, %fn: tensor<24x64xf32>) {
+  // expected-error @+1 {{expects fn of shape 24x256 ([n*n + 2n, n*C] for n = 4, C = 64), got 'tensor<24x64xf32>'}}
+  %m = mhc.norm_project %x, %fn : tensor<8x4x64xbf16>, tensor<24x64xf32> -> tensor<8x24xf32>
+  return
+}
+
+// -----
+
+func.func @norm_project_mix_count(%x: tensor<8x4x64xbf16>, %fn: tensor<24x256xf32>) {
+  // expected-error @+1 {{expects the number of mixes M = n*n + 2n to be 24, got 16}}
+  %m = mhc.norm_project %x, %fn : tensor<8x4x64xbf16>, tensor<24x256xf32> -> tensor<8x16xf32>
+  return
+}
+
+// -----
+
+func.func @norm_project_dynamic_streams(%x: tensor<8x?x64xbf16>, %fn: tensor<24x256xf32>) {
+  // expected-error @+1 {{expects the trailing dims [n, C] of x to be static, got 'tensor<8x?x64xbf16>'}}
+  %m = mhc.norm_project %x, %fn : tensor<8x?x64xbf16>, tensor<24x256xf32> -> tensor<8x24xf32>
+  return
+}
+
+// -----
+
+func.func @norm_project_negative_eps(%x: tensor<8x4x64xbf16>, %fn: tensor<24x256xf32>) {
+  // expected-error @+1 {{expects 'eps' to be non-negative, got -1.000000e+00}}
+  %m = mhc.norm_project %x, %fn {eps = -1.0 : f32} : tensor<8x4x64xbf16>, tensor<24x256xf32> -> tensor<8x24xf32>
+  return
+}
+
+// -----
+
+func.func @norm_project_leading(%x: tensor<8x4x64xbf16>, %fn: tensor<24x256xf32>) {
+  // expected-error @+1 {{leading dims of mix (7) do not match the leading dims of x (8)}}
+  %m = mhc.norm_project %x, %fn : tensor<8x4x64xbf16>, tensor<24x256xf32> -> tensor<7x24xf32>
+  return
+}
+
+// -----
+
+func.func @norm_project_f16_weight(%x: tensor<8x4x64xbf16>, %fn: tensor<24x256xf16>) {
+  // expected-error @+1 {{operand #1 must be ranked tensor of 32-bit float values}}
+  %m = mhc.norm_project %x, %fn : tensor<8x4x64xbf16>, tensor<24x256xf16> -> tensor<8x24xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_bad_m(%mix: tensor<8x20xf32>, %s: tensor<3xf32>, %b: tensor<20xf32>) {
+  // expected-error @+1 {{expects the number of mixes M to be n*n + 2n for some n >= 1 (3, 8, 15, 24, ...), got 20}}
+  %p, %q, %l = mhc.split_mixes %mix, %s, %b : tensor<8x20xf32>, tensor<3xf32>, tensor<20xf32> -> tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_scale(%mix: tensor<8x24xf32>, %s: tensor<2xf32>, %b: tensor<24xf32>) {
+  // expected-error @+1 {{expects scale of shape 3 (pre, post, res), got 'tensor<2xf32>'}}
+  %p, %q, %l = mhc.split_mixes %mix, %s, %b : tensor<8x24xf32>, tensor<2xf32>, tensor<24xf32> -> tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_base(%mix: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<16xf32>) {
+  // expected-error @+1 {{expects base of shape 24 (= M), got 'tensor<16xf32>'}}
+  %p, %q, %l = mhc.split_mixes %mix, %s, %b : tensor<8x24xf32>, tensor<3xf32>, tensor<16xf32> -> tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_pre(%mix: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>) {
+  // expected-error @+1 {{expects pre to end in [n] with n = 4 (from M = 24), got 'tensor<8x3xf32>'}}
+  %p, %q, %l = mhc.split_mixes %mix, %s, %b : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<8x3xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_logits(%mix: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>) {
+  // expected-error @+1 {{expects logits to end in [n, n] with n = 4 (from M = 24), got 'tensor<8x4x2xf32>'}}
+  %p, %q, %l = mhc.split_mixes %mix, %s, %b : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x2xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_leading(%mix: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>) {
+  // expected-error @+1 {{leading dims of post (4) do not match the leading dims of mix (8)}}
+  %p, %q, %l = mhc.split_mixes %mix, %s, %b : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<8x4xf32>, tensor<4x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_pre_eps(%mix: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>) {
+  // expected-error @+1 {{expects 'pre_eps' to be non-negative}}
+  %p, %q, %l = mhc.split_mixes %mix, %s, %b {pre_eps = -1.0e-6 : f32} : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_not_square(%l: tensor<8x4x3xf32>) {
+  // expected-error @+1 {{expects square n x n matrices in the last two dims, got 'tensor<8x4x3xf32>'}}
+  %c = mhc.sinkhorn %l : tensor<8x4x3xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_zero_iterations(%l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects 'iterations' >= 1, got 0}}
+  %c = mhc.sinkhorn %l {iterations = 0 : i64} : tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_negative_eps(%l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects 'eps' to be non-negative}}
+  %c = mhc.sinkhorn %l {eps = -1.0 : f32} : tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_rank(%l: tensor<4xf32>) {
+  // expected-error @+1 {{expects logits of shape [n, n] (rank >= 2), got 'tensor<4xf32>'}}
+  %c = mhc.sinkhorn %l : tensor<4xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_result_type(%l: tensor<8x4x4xf32>) {
+  // expected-error @+2 {{inferred type(s) 'tensor<8x4x4xf32>' are incompatible with return type(s) of operation 'tensor<?x4x4xf32>'}}
+  // expected-error @+1 {{failed to infer returned types}}
+  %c = "mhc.sinkhorn"(%l) : (tensor<8x4x4xf32>) -> tensor<?x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @pre_apply_streams(%x: tensor<8x4x64xbf16>, %pre: tensor<8x2xf32>) {
+  // expected-error @+1 {{expects the last dim of pre (= n of x) to be 4, got 2}}
+  %u = mhc.pre_apply %x, %pre : tensor<8x4x64xbf16>, tensor<8x2xf32> -> tensor<8x64xbf16>
+  return
+}
+
+// -----
+
+func.func @pre_apply_width(%x: tensor<8x4x64xbf16>, %pre: tensor<8x4xf32>) {
+  // expected-error @+1 {{expects the result's width C (= x's) to be 64, got 63}}
+  %u = mhc.pre_apply %x, %pre : tensor<8x4x64xbf16>, tensor<8x4xf32> -> tensor<8x63xbf16>
+  return
+}
+
+// -----
+
+func.func @pre_apply_leading(%x: tensor<8x4x64xbf16>, %pre: tensor<9x4xf32>) {
+  // expected-error @+1 {{leading dims of pre (9) do not match the leading dims of x (8)}}
+  %u = mhc.pre_apply %x, %pre : tensor<8x4x64xbf16>, tensor<9x4xf32> -> tensor<8x64xbf16>
+  return
+}
+
+// -----
+
+func.func @pre_apply_element_type(%x: tensor<8x4x64xbf16>, %pre: tensor<8x4xf32>) {
+  // expected-error @+1 {{expects x and result to have the same element type, got 'bf16' and 'f16'}}
+  %u = mhc.pre_apply %x, %pre : tensor<8x4x64xbf16>, tensor<8x4xf32> -> tensor<8x64xf16>
+  return
+}
+
+// -----
+
+func.func @post_res_y_width(%y: tensor<8x32xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects the width of y (= C of x) to be 64, got 32}}
+  %r = mhc.post_res %y, %x, %p, %c : tensor<8x32xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x4x4xf32> -> tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_post(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x3xf32>, %c: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects the last dim of post (= n of x) to be 4, got 3}}
+  %r = mhc.post_res %y, %x, %p, %c : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x3xf32>, tensor<8x4x4xf32> -> tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_comb(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x2x4xf32>) {
+  // expected-error @+1 {{expects the source dim of comb (= n of x) to be 4, got 2}}
+  %r = mhc.post_res %y, %x, %p, %c : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x2x4xf32> -> tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_comb_leading(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<4x4xf32>) {
+  // expected-error @+1 {{leading dims of comb ([]) do not match the leading dims of x (8)}}
+  %r = mhc.post_res %y, %x, %p, %c : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<4x4xf32> -> tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_y_type(%y: tensor<8x64xf32>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects y and x to have the same element type, got 'f32' and 'bf16'}}
+  %r = mhc.post_res %y, %x, %p, %c : tensor<8x64xf32>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x4x4xf32> -> tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_result(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects the result's stream dim (= n of x) to be 4, got 2}}
+  %r = mhc.post_res %y, %x, %p, %c : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x4x4xf32> -> tensor<8x2x64xbf16>
+  return
+}
+
+// -----
+
+func.func @fused_kind(%x: tensor<8x4xf32>) {
+  // expected-error @+1 {{expects kind "pre" or "post", got "middle"}}
+  %r = mhc.fused "middle" -> tensor<8x4xf32> {
+    mhc.yield %x : tensor<8x4xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_yield_types(%x: tensor<8x4xf32>) {
+  // expected-error @+1 {{expects mhc.yield to return the result types}}
+  %r = mhc.fused "pre" -> tensor<8x5xf32> {
+    mhc.yield %x : tensor<8x4xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @expand_negative_streams(%h: tensor<8x64xbf16>) {
+  // expected-error @+1 {{expects 'streams' >= 1, got -2}}
+  %x = mhc.expand %h, streams = -2 : tensor<8x64xbf16> -> tensor<8x2x64xbf16>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_negative_iterations(%l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects 'iterations' >= 1, got -3}}
+  %c = mhc.sinkhorn %l {iterations = -3 : i64} : tensor<8x4x4xf32>
+  return
+}
