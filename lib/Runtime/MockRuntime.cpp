@@ -1,0 +1,500 @@
+//===- MockRuntime.cpp - mgpu* without a GPU (libmhc_runtime_mock) --------===//
+//
+// Same symbols as libmhc_runtime.so. Nothing runs on a device: "device"
+// memory is host memory (so memcpy/memset really move data), kernels are not
+// executed, and every call is logged as one line
+//     mhc-mock: <call>(<arguments>) [-> <result>]
+// on stdout (unless MHC_MOCK_QUIET is set) and in a buffer that
+// mhcMockGetLog() returns. Handles are printed as stable names (module0,
+// stream0, event0, buf0, ...) so that tests can FileCheck the sequence.
+//
+// Misuse that a real driver would reject (freeing an unknown pointer,
+// launching a null function, an empty block) is reported like the real
+// runtime reports a CUDA error: abort, or a sticky error in sticky mode.
+//
+//===----------------------------------------------------------------------===//
+
+#include "mhc_runtime.h"
+
+#include <atomic>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+
+#define MHC_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+constexpr int kInvalidValue = 1; // CUDA_ERROR_INVALID_VALUE
+
+std::recursive_mutex mutex;
+std::string logBuffer;
+int errorMode = -1;
+int stickyCode = 0;
+std::string stickyMessage;
+
+bool quiet() {
+  static const bool q = getenv("MHC_MOCK_QUIET") != nullptr;
+  return q;
+}
+
+void log(const char *fmt, ...) {
+  char line[1024];
+  va_list args;
+  va_start(args, fmt);
+  vsnprintf(line, sizeof(line), fmt, args);
+  va_end(args);
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  logBuffer += "mhc-mock: ";
+  logBuffer += line;
+  logBuffer += "\n";
+  if (!quiet()) {
+    printf("mhc-mock: %s\n", line);
+    fflush(stdout);
+  }
+}
+
+int mode() {
+  if (errorMode < 0) {
+    const char *env = getenv("MHC_RUNTIME_ERRORS");
+    errorMode = (env && !strcmp(env, "sticky")) ? MHC_ERRORS_STICKY
+                                                : MHC_ERRORS_ABORT;
+  }
+  return errorMode;
+}
+
+void fail(const char *call, const std::string &what) {
+  std::string msg = std::string(call) + " [" + what +
+                    "] failed: CUDA_ERROR_INVALID_VALUE (mock runtime)";
+  fprintf(stderr, "mhc_runtime: %s\n", msg.c_str());
+  fflush(stderr);
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (mode() == MHC_ERRORS_ABORT)
+    abort();
+  if (!stickyCode) {
+    stickyCode = kInvalidValue;
+    stickyMessage = msg;
+  }
+}
+
+bool pending() {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  return stickyCode != 0;
+}
+
+// Names for opaque handles, in order of creation.
+struct Handles {
+  std::map<const void *, std::string> names;
+  int next = 0;
+  const char *prefix;
+  explicit Handles(const char *p) : prefix(p) {}
+  const void *make() {
+    // A unique, never dereferenced address.
+    const void *h = new char(0);
+    names[h] = prefix + std::to_string(next++);
+    return h;
+  }
+  std::string name(const void *h) const {
+    if (!h)
+      return "null";
+    auto it = names.find(h);
+    return it == names.end() ? std::string("?") : it->second;
+  }
+};
+
+Handles modules("module"), streams("stream"), events("event");
+std::map<const void *, std::string> functions; // handle -> kernel name
+
+// Mock device buffers: start address -> (size, name).
+struct Buffer {
+  size_t size;
+  std::string name;
+  bool hostShared;
+};
+std::map<const char *, Buffer> buffers;
+int nextBuffer = 0;
+long launchCount = 0;
+
+// "buf3", "buf3+16" for an interior pointer, or "host" for anything else.
+std::string where(const void *p) {
+  const char *c = static_cast<const char *>(p);
+  auto it = buffers.upper_bound(c);
+  if (it != buffers.begin()) {
+    --it;
+    if (c >= it->first && c < it->first + it->second.size) {
+      size_t off = size_t(c - it->first);
+      return off ? it->second.name + "+" + std::to_string(off)
+                 : it->second.name;
+    }
+  }
+  return p ? "host" : "null";
+}
+
+thread_local bool callerStreamSet = false;
+thread_local void *callerStream = nullptr;
+thread_local const void *ownStream = nullptr;
+bool streamOrdered = false;
+
+const void *currentStream() {
+  if (callerStreamSet)
+    return callerStream;
+  if (!ownStream)
+    ownStream = streams.make();
+  return ownStream;
+}
+
+std::string streamName(const void *s) {
+  if (!s)
+    s = currentStream();
+  if (callerStreamSet && s == callerStream)
+    return "caller-stream";
+  return streams.name(s);
+}
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// C API
+//===----------------------------------------------------------------------===//
+
+MHC_EXPORT void mhcRuntimeSetErrorMode(int m) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  errorMode = m == MHC_ERRORS_STICKY ? MHC_ERRORS_STICKY : MHC_ERRORS_ABORT;
+}
+MHC_EXPORT int mhcRuntimeGetLastError(void) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  return stickyCode;
+}
+MHC_EXPORT const char *mhcRuntimeGetErrorMessage(void) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  return stickyCode ? stickyMessage.c_str() : "";
+}
+MHC_EXPORT void mhcRuntimeClearError(void) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  stickyCode = 0;
+  stickyMessage.clear();
+}
+MHC_EXPORT void mhcRuntimeSetStream(void *stream) {
+  callerStreamSet = true;
+  callerStream = stream;
+  log("mhcRuntimeSetStream(caller-stream)");
+}
+MHC_EXPORT void mhcRuntimeUseOwnStream(void) {
+  callerStreamSet = false;
+  callerStream = nullptr;
+}
+MHC_EXPORT void *mhcRuntimeGetStream(void) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  return const_cast<void *>(currentStream());
+}
+MHC_EXPORT void mhcRuntimeSetStreamOrdered(int on) { streamOrdered = on != 0; }
+MHC_EXPORT void mhcRuntimeSynchronize(void) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  log("mhcRuntimeSynchronize(%s)", streamName(nullptr).c_str());
+}
+MHC_EXPORT int mhcRuntimeIsMock(void) { return 1; }
+
+// Mock-only inspection.
+MHC_EXPORT const char *mhcMockGetLog(void) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  return logBuffer.c_str();
+}
+MHC_EXPORT void mhcMockClearLog(void) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  logBuffer.clear();
+}
+MHC_EXPORT long mhcMockLaunchCount(void) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  return launchCount;
+}
+MHC_EXPORT long mhcMockLiveBuffers(void) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  return long(buffers.size());
+}
+
+//===----------------------------------------------------------------------===//
+// mgpu*
+//===----------------------------------------------------------------------===//
+
+MHC_EXPORT void *mgpuModuleLoad(void *data, size_t size) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return nullptr;
+  if (!data || size == 0) {
+    fail("cuModuleLoadData", "empty module");
+    return nullptr;
+  }
+  const void *m = modules.make();
+  log("mgpuModuleLoad(%zu bytes) -> %s", size, modules.name(m).c_str());
+  return const_cast<void *>(m);
+}
+
+MHC_EXPORT void *mgpuModuleLoadJIT(void *data, int optLevel) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return nullptr;
+  if (!data) {
+    fail("cuModuleLoadDataEx", "empty module");
+    return nullptr;
+  }
+  const void *m = modules.make();
+  log("mgpuModuleLoadJIT(PTX of %zu chars, O%d) -> %s",
+      strlen(static_cast<const char *>(data)), optLevel,
+      modules.name(m).c_str());
+  return const_cast<void *>(m);
+}
+
+MHC_EXPORT void mgpuModuleUnload(void *module) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return;
+  log("mgpuModuleUnload(%s)", modules.name(module).c_str());
+}
+
+MHC_EXPORT void *mgpuModuleGetFunction(void *module, const char *name) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return nullptr;
+  if (!module) {
+    fail("cuModuleGetFunction", std::string("kernel '") + name + "'");
+    return nullptr;
+  }
+  const void *f = new char(0);
+  functions[f] = name;
+  log("mgpuModuleGetFunction(%s, %s)", modules.name(module).c_str(), name);
+  return const_cast<void *>(f);
+}
+
+static void launch(const char *call, void *fn, const intptr_t *cluster,
+                   intptr_t gx, intptr_t gy, intptr_t gz, intptr_t bx,
+                   intptr_t by, intptr_t bz, int32_t smem, void *stream,
+                   void **params, size_t nparams) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return;
+  auto it = functions.find(fn);
+  if (it == functions.end()) {
+    fail(call, "null or unknown function");
+    return;
+  }
+  if (bx <= 0 || by <= 0 || bz <= 0 || gx < 0 || gy < 0 || gz < 0 ||
+      (nparams && !params)) {
+    fail(call, "kernel '" + it->second + "': bad launch configuration");
+    return;
+  }
+  std::string clusterText;
+  if (cluster)
+    clusterText = ", cluster (" + std::to_string(cluster[0]) + "," +
+                  std::to_string(cluster[1]) + "," +
+                  std::to_string(cluster[2]) + ")";
+  if (gx == 0 || gy == 0 || gz == 0) {
+    log("%s(%s, empty grid: skipped)", call, it->second.c_str());
+    return;
+  }
+  ++launchCount;
+  log("%s(%s, grid (%ld,%ld,%ld), block (%ld,%ld,%ld)%s, smem %d, %s, %zu "
+      "params)",
+      call, it->second.c_str(), long(gx), long(gy), long(gz), long(bx),
+      long(by), long(bz), clusterText.c_str(), smem,
+      streamName(stream).c_str(), nparams);
+}
+
+MHC_EXPORT void mgpuLaunchKernel(void *fn, intptr_t gx, intptr_t gy,
+                                 intptr_t gz, intptr_t bx, intptr_t by,
+                                 intptr_t bz, int32_t smem, void *stream,
+                                 void **params, void ** /*extra*/,
+                                 size_t nparams) {
+  launch("mgpuLaunchKernel", fn, nullptr, gx, gy, gz, bx, by, bz, smem, stream,
+         params, nparams);
+}
+
+MHC_EXPORT void mgpuLaunchClusterKernel(void *fn, intptr_t cx, intptr_t cy,
+                                        intptr_t cz, intptr_t gx, intptr_t gy,
+                                        intptr_t gz, intptr_t bx, intptr_t by,
+                                        intptr_t bz, int32_t smem, void *stream,
+                                        void **params, void ** /*extra*/,
+                                        size_t /*nparams*/) {
+  const intptr_t cluster[3] = {cx, cy, cz};
+  launch("mgpuLaunchClusterKernel", fn, cluster, gx, gy, gz, bx, by, bz, smem,
+         stream, params, 0);
+}
+
+MHC_EXPORT void *mgpuStreamCreate() {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return nullptr;
+  const void *s = currentStream();
+  log("mgpuStreamCreate() -> %s", streamName(s).c_str());
+  return const_cast<void *>(s);
+}
+
+MHC_EXPORT void mgpuStreamDestroy(void *stream) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return;
+  log("mgpuStreamDestroy(%s)", streamName(stream).c_str());
+}
+
+MHC_EXPORT void mgpuStreamSynchronize(void *stream) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return;
+  bool skipped = streamOrdered && callerStreamSet &&
+                 (!stream || stream == callerStream);
+  log("mgpuStreamSynchronize(%s)%s", streamName(stream).c_str(),
+      skipped ? " skipped (stream-ordered)" : "");
+}
+
+MHC_EXPORT void mgpuStreamWaitEvent(void *stream, void *event) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return;
+  log("mgpuStreamWaitEvent(%s, %s)", streamName(stream).c_str(),
+      events.name(event).c_str());
+}
+
+MHC_EXPORT void *mgpuEventCreate() {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return nullptr;
+  const void *e = events.make();
+  log("mgpuEventCreate() -> %s", events.name(e).c_str());
+  return const_cast<void *>(e);
+}
+
+MHC_EXPORT void mgpuEventDestroy(void *event) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return;
+  log("mgpuEventDestroy(%s)", events.name(event).c_str());
+}
+
+MHC_EXPORT void mgpuEventSynchronize(void *event) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return;
+  log("mgpuEventSynchronize(%s)", events.name(event).c_str());
+}
+
+MHC_EXPORT void mgpuEventRecord(void *event, void *stream) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return;
+  log("mgpuEventRecord(%s, %s)", events.name(event).c_str(),
+      streamName(stream).c_str());
+}
+
+MHC_EXPORT void *mgpuMemAlloc(uint64_t sizeBytes, void *stream,
+                              bool hostShared) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return nullptr;
+  if (sizeBytes == 0) {
+    log("mgpuMemAlloc(0 bytes, %s) -> null", streamName(stream).c_str());
+    return nullptr;
+  }
+  // 64-byte aligned like device allocations; poisoned so that reading memory
+  // nothing wrote shows up in tests.
+  size_t rounded = (size_t(sizeBytes) + 63) & ~size_t(63);
+  char *p = static_cast<char *>(aligned_alloc(64, rounded));
+  memset(p, 0xA5, rounded);
+  std::string name = "buf" + std::to_string(nextBuffer++);
+  buffers[p] = Buffer{size_t(sizeBytes), name, hostShared};
+  log("mgpuMemAlloc(%llu bytes, %s%s) -> %s", (unsigned long long)sizeBytes,
+      streamName(stream).c_str(), hostShared ? ", host_shared" : "",
+      name.c_str());
+  return p;
+}
+
+MHC_EXPORT void mgpuMemFree(void *ptr, void *stream) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending() || !ptr)
+    return;
+  auto it = buffers.find(static_cast<const char *>(ptr));
+  if (it == buffers.end()) {
+    fail("cuMemFreeAsync", "pointer not from mgpuMemAlloc");
+    return;
+  }
+  log("mgpuMemFree(%s, %s)", it->second.name.c_str(),
+      streamName(stream).c_str());
+  free(ptr);
+  buffers.erase(it);
+}
+
+MHC_EXPORT void mgpuMemcpy(void *dst, void *src, size_t sizeBytes,
+                           void *stream) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return;
+  log("mgpuMemcpy(%s <- %s, %zu bytes, %s)", where(dst).c_str(),
+      where(src).c_str(), sizeBytes, streamName(stream).c_str());
+  if (sizeBytes)
+    memmove(dst, src, sizeBytes);
+}
+
+MHC_EXPORT void mgpuMemset32(void *dst, unsigned value, size_t count,
+                             void *stream) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return;
+  log("mgpuMemset32(%s, 0x%08x, %zu, %s)", where(dst).c_str(), value, count,
+      streamName(stream).c_str());
+  auto *d = static_cast<uint32_t *>(dst);
+  for (size_t i = 0; i < count; ++i)
+    d[i] = value;
+}
+
+MHC_EXPORT void mgpuMemset16(void *dst, unsigned short value, size_t count,
+                             void *stream) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return;
+  log("mgpuMemset16(%s, 0x%04x, %zu, %s)", where(dst).c_str(), value, count,
+      streamName(stream).c_str());
+  auto *d = static_cast<uint16_t *>(dst);
+  for (size_t i = 0; i < count; ++i)
+    d[i] = value;
+}
+
+MHC_EXPORT void mgpuMemHostRegister(void *ptr, uint64_t sizeBytes) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  log("mgpuMemHostRegister(%s, %llu bytes)", where(ptr).c_str(),
+      (unsigned long long)sizeBytes);
+}
+MHC_EXPORT void mgpuMemHostRegisterMemRef(int64_t rank, void *, int64_t elt) {
+  log("mgpuMemHostRegisterMemRef(rank %ld, %ld-byte elements)", long(rank),
+      long(elt));
+}
+MHC_EXPORT void mgpuMemHostUnregister(void *ptr) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  log("mgpuMemHostUnregister(%s)", where(ptr).c_str());
+}
+MHC_EXPORT void mgpuMemHostUnregisterMemRef(int64_t rank, void *, int64_t elt) {
+  log("mgpuMemHostUnregisterMemRef(rank %ld, %ld-byte elements)", long(rank),
+      long(elt));
+}
+MHC_EXPORT void mgpuSetDefaultDevice(int32_t device) {
+  log("mgpuSetDefaultDevice(%d)", device);
+}
+
+MHC_EXPORT void mgpuTensorMapEncodeTiled(void *, int dataType, unsigned rank,
+                                         void *address, const uint64_t *,
+                                         const uint64_t *, const unsigned *,
+                                         const unsigned *, int, int, int, int) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  log("mgpuTensorMapEncodeTiled(%s, type %d, rank %u)", where(address).c_str(),
+      dataType, rank);
+}
+MHC_EXPORT void *mgpuTensorMapEncodeTiledMemref(int64_t rank, void *,
+                                                int dataType, int, int, int,
+                                                int, int64_t *) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  log("mgpuTensorMapEncodeTiledMemref(rank %ld, type %d)", long(rank),
+      dataType);
+  return mgpuMemAlloc(128, nullptr, false);
+}
