@@ -390,6 +390,7 @@ def main(argv=None):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "wrapper_command": os.environ.get("MHC_BENCH_WRAPPER"),
         "git_commit": git_commit(),
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,

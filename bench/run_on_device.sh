@@ -12,6 +12,7 @@ shift
 mkdir -p "$out_dir"
 export PYTHONPATH="$PWD/python:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+export MHC_BENCH_WRAPPER="bench/run_on_device.sh $out_dir $*"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw \
   --format=csv > "$out_dir/nvidia-smi.txt" || true
 python3 bench/bench_sublayer.py --aot-dir .rt-carry/aot --check-runtime \

@@ -44,8 +44,6 @@ namespace {
 // Codes below 0 are ours: the driver could not be loaded / lacks a symbol.
 constexpr CUresult kNoDriver = -2;
 constexpr CUresult kNoSymbol = -1;
-// CUDA_ERROR_DEINITIALIZED: the driver is shutting down (process exit).
-constexpr CUresult kDeinitialized = 4;
 
 struct LoadedDriver {
   Driver fns;
@@ -120,7 +118,7 @@ std::string describe(CUresult code) {
     return "entry point not exported by the CUDA driver";
   const char *name = nullptr, *text = nullptr;
   if (cu(&Driver::cuGetErrorName, code, &name) != CUDA_SUCCESS || !name)
-    name = "CUDA_ERROR_UNKNOWN";
+    return "CUresult " + std::to_string(code) + " (the driver cannot name it)";
   if (cu(&Driver::cuGetErrorString, code, &text) != CUDA_SUCCESS || !text)
     text = "no description";
   return std::string(name) + " (" + text + ")";
@@ -421,15 +419,28 @@ MHC_EXPORT CUmodule mgpuModuleLoadJIT(void *data, int optLevel) {
   return module;
 }
 
+// Best effort, on purpose: the generated code unloads from a global destructor,
+// which runs at process exit when the driver (or the primary context, released
+// by PyTorch) may already be torn down. The driver frees the module with its
+// context anyway, so failures here are not reported.
 MHC_EXPORT void mgpuModuleUnload(CUmodule module) {
   if (pending() || !module)
     return;
-  ScopedContext ctx;
-  CUresult code = cu(&Driver::cuModuleUnload, module);
-  // Unloads run from global destructors; at process exit the driver may be
-  // gone already, which is not an error.
-  if (code != kDeinitialized)
-    check(code, "cuModuleUnload");
+  CUcontext ctx = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(contextMutex);
+    ctx = primaryContexts[defaultDevice.load()];
+  }
+  CUcontext current = nullptr;
+  if (!ctx || cu(&Driver::cuCtxGetCurrent, &current) != CUDA_SUCCESS)
+    return;
+  bool pushed = current != ctx &&
+                cu(&Driver::cuCtxPushCurrent, ctx) == CUDA_SUCCESS;
+  (void)cu(&Driver::cuModuleUnload, module);
+  if (pushed) {
+    CUcontext popped = nullptr;
+    (void)cu(&Driver::cuCtxPopCurrent, &popped);
+  }
 }
 
 MHC_EXPORT CUfunction mgpuModuleGetFunction(CUmodule module, const char *name) {

@@ -70,3 +70,27 @@ live = rt.lib.mhcMockLiveBuffers()
 del a, b
 print("freed:", live - rt.lib.mhcMockLiveBuffers())
 # CHECK: freed: 2
+
+# The C caller of examples/aot links the same library and allocates device
+# memory through the runtime itself.
+import os
+import subprocess
+from mhc.compiler import clang
+
+exe = out / "caller"
+subprocess.run([clang(), "-O2", str(src.parent / "caller.c"), f"-I{src.parents[2] / 'lib' / 'Runtime'}",
+                f"-L{out}", "-l:libpre_apply.so", "-l:libmhc_runtime_mock.so", "-lm",
+                "-Wl,-rpath,$ORIGIN", "-o", str(exe)], check=True)
+env = dict(os.environ)
+env.pop("MHC_MOCK_QUIET", None)
+run = subprocess.run([str(exe), "3", "300"], capture_output=True, text=True, env=env, check=True)
+print(run.stdout)
+# CHECK: mhc-mock: mgpuModuleLoad({{[0-9]+}} bytes) -> module0
+# CHECK: mhc-mock: mgpuMemAlloc(7200 bytes, stream0) -> buf0
+# CHECK: mhc-mock: mgpuMemAlloc(48 bytes, stream0) -> buf1
+# CHECK: mhc-mock: mgpuMemAlloc(1800 bytes, stream0) -> buf2
+# CHECK: mhc-mock: mgpuMemcpy(buf0 <- host, 7200 bytes, stream0)
+# CHECK: mhc-mock: mgpuLaunchKernel(pre_apply, grid (2,3,1), block (256,1,1), smem 0, stream0, 23 params)
+# CHECK: mhc-mock: mgpuMemcpy(host <- buf2, 1800 bytes, stream0)
+# CHECK: mhc-mock: mgpuMemFree(buf2, stream0)
+# CHECK: mock runtime: kernel not executed, result not checked

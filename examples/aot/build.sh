@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds the AOT examples into OUTDIR (default out/aot), from the repository root:
+#   examples/aot/build.sh [OUTDIR] [cuda|mock]
+# OUTDIR/libpre_apply.so + OUTDIR/caller: the hand-written upstream-gpu kernel and its C caller.
+# OUTDIR/libsublayer_C4096.so: the mhc sublayer (needs a working --mhc-gpu-pipeline; skipped with a
+# message otherwise). Tools: MHC_BUILD_DIR (default build) holds bin/mhc-opt and lib/libmhc_runtime*.so.
+set -euo pipefail
+out=${1:-out/aot}
+runtime=${2:-cuda}
+export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+export MHC_BUILD_DIR=${MHC_BUILD_DIR:-build}
+rtlib=libmhc_runtime.so
+[ "$runtime" = mock ] && rtlib=libmhc_runtime_mock.so
+
+python3 -m mhc.compiler gpu examples/aot/pre_apply_gpu.mlir -o "$out/libpre_apply.so" \
+  --pipeline upstream --runtime "$runtime"
+clang-22 -O2 -Wall examples/aot/caller.c -Ilib/Runtime -L"$out" -l:libpre_apply.so -l:$rtlib \
+  -lm -Wl,-rpath,'$ORIGIN' -o "$out/caller"
+
+if ! python3 -m mhc.compiler gpu examples/aot/sublayer.mlir -o "$out/libsublayer_C4096.so" \
+    --pipeline mhc --runtime "$runtime"; then
+  echo "build.sh: the mhc sublayer did not compile (is --mhc-gpu-pipeline implemented?)" >&2
+fi
