@@ -332,24 +332,20 @@ LogicalResult SinkhornOp::verify() {
 
 void mlir::mhc::sinkhornInPlace(float *p, int64_t n, int64_t iterations,
                                 float eps) {
-  auto normalizeColumns = [&] {
-    for (int64_t j = 0; j < n; ++j) {
+  // Divides every line by (its sum + eps). Rows are lines of stride 1 that
+  // start n apart; columns are lines of stride n that start 1 apart.
+  auto normalizeLines = [&](int64_t lineStart, int64_t stride) {
+    for (int64_t l = 0; l < n; ++l) {
+      float *line = p + l * lineStart;
       float sum = 0.0f;
-      for (int64_t i = 0; i < n; ++i)
-        sum += p[i * n + j];
-      for (int64_t i = 0; i < n; ++i)
-        p[i * n + j] /= sum + eps;
+      for (int64_t k = 0; k < n; ++k)
+        sum += line[k * stride];
+      for (int64_t k = 0; k < n; ++k)
+        line[k * stride] /= sum + eps;
     }
   };
-  auto normalizeRows = [&] {
-    for (int64_t i = 0; i < n; ++i) {
-      float sum = 0.0f;
-      for (int64_t j = 0; j < n; ++j)
-        sum += p[i * n + j];
-      for (int64_t j = 0; j < n; ++j)
-        p[i * n + j] /= sum + eps;
-    }
-  };
+  auto normalizeRows = [&] { normalizeLines(/*lineStart=*/n, /*stride=*/1); };
+  auto normalizeColumns = [&] { normalizeLines(/*lineStart=*/1, /*stride=*/n); };
   // Row softmax (max subtracted) plus eps is the first row normalisation.
   for (int64_t i = 0; i < n; ++i) {
     float *row = p + i * n;
