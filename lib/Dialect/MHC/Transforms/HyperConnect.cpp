@@ -1,6 +1,31 @@
-//===- HyperConnect.cpp ----------------------------------------------------------===//
+//===- HyperConnect.cpp - widen residual chains into mHC form ------------===//
+//
+// --mhc-hyperconnect: every chain of residual blocks found by
+// HyperConnectAnalysis becomes one n-stream hyper-connected stream:
+//
+//   X_0 = mhc.expand(h_0)
+//   per block l: coefficients (pre, post, comb) from X_l
+//                u = mhc.pre_apply(X_l, pre)        replaces F's uses of x_l
+//                X_{l+1} = mhc.post_res(F(u), X_l, post, comb)   replaces the add
+//   users of the stream outside the chain read mhc.collapse(X) / n.
+//
+// The final "/ n" makes the stream's exit the *mean* of the streams: with
+// identical streams (identity init) it is exactly the original value for n
+// a power of two (one rounding otherwise). docs/HyperConnect.md has the
+// rationale and the parameter layouts.
+//
+//===----------------------------------------------------------------------===//
+#include "HyperConnectAnalysis.h"
+
 #include "mhc/Dialect/MHC/IR/MHCOps.h"
 #include "mhc/Dialect/MHC/Transforms/Passes.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/IR/SymbolTable.h"
+#include "llvm/ADT/SmallString.h"
+#include <cmath>
 
 namespace mlir::mhc {
 #define GEN_PASS_DEF_MHCHYPERCONNECT
@@ -9,14 +34,546 @@ namespace mlir::mhc {
 
 using namespace mlir;
 using namespace mlir::mhc;
+using namespace mlir::mhc::hyperconnect;
 
 namespace {
-struct MHCHyperConnectPass : mhc::impl::MHCHyperConnectBase<MHCHyperConnectPass> {
-  using MHCHyperConnectBase::MHCHyperConnectBase;
-  void runOnOperation() override {
-    // TODO(in progress): placeholder until the pass lands.
-    getOperation()->emitError("MHCHyperConnect is not implemented yet");
-    signalPassFailure();
+
+enum class Mode { MHC, HC, StaticHC };
+enum class Init { Paper, Identity };
+
+struct Config {
+  int64_t n;
+  Mode mode;
+  Init init;
+  bool paramsAsArguments;
+  int64_t iterations;
+};
+
+constexpr float kAlpha = 0.01f;   // paper's alpha for all three mappings
+constexpr float kRandScale = 0.01f; // fn / theta drawn from U(-0.01, 0.01)
+constexpr float kRmsEps = 1e-6f;
+
+/// Deterministic U(-1, 1) numbers (splitmix64), so that params=constants and
+/// the documented init are reproducible on every platform.
+struct SplitMix {
+  uint64_t state;
+  explicit SplitMix(uint64_t seed) : state(seed) {}
+  float next() {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return static_cast<float>((z >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
   }
 };
+
+RankedTensorType widen(Type t, int64_t n) {
+  auto type = cast<RankedTensorType>(t);
+  SmallVector<int64_t> shape(type.getShape());
+  shape.insert(shape.end() - 1, n);
+  return RankedTensorType::get(shape, type.getElementType());
+}
+
+/// tensor.empty of shape [lead dims of `like` (first numLead)] ++ tail.
+Value emptyLike(OpBuilder &b, Location loc, Value like, int64_t numLead,
+                ArrayRef<int64_t> tail, Type elem) {
+  auto type = cast<RankedTensorType>(like.getType());
+  SmallVector<int64_t> shape;
+  SmallVector<Value> dyn;
+  for (int64_t i = 0; i < numLead; ++i) {
+    shape.push_back(type.getDimSize(i));
+    if (type.isDynamicDim(i))
+      dyn.push_back(tensor::DimOp::create(b, loc, like, i));
+  }
+  shape.append(tail.begin(), tail.end());
+  return tensor::EmptyOp::create(b, loc, shape, elem, dyn);
+}
+
+Value zeros(OpBuilder &b, Location loc, Value empty) {
+  Value zero = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f));
+  return linalg::FillOp::create(b, loc, zero, empty).getResult(0);
+}
+
+Value toF32(OpBuilder &b, Location loc, Value v) {
+  return v.getType().isF32() ? v
+                             : arith::ExtFOp::create(b, loc, b.getF32Type(), v);
+}
+
+SmallVector<utils::IteratorType> iterators(int64_t parallel, int64_t reduce) {
+  SmallVector<utils::IteratorType> it(parallel, utils::IteratorType::parallel);
+  it.append(reduce, utils::IteratorType::reduction);
+  return it;
+}
+
+/// An elementwise conversion of the widened stream to `elem` (replays a dtype
+/// conversion the original stream went through).
+Value convertElementwise(OpBuilder &b, Location loc, Value in, Type elem) {
+  auto type = cast<RankedTensorType>(in.getType());
+  int64_t rank = type.getRank();
+  Value init = emptyLike(b, loc, in, rank, {}, elem);
+  AffineMap id = b.getMultiDimIdentityMap(rank);
+  bool extend = elem.getIntOrFloatBitWidth() >
+                type.getElementType().getIntOrFloatBitWidth();
+  return linalg::GenericOp::create(
+             b, loc, init.getType(), in, init, {id, id}, iterators(rank, 0),
+             [&](OpBuilder &nb, Location l, ValueRange args) {
+               Value r = extend ? arith::ExtFOp::create(nb, l, elem, args[0])
+                                      .getResult()
+                                : arith::TruncFOp::create(nb, l, elem, args[0])
+                                      .getResult();
+               linalg::YieldOp::create(nb, l, r);
+             })
+      .getResult(0);
+}
+
+struct Coefficients {
+  Value pre, post, comb;
+};
+
+/// Rewrites the chains of one function.
+class ChainRewriter {
+public:
+  ChainRewriter(func::FuncOp func, const Config &cfg)
+      : func(func), cfg(cfg), b(func.getContext()) {}
+
+  LogicalResult rewrite(ArrayRef<ResidualBlock> chain);
+
+private:
+  Value param(Location loc, int64_t layer, StringRef role,
+              ArrayRef<int64_t> shape, ArrayRef<float> values);
+  Coefficients coefficients(Location loc, Value x, int64_t layer,
+                            int64_t indexInChain);
+  Coefficients hcCoefficients(Location loc, Value x, Value theta, Value scale,
+                              Value base, bool dynamic);
+  Value meanOfStreams(Location loc, Value x, Type type);
+
+  func::FuncOp func;
+  const Config &cfg;
+  OpBuilder b;
+  int64_t nextLayer = 0;
+  Operation *lastParam = nullptr;
+};
+
+Value ChainRewriter::param(Location loc, int64_t layer, StringRef role,
+                           ArrayRef<int64_t> shape, ArrayRef<float> values) {
+  auto type = RankedTensorType::get(shape, b.getF32Type());
+  if (!cfg.paramsAsArguments) {
+    // Parameters first in the function, in creation order.
+    OpBuilder top = OpBuilder::atBlockBegin(&func.getBody().front());
+    if (lastParam)
+      top.setInsertionPointAfter(lastParam);
+    lastParam = arith::ConstantOp::create(top, loc,
+                                          DenseElementsAttr::get(type, values));
+    return lastParam->getResult(0);
+  }
+  SmallString<32> name;
+  ("layer" + Twine(layer) + "." + role).toVector(name);
+  auto attrs = b.getDictionaryAttr(
+      b.getNamedAttr("mhc.param", b.getStringAttr(name)));
+  unsigned index = func.getNumArguments();
+  (void)func.insertArgument(index, type, attrs, loc);
+  return func.getArgument(index);
+}
+
+/// The coefficient ops of one block, reading the widened stream `x`.
+Coefficients ChainRewriter::coefficients(Location loc, Value x, int64_t layer,
+                                         int64_t indexInChain) {
+  int64_t n = cfg.n, m = numMixes(n);
+  auto xType = cast<RankedTensorType>(x.getType());
+  int64_t c = xType.getShape().back();
+
+  // base = [pre (n) | post (n) | res (n*n)], the layout split_mixes uses.
+  SmallVector<float> base(m, 0.0f);
+  bool hcBase = cfg.mode != Mode::MHC;
+  for (int64_t i = 0; i < n; ++i) {
+    if (hcBase) {
+      // HC: b_pre one-hot e_{l mod n} (static-hc paper: the mean 1/n),
+      // b_post = 1, b_res = I.
+      if (cfg.mode == Mode::StaticHC && cfg.init == Init::Paper)
+        base[i] = 1.0f / n;
+      else
+        base[i] = i == indexInChain % n ? 1.0f : 0.0f;
+      base[n + i] = 1.0f;
+      base[2 * n + i * n + i] = 1.0f;
+    } else {
+      // mHC: sigmoid(b_pre) = 1/n, 2 sigmoid(0) = 1, Sinkhorn(0) = J/n.
+      base[i] = n > 1 ? -std::log(static_cast<float>(n - 1)) : 6.0f;
+    }
+  }
+  auto baseParam = [&] { return param(loc, layer, "base", {m}, base); };
+  if (cfg.mode == Mode::StaticHC)
+    return hcCoefficients(loc, x, {}, {}, baseParam(), /*dynamic=*/false);
+
+  SmallVector<float> scale(3, kAlpha);
+  // Random weights: seeded by layer, so every layer differs but reruns agree.
+  SplitMix rng(0x6d6863ull * 1000003ull + static_cast<uint64_t>(layer));
+  auto random = [&](int64_t count) {
+    SmallVector<float> v(count, 0.0f);
+    if (cfg.init == Init::Paper)
+      for (float &e : v)
+        e = kRandScale * rng.next();
+    return v;
+  };
+
+  if (cfg.mode == Mode::HC) {
+    // theta = [theta_pre (1 x C); theta_post (1 x C); theta_res (n x C)].
+    Value theta = param(loc, layer, "theta", {n + 2, c}, random((n + 2) * c));
+    Value scaleV = param(loc, layer, "scale", {3}, scale);
+    return hcCoefficients(loc, x, theta, scaleV, baseParam(), /*dynamic=*/true);
+  }
+
+  Value fn = param(loc, layer, "fn", {m, n * c}, random(m * n * c));
+  Value scaleV = param(loc, layer, "scale", {3}, scale);
+  Value baseV = baseParam();
+  int64_t lead = xType.getRank() - 2;
+  SmallVector<int64_t> leadShape(xType.getShape().take_front(lead));
+  auto f32 = b.getF32Type();
+  auto withTail = [&](ArrayRef<int64_t> tail) {
+    SmallVector<int64_t> s(leadShape);
+    s.append(tail.begin(), tail.end());
+    return RankedTensorType::get(s, f32);
+  };
+  Value mix = NormProjectOp::create(b, loc, TypeRange{withTail({m})},
+                                    ValueRange{x, fn})
+                  .getResult();
+  auto split = SplitMixesOp::create(
+      b, loc, TypeRange{withTail({n}), withTail({n}), withTail({n, n})},
+      ValueRange{mix, scaleV, baseV});
+  auto sinkhorn = SinkhornOp::create(
+      b, loc, TypeRange{withTail({n, n})}, ValueRange{split.getLogits()},
+      {b.getNamedAttr("iterations", b.getI64IntegerAttr(cfg.iterations))});
+  return {split.getPre(), split.getPost(), sinkhorn.getResult()};
+}
+
+/// Dynamic HC (spec 5b) with linalg: x~ = RMSNorm(x) per stream,
+///   pre[i]     = a0 tanh(theta_pre . x~[i])    + base[i]
+///   post[i]    = a1 tanh(theta_post . x~[i])   + base[n + i]
+///   comb[i][j] = a2 tanh(theta_res[j] . x~[i]) + base[2n + i n + j]
+/// (comb[i][j]: source stream i into destination j, the dialect's
+/// orientation). Static HC (`dynamic` false) keeps only the base terms.
+Coefficients ChainRewriter::hcCoefficients(Location loc, Value x, Value theta,
+                                           Value scale, Value base,
+                                           bool dynamic) {
+  MLIRContext *ctx = b.getContext();
+  int64_t n = cfg.n;
+  auto xType = cast<RankedTensorType>(x.getType());
+  int64_t rank = xType.getRank(), lead = rank - 2;
+  int64_t c = xType.getShape().back();
+  auto f32 = b.getF32Type();
+  auto dims = [&](int64_t count) {
+    SmallVector<AffineExpr> e;
+    for (int64_t i = 0; i < count; ++i)
+      e.push_back(getAffineDimExpr(i, ctx));
+    return e;
+  };
+
+  Value sq, proj;
+  if (dynamic) {
+    // sq[..., i] = sum_c x^2 ; proj[..., i, k] = sum_c x[..., i, c] theta[k, c]
+    Value sqInit = zeros(b, loc, emptyLike(b, loc, x, lead, {n}, f32));
+    sq = linalg::GenericOp::create(
+             b, loc, sqInit.getType(), x, sqInit,
+             {b.getMultiDimIdentityMap(rank),
+              AffineMap::get(rank, 0, dims(rank - 1), ctx)},
+             iterators(rank - 1, 1),
+             [&](OpBuilder &nb, Location l, ValueRange a) {
+               Value v = toF32(nb, l, a[0]);
+               Value s = arith::AddFOp::create(
+                   nb, l, a[1], arith::MulFOp::create(nb, l, v, v));
+               linalg::YieldOp::create(nb, l, s);
+             })
+             .getResult(0);
+    // Loops (lead..., i, k, c).
+    SmallVector<AffineExpr> xe = dims(lead + 1);
+    xe.push_back(getAffineDimExpr(lead + 2, ctx));
+    Value projInit = zeros(b, loc, emptyLike(b, loc, x, lead, {n, n + 2}, f32));
+    proj = linalg::GenericOp::create(
+               b, loc, projInit.getType(), ValueRange{x, theta}, projInit,
+               {AffineMap::get(rank + 1, 0, xe, ctx),
+                AffineMap::get(rank + 1, 0,
+                               {getAffineDimExpr(lead + 1, ctx),
+                                getAffineDimExpr(lead + 2, ctx)},
+                               ctx),
+                AffineMap::get(rank + 1, 0, dims(rank), ctx)},
+               iterators(rank, 1),
+               [&](OpBuilder &nb, Location l, ValueRange a) {
+                 Value p = arith::MulFOp::create(nb, l, toF32(nb, l, a[0]), a[1]);
+                 linalg::YieldOp::create(
+                     nb, l, arith::AddFOp::create(nb, l, a[2], p).getResult());
+               })
+               .getResult(0);
+  }
+
+  // base split into its pre [n], post [n] and res [n, n] parts.
+  auto slice = [&](int64_t offset, int64_t size) {
+    return tensor::ExtractSliceOp::create(
+               b, loc, base, ArrayRef<OpFoldResult>{b.getIndexAttr(offset)},
+               ArrayRef<OpFoldResult>{b.getIndexAttr(size)},
+               ArrayRef<OpFoldResult>{b.getIndexAttr(1)})
+        .getResult();
+  };
+  Value basePre = slice(0, n), basePost = slice(n, n);
+  Value baseRes = tensor::ExpandShapeOp::create(
+      b, loc, RankedTensorType::get({n, n}, f32), slice(2 * n, n * n),
+      SmallVector<ReassociationIndices>{{0, 1}});
+
+  // One coefficient tensor over loops (lead..., i[, j]): `projCol` is the
+  // column of proj it reads, `scaleIdx` its alpha.
+  auto build = [&](int64_t extra, Value baseSlice, AffineExpr projCol,
+                   int64_t scaleIdx) {
+    int64_t loops = lead + extra;
+    SmallVector<int64_t> tail(extra, n);
+    Value init = emptyLike(b, loc, x, lead, tail, f32);
+    SmallVector<AffineExpr> be;
+    for (int64_t e = 0; e < extra; ++e)
+      be.push_back(getAffineDimExpr(lead + e, ctx));
+    SmallVector<Value> ins{baseSlice};
+    SmallVector<AffineMap> maps{AffineMap::get(loops, 0, be, ctx)};
+    if (dynamic) {
+      SmallVector<AffineExpr> pe = dims(lead + 1);
+      pe.push_back(projCol);
+      ins.append({sq, proj, scale});
+      maps.append({AffineMap::get(loops, 0, dims(lead + 1), ctx),
+                   AffineMap::get(loops, 0, pe, ctx),
+                   AffineMap::get(loops, 0,
+                                  {getAffineConstantExpr(scaleIdx, ctx)}, ctx)});
+    }
+    maps.push_back(b.getMultiDimIdentityMap(loops));
+    return linalg::GenericOp::create(
+               b, loc, init.getType(), ins, init, maps, iterators(loops, 0),
+               [&](OpBuilder &nb, Location l, ValueRange a) {
+                 Value result = a[0];
+                 if (dynamic) {
+                   // r = rsqrt(mean_c x^2 + eps); a * tanh(r * proj) + base
+                   Value invC = arith::ConstantOp::create(
+                       nb, l, nb.getF32FloatAttr(1.0f / c));
+                   Value eps = arith::ConstantOp::create(
+                       nb, l, nb.getF32FloatAttr(kRmsEps));
+                   Value ms = arith::AddFOp::create(
+                       nb, l, arith::MulFOp::create(nb, l, a[1], invC), eps);
+                   Value r = math::RsqrtOp::create(nb, l, ms);
+                   Value t = math::TanhOp::create(
+                       nb, l, arith::MulFOp::create(nb, l, a[2], r));
+                   result = arith::AddFOp::create(
+                       nb, l, arith::MulFOp::create(nb, l, a[3], t), a[0]);
+                 }
+                 linalg::YieldOp::create(nb, l, result);
+               })
+        .getResult(0);
+  };
+  AffineExpr j = getAffineDimExpr(lead + 1, ctx);
+  Coefficients co;
+  co.pre = build(1, basePre, getAffineConstantExpr(0, ctx), 0);
+  co.post = build(1, basePost, getAffineConstantExpr(1, ctx), 1);
+  co.comb = build(2, baseRes, j + 2, 2);
+  return co;
+}
+
+/// The mean of the streams: mhc.collapse (their sum) scaled by 1/n.
+Value ChainRewriter::meanOfStreams(Location loc, Value x, Type type) {
+  Value sum = CollapseOp::create(b, loc, type, x).getResult();
+  if (cfg.n == 1)
+    return sum;
+  auto t = cast<RankedTensorType>(type);
+  Type elem = t.getElementType();
+  Value init = emptyLike(b, loc, sum, t.getRank(), {}, elem);
+  Value inv = arith::ConstantOp::create(b, loc, b.getFloatAttr(elem, 1.0 / cfg.n));
+  AffineMap id = b.getMultiDimIdentityMap(t.getRank());
+  return linalg::GenericOp::create(
+             b, loc, type, sum, init, {id, id}, iterators(t.getRank(), 0),
+             [&](OpBuilder &nb, Location l, ValueRange a) {
+               linalg::YieldOp::create(
+                   nb, l, arith::MulFOp::create(nb, l, a[0], inv).getResult());
+             })
+      .getResult(0);
+}
+
+LogicalResult ChainRewriter::rewrite(ArrayRef<ResidualBlock> chain) {
+  Block *top = &func.getBody().front();
+  auto ownerOf = [&](OpOperand &use) {
+    return top->findAncestorOpInBlock(*use.getOwner());
+  };
+
+  Value start = chain.front().stream;
+  if (isa<BlockArgument>(start))
+    b.setInsertionPointToStart(top);
+  else
+    b.setInsertionPointAfter(start.getDefiningOp());
+  Value wide = ExpandOp::create(b, start.getLoc(),
+                                widen(start.getType(), cfg.n), start,
+                                static_cast<uint64_t>(cfg.n))
+                   .getResult();
+
+  for (size_t k = 0; k < chain.size(); ++k) {
+    const ResidualBlock &blk = chain[k];
+    Location loc = blk.add->getLoc();
+    Coefficients co = coefficients(loc, wide, nextLayer++, k);
+    auto inBranch = [&](OpOperand &use) {
+      Operation *o = ownerOf(use);
+      return o && blk.body.contains(o);
+    };
+    // `v` (a stream value, `w` its widened form) loses its F uses to
+    // pre_apply; past the chain's start, v itself disappears, so every other
+    // reader but `next` (the op continuing the chain) gets the streams' mean.
+    auto reroute = [&](Value v, Value w, Operation *next) {
+      if (llvm::any_of(v.getUses(), inBranch)) {
+        Value u = PreApplyOp::create(b, loc, v.getType(), w, co.pre);
+        v.replaceUsesWithIf(u, inBranch);
+      }
+      if (k == 0)
+        return;
+      auto other = [&](OpOperand &use) { return ownerOf(use) != next; };
+      if (llvm::any_of(v.getUses(), other)) {
+        Value mean = meanOfStreams(loc, w, v.getType());
+        v.replaceUsesWithIf(mean, other);
+      }
+    };
+    Operation *first = blk.path.empty() ? blk.add : blk.path.front();
+    reroute(blk.stream, wide, first);
+    for (auto [p, op] : llvm::enumerate(blk.path)) {
+      b.setInsertionPointAfter(op);
+      Value v = op->getResult(0);
+      wide = convertElementwise(
+          b, op->getLoc(), wide,
+          cast<RankedTensorType>(v.getType()).getElementType());
+      reroute(v, wide, p + 1 < blk.path.size() ? blk.path[p + 1] : blk.add);
+    }
+    b.setInsertionPoint(blk.add);
+    wide = PostResOp::create(b, loc, widen(blk.result.getType(), cfg.n),
+                             blk.branch, wide, co.post, co.comb)
+               .getResult();
+  }
+  // The chain's end: everything reading the last result reads the mean.
+  const ResidualBlock &last = chain.back();
+  Value mean = meanOfStreams(last.add->getLoc(), wide, last.result.getType());
+  Value lastResult = last.result;
+  lastResult.replaceAllUsesWith(mean);
+
+  // Erase the adds and the conversions they made dead, last first.
+  bool allErased = true;
+  for (const ResidualBlock &blk : llvm::reverse(chain)) {
+    if (!blk.add->use_empty()) {
+      allErased = false;
+      blk.add->emitError("mhc-hyperconnect: internal error: the residual add "
+                         "still has users after the rewrite");
+      continue;
+    }
+    SmallVector<Operation *> dead{blk.add};
+    dead.append(blk.path.rbegin(), blk.path.rend());
+    SmallVector<Value> inits;
+    if (auto dps = dyn_cast<DestinationStyleOpInterface>(blk.add))
+      for (Value v : dps.getDpsInits())
+        inits.push_back(v);
+    for (Operation *op : dead) {
+      if (!op->use_empty())
+        continue;
+      if (op != blk.add)
+        if (auto dps = dyn_cast<DestinationStyleOpInterface>(op))
+          for (Value v : dps.getDpsInits())
+            inits.push_back(v);
+      op->erase();
+    }
+    for (Value v : inits)
+      if (auto empty = v.getDefiningOp<tensor::EmptyOp>())
+        if (empty->use_empty())
+          empty->erase();
+  }
+  return success(allErased);
+}
+
+struct MHCHyperConnectPass
+    : mhc::impl::MHCHyperConnectBase<MHCHyperConnectPass> {
+  using MHCHyperConnectBase::MHCHyperConnectBase;
+
+  /// Parses the string options; emits an error and returns failure on bad
+  /// ones.
+  LogicalResult parseOptions(Config &cfg) {
+    ModuleOp module = getOperation();
+    if (streams < 1)
+      return module.emitError("mhc-hyperconnect: streams must be >= 1, got ")
+             << static_cast<int64_t>(streams);
+    if (iterations < 1)
+      return module.emitError(
+                 "mhc-hyperconnect: iterations must be >= 1, got ")
+             << static_cast<int64_t>(iterations);
+    if (minBlocks < 1)
+      return module.emitError(
+                 "mhc-hyperconnect: min-blocks must be >= 1, got ")
+             << static_cast<int64_t>(minBlocks);
+    cfg.n = streams;
+    cfg.iterations = iterations;
+    if (mode == "mhc")
+      cfg.mode = Mode::MHC;
+    else if (mode == "hc")
+      cfg.mode = Mode::HC;
+    else if (mode == "static-hc")
+      cfg.mode = Mode::StaticHC;
+    else
+      return module.emitError("mhc-hyperconnect: unknown mode '")
+             << mode << "' (expected 'mhc', 'hc' or 'static-hc')";
+    if (init == "paper")
+      cfg.init = Init::Paper;
+    else if (init == "identity")
+      cfg.init = Init::Identity;
+    else
+      return module.emitError("mhc-hyperconnect: unknown init '")
+             << init << "' (expected 'paper' or 'identity')";
+    if (params == "arguments")
+      cfg.paramsAsArguments = true;
+    else if (params == "constants")
+      cfg.paramsAsArguments = false;
+    else
+      return module.emitError("mhc-hyperconnect: unknown params '")
+             << params << "' (expected 'arguments' or 'constants')";
+    if (cfg.mode == Mode::MHC && cfg.init == Init::Identity)
+      return module.emitError(
+          "mhc-hyperconnect: init=identity needs mode=hc or mode=static-hc: "
+          "mode=mhc's sigmoid and Sinkhorn cannot represent a one-hot pre or "
+          "an identity comb exactly");
+    return success();
+  }
+
+  void runOnOperation() override {
+    Config cfg;
+    if (failed(parseOptions(cfg)))
+      return signalPassFailure();
+    ModuleOp module = getOperation();
+    for (auto func : llvm::to_vector(module.getOps<func::FuncOp>())) {
+      if (func.isExternal())
+        continue;
+      ChainRewriter rewriter(func, cfg);
+      bool checkedCallers = false, rewroteAny = false;
+      // Rewriting one chain can change what the others look like (nested
+      // chains); re-analyse after each.
+      while (true) {
+        ChainAnalysis analysis = analyzeFunction(func, minBlocks);
+        if (analysis.chains.empty()) {
+          if (remarks) {
+            for (auto &[op, why] : analysis.skipped)
+              op->emitRemark("mhc-hyperconnect: add left alone: ") << why;
+          }
+          break;
+        }
+        if (cfg.paramsAsArguments && !checkedCallers) {
+          checkedCallers = true;
+          if (!SymbolTable::symbolKnownUseEmpty(func, module)) {
+            func.emitError("mhc-hyperconnect: @")
+                << func.getSymName()
+                << " has callers and params=arguments would change its "
+                   "signature; use params=constants or rewrite the callee "
+                   "alone";
+            return signalPassFailure();
+          }
+        }
+        if (failed(rewriter.rewrite(analysis.chains.front())))
+          return signalPassFailure();
+        rewroteAny = true;
+      }
+      if (remarks && !rewroteAny)
+        func.emitRemark("mhc-hyperconnect: no residual chain in @")
+            << func.getSymName();
+    }
+  }
+};
+
 } // namespace

@@ -7,11 +7,52 @@ include "mlir/Pass/PassBase.td"
 def MHCHyperConnect : Pass<"mhc-hyperconnect", "ModuleOp"> {
   let summary = "Rewrite an ordinary residual network into hyper-connected (mHC) form";
   let description = [{
-    Finds chains of residual adds `x_{l+1} = x_l + F_l(x_l)` in each function
-    and widens the residual stream into `streams` hyper-connected streams:
-    `mhc.expand` at the start of the chain, per block the coefficient ops and
-    `mhc.pre_apply` feeding what was F's input, `mhc.post_res` in place of the
-    add, and `mhc.collapse` before the stream's final users.
+    Finds chains of residual adds `x_{l+1} = x_l + F_l(x_l)` in the entry
+    block of each function and widens the residual stream into `streams`
+    hyper-connected streams.
+
+    Matched adds: `arith.addf` on tensors, `linalg.add`, an elementwise-add
+    `linalg.generic` (identity maps, parallel loops, payload `addf` of the
+    two inputs, optionally one side scaled by the constant 1.0 as torch-mlir
+    writes `a + 1.0 * b`) and `tosa.add` with equal shapes; either operand
+    order. The residual operand x is the one the other operand y depends on,
+    looked at through dtype conversions (`arith.extf`/`truncf` or their
+    one-op `linalg.generic` form); F is every op that depends on x and feeds
+    y. A block is left alone when something F computes is used outside it
+    (the branch escapes), when the operands broadcast, when its residual
+    input also feeds another residual add, or when its chain has fewer than
+    `min-blocks` blocks (a lone `x + f(x)` is usually part of an activation,
+    e.g. GELU's `x + 0.044715 x^3`).
+
+    Rewrite of a chain of k blocks:
+    `mhc.expand` of the chain's start value `h` into `[..., n, C]`; per block
+    the coefficient ops (mode), `mhc.pre_apply` replacing F's uses of `x_l`,
+    `mhc.post_res` replacing the add; every reader of the stream outside the
+    chain (the chain end's users included) reads the streams' mean,
+    `mhc.collapse(X) * (1/n)`. With identical streams the mean is the stream
+    itself, so `mode=hc init=identity` (and `mode=static-hc`) computes
+    exactly what the original did (bit-exact for n a power of two).
+
+    Modes: `mhc` = `mhc.norm_project` / `mhc.split_mixes` / `mhc.sinkhorn`
+    with per-layer parameters `fn f32[M, nC]`, `scale f32[3]`, `base f32[M]`
+    (M = n^2 + 2n); `hc` = dynamic HC (spec 5b) in linalg/math ops: per-stream
+    RMSNorm, `alpha * tanh(theta . x~) + b`, parameters `theta f32[n+2, C]`
+    (rows: pre, post, res_0..res_{n-1}), `scale`, `base` (same layout as
+    mhc); `static-hc` = `base` only.
+
+    Init: `paper` = alpha 0.01; mhc: fn ~ U(-0.01, 0.01) (seeded per layer),
+    base pre = -log(n-1) (sigmoid = 1/n), post = 0 (post = 1), res = 0
+    (Sinkhorn gives J/n); hc: theta ~ U(-0.01, 0.01), base = HC identity
+    (pre one-hot e_{l mod n}, post 1, res I); static-hc: pre = 1/n, post 1,
+    res I. `identity` (hc, static-hc) = theta 0 and the HC identity base.
+
+    Params: `arguments` appends each parameter to the function signature
+    with `{mhc.param = "layer<L>.<fn|theta|scale|base>"}` (L counts blocks
+    in the function); the pass fails if the function has callers.
+    `constants` materialises them as `arith.constant`s.
+
+    `remarks=true` emits one remark per add left alone saying why, and one
+    per function with no residual chain. See docs/HyperConnect.md.
   }];
   let dependentDialects = ["::mlir::mhc::MHCDialect",
                            "::mlir::arith::ArithDialect",
@@ -29,11 +70,14 @@ def MHCHyperConnect : Pass<"mhc-hyperconnect", "ModuleOp"> {
     Option<"iterations", "iterations", "int64_t", /*default=*/"20",
            "Sinkhorn iterations (mode=mhc)">,
     Option<"init", "init", "std::string", /*default=*/"\"paper\"",
-           "Initialisation: 'paper' (alpha = 0.01) or 'identity' (the widened "
+           "Initialisation: 'paper' (alpha = 0.01, small seeded random "
+           "weights) or 'identity' (mode=hc/static-hc only: the widened "
            "network computes what the original did)">,
     Option<"params", "params", "std::string", /*default=*/"\"arguments\"",
            "Where the new parameters live: 'arguments' (appended to the "
            "function signature) or 'constants' (initialised in the IR)">,
+    Option<"minBlocks", "min-blocks", "int64_t", /*default=*/"2",
+           "Rewrite only chains of at least this many residual blocks">,
     Option<"remarks", "remarks", "bool", /*default=*/"false",
            "Emit a remark for every add that was considered and skipped, "
            "saying why">,

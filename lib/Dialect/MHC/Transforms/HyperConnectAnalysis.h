@@ -1,0 +1,55 @@
+//===- HyperConnectAnalysis.h - find residual chains ------------*- C++ -*-===//
+//
+// The matching half of --mhc-hyperconnect: which adds are residual adds
+// `x_{l+1} = x_l + F_l(x_l)`, what their branch F_l is, and how they chain.
+// Kept apart from the rewrite so that each can be read alone.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MHC_LIB_DIALECT_MHC_TRANSFORMS_HYPERCONNECTANALYSIS_H
+#define MHC_LIB_DIALECT_MHC_TRANSFORMS_HYPERCONNECTANALYSIS_H
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Operation.h"
+#include "llvm/ADT/SmallPtrSet.h"
+#include "llvm/ADT/SmallVector.h"
+#include <string>
+#include <vector>
+
+namespace mlir::mhc::hyperconnect {
+
+/// One residual block `r = x + y` with `y = F(x)`.
+struct ResidualBlock {
+  /// The add (arith.addf, linalg.add, elementwise linalg.generic, tosa.add).
+  Operation *add = nullptr;
+  /// The add's result r, its residual operand x and its branch operand y.
+  Value result, residual, branch;
+  /// The stream value the residual operand is a dtype conversion of (x itself
+  /// when there is none); chains link through it.
+  Value stream;
+  /// The conversion ops from `stream` to `residual`, in program order.
+  SmallVector<Operation *> path;
+  /// F: the ops that depend on the stream and feed y (path ops excluded).
+  llvm::SmallPtrSet<Operation *, 32> body;
+};
+
+/// What the analysis found in one function.
+struct ChainAnalysis {
+  /// Chains in program order; each is a list of blocks where the result of
+  /// one is the stream of the next.
+  std::vector<std::vector<ResidualBlock>> chains;
+  /// Candidate adds that were left alone, with the reason.
+  SmallVector<std::pair<Operation *, std::string>> skipped;
+};
+
+/// Finds the residual chains of `func` (its entry block only) that have at
+/// least `minBlocks` blocks.
+ChainAnalysis analyzeFunction(func::FuncOp func, int64_t minBlocks);
+
+/// If `op` is a shape-preserving floating-point conversion of a tensor
+/// (arith.extf/truncf, or a one-input elementwise linalg.generic doing just
+/// that), returns its input; else a null value.
+Value conversionSource(Operation *op);
+
+} // namespace mlir::mhc::hyperconnect
+
+#endif // MHC_LIB_DIALECT_MHC_TRANSFORMS_HYPERCONNECTANALYSIS_H

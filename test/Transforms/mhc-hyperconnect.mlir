@@ -1,0 +1,331 @@
+// Matching and rewriting of --mhc-hyperconnect, per matched form and option.
+// Every run also checks the remarks (remarks=true + -verify-diagnostics):
+// the skip reasons do not depend on the mode.
+//
+// RUN: mhc-opt %s -split-input-file -verify-diagnostics --mlir-print-op-on-diagnostic=false \
+// RUN:   --mhc-hyperconnect="remarks=true" | FileCheck %s
+// RUN: mhc-opt %s -split-input-file -verify-diagnostics --mlir-print-op-on-diagnostic=false \
+// RUN:   --mhc-hyperconnect="remarks=true mode=hc init=identity params=constants" \
+// RUN:   | FileCheck %s --check-prefix=HC
+// RUN: mhc-opt %s -split-input-file -verify-diagnostics --mlir-print-op-on-diagnostic=false \
+// RUN:   --mhc-hyperconnect="remarks=true mode=hc streams=2" | FileCheck %s --check-prefix=HCARGS
+// RUN: mhc-opt %s -split-input-file -verify-diagnostics --mlir-print-op-on-diagnostic=false \
+// RUN:   --mhc-hyperconnect="remarks=true mode=static-hc streams=2 params=constants" \
+// RUN:   | FileCheck %s --check-prefix=STATIC
+// RUN: mhc-opt %s -split-input-file -verify-diagnostics --mlir-print-op-on-diagnostic=false \
+// RUN:   --mhc-hyperconnect="remarks=true streams=2 iterations=5 params=constants" \
+// RUN:   | FileCheck %s --check-prefix=CONST
+
+// Two residual blocks in arith form; the second has its operands swapped.
+// CHECK-LABEL: func.func @arith_chain
+// CHECK-SAME: %[[H:[a-z0-9]+]]: tensor<8x16xf32>, %[[W:[a-z0-9]+]]: tensor<16x16xf32>
+// CHECK-SAME: %[[FN0:[a-z0-9]+]]: tensor<24x64xf32> {mhc.param = "layer0.fn"}
+// CHECK-SAME: %[[S0:[a-z0-9]+]]: tensor<3xf32> {mhc.param = "layer0.scale"}
+// CHECK-SAME: %[[B0:[a-z0-9]+]]: tensor<24xf32> {mhc.param = "layer0.base"}
+// CHECK-SAME: %[[FN1:[a-z0-9]+]]: tensor<24x64xf32> {mhc.param = "layer1.fn"}
+// CHECK-SAME: %[[S1:[a-z0-9]+]]: tensor<3xf32> {mhc.param = "layer1.scale"}
+// CHECK-SAME: %[[B1:[a-z0-9]+]]: tensor<24xf32> {mhc.param = "layer1.base"}) -> tensor<8x16xf32>
+// CHECK:      %[[X0:.*]] = mhc.expand %[[H]], streams = 4 : tensor<8x16xf32> -> tensor<8x4x16xf32>
+// CHECK:      %[[MIX0:.*]] = mhc.norm_project %[[X0]], %[[FN0]] : tensor<8x4x16xf32>, tensor<24x64xf32> -> tensor<8x24xf32>
+// CHECK:      %[[PRE0:.*]], %[[POST0:.*]], %[[L0:.*]] = mhc.split_mixes %[[MIX0]], %[[S0]], %[[B0]]
+// CHECK:      %[[C0:.*]] = mhc.sinkhorn %[[L0]] : tensor<8x4x4xf32>
+// CHECK:      %[[U0:.*]] = mhc.pre_apply %[[X0]], %[[PRE0]] : tensor<8x4x16xf32>, tensor<8x4xf32> -> tensor<8x16xf32>
+// CHECK:      %[[A:.*]] = math.tanh %[[U0]]
+// CHECK:      %[[Y0:.*]] = linalg.matmul ins(%[[A]], %[[W]]
+// CHECK:      %[[X1:.*]] = mhc.post_res %[[Y0]], %[[X0]], %[[POST0]], %[[C0]]
+// CHECK:      %[[MIX1:.*]] = mhc.norm_project %[[X1]], %[[FN1]]
+// CHECK:      %[[PRE1:.*]], %[[POST1:.*]], %[[L1:.*]] = mhc.split_mixes %[[MIX1]], %[[S1]], %[[B1]]
+// CHECK:      %[[C1:.*]] = mhc.sinkhorn %[[L1]]
+// CHECK:      %[[U1:.*]] = mhc.pre_apply %[[X1]], %[[PRE1]]
+// CHECK:      %[[B:.*]] = math.tanh %[[U1]]
+// CHECK:      %[[Y1:.*]] = linalg.matmul ins(%[[B]], %[[W]]
+// CHECK:      %[[X2:.*]] = mhc.post_res %[[Y1]], %[[X1]], %[[POST1]], %[[C1]]
+// CHECK:      %[[SUM:.*]] = mhc.collapse %[[X2]] : tensor<8x4x16xf32> -> tensor<8x16xf32>
+// CHECK:      %[[QUARTER:.*]] = arith.constant 2.500000e-01 : f32
+// CHECK:      %[[MEAN:.*]] = linalg.generic {{.*}} ins(%[[SUM]] : tensor<8x16xf32>)
+// CHECK:        arith.mulf %{{.*}}, %[[QUARTER]] : f32
+// CHECK:      return %[[MEAN]]
+// CHECK-NOT:  arith.addf {{.*}} : tensor
+
+// mode=hc: per-stream RMSNorm, tanh, theta f32[n+2, C]; identity init puts
+// zeros in theta and the HC identity in base (one-hot pre per layer).
+// HC-LABEL: func.func @arith_chain
+// HC-DAG:   %[[BASE0:.*]] = arith.constant dense<[1.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 1.000000e+00, 1.000000e+00, 1.000000e+00, 1.000000e+00, 1.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 1.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 1.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 1.000000e+00]> : tensor<24xf32>
+// HC-DAG:   %[[BASE1:.*]] = arith.constant dense<[0.000000e+00, 1.000000e+00, 0.000000e+00, 0.000000e+00, 1.000000e+00, {{.*}}]> : tensor<24xf32>
+// HC-DAG:   %[[THETA:.*]] = arith.constant dense<0.000000e+00> : tensor<6x16xf32>
+// HC-DAG:   arith.constant dense<0.00999999977> : tensor<3xf32>
+// HC:       %[[X0:.*]] = mhc.expand
+// HC:       linalg.generic {{.*}} iterator_types = ["parallel", "parallel", "reduction"]} ins(%[[X0]] : tensor<8x4x16xf32>)
+// HC:       linalg.generic {{.*}} iterator_types = ["parallel", "parallel", "parallel", "reduction"]} ins(%[[X0]], %[[THETA]] : tensor<8x4x16xf32>, tensor<6x16xf32>)
+// HC:       %[[PRE:.*]] = linalg.generic {{.*}} outs(%{{.*}} : tensor<8x4xf32>)
+// HC:         math.rsqrt
+// HC:         math.tanh
+// HC:       %[[POST:.*]] = linalg.generic {{.*}} outs(%{{.*}} : tensor<8x4xf32>)
+// HC:         math.tanh
+// HC:       %[[COMB:.*]] = linalg.generic {{.*}} outs(%{{.*}} : tensor<8x4x4xf32>)
+// HC:         math.tanh
+// HC:       %[[U:.*]] = mhc.pre_apply %[[X0]], %[[PRE]]
+// HC:       mhc.post_res %{{.*}}, %[[X0]], %[[POST]], %[[COMB]]
+// HC-NOT:   mhc.sinkhorn
+// HC:       mhc.collapse
+
+// HCARGS-LABEL: func.func @arith_chain
+// HCARGS-SAME: tensor<4x16xf32> {mhc.param = "layer0.theta"}, %{{.*}}: tensor<3xf32> {mhc.param = "layer0.scale"}, %{{.*}}: tensor<8xf32> {mhc.param = "layer0.base"}
+// HCARGS-SAME: tensor<4x16xf32> {mhc.param = "layer1.theta"}
+// HCARGS: mhc.expand %{{.*}}, streams = 2
+
+// static-hc: constant mappings, broadcast from base; paper init = mean pre.
+// STATIC-LABEL: func.func @arith_chain
+// STATIC:     arith.constant dense<[5.000000e-01, 5.000000e-01, 1.000000e+00, 1.000000e+00, 1.000000e+00, 0.000000e+00, 0.000000e+00, 1.000000e+00]> : tensor<8xf32>
+// STATIC-NOT: math.tanh %{{.*}} : f32
+// STATIC:     mhc.expand %{{.*}}, streams = 2
+// STATIC-NOT: mhc.norm_project
+// STATIC:     mhc.pre_apply
+// STATIC:     mhc.post_res
+// STATIC:     mhc.pre_apply
+// STATIC:     mhc.post_res
+// STATIC:     mhc.collapse
+// STATIC:     arith.constant 5.000000e-01 : f32
+
+// params=constants, Sinkhorn iterations, n = 2: fn is f32[8, 32].
+// CONST-LABEL: func.func @arith_chain
+// CONST-SAME: (%{{.*}}: tensor<8x16xf32>, %{{.*}}: tensor<16x16xf32>) -> tensor<8x16xf32>
+// CONST:      arith.constant dense<{{.*}}> : tensor<8x32xf32>
+// CONST:      arith.constant dense<0.00999999977> : tensor<3xf32>
+// CONST:      arith.constant dense<[-0.000000e+00, -0.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00]> : tensor<8xf32>
+// CONST:      mhc.sinkhorn %{{.*}} {iterations = 5 : i64} : tensor<8x2x2xf32>
+// CONST:      mhc.sinkhorn %{{.*}} {iterations = 5 : i64} : tensor<8x2x2xf32>
+func.func @arith_chain(%h: tensor<8x16xf32>, %w: tensor<16x16xf32>) -> tensor<8x16xf32> {
+  %z = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<8x16xf32>
+  %f = linalg.fill ins(%z : f32) outs(%e : tensor<8x16xf32>) -> tensor<8x16xf32>
+  %a = math.tanh %h : tensor<8x16xf32>
+  %y1 = linalg.matmul ins(%a, %w : tensor<8x16xf32>, tensor<16x16xf32>) outs(%f : tensor<8x16xf32>) -> tensor<8x16xf32>
+  %h1 = arith.addf %h, %y1 : tensor<8x16xf32>
+  %b = math.tanh %h1 : tensor<8x16xf32>
+  %y2 = linalg.matmul ins(%b, %w : tensor<8x16xf32>, tensor<16x16xf32>) outs(%f : tensor<8x16xf32>) -> tensor<8x16xf32>
+  %h2 = arith.addf %y2, %h1 : tensor<8x16xf32>
+  return %h2 : tensor<8x16xf32>
+}
+
+// -----
+
+// linalg.add form, rank-3 stream [B, T, C], the residual second.
+// CHECK-LABEL: func.func @linalg_add_chain
+// CHECK:       %[[X0:.*]] = mhc.expand %{{.*}}, streams = 4 : tensor<2x3x8xf32> -> tensor<2x3x4x8xf32>
+// CHECK:       mhc.norm_project %[[X0]], %{{.*}} : tensor<2x3x4x8xf32>, tensor<24x32xf32> -> tensor<2x3x24xf32>
+// CHECK:       mhc.pre_apply %[[X0]]
+// CHECK:       %[[X1:.*]] = mhc.post_res %{{.*}}, %[[X0]]
+// CHECK:       mhc.pre_apply %[[X1]]
+// CHECK:       %[[X2:.*]] = mhc.post_res %{{.*}}, %[[X1]]
+// CHECK:       mhc.collapse %[[X2]]
+// CHECK-NOT:   linalg.add
+// HC-LABEL:    func.func @linalg_add_chain
+// HC-COUNT-2:  mhc.post_res
+// HC-NOT:      linalg.add
+func.func @linalg_add_chain(%h: tensor<2x3x8xf32>) -> tensor<2x3x8xf32> {
+  %e = tensor.empty() : tensor<2x3x8xf32>
+  %y1 = linalg.exp ins(%h : tensor<2x3x8xf32>) outs(%e : tensor<2x3x8xf32>) -> tensor<2x3x8xf32>
+  %h1 = linalg.add ins(%y1, %h : tensor<2x3x8xf32>, tensor<2x3x8xf32>) outs(%e : tensor<2x3x8xf32>) -> tensor<2x3x8xf32>
+  %y2 = linalg.exp ins(%h1 : tensor<2x3x8xf32>) outs(%e : tensor<2x3x8xf32>) -> tensor<2x3x8xf32>
+  %h2 = linalg.add ins(%y2, %h1 : tensor<2x3x8xf32>, tensor<2x3x8xf32>) outs(%e : tensor<2x3x8xf32>) -> tensor<2x3x8xf32>
+  return %h2 : tensor<2x3x8xf32>
+}
+
+// -----
+
+// torch-mlir's form: an elementwise linalg.generic, `a + 1.0 * b` payload.
+#id = affine_map<(d0, d1) -> (d0, d1)>
+// CHECK-LABEL: func.func @generic_chain
+// CHECK:       mhc.expand
+// CHECK-COUNT-2: mhc.post_res
+// CHECK:       mhc.collapse
+// CHECK-NOT:   arith.addf %in
+func.func @generic_chain(%h: tensor<4x16xf32>) -> tensor<4x16xf32> {
+  %e = tensor.empty() : tensor<4x16xf32>
+  %one = arith.constant 1.0 : f32
+  %y1 = math.sin %h : tensor<4x16xf32>
+  %h1 = linalg.generic {indexing_maps = [#id, #id, #id], iterator_types = ["parallel", "parallel"]}
+      ins(%h, %y1 : tensor<4x16xf32>, tensor<4x16xf32>) outs(%e : tensor<4x16xf32>) {
+  ^bb0(%a: f32, %b: f32, %o: f32):
+    %s = arith.mulf %b, %one : f32
+    %r = arith.addf %a, %s : f32
+    linalg.yield %r : f32
+  } -> tensor<4x16xf32>
+  %y2 = math.sin %h1 : tensor<4x16xf32>
+  %h2 = linalg.generic {indexing_maps = [#id, #id, #id], iterator_types = ["parallel", "parallel"]}
+      ins(%y2, %h1 : tensor<4x16xf32>, tensor<4x16xf32>) outs(%e : tensor<4x16xf32>) {
+  ^bb0(%a: f32, %b: f32, %o: f32):
+    %r = arith.addf %b, %a : f32
+    linalg.yield %r : f32
+  } -> tensor<4x16xf32>
+  return %h2 : tensor<4x16xf32>
+}
+
+// -----
+
+// tosa.add form.
+// CHECK-LABEL: func.func @tosa_chain
+// CHECK:       mhc.expand %{{.*}}, streams = 4 : tensor<1x4x16xf32> -> tensor<1x4x4x16xf32>
+// CHECK-COUNT-2: mhc.post_res
+// CHECK-NOT:   tosa.add
+// CHECK:       mhc.collapse
+func.func @tosa_chain(%h: tensor<1x4x16xf32>) -> tensor<1x4x16xf32> {
+  %y1 = tosa.tanh %h : (tensor<1x4x16xf32>) -> tensor<1x4x16xf32>
+  %h1 = tosa.add %h, %y1 : (tensor<1x4x16xf32>, tensor<1x4x16xf32>) -> tensor<1x4x16xf32>
+  %y2 = tosa.tanh %h1 : (tensor<1x4x16xf32>) -> tensor<1x4x16xf32>
+  %h2 = tosa.add %y2, %h1 : (tensor<1x4x16xf32>, tensor<1x4x16xf32>) -> tensor<1x4x16xf32>
+  return %h2 : tensor<1x4x16xf32>
+}
+
+// -----
+
+// A bf16 stream whose adds run in f32 (extf, add, truncf): the chain links
+// through the conversions, which are replayed on the widened stream.
+// CHECK-LABEL: func.func @bf16_through_conversions
+// CHECK:       %[[X0:.*]] = mhc.expand %{{.*}} : tensor<4x16xbf16> -> tensor<4x4x16xbf16>
+// CHECK:       mhc.norm_project %[[X0]]
+// CHECK:       %[[U0:.*]] = mhc.pre_apply %[[X0]], %{{.*}} -> tensor<4x16xbf16>
+// CHECK:       %[[X0F:.*]] = linalg.generic {{.*}} ins(%[[X0]] : tensor<4x4x16xbf16>)
+// CHECK:         arith.extf
+// CHECK:       %[[X1F:.*]] = mhc.post_res %{{.*}}, %[[X0F]], {{.*}} -> tensor<4x4x16xf32>
+// CHECK:       %[[X1:.*]] = linalg.generic {{.*}} ins(%[[X1F]] : tensor<4x4x16xf32>)
+// CHECK:         arith.truncf
+// CHECK:       mhc.post_res %{{.*}}, %{{.*}} -> tensor<4x4x16xf32>
+// CHECK:       mhc.collapse %{{.*}} : tensor<4x4x16xf32> -> tensor<4x16xf32>
+func.func @bf16_through_conversions(%h: tensor<4x16xbf16>) -> tensor<4x16xf32> {
+  %a = math.tanh %h : tensor<4x16xbf16>
+  %af = arith.extf %a : tensor<4x16xbf16> to tensor<4x16xf32>
+  %hf = arith.extf %h : tensor<4x16xbf16> to tensor<4x16xf32>
+  %h1f = arith.addf %hf, %af : tensor<4x16xf32>
+  %h1 = arith.truncf %h1f : tensor<4x16xf32> to tensor<4x16xbf16>
+  %b = math.tanh %h1 : tensor<4x16xbf16>
+  %bf = arith.extf %b : tensor<4x16xbf16> to tensor<4x16xf32>
+  %h1e = arith.extf %h1 : tensor<4x16xbf16> to tensor<4x16xf32>
+  %h2 = arith.addf %bf, %h1e : tensor<4x16xf32>
+  return %h2 : tensor<4x16xf32>
+}
+
+// -----
+
+// Dynamic token count: coefficient tensors take their sizes from the stream.
+// CHECK-LABEL: func.func @dynamic_tokens
+// CHECK:       mhc.expand %{{.*}} : tensor<?x16xf32> -> tensor<?x4x16xf32>
+// CHECK:       mhc.norm_project {{.*}} -> tensor<?x24xf32>
+// CHECK:       mhc.collapse %{{.*}} : tensor<?x4x16xf32> -> tensor<?x16xf32>
+// HC-LABEL:    func.func @dynamic_tokens
+// HC:          tensor.dim
+// HC:          tensor.empty(%{{.*}}) : tensor<?x4xf32>
+func.func @dynamic_tokens(%h: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %y1 = math.tanh %h : tensor<?x16xf32>
+  %h1 = arith.addf %h, %y1 : tensor<?x16xf32>
+  %y2 = math.tanh %h1 : tensor<?x16xf32>
+  %h2 = arith.addf %h1, %y2 : tensor<?x16xf32>
+  return %h2 : tensor<?x16xf32>
+}
+
+// -----
+
+// A stream value read outside the chain (an intermediate hidden state
+// returned) reads the mean of the streams at that point.
+// CHECK-LABEL: func.func @stream_read_mid_chain
+// CHECK:       %[[X1:.*]] = mhc.post_res
+// CHECK:       %[[MID:.*]] = mhc.collapse %[[X1]]
+// CHECK:       %[[X2:.*]] = mhc.post_res %{{.*}}, %[[X1]]
+// CHECK:       %[[END:.*]] = mhc.collapse %[[X2]]
+// CHECK:       return %{{.*}}, %{{.*}} : tensor<4x16xf32>, tensor<4x16xf32>
+func.func @stream_read_mid_chain(%h: tensor<4x16xf32>) -> (tensor<4x16xf32>, tensor<4x16xf32>) {
+  %y1 = math.tanh %h : tensor<4x16xf32>
+  %h1 = arith.addf %h, %y1 : tensor<4x16xf32>
+  %y2 = math.tanh %h1 : tensor<4x16xf32>
+  %h2 = arith.addf %h1, %y2 : tensor<4x16xf32>
+  return %h1, %h2 : tensor<4x16xf32>, tensor<4x16xf32>
+}
+
+// -----
+
+// Negative cases: nothing changes, and each skipped add says why.
+// CHECK-LABEL: func.func @not_residual
+// CHECK-NOT:   mhc.
+// CHECK:       return
+// expected-remark@+1 {{mhc-hyperconnect: no residual chain in @not_residual}}
+func.func @not_residual(%h: tensor<4x16xf32>, %g: tensor<4x16xf32>, %bias: tensor<16xf32>) -> (tensor<4x16xf32>, tensor<4x16xf32>) {
+  // Independent operands (like the wte + wpe embedding sum).
+  // expected-remark@+1 {{add left alone: neither operand depends on the other (not x + F(x))}}
+  %s = arith.addf %h, %g : tensor<4x16xf32>
+  // Broadcasting add (a bias).
+  %e = tensor.empty() : tensor<4x16xf32>
+  // expected-remark@+1 {{add left alone: the operands broadcast (shapes differ from the result's)}}
+  %b = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d1)>, affine_map<(d0, d1) -> (d0, d1)>], iterator_types = ["parallel", "parallel"]}
+      ins(%s, %bias : tensor<4x16xf32>, tensor<16xf32>) outs(%e : tensor<4x16xf32>) {
+  ^bb0(%x: f32, %y: f32, %o: f32):
+    %r = arith.addf %x, %y : f32
+    linalg.yield %r : f32
+  } -> tensor<4x16xf32>
+  // A lone x + f(x), like GELU's inner add: a chain of one block.
+  %c = arith.constant dense<0.044715> : tensor<4x16xf32>
+  %cube = arith.mulf %b, %b : tensor<4x16xf32>
+  %t = arith.mulf %cube, %c : tensor<4x16xf32>
+  // expected-remark@+1 {{add left alone: it is in a chain of 1 residual block(s), fewer than min-blocks=2}}
+  %gelu = arith.addf %b, %t : tensor<4x16xf32>
+  return %s, %gelu : tensor<4x16xf32>, tensor<4x16xf32>
+}
+
+// -----
+
+// tosa.add with broadcasting shapes is not a residual add.
+// CHECK-LABEL: func.func @tosa_broadcast
+// CHECK:       tosa.add
+// CHECK-NOT:   mhc.
+// expected-remark@+1 {{mhc-hyperconnect: no residual chain in @tosa_broadcast}}
+func.func @tosa_broadcast(%h: tensor<4x16xf32>, %b: tensor<1x16xf32>) -> tensor<4x16xf32> {
+  // expected-remark@+1 {{add left alone: the operands broadcast (shapes differ from the result's)}}
+  %r = tosa.add %h, %b : (tensor<4x16xf32>, tensor<1x16xf32>) -> tensor<4x16xf32>
+  return %r : tensor<4x16xf32>
+}
+
+// -----
+
+// The branch escapes: the first block's internal value is returned too, so
+// that block is left alone, and the second alone is a chain of one.
+// CHECK-LABEL: func.func @branch_escapes
+// CHECK-NOT:   mhc.
+// CHECK-COUNT-2: arith.addf
+// expected-remark@+1 {{mhc-hyperconnect: no residual chain in @branch_escapes}}
+func.func @branch_escapes(%h: tensor<4x16xf32>) -> (tensor<4x16xf32>, tensor<4x16xf32>) {
+  %y1 = math.tanh %h : tensor<4x16xf32>
+  // expected-remark@+1 {{add left alone: the branch escapes: 'func.return' outside the block uses a value computed in it}}
+  %h1 = arith.addf %h, %y1 : tensor<4x16xf32>
+  %y2 = math.tanh %h1 : tensor<4x16xf32>
+  // expected-remark@+1 {{add left alone: it is in a chain of 1 residual block(s)}}
+  %h2 = arith.addf %h1, %y2 : tensor<4x16xf32>
+  return %h2, %y1 : tensor<4x16xf32>, tensor<4x16xf32>
+}
+
+// -----
+
+// One stream feeding two residual adds (a fork) is not a chain.
+// CHECK-LABEL: func.func @stream_forks
+// CHECK-NOT:   mhc.
+// expected-remark@+1 {{mhc-hyperconnect: no residual chain in @stream_forks}}
+func.func @stream_forks(%h: tensor<4x16xf32>) -> (tensor<4x16xf32>, tensor<4x16xf32>) {
+  %y1 = math.tanh %h : tensor<4x16xf32>
+  // expected-remark@+1 {{add left alone: its residual input also feeds another residual add}}
+  %h1 = arith.addf %h, %y1 : tensor<4x16xf32>
+  %y2 = math.sin %h : tensor<4x16xf32>
+  // expected-remark@+1 {{add left alone: its residual input also feeds another residual add}}
+  %h2 = arith.addf %h, %y2 : tensor<4x16xf32>
+  return %h1, %h2 : tensor<4x16xf32>, tensor<4x16xf32>
+}
+
+// -----
+
+// A function without any add: unchanged, with a remark.
+// CHECK-LABEL: func.func @no_chain
+// CHECK-NEXT:  math.tanh
+// CHECK-NEXT:  return
+// expected-remark@+1 {{mhc-hyperconnect: no residual chain in @no_chain}}
+func.func @no_chain(%h: tensor<4x16xf32>) -> tensor<4x16xf32> {
+  %y = math.tanh %h : tensor<4x16xf32>
+  return %y : tensor<4x16xf32>
+}
