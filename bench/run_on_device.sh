@@ -15,5 +15,11 @@ export PYTHONUNBUFFERED=1
 export MHC_BENCH_WRAPPER="bench/run_on_device.sh $out_dir $*"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw \
   --format=csv > "$out_dir/nvidia-smi.txt" || true
+# The C route: examples/aot/caller.c against the real runtime.
+if [ -x .rt-carry/aot/caller ]; then
+  for shape in "1 100" "1000 2560" "16384 4096"; do
+    .rt-carry/aot/caller $shape 2>&1 | tee -a "$out_dir/bench.log"
+  done
+fi
 python3 bench/bench_sublayer.py --aot-dir .rt-carry/aot --check-runtime \
-  --out "$out_dir/sublayer-h200.json" "$@" 2>&1 | tee "$out_dir/bench.log"
+  --out "$out_dir/sublayer-h200.json" "$@" 2>&1 | tee -a "$out_dir/bench.log"

@@ -2,8 +2,8 @@
 # Builds the AOT examples into OUTDIR (default out/aot), from the repository root:
 #   examples/aot/build.sh [OUTDIR] [cuda|mock]
 # OUTDIR/libpre_apply.so + OUTDIR/caller: the hand-written upstream-gpu kernel and its C caller.
-# OUTDIR/libsublayer_C4096.so: the mhc sublayer (needs a working --mhc-gpu-pipeline; skipped with a
-# message otherwise). Tools: MHC_BUILD_DIR (default build) holds bin/mhc-opt and lib/libmhc_runtime*.so.
+# OUTDIR/libsublayer_C<C>.so for C in $MHC_WIDTHS (default 4096 2560): the mhc sublayer (needs a
+# working --mhc-gpu-pipeline; skipped with a message otherwise). Tools: MHC_BUILD_DIR (default build) holds bin/mhc-opt and lib/libmhc_runtime*.so.
 set -euo pipefail
 out=${1:-out/aot}
 runtime=${2:-cuda}
@@ -17,7 +17,12 @@ python3 -m mhc.compiler gpu examples/aot/pre_apply_gpu.mlir -o "$out/libpre_appl
 clang-22 -O2 -Wall examples/aot/caller.c -Ilib/Runtime -L"$out" -l:libpre_apply.so -l:$rtlib \
   -lm -Wl,-rpath,'$ORIGIN' -o "$out/caller"
 
-if ! python3 -m mhc.compiler gpu examples/aot/sublayer.mlir -o "$out/libsublayer_C4096.so" \
-    --pipeline mhc --runtime "$runtime"; then
-  echo "build.sh: the mhc sublayer did not compile (is --mhc-gpu-pipeline implemented?)" >&2
-fi
+# The sublayer is written for C = 4096; other widths are the same text with C and 4C replaced.
+for C in ${MHC_WIDTHS:-4096 2560}; do
+  src="$out/sublayer_C$C.mlir"
+  sed "s/16384/$((4 * C))/g; s/4096/$C/g" examples/aot/sublayer.mlir > "$src"
+  if ! python3 -m mhc.compiler gpu "$src" -o "$out/libsublayer_C$C.so" --pipeline mhc \
+      --runtime "$runtime"; then
+    echo "build.sh: the mhc sublayer (C=$C) did not compile (is --mhc-gpu-pipeline ready?)" >&2
+  fi
+done
