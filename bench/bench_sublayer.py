@@ -104,7 +104,7 @@ def rel_err(out, ref):
     return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
 
 
-def reference64(inp, fn_next=None):
+def reference64(inp):
     """float64 reference of every intermediate (the inputs are the bf16/f32 stored values)."""
     x, n = inp["x"], inp["x"].shape[1]
     mix = tr.norm_project(x, inp["fn"], compute=torch.float64)
@@ -113,11 +113,7 @@ def reference64(inp, fn_next=None):
     u = torch.einsum("ti,tic->tc", pre, x.double())
     xn = post[:, :, None] * inp["y"].double()[:, None, :] + torch.einsum("tij,tic->tjc", comb,
                                                                           x.double())
-    out = dict(mix=mix, pre=pre, post=post, comb=comb, u=u, x_next=xn)
-    if fn_next is not None:
-        # The next layer's mix is computed from the stored (bf16) x_next.
-        out["mix_next"] = tr.norm_project(xn.to(x.dtype), fn_next, compute=torch.float64)
-    return out
+    return dict(mix=mix, pre=pre, post=post, comb=comb, u=u, x_next=xn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +232,10 @@ def mhc_path(aot_dir, C, sets, fn_next, warmup, iters, copy_gbps, floors):
         u, post, comb = run_pre(inp, mix)
         xn, mix_next = run_post(inp, post, comb)
         torch.cuda.synchronize()
-        ref = reference64(inp, fn_next)
+        ref = reference64(inp)
+        # The next layer's mix is checked on the x_next the kernel stored (bf16), so that a
+        # last-bit rounding difference in x_next (checked above) does not count twice.
+        ref["mix_next"] = tr.norm_project(xn, fn_next, compute=torch.float64)
         errs = {"mix": rel_err(mix, ref["mix"]), "post": rel_err(post, ref["post"]),
                 "comb": rel_err(comb, ref["comb"]), "u": rel_err(u, ref["u"]),
                 "x_next": rel_err(xn, ref["x_next"]), "mix_next": rel_err(mix_next, ref["mix_next"])}
