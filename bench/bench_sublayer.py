@@ -193,6 +193,21 @@ def runtime_check(aot_dir, device, warmup, iters, copy_gbps):
         # ... and the runtime works again afterwards.
         lib.call("pre_apply", *sets[0])
         sync()
+
+        # Launch paths the pre_apply kernel does not take: > 48 KiB of dynamic shared memory, and
+        # thread-block clusters (bench/runtime_check.mlir).
+        extra = load_library(Path(aot_dir) / "libruntime_check.so")
+        xs = torch.randn(4 * 16384, device=device)
+        ys = torch.full_like(xs, float("nan"))
+        extra.call("reverse_blocks", xs, ys)
+        expect = xs.view(4, 16384).flip(1).reshape(-1)
+        res["dynamic_smem_64KiB"] = {"pass": bool(torch.equal(ys, expect))}
+        ranks = torch.full((64,), -1, device=device, dtype=torch.int32)
+        extra.call("cluster_rank", ranks)
+        want = torch.arange(64, device=device, dtype=torch.int32) % 2
+        res["cluster_launch"] = {"pass": bool(torch.equal(ranks, want)),
+                                 "ranks_head": ranks[:8].tolist()}
+        ok &= res["dynamic_smem_64KiB"]["pass"] and res["cluster_launch"]["pass"]
         res["all_pass"] = ok
     except Exception as e:  # reported, not fatal: the rest of the benchmark still runs
         res["error"] = f"{type(e).__name__}: {e}"
