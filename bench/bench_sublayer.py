@@ -353,6 +353,21 @@ def bench_width(args, C, copy_gbps, device):
             out["torch_compile"] = {"sublayer": t, "compile_s": compile_s, "check": check}
         except Exception as e:
             out["torch_compile"] = {"error": f"{type(e).__name__}: {e}"}
+        # The same with TF32 products allowed (the precision the mhc kernels may use, spec section 4).
+        try:
+            torch._dynamo.reset()
+            torch.backends.cuda.matmul.allow_tf32 = True
+            compiled = torch.compile(tr.sublayer)
+            compiled(inp["x"], inp["y"], inp["fn"], inp["scale"], inp["base"])
+            t = time_fn(lambda a: compiled(a["x"], a["y"], a["fn"], a["scale"], a["base"]), sets,
+                        args.warmup, args.iters)
+            annotate(t, floors["sublayer"], copy_gbps)
+            out["torch_compile_tf32"] = {"sublayer": t}
+        except Exception as e:
+            out["torch_compile_tf32"] = {"error": f"{type(e).__name__}: {e}"}
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch._dynamo.reset()
 
     if args.aot_dir:
         out["mhc"] = mhc_path(args.aot_dir, C, sets, fn_next, args.warmup, args.iters, copy_gbps, floors)
@@ -375,6 +390,7 @@ def summary_rows(results):
         C = w["C"]
         for name, block in (("eager", w.get("torch_eager", {})),
                             ("compile", w.get("torch_compile", {})),
+                            ("comp-tf32", w.get("torch_compile_tf32", {})),
                             ("mhc", w.get("mhc", {}).get("timings", {}))):
             for k, t in block.items():
                 if isinstance(t, dict) and "median_ms" in t:
