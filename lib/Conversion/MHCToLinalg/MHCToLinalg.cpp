@@ -1,6 +1,28 @@
-//===- MHCToLinalg.cpp -----------------------------------------------------------===//
+//===- MHCToLinalg.cpp - lower mhc ops to linalg on tensors ---------------===//
+//
+// The portable reference lowering. Every mhc op becomes a few linalg.generic
+// ops on tensors whose bodies use arith and math:
+//
+//  * activations (bf16/f16/f32) are widened to f32 with arith.extf where they
+//    are read, every sum accumulates in an f32 tensor, and the result is
+//    rounded to the activation type with arith.truncf exactly once per output
+//    element (a separate elementwise generic after a reduction);
+//  * the loop nest of every generic starts with the op's leading (token)
+//    dims, static or dynamic; tensor.empty takes the dynamic sizes from
+//    tensor.dim of the op's main input;
+//  * numerics follow the spec literally (eps placement, softmax with the row
+//    max subtracted, Sinkhorn's order of normalisations).
+//
+// mhc.fused groups are inlined first: they only matter to the GPU path.
+//
+//===----------------------------------------------------------------------===//
 #include "mhc/Conversion/Passes.h"
 #include "mhc/Dialect/MHC/IR/MHCOps.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/IR/PatternMatch.h"
+#include "mlir/Transforms/DialectConversion.h"
+
+#include <limits>
 
 namespace mlir::mhc {
 #define GEN_PASS_DEF_CONVERTMHCTOLINALG
@@ -10,13 +32,599 @@ namespace mlir::mhc {
 using namespace mlir;
 using namespace mlir::mhc;
 
+using utils::IteratorType;
+
+//===----------------------------------------------------------------------===//
+// Building blocks
+//===----------------------------------------------------------------------===//
+
 namespace {
-struct ConvertMHCToLinalgPass : mhc::impl::ConvertMHCToLinalgBase<ConvertMHCToLinalgPass> {
+/// The iteration space of one linalg.generic: the op's `lead` token dims
+/// (d0 .. d{lead-1}, always parallel) followed by op-specific loops.
+struct LoopNest {
+  MLIRContext *ctx;
+  unsigned lead;
+  SmallVector<IteratorType> inner; // iterator kinds of the op-specific loops
+
+  unsigned numLoops() const { return lead + inner.size(); }
+
+  /// The k-th op-specific loop (k = 0 is the first one after the tokens).
+  AffineExpr loop(unsigned k) const { return getAffineDimExpr(lead + k, ctx); }
+
+  /// Indexing map of a per-token operand: (tokens..., trailing...).
+  AffineMap perToken(ArrayRef<AffineExpr> trailing) const {
+    SmallVector<AffineExpr> exprs;
+    for (unsigned d = 0; d < lead; ++d)
+      exprs.push_back(getAffineDimExpr(d, ctx));
+    llvm::append_range(exprs, trailing);
+    return AffineMap::get(numLoops(), 0, exprs, ctx);
+  }
+
+  /// Indexing map of an operand shared by all tokens (a weight).
+  AffineMap shared(ArrayRef<AffineExpr> exprs) const {
+    return AffineMap::get(numLoops(), 0, exprs, ctx);
+  }
+
+  SmallVector<IteratorType> iterators() const {
+    SmallVector<IteratorType> all(lead, IteratorType::parallel);
+    llvm::append_range(all, inner);
+    return all;
+  }
+};
+
+/// Computes the yielded value of a generic from its block arguments (inputs
+/// first, then the output/accumulator).
+using BodyFn = function_ref<Value(OpBuilder &, Location, ValueRange)>;
+} // namespace
+
+/// One linalg.generic with a single output `init`; returns its result.
+static Value buildGeneric(OpBuilder &b, Location loc, const LoopNest &nest,
+                          ValueRange inputs, Value init,
+                          ArrayRef<AffineMap> maps, BodyFn body) {
+  auto generic = linalg::GenericOp::create(
+      b, loc, TypeRange{init.getType()}, inputs, ValueRange{init}, maps,
+      nest.iterators(), [&](OpBuilder &nb, Location nloc, ValueRange args) {
+        linalg::YieldOp::create(nb, nloc, body(nb, nloc, args));
+      });
+  return generic.getResult(0);
+}
+
+static Value f32Const(OpBuilder &b, Location loc, double value) {
+  return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(value));
+}
+
+/// Widens an activation element (bf16/f16) to f32; f32 passes through.
+static Value widenToF32(OpBuilder &b, Location loc, Value v) {
+  if (v.getType().isF32())
+    return v;
+  return arith::ExtFOp::create(b, loc, b.getF32Type(), v);
+}
+
+/// tensor.empty of `type`; its dynamic (leading) dims are read from `leader`,
+/// whose leading dims are the same tokens.
+static Value emptyTensor(OpBuilder &b, Location loc, RankedTensorType type,
+                         Value leader) {
+  SmallVector<Value> dynamicSizes;
+  for (int64_t d = 0; d < type.getRank(); ++d)
+    if (type.isDynamicDim(d))
+      dynamicSizes.push_back(tensor::DimOp::create(b, loc, leader, d));
+  return tensor::EmptyOp::create(b, loc, type, dynamicSizes);
+}
+
+/// An f32 tensor with the leading dims of `like` and the given trailing
+/// shape, filled with `value` (the neutral element of a reduction).
+static Value filledF32(OpBuilder &b, Location loc, RankedTensorType like,
+                       unsigned lead, ArrayRef<int64_t> trailing, Value leader,
+                       double value) {
+  SmallVector<int64_t> shape(like.getShape().take_front(lead));
+  llvm::append_range(shape, trailing);
+  auto type = RankedTensorType::get(shape, b.getF32Type());
+  Value empty = emptyTensor(b, loc, type, leader);
+  return linalg::FillOp::create(b, loc, ValueRange{f32Const(b, loc, value)},
+                                ValueRange{empty})
+      .getResult(0);
+}
+
+/// Rounds an f32 tensor to the element type of `resultType` (one truncf per
+/// element); an f32 result is the accumulator itself.
+static Value roundToElementType(OpBuilder &b, Location loc, Value acc,
+                                RankedTensorType resultType, Value leader) {
+  Type elem = resultType.getElementType();
+  if (elem.isF32())
+    return acc;
+  LoopNest nest{b.getContext(), 0, {}};
+  nest.inner.assign(resultType.getRank(), IteratorType::parallel);
+  AffineMap id = AffineMap::getMultiDimIdentityMap(nest.numLoops(),
+                                                   b.getContext());
+  return buildGeneric(
+      b, loc, nest, acc, emptyTensor(b, loc, resultType, leader), {id, id},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        return arith::TruncFOp::create(nb, nloc, elem, args[0]);
+      });
+}
+
+/// 1 / (1 + exp(-a)).
+static Value sigmoid(OpBuilder &b, Location loc, Value a) {
+  Value negExp = math::ExpOp::create(b, loc, arith::NegFOp::create(b, loc, a));
+  Value denom =
+      arith::AddFOp::create(b, loc, f32Const(b, loc, 1.0), negExp);
+  return arith::DivFOp::create(b, loc, f32Const(b, loc, 1.0), denom);
+}
+
+/// Number of leading (token) dims of a `[..., trailing]` type.
+static unsigned leadingRank(Value v, unsigned trailing) {
+  return cast<RankedTensorType>(v.getType()).getRank() - trailing;
+}
+
+//===----------------------------------------------------------------------===//
+// expand / collapse
+//===----------------------------------------------------------------------===//
+
+/// x[..., i, c] = h[..., c].
+static Value lowerExpand(OpBuilder &b, ExpandOp op) {
+  Location loc = op.getLoc();
+  RankedTensorType resultType = op.getType();
+  LoopNest nest{b.getContext(), leadingRank(op.getInput(), 1),
+                {IteratorType::parallel, IteratorType::parallel}}; // i, c
+  AffineExpr i = nest.loop(0), c = nest.loop(1);
+  return buildGeneric(
+      b, loc, nest, op.getInput(),
+      emptyTensor(b, loc, resultType, op.getInput()),
+      {nest.perToken({c}), nest.perToken({i, c})},
+      [](OpBuilder &, Location, ValueRange args) { return args[0]; });
+}
+
+/// h[..., c] = sum_i x[..., i, c].
+static Value lowerCollapse(OpBuilder &b, CollapseOp op) {
+  Location loc = op.getLoc();
+  Value x = op.getInput();
+  RankedTensorType resultType = op.getType();
+  int64_t c = resultType.getShape().back();
+  LoopNest nest{b.getContext(), leadingRank(x, 2),
+                {IteratorType::parallel, IteratorType::reduction}}; // c, i
+  AffineExpr cl = nest.loop(0), il = nest.loop(1);
+  Value zero = filledF32(b, loc, resultType, nest.lead, {c}, x, 0.0);
+  Value sum = buildGeneric(
+      b, loc, nest, x, zero, {nest.perToken({il, cl}), nest.perToken({cl})},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        return arith::AddFOp::create(nb, nloc, args[1],
+                                     widenToF32(nb, nloc, args[0]));
+      });
+  return roundToElementType(b, loc, sum, resultType, x);
+}
+
+//===----------------------------------------------------------------------===//
+// norm_project
+//===----------------------------------------------------------------------===//
+
+/// sqrsum[...] = sum_{i,c} x[..., i, c]^2 in f32.
+static Value sumOfSquares(OpBuilder &b, Location loc, Value x,
+                          RankedTensorType like, unsigned lead) {
+  LoopNest nest{b.getContext(), lead,
+                {IteratorType::reduction, IteratorType::reduction}}; // i, c
+  Value zero = filledF32(b, loc, like, lead, {}, x, 0.0);
+  return buildGeneric(
+      b, loc, nest, x, zero,
+      {nest.perToken({nest.loop(0), nest.loop(1)}), nest.perToken({})},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value v = widenToF32(nb, nloc, args[0]);
+        return arith::AddFOp::create(nb, nloc, args[1],
+                                     arith::MulFOp::create(nb, nloc, v, v));
+      });
+}
+
+/// dot[..., m] = sum_{i,c} x[..., i, c] * fn[m, i*C + c] in f32 (the
+/// stream-major flattening, expressed by viewing fn as [M, n, C]).
+static Value projectStreams(OpBuilder &b, Location loc, Value x, Value fn,
+                            RankedTensorType mixType, unsigned lead) {
+  auto xType = cast<RankedTensorType>(x.getType());
+  int64_t n = xType.getDimSize(xType.getRank() - 2);
+  int64_t c = xType.getShape().back();
+  int64_t m = mixType.getShape().back();
+  auto fn3Type = RankedTensorType::get({m, n, c}, b.getF32Type());
+  Value fn3 = tensor::ExpandShapeOp::create(
+      b, loc, fn3Type, fn, SmallVector<ReassociationIndices>{{0}, {1, 2}});
+
+  LoopNest nest{b.getContext(), lead,
+                {IteratorType::parallel, IteratorType::reduction,
+                 IteratorType::reduction}}; // m, i, c
+  AffineExpr ml = nest.loop(0), il = nest.loop(1), cl = nest.loop(2);
+  Value zero = filledF32(b, loc, mixType, lead, {m}, x, 0.0);
+  return buildGeneric(
+      b, loc, nest, {x, fn3}, zero,
+      {nest.perToken({il, cl}), nest.shared({ml, il, cl}),
+       nest.perToken({ml})},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value prod = arith::MulFOp::create(
+            nb, nloc, widenToF32(nb, nloc, args[0]), args[1]);
+        return arith::AddFOp::create(nb, nloc, args[2], prod);
+      });
+}
+
+/// mix = (v @ fn^T) * rsqrt(sum_k v[k]^2 / (n*C) + eps).
+static Value lowerNormProject(OpBuilder &b, NormProjectOp op) {
+  Location loc = op.getLoc();
+  Value x = op.getX();
+  auto xType = op.getX().getType();
+  RankedTensorType mixType = op.getType();
+  unsigned lead = leadingRank(x, 2);
+  int64_t k = xType.getDimSize(xType.getRank() - 2) * xType.getShape().back();
+
+  Value sqrsum = sumOfSquares(b, loc, x, mixType, lead);
+  Value dot = projectStreams(b, loc, x, op.getFn(), mixType, lead);
+
+  LoopNest nest{b.getContext(), lead, {IteratorType::parallel}}; // m
+  float eps = op.getEps().convertToFloat();
+  return buildGeneric(
+      b, loc, nest, {dot, sqrsum}, emptyTensor(b, loc, mixType, x),
+      {nest.perToken({nest.loop(0)}), nest.perToken({}),
+       nest.perToken({nest.loop(0)})},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value meanSquare = arith::DivFOp::create(
+            nb, nloc, args[1], f32Const(nb, nloc, static_cast<double>(k)));
+        Value shifted =
+            arith::AddFOp::create(nb, nloc, meanSquare, f32Const(nb, nloc, eps));
+        Value rms = math::RsqrtOp::create(nb, nloc, shifted);
+        return arith::MulFOp::create(nb, nloc, args[0], rms);
+      });
+}
+
+//===----------------------------------------------------------------------===//
+// split_mixes
+//===----------------------------------------------------------------------===//
+
+/// a = mix[..., pos] * scale[group] + base[pos] over the block of the M
+/// mixes that starts at `offset` and has the shape of `resultType`'s trailing
+/// dims: pos = offset + i (pre, post) or offset + i*n + j (res, row-major).
+/// `finish` turns a into the result element. The block is read with
+/// tensor.extract at computed positions: it is not a whole dim, so an identity
+/// map would infer the wrong loop bound, and an extract_slice is rejected by
+/// the verifier when a static token dim is 0.
+static Value scaledMixes(OpBuilder &b, Location loc, SplitMixesOp op,
+                         RankedTensorType resultType, int64_t offset,
+                         int64_t group,
+                         function_ref<Value(OpBuilder &, Location, Value)> finish) {
+  Value mix = op.getMix();
+  unsigned lead = leadingRank(mix, 1);
+  unsigned trailing = resultType.getRank() - lead;
+  int64_t n = resultType.getShape().back();
+
+  LoopNest nest{b.getContext(), lead,
+                SmallVector<IteratorType>(trailing, IteratorType::parallel)};
+  Value groupIdx = arith::ConstantIndexOp::create(b, loc, group);
+  Value scale = tensor::ExtractOp::create(b, loc, op.getScale(), groupIdx);
+  AffineMap out = AffineMap::getMultiDimIdentityMap(nest.numLoops(),
+                                                    b.getContext());
+  return buildGeneric(
+      b, loc, nest, ValueRange{}, emptyTensor(b, loc, resultType, mix), {out},
+      [&](OpBuilder &nb, Location nloc, ValueRange) -> Value {
+        SmallVector<Value> mixIdx;
+        for (unsigned d = 0; d < lead; ++d)
+          mixIdx.push_back(linalg::IndexOp::create(nb, nloc, d));
+        Value pos = linalg::IndexOp::create(nb, nloc, lead);
+        if (trailing == 2) {
+          Value rowStart = arith::MulIOp::create(
+              nb, nloc, pos, arith::ConstantIndexOp::create(nb, nloc, n));
+          pos = arith::AddIOp::create(nb, nloc, rowStart,
+                                      linalg::IndexOp::create(nb, nloc, lead + 1));
+        }
+        pos = arith::AddIOp::create(
+            nb, nloc, pos, arith::ConstantIndexOp::create(nb, nloc, offset));
+        mixIdx.push_back(pos);
+        Value m = tensor::ExtractOp::create(nb, nloc, mix, mixIdx);
+        Value bias = tensor::ExtractOp::create(nb, nloc, op.getBase(), pos);
+        Value scaled = arith::MulFOp::create(nb, nloc, m, scale);
+        return finish(nb, nloc, arith::AddFOp::create(nb, nloc, scaled, bias));
+      });
+}
+
+/// pre = sigmoid(a[0:n]) + pre_eps, post = sigmoid(a[n:2n]) * post_mult,
+/// logits = a[2n:M] as n x n.
+static SmallVector<Value> lowerSplitMixes(OpBuilder &b, SplitMixesOp op) {
+  Location loc = op.getLoc();
+  int64_t n = op.getPre().getType().getShape().back();
+  float preEps = op.getPreEps().convertToFloat();
+  float postMult = op.getPostMult().convertToFloat();
+  Value pre = scaledMixes(
+      b, loc, op, op.getPre().getType(), /*offset=*/0, /*group=*/0,
+      [&](OpBuilder &nb, Location nloc, Value a) -> Value {
+        return arith::AddFOp::create(nb, nloc, sigmoid(nb, nloc, a),
+                                     f32Const(nb, nloc, preEps));
+      });
+  Value post = scaledMixes(
+      b, loc, op, op.getPost().getType(), /*offset=*/n, /*group=*/1,
+      [&](OpBuilder &nb, Location nloc, Value a) -> Value {
+        return arith::MulFOp::create(nb, nloc, sigmoid(nb, nloc, a),
+                                     f32Const(nb, nloc, postMult));
+      });
+  Value logits = scaledMixes(
+      b, loc, op, op.getLogits().getType(), /*offset=*/2 * n, /*group=*/2,
+      [](OpBuilder &, Location, Value a) { return a; });
+  return {pre, post, logits};
+}
+
+//===----------------------------------------------------------------------===//
+// sinkhorn
+//===----------------------------------------------------------------------===//
+
+namespace {
+/// Which index of P[i][j] a row-wise or column-wise step reduces over.
+enum class Axis { Row /* over j */, Column /* over i */ };
+} // namespace
+
+/// Loops (tokens, i, j) with `axis` as the reduction.
+static LoopNest matrixNest(MLIRContext *ctx, unsigned lead, Axis axis) {
+  if (axis == Axis::Row)
+    return {ctx, lead, {IteratorType::parallel, IteratorType::reduction}};
+  return {ctx, lead, {IteratorType::reduction, IteratorType::parallel}};
+}
+
+/// Reduces P[..., i, j] over `axis` into [..., n] starting from `init`
+/// (`combine(acc, element)`).
+static Value reduceMatrix(OpBuilder &b, Location loc, Value p, Axis axis,
+                          double init,
+                          function_ref<Value(OpBuilder &, Location, Value, Value)> combine) {
+  auto type = cast<RankedTensorType>(p.getType());
+  unsigned lead = type.getRank() - 2;
+  int64_t n = type.getShape().back();
+  LoopNest nest = matrixNest(b.getContext(), lead, axis);
+  AffineExpr kept = axis == Axis::Row ? nest.loop(0) : nest.loop(1);
+  Value acc = filledF32(b, loc, type, lead, {n}, p, init);
+  return buildGeneric(
+      b, loc, nest, p, acc,
+      {nest.perToken({nest.loop(0), nest.loop(1)}), nest.perToken({kept})},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) {
+        return combine(nb, nloc, args[1], args[0]);
+      });
+}
+
+static Value sumMatrix(OpBuilder &b, Location loc, Value p, Axis axis) {
+  return reduceMatrix(b, loc, p, axis, 0.0,
+                      [](OpBuilder &nb, Location nloc, Value acc, Value v) -> Value {
+                        return arith::AddFOp::create(nb, nloc, acc, v);
+                      });
+}
+
+/// out[..., i, j] = f(P[..., i, j], s[..., i or j]) for a per-row or
+/// per-column vector s, written into `dest`.
+static Value mapWithVector(OpBuilder &b, Location loc, Value p, Value s,
+                           Axis axis, Value dest,
+                           function_ref<Value(OpBuilder &, Location, Value, Value)> f) {
+  auto type = cast<RankedTensorType>(p.getType());
+  unsigned lead = type.getRank() - 2;
+  LoopNest nest{b.getContext(), lead,
+                {IteratorType::parallel, IteratorType::parallel}};
+  AffineExpr kept = axis == Axis::Row ? nest.loop(0) : nest.loop(1);
+  AffineMap matrix = nest.perToken({nest.loop(0), nest.loop(1)});
+  return buildGeneric(b, loc, nest, {p, s}, dest,
+                      {matrix, nest.perToken({kept}), matrix},
+                      [&](OpBuilder &nb, Location nloc, ValueRange args) {
+                        return f(nb, nloc, args[0], args[1]);
+                      });
+}
+
+/// P / (sum over `axis` of P + eps).
+static Value normalize(OpBuilder &b, Location loc, Value p, Axis axis,
+                       float eps) {
+  Value sum = sumMatrix(b, loc, p, axis);
+  return mapWithVector(
+      b, loc, p, sum, axis, emptyTensor(b, loc, cast<RankedTensorType>(p.getType()), p),
+      [&](OpBuilder &nb, Location nloc, Value v, Value s) -> Value {
+        Value denom = arith::AddFOp::create(nb, nloc, s, f32Const(nb, nloc, eps));
+        return arith::DivFOp::create(nb, nloc, v, denom);
+      });
+}
+
+/// softmax(L, over j) + eps, with the row max subtracted before exp.
+static Value softmaxPlusEps(OpBuilder &b, Location loc, Value logits,
+                            float eps) {
+  Value rowMax = reduceMatrix(
+      b, loc, logits, Axis::Row, -std::numeric_limits<double>::infinity(),
+      [](OpBuilder &nb, Location nloc, Value acc, Value v) -> Value {
+        return arith::MaximumFOp::create(nb, nloc, acc, v);
+      });
+  auto type = cast<RankedTensorType>(logits.getType());
+  Value exps = mapWithVector(
+      b, loc, logits, rowMax, Axis::Row, emptyTensor(b, loc, type, logits),
+      [](OpBuilder &nb, Location nloc, Value v, Value max) -> Value {
+        return math::ExpOp::create(nb, nloc,
+                                   arith::SubFOp::create(nb, nloc, v, max));
+      });
+  Value rowSum = sumMatrix(b, loc, exps, Axis::Row);
+  return mapWithVector(
+      b, loc, exps, rowSum, Axis::Row, emptyTensor(b, loc, type, logits),
+      [&](OpBuilder &nb, Location nloc, Value e, Value s) -> Value {
+        return arith::AddFOp::create(nb, nloc,
+                                     arith::DivFOp::create(nb, nloc, e, s),
+                                     f32Const(nb, nloc, eps));
+      });
+}
+
+/// Softmax + eps and a column normalisation, then iterations-1 (row, column)
+/// pairs in an scf.for carrying P (each iteration yields a new tensor, so
+/// one-shot bufferization needs allow-return-allocs-from-loops).
+static Value lowerSinkhorn(OpBuilder &b, SinkhornOp op) {
+  Location loc = op.getLoc();
+  float eps = op.getEps().convertToFloat();
+  Value p = softmaxPlusEps(b, loc, op.getLogits(), eps);
+  p = normalize(b, loc, p, Axis::Column, eps);
+  if (op.getIterations() == 1)
+    return p;
+  Value lb = arith::ConstantIndexOp::create(b, loc, 1);
+  Value ub = arith::ConstantIndexOp::create(b, loc, op.getIterations());
+  Value step = arith::ConstantIndexOp::create(b, loc, 1);
+  auto loop = scf::ForOp::create(
+      b, loc, lb, ub, step, ValueRange{p},
+      [&](OpBuilder &nb, Location nloc, Value, ValueRange iterArgs) {
+        Value q = normalize(nb, nloc, iterArgs[0], Axis::Row, eps);
+        q = normalize(nb, nloc, q, Axis::Column, eps);
+        scf::YieldOp::create(nb, nloc, q);
+      });
+  return loop.getResult(0);
+}
+
+//===----------------------------------------------------------------------===//
+// pre_apply / post_res
+//===----------------------------------------------------------------------===//
+
+/// u[..., c] = sum_i pre[..., i] * x[..., i, c].
+static Value lowerPreApply(OpBuilder &b, PreApplyOp op) {
+  Location loc = op.getLoc();
+  Value x = op.getX();
+  RankedTensorType resultType = op.getType();
+  int64_t c = resultType.getShape().back();
+  LoopNest nest{b.getContext(), leadingRank(x, 2),
+                {IteratorType::parallel, IteratorType::reduction}}; // c, i
+  AffineExpr cl = nest.loop(0), il = nest.loop(1);
+  Value zero = filledF32(b, loc, resultType, nest.lead, {c}, x, 0.0);
+  Value u = buildGeneric(
+      b, loc, nest, {x, op.getPre()}, zero,
+      {nest.perToken({il, cl}), nest.perToken({il}), nest.perToken({cl})},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value prod = arith::MulFOp::create(
+            nb, nloc, args[1], widenToF32(nb, nloc, args[0]));
+        return arith::AddFOp::create(nb, nloc, args[2], prod);
+      });
+  return roundToElementType(b, loc, u, resultType, x);
+}
+
+/// x_next[..., j, c] = post[..., j] * y[..., c] + sum_i comb[..., i, j] * x[..., i, c].
+static Value lowerPostRes(OpBuilder &b, PostResOp op) {
+  Location loc = op.getLoc();
+  Value x = op.getX();
+  RankedTensorType resultType = op.getType();
+  unsigned lead = leadingRank(x, 2);
+  int64_t n = resultType.getDimSize(resultType.getRank() - 2);
+  int64_t c = resultType.getShape().back();
+
+  // mixed[..., j, c] = sum_i comb[..., i, j] * x[..., i, c], in f32.
+  LoopNest mixNest{b.getContext(), lead,
+                   {IteratorType::parallel, IteratorType::parallel,
+                    IteratorType::reduction}}; // j, c, i
+  AffineExpr j = mixNest.loop(0), cl = mixNest.loop(1), i = mixNest.loop(2);
+  Value zero = filledF32(b, loc, resultType, lead, {n, c}, x, 0.0);
+  Value mixed = buildGeneric(
+      b, loc, mixNest, {op.getComb(), x}, zero,
+      {mixNest.perToken({i, j}), mixNest.perToken({i, cl}),
+       mixNest.perToken({j, cl})},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value prod = arith::MulFOp::create(
+            nb, nloc, args[0], widenToF32(nb, nloc, args[1]));
+        return arith::AddFOp::create(nb, nloc, args[2], prod);
+      });
+
+  // out = round(post[..., j] * y[..., c] + mixed[..., j, c]).
+  LoopNest outNest{b.getContext(), lead,
+                   {IteratorType::parallel, IteratorType::parallel}}; // j, c
+  AffineExpr oj = outNest.loop(0), oc = outNest.loop(1);
+  Type elem = resultType.getElementType();
+  return buildGeneric(
+      b, loc, outNest, {op.getPost(), op.getY(), mixed},
+      emptyTensor(b, loc, resultType, x),
+      {outNest.perToken({oj}), outNest.perToken({oc}),
+       outNest.perToken({oj, oc}), outNest.perToken({oj, oc})},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value written = arith::MulFOp::create(nb, nloc, args[0],
+                                              widenToF32(nb, nloc, args[1]));
+        Value sum = arith::AddFOp::create(nb, nloc, written, args[2]);
+        if (elem.isF32())
+          return sum;
+        return arith::TruncFOp::create(nb, nloc, elem, sum);
+      });
+}
+
+//===----------------------------------------------------------------------===//
+// Patterns and the pass
+//===----------------------------------------------------------------------===//
+
+namespace {
+/// Adapts one lower* function to a conversion pattern.
+template <typename OpTy, auto Lower>
+struct LowerOp : OpConversionPattern<OpTy> {
+  using OpConversionPattern<OpTy>::OpConversionPattern;
+  LogicalResult
+  matchAndRewrite(OpTy op, typename OpTy::Adaptor,
+                  ConversionPatternRewriter &rewriter) const override {
+    auto replacement = Lower(rewriter, op);
+    rewriter.replaceOp(op, replacement);
+    return success();
+  }
+};
+
+/// Moves the body of every mhc.fused before it and forwards the yielded
+/// values: kernel grouping is meaningless on the CPU path.
+void inlineFusedGroups(Operation *root) {
+  IRRewriter rewriter(root->getContext());
+  SmallVector<FusedOp> groups;
+  root->walk([&](FusedOp op) { groups.push_back(op); });
+  for (FusedOp op : groups) {
+    Block &body = op.getBody().front();
+    auto yield = cast<YieldOp>(body.getTerminator());
+    SmallVector<Value> yielded(yield.getValues());
+    rewriter.eraseOp(yield);
+    rewriter.inlineBlockBefore(&body, op);
+    rewriter.replaceOp(op, yielded);
+  }
+}
+
+/// Diagnoses what the lowering cannot handle before anything is rewritten.
+LogicalResult checkSupported(Operation *root) {
+  WalkResult result = root->walk([](Operation *op) {
+    if (!isa<MHCDialect>(op->getDialect()))
+      return WalkResult::advance();
+    if (!isa<ExpandOp, CollapseOp, NormProjectOp, SplitMixesOp, SinkhornOp,
+             PreApplyOp, PostResOp, FusedOp, YieldOp>(op)) {
+      op->emitOpError() << "has no lowering to linalg (convert-mhc-to-linalg "
+                           "handles expand, collapse, norm_project, "
+                           "split_mixes, sinkhorn, pre_apply, post_res and "
+                           "mhc.fused)";
+      return WalkResult::interrupt();
+    }
+    for (Type t : llvm::concat<Type>(op->getOperandTypes(),
+                                     op->getResultTypes())) {
+      auto tensor = dyn_cast<RankedTensorType>(t);
+      if (tensor && tensor.getEncoding()) {
+        op->emitOpError() << "cannot be lowered to linalg: tensors with an "
+                             "encoding are not supported, got "
+                          << t;
+        return WalkResult::interrupt();
+      }
+    }
+    return WalkResult::advance();
+  });
+  return failure(result.wasInterrupted());
+}
+
+struct ConvertMHCToLinalgPass
+    : mhc::impl::ConvertMHCToLinalgBase<ConvertMHCToLinalgPass> {
   using ConvertMHCToLinalgBase::ConvertMHCToLinalgBase;
+
+  void getDependentDialects(DialectRegistry &registry) const override {
+    ConvertMHCToLinalgBase::getDependentDialects(registry);
+    // Sinkhorn's iterations are an scf.for carrying the matrix.
+    registry.insert<scf::SCFDialect>();
+  }
+
   void runOnOperation() override {
-    // TODO(in progress): placeholder until the lowering lands.
-    getOperation()->emitError("ConvertMHCToLinalg is not implemented yet");
-    signalPassFailure();
+    Operation *root = getOperation();
+    if (failed(checkSupported(root)))
+      return signalPassFailure();
+    inlineFusedGroups(root);
+
+    MLIRContext *ctx = &getContext();
+    RewritePatternSet patterns(ctx);
+    patterns.add<LowerOp<ExpandOp, lowerExpand>,
+                 LowerOp<CollapseOp, lowerCollapse>,
+                 LowerOp<NormProjectOp, lowerNormProject>,
+                 LowerOp<SplitMixesOp, lowerSplitMixes>,
+                 LowerOp<SinkhornOp, lowerSinkhorn>,
+                 LowerOp<PreApplyOp, lowerPreApply>,
+                 LowerOp<PostResOp, lowerPostRes>>(ctx);
+    ConversionTarget target(*ctx);
+    target.addIllegalDialect<MHCDialect>();
+    target.markUnknownOpDynamicallyLegal([](Operation *) { return true; });
+    if (failed(applyPartialConversion(root, target, std::move(patterns))))
+      signalPassFailure();
   }
 };
 } // namespace

@@ -1,0 +1,468 @@
+"""Execution tests of the CPU path: build MLIR programs on seeded random data, run them through
+``mhc-opt --mhc-cpu-pipeline | mlir-runner`` and compare what they print with :mod:`mhc.reference`.
+
+A test builds a :class:`Program`, adds constants and mhc ops to it (custom or generic assembly,
+static, dynamic or empty leading dims), marks values for output, then calls :meth:`Program.run`
+and checks each output with :func:`check_f32` or :func:`check_rounded` inside a :class:`Checker`.
+
+Outputs are printed bit-exactly: every result is widened to f32 (``arith.extf`` for bf16/f16, which
+is exact), bit-cast to i32 and printed with ``printMemrefI32``; ``printMemrefF32`` would keep only
+six significant digits, too few for the f32 bar.
+
+Tolerances (``Checker`` reports the measured error of every case):
+
+* f32 results: normwise relative error ``max|got - ref| / max|ref| <= 1e-5`` against a float64
+  reference evaluated on the same (exactly representable) inputs.
+* bf16/f16 results: per element ``|got - round_to(ref, T)| <= ulp_T(ref) + 1e-5 * max|ref|``, i.e.
+  equal to the correctly rounded reference up to one unit in the last place (an f32 result that
+  lies within f32 error of a rounding boundary may round the other way), plus the f32 bar.
+
+Setting ``MHC_CHECK_PERTURB=<r>`` multiplies the largest-magnitude element of every output by
+``1 + r`` before checking; the self-test uses it to prove that the checks can fail.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from mhc import reference as ref
+
+__all__ = ["Program", "Value", "Checker", "check_f32", "check_rounded", "round_to_dtype",
+           "Tools", "F32_RTOL"]
+
+F32_RTOL = 1e-5
+
+_NP_STORAGE = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+
+
+def round_to_dtype(array, elem):
+    """Values representable in ``elem`` ('f32', 'bf16', 'f16'), as float32."""
+    return ref.round_to(np.asarray(array, np.float64), elem).astype(np.float32)
+
+
+def _format_float(v):
+    # repr of the double is exact and round-trips; every value is representable in its element type.
+    r = repr(float(v))
+    if r in ("inf", "-inf", "nan"):
+        raise ValueError("non-finite test data")
+    if "e" not in r and "." not in r:
+        r += ".0"
+    return r
+
+
+def _dense_literal(array):
+    if array.ndim == 0:
+        return _format_float(array)
+    return "[" + ", ".join(_dense_literal(a) for a in array) + "]"
+
+
+class Value:
+    """An SSA value of the program: its name, MLIR type pieces and the data it holds."""
+
+    def __init__(self, name, shape, elem, data):
+        self.name = name
+        self.shape = list(shape)   # ints, or None for a dynamic dim
+        self.elem = elem           # 'f32', 'bf16', 'f16', 'i32'
+        self.data = data           # the numpy value it holds at run time (float32 or float64)
+
+    @property
+    def type(self):
+        return _tensor_type(self.shape, self.elem)
+
+
+def _tensor_type(shape, elem):
+    dims = "".join(("?" if d is None else str(d)) + "x" for d in shape)
+    return f"tensor<{dims}{elem}>"
+
+
+def _attr_f32(value):
+    return f"{float(value):.9e} : f32"
+
+
+class Program:
+    """An MLIR module with one ``@main`` that computes and prints values.
+
+    Every helper returns :class:`Value` objects whose ``data`` is what the reference says the
+    value holds; outputs are read back by :meth:`run` in the order :meth:`output` was called.
+    """
+
+    def __init__(self):
+        self._lines = []
+        self._counter = 0
+        self._outputs = []
+
+    def _fresh(self, hint="v"):
+        self._counter += 1
+        return f"%{hint}{self._counter}"
+
+    def emit(self, line):
+        self._lines.append("    " + line)
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def constant(self, data, elem):
+        """``arith.constant dense<...>``; ``data`` must be representable in ``elem``."""
+        data = np.asarray(data, np.float32)
+        assert np.array_equal(round_to_dtype(data, elem), data), "constant not representable"
+        name = self._fresh("cst")
+        v = Value(name, data.shape, elem, data)
+        if data.size == 0:   # no elements to write: an empty tensor is the same value
+            self.emit(f"{name} = tensor.empty() : {v.type}")
+        else:
+            self.emit(f"{name} = arith.constant dense<{_dense_literal(data)}> : {v.type}")
+        return v
+
+    def random(self, rng, shape, elem, scale=1.0, offset=0.0):
+        """A constant of seeded normal data (never zero-filled), rounded to ``elem``."""
+        data = rng.standard_normal(shape) * scale + offset
+        return self.constant(round_to_dtype(data, elem), elem)
+
+    def dynamic(self, v, dims):
+        """``tensor.cast`` of ``v`` with the listed dims made dynamic (``?``)."""
+        shape = [None if i in dims else d for i, d in enumerate(v.shape)]
+        out = Value(self._fresh("dyn"), shape, v.elem, v.data)
+        self.emit(f"{out.name} = tensor.cast {v.name} : {v.type} to {out.type}")
+        return out
+
+    def dynamic_leading(self, v, lead):
+        """Makes the first ``lead`` dims dynamic."""
+        return self.dynamic(v, list(range(lead)))
+
+    # -- mhc ops ------------------------------------------------------------------------------
+
+    def _op(self, name, operands, attrs, result_shapes, result_elems, generic, datas):
+        # A bf16/f16 result holds the rounded value: later ops see what memory holds.
+        results = [Value(self._fresh(name.split(".")[-1][:6]), s, e,
+                         d if e == "f32" else round_to_dtype(d, e).astype(np.float64))
+                   for s, e, d in zip(result_shapes, result_elems, datas)]
+        lhs = ", ".join(r.name for r in results)
+        if generic:
+            props = ", ".join(f"{k} = {v}" for k, v in sorted(attrs.items()))
+            props = f" <{{{props}}}>" if props else ""
+            ins = ", ".join(o.name for o in operands)
+            in_types = ", ".join(o.type for o in operands)
+            out_types = ", ".join(r.type for r in results)
+            if len(results) > 1:
+                out_types = f"({out_types})"
+            self.emit(f'{lhs} = "{name}"({ins}){props} : ({in_types}) -> {out_types}')
+        return results
+
+    def _custom(self, results, text):
+        lhs = ", ".join(r.name for r in results)
+        self.emit(f"{lhs} = {text}")
+        return results
+
+    @staticmethod
+    def _result_shape(lead_from, trailing):
+        return list(lead_from) + list(trailing)
+
+    def expand(self, h, n, generic=False):
+        shape = h.shape[:-1] + [n, h.shape[-1]]
+        data = ref.expand(h.data, n, dtype=np.float64)
+        attrs = {"streams": f"{n} : i64"}
+        rs = self._op("mhc.expand", [h], attrs, [shape], [h.elem], generic, [data])
+        if not generic:
+            self._custom(rs, f"mhc.expand {h.name}, streams = {n} : {h.type} -> {rs[0].type}")
+        return rs[0]
+
+    def collapse(self, x, generic=False):
+        shape = x.shape[:-2] + [x.shape[-1]]
+        data = ref.collapse(x.data, dtype=np.float64)
+        rs = self._op("mhc.collapse", [x], {}, [shape], [x.elem], generic, [data])
+        if not generic:
+            self._custom(rs, f"mhc.collapse {x.name} : {x.type} -> {rs[0].type}")
+        return rs[0]
+
+    def norm_project(self, x, fn, eps=None, generic=False):
+        m = fn.shape[0]
+        shape = x.shape[:-2] + [m]
+        e = 1e-6 if eps is None else eps
+        data = ref.norm_project(x.data, fn.data, _f32(e), dtype=np.float64)
+        attrs = {"eps": _attr_f32(e)}
+        rs = self._op("mhc.norm_project", [x, fn], attrs, [shape], ["f32"], generic, [data])
+        if not generic:
+            a = "" if eps is None else f" {{eps = {_attr_f32(eps)}}}"
+            self._custom(rs, f"mhc.norm_project {x.name}, {fn.name}{a} : {x.type}, {fn.type} "
+                             f"-> {rs[0].type}")
+        return rs[0]
+
+    def split_mixes(self, mix, scale, base, post_mult=None, pre_eps=None, generic=False):
+        m = mix.shape[-1]
+        n = int(round(np.sqrt(m + 1) - 1))
+        lead = mix.shape[:-1]
+        pm = 2.0 if post_mult is None else post_mult
+        pe = 1e-6 if pre_eps is None else pre_eps
+        datas = ref.split_mixes(mix.data, scale.data, base.data, _f32(pm), _f32(pe),
+                                dtype=np.float64)
+        attrs = {"post_mult": _attr_f32(pm), "pre_eps": _attr_f32(pe)}
+        rs = self._op("mhc.split_mixes", [mix, scale, base], attrs,
+                      [lead + [n], lead + [n], lead + [n, n]], ["f32"] * 3, generic, datas)
+        if not generic:
+            opt = {}
+            if post_mult is not None:
+                opt["post_mult"] = _attr_f32(post_mult)
+            if pre_eps is not None:
+                opt["pre_eps"] = _attr_f32(pre_eps)
+            a = (" {" + ", ".join(f"{k} = {v}" for k, v in opt.items()) + "}") if opt else ""
+            self._custom(rs, f"mhc.split_mixes {mix.name}, {scale.name}, {base.name}{a} : "
+                             f"{mix.type}, {scale.type}, {base.type} -> "
+                             f"{rs[0].type}, {rs[1].type}, {rs[2].type}")
+        return rs
+
+    def sinkhorn(self, logits, iterations=None, eps=None, generic=False):
+        it = 20 if iterations is None else iterations
+        e = 1e-6 if eps is None else eps
+        data = ref.sinkhorn(logits.data, it, _f32(e), dtype=np.float64)
+        attrs = {"iterations": f"{it} : i64", "eps": _attr_f32(e)}
+        rs = self._op("mhc.sinkhorn", [logits], attrs, [logits.shape], ["f32"], generic, [data])
+        if not generic:
+            opt = {}
+            if iterations is not None:
+                opt["iterations"] = f"{iterations} : i64"
+            if eps is not None:
+                opt["eps"] = _attr_f32(eps)
+            a = (" {" + ", ".join(f"{k} = {v}" for k, v in opt.items()) + "}") if opt else ""
+            self._custom(rs, f"mhc.sinkhorn {logits.name}{a} : {logits.type}")
+        return rs[0]
+
+    def pre_apply(self, x, pre, generic=False):
+        shape = x.shape[:-2] + [x.shape[-1]]
+        data = ref.pre_apply(x.data, pre.data, dtype=np.float64)
+        rs = self._op("mhc.pre_apply", [x, pre], {}, [shape], [x.elem], generic, [data])
+        if not generic:
+            self._custom(rs, f"mhc.pre_apply {x.name}, {pre.name} : {x.type}, {pre.type} "
+                             f"-> {rs[0].type}")
+        return rs[0]
+
+    def post_res(self, y, x, post, comb, generic=False):
+        data = ref.post_res(y.data, x.data, post.data, comb.data, dtype=np.float64)
+        rs = self._op("mhc.post_res", [y, x, post, comb], {}, [x.shape], [x.elem], generic,
+                      [data])
+        if not generic:
+            self._custom(rs, f"mhc.post_res {y.name}, {x.name}, {post.name}, {comb.name} : "
+                             f"{y.type}, {x.type}, {post.type}, {comb.type} -> {rs[0].type}")
+        return rs[0]
+
+    def tanh(self, u):
+        """A stand-in sublayer F: tanh computed in f32, stored like u (one rounding)."""
+        data = np.tanh(np.asarray(u.data, np.float64))
+        t = u.type
+        wide = u.name
+        if u.elem != "f32":
+            wide = self._fresh("w")
+            self.emit(f"{wide} = arith.extf {u.name} : {t} to {_tensor_type(u.shape, 'f32')}")
+        th = self._fresh("tanh")
+        self.emit(f"{th} = math.tanh {wide} : {_tensor_type(u.shape, 'f32')}")
+        out = Value(th, u.shape, u.elem,
+                    data if u.elem == "f32" else round_to_dtype(data, u.elem).astype(np.float64))
+        if u.elem != "f32":
+            out.name = self._fresh("y")
+            self.emit(f"{out.name} = arith.truncf {th} : {_tensor_type(u.shape, 'f32')} to {t}")
+        return out
+
+    # -- output -------------------------------------------------------------------------------
+
+    def output(self, v):
+        """Prints ``v`` bit-exactly (widened to f32, bit-cast to i32, printMemrefI32)."""
+        wide = v.name
+        f32_type = _tensor_type(v.shape, "f32")
+        if v.elem != "f32":
+            wide = self._fresh("wide")
+            self.emit(f"{wide} = arith.extf {v.name} : {v.type} to {f32_type}")
+        bits = self._fresh("bits")
+        i32_type = _tensor_type(v.shape, "i32")
+        self.emit(f"{bits} = arith.bitcast {wide} : {f32_type} to {i32_type}")
+        buf = self._fresh("buf")
+        memref = i32_type.replace("tensor<", "memref<")
+        self.emit(f"{buf} = bufferization.to_buffer {bits} : {i32_type} to {memref}")
+        unranked = self._fresh("unranked")
+        self.emit(f"{unranked} = memref.cast {buf} : {memref} to memref<*xi32>")
+        # printMemref reads elements even when a dim is 0: print only the shape of empty results
+        # (the call still keeps their computation alive).
+        printer = "printMemrefShapeI32" if np.size(v.data) == 0 else "printMemrefI32"
+        self.emit(f"call @{printer}({unranked}) : (memref<*xi32>) -> ()")
+        self._outputs.append(v)
+
+    def text(self):
+        body = "\n".join(self._lines)
+        return ("// Generated by mhc.testing.\n"
+                "module {\n"
+                "  func.func private @printMemrefI32(memref<*xi32>)\n"
+                "  func.func private @printMemrefShapeI32(memref<*xi32>) "
+                "attributes {llvm.emit_c_interface}\n"
+                "  func.func @main() {\n"
+                f"{body}\n"
+                "    return\n"
+                "  }\n"
+                "}\n")
+
+    def run(self, tools):
+        """Lowers and runs the program; returns the printed arrays (float32) in output order."""
+        text = self.text()
+        printed = tools.run(text)
+        arrays = _parse_memrefs(printed)
+        if len(arrays) != len(self._outputs):
+            raise RuntimeError(f"program printed {len(arrays)} arrays, expected "
+                               f"{len(self._outputs)}:\n{printed[:2000]}")
+        results = []
+        for a, v in zip(arrays, self._outputs):
+            expected = tuple(np.shape(v.data))
+            if a.shape != expected:
+                raise RuntimeError(f"{v.name}: printed shape {a.shape}, expected {expected}")
+            results.append(a)
+        return results
+
+
+def _f32(x):
+    """The f32 value an f32 attribute holds (the reference must use the same eps)."""
+    return float(np.float32(x))
+
+
+def _parse_memrefs(text):
+    """Arrays printed by printMemrefI32, reinterpreted as float32."""
+    arrays = []
+    for chunk in text.split("Unranked Memref")[1:]:
+        head, _, data = chunk.partition("data =")
+        sizes_text = head.split("sizes = [")[1].split("]")[0]
+        sizes = [int(s) for s in sizes_text.split(",") if s.strip()]
+        if int(np.prod(sizes)) == 0:   # printed by printMemrefShapeI32: no data
+            arrays.append(np.zeros(sizes, np.float32))
+            continue
+        numbers = [int(t) for t in data.replace("[", " ").replace("]", " ").replace(",", " ")
+                   .split()]
+        ints = np.array(numbers, dtype=np.int64).astype(np.uint32)
+        if ints.size != int(np.prod(sizes)):
+            raise RuntimeError(f"printed {ints.size} numbers for sizes {sizes}")
+        arrays.append(ints.view(np.float32).reshape(sizes))
+    return arrays
+
+
+class Tools:
+    """How to reach mhc-opt and mlir-runner: ``Tools.from_argv()`` reads the lit RUN line's
+    ``mhc-opt mlir-runner runner_utils c_runner_utils`` arguments."""
+
+    def __init__(self, mhc_opt, runner, runner_utils, c_runner_utils, opt_flags=None):
+        self.mhc_opt = mhc_opt
+        self.runner = runner
+        self.libs = f"{runner_utils},{c_runner_utils}"
+        self.opt_flags = opt_flags or ["--mhc-cpu-pipeline"]
+
+    @classmethod
+    def from_argv(cls, argv=None):
+        argv = sys.argv[1:] if argv is None else argv
+        if len(argv) < 4:
+            raise SystemExit("usage: test.py MHC_OPT MLIR_RUNNER RUNNER_UTILS C_RUNNER_UTILS")
+        return cls(*argv[:4])
+
+    def run(self, program_text):
+        lowered = subprocess.run([self.mhc_opt, "-", *self.opt_flags], input=program_text,
+                                 capture_output=True, text=True)
+        if lowered.returncode != 0:
+            raise RuntimeError(f"mhc-opt failed:\n{lowered.stderr}\n--- program ---\n"
+                               f"{program_text[:4000]}")
+        ran = subprocess.run([self.runner, "-e", "main", "--entry-point-result=void",
+                              f"--shared-libs={self.libs}"], input=lowered.stdout,
+                             capture_output=True, text=True)
+        if ran.returncode != 0:
+            raise RuntimeError(f"mlir-runner failed ({ran.returncode}):\n{ran.stderr[-4000:]}")
+        return ran.stdout
+
+
+def _perturb(got):
+    r = os.environ.get("MHC_CHECK_PERTURB")
+    if not r or got.size == 0:
+        return got
+    got = got.astype(np.float64)
+    k = int(np.argmax(np.abs(got)))
+    got.flat[k] *= 1.0 + float(r)
+    return got
+
+
+def _ulp(values, elem):
+    """Spacing of ``elem`` at |values| (bf16: 8 significant bits, f16: 11)."""
+    mant = {"bf16": 8, "f16": 11, "f32": 24}[elem]
+    min_exp = {"bf16": -126, "f16": -14, "f32": -126}[elem]
+    a = np.abs(np.asarray(values, np.float64))
+    e = np.floor(np.log2(np.where(a > 0, a, 2.0 ** min_exp)))
+    e = np.maximum(e, min_exp)
+    return 2.0 ** (e - (mant - 1))
+
+
+def check_f32(got, expected, rtol=F32_RTOL):
+    """(ok, message): normwise relative error of an f32 result against a float64 reference."""
+    got = _perturb(np.asarray(got, np.float64))
+    expected = np.asarray(expected, np.float64)
+    if got.size == 0:
+        return True, "empty, shapes match"
+    if not np.all(np.isfinite(got)):
+        return False, "non-finite values"
+    scale = np.max(np.abs(expected))
+    err = np.max(np.abs(got - expected)) / (scale if scale > 0 else 1.0)
+    return err <= rtol, f"normwise rel err {err:.2e} (tol {rtol:.0e})"
+
+
+def check_rounded(got, expected, elem, rtol=F32_RTOL):
+    """(ok, message): a bf16/f16 result against the correctly rounded float64 reference, within
+    one ulp of the element type plus ``rtol * max|ref|`` (see the module docstring)."""
+    if elem == "f32":
+        return check_f32(got, expected, rtol)
+    got = _perturb(np.asarray(got, np.float64))
+    expected = np.asarray(expected, np.float64)
+    if got.size == 0:
+        return True, "empty, shapes match"
+    if not np.all(np.isfinite(got)):
+        return False, "non-finite values"
+    rounded = round_to_dtype(expected, elem).astype(np.float64)
+    diff = np.abs(got - rounded)
+    ulps = diff / _ulp(expected, elem)
+    tol = _ulp(expected, elem) + rtol * np.max(np.abs(expected))
+    ok = bool(np.all(diff <= tol))
+    exact = float(np.mean(diff == 0))
+    return ok, (f"max {np.max(ulps):.2f} {elem} ulp, {100 * exact:.1f}% exactly rounded "
+                f"(tol 1 ulp + {rtol:.0e}*max|ref|)")
+
+
+class Checker:
+    """Collects per-case results, prints one line each, and exits non-zero if any failed."""
+
+    def __init__(self):
+        self.failures = 0
+        self.cases = 0
+
+    def check(self, case, got, value, elem=None):
+        """Checks one printed array against the reference data of the Value it came from."""
+        elem = elem or value.elem
+        if elem == "f32":
+            ok, msg = check_f32(got, value.data)
+        else:
+            ok, msg = check_rounded(got, value.data, elem)
+        self.record(case, ok, msg)
+
+    def record(self, case, ok, msg):
+        self.cases += 1
+        if not ok:
+            self.failures += 1
+        print(f"{'PASS' if ok else 'FAIL'}: {case}: {msg}")
+
+    def finish(self):
+        print(f"{self.cases - self.failures} of {self.cases} checks passed")
+        sys.exit(1 if self.failures else 0)
+
+
+# Leading (token) dims every op is tested with: (label, shape, dynamic?). Dynamic cases pass a
+# tensor.cast to `?` in front of the op; the T = 0 cases must run and print empty results.
+LEADING = [
+    ("T=5", (5,), False),
+    ("2x3", (2, 3), False),
+    ("?=7", (7,), True),
+    ("?x?=3x2", (3, 2), True),
+    ("T=0", (0,), False),
+    ("?=0", (0,), True),
+]
+
+
+def per_token(p, v, lead, dynamic):
+    """``v`` as the op sees it: with its ``lead`` leading dims made dynamic if asked."""
+    return p.dynamic_leading(v, lead) if dynamic else v
