@@ -377,13 +377,17 @@ Value ChainRewriter::meanOfStreams(Location loc, Value x, Type type) {
   auto t = cast<RankedTensorType>(type);
   Type elem = t.getElementType();
   Value init = emptyLike(b, loc, sum, t.getRank(), {}, elem);
-  Value inv = arith::ConstantOp::create(b, loc, b.getFloatAttr(elem, 1.0 / cfg.n));
+  // Scale in f32: 1/n is inexact in bf16/f16 unless n is a power of two.
+  Value inv = arith::ConstantOp::create(
+      b, loc, b.getF32FloatAttr(1.0f / static_cast<float>(cfg.n)));
   AffineMap id = b.getMultiDimIdentityMap(t.getRank());
   return linalg::GenericOp::create(
              b, loc, type, sum, init, {id, id}, iterators(t.getRank(), 0),
              [&](OpBuilder &nb, Location l, ValueRange a) {
-               linalg::YieldOp::create(
-                   nb, l, arith::MulFOp::create(nb, l, a[0], inv).getResult());
+               Value v = arith::MulFOp::create(nb, l, toF32(nb, l, a[0]), inv);
+               if (!elem.isF32())
+                 v = arith::TruncFOp::create(nb, l, elem, v);
+               linalg::YieldOp::create(nb, l, v);
              })
       .getResult(0);
 }
