@@ -343,18 +343,20 @@ class Tools:
     """How to reach mhc-opt and mlir-runner: ``Tools.from_argv()`` reads the lit RUN line's
     ``mhc-opt mlir-runner runner_utils c_runner_utils`` arguments."""
 
-    def __init__(self, mhc_opt, runner, runner_utils, c_runner_utils, opt_flags=None):
+    def __init__(self, mhc_opt, runner, runner_utils, c_runner_utils, opt_flags=None,
+                 runner_flags=None):
         self.mhc_opt = mhc_opt
         self.runner = runner
         self.libs = f"{runner_utils},{c_runner_utils}"
         self.opt_flags = opt_flags or ["--mhc-cpu-pipeline"]
+        self.runner_flags = runner_flags or []
 
     @classmethod
-    def from_argv(cls, argv=None):
+    def from_argv(cls, argv=None, **kwargs):
         argv = sys.argv[1:] if argv is None else argv
         if len(argv) < 4:
             raise SystemExit("usage: test.py MHC_OPT MLIR_RUNNER RUNNER_UTILS C_RUNNER_UTILS")
-        return cls(*argv[:4])
+        return cls(*argv[:4], **kwargs)
 
     def run(self, program_text):
         lowered = subprocess.run([self.mhc_opt, "-", *self.opt_flags], input=program_text,
@@ -363,7 +365,8 @@ class Tools:
             raise RuntimeError(f"mhc-opt failed:\n{lowered.stderr}\n--- program ---\n"
                                f"{program_text[:4000]}")
         ran = subprocess.run([self.runner, "-e", "main", "--entry-point-result=void",
-                              f"--shared-libs={self.libs}"], input=lowered.stdout,
+                              *self.runner_flags, f"--shared-libs={self.libs}"],
+                             input=lowered.stdout,
                              capture_output=True, text=True)
         if ran.returncode != 0:
             raise RuntimeError(f"mlir-runner failed ({ran.returncode}):\n{ran.stderr[-4000:]}")
