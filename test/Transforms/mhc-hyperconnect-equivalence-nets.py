@@ -12,7 +12,8 @@
 # (f32: 4 * 2^-24 * max|out|). mode=static-hc init=identity is checked the same
 # way. A control case (mode=mhc init=paper) must differ, so the comparison can
 # fail. Forms: linalg (generic adds and linalg.add), arith (addf on tensors,
-# for bf16 with the add done in f32 between extf/truncf), tosa.
+# for bf16 with the add done in f32 between extf/truncf), tosa, and a stream
+# that goes through reshapes and casts between blocks.
 #
 # REQUIRES: numpy
 # RUN: %python %s mhc-opt mlir-runner %runner_utils %c_runner_utils | FileCheck %s
@@ -129,7 +130,15 @@ def net(form, e, name):
         lines.append(rmsnorm(x, e, l))
         lines.append(mlp(f"%nrm{l}", e, l, w1, w2, tensor_tanh=(form == "arith")))
         a, b = (x, f"%y{l}") if l % 2 == 0 else (f"%y{l}", x)
-        if form == "linalg" and l == 1:
+        if form == "reshape" and l + 1 < BLOCKS:
+            # The stream goes through a reshape round trip and casts between
+            # blocks (replayed on the widened stream).
+            lines.append(f"""  %r{l+1} = arith.addf {a}, {b} : {ty}
+  %v{l+1} = tensor.expand_shape %r{l+1} [[0, 1], [2]] output_shape [1, {T}, {C}] : {ty} into tensor<1x{T}x{C}x{e}>
+  %d{l+1} = tensor.cast %v{l+1} : tensor<1x{T}x{C}x{e}> to tensor<1x?x{C}x{e}>
+  %q{l+1} = tensor.collapse_shape %d{l+1} [[0, 1], [2]] : tensor<1x?x{C}x{e}> into tensor<?x{C}x{e}>
+  %x{l+1} = tensor.cast %q{l+1} : tensor<?x{C}x{e}> to {ty}""")
+        elif form == "linalg" and l == 1:
             lines.append(f"  %x{l+1} = linalg.add ins({a}, {b} : {ty}, {ty}) outs(%eTC : {ty}) -> {ty}")
         elif form == "linalg":
             lines.append(f"""  %x{l+1} = linalg.generic {{indexing_maps = [{ID2}, {ID2}, {ID2}], iterator_types = ["parallel", "parallel"]}}
@@ -236,6 +245,10 @@ for form in ("linalg", "arith"):
 name = "linalg-f32-n3"
 cases.append((name, net("linalg", "f32", name), (T, C), "f32",
               "mode=hc init=identity params=constants streams=3", 4, False))
+for elem in ("f32", "bf16"):
+    name = f"reshape-{elem}-n4"
+    cases.append((name, net("reshape", elem, name), (T, C), elem,
+                  "mode=hc init=identity params=constants", 0, False))
 name = "arith-f32-static"
 cases.append((name, net("arith", "f32", name), (T, C), "f32",
               "mode=static-hc init=identity params=constants", 0, False))

@@ -329,3 +329,54 @@ func.func @no_chain(%h: tensor<4x16xf32>) -> tensor<4x16xf32> {
   %y = math.tanh %h : tensor<4x16xf32>
   return %y : tensor<4x16xf32>
 }
+
+// -----
+
+// Reshapes and casts on the stream between blocks (keeping C) are replayed
+// on the widened stream; the coefficients are computed where the add reads it.
+// CHECK-LABEL: func.func @reshaped_between_blocks
+// CHECK:       %[[X0:.*]] = mhc.expand %{{.*}} : tensor<1x4x16xf32> -> tensor<1x4x4x16xf32>
+// CHECK:       %[[X1:.*]] = mhc.post_res %{{.*}}, %[[X0]], {{.*}} -> tensor<1x4x4x16xf32>
+// CHECK:       %[[C1:.*]] = tensor.collapse_shape %[[X1]] {{\[}}[0, 1], [2], [3]] : tensor<1x4x4x16xf32> into tensor<4x4x16xf32>
+// CHECK:       mhc.norm_project %[[C1]], %{{.*}} -> tensor<4x24xf32>
+// CHECK:       mhc.pre_apply %[[C1]]
+// CHECK:       %[[X2:.*]] = mhc.post_res %{{.*}}, %[[C1]], {{.*}} -> tensor<4x4x16xf32>
+// CHECK:       %[[D2:.*]] = tensor.cast %[[X2]] : tensor<4x4x16xf32> to tensor<?x4x16xf32>
+// CHECK:       %[[E2:.*]] = tensor.expand_shape %[[D2]] {{\[}}[0, 1], [2], [3]] output_shape [1, 4, 4, 16] : tensor<?x4x16xf32> into tensor<1x?x4x16xf32>
+// CHECK:       %[[S2:.*]] = tensor.cast %[[E2]] : tensor<1x?x4x16xf32> to tensor<1x4x4x16xf32>
+// CHECK:       mhc.pre_apply %[[S2]]
+// CHECK:       %[[X3:.*]] = mhc.post_res %{{.*}}, %[[S2]]
+// CHECK:       mhc.collapse %[[X3]]
+// CHECK-NOT:   tensor.collapse_shape %{{.*}} : tensor<1x4x16xf32>
+func.func @reshaped_between_blocks(%h: tensor<1x4x16xf32>) -> tensor<1x4x16xf32> {
+  %y1 = math.tanh %h : tensor<1x4x16xf32>
+  %h1 = arith.addf %h, %y1 : tensor<1x4x16xf32>
+  %c1 = tensor.collapse_shape %h1 [[0, 1], [2]] : tensor<1x4x16xf32> into tensor<4x16xf32>
+  %y2 = math.tanh %c1 : tensor<4x16xf32>
+  %h2 = arith.addf %c1, %y2 : tensor<4x16xf32>
+  %d2 = tensor.cast %h2 : tensor<4x16xf32> to tensor<?x16xf32>
+  %e2 = tensor.expand_shape %d2 [[0, 1], [2]] output_shape [1, 4, 16] : tensor<?x16xf32> into tensor<1x?x16xf32>
+  %s2 = tensor.cast %e2 : tensor<1x?x16xf32> to tensor<1x4x16xf32>
+  %y3 = math.sin %s2 : tensor<1x4x16xf32>
+  %h3 = arith.addf %y3, %s2 : tensor<1x4x16xf32>
+  return %h3 : tensor<1x4x16xf32>
+}
+
+// -----
+
+// F reads the stream before the reshape that leads to the add: the
+// coefficients could not be computed in one place, so the block is skipped.
+// CHECK-LABEL: func.func @branch_reads_before_reshape
+// CHECK-NOT:   mhc.
+// expected-remark@+1 {{mhc-hyperconnect: no residual chain in @branch_reads_before_reshape}}
+func.func @branch_reads_before_reshape(%h: tensor<1x4x16xf32>) -> tensor<4x16xf32> {
+  %y1 = math.tanh %h : tensor<1x4x16xf32>
+  // expected-remark@+1 {{it is in a chain of 1 residual block(s)}}
+  %h1 = arith.addf %h, %y1 : tensor<1x4x16xf32>
+  %y2 = math.tanh %h1 : tensor<1x4x16xf32>
+  %y2c = tensor.collapse_shape %y2 [[0, 1], [2]] : tensor<1x4x16xf32> into tensor<4x16xf32>
+  %c1 = tensor.collapse_shape %h1 [[0, 1], [2]] : tensor<1x4x16xf32> into tensor<4x16xf32>
+  // expected-remark@+1 {{add left alone: the branch reads the stream before the reshape on the way to the add}}
+  %h2 = arith.addf %c1, %y2c : tensor<4x16xf32>
+  return %h2 : tensor<4x16xf32>
+}

@@ -126,6 +126,35 @@ Value convertElementwise(OpBuilder &b, Location loc, Value in, Type elem) {
       .getResult(0);
 }
 
+/// Replays the stream view `op` (see streamViewSource) on the widened stream
+/// `in`: the same conversion, cast or reshape with the n dim kept before C.
+Value replayView(OpBuilder &b, Operation *op, Value in, int64_t n) {
+  Location loc = op->getLoc();
+  Type resultType = widen(op->getResult(0).getType(), n);
+  if (isa<tensor::CastOp>(op))
+    return tensor::CastOp::create(b, loc, resultType, in);
+  // Reshape groups: the original ones but the last ({C}), then {n} and {C}.
+  auto widenGroups = [](SmallVector<ReassociationIndices, 4> groups) {
+    int64_t c = groups.back().front();
+    groups.back() = {c};
+    groups.push_back({c + 1});
+    return SmallVector<ReassociationIndices>(groups.begin(), groups.end());
+  };
+  if (auto collapse = dyn_cast<tensor::CollapseShapeOp>(op))
+    return tensor::CollapseShapeOp::create(
+        b, loc, resultType, in, widenGroups(collapse.getReassociationIndices()));
+  if (auto expand = dyn_cast<tensor::ExpandShapeOp>(op)) {
+    SmallVector<OpFoldResult> shape = expand.getMixedOutputShape();
+    shape.insert(shape.end() - 1, b.getIndexAttr(n));
+    return tensor::ExpandShapeOp::create(
+        b, loc, resultType, in, widenGroups(expand.getReassociationIndices()),
+        shape);
+  }
+  return convertElementwise(
+      b, loc, in,
+      cast<RankedTensorType>(op->getResult(0).getType()).getElementType());
+}
+
 struct Coefficients {
   Value pre, post, comb;
 };
@@ -411,7 +440,12 @@ LogicalResult ChainRewriter::rewrite(ArrayRef<ResidualBlock> chain) {
   for (size_t k = 0; k < chain.size(); ++k) {
     const ResidualBlock &blk = chain[k];
     Location loc = blk.add->getLoc();
-    Coefficients co = coefficients(loc, wide, nextLayer++, k);
+    // The coefficients read the stream where F reads it: at the stream value
+    // itself, or (across a reshape) after the last reshape.
+    int64_t layer = nextLayer++;
+    Coefficients co;
+    if (blk.coeffAt < 0)
+      co = coefficients(loc, wide, layer, k);
     auto inBranch = [&](OpOperand &use) {
       Operation *o = ownerOf(use);
       return o && blk.body.contains(o);
@@ -436,11 +470,11 @@ LogicalResult ChainRewriter::rewrite(ArrayRef<ResidualBlock> chain) {
     reroute(blk.stream, wide, first);
     for (auto [p, op] : llvm::enumerate(blk.path)) {
       b.setInsertionPointAfter(op);
-      Value v = op->getResult(0);
-      wide = convertElementwise(
-          b, op->getLoc(), wide,
-          cast<RankedTensorType>(v.getType()).getElementType());
-      reroute(v, wide, p + 1 < blk.path.size() ? blk.path[p + 1] : blk.add);
+      wide = replayView(b, op, wide, cfg.n);
+      if (static_cast<int64_t>(p) == blk.coeffAt)
+        co = coefficients(loc, wide, layer, k);
+      reroute(op->getResult(0), wide,
+              p + 1 < blk.path.size() ? blk.path[p + 1] : blk.add);
     }
     b.setInsertionPoint(blk.add);
     wide = PostResOp::create(b, loc, widen(blk.result.getType(), cfg.n),

@@ -11,6 +11,7 @@
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/Dialect/Tosa/IR/TosaOps.h"
 #include "mlir/IR/Matchers.h"
 #include "llvm/ADT/DenseMap.h"
@@ -188,7 +189,11 @@ std::string describe(Operation *op) {
 
 } // namespace
 
-Value mlir::mhc::hyperconnect::conversionSource(Operation *op) {
+bool mlir::mhc::hyperconnect::keepsStreamShape(Operation *op) {
+  return !isa<tensor::CastOp, tensor::ExpandShapeOp, tensor::CollapseShapeOp>(op);
+}
+
+Value mlir::mhc::hyperconnect::streamViewSource(Operation *op) {
   if (!op)
     return {};
   auto sameShape = [](Value a, Value b) {
@@ -196,6 +201,32 @@ Value mlir::mhc::hyperconnect::conversionSource(Operation *op) {
     auto tb = dyn_cast<RankedTensorType>(b.getType());
     return ta && tb && ta.getShape() == tb.getShape();
   };
+  // A reshape that keeps the last dim (the width C) as a group of its own:
+  // the widened stream [..., n, C] can take the same reshape.
+  auto lastDimAlone = [](ArrayRef<ReassociationIndices> groups,
+                         RankedTensorType src, RankedTensorType dst) {
+    return !groups.empty() && groups.back().size() == 1 &&
+           !ShapedType::isDynamic(src.getShape().back()) &&
+           src.getShape().back() == dst.getShape().back();
+  };
+  if (auto cast = dyn_cast<tensor::CastOp>(op)) {
+    auto src = dyn_cast<RankedTensorType>(cast.getSource().getType());
+    auto dst = dyn_cast<RankedTensorType>(cast.getType());
+    return src && dst && src.getRank() == dst.getRank() && src.getRank() >= 1 &&
+                   src.getShape().back() == dst.getShape().back()
+               ? cast.getSource()
+               : Value();
+  }
+  if (auto collapse = dyn_cast<tensor::CollapseShapeOp>(op))
+    return lastDimAlone(collapse.getReassociationIndices(),
+                        collapse.getSrcType(), collapse.getResultType())
+               ? collapse.getSrc()
+               : Value();
+  if (auto expand = dyn_cast<tensor::ExpandShapeOp>(op))
+    return lastDimAlone(expand.getReassociationIndices(), expand.getSrcType(),
+                        expand.getResultType())
+               ? expand.getSrc()
+               : Value();
   if (isa<arith::ExtFOp, arith::TruncFOp>(op))
     return sameShape(op->getOperand(0), op->getResult(0)) ? op->getOperand(0)
                                                           : Value();
@@ -235,7 +266,7 @@ ChainAnalysis mlir::mhc::hyperconnect::analyzeFunction(func::FuncOp func,
     // The residual operand is the one the other operand depends on; look
     // through dtype conversions to the stream it carries.
     auto strip = [](Value v, SmallVector<Operation *> &path) {
-      while (Value src = conversionSource(v.getDefiningOp())) {
+      while (Value src = streamViewSource(v.getDefiningOp())) {
         path.insert(path.begin(), v.getDefiningOp());
         v = src;
       }
@@ -301,6 +332,28 @@ ChainAnalysis mlir::mhc::hyperconnect::analyzeFunction(func::FuncOp func,
           {&op, "the branch escapes: " + describe(escape) +
                     " outside the block uses a value computed in it"});
       continue;
+    }
+    // Across a reshape the coefficients are computed after the last reshape
+    // (where the stream has the add's shape), so F may read the stream only
+    // from there on.
+    for (auto [i, p] : llvm::enumerate(b.path))
+      if (!keepsStreamShape(p))
+        b.coeffAt = i;
+    if (b.coeffAt >= 0) {
+      auto readByBranch = [&](Value v) {
+        return llvm::any_of(v.getUsers(), [&](Operation *u) {
+          return b.body.contains(top->findAncestorOpInBlock(*u));
+        });
+      };
+      bool early = readByBranch(b.stream);
+      for (int64_t i = 0; i < b.coeffAt; ++i)
+        early |= readByBranch(b.path[i]->getResult(0));
+      if (early) {
+        result.skipped.push_back(
+            {&op, "the branch reads the stream before the reshape on the way "
+                  "to the add"});
+        continue;
+      }
     }
     std::string typeWhy;
     if (!isSupportedStreamType(b.stream.getType(), typeWhy) ||

@@ -23,11 +23,16 @@ struct ResidualBlock {
   Operation *add = nullptr;
   /// The add's result r, its residual operand x and its branch operand y.
   Value result, residual, branch;
-  /// The stream value the residual operand is a dtype conversion of (x itself
-  /// when there is none); chains link through it.
+  /// The stream value the residual operand is a view of (x itself when there
+  /// is none); chains link through it.
   Value stream;
-  /// The conversion ops from `stream` to `residual`, in program order.
+  /// The view ops (dtype conversions, reshapes and casts that keep C) from
+  /// `stream` to `residual`, in program order.
   SmallVector<Operation *> path;
+  /// Index in `path` of the last op that changes the shape (a reshape or
+  /// cast), or -1. The coefficients are computed on the widened result of
+  /// that op (on the widened stream if -1), so F reads no value before it.
+  int64_t coeffAt = -1;
   /// F: the ops that depend on the stream and feed y (path ops excluded).
   llvm::SmallPtrSet<Operation *, 32> body;
 };
@@ -45,10 +50,15 @@ struct ChainAnalysis {
 /// least `minBlocks` blocks.
 ChainAnalysis analyzeFunction(func::FuncOp func, int64_t minBlocks);
 
-/// If `op` is a shape-preserving floating-point conversion of a tensor
-/// (arith.extf/truncf, or a one-input elementwise linalg.generic doing just
-/// that), returns its input; else a null value.
-Value conversionSource(Operation *op);
+/// If `op` is a view of a stream `[..., C]` that the widened stream
+/// `[..., n, C]` can replay, returns its input; else a null value. Views:
+/// floating-point conversions (arith.extf/truncf on tensors, or a one-input
+/// elementwise linalg.generic doing just that), tensor.cast, and
+/// tensor.expand_shape/collapse_shape keeping the last dim as its own group.
+Value streamViewSource(Operation *op);
+
+/// True for the views that keep the shape (the dtype conversions).
+bool keepsStreamShape(Operation *op);
 
 } // namespace mlir::mhc::hyperconnect
 

@@ -16,9 +16,11 @@ def MHCHyperConnect : Pass<"mhc-hyperconnect", "ModuleOp"> {
     two inputs, optionally one side scaled by the constant 1.0 as torch-mlir
     writes `a + 1.0 * b`) and `tosa.add` with equal shapes; either operand
     order. The residual operand x is the one the other operand y depends on,
-    looked at through dtype conversions (`arith.extf`/`truncf` or their
-    one-op `linalg.generic` form); F is every op that depends on x and feeds
-    y. A block is left alone when something F computes is used outside it
+    looked at through stream views: dtype conversions (`arith.extf`/`truncf`
+    or their one-op `linalg.generic` form), `tensor.cast`, and
+    `tensor.expand_shape`/`collapse_shape` keeping the last dim C as its own
+    group; the views are replayed on the widened stream. F is every op that
+    depends on x and feeds y. A block is left alone when something F computes is used outside it
     (the branch escapes), when the operands broadcast, when its residual
     input also feeds another residual add, or when its chain has fewer than
     `min-blocks` blocks (a lone `x + f(x)` is usually part of an activation,
