@@ -380,3 +380,61 @@ func.func @branch_reads_before_reshape(%h: tensor<1x4x16xf32>) -> tensor<4x16xf3
   %h2 = arith.addf %c1, %y2c : tensor<4x16xf32>
   return %h2 : tensor<4x16xf32>
 }
+
+// -----
+
+// Streams the mhc ops cannot carry: f64 elements, a dynamic width C.
+// CHECK-LABEL: func.func @unsupported_streams
+// CHECK-NOT:   mhc.
+// expected-remark@+1 {{no residual chain in @unsupported_streams}}
+func.func @unsupported_streams(%h: tensor<4x8xf64>, %g: tensor<4x?xf32>) -> (tensor<4x8xf64>, tensor<4x?xf32>) {
+  %y = math.tanh %h : tensor<4x8xf64>
+  // expected-remark@+1 {{add left alone: the stream's element type is not bf16, f16 or f32}}
+  %h1 = arith.addf %h, %y : tensor<4x8xf64>
+  %y2 = math.tanh %h1 : tensor<4x8xf64>
+  // expected-remark@+1 {{add left alone: the stream's element type is not bf16, f16 or f32}}
+  %h2 = arith.addf %h1, %y2 : tensor<4x8xf64>
+  %z = math.tanh %g : tensor<4x?xf32>
+  // expected-remark@+1 {{add left alone: the stream's last dim (the width C) is dynamic}}
+  %g1 = arith.addf %g, %z : tensor<4x?xf32>
+  %z2 = math.tanh %g1 : tensor<4x?xf32>
+  // expected-remark@+1 {{add left alone: the stream's last dim (the width C) is dynamic}}
+  %g2 = arith.addf %g1, %z2 : tensor<4x?xf32>
+  return %h2, %g2 : tensor<4x8xf64>, tensor<4x?xf32>
+}
+
+// -----
+
+// Only the function's entry block is analysed: the chain inside the loop
+// stays, the one after it is rewritten; a use in another block reads the mean.
+// CHECK-LABEL: func.func @regions_and_blocks
+// CHECK:       scf.for
+// CHECK-COUNT-2: arith.addf %{{.*}} : tensor<4x8xf32>
+// CHECK:       scf.yield
+// CHECK:       mhc.expand
+// CHECK-COUNT-2: mhc.post_res
+// CHECK:       %[[MEAN:.*]] = linalg.generic
+// CHECK:       cf.cond_br
+// CHECK:       return %[[MEAN]]
+func.func @regions_and_blocks(%h: tensor<4x8xf32>, %c: i1) -> tensor<4x8xf32> {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %r = scf.for %i = %c0 to %c2 step %c1 iter_args(%x = %h) -> tensor<4x8xf32> {
+    %y = math.tanh %x : tensor<4x8xf32>
+    %x1 = arith.addf %x, %y : tensor<4x8xf32>
+    %y2 = math.tanh %x1 : tensor<4x8xf32>
+    %x2 = arith.addf %x1, %y2 : tensor<4x8xf32>
+    scf.yield %x2 : tensor<4x8xf32>
+  }
+  %y = math.tanh %r : tensor<4x8xf32>
+  %h1 = arith.addf %r, %y : tensor<4x8xf32>
+  %y3 = math.sin %h1 : tensor<4x8xf32>
+  %h2 = arith.addf %y3, %h1 : tensor<4x8xf32>
+  cf.cond_br %c, ^a, ^b
+^a:
+  return %h2 : tensor<4x8xf32>
+^b:
+  %z = math.exp %h2 : tensor<4x8xf32>
+  return %z : tensor<4x8xf32>
+}
