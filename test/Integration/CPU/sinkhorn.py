@@ -7,7 +7,8 @@
 # CHECK: [[N:[0-9]+]] of [[N]] checks passed
 import numpy as np
 
-from mhc.testing import LEADING, Checker, Program, Tools, per_token
+from mhc import reference as ref
+from mhc.testing import LEADING, Checker, Program, Tools, Value, per_token
 
 rng = np.random.default_rng(2024)
 p = Program()
@@ -28,6 +29,13 @@ logits = p.random(rng, (8, 4, 4), "f32", scale=2.0)
 c = p.sinkhorn(logits, iterations=20, eps=1e-6, generic=True)
 p.output(c)
 cases.append(("generic form 8x4x4", c))
+# The spec's line, character for character.
+p.emit(f'%spec = "mhc.sinkhorn"({logits.name}) <{{eps = 1.0e-06 : f32, iterations = 20 : i64}}> '
+       ': (tensor<8x4x4xf32>) -> tensor<8x4x4xf32>')
+spec = Value("%spec", [8, 4, 4], "f32",
+             ref.sinkhorn(logits.data, 20, float(np.float32(1e-6)), dtype=np.float64))
+p.output(spec)
+cases.append(("spec example, verbatim", spec))
 
 got = p.run(Tools.from_argv())
 check = Checker()

@@ -66,8 +66,15 @@ for elem in ("f32", "bf16"):
     sublayer(4, 13, elem, "generic form, non-default attributes", (6,), True, iterations=5,
              eps=1e-3, post_mult=1.5, generic=True)
 
-got = iter(p.run(Tools.from_argv()))
+outputs = p.run(Tools.from_argv())
+# The same program grouped into kernels by --mhc-fuse first: the CPU path inlines the mhc.fused
+# groups, so every printed value must be bit-identical.
+fused = p.run(Tools.from_argv(opt_flags=["--mhc-fuse", "--mhc-cpu-pipeline"]))
+got = iter(outputs)
 check = Checker()
+check.record("--mhc-fuse then --mhc-cpu-pipeline: bit-identical outputs",
+             all(np.array_equal(a, b) for a, b in zip(outputs, fused)) and len(outputs) == len(fused),
+             f"{len(fused)} printed arrays compared")
 for case in cases:
     name, elem, a = case["name"], case["elem"], case["attrs"]
     mix, comb, u, y, xn, h = case["values"]
