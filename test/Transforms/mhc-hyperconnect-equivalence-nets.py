@@ -10,7 +10,7 @@
 # Tolerance: 0 (bit-exact) for n a power of two (1, 2, 4); for other n the exit
 # mean (sum / n) costs one rounding, so |diff| <= 4 ulp of the output's scale
 # (f32: 4 * 2^-24 * max|out|). mode=static-hc init=identity is checked the same
-# way. A control case (mode=mhc init=paper) must differ, so the comparison can
+# way. Control cases (mode=mhc and mode=hc with init=paper) must differ, so the comparison can
 # fail. Forms: linalg (generic adds and linalg.add), arith (addf on tensors,
 # for bf16 with the add done in f32 between extf/truncf), tosa, and a stream
 # that goes through reshapes and casts between blocks.
@@ -259,6 +259,9 @@ cases.append((name, tosa_net(name), (1, T, C), "f32",
 name = "linalg-f32-paper-control"
 cases.append((name, net("linalg", "f32", name), (T, C), "f32",
               "mode=mhc init=paper params=constants", 0, False, True))
+name = "arith-bf16-hc-paper-control"
+cases.append((name, net("arith", "bf16", name), (T, C), "bf16",
+              "mode=hc init=paper params=constants", 0, False, True))
 
 passed = 0
 for case in cases:
