@@ -66,7 +66,8 @@ static void buildMHCCPUPipeline(OpPassManager &pm) {
   arith::ArithExpandOpsPassOptions expand;
   expand.includeBf16 = true;
   pm.addPass(arith::createArithExpandOpsPass(expand));
-  pm.addPass(createConvertMathToFuncs()); // math.fpowi/ipowi (torch-mlir's x**k)
+  pm.addPass(
+      createConvertMathToFuncs()); // math.fpowi/ipowi (torch-mlir's x**k)
   pm.addPass(createConvertMathToLLVMPass());
   pm.addPass(createConvertMathToLibmPass());
 

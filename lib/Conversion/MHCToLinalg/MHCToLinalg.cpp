@@ -134,8 +134,8 @@ static Value roundToElementType(OpBuilder &b, Location loc, Value acc,
     return acc;
   LoopNest nest{b.getContext(), 0, {}};
   nest.inner.assign(resultType.getRank(), IteratorType::parallel);
-  AffineMap id = AffineMap::getMultiDimIdentityMap(nest.numLoops(),
-                                                   b.getContext());
+  AffineMap id =
+      AffineMap::getMultiDimIdentityMap(nest.numLoops(), b.getContext());
   return buildGeneric(
       b, loc, nest, acc, emptyTensor(b, loc, resultType, leader), {id, id},
       [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
@@ -146,8 +146,7 @@ static Value roundToElementType(OpBuilder &b, Location loc, Value acc,
 /// 1 / (1 + exp(-a)).
 static Value sigmoid(OpBuilder &b, Location loc, Value a) {
   Value negExp = math::ExpOp::create(b, loc, arith::NegFOp::create(b, loc, a));
-  Value denom =
-      arith::AddFOp::create(b, loc, f32Const(b, loc, 1.0), negExp);
+  Value denom = arith::AddFOp::create(b, loc, f32Const(b, loc, 1.0), negExp);
   return arith::DivFOp::create(b, loc, f32Const(b, loc, 1.0), denom);
 }
 
@@ -164,7 +163,8 @@ static unsigned leadingRank(Value v, unsigned trailing) {
 static Value lowerExpand(OpBuilder &b, ExpandOp op) {
   Location loc = op.getLoc();
   RankedTensorType resultType = op.getType();
-  LoopNest nest{b.getContext(), leadingRank(op.getInput(), 1),
+  LoopNest nest{b.getContext(),
+                leadingRank(op.getInput(), 1),
                 {IteratorType::parallel, IteratorType::parallel}}; // i, c
   AffineExpr i = nest.loop(0), c = nest.loop(1);
   return buildGeneric(
@@ -180,7 +180,8 @@ static Value lowerCollapse(OpBuilder &b, CollapseOp op) {
   Value x = op.getInput();
   RankedTensorType resultType = op.getType();
   int64_t c = resultType.getShape().back();
-  LoopNest nest{b.getContext(), leadingRank(x, 2),
+  LoopNest nest{b.getContext(),
+                leadingRank(x, 2),
                 {IteratorType::parallel, IteratorType::reduction}}; // c, i
   AffineExpr cl = nest.loop(0), il = nest.loop(1);
   Value zero = filledF32(b, loc, resultType, nest.lead, {c}, x, 0.0);
@@ -200,7 +201,8 @@ static Value lowerCollapse(OpBuilder &b, CollapseOp op) {
 /// sqrsum[...] = sum_{i,c} x[..., i, c]^2 in f32.
 static Value sumOfSquares(OpBuilder &b, Location loc, Value x,
                           RankedTensorType like, unsigned lead) {
-  LoopNest nest{b.getContext(), lead,
+  LoopNest nest{b.getContext(),
+                lead,
                 {IteratorType::reduction, IteratorType::reduction}}; // i, c
   Value zero = filledF32(b, loc, like, lead, {}, x, 0.0);
   return buildGeneric(
@@ -225,15 +227,15 @@ static Value projectStreams(OpBuilder &b, Location loc, Value x, Value fn,
   Value fn3 = tensor::ExpandShapeOp::create(
       b, loc, fn3Type, fn, SmallVector<ReassociationIndices>{{0}, {1, 2}});
 
-  LoopNest nest{b.getContext(), lead,
+  LoopNest nest{b.getContext(),
+                lead,
                 {IteratorType::parallel, IteratorType::reduction,
                  IteratorType::reduction}}; // m, i, c
   AffineExpr ml = nest.loop(0), il = nest.loop(1), cl = nest.loop(2);
   Value zero = filledF32(b, loc, mixType, lead, {m}, x, 0.0);
   return buildGeneric(
       b, loc, nest, {x, fn3}, zero,
-      {nest.perToken({il, cl}), nest.shared({ml, il, cl}),
-       nest.perToken({ml})},
+      {nest.perToken({il, cl}), nest.shared({ml, il, cl}), nest.perToken({ml})},
       [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
         Value prod = arith::MulFOp::create(
             nb, nloc, widenToF32(nb, nloc, args[0]), args[1]);
@@ -262,8 +264,8 @@ static Value lowerNormProject(OpBuilder &b, NormProjectOp op) {
       [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
         Value meanSquare = arith::DivFOp::create(
             nb, nloc, args[1], f32Const(nb, nloc, static_cast<double>(k)));
-        Value shifted =
-            arith::AddFOp::create(nb, nloc, meanSquare, f32Const(nb, nloc, eps));
+        Value shifted = arith::AddFOp::create(nb, nloc, meanSquare,
+                                              f32Const(nb, nloc, eps));
         Value rms = math::RsqrtOp::create(nb, nloc, shifted);
         return arith::MulFOp::create(nb, nloc, args[0], rms);
       });
@@ -280,10 +282,10 @@ static Value lowerNormProject(OpBuilder &b, NormProjectOp op) {
 /// tensor.extract at computed positions: it is not a whole dim, so an identity
 /// map would infer the wrong loop bound, and an extract_slice is rejected by
 /// the verifier when a static token dim is 0.
-static Value scaledMixes(OpBuilder &b, Location loc, SplitMixesOp op,
-                         RankedTensorType resultType, int64_t offset,
-                         int64_t group,
-                         function_ref<Value(OpBuilder &, Location, Value)> finish) {
+static Value
+scaledMixes(OpBuilder &b, Location loc, SplitMixesOp op,
+            RankedTensorType resultType, int64_t offset, int64_t group,
+            function_ref<Value(OpBuilder &, Location, Value)> finish) {
   Value mix = op.getMix();
   unsigned lead = leadingRank(mix, 1);
   unsigned trailing = resultType.getRank() - lead;
@@ -293,8 +295,8 @@ static Value scaledMixes(OpBuilder &b, Location loc, SplitMixesOp op,
                 SmallVector<IteratorType>(trailing, IteratorType::parallel)};
   Value groupIdx = arith::ConstantIndexOp::create(b, loc, group);
   Value scale = tensor::ExtractOp::create(b, loc, op.getScale(), groupIdx);
-  AffineMap out = AffineMap::getMultiDimIdentityMap(nest.numLoops(),
-                                                    b.getContext());
+  AffineMap out =
+      AffineMap::getMultiDimIdentityMap(nest.numLoops(), b.getContext());
   return buildGeneric(
       b, loc, nest, ValueRange{}, emptyTensor(b, loc, resultType, mix), {out},
       [&](OpBuilder &nb, Location nloc, ValueRange) -> Value {
@@ -305,8 +307,8 @@ static Value scaledMixes(OpBuilder &b, Location loc, SplitMixesOp op,
         if (trailing == 2) {
           Value rowStart = arith::MulIOp::create(
               nb, nloc, pos, arith::ConstantIndexOp::create(nb, nloc, n));
-          pos = arith::AddIOp::create(nb, nloc, rowStart,
-                                      linalg::IndexOp::create(nb, nloc, lead + 1));
+          pos = arith::AddIOp::create(
+              nb, nloc, rowStart, linalg::IndexOp::create(nb, nloc, lead + 1));
         }
         pos = arith::AddIOp::create(
             nb, nloc, pos, arith::ConstantIndexOp::create(nb, nloc, offset));
@@ -325,21 +327,21 @@ static SmallVector<Value> lowerSplitMixes(OpBuilder &b, SplitMixesOp op) {
   int64_t n = op.getPre().getType().getShape().back();
   float preEps = op.getPreEps().convertToFloat();
   float postMult = op.getPostMult().convertToFloat();
-  Value pre = scaledMixes(
-      b, loc, op, op.getPre().getType(), /*offset=*/0, /*group=*/0,
-      [&](OpBuilder &nb, Location nloc, Value a) -> Value {
-        return arith::AddFOp::create(nb, nloc, sigmoid(nb, nloc, a),
-                                     f32Const(nb, nloc, preEps));
-      });
-  Value post = scaledMixes(
-      b, loc, op, op.getPost().getType(), /*offset=*/n, /*group=*/1,
-      [&](OpBuilder &nb, Location nloc, Value a) -> Value {
-        return arith::MulFOp::create(nb, nloc, sigmoid(nb, nloc, a),
-                                     f32Const(nb, nloc, postMult));
-      });
-  Value logits = scaledMixes(
-      b, loc, op, op.getLogits().getType(), /*offset=*/2 * n, /*group=*/2,
-      [](OpBuilder &, Location, Value a) { return a; });
+  Value pre =
+      scaledMixes(b, loc, op, op.getPre().getType(), /*offset=*/0, /*group=*/0,
+                  [&](OpBuilder &nb, Location nloc, Value a) -> Value {
+                    return arith::AddFOp::create(nb, nloc, sigmoid(nb, nloc, a),
+                                                 f32Const(nb, nloc, preEps));
+                  });
+  Value post =
+      scaledMixes(b, loc, op, op.getPost().getType(), /*offset=*/n, /*group=*/1,
+                  [&](OpBuilder &nb, Location nloc, Value a) -> Value {
+                    return arith::MulFOp::create(nb, nloc, sigmoid(nb, nloc, a),
+                                                 f32Const(nb, nloc, postMult));
+                  });
+  Value logits = scaledMixes(b, loc, op, op.getLogits().getType(),
+                             /*offset=*/2 * n, /*group=*/2,
+                             [](OpBuilder &, Location, Value a) { return a; });
   return {pre, post, logits};
 }
 
@@ -361,9 +363,9 @@ static LoopNest matrixNest(MLIRContext *ctx, unsigned lead, Axis axis) {
 
 /// Reduces P[..., i, j] over `axis` into [..., n] starting from `init`
 /// (`combine(acc, element)`).
-static Value reduceMatrix(OpBuilder &b, Location loc, Value p, Axis axis,
-                          double init,
-                          function_ref<Value(OpBuilder &, Location, Value, Value)> combine) {
+static Value
+reduceMatrix(OpBuilder &b, Location loc, Value p, Axis axis, double init,
+             function_ref<Value(OpBuilder &, Location, Value, Value)> combine) {
   auto type = cast<RankedTensorType>(p.getType());
   unsigned lead = type.getRank() - 2;
   int64_t n = type.getShape().back();
@@ -379,24 +381,25 @@ static Value reduceMatrix(OpBuilder &b, Location loc, Value p, Axis axis,
 }
 
 static Value sumMatrix(OpBuilder &b, Location loc, Value p, Axis axis) {
-  return reduceMatrix(b, loc, p, axis, 0.0,
-                      [](OpBuilder &nb, Location nloc, Value acc, Value v) -> Value {
-                        return arith::AddFOp::create(nb, nloc, acc, v);
-                      });
+  return reduceMatrix(
+      b, loc, p, axis, 0.0,
+      [](OpBuilder &nb, Location nloc, Value acc, Value v) -> Value {
+        return arith::AddFOp::create(nb, nloc, acc, v);
+      });
 }
 
 /// out[..., i, j] = f(P[..., i, j], s[..., i or j]) for a per-row or
-/// per-column vector s, written into `dest`.
-static Value mapWithVector(OpBuilder &b, Location loc, Value p, Value s,
-                           Axis axis, Value dest,
-                           function_ref<Value(OpBuilder &, Location, Value, Value)> f) {
+/// per-column vector s.
+static Value
+mapWithVector(OpBuilder &b, Location loc, Value p, Value s, Axis axis,
+              function_ref<Value(OpBuilder &, Location, Value, Value)> f) {
   auto type = cast<RankedTensorType>(p.getType());
   unsigned lead = type.getRank() - 2;
-  LoopNest nest{b.getContext(), lead,
-                {IteratorType::parallel, IteratorType::parallel}};
+  LoopNest nest{
+      b.getContext(), lead, {IteratorType::parallel, IteratorType::parallel}};
   AffineExpr kept = axis == Axis::Row ? nest.loop(0) : nest.loop(1);
   AffineMap matrix = nest.perToken({nest.loop(0), nest.loop(1)});
-  return buildGeneric(b, loc, nest, {p, s}, dest,
+  return buildGeneric(b, loc, nest, {p, s}, emptyTensor(b, loc, type, p),
                       {matrix, nest.perToken({kept}), matrix},
                       [&](OpBuilder &nb, Location nloc, ValueRange args) {
                         return f(nb, nloc, args[0], args[1]);
@@ -408,9 +411,10 @@ static Value normalize(OpBuilder &b, Location loc, Value p, Axis axis,
                        float eps) {
   Value sum = sumMatrix(b, loc, p, axis);
   return mapWithVector(
-      b, loc, p, sum, axis, emptyTensor(b, loc, cast<RankedTensorType>(p.getType()), p),
+      b, loc, p, sum, axis,
       [&](OpBuilder &nb, Location nloc, Value v, Value s) -> Value {
-        Value denom = arith::AddFOp::create(nb, nloc, s, f32Const(nb, nloc, eps));
+        Value denom =
+            arith::AddFOp::create(nb, nloc, s, f32Const(nb, nloc, eps));
         return arith::DivFOp::create(nb, nloc, v, denom);
       });
 }
@@ -423,16 +427,15 @@ static Value softmaxPlusEps(OpBuilder &b, Location loc, Value logits,
       [](OpBuilder &nb, Location nloc, Value acc, Value v) -> Value {
         return arith::MaximumFOp::create(nb, nloc, acc, v);
       });
-  auto type = cast<RankedTensorType>(logits.getType());
   Value exps = mapWithVector(
-      b, loc, logits, rowMax, Axis::Row, emptyTensor(b, loc, type, logits),
+      b, loc, logits, rowMax, Axis::Row,
       [](OpBuilder &nb, Location nloc, Value v, Value max) -> Value {
         return math::ExpOp::create(nb, nloc,
                                    arith::SubFOp::create(nb, nloc, v, max));
       });
   Value rowSum = sumMatrix(b, loc, exps, Axis::Row);
   return mapWithVector(
-      b, loc, exps, rowSum, Axis::Row, emptyTensor(b, loc, type, logits),
+      b, loc, exps, rowSum, Axis::Row,
       [&](OpBuilder &nb, Location nloc, Value e, Value s) -> Value {
         return arith::AddFOp::create(nb, nloc,
                                      arith::DivFOp::create(nb, nloc, e, s),
@@ -473,7 +476,8 @@ static Value lowerPreApply(OpBuilder &b, PreApplyOp op) {
   Value x = op.getX();
   RankedTensorType resultType = op.getType();
   int64_t c = resultType.getShape().back();
-  LoopNest nest{b.getContext(), leadingRank(x, 2),
+  LoopNest nest{b.getContext(),
+                leadingRank(x, 2),
                 {IteratorType::parallel, IteratorType::reduction}}; // c, i
   AffineExpr cl = nest.loop(0), il = nest.loop(1);
   Value zero = filledF32(b, loc, resultType, nest.lead, {c}, x, 0.0);
@@ -481,14 +485,15 @@ static Value lowerPreApply(OpBuilder &b, PreApplyOp op) {
       b, loc, nest, {x, op.getPre()}, zero,
       {nest.perToken({il, cl}), nest.perToken({il}), nest.perToken({cl})},
       [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
-        Value prod = arith::MulFOp::create(
-            nb, nloc, args[1], widenToF32(nb, nloc, args[0]));
+        Value prod = arith::MulFOp::create(nb, nloc, args[1],
+                                           widenToF32(nb, nloc, args[0]));
         return arith::AddFOp::create(nb, nloc, args[2], prod);
       });
   return roundToElementType(b, loc, u, resultType, x);
 }
 
-/// x_next[..., j, c] = post[..., j] * y[..., c] + sum_i comb[..., i, j] * x[..., i, c].
+/// x_next[..., j, c] = post[..., j] * y[..., c] + sum_i comb[..., i, j] *
+/// x[..., i, c].
 static Value lowerPostRes(OpBuilder &b, PostResOp op) {
   Location loc = op.getLoc();
   Value x = op.getX();
@@ -498,23 +503,25 @@ static Value lowerPostRes(OpBuilder &b, PostResOp op) {
   int64_t c = resultType.getShape().back();
 
   // mixed[..., j, c] = sum_i comb[..., i, j] * x[..., i, c], in f32.
-  LoopNest mixNest{b.getContext(), lead,
+  LoopNest mixNest{b.getContext(),
+                   lead,
                    {IteratorType::parallel, IteratorType::parallel,
                     IteratorType::reduction}}; // j, c, i
   AffineExpr j = mixNest.loop(0), cl = mixNest.loop(1), i = mixNest.loop(2);
   Value zero = filledF32(b, loc, resultType, lead, {n, c}, x, 0.0);
-  Value mixed = buildGeneric(
-      b, loc, mixNest, {op.getComb(), x}, zero,
-      {mixNest.perToken({i, j}), mixNest.perToken({i, cl}),
-       mixNest.perToken({j, cl})},
-      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
-        Value prod = arith::MulFOp::create(
-            nb, nloc, args[0], widenToF32(nb, nloc, args[1]));
-        return arith::AddFOp::create(nb, nloc, args[2], prod);
-      });
+  Value mixed =
+      buildGeneric(b, loc, mixNest, {op.getComb(), x}, zero,
+                   {mixNest.perToken({i, j}), mixNest.perToken({i, cl}),
+                    mixNest.perToken({j, cl})},
+                   [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+                     Value prod = arith::MulFOp::create(
+                         nb, nloc, args[0], widenToF32(nb, nloc, args[1]));
+                     return arith::AddFOp::create(nb, nloc, args[2], prod);
+                   });
 
   // out = round(post[..., j] * y[..., c] + mixed[..., j, c]).
-  LoopNest outNest{b.getContext(), lead,
+  LoopNest outNest{b.getContext(),
+                   lead,
                    {IteratorType::parallel, IteratorType::parallel}}; // j, c
   AffineExpr oj = outNest.loop(0), oc = outNest.loop(1);
   Type elem = resultType.getElementType();
@@ -580,8 +587,8 @@ LogicalResult checkSupported(Operation *root) {
                            "mhc.fused)";
       return WalkResult::interrupt();
     }
-    for (Type t : llvm::concat<Type>(op->getOperandTypes(),
-                                     op->getResultTypes())) {
+    for (Type t :
+         llvm::concat<Type>(op->getOperandTypes(), op->getResultTypes())) {
       auto tensor = dyn_cast<RankedTensorType>(t);
       if (tensor && tensor.getEncoding()) {
         op->emitOpError() << "cannot be lowered to linalg: tensors with an "
@@ -613,13 +620,12 @@ struct ConvertMHCToLinalgPass
 
     MLIRContext *ctx = &getContext();
     RewritePatternSet patterns(ctx);
-    patterns.add<LowerOp<ExpandOp, lowerExpand>,
-                 LowerOp<CollapseOp, lowerCollapse>,
-                 LowerOp<NormProjectOp, lowerNormProject>,
-                 LowerOp<SplitMixesOp, lowerSplitMixes>,
-                 LowerOp<SinkhornOp, lowerSinkhorn>,
-                 LowerOp<PreApplyOp, lowerPreApply>,
-                 LowerOp<PostResOp, lowerPostRes>>(ctx);
+    patterns.add<
+        LowerOp<ExpandOp, lowerExpand>, LowerOp<CollapseOp, lowerCollapse>,
+        LowerOp<NormProjectOp, lowerNormProject>,
+        LowerOp<SplitMixesOp, lowerSplitMixes>,
+        LowerOp<SinkhornOp, lowerSinkhorn>, LowerOp<PreApplyOp, lowerPreApply>,
+        LowerOp<PostResOp, lowerPostRes>>(ctx);
     ConversionTarget target(*ctx);
     target.addIllegalDialect<MHCDialect>();
     target.markUnknownOpDynamicallyLegal([](Operation *) { return true; });
