@@ -465,6 +465,7 @@ class Checker:
 # Leading (token) dims every op is tested with: (label, shape, dynamic?). Dynamic cases pass a
 # tensor.cast to `?` in front of the op; the T = 0 cases must run and print empty results.
 LEADING = [
+    ("no token dims", (), False),
     ("T=5", (5,), False),
     ("2x3", (2, 3), False),
     ("?=7", (7,), True),

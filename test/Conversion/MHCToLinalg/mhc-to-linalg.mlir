@@ -235,3 +235,19 @@ func.func @fused(%x: tensor<8x4x64xbf16>, %pre: tensor<8x4xf32>) -> tensor<8x64x
   }
   return %u : tensor<8x64xbf16>
 }
+
+// -----
+
+// Operands and results may disagree on which token dims are static; each op's
+// result keeps its declared type.
+// CHECK-LABEL: func @mixed_staticness
+// CHECK:       %[[U:.*]] = linalg.generic {{.*}} outs(%{{.*}} : tensor<6x13xbf16>) {
+// CHECK:       %[[M:.*]] = linalg.generic {{.*}} ins(%{{.*}}, %{{.*}} : tensor<6x24xf32>, tensor<6xf32>) outs(%{{.*}} : tensor<6x24xf32>) {
+// CHECK:       %[[H:.*]] = linalg.generic {{.*}} outs(%{{.*}} : tensor<?x13xbf16>) {
+// CHECK:       return %[[U]], %[[M]], %[[H]] : tensor<6x13xbf16>, tensor<6x24xf32>, tensor<?x13xbf16>
+func.func @mixed_staticness(%x: tensor<?x4x13xbf16>, %pre: tensor<6x4xf32>, %fn: tensor<24x52xf32>, %xs: tensor<6x4x13xbf16>) -> (tensor<6x13xbf16>, tensor<6x24xf32>, tensor<?x13xbf16>) {
+  %u = mhc.pre_apply %x, %pre : tensor<?x4x13xbf16>, tensor<6x4xf32> -> tensor<6x13xbf16>
+  %m = mhc.norm_project %x, %fn : tensor<?x4x13xbf16>, tensor<24x52xf32> -> tensor<6x24xf32>
+  %h = mhc.collapse %xs : tensor<6x4x13xbf16> -> tensor<?x13xbf16>
+  return %u, %m, %h : tensor<6x13xbf16>, tensor<6x24xf32>, tensor<?x13xbf16>
+}

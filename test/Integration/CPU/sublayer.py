@@ -51,12 +51,12 @@ def sublayer(n, c, elem, label, lead, dyn, iterations=None, eps=None, post_mult=
                       base=base, values=(mix, comb, u, y, xn, h), attrs=attrs))
 
 
-# Each (n, element type) pair takes two of the six leading-dim variants in turn, so every variant
+# Each (n, element type) pair takes two of the leading-dim variants in turn, so every variant
 # meets every n and every element type once or more while the program stays small enough to JIT.
 for i, n in enumerate((1, 2, 4, 8)):
     for e, elem in enumerate(("f32", "bf16", "f16")):
         k = 2 * (i + e)
-        for label, lead, dyn in (LEADING[k % 6], LEADING[(k + 1) % 6]):
+        for label, lead, dyn in (LEADING[k % len(LEADING)], LEADING[(k + 1) % len(LEADING)]):
             sublayer(n, 13, elem, label, lead, dyn)
 for elem in ("f32", "bf16", "f16"):
     sublayer(4, 100, elem, "?=5", (5,), True)
