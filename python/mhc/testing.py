@@ -30,11 +30,9 @@ import numpy as np
 from mhc import reference as ref
 
 __all__ = ["Program", "Value", "Checker", "check_f32", "check_rounded", "round_to_dtype",
-           "Tools", "F32_RTOL"]
+           "Tools", "F32_RTOL", "LEADING", "per_token"]
 
 F32_RTOL = 1e-5
-
-_NP_STORAGE = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 
 
 def round_to_dtype(array, elem):
@@ -139,6 +137,9 @@ class Program:
     # -- mhc ops ------------------------------------------------------------------------------
 
     def _op(self, name, operands, attrs, result_shapes, result_elems, generic, datas):
+        """Creates the result Values of op ``name`` (holding the reference ``datas``) and, for
+        the generic form, emits the op with every attribute spelled out. The custom forms differ
+        per op, so the caller emits those with :meth:`_custom`."""
         # A bf16/f16 result holds the rounded value: later ops see what memory holds.
         results = [Value(self._fresh(name.split(".")[-1][:6]), s, e,
                          d if e == "f32" else round_to_dtype(d, e).astype(np.float64))
@@ -159,10 +160,6 @@ class Program:
         lhs = ", ".join(r.name for r in results)
         self.emit(f"{lhs} = {text}")
         return results
-
-    @staticmethod
-    def _result_shape(lead_from, trailing):
-        return list(lead_from) + list(trailing)
 
     def expand(self, h, n, generic=False):
         shape = h.shape[:-1] + [n, h.shape[-1]]
