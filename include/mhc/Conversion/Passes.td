@@ -25,8 +25,12 @@ def ConvertMHCToGPU : Pass<"convert-mhc-to-gpu", "ModuleOp"> {
     Turns every `mhc.fused` group (and any remaining mhc op) into a
     `gpu.func` kernel in a `gpu.module`, scheduled for NVIDIA GPUs: 16-byte
     vector loads and stores, f32 accumulation, warp-shuffle and block
-    reductions, the Sinkhorn iterations in registers. The host side becomes
-    `gpu.launch_func` on memrefs.
+    reductions, the Sinkhorn iterations in registers, the norm_project
+    product on tensor cores (TF32 mma.sync, fn split hi+lo for ~f32
+    accuracy) over a tile of tokens so that fn is read once per tile. The
+    host side becomes `bufferization.to_buffer` + `memref.alloc` +
+    `gpu.launch_func` (kernel ABI: index T, then one 1-D memref per input
+    and per output) + `bufferization.to_tensor`. See docs/GPU.md.
   }];
   let dependentDialects = ["::mlir::gpu::GPUDialect",
                            "::mlir::arith::ArithDialect",
@@ -34,10 +38,16 @@ def ConvertMHCToGPU : Pass<"convert-mhc-to-gpu", "ModuleOp"> {
                            "::mlir::memref::MemRefDialect",
                            "::mlir::scf::SCFDialect",
                            "::mlir::vector::VectorDialect",
+                           "::mlir::nvgpu::NVGPUDialect",
+                           "::mlir::tensor::TensorDialect",
                            "::mlir::bufferization::BufferizationDialect"];
   let options = [
     Option<"chip", "chip", "std::string", /*default=*/"\"sm_90\"",
-           "Target chip (sm_XX); used to pick the kernel schedule">,
+           "Target chip (sm_XX, sm_80 or newer: the projection uses TF32 "
+           "mma.sync); a bad value is an error">,
+    Option<"tileTokens", "tile-tokens", "int64_t", /*default=*/"0",
+           "Tokens per block of the norm_project kernels: 0 = auto (32 for "
+           "n <= 4, else 16), or 16 / 32 / 64 (a tuning knob)">,
   ];
 }
 

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Builds the cubins that bench/kernels/check_kernels.py loads on the GPU.
+
+For every (n, C, dtype) it writes one mhc program that uses every op, compiles
+it with `mhc-opt --mhc-gpu-pipeline="format=bin"` twice (fused and fuse=0:
+every op its own kernel) and extracts the cubin bytes from the gpu.binary.
+Also builds the steady-state sublayer (pre without norm_project + post with the
+next norm_project) that is timed. Output: <out>/<name>.cubin + manifest.json.
+
+  python3 bench/kernels/build_cubins.py --mhc-opt build-gpu/bin/mhc-opt --out .gpu-carry
+"""
+import argparse, json, os, re, subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
+
+DT = {"bf16": "bf16", "f16": "f16", "f32": "f32"}
+
+
+def every_op_program(n, C, dt):
+    M = n * n + 2 * n
+    K = n * C
+    X = f"tensor<?x{n}x{C}x{dt}>"
+    H = f"tensor<?x{C}x{dt}>"
+    return f"""
+func.func @every_op(%x: {X}, %fn: tensor<{M}x{K}xf32>, %scale: tensor<3xf32>, %base: tensor<{M}xf32>,
+                    %y: {H}, %h: {H})
+    -> (tensor<?x{M}xf32>, tensor<?x{n}xf32>, tensor<?x{n}xf32>, tensor<?x{n}x{n}xf32>, tensor<?x{n}x{n}xf32>,
+        {H}, {X}, tensor<?x{M}xf32>, {X}, {H}) {{
+  %mix = mhc.norm_project %x, %fn : {X}, tensor<{M}x{K}xf32> -> tensor<?x{M}xf32>
+  %pre, %post, %l = mhc.split_mixes %mix, %scale, %base : tensor<?x{M}xf32>, tensor<3xf32>, tensor<{M}xf32> -> tensor<?x{n}xf32>, tensor<?x{n}xf32>, tensor<?x{n}x{n}xf32>
+  %c = mhc.sinkhorn %l : tensor<?x{n}x{n}xf32>
+  %u = mhc.pre_apply %x, %pre : {X}, tensor<?x{n}xf32> -> {H}
+  %xn = mhc.post_res %y, %x, %post, %c : {H}, {X}, tensor<?x{n}xf32>, tensor<?x{n}x{n}xf32> -> {X}
+  %mix2 = mhc.norm_project %xn, %fn : {X}, tensor<{M}x{K}xf32> -> tensor<?x{M}xf32>
+  %xe = mhc.expand %h, streams = {n} : {H} -> {X}
+  %hc = mhc.collapse %x : {X} -> {H}
+  return %mix, %pre, %post, %l, %c, %u, %xn, %mix2, %xe, %hc
+    : tensor<?x{M}xf32>, tensor<?x{n}xf32>, tensor<?x{n}xf32>, tensor<?x{n}x{n}xf32>, tensor<?x{n}x{n}xf32>,
+      {H}, {X}, tensor<?x{M}xf32>, {X}, {H}
+}}
+"""
+
+
+def steady_program(n, C, dt):
+    """One sublayer in steady state: pre(l) from the mix the previous post
+    kernel produced, then post(l) + norm_project for sublayer l+1."""
+    M = n * n + 2 * n
+    K = n * C
+    X = f"tensor<?x{n}x{C}x{dt}>"
+    H = f"tensor<?x{C}x{dt}>"
+    return f"""
+func.func @steady(%x: {X}, %mix: tensor<?x{M}xf32>, %scale: tensor<3xf32>, %base: tensor<{M}xf32>,
+                  %y: {H}, %fn: tensor<{M}x{K}xf32>) -> ({H}, {X}, tensor<?x{M}xf32>) {{
+  %pre, %post, %l = mhc.split_mixes %mix, %scale, %base : tensor<?x{M}xf32>, tensor<3xf32>, tensor<{M}xf32> -> tensor<?x{n}xf32>, tensor<?x{n}xf32>, tensor<?x{n}x{n}xf32>
+  %c = mhc.sinkhorn %l : tensor<?x{n}x{n}xf32>
+  %u = mhc.pre_apply %x, %pre : {X}, tensor<?x{n}xf32> -> {H}
+  %xn = mhc.post_res %y, %x, %post, %c : {H}, {X}, tensor<?x{n}xf32>, tensor<?x{n}x{n}xf32> -> {X}
+  %mix2 = mhc.norm_project %xn, %fn : {X}, tensor<{M}x{K}xf32> -> tensor<?x{M}xf32>
+  return %u, %xn, %mix2 : {H}, {X}, tensor<?x{M}xf32>
+}}
+"""
+
+
+def decode_mlir_string(s):
+    out = bytearray()
+    i = 0
+    while i < len(s):
+        ch = s[i]
+        if ch == "\\":
+            if s[i + 1] == "\\":
+                out.append(0x5C)
+                i += 2
+            else:
+                out.append(int(s[i + 1:i + 3], 16))
+                i += 3
+        else:
+            out.append(ord(ch))
+            i += 1
+    return bytes(out)
+
+
+def compile_one(mhc_opt, src, path_mlir, fuse, fmt="bin", tt=0):
+    with open(path_mlir, "w") as f:
+        f.write(src)
+    opts = f"format={fmt}" + ("" if fuse else " fuse=0") + (f" tile-tokens={tt}" if tt else "")
+    r = subprocess.run([mhc_opt, path_mlir, f"--mhc-gpu-pipeline={opts}"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{path_mlir}: {r.stderr[:2000]}")
+    m = re.search(r'(?:bin|assembly) = "((?:[^"\\]|\\.)*)"', r.stdout)
+    names = re.findall(r"@mhc_kernels::@(\w+)", r.stdout)
+    return decode_mlir_string(m.group(1)), names
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mhc-opt", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    configs = []
+    Cs = [100, 1280, 2560, 4096, 7168]
+    ns = [1, 2, 4, 8]
+    for dt in ["bf16", "f32"]:
+        for n in ns:
+            for C in Cs:
+                configs.append((n, C, dt))
+    configs += [(4, 4096, "f16"), (4, 100, "f16"), (3, 520, "bf16")]
+    if a.quick:
+        configs = [(4, 4096, "bf16"), (4, 100, "f32"), (1, 1280, "bf16"), (8, 2560, "f32")]
+    jobs = []
+    for (n, C, dt) in configs:
+        for fuse in (1, 0):
+            name = f"every_n{n}_c{C}_{dt}_{'fused' if fuse else 'single'}"
+            jobs.append((name, every_op_program(n, C, dt), fuse, dict(kind="every", n=n, C=C, dt=dt, fused=fuse)))
+    for (n, C, dt) in [(4, 4096, "bf16"), (4, 2560, "bf16"), (4, 7168, "bf16"), (4, 4096, "f32")]:
+        jobs.append((f"steady_n{n}_c{C}_{dt}", steady_program(n, C, dt), 1, dict(kind="steady", n=n, C=C, dt=dt, fused=1)))
+    # The tile-size knob, for the record (default is 32 for n = 4).
+    for tt in (64,):
+        jobs.append((f"steady_n4_c4096_bf16_tt{tt}", steady_program(4, 4096, "bf16"), 1,
+                     dict(kind="steady", n=4, C=4096, dt="bf16", fused=1, tt=tt)))
+    manifest = {}
+
+    def run(job):
+        name, src, fuse, meta = job
+        blob, names = compile_one(a.mhc_opt, src, os.path.join(a.out, name + ".mlir"), fuse,
+                                  tt=meta.get("tt", 0))
+        with open(os.path.join(a.out, name + ".cubin"), "wb") as f:
+            f.write(blob)
+        os.remove(os.path.join(a.out, name + ".mlir"))
+        meta["kernels"] = names
+        return name, meta
+
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        for name, meta in ex.map(run, jobs):
+            manifest[name] = meta
+            print(name, meta["kernels"], flush=True)
+    with open(os.path.join(a.out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+// RUN: mhc-opt %s --mhc-fuse --convert-mhc-to-gpu --split-input-file | FileCheck %s
+
+// One sublayer in steady state: the "pre" kernel (split_mixes + sinkhorn +
+// pre_apply) and the "post" kernel (post_res + the next norm_project).
+
+// CHECK: module attributes {gpu.container_module}
+// CHECK-LABEL: func.func @steady
+// Host side: buffers in, device buffers out, one launch per group; T is the
+// product of the token dims, the grid covers T in tiles of 64 tokens.
+// CHECK:     %[[T:.*]] = tensor.dim %{{.*}}, %c0
+// CHECK:     bufferization.to_buffer %{{.*}} read_only
+// CHECK:     memref.alloc(%{{.*}}) : memref<?x4x4xf32>
+// CHECK:     arith.ceildivui %{{.*}}, %c64
+// CHECK:     gpu.launch_func  @mhc_kernels::@mhc_pre_0 blocks in ({{.*}}) threads in (%c256, %c1{{.*}}, %c1{{.*}})  args(%{{.*}} : index, %{{.*}} : memref<?xf32>
+// CHECK:     bufferization.to_tensor %{{.*}} restrict writable
+// CHECK:     gpu.launch_func  @mhc_kernels::@mhc_post_1
+// CHECK:     return
+
+// Kernels: 256 threads, shared-memory tiles 16-byte aligned.
+// CHECK:      gpu.module @mhc_kernels
+// CHECK:      gpu.func @mhc_pre_0(%{{.*}}: index, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xbf16>)
+// CHECK-SAME:   workgroup(%{{.*}}: memref<256xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64})
+// CHECK-SAME:   kernel
+// CHECK-SAME:   known_block_size = array<i32: 256, 1, 1>
+// Sinkhorn: the n x n matrix in registers, the iterations in one loop.
+// CHECK:        math.exp
+// CHECK:        scf.for %{{.*}} = %c1{{.*}} to %c20{{.*}} step %c1{{.*}} iter_args({{.*}}) -> (f32, f32, f32, f32, f32, f32, f32, f32, f32, f32, f32, f32, f32, f32, f32, f32)
+// CHECK:        gpu.barrier
+// pre_apply: 16-byte vector loads with a scalar fallback for tails.
+// CHECK:        vector.load %{{.*}} {alignment = 16 : i64} : memref<?xbf16>, vector<8xbf16>
+// CHECK:        memref.load %{{.*}} : memref<?xbf16>
+// CHECK:        vector.store %{{.*}} {alignment = 16 : i64} : memref<?xbf16>, vector<8xbf16>
+// CHECK:        gpu.return
+
+// CHECK:      gpu.func @mhc_post_1
+// post_res stores x_next and stages the rounded f32 values for the product.
+// CHECK:        vector.store %{{.*}} {alignment = 16 : i64} : memref<?xbf16>, vector<8xbf16>
+// CHECK:        arith.truncf %{{.*}} : vector<8xf32> to vector<8xbf16>
+// CHECK:        arith.extf %{{.*}} : vector<8xbf16> to vector<8xf32>
+// CHECK:        vector.store %{{.*}} {alignment = 16 : i64} : memref<{{[0-9]+}}xf32, #gpu.address_space<workgroup>>, vector<8xf32>
+// The projection on tensor cores: fn split into TF32 hi + lo parts.
+// CHECK:        arith.andi %{{.*}}, %c-8192_i32 : i32
+// CHECK:        nvgpu.mma.sync(%{{.*}}, %{{.*}}, %{{.*}}) {mmaShape = [16, 8, 8], tf32Enabled}
+// Sums of squares: partials to shared memory, a shuffle tree per token.
+// CHECK:        gpu.shuffle  xor
+
+// CHECK:        math.rsqrt
+// CHECK:        gpu.return
+func.func @steady(%x: tensor<?x4x256xbf16>, %mix: tensor<?x24xf32>, %scale: tensor<3xf32>,
+                  %base: tensor<24xf32>, %y: tensor<?x256xbf16>, %fn: tensor<24x1024xf32>)
+    -> (tensor<?x256xbf16>, tensor<?x4x256xbf16>, tensor<?x24xf32>) {
+  %pre, %post, %l = mhc.split_mixes %mix, %scale, %base : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %c = mhc.sinkhorn %l : tensor<?x4x4xf32>
+  %u = mhc.pre_apply %x, %pre : tensor<?x4x256xbf16>, tensor<?x4xf32> -> tensor<?x256xbf16>
+  %xn = mhc.post_res %y, %x, %post, %c : tensor<?x256xbf16>, tensor<?x4x256xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32> -> tensor<?x4x256xbf16>
+  %mix2 = mhc.norm_project %xn, %fn : tensor<?x4x256xbf16>, tensor<24x1024xf32> -> tensor<?x24xf32>
+  return %u, %xn, %mix2 : tensor<?x256xbf16>, tensor<?x4x256xbf16>, tensor<?x24xf32>
+}
+
+// -----
+
+// Standalone ops become their own kernels; C = 100 is not a multiple of the
+// vector width, so only the scalar path is emitted; several token dims
+// multiply into T.
+// CHECK-LABEL: func.func @standalone
+// CHECK:     %[[D0:.*]] = tensor.dim %arg0, %c0
+// CHECK:     %[[D1:.*]] = tensor.dim %arg0, %c1
+// CHECK:     arith.muli %{{.*}}, %[[D1]]
+// CHECK:     gpu.launch_func  @mhc_kernels::@mhc_expand_0
+// CHECK:     gpu.launch_func  @mhc_kernels::@mhc_collapse_1
+// CHECK:     gpu.func @mhc_expand_0
+// CHECK-NOT:   vector.load
+// CHECK:       gpu.return
+func.func @standalone(%h: tensor<2x?x100xf16>) -> tensor<2x?x100xf16> {
+  %x = mhc.expand %h, streams = 3 : tensor<2x?x100xf16> -> tensor<2x?x3x100xf16>
+  %h2 = mhc.collapse %x : tensor<2x?x3x100xf16> -> tensor<2x?x100xf16>
+  return %h2 : tensor<2x?x100xf16>
+}

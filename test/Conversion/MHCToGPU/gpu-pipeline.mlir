@@ -1,0 +1,44 @@
+// The whole --mhc-gpu-pipeline down to PTX (format=isa; needs the CUDA
+// toolkit for libdevice, not a GPU). The PTX proves the schedule: 16-byte
+// global loads/stores, TF32 tensor-core products, warp shuffles, barriers.
+// REQUIRES: ptxas
+// RUN: mhc-opt %s --mhc-gpu-pipeline="format=isa" -o %t.mlir
+// RUN: FileCheck %s --check-prefix=HOST < %t.mlir
+// RUN: FileCheck %s --check-prefix=BIN < %t.mlir
+// RUN: FileCheck %s --check-prefix=V4LD < %t.mlir
+// RUN: FileCheck %s --check-prefix=V4ST < %t.mlir
+// RUN: FileCheck %s --check-prefix=MMA < %t.mlir
+// RUN: FileCheck %s --check-prefix=SHFL < %t.mlir
+// RUN: FileCheck %s --check-prefix=KERNELS < %t.mlir
+
+// Host code: one stream per call, device buffers from mgpuMemAlloc, kernel
+// launches in program order on that stream, intermediates freed on it,
+// then synchronize.
+// HOST-LABEL: llvm.func @steady
+// HOST:       llvm.call @mgpuStreamCreate()
+// HOST:       llvm.call @mgpuMemAlloc
+// HOST:       gpu.launch_func <%{{.*}} : !llvm.ptr> @mhc_kernels::@mhc_pre_0 blocks in
+// HOST:       gpu.launch_func <%{{.*}} : !llvm.ptr> @mhc_kernels::@mhc_post_1 blocks in
+// HOST:       llvm.call @mgpuMemFree
+// HOST:       llvm.call @mgpuStreamSynchronize
+// HOST:       llvm.call @mgpuStreamDestroy
+// HOST:       llvm.return
+
+// BIN: gpu.binary @mhc_kernels  [#gpu.object<#nvvm.target<O = 3, chip = "sm_90", features = "+ptx80">
+// KERNELS: .visible .entry mhc_pre_0(
+// KERNELS: .visible .entry mhc_post_1(
+// V4LD: ld.global.v4.b32
+// V4ST: st.global.v4.b32
+// MMA: mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32
+// SHFL: shfl.sync.bfly.b32
+
+func.func @steady(%x: tensor<?x4x4096xbf16>, %mix: tensor<?x24xf32>, %scale: tensor<3xf32>,
+                  %base: tensor<24xf32>, %y: tensor<?x4096xbf16>, %fn: tensor<24x16384xf32>)
+    -> (tensor<?x4096xbf16>, tensor<?x4x4096xbf16>, tensor<?x24xf32>) {
+  %pre, %post, %l = mhc.split_mixes %mix, %scale, %base : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %c = mhc.sinkhorn %l : tensor<?x4x4xf32>
+  %u = mhc.pre_apply %x, %pre : tensor<?x4x4096xbf16>, tensor<?x4xf32> -> tensor<?x4096xbf16>
+  %xn = mhc.post_res %y, %x, %post, %c : tensor<?x4096xbf16>, tensor<?x4x4096xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32> -> tensor<?x4x4096xbf16>
+  %mix2 = mhc.norm_project %xn, %fn : tensor<?x4x4096xbf16>, tensor<24x16384xf32> -> tensor<?x24xf32>
+  return %u, %xn, %mix2 : tensor<?x4096xbf16>, tensor<?x4x4096xbf16>, tensor<?x24xf32>
+}
