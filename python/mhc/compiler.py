@@ -36,7 +36,7 @@ LLVM_LIB = Path("/usr/lib/llvm-22/lib")
 # The GPU lowering used by compile_gpu. "mhc" is the project's own --mhc-gpu-pipeline; "upstream"
 # is MLIR's --gpu-lower-to-nvvm-pipeline, which only handles modules that already use the gpu
 # dialect (hand-written kernels). Switching the default is this one line.
-DEFAULT_GPU_PIPELINE = "upstream"
+DEFAULT_GPU_PIPELINE = "mhc"
 
 FORMATS = ("bin", "fatbin", "isa")
 
