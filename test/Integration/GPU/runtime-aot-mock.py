@@ -16,7 +16,7 @@ from mhc.runtime import Library
 
 out = Path(sys.argv[1])
 src = Path(__file__).resolve().parents[3] / "examples" / "aot" / "pre_apply_gpu.mlir"
-lib = Library(compile_gpu(src, out / "libpre_apply.so", runtime="mock"))
+lib = Library(compile_gpu(src, out / "libpre_apply.so", runtime="mock", pipeline="upstream"))
 rt = lib.runtime
 print("mock:", rt.is_mock)
 # CHECK: mock: True
@@ -62,7 +62,7 @@ module attributes {gpu.container_module} {
   }
 }
 """
-lib2 = Library(compile_gpu(res_src, out / "libfill.so", runtime="mock"))
+lib2 = Library(compile_gpu(res_src, out / "libfill.so", runtime="mock", pipeline="upstream"))
 a, b = lib2.call("fill", np.int64(5), results=[(1, np.float32), (2, np.int32)])
 print(a.shape, a.tolist(), b.shape, b[:, 1].tolist())
 # CHECK: (5,) [2.5, 2.5, 2.5, 2.5, 2.5] (5, 2) [7, 7, 7, 7, 7]
