@@ -398,14 +398,23 @@ def _ulp(values, elem):
     return 2.0 ** (e - (mant - 1))
 
 
-def check_f32(got, expected, rtol=F32_RTOL):
-    """(ok, message): normwise relative error of an f32 result against a float64 reference."""
-    got = _perturb(np.asarray(got, np.float64))
-    expected = np.asarray(expected, np.float64)
+def _early_verdict(got):
+    """(ok, message) when ``got`` can be judged without a tolerance (empty or non-finite),
+    else None."""
     if got.size == 0:
         return True, "empty, shapes match"
     if not np.all(np.isfinite(got)):
         return False, "non-finite values"
+    return None
+
+
+def check_f32(got, expected, rtol=F32_RTOL):
+    """(ok, message): normwise relative error of an f32 result against a float64 reference."""
+    got = _perturb(np.asarray(got, np.float64))
+    expected = np.asarray(expected, np.float64)
+    verdict = _early_verdict(got)
+    if verdict is not None:
+        return verdict
     scale = np.max(np.abs(expected))
     err = np.max(np.abs(got - expected)) / (scale if scale > 0 else 1.0)
     return err <= rtol, f"normwise rel err {err:.2e} (tol {rtol:.0e})"
@@ -418,10 +427,9 @@ def check_rounded(got, expected, elem, rtol=F32_RTOL):
         return check_f32(got, expected, rtol)
     got = _perturb(np.asarray(got, np.float64))
     expected = np.asarray(expected, np.float64)
-    if got.size == 0:
-        return True, "empty, shapes match"
-    if not np.all(np.isfinite(got)):
-        return False, "non-finite values"
+    verdict = _early_verdict(got)
+    if verdict is not None:
+        return verdict
     rounded = round_to_dtype(expected, elem).astype(np.float64)
     diff = np.abs(got - rounded)
     ulps = diff / _ulp(expected, elem)
