@@ -116,7 +116,7 @@ def main():
     for (n, C, dt) in [(4, 4096, "bf16"), (4, 2560, "bf16"), (4, 7168, "bf16"), (4, 4096, "f32")]:
         jobs.append((f"steady_n{n}_c{C}_{dt}", steady_program(n, C, dt), 1, dict(kind="steady", n=n, C=C, dt=dt, fused=1)))
     # The tile-size knob, for the record (default is 32 for n = 4).
-    for tt in (64,):
+    for tt in (16,):  # the tile-tokens knob (64 no longer fits the 48 KB tile)
         jobs.append((f"steady_n4_c4096_bf16_tt{tt}", steady_program(4, 4096, "bf16"), 1,
                      dict(kind="steady", n=4, C=4096, dt="bf16", fused=1, tt=tt)))
     manifest = {}

@@ -6,15 +6,19 @@
 //
 // Kernel shape: one block owns a tile of TT tokens.
 //   stage 1  (post_res and/or norm_project) loops over C in chunks of CC
-//            columns: 16-byte vector loads/stores of x, y, x_next, the next
-//            chunk's loads issued before this chunk's products; the chunk's
-//            f32 values [TT x n*CC] go to shared memory and the 4 warps split
-//            its k-range for TF32 tensor-core products (nvgpu.mma.sync
-//            m16n8k8; fn split into hi + lo TF32 parts, and x too for f32
-//            activations, for ~f32 accuracy). fn is read once per tile, not
-//            per token. Sums of squares: registers, then a warp shuffle tree
-//            per token. The per-warp partial products are summed in shared
-//            memory.
+//            columns, ~256 contiguous bytes of every row (shorter runs cost
+//            DRAM efficiency: bench/results/post-proto-h200.md): 16-byte
+//            vector loads/stores of x, y, x_next, a chunk's items loaded a
+//            batch at a time; the projection input goes, exact, into a bf16
+//            shared tile [TT x n*CC] (f16/f32 values: bf16 head + bf16
+//            remainder, two tiles). After a barrier the 4 warps split the
+//            chunk's k16 steps on the tensor cores (nvvm.mma.sync m16n8k16
+//            bf16, f32 accumulation; A by ldmatrix, fn read from L1/L2 and
+//            split into bf16 hi + lo for ~f32 accuracy; all of a warp's fn
+//            loads of a chunk in flight together). fn is read once per tile,
+//            not per token. Sums of squares: registers, then a warp shuffle
+//            tree per token row. The per-warp partial products are summed in
+//            shared memory.
 //   stage 2  (split_mixes, sinkhorn): one thread per token, all n x n values
 //            in registers, loops fully unrolled for the static n.
 //   stage 3  (pre_apply): vectorised over the tile's [TT x C] outputs.
@@ -33,6 +37,8 @@
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Bufferization/IR/Bufferization.h"
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
@@ -74,6 +80,9 @@ struct Plan {
   int64_t TT = 64, CC = 0, VEC = 1, KCH = 0, M = 0, NT = 0, MT = 0;
   int64_t threads = kMaxThreads;
   int64_t warps() const { return threads / 32; }
+  /// Row pitch of the bf16 projection tile: 16 bytes of padding make the
+  /// ldmatrix row addresses of a warp hit distinct banks.
+  int64_t ldA() const { return KCH + 8; }
 };
 
 /// Builds the body of one kernel. All index math is on `index` values.
@@ -85,7 +94,7 @@ struct KernelBuilder {
   DenseMap<Value, Value> argOf; // tensor value -> kernel memref argument
   Value T, tid, lane, warp, tile0, aligned;
   // Shared memory buffers (null when unused).
-  Value aTile, red, ssTok, postS, combS, preS;
+  Value aTile, aTileLo, red, ssTok, postS, combS, preS;
 
   KernelBuilder(OpBuilder &b, Location loc, Plan &p)
       : b(b), loc(loc), p(p), f32(b.getF32Type()), i32(b.getI32Type()),
@@ -262,127 +271,104 @@ struct KernelBuilder {
     });
   }
 
-  /// Stage 1: the chunk loop of post_res and/or norm_project. The global
-  /// loads of chunk k+1 are issued before the tensor-core work of chunk k.
+  /// Stage 1: the chunk loop of post_res and/or norm_project. A chunk is CC
+  /// columns of every row of the tile (~256 contiguous bytes per row: the
+  /// access pattern DRAM streams at full speed; 64-byte runs reach only ~54%
+  /// of copy bandwidth, bench/results/post-proto-h200.md). Its R items per
+  /// thread are loaded kBatch at a time (all loads of a batch issued first);
+  /// x_next is stored and the projection input goes, exact, into the bf16
+  /// tile; after a barrier the warps split the chunk's k16 steps on the
+  /// tensor cores (emitMma).
+  static constexpr int64_t kBatch = 2;
   void emitChunkLoop() {
-    int64_t n = p.n, C = p.C, NVC = p.CC / p.VEC;
+    int64_t NVC = p.CC / p.VEC;
     int64_t items = p.TT * NVC;
     int64_t R = (items + p.threads - 1) / p.threads;
-    int64_t ldA = p.KCH + 4; // padded row: conflict-free fragment reads
+    bool ragged = items % p.threads != 0; // some threads lack an item
+    int64_t batch = R % kBatch == 0 ? kBatch : 1;
     bool np = static_cast<bool>(p.np);
-    int64_t numAcc = np ? p.MT * p.NT : 0;
-    // Long rows: each chunk's products go to fresh fragments that are then
-    // added with ordinary f32 adds (the tensor cores' accumulation
-    // truncates; this bounds its chain). Costs registers, so only for K >
-    // 16384 where the error would near the 1e-4 budget.
-    bool flush = p.n * p.C > 16384;
-    int64_t perItem = n + (p.pr ? 1 : 0);
-    auto accType = VectorType::get({2, 2}, f32);
-
-    auto loadChunk = [&](Value c0) {
-      SmallVector<Value> vals;
-      for (int64_t r = 0; r < R; ++r) {
-        Value item = add(tid, ci(r * p.threads));
-        SmallVector<Value> v = loadItem(item, c0, ult(item, items));
-        vals.append(v.begin(), v.end());
-      }
-      return vals;
-    };
-
-    SmallVector<Value> inits;
-    for (int64_t a = 0; a < numAcc; ++a)
-      inits.push_back(arith::ConstantOp::create(b, loc, b.getZeroAttr(accType)));
-    if (np)
-      for (int64_t r = 0; r < R; ++r)
-        inits.push_back(cf(0.0));
-    SmallVector<Value> first = loadChunk(ci(0));
-    inits.append(first.begin(), first.end());
+    int64_t numAcc = np ? p.MT * p.NT * 4 : 0;
     int64_t numSs = np ? R : 0;
 
-    int64_t numChunks = (C + p.CC - 1) / p.CC;
+    SmallVector<Value> inits;
+    for (int64_t a = 0; a < numAcc + numSs; ++a)
+      inits.push_back(cf(0.0));
+    int64_t numChunks = (p.C + p.CC - 1) / p.CC;
     SmallVector<Value> res = emitFor(
         ci(0), ci(numChunks), ci(1), inits,
         [&](Value chunk, ValueRange carried) -> SmallVector<Value> {
           SmallVector<Value> acc(carried.begin(), carried.begin() + numAcc);
-          SmallVector<Value> ss(carried.begin() + numAcc,
-                                carried.begin() + numAcc + numSs);
-          SmallVector<Value> cur(carried.begin() + numAcc + numSs,
-                                 carried.end());
+          SmallVector<Value> ss(carried.begin() + numAcc, carried.end());
           Value c0 = mul(chunk, ci(p.CC));
-          // This chunk's slice of fn: loads issued now, stored to shared
-          // memory after the items, so their L2 latency overlaps the items.
-          for (int64_t r = 0; r < R; ++r) {
-            Value item = add(tid, ci(r * p.threads));
-            Value itemOk = ult(item, items);
-            ArrayRef<Value> loaded(cur.data() + r * perItem, perItem);
-            // Items past the tile (only when items % threads != 0) do
-            // nothing.
-            SmallVector<Value> got = emitIfElse(
-                f32, itemOk,
-                [&]() -> SmallVector<Value> {
-                  return {emitItem(item, c0, loaded)};
-                },
-                [&]() -> SmallVector<Value> { return {cf(0.0)}; });
-            if (np)
-              ss[r] = fadd(ss[r], got[0]);
-          }
-          if (np)
-            barrier();
-          SmallVector<Value> next = loadChunk(add(c0, ci(p.CC)));
+          // Batches in a loop (not unrolled: one batch's values live at a
+          // time); the sums of squares of item r are carried and updated in
+          // the batch that owns r.
+          ss = emitFor(
+              ci(0), ci(R / batch), ci(1), ss,
+              [&](Value bi, ValueRange ssIn) -> SmallVector<Value> {
+                SmallVector<Value> items0, oks;
+                SmallVector<SmallVector<Value>> loaded;
+                for (int64_t u = 0; u < batch; ++u) {
+                  Value item = add(tid, mul(add(mul(bi, ci(batch)), ci(u)),
+                                            ci(p.threads)));
+                  items0.push_back(item);
+                  oks.push_back(ragged ? ult(item, items) : Value());
+                  loaded.push_back(loadItem(item, c0, oks.back()));
+                }
+                SmallVector<Value> got;
+                for (int64_t u = 0; u < batch; ++u) {
+                  auto one = [&]() -> SmallVector<Value> {
+                    return {emitItem(items0[u], c0, loaded[u])};
+                  };
+                  got.push_back(
+                      ragged ? emitIfElse(
+                                   f32, oks[u], one,
+                                   [&]() -> SmallVector<Value> {
+                                     return {cf(0.0)};
+                                   })[0]
+                             : one()[0]);
+                }
+                SmallVector<Value> out(ssIn.begin(), ssIn.end());
+                for (int64_t r = 0; r < numSs; ++r) {
+                  Value mine = arith::CmpIOp::create(
+                      b, loc, arith::CmpIPredicate::eq, bi, ci(r / batch));
+                  out[r] = arith::SelectOp::create(
+                      b, loc, mine, fadd(out[r], got[r % batch]), out[r]);
+                }
+                return out;
+              });
           if (np) {
-            // Fresh fragments per chunk, added to the running sums with
-            // ordinary f32 adds: bounds the tensor cores' accumulation chain
-            // to one chunk (their f32 accumulation truncates).
-            if (flush) {
-              SmallVector<Value> part;
-              for (int64_t a = 0; a < numAcc; ++a)
-                part.push_back(arith::ConstantOp::create(
-                    b, loc, b.getZeroAttr(accType)));
-              part = emitMma(c0, part, ldA);
-              for (int64_t a = 0; a < numAcc; ++a)
-                acc[a] = arith::AddFOp::create(b, loc, acc[a], part[a]);
-            } else {
-              acc = emitMma(c0, acc, ldA);
-            }
+            barrier();
+            acc = emitMma(c0, acc);
             barrier();
           }
           SmallVector<Value> out(acc);
           out.append(ss.begin(), ss.end());
-          out.append(next.begin(), next.end());
           return out;
         });
     if (!np)
       return;
     SmallVector<Value> acc(res.begin(), res.begin() + numAcc);
-    SmallVector<Value> ss(res.begin() + numAcc, res.begin() + numAcc + numSs);
+    SmallVector<Value> ss(res.begin() + numAcc, res.end());
 
-    // Sums of squares: each thread's per-item partials go to shared memory
-    // (the A tile is free now), then one warp per token adds its NVC <= 32
-    // partials with a shuffle tree.
+    // Sums of squares: the NVC threads of one token row are consecutive
+    // lanes (NVC is a power of two <= 32); a shuffle tree adds them.
     for (int64_t r = 0; r < R; ++r) {
-      Value item = add(tid, ci(r * p.threads));
-      emitIf(ult(item, items), [&]() { st(ss[r], aTile, item); });
-    }
-    barrier();
-    emitFor(warp, ci(p.TT), ci(p.warps()), {}, [&](Value t, ValueRange) {
-      Value v = emitIfElse(
-          f32, ult(lane, NVC),
-          [&]() -> SmallVector<Value> {
-            return {ld(aTile, add(mul(t, ci(NVC)), lane))};
-          },
-          [&]() -> SmallVector<Value> { return {cf(0.0)}; })[0];
-      for (int64_t off = 16; off >= 1; off /= 2) {
+      Value v = ss[r];
+      for (int64_t off = NVC / 2; off >= 1; off /= 2) {
         auto sh = gpu::ShuffleOp::create(b, loc, v, off, 32,
                                          gpu::ShuffleMode::XOR);
         v = fadd(v, sh.getShuffleResult());
       }
-      emitIf(arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, lane,
-                                   ci(0)),
-             [&]() { st(v, ssTok, t); });
-      return SmallVector<Value>{};
-    });
+      Value item = add(tid, ci(r * p.threads));
+      Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
+                                          rem(item, NVC), ci(0));
+      if (ragged)
+        first = band(first, ult(item, items));
+      emitIf(first, [&]() { st(v, ssTok, div(item, NVC)); });
+    }
     // Block reduction of the warps' partial products (each warp holds the
-    // whole tile for its k8 steps), one warp at a time.
+    // whole tile for its k16 steps), one warp at a time.
     Value g = div(lane, 4), tq = rem(lane, 4);
     for (int64_t w = 0; w < p.warps(); ++w) {
       emitIf(arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, warp,
@@ -390,22 +376,19 @@ struct KernelBuilder {
              [&]() {
                for (int64_t mt = 0; mt < p.MT; ++mt)
                  for (int64_t nt = 0; nt < p.NT; ++nt)
-                   for (int64_t e0 = 0; e0 < 2; ++e0)
-                     for (int64_t e1 = 0; e1 < 2; ++e1) {
-                       Value row = add(g, ci(mt * 16 + e0 * 8));
-                       Value col = add(mul(tq, ci(2)), ci(nt * 8 + e1));
-                       Value v = vector::ExtractOp::create(
-                           b, loc, acc[mt * p.NT + nt],
-                           ArrayRef<int64_t>{e0, e1});
-                       auto body = [&]() {
-                         Value i = add(mul(row, ci(p.M)), col);
-                         st(w ? fadd(ld(red, i), v) : v, red, i);
-                       };
-                       if ((nt + 1) * 8 <= p.M)
-                         body();
-                       else
-                         emitIf(ult(col, p.M), body);
-                     }
+                   for (int64_t e = 0; e < 4; ++e) {
+                     Value row = add(g, ci(mt * 16 + (e / 2) * 8));
+                     Value col = add(mul(tq, ci(2)), ci(nt * 8 + e % 2));
+                     Value v = acc[(mt * p.NT + nt) * 4 + e];
+                     auto body = [&]() {
+                       Value i = add(mul(row, ci(p.M)), col);
+                       st(w ? fadd(ld(red, i), v) : v, red, i);
+                     };
+                     if ((nt + 1) * 8 <= p.M)
+                       body();
+                     else
+                       emitIf(ult(col, p.M), body);
+                   }
              });
       barrier();
     }
@@ -414,7 +397,7 @@ struct KernelBuilder {
     float eps = p.np.getEps().convertToFloat();
     emitFor(tid, ci(p.TT * p.M), ci(p.threads), {}, [&](Value i, ValueRange) {
       Value t = div(i, p.M);
-      Value ms = fadd(fdiv(ld(ssTok, t), cf(double(n * C))), cf(eps));
+      Value ms = fadd(fdiv(ld(ssTok, t), cf(double(p.n * p.C))), cf(eps));
       Value r = math::RsqrtOp::create(b, loc, ms);
       Value v = fmul(ld(red, i), r);
       st(v, red, i);
@@ -432,7 +415,9 @@ struct KernelBuilder {
     int64_t n = p.n, C = p.C, NVC = p.CC / p.VEC;
     Value t = div(item, NVC), v = rem(item, NVC);
     Value token = add(tile0, t);
-    Value ok = band(itemOk, ult(token, T));
+    Value ok = ult(token, T);
+    if (itemOk)
+      ok = band(ok, itemOk);
     Value c = add(c0, mul(v, ci(p.VEC)));
     SmallVector<Value> vals;
     Value x = p.pr ? p.pr.getX() : p.np.getX();
@@ -477,110 +462,171 @@ struct KernelBuilder {
     }
     if (!p.np)
       return cf(0.0);
+    // The tile holds bf16: exact for bf16 activations; f16/f32 values are
+    // split into a bf16 head and the bf16 rounding of the remainder.
+    auto bf16 = b.getBF16Type();
+    auto vt = VectorType::get({p.VEC}, bf16);
     Value sq = arith::ConstantOp::create(b, loc, b.getZeroAttr(vecF32()));
-    int64_t ldA = p.KCH + 4;
     for (int64_t i = 0; i < n; ++i) {
       // Out-of-range columns/tokens are zeros: they add nothing.
-      vector::StoreOp::create(
-          b, loc, src[i], aTile,
-          ValueRange{add(mul(t, ci(ldA)), add(ci(i * p.CC), cl))}, false,
-          llvm::MaybeAlign(16));
+      Value at = add(mul(t, ci(p.ldA())), add(ci(i * p.CC), cl));
+      Value hi = arith::TruncFOp::create(b, loc, vt, src[i]);
+      vector::StoreOp::create(b, loc, hi, aTile, ValueRange{at}, false,
+                              llvm::MaybeAlign(2 * p.VEC));
+      if (aTileLo) {
+        Value rest = fsub(src[i], arith::ExtFOp::create(b, loc, vecF32(), hi));
+        vector::StoreOp::create(b, loc,
+                                arith::TruncFOp::create(b, loc, vt, rest),
+                                aTileLo, ValueRange{at}, false,
+                                llvm::MaybeAlign(2 * p.VEC));
+      }
       sq = fma(src[i], src[i], sq);
     }
     return vector::ReductionOp::create(b, loc, vector::CombiningKind::ADD, sq);
   }
 
-  /// Splits f32 values into a TF32 head (low 13 mantissa bits cleared) and
-  /// the exact remainder, so that hi*hi + hi*lo + lo*hi ~ the f32 product.
-  std::pair<Value, Value> splitTf32(Value v) {
-    Value bits = arith::BitcastOp::create(b, loc, i32, v);
-    Value mask = arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(-8192));
-    Value hi = arith::BitcastOp::create(
-        b, loc, f32, arith::AndIOp::create(b, loc, bits, mask));
-    return {hi, fsub(v, hi)};
+  /// Two f32 values as bf16x2 in an i32 register (the mma operand format).
+  Value packBf16(Value v2) {
+    auto bt = VectorType::get({2}, b.getBF16Type());
+    Value h = arith::TruncFOp::create(b, loc, bt, v2);
+    Value w = vector::BitCastOp::create(b, loc, VectorType::get({1}, i32), h);
+    return vector::ExtractOp::create(b, loc, w, 0);
+  }
+  /// f32 pair -> (bf16 head, bf16 of the remainder), each as bf16x2 in i32:
+  /// hi*a + lo*a carries ~16 bits of fn.
+  std::pair<Value, Value> splitBf16(Value v2) {
+    auto bt = VectorType::get({2}, b.getBF16Type());
+    Value h = arith::TruncFOp::create(b, loc, bt, v2);
+    Value rest = fsub(v2, arith::ExtFOp::create(b, loc, v2.getType(), h));
+    Value w = vector::BitCastOp::create(b, loc, VectorType::get({1}, i32), h);
+    return {vector::ExtractOp::create(b, loc, w, 0), packBf16(rest)};
   }
 
-  /// The tensor-core part of one chunk: the warps split its k8 steps, each
-  /// warp covers the whole token tile; fn fragments come straight from
-  /// global memory (L2-resident, read once per tile).
-  SmallVector<Value> emitMma(Value c0, SmallVector<Value> acc, int64_t ldA) {
-    int64_t K = p.n * p.C;
-    Value g = div(lane, 4), tq = rem(lane, 4);
+  /// fn[m][kcol], fn[m][kcol + 1] of this thread's B fragment (zeros outside
+  /// M rows / C columns).
+  Value loadFnPair(Value m, Value stream, Value col) {
     Value fn = arg(p.np.getFn());
-    bool splitA = p.act == f32;
-    bool guardM = p.M % 8 != 0, guardC = p.C % p.CC != 0;
-    auto bType = VectorType::get({2, 1}, f32);
-    auto aType = VectorType::get({4, 1}, f32);
-    int64_t steps = p.KCH / 8, W = p.warps();
-    auto step = [&](Value s, SmallVector<Value> a2) -> SmallVector<Value> {
-      Value kk = mul(s, ci(8));         // k inside the chunk
+    int64_t K = p.n * p.C;
+    auto v2 = VectorType::get({2}, f32);
+    Value ok = nullptr;
+    if (p.M % 8 != 0)
+      ok = ult(m, p.M);
+    if (p.C % p.CC != 0) {
+      Value okc = ult(col, ci(p.C));
+      ok = ok ? band(ok, okc) : okc;
+    }
+    Value at = add(mul(m, ci(K)), add(mul(stream, ci(p.C)), col));
+    if (ok)
+      at = arith::SelectOp::create(b, loc, ok, at, ci(0));
+    Value v;
+    if (p.C % 2 == 0) { // pairs never straddle a row: one 8-byte load
+      v = vector::LoadOp::create(b, loc, v2, fn, ValueRange{at}, false,
+                                 llvm::MaybeAlign(8));
+    } else {
+      Value okNext = ult(add(col, ci(1)), ci(p.C));
+      Value at1 = arith::SelectOp::create(b, loc, okNext, add(at, ci(1)), at);
+      Value e1 = arith::SelectOp::create(b, loc, okNext, ld(fn, at1), cf(0.0));
+      v = vector::FromElementsOp::create(b, loc, v2,
+                                         ValueRange{ld(fn, at), e1});
+    }
+    if (ok)
+      v = arith::SelectOp::create(
+          b, loc, ok, v,
+          arith::ConstantOp::create(b, loc, b.getZeroAttr(v2)));
+    return v;
+  }
+
+  /// acc[4] += A(16x16 bf16) * B(16x8 bf16) on the tensor cores.
+  void mmaBf16(MutableArrayRef<Value> acc, ArrayRef<Value> a, Value b0,
+               Value b1) {
+    auto res = NVVM::MmaOp::create(
+        b, loc,
+        LLVM::LLVMStructType::getLiteral(b.getContext(), {f32, f32, f32, f32}),
+        ValueRange(a), ValueRange{b0, b1},
+        ValueRange(ArrayRef<Value>(acc.data(), acc.size())),
+        ArrayRef<int64_t>{16, 8, 16}, std::nullopt, std::nullopt,
+        std::array<NVVM::MMATypes, 2>{NVVM::MMATypes::bf16,
+                                      NVVM::MMATypes::bf16},
+        std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row,
+                                       NVVM::MMALayout::col});
+    for (int64_t e = 0; e < 4; ++e)
+      acc[e] = LLVM::ExtractValueOp::create(b, loc, res, e);
+  }
+
+  /// The tensor-core part of one chunk: the warps split its k16 steps
+  /// (warp w: steps w, w + W, ...), each covering the whole token tile. A
+  /// fragments by ldmatrix from the bf16 tile; B = fn straight from global
+  /// memory (L1/L2: fn is read once per tile of tokens, not per token),
+  /// split into bf16 hi + lo. The B loads of kGroup steps are issued
+  /// together so that their latency overlaps.
+  SmallVector<Value> emitMma(Value c0, SmallVector<Value> acc) {
+    Value g = div(lane, 4), tq = rem(lane, 4);
+    int64_t steps = p.KCH / 16, W = p.warps();
+    auto fragType = VectorType::get({4, 2}, b.getBF16Type());
+    // Registers: kGroup * NT B fragments of 4 i32 in flight.
+    int64_t kGroup = std::max<int64_t>(1, 12 / p.NT);
+    auto loadB = [&](Value s) {
+      Value kk = mul(s, ci(16));        // k inside the chunk
       Value i = div(kk, p.CC);          // stream
-      Value cc = rem(kk, p.CC);         // column inside the chunk
-      Value col = add(add(c0, cc), tq); // global column of b0
-      SmallVector<Value> bHi, bLo;
+      Value col = add(add(c0, rem(kk, p.CC)), mul(tq, ci(2)));
+      SmallVector<Value> frag; // per nt: hi0, lo0, hi1, lo1
       for (int64_t nt = 0; nt < p.NT; ++nt) {
         Value m = add(g, ci(nt * 8));
-        SmallVector<Value> hi, lo;
-        for (int64_t e = 0; e < 2; ++e) {
-          Value ce = add(col, ci(4 * e));
-          Value okv = nullptr;
-          if (guardM)
-            okv = ult(m, p.M);
-          if (guardC)
-            okv = okv ? band(okv, ult(ce, ci(p.C))) : ult(ce, ci(p.C));
-          Value at = add(mul(m, ci(K)), add(mul(i, ci(p.C)), ce));
-          if (okv)
-            at = arith::SelectOp::create(b, loc, okv, at, ci(0));
-          Value v = ld(fn, at);
-          if (okv)
-            v = arith::SelectOp::create(b, loc, okv, v, cf(0.0));
-          auto [h, l] = splitTf32(v);
-          hi.push_back(h);
-          lo.push_back(l);
-        }
-        bHi.push_back(vector::FromElementsOp::create(b, loc, bType, hi));
-        bLo.push_back(vector::FromElementsOp::create(b, loc, bType, lo));
+        auto [h0, l0] = splitBf16(loadFnPair(m, i, col));
+        auto [h1, l1] = splitBf16(loadFnPair(m, i, add(col, ci(8))));
+        frag.append({h0, l0, h1, l1});
       }
+      return frag;
+    };
+    auto ldA = [&](Value tile, Value kk, int64_t mt) {
+      Value row = add(rem(lane, 16), ci(mt * 16));
+      Value at = add(mul(row, ci(p.ldA())), add(kk, mul(div(lane, 16), ci(8))));
+      Value f = nvgpu::LdMatrixOp::create(b, loc, fragType, tile,
+                                          ValueRange{at}, false, 4);
+      SmallVector<Value> regs; // bf16x2 registers as i32
+      for (int64_t r = 0; r < 4; ++r) {
+        Value h = vector::ExtractOp::create(b, loc, f, r);
+        Value w = vector::BitCastOp::create(
+            b, loc, VectorType::get({1}, i32), h);
+        regs.push_back(vector::ExtractOp::create(b, loc, w, 0));
+      }
+      return regs;
+    };
+    auto compute = [&](Value s, ArrayRef<Value> frag,
+                       SmallVector<Value> a2) -> SmallVector<Value> {
+      Value kk = mul(s, ci(16));
       for (int64_t mt = 0; mt < p.MT; ++mt) {
-        Value r0 = add(g, ci(mt * 16));
-        Value r1 = add(r0, ci(8));
-        Value k0 = add(kk, tq), k1 = add(k0, ci(4));
-        SmallVector<Value> ah = {ld(aTile, add(mul(r0, ci(ldA)), k0)),
-                                 ld(aTile, add(mul(r1, ci(ldA)), k0)),
-                                 ld(aTile, add(mul(r0, ci(ldA)), k1)),
-                                 ld(aTile, add(mul(r1, ci(ldA)), k1))};
-        SmallVector<Value> al;
-        if (splitA)
-          for (Value &v : ah) {
-            auto [h, l] = splitTf32(v);
-            v = h;
-            al.push_back(l);
-          }
-        Value aHi = vector::FromElementsOp::create(b, loc, aType, ah);
-        Value aLo =
-            splitA ? vector::FromElementsOp::create(b, loc, aType, al) : Value();
+        SmallVector<Value> aHi = ldA(aTile, kk, mt);
+        SmallVector<Value> aLo;
+        if (aTileLo)
+          aLo = ldA(aTileLo, kk, mt);
         for (int64_t nt = 0; nt < p.NT; ++nt) {
-          Value &c = a2[mt * p.NT + nt];
-          SmallVector<int64_t> shape = {16, 8, 8};
-          c = nvgpu::MmaSyncOp::create(b, loc, aHi, bLo[nt], c, shape, true);
-          if (splitA)
-            c = nvgpu::MmaSyncOp::create(b, loc, aLo, bHi[nt], c, shape, true);
-          c = nvgpu::MmaSyncOp::create(b, loc, aHi, bHi[nt], c, shape, true);
+          MutableArrayRef<Value> c(a2.data() + (mt * p.NT + nt) * 4, 4);
+          ArrayRef<Value> f = frag.slice(nt * 4, 4);
+          // Small terms first: the tensor cores truncate when accumulating.
+          mmaBf16(c, aHi, f[1], f[3]);
+          if (aTileLo)
+            mmaBf16(c, aLo, f[0], f[2]);
+          mmaBf16(c, aHi, f[0], f[2]);
         }
       }
       return a2;
     };
-    // Warp w takes k8 steps w, w + W, ...: unrolled, so that all of its fn
-    // loads can be in flight together.
-    for (int64_t j = 0; j < (steps + W - 1) / W; ++j) {
-      Value s = add(warp, ci(j * W));
-      if ((j + 1) * W <= steps) {
-        acc = step(s, acc);
-        continue;
-      }
-      SmallVector<Type> types(acc.size(), acc.front().getType());
+    int64_t full = steps / W; // steps every warp has
+    for (int64_t j0 = 0; j0 < full; j0 += kGroup) {
+      int64_t j1 = std::min(full, j0 + kGroup);
+      SmallVector<SmallVector<Value>> frags;
+      for (int64_t j = j0; j < j1; ++j)
+        frags.push_back(loadB(add(warp, ci(j * W))));
+      for (int64_t j = j0; j < j1; ++j)
+        acc = compute(add(warp, ci(j * W)), frags[j - j0], acc);
+    }
+    if (steps % W != 0) { // the last steps belong to the first warps
+      Value s = add(warp, ci(full * W));
+      SmallVector<Type> types(acc.size(), f32);
       acc = emitIfElse(
-          types, ult(s, steps), [&]() { return step(s, acc); },
+          types, ult(s, steps),
+          [&]() { return compute(s, loadB(s), acc); },
           [&]() { return acc; });
     }
     return acc;
@@ -907,8 +953,15 @@ static void chooseGeometry(Plan &p, int64_t tileTokens) {
     p.TT = streaming ? 64 : kMaxThreads;
   }
   p.MT = p.TT / 16;
-  // Chunk: n*CC <= 128 columns of the flattened row.
-  p.CC = std::max<int64_t>(8, (128 / p.n) / 8 * 8);
+  // Chunk: ~256 contiguous bytes of every row (bench/results/post-proto-h200.md:
+  // shorter runs cost DRAM efficiency), a power of two and a multiple of 16
+  // columns (a k16 step stays in one stream), with n*CC <= 512 so that the
+  // bf16 projection tile fits in shared memory (256 when it is split into
+  // hi + lo tiles for f16/f32 activations).
+  int64_t kmax = p.np && !p.act.isBF16() ? 256 : 512;
+  p.CC = 256 / (p.act.getIntOrFloatBitWidth() / 8);
+  while (p.CC > 16 && p.n * p.CC > kmax)
+    p.CC /= 2;
   p.KCH = p.n * p.CC;
 }
 
@@ -932,15 +985,21 @@ static gpu::GPUFuncOp buildKernel(OpBuilder &mb, Location loc, Plan &p,
   for (Value v : llvm::concat<Value>(p.inputs, p.outputs))
     argTypes.push_back(MemRefType::get({ShapedType::kDynamic}, elemType(v)));
   auto wg = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
-  auto smem = [&](int64_t size) {
-    return MemRefType::get({size}, f32, MemRefLayoutAttrInterface(), wg);
+  auto smem = [&](int64_t size, Type t = nullptr) {
+    return MemRefType::get({size}, t ? t : f32, MemRefLayoutAttrInterface(),
+                           wg);
   };
   SmallVector<Type> wgTypes;
-  // Order: aTile, red, ssTok, postS, combS, preS (only those used).
+  // Order: aTile, [aTileLo], red, ssTok, postS, combS, preS (only those
+  // used).
   bool np = static_cast<bool>(p.np);
+  bool splitA = np && !p.act.isBF16();
   bool preInShared = static_cast<bool>(p.pa);
+  Type bf16 = mb.getBF16Type();
   if (np) {
-    wgTypes.push_back(smem(p.TT * (p.KCH + 4)));
+    wgTypes.push_back(smem(p.TT * p.ldA(), bf16));
+    if (splitA)
+      wgTypes.push_back(smem(p.TT * p.ldA(), bf16));
     wgTypes.push_back(smem(p.TT * p.M));
     wgTypes.push_back(smem(p.TT));
   }
@@ -952,8 +1011,10 @@ static gpu::GPUFuncOp buildKernel(OpBuilder &mb, Location loc, Plan &p,
     wgTypes.push_back(smem(p.TT * p.n));
 
   int64_t smemBytes = 0;
-  for (Type t : wgTypes)
-    smemBytes += cast<MemRefType>(t).getNumElements() * 4;
+  for (Type t : wgTypes) {
+    auto mt = cast<MemRefType>(t);
+    smemBytes += mt.getNumElements() * mt.getElementTypeBitWidth() / 8;
+  }
   if (smemBytes > 48 * 1024) {
     p.root->emitOpError() << "needs " << smemBytes
                           << " bytes of shared memory per block (limit 49152)"
@@ -965,6 +1026,13 @@ static gpu::GPUFuncOp buildKernel(OpBuilder &mb, Location loc, Plan &p,
   kernel->setAttr(gpu::GPUDialect::getKernelFuncAttrName(), mb.getUnitAttr());
   kernel.setKnownBlockSizeAttr(
       mb.getDenseI32ArrayAttr({static_cast<int32_t>(p.threads), 1, 1}));
+  // Projection kernels: 4 blocks per SM (<= 128 registers a thread). The
+  // chunk's loads and tensor-core phase alternate inside a block; 3 blocks
+  // per SM leave the memory idle too often (measured: 0.71 vs 0.41 ms,
+  // bench/results/post-proto-h200.md).
+  if (p.np)
+    kernel->setAttr(NVVM::NVVMDialect::getMinctasmAttrName(),
+                    mb.getI32IntegerAttr(4));
   // 16-byte vector accesses to shared memory need 16-byte aligned buffers.
   for (unsigned i = 0; i < wgTypes.size(); ++i)
     kernel.setWorkgroupAttributionAttr(i, "llvm.align",
@@ -980,6 +1048,8 @@ static gpu::GPUFuncOp buildKernel(OpBuilder &mb, Location loc, Plan &p,
   auto attrib = kernel.getWorkgroupAttributions();
   if (np) {
     k.aTile = attrib[wi++];
+    if (splitA)
+      k.aTileLo = attrib[wi++];
     k.red = attrib[wi++];
     k.ssTok = attrib[wi++];
   }
@@ -1134,7 +1204,7 @@ struct ConvertMHCToGPUPass
 
   void runOnOperation() override {
     ModuleOp module = getOperation();
-    // The schedule uses mma.sync TF32 (sm_80+).
+    // The schedule uses bf16 mma.sync m16n8k16 and ldmatrix (sm_80+).
     StringRef c = chip;
     unsigned sm = 0;
     if (!c.consume_front("sm_") || c.consumeInteger(10, sm) ||
@@ -1146,7 +1216,7 @@ struct ConvertMHCToGPUPass
     if (sm < 80) {
       module.emitError() << "convert-mhc-to-gpu: chip " << chip
                          << " is not supported; the kernels need sm_80 or "
-                            "newer (TF32 mma.sync)";
+                            "newer (bf16 mma.sync)";
       return signalPassFailure();
     }
 

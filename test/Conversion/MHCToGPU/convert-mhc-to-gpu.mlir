@@ -33,15 +33,23 @@
 // CHECK:        gpu.return
 
 // CHECK:      gpu.func @mhc_post_1
-// post_res stores x_next and stages the rounded f32 values for the product.
+// CHECK-SAME:   workgroup(%{{.*}}: memref<{{[0-9]+}}xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}
+// CHECK-SAME:   known_block_size = array<i32: 128, 1, 1>
+// CHECK-SAME:   nvvm.minctasm = 4 : i32
+// The chunk's items in batches (a loop), post_res stores x_next and puts the
+// rounded values (exact in bf16) into the shared tile.
+// CHECK:        scf.for
 // CHECK:        vector.store %{{.*}} {alignment = 16 : i64} : memref<?xbf16>, vector<8xbf16>
 // CHECK:        arith.truncf %{{.*}} : vector<8xf32> to vector<8xbf16>
-// CHECK:        arith.extf %{{.*}} : vector<8xbf16> to vector<8xf32>
-// CHECK:        vector.store %{{.*}} {alignment = 16 : i64} : memref<{{[0-9]+}}xf32, #gpu.address_space<workgroup>>, vector<8xf32>
-// The projection on tensor cores: fn split into TF32 hi + lo parts.
-// CHECK:        arith.andi %{{.*}}, %c-8192_i32 : i32
-// CHECK:        nvgpu.mma.sync(%{{.*}}, %{{.*}}, %{{.*}}) {mmaShape = [16, 8, 8], tf32Enabled}
-// Sums of squares: partials to shared memory, a shuffle tree per token.
+// CHECK:        vector.store %{{.*}} {alignment = 16 : i64} : memref<{{[0-9]+}}xbf16, #gpu.address_space<workgroup>>, vector<8xbf16>
+// CHECK:        gpu.barrier
+// The projection on tensor cores: fn pairs split into bf16 hi + lo, A
+// fragments by ldmatrix, bf16 m16n8k16 products.
+// CHECK:        vector.load %{{.*}} {alignment = 8 : i64} : memref<?xf32>, vector<2xf32>
+// CHECK:        arith.truncf %{{.*}} : vector<2xf32> to vector<2xbf16>
+// CHECK:        nvgpu.ldmatrix %{{.*}} {numTiles = 4 : i32, transpose = false}
+// CHECK:        nvvm.mma.sync {{.*}}multiplicandAPtxType = #nvvm.mma_type<bf16>{{.*}}shape = #nvvm.shape<m = 16, n = 8, k = 16>
+// Sums of squares: a shuffle tree over the threads of a token row.
 // CHECK:        gpu.shuffle  xor
 
 // CHECK:        math.rsqrt

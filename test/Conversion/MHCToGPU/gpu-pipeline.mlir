@@ -1,6 +1,8 @@
 // The whole --mhc-gpu-pipeline down to PTX (format=isa; needs the CUDA
 // toolkit for libdevice, not a GPU). The PTX proves the schedule: 16-byte
-// global loads/stores, TF32 tensor-core products, warp shuffles, barriers.
+// global loads/stores, bf16 tensor-core products with ldmatrix A fragments
+// and fn split by cvt.rn.bf16x2, warp shuffles, 4 blocks per SM for the
+// projection kernel.
 // REQUIRES: ptxas
 // RUN: mhc-opt %s --mhc-gpu-pipeline="format=isa" -o %t.mlir
 // RUN: FileCheck %s --check-prefix=HOST < %t.mlir
@@ -8,6 +10,8 @@
 // RUN: FileCheck %s --check-prefix=V4LD < %t.mlir
 // RUN: FileCheck %s --check-prefix=V4ST < %t.mlir
 // RUN: FileCheck %s --check-prefix=MMA < %t.mlir
+// RUN: FileCheck %s --check-prefix=LDM < %t.mlir
+// RUN: FileCheck %s --check-prefix=CVT < %t.mlir
 // RUN: FileCheck %s --check-prefix=SHFL < %t.mlir
 // RUN: FileCheck %s --check-prefix=KERNELS < %t.mlir
 
@@ -27,9 +31,12 @@
 // BIN: gpu.binary @mhc_kernels  [#gpu.object<#nvvm.target<O = 3, chip = "sm_90", features = "+ptx80">
 // KERNELS: .visible .entry mhc_pre_0(
 // KERNELS: .visible .entry mhc_post_1(
+// KERNELS-SAME: .maxntid 128, 1, 1{{.*}}.minnctapersm 4
 // V4LD: ld.global.v4.b32
 // V4ST: st.global.v4.b32
-// MMA: mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32
+// MMA: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
+// LDM: ldmatrix.sync.aligned.m8n8.x4.shared.b16
+// CVT: cvt.rn.bf16x2.f32
 // SHFL: shfl.sync.bfly.b32
 
 func.func @steady(%x: tensor<?x4x4096xbf16>, %mix: tensor<?x24xf32>, %scale: tensor<3xf32>,
