@@ -148,18 +148,21 @@ def check_every(mod_fused, mod_single, meta_f, meta_s, T, seed):
     rec("fused.post.mix2", g["mix2"], R.norm_project(g["xn"], fn64, dtype=np.float64), COEF_TOL)
     rec("fused.expand", g["xe"], R.expand(h64, n, dtype=np.float64), at)
     rec("fused.collapse", g["hc"], R.collapse(x64, dtype=np.float64), at)
-    # Misaligned inputs (one element off a 16-byte boundary) take the scalar
-    # path at run time: the fused post kernel must give the same result.
+    # Misaligned inputs (one element off a 16-byte boundary; fn 4 bytes off an
+    # 8-byte one) take the scalar paths at run time: the fused post kernel
+    # must give the same result.
     xm = torch.empty(T * n * C + 1, dtype=d, device="cuda")[1:].view(T, n, C)
     ym = torch.empty(T * C + 1, dtype=d, device="cuda")[1:].view(T, C)
+    fnm = torch.empty(I["fn"].numel() + 1, dtype=torch.float32, device="cuda")[1:].view(I["fn"].shape)
     xm.copy_(I["x"])
     ym.copy_(I["y"])
+    fnm.copy_(I["fn"])
     xn_m, mix2_m = empty((T, n, C), d), empty((T, M), torch.float32)
-    mod_fused.launch(kf[1], T, tile_tokens(kf[1], n, True), [ym, xm, post, comb, I["fn"]], [xn_m, mix2_m])
+    mod_fused.launch(kf[1], T, tile_tokens(kf[1], n, True), [ym, xm, post, comb, fnm], [xn_m, mix2_m])
     torch.cuda.synchronize()
     rec("fused.post.misaligned.xn", f64(xn_m, idx), g["xn"], 1e-6)
     rec("fused.post.misaligned.mix2", f64(mix2_m, idx), g["mix2"], 1e-6)
-    del xm, ym, xn_m, mix2_m
+    del xm, ym, fnm, xn_m, mix2_m
     # End to end (informational): the whole chain against the reference chain.
     e2e_mix = R.norm_project(x64, fn64, dtype=np.float64)
     ep, eq, el = R.split_mixes(e2e_mix, sc64, b64, dtype=np.float64)

@@ -92,7 +92,7 @@ struct KernelBuilder {
   Plan &p;
   Type f32, i32, idxT;
   DenseMap<Value, Value> argOf; // tensor value -> kernel memref argument
-  Value T, tid, lane, warp, tile0, aligned;
+  Value T, tid, lane, warp, tile0, aligned, fnAligned;
   // Shared memory buffers (null when unused).
   Value aTile, aTileLo, red, ssTok, postS, combS, preS;
 
@@ -485,11 +485,10 @@ struct KernelBuilder {
     return vector::ReductionOp::create(b, loc, vector::CombiningKind::ADD, sq);
   }
 
-  /// Two f32 values as bf16x2 in an i32 register (the mma operand format).
-  Value packBf16(Value v2) {
-    auto bt = VectorType::get({2}, b.getBF16Type());
-    Value h = arith::TruncFOp::create(b, loc, bt, v2);
-    Value w = vector::BitCastOp::create(b, loc, VectorType::get({1}, i32), h);
+  /// A vector<2xbf16> as the i32 register the mma instructions take.
+  Value asI32(Value bf16x2) {
+    Value w = vector::BitCastOp::create(b, loc, VectorType::get({1}, i32),
+                                        bf16x2);
     return vector::ExtractOp::create(b, loc, w, 0);
   }
   /// f32 pair -> (bf16 head, bf16 of the remainder), each as bf16x2 in i32:
@@ -498,8 +497,7 @@ struct KernelBuilder {
     auto bt = VectorType::get({2}, b.getBF16Type());
     Value h = arith::TruncFOp::create(b, loc, bt, v2);
     Value rest = fsub(v2, arith::ExtFOp::create(b, loc, v2.getType(), h));
-    Value w = vector::BitCastOp::create(b, loc, VectorType::get({1}, i32), h);
-    return {vector::ExtractOp::create(b, loc, w, 0), packBf16(rest)};
+    return {asI32(h), asI32(arith::TruncFOp::create(b, loc, bt, rest))};
   }
 
   /// fn[m][kcol], fn[m][kcol + 1] of this thread's B fragment (zeros outside
@@ -518,17 +516,31 @@ struct KernelBuilder {
     Value at = add(mul(m, ci(K)), add(mul(stream, ci(p.C)), col));
     if (ok)
       at = arith::SelectOp::create(b, loc, ok, at, ci(0));
+    // Two scalar loads; the second is masked past the row end for odd C.
+    auto scalarPair = [&]() -> SmallVector<Value> {
+      Value e1;
+      if (p.C % 2 == 0) {
+        e1 = ld(fn, add(at, ci(1)));
+      } else {
+        Value okNext = ult(add(col, ci(1)), ci(p.C));
+        Value at1 =
+            arith::SelectOp::create(b, loc, okNext, add(at, ci(1)), at);
+        e1 = arith::SelectOp::create(b, loc, okNext, ld(fn, at1), cf(0.0));
+      }
+      return {vector::FromElementsOp::create(b, loc, v2,
+                                             ValueRange{ld(fn, at), e1})};
+    };
     Value v;
-    if (p.C % 2 == 0) { // pairs never straddle a row: one 8-byte load
-      v = vector::LoadOp::create(b, loc, v2, fn, ValueRange{at}, false,
-                                 llvm::MaybeAlign(8));
-    } else {
-      Value okNext = ult(add(col, ci(1)), ci(p.C));
-      Value at1 = arith::SelectOp::create(b, loc, okNext, add(at, ci(1)), at);
-      Value e1 = arith::SelectOp::create(b, loc, okNext, ld(fn, at1), cf(0.0));
-      v = vector::FromElementsOp::create(b, loc, v2,
-                                         ValueRange{ld(fn, at), e1});
-    }
+    if (p.C % 2 == 0) // the pair is 8-byte aligned when fn is: one load
+      v = emitIfElse(
+          v2, fnAligned,
+          [&]() -> SmallVector<Value> {
+            return {vector::LoadOp::create(b, loc, v2, fn, ValueRange{at},
+                                           false, llvm::MaybeAlign(8))};
+          },
+          scalarPair)[0];
+    else
+      v = scalarPair()[0];
     if (ok)
       v = arith::SelectOp::create(
           b, loc, ok, v,
@@ -583,13 +595,9 @@ struct KernelBuilder {
       Value at = add(mul(row, ci(p.ldA())), add(kk, mul(div(lane, 16), ci(8))));
       Value f = nvgpu::LdMatrixOp::create(b, loc, fragType, tile,
                                           ValueRange{at}, false, 4);
-      SmallVector<Value> regs; // bf16x2 registers as i32
-      for (int64_t r = 0; r < 4; ++r) {
-        Value h = vector::ExtractOp::create(b, loc, f, r);
-        Value w = vector::BitCastOp::create(
-            b, loc, VectorType::get({1}, i32), h);
-        regs.push_back(vector::ExtractOp::create(b, loc, w, 0));
-      }
+      SmallVector<Value> regs;
+      for (int64_t r = 0; r < 4; ++r)
+        regs.push_back(asI32(vector::ExtractOp::create(b, loc, f, r)));
       return regs;
     };
     auto compute = [&](Value s, ArrayRef<Value> frag,
@@ -1077,6 +1085,14 @@ static gpu::GPUFuncOp buildKernel(OpBuilder &mb, Location loc, Plan &p,
                                             k.rem(ptr, 16), k.ci(0)));
     }
     k.aligned = ok;
+  }
+  // fn pairs are read with 8-byte loads when fn's base pointer allows it (a
+  // view of a larger buffer may start anywhere on 4 bytes).
+  if (np) {
+    Value ptr = memref::ExtractAlignedPointerAsIndexOp::create(
+        b, loc, k.argOf[p.np.getFn()]);
+    k.fnAligned = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
+                                        k.rem(ptr, 8), k.ci(0));
   }
 
   // Stage 0: per-token coefficients into shared memory; clear accumulators.
