@@ -339,7 +339,12 @@ struct KernelBuilder {
               });
           if (np) {
             barrier();
-            acc = emitMma(c0, acc);
+            // Versioned on fn's alignment outside the products, so that all
+            // fn loads of a chunk stay straight-line code issued together.
+            SmallVector<Type> types(acc.size(), f32);
+            acc = emitIfElse(
+                types, fnAligned, [&]() { return emitMma(c0, acc, true); },
+                [&]() { return emitMma(c0, acc, false); });
             barrier();
           }
           SmallVector<Value> out(acc);
@@ -501,8 +506,8 @@ struct KernelBuilder {
   }
 
   /// fn[m][kcol], fn[m][kcol + 1] of this thread's B fragment (zeros outside
-  /// M rows / C columns).
-  Value loadFnPair(Value m, Value stream, Value col) {
+  /// M rows / C columns); `vec`: fn's base pointer is 8-byte aligned.
+  Value loadFnPair(Value m, Value stream, Value col, bool vec) {
     Value fn = arg(p.np.getFn());
     int64_t K = p.n * p.C;
     auto v2 = VectorType::get({2}, f32);
@@ -530,17 +535,12 @@ struct KernelBuilder {
       return {vector::FromElementsOp::create(b, loc, v2,
                                              ValueRange{ld(fn, at), e1})};
     };
-    Value v;
-    if (p.C % 2 == 0) // the pair is 8-byte aligned when fn is: one load
-      v = emitIfElse(
-          v2, fnAligned,
-          [&]() -> SmallVector<Value> {
-            return {vector::LoadOp::create(b, loc, v2, fn, ValueRange{at},
-                                           false, llvm::MaybeAlign(8))};
-          },
-          scalarPair)[0];
-    else
-      v = scalarPair()[0];
+    // The pair is 8-byte aligned when fn is (`vec`) and C is even: one load.
+    Value v = vec && p.C % 2 == 0
+                  ? vector::LoadOp::create(b, loc, v2, fn, ValueRange{at},
+                                           false, llvm::MaybeAlign(8))
+                        .getResult()
+                  : scalarPair()[0];
     if (ok)
       v = arith::SelectOp::create(
           b, loc, ok, v,
@@ -570,8 +570,8 @@ struct KernelBuilder {
   /// fragments by ldmatrix from the bf16 tile; B = fn straight from global
   /// memory (L1/L2: fn is read once per tile of tokens, not per token),
   /// split into bf16 hi + lo. The B loads of kGroup steps are issued
-  /// together so that their latency overlaps.
-  SmallVector<Value> emitMma(Value c0, SmallVector<Value> acc) {
+  /// together so that their latency overlaps; `vecFn` selects 8-byte loads.
+  SmallVector<Value> emitMma(Value c0, SmallVector<Value> acc, bool vecFn) {
     Value g = div(lane, 4), tq = rem(lane, 4);
     int64_t steps = p.KCH / 16, W = p.warps();
     auto fragType = VectorType::get({4, 2}, b.getBF16Type());
@@ -584,8 +584,8 @@ struct KernelBuilder {
       SmallVector<Value> frag; // per nt: hi0, lo0, hi1, lo1
       for (int64_t nt = 0; nt < p.NT; ++nt) {
         Value m = add(g, ci(nt * 8));
-        auto [h0, l0] = splitBf16(loadFnPair(m, i, col));
-        auto [h1, l1] = splitBf16(loadFnPair(m, i, add(col, ci(8))));
+        auto [h0, l0] = splitBf16(loadFnPair(m, i, col, vecFn));
+        auto [h1, l1] = splitBf16(loadFnPair(m, i, add(col, ci(8)), vecFn));
         frag.append({h0, l0, h1, l1});
       }
       return frag;

@@ -91,20 +91,24 @@ func.func @standalone(%h: tensor<2x?x100xf16>) -> tensor<2x?x100xf16> {
 // bf16 tiles (head and remainder) and each k16 step does three products
 // (A_hi*fn_lo, A_lo*fn_hi, A_hi*fn_hi). 64-column chunks (256 bytes of f32)
 // for n = 4 give tiles of 32 x (256 + 8) bf16. fn is read in 8-byte pairs only
-// when its base pointer is 8-byte aligned (checked at run time).
+// when its base pointer is 8-byte aligned (checked at run time; the products
+// are versioned on it, scalar loads otherwise).
 // CHECK-LABEL: gpu.func @mhc_norm_project_0
 // CHECK-SAME:   workgroup(%[[HI:.*]] : memref<8448xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %[[LO:.*]] : memref<8448xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}
 // CHECK:        memref.extract_aligned_pointer_as_index
 // CHECK:        arith.remui %{{.*}}, %c8
 // CHECK:        arith.subf %{{.*}} : vector<4xf32>
 // CHECK:        vector.store %{{.*}}, %[[LO]][%{{.*}}] {alignment = 8 : i64} : memref<8448xbf16, #gpu.address_space<workgroup>>, vector<4xbf16>
-// CHECK:        scf.if %{{.*}} -> (vector<2xf32>)
+// CHECK:        scf.if %{{.*}} -> (f32, f32
 // CHECK:          vector.load %{{.*}} {alignment = 8 : i64} : memref<?xf32>, vector<2xf32>
+// CHECK:          nvgpu.ldmatrix %[[HI]]
+// CHECK:          nvgpu.ldmatrix %[[LO]]
+// CHECK-COUNT-3:  nvvm.mma.sync
 // CHECK:        } else {
+// CHECK-NOT:      vector.load {{.*}}vector<2xf32>
 // CHECK:          memref.load
-// CHECK:        nvgpu.ldmatrix %[[HI]]
-// CHECK:        nvgpu.ldmatrix %[[LO]]
-// CHECK-COUNT-3: nvvm.mma.sync
+// CHECK:          nvvm.mma.sync
+// CHECK:        }
 func.func @project_f32(%x: tensor<?x4x256xf32>, %fn: tensor<24x1024xf32>) -> tensor<?x24xf32> {
   %mix = mhc.norm_project %x, %fn : tensor<?x4x256xf32>, tensor<24x1024xf32> -> tensor<?x24xf32>
   return %mix : tensor<?x24xf32>
