@@ -489,246 +489,14 @@ __device__ __forceinline__ void split2(float2 f, uint32_t &hi, uint32_t &lo) {
   lo = *reinterpret_cast<uint32_t *>(&l);
 }
 
-template <int TT, int CC, int WARPS, int BATCH, int MINB, int UNR, int MODE>
-__global__ void __launch_bounds__(WARPS * 32, MINB) post_y(int T, int C, const __nv_bfloat16 *__restrict__ y,
-                                                     const __nv_bfloat16 *__restrict__ x,
-                                                     const float *__restrict__ post,
-                                                     const float *__restrict__ comb,
-                                                     const float *__restrict__ fn, float eps,
-                                                     __nv_bfloat16 *__restrict__ xn,
-                                                     float *__restrict__ mix) {
-  constexpr int TH = WARPS * 32, KCH = N * CC, LDA = KCH + 8, NV = CC / 8;
-  constexpr int ITEMS = TT * NV, R = ITEMS / TH, MT = TT / 16;
-  static_assert(ITEMS % TH == 0 && R % BATCH == 0, "geometry");
-  extern __shared__ __align__(16) unsigned char dyn[];
-  __nv_bfloat16 *A = reinterpret_cast<__nv_bfloat16 *>(dyn);
-  __shared__ float cs[TT][20];
-  __shared__ float ssTok[TT];
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
-  const int t0 = blockIdx.x * TT, K = N * C;
-  for (int i = tid; i < TT * 20; i += TH) {
-    int r = i / 20, e = i % 20, t = t0 + r;
-    cs[r][e] = t < T ? (e < N ? post[t * N + e] : comb[t * N * N + e - N]) : 0.f;
-  }
-  __syncthreads();
-  float acc[MT][NT][4];
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[m][nt][e] = 0.f;
-  float ss[R] = {};
-  uint4 pyv[BATCH], pxv[BATCH][N];  // MODE 3: the first batch of the next chunk, loaded early
-  auto loadBatch = [&](int c0, int rb, uint4 (&yv)[BATCH], uint4 (&xv)[BATCH][N]) {
-#pragma unroll
-    for (int u = 0; u < BATCH; ++u) {
-      int it = tid + (rb + u) * TH, tl = it / NV, c = c0 + (it % NV) * 8;
-      long t = t0 + tl;
-      bool ok = t < T && c < C;
-      yv[u] = ok ? *reinterpret_cast<const uint4 *>(y + t * C + c) : uint4{};
-#pragma unroll
-      for (int i = 0; i < N; ++i)
-        xv[u][i] = ok ? *reinterpret_cast<const uint4 *>(x + (t * N + i) * C + c) : uint4{};
-    }
-  };
-  if (MODE == 3) loadBatch(0, 0, pyv, pxv);
-  constexpr int LDF = KCH + 8;  // fn slice row, padded: two wavefronts per 8-byte warp read
-  float *fnS = reinterpret_cast<float *>(dyn + TT * LDA * 2);
-  __shared__ __align__(8) unsigned long long fnBar;
-  const unsigned barA = static_cast<unsigned>(__cvta_generic_to_shared(&fnBar));
-  if (MODE == 5) {
-    if (tid == 0) {
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(barA));
-      asm volatile("fence.mbarrier_init.release.cluster;\n" ::);
-    }
-    __syncthreads();
-  }
-  unsigned phase = 0;
-  for (int c0 = 0; c0 < C; c0 += CC) {
-    if (MODE == 5 && warp == 0) {
-      // Bulk copies (copy engine): M x n rows of CC floats, one mbarrier transaction count.
-      int cw = min(CC, C - c0);
-      if (lane == 0)
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(barA),
-                     "r"(M * N * cw * 4));
-      __syncwarp();
-      for (int i = lane; i < M * N; i += 32) {
-        int row = i / N, j = i % N;
-        unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(fnS + row * LDF + j * CC));
-        asm volatile(
-            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-            "l"(fn + (size_t)row * K + (size_t)j * C + c0), "r"(cw * 4), "r"(barA)
-            : "memory");
-      }
-    }
-    if (MODE == 4) {
-      // The chunk's fn columns [M x n*CC] (16-byte copies), in flight during the load phase.
-      constexpr int PER = CC / 4;
-      for (int i = tid; i < M * N * PER; i += TH) {
-        int row = i / (N * PER), j = (i / PER) % N, v = i % PER, col = c0 + v * 4;
-        if (col < C) cp_async16(fnS + row * LDF + j * CC + v * 4, fn + (size_t)row * K + (size_t)j * C + col);
-      }
-      asm volatile("cp.async.commit_group;\n" ::);
-    }
-#pragma unroll 1
-    for (int rb = 0; rb < R; rb += BATCH) {
-      uint4 yv[BATCH], xv[BATCH][N];
-      float ssum[BATCH] = {};
-      if (MODE == 3 && rb == 0) {
-#pragma unroll
-        for (int u = 0; u < BATCH; ++u) {
-          yv[u] = pyv[u];
-#pragma unroll
-          for (int i = 0; i < N; ++i) xv[u][i] = pxv[u][i];
-        }
-      } else {
-        loadBatch(c0, rb, yv, xv);
-      }
-#pragma unroll
-      for (int u = 0; u < BATCH; ++u) {
-        int it = tid + (rb + u) * TH, tl = it / NV, cl = (it % NV) * 8, c = c0 + cl;
-        long t = t0 + tl;
-        bool ok = t < T && c < C;
-        const __nv_bfloat16 *yh = reinterpret_cast<const __nv_bfloat16 *>(&yv[u]);
-#pragma unroll
-        for (int j = 0; j < N; ++j) {
-          __align__(16) __nv_bfloat16 ob[8];
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            float o = cs[tl][j] * __bfloat162float(yh[e]);
-#pragma unroll
-            for (int i = 0; i < N; ++i)
-              o = fmaf(cs[tl][N + i * N + j],
-                       __bfloat162float(reinterpret_cast<const __nv_bfloat16 *>(&xv[u][i])[e]), o);
-            ob[e] = __float2bfloat16_rn(o);
-            float r = __bfloat162float(ob[e]);
-            ssum[u] = fmaf(r, r, ssum[u]);
-          }
-          if (ok)
-            *reinterpret_cast<uint4 *>(xn + (t * N + j) * C + c) = *reinterpret_cast<uint4 *>(ob);
-          *reinterpret_cast<uint4 *>(A + tl * LDA + j * CC + cl) = *reinterpret_cast<uint4 *>(ob);
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-        if (r / BATCH == rb / BATCH) ss[r] += ssum[r % BATCH];
-    }
-    if (MODE == 3 && c0 + CC < C) loadBatch(c0 + CC, 0, pyv, pxv);
-    if (MODE == 4) asm volatile("cp.async.wait_group 0;\n" ::);
-    if (MODE == 5) {
-      unsigned done = 0;
-      while (!done)
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done) : "r"(barA), "r"(phase) : "memory");
-      phase ^= 1;
-    }
-    __syncthreads();
-#pragma unroll UNR
-    for (int s0 = 0; s0 < KCH / 16; s0 += WARPS) {
-      if (MODE == 1) break;
-      int s = s0 + warp;
-      if (KCH / 16 % WARPS != 0 && s >= KCH / 16) break;
-      int k0 = s * 16, i = k0 / CC, kg = i * C + c0 + k0 % CC;
-      uint32_t bh[NT][2], bl[NT][2];
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        int row = nt * 8 + g;
-        const float *src = fn + (size_t)row * K + kg + 2 * q;
-        float2 f0, f1;
-        if (MODE == 2) {
-          f0 = make_float2(0.01f * row, 0.02f * q), f1 = make_float2(0.03f * s, 0.01f);
-        } else if (MODE == 4 || MODE == 5) {
-          const float *fs = fnS + (row < M ? row : 0) * LDF + k0 + 2 * q;
-          f0 = row < M ? *reinterpret_cast<const float2 *>(fs) : make_float2(0, 0);
-          f1 = row < M ? *reinterpret_cast<const float2 *>(fs + 8) : make_float2(0, 0);
-        } else {
-          f0 = row < M ? *reinterpret_cast<const float2 *>(src) : make_float2(0, 0);
-          f1 = row < M ? *reinterpret_cast<const float2 *>(src + 8) : make_float2(0, 0);
-        }
-        split2(f0, bh[nt][0], bl[nt][0]);
-        split2(f1, bh[nt][1], bl[nt][1]);
-      }
-#pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        uint32_t a[4];
-        const __nv_bfloat16 *pa = A + (m * 16 + lane % 16) * LDA + k0 + (lane / 16) * 8;
-        unsigned sa = static_cast<unsigned>(__cvta_generic_to_shared(pa));
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-                     : "r"(sa));
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          mma_bf16(acc[m][nt], a, bl[nt][0], bl[nt][1]);
-          mma_bf16(acc[m][nt], a, bh[nt][0], bh[nt][1]);
-        }
-      }
-    }
-    __syncthreads();
-    if (MODE == 5) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-  }
-  // Sums of squares: the NV threads of a token row are consecutive lanes.
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    float v = ss[r];
-#pragma unroll
-    for (int off = NV / 2; off >= 1; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-    int it = tid + r * TH;
-    if (it % NV == 0) ssTok[it / NV] = v;
-  }
-  // Partial products of the warps, summed through shared memory (the tile is free now).
-  float *red = reinterpret_cast<float *>(dyn);
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int row = m * 16 + g + (e / 2) * 8, col = nt * 8 + 2 * q + e % 2;
-        if (col < M) red[(warp * TT + row) * M + col] = acc[m][nt][e];
-      }
-  __syncthreads();
-  for (int i = tid; i < TT * M; i += TH) {
-    int tl = i / M;
-    if (t0 + tl >= T) continue;
-    float v = 0.f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) v += red[w * TT * M + i];
-    mix[(size_t)t0 * M + i] = v * rsqrtf(ssTok[tl] / K + eps);
-  }
-}
 
-template <int TT, int CC, int WARPS, int BATCH, int MINB = 1, int UNR = 1, int MODE = 0> static void runY(Bufs &b, double copyGBps) {
-  auto k = post_y<TT, CC, WARPS, BATCH, MINB, UNR, MODE>;
-  constexpr int LDA = N * CC + 8;
-  int smem = std::max(TT * LDA * 2 + (MODE >= 4 ? M * (N * CC + 8) * 4 : 0), WARPS * TT * M * 4);
-  CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  cudaFuncAttributes fa;
-  CK(cudaFuncGetAttributes(&fa, k));
-  int perSM = 0;
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, k, WARPS * 32, smem));
-  int grid = (b.T + TT - 1) / TT;
-  auto launch = [&] {
-    k<<<grid, WARPS * 32, smem>>>(b.T, b.C, b.y, b.x, b.post, b.comb, b.fn, 1e-6f, b.xn, b.mix);
-  };
-  CK(cudaMemset(b.xn, 0xff, (size_t)b.T * N * b.C * 2));
-  CK(cudaMemset(b.mix, 0xff, (size_t)b.T * M * 4));
-  launch();
-  CK(cudaGetLastError());
-  CK(cudaDeviceSynchronize());
-  double exn, emix;
-  check(b, true, exn, emix);
-  double ms = time_ms(launch);
-  double bytes = (double)b.T * b.C * (2 * N + 1) * 2;
-  printf("Y%d TT=%2d run %4dB warps=%d batch=%d minb=%d unr=%d C=%5d regs=%3d smem=%6d blocks/SM=%d  %.4f ms  %5.1f%% of copy  err xn %.2e mix %.2e\n",
-         MODE, TT, 2 * CC, WARPS, BATCH, MINB, UNR, b.C, fa.numRegs, smem, perSM, ms,
-         100 * bytes / (ms * 1e-3) / 1e9 / copyGBps, exn, emix);
-}
-
-// Y with G independent groups of WARPS warps per block, one token tile each, synchronised by named
-// barriers: the groups start together and walk the same chunks, so fn is shared through L1.
+// Design Y. G > 1: G independent groups of WARPS warps per block, one token tile each, synchronised
+// by named barriers: the groups start together and walk the same chunks, so fn is shared through
+// L1. G = 1: one tile per block, __syncthreads. MODE: 0 = as described; 1 = no products; 2 = products
+// with fn from registers (no fn traffic); 3 = the next chunk's first batch loaded before the
+// products; 4 = fn slice staged in shared memory by cp.async; 5 = the same by bulk copies.
 template <int TT, int CC, int WARPS, int BATCH, int MINB, int UNR, int MODE, int G, int SE>
-__global__ void __launch_bounds__(G * WARPS * 32, MINB) post_yg(int T, int C, const __nv_bfloat16 *__restrict__ y,
+__global__ void __launch_bounds__(G * WARPS * 32, MINB) post_y(int T, int C, const __nv_bfloat16 *__restrict__ y,
                                                      const __nv_bfloat16 *__restrict__ x,
                                                      const float *__restrict__ post,
                                                      const float *__restrict__ comb,
@@ -741,7 +509,12 @@ __global__ void __launch_bounds__(G * WARPS * 32, MINB) post_yg(int T, int C, co
   extern __shared__ __align__(16) unsigned char dynAll[];
   const int grp = threadIdx.x / (WARPS * 32);
   unsigned char *dyn = dynAll + grp * (TT * LDA * 2);
-  auto gsync = [&] { asm volatile("bar.sync %0, %1;\n" ::"r"(1 + grp), "r"(WARPS * 32) : "memory"); };
+  auto gsync = [&] {
+    if constexpr (G == 1)
+      __syncthreads();
+    else
+      asm volatile("bar.sync %0, %1;\n" ::"r"(1 + grp), "r"(WARPS * 32) : "memory");
+  };
   __nv_bfloat16 *A = reinterpret_cast<__nv_bfloat16 *>(dyn);
   __shared__ float csAll[G][TT][20];
   __shared__ float ssAll[G][TT];
@@ -943,8 +716,35 @@ __global__ void __launch_bounds__(G * WARPS * 32, MINB) post_yg(int T, int C, co
   }
 }
 
+template <int TT, int CC, int WARPS, int BATCH, int MINB = 1, int UNR = 1, int MODE = 0> static void runY(Bufs &b, double copyGBps) {
+  auto k = post_y<TT, CC, WARPS, BATCH, MINB, UNR, MODE, 1, 0>;
+  constexpr int LDA = N * CC + 8;
+  int smem = std::max(TT * LDA * 2 + (MODE >= 4 ? M * (N * CC + 8) * 4 : 0), WARPS * TT * M * 4);
+  CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  cudaFuncAttributes fa;
+  CK(cudaFuncGetAttributes(&fa, k));
+  int perSM = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, k, WARPS * 32, smem));
+  int grid = (b.T + TT - 1) / TT;
+  auto launch = [&] {
+    k<<<grid, WARPS * 32, smem>>>(b.T, b.C, b.y, b.x, b.post, b.comb, b.fn, 1e-6f, b.xn, b.mix);
+  };
+  CK(cudaMemset(b.xn, 0xff, (size_t)b.T * N * b.C * 2));
+  CK(cudaMemset(b.mix, 0xff, (size_t)b.T * M * 4));
+  launch();
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  double exn, emix;
+  check(b, true, exn, emix);
+  double ms = time_ms(launch);
+  double bytes = (double)b.T * b.C * (2 * N + 1) * 2;
+  printf("Y%d TT=%2d run %4dB warps=%d batch=%d minb=%d unr=%d C=%5d regs=%3d smem=%6d blocks/SM=%d  %.4f ms  %5.1f%% of copy  err xn %.2e mix %.2e\n",
+         MODE, TT, 2 * CC, WARPS, BATCH, MINB, UNR, b.C, fa.numRegs, smem, perSM, ms,
+         100 * bytes / (ms * 1e-3) / 1e9 / copyGBps, exn, emix);
+}
+
 template <int TT, int CC, int WARPS, int BATCH, int MINB, int UNR, int MODE, int G, int SE = 0> static void runYG(Bufs &b, double copyGBps) {
-  auto k = post_yg<TT, CC, WARPS, BATCH, MINB, UNR, MODE, G, SE>;
+  auto k = post_y<TT, CC, WARPS, BATCH, MINB, UNR, MODE, G, SE>;
   constexpr int LDA = N * CC + 8;
   int smem = G * std::max(TT * LDA * 2, WARPS * TT * M * 4);
   CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
