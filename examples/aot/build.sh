@@ -14,7 +14,7 @@ rtlib=libmhc_runtime.so
 
 python3 -m mhc.compiler gpu examples/aot/pre_apply_gpu.mlir -o "$out/libpre_apply.so" \
   --pipeline upstream --runtime "$runtime"
-clang-22 -O2 -Wall examples/aot/caller.c -Ilib/Runtime -L"$out" -l:libpre_apply.so -l:$rtlib \
+clang-22 -O2 -Wall examples/aot/caller.c -Iinclude -L"$out" -l:libpre_apply.so -l:$rtlib \
   -lm -Wl,-rpath,'$ORIGIN' -o "$out/caller"
 
 # The sublayer is written for C = 4096; other widths are the same text with C and 4C replaced.

@@ -10,7 +10,7 @@
  * generated host code uses), so the program needs no CUDA headers or libraries. Linked against
  * libmhc_runtime_mock.so instead, it runs anywhere and only prints the calls.
  */
-#include "mhc_runtime.h"
+#include "mhc/Runtime/mhc_runtime.h"
 
 #include <math.h>
 #include <stdbool.h>

@@ -19,7 +19,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "CudaDriver.h"
-#include "mhc_runtime.h"
+#include "mhc/Runtime/mhc_runtime.h"
 
 #include <atomic>
 #include <cstdio>

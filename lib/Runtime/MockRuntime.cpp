@@ -14,7 +14,7 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "mhc_runtime.h"
+#include "mhc/Runtime/mhc_runtime.h"
 
 #include <atomic>
 #include <cstdarg>

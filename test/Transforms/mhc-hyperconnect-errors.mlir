@@ -3,11 +3,11 @@
 // RUN: not mhc-opt %s --mhc-hyperconnect="streams=0" 2>&1 | FileCheck %s --check-prefix=STREAMS
 // STREAMS: error: mhc-hyperconnect: streams must be >= 1, got 0
 // RUN: not mhc-opt %s --mhc-hyperconnect="mode=foo" 2>&1 | FileCheck %s --check-prefix=MODE
-// MODE: error: mhc-hyperconnect: unknown mode 'foo' (expected 'mhc', 'hc' or 'static-hc')
+// MODE: for the --mode option: Cannot find option named 'foo'!
 // RUN: not mhc-opt %s --mhc-hyperconnect="init=zero" 2>&1 | FileCheck %s --check-prefix=INIT
-// INIT: error: mhc-hyperconnect: unknown init 'zero' (expected 'paper' or 'identity')
+// INIT: for the --init option: Cannot find option named 'zero'!
 // RUN: not mhc-opt %s --mhc-hyperconnect="params=globals" 2>&1 | FileCheck %s --check-prefix=PARAMS
-// PARAMS: error: mhc-hyperconnect: unknown params 'globals' (expected 'arguments' or 'constants')
+// PARAMS: for the --params option: Cannot find option named 'globals'!
 // RUN: not mhc-opt %s --mhc-hyperconnect="iterations=0" 2>&1 | FileCheck %s --check-prefix=ITERS
 // ITERS: error: mhc-hyperconnect: iterations must be >= 1, got 0
 // RUN: not mhc-opt %s --mhc-hyperconnect="min-blocks=0" 2>&1 | FileCheck %s --check-prefix=MINB

@@ -18,6 +18,7 @@
 //===----------------------------------------------------------------------===//
 #include "mhc/Conversion/Passes.h"
 #include "mhc/Dialect/MHC/IR/MHCOps.h"
+#include "mhc/Utils/LinalgBuilders.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/Transforms/DialectConversion.h"
@@ -72,43 +73,13 @@ struct LoopNest {
   }
 };
 
-/// Computes the yielded value of a generic from its block arguments (inputs
-/// first, then the output/accumulator).
-using BodyFn = function_ref<Value(OpBuilder &, Location, ValueRange)>;
 } // namespace
 
-/// One linalg.generic with a single output `init`; returns its result.
+/// One linalg.generic over `nest` with a single output `init`.
 static Value buildGeneric(OpBuilder &b, Location loc, const LoopNest &nest,
                           ValueRange inputs, Value init,
-                          ArrayRef<AffineMap> maps, BodyFn body) {
-  auto generic = linalg::GenericOp::create(
-      b, loc, TypeRange{init.getType()}, inputs, ValueRange{init}, maps,
-      nest.iterators(), [&](OpBuilder &nb, Location nloc, ValueRange args) {
-        linalg::YieldOp::create(nb, nloc, body(nb, nloc, args));
-      });
-  return generic.getResult(0);
-}
-
-static Value f32Const(OpBuilder &b, Location loc, double value) {
-  return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(value));
-}
-
-/// Widens an activation element (bf16/f16) to f32; f32 passes through.
-static Value widenToF32(OpBuilder &b, Location loc, Value v) {
-  if (v.getType().isF32())
-    return v;
-  return arith::ExtFOp::create(b, loc, b.getF32Type(), v);
-}
-
-/// tensor.empty of `type`; its dynamic (leading) dims are read from `leader`,
-/// whose leading dims are the same tokens.
-static Value emptyTensor(OpBuilder &b, Location loc, RankedTensorType type,
-                         Value leader) {
-  SmallVector<Value> dynamicSizes;
-  for (int64_t d = 0; d < type.getRank(); ++d)
-    if (type.isDynamicDim(d))
-      dynamicSizes.push_back(tensor::DimOp::create(b, loc, leader, d));
-  return tensor::EmptyOp::create(b, loc, type, dynamicSizes);
+                          ArrayRef<AffineMap> maps, GenericBodyFn body) {
+  return mhc::buildGeneric(b, loc, inputs, init, maps, nest.iterators(), body);
 }
 
 /// An f32 tensor with the leading dims of `like` and the given trailing
@@ -119,10 +90,7 @@ static Value filledF32(OpBuilder &b, Location loc, RankedTensorType like,
   SmallVector<int64_t> shape(like.getShape().take_front(lead));
   llvm::append_range(shape, trailing);
   auto type = RankedTensorType::get(shape, b.getF32Type());
-  Value empty = emptyTensor(b, loc, type, leader);
-  return linalg::FillOp::create(b, loc, ValueRange{f32Const(b, loc, value)},
-                                ValueRange{empty})
-      .getResult(0);
+  return fillF32(b, loc, emptyTensor(b, loc, type, leader), value);
 }
 
 /// Rounds an f32 tensor to the element type of `resultType` (one truncf per
@@ -141,13 +109,6 @@ static Value roundToElementType(OpBuilder &b, Location loc, Value acc,
       [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
         return arith::TruncFOp::create(nb, nloc, elem, args[0]);
       });
-}
-
-/// 1 / (1 + exp(-a)).
-static Value sigmoid(OpBuilder &b, Location loc, Value a) {
-  Value negExp = math::ExpOp::create(b, loc, arith::NegFOp::create(b, loc, a));
-  Value denom = arith::AddFOp::create(b, loc, f32Const(b, loc, 1.0), negExp);
-  return arith::DivFOp::create(b, loc, f32Const(b, loc, 1.0), denom);
 }
 
 /// Number of leading (token) dims of a `[..., trailing]` type.
@@ -330,13 +291,13 @@ static SmallVector<Value> lowerSplitMixes(OpBuilder &b, SplitMixesOp op) {
   Value pre =
       scaledMixes(b, loc, op, op.getPre().getType(), /*offset=*/0, /*group=*/0,
                   [&](OpBuilder &nb, Location nloc, Value a) -> Value {
-                    return arith::AddFOp::create(nb, nloc, sigmoid(nb, nloc, a),
+                    return arith::AddFOp::create(nb, nloc, sigmoidF32(nb, nloc, a),
                                                  f32Const(nb, nloc, preEps));
                   });
   Value post =
       scaledMixes(b, loc, op, op.getPost().getType(), /*offset=*/n, /*group=*/1,
                   [&](OpBuilder &nb, Location nloc, Value a) -> Value {
-                    return arith::MulFOp::create(nb, nloc, sigmoid(nb, nloc, a),
+                    return arith::MulFOp::create(nb, nloc, sigmoidF32(nb, nloc, a),
                                                  f32Const(nb, nloc, postMult));
                   });
   Value logits = scaledMixes(b, loc, op, op.getLogits().getType(),

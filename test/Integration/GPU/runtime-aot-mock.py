@@ -78,7 +78,7 @@ import subprocess
 from mhc.compiler import clang
 
 exe = out / "caller"
-subprocess.run([clang(), "-O2", str(src.parent / "caller.c"), f"-I{src.parents[2] / 'lib' / 'Runtime'}",
+subprocess.run([clang(), "-O2", str(src.parent / "caller.c"), f"-I{src.parents[2] / 'include'}",
                 f"-L{out}", "-l:libpre_apply.so", "-l:libmhc_runtime_mock.so", "-lm",
                 "-Wl,-rpath,$ORIGIN", "-o", str(exe)], check=True)
 env = dict(os.environ)

@@ -19,6 +19,7 @@
 
 #include "mhc/Dialect/MHC/IR/MHCOps.h"
 #include "mhc/Dialect/MHC/Transforms/Passes.h"
+#include "mhc/Utils/LinalgBuilders.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/Math/IR/Math.h"
@@ -38,8 +39,8 @@ using namespace mlir::mhc::hyperconnect;
 
 namespace {
 
-enum class Mode { MHC, HC, StaticHC };
-enum class Init { Paper, Identity };
+using Mode = HyperConnectMode;
+using Init = HyperConnectInit;
 
 struct Config {
   int64_t n;
@@ -74,48 +75,17 @@ RankedTensorType widen(Type t, int64_t n) {
   return RankedTensorType::get(shape, type.getElementType());
 }
 
-/// tensor.empty of shape [lead dims of `like` (first numLead)] ++ tail.
-Value emptyLike(OpBuilder &b, Location loc, Value like, int64_t numLead,
-                ArrayRef<int64_t> tail, Type elem) {
-  auto type = cast<RankedTensorType>(like.getType());
-  SmallVector<int64_t> shape;
-  SmallVector<Value> dyn;
-  for (int64_t i = 0; i < numLead; ++i) {
-    shape.push_back(type.getDimSize(i));
-    if (type.isDynamicDim(i))
-      dyn.push_back(tensor::DimOp::create(b, loc, like, i));
-  }
-  shape.append(tail.begin(), tail.end());
-  return tensor::EmptyOp::create(b, loc, shape, elem, dyn);
-}
-
-Value zeros(OpBuilder &b, Location loc, Value empty) {
-  Value zero = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f));
-  return linalg::FillOp::create(b, loc, zero, empty).getResult(0);
-}
-
-Value toF32(OpBuilder &b, Location loc, Value v) {
-  return v.getType().isF32() ? v
-                             : arith::ExtFOp::create(b, loc, b.getF32Type(), v);
-}
-
-SmallVector<utils::IteratorType> iterators(int64_t parallel, int64_t reduce) {
-  SmallVector<utils::IteratorType> it(parallel, utils::IteratorType::parallel);
-  it.append(reduce, utils::IteratorType::reduction);
-  return it;
-}
-
 /// An elementwise conversion of the widened stream to `elem` (replays a dtype
 /// conversion the original stream went through).
 Value convertElementwise(OpBuilder &b, Location loc, Value in, Type elem) {
   auto type = cast<RankedTensorType>(in.getType());
   int64_t rank = type.getRank();
-  Value init = emptyLike(b, loc, in, rank, {}, elem);
+  Value init = emptyWithLeading(b, loc, in, rank, {}, elem);
   AffineMap id = b.getMultiDimIdentityMap(rank);
   bool extend = elem.getIntOrFloatBitWidth() >
                 type.getElementType().getIntOrFloatBitWidth();
   return linalg::GenericOp::create(
-             b, loc, init.getType(), in, init, {id, id}, iterators(rank, 0),
+             b, loc, init.getType(), in, init, {id, id}, iteratorList(rank, 0),
              [&](OpBuilder &nb, Location l, ValueRange args) {
                Value r = extend ? arith::ExtFOp::create(nb, l, elem, args[0])
                                       .getResult()
@@ -299,14 +269,14 @@ Coefficients ChainRewriter::hcCoefficients(Location loc, Value x, Value theta,
   Value sq, proj;
   if (dynamic) {
     // sq[..., i] = sum_c x^2 ; proj[..., i, k] = sum_c x[..., i, c] theta[k, c]
-    Value sqInit = zeros(b, loc, emptyLike(b, loc, x, lead, {n}, f32));
+    Value sqInit = fillF32(b, loc, emptyWithLeading(b, loc, x, lead, {n}, f32), 0.0);
     sq = linalg::GenericOp::create(
              b, loc, sqInit.getType(), x, sqInit,
              {b.getMultiDimIdentityMap(rank),
               AffineMap::get(rank, 0, dims(rank - 1), ctx)},
-             iterators(rank - 1, 1),
+             iteratorList(rank - 1, 1),
              [&](OpBuilder &nb, Location l, ValueRange a) {
-               Value v = toF32(nb, l, a[0]);
+               Value v = widenToF32(nb, l, a[0]);
                Value s = arith::AddFOp::create(
                    nb, l, a[1], arith::MulFOp::create(nb, l, v, v));
                linalg::YieldOp::create(nb, l, s);
@@ -315,7 +285,7 @@ Coefficients ChainRewriter::hcCoefficients(Location loc, Value x, Value theta,
     // Loops (lead..., i, k, c).
     SmallVector<AffineExpr> xe = dims(lead + 1);
     xe.push_back(getAffineDimExpr(lead + 2, ctx));
-    Value projInit = zeros(b, loc, emptyLike(b, loc, x, lead, {n, n + 2}, f32));
+    Value projInit = fillF32(b, loc, emptyWithLeading(b, loc, x, lead, {n, n + 2}, f32), 0.0);
     proj = linalg::GenericOp::create(
                b, loc, projInit.getType(), ValueRange{x, theta}, projInit,
                {AffineMap::get(rank + 1, 0, xe, ctx),
@@ -324,9 +294,9 @@ Coefficients ChainRewriter::hcCoefficients(Location loc, Value x, Value theta,
                                 getAffineDimExpr(lead + 2, ctx)},
                                ctx),
                 AffineMap::get(rank + 1, 0, dims(rank), ctx)},
-               iterators(rank, 1),
+               iteratorList(rank, 1),
                [&](OpBuilder &nb, Location l, ValueRange a) {
-                 Value p = arith::MulFOp::create(nb, l, toF32(nb, l, a[0]), a[1]);
+                 Value p = arith::MulFOp::create(nb, l, widenToF32(nb, l, a[0]), a[1]);
                  linalg::YieldOp::create(
                      nb, l, arith::AddFOp::create(nb, l, a[2], p).getResult());
                })
@@ -352,7 +322,7 @@ Coefficients ChainRewriter::hcCoefficients(Location loc, Value x, Value theta,
                    int64_t scaleIdx) {
     int64_t loops = lead + extra;
     SmallVector<int64_t> tail(extra, n);
-    Value init = emptyLike(b, loc, x, lead, tail, f32);
+    Value init = emptyWithLeading(b, loc, x, lead, tail, f32);
     SmallVector<AffineExpr> be;
     for (int64_t e = 0; e < extra; ++e)
       be.push_back(getAffineDimExpr(lead + e, ctx));
@@ -369,7 +339,7 @@ Coefficients ChainRewriter::hcCoefficients(Location loc, Value x, Value theta,
     }
     maps.push_back(b.getMultiDimIdentityMap(loops));
     return linalg::GenericOp::create(
-               b, loc, init.getType(), ins, init, maps, iterators(loops, 0),
+               b, loc, init.getType(), ins, init, maps, iteratorList(loops, 0),
                [&](OpBuilder &nb, Location l, ValueRange a) {
                  Value result = a[0];
                  if (dynamic) {
@@ -405,15 +375,15 @@ Value ChainRewriter::meanOfStreams(Location loc, Value x, Type type) {
     return sum;
   auto t = cast<RankedTensorType>(type);
   Type elem = t.getElementType();
-  Value init = emptyLike(b, loc, sum, t.getRank(), {}, elem);
+  Value init = emptyWithLeading(b, loc, sum, t.getRank(), {}, elem);
   // Scale in f32: 1/n is inexact in bf16/f16 unless n is a power of two.
   Value inv = arith::ConstantOp::create(
       b, loc, b.getF32FloatAttr(1.0f / static_cast<float>(cfg.n)));
   AffineMap id = b.getMultiDimIdentityMap(t.getRank());
   return linalg::GenericOp::create(
-             b, loc, type, sum, init, {id, id}, iterators(t.getRank(), 0),
+             b, loc, type, sum, init, {id, id}, iteratorList(t.getRank(), 0),
              [&](OpBuilder &nb, Location l, ValueRange a) {
-               Value v = arith::MulFOp::create(nb, l, toF32(nb, l, a[0]), inv);
+               Value v = arith::MulFOp::create(nb, l, widenToF32(nb, l, a[0]), inv);
                if (!elem.isF32())
                  v = arith::TruncFOp::create(nb, l, elem, v);
                linalg::YieldOp::create(nb, l, v);
@@ -523,8 +493,8 @@ struct MHCHyperConnectPass
     : mhc::impl::MHCHyperConnectBase<MHCHyperConnectPass> {
   using MHCHyperConnectBase::MHCHyperConnectBase;
 
-  /// Parses the string options; emits an error and returns failure on bad
-  /// ones.
+  /// Checks the options (the enum ones are checked by their parser); emits
+  /// an error and returns failure on bad ones.
   LogicalResult parseOptions(Config &cfg) {
     ModuleOp module = getOperation();
     if (streams < 1)
@@ -540,29 +510,9 @@ struct MHCHyperConnectPass
              << static_cast<int64_t>(minBlocks);
     cfg.n = streams;
     cfg.iterations = iterations;
-    if (mode == "mhc")
-      cfg.mode = Mode::MHC;
-    else if (mode == "hc")
-      cfg.mode = Mode::HC;
-    else if (mode == "static-hc")
-      cfg.mode = Mode::StaticHC;
-    else
-      return module.emitError("mhc-hyperconnect: unknown mode '")
-             << mode << "' (expected 'mhc', 'hc' or 'static-hc')";
-    if (init == "paper")
-      cfg.init = Init::Paper;
-    else if (init == "identity")
-      cfg.init = Init::Identity;
-    else
-      return module.emitError("mhc-hyperconnect: unknown init '")
-             << init << "' (expected 'paper' or 'identity')";
-    if (params == "arguments")
-      cfg.paramsAsArguments = true;
-    else if (params == "constants")
-      cfg.paramsAsArguments = false;
-    else
-      return module.emitError("mhc-hyperconnect: unknown params '")
-             << params << "' (expected 'arguments' or 'constants')";
+    cfg.mode = mode;
+    cfg.init = init;
+    cfg.paramsAsArguments = params == HyperConnectParams::Arguments;
     if (cfg.mode == Mode::MHC && cfg.init == Init::Identity)
       return module.emitError(
           "mhc-hyperconnect: init=identity needs mode=hc or mode=static-hc: "

@@ -13,6 +13,13 @@
 
 namespace mlir::mhc {
 
+/// --mhc-hyperconnect's coefficient form (option `mode`).
+enum class HyperConnectMode { MHC, HC, StaticHC };
+/// --mhc-hyperconnect's initialisation (option `init`).
+enum class HyperConnectInit { Paper, Identity };
+/// Where --mhc-hyperconnect puts the new parameters (option `params`).
+enum class HyperConnectParams { Arguments, Constants };
+
 #define GEN_PASS_DECL
 #include "mhc/Dialect/MHC/Transforms/Passes.h.inc"
 

@@ -65,19 +65,35 @@ def MHCHyperConnect : Pass<"mhc-hyperconnect", "ModuleOp"> {
   let options = [
     Option<"streams", "streams", "int64_t", /*default=*/"4",
            "Number of residual streams n (>= 1)">,
-    Option<"mode", "mode", "std::string", /*default=*/"\"mhc\"",
-           "Coefficient form: 'mhc' (sigmoid / 2*sigmoid / Sinkhorn), 'hc' "
-           "(dynamic hyper-connections, tanh, unconstrained) or 'static-hc' "
-           "(constant mappings)">,
+    Option<"mode", "mode", "::mlir::mhc::HyperConnectMode",
+           /*default=*/"::mlir::mhc::HyperConnectMode::MHC",
+           "Coefficient form",
+           [{::llvm::cl::values(
+             clEnumValN(::mlir::mhc::HyperConnectMode::MHC, "mhc",
+                        "manifold-constrained: sigmoid / 2*sigmoid / Sinkhorn"),
+             clEnumValN(::mlir::mhc::HyperConnectMode::HC, "hc",
+                        "dynamic hyper-connections: tanh, unconstrained"),
+             clEnumValN(::mlir::mhc::HyperConnectMode::StaticHC, "static-hc",
+                        "constant mappings"))}]>,
     Option<"iterations", "iterations", "int64_t", /*default=*/"20",
            "Sinkhorn iterations (mode=mhc)">,
-    Option<"init", "init", "std::string", /*default=*/"\"paper\"",
-           "Initialisation: 'paper' (alpha = 0.01, small seeded random "
-           "weights) or 'identity' (mode=hc/static-hc only: the widened "
-           "network computes what the original did)">,
-    Option<"params", "params", "std::string", /*default=*/"\"arguments\"",
-           "Where the new parameters live: 'arguments' (appended to the "
-           "function signature) or 'constants' (initialised in the IR)">,
+    Option<"init", "init", "::mlir::mhc::HyperConnectInit",
+           /*default=*/"::mlir::mhc::HyperConnectInit::Paper",
+           "Initialisation",
+           [{::llvm::cl::values(
+             clEnumValN(::mlir::mhc::HyperConnectInit::Paper, "paper",
+                        "alpha = 0.01, small seeded random weights"),
+             clEnumValN(::mlir::mhc::HyperConnectInit::Identity, "identity",
+                        "mode=hc/static-hc only: the widened network "
+                        "computes what the original did"))}]>,
+    Option<"params", "params", "::mlir::mhc::HyperConnectParams",
+           /*default=*/"::mlir::mhc::HyperConnectParams::Arguments",
+           "Where the new parameters live",
+           [{::llvm::cl::values(
+             clEnumValN(::mlir::mhc::HyperConnectParams::Arguments,
+                        "arguments", "appended to the function signature"),
+             clEnumValN(::mlir::mhc::HyperConnectParams::Constants,
+                        "constants", "initialised in the IR"))}]>,
     Option<"minBlocks", "min-blocks", "int64_t", /*default=*/"2",
            "Rewrite only chains of at least this many residual blocks">,
     Option<"remarks", "remarks", "bool", /*default=*/"false",
