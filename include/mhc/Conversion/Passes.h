@@ -2,6 +2,7 @@
 #ifndef MHC_CONVERSION_PASSES_H
 #define MHC_CONVERSION_PASSES_H
 
+#include "mhc/Conversion/GPUTarget.h"
 #include "mhc/Dialect/MHC/IR/MHCDialect.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Bufferization/IR/Bufferization.h"

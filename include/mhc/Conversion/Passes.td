@@ -19,19 +19,43 @@ def ConvertMHCToLinalg : Pass<"convert-mhc-to-linalg"> {
                            "::mlir::tensor::TensorDialect"];
 }
 
+def MHCSelectSchedule : Pass<"mhc-select-schedule", "ModuleOp"> {
+  let summary = "Choose each GPU kernel's schedule and write it into the IR";
+  let description = [{
+    For every `mhc.fused` group and every mhc op outside one (each becomes
+    one GPU kernel), chooses the schedule `--convert-mhc-to-gpu` will obey
+    and attaches it as `mhc.schedule = #mhc.schedule<tile_tokens, ...>`
+    (docs/GPU.md, "Schedule"). A root that already carries a schedule keeps
+    it: schedules can be written or edited by hand between this pass and the
+    lowering. Groups the GPU lowering cannot take are diagnosed here.
+  }];
+  let dependentDialects = ["::mlir::mhc::MHCDialect"];
+  let options = [
+    Option<"chip", "chip", "std::string", /*default=*/"\"sm_90\"",
+           "Target chip (sm_80 or newer; see docs/GPU.md for the list)">,
+    Option<"tileTokens", "tile-tokens", "int64_t", /*default=*/"0",
+           "Tokens per block of the norm_project kernels: 0 = auto (32 for "
+           "n <= 4, else 16), or a multiple of 16 (a tuning knob; too large a "
+           "tile exceeds the 48 KB of shared memory and is an error)">,
+  ];
+}
+
 def ConvertMHCToGPU : Pass<"convert-mhc-to-gpu", "ModuleOp"> {
   let summary = "Lower mhc ops and mhc.fused groups to GPU kernels and host launches";
   let description = [{
-    Turns every `mhc.fused` group (and any remaining mhc op) into a
-    `gpu.func` kernel in a `gpu.module`, scheduled for NVIDIA GPUs: 16-byte
-    vector loads and stores, f32 accumulation, warp-shuffle and block
-    reductions, the Sinkhorn iterations in registers, the norm_project
-    product on tensor cores (bf16 mma.sync m16n8k16 from a shared tile,
-    fn split into bf16 hi + lo for ~f32 accuracy) over a tile of tokens so
-    that fn is read once per tile, C walked in ~256-byte chunks per row. The
-    host side becomes `bufferization.to_buffer` + `memref.alloc` +
-    `gpu.launch_func` (kernel ABI: index T, then one 1-D memref per input
-    and per output) + `bufferization.to_tensor`. See docs/GPU.md.
+    Turns every `mhc.fused` group (and any remaining mhc op) into GPU
+    kernels in a `gpu.module @mhc_kernels`, scheduled for NVIDIA GPUs as its
+    `mhc.schedule` attribute says (`--mhc-select-schedule`; a root without
+    one gets the default schedule): 16-byte vector loads and stores, f32
+    accumulation, warp-shuffle and block reductions, the Sinkhorn iterations
+    in registers, the norm_project product on tensor cores (bf16 mma.sync
+    m16n8k16 from a shared tile, fn split into bf16 hi + lo for ~f32
+    accuracy) over a tile of tokens so that fn is read once per tile, C
+    walked in ~256-byte chunks per row. An impossible schedule is an error
+    naming the field. The host side becomes `bufferization.to_buffer` +
+    `memref.alloc` + `gpu.launch_func` (kernel ABI: index T, then one 1-D
+    memref per input and per output) + `bufferization.to_tensor`. See
+    docs/GPU.md.
   }];
   let dependentDialects = ["::mlir::gpu::GPUDialect",
                            "::mlir::arith::ArithDialect",
@@ -46,14 +70,53 @@ def ConvertMHCToGPU : Pass<"convert-mhc-to-gpu", "ModuleOp"> {
                            "::mlir::bufferization::BufferizationDialect"];
   let options = [
     Option<"chip", "chip", "std::string", /*default=*/"\"sm_90\"",
-           "Target chip (sm_XX, sm_80 or newer: the projection uses bf16 "
-           "mma.sync); a bad value is an error">,
-    Option<"tileTokens", "tile-tokens", "int64_t", /*default=*/"0",
-           "Tokens per block of the norm_project kernels: 0 = auto (32 for "
-           "n <= 4, else 16), or 16 / 32 / 64 (a tuning knob; 64 needs more "
-           "than the 48 KB of shared memory for most shapes and is then an "
-           "error)">,
+           "Target chip (sm_80 or newer: the projection uses bf16 mma.sync); "
+           "a bad value is an error">,
   ];
+}
+
+def MHCGPUCheckTarget : Pass<"mhc-gpu-check-target", "ModuleOp"> {
+  let summary = "Check that the toolchain can build the GPU target";
+  let description = [{
+    Fails with a located error, before anything is compiled, when `chip`,
+    `features`, `format` and `toolkit` cannot produce a binary: an unknown
+    or too old chip, a PTX version the chip does not support, a toolkit
+    without libdevice (the kernels' expf/rsqrtf would stay unresolved and
+    gpu-module-to-binary would still exit 0) or whose ptxas cannot assemble
+    for the chip (formats bin and fatbin). The first step of
+    --mhc-gpu-pipeline.
+  }];
+  let options = [
+    Option<"chip", "chip", "std::string", /*default=*/"\"sm_90\"",
+           "Target chip">,
+    Option<"features", "features", "std::string", /*default=*/"\"\"",
+           "PTX features; empty = the chip's default (+ptx80 up to sm_90a)">,
+    Option<"format", "format", "::mlir::mhc::GPUBinaryFormat",
+           /*default=*/"::mlir::mhc::GPUBinaryFormat::Fatbin",
+           "What gpu-module-to-binary will produce",
+           [{::llvm::cl::values(
+             clEnumValN(::mlir::mhc::GPUBinaryFormat::Isa, "isa", "PTX text"),
+             clEnumValN(::mlir::mhc::GPUBinaryFormat::Bin, "bin", "cubin"),
+             clEnumValN(::mlir::mhc::GPUBinaryFormat::Fatbin, "fatbin",
+                        "fat binary"))}]>,
+    Option<"toolkit", "toolkit", "std::string",
+           /*default=*/"\"/usr/local/cuda\"", "CUDA toolkit path">,
+  ];
+}
+
+def MHCGPUHostMemory : Pass<"mhc-gpu-host-memory", "ModuleOp"> {
+  let summary = "Put the host code's buffers on the device, on one stream";
+  let description = [{
+    After bufferization of the GPU path's host code: every `memref.alloc`
+    outside the gpu.module becomes `gpu.alloc`, freed with `gpu.dealloc`
+    after its last use unless the function returns it (then the caller owns
+    it), and every allocation, launch and free of a function is put on one
+    stream in program order (`gpu.wait async` at entry, `gpu.wait` before
+    each return). Function declarations are left alone. A host-side
+    `memref.copy` (it would dereference device pointers) and allocations in
+    nested control flow are errors.
+  }];
+  let dependentDialects = ["::mlir::gpu::GPUDialect"];
 }
 
 #endif // MHC_CONVERSION_PASSES_TD

@@ -113,3 +113,22 @@ func.func @project_f32(%x: tensor<?x4x256xf32>, %fn: tensor<24x1024xf32>) -> ten
   %mix = mhc.norm_project %x, %fn : tensor<?x4x256xf32>, tensor<24x1024xf32> -> tensor<?x24xf32>
   return %mix : tensor<?x24xf32>
 }
+
+// -----
+
+// The lowering obeys a hand-written schedule (selection is tested alone in
+// mhc-select-schedule.mlir): a projection kernel of 16 tokens, 64-column
+// chunks, 256 threads and no occupancy constraint.
+// CHECK-LABEL: func.func @by_hand
+// CHECK:     arith.ceildivui %{{.*}}, %c16
+// CHECK:     gpu.launch_func  @mhc_kernels::@mhc_norm_project_0 {{.*}} threads in (%c256
+// CHECK:     gpu.func @mhc_norm_project_0
+// The bf16 tile: 16 rows of 4 streams x 64 columns + 8 columns of padding.
+// CHECK-SAME:   workgroup(%{{.*}}: memref<4224xbf16, #gpu.address_space<workgroup>>
+// CHECK-SAME:   known_block_size = array<i32: 256, 1, 1>
+// CHECK-NOT:    nvvm.minctasm
+// CHECK:        gpu.return
+func.func @by_hand(%x: tensor<?x4x256xbf16>, %fn: tensor<24x1024xf32>) -> tensor<?x24xf32> {
+  %m = mhc.norm_project %x, %fn {mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 64, threads = 256, vector_width = 8, blocks_per_sm = 0>} : tensor<?x4x256xbf16>, tensor<24x1024xf32> -> tensor<?x24xf32>
+  return %m : tensor<?x24xf32>
+}

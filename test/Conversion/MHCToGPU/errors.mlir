@@ -1,12 +1,12 @@
-// RUN: not mhc-opt %s --convert-mhc-to-gpu="chip=sm_70" 2>&1 | FileCheck %s --check-prefix=OLD
-// RUN: not mhc-opt %s --convert-mhc-to-gpu="chip=gfx90a" 2>&1 | FileCheck %s --check-prefix=BAD
-// RUN: not mhc-opt %s --convert-mhc-to-gpu 2>&1 | FileCheck %s --check-prefix=GROUP
+// RUN: not mhc-opt %s --split-input-file --convert-mhc-to-gpu="chip=sm_70" 2>&1 | FileCheck %s --check-prefix=OLD
+// RUN: not mhc-opt %s --split-input-file --convert-mhc-to-gpu="chip=gfx90a" 2>&1 | FileCheck %s --check-prefix=BAD
+// RUN: not mhc-opt %s --split-input-file --convert-mhc-to-gpu 2>&1 | FileCheck %s
 
 // OLD: error: convert-mhc-to-gpu: chip sm_70 is not supported; the kernels need sm_80 or newer
-// BAD: error: convert-mhc-to-gpu: bad chip 'gfx90a', expected sm_XX
+// BAD: error: convert-mhc-to-gpu: bad chip 'gfx90a', expected one of sm_80, {{.*}}sm_90a, sm_100
 
 // A hand-written group the kernels cannot take: two post_res in one kernel.
-// GROUP: error: 'mhc.fused' op holds two ops of the same kind; a kernel takes at most one of each
+// CHECK: error: 'mhc.fused' op holds two ops of the same kind; a kernel takes at most one of each
 func.func @two_post(%y: tensor<?x8xf32>, %x: tensor<?x2x8xf32>, %p: tensor<?x2xf32>, %c: tensor<?x2x2xf32>) -> tensor<?x2x8xf32> {
   %r = mhc.fused "post" -> tensor<?x2x8xf32> {
     %a = mhc.post_res %y, %x, %p, %c : tensor<?x8xf32>, tensor<?x2x8xf32>, tensor<?x2xf32>, tensor<?x2x2xf32> -> tensor<?x2x8xf32>
@@ -14,4 +14,70 @@ func.func @two_post(%y: tensor<?x8xf32>, %x: tensor<?x2x8xf32>, %p: tensor<?x2xf
     mhc.yield %b : tensor<?x2x8xf32>
   }
   return %r : tensor<?x2x8xf32>
+}
+
+// -----
+
+// Impossible hand-written schedules are errors naming the field.
+// CHECK: error: 'mhc.pre_apply' op schedule: threads must be a multiple of 32 in [32, 1024], got 100
+func.func @threads(%x: tensor<?x4x64xbf16>, %pre: tensor<?x4xf32>) -> tensor<?x64xbf16> {
+  %u = mhc.pre_apply %x, %pre {mhc.schedule = #mhc.schedule<tile_tokens = 64, chunk_columns = 0, threads = 100, vector_width = 8, blocks_per_sm = 0>} : tensor<?x4x64xbf16>, tensor<?x4xf32> -> tensor<?x64xbf16>
+  return %u : tensor<?x64xbf16>
+}
+
+// -----
+
+// CHECK: error: 'mhc.pre_apply' op schedule: vector_width must be 8 (16-byte accesses of 'bf16'), got 4
+func.func @vector(%x: tensor<?x4x64xbf16>, %pre: tensor<?x4xf32>) -> tensor<?x64xbf16> {
+  %u = mhc.pre_apply %x, %pre {mhc.schedule = #mhc.schedule<tile_tokens = 64, chunk_columns = 0, threads = 256, vector_width = 4, blocks_per_sm = 0>} : tensor<?x4x64xbf16>, tensor<?x4xf32> -> tensor<?x64xbf16>
+  return %u : tensor<?x64xbf16>
+}
+
+// -----
+
+// CHECK: error: 'mhc.pre_apply' op schedule: chunk_columns must be 0: this kernel has no chunk loop, got 128
+func.func @no_chunks(%x: tensor<?x4x64xbf16>, %pre: tensor<?x4xf32>) -> tensor<?x64xbf16> {
+  %u = mhc.pre_apply %x, %pre {mhc.schedule = #mhc.schedule<tile_tokens = 64, chunk_columns = 128, threads = 256, vector_width = 8, blocks_per_sm = 0>} : tensor<?x4x64xbf16>, tensor<?x4xf32> -> tensor<?x64xbf16>
+  return %u : tensor<?x64xbf16>
+}
+
+// -----
+
+// CHECK: error: 'mhc.norm_project' op schedule: chunk_columns must be a multiple of 16 whose vectors (8 columns each) are a power of two <= 32 per row, got 96
+func.func @chunk(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>) -> tensor<?x24xf32> {
+  %m = mhc.norm_project %x, %fn {mhc.schedule = #mhc.schedule<tile_tokens = 32, chunk_columns = 96, threads = 128, vector_width = 8, blocks_per_sm = 4>} : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  return %m : tensor<?x24xf32>
+}
+
+// -----
+
+// CHECK: error: 'mhc.norm_project' op schedule: tile_tokens needs 72960 bytes of shared memory per block (limit 49152); use fewer tile_tokens or chunk_columns
+func.func @shared_memory(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>) -> tensor<?x24xf32> {
+  %m = mhc.norm_project %x, %fn {mhc.schedule = #mhc.schedule<tile_tokens = 64, chunk_columns = 128, threads = 128, vector_width = 8, blocks_per_sm = 4>} : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  return %m : tensor<?x24xf32>
+}
+
+// -----
+
+// CHECK: error: 'mhc.sinkhorn' op schedule: tile_tokens must be <= threads (128): the coefficients take one thread per token, got 256
+func.func @per_token(%l: tensor<?x4x4xf32>) -> tensor<?x4x4xf32> {
+  %c = mhc.sinkhorn %l {mhc.schedule = #mhc.schedule<tile_tokens = 256, chunk_columns = 0, threads = 128, vector_width = 4, blocks_per_sm = 0>} : tensor<?x4x4xf32>
+  return %c : tensor<?x4x4xf32>
+}
+
+// -----
+
+// CHECK: error: 'mhc.collapse' op schedule: blocks_per_sm must be >= 0 with blocks_per_sm * threads <= 2048, got 16
+func.func @occupancy(%x: tensor<?x4x64xf32>) -> tensor<?x64xf32> {
+  %h = mhc.collapse %x {mhc.schedule = #mhc.schedule<tile_tokens = 64, chunk_columns = 0, threads = 256, vector_width = 4, blocks_per_sm = 16>} : tensor<?x4x64xf32> -> tensor<?x64xf32>
+  return %h : tensor<?x64xf32>
+}
+
+// -----
+
+// The schedule attribute is checked by the dialect.
+// CHECK: error: expects 'mhc.schedule' to be a #mhc.schedule, got 3 : i64
+func.func @not_a_schedule(%x: tensor<?x4x64xf32>) -> tensor<?x64xf32> {
+  %h = mhc.collapse %x {mhc.schedule = 3} : tensor<?x4x64xf32> -> tensor<?x64xf32>
+  return %h : tensor<?x64xf32>
 }

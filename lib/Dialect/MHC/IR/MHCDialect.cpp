@@ -1,6 +1,9 @@
 //===- MHCDialect.cpp - the mhc dialect -----------------------------------===//
 #include "mhc/Dialect/MHC/IR/MHCDialect.h"
+#include "mhc/Dialect/MHC/IR/MHCAttrs.h"
 #include "mhc/Dialect/MHC/IR/MHCOps.h"
+#include "mlir/IR/DialectImplementation.h"
+#include "llvm/ADT/TypeSwitch.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 
@@ -8,12 +11,34 @@ using namespace mlir;
 using namespace mlir::mhc;
 
 #include "mhc/Dialect/MHC/IR/MHCOpsDialect.cpp.inc"
+#define GET_ATTRDEF_CLASSES
+#include "mhc/Dialect/MHC/IR/MHCAttrs.cpp.inc"
 
 void MHCDialect::initialize() {
   addOperations<
 #define GET_OP_LIST
 #include "mhc/Dialect/MHC/IR/MHCOps.cpp.inc"
       >();
+  addAttributes<
+#define GET_ATTRDEF_LIST
+#include "mhc/Dialect/MHC/IR/MHCAttrs.cpp.inc"
+      >();
+}
+
+/// `mhc.schedule` must be a #mhc.schedule on an mhc op (a kernel root).
+LogicalResult MHCDialect::verifyOperationAttribute(Operation *op,
+                                                   NamedAttribute attr) {
+  if (attr.getName() != kScheduleAttrName)
+    return op->emitError() << "unknown mhc attribute '" << attr.getName()
+                           << "'";
+  if (!isa<ScheduleAttr>(attr.getValue()))
+    return op->emitError() << "expects '" << kScheduleAttrName
+                           << "' to be a #mhc.schedule, got "
+                           << attr.getValue();
+  if (op->getDialect() != op->getContext()->getLoadedDialect<MHCDialect>())
+    return op->emitError() << "'" << kScheduleAttrName
+                           << "' belongs on an mhc op (a kernel group)";
+  return success();
 }
 
 Operation *MHCDialect::materializeConstant(OpBuilder &builder, Attribute value,

@@ -10,6 +10,9 @@ def MHC_Dialect : Dialect {
   // Canonicalization patterns create arith and tensor ops.
   // Folds (e.g. Sinkhorn of a constant) materialize as arith.constant.
   let hasConstantMaterializer = 1;
+  // #mhc.schedule, attached to kernel groups as `mhc.schedule`.
+  let useDefaultAttributePrinterParser = 1;
+  let hasOperationAttrVerify = 1;
   let dependentDialects = ["::mlir::arith::ArithDialect",
                            "::mlir::tensor::TensorDialect"];
   let summary = "Manifold-Constrained Hyper-Connections (mHC)";

@@ -17,29 +17,19 @@ For T = 16384 the reference runs on 384 sampled tokens (first, last, random).
 Then times the steady-state sublayer kernels with CUDA events (median of many,
 input buffers rotated) against a device-to-device copy measured in the same run.
 
-  python3 bench/kernels/check_kernels.py --cubins .gpu-carry --json out.json
+  python3 test/Integration/GPU/harness/check_kernels.py --cubins .gpu-carry --json out.json
 """
 import argparse, json, os, sys, time
 import numpy as np
 import torch
 import cupy as cp
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "python"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "python"))
 from mhc import reference as R  # noqa: E402
 
 DT = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
 ACT_TOL = {"bf16": 1e-2, "f16": 1e-2, "f32": 1e-4}
 COEF_TOL = 1e-4
-
-
-def tile_tokens(kname, n, has_np, tt=0):
-    """(tokens per block, threads per block): chooseGeometry in MHCToGPU.cpp."""
-    if "split_mixes" in kname or "sinkhorn" in kname:
-        return 256, 256
-    M = n * n + 2 * n
-    if has_np:
-        return (tt or (16 if (M + 7) // 8 > 4 else 32)), 128
-    return 64, 256
 
 
 def desc(t):
@@ -48,20 +38,23 @@ def desc(t):
 
 
 class Module:
-    def __init__(self, path):
+    """One cubin and the schedules (manifest.json) its kernels were built with."""
+
+    def __init__(self, path, schedules):
         self.mod = cp.RawModule(path=path)
+        self.schedules = schedules
         self.fns = {}
 
-    def launch(self, kname, T, tt, ins, outs):
+    def launch(self, kname, T, ins, outs):
         if kname not in self.fns:
             self.fns[kname] = self.mod.get_function(kname)
         args = [np.int64(T)]
         for t in list(ins) + list(outs):
             assert t.is_contiguous()
             args += desc(t)
-        tt, threads = tt if isinstance(tt, tuple) else (tt, 256)
-        grid = max((T + tt - 1) // tt, 1)
-        self.fns[kname]((grid, 1, 1), (threads, 1, 1), tuple(args))
+        s = self.schedules[kname]
+        grid = max((T + s["tile_tokens"] - 1) // s["tile_tokens"], 1)
+        self.fns[kname]((grid, 1, 1), (s["threads"], 1, 1), tuple(args))
 
 
 def f64(t, idx=None):
@@ -129,11 +122,11 @@ def check_every(mod_fused, mod_single, meta_f, meta_s, T, seed):
     logits, comb = empty((T, n, n), torch.float32), empty((T, n, n), torch.float32)
     u, xn, mix2 = empty((T, C), d), empty((T, n, C), d), empty((T, M), torch.float32)
     xe, hc = empty((T, n, C), d), empty((T, C), d)
-    mod_fused.launch(kf[0], T, tile_tokens(kf[0], n, True), [I["x"], I["fn"], I["scale"], I["base"]],
+    mod_fused.launch(kf[0], T, [I["x"], I["fn"], I["scale"], I["base"]],
                      [mix, pre, post, logits, comb, u])
-    mod_fused.launch(kf[1], T, tile_tokens(kf[1], n, True), [I["y"], I["x"], post, comb, I["fn"]], [xn, mix2])
-    mod_fused.launch(kf[2], T, 64, [I["h"]], [xe])
-    mod_fused.launch(kf[3], T, 64, [I["x"]], [hc])
+    mod_fused.launch(kf[1], T, [I["y"], I["x"], post, comb, I["fn"]], [xn, mix2])
+    mod_fused.launch(kf[2], T, [I["h"]], [xe])
+    mod_fused.launch(kf[3], T, [I["x"]], [hc])
     torch.cuda.synchronize()
     g = {k: f64(v, idx) for k, v in dict(mix=mix, pre=pre, post=post, logits=logits, comb=comb, u=u,
                                           xn=xn, mix2=mix2, xe=xe, hc=hc).items()}
@@ -158,7 +151,7 @@ def check_every(mod_fused, mod_single, meta_f, meta_s, T, seed):
     ym.copy_(I["y"])
     fnm.copy_(I["fn"])
     xn_m, mix2_m = empty((T, n, C), d), empty((T, M), torch.float32)
-    mod_fused.launch(kf[1], T, tile_tokens(kf[1], n, True), [ym, xm, post, comb, fnm], [xn_m, mix2_m])
+    mod_fused.launch(kf[1], T, [ym, xm, post, comb, fnm], [xn_m, mix2_m])
     torch.cuda.synchronize()
     rec("fused.post.misaligned.xn", f64(xn_m, idx), g["xn"], 1e-6)
     rec("fused.post.misaligned.mix2", f64(mix2_m, idx), g["mix2"], 1e-6)
@@ -181,14 +174,14 @@ def check_every(mod_fused, mod_single, meta_f, meta_s, T, seed):
     s_mix, s_pre, s_post = empty((T, M), torch.float32), empty((T, n), torch.float32), empty((T, n), torch.float32)
     s_log, s_comb, s_u = empty((T, n, n), torch.float32), empty((T, n, n), torch.float32), empty((T, C), d)
     s_xn, s_mix2, s_xe, s_hc = empty((T, n, C), d), empty((T, M), torch.float32), empty((T, n, C), d), empty((T, C), d)
-    mod_single.launch(ks[0], T, tile_tokens(ks[0], n, True), [I["x"], I["fn"]], [s_mix])
-    mod_single.launch(ks[1], T, 256, [rmix, I["scale"], I["base"]], [s_pre, s_post, s_log])
-    mod_single.launch(ks[2], T, 256, [rlog], [s_comb])
-    mod_single.launch(ks[3], T, 64, [I["x"], rpre], [s_u])
-    mod_single.launch(ks[4], T, 64, [I["y"], I["x"], rpost, rcomb], [s_xn])
-    mod_single.launch(ks[5], T, tile_tokens(ks[5], n, True), [s_xn, I["fn"]], [s_mix2])
-    mod_single.launch(ks[6], T, 64, [I["h"]], [s_xe])
-    mod_single.launch(ks[7], T, 64, [I["x"]], [s_hc])
+    mod_single.launch(ks[0], T, [I["x"], I["fn"]], [s_mix])
+    mod_single.launch(ks[1], T, [rmix, I["scale"], I["base"]], [s_pre, s_post, s_log])
+    mod_single.launch(ks[2], T, [rlog], [s_comb])
+    mod_single.launch(ks[3], T, [I["x"], rpre], [s_u])
+    mod_single.launch(ks[4], T, [I["y"], I["x"], rpost, rcomb], [s_xn])
+    mod_single.launch(ks[5], T, [s_xn, I["fn"]], [s_mix2])
+    mod_single.launch(ks[6], T, [I["h"]], [s_xe])
+    mod_single.launch(ks[7], T, [I["x"]], [s_hc])
     torch.cuda.synchronize()
     rec("single.norm_project", f64(s_mix, idx), R.norm_project(x64, fn64, dtype=np.float64), COEF_TOL)
     rp, rq, rl = R.split_mixes(f64(rmix, idx), sc64, b64, dtype=np.float64)
@@ -243,11 +236,11 @@ def time_steady(mod, meta, T, copy_bw, seed):
 
     def pre(i):
         I = sets[i % 3]
-        mod.launch(kp, T, 64, [I["mix"], I["scale"], I["base"], I["x"]], [I["post"], I["comb"], I["u"]])
+        mod.launch(kp, T, [I["mix"], I["scale"], I["base"], I["x"]], [I["post"], I["comb"], I["u"]])
 
     def post(i):
         I = sets[i % 3]
-        mod.launch(kq, T, tile_tokens(kq, n, True, meta.get("tt", 0)), [I["y"], I["x"], I["post"], I["comb"], I["fn"]],
+        mod.launch(kq, T, [I["y"], I["x"], I["post"], I["comb"], I["fn"]],
                    [I["xn"], I["mix2"]])
 
     def both(i):
@@ -302,7 +295,7 @@ def main():
 
     def mod(name):
         if name not in mods:
-            mods[name] = Module(os.path.join(a.cubins, name + ".cubin"))
+            mods[name] = Module(os.path.join(a.cubins, name + ".cubin"), manifest[name]["schedules"])
         return mods[name]
 
     failures = 0

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Builds the cubins that bench/kernels/check_kernels.py loads on the GPU.
+"""Builds the cubins that test/Integration/GPU/harness/check_kernels.py loads on the GPU.
 
 For every (n, C, dtype) it writes one mhc program that uses every op, compiles
 it with `mhc-opt --mhc-gpu-pipeline="format=bin"` twice (fused and fuse=0:
 every op its own kernel) and extracts the cubin bytes from the gpu.binary.
 Also builds the steady-state sublayer (pre without norm_project + post with the
-next norm_project) that is timed. Output: <out>/<name>.cubin + manifest.json.
+next norm_project) that is timed. Output: <out>/<name>.cubin + manifest.json,
+which records each kernel's schedule as the compiler wrote it into the IR
+(#mhc.schedule: tokens per block, threads, ...), so that check_kernels.py
+launches every kernel with the compiler's own geometry.
 
-  python3 bench/kernels/build_cubins.py --mhc-opt build-gpu/bin/mhc-opt --out .gpu-carry
+  python3 test/Integration/GPU/harness/build_cubins.py --mhc-opt build-gpu/bin/mhc-opt --out .gpu-carry
 """
 import argparse, json, os, re, subprocess, sys
 from concurrent.futures import ThreadPoolExecutor
@@ -78,7 +81,25 @@ def decode_mlir_string(s):
     return bytes(out)
 
 
+SCHEDULE = re.compile(r"#mhc\.schedule<tile_tokens = (\d+), chunk_columns = (\d+), threads = (\d+), "
+                      r"vector_width = (\d+), blocks_per_sm = (\d+)>")
+FIELDS = ("tile_tokens", "chunk_columns", "threads", "vector_width", "blocks_per_sm")
+
+
+def schedules(mhc_opt, path_mlir, fuse, tt=0):
+    """The schedule of every kernel root, in kernel order, as
+    --mhc-select-schedule writes it into the IR (the harness launches each
+    kernel with the tile and block size the compiler chose)."""
+    passes = (["--mhc-fuse"] if fuse else []) + [
+        "--mhc-select-schedule" + (f"=tile-tokens={tt}" if tt else "")]
+    r = subprocess.run([mhc_opt, path_mlir, *passes], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{path_mlir}: {r.stderr[:2000]}")
+    return [dict(zip(FIELDS, map(int, m))) for m in SCHEDULE.findall(r.stdout)]
+
+
 def compile_one(mhc_opt, src, path_mlir, fuse, fmt="bin", tt=0):
+    """(binary, kernel names in launch order, {kernel name: schedule})."""
     with open(path_mlir, "w") as f:
         f.write(src)
     opts = f"format={fmt}" + ("" if fuse else " fuse=0") + (f" tile-tokens={tt}" if tt else "")
@@ -88,7 +109,36 @@ def compile_one(mhc_opt, src, path_mlir, fuse, fmt="bin", tt=0):
         raise RuntimeError(f"{path_mlir}: {r.stderr[:2000]}")
     m = re.search(r'(?:bin|assembly) = "((?:[^"\\]|\\.)*)"', r.stdout)
     names = re.findall(r"@mhc_kernels::@(\w+)", r.stdout)
-    return decode_mlir_string(m.group(1)), names
+    scheds = schedules(mhc_opt, path_mlir, fuse, tt)
+    if len(scheds) != len(names):
+        raise RuntimeError(f"{path_mlir}: {len(names)} kernels but {len(scheds)} schedules")
+    return decode_mlir_string(m.group(1)), names, dict(zip(names, scheds))
+
+
+def jobs(quick=False):
+    """(name, program, fuse, meta) of every cubin the kernel check loads."""
+    configs = []
+    Cs = [100, 1280, 2560, 4096, 7168]
+    ns = [1, 2, 4, 8]
+    for dt in ["bf16", "f32"]:
+        for n in ns:
+            for C in Cs:
+                configs.append((n, C, dt))
+    configs += [(4, 4096, "f16"), (4, 100, "f16"), (3, 520, "bf16")]
+    if quick:
+        configs = [(4, 4096, "bf16"), (4, 100, "f32"), (1, 1280, "bf16"), (8, 2560, "f32")]
+    out = []
+    for (n, C, dt) in configs:
+        for fuse in (1, 0):
+            name = f"every_n{n}_c{C}_{dt}_{'fused' if fuse else 'single'}"
+            out.append((name, every_op_program(n, C, dt), fuse, dict(kind="every", n=n, C=C, dt=dt, fused=fuse)))
+    for (n, C, dt) in [(4, 4096, "bf16"), (4, 2560, "bf16"), (4, 7168, "bf16"), (4, 4096, "f32")]:
+        out.append((f"steady_n{n}_c{C}_{dt}", steady_program(n, C, dt), 1, dict(kind="steady", n=n, C=C, dt=dt, fused=1)))
+    # The tile-size knob, for the record (default is 32 for n = 4).
+    for tt in (16,):  # the tile-tokens knob (64 no longer fits the 48 KB tile)
+        out.append((f"steady_n4_c4096_bf16_tt{tt}", steady_program(4, 4096, "bf16"), 1,
+                    dict(kind="steady", n=4, C=4096, dt="bf16", fused=1, tt=tt)))
+    return out
 
 
 def main():
@@ -98,41 +148,22 @@ def main():
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    configs = []
-    Cs = [100, 1280, 2560, 4096, 7168]
-    ns = [1, 2, 4, 8]
-    for dt in ["bf16", "f32"]:
-        for n in ns:
-            for C in Cs:
-                configs.append((n, C, dt))
-    configs += [(4, 4096, "f16"), (4, 100, "f16"), (3, 520, "bf16")]
-    if a.quick:
-        configs = [(4, 4096, "bf16"), (4, 100, "f32"), (1, 1280, "bf16"), (8, 2560, "f32")]
-    jobs = []
-    for (n, C, dt) in configs:
-        for fuse in (1, 0):
-            name = f"every_n{n}_c{C}_{dt}_{'fused' if fuse else 'single'}"
-            jobs.append((name, every_op_program(n, C, dt), fuse, dict(kind="every", n=n, C=C, dt=dt, fused=fuse)))
-    for (n, C, dt) in [(4, 4096, "bf16"), (4, 2560, "bf16"), (4, 7168, "bf16"), (4, 4096, "f32")]:
-        jobs.append((f"steady_n{n}_c{C}_{dt}", steady_program(n, C, dt), 1, dict(kind="steady", n=n, C=C, dt=dt, fused=1)))
-    # The tile-size knob, for the record (default is 32 for n = 4).
-    for tt in (16,):  # the tile-tokens knob (64 no longer fits the 48 KB tile)
-        jobs.append((f"steady_n4_c4096_bf16_tt{tt}", steady_program(4, 4096, "bf16"), 1,
-                     dict(kind="steady", n=4, C=4096, dt="bf16", fused=1, tt=tt)))
+    todo = jobs(a.quick)
     manifest = {}
 
     def run(job):
         name, src, fuse, meta = job
-        blob, names = compile_one(a.mhc_opt, src, os.path.join(a.out, name + ".mlir"), fuse,
-                                  tt=meta.get("tt", 0))
+        blob, names, scheds = compile_one(a.mhc_opt, src, os.path.join(a.out, name + ".mlir"), fuse,
+                                          tt=meta.get("tt", 0))
         with open(os.path.join(a.out, name + ".cubin"), "wb") as f:
             f.write(blob)
         os.remove(os.path.join(a.out, name + ".mlir"))
         meta["kernels"] = names
+        meta["schedules"] = scheds
         return name, meta
 
     with ThreadPoolExecutor(max_workers=2) as ex:
-        for name, meta in ex.map(run, jobs):
+        for name, meta in ex.map(run, todo):
             manifest[name] = meta
             print(name, meta["kernels"], flush=True)
     with open(os.path.join(a.out, "manifest.json"), "w") as f:

@@ -1,0 +1,101 @@
+//===- KernelBuilder.cpp - shared helpers of the GPU kernel builders ------===//
+#include "KernelBuilder.h"
+
+using namespace mlir;
+using namespace mlir::mhc::gpu_kernels;
+
+Value KernelBuilder::sigmoid(Value a) {
+  Value e = math::ExpOp::create(b, loc, arith::NegFOp::create(b, loc, a));
+  return fdiv(cf(1.0), fadd(cf(1.0), e));
+}
+
+Value KernelBuilder::warpSum(Value v, int64_t width) {
+  for (int64_t off = width / 2; off >= 1; off /= 2) {
+    auto sh =
+        gpu::ShuffleOp::create(b, loc, v, off, 32, gpu::ShuffleMode::XOR);
+    v = fadd(v, sh.getShuffleResult());
+  }
+  return v;
+}
+
+Value KernelBuilder::toF32(Value v) {
+  if (acts.act == f32)
+    return v;
+  Type t = f32;
+  if (auto vt = dyn_cast<VectorType>(v.getType()))
+    t = vt.clone(f32);
+  return arith::ExtFOp::create(b, loc, t, v);
+}
+
+Value KernelBuilder::toAct(Value v, Type t) {
+  return acts.act == f32 ? v : arith::TruncFOp::create(b, loc, t, v);
+}
+
+Value KernelBuilder::roundAct(Value v) {
+  if (acts.act == f32)
+    return v;
+  auto t = cast<VectorType>(v.getType()).clone(acts.act);
+  return toF32(toAct(v, t));
+}
+
+Value KernelBuilder::loadAct(Value mem, Value base, Value c, Value ok,
+                             bool raw) {
+  VectorType vt = raw ? vecAct() : vecF32();
+  auto conv = [&](Value v) { return raw ? v : toF32(v); };
+  auto scalarPath = [&]() -> SmallVector<Value> {
+    Value v = arith::ConstantOp::create(b, loc, b.getZeroAttr(vt));
+    Value zero =
+        arith::ConstantOp::create(b, loc, b.getZeroAttr(vt.getElementType()));
+    for (int64_t e = 0; e < acts.vec; ++e) {
+      Value ce = add(c, ci(e));
+      Value inb = band(ok, ult(ce, ci(acts.C)));
+      Value s = emitIfElse(
+          vt.getElementType(), inb,
+          [&]() -> SmallVector<Value> {
+            return {conv(ld(mem, add(base, ce)))};
+          },
+          [&]() -> SmallVector<Value> { return {zero}; })[0];
+      v = vector::InsertOp::create(b, loc, s, v, e);
+    }
+    return {v};
+  };
+  if (!aligned)
+    return scalarPath()[0];
+  Value fast = band(band(aligned, ok), ult(c, ci(acts.C)));
+  return emitIfElse(
+      vt, fast,
+      [&]() -> SmallVector<Value> {
+        Value v = vector::LoadOp::create(b, loc, vecAct(), mem,
+                                         ValueRange{add(base, c)}, false,
+                                         llvm::MaybeAlign(16));
+        return {conv(v)};
+      },
+      scalarPath)[0];
+}
+
+void KernelBuilder::storeAct(Value v, Value mem, Value base, Value c,
+                             Value ok) {
+  auto scalarPath = [&]() {
+    for (int64_t e = 0; e < acts.vec; ++e) {
+      Value ce = add(c, ci(e));
+      Value inb = band(ok, ult(ce, ci(acts.C)));
+      emitIf(inb, [&]() {
+        Value s = vector::ExtractOp::create(b, loc, v, e);
+        st(toAct(s, acts.act), mem, add(base, ce));
+      });
+    }
+  };
+  if (!aligned) {
+    scalarPath();
+    return;
+  }
+  Value fast = band(band(aligned, ok), ult(c, ci(acts.C)));
+  auto ifOp = scf::IfOp::create(b, loc, TypeRange{}, fast, true);
+  OpBuilder::InsertionGuard g(b);
+  b.setInsertionPointToStart(ifOp.thenBlock());
+  vector::StoreOp::create(b, loc, toAct(v, vecAct()), mem,
+                          ValueRange{add(base, c)}, false,
+                          llvm::MaybeAlign(16));
+  b.setInsertionPointToStart(ifOp.elseBlock());
+  scalarPath();
+}

@@ -1,0 +1,155 @@
+//===- KernelBuilder.h - shared helpers of the GPU kernel builders -*- C++ -*-//
+//
+// What every mhc kernel body is written with: index and f32 arithmetic,
+// structured control flow (scf.if / scf.for built from lambdas), memory
+// accesses, barriers and warp shuffles, and the activation accesses of the
+// streaming kernels (16-byte vector loads/stores with a guarded scalar path
+// for tails and misaligned pointers, f32 conversion, rounding as stored).
+// All index math is on `index` values.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MHC_LIB_CONVERSION_MHCTOGPU_KERNELBUILDER_H
+#define MHC_LIB_CONVERSION_MHCTOGPU_KERNELBUILDER_H
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/IR/Builders.h"
+
+namespace mlir::mhc::gpu_kernels {
+
+/// How a kernel reads and writes activations: `vec` elements of `act`
+/// (bf16/f16/f32) per 16-byte vector, rows of `C` elements.
+struct ActivationLayout {
+  Type act;
+  int64_t vec = 1;
+  int64_t C = 0;
+};
+
+class KernelBuilder {
+public:
+  KernelBuilder(OpBuilder &b, Location loc)
+      : b(b), loc(loc), f32(b.getF32Type()), i32(b.getI32Type()),
+        idxT(b.getIndexType()) {}
+
+  OpBuilder &b;
+  Location loc;
+  Type f32, i32, idxT;
+
+  // --- constants and arithmetic -----------------------------------------
+  Value ci(int64_t v) { return arith::ConstantIndexOp::create(b, loc, v); }
+  Value cf(double v) {
+    return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(v));
+  }
+  Value add(Value x, Value y) { return arith::AddIOp::create(b, loc, x, y); }
+  Value mul(Value x, Value y) { return arith::MulIOp::create(b, loc, x, y); }
+  Value div(Value x, int64_t d) {
+    return arith::DivUIOp::create(b, loc, x, ci(d));
+  }
+  Value rem(Value x, int64_t d) {
+    return arith::RemUIOp::create(b, loc, x, ci(d));
+  }
+  Value ult(Value x, Value y) {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, x, y);
+  }
+  Value ult(Value x, int64_t y) { return ult(x, ci(y)); }
+  Value eq(Value x, Value y) {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, x, y);
+  }
+  Value band(Value x, Value y) { return arith::AndIOp::create(b, loc, x, y); }
+  Value select(Value c, Value x, Value y) {
+    return arith::SelectOp::create(b, loc, c, x, y);
+  }
+  Value fadd(Value x, Value y) { return arith::AddFOp::create(b, loc, x, y); }
+  Value fsub(Value x, Value y) { return arith::SubFOp::create(b, loc, x, y); }
+  Value fmul(Value x, Value y) { return arith::MulFOp::create(b, loc, x, y); }
+  Value fdiv(Value x, Value y) { return arith::DivFOp::create(b, loc, x, y); }
+  Value fma(Value x, Value y, Value acc) {
+    return math::FmaOp::create(b, loc, x, y, acc);
+  }
+  Value sigmoid(Value a);
+  Value splat(Value s, VectorType t) {
+    return vector::BroadcastOp::create(b, loc, t, s);
+  }
+
+  // --- memory and synchronisation ----------------------------------------
+  Value ld(Value mem, Value i) {
+    return memref::LoadOp::create(b, loc, mem, ValueRange{i});
+  }
+  void st(Value v, Value mem, Value i) {
+    memref::StoreOp::create(b, loc, v, mem, ValueRange{i});
+  }
+  void barrier() { gpu::BarrierOp::create(b, loc); }
+  /// v + shuffle_xor(v, off) for off = width/2 .. 1: the sum over `width`
+  /// consecutive lanes (a power of two <= 32), in every one of them.
+  Value warpSum(Value v, int64_t width);
+
+  // --- structured control flow -------------------------------------------
+  template <typename F> void emitIf(Value cond, F thenFn) {
+    auto ifOp = scf::IfOp::create(b, loc, TypeRange{}, cond, false);
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPointToStart(ifOp.thenBlock());
+    thenFn();
+  }
+  template <typename F, typename G>
+  SmallVector<Value> emitIfElse(TypeRange types, Value cond, F thenFn,
+                                G elseFn) {
+    auto ifOp = scf::IfOp::create(b, loc, types, cond, true);
+    {
+      OpBuilder::InsertionGuard g(b);
+      b.setInsertionPointToStart(ifOp.thenBlock());
+      scf::YieldOp::create(b, loc, thenFn());
+      b.setInsertionPointToStart(ifOp.elseBlock());
+      scf::YieldOp::create(b, loc, elseFn());
+    }
+    return SmallVector<Value>(ifOp.getResults());
+  }
+  /// `cond ? thenFn() : 0.0f` for one f32 value.
+  template <typename F> Value f32OrZero(Value cond, F thenFn) {
+    return emitIfElse(
+        f32, cond, [&]() -> SmallVector<Value> { return {thenFn()}; },
+        [&]() -> SmallVector<Value> { return {cf(0.0)}; })[0];
+  }
+  template <typename F>
+  SmallVector<Value> emitFor(Value lb, Value ub, Value step, ValueRange inits,
+                             F body) {
+    auto forOp = scf::ForOp::create(b, loc, lb, ub, step, inits);
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPointToStart(forOp.getBody());
+    SmallVector<Value> next =
+        body(forOp.getInductionVar(), forOp.getRegionIterArgs());
+    if (!inits.empty())
+      scf::YieldOp::create(b, loc, next);
+    return SmallVector<Value>(forOp.getResults());
+  }
+
+  // --- activations ---------------------------------------------------------
+  /// Set by the kernel: the activation layout, and the i1 value that says
+  /// every activation pointer is 16-byte aligned (null: never; the vector
+  /// path also needs C % vec == 0, which the kernel checks statically).
+  ActivationLayout acts;
+  Value aligned;
+
+  VectorType vecF32() { return VectorType::get({acts.vec}, f32); }
+  VectorType vecAct() { return VectorType::get({acts.vec}, acts.act); }
+  /// Widens an activation scalar or vector to f32.
+  Value toF32(Value v);
+  /// Rounds f32 to the activation type `t` (scalar or vector type).
+  Value toAct(Value v, Type t);
+  /// Rounds f32 values to the activation type and back (what is stored).
+  Value roundAct(Value v);
+  /// Loads `vec` activations at mem[base + c ..] (as f32, or in the
+  /// activation type when `raw`: half the registers for values held across
+  /// a loop); lanes with c + e >= C or !ok read as 0.
+  Value loadAct(Value mem, Value base, Value c, Value ok, bool raw = false);
+  /// Stores `vec` f32 values rounded to the activation type at
+  /// mem[base + c ..]; lanes with c + e >= C or !ok are skipped.
+  void storeAct(Value v, Value mem, Value base, Value c, Value ok);
+};
+
+} // namespace mlir::mhc::gpu_kernels
+
+#endif // MHC_LIB_CONVERSION_MHCTOGPU_KERNELBUILDER_H

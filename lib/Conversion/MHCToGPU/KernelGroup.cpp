@@ -1,0 +1,80 @@
+//===- KernelGroup.cpp - kernel groups and the family registry -----------===//
+#include "KernelGroup.h"
+#include "llvm/ADT/SetVector.h"
+
+using namespace mlir;
+using namespace mlir::mhc;
+using namespace mlir::mhc::gpu_kernels;
+
+KernelGroup KernelGroup::collect(Operation *root) {
+  KernelGroup g;
+  g.root = root;
+  if (auto fused = dyn_cast<FusedOp>(root)) {
+    for (Operation &op : fused.getBody().front().without_terminator())
+      g.members.push_back(&op);
+    auto yield = cast<YieldOp>(fused.getBody().front().getTerminator());
+    g.outputs = SmallVector<Value>(yield.getValues());
+  } else {
+    g.members.push_back(root);
+    g.outputs = SmallVector<Value>(root->getResults());
+  }
+  g.replaced = SmallVector<Value>(root->getResults());
+  llvm::SmallPtrSet<Operation *, 8> inGroup(g.members.begin(),
+                                            g.members.end());
+  llvm::SetVector<Value> ins;
+  for (Operation *op : g.members)
+    for (Value v : op->getOperands())
+      if (!inGroup.contains(v.getDefiningOp()))
+        ins.insert(v);
+  g.inputs = ins.takeVector();
+  return g;
+}
+
+bool KernelGroup::isInternal(Value v) const {
+  Operation *def = v.getDefiningOp();
+  return def && llvm::is_contained(members, def);
+}
+
+std::string KernelGroup::kind() const {
+  if (auto fused = dyn_cast<FusedOp>(root))
+    return fused.getKind().str();
+  return root->getName().stripDialect().str();
+}
+
+Schedule Schedule::fromAttr(ScheduleAttr attr) {
+  return {attr.getTileTokens(), attr.getChunkColumns(), attr.getThreads(),
+          attr.getVectorWidth(), attr.getBlocksPerSm()};
+}
+
+ScheduleAttr Schedule::toAttr(MLIRContext *ctx) const {
+  return ScheduleAttr::get(ctx, tileTokens, chunkColumns, threads,
+                           vectorWidth, blocksPerSM);
+}
+
+const KernelFamily *gpu_kernels::findKernelFamily(const KernelGroup &group) {
+  for (const KernelFamily *family : kernelFamilies())
+    if (family->accepts(group))
+      return family;
+  for (Operation *op : group.members)
+    if (!llvm::any_of(kernelFamilies(), [&](const KernelFamily *f) {
+          KernelGroup alone = KernelGroup::collect(op);
+          return f->accepts(alone);
+        }))
+      return op->emitOpError("cannot be placed in a GPU kernel"), nullptr;
+  group.root->emitOpError("mixes ops that no single GPU kernel computes");
+  return nullptr;
+}
+
+SmallVector<Operation *> gpu_kernels::collectKernelRoots(Operation *module) {
+  SmallVector<Operation *> roots;
+  module->walk<WalkOrder::PreOrder>([&](Operation *op) {
+    if (isa<FusedOp>(op)) {
+      roots.push_back(op);
+      return WalkResult::skip();
+    }
+    if (isa_and_nonnull<MHCDialect>(op->getDialect()) && !isa<YieldOp>(op))
+      roots.push_back(op);
+    return WalkResult::advance();
+  });
+  return roots;
+}

@@ -1,0 +1,67 @@
+// RUN: mhc-opt %s --mhc-fuse --mhc-select-schedule | FileCheck %s
+// RUN: mhc-opt %s --mhc-fuse --mhc-select-schedule="tile-tokens=16" | FileCheck %s --check-prefix=TT16
+// RUN: not mhc-opt %s --mhc-fuse --mhc-select-schedule="tile-tokens=40" 2>&1 | FileCheck %s --check-prefix=TT40
+// RUN: not mhc-opt %s --mhc-fuse --mhc-select-schedule="tile-tokens=64" 2>&1 | FileCheck %s --check-prefix=TT64
+// RUN: not mhc-opt %s --mhc-select-schedule="chip=sm_75" 2>&1 | FileCheck %s --check-prefix=CHIP
+
+// Schedule selection alone: what --mhc-select-schedule writes on each kernel
+// root (--convert-mhc-to-gpu's lowering of a given schedule is tested in
+// convert-mhc-to-gpu.mlir).
+
+// Post kernel (post_res + the next norm_project), bf16: 4 warps over 32
+// tokens, 128 columns (256 bytes) per chunk, 8 bf16 per 16-byte vector,
+// compiled for 4 blocks per SM.
+// CHECK-LABEL: func.func @post
+// CHECK: mhc.fused "post"
+// CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 32, chunk_columns = 128, threads = 128, vector_width = 8, blocks_per_sm = 4>
+// TT16-LABEL: func.func @post
+// TT16: mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 128, vector_width = 8, blocks_per_sm = 4>
+// TT40: error: 'mhc.fused' op schedule: tile_tokens must be a multiple of 16 (tensor-core row tiles) in a norm_project kernel, got 40
+// TT64: error: 'mhc.fused' op schedule: tile_tokens needs 78080 bytes of shared memory per block (limit 49152); use fewer tile_tokens or chunk_columns
+func.func @post(%y: tensor<?x64xbf16>, %x: tensor<?x4x64xbf16>, %post: tensor<?x4xf32>,
+                %comb: tensor<?x4x4xf32>, %fn: tensor<24x256xf32>) -> (tensor<?x4x64xbf16>, tensor<?x24xf32>) {
+  %xn = mhc.post_res %y, %x, %post, %comb : tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32> -> tensor<?x4x64xbf16>
+  %mix = mhc.norm_project %xn, %fn : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  return %xn, %mix : tensor<?x4x64xbf16>, tensor<?x24xf32>
+}
+
+// Pre kernel without a projection, f32: 256 threads over 64 tokens, no chunk
+// loop, 4 f32 per vector.
+// CHECK-LABEL: func.func @pre
+// CHECK: mhc.fused "pre"
+// CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 64, chunk_columns = 0, threads = 256, vector_width = 4, blocks_per_sm = 0>
+func.func @pre(%x: tensor<?x4x64xf32>, %mix: tensor<?x24xf32>, %scale: tensor<3xf32>, %base: tensor<24xf32>) -> tensor<?x64xf32> {
+  %pre, %post, %l = mhc.split_mixes %mix, %scale, %base : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %u = mhc.pre_apply %x, %pre : tensor<?x4x64xf32>, tensor<?x4xf32> -> tensor<?x64xf32>
+  return %u : tensor<?x64xf32>
+}
+
+// A lone norm_project with n = 8 (80 mixes: 10 column tiles) on f16: 16
+// tokens a block (registers); the f16 tile is split into bf16 hi + lo, so a
+// chunk holds n * 32 = 256 projection inputs.
+// CHECK-LABEL: func.func @wide
+// CHECK: mhc.norm_project {{.*}}mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 32, threads = 128, vector_width = 8, blocks_per_sm = 4>
+func.func @wide(%x: tensor<?x8x100xf16>, %fn: tensor<80x800xf32>) -> tensor<?x80xf32> {
+  %mix = mhc.norm_project %x, %fn : tensor<?x8x100xf16>, tensor<80x800xf32> -> tensor<?x80xf32>
+  return %mix : tensor<?x80xf32>
+}
+
+// Coefficient-only and elementwise kernels.
+// CHECK-LABEL: func.func @others
+// CHECK: mhc.sinkhorn {{.*}}mhc.schedule = #mhc.schedule<tile_tokens = 256, chunk_columns = 0, threads = 256, vector_width = 4, blocks_per_sm = 0>
+// CHECK: mhc.expand {{.*}}mhc.schedule = #mhc.schedule<tile_tokens = 64, chunk_columns = 0, threads = 256, vector_width = 8, blocks_per_sm = 0>
+func.func @others(%l: tensor<?x4x4xf32>, %h: tensor<?x64xbf16>) -> (tensor<?x4x4xf32>, tensor<?x4x64xbf16>) {
+  %c = mhc.sinkhorn %l : tensor<?x4x4xf32>
+  %x = mhc.expand %h, streams = 4 : tensor<?x64xbf16> -> tensor<?x4x64xbf16>
+  return %c, %x : tensor<?x4x4xf32>, tensor<?x4x64xbf16>
+}
+
+// A schedule already in the IR (chosen before, or by hand) is kept.
+// CHECK-LABEL: func.func @by_hand
+// CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 128, chunk_columns = 0, threads = 128, vector_width = 4, blocks_per_sm = 2>
+func.func @by_hand(%x: tensor<?x4x64xf32>) -> tensor<?x64xf32> {
+  %h = mhc.collapse %x {mhc.schedule = #mhc.schedule<tile_tokens = 128, chunk_columns = 0, threads = 128, vector_width = 4, blocks_per_sm = 2>} : tensor<?x4x64xf32> -> tensor<?x64xf32>
+  return %h : tensor<?x64xf32>
+}
+
+// CHIP: error: mhc-select-schedule: chip sm_75 is not supported; the kernels need sm_80 or newer (bf16 mma.sync)
