@@ -554,9 +554,10 @@ func.func @sinkhorn_grad_eps(%l: tensor<8x4x4xf32>) {
 
 // -----
 
-func.func @sinkhorn_grad_operand_types(%l: tensor<8x4x4xf32>, %c: tensor<7x4x4xf32>) {
-  // expected-error @+1 {{requires the same type for all operands and results}}
-  %d = "mhc.sinkhorn_grad"(%l, %c) : (tensor<8x4x4xf32>, tensor<7x4x4xf32>) -> tensor<8x4x4xf32>
+// dcomb and the result have exactly the logits' type (also in staticness).
+func.func @sinkhorn_grad_operand_types(%l: tensor<8x4x4xf32>, %c: tensor<?x4x4xf32>) {
+  // expected-error @+1 {{failed to verify that all of {logits, dcomb, dlogits} have same type}}
+  %d = "mhc.sinkhorn_grad"(%l, %c) : (tensor<8x4x4xf32>, tensor<?x4x4xf32>) -> tensor<8x4x4xf32>
   return
 }
 

