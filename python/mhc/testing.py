@@ -30,7 +30,8 @@ import numpy as np
 from mhc import reference as ref
 
 __all__ = ["Program", "Value", "Checker", "check_f32", "check_rounded", "round_to_dtype",
-           "Tools", "F32_RTOL", "LEADING", "per_token"]
+           "Tools", "F32_RTOL", "LEADING", "per_token", "fd_gradient", "vjp_loss", "check_fd",
+           "spoil", "FD_RTOL", "FD_ATOL", "check_vjp", "check_controls"]
 
 F32_RTOL = 1e-5
 
@@ -248,6 +249,74 @@ class Program:
                              f"{y.type}, {x.type}, {post.type}, {comb.type} -> {rs[0].type}")
         return rs[0]
 
+    # -- gradient ops (spec section 9b): results take their operands' types ------------------
+
+    @staticmethod
+    def _attr_suffix(opt):
+        return (" {" + ", ".join(f"{k} = {v}" for k, v in opt.items()) + "}") if opt else ""
+
+    def _grad(self, name, operands, attrs, custom_attrs, primals, datas, generic):
+        """Emits gradient op ``name``; result k has the type of operand ``primals[k]``."""
+        rs = self._op(name, operands, attrs, [v.shape for v in primals],
+                      [v.elem for v in primals], generic, datas)
+        if not generic:
+            names = ", ".join(o.name for o in operands)
+            # sinkhorn_grad's operands all have one type, written once.
+            types = ", ".join(o.type for o in operands[:1 if name == "mhc.sinkhorn_grad" else None])
+            self._custom(rs, f"{name} {names}{self._attr_suffix(custom_attrs)} : {types}")
+        return rs
+
+    def norm_project_grad(self, x, fn, dmix, eps=None, generic=False):
+        """(dx, dfn); reference data from ``reference.norm_project_backward``."""
+        e = 1e-6 if eps is None else eps
+        datas = ref.norm_project_backward(x.data, fn.data, dmix.data, _f32(e), dtype=np.float64)
+        opt = {} if eps is None else {"eps": _attr_f32(eps)}
+        return self._grad("mhc.norm_project_grad", [x, fn, dmix], {"eps": _attr_f32(e)}, opt,
+                          [x, fn], datas, generic)
+
+    def split_mixes_grad(self, mix, scale, base, dpre, dpost, dlogits, post_mult=None,
+                         pre_eps=None, generic=False):
+        """(dmix, dscale, dbase)."""
+        pm = 2.0 if post_mult is None else post_mult
+        pe = 1e-6 if pre_eps is None else pre_eps
+        datas = ref.split_mixes_backward(mix.data, scale.data, base.data, dpre.data, dpost.data,
+                                         dlogits.data, _f32(pm), _f32(pe), dtype=np.float64)
+        opt = {}
+        if post_mult is not None:
+            opt["post_mult"] = _attr_f32(post_mult)
+        if pre_eps is not None:
+            opt["pre_eps"] = _attr_f32(pre_eps)
+        return self._grad("mhc.split_mixes_grad", [mix, scale, base, dpre, dpost, dlogits],
+                          {"post_mult": _attr_f32(pm), "pre_eps": _attr_f32(pe)}, opt,
+                          [mix, scale, base], datas, generic)
+
+    def sinkhorn_grad(self, logits, dcomb, iterations=None, eps=None, generic=False):
+        """dlogits (a single Value)."""
+        it = 20 if iterations is None else iterations
+        e = 1e-6 if eps is None else eps
+        data = ref.sinkhorn_backward(logits.data, dcomb.data, it, _f32(e), dtype=np.float64)
+        opt = {}
+        if iterations is not None:
+            opt["iterations"] = f"{iterations} : i64"
+        if eps is not None:
+            opt["eps"] = _attr_f32(eps)
+        rs = self._grad("mhc.sinkhorn_grad", [logits, dcomb],
+                        {"iterations": f"{it} : i64", "eps": _attr_f32(e)}, opt, [logits],
+                        [data], generic)
+        return rs[0]
+
+    def pre_apply_grad(self, x, pre, du, generic=False):
+        """(dx, dpre)."""
+        datas = ref.pre_apply_backward(x.data, pre.data, du.data, dtype=np.float64)
+        return self._grad("mhc.pre_apply_grad", [x, pre, du], {}, {}, [x, pre], datas, generic)
+
+    def post_res_grad(self, y, x, post, comb, dout, generic=False):
+        """(dy, dx, dpost, dcomb)."""
+        datas = ref.post_res_backward(y.data, x.data, post.data, comb.data, dout.data,
+                                      dtype=np.float64)
+        return self._grad("mhc.post_res_grad", [y, x, post, comb, dout], {}, {},
+                          [y, x, post, comb], datas, generic)
+
     def tanh(self, u):
         """A stand-in sublayer F: tanh computed in f32, stored like u (one rounding)."""
         data = np.tanh(np.asarray(u.data, np.float64))
@@ -440,6 +509,97 @@ def check_rounded(got, expected, elem, rtol=F32_RTOL):
                 f"(tol 1 ulp + {rtol:.0e}*max|ref|)")
 
 
+def fd_gradient(loss, args, k, rng, points=24, h=1e-6):
+    """Central differences in float64 of the scalar ``loss(*args)`` with respect to up to
+    ``points`` sampled elements of ``args[k]``: (flat indices, derivatives)."""
+    a = np.asarray(args[k], np.float64)
+    idx = np.arange(a.size)
+    if a.size > points:
+        idx = rng.choice(a.size, points, replace=False)
+    out = np.empty(len(idx))
+    for t, f in enumerate(idx):
+        plus = [np.array(x, np.float64) for x in args]
+        minus = [np.array(x, np.float64) for x in args]
+        plus[k].flat[f] += h
+        minus[k].flat[f] -= h
+        out[t] = (loss(*plus) - loss(*minus)) / (2 * h)
+    return idx, out
+
+
+def vjp_loss(forward, cotangents):
+    """``L(*args) = sum_k <cotangents[k], forward(*args)[k]>``: its gradient is the VJP."""
+    def loss(*args):
+        outs = forward(*args)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return sum(float(np.sum(np.asarray(o, np.float64) * np.asarray(c, np.float64)))
+                   for o, c in zip(outs, cotangents))
+    return loss
+
+
+FD_RTOL = 1e-6
+FD_ATOL = 1e-9
+
+
+def check_fd(analytic, idx, fd, rtol=FD_RTOL, atol=FD_ATOL):
+    """(ok, message): an analytic gradient (float64) against central differences at the
+    sampled flat indices, ``max|analytic - fd| <= rtol * max|fd| + atol``."""
+    got = np.asarray(analytic, np.float64).reshape(-1)[idx]
+    if got.size == 0:
+        return True, "empty, nothing to sample"
+    err = float(np.max(np.abs(got - fd)))
+    scale = float(np.max(np.abs(fd)))
+    tol = rtol * scale + atol
+    return err <= tol, (f"reference vs central differences: max err {err:.1e} at max|fd| "
+                        f"{scale:.1e} (tol {rtol:.0e}*max|fd| + {atol:.0e}), {got.size} points")
+
+
+def spoil(array, factor):
+    """A copy of ``array`` with its largest-magnitude element multiplied by ``1 + factor`` (for
+    the controls that show a check can fail)."""
+    bad = np.array(array, np.float64)
+    k = int(np.argmax(np.abs(bad)))
+    bad.flat[k] *= 1.0 + factor
+    return bad
+
+
+def check_vjp(check, name, forward, inputs, cotangents, results, rng, points=24):
+    """Checks the printed results of one gradient op on the data it ran on.
+
+    ``forward(*inputs)`` is the float64 reference forward op (one array or a tuple), ``inputs``
+    and ``cotangents`` are the numpy data the program held, and ``results`` lists, per input
+    that has a gradient, ``(label, index of the input, reference gradient, printed array,
+    element type)``. For each: the reference gradient against central differences of the
+    forward (it is itself checked, on the same data), then the printed array against the
+    reference gradient (``check_f32`` / ``check_rounded``).
+    """
+    loss = vjp_loss(forward, cotangents)
+    for label, k, expected, got, elem in results:
+        idx, fd = fd_gradient(loss, inputs, k, rng, points=points)
+        check.record(f"{name} {label}: reference", *check_fd(expected, idx, fd))
+        if elem == "f32":
+            check.record(f"{name} {label}", *check_f32(got, expected))
+        else:
+            check.record(f"{name} {label}", *check_rounded(got, expected, elem))
+
+
+def check_controls(check, name, got, expected, elem, fd_inputs):
+    """Controls showing that each kind of check can fail on this test's own data: the printed
+    ``got`` spoiled by 3x the f32 bar (f32) or by 2^-6, two ulps or more (bf16/f16), and the
+    reference gradient spoiled by 1e-4 against central differences. ``fd_inputs`` is
+    ``(forward, inputs, cotangents, k, expected)`` for the last one."""
+    if elem == "f32":
+        check.control(f"{name} spoiled by 3e-5", check_f32(spoil(got, 3e-5), expected))
+    else:
+        check.control(f"{name} spoiled by 2^-6",
+                      check_rounded(spoil(got, 2.0 ** -6), expected, elem))
+    forward, inputs, cotangents, k, reference = fd_inputs
+    idx, fd = fd_gradient(vjp_loss(forward, cotangents), inputs, k,
+                          np.random.default_rng(0), points=16)
+    bad = np.array(reference, np.float64)
+    bad.flat[idx[int(np.argmax(np.abs(fd)))]] += 1e-4 * np.max(np.abs(fd))   # a sampled element
+    check.control(f"{name} reference off by 1e-4 of max|fd|", check_fd(bad, idx, fd))
+
+
 class Checker:
     """Collects per-case results, prints one line each, and exits non-zero if any failed."""
 
@@ -455,6 +615,13 @@ class Checker:
         else:
             ok, msg = check_rounded(got, value.data, elem)
         self.record(case, ok, msg)
+
+    def control(self, case, ok_msg):
+        """A control: ``ok_msg`` is the verdict of a check on deliberately wrong data, which must
+        be a failure (it shows that the check can fail)."""
+        ok, msg = ok_msg
+        self.record(f"control, must be rejected: {case}", not ok, f"rejected ({msg})" if not ok
+                    else f"NOT rejected ({msg})")
 
     def record(self, case, ok, msg):
         self.cases += 1

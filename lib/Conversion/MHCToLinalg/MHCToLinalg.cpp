@@ -41,11 +41,13 @@ using utils::IteratorType;
 
 namespace {
 /// The iteration space of one linalg.generic: the op's `lead` token dims
-/// (d0 .. d{lead-1}, always parallel) followed by op-specific loops.
+/// (d0 .. d{lead-1}) followed by op-specific loops. The token loops are
+/// parallel, except in a parameter gradient, which sums over all tokens.
 struct LoopNest {
   MLIRContext *ctx;
   unsigned lead;
   SmallVector<IteratorType> inner; // iterator kinds of the op-specific loops
+  IteratorType tokens = IteratorType::parallel;
 
   unsigned numLoops() const { return lead + inner.size(); }
 
@@ -67,7 +69,7 @@ struct LoopNest {
   }
 
   SmallVector<IteratorType> iterators() const {
-    SmallVector<IteratorType> all(lead, IteratorType::parallel);
+    SmallVector<IteratorType> all(lead, tokens);
     llvm::append_range(all, inner);
     return all;
   }
@@ -380,9 +382,9 @@ static Value normalize(OpBuilder &b, Location loc, Value p, Axis axis,
       });
 }
 
-/// softmax(L, over j) + eps, with the row max subtracted before exp.
-static Value softmaxPlusEps(OpBuilder &b, Location loc, Value logits,
-                            float eps) {
+/// exp(L - row max) and its row sums: the softmax over j is their quotient.
+static std::pair<Value, Value> shiftedExps(OpBuilder &b, Location loc,
+                                           Value logits) {
   Value rowMax = reduceMatrix(
       b, loc, logits, Axis::Row, -std::numeric_limits<double>::infinity(),
       [](OpBuilder &nb, Location nloc, Value acc, Value v) -> Value {
@@ -394,7 +396,13 @@ static Value softmaxPlusEps(OpBuilder &b, Location loc, Value logits,
         return math::ExpOp::create(nb, nloc,
                                    arith::SubFOp::create(nb, nloc, v, max));
       });
-  Value rowSum = sumMatrix(b, loc, exps, Axis::Row);
+  return {exps, sumMatrix(b, loc, exps, Axis::Row)};
+}
+
+/// softmax(L, over j) + eps, with the row max subtracted before exp.
+static Value softmaxPlusEps(OpBuilder &b, Location loc, Value logits,
+                            float eps) {
+  auto [exps, rowSum] = shiftedExps(b, loc, logits);
   return mapWithVector(
       b, loc, exps, rowSum, Axis::Row,
       [&](OpBuilder &nb, Location nloc, Value e, Value s) -> Value {
@@ -502,6 +510,513 @@ static Value lowerPostRes(OpBuilder &b, PostResOp op) {
 }
 
 //===----------------------------------------------------------------------===//
+// Gradients (spec section 5)
+//===----------------------------------------------------------------------===//
+
+/// `type` with its trailing dims replaced by `trailing` and element type f32
+/// (an f32 intermediate with the op's token dims).
+static RankedTensorType f32WithTrailing(RankedTensorType type, unsigned lead,
+                                        ArrayRef<int64_t> trailing) {
+  SmallVector<int64_t> shape(type.getShape().take_front(lead));
+  llvm::append_range(shape, trailing);
+  return RankedTensorType::get(shape, Float32Type::get(type.getContext()));
+}
+
+/// dx, dfn of norm_project: with r = rsqrt(sqrsum/K + eps) and m = v @ fn^T,
+/// dm = dmix * r, dS = -(sum_m dmix * m) * r^3 / (2K),
+/// dx = dm @ fn + 2 v dS (one rounding), dfn = sum over tokens of dm^T v.
+static SmallVector<Value> lowerNormProjectGrad(OpBuilder &b,
+                                               NormProjectGradOp op) {
+  Location loc = op.getLoc();
+  Value x = op.getX();
+  RankedTensorType xType = op.getX().getType();
+  unsigned lead = leadingRank(x, 2);
+  int64_t n = xType.getDimSize(xType.getRank() - 2);
+  int64_t c = xType.getShape().back();
+  int64_t k = n * c, m = numMixes(n);
+  MLIRContext *ctx = b.getContext();
+  float eps = op.getEps().convertToFloat();
+
+  // The forward's pieces, recomputed exactly as norm_project computes them.
+  RankedTensorType mixType = f32WithTrailing(xType, lead, {m});
+  Value sqrsum = sumOfSquares(b, loc, x, xType, lead);
+  Value dot = projectStreams(b, loc, x, op.getFn(), mixType, lead);
+  LoopNest tokens{ctx, lead, {}};
+  AffineMap perToken = tokens.perToken({});
+  Value r = buildGeneric(
+      b, loc, tokens, sqrsum,
+      emptyTensor(b, loc, f32WithTrailing(xType, lead, {}), x),
+      {perToken, perToken},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value meanSquare = arith::DivFOp::create(
+            nb, nloc, args[0], f32Const(nb, nloc, static_cast<double>(k)));
+        Value shifted = arith::AddFOp::create(nb, nloc, meanSquare,
+                                              f32Const(nb, nloc, eps));
+        return math::RsqrtOp::create(nb, nloc, shifted);
+      });
+
+  // dS from q = sum_m dmix * m.
+  LoopNest overMixes{ctx, lead, {IteratorType::reduction}}; // m
+  AffineMap mixMap = overMixes.perToken({overMixes.loop(0)});
+  Value q =
+      buildGeneric(b, loc, overMixes, {op.getDmix(), dot},
+                   filledF32(b, loc, xType, lead, {}, x, 0.0),
+                   {mixMap, mixMap, overMixes.perToken({})},
+                   [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+                     Value prod =
+                         arith::MulFOp::create(nb, nloc, args[0], args[1]);
+                     return arith::AddFOp::create(nb, nloc, args[2], prod);
+                   });
+  Value dS = buildGeneric(
+      b, loc, tokens, {q, r},
+      emptyTensor(b, loc, f32WithTrailing(xType, lead, {}), x),
+      {perToken, perToken, perToken},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value r2 = arith::MulFOp::create(nb, nloc, args[1], args[1]);
+        Value r3 = arith::MulFOp::create(nb, nloc, r2, args[1]);
+        Value qr3 = arith::MulFOp::create(nb, nloc, args[0], r3);
+        Value scaled = arith::DivFOp::create(
+            nb, nloc, qr3, f32Const(nb, nloc, 2.0 * static_cast<double>(k)));
+        return arith::NegFOp::create(nb, nloc, scaled);
+      });
+
+  // dm = dmix * r.
+  LoopNest mixes{ctx, lead, {IteratorType::parallel}}; // m
+  AffineMap mixesMap = mixes.perToken({mixes.loop(0)});
+  Value dm = buildGeneric(
+      b, loc, mixes, {op.getDmix(), r}, emptyTensor(b, loc, mixType, x),
+      {mixesMap, mixes.perToken({}), mixesMap},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        return arith::MulFOp::create(nb, nloc, args[0], args[1]);
+      });
+
+  // fn viewed as [M, n, C] (the stream-major flattening).
+  auto fn3Type = RankedTensorType::get({m, n, c}, b.getF32Type());
+  Value fn3 = tensor::ExpandShapeOp::create(
+      b, loc, fn3Type, op.getFn(),
+      SmallVector<ReassociationIndices>{{0}, {1, 2}});
+
+  // dx = round(sum_m dm[m] * fn[m, i, c] + 2 v[i, c] dS).
+  LoopNest back{ctx,
+                lead,
+                {IteratorType::parallel, IteratorType::parallel,
+                 IteratorType::reduction}}; // i, c, m
+  AffineExpr i = back.loop(0), cl = back.loop(1), ml = back.loop(2);
+  Value acc = buildGeneric(
+      b, loc, back, {dm, fn3}, filledF32(b, loc, xType, lead, {n, c}, x, 0.0),
+      {back.perToken({ml}), back.shared({ml, i, cl}), back.perToken({i, cl})},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value prod = arith::MulFOp::create(nb, nloc, args[0], args[1]);
+        return arith::AddFOp::create(nb, nloc, args[2], prod);
+      });
+  LoopNest streams{
+      ctx, lead, {IteratorType::parallel, IteratorType::parallel}}; // i, c
+  AffineMap streamMap = streams.perToken({streams.loop(0), streams.loop(1)});
+  Type elem = xType.getElementType();
+  Value dx = buildGeneric(
+      b, loc, streams, {x, dS, acc}, emptyTensor(b, loc, xType, x),
+      {streamMap, streams.perToken({}), streamMap, streamMap},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value twoDS =
+            arith::MulFOp::create(nb, nloc, f32Const(nb, nloc, 2.0), args[1]);
+        Value norm = arith::MulFOp::create(
+            nb, nloc, widenToF32(nb, nloc, args[0]), twoDS);
+        Value sum = arith::AddFOp::create(nb, nloc, args[2], norm);
+        return elem.isF32() ? sum
+                            : arith::TruncFOp::create(nb, nloc, elem, sum);
+      });
+
+  // dfn[m, i, c] = sum over tokens of dm[m] * v[i, c].
+  LoopNest param{ctx,
+                 lead,
+                 {IteratorType::parallel, IteratorType::parallel,
+                  IteratorType::parallel}, // m, i, c
+                 IteratorType::reduction};
+  AffineExpr pm = param.loop(0), pi = param.loop(1), pc = param.loop(2);
+  Value dfn3 = buildGeneric(
+      b, loc, param, {dm, x},
+      fillF32(b, loc, tensor::EmptyOp::create(b, loc, fn3Type, ValueRange{}),
+              0.0),
+      {param.perToken({pm}), param.perToken({pi, pc}),
+       param.shared({pm, pi, pc})},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value prod = arith::MulFOp::create(nb, nloc, args[0],
+                                           widenToF32(nb, nloc, args[1]));
+        return arith::AddFOp::create(nb, nloc, args[2], prod);
+      });
+  Value dfn = tensor::CollapseShapeOp::create(
+      b, loc, op.getFn().getType(), dfn3,
+      SmallVector<ReassociationIndices>{{0}, {1, 2}});
+  return {dx, dfn};
+}
+
+/// dmix, dscale, dbase of split_mixes. The M mixes are viewed as n + 2 rows
+/// of n: row 0 is pre, row 1 post, rows 2.. the logits, so every per-token
+/// tensor lines up with [..., n + 2, n] and the group of row r is min(r, 2).
+static SmallVector<Value> lowerSplitMixesGrad(OpBuilder &b,
+                                              SplitMixesGradOp op) {
+  Location loc = op.getLoc();
+  MLIRContext *ctx = b.getContext();
+  Value mix = op.getMix();
+  RankedTensorType mixType = op.getMix().getType();
+  unsigned lead = leadingRank(mix, 1);
+  int64_t n = op.getDpre().getType().getShape().back();
+  float postMult = op.getPostMult().convertToFloat();
+
+  SmallVector<ReassociationIndices> rowsOfMix;
+  for (unsigned d = 0; d < lead; ++d)
+    rowsOfMix.push_back({d});
+  rowsOfMix.push_back({lead, lead + 1});
+  SmallVector<int64_t> mix3Shape(mixType.getShape().drop_back());
+  mix3Shape.append({n + 2, n});
+  auto mix3Type = RankedTensorType::get(mix3Shape, b.getF32Type());
+  Value mix3 = tensor::ExpandShapeOp::create(b, loc, mix3Type, mix, rowsOfMix);
+  auto base2Type = RankedTensorType::get({n + 2, n}, b.getF32Type());
+  Value base2 =
+      tensor::ExpandShapeOp::create(b, loc, base2Type, op.getBase(),
+                                    SmallVector<ReassociationIndices>{{0, 1}});
+
+  LoopNest rows{
+      ctx, lead, {IteratorType::parallel, IteratorType::parallel}}; // r, j
+  AffineExpr rl = rows.loop(0), jl = rows.loop(1);
+  AffineMap rowMap = rows.perToken({rl, jl});
+  // scale[min(r, 2)] for the row index r.
+  auto groupScale = [&](OpBuilder &nb, Location nloc, Value row) -> Value {
+    Value group = arith::MinUIOp::create(
+        nb, nloc, row, arith::ConstantIndexOp::create(nb, nloc, 2));
+    return tensor::ExtractOp::create(nb, nloc, op.getScale(), group);
+  };
+
+  // da: dpre * s(1-s), dpost * post_mult * s(1-s), dlogits. The logits row
+  // r - 2 is read with tensor.extract (clamped for the pre and post rows,
+  // whose value the select drops): it is no affine map of r.
+  Value da = buildGeneric(
+      b, loc, rows, {mix3, base2, op.getDpre(), op.getDpost()},
+      emptyTensor(b, loc, mix3Type, mix),
+      {rowMap, rows.shared({rl, jl}), rows.perToken({jl}), rows.perToken({jl}),
+       rowMap},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value row = linalg::IndexOp::create(nb, nloc, lead);
+        Value col = linalg::IndexOp::create(nb, nloc, lead + 1);
+        Value scaled =
+            arith::MulFOp::create(nb, nloc, args[0], groupScale(nb, nloc, row));
+        Value a = arith::AddFOp::create(nb, nloc, scaled, args[1]);
+        Value sig = sigmoidF32(nb, nloc, a);
+        Value slope = arith::MulFOp::create(
+            nb, nloc, sig,
+            arith::SubFOp::create(nb, nloc, f32Const(nb, nloc, 1.0), sig));
+        Value daPre = arith::MulFOp::create(nb, nloc, args[2], slope);
+        Value daPost = arith::MulFOp::create(
+            nb, nloc, args[3],
+            arith::MulFOp::create(nb, nloc, f32Const(nb, nloc, postMult),
+                                  slope));
+        Value two = arith::ConstantIndexOp::create(nb, nloc, 2);
+        Value isLogits = arith::CmpIOp::create(
+            nb, nloc, arith::CmpIPredicate::uge, row, two);
+        Value logitsRow = arith::SelectOp::create(
+            nb, nloc, isLogits, arith::SubIOp::create(nb, nloc, row, two),
+            arith::ConstantIndexOp::create(nb, nloc, 0));
+        SmallVector<Value> idx;
+        for (unsigned d = 0; d < lead; ++d)
+          idx.push_back(linalg::IndexOp::create(nb, nloc, d));
+        idx.append({logitsRow, col});
+        Value daLogits =
+            tensor::ExtractOp::create(nb, nloc, op.getDlogits(), idx);
+        Value isPre =
+            arith::CmpIOp::create(nb, nloc, arith::CmpIPredicate::eq, row,
+                                  arith::ConstantIndexOp::create(nb, nloc, 0));
+        Value coeff = arith::SelectOp::create(nb, nloc, isPre, daPre, daPost);
+        return arith::SelectOp::create(nb, nloc, isLogits, daLogits, coeff);
+      });
+
+  // dmix = da * scale[group].
+  Value dmix3 = buildGeneric(
+      b, loc, rows, da, emptyTensor(b, loc, mix3Type, mix), {rowMap, rowMap},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value row = linalg::IndexOp::create(nb, nloc, lead);
+        return arith::MulFOp::create(nb, nloc, args[0],
+                                     groupScale(nb, nloc, row));
+      });
+  Value dmix =
+      tensor::CollapseShapeOp::create(b, loc, mixType, dmix3, rowsOfMix);
+
+  // dbase = sum over tokens of da.
+  LoopNest overTokens{ctx,
+                      lead,
+                      {IteratorType::parallel, IteratorType::parallel},
+                      IteratorType::reduction}; // r, j
+  Value dbase2 = buildGeneric(
+      b, loc, overTokens, da,
+      fillF32(b, loc, tensor::EmptyOp::create(b, loc, base2Type, ValueRange{}),
+              0.0),
+      {overTokens.perToken({overTokens.loop(0), overTokens.loop(1)}),
+       overTokens.shared({overTokens.loop(0), overTokens.loop(1)})},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        return arith::AddFOp::create(nb, nloc, args[1], args[0]);
+      });
+  Value dbase = tensor::CollapseShapeOp::create(
+      b, loc, op.getBase().getType(), dbase2,
+      SmallVector<ReassociationIndices>{{0, 1}});
+
+  // dscale[g] = sum over tokens and the rows r of group g of da * mix.
+  LoopNest groups{ctx,
+                  lead,
+                  {IteratorType::reduction, IteratorType::reduction,
+                   IteratorType::parallel}, // r, j, g
+                  IteratorType::reduction};
+  AffineMap groupRowMap = groups.perToken({groups.loop(0), groups.loop(1)});
+  Value dscale = buildGeneric(
+      b, loc, groups, {da, mix3},
+      fillF32(b, loc,
+              tensor::EmptyOp::create(b, loc, op.getScale().getType(),
+                                      ValueRange{}),
+              0.0),
+      {groupRowMap, groupRowMap, groups.shared({groups.loop(2)})},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value row = linalg::IndexOp::create(nb, nloc, lead);
+        Value g = linalg::IndexOp::create(nb, nloc, lead + 2);
+        Value group = arith::MinUIOp::create(
+            nb, nloc, row, arith::ConstantIndexOp::create(nb, nloc, 2));
+        Value inGroup =
+            arith::CmpIOp::create(nb, nloc, arith::CmpIPredicate::eq, group, g);
+        Value prod = arith::MulFOp::create(nb, nloc, args[0], args[1]);
+        Value sum = arith::AddFOp::create(nb, nloc, args[2], prod);
+        return arith::SelectOp::create(nb, nloc, inGroup, sum, args[2]);
+      });
+  return {dmix, dscale, dbase};
+}
+
+/// out[..., i, j] = f(args at [..., i, j]) over n x n matrices of the same
+/// shape as `like`; vectors are indexed by the row (`Axis::Row`) or column.
+static Value
+mapMatrices(OpBuilder &b, Location loc, Value like, ValueRange matrices,
+            ArrayRef<std::pair<Value, Axis>> vectors,
+            function_ref<Value(OpBuilder &, Location, ValueRange)> f) {
+  auto type = cast<RankedTensorType>(like.getType());
+  unsigned lead = type.getRank() - 2;
+  LoopNest nest{
+      b.getContext(), lead, {IteratorType::parallel, IteratorType::parallel}};
+  AffineMap matrix = nest.perToken({nest.loop(0), nest.loop(1)});
+  SmallVector<Value> inputs(matrices);
+  SmallVector<AffineMap> maps(matrices.size(), matrix);
+  for (auto [v, axis] : vectors) {
+    inputs.push_back(v);
+    maps.push_back(
+        nest.perToken({axis == Axis::Row ? nest.loop(0) : nest.loop(1)}));
+  }
+  maps.push_back(matrix);
+  return buildGeneric(b, loc, nest, inputs, emptyTensor(b, loc, type, like),
+                      maps, f);
+}
+
+/// The cotangent of X for a normalisation step Y = X / (s + eps) with
+/// s = sum over `axis` of X, given the cotangent g of Y:
+/// (g - sum over axis of g * Y) / (s + eps).
+static Value normalizeBackward(OpBuilder &b, Location loc, Value g, Value x,
+                               Value y, Axis axis, float eps) {
+  Value s = sumMatrix(b, loc, x, axis);
+  Value gy = mapMatrices(
+      b, loc, g, {g, y}, {}, [](OpBuilder &nb, Location nloc, ValueRange args) {
+        return arith::MulFOp::create(nb, nloc, args[0], args[1]);
+      });
+  Value dot = sumMatrix(b, loc, gy, axis);
+  return mapMatrices(
+      b, loc, g, {g}, {{dot, axis}, {s, axis}},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value diff = arith::SubFOp::create(nb, nloc, args[0], args[1]);
+        Value denom =
+            arith::AddFOp::create(nb, nloc, args[2], f32Const(nb, nloc, eps));
+        return arith::DivFOp::create(nb, nloc, diff, denom);
+      });
+}
+
+/// dlogits of sinkhorn. The iterates are recomputed from the logits, never
+/// stored: going back over the (row, column) pairs it = R-1 .. 1, the pair's
+/// input (Q1 followed by it - 1 pairs, Q1 = the first column normalisation
+/// of softmax + eps) is recomputed from Q1, so the work is ~R^2/2 pairs per
+/// matrix and the memory a few n x n matrices. (A stored trace would need
+/// slices along the token dims, which MLIR rejects when a static token dim
+/// is 0.) Then the first column normalisation, then the softmax.
+static Value lowerSinkhornGrad(OpBuilder &b, SinkhornGradOp op) {
+  Location loc = op.getLoc();
+  float eps = op.getEps().convertToFloat();
+  int64_t iterations = op.getIterations();
+  Value logits = op.getLogits();
+
+  auto [exps, rowSum] = shiftedExps(b, loc, logits);
+  Value p0 = mapWithVector(
+      b, loc, exps, rowSum, Axis::Row,
+      [](OpBuilder &nb, Location nloc, Value e, Value s) -> Value {
+        return arith::DivFOp::create(nb, nloc, e, s);
+      });
+  Value p0Eps =
+      mapMatrices(b, loc, p0, {p0}, {},
+                  [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+                    return arith::AddFOp::create(nb, nloc, args[0],
+                                                 f32Const(nb, nloc, eps));
+                  });
+  Value q1 = normalize(b, loc, p0Eps, Axis::Column, eps);
+
+  Value g = op.getDcomb();
+  if (iterations > 1) {
+    Value zero = arith::ConstantIndexOp::create(b, loc, 0);
+    Value one = arith::ConstantIndexOp::create(b, loc, 1);
+    Value lastPair = arith::ConstantIndexOp::create(b, loc, iterations - 1);
+    auto pairs = scf::ForOp::create(
+        b, loc, zero, lastPair, one, ValueRange{g},
+        [&](OpBuilder &nb, Location nloc, Value r, ValueRange gIn) {
+          // it = iterations - 1 - r: the pair being walked back.
+          Value it = arith::SubIOp::create(nb, nloc, lastPair, r);
+          auto replay = scf::ForOp::create(
+              nb, nloc, one, it, one, ValueRange{q1},
+              [&](OpBuilder &lb, Location lloc, Value, ValueRange p) {
+                Value q = normalize(lb, lloc, p[0], Axis::Row, eps);
+                q = normalize(lb, lloc, q, Axis::Column, eps);
+                scf::YieldOp::create(lb, lloc, q);
+              });
+          Value input = replay.getResult(0);
+          Value afterRow = normalize(nb, nloc, input, Axis::Row, eps);
+          Value afterColumn = normalize(nb, nloc, afterRow, Axis::Column, eps);
+          Value gc = normalizeBackward(nb, nloc, gIn[0], afterRow, afterColumn,
+                                       Axis::Column, eps);
+          Value gr =
+              normalizeBackward(nb, nloc, gc, input, afterRow, Axis::Row, eps);
+          scf::YieldOp::create(nb, nloc, gr);
+        });
+    g = pairs.getResult(0);
+  }
+  g = normalizeBackward(b, loc, g, p0Eps, q1, Axis::Column, eps);
+
+  // Through the softmax: P0 * (g - sum_j g * P0).
+  Value gp =
+      mapMatrices(b, loc, g, {g, p0}, {},
+                  [](OpBuilder &nb, Location nloc, ValueRange args) {
+                    return arith::MulFOp::create(nb, nloc, args[0], args[1]);
+                  });
+  Value rowDot = sumMatrix(b, loc, gp, Axis::Row);
+  return mapMatrices(
+      b, loc, g, {g, p0}, {{rowDot, Axis::Row}},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value diff = arith::SubFOp::create(nb, nloc, args[0], args[2]);
+        return arith::MulFOp::create(nb, nloc, args[1], diff);
+      });
+}
+
+/// dx[..., i, c] = round(pre[..., i] * du[..., c]),
+/// dpre[..., i] = sum_c du[..., c] * x[..., i, c].
+static SmallVector<Value> lowerPreApplyGrad(OpBuilder &b, PreApplyGradOp op) {
+  Location loc = op.getLoc();
+  Value x = op.getX();
+  RankedTensorType xType = op.getX().getType();
+  unsigned lead = leadingRank(x, 2);
+  int64_t n = xType.getDimSize(xType.getRank() - 2);
+  Type elem = xType.getElementType();
+
+  LoopNest streams{b.getContext(),
+                   lead,
+                   {IteratorType::parallel, IteratorType::parallel}}; // i, c
+  AffineExpr i = streams.loop(0), c = streams.loop(1);
+  Value dx = buildGeneric(
+      b, loc, streams, {op.getPre(), op.getDu()}, emptyTensor(b, loc, xType, x),
+      {streams.perToken({i}), streams.perToken({c}), streams.perToken({i, c})},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value prod = arith::MulFOp::create(nb, nloc, args[0],
+                                           widenToF32(nb, nloc, args[1]));
+        return elem.isF32() ? prod
+                            : arith::TruncFOp::create(nb, nloc, elem, prod);
+      });
+
+  LoopNest overWidth{b.getContext(),
+                     lead,
+                     {IteratorType::parallel, IteratorType::reduction}}; // i, c
+  AffineExpr wi = overWidth.loop(0), wc = overWidth.loop(1);
+  Value dpre = buildGeneric(
+      b, loc, overWidth, {op.getDu(), x},
+      filledF32(b, loc, op.getPre().getType(), lead, {n}, op.getPre(), 0.0),
+      {overWidth.perToken({wc}), overWidth.perToken({wi, wc}),
+       overWidth.perToken({wi})},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value prod =
+            arith::MulFOp::create(nb, nloc, widenToF32(nb, nloc, args[0]),
+                                  widenToF32(nb, nloc, args[1]));
+        return arith::AddFOp::create(nb, nloc, args[2], prod);
+      });
+  return {dx, dpre};
+}
+
+/// dy[c] = round(sum_j post[j] dout[j, c]), dx[i, c] = round(sum_j comb[i, j]
+/// dout[j, c]), dpost[j] = sum_c y[c] dout[j, c], dcomb[i, j] = sum_c x[i, c]
+/// dout[j, c], per token. Each result takes its operand's type, so its
+/// accumulator takes the operand's token dims.
+static SmallVector<Value> lowerPostResGrad(OpBuilder &b, PostResGradOp op) {
+  Location loc = op.getLoc();
+  MLIRContext *ctx = b.getContext();
+  Value x = op.getX(), y = op.getY(), dout = op.getDout();
+  RankedTensorType xType = op.getX().getType();
+  RankedTensorType yType = op.getY().getType();
+  unsigned lead = leadingRank(x, 2);
+  int64_t n = xType.getDimSize(xType.getRank() - 2);
+  int64_t c = xType.getShape().back();
+  auto multiplyAdd = [](OpBuilder &nb, Location nloc,
+                        ValueRange args) -> Value {
+    Value prod = arith::MulFOp::create(nb, nloc, widenToF32(nb, nloc, args[0]),
+                                       widenToF32(nb, nloc, args[1]));
+    return arith::AddFOp::create(nb, nloc, args[2], prod);
+  };
+
+  // dy: loops (c, j).
+  LoopNest dyNest{ctx, lead, {IteratorType::parallel, IteratorType::reduction}};
+  AffineExpr yc = dyNest.loop(0), yj = dyNest.loop(1);
+  Value dyAcc = buildGeneric(
+      b, loc, dyNest, {op.getPost(), dout},
+      filledF32(b, loc, yType, lead, {c}, y, 0.0),
+      {dyNest.perToken({yj}), dyNest.perToken({yj, yc}), dyNest.perToken({yc})},
+      multiplyAdd);
+  Value dy = roundToElementType(b, loc, dyAcc, yType, y);
+
+  // dx: loops (i, c, j).
+  LoopNest dxNest{ctx,
+                  lead,
+                  {IteratorType::parallel, IteratorType::parallel,
+                   IteratorType::reduction}};
+  AffineExpr xi = dxNest.loop(0), xc = dxNest.loop(1), xj = dxNest.loop(2);
+  Value dxAcc =
+      buildGeneric(b, loc, dxNest, {op.getComb(), dout},
+                   filledF32(b, loc, xType, lead, {n, c}, x, 0.0),
+                   {dxNest.perToken({xi, xj}), dxNest.perToken({xj, xc}),
+                    dxNest.perToken({xi, xc})},
+                   multiplyAdd);
+  Value dx = roundToElementType(b, loc, dxAcc, xType, x);
+
+  // dpost: loops (j, c).
+  LoopNest dpostNest{
+      ctx, lead, {IteratorType::parallel, IteratorType::reduction}};
+  AffineExpr pj = dpostNest.loop(0), pc = dpostNest.loop(1);
+  Value dpost = buildGeneric(
+      b, loc, dpostNest, {y, dout},
+      filledF32(b, loc, op.getPost().getType(), lead, {n}, op.getPost(), 0.0),
+      {dpostNest.perToken({pc}), dpostNest.perToken({pj, pc}),
+       dpostNest.perToken({pj})},
+      multiplyAdd);
+
+  // dcomb: loops (i, j, c).
+  LoopNest dcombNest{ctx,
+                     lead,
+                     {IteratorType::parallel, IteratorType::parallel,
+                      IteratorType::reduction}};
+  AffineExpr ci = dcombNest.loop(0), cj = dcombNest.loop(1),
+             cc = dcombNest.loop(2);
+  Value dcomb =
+      buildGeneric(b, loc, dcombNest, {x, dout},
+                   filledF32(b, loc, op.getComb().getType(), lead, {n, n},
+                             op.getComb(), 0.0),
+                   {dcombNest.perToken({ci, cc}), dcombNest.perToken({cj, cc}),
+                    dcombNest.perToken({ci, cj})},
+                   multiplyAdd);
+  return {dy, dx, dpost, dcomb};
+}
+
+//===----------------------------------------------------------------------===//
 // Patterns and the pass
 //===----------------------------------------------------------------------===//
 
@@ -541,11 +1056,13 @@ LogicalResult checkSupported(Operation *root) {
     if (!isa<MHCDialect>(op->getDialect()))
       return WalkResult::advance();
     if (!isa<ExpandOp, CollapseOp, NormProjectOp, SplitMixesOp, SinkhornOp,
-             PreApplyOp, PostResOp, FusedOp, YieldOp>(op)) {
+             PreApplyOp, PostResOp, NormProjectGradOp, SplitMixesGradOp,
+             SinkhornGradOp, PreApplyGradOp, PostResGradOp, FusedOp, YieldOp>(
+            op)) {
       op->emitOpError() << "has no lowering to linalg (convert-mhc-to-linalg "
                            "handles expand, collapse, norm_project, "
-                           "split_mixes, sinkhorn, pre_apply, post_res and "
-                           "mhc.fused)";
+                           "split_mixes, sinkhorn, pre_apply, post_res, their "
+                           "_grad ops and mhc.fused)";
       return WalkResult::interrupt();
     }
     for (Type t :
@@ -586,7 +1103,12 @@ struct ConvertMHCToLinalgPass
         LowerOp<NormProjectOp, lowerNormProject>,
         LowerOp<SplitMixesOp, lowerSplitMixes>,
         LowerOp<SinkhornOp, lowerSinkhorn>, LowerOp<PreApplyOp, lowerPreApply>,
-        LowerOp<PostResOp, lowerPostRes>>(ctx);
+        LowerOp<PostResOp, lowerPostRes>,
+        LowerOp<NormProjectGradOp, lowerNormProjectGrad>,
+        LowerOp<SplitMixesGradOp, lowerSplitMixesGrad>,
+        LowerOp<SinkhornGradOp, lowerSinkhornGrad>,
+        LowerOp<PreApplyGradOp, lowerPreApplyGrad>,
+        LowerOp<PostResGradOp, lowerPostResGrad>>(ctx);
     ConversionTarget target(*ctx);
     target.addIllegalDialect<MHCDialect>();
     target.markUnknownOpDynamicallyLegal([](Operation *) { return true; });

@@ -108,3 +108,141 @@ func.func @dead_coefficients(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>,
   %u = mhc.pre_apply %x, %pre : tensor<?x4x64xbf16>, tensor<?x4xf32> -> tensor<?x64xbf16>
   return %u : tensor<?x64xbf16>
 }
+
+// -----
+
+// Over the folder's compile-time budget (elements x iterations > 2^22), a
+// constant Sinkhorn stays an op and runs at run time.
+// CHECK-LABEL: func @sinkhorn_constant_too_big
+// CHECK: mhc.sinkhorn
+func.func @sinkhorn_constant_too_big() -> tensor<16384x4x4xf32> {
+  %l = arith.constant dense<0.5> : tensor<16384x4x4xf32>
+  %c = mhc.sinkhorn %l : tensor<16384x4x4xf32>
+  return %c : tensor<16384x4x4xf32>
+}
+
+// -----
+
+// The Sinkhorn gradient of constants folds (checked against the float64
+// reference by check_folded_sinkhorn.py).
+// CHECK-LABEL: func @sinkhorn_grad_constant
+// CHECK-NOT: mhc.sinkhorn_grad
+// CHECK: %[[C:.*]] = arith.constant dense<{{.*}}> : tensor<2x3x3xf32>
+// CHECK: return %[[C]]
+func.func @sinkhorn_grad_constant() -> tensor<2x3x3xf32> {
+  %l = arith.constant dense<[[[0.5, -1.25, 2.0], [1.5, 0.25, -0.75], [-2.0, 1.0, 0.125]],
+                             [[3.0, 0.0, -1.0], [0.3, 0.7, -0.2], [1.1, -0.4, 2.5]]]> : tensor<2x3x3xf32>
+  %d = arith.constant dense<[[[1.0, -0.5, 0.25], [0.0, 2.0, -1.5], [0.75, 0.5, -0.25]],
+                             [[-1.0, 0.3, 0.6], [0.9, -0.2, 0.1], [0.4, 1.2, -0.7]]]> : tensor<2x3x3xf32>
+  %g = mhc.sinkhorn_grad %l, %d : tensor<2x3x3xf32>
+  return %g : tensor<2x3x3xf32>
+}
+
+// -----
+
+// Non-default attributes are honoured by the gradient folder.
+// CHECK-LABEL: func @sinkhorn_grad_constant_attrs
+// CHECK-NOT: mhc.sinkhorn_grad
+// CHECK: arith.constant dense<{{.*}}> : tensor<4x4xf32>
+func.func @sinkhorn_grad_constant_attrs() -> tensor<4x4xf32> {
+  %l = arith.constant dense<[[0.1, 2.0, -0.3, 0.4], [1.0, -1.0, 0.5, 0.0], [0.2, 0.3, 0.4, 3.0], [-2.0, 0.6, 0.7, 0.8]]> : tensor<4x4xf32>
+  %d = arith.constant dense<[[1.0, 0.0, -2.0, 0.5], [0.25, -0.75, 1.5, 0.0], [-1.0, 2.0, 0.5, 0.125], [0.3, -0.6, 0.9, -1.2]]> : tensor<4x4xf32>
+  %g = mhc.sinkhorn_grad %l, %d {iterations = 3 : i64, eps = 1.0e-3 : f32} : tensor<4x4xf32>
+  return %g : tensor<4x4xf32>
+}
+
+// -----
+
+// Only the logits constant: nothing to fold.
+// CHECK-LABEL: func @sinkhorn_grad_one_constant
+// CHECK: mhc.sinkhorn_grad
+func.func @sinkhorn_grad_one_constant(%d: tensor<2x2xf32>) -> tensor<2x2xf32> {
+  %l = arith.constant dense<[[0.5, 1.0], [-1.0, 2.0]]> : tensor<2x2xf32>
+  %g = mhc.sinkhorn_grad %l, %d : tensor<2x2xf32>
+  return %g : tensor<2x2xf32>
+}
+
+// -----
+
+// Over the budget, the gradient is computed at run time too.
+// CHECK-LABEL: func @sinkhorn_grad_constant_too_big
+// CHECK: mhc.sinkhorn_grad
+func.func @sinkhorn_grad_constant_too_big() -> tensor<16384x4x4xf32> {
+  %l = arith.constant dense<0.5> : tensor<16384x4x4xf32>
+  %d = arith.constant dense<1.0> : tensor<16384x4x4xf32>
+  %g = mhc.sinkhorn_grad %l, %d : tensor<16384x4x4xf32>
+  return %g : tensor<16384x4x4xf32>
+}
+
+// -----
+
+// A zero cotangent gives zero gradients: static results become zero
+// constants, dynamic ones a splat with the operand's token dims.
+// CHECK-LABEL: func @zero_cotangent_sinkhorn
+// CHECK-SAME: (%[[L:.*]]: tensor<?x4x4xf32>, %{{.*}}: tensor<8x4x4xf32>)
+// CHECK-DAG: %[[Z:.*]] = arith.constant 0.000000e+00 : f32
+// CHECK-DAG: %[[ZS:.*]] = arith.constant dense<0.000000e+00> : tensor<8x4x4xf32>
+// CHECK-DAG: %[[T:.*]] = tensor.dim %[[L]], %c0
+// CHECK: %[[S:.*]] = tensor.splat %[[Z]][%[[T]]] : tensor<?x4x4xf32>
+// CHECK-NOT: mhc.sinkhorn_grad
+// CHECK: return %[[S]], %[[ZS]]
+func.func @zero_cotangent_sinkhorn(%l: tensor<?x4x4xf32>, %s: tensor<8x4x4xf32>) -> (tensor<?x4x4xf32>, tensor<8x4x4xf32>) {
+  %z = arith.constant dense<0.0> : tensor<8x4x4xf32>
+  %zd = tensor.cast %z : tensor<8x4x4xf32> to tensor<?x4x4xf32>
+  %g = mhc.sinkhorn_grad %l, %zd : tensor<?x4x4xf32>
+  %zs = arith.constant dense<-0.0> : tensor<8x4x4xf32>
+  %gs = mhc.sinkhorn_grad %s, %zs : tensor<8x4x4xf32>
+  return %g, %gs : tensor<?x4x4xf32>, tensor<8x4x4xf32>
+}
+
+// -----
+
+// Every gradient op: zero cotangents (a splat of zero with a dynamic token
+// dim, zero constants) give zero gradients of the operands' types.
+// CHECK-LABEL: func @zero_cotangents
+// CHECK-DAG: %[[DBASE:.*]] = arith.constant dense<0.000000e+00> : tensor<24xf32>
+// CHECK-DAG: %[[DSCALE:.*]] = arith.constant dense<0.000000e+00> : tensor<3xf32>
+// CHECK-DAG: %[[DFN:.*]] = arith.constant dense<0.000000e+00> : tensor<24x52xf32>
+// CHECK-DAG: %[[ZB:.*]] = arith.constant 0.000000e+00 : bf16
+// CHECK-NOT: mhc.
+// CHECK: %[[DX:.*]] = tensor.splat %[[ZB]][%{{.*}}] : tensor<?x4x13xbf16>
+// CHECK-NOT: mhc.
+// CHECK: return %[[DX]], %[[DFN]], %{{.*}}, %[[DSCALE]], %[[DBASE]],
+func.func @zero_cotangents(%x: tensor<?x4x13xbf16>, %fn: tensor<24x52xf32>, %mix: tensor<?x24xf32>,
+                           %scale: tensor<3xf32>, %base: tensor<24xf32>, %pre: tensor<?x4xf32>,
+                           %comb: tensor<?x4x4xf32>, %y: tensor<?x13xbf16>)
+    -> (tensor<?x4x13xbf16>, tensor<24x52xf32>, tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>,
+        tensor<?x4x13xbf16>, tensor<?x4xf32>, tensor<?x13xbf16>, tensor<?x4x13xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>) {
+  %c0 = arith.constant 0 : index
+  %t = tensor.dim %x, %c0 : tensor<?x4x13xbf16>
+  %zf = arith.constant 0.0 : f32
+  %zb = arith.constant 0.0 : bf16
+  %dmix = tensor.splat %zf[%t] : tensor<?x24xf32>
+  %dn = tensor.splat %zf[%t] : tensor<?x4xf32>
+  %dnn = tensor.splat %zf[%t] : tensor<?x4x4xf32>
+  %du = tensor.splat %zb[%t] : tensor<?x13xbf16>
+  %dout = tensor.splat %zb[%t] : tensor<?x4x13xbf16>
+  %a:2 = mhc.norm_project_grad %x, %fn, %dmix : tensor<?x4x13xbf16>, tensor<24x52xf32>, tensor<?x24xf32>
+  %b:3 = mhc.split_mixes_grad %mix, %scale, %base, %dn, %dn, %dnn
+      : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %c:2 = mhc.pre_apply_grad %x, %pre, %du : tensor<?x4x13xbf16>, tensor<?x4xf32>, tensor<?x13xbf16>
+  %d:4 = mhc.post_res_grad %y, %x, %pre, %comb, %dout
+      : tensor<?x13xbf16>, tensor<?x4x13xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>, tensor<?x4x13xbf16>
+  return %a#0, %a#1, %b#0, %b#1, %b#2, %c#0, %c#1, %d#0, %d#1, %d#2, %d#3
+      : tensor<?x4x13xbf16>, tensor<24x52xf32>, tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>,
+        tensor<?x4x13xbf16>, tensor<?x4xf32>, tensor<?x13xbf16>, tensor<?x4x13xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>
+}
+
+// -----
+
+// One non-zero cotangent keeps the op (split_mixes_grad has three).
+// CHECK-LABEL: func @partly_zero_cotangents
+// CHECK: mhc.split_mixes_grad
+func.func @partly_zero_cotangents(%mix: tensor<8x24xf32>, %scale: tensor<3xf32>, %base: tensor<24xf32>,
+                                  %dpost: tensor<8x4xf32>) -> tensor<8x24xf32> {
+  %dn = arith.constant dense<0.0> : tensor<8x4xf32>
+  %dnn = arith.constant dense<0.0> : tensor<8x4x4xf32>
+  %b:3 = mhc.split_mixes_grad %mix, %scale, %base, %dn, %dpost, %dnn
+      : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return %b#0 : tensor<8x24xf32>
+}

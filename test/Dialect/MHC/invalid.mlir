@@ -347,3 +347,384 @@ func.func @sinkhorn_negative_iterations(%l: tensor<8x4x4xf32>) {
   %c = mhc.sinkhorn %l {iterations = -3 : i64} : tensor<8x4x4xf32>
   return
 }
+
+// -----
+
+// The forward norm_project guards n*C too.
+func.func @norm_project_huge(%x: tensor<1x3037000500x1xf32>, %fn: tensor<24x48xf32>) {
+  // expected-error @+1 {{expects n*C and n*n + 2n to fit in 64 bits, got n = 3037000500, C = 1}}
+  %m = mhc.norm_project %x, %fn : tensor<1x3037000500x1xf32>, tensor<24x48xf32> -> tensor<1x24xf32>
+  return
+}
+
+// -----
+
+// A huge static M is rejected at once (not by counting up to it).
+func.func @split_mixes_huge_m(%m: tensor<8x9223372036854775806xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>) {
+  // expected-error @+1 {{expects the number of mixes M to be n*n + 2n for some n >= 1 (3, 8, 15, 24, ...), got 9223372036854775806}}
+  %p, %q, %l = mhc.split_mixes %m, %s, %b : tensor<8x9223372036854775806xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+// Gradient ops.
+func.func @norm_project_grad_rank(%x: tensor<64xbf16>, %fn: tensor<24x256xf32>, %d: tensor<24xf32>) {
+  // expected-error @+1 {{expects x of shape [n, C] (rank >= 2), got 'tensor<64xbf16>'}}
+  %dx, %dfn = mhc.norm_project_grad %x, %fn, %d : tensor<64xbf16>, tensor<24x256xf32>, tensor<24xf32>
+  return
+}
+
+// -----
+
+func.func @norm_project_grad_eps(%x: tensor<8x4x64xbf16>, %fn: tensor<24x256xf32>, %d: tensor<8x24xf32>) {
+  // expected-error @+1 {{expects 'eps' to be non-negative, got -1.000000e+00}}
+  %dx, %dfn = mhc.norm_project_grad %x, %fn, %d {eps = -1.0 : f32} : tensor<8x4x64xbf16>, tensor<24x256xf32>, tensor<8x24xf32>
+  return
+}
+
+// -----
+
+func.func @norm_project_grad_overflow(%x: tensor<2x4611686018427387904x4xf32>, %fn: tensor<24x256xf32>, %d: tensor<2x24xf32>) {
+  // expected-error @+1 {{expects n*C and n*n + 2n to fit in 64 bits, got n = 4611686018427387904, C = 4}}
+  %dx, %dfn = mhc.norm_project_grad %x, %fn, %d : tensor<2x4611686018427387904x4xf32>, tensor<24x256xf32>, tensor<2x24xf32>
+  return
+}
+
+// -----
+
+func.func @norm_project_grad_fn(%x: tensor<8x4x64xbf16>, %fn: tensor<24x64xf32>, %d: tensor<8x24xf32>) {
+  // expected-error @+1 {{expects fn of shape 24x256 ([n*n + 2n, n*C] for n = 4, C = 64), got 'tensor<24x64xf32>'}}
+  %dx, %dfn = mhc.norm_project_grad %x, %fn, %d : tensor<8x4x64xbf16>, tensor<24x64xf32>, tensor<8x24xf32>
+  return
+}
+
+// -----
+
+func.func @norm_project_grad_dmix_dynamic(%x: tensor<8x4x64xbf16>, %fn: tensor<24x256xf32>, %d: tensor<8x?xf32>) {
+  // expected-error @+1 {{expects the trailing dims [M] of dmix to be static, got 'tensor<8x?xf32>'}}
+  %dx, %dfn = mhc.norm_project_grad %x, %fn, %d : tensor<8x4x64xbf16>, tensor<24x256xf32>, tensor<8x?xf32>
+  return
+}
+
+// -----
+
+func.func @norm_project_grad_dmix_width(%x: tensor<8x4x64xbf16>, %fn: tensor<24x256xf32>, %d: tensor<8x16xf32>) {
+  // expected-error @+1 {{expects the last dim of dmix (M = n*n + 2n) to be 24, got 16}}
+  %dx, %dfn = mhc.norm_project_grad %x, %fn, %d : tensor<8x4x64xbf16>, tensor<24x256xf32>, tensor<8x16xf32>
+  return
+}
+
+// -----
+
+func.func @norm_project_grad_dmix_leading(%x: tensor<8x4x64xbf16>, %fn: tensor<24x256xf32>, %d: tensor<2x4x24xf32>) {
+  // expected-error @+1 {{leading dims of dmix (2x4) do not match the leading dims of x (8)}}
+  %dx, %dfn = mhc.norm_project_grad %x, %fn, %d : tensor<8x4x64xbf16>, tensor<24x256xf32>, tensor<2x4x24xf32>
+  return
+}
+
+// -----
+
+// A cotangent has exactly its operand's type.
+func.func @norm_project_grad_dx_type(%x: tensor<3x4x12xf32>, %fn: tensor<24x48xf32>, %d: tensor<3x24xf32>) {
+  // expected-error @+1 {{failed to verify that all of {x, dx} have same type}}
+  %dx, %dfn = "mhc.norm_project_grad"(%x, %fn, %d) <{eps = 1.0e-06 : f32}> : (tensor<3x4x12xf32>, tensor<24x48xf32>, tensor<3x24xf32>) -> (tensor<?x4x12xf32>, tensor<24x48xf32>)
+  return
+}
+
+// -----
+
+func.func @split_mixes_grad_m(%m: tensor<8x20xf32>, %s: tensor<3xf32>, %b: tensor<20xf32>, %p: tensor<8x4xf32>, %l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects the number of mixes M to be n*n + 2n for some n >= 1 (3, 8, 15, 24, ...), got 20}}
+  %a:3 = mhc.split_mixes_grad %m, %s, %b, %p, %p, %l : tensor<8x20xf32>, tensor<3xf32>, tensor<20xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_grad_mix_dynamic(%m: tensor<8x?xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>, %p: tensor<8x4xf32>, %l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects the trailing dims [M] of mix to be static, got 'tensor<8x?xf32>'}}
+  %a:3 = mhc.split_mixes_grad %m, %s, %b, %p, %p, %l : tensor<8x?xf32>, tensor<3xf32>, tensor<24xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_grad_scale(%m: tensor<8x24xf32>, %s: tensor<2xf32>, %b: tensor<24xf32>, %p: tensor<8x4xf32>, %l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects scale of shape 3 (pre, post, res), got 'tensor<2xf32>'}}
+  %a:3 = mhc.split_mixes_grad %m, %s, %b, %p, %p, %l : tensor<8x24xf32>, tensor<2xf32>, tensor<24xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_grad_base(%m: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<16xf32>, %p: tensor<8x4xf32>, %l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects base of shape 24 (= M), got 'tensor<16xf32>'}}
+  %a:3 = mhc.split_mixes_grad %m, %s, %b, %p, %p, %l : tensor<8x24xf32>, tensor<3xf32>, tensor<16xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_grad_dpre(%m: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>, %p: tensor<8x3xf32>, %q: tensor<8x4xf32>, %l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects dpre to end in [n] with n = 4 (from M = 24), got 'tensor<8x3xf32>'}}
+  %a:3 = mhc.split_mixes_grad %m, %s, %b, %p, %q, %l : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<8x3xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_grad_dpost_leading(%m: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>, %p: tensor<8x4xf32>, %q: tensor<4x4xf32>, %l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{leading dims of dpost (4) do not match the leading dims of mix (8)}}
+  %a:3 = mhc.split_mixes_grad %m, %s, %b, %p, %q, %l : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<8x4xf32>, tensor<4x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_grad_dlogits(%m: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>, %p: tensor<8x4xf32>, %l: tensor<8x4x2xf32>) {
+  // expected-error @+1 {{expects dlogits to end in [n, n] with n = 4 (from M = 24), got 'tensor<8x4x2xf32>'}}
+  %a:3 = mhc.split_mixes_grad %m, %s, %b, %p, %p, %l : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x2xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_grad_dlogits_rank(%m: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>, %p: tensor<8x4xf32>, %l: tensor<4xf32>) {
+  // expected-error @+1 {{expects dlogits of shape [n, n] (rank >= 2), got 'tensor<4xf32>'}}
+  %a:3 = mhc.split_mixes_grad %m, %s, %b, %p, %p, %l : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_grad_pre_eps(%m: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>, %p: tensor<8x4xf32>, %l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects 'pre_eps' to be non-negative, got -1.000000e-06}}
+  %a:3 = mhc.split_mixes_grad %m, %s, %b, %p, %p, %l {pre_eps = -1.0e-6 : f32} : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_grad_square(%l: tensor<8x4x3xf32>) {
+  // expected-error @+1 {{expects square n x n matrices in the last two dims, got 'tensor<8x4x3xf32>'}}
+  %d = mhc.sinkhorn_grad %l, %l : tensor<8x4x3xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_grad_rank(%l: tensor<4xf32>) {
+  // expected-error @+1 {{expects logits of shape [n, n] (rank >= 2), got 'tensor<4xf32>'}}
+  %d = mhc.sinkhorn_grad %l, %l : tensor<4xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_grad_dynamic_n(%l: tensor<8x?x4xf32>) {
+  // expected-error @+1 {{expects the trailing dims [n, n] of logits to be static, got 'tensor<8x?x4xf32>'}}
+  %d = mhc.sinkhorn_grad %l, %l : tensor<8x?x4xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_grad_iterations(%l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects 'iterations' >= 1, got 0}}
+  %d = mhc.sinkhorn_grad %l, %l {iterations = 0 : i64} : tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_grad_too_many_iterations(%l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects 'iterations' <= 1000 (the backward replays every normalisation), got 1001}}
+  %d = mhc.sinkhorn_grad %l, %l {iterations = 1001 : i64} : tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_grad_eps(%l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects 'eps' to be non-negative, got -1.000000e+00}}
+  %d = mhc.sinkhorn_grad %l, %l {eps = -1.0 : f32} : tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+// dcomb and the result have exactly the logits' type (also in staticness).
+func.func @sinkhorn_grad_operand_types(%l: tensor<8x4x4xf32>, %c: tensor<?x4x4xf32>) {
+  // expected-error @+1 {{failed to verify that all of {logits, dcomb, dlogits} have same type}}
+  %d = "mhc.sinkhorn_grad"(%l, %c) : (tensor<8x4x4xf32>, tensor<?x4x4xf32>) -> tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @pre_apply_grad_rank(%x: tensor<64xbf16>, %p: tensor<4xf32>, %du: tensor<64xbf16>) {
+  // expected-error @+1 {{expects x of shape [n, C] (rank >= 2), got 'tensor<64xbf16>'}}
+  %dx, %dp = mhc.pre_apply_grad %x, %p, %du : tensor<64xbf16>, tensor<4xf32>, tensor<64xbf16>
+  return
+}
+
+// -----
+
+func.func @pre_apply_grad_du_rank(%x: tensor<4x64xbf16>, %p: tensor<4xf32>, %du: tensor<bf16>) {
+  // expected-error @+1 {{expects du of shape [C] (rank >= 1), got 'tensor<bf16>'}}
+  %dx, %dp = mhc.pre_apply_grad %x, %p, %du : tensor<4x64xbf16>, tensor<4xf32>, tensor<bf16>
+  return
+}
+
+// -----
+
+func.func @pre_apply_grad_pre(%x: tensor<8x4x64xbf16>, %p: tensor<8x2xf32>, %du: tensor<8x64xbf16>) {
+  // expected-error @+1 {{expects the last dim of pre (= n of x) to be 4, got 2}}
+  %dx, %dp = mhc.pre_apply_grad %x, %p, %du : tensor<8x4x64xbf16>, tensor<8x2xf32>, tensor<8x64xbf16>
+  return
+}
+
+// -----
+
+func.func @pre_apply_grad_du_width(%x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %du: tensor<8x63xbf16>) {
+  // expected-error @+1 {{expects the width of du (= C of x) to be 64, got 63}}
+  %dx, %dp = mhc.pre_apply_grad %x, %p, %du : tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x63xbf16>
+  return
+}
+
+// -----
+
+func.func @pre_apply_grad_pre_leading(%x: tensor<8x4x64xbf16>, %p: tensor<9x4xf32>, %du: tensor<8x64xbf16>) {
+  // expected-error @+1 {{leading dims of pre (9) do not match the leading dims of x (8)}}
+  %dx, %dp = mhc.pre_apply_grad %x, %p, %du : tensor<8x4x64xbf16>, tensor<9x4xf32>, tensor<8x64xbf16>
+  return
+}
+
+// -----
+
+func.func @pre_apply_grad_du_leading(%x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %du: tensor<2x8x64xbf16>) {
+  // expected-error @+1 {{leading dims of du (2x8) do not match the leading dims of x (8)}}
+  %dx, %dp = mhc.pre_apply_grad %x, %p, %du : tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<2x8x64xbf16>
+  return
+}
+
+// -----
+
+func.func @pre_apply_grad_du_type(%x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %du: tensor<8x64xf32>) {
+  // expected-error @+1 {{expects du and x to have the same element type, got 'f32' and 'bf16'}}
+  %dx, %dp = mhc.pre_apply_grad %x, %p, %du : tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x64xf32>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_y_width(%y: tensor<8x32xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>, %d: tensor<8x4x64xbf16>) {
+  // expected-error @+1 {{expects the width of y (= C of x) to be 64, got 32}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x32xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x4x4xf32>, tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_post(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x3xf32>, %c: tensor<8x4x4xf32>, %d: tensor<8x4x64xbf16>) {
+  // expected-error @+1 {{expects the last dim of post (= n of x) to be 4, got 3}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x3xf32>, tensor<8x4x4xf32>, tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_comb_source(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x2x4xf32>, %d: tensor<8x4x64xbf16>) {
+  // expected-error @+1 {{expects the source dim of comb (= n of x) to be 4, got 2}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x2x4xf32>, tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_comb_destination(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x5xf32>, %d: tensor<8x4x64xbf16>) {
+  // expected-error @+1 {{expects the destination dim of comb (= n of x) to be 4, got 5}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x4x5xf32>, tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_dout_streams(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>, %d: tensor<8x2x64xbf16>) {
+  // expected-error @+1 {{expects the stream dim of dout (= n of x) to be 4, got 2}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x4x4xf32>, tensor<8x2x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_dout_width(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>, %d: tensor<8x4x60xbf16>) {
+  // expected-error @+1 {{expects the width of dout (= C of x) to be 64, got 60}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x4x4xf32>, tensor<8x4x60xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_dout_rank(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>, %d: tensor<64xbf16>) {
+  // expected-error @+1 {{expects dout of shape [n, C] (rank >= 2), got 'tensor<64xbf16>'}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x4x4xf32>, tensor<64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_y_leading(%y: tensor<7x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>, %d: tensor<8x4x64xbf16>) {
+  // expected-error @+1 {{leading dims of y (7) do not match the leading dims of x (8)}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<7x64xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x4x4xf32>, tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_post_leading(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<4xf32>, %c: tensor<8x4x4xf32>, %d: tensor<8x4x64xbf16>) {
+  // expected-error @+1 {{leading dims of post ([]) do not match the leading dims of x (8)}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<4xf32>, tensor<8x4x4xf32>, tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_comb_leading(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<6x4x4xf32>, %d: tensor<8x4x64xbf16>) {
+  // expected-error @+1 {{leading dims of comb (6) do not match the leading dims of x (8)}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<6x4x4xf32>, tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_dout_leading(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>, %d: tensor<9x4x64xbf16>) {
+  // expected-error @+1 {{leading dims of dout (9) do not match the leading dims of x (8)}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x4x4xf32>, tensor<9x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_y_type(%y: tensor<8x64xf32>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>, %d: tensor<8x4x64xbf16>) {
+  // expected-error @+1 {{expects y and x to have the same element type, got 'f32' and 'bf16'}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x64xf32>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x4x4xf32>, tensor<8x4x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_dout_type(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>, %d: tensor<8x4x64xf16>) {
+  // expected-error @+1 {{expects dout and x to have the same element type, got 'f16' and 'bf16'}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x64xbf16>, tensor<8x4x64xbf16>, tensor<8x4xf32>, tensor<8x4x4xf32>, tensor<8x4x64xf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_activation_type(%y: tensor<8x64xi8>, %x: tensor<8x4x64xi8>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>, %d: tensor<8x4x64xi8>) {
+  // expected-error @+1 {{operand #0 must be ranked tensor of bfloat16 type or 16-bit float or 32-bit float values}}
+  %a:4 = "mhc.post_res_grad"(%y, %x, %p, %c, %d) : (tensor<8x64xi8>, tensor<8x4x64xi8>, tensor<8x4xf32>, tensor<8x4x4xf32>, tensor<8x4x64xi8>) -> (tensor<8x64xi8>, tensor<8x4x64xi8>, tensor<8x4xf32>, tensor<8x4x4xf32>)
+  return
+}

@@ -1,5 +1,6 @@
 // RUN: mhc-opt %s | FileCheck %s
 // Round trip through the custom form and through the generic form.
+// RUN: mhc-opt %s | mhc-opt | FileCheck %s
 // RUN: mhc-opt %s --mlir-print-op-generic | mhc-opt | FileCheck %s
 // RUN: mhc-opt %s --mlir-print-op-generic | FileCheck %s --check-prefix=GENERIC
 
@@ -75,4 +76,52 @@ func.func @fused_group(%x: tensor<?x4x64xbf16>, %pre: tensor<?x4xf32>) -> (tenso
     mhc.yield %pre, %u : tensor<?x4xf32>, tensor<?x64xbf16>
   }
   return %r#0, %r#1 : tensor<?x4xf32>, tensor<?x64xbf16>
+}
+
+// The gradient ops: custom form with dynamic and static leading dims, bf16
+// activations and non-default attributes; results take their operands' types.
+// CHECK-LABEL: func @gradients
+// CHECK: %{{.*}}, %{{.*}} = mhc.norm_project_grad %{{.*}}, %{{.*}}, %{{.*}} {eps = 1.000000e-03 : f32} : tensor<?x4x64xbf16>, tensor<24x256xf32>, tensor<?x24xf32>
+// CHECK: %{{.*}}, %{{.*}}, %{{.*}} = mhc.split_mixes_grad %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {post_mult = 1.500000e+00 : f32} : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+// CHECK: mhc.sinkhorn_grad %{{.*}}, %{{.*}} {iterations = 7 : i64} : tensor<?x4x4xf32>
+// CHECK: %{{.*}}, %{{.*}} = mhc.pre_apply_grad %{{.*}}, %{{.*}}, %{{.*}} : tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x64xbf16>
+// CHECK: %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} = mhc.post_res_grad %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} : tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>, tensor<?x4x64xbf16>
+// GENERIC: sym_name = "gradients"
+// GENERIC: "mhc.norm_project_grad"(%{{.*}}, %{{.*}}, %{{.*}}) <{eps = 1.000000e-03 : f32}> : (tensor<?x4x64xbf16>, tensor<24x256xf32>, tensor<?x24xf32>) -> (tensor<?x4x64xbf16>, tensor<24x256xf32>)
+// GENERIC: "mhc.split_mixes_grad"({{.*}}) <{post_mult = 1.500000e+00 : f32, pre_eps = 9.99999997E-7 : f32}> : (tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>) -> (tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>)
+// GENERIC: "mhc.sinkhorn_grad"(%{{.*}}, %{{.*}}) <{eps = 9.99999997E-7 : f32, iterations = 7 : i64}> : (tensor<?x4x4xf32>, tensor<?x4x4xf32>) -> tensor<?x4x4xf32>
+// GENERIC: "mhc.pre_apply_grad"(%{{.*}}, %{{.*}}, %{{.*}}) : (tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x64xbf16>) -> (tensor<?x4x64xbf16>, tensor<?x4xf32>)
+// GENERIC: "mhc.post_res_grad"({{.*}}) : (tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>, tensor<?x4x64xbf16>) -> (tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>)
+func.func @gradients(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>,
+                     %scale: tensor<3xf32>, %base: tensor<24xf32>,
+                     %y: tensor<?x64xbf16>, %mix: tensor<?x24xf32>,
+                     %pre: tensor<?x4xf32>, %post: tensor<?x4xf32>,
+                     %logits: tensor<?x4x4xf32>, %comb: tensor<?x4x4xf32>,
+                     %du: tensor<?x64xbf16>, %dout: tensor<?x4x64xbf16>) {
+  %dx0, %dfn = mhc.norm_project_grad %x, %fn, %mix {eps = 1.0e-3 : f32}
+      : tensor<?x4x64xbf16>, tensor<24x256xf32>, tensor<?x24xf32>
+  %dmix, %dscale, %dbase = mhc.split_mixes_grad %mix, %scale, %base, %pre, %post, %logits {post_mult = 1.5 : f32}
+      : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %dl = mhc.sinkhorn_grad %logits, %comb {iterations = 7 : i64} : tensor<?x4x4xf32>
+  %dx1, %dpre = mhc.pre_apply_grad %x, %pre, %du
+      : tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x64xbf16>
+  %dy, %dx2, %dpost, %dcomb = mhc.post_res_grad %y, %x, %post, %comb, %dout
+      : tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>, tensor<?x4x64xbf16>
+  return
+}
+
+// The spec's generic-form example of a gradient op, verbatim; no leading dims
+// and several static ones parse too.
+// CHECK-LABEL: func @gradients_generic
+// CHECK: mhc.norm_project_grad %{{.*}}, %{{.*}}, %{{.*}} : tensor<3x4x12xf32>, tensor<24x48xf32>, tensor<3x24xf32>
+// CHECK: mhc.pre_apply_grad %{{.*}}, %{{.*}}, %{{.*}} : tensor<2x13xf16>, tensor<2xf32>, tensor<13xf16>
+// CHECK: mhc.sinkhorn_grad %{{.*}}, %{{.*}} : tensor<2x5x1x1xf32>
+func.func @gradients_generic(%x: tensor<3x4x12xf32>, %fn: tensor<24x48xf32>, %dmix: tensor<3x24xf32>,
+                             %x1: tensor<2x13xf16>, %pre1: tensor<2xf32>, %du1: tensor<13xf16>,
+                             %l: tensor<2x5x1x1xf32>, %dc: tensor<2x5x1x1xf32>)
+    -> (tensor<3x4x12xf32>, tensor<24x48xf32>) {
+  %dx, %dfn = "mhc.norm_project_grad"(%x, %fn, %dmix) <{eps = 1.0e-06 : f32}> : (tensor<3x4x12xf32>, tensor<24x48xf32>, tensor<3x24xf32>) -> (tensor<3x4x12xf32>, tensor<24x48xf32>)
+  %a, %b = "mhc.pre_apply_grad"(%x1, %pre1, %du1) : (tensor<2x13xf16>, tensor<2xf32>, tensor<13xf16>) -> (tensor<2x13xf16>, tensor<2xf32>)
+  %c = "mhc.sinkhorn_grad"(%l, %dc) <{eps = 1.0e-06 : f32, iterations = 20 : i64}> : (tensor<2x5x1x1xf32>, tensor<2x5x1x1xf32>) -> tensor<2x5x1x1xf32>
+  return %dx, %dfn : tensor<3x4x12xf32>, tensor<24x48xf32>
 }

@@ -12,9 +12,12 @@
 #include "mlir/IR/OpImplementation.h"
 #include "mlir/IR/PatternMatch.h"
 #include "llvm/ADT/STLExtras.h"
+#include "llvm/Support/MathExtras.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 using namespace mlir;
 using namespace mlir::mhc;
@@ -106,12 +109,28 @@ static LogicalResult verifyNonNegative(Operation *op, FloatAttr attr,
   return success();
 }
 
-/// Recovers n from M = n^2 + 2n, or 0 if M is not of that form.
+/// Recovers n from M = n^2 + 2n, or 0 if M is not of that form. M + 1 =
+/// (n + 1)^2, so only the integers next to sqrt(M + 1) - 1 can match (a loop
+/// up to n would take seconds for a huge static dim).
 static int64_t streamsFromMixes(int64_t m) {
-  for (int64_t n = 1; numMixes(n) <= m; ++n)
-    if (numMixes(n) == m)
+  int64_t guess = static_cast<int64_t>(std::sqrt(static_cast<double>(m) + 1.0));
+  for (int64_t n = std::max<int64_t>(1, guess - 2); n <= guess + 1; ++n) {
+    int64_t mixes;
+    if (!llvm::MulOverflow(n, n + 2, mixes) && mixes == m)
       return n;
+  }
   return 0;
+}
+
+/// n*C (the width of the flattened streams) and M = n*n + 2n must not
+/// overflow int64 for huge static dims.
+static LogicalResult verifyStreamSizes(Operation *op, int64_t n, int64_t c) {
+  int64_t product;
+  if (llvm::MulOverflow(n, c, product) || llvm::MulOverflow(n, n + 2, product))
+    return op->emitOpError() << "expects n*C and n*n + 2n to fit in 64 bits, "
+                                "got n = "
+                             << n << ", C = " << c;
+  return success();
 }
 
 //===----------------------------------------------------------------------===//
@@ -254,6 +273,8 @@ LogicalResult NormProjectOp::verify() {
       failed(verifyNonNegative(*this, getEpsAttr(), "eps")))
     return failure();
   int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
+  if (failed(verifyStreamSizes(*this, n, c)))
+    return failure();
   int64_t m = numMixes(n);
   if (fn.getRank() != 2 || fn.getShape() != ArrayRef<int64_t>{m, n * c})
     return emitOpError() << "expects fn of shape " << m << "x" << n * c
@@ -272,81 +293,114 @@ LogicalResult NormProjectOp::verify() {
 // SplitMixesOp
 //===----------------------------------------------------------------------===//
 
-LogicalResult SplitMixesOp::verify() {
-  auto mix = getMix().getType();
-  if (failed(verifyTrailingStatic(*this, mix, "mix", 1, "[M]")) ||
-      failed(verifyNonNegative(*this, getPreEpsAttr(), "pre_eps")))
+/// The shape relations shared by split_mixes and split_mixes_grad: mix
+/// [..., M] with M = n*n + 2n, scale [3], base [M], and three per-token
+/// tensors [..., n], [..., n], [..., n, n] with mix's leading dims (the
+/// coefficients, or their cotangents), named in `names`.
+static LogicalResult
+verifySplitMixesShapes(Operation *op, RankedTensorType mix,
+                       RankedTensorType scale, RankedTensorType base,
+                       FloatAttr preEps,
+                       std::array<RankedTensorType, 3> coefficients,
+                       std::array<StringRef, 3> names) {
+  if (failed(verifyTrailingStatic(op, mix, "mix", 1, "[M]")) ||
+      failed(verifyNonNegative(op, preEps, "pre_eps")))
     return failure();
   int64_t m = mix.getShape().back();
   int64_t n = streamsFromMixes(m);
   if (n == 0)
-    return emitOpError() << "expects the number of mixes M to be n*n + 2n "
-                            "for some n >= 1 (3, 8, 15, 24, ...), got "
-                         << m;
-  auto scale = getScale().getType();
+    return op->emitOpError() << "expects the number of mixes M to be n*n + 2n "
+                                "for some n >= 1 (3, 8, 15, 24, ...), got "
+                             << m;
   if (scale.getShape() != ArrayRef<int64_t>{3})
-    return emitOpError() << "expects scale of shape 3 (pre, post, res), got "
-                         << scale;
-  auto base = getBase().getType();
+    return op->emitOpError()
+           << "expects scale of shape 3 (pre, post, res), got " << scale;
   if (base.getShape() != ArrayRef<int64_t>{m})
-    return emitOpError() << "expects base of shape " << m << " (= M), got "
-                         << base;
+    return op->emitOpError()
+           << "expects base of shape " << m << " (= M), got " << base;
   ArrayRef<int64_t> lead = leadingDims(mix, 1);
   auto checkCoeffs = [&](RankedTensorType t, StringRef name, unsigned trailing,
                          StringRef layout) -> LogicalResult {
-    if (failed(verifyTrailingStatic(*this, t, name, trailing, layout)) ||
-        failed(verifyLeadingMatch(*this, leadingDims(t, trailing), name, lead,
+    if (failed(verifyTrailingStatic(op, t, name, trailing, layout)) ||
+        failed(verifyLeadingMatch(op, leadingDims(t, trailing), name, lead,
                                   "mix")))
       return failure();
     for (int64_t d : t.getShape().take_back(trailing))
       if (d != n)
-        return emitOpError() << "expects " << name << " to end in " << layout
-                             << " with n = " << n << " (from M = " << m
-                             << "), got " << t;
+        return op->emitOpError()
+               << "expects " << name << " to end in " << layout
+               << " with n = " << n << " (from M = " << m << "), got " << t;
     return success();
   };
-  if (failed(checkCoeffs(getPre().getType(), "pre", 1, "[n]")) ||
-      failed(checkCoeffs(getPost().getType(), "post", 1, "[n]")) ||
-      failed(checkCoeffs(getLogits().getType(), "logits", 2, "[n, n]")))
+  if (failed(checkCoeffs(coefficients[0], names[0], 1, "[n]")) ||
+      failed(checkCoeffs(coefficients[1], names[1], 1, "[n]")) ||
+      failed(checkCoeffs(coefficients[2], names[2], 2, "[n, n]")))
     return failure();
   return success();
+}
+
+LogicalResult SplitMixesOp::verify() {
+  return verifySplitMixesShapes(
+      *this, getMix().getType(), getScale().getType(), getBase().getType(),
+      getPreEpsAttr(),
+      {getPre().getType(), getPost().getType(), getLogits().getType()},
+      {"pre", "post", "logits"});
 }
 
 //===----------------------------------------------------------------------===//
 // SinkhornOp
 //===----------------------------------------------------------------------===//
 
-LogicalResult SinkhornOp::verify() {
-  auto t = getLogits().getType();
-  if (failed(verifyTrailingStatic(*this, t, "logits", 2, "[n, n]")))
-    return failure();
-  if (t.getDimSize(t.getRank() - 1) != t.getDimSize(t.getRank() - 2))
-    return emitOpError() << "expects square n x n matrices in the last two "
-                            "dims, got "
-                         << t;
-  int64_t iterations = getIterationsAttr().getInt(); // the getter is unsigned
-  if (iterations < 1)
-    return emitOpError() << "expects 'iterations' >= 1, got " << iterations;
-  return verifyNonNegative(*this, getEpsAttr(), "eps");
+/// Compile-time work a Sinkhorn folder may do: elements x iterations. 2^22
+/// is about a second of folding at worst; a larger constant stays an op and
+/// is computed at run time.
+static bool withinFoldBudget(int64_t numElements, int64_t iterations) {
+  constexpr int64_t kMaxFoldWork = int64_t(1) << 22;
+  int64_t work;
+  return !llvm::MulOverflow(numElements, iterations, work) &&
+         work <= kMaxFoldWork;
 }
 
-void mlir::mhc::sinkhornInPlace(float *p, int64_t n, int64_t iterations,
-                                float eps) {
-  // Divides every line by (its sum + eps). Rows are lines of stride 1 that
-  // start n apart; columns are lines of stride n that start 1 apart.
-  auto normalizeLines = [&](int64_t lineStart, int64_t stride) {
-    for (int64_t l = 0; l < n; ++l) {
-      float *line = p + l * lineStart;
-      float sum = 0.0f;
-      for (int64_t k = 0; k < n; ++k)
-        sum += line[k * stride];
-      for (int64_t k = 0; k < n; ++k)
-        line[k * stride] /= sum + eps;
-    }
-  };
-  auto normalizeRows = [&] { normalizeLines(/*lineStart=*/n, /*stride=*/1); };
-  auto normalizeColumns = [&] { normalizeLines(/*lineStart=*/1, /*stride=*/n); };
-  // Row softmax (max subtracted) plus eps is the first row normalisation.
+/// The checks shared by sinkhorn and sinkhorn_grad: square trailing n x n
+/// logits, iterations >= 1, eps >= 0.
+static LogicalResult verifySinkhornShapes(Operation *op, RankedTensorType t,
+                                          IntegerAttr iterationsAttr,
+                                          FloatAttr eps) {
+  if (failed(verifyTrailingStatic(op, t, "logits", 2, "[n, n]")))
+    return failure();
+  if (t.getDimSize(t.getRank() - 1) != t.getDimSize(t.getRank() - 2))
+    return op->emitOpError() << "expects square n x n matrices in the last "
+                                "two dims, got "
+                             << t;
+  int64_t iterations = iterationsAttr.getInt(); // the getter is unsigned
+  if (iterations < 1)
+    return op->emitOpError() << "expects 'iterations' >= 1, got " << iterations;
+  return verifyNonNegative(op, eps, "eps");
+}
+
+LogicalResult SinkhornOp::verify() {
+  return verifySinkhornShapes(*this, getLogits().getType(), getIterationsAttr(),
+                              getEpsAttr());
+}
+
+/// Divides every row (`columns` false) or column of the row-major n x n
+/// matrix `p` by (its sum + eps).
+static void normalizeLines(float *p, int64_t n, bool columns, float eps) {
+  // Rows are lines of stride 1 that start n apart; columns are lines of
+  // stride n that start 1 apart.
+  int64_t lineStart = columns ? 1 : n, stride = columns ? n : 1;
+  for (int64_t l = 0; l < n; ++l) {
+    float *line = p + l * lineStart;
+    float sum = 0.0f;
+    for (int64_t k = 0; k < n; ++k)
+      sum += line[k * stride];
+    for (int64_t k = 0; k < n; ++k)
+      line[k * stride] /= sum + eps;
+  }
+}
+
+/// Row softmax with the row max subtracted, in place.
+static void softmaxRows(float *p, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     float *row = p + i * n;
     float max = row[0];
@@ -356,19 +410,73 @@ void mlir::mhc::sinkhornInPlace(float *p, int64_t n, int64_t iterations,
     for (int64_t j = 0; j < n; ++j)
       sum += row[j] = std::exp(row[j] - max);
     for (int64_t j = 0; j < n; ++j)
-      row[j] = row[j] / sum + eps;
+      row[j] = row[j] / sum;
   }
-  normalizeColumns();
+}
+
+void mlir::mhc::sinkhornInPlace(float *p, int64_t n, int64_t iterations,
+                                float eps) {
+  // Row softmax (max subtracted) plus eps is the first row normalisation.
+  softmaxRows(p, n);
+  for (int64_t k = 0; k < n * n; ++k)
+    p[k] += eps;
+  normalizeLines(p, n, /*columns=*/true, eps);
   for (int64_t it = 1; it < iterations; ++it) {
-    normalizeRows();
-    normalizeColumns();
+    normalizeLines(p, n, /*columns=*/false, eps);
+    normalizeLines(p, n, /*columns=*/true, eps);
+  }
+}
+
+void mlir::mhc::sinkhornGradInPlace(const float *logits, float *g, int64_t n,
+                                    int64_t iterations, float eps) {
+  int64_t size = n * n;
+  std::vector<float> p0(logits, logits + size);
+  softmaxRows(p0.data(), n);
+  // states[k] is the input of normalisation step k and states[k + 1] its
+  // result; step 0 normalises the columns, then rows and columns alternate.
+  int64_t steps = 2 * iterations - 1;
+  std::vector<float> states((steps + 1) * size);
+  for (int64_t k = 0; k < size; ++k)
+    states[k] = p0[k] + eps;
+  auto isColumnStep = [](int64_t step) { return step % 2 == 0; };
+  for (int64_t step = 0; step < steps; ++step) {
+    float *next = states.data() + (step + 1) * size;
+    std::copy_n(states.data() + step * size, size, next);
+    normalizeLines(next, n, isColumnStep(step), eps);
+  }
+  // Y = X / (s + eps), s = sum of the line of X: the cotangent of X is
+  // (g - sum of the line of g * Y) / (s + eps).
+  for (int64_t step = steps - 1; step >= 0; --step) {
+    const float *x = states.data() + step * size;
+    const float *y = x + size;
+    bool columns = isColumnStep(step);
+    int64_t lineStart = columns ? 1 : n, stride = columns ? n : 1;
+    for (int64_t l = 0; l < n; ++l) {
+      int64_t first = l * lineStart;
+      float sum = 0.0f, dot = 0.0f;
+      for (int64_t k = 0; k < n; ++k) {
+        sum += x[first + k * stride];
+        dot += g[first + k * stride] * y[first + k * stride];
+      }
+      for (int64_t k = 0; k < n; ++k)
+        g[first + k * stride] = (g[first + k * stride] - dot) / (sum + eps);
+    }
+  }
+  // Through the softmax (its "+ eps" passes g through).
+  for (int64_t i = 0; i < n; ++i) {
+    float dot = 0.0f;
+    for (int64_t j = 0; j < n; ++j)
+      dot += g[i * n + j] * p0[i * n + j];
+    for (int64_t j = 0; j < n; ++j)
+      g[i * n + j] = p0[i * n + j] * (g[i * n + j] - dot);
   }
 }
 
 OpFoldResult SinkhornOp::fold(FoldAdaptor adaptor) {
   auto input = dyn_cast_if_present<DenseFPElementsAttr>(adaptor.getLogits());
   auto type = getType();
-  if (!input || !type.hasStaticShape())
+  if (!input || !type.hasStaticShape() ||
+      !withinFoldBudget(type.getNumElements(), getIterations()))
     return {};
   SmallVector<float> values = llvm::to_vector(input.getValues<float>());
   int64_t n = type.getShape().back();
@@ -442,6 +550,206 @@ LogicalResult PostResOp::verify() {
       failed(verifySameElementType(*this, out, "result", x, "x")))
     return failure();
   return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Gradient ops
+//===----------------------------------------------------------------------===//
+
+/// A zero tensor of `like`'s type; dynamic dims are read from `like`.
+static Value zerosLike(OpBuilder &b, Location loc, Value like) {
+  auto type = cast<RankedTensorType>(like.getType());
+  TypedAttr zero = b.getFloatAttr(type.getElementType(), 0.0);
+  if (type.hasStaticShape())
+    return arith::ConstantOp::create(b, loc,
+                                     DenseElementsAttr::get(type, zero));
+  SmallVector<Value> dynamicSizes;
+  for (int64_t i = 0; i < type.getRank(); ++i)
+    if (type.isDynamicDim(i))
+      dynamicSizes.push_back(tensor::DimOp::create(b, loc, like, i));
+  Value scalar = arith::ConstantOp::create(b, loc, zero);
+  return tensor::SplatOp::create(b, loc, type, scalar, dynamicSizes);
+}
+
+/// Whether `v` is all zeros: a zero constant or a splat of zero, possibly
+/// behind tensor.casts (how a zero of a dynamic shape is written).
+static bool isZeroTensor(Value v) {
+  while (auto cast = v.getDefiningOp<tensor::CastOp>())
+    v = cast.getSource();
+  if (auto splat = v.getDefiningOp<tensor::SplatOp>())
+    v = splat.getInput();
+  return matchPattern(v, m_AnyZeroFloat());
+}
+
+namespace {
+/// A vector-Jacobian product is linear in the cotangents: when all of them
+/// are zero constants, every gradient is zero. (With non-finite primal
+/// values the computed op could give NaN where this gives 0, as symbolic
+/// zeros do in autodiff systems.) Every gradient op lists its cotangents
+/// after its forward operands, and result k is the cotangent of operand k.
+template <typename OpTy> struct ZeroCotangents : OpRewritePattern<OpTy> {
+  using OpRewritePattern<OpTy>::OpRewritePattern;
+  LogicalResult matchAndRewrite(OpTy op,
+                                PatternRewriter &rewriter) const override {
+    unsigned numResults = op->getNumResults();
+    for (Value cotangent : op->getOperands().drop_front(numResults))
+      if (!isZeroTensor(cotangent))
+        return failure();
+    SmallVector<Value> zeros;
+    for (Value primal : op->getOperands().take_front(numResults))
+      zeros.push_back(zerosLike(rewriter, op.getLoc(), primal));
+    rewriter.replaceOp(op, zeros);
+    return success();
+  }
+};
+} // namespace
+
+LogicalResult NormProjectGradOp::verify() {
+  auto x = getX().getType();
+  auto fn = getFn().getType();
+  auto dmix = getDmix().getType();
+  if (failed(verifyTrailingStatic(*this, x, "x", 2, "[n, C]")) ||
+      failed(verifyNonNegative(*this, getEpsAttr(), "eps")))
+    return failure();
+  int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
+  if (failed(verifyStreamSizes(*this, n, c)))
+    return failure();
+  int64_t m = numMixes(n);
+  if (fn.getRank() != 2 || fn.getShape() != ArrayRef<int64_t>{m, n * c})
+    return emitOpError() << "expects fn of shape " << m << "x" << n * c
+                         << " ([n*n + 2n, n*C] for n = " << n << ", C = " << c
+                         << "), got " << fn;
+  if (failed(verifyTrailingStatic(*this, dmix, "dmix", 1, "[M]")) ||
+      failed(verifyDim(*this, dmix.getShape().back(), m,
+                       "the last dim of dmix (M = n*n + 2n)")) ||
+      failed(verifyLeadingMatch(*this, leadingDims(dmix, 1), "dmix",
+                                leadingDims(x, 2), "x")))
+    return failure();
+  return success();
+}
+
+void NormProjectGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
+                                                    MLIRContext *context) {
+  results.add<ZeroCotangents<NormProjectGradOp>>(context);
+}
+
+LogicalResult SplitMixesGradOp::verify() {
+  return verifySplitMixesShapes(
+      *this, getMix().getType(), getScale().getType(), getBase().getType(),
+      getPreEpsAttr(),
+      {getDpre().getType(), getDpost().getType(), getDlogits().getType()},
+      {"dpre", "dpost", "dlogits"});
+}
+
+void SplitMixesGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
+                                                   MLIRContext *context) {
+  results.add<ZeroCotangents<SplitMixesGradOp>>(context);
+}
+
+LogicalResult SinkhornGradOp::verify() {
+  if (failed(verifySinkhornShapes(*this, getLogits().getType(),
+                                  getIterationsAttr(), getEpsAttr())))
+    return failure();
+  int64_t iterations = getIterationsAttr().getInt();
+  if (iterations > kMaxSinkhornGradIterations)
+    return emitOpError() << "expects 'iterations' <= "
+                         << kMaxSinkhornGradIterations
+                         << " (the backward replays every normalisation), got "
+                         << iterations;
+  return success();
+}
+
+OpFoldResult SinkhornGradOp::fold(FoldAdaptor adaptor) {
+  auto logits = dyn_cast_if_present<DenseFPElementsAttr>(adaptor.getLogits());
+  auto dcomb = dyn_cast_if_present<DenseFPElementsAttr>(adaptor.getDcomb());
+  auto type = getType();
+  if (!logits || !dcomb || !type.hasStaticShape() ||
+      !withinFoldBudget(type.getNumElements(), getIterations()))
+    return {};
+  SmallVector<float> l = llvm::to_vector(logits.getValues<float>());
+  SmallVector<float> g = llvm::to_vector(dcomb.getValues<float>());
+  int64_t n = type.getShape().back();
+  for (size_t start = 0; start < g.size(); start += n * n)
+    sinkhornGradInPlace(l.data() + start, g.data() + start, n, getIterations(),
+                        getEps().convertToFloat());
+  return DenseElementsAttr::get(type, ArrayRef<float>(g));
+}
+
+void SinkhornGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
+                                                 MLIRContext *context) {
+  results.add<ZeroCotangents<SinkhornGradOp>>(context);
+}
+
+LogicalResult PreApplyGradOp::verify() {
+  auto x = getX().getType();
+  auto pre = getPre().getType();
+  auto du = getDu().getType();
+  if (failed(verifyTrailingStatic(*this, x, "x", 2, "[n, C]")) ||
+      failed(verifyTrailingStatic(*this, pre, "pre", 1, "[n]")) ||
+      failed(verifyTrailingStatic(*this, du, "du", 1, "[C]")))
+    return failure();
+  int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
+  if (failed(verifyDim(*this, pre.getShape().back(), n,
+                       "the last dim of pre (= n of x)")) ||
+      failed(verifyDim(*this, du.getShape().back(), c,
+                       "the width of du (= C of x)")) ||
+      failed(verifyLeadingMatch(*this, leadingDims(pre, 1), "pre",
+                                leadingDims(x, 2), "x")) ||
+      failed(verifyLeadingMatch(*this, leadingDims(du, 1), "du",
+                                leadingDims(x, 2), "x")) ||
+      failed(verifySameElementType(*this, du, "du", x, "x")))
+    return failure();
+  return success();
+}
+
+void PreApplyGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
+                                                 MLIRContext *context) {
+  results.add<ZeroCotangents<PreApplyGradOp>>(context);
+}
+
+LogicalResult PostResGradOp::verify() {
+  auto y = getY().getType();
+  auto x = getX().getType();
+  auto post = getPost().getType();
+  auto comb = getComb().getType();
+  auto dout = getDout().getType();
+  if (failed(verifyTrailingStatic(*this, x, "x", 2, "[n, C]")) ||
+      failed(verifyTrailingStatic(*this, y, "y", 1, "[C]")) ||
+      failed(verifyTrailingStatic(*this, post, "post", 1, "[n]")) ||
+      failed(verifyTrailingStatic(*this, comb, "comb", 2, "[n, n]")) ||
+      failed(verifyTrailingStatic(*this, dout, "dout", 2, "[n, C]")))
+    return failure();
+  int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
+  int64_t rank = comb.getRank();
+  ArrayRef<int64_t> lead = leadingDims(x, 2);
+  if (failed(verifyDim(*this, y.getShape().back(), c,
+                       "the width of y (= C of x)")) ||
+      failed(verifyDim(*this, post.getShape().back(), n,
+                       "the last dim of post (= n of x)")) ||
+      failed(verifyDim(*this, comb.getDimSize(rank - 2), n,
+                       "the source dim of comb (= n of x)")) ||
+      failed(verifyDim(*this, comb.getDimSize(rank - 1), n,
+                       "the destination dim of comb (= n of x)")) ||
+      failed(verifyDim(*this, dout.getDimSize(dout.getRank() - 2), n,
+                       "the stream dim of dout (= n of x)")) ||
+      failed(verifyDim(*this, dout.getShape().back(), c,
+                       "the width of dout (= C of x)")) ||
+      failed(verifyLeadingMatch(*this, leadingDims(y, 1), "y", lead, "x")) ||
+      failed(
+          verifyLeadingMatch(*this, leadingDims(post, 1), "post", lead, "x")) ||
+      failed(
+          verifyLeadingMatch(*this, leadingDims(comb, 2), "comb", lead, "x")) ||
+      failed(
+          verifyLeadingMatch(*this, leadingDims(dout, 2), "dout", lead, "x")) ||
+      failed(verifySameElementType(*this, y, "y", x, "x")) ||
+      failed(verifySameElementType(*this, dout, "dout", x, "x")))
+    return failure();
+  return success();
+}
+
+void PostResGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
+                                                MLIRContext *context) {
+  results.add<ZeroCotangents<PostResGradOp>>(context);
 }
 
 //===----------------------------------------------------------------------===//

@@ -23,6 +23,16 @@ inline int64_t numMixes(int64_t n) { return n * n + 2 * n; }
 /// expectations of it).
 void sinkhornInPlace(float *matrix, int64_t n, int64_t iterations, float eps);
 
+/// Largest `iterations` of mhc.sinkhorn_grad: its backward replays all
+/// 2 * iterations - 1 normalisations (DeepSeek uses 20).
+constexpr int64_t kMaxSinkhornGradIterations = 1000;
+
+/// The gradient of sinkhornInPlace for one row-major n x n matrix: `g` holds
+/// the cotangent of the result on entry and that of `logits` on exit. The
+/// iterates are recomputed from `logits` in f32 (used by the folder).
+void sinkhornGradInPlace(const float *logits, float *g, int64_t n,
+                         int64_t iterations, float eps);
+
 } // namespace mlir::mhc
 
 #endif // MHC_DIALECT_MHC_IR_MHCOPS_H

@@ -195,6 +195,187 @@ def MHC_PostResOp : MHC_Op<"post_res", [Pure]> {
 }
 
 //===----------------------------------------------------------------------===//
+// Gradients (vector-Jacobian products, spec section 5)
+//
+// One op per forward op (expand and collapse are each other's transpose).
+// Operands: the forward op's operands in its order, then the cotangents of
+// its results in result order. Results: the cotangents of the operands in
+// operand order, each of exactly its operand's type; the parameter gradients
+// (dfn, dscale, dbase) are summed over all token dims. Attributes are the
+// forward op's, with the same defaults. Every reduction accumulates in f32
+// and each activation-typed result element is rounded once.
+//===----------------------------------------------------------------------===//
+
+def MHC_NormProjectGradOp : MHC_Op<"norm_project_grad", [Pure,
+    AllTypesMatch<["x", "dx"]>, AllTypesMatch<["fn", "dfn"]>]> {
+  let summary = "gradient of mhc.norm_project";
+  let description = [{
+    Per token, with `v = x.reshape(n*C)` in f32, `K = n*C`,
+    `r = rsqrt(sum_k v[k]^2 / K + eps)` and `m = v @ fn^T`:
+
+    ```
+    dm  = dmix * r
+    dS  = -(sum_m dmix[m] * m[m]) * r^3 / (2K)
+    dx  = (dm @ fn + 2 * v * dS).reshape(n, C)      // rounded once to x's type
+    dfn = sum over all tokens of dm^T (x) v          // f32[M, n*C]
+    ```
+
+    ```mlir
+    %dx, %dfn = mhc.norm_project_grad %x, %fn, %dmix
+        : tensor<?x4x64xbf16>, tensor<24x256xf32>, tensor<?x24xf32>
+    ```
+  }];
+  let arguments = (ins MHC_ActTensor:$x, MHC_F32Tensor:$fn,
+                       MHC_F32Tensor:$dmix,
+                       DefaultValuedAttr<F32Attr, "1.0e-6">:$eps);
+  let results = (outs MHC_ActTensor:$dx, MHC_F32Tensor:$dfn);
+  let assemblyFormat = [{
+    $x `,` $fn `,` $dmix attr-dict `:` type($x) `,` type($fn) `,` type($dmix)
+  }];
+  let hasVerifier = 1;
+  let hasCanonicalizer = 1;
+}
+
+def MHC_SplitMixesGradOp : MHC_Op<"split_mixes_grad", [Pure,
+    AllTypesMatch<["mix", "dmix"]>, AllTypesMatch<["scale", "dscale"]>,
+    AllTypesMatch<["base", "dbase"]>]> {
+  let summary = "gradient of mhc.split_mixes";
+  let description = [{
+    With `a = mix * [scale0]*n ++ [scale1]*n ++ [scale2]*n^2 + base` and
+    `s = sigmoid(a)`, per token:
+
+    ```
+    da[0:n]   = dpre * s * (1 - s)
+    da[n:2n]  = dpost * post_mult * s * (1 - s)    // = dpost * post * (1 - post/post_mult)
+    da[2n:M]  = dlogits.reshape(n*n)
+    dmix      = da * [scale0]*n ++ [scale1]*n ++ [scale2]*n^2
+    dscale[g] = sum over all tokens of sum_{k in group g} da[k] * mix[k]
+    dbase     = sum over all tokens of da
+    ```
+
+    `pre_eps` does not enter the gradient; it is kept so that the op carries
+    its forward op's attributes.
+
+    ```mlir
+    %dmix, %dscale, %dbase = mhc.split_mixes_grad %mix, %scale, %base, %dpre, %dpost, %dlogits
+        : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>,
+          tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+    ```
+  }];
+  let arguments = (ins MHC_F32Tensor:$mix, MHC_F32Tensor:$scale,
+                       MHC_F32Tensor:$base, MHC_F32Tensor:$dpre,
+                       MHC_F32Tensor:$dpost, MHC_F32Tensor:$dlogits,
+                       DefaultValuedAttr<F32Attr, "2.0">:$post_mult,
+                       DefaultValuedAttr<F32Attr, "1.0e-6">:$pre_eps);
+  let results = (outs MHC_F32Tensor:$dmix, MHC_F32Tensor:$dscale,
+                      MHC_F32Tensor:$dbase);
+  let assemblyFormat = [{
+    $mix `,` $scale `,` $base `,` $dpre `,` $dpost `,` $dlogits attr-dict `:`
+    type($mix) `,` type($scale) `,` type($base) `,` type($dpre) `,`
+    type($dpost) `,` type($dlogits)
+  }];
+  let hasVerifier = 1;
+  let hasCanonicalizer = 1;
+}
+
+def MHC_SinkhornGradOp : MHC_Op<"sinkhorn_grad", [Pure,
+    AllTypesMatch<["logits", "dcomb", "dlogits"]>]> {
+  let summary = "gradient of mhc.sinkhorn, recomputing the iterates";
+  let description = [{
+    Recomputes the forward iterates from `logits` (they are never an input)
+    and walks the normalisations backwards. For a step `Y = X / (s + eps)`
+    with `s = sum_axis X`, the cotangent `g` of `Y` becomes
+
+    ```
+    g = (g - sum_axis(g * Y)) / (s + eps)        // broadcast along the axis
+    ```
+
+    starting from `g = dcomb` at the last column normalisation; through the
+    softmax (`P0 = softmax(logits, over j)`, its `+ eps` passes `g` through):
+
+    ```
+    dlogits = P0 * (g - sum_j g * P0)
+    ```
+
+    `iterations` is at most 1000. Folds to a constant when both operands are
+    constant (up to a bounded amount of compile-time work).
+
+    ```mlir
+    %dlogits = mhc.sinkhorn_grad %logits, %dcomb : tensor<?x4x4xf32>
+    ```
+  }];
+  let arguments = (ins MHC_F32Tensor:$logits, MHC_F32Tensor:$dcomb,
+                       DefaultValuedAttr<I64Attr, "20">:$iterations,
+                       DefaultValuedAttr<F32Attr, "1.0e-6">:$eps);
+  let results = (outs MHC_F32Tensor:$dlogits);
+  let assemblyFormat = "$logits `,` $dcomb attr-dict `:` type($logits)";
+  let hasVerifier = 1;
+  let hasFolder = 1;
+  let hasCanonicalizer = 1;
+}
+
+def MHC_PreApplyGradOp : MHC_Op<"pre_apply_grad", [Pure,
+    AllTypesMatch<["x", "dx"]>, AllTypesMatch<["pre", "dpre"]>]> {
+  let summary = "gradient of mhc.pre_apply";
+  let description = [{
+    ```
+    dx[..., i, c] = pre[..., i] * du[..., c]          // rounded once to x's type
+    dpre[..., i]  = sum_c du[..., c] * x[..., i, c]   // f32
+    ```
+
+    `du` has the element type of `x`.
+
+    ```mlir
+    %dx, %dpre = mhc.pre_apply_grad %x, %pre, %du
+        : tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x64xbf16>
+    ```
+  }];
+  let arguments = (ins MHC_ActTensor:$x, MHC_F32Tensor:$pre,
+                       MHC_ActTensor:$du);
+  let results = (outs MHC_ActTensor:$dx, MHC_F32Tensor:$dpre);
+  let assemblyFormat = [{
+    $x `,` $pre `,` $du attr-dict `:` type($x) `,` type($pre) `,` type($du)
+  }];
+  let hasVerifier = 1;
+  let hasCanonicalizer = 1;
+}
+
+def MHC_PostResGradOp : MHC_Op<"post_res_grad", [Pure,
+    AllTypesMatch<["y", "dy"]>, AllTypesMatch<["x", "dx"]>,
+    AllTypesMatch<["post", "dpost"]>, AllTypesMatch<["comb", "dcomb"]>]> {
+  let summary = "gradient of mhc.post_res";
+  let description = [{
+    With `dout` the cotangent of `x_next`:
+
+    ```
+    dy[..., c]       = sum_j post[..., j] * dout[..., j, c]     // rounded once
+    dx[..., i, c]    = sum_j comb[..., i, j] * dout[..., j, c]  // rounded once
+    dpost[..., j]    = sum_c y[..., c] * dout[..., j, c]        // f32
+    dcomb[..., i, j] = sum_c x[..., i, c] * dout[..., j, c]     // f32
+    ```
+
+    `dout` has the element type of `x`.
+
+    ```mlir
+    %dy, %dx, %dpost, %dcomb = mhc.post_res_grad %y, %x, %post, %comb, %dout
+        : tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>,
+          tensor<?x4x4xf32>, tensor<?x4x64xbf16>
+    ```
+  }];
+  let arguments = (ins MHC_ActTensor:$y, MHC_ActTensor:$x,
+                       MHC_F32Tensor:$post, MHC_F32Tensor:$comb,
+                       MHC_ActTensor:$dout);
+  let results = (outs MHC_ActTensor:$dy, MHC_ActTensor:$dx,
+                      MHC_F32Tensor:$dpost, MHC_F32Tensor:$dcomb);
+  let assemblyFormat = [{
+    $y `,` $x `,` $post `,` $comb `,` $dout attr-dict `:` type($y) `,`
+    type($x) `,` type($post) `,` type($comb) `,` type($dout)
+  }];
+  let hasVerifier = 1;
+  let hasCanonicalizer = 1;
+}
+
+//===----------------------------------------------------------------------===//
 // Fusion groups (formed by --mhc-fuse)
 //===----------------------------------------------------------------------===//
 

@@ -19,6 +19,8 @@ enum class HyperConnectMode { MHC, HC, StaticHC };
 enum class HyperConnectInit { Paper, Identity };
 /// Where --mhc-hyperconnect puts the new parameters (option `params`).
 enum class HyperConnectParams { Arguments, Constants };
+/// What --mhc-generate-backward's forward saves (option `save`).
+enum class BackwardSave { Mixes, All, Inputs };
 
 #define GEN_PASS_DECL
 #include "mhc/Dialect/MHC/Transforms/Passes.h.inc"

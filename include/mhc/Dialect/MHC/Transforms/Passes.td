@@ -113,4 +113,66 @@ def MHCFuse : Pass<"mhc-fuse", "func::FuncOp"> {
   let dependentDialects = ["::mlir::mhc::MHCDialect"];
 }
 
+def MHCGenerateBackward : Pass<"mhc-generate-backward", "ModuleOp"> {
+  let summary = "Generate the gradient function of functions made of mhc ops";
+  let description = [{
+    For every selected function `@f` (default: every function that contains
+    an mhc op) emits, next to the unchanged `@f`:
+
+    * `@f_forward(inputs...) -> (results..., saved...)`: `@f` that also
+      returns what the backward needs (result attributes
+      `mhc.saved = "sublayer 0: mix"` name each saved value);
+    * `@f_backward(inputs..., saved..., result cotangents...) ->
+      (input cotangents...)`: the gradient of every input (activations and
+      parameters; zero for an input no result depends on). Parameters used
+      by several sublayers get the sum of their gradients.
+
+    The body of `@f` may hold mhc forward ops (expand, collapse,
+    norm_project, split_mixes, sinkhorn, pre_apply, post_res),
+    `arith.constant` and `func.call`s of opaque functions (the sublayer F:
+    attention, FFN). A call of `@F` is differentiated by calling its
+    vector-Jacobian product, the function named by the callee's `mhc.vjp`
+    attribute or else `@F_vjp`, which must exist with the signature
+    `(F's operands..., cotangents of F's results...) -> (cotangents of F's
+    operands...)`. Anything else (other ops, several blocks, non-float
+    arguments, a missing VJP, taken names) is a located error and the
+    module is left unchanged.
+
+    Per sublayer the backward reads (the GPU fusion matches this shape):
+    the recomputed `split_mixes` and `sinkhorn`, `post_res_grad`, the VJP
+    call, `pre_apply_grad`, `sinkhorn_grad` (which recomputes the Sinkhorn
+    iterates itself), `split_mixes_grad`, `norm_project_grad`, then the
+    three cotangents of x summed with two `arith.addf` (x's element type).
+    Gradients of expand / collapse are collapse / expand of the cotangent.
+
+    `save` chooses what the forward keeps and the backward recomputes; the
+    activations the backward reads (the stream entering each sublayer, F's
+    inputs and outputs) are kept in every mode except `inputs`. See
+    docs/Gradients.md for the memory per token of each choice.
+  }];
+  let dependentDialects = ["::mlir::mhc::MHCDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::tensor::TensorDialect",
+                           "::mlir::func::FuncDialect"];
+  let options = [
+    Option<"save", "save", "::mlir::mhc::BackwardSave",
+           /*default=*/"::mlir::mhc::BackwardSave::Mixes",
+           "What the forward saves for the backward",
+           [{::llvm::cl::values(
+             clEnumValN(::mlir::mhc::BackwardSave::Mixes, "mixes",
+                        "the paper's choice: each sublayer's mix (4*M bytes "
+                        "per token); split_mixes and sinkhorn are recomputed"),
+             clEnumValN(::mlir::mhc::BackwardSave::All, "all",
+                        "also pre, post, logits and comb: nothing is "
+                        "recomputed but the Sinkhorn iterates"),
+             clEnumValN(::mlir::mhc::BackwardSave::Inputs, "inputs",
+                        "only the results of opaque calls: every mhc op "
+                        "(norm_project included) is recomputed from the "
+                        "inputs"))}]>,
+    ListOption<"functions", "functions", "std::string",
+               "Functions to differentiate (default: every function that "
+               "contains an mhc op)">,
+  ];
+}
+
 #endif // MHC_DIALECT_MHC_TRANSFORMS_PASSES_TD

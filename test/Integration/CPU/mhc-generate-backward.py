@@ -1,0 +1,314 @@
+# --mhc-generate-backward on the CPU path: the generated @f_forward / @f_backward of
+#  (a) the standalone sublayer (inputs x, y, fn, scale, base; outputs u = pre_apply,
+#      x_next = post_res), what the benchmarks time, and
+#  (b) a chain of two sublayers through opaque calls of F = tanh (f32 inside, stored like u),
+#      one VJP found by name (@F_vjp), the other through the callee's mhc.vjp attribute,
+# run under mlir-runner for each save mode (mixes, all, inputs) on seeded random data:
+# n in {1, 2, 4, 8}, C in {13, 100}, f32/bf16 activations, dynamic T, T = 0, static token dims
+# (every case with save=mixes, the default; three of them with all three modes).
+#
+# Checks, on the data the program ran on:
+#  * the float64 reference (a: the reference backward of the five ops composed as the pass
+#    composes them; b: mhc.reference.mhc_sublayer_backward chained through both sublayers)
+#    against central differences of the float64 reference forward (|ref - fd| <= 1e-6 max|fd| +
+#    1e-9 at 24 sampled elements per gradient);
+#  * every printed gradient against that reference, normwise: f32 activations within 1e-5 of
+#    max|ref| (measured <= 1.1e-6); bf16 (a) dx within 2^-6 of max|ref|: it is the sum of three
+#    bf16-rounded terms, rounded twice by arith.addf (measured <= 4.6e-3); bf16 (b) every gradient
+#    within 2^-5: the forward rounds u, y and x1 to bf16 and the backward dy, F's VJP, each dx term
+#    and their sums, and the rounded cotangents feed the parameter gradients; the reference rounds
+#    nothing (measured <= 5.8e-3, and 1.4e-2 for dscale, a 3-vector summed with cancellation);
+#  * in (a), the f32 parameter gradients of bf16 cases come from exact inputs through f32 sums:
+#    1e-5; dy is one rounded f32 sum: within one bf16 ulp of the rounded reference;
+#  * the three save modes recompute exactly what the others read: their gradients must be
+#    bit-identical.
+# The controls at the end show that the checks reject spoiled data.
+#
+# REQUIRES: numpy
+# RUN: %python %s mhc-opt mlir-runner %runner_utils %c_runner_utils | FileCheck %s
+# CHECK-NOT: FAIL
+# CHECK: [[N:[0-9]+]] of [[N]] checks passed
+import re
+import subprocess
+
+import numpy as np
+
+from mhc import reference as ref
+from mhc.testing import (Checker, Program, Tools, Value, check_f32, check_fd, check_rounded,
+                         fd_gradient, round_to_dtype, spoil, vjp_loss)
+
+SAVE_MODES = ("mixes", "all", "inputs")
+BF16_NORMWISE = {"standalone": 2.0 ** -6, "chain": 2.0 ** -5}
+rng = np.random.default_rng(53)
+tools = Tools.from_argv()
+
+
+def tensor_type(shape, elem):
+    return "tensor<" + "".join(("?" if d is None else str(d)) + "x" for d in shape) + elem + ">"
+
+
+def tanh_functions(name, shape, elem, vjp_attr=None):
+    """MLIR text of @name = tanh in f32, stored like u, and its VJP dy - dy tanh(u)^2."""
+    t, w = tensor_type(shape, elem), tensor_type(shape, "f32")
+    vjp = vjp_attr or f"{name}_vjp"
+    widen = (lambda v, out: f"    {out} = arith.extf {v} : {t} to {w}\n") if elem != "f32" else \
+        (lambda v, out: f"    {out} = tensor.cast {v} : {t} to {w}\n")
+    narrow = (lambda v, out: f"    {out} = arith.truncf {v} : {w} to {t}\n") if elem != "f32" else \
+        (lambda v, out: f"    {out} = tensor.cast {v} : {w} to {t}\n")
+    attrs = f" attributes {{mhc.vjp = @{vjp}}}" if vjp_attr else ""
+    return (f"  func.func private @{name}(%u: {t}) -> {t}{attrs} {{\n"
+            + widen("%u", "%w") + f"    %t = math.tanh %w : {w}\n" + narrow("%t", "%r")
+            + f"    return %r : {t}\n  }}\n"
+            f"  func.func private @{vjp}(%u: {t}, %dy: {t}) -> {t} {{\n"
+            + widen("%u", "%w") + f"    %t = math.tanh %w : {w}\n"
+            + widen("%dy", "%dyw") + f"    %dt = arith.mulf %dyw, %t : {w}\n"
+            f"    %dtt = arith.mulf %dt, %t : {w}\n"
+            f"    %p = arith.subf %dyw, %dtt : {w}\n" + narrow("%p", "%r")
+            + f"    return %r : {t}\n  }}\n")
+
+
+def sublayer_ops(k, x, fn, scale, base, y, n, c, lead, elem, call=None):
+    """One sublayer in MLIR; y is an SSA name, or None to compute y = call(u)."""
+    m = n * n + 2 * n
+    xt, mt = tensor_type(lead + [n, c], elem), tensor_type(lead + [m], "f32")
+    pt, lt = tensor_type(lead + [n], "f32"), tensor_type(lead + [n, n], "f32")
+    ut, ft = tensor_type(lead + [c], elem), tensor_type([m, n * c], "f32")
+    text = (f"    %mix{k} = mhc.norm_project {x}, {fn} : {xt}, {ft} -> {mt}\n"
+            f"    %pre{k}, %post{k}, %l{k} = mhc.split_mixes %mix{k}, {scale}, {base} : {mt}, "
+            f"tensor<3xf32>, tensor<{m}xf32> -> {pt}, {pt}, {lt}\n"
+            f"    %c{k} = mhc.sinkhorn %l{k} : {lt}\n"
+            f"    %u{k} = mhc.pre_apply {x}, %pre{k} : {xt}, {pt} -> {ut}\n")
+    if y is None:
+        y = f"%y{k}"
+        text += f"    {y} = func.call @{call}(%u{k}) : ({ut}) -> {ut}\n"
+    text += f"    %x{k + 1} = mhc.post_res {y}, {x}, %post{k}, %c{k} : {ut}, {xt}, {pt}, {lt} -> {xt}\n"
+    return text
+
+
+def standalone_text(name, n, c, elem, lead):
+    m = n * n + 2 * n
+    xt, ut = tensor_type(lead + [n, c], elem), tensor_type(lead + [c], elem)
+    return (f"  func.func @{name}(%x: {xt}, %y: {ut}, %fn: tensor<{m}x{n * c}xf32>, "
+            f"%scale: tensor<3xf32>, %base: tensor<{m}xf32>) -> ({ut}, {xt}) {{\n"
+            + sublayer_ops(0, "%x", "%fn", "%scale", "%base", "%y", n, c, lead, elem)
+            + f"    return %u0, %x1 : {ut}, {xt}\n  }}\n")
+
+
+def chain_text(name, n, c, elem, lead, callees):
+    m = n * n + 2 * n
+    xt = tensor_type(lead + [n, c], elem)
+    params = ", ".join(f"%fn{k}: tensor<{m}x{n * c}xf32>, %s{k}: tensor<3xf32>, "
+                       f"%b{k}: tensor<{m}xf32>" for k in range(2))
+    body = "".join(sublayer_ops(k, f"%x{k}", f"%fn{k}", f"%s{k}", f"%b{k}", None, n, c, lead,
+                                elem, call=callees[k]) for k in range(2))
+    return (f"  func.func @{name}(%x0: {xt}, {params}) -> {xt} {{\n" + body
+            + f"    return %x2 : {xt}\n  }}\n")
+
+
+# -- references (float64) ---------------------------------------------------------------------
+
+def standalone_forward(x, y, fn, scale, base):
+    mix = ref.norm_project(x, fn, dtype=np.float64)
+    pre, post, logits = ref.split_mixes(mix, scale, base, dtype=np.float64)
+    comb = ref.sinkhorn(logits, dtype=np.float64)
+    return ref.pre_apply(x, pre, dtype=np.float64), ref.post_res(y, x, post, comb, dtype=np.float64)
+
+
+def standalone_backward(x, y, fn, scale, base, du, dxn):
+    """The reference backward of each op, composed as the generated backward composes them."""
+    f64 = dict(dtype=np.float64)
+    mix = ref.norm_project(x, fn, **f64)
+    pre, post, logits = ref.split_mixes(mix, scale, base, **f64)
+    comb = ref.sinkhorn(logits, **f64)
+    dy, dx_res, dpost, dcomb = ref.post_res_backward(y, x, post, comb, dxn, **f64)
+    dx_pre, dpre = ref.pre_apply_backward(x, pre, du, **f64)
+    dlogits = ref.sinkhorn_backward(logits, dcomb, **f64)
+    dmix, dscale, dbase = ref.split_mixes_backward(mix, scale, base, dpre, dpost, dlogits, **f64)
+    dx_np, dfn = ref.norm_project_backward(x, fn, dmix, **f64)
+    return [dx_res + dx_pre + dx_np, dy, dfn, dscale, dbase]
+
+
+def tanh_vjp(u, dy):
+    return dy * (1.0 - np.tanh(u) ** 2)
+
+
+def chain_forward(x0, fn0, s0, b0, fn1, s1, b1):
+    x1 = ref.mhc_sublayer(x0, fn0, s0, b0, np.tanh, dtype=np.float64)
+    return ref.mhc_sublayer(x1, fn1, s1, b1, np.tanh, dtype=np.float64)
+
+
+def chain_backward(x0, fn0, s0, b0, fn1, s1, b1, dx2):
+    x1 = ref.mhc_sublayer(x0, fn0, s0, b0, np.tanh, dtype=np.float64)
+    g1 = ref.mhc_sublayer_backward(x1, fn1, s1, b1, np.tanh, tanh_vjp, dx2, dtype=np.float64)
+    g0 = ref.mhc_sublayer_backward(x0, fn0, s0, b0, np.tanh, tanh_vjp, g1["dx"],
+                                   dtype=np.float64)
+    return [g0["dx"], g0["dfn"], g0["dscale"], g0["dbase"], g1["dfn"], g1["dscale"], g1["dbase"]]
+
+
+# -- the cases --------------------------------------------------------------------------------
+
+def make_case(kind, n, c, elem, lead, dynamic):
+    """Random inputs (never zeros) and cotangents, and the MLIR functions of one case."""
+    m = n * n + 2 * n
+    sig = [None] * len(lead) if dynamic else list(lead)
+    name = f"{kind}_n{n}_c{c}_{elem}_{'dyn' if dynamic else 'x'.join(map(str, lead)) or 'none'}"
+
+    def act(shape):
+        return round_to_dtype(rng.standard_normal(shape), elem)
+
+    def param(shape, scale):
+        return round_to_dtype(rng.standard_normal(shape) * scale, "f32")
+
+    def coeffs():
+        return [param((m, n * c), 0.3 / np.sqrt(n * c) * 4),
+                rng.uniform(0.5, 2.0, 3).astype(np.float32), param((m,), 0.5)]
+
+    if kind == "standalone":
+        inputs = [act(lead + (n, c)), act(lead + (c,))] + coeffs()
+        in_elems = [elem, elem, "f32", "f32", "f32"]
+        per_token = [True, True, False, False, False]
+        cotangents = [act(lead + (c,)), act(lead + (n, c))]
+        text = standalone_text(name, n, c, elem, sig)
+        f_shapes = [lead + (n, c), lead + (c,)]
+    else:
+        inputs = [act(lead + (n, c))] + coeffs() + coeffs()
+        in_elems = [elem] + ["f32"] * 6
+        per_token = [True] + [False] * 6
+        cotangents = [act(lead + (n, c))]
+        callees = (f"F_{name}", f"G_{name}")
+        text = (chain_text(name, n, c, elem, sig, callees)
+                + tanh_functions(callees[0], sig + [c], elem)
+                + tanh_functions(callees[1], sig + [c], elem, vjp_attr=f"G_{name}_grad"))
+        f_shapes = [lead + (n, c)]
+    return dict(kind=kind, name=name, n=n, c=c, elem=elem, lead=lead, dynamic=dynamic,
+                inputs=inputs, in_elems=in_elems, per_token=per_token, cotangents=cotangents, text=text,
+                f_shapes=f_shapes)
+
+
+# (kind, n, C, element type, token dims, dynamic?, run under every save mode?)
+cases = [make_case(*spec[:6]) | dict(every_mode=spec[6]) for spec in (
+    ("standalone", 4, 13, "f32", (5,), True, False),
+    ("standalone", 4, 13, "bf16", (5,), True, True),
+    ("standalone", 2, 100, "bf16", (3,), True, False),
+    ("standalone", 1, 13, "f32", (2, 3), False, False),
+    ("standalone", 8, 13, "bf16", (4,), True, False),
+    ("standalone", 4, 13, "bf16", (0,), False, False),
+    ("chain", 4, 13, "f32", (6,), True, True),
+    ("chain", 4, 13, "bf16", (2, 3), False, True),
+    ("chain", 2, 100, "f32", (3,), True, False),
+    ("chain", 8, 13, "bf16", (4,), True, False),
+    ("chain", 1, 13, "bf16", (0,), True, False),
+)]
+
+
+def signature_results(text, name):
+    """The result types of func @name in printed MLIR."""
+    line = re.search(r"func\.func @%s\((.*)" % re.escape(name), text).group(1)
+    results = line.split(") -> ", 1)[1].rsplit(" attributes ", 1)[0].rstrip(" {")
+    if results.startswith("("):
+        results = results[1:-1]
+    return [re.sub(r" \{.*?\}$", "", t.strip()) for t in split_types(results)]
+
+
+def split_types(text):
+    """Splits 'tensor<...>, tensor<...> {attr = ...}' at top-level commas."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "<{(["
+        depth -= ch in ">})]"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur] if cur.strip() else parts
+
+
+def run_mode(save, cases):
+    """Generates the backward of every case's function with `save`, calls it from @main and
+    returns the printed gradients per case."""
+    functions = "module {\n" + "".join(c["text"] for c in cases) + "}\n"
+    generated = subprocess.run([tools.mhc_opt, "-", f"--mhc-generate-backward=save={save}"],
+                               input=functions, capture_output=True, text=True)
+    if generated.returncode != 0:
+        raise RuntimeError(f"--mhc-generate-backward failed:\n{generated.stderr}")
+    body = generated.stdout.strip()
+    assert body.startswith("module {") and body.endswith("}")
+    p = Program()
+    for line in body[len("module {"):-1].strip("\n").split("\n"):
+        p.declare(line[2:] if line.startswith("  ") else line)
+    for case in cases:
+        vals = [p.constant(a, e) for a, e in zip(case["inputs"], case["in_elems"])]
+        cots = [p.constant(a, case["elem"]) for a in case["cotangents"]]
+        lead = len(case["lead"])
+        if case["dynamic"]:
+            vals = [p.dynamic_leading(v, lead) if t else v
+                    for v, t in zip(vals, case["per_token"])]
+            cots = [p.dynamic_leading(v, lead) for v in cots]
+        fwd_types = signature_results(generated.stdout, case["name"] + "_forward")
+        in_types = ", ".join(v.type for v in vals)
+        fw = p._fresh("fw")
+        p.emit(f"{fw}:{len(fwd_types)} = func.call @{case['name']}_forward("
+               f"{', '.join(v.name for v in vals)}) : ({in_types}) -> ({', '.join(fwd_types)})")
+        num_results = len(case["f_shapes"])
+        saved = [f"{fw}#{i}" for i in range(num_results, len(fwd_types))]
+        saved_types = fwd_types[num_results:]
+        bw = p._fresh("bw")
+        args = [v.name for v in vals] + saved + [v.name for v in cots]
+        arg_types = [v.type for v in vals] + saved_types + [v.type for v in cots]
+        p.emit(f"{bw}:{len(vals)} = func.call @{case['name']}_backward({', '.join(args)}) : "
+               f"({', '.join(arg_types)}) -> ({in_types})")
+        for i, v in enumerate(vals):
+            p.output(Value(f"{bw}#{i}", v.shape, v.elem, case["inputs"][i]))
+    printed = iter(p.run(Tools(tools.mhc_opt, tools.runner, *tools.libs.split(","))))
+    return [[next(printed) for _ in case["inputs"]] for case in cases]
+
+
+# Every case with the default save=mixes; the other modes on a few cases (compile time).
+results = run_mode("mixes", cases)
+check = Checker()
+some = [k for k, case in enumerate(cases) if case["every_mode"]]
+for save in SAVE_MODES[1:]:
+    other = run_mode(save, [cases[k] for k in some])
+    same = all(np.array_equal(a, b) for k, c in zip(some, other)
+               for a, b in zip(results[k], c))
+    check.record(f"save={save} gives bit-identical gradients to save=mixes", same,
+                 f"{sum(len(c) for c in other)} gradients of {len(some)} functions compared")
+
+NAMES = {"standalone": ["dx", "dy", "dfn", "dscale", "dbase"],
+         "chain": ["dx", "dfn0", "dscale0", "dbase0", "dfn1", "dscale1", "dbase1"]}
+for case, got in zip(cases, results):
+    label = f"{case['name']} (T={int(np.prod(case['lead']))})"
+    inputs = [np.asarray(a, np.float64) for a in case["inputs"]]
+    cots = [np.asarray(a, np.float64) for a in case["cotangents"]]
+    if case["kind"] == "standalone":
+        forward, expected = standalone_forward, standalone_backward(*inputs, *cots)
+    else:
+        forward, expected = chain_forward, chain_backward(*inputs, *cots)
+    loss = vjp_loss(forward, cots)
+    for k, (gname, g, e) in enumerate(zip(NAMES[case["kind"]], got, expected)):
+        idx, fd = fd_gradient(loss, inputs, k, rng)
+        check.record(f"{label} {gname}: reference", *check_fd(e, idx, fd))
+        elem = case["in_elems"][k]
+        if case["elem"] == "f32":
+            check.record(f"{label} {gname}", *check_f32(g, e))
+        elif case["kind"] == "standalone" and gname == "dy":
+            check.record(f"{label} {gname}", *check_rounded(g, e, elem))
+        elif case["kind"] == "standalone" and gname != "dx":
+            check.record(f"{label} {gname}", *check_f32(g, e))
+        else:
+            check.record(f"{label} {gname}",
+                         *check_f32(g, e, rtol=BF16_NORMWISE[case["kind"]]))
+    if case["kind"] == "chain" and case["elem"] == "bf16" and np.size(got[0]):
+        control = (label, got, expected, loss, inputs)
+
+label, got, expected, loss, inputs = control
+check.control(f"{label} dx spoiled by 2^-4", check_f32(spoil(got[0], 2.0 ** -4), expected[0],
+                                                       rtol=BF16_NORMWISE["chain"]))
+check.control(f"{label} dfn1 spoiled by 2^-4", check_f32(spoil(got[4], 2.0 ** -4), expected[4],
+                                                         rtol=BF16_NORMWISE["chain"]))
+idx, fd = fd_gradient(loss, inputs, 1, np.random.default_rng(0), points=16)
+bad = np.array(expected[1], np.float64)
+bad.flat[idx[int(np.argmax(np.abs(fd)))]] += 1e-4 * np.max(np.abs(fd))
+check.control(f"{label} reference dfn0 off by 1e-4 of max|fd|", check_fd(bad, idx, fd))
+check.finish()
