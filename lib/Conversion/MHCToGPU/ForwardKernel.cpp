@@ -220,6 +220,9 @@ static LogicalResult verifySchedule(const ForwardPlan &p, Operation *root) {
     return bad("blocks_per_sm")
            << "must be >= 0 with blocks_per_sm * threads <= 2048, got "
            << s.blocksPerSM;
+  if (s.tokenSplits != 0)
+    return bad("token_splits")
+           << "must be 0: this kernel tiles the tokens, got " << s.tokenSplits;
   if (hasChunkLoop(p)) {
     int64_t cc = s.chunkColumns;
     if (cc < 16 || cc % 16 != 0 || cc % vec != 0 || !isPowerOf2(cc / vec) ||
@@ -385,7 +388,7 @@ public:
     });
   }
 
-  FailureOr<Schedule>
+  FailureOr<GroupSchedule>
   chooseSchedule(const KernelGroup &group,
                  const ScheduleOptions &options) const override {
     FailureOr<ForwardPlan> p = planGroup(group);
@@ -394,17 +397,21 @@ public:
     p->s = defaultSchedule(*p, options.tileTokens);
     if (failed(verifySchedule(*p, group.root)))
       return failure();
-    return p->s;
+    return GroupSchedule{p->s};
   }
 
-  LogicalResult lower(KernelGroup &group, const Schedule &schedule,
+  LogicalResult lower(KernelGroup &group, ArrayRef<Schedule> schedule,
                       gpu::GPUModuleOp kernels,
                       StringRef kernelName) const override {
     FailureOr<ForwardPlan> planned = planGroup(group);
     if (failed(planned))
       return failure();
+    if (schedule.size() != 1)
+      return group.root->emitOpError()
+             << "schedule: expects one #mhc.schedule (one kernel), got "
+             << schedule.size();
     ForwardPlan &p = *planned;
-    p.s = schedule;
+    p.s = schedule.front();
     if (failed(verifySchedule(p, group.root)))
       return failure();
     OpBuilder mb = OpBuilder::atBlockEnd(kernels.getBody());

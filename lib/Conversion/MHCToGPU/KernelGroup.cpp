@@ -43,12 +43,39 @@ std::string KernelGroup::kind() const {
 
 Schedule Schedule::fromAttr(ScheduleAttr attr) {
   return {attr.getTileTokens(), attr.getChunkColumns(), attr.getThreads(),
-          attr.getVectorWidth(), attr.getBlocksPerSm()};
+          attr.getVectorWidth(), attr.getBlocksPerSm(),
+          attr.getTokenSplits()};
 }
 
 ScheduleAttr Schedule::toAttr(MLIRContext *ctx) const {
   return ScheduleAttr::get(ctx, tileTokens, chunkColumns, threads,
-                           vectorWidth, blocksPerSM);
+                           vectorWidth, blocksPerSM, tokenSplits);
+}
+
+std::optional<GroupSchedule> gpu_kernels::readSchedule(Operation *root) {
+  Attribute attr = root->getAttr(kScheduleAttrName);
+  if (!attr)
+    return std::nullopt;
+  GroupSchedule schedule;
+  if (auto one = dyn_cast<ScheduleAttr>(attr)) {
+    schedule.push_back(Schedule::fromAttr(one));
+    return schedule;
+  }
+  for (Attribute a : cast<ArrayAttr>(attr)) // checked by the dialect
+    schedule.push_back(Schedule::fromAttr(cast<ScheduleAttr>(a)));
+  return schedule;
+}
+
+void gpu_kernels::writeSchedule(Operation *root, ArrayRef<Schedule> schedule) {
+  MLIRContext *ctx = root->getContext();
+  if (schedule.size() == 1) {
+    root->setAttr(kScheduleAttrName, schedule.front().toAttr(ctx));
+    return;
+  }
+  SmallVector<Attribute> list;
+  for (const Schedule &s : schedule)
+    list.push_back(s.toAttr(ctx));
+  root->setAttr(kScheduleAttrName, ArrayAttr::get(ctx, list));
 }
 
 const KernelFamily *gpu_kernels::findKernelFamily(const KernelGroup &group) {

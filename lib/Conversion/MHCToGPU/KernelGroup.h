@@ -51,10 +51,19 @@ struct Schedule {
   int64_t threads = 0;
   int64_t vectorWidth = 1;
   int64_t blocksPerSM = 0;
+  int64_t tokenSplits = 0;
 
   static Schedule fromAttr(ScheduleAttr attr);
   ScheduleAttr toAttr(MLIRContext *ctx) const;
 };
+
+/// One schedule per kernel of a group, in launch order.
+using GroupSchedule = SmallVector<Schedule, 1>;
+
+/// The `mhc.schedule` of a root (null when it has none).
+std::optional<GroupSchedule> readSchedule(Operation *root);
+/// Attaches `schedule` to `root` (a single #mhc.schedule for one kernel).
+void writeSchedule(Operation *root, ArrayRef<Schedule> schedule);
 
 /// What the schedule choice may be told by the user.
 struct ScheduleOptions {
@@ -66,15 +75,17 @@ public:
   virtual ~KernelFamily() = default;
   /// Whether this family lowers a group made of these members.
   virtual bool accepts(const KernelGroup &group) const = 0;
-  /// The default schedule, or a diagnostic at the group (e.g. an option
-  /// that cannot work for it).
-  virtual FailureOr<Schedule>
+  /// The default schedule (one per kernel), or a diagnostic at the group
+  /// (e.g. an option that cannot work for it).
+  virtual FailureOr<GroupSchedule>
   chooseSchedule(const KernelGroup &group,
                  const ScheduleOptions &options) const = 0;
-  /// Builds the group's kernels into `kernels` and replaces the group by
+  /// Builds the group's kernels into `kernels` (named `kernelName`, with a
+  /// suffix per kernel when there are several) and replaces the group by
   /// their launches; diagnoses unsupported groups and impossible schedules
   /// (naming the schedule field).
-  virtual LogicalResult lower(KernelGroup &group, const Schedule &schedule,
+  virtual LogicalResult lower(KernelGroup &group,
+                              ArrayRef<Schedule> schedule,
                               gpu::GPUModuleOp kernels,
                               StringRef kernelName) const = 0;
 };

@@ -53,17 +53,15 @@ struct ConvertMHCToGPUPass
       const KernelFamily *family = findKernelFamily(group);
       if (!family)
         return signalPassFailure();
-      Schedule schedule;
-      if (auto attr = root->getAttrOfType<ScheduleAttr>(kScheduleAttrName)) {
-        schedule = Schedule::fromAttr(attr);
-      } else {
-        FailureOr<Schedule> chosen = family->chooseSchedule(group, {});
+      std::optional<GroupSchedule> schedule = readSchedule(root);
+      if (!schedule) {
+        FailureOr<GroupSchedule> chosen = family->chooseSchedule(group, {});
         if (failed(chosen))
           return signalPassFailure();
         schedule = *chosen;
       }
       std::string name = "mhc_" + group.kind() + "_" + std::to_string(index++);
-      if (failed(family->lower(group, schedule, kernels, name)))
+      if (failed(family->lower(group, *schedule, kernels, name)))
         return signalPassFailure();
     }
   }

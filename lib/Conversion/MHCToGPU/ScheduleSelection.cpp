@@ -36,10 +36,11 @@ struct MHCSelectSchedulePass
       const KernelFamily *family = findKernelFamily(group);
       if (!family)
         return signalPassFailure();
-      FailureOr<Schedule> schedule = family->chooseSchedule(group, options);
+      FailureOr<GroupSchedule> schedule =
+          family->chooseSchedule(group, options);
       if (failed(schedule))
         return signalPassFailure();
-      root->setAttr(kScheduleAttrName, schedule->toAttr(&getContext()));
+      writeSchedule(root, *schedule);
     }
   }
 };

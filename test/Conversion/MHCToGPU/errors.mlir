@@ -76,7 +76,7 @@ func.func @occupancy(%x: tensor<?x4x64xf32>) -> tensor<?x64xf32> {
 // -----
 
 // The schedule attribute is checked by the dialect.
-// CHECK: error: expects 'mhc.schedule' to be a #mhc.schedule, got 3 : i64
+// CHECK: error: expects 'mhc.schedule' to be a #mhc.schedule or a non-empty array of them (one per kernel), got 3 : i64
 func.func @not_a_schedule(%x: tensor<?x4x64xf32>) -> tensor<?x64xf32> {
   %h = mhc.collapse %x {mhc.schedule = 3} : tensor<?x4x64xf32> -> tensor<?x64xf32>
   return %h : tensor<?x64xf32>

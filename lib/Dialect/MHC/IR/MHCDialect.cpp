@@ -25,15 +25,24 @@ void MHCDialect::initialize() {
       >();
 }
 
-/// `mhc.schedule` must be a #mhc.schedule on an mhc op (a kernel root).
+/// `mhc.schedule` must be a #mhc.schedule (or an array of them, one per
+/// kernel of a group) on an mhc op (a kernel root).
 LogicalResult MHCDialect::verifyOperationAttribute(Operation *op,
                                                    NamedAttribute attr) {
+  // Other mhc.* attributes (mhc.param, mhc.saved, mhc.vjp, ...) are labels
+  // that passes read; only the schedule has a structure to check.
   if (attr.getName() != kScheduleAttrName)
-    return op->emitError() << "unknown mhc attribute '" << attr.getName()
-                           << "'";
-  if (!isa<ScheduleAttr>(attr.getValue()))
+    return success();
+  auto list = dyn_cast<ArrayAttr>(attr.getValue());
+  bool ok = isa<ScheduleAttr>(attr.getValue()) ||
+            (list && !list.empty() &&
+             llvm::all_of(list, [](Attribute a) {
+               return isa<ScheduleAttr>(a);
+             }));
+  if (!ok)
     return op->emitError() << "expects '" << kScheduleAttrName
-                           << "' to be a #mhc.schedule, got "
+                           << "' to be a #mhc.schedule or a non-empty array "
+                              "of them (one per kernel), got "
                            << attr.getValue();
   if (op->getDialect() != op->getContext()->getLoadedDialect<MHCDialect>())
     return op->emitError() << "'" << kScheduleAttrName

@@ -20,7 +20,14 @@ def MHC_ScheduleAttr : AttrDef<MHC_Dialect, "Schedule"> {
     * `threads`: threads per block (a multiple of 32);
     * `vector_width`: elements per 16-byte vector access of the activations;
     * `blocks_per_sm`: the minimum number of resident blocks per SM the
-      kernel is compiled for (`.minnctapersm`; 0: no constraint).
+      kernel is compiled for (`.minnctapersm`; 0: no constraint);
+    * `token_splits` (optional, default 0): for kernels whose blocks own a
+      range of columns and walk the tokens (the backward's column pass), the
+      number of token ranges the tokens are split into (the grid's second
+      dim); 0 for the token-tiled kernels.
+
+    A group that becomes several kernels (the backward) carries an array
+    with one schedule per kernel, in launch order.
 
     ```mlir
     %r = mhc.fused "post" -> ... {...} {mhc.schedule = #mhc.schedule<
@@ -30,7 +37,8 @@ def MHC_ScheduleAttr : AttrDef<MHC_Dialect, "Schedule"> {
   }];
   let parameters = (ins "int64_t":$tile_tokens, "int64_t":$chunk_columns,
                         "int64_t":$threads, "int64_t":$vector_width,
-                        "int64_t":$blocks_per_sm);
+                        "int64_t":$blocks_per_sm,
+                        DefaultValuedParameter<"int64_t", "0">:$token_splits);
   let assemblyFormat = "`<` struct(params) `>`";
 }
 
