@@ -345,8 +345,8 @@ MHC_EXPORT int mhcLaunchFlat(void *function, int64_t gx, int64_t gy,
     int64_t size = *static_cast<int64_t *>(p[3]);
     int64_t stride = *static_cast<int64_t *>(p[4]);
     char text[64];
-    snprintf(text, sizeof(text), "%s%p:%lld%s", b ? ", " : "", aligned,
-             (long long)size,
+    snprintf(text, sizeof(text), "%s0x%llx:%lld%s", b ? ", " : "",
+             (unsigned long long)(uintptr_t)aligned, (long long)size,
              (allocated == aligned && offset == 0 && stride == 1) ? ""
                                                                    : " BAD");
     detail += text;

@@ -373,10 +373,12 @@ class _OpPlan:
         self.launches = []
         for launch in spec["launches"]:
             grid = launch["grid"]
+            nbuf = len(launch["buffers"])
             self.launches.append((
                 functions[launch["kernel"]], grid.get("tokens_per_block"), grid.get("x"),
                 grid.get("y", 1), grid.get("z", 1), tuple(launch["block"]), launch.get("smem", 0),
-                [index[b] for b in launch["buffers"]]))
+                [index[b] for b in launch["buffers"]],
+                ctypes.c_void_p * nbuf, ctypes.c_int64 * nbuf))    # argument array types, made once
         self._per_tokens = {}   # T -> (scratch numels, [(grid x, numels array)] per launch)
 
     def _shapes(self, T: int):
@@ -406,14 +408,15 @@ class _OpPlan:
             buffers.append(make(numel, dtype=dtype, device=x.device))
         ptrs = [b.data_ptr() for b in buffers]
         numels = [b.numel() for b in buffers]
-        for (fn, _, _, gy, gz, block, smem, idx), gx in zip(self.launches, grids):
-            nbuf = len(idx)
+        for (fn, _, _, gy, gz, block, smem, idx, ptr_array, numel_array), gx in zip(self.launches,
+                                                                                     grids):
             rc = lib.mhcLaunchFlat(fn, gx, gy, gz, block[0], block[1], block[2], smem, stream, T,
-                                   nbuf, (ctypes.c_void_p * nbuf)(*[ptrs[i] for i in idx]),
-                                   (ctypes.c_int64 * nbuf)(*[numels[i] for i in idx]))
+                                   len(idx), ptr_array(*[ptrs[i] for i in idx]),
+                                   numel_array(*[numels[i] for i in idx]))
             if rc:
-                raise RuntimeError(f"mhc::{self.op}: kernel launch failed: "
-                                   f"{lib.mhcRuntimeGetErrorMessage().decode()}")
+                message = lib.mhcRuntimeGetErrorMessage().decode()
+                lib.mhcRuntimeClearError()      # the next call may succeed (e.g. after freeing memory)
+                raise RuntimeError(f"mhc::{self.op}: kernel launch failed: {message}")
         return tuple(results)
 
 
@@ -470,15 +473,19 @@ def build(key: KernelKey, root=None) -> Path:
         raise KernelsMissing(
             "mhc.compiler.compile_torch_kernels does not exist yet: this mhc cannot compile the "
             "torch kernel sets (the compiler side of the cuda backend is missing)")
+    import shutil
     folder = key.folder(root or cache_root())
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    compile_fn(key.as_dict(), tmp)
-    load_manifest(tmp, key)                   # refuse to cache something that does not validate
-    if folder.exists():
-        import shutil
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        compile_fn(key.as_dict(), tmp)
+        load_manifest(tmp, key)               # refuse to cache something that does not validate
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)                   # readers see the old folder or the whole new one
     return folder
 
 
@@ -529,6 +536,9 @@ def available(n: int, C: int, dtype: str, iterations=20, eps=1e-6, pre_eps=1e-6,
 
 
 def _stream(device) -> int:
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)   # no Stream object: ~10x cheaper
+    if raw is not None:
+        return raw(device.index if device.index is not None else torch.cuda.current_device())
     return torch.cuda.current_stream(device).cuda_stream
 
 
