@@ -20,7 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c "import numpy, pytest" 2>/dev/null; then
+if ! "$PYTHON" -c "import numpy, pytest, torch" 2>/dev/null; then
   echo "mhc: installing Python packages from python/requirements.txt"
   "$PYTHON" -m pip install -q -r python/requirements.txt
 fi

@@ -229,8 +229,6 @@ class HyperConnection(nn.Module):
             shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(f"HyperConnection: the sublayer must return [..., C] = "
                              f"{tuple(x.shape[:-2]) + (self.C,)}, got {shape}")
-        if y.dtype != x.dtype:
-            raise ValueError(f"HyperConnection: the sublayer returned {y.dtype}, x is {x.dtype}")
 
     def _params(self, x):
         cd = checks.coefficient_dtype(x)
@@ -254,8 +252,10 @@ class HyperConnection(nn.Module):
         else:
             y = self.sublayer(u, *args, **kwargs)
         self._check_output(y, x)
+        # y is stored like the stream (as `x + y` would be); e.g. a bf16 sublayer under autocast.
+        y = y.to(x.dtype).contiguous()
         recompute = (hooks or True) if self.recompute else None
-        return _PostStep.apply(y.contiguous(), x, link, post, comb, mix, fn, scale, base, backend,
+        return _PostStep.apply(y, x, link, post, comb, mix, fn, scale, base, backend,
                                self.attrs, recompute)
 
     # Plain HC (spec 5b), the parametrisation of mhc-opt's --mhc-hyperconnect mode=hc.
