@@ -52,3 +52,12 @@ def test_stability_study_smoke_and_plots(tmp_path):
         assert (tmp_path / "plots" / "gains.png").stat().st_size > 0
     except ImportError:
         assert "matplotlib is not installed" in text
+
+
+def test_check_torch_backend_smoke(tmp_path):
+    out = tmp_path / "check.json"
+    run("bench/check_torch_backend.py", "--smoke", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["ok"] and len(result["results"]) == 2
+    checks = result["results"][0]["checks"]
+    assert "hc_pre_backward[0]" in checks and "module_recompute.dfn" in checks

@@ -34,6 +34,7 @@ decides what it saves) but post/comb are still recomputed rather than saved.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -52,6 +53,7 @@ def _ops(backend: str):
 
 
 @torch.compiler.assume_constant_result
+@functools.lru_cache(maxsize=None)      # once per shape: no file-system look-up per forward
 def _cuda_kernels_available(n: int, C: int, dtype: str) -> bool:
     from . import kernels
     return kernels.available(n, C, dtype)
