@@ -110,7 +110,8 @@ def mhc_variant(sub, h, backend, recompute):
         hc = mt.HyperConnection(N, C, _Bound(fn), backend=backend, recompute=recompute).to(h.device)
         p = mhc_params(C, i, h.device)
         with torch.no_grad():
-            hc.fn.copy_(p[0]), hc.scale.copy_(p[1]), hc.base.copy_(p[2])
+            for param, value in zip((hc.fn, hc.scale, hc.base), p):
+                param.copy_(value)
         layers.append(hc)
     x = mt.Expand(N)(h.detach()).requires_grad_()
 
@@ -130,7 +131,10 @@ def peer_variant(peers, provider, sub, h):
     for i in range(2):
         fn, scale, base = mhc_params(C, i, h.device)
         prepared = peers.prepare(provider, x, y0, fn, scale, base)
-        params.append(prepared[2:])
+        # Every provider trains its mHC parameters (prepare passes DeepSeek's reference's through).
+        train = lambda t: t if t.requires_grad else t.detach().clone().requires_grad_()  # noqa: E731
+        params.append([[train(t) for t in q] if isinstance(q, list) else train(q)
+                       for q in prepared[2:]])
     x = peers.prepare(provider, x, y0, *mhc_params(C, 0, h.device))[0]
 
     if provider in ("torch_eager", "torch_compile"):
@@ -236,7 +240,7 @@ def measure(name, mode, make, sub, h, args):
     try:
         x, f = make()
         fwd = torch.compile(f) if mode == "compile" else f
-        grad = torch.randn_like(fwd(x)) if True else None
+        grad = torch.randn_like(fwd(x))
         grads = leaves(f, x, sub)
 
         def step():
@@ -346,7 +350,7 @@ def main(argv=None):
                 if peers is None:
                     rows.append({"variant": q, "mode": mode, "C": C, "error": peers_error})
                     continue
-                if q not in peers.SUBLAYER and not (q == "torch_eager"):
+                if q not in peers.SUBLAYER:
                     err = {"te_triton": "TE_ERROR", "liger_triton": "LIGER_ERROR",
                            "tk_tilelang": "TK_TILELANG_ERROR"}.get(q)
                     rows.append({"variant": q, "mode": mode, "C": C,

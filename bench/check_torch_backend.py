@@ -2,7 +2,8 @@
 """Checks the torch cuda backend (mhc's kernels through the mhc:: ops) against the reference
 backend (the same math in PyTorch, float32, on the same GPU): each op's outputs, then a
 HyperConnection's forward and all gradients (x, fn, scale, base, the sublayer's weight), with and
-without recomputation, for T in {1, 1000, 16384} and the C values given. Writes JSON.
+without recomputation, for T in {1, 1000, 16384} and the C values given; and the forward ops
+captured in a CUDA graph and replayed on new data (bit-equal to eager). Writes JSON.
 
     MHC_CACHE=.mhc-cache python3 bench/check_torch_backend.py --json $OUT/check_torch.json
 
@@ -88,6 +89,32 @@ def check_module(T, n, C, dtype, device, act_tol, coef_tol, recompute):
             for nm, p, q, t in zip(names, a, b, tols)}
 
 
+def check_cuda_graph(n, C, dtype, device, act_tol):
+    """hc_pre + hc_post captured in a CUDA graph and replayed on new data == eager."""
+    M = n * n + 2 * n
+    x = torch.randn(512, n, C, device=device).to(dtype)
+    y = torch.randn(512, C, device=device).to(dtype)
+    fn = torch.randn(M, n * C, device=device) * 0.02
+    scale, base = torch.rand(3, device=device), torch.randn(M, device=device)
+
+    def forward():
+        u, post, comb, _ = torch.ops.mhc.hc_pre(x, fn, scale, base, *ATTRS)
+        return u, torch.ops.mhc.hc_post(y, x, post, comb)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        forward()                                  # warm-up: loads the kernel set
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = forward()
+    x.copy_(torch.randn_like(x, dtype=torch.float32).to(dtype))
+    graph.replay()
+    eager = forward()
+    return {f"cuda_graph[{i}]": {"relerr": relerr(a, b), "tol": 0.0, "ok": relerr(a, b) == 0.0}
+            for i, (a, b) in enumerate(zip(static_out, eager))}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", required=True)
@@ -110,6 +137,8 @@ def main(argv=None):
                 entry["checks"] = check_ops(T, args.n, C, dtype, device, act_tol, 1e-3)
                 for rc in (False, True):
                     entry["checks"].update(check_module(T, args.n, C, dtype, device, act_tol, 1e-3, rc))
+                if device.type == "cuda" and T == 1:
+                    entry["checks"].update(check_cuda_graph(args.n, C, dtype, device, act_tol))
                 bad = [k for k, v in entry["checks"].items() if not v["ok"]]
                 entry["ok"] = not bad
                 print(f"C={C} T={T}: {'ok' if not bad else 'FAIL ' + ', '.join(bad)}", flush=True)

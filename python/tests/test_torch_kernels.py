@@ -349,3 +349,25 @@ def test_host_time_per_call(tmp_path, mock, capsys):
               f"(1 launch); the mock's own launch (logging) {mock_us:.1f} us; Python path without it: "
               f"hc_pre {pre_us - 2 * mock_us:.1f} us, hc_post {post_us - mock_us:.1f} us")
     assert pre_us + post_us < 1000      # generous: a loaded CI machine; the real figure is printed
+
+
+def test_custom_op_entry_point_finds_the_set(tmp_path, mock, monkeypatch):
+    """kernels.run, the CUDA implementation of the mhc:: ops, on CPU tensors: the key comes from
+    the arguments (attributes included), hc_post reuses the loaded set of its shape."""
+    monkeypatch.setenv("MHC_CACHE", str(tmp_path))
+    monkeypatch.setenv("MHC_RUNTIME_LIB", str(mock_library()))
+    monkeypatch.setattr(kernels, "device_chip", lambda device=None: "sm_90")
+    monkeypatch.setattr(kernels, "_stream", lambda device: 0)
+    kernels._LOADED.clear()
+    key10 = KernelKey(n=N, C=C, dtype="bf16", chip="sm_90", iterations=10)
+    write_set(key10.folder(tmp_path), hand_manifest(key10))
+    x, fn, scale, base = inputs(T=40)
+    mock.mock_clear_log()
+    u, post, comb, mix = kernels.run("hc_pre", x, fn, scale, base, 10, 1e-6, 1e-6, 2.0)
+    y = torch.randn(40, C).bfloat16()
+    (x_next,) = kernels.run("hc_post", y, x, post, comb)
+    assert [l["kernel"] for l in launches(mock)] == ["pre_norm", "pre_apply", "post"]
+    assert launches(mock)[2]["buffers"][-1] == (x_next.data_ptr(), x_next.numel())
+    with pytest.raises(KernelsMissing, match="r20"):           # 20 iterations: another key
+        kernels.run("hc_pre", x, fn, scale, base, 20, 1e-6, 1e-6, 2.0)
+    kernels._LOADED.clear()
