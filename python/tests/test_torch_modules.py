@@ -378,3 +378,25 @@ def test_expand_collapse_head():
     assert relerr(head(xs), np.einsum("ti,tic->tc", w, xs.detach().numpy())) < 1e-12
     assert torch.autograd.gradcheck(head, (xs,))
     assert torch.allclose(mt.Head(4, 8)(mt.Expand(4)(h.float())), h.float(), atol=1e-2)
+
+
+@pytest.mark.parametrize("mode", ["mhc", "hc"])
+def test_autocast_keeps_mhc_math_in_float32(mode):
+    """Inside a bf16 autocast region the sublayer runs in bf16, the mHC math stays f32: the result
+    equals the same model run with the sublayer's output rounded to bf16 by hand."""
+    torch.manual_seed(0)
+    C = 16
+    sub = nn.Linear(C, C)
+    hc = mt.HyperConnection(2, C, sub, mode=mode, backend="reference")
+    x = torch.randn(5, 2, C)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = hc(x)
+    assert got.dtype == torch.float32
+
+    class Rounded(nn.Module):
+        def forward(self, u):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return sub(u)
+    want = mt.HyperConnection(2, C, Rounded(), mode=mode, backend="reference")
+    want.load_state_dict(hc.state_dict(), strict=False)
+    assert torch.equal(got, want(x))

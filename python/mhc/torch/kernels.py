@@ -510,6 +510,7 @@ def kernel_set(key: KernelKey, device_index: int = 0) -> KernelSet:
     with _LOAD_LOCK:
         ks = _LOADED.get((key, device_index))
         if ks is None:
+            _BY_CALL.clear()                   # a new set may be the better match for hc_post
             folder = key.folder(cache_root())
             if not (folder / MANIFEST_NAME).is_file():
                 if not _can_build():
@@ -542,16 +543,22 @@ def _stream(device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+_BY_CALL: dict = {}   # (n, C, dtype, device index, attributes) -> KernelSet: the per-call fast path
+
+
 def run(op: str, *args):
     """Entry point of the custom ops' CUDA implementations."""
     x = args[1] if op in ("hc_post", "hc_post_backward") else args[0]
     n, C = x.shape[-2:]
-    attrs = args[-4:] if op in ("hc_pre", "hc_pre_backward") else ()
-    if attrs:
-        key = key_for(x, n, C, *attrs)
-    else:   # hc_post(_backward) take no attributes: any loaded set of this shape has the same kernels
-        key = _post_key(x, n, C)
-    ks = kernel_set(key, x.device.index or 0)
+    attrs = tuple(args[-4:]) if op in ("hc_pre", "hc_pre_backward") else None
+    index = x.device.index or 0
+    ks = _BY_CALL.get((n, C, x.dtype, index, attrs))
+    if ks is None:
+        if attrs:
+            key = key_for(x, n, C, *attrs)
+        else:   # hc_post(_backward) take no attributes: any loaded set of this shape has the same kernels
+            key = _post_key(x, n, C)
+        ks = _BY_CALL[(n, C, x.dtype, index, attrs)] = kernel_set(key, index)
     return ks.run(op, *args, stream=_stream(x.device))
 
 

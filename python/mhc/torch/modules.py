@@ -34,6 +34,7 @@ decides what it saves) but post/comb are still recomputed rather than saved.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -158,6 +159,14 @@ class _PostStep(torch.autograd.Function):
         return dy, None, dx_next, dpost, dcomb, None, None, None, None, None, None, None
 
 
+def _no_autocast(x):
+    """The mHC math keeps its own precision (spec section 4: f32 coefficients and products) even
+    inside a user's autocast region; the sublayer still runs under it."""
+    if x.device.type in ("cpu", "cuda"):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
@@ -243,7 +252,8 @@ class HyperConnection(nn.Module):
             return self._forward_hc(x, *args, **kwargs)
         backend = resolve_backend(self.backend, x, self.n, self.C)
         fn, scale, base = self._params(x)
-        u, post, comb, mix, link = _PreStep.apply(x, fn, scale, base, backend, self.attrs)
+        with _no_autocast(x):
+            u, post, comb, mix, link = _PreStep.apply(x, fn, scale, base, backend, self.attrs)
         if self.record_coefficients:
             self.last_res = comb.detach()
         hooks = None
@@ -257,27 +267,35 @@ class HyperConnection(nn.Module):
         # y is stored like the stream (as `x + y` would be); e.g. a bf16 sublayer under autocast.
         y = y.to(x.dtype).contiguous()
         recompute = (hooks or True) if self.recompute else None
-        return _PostStep.apply(y, x, link, post, comb, mix, fn, scale, base, backend,
-                               self.attrs, recompute)
+        with _no_autocast(x):
+            return _PostStep.apply(y, x, link, post, comb, mix, fn, scale, base, backend,
+                                   self.attrs, recompute)
 
     # Plain HC (spec 5b), the parametrisation of mhc-opt's --mhc-hyperconnect mode=hc.
     def _forward_hc(self, x, *args, **kwargs):
-        n, C = self.n, self.C
         cd = checks.coefficient_dtype(x)
         theta, scale, base = self.theta.to(cd), self.scale.to(cd), self.base.to(cd)
+        with _no_autocast(x):
+            pre, post, res, xf = self._hc_coefficients(x, theta, scale, base, cd)
+            u = torch.einsum("...i,...ic->...c", pre, xf).to(x.dtype)
+        if self.record_coefficients:
+            self.last_res = res.detach()
+        y = self.sublayer(u, *args, **kwargs)
+        self._check_output(y, x)
+        with _no_autocast(x):
+            out = post[..., :, None] * y.to(cd)[..., None, :] + torch.einsum("...ij,...ic->...jc",
+                                                                                res, xf)
+        return out.to(x.dtype)
+
+    def _hc_coefficients(self, x, theta, scale, base, cd):
+        n = self.n
         xf = x.to(cd)
         xt = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)      # RMSNorm per stream
         proj = xt @ theta.t()                                                # [..., n, n+2]
         pre = scale[0] * torch.tanh(proj[..., 0]) + base[:n]
         post = scale[1] * torch.tanh(proj[..., 1]) + base[n:2 * n]
         res = scale[2] * torch.tanh(proj[..., 2:]) + base[2 * n:].view(n, n)  # [i][j]: source i -> j
-        if self.record_coefficients:
-            self.last_res = res.detach()
-        u = torch.einsum("...i,...ic->...c", pre, xf).to(x.dtype)
-        y = self.sublayer(u, *args, **kwargs)
-        self._check_output(y, x)
-        out = post[..., :, None] * y.to(cd)[..., None, :] + torch.einsum("...ij,...ic->...jc", res, xf)
-        return out.to(x.dtype)
+        return pre, post, res, xf
 
 
 class Expand(nn.Module):
