@@ -36,7 +36,7 @@ def relerr(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def check_ops(T, n, C, dtype, device, act_tol, coef_tol):
+def check_ops(T, n, C, dtype, device, act_tol, coef_tol, forward_only=False):
     g = torch.Generator(device="cpu").manual_seed(T * 7 + C)
     M = n * n + 2 * n
     x = torch.randn(T, n, C, generator=g).to(device, dtype)
@@ -60,6 +60,8 @@ def check_ops(T, n, C, dtype, device, act_tol, coef_tol):
     u, post, comb, mix = r            # feed both sides the same inputs from here on
     compare("hc_post", [torch.ops.mhc.hc_post(y, x, post, comb)], [ref.hc_post(y, x, post, comb)],
             act_tol)
+    if forward_only:
+        return out
     compare("hc_post_backward", torch.ops.mhc.hc_post_backward(y, x, post, comb, dx_next),
             ref.hc_post_backward(y, x, post, comb, dx_next), (act_tol, coef_tol, coef_tol))
     dy, dpost, dcomb = ref.hc_post_backward(y, x, post, comb, dx_next)
@@ -123,6 +125,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="bf16", choices=("bf16", "f16", "f32"))
     p.add_argument("--tokens", default="1,1000,16384")
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--forward-only", action="store_true",
+                   help="only hc_pre/hc_post and the CUDA graph (a build_cache --forward-only set)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke:
@@ -134,8 +138,9 @@ def main(argv=None):
         for T in map(int, args.tokens.split(",")):
             entry = {"n": args.n, "C": C, "T": T, "dtype": args.dtype}
             try:
-                entry["checks"] = check_ops(T, args.n, C, dtype, device, act_tol, 1e-3)
-                for rc in (False, True):
+                entry["checks"] = check_ops(T, args.n, C, dtype, device, act_tol, 1e-3,
+                                            args.forward_only)
+                for rc in (() if args.forward_only else (False, True)):
                     entry["checks"].update(check_module(T, args.n, C, dtype, device, act_tol, 1e-3, rc))
                 if device.type == "cuda" and T == 1:
                     entry["checks"].update(check_cuda_graph(args.n, C, dtype, device, act_tol))

@@ -373,3 +373,38 @@ def test_custom_op_entry_point_finds_the_set(tmp_path, mock, monkeypatch):
     with pytest.raises(KernelsMissing, match="r20"):           # 20 iterations: another key
         kernels.run("hc_pre", x, fn, scale, base, 20, 1e-6, 1e-6, 2.0)
     kernels._LOADED.clear(), kernels._BY_CALL.clear()
+
+
+@pytest.mark.parametrize("n,C,dtype,tokens_per_block", [(4, 64, "bf16", 32), (8, 40, "f32", 16)])
+def test_forward_only_set_from_the_real_pipeline(tmp_path, mock, monkeypatch, n, C, dtype,
+                                                 tokens_per_block):
+    """build_cache --forward-only compiles hc_pre + hc_post with mhc-opt (a real cubin), derives the
+    manifest from the host IR, and the set loads and launches (on the mock) with no compiler."""
+    assert Path(compiler.mhc_opt()).exists(), "mhc-opt is not built: run scripts/build.sh"
+    out = tmp_path / "cache"
+    assert build_cache.main(["--forward-only", "--n", str(n), "--C", str(C), "--dtype", dtype,
+                             "--out", str(out), "--runtime", str(mock_library())]) == 0
+    key = KernelKey(n=n, C=C, dtype=dtype)
+    folder = key.folder(out)
+    assert (folder / "kernels.cubin").read_bytes()[:4] == b"\x7fELF"
+    manifest = kernels.load_manifest(folder, key)
+    (pre,) = manifest["ops"]["hc_pre"]["launches"]
+    assert pre["buffers"] == ["x", "fn", "scale", "base", "mix", "post", "comb", "u"]
+    assert pre["grid"]["tokens_per_block"] == tokens_per_block and pre["block"] == [128, 1, 1]
+    (post,) = manifest["ops"]["hc_post"]["launches"]
+    assert post["buffers"] == ["y", "x", "post", "comb", "x_next"] and post["block"] == [256, 1, 1]
+    monkeypatch.setattr(kernels, "_compiler_function", lambda: None)
+    ks = KernelSet(folder, key, runtime=mock)
+    M = n * n + 2 * n
+    torch_dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype]
+    x = torch.randn(100, n, C).to(torch_dtype)
+    mock.mock_clear_log()
+    u, p_, comb, mix = ks.run("hc_pre", x, torch.randn(M, n * C), torch.rand(3), torch.randn(M),
+                              20, 1e-6, 1e-6, 2.0)
+    (x_next,) = ks.run("hc_post", torch.randn(100, C).to(torch_dtype), x, p_, comb)
+    a, b = launches(mock)
+    assert (a["kernel"], a["grid"][0]) == (pre["kernel"], -(-100 // tokens_per_block))
+    assert (b["kernel"], b["grid"][0], b["buffers"][-1]) == (post["kernel"], 2,
+                                                             (x_next.data_ptr(), x_next.numel()))
+    with pytest.raises(KernelsMissing, match="no kernels for hc_pre_backward"):
+        ks.run("hc_pre_backward")

@@ -9,6 +9,7 @@ runtime library (libmhc_runtime.so, with mhcLaunchFlat) to DIR. Copy DIR to the 
 set ``MHC_CACHE=DIR``; loading needs neither mhc-opt nor MLIR.
 
     python -m mhc.torch.build_cache --check DIR      # validate every manifest in DIR, list the keys
+    python -m mhc.torch.build_cache --forward-only ...   # hc_pre + hc_post from today's pipeline
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from mhc import compiler
+
 from . import kernels
 
 
 def build_all(out: Path, ns, Cs, dtypes, chip, iterations, eps, pre_eps, post_mult,
-              runtime: Path | None = None) -> list[Path]:
+              runtime: Path | None = None, forward_only: bool = False) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     folders = []
     for n in ns:
@@ -30,7 +33,10 @@ def build_all(out: Path, ns, Cs, dtypes, chip, iterations, eps, pre_eps, post_mu
             for dtype in dtypes:
                 key = kernels.KernelKey(n=n, C=C, dtype=dtype, chip=chip, iterations=iterations,
                                         eps=eps, pre_eps=pre_eps, post_mult=post_mult)
-                folders.append(kernels.build(key, out))
+                compile_fn = None
+                if forward_only:
+                    from .forward_kernels import compile_forward_kernels as compile_fn
+                folders.append(kernels.build(key, out, compile_fn))
                 print(f"built {key.folder(out)}")
     src = runtime or kernels.find_runtime(out)
     dst = out / kernels.RUNTIME_NAME
@@ -65,6 +71,9 @@ def main(argv=None) -> int:
     p.add_argument("--eps", type=float, default=1e-6)
     p.add_argument("--pre-eps", type=float, default=1e-6)
     p.add_argument("--post-mult", type=float, default=2.0)
+    p.add_argument("--forward-only", action="store_true",
+                   help="hc_pre + hc_post from today's GPU pipeline (mhc.torch.forward_kernels), "
+                        "no compiler hook needed; for inference and checks")
     p.add_argument("--runtime", type=Path, help="libmhc_runtime.so to copy (default: the build's)")
     p.add_argument("--out", type=Path, help="cache folder to build into")
     p.add_argument("--check", type=Path, help="validate this cache folder instead of building")
@@ -75,8 +84,8 @@ def main(argv=None) -> int:
         if not (args.out and args.n and args.C):
             p.error("--out, --n and --C are required to build")
         build_all(args.out, args.n, args.C, args.dtype or ["bf16"], args.chip, args.iterations,
-                  args.eps, args.pre_eps, args.post_mult, args.runtime)
-    except (kernels.KernelsMissing, kernels.ManifestError, ValueError) as e:
+                  args.eps, args.pre_eps, args.post_mult, args.runtime, args.forward_only)
+    except (kernels.KernelsMissing, kernels.ManifestError, ValueError, compiler.CompileError) as e:
         print(f"build_cache: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -465,10 +465,11 @@ def _compiler_function():
     return getattr(compiler, "compile_torch_kernels", None)
 
 
-def build(key: KernelKey, root=None) -> Path:
-    """Compiles the kernel set of `key` into the cache (needs mhc-opt and the lead's
-    ``mhc.compiler.compile_torch_kernels(key_dict, out_dir)``) and returns its folder."""
-    compile_fn = _compiler_function()
+def build(key: KernelKey, root=None, compile_fn=None) -> Path:
+    """Compiles the kernel set of `key` into the cache (needs mhc-opt and the compiler hook
+    ``mhc.compiler.compile_torch_kernels(key_dict, out_dir)``, or another function with that
+    contract, e.g. mhc.torch.forward_kernels.compile_forward_kernels) and returns its folder."""
+    compile_fn = compile_fn or _compiler_function()
     if compile_fn is None:
         raise KernelsMissing(
             "mhc.compiler.compile_torch_kernels does not exist yet: this mhc cannot compile the "
@@ -526,14 +527,18 @@ def kernel_set(key: KernelKey, device_index: int = 0) -> KernelSet:
 
 def available(n: int, C: int, dtype: str, iterations=20, eps=1e-6, pre_eps=1e-6,
               post_mult=2.0) -> bool:
-    """True when the cuda backend can run this shape on the current device (cached, or buildable)."""
+    """True when the cuda backend can train this shape on the current device: a cached kernel set
+    with all four ops (a forward-only set is used only when asked for, backend="cuda"), or a
+    compiler here that builds one."""
     if not torch.cuda.is_available():
         return False
     try:
         key = KernelKey(n, C, dtype, device_chip(), iterations, eps, pre_eps, post_mult)
+        return set(load_manifest(key.folder(cache_root()), key)["ops"]) == set(OP_BUFFERS)
     except ValueError:
         return False
-    return (key.folder(cache_root()) / MANIFEST_NAME).is_file() or _can_build()
+    except KernelsMissing:
+        return _can_build()
 
 
 def _stream(device) -> int:
