@@ -167,6 +167,7 @@ BAD = [
      "not contiguous"),
     ("fn not contiguous", lambda a: [a[0], a[1].t().contiguous().t()] + a[2:], "not contiguous"),
     ("x rank", lambda a: [a[0].reshape(-1)] + a[1:], r"must be \[\.\.\., n, C\]"),
+    ("fn device", lambda a: [a[0], a[1].to("meta")] + a[2:], "fn is on meta but x is on cpu"),
     ("n mismatch", lambda a: [a[0][..., :3, :].contiguous()] + a[1:], "fn has shape"),
 ]
 
