@@ -408,3 +408,26 @@ def test_forward_only_set_from_the_real_pipeline(tmp_path, mock, monkeypatch, n,
                                                              (x_next.data_ptr(), x_next.numel()))
     with pytest.raises(KernelsMissing, match="no kernels for hc_pre_backward"):
         ks.run("hc_pre_backward")
+
+
+def test_eager_cuda_path_calls_the_kernels_directly(tmp_path, mock, monkeypatch):
+    """HyperConnection(backend='cuda') in eager mode reaches the kernel set without the torch.ops
+    dispatcher (ops.DirectOps; CPU tensors stand in for CUDA ones, the mock records the launches)."""
+    from mhc.torch import modules, ops
+    monkeypatch.setenv("MHC_CACHE", str(tmp_path))
+    monkeypatch.setenv("MHC_RUNTIME_LIB", str(mock_library()))
+    monkeypatch.setattr(kernels, "device_chip", lambda device=None: "sm_90")
+    monkeypatch.setattr(kernels, "_stream", lambda device: 0)
+    monkeypatch.setattr(ops, "_on_gpu", lambda x: True)
+    monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
+    kernels._LOADED.clear(), kernels._BY_CALL.clear()
+    write_set(KEY.folder(tmp_path))
+    hc = mhc.torch.HyperConnection(N, C, torch.nn.Identity(), backend="cuda")
+    x = torch.randn(10, N, C).bfloat16()
+    mock.mock_clear_log()
+    with torch.no_grad():
+        out = hc(x)
+    assert out.shape == x.shape
+    # Through torch.ops.mhc, CPU tensors would have run the reference math and launched nothing.
+    assert [l["kernel"] for l in launches(mock)] == ["pre_norm", "pre_apply", "post"]
+    kernels._LOADED.clear(), kernels._BY_CALL.clear()

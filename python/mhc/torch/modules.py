@@ -43,14 +43,16 @@ from torch import nn
 
 from . import checks
 from . import reference as ref
+from .ops import DirectOps
 
 _BACKENDS = ("auto", "cuda", "reference")
 _MODES = ("mhc", "hc")
 
 
 def _ops(backend: str):
-    """The four op implementations of a resolved backend (both tables have the same signatures)."""
-    return torch.ops.mhc if backend == "cuda" else ref
+    """The four op implementations of a resolved backend (both tables have the same signatures):
+    the mhc:: custom ops (called directly in eager mode: ops.DirectOps) or the reference math."""
+    return DirectOps if backend == "cuda" else ref
 
 
 @torch.compiler.assume_constant_result

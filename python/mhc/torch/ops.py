@@ -172,3 +172,49 @@ def _hc_post_backward(ctx, dx_next):
 
 
 hc_post.register_autograd(_hc_post_backward, setup_context=_hc_post_setup)
+
+
+# ------------------------------------------------------------------------------------------------
+# Eager fast path
+# ------------------------------------------------------------------------------------------------
+
+class DirectOps:
+    """The four ops for HyperConnection's cuda backend. In eager mode on CUDA tensors they check
+    the arguments and call the kernels directly, skipping the custom-op dispatcher (tens of µs of
+    host time per sublayer); under torch.compile, and on other devices, they are the torch.ops.mhc
+    ops themselves (single opaque graph nodes)."""
+
+    @staticmethod
+    def _direct(x) -> bool:
+        return _on_gpu(x) and not torch.compiler.is_compiling()
+
+    @staticmethod
+    def hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult):
+        if not DirectOps._direct(x):
+            return torch.ops.mhc.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+        checks.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+        return _kernels().run("hc_pre", x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+
+    @staticmethod
+    def hc_post(y, x, post, comb):
+        if not DirectOps._direct(x):
+            return torch.ops.mhc.hc_post(y, x, post, comb)
+        checks.hc_post("hc_post", y, x, post, comb)
+        return _kernels().run("hc_post", y, x, post, comb)[0]
+
+    @staticmethod
+    def hc_post_backward(y, x, post, comb, dx_next):
+        if not DirectOps._direct(x):
+            return torch.ops.mhc.hc_post_backward(y, x, post, comb, dx_next)
+        checks.hc_post_backward(y, x, post, comb, dx_next)
+        return _kernels().run("hc_post_backward", y, x, post, comb, dx_next)
+
+    @staticmethod
+    def hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps,
+                        pre_eps, post_mult):
+        args = (x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps, pre_eps,
+                post_mult)
+        if not DirectOps._direct(x):
+            return torch.ops.mhc.hc_pre_backward(*args)
+        checks.hc_pre_backward(*args)
+        return _kernels().run("hc_pre_backward", *args)
