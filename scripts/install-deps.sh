@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(llvm-22-dev llvm-22-tools libmlir-22-dev mlir-22-tools clang-22 lld-22
-              ninja-build cmake)
+              ninja-build cmake g++)   # g++: torch.compile (inductor) builds CPU kernels in the tests
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -20,7 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c "import numpy, pytest" 2>/dev/null; then
+if ! "$PYTHON" -c "import numpy, pytest, torch" 2>/dev/null; then
   echo "mhc: installing Python packages from python/requirements.txt"
   "$PYTHON" -m pip install -q -r python/requirements.txt
 fi

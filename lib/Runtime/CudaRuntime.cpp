@@ -19,6 +19,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "CudaDriver.h"
+#include "FlatLaunch.h"
 #include "mhc/Runtime/mhc_runtime.h"
 
 #include <atomic>
@@ -486,6 +487,54 @@ MHC_EXPORT void mgpuLaunchKernel(CUfunction fn, intptr_t gridX, intptr_t gridY,
              }))
     return;
   afterLaunch(fn, stream);
+}
+
+// The torch integration's launch path (mhc.torch.kernels): one call per kernel,
+// descriptors built here, the caller's stream used as given (NULL is the
+// legacy default stream, as in PyTorch, so no resolve()).
+MHC_EXPORT int mhcLaunchFlat(void *function, int64_t gridX, int64_t gridY,
+                             int64_t gridZ, int64_t blockX, int64_t blockY,
+                             int64_t blockZ, int32_t smem, void *stream,
+                             int64_t T, int32_t nbuf, void *const *ptrs,
+                             const int64_t *numels) {
+  if (pending())
+    return stickyCode.load();
+  auto fn = static_cast<CUfunction>(function);
+  mhc::runtime::FlatParams params;
+  if (!fn || !mhc::runtime::packFlatParams(params, T, nbuf, ptrs, numels)) {
+    report("mhcLaunchFlat", CUDA_ERROR_INVALID_VALUE,
+           fn ? kernelName(fn) + ": " + std::to_string(nbuf) +
+                    " buffers (0..64, pointer lists required)"
+              : std::string("null function"));
+    return stickyCode.load();
+  }
+  const intptr_t dims[6] = {intptr_t(gridX),  intptr_t(gridY),
+                            intptr_t(gridZ),  intptr_t(blockX),
+                            intptr_t(blockY), intptr_t(blockZ)};
+  if (!validGrid("cuLaunchKernel", fn, dims))
+    return stickyCode.load();
+  if (gridX == 0 || gridY == 0 || gridZ == 0)
+    return 0;
+  ScopedContext ctx;
+  auto cuStream = static_cast<CUstream>(stream);
+  if (!allowSharedMemory(fn, smem))
+    return stickyCode.load();
+  if (!check(cu(&Driver::cuLaunchKernel, fn, unsigned(gridX), unsigned(gridY),
+                unsigned(gridZ), unsigned(blockX), unsigned(blockY),
+                unsigned(blockZ), unsigned(smem), cuStream, params.params,
+                static_cast<void **>(nullptr)),
+             "cuLaunchKernel", [&] {
+               return kernelName(fn) + " (mhcLaunchFlat), grid (" +
+                      std::to_string(gridX) + "," + std::to_string(gridY) +
+                      "," + std::to_string(gridZ) + "), block (" +
+                      std::to_string(blockX) + "," + std::to_string(blockY) +
+                      "," + std::to_string(blockZ) + "), " +
+                      std::to_string(smem) + " B shared, T " +
+                      std::to_string(T);
+             }))
+    return stickyCode.load();
+  afterLaunch(fn, cuStream);
+  return stickyCode.load();
 }
 
 MHC_EXPORT void mgpuLaunchClusterKernel(

@@ -14,6 +14,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "FlatLaunch.h"
 #include "mhc/Runtime/mhc_runtime.h"
 
 #include <atomic>
@@ -273,7 +274,8 @@ MHC_EXPORT void *mgpuModuleGetFunction(void *module, const char *name) {
 static void launch(const char *call, void *fn, const intptr_t *cluster,
                    intptr_t gx, intptr_t gy, intptr_t gz, intptr_t bx,
                    intptr_t by, intptr_t bz, int32_t smem, void *stream,
-                   void **params, size_t nparams) {
+                   void **params, size_t nparams,
+                   const std::string &detail = std::string()) {
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (pending())
     return;
@@ -298,10 +300,10 @@ static void launch(const char *call, void *fn, const intptr_t *cluster,
   }
   ++launchCount;
   log("%s(%s, grid (%ld,%ld,%ld), block (%ld,%ld,%ld)%s, smem %d, %s, %zu "
-      "params)",
+      "params)%s",
       call, it->second.c_str(), long(gx), long(gy), long(gz), long(bx),
       long(by), long(bz), clusterText.c_str(), smem,
-      streamName(stream).c_str(), nparams);
+      streamName(stream).c_str(), nparams, detail.c_str());
 }
 
 MHC_EXPORT void mgpuLaunchKernel(void *fn, intptr_t gx, intptr_t gy,
@@ -311,6 +313,49 @@ MHC_EXPORT void mgpuLaunchKernel(void *fn, intptr_t gx, intptr_t gy,
                                  size_t nparams) {
   launch("mgpuLaunchKernel", fn, nullptr, gx, gy, gz, bx, by, bz, smem, stream,
          params, nparams);
+}
+
+// Packs the parameters exactly as the CUDA runtime does and logs what a kernel
+// would receive, read back through the void* array:
+//   mhcLaunchFlat(<kernel>, grid (..), block (..), smem S, <stream>, P params)
+//     T=<T> buffers [0x<ptr>:<numel>, ...]
+// (one line; a descriptor that is not {p, p, 0, numel, 1} is logged as BAD).
+MHC_EXPORT int mhcLaunchFlat(void *function, int64_t gx, int64_t gy,
+                             int64_t gz, int64_t bx, int64_t by, int64_t bz,
+                             int32_t smem, void *stream, int64_t T,
+                             int32_t nbuf, void *const *ptrs,
+                             const int64_t *numels) {
+  std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return stickyCode;
+  mhc::runtime::FlatParams packed;
+  if (!mhc::runtime::packFlatParams(packed, T, nbuf, ptrs, numels)) {
+    fail("mhcLaunchFlat", std::to_string(nbuf) +
+                              " buffers (0..64, pointer lists required)");
+    return stickyCode;
+  }
+  std::string detail =
+      " T=" + std::to_string(*static_cast<int64_t *>(packed.params[0])) +
+      " buffers [";
+  for (int32_t b = 0; b < nbuf; ++b) {
+    void *const *p = &packed.params[1 + 5 * b];
+    void *allocated = *static_cast<void **>(p[0]);
+    void *aligned = *static_cast<void **>(p[1]);
+    int64_t offset = *static_cast<int64_t *>(p[2]);
+    int64_t size = *static_cast<int64_t *>(p[3]);
+    int64_t stride = *static_cast<int64_t *>(p[4]);
+    char text[64];
+    snprintf(text, sizeof(text), "%s0x%llx:%lld%s", b ? ", " : "",
+             (unsigned long long)(uintptr_t)aligned, (long long)size,
+             (allocated == aligned && offset == 0 && stride == 1) ? ""
+                                                                   : " BAD");
+    detail += text;
+  }
+  detail += "]";
+  launch("mhcLaunchFlat", function, nullptr, intptr_t(gx), intptr_t(gy),
+         intptr_t(gz), intptr_t(bx), intptr_t(by), intptr_t(bz), smem, stream,
+         packed.params, size_t(packed.count), detail);
+  return stickyCode;
 }
 
 MHC_EXPORT void mgpuLaunchClusterKernel(void *fn, intptr_t cx, intptr_t cy,

@@ -12,6 +12,8 @@
 #ifndef MHC_RUNTIME_H
 #define MHC_RUNTIME_H
 
+#include <stdint.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -52,6 +54,21 @@ void mhcRuntimeSetStreamOrdered(int on);
 
 /* Waits for all work on the current stream (mhcRuntimeGetStream()). */
 void mhcRuntimeSynchronize(void);
+
+/* One launch of an mhc kernel with the kernel ABI of docs/GPU.md, without the
+ * caller building memref descriptors: the parameters are (int64 T, then for
+ * each of the nbuf buffers a 1-D descriptor {ptrs[b], ptrs[b], 0, numels[b],
+ * 1}). `function` comes from mgpuModuleGetFunction; grid and block dimensions
+ * and `smem` (dynamic shared memory bytes; above 48 KiB is opted in) are as
+ * for mgpuLaunchKernel, and an empty grid launches nothing. `stream` is used
+ * as given: NULL is CUDA's legacy default stream (PyTorch's default stream),
+ * not the runtime's current stream. No host synchronisation. nbuf <= 64.
+ * Returns 0, or (sticky mode) the CUresult of the failure, also readable with
+ * mhcRuntimeGetLastError(); in abort mode a failure aborts. */
+int mhcLaunchFlat(void *function, int64_t gridX, int64_t gridY, int64_t gridZ,
+                  int64_t blockX, int64_t blockY, int64_t blockZ, int32_t smem,
+                  void *stream, int64_t T, int32_t nbuf, void *const *ptrs,
+                  const int64_t *numels);
 
 /* 1 in libmhc_runtime_mock.so, 0 in libmhc_runtime.so. */
 int mhcRuntimeIsMock(void);

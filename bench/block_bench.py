@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Training overhead of mHC on a transformer block: forward + backward of a pre-norm attention +
+SwiGLU block with a plain residual, with mHC (n = 4) through mhc.torch, and with the public mHC
+implementations (TransformerEngine, Liger, DeepSeek's reference and TileKernels), each eager and
+under torch.compile. Reports time (median), overhead over the plain block of the same mode, and
+peak memory; writes JSON and prints a table last.
+
+On the H200 (the peers copied to .peers, the kernel cache built elsewhere and carried, see
+docs/Torch.md):
+
+    MHC_CACHE=.mhc-cache python3 bench/block_bench.py --json out/block.json
+
+CPU smoke run (tiny sizes, reference backend, eager only; what CI runs):
+
+    python3 bench/block_bench.py --smoke --json /tmp/block.json
+
+Block: h + attn(rmsnorm(h)) then h + swiglu(rmsnorm(h)); attention with
+scaled_dot_product_attention (causal), head dim 128, SwiGLU hidden 4C; bf16; T = B*S = 4*4096.
+In the mHC variants each sublayer (with its own pre-norm) is the F of one hyper-connection, and x is
+[B, S, 4, C] (TE's layout is its own: [S, B, C, 4]). Times are do_bench medians when triton is
+available (CUDA events otherwise); memory is torch.cuda.max_memory_allocated over one step minus
+what was allocated before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "python"))
+import mhc.torch as mt  # noqa: E402
+
+N, R, EPS, POST_MULT = 4, 20, 1e-6, 2.0
+
+
+class Sublayers(nn.Module):
+    """The two sublayers of the block, each with its own pre-norm. `seq_first` inputs are
+    [S, B, C] (TE's layout), else [B, S, C]."""
+
+    def __init__(self, C, head_dim, dtype, device):
+        super().__init__()
+        self.C, self.H, self.d = C, C // head_dim, head_dim
+        mk = lambda *s: nn.Parameter(torch.randn(*s, dtype=dtype, device=device) / s[0] ** 0.5)  # noqa: E731
+        self.attn_norm = nn.RMSNorm(C, device=device, dtype=dtype)
+        self.ffn_norm = nn.RMSNorm(C, device=device, dtype=dtype)
+        self.wqkv, self.wo = mk(C, 3 * C), mk(C, C)
+        self.w13, self.w2 = mk(C, 8 * C), mk(4 * C, C)
+
+    def attn(self, u, seq_first=False):
+        qkv = self.attn_norm(u) @ self.wqkv
+        if seq_first:
+            S, B = u.shape[:2]
+            q, k, v = qkv.view(S, B, 3, self.H, self.d).permute(2, 1, 3, 0, 4)
+        else:
+            B, S = u.shape[:2]
+            q, k, v = qkv.view(B, S, 3, self.H, self.d).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)        # [B, H, S, d]
+        o = o.permute(2, 0, 1, 3) if seq_first else o.transpose(1, 2)
+        return o.reshape(*u.shape) @ self.wo
+
+    def ffn(self, u, seq_first=False):
+        gate, up = (self.ffn_norm(u) @ self.w13).chunk(2, dim=-1)
+        return (F.silu(gate) * up) @ self.w2
+
+
+class _Bound(nn.Module):
+    def __init__(self, fn, seq_first=False):
+        super().__init__()
+        self.fn, self.seq_first = fn, seq_first
+
+    def forward(self, u):
+        return self.fn(u, self.seq_first)
+
+
+def mhc_params(C, seed, device):
+    """fn, scale, base of one sublayer (the values every mHC variant uses)."""
+    g = torch.Generator().manual_seed(seed)
+    M = N * N + 2 * N
+    fn = ((torch.rand(M, N * C, generator=g) * 2 - 1) * 0.01).to(device)
+    base = torch.zeros(M)
+    base[:N] = -torch.log(torch.tensor(N - 1.0))
+    return fn, torch.full((3,), 0.01, device=device), base.to(device)
+
+
+# ------------------------------------------------------------------------------------------------
+# Variants: each returns (step inputs, forward function)
+# ------------------------------------------------------------------------------------------------
+
+def plain_variant(sub, h):
+    def f(h):
+        h = h + sub.attn(h)
+        return h + sub.ffn(h)
+    return h, f
+
+
+def mhc_variant(sub, h, backend, recompute):
+    C = h.shape[-1]
+    layers = []
+    for i, fn in enumerate((sub.attn, sub.ffn)):
+        hc = mt.HyperConnection(N, C, _Bound(fn), backend=backend, recompute=recompute).to(h.device)
+        p = mhc_params(C, i, h.device)
+        with torch.no_grad():
+            for param, value in zip((hc.fn, hc.scale, hc.base), p):
+                param.copy_(value)
+        layers.append(hc)
+    x = mt.Expand(N)(h.detach()).requires_grad_()
+
+    def f(x):
+        return layers[1](layers[0](x))
+    f.modules = layers      # keep their parameters alive and reachable
+    return x, f
+
+
+def peer_variant(peers, provider, sub, h):
+    """Each provider's pre and post with the sublayer in between (their own kernels, autograd)."""
+    C = h.shape[-1]
+    x = mt.Expand(N)(h.detach()).requires_grad_()
+    y0 = torch.zeros_like(h)
+    seq_first = provider == "te_triton"
+    params = []
+    for i in range(2):
+        fn, scale, base = mhc_params(C, i, h.device)
+        prepared = peers.prepare(provider, x, y0, fn, scale, base)
+        # Every provider trains its mHC parameters (prepare passes DeepSeek's reference's through).
+        train = lambda t: t if t.requires_grad else t.detach().clone().requires_grad_()  # noqa: E731
+        params.append([[train(t) for t in q] if isinstance(q, list) else train(q)
+                       for q in prepared[2:]])
+    x = peers.prepare(provider, x, y0, *mhc_params(C, 0, h.device))[0]
+
+    if provider in ("torch_eager", "torch_compile"):
+        tk = peers.tk
+
+        def pre(x, fn, scale, base):
+            mixes = tk.mhc_pre_norm_fn_ref(x, fn, None, EPS)
+            pre_, post, comb = tk.mhc_pre_split_mixes_ref(mixes, scale, base, N, POST_MULT, EPS)
+            comb = tk.sinkhorn_normalize_ref(comb, repeat=R, eps=EPS)
+            return tk.mhc_pre_apply_mix_ref(x, pre_), (post, comb)
+
+        def post(y, x, state):
+            return tk.mhc_post_ref(y, x, *state)
+    elif provider == "te_triton":
+        te = peers.te
+
+        def pre(x, fn, scale, base):
+            u, h_post, h_res = te.mhc_generate_mix_and_aggregate(x, fn, scale, base)
+            return u, (h_post, h_res)
+
+        def post(y, x, state):
+            return te.mhc_fused_expand_combine(y, None, state[0], x, state[1], N)
+    elif provider == "liger_triton":
+        lg = peers.lg
+
+        def pre(x, phi, a, base):
+            h_pre, h_post, h_res = lg.LigerMHCCoeffsFunction.apply(
+                x, phi, base, a[0], a[1], a[2], False, R, EPS, EPS, EPS, POST_MULT)
+            return lg.LigerMHCPreFunction.apply(x, h_pre), (h_post, h_res)
+
+        def post(y, x, state):
+            return lg.LigerMHCPostResFunction.apply(x, y, state[0], state[1])
+    elif provider == "tk_tilelang":
+        tkm = sys.modules["tile_kernels.modeling.mhc"]
+        from tile_kernels.modeling.mhc.ops import mhc_post
+
+        def pre(x, fn, scale, base):
+            u, (post_, comb) = tkm.mhc_pre(x, fn, scale, base, post_mult_value=POST_MULT, pre_eps=EPS,
+                                           sinkhorn_eps=EPS, norm_eps=EPS, sinkhorn_repeat=R)
+            return u, (post_, comb)
+
+        def post(y, x, state):
+            return mhc_post(y, x, *state)
+    else:
+        raise ValueError(f"unknown provider {provider}")
+
+    def f(x):
+        for sublayer, p in zip((sub.attn, sub.ffn), params):
+            u, state = pre(x, *p)
+            x = post(sublayer(u, seq_first), x, state)
+        return x
+    f.params = params
+    return x, f
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------------
+
+def leaves(f, x, sub):
+    out = [x] + list(sub.parameters())
+    for m in getattr(f, "modules", []):
+        out += list(m.parameters())
+    for p in getattr(f, "params", []):
+        for t in p:
+            out += t if isinstance(t, list) else [t]
+    return [t for t in out if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+def time_step(step, grads, device, reps, warmup):
+    if device.type == "cuda":
+        try:
+            from triton.testing import do_bench
+            return do_bench(step, warmup=warmup * 10, rep=reps * 10, grad_to_none=grads,
+                            return_mode="median")
+        except ImportError:
+            pass
+        times = []
+        for i in range(warmup + reps):
+            for g in grads:
+                g.grad = None
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            step()
+            b.record()
+            torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(a.elapsed_time(b))
+        return statistics.median(times)
+    times = []
+    for i in range(warmup + reps):
+        for g in grads:
+            g.grad = None
+        t = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def measure(name, mode, make, sub, h, args):
+    row = {"variant": name, "mode": mode, "C": h.shape[-1]}
+    try:
+        x, f = make()
+        fwd = torch.compile(f) if mode == "compile" else f
+        grad = torch.randn_like(fwd(x))
+        grads = leaves(f, x, sub)
+
+        def step():
+            fwd(x).backward(grad)
+        step()                                   # compile / autotune / load kernels first
+        if h.device.type == "cuda":
+            torch.cuda.synchronize()
+            for g in grads:
+                g.grad = None
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+            row["peak_mem_mb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        row["ms"] = time_step(step, grads, h.device, args.reps, args.warmup)
+    except Exception as e:  # noqa: BLE001 - record it and go on with the other variants
+        row["error"] = f"{type(e).__name__}: {e}"
+        row["traceback"] = traceback.format_exc(limit=6)
+    finally:
+        if h.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def host_time_us(C, device, reps=200):
+    """Host time of the mhc ops of one sublayer (forward pair, backward pair) on few tokens, so the
+    GPU keeps up and the host is what is measured."""
+    if device.type != "cuda":
+        return None
+    x = torch.randn(64, N, C, device=device, dtype=torch.bfloat16)
+    fn, scale, base = mhc_params(C, 0, device)
+    attrs = (R, EPS, EPS, POST_MULT)
+    u, post, comb, mix = torch.ops.mhc.hc_pre(x, fn, scale, base, *attrs)
+    y = torch.randn_like(u)
+    out = {}
+    try:
+        torch.ops.mhc.hc_post(y, x, post, comb)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.ops.mhc.hc_pre(x, fn, scale, base, *attrs)
+            torch.ops.mhc.hc_post(y, x, post, comb)
+        out["forward_pre_post_us"] = (time.perf_counter() - t) / reps * 1e6
+        torch.cuda.synchronize()
+        dxn = torch.randn_like(x)
+        torch.ops.mhc.hc_post_backward(y, x, post, comb, dxn)
+        torch.ops.mhc.hc_pre_backward(x, fn, scale, base, mix, u, post, comb, dxn, *attrs)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.ops.mhc.hc_post_backward(y, x, post, comb, dxn)
+            torch.ops.mhc.hc_pre_backward(x, fn, scale, base, mix, u, post, comb, dxn, *attrs)
+        out["backward_pre_post_us"] = (time.perf_counter() - t) / reps * 1e6
+        torch.cuda.synchronize()
+    except Exception as e:  # noqa: BLE001
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def load_peers(path):
+    if not path or path == "none":
+        return None, "peers disabled (--peers none)"
+    if not os.path.isdir(path):
+        return None, f"peers folder {path!r} not found"
+    sys.path.insert(0, os.path.abspath(path))
+    try:
+        import load as peers
+        return peers, None
+    except Exception as e:  # noqa: BLE001
+        return None, f"{type(e).__name__}: {e}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", required=True)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, eager only")
+    p.add_argument("--C", type=int, action="append")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=4096)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--modes", default="eager,compile")
+    p.add_argument("--mhc-backend", default="auto", choices=("auto", "cuda", "reference"))
+    p.add_argument("--peers", default=".peers", help="folder with load.py, or 'none'")
+    p.add_argument("--providers", default="torch_eager,te_triton,liger_triton,tk_tilelang")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.C = args.C or [64]
+        args.batch, args.seq, args.head_dim = 1, 32, 16
+        args.modes, args.reps, args.warmup = "eager", 2, 1
+    Cs = args.C or [2560, 4096]
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peers, peers_error = load_peers(args.peers)
+    providers = [q for q in args.providers.split(",") if q]
+    rows = []
+    for C in Cs:
+        torch.manual_seed(0)
+        sub = Sublayers(C, args.head_dim, dtype, device)
+        h = torch.randn(args.batch, args.seq, C, device=device, dtype=dtype, requires_grad=True)
+        for mode in args.modes.split(","):
+            variants = [("plain", lambda: plain_variant(sub, h)),
+                        ("mhc", lambda: mhc_variant(sub, h, args.mhc_backend, False)),
+                        ("mhc_recompute", lambda: mhc_variant(sub, h, args.mhc_backend, True))]
+            for q in providers:
+                if peers is None:
+                    rows.append({"variant": q, "mode": mode, "C": C, "error": peers_error})
+                    continue
+                if q not in peers.SUBLAYER:
+                    err = {"te_triton": "TE_ERROR", "liger_triton": "LIGER_ERROR",
+                           "tk_tilelang": "TK_TILELANG_ERROR"}.get(q)
+                    rows.append({"variant": q, "mode": mode, "C": C,
+                                 "error": getattr(peers, err or "", f"provider {q} not loaded")})
+                    continue
+                variants.append((q, lambda q=q: peer_variant(peers, q, sub, h)))
+            for name, make in variants:
+                row = measure(name, mode, make, sub, h, args)
+                rows.append(row)
+                print(f"  C={C} {mode:7s} {name:14s} " + (f"{row['ms']:.3f} ms" if "ms" in row
+                                                          else f"error: {row['error'][:100]}"), flush=True)
+    for r in rows:
+        plain = next((q for q in rows if q["variant"] == "plain" and q["mode"] == r["mode"]
+                      and q["C"] == r["C"] and "ms" in q), None)
+        if plain and "ms" in r:
+            r["overhead_pct"] = (r["ms"] / plain["ms"] - 1) * 100
+    host = {C: host_time_us(C, device) for C in Cs} if device.type == "cuda" else None
+    result = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "dtype": str(dtype), "batch": args.batch, "seq": args.seq,
+              "tokens": args.batch * args.seq, "head_dim": args.head_dim, "n": N,
+              "mhc_backend": args.mhc_backend, "peers_error": peers_error,
+              "mhc_host_time_us": host, "rows": rows}
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(f"\nblock fwd+bwd, T = {args.batch}x{args.seq}, {dtype}, n = {N} ({result['device']})")
+    print(f"{'C':>6} {'mode':8} {'variant':15} {'ms':>9} {'overhead':>9} {'peak MB':>9}")
+    for r in rows:
+        if "ms" in r:
+            print(f"{r['C']:>6} {r['mode']:8} {r['variant']:15} {r['ms']:9.3f} "
+                  f"{r.get('overhead_pct', 0):+8.1f}% {r.get('peak_mem_mb', float('nan')):9.0f}")
+        else:
+            print(f"{r['C']:>6} {r['mode']:8} {r['variant']:15} error: {r['error'][:60]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Checks the torch cuda backend (mhc's kernels through the mhc:: ops) against the reference
+backend (the same math in PyTorch, float32, on the same GPU): each op's outputs, then a
+HyperConnection's forward and all gradients (x, fn, scale, base, the sublayer's weight), with and
+without recomputation, for T in {1, 1000, 16384} and the C values given; and the forward ops
+captured in a CUDA graph and replayed on new data (bit-equal to eager). Writes JSON.
+
+    MHC_CACHE=.mhc-cache python3 bench/check_torch_backend.py --json $OUT/check_torch.json
+
+Tolerances (relative, ||a - b|| / ||b||): activations stored as bf16/f16 1e-2, f32 1e-4;
+coefficients and parameter gradients 1e-3 (kernel and reference reduce in different orders over up
+to T*nC terms). ``--smoke`` runs the same comparisons on the CPU, where the mhc:: ops *are* the
+reference math: it checks the script, not the kernels.
+"""
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+import mhc.torch as mt  # noqa: E402
+from mhc.torch import reference as ref  # noqa: E402
+
+ATTRS = (20, 1e-6, 1e-6, 2.0)
+
+
+def relerr(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def check_ops(T, n, C, dtype, device, act_tol, coef_tol, forward_only=False):
+    g = torch.Generator(device="cpu").manual_seed(T * 7 + C)
+    M = n * n + 2 * n
+    x = torch.randn(T, n, C, generator=g).to(device, dtype)
+    fn = (torch.randn(M, n * C, generator=g) * 0.02).to(device)
+    scale = torch.tensor([0.3, 0.5, 0.7]).to(device)
+    base = torch.randn(M, generator=g).to(device)
+    y = torch.randn(T, C, generator=g).to(device, dtype)
+    dx_next = torch.randn(T, n, C, generator=g).to(device, dtype)
+    du = torch.randn(T, C, generator=g).to(device, dtype)
+    out = {}
+
+    def compare(name, got, want, tol):
+        for i, (a, b) in enumerate(zip(got, want)):
+            e = relerr(a, b)
+            out[f"{name}[{i}]"] = {"relerr": e, "tol": tol[i] if isinstance(tol, tuple) else tol,
+                                   "ok": e <= (tol[i] if isinstance(tol, tuple) else tol)}
+
+    k = torch.ops.mhc.hc_pre(x, fn, scale, base, *ATTRS)
+    r = ref.hc_pre(x, fn, scale, base, *ATTRS)
+    compare("hc_pre", k, r, (act_tol, coef_tol, coef_tol, coef_tol))
+    u, post, comb, mix = r            # feed both sides the same inputs from here on
+    compare("hc_post", [torch.ops.mhc.hc_post(y, x, post, comb)], [ref.hc_post(y, x, post, comb)],
+            act_tol)
+    if forward_only:
+        return out
+    compare("hc_post_backward", torch.ops.mhc.hc_post_backward(y, x, post, comb, dx_next),
+            ref.hc_post_backward(y, x, post, comb, dx_next), (act_tol, coef_tol, coef_tol))
+    dy, dpost, dcomb = ref.hc_post_backward(y, x, post, comb, dx_next)
+    args = (x, fn, scale, base, mix, du, dpost.contiguous(), dcomb.contiguous(), dx_next, *ATTRS)
+    compare("hc_pre_backward", torch.ops.mhc.hc_pre_backward(*args), ref.hc_pre_backward(*args),
+            (act_tol, coef_tol, coef_tol, coef_tol))
+    return out
+
+
+def check_module(T, n, C, dtype, device, act_tol, coef_tol, recompute):
+    torch.manual_seed(T + C)
+    sub = nn.Sequential(nn.RMSNorm(C), nn.Linear(C, C)).to(device, dtype)
+    runs = {}
+    for backend in ("cuda" if device.type == "cuda" else "auto", "reference"):
+        hc = mt.HyperConnection(n, C, sub, backend=backend, recompute=recompute).to(device)
+        x = torch.randn(T, n, C, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+        x.requires_grad_()
+        dout = torch.randn(T, n, C, generator=torch.Generator().manual_seed(2)).to(device, dtype)
+        out = hc(x)
+        grads = torch.autograd.grad(out, [x, hc.fn, hc.scale, hc.base, sub[1].weight], dout)
+        runs[backend] = [out] + list(grads)
+    names = ["x_next", "dx", "dfn", "dscale", "dbase", "dW"]
+    tols = [act_tol, act_tol, coef_tol, coef_tol, coef_tol, 2 * act_tol]
+    a, b = runs.values()
+    return {f"module{'_recompute' if recompute else ''}.{nm}":
+            {"relerr": relerr(p, q), "tol": t, "ok": relerr(p, q) <= t}
+            for nm, p, q, t in zip(names, a, b, tols)}
+
+
+def check_cuda_graph(n, C, dtype, device, act_tol):
+    """hc_pre + hc_post captured in a CUDA graph and replayed on new data == eager."""
+    M = n * n + 2 * n
+    x = torch.randn(512, n, C, device=device).to(dtype)
+    y = torch.randn(512, C, device=device).to(dtype)
+    fn = torch.randn(M, n * C, device=device) * 0.02
+    scale, base = torch.rand(3, device=device), torch.randn(M, device=device)
+
+    def forward():
+        u, post, comb, _ = torch.ops.mhc.hc_pre(x, fn, scale, base, *ATTRS)
+        return u, torch.ops.mhc.hc_post(y, x, post, comb)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        forward()                                  # warm-up: loads the kernel set
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = forward()
+    x.copy_(torch.randn_like(x, dtype=torch.float32).to(dtype))
+    graph.replay()
+    eager = forward()
+    return {f"cuda_graph[{i}]": {"relerr": relerr(a, b), "tol": 0.0, "ok": relerr(a, b) == 0.0}
+            for i, (a, b) in enumerate(zip(static_out, eager))}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", required=True)
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--C", type=int, action="append")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "f16", "f32"))
+    p.add_argument("--tokens", default="1,1000,16384")
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--forward-only", action="store_true",
+                   help="only hc_pre/hc_post and the CUDA graph (a build_cache --forward-only set)")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if args.smoke:
+        args.C, args.tokens = args.C or [32], "1,7"
+    dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[args.dtype]
+    act_tol = 1e-2 if dtype != torch.float32 else 1e-4
+    results, ok = [], True
+    for C in args.C or [2560, 4096]:
+        for T in map(int, args.tokens.split(",")):
+            entry = {"n": args.n, "C": C, "T": T, "dtype": args.dtype}
+            try:
+                entry["checks"] = check_ops(T, args.n, C, dtype, device, act_tol, 1e-3,
+                                            args.forward_only)
+                for rc in (() if args.forward_only else (False, True)):
+                    entry["checks"].update(check_module(T, args.n, C, dtype, device, act_tol, 1e-3, rc))
+                if device.type == "cuda" and T == 1:
+                    entry["checks"].update(check_cuda_graph(args.n, C, dtype, device, act_tol))
+                bad = [k for k, v in entry["checks"].items() if not v["ok"]]
+                entry["ok"] = not bad
+                print(f"C={C} T={T}: {'ok' if not bad else 'FAIL ' + ', '.join(bad)}", flush=True)
+            except Exception as e:  # noqa: BLE001 - e.g. a kernel set without backward kernels
+                entry["ok"], entry["error"] = False, f"{type(e).__name__}: {e}"
+                entry["traceback"] = traceback.format_exc(limit=5)
+                print(f"C={C} T={T}: error {entry['error']}", flush=True)
+            ok &= entry["ok"]
+            results.append(entry)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as fh:
+        json.dump({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                   "smoke": args.smoke, "results": results, "ok": ok}, fh, indent=1)
+    print("all checks pass" if ok else "some checks FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

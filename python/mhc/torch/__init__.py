@@ -1,0 +1,18 @@
+"""mhc.torch: train PyTorch models with mHC on mhc's compiled kernels (docs/Torch.md).
+
+    import mhc.torch as mt
+    blocks = [mt.HyperConnection(4, C, Attention(C)), mt.HyperConnection(4, C, SwiGLU(C)), ...]
+    x = mt.Expand(4)(embed(tokens))      # [B, S, 4, C]
+    for b in blocks:
+        x = b(x)
+    h = mt.Head(4, C)(x)                 # or mt.Collapse()
+
+Importing this package registers the custom ops ``torch.ops.mhc.hc_pre``, ``hc_post``,
+``hc_post_backward`` and ``hc_pre_backward`` (mhc.torch.ops).
+"""
+
+from . import ops  # noqa: F401  - registers torch.ops.mhc.*
+from . import reference
+from .modules import Collapse, Expand, Head, HyperConnection, resolve_backend
+
+__all__ = ["HyperConnection", "Expand", "Collapse", "Head", "ops", "reference", "resolve_backend"]

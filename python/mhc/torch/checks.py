@@ -1,0 +1,107 @@
+"""Argument checks shared by the custom ops (real and fake implementations) and the modules.
+
+Every check runs before any work, so a bad call fails with a message naming the op, the argument
+and what was expected, instead of a shape error deep inside a kernel (or silent garbage from one).
+"""
+
+from __future__ import annotations
+
+import torch
+
+ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+def fail(op: str, message: str):
+    raise ValueError(f"mhc::{op}: {message}")
+
+
+def coefficient_dtype(x: torch.Tensor) -> torch.dtype:
+    """f32 coefficients and parameters; f64 when the activations are f64 (gradient checks)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _desc(t: torch.Tensor) -> str:
+    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')} on {t.device}"
+
+
+def _tensor(op, name, t, shape, dtype, device):
+    if not isinstance(t, torch.Tensor):
+        fail(op, f"{name} must be a tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        fail(op, f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)} ({name}: {_desc(t)})")
+    if t.dtype != dtype:
+        fail(op, f"{name} has dtype {t.dtype}, expected {dtype}")
+    if t.device != device:
+        fail(op, f"{name} is on {t.device} but x is on {device}")
+    if not t.is_contiguous():
+        fail(op, f"{name} is not contiguous (strides {t.stride()}); call .contiguous() first")
+
+
+def streams(op: str, x: torch.Tensor):
+    """Checks x [..., n, C] and returns (leading dims, n, C)."""
+    if not isinstance(x, torch.Tensor):
+        fail(op, f"x must be a tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        fail(op, f"x must be [..., n, C], got shape {tuple(x.shape)}")
+    if x.dtype not in ACTIVATION_DTYPES:
+        fail(op, f"x has dtype {x.dtype}; supported: bfloat16, float16, float32 (float64 for checks)")
+    n, C = x.shape[-2], x.shape[-1]
+    if n < 1 or C < 1:
+        fail(op, f"x must have n >= 1 streams and C >= 1 channels, got shape {tuple(x.shape)}")
+    if not x.is_contiguous():
+        fail(op, f"x is not contiguous (strides {x.stride()}); call .contiguous() first")
+    return tuple(x.shape[:-2]), n, C
+
+
+def attributes(op, iterations, eps, pre_eps, post_mult):
+    if int(iterations) < 1:
+        fail(op, f"iterations must be >= 1, got {iterations}")
+    for name, value in (("eps", eps), ("pre_eps", pre_eps)):
+        if not value >= 0:
+            fail(op, f"{name} must be >= 0, got {value}")
+    if not post_mult > 0:
+        fail(op, f"post_mult must be > 0, got {post_mult}")
+
+
+def parameters(op, x, fn, scale, base):
+    lead, n, C = streams(op, x)
+    M = n * n + 2 * n
+    cd = coefficient_dtype(x)
+    _tensor(op, "fn", fn, (M, n * C), cd, x.device)
+    _tensor(op, "scale", scale, (3,), cd, x.device)
+    _tensor(op, "base", base, (M,), cd, x.device)
+    return lead, n, C, M
+
+
+def hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult):
+    attributes("hc_pre", iterations, eps, pre_eps, post_mult)
+    return parameters("hc_pre", x, fn, scale, base)
+
+
+def hc_post(op, y, x, post, comb):
+    lead, n, C = streams(op, x)
+    cd = coefficient_dtype(x)
+    _tensor(op, "y", y, lead + (C,), x.dtype, x.device)
+    _tensor(op, "post", post, lead + (n,), cd, x.device)
+    _tensor(op, "comb", comb, lead + (n, n), cd, x.device)
+    return lead, n, C
+
+
+def hc_post_backward(y, x, post, comb, dx_next):
+    lead, n, C = hc_post("hc_post_backward", y, x, post, comb)
+    _tensor("hc_post_backward", "dx_next", dx_next, lead + (n, C), x.dtype, x.device)
+    return lead, n, C
+
+
+def hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps, pre_eps,
+                    post_mult):
+    op = "hc_pre_backward"
+    attributes(op, iterations, eps, pre_eps, post_mult)
+    lead, n, C, M = parameters(op, x, fn, scale, base)
+    cd = coefficient_dtype(x)
+    _tensor(op, "mix", mix, lead + (M,), cd, x.device)
+    _tensor(op, "du", du, lead + (C,), x.dtype, x.device)
+    _tensor(op, "dpost", dpost, lead + (n,), cd, x.device)
+    _tensor(op, "dcomb", dcomb, lead + (n, n), cd, x.device)
+    _tensor(op, "dx_next", dx_next, lead + (n, C), x.dtype, x.device)
+    return lead, n, C, M

@@ -1,0 +1,350 @@
+"""nn.Modules for mHC: ``HyperConnection`` around a sublayer, ``Expand`` after the embedding,
+``Collapse`` / ``Head`` before the final norm.
+
+How HyperConnection's autograd is wired (the private contract of this file)
+--------------------------------------------------------------------------
+One sublayer is ``u, post, comb, mix = hc_pre(x, ...)``, ``y = sublayer(u)``,
+``x_next = hc_post(y, x, post, comb)``. x feeds three places (norm_project, pre_apply, and the
+residual part of post_res), so its gradient has three terms. The GPU computes all three in one pass
+of ``hc_pre_backward``, which therefore needs ``dx_next``. To get it there without a separate
+autograd add over [T, n, C]:
+
+* ``_PreStep`` (forward: hc_pre) returns, besides u/post/comb/mix, a *link*: a zero-stride tensor of
+  x's shape that holds no data (``x.new_zeros(()).expand(x.shape)``);
+* ``_PostStep`` (forward: hc_post) takes the link as an extra input. Its backward runs
+  hc_post_backward -> (dy, dpost, dcomb), returns *no* gradient for x and hands ``dx_next`` itself
+  as the "gradient" of the link;
+* autograd delivers that to ``_PreStep``'s backward as the link's cotangent, which calls
+  hc_pre_backward(..., dx_next) -> the true, whole dx (plus dfn, dscale, dbase).
+
+The link exists only inside ``HyperConnection.forward``; it is never returned, stored or passed to
+the sublayer, so nothing outside can read it or send a gradient into it. Gradients that reach x
+from elsewhere (x used by other code) add up as usual. Tested with gradcheck (eager and
+torch.compile fullgraph) in python/tests/test_torch_modules.py.
+
+Recomputation (``recompute=True``, the paper's trade of compute for activation memory)
+-------------------------------------------------------------------------------------
+The mHC steps save only x, mix and y (plus the parameters); ``_PostStep``'s backward recomputes
+u/post/comb with one ``hc_pre`` call instead of keeping post/comb, and the sublayer's own saved
+copy of its input u (e.g. a norm or linear layer's input) is replaced by a marker and recomputed
+from that same call (``saved_tensors_hooks`` around the sublayer; other hooks the user installed
+still see every other tensor). Under torch.compile the hooks are not used (the compiled graph
+decides what it saves) but post/comb are still recomputed rather than saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+
+import torch
+from torch import nn
+
+from . import checks
+from . import reference as ref
+from .ops import DirectOps
+
+_BACKENDS = ("auto", "cuda", "reference")
+_MODES = ("mhc", "hc")
+
+
+def _ops(backend: str):
+    """The four op implementations of a resolved backend (both tables have the same signatures):
+    the mhc:: custom ops (called directly in eager mode: ops.DirectOps) or the reference math."""
+    return DirectOps if backend == "cuda" else ref
+
+
+@torch.compiler.assume_constant_result
+@functools.lru_cache(maxsize=None)      # once per shape: no file-system look-up per forward
+def _cuda_kernels_available(n: int, C: int, dtype: str) -> bool:
+    from . import kernels
+    return kernels.available(n, C, dtype)
+
+
+def resolve_backend(backend: str, x: torch.Tensor, n: int, C: int) -> str:
+    """'cuda' or 'reference' for this input. ``auto``: the kernels for CUDA tensors when their
+    kernel set is in the cache (or can be compiled here), else the reference math."""
+    if backend == "reference":
+        return "reference"
+    if backend == "cuda":
+        if x.device.type != "cuda":
+            raise ValueError(f"HyperConnection(backend='cuda') needs CUDA tensors, got x on {x.device} "
+                             "(use backend='reference' or 'auto' on other devices)")
+        return "cuda"
+    if x.device.type == "cuda" and _cuda_kernels_available(n, C, str(x.dtype).replace("torch.", "")):
+        return "cuda"
+    return "reference"
+
+
+class _URecompute:
+    """saved_tensors_hooks around the sublayer: its saved copy of u becomes a marker, rebuilt in
+    the backward from the u that _PostStep's backward recomputed (or by calling hc_pre again)."""
+
+    def __init__(self, u, inputs, backend, attrs):
+        self.u_storage = u.untyped_storage().data_ptr()
+        self.u_dtype = u.dtype
+        self.inputs, self.backend, self.attrs = inputs, backend, attrs   # (x, fn, scale, base)
+        self.recomputed_u = None
+        self.outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
+
+    def pack(self, t):
+        if (t.dtype == self.u_dtype and t.device.type != "meta"
+                and t.untyped_storage().data_ptr() == self.u_storage):
+            return ("u", self, tuple(t.shape), t.stride(), t.storage_offset())
+        return ("other", self.outer[0](t) if self.outer else t)
+
+    def unpack(self, packed):
+        if packed[0] == "other":
+            return self.outer[1](packed[1]) if self.outer else packed[1]
+        _, holder, shape, stride, offset = packed
+        u = holder.take_u()
+        return u.as_strided(shape, stride, offset)
+
+    def take_u(self):
+        u, self.recomputed_u = self.recomputed_u, None   # hand it over once; later unpacks recompute
+        if u is None:
+            u = _ops(self.backend).hc_pre(*self.inputs, *self.attrs)[0]
+        return u
+
+
+class _PreStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, fn, scale, base, backend, attrs):
+        u, post, comb, mix = _ops(backend).hc_pre(x, fn, scale, base, *attrs)
+        ctx.save_for_backward(x, fn, scale, base, mix)
+        ctx.backend, ctx.attrs = backend, attrs
+        ctx.mark_non_differentiable(mix)
+        ctx.set_materialize_grads(False)
+        link = x.new_zeros(()).expand(x.shape)      # no data: it only carries dx_next back
+        return u, post, comb, mix, link
+
+    @staticmethod
+    def backward(ctx, du, dpost, dcomb, _dmix, dx_next):
+        x, fn, scale, base, mix = ctx.saved_tensors
+        lead, (n, C) = x.shape[:-2], x.shape[-2:]
+        cd = mix.dtype
+        # Absent cotangents (an output nobody used) are zeros.
+        du = x.new_zeros(*lead, C) if du is None else du.contiguous()
+        dpost = x.new_zeros(*lead, n, dtype=cd) if dpost is None else dpost.contiguous()
+        dcomb = x.new_zeros(*lead, n, n, dtype=cd) if dcomb is None else dcomb.contiguous()
+        dx_next = torch.zeros_like(x) if dx_next is None else dx_next.contiguous()
+        dx, dfn, dscale, dbase = _ops(ctx.backend).hc_pre_backward(
+            x, fn, scale, base, mix, du, dpost, dcomb, dx_next, *ctx.attrs)
+        return dx, dfn, dscale, dbase, None, None
+
+
+class _PostStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, x, link, post, comb, mix, fn, scale, base, backend, attrs, recompute):
+        x_next = _ops(backend).hc_post(y, x, post, comb)
+        ctx.backend, ctx.attrs, ctx.recompute = backend, attrs, recompute
+        if recompute is None:
+            ctx.save_for_backward(y, x, post, comb)
+        else:
+            # x, mix, fn, scale, base are saved by _PreStep too: the same tensors, no extra memory.
+            ctx.save_for_backward(y, x, mix, fn, scale, base)
+        return x_next
+
+    @staticmethod
+    def backward(ctx, dx_next):
+        if ctx.recompute is None:
+            y, x, post, comb = ctx.saved_tensors
+        else:
+            y, x, mix, fn, scale, base = ctx.saved_tensors
+            u, post, comb, _ = _ops(ctx.backend).hc_pre(x, fn, scale, base, *ctx.attrs)
+            if isinstance(ctx.recompute, _URecompute):
+                ctx.recompute.recomputed_u = u      # the sublayer's backward, next, reads it
+        dx_next = dx_next.contiguous()
+        dy, dpost, dcomb = _ops(ctx.backend).hc_post_backward(y, x, post, comb, dx_next)
+        # No gradient for x here: dx_next goes through the link to _PreStep, which computes all of dx.
+        return dy, None, dx_next, dpost, dcomb, None, None, None, None, None, None, None
+
+
+def _no_autocast(x):
+    """The mHC math keeps its own precision (spec section 4: f32 coefficients and products) even
+    inside a user's autocast region; the sublayer still runs under it."""
+    if x.device.type in ("cpu", "cuda"):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+class HyperConnection(nn.Module):
+    """``x_next = HyperConnection(n, C, sublayer)(x)`` for x ``[..., n, C]``: one mHC (or HC) residual
+    step around ``sublayer`` (attention, FFN, ...; it maps u ``[..., C]`` to y ``[..., C]``).
+
+    Parameters (``mode="mhc"``, spec sections 2-3): ``fn f32[M, n*C]``, ``scale f32[3]``,
+    ``base f32[M]``, M = n*n + 2n, initialised like mhc-opt's ``--mhc-hyperconnect init=paper``:
+    alpha = 0.01 (scale), fn ~ U(-0.01, 0.01), base = [logit(1/n)]*n (pre = 1/n: u is the mean of
+    the streams; n = 1: 6.0) ++ [0]*n (post = 2*sigmoid(0) = 1) ++ [0]*n*n (comb = J/n, averaging).
+
+    ``mode="hc"``: plain dynamic hyper-connections (spec 5b, reference math only) with
+    ``theta f32[n+2, C]`` (rows theta_pre, theta_post, theta_res[0..n-1]), ``scale`` and ``base`` in
+    the same layout; init alpha = 0.01, theta ~ U(-0.01, 0.01), base = the HC identity
+    (pre = one-hot e_{layer mod n}, post = 1, res = I).
+
+    ``backend``: "reference" (PyTorch math, any device), "cuda" (mhc's compiled kernels through the
+    ``mhc::`` custom ops; CUDA tensors) or "auto" (cuda when its kernels are cached, else reference).
+    ``recompute``: see the module docstring. Extra positional/keyword arguments of ``forward`` go
+    to the sublayer.
+    """
+
+    def __init__(self, n: int, C: int, sublayer: nn.Module, mode: str = "mhc", iterations: int = 20,
+                 eps: float = 1e-6, pre_eps: float = 1e-6, post_mult: float = 2.0,
+                 backend: str = "auto", recompute: bool = True, layer: int = 0):
+        super().__init__()
+        if n < 1 or C < 1:
+            raise ValueError(f"HyperConnection: need n >= 1 and C >= 1, got n={n}, C={C}")
+        if mode not in _MODES:
+            raise ValueError(f"HyperConnection: mode must be one of {_MODES}, got {mode!r}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"HyperConnection: backend must be one of {_BACKENDS}, got {backend!r}")
+        checks.attributes("HyperConnection", iterations, eps, pre_eps, post_mult)
+        self.n, self.C, self.mode, self.backend, self.recompute = n, C, mode, backend, recompute
+        self.attrs = (int(iterations), float(eps), float(pre_eps), float(post_mult))
+        self.sublayer = sublayer
+        self.record_coefficients = False   # when True, forward keeps comb/res (detached) in .last_res
+        self.last_res = None
+        M = n * n + 2 * n
+        base = torch.zeros(M)
+        g = torch.Generator().manual_seed(1000 + layer)
+        if mode == "mhc":
+            base[:n] = _logit(1.0 / n) if n > 1 else 6.0
+            self.fn = nn.Parameter((torch.rand(M, n * C, generator=g) * 2 - 1) * 0.01)
+        else:
+            base[layer % n] = 1.0
+            base[n:2 * n] = 1.0
+            base[2 * n:] = torch.eye(n).reshape(-1)
+            self.theta = nn.Parameter((torch.rand(n + 2, C, generator=g) * 2 - 1) * 0.01)
+        self.scale = nn.Parameter(torch.full((3,), 0.01))
+        self.base = nn.Parameter(base)
+
+    def extra_repr(self):
+        it, eps, pre_eps, pm = self.attrs
+        return (f"n={self.n}, C={self.C}, mode={self.mode}, backend={self.backend}, "
+                f"recompute={self.recompute}, iterations={it}")
+
+    def _check_input(self, x):
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or tuple(x.shape[-2:]) != (self.n, self.C):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"HyperConnection(n={self.n}, C={self.C}): x must be [..., {self.n}, "
+                             f"{self.C}], got {shape}")
+        checks.streams("HyperConnection", x)
+        if x.device != self.scale.device:
+            raise ValueError(f"HyperConnection: x is on {x.device}, the parameters on {self.scale.device}")
+
+    def _check_output(self, y, x):
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape[:-2]) + (self.C,):
+            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(f"HyperConnection: the sublayer must return [..., C] = "
+                             f"{tuple(x.shape[:-2]) + (self.C,)}, got {shape}")
+
+    def _params(self, x):
+        cd = checks.coefficient_dtype(x)
+        cast = lambda p: p if p.dtype == cd else p.to(cd)   # noqa: E731 - f32 (f64 for checks)
+        return cast(self.fn), cast(self.scale), cast(self.base)
+
+    def forward(self, x, *args, **kwargs):
+        self._check_input(x)
+        if self.mode == "hc":
+            return self._forward_hc(x, *args, **kwargs)
+        backend = resolve_backend(self.backend, x, self.n, self.C)
+        fn, scale, base = self._params(x)
+        with _no_autocast(x):
+            u, post, comb, mix, link = _PreStep.apply(x, fn, scale, base, backend, self.attrs)
+        if self.record_coefficients:
+            self.last_res = comb.detach()
+        hooks = None
+        if self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            hooks = _URecompute(u, (x, fn, scale, base), backend, self.attrs)
+            with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
+                y = self.sublayer(u, *args, **kwargs)
+        else:
+            y = self.sublayer(u, *args, **kwargs)
+        self._check_output(y, x)
+        # y is stored like the stream (as `x + y` would be); e.g. a bf16 sublayer under autocast.
+        y = y.to(x.dtype).contiguous()
+        recompute = (hooks or True) if self.recompute else None
+        with _no_autocast(x):
+            return _PostStep.apply(y, x, link, post, comb, mix, fn, scale, base, backend,
+                                   self.attrs, recompute)
+
+    # Plain HC (spec 5b), the parametrisation of mhc-opt's --mhc-hyperconnect mode=hc.
+    def _forward_hc(self, x, *args, **kwargs):
+        cd = checks.coefficient_dtype(x)
+        theta, scale, base = self.theta.to(cd), self.scale.to(cd), self.base.to(cd)
+        with _no_autocast(x):
+            pre, post, res, xf = self._hc_coefficients(x, theta, scale, base, cd)
+            u = torch.einsum("...i,...ic->...c", pre, xf).to(x.dtype)
+        if self.record_coefficients:
+            self.last_res = res.detach()
+        y = self.sublayer(u, *args, **kwargs)
+        self._check_output(y, x)
+        with _no_autocast(x):
+            out = post[..., :, None] * y.to(cd)[..., None, :] + torch.einsum("...ij,...ic->...jc",
+                                                                                res, xf)
+        return out.to(x.dtype)
+
+    def _hc_coefficients(self, x, theta, scale, base, cd):
+        n = self.n
+        xf = x.to(cd)
+        xt = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)      # RMSNorm per stream
+        proj = xt @ theta.t()                                                # [..., n, n+2]
+        pre = scale[0] * torch.tanh(proj[..., 0]) + base[:n]
+        post = scale[1] * torch.tanh(proj[..., 1]) + base[n:2 * n]
+        res = scale[2] * torch.tanh(proj[..., 2:]) + base[2 * n:].view(n, n)  # [i][j]: source i -> j
+        return pre, post, res, xf
+
+
+class Expand(nn.Module):
+    """``[..., C] -> [..., n, C]``: n copies of the embedding's output (its gradient sums the streams)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, h):
+        return h.unsqueeze(-2).expand(*h.shape[:-1], self.n, h.shape[-1]).contiguous()
+
+
+class Collapse(nn.Module):
+    """``[..., n, C] -> [..., C]``: the plain-HC exit. ``mean=True`` (default) divides by n so that
+    identical streams give back the original stream (as mhc-opt's rewrite does); ``mean=False`` is
+    the spec's plain sum."""
+
+    def __init__(self, mean: bool = True):
+        super().__init__()
+        self.mean = mean
+
+    def forward(self, x):
+        s = x.float().sum(-2) if x.dtype in (torch.bfloat16, torch.float16) else x.sum(-2)
+        return (s / x.shape[-2] if self.mean else s).to(x.dtype)
+
+
+class Head(nn.Module):
+    """DeepSeek-V4's learned exit (spec section 3): ``sum_i (sigmoid(a_i) + eps) * x[i]`` with
+    ``a = norm_project(x, fn) * alpha + base`` from its own ``fn f32[n, n*C]``. Init: fn ~
+    U(-0.01, 0.01), alpha = 0.01, base = logit(1/n) (the mean of the streams; n = 1: 6.0)."""
+
+    def __init__(self, n: int, C: int, eps: float = 1e-6, rms_eps: float = 1e-6):
+        super().__init__()
+        self.n, self.C, self.eps, self.rms_eps = n, C, eps, rms_eps
+        g = torch.Generator().manual_seed(7)
+        self.fn = nn.Parameter((torch.rand(n, n * C, generator=g) * 2 - 1) * 0.01)
+        self.scale = nn.Parameter(torch.full((1,), 0.01))
+        self.base = nn.Parameter(torch.full((n,), _logit(1.0 / n) if n > 1 else 6.0))
+
+    def forward(self, x):
+        if x.dim() < 2 or tuple(x.shape[-2:]) != (self.n, self.C):
+            raise ValueError(f"Head(n={self.n}, C={self.C}): x must be [..., {self.n}, {self.C}], "
+                             f"got {tuple(x.shape)}")
+        cd = checks.coefficient_dtype(x)
+        v = x.reshape(*x.shape[:-2], self.n * self.C).to(cd)
+        r = torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + self.rms_eps)
+        a = (v @ self.fn.to(cd).t()) * r * self.scale.to(cd) + self.base.to(cd)
+        w = torch.sigmoid(a) + self.eps
+        return torch.einsum("...i,...ic->...c", w, x.to(cd)).to(x.dtype)

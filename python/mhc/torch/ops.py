@@ -1,0 +1,220 @@
+"""The kernel-level mHC ops as PyTorch custom ops (namespace ``mhc``).
+
+    torch.ops.mhc.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult) -> (u, post, comb, mix)
+    torch.ops.mhc.hc_post(y, x, post, comb) -> x_next
+    torch.ops.mhc.hc_post_backward(y, x, post, comb, dx_next) -> (dy, dpost, dcomb)
+    torch.ops.mhc.hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next,
+                                  iterations, eps, pre_eps, post_mult) -> (dx, dfn, dscale, dbase)
+
+Each maps 1:1 onto a set of mhc's GPU kernels (docs/Torch.md). ``hc_post_backward`` does not return
+dx: ``hc_pre_backward`` computes the *whole* dx of x, including hc_post's residual path
+``sum_j comb[i][j] dx_next[j]``, so that the GPU produces dx in one pass.
+
+Implementations: on CUDA tensors the compiled kernels from the kernel cache (:mod:`mhc.torch.kernels`);
+on any other device the reference math (:mod:`mhc.torch.reference`), so a model built on these ops
+runs (and is tested) on the CPU. Fake implementations give torch.compile the output metadata, so
+the ops stay single nodes in a ``fullgraph=True`` graph and are captured by CUDA graphs.
+
+Autograd (registered here) makes each op correct on its own: hc_pre's backward passes
+``dx_next = 0``, hc_post's adds its residual dx with a PyTorch einsum. ``HyperConnection`` does not
+use these formulas: it wires the pair so that no separate dx pass exists (mhc.torch.modules).
+The backward ops have no autograd (no double backward).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import checks
+from . import reference as ref
+
+Tensor = torch.Tensor
+
+
+def _on_gpu(x: Tensor) -> bool:
+    return x.device.type == "cuda"
+
+
+def _kernels():
+    from . import kernels  # imported lazily: ctypes/runtime loading only when a CUDA op runs
+    return kernels
+
+
+# ------------------------------------------------------------------------------------------------
+# hc_pre
+# ------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("mhc::hc_pre", mutates_args=())
+def hc_pre(x: Tensor, fn: Tensor, scale: Tensor, base: Tensor, iterations: int, eps: float,
+           pre_eps: float, post_mult: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    checks.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+    if _on_gpu(x):
+        return _kernels().run("hc_pre", x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+    u, post, comb, mix = ref.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+    return u.contiguous(), post.contiguous(), comb.contiguous(), mix.contiguous()
+
+
+def hc_pre_outputs(x, fn):
+    """Empty (u, post, comb, mix) of the right shapes and dtypes (also the kernels' allocation)."""
+    lead, (n, C), M = x.shape[:-2], x.shape[-2:], fn.shape[0]
+    cd = checks.coefficient_dtype(x)
+    return (x.new_empty(*lead, C), x.new_empty(*lead, n, dtype=cd),
+            x.new_empty(*lead, n, n, dtype=cd), x.new_empty(*lead, M, dtype=cd))
+
+
+@hc_pre.register_fake
+def _(x, fn, scale, base, iterations, eps, pre_eps, post_mult):
+    checks.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+    return hc_pre_outputs(x, fn)
+
+
+# ------------------------------------------------------------------------------------------------
+# hc_post
+# ------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("mhc::hc_post", mutates_args=())
+def hc_post(y: Tensor, x: Tensor, post: Tensor, comb: Tensor) -> Tensor:
+    checks.hc_post("hc_post", y, x, post, comb)
+    if _on_gpu(x):
+        return _kernels().run("hc_post", y, x, post, comb)[0]
+    return ref.hc_post(y, x, post, comb).contiguous()
+
+
+@hc_post.register_fake
+def _(y, x, post, comb):
+    checks.hc_post("hc_post", y, x, post, comb)
+    return torch.empty_like(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# hc_post_backward
+# ------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("mhc::hc_post_backward", mutates_args=())
+def hc_post_backward(y: Tensor, x: Tensor, post: Tensor, comb: Tensor,
+                     dx_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    checks.hc_post_backward(y, x, post, comb, dx_next)
+    if _on_gpu(x):
+        return _kernels().run("hc_post_backward", y, x, post, comb, dx_next)
+    return tuple(t.contiguous() for t in ref.hc_post_backward(y, x, post, comb, dx_next))
+
+
+@hc_post_backward.register_fake
+def _(y, x, post, comb, dx_next):
+    checks.hc_post_backward(y, x, post, comb, dx_next)
+    return torch.empty_like(y), torch.empty_like(post), torch.empty_like(comb)
+
+
+# ------------------------------------------------------------------------------------------------
+# hc_pre_backward
+# ------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("mhc::hc_pre_backward", mutates_args=())
+def hc_pre_backward(x: Tensor, fn: Tensor, scale: Tensor, base: Tensor, mix: Tensor, du: Tensor,
+                    dpost: Tensor, dcomb: Tensor, dx_next: Tensor, iterations: int, eps: float,
+                    pre_eps: float, post_mult: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    checks.hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps,
+                           pre_eps, post_mult)
+    if _on_gpu(x):
+        return _kernels().run("hc_pre_backward", x, fn, scale, base, mix, du, dpost, dcomb, dx_next,
+                              iterations, eps, pre_eps, post_mult)
+    return tuple(t.contiguous() for t in ref.hc_pre_backward(
+        x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps, pre_eps, post_mult))
+
+
+@hc_pre_backward.register_fake
+def _(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps, pre_eps, post_mult):
+    checks.hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps,
+                           pre_eps, post_mult)
+    return (torch.empty_like(x), torch.empty_like(fn), torch.empty_like(scale),
+            torch.empty_like(base))
+
+
+# ------------------------------------------------------------------------------------------------
+# Stand-alone autograd of the forward ops
+# ------------------------------------------------------------------------------------------------
+
+def _hc_pre_setup(ctx, inputs, output):
+    x, fn, scale, base, iterations, eps, pre_eps, post_mult = inputs
+    ctx.save_for_backward(x, fn, scale, base, output[3])
+    ctx.mark_non_differentiable(output[3])   # mix is saved for the backward, not a result to train
+    ctx.attrs = (iterations, eps, pre_eps, post_mult)
+
+
+def _hc_pre_backward(ctx, du, dpost, dcomb, dmix):
+    x, fn, scale, base, mix = ctx.saved_tensors
+    lead, (n, C) = x.shape[:-2], x.shape[-2:]
+    cd = checks.coefficient_dtype(x)
+    du = x.new_zeros(*lead, C) if du is None else du.contiguous()
+    dpost = x.new_zeros(*lead, n, dtype=cd) if dpost is None else dpost.contiguous()
+    dcomb = x.new_zeros(*lead, n, n, dtype=cd) if dcomb is None else dcomb.contiguous()
+    dx, dfn, dscale, dbase = hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb,
+                                             torch.zeros_like(x), *ctx.attrs)
+    return dx, dfn, dscale, dbase, None, None, None, None
+
+
+hc_pre.register_autograd(_hc_pre_backward, setup_context=_hc_pre_setup)
+
+
+def _hc_post_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _hc_post_backward(ctx, dx_next):
+    y, x, post, comb = ctx.saved_tensors
+    dx_next = dx_next.contiguous()
+    dy, dpost, dcomb = hc_post_backward(y, x, post, comb, dx_next)
+    # The residual part that hc_pre_backward takes over inside HyperConnection.
+    n, C = x.shape[-2:]
+    dx = torch.einsum("tij,tjc->tic", comb.reshape(-1, n, n),
+                      dx_next.reshape(-1, n, C).to(comb.dtype)).to(x.dtype).reshape(x.shape)
+    return dy, dx, dpost, dcomb
+
+
+hc_post.register_autograd(_hc_post_backward, setup_context=_hc_post_setup)
+
+
+# ------------------------------------------------------------------------------------------------
+# Eager fast path
+# ------------------------------------------------------------------------------------------------
+
+class DirectOps:
+    """The four ops for HyperConnection's cuda backend. In eager mode on CUDA tensors they check
+    the arguments and call the kernels directly, skipping the custom-op dispatcher (tens of µs of
+    host time per sublayer); under torch.compile, and on other devices, they are the torch.ops.mhc
+    ops themselves (single opaque graph nodes)."""
+
+    @staticmethod
+    def _direct(x) -> bool:
+        return _on_gpu(x) and not torch.compiler.is_compiling()
+
+    @staticmethod
+    def hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult):
+        if not DirectOps._direct(x):
+            return torch.ops.mhc.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+        checks.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+        return _kernels().run("hc_pre", x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+
+    @staticmethod
+    def hc_post(y, x, post, comb):
+        if not DirectOps._direct(x):
+            return torch.ops.mhc.hc_post(y, x, post, comb)
+        checks.hc_post("hc_post", y, x, post, comb)
+        return _kernels().run("hc_post", y, x, post, comb)[0]
+
+    @staticmethod
+    def hc_post_backward(y, x, post, comb, dx_next):
+        if not DirectOps._direct(x):
+            return torch.ops.mhc.hc_post_backward(y, x, post, comb, dx_next)
+        checks.hc_post_backward(y, x, post, comb, dx_next)
+        return _kernels().run("hc_post_backward", y, x, post, comb, dx_next)
+
+    @staticmethod
+    def hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps,
+                        pre_eps, post_mult):
+        args = (x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps, pre_eps,
+                post_mult)
+        if not DirectOps._direct(x):
+            return torch.ops.mhc.hc_pre_backward(*args)
+        checks.hc_pre_backward(*args)
+        return _kernels().run("hc_pre_backward", *args)

@@ -1,0 +1,146 @@
+"""The four kernel-level mHC ops in plain PyTorch: the ``reference`` backend.
+
+Same math as :mod:`mhc.reference` (numpy, the golden model) and spec sections 3 and 5, written with
+torch ops so that it runs on any device, is traced by ``torch.compile`` and serves as the CPU
+implementation of the ``mhc::`` custom ops. Every function takes and returns tensors with any
+leading (token) dims.
+
+Precision (spec section 4): activations (x, u, y, x_next, dx, dy) keep the dtype of ``x``;
+coefficients (mix, post, comb, dpost, dcomb) and parameter gradients are float32, every reduction
+in float32. When ``x`` is float64 everything is float64 (gradient checks).
+
+The backward is analytic (spec section 5), not autograd of the forward, so it is the same
+computation the GPU backward kernels do, including the recomputation of pre/post/comb from ``mix``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward", "coefficients_from_mix",
+           "compute_dtype", "sinkhorn"]
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 for float64 activations (gradient checks), float32 otherwise (spec section 4)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _scale_expanded(scale: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.cat([scale[0:1].expand(n), scale[1:2].expand(n), scale[2:3].expand(n * n)])
+
+
+def _split(mix, scale, base, n, pre_eps, post_mult):
+    """a = mix * scale_expanded + base, then (sigmoid(a_pre), pre, post, logits)."""
+    a = mix * _scale_expanded(scale, n) + base
+    s_pre = torch.sigmoid(a[:, :n])
+    post = torch.sigmoid(a[:, n:2 * n]) * post_mult
+    logits = a[:, 2 * n:].reshape(-1, n, n)      # logits[t, i, j] = a[t, 2n + i*n + j]
+    return s_pre, s_pre + pre_eps, post, logits
+
+
+def _sinkhorn_trace(logits, iterations: int, eps: float):
+    """Sinkhorn (spec section 3) keeping what its backward needs: P0 and every (axis, sum, result)."""
+    P0 = torch.softmax(logits, dim=-1)
+    P = P0 + eps
+    steps = []
+    for axis in [-2] + [-1, -2] * (iterations - 1):   # first over the source index, then pairs
+        s = P.sum(axis, keepdim=True)
+        P = P / (s + eps)
+        steps.append((axis, s, P))
+    return P0, steps
+
+
+def sinkhorn(logits: torch.Tensor, iterations: int = 20, eps: float = 1e-6) -> torch.Tensor:
+    """comb = Sinkhorn(logits) on the trailing n x n."""
+    return _sinkhorn_trace(logits, iterations, eps)[1][-1][2]
+
+
+def _flat(x: torch.Tensor):
+    n, C = x.shape[-2:]
+    return x.reshape(-1, n, C), x.shape[:-2], n, C
+
+
+def coefficients_from_mix(mix, scale, base, iterations, eps, pre_eps, post_mult):
+    """(pre, post, comb) ``[T, n]``, ``[T, n]``, ``[T, n, n]`` from mix ``[T, M]`` (recomputation)."""
+    n = round((mix.shape[-1] + 1) ** 0.5) - 1
+    _, pre, post, logits = _split(mix, scale.to(mix.dtype), base.to(mix.dtype), n, pre_eps, post_mult)
+    return pre, post, sinkhorn(logits, iterations, eps)
+
+
+def hc_pre(x, fn, scale, base, iterations: int, eps: float, pre_eps: float, post_mult: float):
+    """norm_project + split_mixes + sinkhorn + pre_apply -> (u, post, comb, mix)."""
+    xt, lead, n, C = _flat(x)
+    cd = compute_dtype(x)
+    v = xt.reshape(-1, n * C).to(cd)
+    r = torch.rsqrt((v * v).sum(-1, keepdim=True) / (n * C) + eps)
+    mix = (v @ fn.to(cd).t()) * r
+    pre, post, comb = coefficients_from_mix(mix, scale, base, iterations, eps, pre_eps, post_mult)
+    u = torch.einsum("ti,tic->tc", pre, v.view(-1, n, C)).to(x.dtype)
+    M = mix.shape[-1]
+    return (u.reshape(*lead, C), post.reshape(*lead, n), comb.reshape(*lead, n, n),
+            mix.reshape(*lead, M))
+
+
+def hc_post(y, x, post, comb):
+    """x_next[j, c] = post[j] * y[c] + sum_i comb[i][j] * x[i, c] (f32 accumulation, stored like x)."""
+    xt, lead, n, C = _flat(x)
+    cd = compute_dtype(x)
+    post_t = post.reshape(-1, n).to(cd)
+    out = post_t[:, :, None] * y.reshape(-1, 1, C).to(cd) + torch.einsum(
+        "tij,tic->tjc", comb.reshape(-1, n, n).to(cd), xt.to(cd))
+    return out.to(x.dtype).reshape(x.shape)
+
+
+def hc_post_backward(y, x, post, comb, dx_next):
+    """(dy, dpost, dcomb) of hc_post. The dx part (sum_j comb[i][j] dx_next[j]) is left to
+    hc_pre_backward, which computes the whole dx in one pass."""
+    xt, lead, n, C = _flat(x)
+    cd = compute_dtype(x)
+    g = dx_next.reshape(-1, n, C).to(cd)
+    dy = torch.einsum("tj,tjc->tc", post.reshape(-1, n).to(cd), g).to(y.dtype)
+    dpost = torch.einsum("tc,tjc->tj", y.reshape(-1, C).to(cd), g)
+    dcomb = torch.einsum("tic,tjc->tij", xt.to(cd), g)
+    return dy.reshape(y.shape), dpost.reshape(*lead, n), dcomb.reshape(*lead, n, n)
+
+
+def hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations: int, eps: float,
+                    pre_eps: float, post_mult: float):
+    """(dx, dfn, dscale, dbase). dx is the whole gradient of x: the norm_project and pre_apply paths
+    plus the residual path sum_j comb[i][j] dx_next[j] of hc_post. pre, post and comb are recomputed
+    from mix; parameter gradients are summed over tokens."""
+    xt, lead, n, C = _flat(x)
+    cd = compute_dtype(x)
+    K = n * C
+    v = xt.reshape(-1, K).to(cd)
+    fn_c, scale_c, base_c = fn.to(cd), scale.to(cd), base.to(cd)
+    mix = mix.reshape(-1, mix.shape[-1]).to(cd)
+    s_pre, pre, post, logits = _split(mix, scale_c, base_c, n, pre_eps, post_mult)
+    P0, steps = _sinkhorn_trace(logits, iterations, eps)
+    comb = steps[-1][2]
+
+    du_t = du.reshape(-1, C).to(cd)
+    dpre = torch.einsum("tc,tic->ti", du_t, v.view(-1, n, C))
+    # Sinkhorn backward: walk the normalisations back, then through the softmax.
+    g = dcomb.reshape(-1, n, n).to(cd)
+    for axis, s, Y in reversed(steps):
+        g = (g - (g * Y).sum(axis, keepdim=True)) / (s + eps)
+    dlogits = P0 * (g - (g * P0).sum(-1, keepdim=True))
+    da = torch.cat([dpre * s_pre * (1 - s_pre),
+                    dpost.reshape(-1, n).to(cd) * post * (1 - post / post_mult),
+                    dlogits.reshape(-1, n * n)], dim=-1)
+    per_coef = (da * mix).sum(0)
+    dscale = torch.stack([per_coef[:n].sum(), per_coef[n:2 * n].sum(), per_coef[2 * n:].sum()])
+    dbase = da.sum(0)
+    dmix = da * _scale_expanded(scale_c, n)
+    # norm_project backward: mix = m * r, m = v @ fn^T, r = rsqrt(sum v^2 / K + eps).
+    r = torch.rsqrt((v * v).sum(-1, keepdim=True) / K + eps)
+    m = v @ fn_c.t()
+    dm = dmix * r
+    dS = -(dmix * m).sum(-1, keepdim=True) * r ** 3 / (2 * K)
+    dx = (dm @ fn_c + 2 * v * dS).view(-1, n, C)
+    dx = dx + pre[:, :, None] * du_t[:, None, :]
+    dx = dx + torch.einsum("tij,tjc->tic", comb, dx_next.reshape(-1, n, C).to(cd))
+    dfn = dm.t() @ v
+    return (dx.to(x.dtype).reshape(x.shape), dfn.to(fn.dtype), dscale.to(scale.dtype),
+            dbase.to(base.dtype))

@@ -1,0 +1,402 @@
+"""mhc.torch modules: HyperConnection (mhc and hc), Expand, Collapse, Head.
+
+Golden model: mhc.reference (numpy float64) through a sublayer F(u) = tanh(u @ W).
+Tolerances: float64 1e-10 relative; bf16 activations: x_next 1e-2, gradients 3e-2 relative to the
+float64 golden run on the same (bf16-stored) inputs (u, y, x_next and dx are bf16-rounded along the
+way, as on the GPU). Both op paths are tested: backend="reference" (plain PyTorch functions) and the
+mhc:: custom ops that backend="cuda" uses (on CPU their implementation is the reference math;
+selected here by patching resolve_backend).
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mhc.torch as mt
+from mhc import reference as R
+from mhc.torch import modules
+
+N, C = 4, 16
+
+
+class Tanh(nn.Module):
+    """F(u) = tanh(u @ W) with a fixed W; W kept in float64 and cast to u's dtype."""
+
+    def __init__(self, C, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.W = nn.Parameter(torch.randn(C, C, generator=g, dtype=torch.float64) * 0.3)
+
+    def forward(self, u):
+        return torch.tanh(u @ self.W.to(u.dtype))
+
+
+def np_F(W):
+    return lambda u: np.tanh(u @ W)
+
+
+def np_F_vjp(W):
+    return lambda u, dy: (dy * (1 - np.tanh(u @ W) ** 2)) @ W.T
+
+
+@pytest.fixture(params=["reference", "ops"])
+def path(request, monkeypatch):
+    """'reference': backend='reference'; 'ops': the mhc:: custom ops (the cuda backend's path)."""
+    if request.param == "ops":
+        monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
+    return request.param
+
+
+def make_hc(n=N, C=C, dtype=torch.float64, recompute=True, seed=0, **kw):
+    hc = mt.HyperConnection(n, C, Tanh(C, seed), backend="reference", recompute=recompute, **kw)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():   # away from the init so every term of the gradient is non-trivial
+        hc.fn.copy_(torch.randn(hc.fn.shape, generator=g) * 0.1)
+        hc.scale.copy_(torch.tensor([0.6, 0.8, 1.1]))
+        hc.base.copy_(torch.randn(hc.base.shape, generator=g) * 0.5)
+    return hc.double() if dtype == torch.float64 else hc
+
+
+def relerr(got, ref):
+    got = got.detach().double().numpy() if isinstance(got, torch.Tensor) else got
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+def golden(hc, x, dout):
+    p = lambda t: t.detach().double().numpy()   # noqa: E731
+    W = p(hc.sublayer.W)
+    args = (p(x), p(hc.fn), p(hc.scale), p(hc.base))
+    x_next = R.mhc_sublayer(*args, np_F(W), dtype=np.float64)
+    grads = R.mhc_sublayer_backward(*args, np_F(W), np_F_vjp(W), p(dout), dtype=np.float64)
+    return x_next, grads
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_module_matches_golden_float64(path, recompute):
+    hc = make_hc(recompute=recompute)
+    x = torch.randn(2, 3, N, C, dtype=torch.float64, requires_grad=True)
+    dout = torch.randn(2, 3, N, C, dtype=torch.float64)
+    out = hc(x)
+    dx, dfn, dscale, dbase = torch.autograd.grad(out, (x, hc.fn, hc.scale, hc.base), dout)
+    ref_out, ref = golden(hc, x, dout)
+    assert relerr(out, ref_out) < 1e-12
+    for got, name in ((dx, "dx"), (dfn, "dfn"), (dscale, "dscale"), (dbase, "dbase")):
+        assert relerr(got, ref[name]) < 1e-10, name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_module_low_precision(path, dtype):
+    hc = make_hc(C=64, dtype=dtype)
+    x = torch.randn(8, N, 64).to(dtype).requires_grad_()
+    dout = torch.randn(8, N, 64).to(dtype)
+    out = hc(x)
+    assert out.dtype == dtype
+    dx, dfn, dscale, dbase = torch.autograd.grad(out, (x, hc.fn, hc.scale, hc.base), dout)
+    assert dx.dtype == dtype and dfn.dtype == torch.float32
+    ref_out, ref = golden(hc, x, dout)
+    assert relerr(out, ref_out) < 1e-2
+    for got, name in ((dx, "dx"), (dfn, "dfn"), (dscale, "dscale"), (dbase, "dbase")):
+        assert relerr(got, ref[name]) < 3e-2, name
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_gradcheck_module(path, recompute):
+    hc = make_hc(n=3, C=5, recompute=recompute, iterations=4)   # 4 Sinkhorn steps: a faster check
+    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    params = (hc.fn, hc.scale, hc.base, hc.sublayer.W)
+
+    def f(x, fn, scale, base, W):
+        # x also feeds code outside the module: its gradients must add up with the linked dx.
+        return hc(x) * 1.5 + x.sin(), fn.sum()   # fn.sum(): gradcheck needs every input used
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+def test_gradcheck_two_layers_and_unused_output(path):
+    a, b = make_hc(n=2, C=4, seed=0, iterations=4), make_hc(n=2, C=4, seed=3, iterations=4)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: b(a(x)), (x,))
+    # An output that does not depend on x_next at all still gives x its pre-step gradient.
+    hc = make_hc(n=2, C=4)
+    out = hc(x)
+    (g,) = torch.autograd.grad(out[..., 0, :].sum(), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_link_is_private():
+    """The sublayer sees only u; the module returns only x_next, which shares nothing with x."""
+    hc = make_hc(recompute=False)
+    seen = []
+    hc.sublayer.register_forward_hook(lambda m, args, kwargs, out: seen.append((args, kwargs)),
+                                      with_kwargs=True)
+    x = torch.randn(5, N, C, dtype=torch.float64, requires_grad=True)
+    out = hc(x)
+    (args, kwargs), = seen
+    assert len(args) == 1 and kwargs == {} and args[0].shape == (5, C)
+    assert isinstance(out, torch.Tensor) and out.shape == x.shape
+    assert out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    assert all(s != 0 for s in out.stride())
+
+
+def saved_bytes(run):
+    """Bytes of the distinct storages that autograd saves during run() (outer saved-tensor hooks:
+    HyperConnection's own recompute hooks forward everything but u to them)."""
+    storages = {}
+
+    def pack(t):
+        if not isinstance(t, nn.Parameter) and not t._is_view() or t._base is not None:
+            s = t.untyped_storage()
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = run()
+    params = {p.untyped_storage().data_ptr() for p in run.params}
+    return sum(b for ptr, b in storages.items() if ptr not in params), out
+
+
+class PreNormFFN(nn.Module):
+    """A sublayer that saves its input u (RMSNorm), like attention and FFN blocks do."""
+
+    def __init__(self, C):
+        super().__init__()
+        self.norm = nn.RMSNorm(C)
+        self.up = nn.Linear(C, 2 * C)
+        self.down = nn.Linear(2 * C, C)
+
+    def forward(self, u):
+        return self.down(torch.relu(self.up(self.norm(u))))
+
+
+def test_recompute_saves_activation_memory():
+    T, n, C = 64, 4, 32
+    results = {}
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        hc = mt.HyperConnection(n, C, PreNormFFN(C), backend="reference", recompute=recompute)
+        x = torch.randn(T, n, C, requires_grad=True)
+        run = lambda: hc(x)   # noqa: E731
+        run.params = list(hc.parameters())
+        nbytes, out = saved_bytes(run)
+        dx, dfn = torch.autograd.grad(out.square().sum(), (x, hc.fn))
+        results[recompute] = (nbytes, dx, dfn)
+    saved_plain, saved_recompute = results[False][0], results[True][0]
+    # recompute drops u (T*C f32, saved by the RMSNorm) and post/comb (T*(n + n*n) f32).
+    expected = T * C * 4 + T * (n + n * n) * 4
+    assert saved_plain - saved_recompute == expected, (saved_plain, saved_recompute)
+    print(f"\nsaved activations, T={T} n={n} C={C} f32: {saved_plain} B without recompute, "
+          f"{saved_recompute} B with ({saved_plain - saved_recompute} B less)")
+    # Same gradients either way (the recomputed u is bit-identical).
+    assert torch.equal(results[False][1], results[True][1])
+    assert torch.equal(results[False][2], results[True][2])
+
+
+def test_recompute_keeps_user_hooks_working():
+    """Another saved-tensor hook (e.g. activation offloading) still sees the sublayer's tensors."""
+    hc = mt.HyperConnection(2, 8, PreNormFFN(8), backend="reference", recompute=True)
+    x = torch.randn(4, 2, 8, requires_grad=True)
+    packed, unpacked = [], []
+
+    def pack(t):
+        packed.append(t.shape)
+        return t.clone()
+
+    def unpack(t):
+        unpacked.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        out = hc(x)
+    ref_dx, = torch.autograd.grad(out.sum(), x)
+    assert any(s == (4, 16) for s in packed)   # the FFN's hidden activation went through them
+    out2 = hc(x)
+    dx2, = torch.autograd.grad(out2.sum(), x)
+    assert torch.equal(ref_dx, dx2)
+
+
+def tiny_lm(n=2, C=16, vocab=11, blocks=2, backend="reference", **kw):
+    torch.manual_seed(0)
+    layers = [nn.Embedding(vocab, C), mt.Expand(n)]
+    layers += [mt.HyperConnection(n, C, PreNormFFN(C), backend=backend, layer=i, **kw)
+               for i in range(blocks)]
+    layers += [mt.Head(n, C), nn.RMSNorm(C), nn.Linear(C, vocab)]
+    return nn.Sequential(*layers)
+
+
+def _grads(model, tokens):
+    loss = nn.functional.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+    return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+
+def test_torch_compile_fullgraph_inductor(monkeypatch):
+    """The cuda backend's path (mhc:: ops, the pre->post link, recomputation) under
+    torch.compile(fullgraph=True) with inductor: same loss and gradients as eager."""
+    monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
+    model = tiny_lm()
+    tokens = torch.randint(0, 11, (2, 6))
+    loss, grads = _grads(model, tokens)
+    compiled = torch.compile(model, fullgraph=True)
+    closs, cgrads = _grads(compiled, tokens)
+    assert torch.allclose(loss, closs, rtol=1e-5)
+    for g, cg in zip(grads, cgrads):
+        assert torch.allclose(g, cg, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_torch_compile_fullgraph_graph_capture(path, recompute):
+    """Both paths, dynamic token counts: dynamo + AOTAutograd capture the whole model in one graph
+    (aot_eager: the same capture as inductor without its slow CPU code generation). 3 Sinkhorn
+    iterations: the reference path traces every iteration, 20 would only cost time."""
+    model = tiny_lm(recompute=recompute, iterations=3)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=True)
+    for shape in ((2, 6), (3, 5)):
+        tokens = torch.randint(0, 11, shape)
+        loss, grads = _grads(model, tokens)
+        closs, cgrads = _grads(compiled, tokens)
+        assert torch.allclose(loss, closs, rtol=1e-6)
+        for g, cg in zip(grads, cgrads):
+            assert torch.allclose(g, cg, rtol=1e-5, atol=1e-7)
+
+
+def test_gradcheck_under_compile(monkeypatch):
+    monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
+    hc = make_hc(n=2, C=3, iterations=4)
+    f = torch.compile(lambda x: hc(x), fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (x,))
+
+
+def test_training_loss_decreases():
+    model = tiny_lm(blocks=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 11, (4, 12), generator=g)
+    losses = []
+    for _ in range(40):
+        logits = model(tokens[:, :-1])
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    hc = model[2]
+    assert hc.fn.grad is not None and hc.scale.grad.abs().sum() > 0
+
+
+def test_zero_tokens_forward_backward(path):
+    hc = make_hc()
+    x = torch.randn(0, 3, N, C, dtype=torch.float64, requires_grad=True)
+    out = hc(x)
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape and torch.all(hc.fn.grad == 0)
+
+
+def test_bad_module_inputs():
+    hc = mt.HyperConnection(N, C, Tanh(C), backend="reference")
+    with pytest.raises(ValueError, match=r"x must be \[\.\.\., 4, 16\]"):
+        hc(torch.randn(2, 3, C))
+    with pytest.raises(ValueError, match="dtype"):
+        hc(torch.randint(0, 3, (2, N, C)))
+    with pytest.raises(ValueError, match="not contiguous"):
+        hc(torch.randn(2, C, N).transpose(-1, -2))
+    with pytest.raises(ValueError, match="meta"):
+        hc(torch.randn(2, N, C, device="meta"))
+    bad = mt.HyperConnection(N, C, nn.Linear(C, C + 1), backend="reference")
+    with pytest.raises(ValueError, match="sublayer must return"):
+        bad(torch.randn(2, N, C))
+    with pytest.raises(ValueError, match="backend"):
+        mt.HyperConnection(N, C, Tanh(C), backend="triton")
+    with pytest.raises(ValueError, match="mode"):
+        mt.HyperConnection(N, C, Tanh(C), mode="static")
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        mt.HyperConnection(N, C, Tanh(C), backend="cuda")(torch.randn(2, N, C))
+
+
+def test_paper_init():
+    """alpha = 0.01; base gives pre = 1/n, post = 1, comb = J/n (exact with fn = 0)."""
+    n = 4
+    hc = mt.HyperConnection(n, 8, nn.Identity(), backend="reference")
+    assert torch.equal(hc.scale.data, torch.full((3,), 0.01))
+    assert hc.fn.abs().max() <= 0.01 and hc.fn.abs().max() > 0
+    with torch.no_grad():
+        hc.fn.zero_()
+    x = torch.randn(5, n, 8)
+    u, post, comb, mix = mt.reference.hc_pre(x, hc.fn, hc.scale, hc.base, *hc.attrs)
+    assert torch.allclose(u, x.mean(-2), atol=1e-5)
+    assert torch.allclose(post, torch.ones_like(post))
+    assert torch.allclose(comb, torch.full_like(comb, 1 / n), atol=1e-6)
+
+
+def test_hc_mode_matches_numpy_reference():
+    n, C, layer = 3, 6, 4
+    hc = mt.HyperConnection(n, C, Tanh(C), mode="hc", layer=layer).double()
+    with torch.no_grad():
+        hc.theta.normal_(0, 0.5)
+        hc.scale.copy_(torch.tensor([0.3, 0.4, 0.5]))
+    x = torch.randn(2, n, C, dtype=torch.float64, requires_grad=True)
+    out = hc(x)
+    p = lambda t: t.detach().numpy()   # noqa: E731
+    th, b = p(hc.theta), p(hc.base)
+    pre, post, res = R.hc_coefficients(p(x), th[0], th[1], th[2:], p(hc.scale), b[:n], b[n:2 * n],
+                                       b[2 * n:].reshape(n, n).T)   # b_res in the paper's orientation
+    u = R.pre_apply(p(x), pre)
+    ref = R.post_res(np.tanh(u @ p(hc.sublayer.W)), p(x), post, res)
+    assert relerr(out, ref) < 1e-12
+    assert torch.autograd.gradcheck(lambda x: hc(x), (x,))
+
+
+def test_hc_identity_init_is_a_plain_residual():
+    n, C, layer = 4, 8, 6
+    hc = mt.HyperConnection(n, C, Tanh(C), mode="hc", layer=layer)
+    with torch.no_grad():
+        hc.theta.zero_()
+    x = torch.randn(3, n, C)
+    y = hc.sublayer(x[:, layer % n])
+    assert torch.allclose(hc(x), x + y[:, None, :], atol=1e-6)
+
+
+def test_expand_collapse_head():
+    h = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    x = mt.Expand(4)(h)
+    assert x.shape == (2, 3, 4, 8) and x.is_contiguous()
+    (dh,) = torch.autograd.grad(x, h, torch.ones_like(x))
+    assert torch.equal(dh, torch.full_like(h, 4.0))
+    assert torch.allclose(mt.Collapse()(x), h)
+    assert torch.allclose(mt.Collapse(mean=False)(x), 4 * h)
+    head = mt.Head(4, 8).double()
+    with torch.no_grad():
+        head.fn.normal_(0, 0.3)
+    xs = torch.randn(5, 4, 8, dtype=torch.float64, requires_grad=True)
+    v = xs.detach().reshape(5, 32).numpy()
+    a = (v @ head.fn.detach().numpy().T) / np.sqrt((v * v).mean(-1, keepdims=True) + 1e-6) \
+        * head.scale.detach().numpy() \
+        + head.base.detach().numpy()
+    w = 1 / (1 + np.exp(-a)) + 1e-6
+    assert relerr(head(xs), np.einsum("ti,tic->tc", w, xs.detach().numpy())) < 1e-12
+    assert torch.autograd.gradcheck(head, (xs,))
+    assert torch.allclose(mt.Head(4, 8)(mt.Expand(4)(h.float())), h.float(), atol=1e-2)
+
+
+@pytest.mark.parametrize("mode", ["mhc", "hc"])
+def test_autocast_keeps_mhc_math_in_float32(mode):
+    """Inside a bf16 autocast region the sublayer runs in bf16, the mHC math stays f32: the result
+    equals the same model run with the sublayer's output rounded to bf16 by hand."""
+    torch.manual_seed(0)
+    C = 16
+    sub = nn.Linear(C, C)
+    hc = mt.HyperConnection(2, C, sub, mode=mode, backend="reference")
+    x = torch.randn(5, 2, C)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = hc(x)
+    assert got.dtype == torch.float32
+
+    class Rounded(nn.Module):
+        def forward(self, u):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return sub(u)
+    want = mt.HyperConnection(2, C, Rounded(), mode=mode, backend="reference")
+    want.load_state_dict(hc.state_dict(), strict=False)
+    assert torch.equal(got, want(x))

@@ -1,0 +1,63 @@
+"""The H200 scripts in their --smoke form (tiny sizes, CPU): they run end to end and write what
+the lead's runs will be read from."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(*args, timeout=600):
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_block_bench_smoke(tmp_path):
+    out = tmp_path / "block.json"
+    text = run("bench/block_bench.py", "--smoke", "--json", str(out), "--peers",
+               str(tmp_path / "no-peers-here"))
+    result = json.loads(out.read_text())
+    rows = {(r["variant"], r["mode"]): r for r in result["rows"]}
+    for variant in ("plain", "mhc", "mhc_recompute"):
+        assert rows[(variant, "eager")]["ms"] > 0, rows[(variant, "eager")]
+    assert rows[("mhc", "eager")]["overhead_pct"] != 0
+    # A peer that cannot load is recorded, not fatal.
+    assert "not found" in rows[("te_triton", "eager")]["error"]
+    table = text[text.index("block fwd+bwd"):].splitlines()      # the table is printed last
+    assert table[1].split()[:3] == ["C", "mode", "variant"] and len(table) == 2 + len(rows)
+
+
+def test_stability_study_smoke_and_plots(tmp_path):
+    out = tmp_path / "stability.json"
+    run("examples/stability_study.py", "--smoke", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == {"baseline", "hc", "mhc"}
+    first = {v: r["train"][0]["loss"] for v, r in result["variants"].items()}
+    # Same seed, sublayer weights and first batch: the variants start from nearly the same loss.
+    assert max(first.values()) - min(first.values()) < 0.1, first
+    for v in ("hc", "mhc"):
+        g = result["variants"][v]["eval"][-1]["gains"]
+        assert len(g["single_forward"]) == 4 and len(g["composite_backward"]) == 4   # 2 blocks x 2
+    mhc_gains = result["variants"]["mhc"]["eval"][-1]["gains"]
+    # Doubly stochastic comb: every column sums to 1 (the last Sinkhorn step), so the max
+    # absolute row sum of H_res = comb^T is 1 up to the Sinkhorn eps.
+    assert all(abs(v - 1) < 1e-3 for v in mhc_gains["single_forward"])
+    text = run("examples/plot_stability.py", str(out), "--out", str(tmp_path / "plots"))
+    try:
+        import matplotlib  # noqa: F401
+        assert (tmp_path / "plots" / "gains.png").stat().st_size > 0
+    except ImportError:
+        assert "matplotlib is not installed" in text
+
+
+def test_check_torch_backend_smoke(tmp_path):
+    out = tmp_path / "check.json"
+    run("bench/check_torch_backend.py", "--smoke", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["ok"] and len(result["results"]) == 2
+    checks = result["results"][0]["checks"]
+    assert "hc_pre_backward[0]" in checks and "module_recompute.dfn" in checks
