@@ -220,6 +220,13 @@ def run_cpu(mlir, entry: str = "main", entry_result: str = "void") -> str:
                  f"--shared-libs={libs}"], input_text=lowered)
 
 
+def compile_torch_kernels(key: dict, out_dir) -> None:
+    """The torch cuda backend's kernel set for `key` (kernels.cubin + manifest.json in out_dir):
+    see mhc.torch.kernel_build."""
+    from mhc.torch.kernel_build import compile_kernels
+    compile_kernels(key, out_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mhc.compiler", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)

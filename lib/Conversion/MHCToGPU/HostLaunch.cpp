@@ -63,6 +63,12 @@ Value HostLaunch::outputBuffer(Value result) {
   return flatten(b, loc, alloc);
 }
 
+Value HostLaunch::scratchBuffer(Type elem, Value numElements) {
+  return memref::AllocOp::create(
+      b, loc, MemRefType::get({ShapedType::kDynamic}, elem),
+      ValueRange{numElements});
+}
+
 Value HostLaunch::tileGrid(int64_t tileTokens) {
   Value tt = arith::ConstantIndexOp::create(b, loc, tileTokens);
   Value one = arith::ConstantIndexOp::create(b, loc, 1);
@@ -71,10 +77,11 @@ Value HostLaunch::tileGrid(int64_t tileTokens) {
 }
 
 void HostLaunch::launch(gpu::GPUFuncOp kernel, Value gridX, int64_t threads,
-                        ValueRange args) {
+                        ValueRange args, int64_t gridY) {
   Value one = arith::ConstantIndexOp::create(b, loc, 1);
   Value block = arith::ConstantIndexOp::create(b, loc, threads);
-  gpu::LaunchFuncOp::create(b, loc, kernel, gpu::KernelDim3{gridX, one, one},
+  Value y = gridY == 1 ? one : arith::ConstantIndexOp::create(b, loc, gridY);
+  gpu::LaunchFuncOp::create(b, loc, kernel, gpu::KernelDim3{gridX, y, one},
                             gpu::KernelDim3{block, one, one}, Value(), args);
 }
 

@@ -30,11 +30,14 @@ public:
   /// A fresh buffer for `result` (its dynamic dims must be token dims), as a
   /// flat memref<?xT>; null after a diagnostic at `root` otherwise.
   Value outputBuffer(Value result);
+  /// A scratch buffer of `numElements` elements (memref<?xT>), for values
+  /// that pass from one kernel of a group to the next.
+  Value scratchBuffer(Type elem, Value numElements);
   /// max(ceil(T / tileTokens), 1) blocks: with T = 0 one block runs and
   /// writes nothing (a grid of 0 blocks would be a launch error).
   Value tileGrid(int64_t tileTokens);
   void launch(gpu::GPUFuncOp kernel, Value gridX, int64_t threads,
-              ValueRange args);
+              ValueRange args, int64_t gridY = 1);
   /// Replaces `replaced[i]` by the tensor of the i-th output buffer and
   /// erases the root.
   void finish(ArrayRef<Value> replaced);

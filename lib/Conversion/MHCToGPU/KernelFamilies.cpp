@@ -4,6 +4,7 @@
 // KernelFamily in a file of its own (see KernelGroup.h) plus a line here.
 //
 //===----------------------------------------------------------------------===//
+#include "BackwardKernel.h"
 #include "ForwardKernel.h"
 
 using namespace mlir;
@@ -12,7 +13,8 @@ using namespace mlir::mhc::gpu_kernels;
 
 ArrayRef<const KernelFamily *> gpu_kernels::kernelFamilies() {
   static const KernelFamily *const families[] = {
-      &forwardKernelFamily(), // ForwardKernel.cpp: pre, post, single ops
+      &forwardKernelFamily(),  // ForwardKernel.cpp: pre, post, single ops
+      &backwardKernelFamily(), // BackwardKernel.cpp: the gradient groups
   };
   return families;
 }

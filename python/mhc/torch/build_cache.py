@@ -9,7 +9,7 @@ runtime library (libmhc_runtime.so, with mhcLaunchFlat) to DIR. Copy DIR to the 
 set ``MHC_CACHE=DIR``; loading needs neither mhc-opt nor MLIR.
 
     python -m mhc.torch.build_cache --check DIR      # validate every manifest in DIR, list the keys
-    python -m mhc.torch.build_cache --forward-only ...   # hc_pre + hc_post from today's pipeline
+    python -m mhc.torch.build_cache --forward-only ...   # hc_pre + hc_post only (inference)
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def build_all(out: Path, ns, Cs, dtypes, chip, iterations, eps, pre_eps, post_mu
                                         eps=eps, pre_eps=pre_eps, post_mult=post_mult)
                 compile_fn = None
                 if forward_only:
-                    from .forward_kernels import compile_forward_kernels as compile_fn
+                    from .kernel_build import compile_forward_kernels as compile_fn
                 folders.append(kernels.build(key, out, compile_fn))
                 print(f"built {key.folder(out)}")
     src = runtime or kernels.find_runtime(out)
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--pre-eps", type=float, default=1e-6)
     p.add_argument("--post-mult", type=float, default=2.0)
     p.add_argument("--forward-only", action="store_true",
-                   help="hc_pre + hc_post from today's GPU pipeline (mhc.torch.forward_kernels), "
+                   help="hc_pre + hc_post only (mhc.torch.kernel_build), "
                         "no compiler hook needed; for inference and checks")
     p.add_argument("--runtime", type=Path, help="libmhc_runtime.so to copy (default: the build's)")
     p.add_argument("--out", type=Path, help="cache folder to build into")

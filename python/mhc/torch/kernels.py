@@ -75,6 +75,11 @@ OP_BUFFERS = {   # (arguments, results) of each op, in schema order
     "hc_post_backward": (("y", "x", "post", "comb", "dx_next"), ("dy", "dpost", "dcomb")),
     "hc_pre_backward": (("x", "fn", "scale", "base", "mix", "du", "dpost", "dcomb", "dx_next"),
                         ("dx", "dfn", "dscale", "dbase")),
+    # The whole standalone sublayer backward in one fused group, and the steady-state forward
+    # (pre from the previous mix, post_res + the next norm_project): what the benchmarks time.
+    "hc_sublayer_backward": (("x", "y", "fn", "scale", "base", "mix", "du", "dx_next"),
+                             ("dx", "dy", "dfn", "dscale", "dbase")),
+    "hc_steady_forward": (("x", "mix", "scale", "base", "y", "fn"), ("u", "x_next", "mix_next")),
 }
 DTYPE_NAMES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32,
                "f64": torch.float64, "i32": torch.int32, "i64": torch.int64}
@@ -353,6 +358,13 @@ def allocate_results(op: str, args):
     if op == "hc_post_backward":
         y, _, post, comb = args[:4]
         return [torch.empty_like(y), torch.empty_like(post), torch.empty_like(comb)]
+    if op == "hc_sublayer_backward":
+        x, y, fn, scale, base = args[:5]
+        return [torch.empty_like(x), torch.empty_like(y), torch.empty_like(fn),
+                torch.empty_like(scale), torch.empty_like(base)]
+    if op == "hc_steady_forward":
+        x, mix, _, _, y, _ = args[:6]
+        return [torch.empty_like(y), torch.empty_like(x), torch.empty_like(mix)]
     x, fn, scale, base = args[:4]
     return [torch.empty_like(x), torch.empty_like(fn), torch.empty_like(scale),
             torch.empty_like(base)]
@@ -468,7 +480,7 @@ def _compiler_function():
 def build(key: KernelKey, root=None, compile_fn=None) -> Path:
     """Compiles the kernel set of `key` into the cache (needs mhc-opt and the compiler hook
     ``mhc.compiler.compile_torch_kernels(key_dict, out_dir)``, or another function with that
-    contract, e.g. mhc.torch.forward_kernels.compile_forward_kernels) and returns its folder."""
+    contract, e.g. mhc.torch.kernel_build.compile_forward_kernels) and returns its folder."""
     compile_fn = compile_fn or _compiler_function()
     if compile_fn is None:
         raise KernelsMissing(

@@ -315,7 +315,7 @@ func.func @post_res_result(%y: tensor<8x64xbf16>, %x: tensor<8x4x64xbf16>, %p: t
 // -----
 
 func.func @fused_kind(%x: tensor<8x4xf32>) {
-  // expected-error @+1 {{expects kind "pre" or "post", got "middle"}}
+  // expected-error @+1 {{expects kind "pre", "post", "backward", "post_backward" or "pre_backward", got "middle"}}
   %r = mhc.fused "middle" -> tensor<8x4xf32> {
     mhc.yield %x : tensor<8x4xf32>
   }

@@ -757,8 +757,11 @@ void PostResGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
 //===----------------------------------------------------------------------===//
 
 LogicalResult FusedOp::verify() {
-  if (getKind() != "pre" && getKind() != "post")
-    return emitOpError() << "expects kind \"pre\" or \"post\", got \""
+  static const StringRef kinds[] = {"pre", "post", "backward",
+                                    "post_backward", "pre_backward"};
+  if (!llvm::is_contained(kinds, getKind()))
+    return emitOpError() << "expects kind \"pre\", \"post\", \"backward\", "
+                            "\"post_backward\" or \"pre_backward\", got \""
                          << getKind() << "\"";
   Block &body = getBody().front();
   auto yield = dyn_cast<YieldOp>(body.getTerminator());

@@ -8,6 +8,21 @@
 //   "pre":  split_mixes + sinkhorn + pre_apply, plus the norm_project that
 //           feeds split_mixes when no post group took it (the first sublayer).
 //
+// and the gradient ops of each sublayer (the shape --mhc-generate-backward
+// emits: split_mixes + sinkhorn recomputed from the saved mix, post_res_grad,
+// pre_apply_grad, sinkhorn_grad, split_mixes_grad, norm_project_grad and the
+// two arith.addf that sum dx) into
+//
+//   "backward":      all of them, when nothing runs between post_res_grad
+//                    and pre_apply_grad (a standalone sublayer);
+//   "post_backward": split_mixes + sinkhorn + post_res_grad (dy, dpost,
+//                    dcomb), before an opaque sublayer's VJP that turns dy
+//                    into du (or a post_res_grad alone whose dx is unused,
+//                    post and comb given), and
+//   "pre_backward":  the rest after it, with clones of split_mixes, sinkhorn
+//                    and post_res_grad (for post_res_grad's dx, which the
+//                    kernels compute in the same pass as the other two dx).
+//
 // A group is an mhc.fused op placed where its last member was; it yields
 // every member result used outside. Ops that fit no group stay as they are
 // (they become standalone kernels).
@@ -15,8 +30,11 @@
 //===----------------------------------------------------------------------===//
 #include "mhc/Dialect/MHC/IR/MHCOps.h"
 #include "mhc/Dialect/MHC/Transforms/Passes.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
 #include "llvm/ADT/SetVector.h"
+#include <algorithm>
 
 namespace mlir::mhc {
 #define GEN_PASS_DEF_MHCFUSE
@@ -85,12 +103,190 @@ static void formGroup(StringRef kind, SmallVector<Operation *> members) {
   YieldOp::create(b, last->getLoc(), escaping);
 }
 
+
+/// The ops of one sublayer's backward in --mhc-generate-backward's shape.
+struct SublayerBackward {
+  SplitMixesOp sm;
+  SinkhornOp sk;
+  PostResGradOp prg;
+  PreApplyGradOp pag;
+  SinkhornGradOp skg;
+  SplitMixesGradOp smg;
+  NormProjectGradOp npg;
+  arith::AddFOp firstAdd, secondAdd; // (two of the dx) + the third
+};
+
+/// The only user of `v`, if it has exactly one.
+static Operation *onlyUser(Value v) {
+  return v.hasOneUse() ? *v.getUsers().begin() : nullptr;
+}
+
+/// Matches the sublayer backward around `smg`, or fails (the ops are then
+/// left alone and each becomes its own kernel, or an error if it has none).
+/// post_res_grad is the one whose dx is summed with the other two; its
+/// dpost and dcomb feed split_mixes_grad and sinkhorn_grad, or (the
+/// pre_backward half written directly) come from outside and it contributes
+/// only its dx.
+static FailureOr<SublayerBackward> matchSublayerBackward(SplitMixesGradOp smg) {
+  SublayerBackward m;
+  m.smg = smg;
+  m.pag = smg.getDpre().getDefiningOp<PreApplyGradOp>();
+  m.skg = smg.getDlogits().getDefiningOp<SinkhornGradOp>();
+  m.npg = dyn_cast_or_null<NormProjectGradOp>(onlyUser(smg.getDmix()));
+  if (!m.pag || !m.skg || !m.npg)
+    return failure();
+  // dx = (two of the three dx) + the third.
+  auto first = dyn_cast_or_null<arith::AddFOp>(onlyUser(m.pag.getDx()));
+  if (!first)
+    first = dyn_cast_or_null<arith::AddFOp>(onlyUser(m.npg.getDx()));
+  if (!first)
+    return failure();
+  m.firstAdd = first;
+  m.secondAdd = dyn_cast_or_null<arith::AddFOp>(onlyUser(first.getResult()));
+  if (!m.secondAdd)
+    return failure();
+  SmallVector<Value> summed{first.getLhs(), first.getRhs()};
+  summed.push_back(m.secondAdd.getLhs() == first.getResult()
+                       ? m.secondAdd.getRhs()
+                       : m.secondAdd.getLhs());
+  for (Value v : summed)
+    if (auto prg = v.getDefiningOp<PostResGradOp>())
+      m.prg = prg;
+  if (!m.prg)
+    return failure();
+  Value dxs[3] = {m.prg.getDx(), m.pag.getDx(), m.npg.getDx()};
+  if (!std::is_permutation(summed.begin(), summed.end(), std::begin(dxs)))
+    return failure();
+  bool ownSums = smg.getDpost() == m.prg.getDpost() &&
+                 m.skg.getDcomb() == m.prg.getDcomb();
+  bool onlyDx = m.prg.getDy().use_empty() && m.prg.getDpost().use_empty() &&
+                m.prg.getDcomb().use_empty();
+  if (!ownSums && !onlyDx)
+    return failure();
+  m.sm = m.skg.getLogits().getDefiningOp<SplitMixesOp>();
+  m.sk = m.prg.getComb().getDefiningOp<SinkhornOp>();
+  if (!m.sm || !m.sk || m.sk.getLogits() != m.sm.getLogits() ||
+      m.sm.getPre() != m.pag.getPre() || m.sm.getPost() != m.prg.getPost())
+    return failure();
+  // One stream x, one set of coefficients, one set of attributes.
+  Value x = m.npg.getX();
+  if (m.pag.getX() != x || m.prg.getX() != x ||
+      m.sm.getMix() != smg.getMix() || m.sm.getScale() != smg.getScale() ||
+      m.sm.getBase() != smg.getBase() ||
+      m.sm.getPostMult() != smg.getPostMult() ||
+      m.sm.getPreEps() != smg.getPreEps() ||
+      m.sk.getIterations() != m.skg.getIterations() ||
+      m.sk.getEps() != m.skg.getEps())
+    return failure();
+  // The kernels take norm_project's m = x @ fn^T as mix / r: mix must be
+  // norm_project(x, fn) itself, or the value the forward saved for it
+  // (an argument labelled mhc.saved, as --mhc-generate-backward writes).
+  Value mix = smg.getMix();
+  if (auto np = mix.getDefiningOp<NormProjectOp>()) {
+    if (np.getX() != x || np.getFn() != m.npg.getFn() ||
+        np.getEps() != m.npg.getEps())
+      return failure();
+  } else if (auto arg = dyn_cast<BlockArgument>(mix)) {
+    auto func = dyn_cast<func::FuncOp>(arg.getOwner()->getParentOp());
+    if (!func || !func.getArgAttr(arg.getArgNumber(), "mhc.saved"))
+      return failure();
+  } else {
+    return failure();
+  }
+  for (Operation *op : {m.sm.getOperation(), m.sk.getOperation(),
+                        m.prg.getOperation(), m.pag.getOperation(),
+                        m.skg.getOperation(), m.npg.getOperation(),
+                        m.firstAdd.getOperation(), m.secondAdd.getOperation()})
+    if (op->getBlock() != smg->getBlock())
+      return failure();
+  return m;
+}
+
+/// True if `v` is computed from `op`'s results (in `op`'s block).
+static bool dependsOn(Value v, Operation *op) {
+  SmallVector<Value> work{v};
+  llvm::SmallPtrSet<Operation *, 32> seen;
+  while (!work.empty()) {
+    Operation *def = work.pop_back_val().getDefiningOp();
+    if (!def || def->getBlock() != op->getBlock() || !seen.insert(def).second)
+      continue;
+    if (def == op)
+      return true;
+    if (def->isBeforeInBlock(op))
+      continue;
+    llvm::append_range(work, def->getOperands());
+  }
+  return false;
+}
+
+/// Forms the backward group(s) of one matched sublayer.
+static void formBackward(SublayerBackward &m) {
+  SmallVector<Operation *> tail{m.pag, m.skg, m.smg, m.npg, m.firstAdd,
+                                m.secondAdd};
+  if (m.prg.getDpost() != m.smg.getDpost()) {
+    // Written as the second half already: dpost and dcomb come from outside.
+    SmallVector<Operation *> all{m.sm, m.sk, m.prg};
+    all.append(tail);
+    if (canGroupAtLast(all))
+      formGroup("pre_backward", all);
+    return;
+  }
+  if (!dependsOn(m.pag.getDu(), m.prg)) {
+    SmallVector<Operation *> all{m.sm, m.sk, m.prg};
+    all.append(tail);
+    if (canGroupAtLast(all))
+      formGroup("backward", all);
+    return;
+  }
+  // An opaque F's VJP turns dy into du: split at it. The second group gets
+  // its own split_mixes, sinkhorn and post_res_grad (for post_res_grad's
+  // dx); the first computes dy, dpost and dcomb.
+  OpBuilder b(m.pag);
+  auto sm = cast<SplitMixesOp>(b.clone(*m.sm));
+  auto sk = cast<SinkhornOp>(b.clone(*m.sk));
+  sk->setOperand(0, sm.getLogits());
+  auto prg = cast<PostResGradOp>(b.clone(*m.prg));
+  prg.getPostMutable().assign(sm.getPost());
+  prg.getCombMutable().assign(sk.getComb());
+  m.pag.getPreMutable().assign(sm.getPre());
+  m.skg.getLogitsMutable().assign(sm.getLogits());
+  m.prg.getDx().replaceUsesWithIf(prg.getDx(), [&](OpOperand &use) {
+    return use.getOwner() == m.firstAdd || use.getOwner() == m.secondAdd;
+  });
+  SmallVector<Operation *> first{m.sm, m.sk, m.prg};
+  SmallVector<Operation *> second{sm, sk, prg};
+  second.append(tail);
+  if (canGroupAtLast(first))
+    formGroup("post_backward", first);
+  if (canGroupAtLast(second))
+    formGroup("pre_backward", second);
+}
+
 namespace {
 struct MHCFusePass : mhc::impl::MHCFuseBase<MHCFusePass> {
   using MHCFuseBase::MHCFuseBase;
 
   void runOnOperation() override {
     llvm::SmallPtrSet<Operation *, 16> taken;
+
+    // Backward groups: each sublayer's gradient ops.
+    SmallVector<SublayerBackward> backward;
+    getOperation().walk([&](SplitMixesGradOp smg) {
+      FailureOr<SublayerBackward> m = matchSublayerBackward(smg);
+      if (succeeded(m))
+        backward.push_back(*m);
+    });
+    for (SublayerBackward &m : backward)
+      formBackward(m);
+    // A post_res_grad of its own whose dx is not needed: the first half
+    // (dy, dpost, dcomb) with post and comb given.
+    SmallVector<Operation *> lonePostGrads;
+    getOperation().walk([&](PostResGradOp prg) {
+      if (!isa<FusedOp>(prg->getParentOp()) && prg.getDx().use_empty())
+        lonePostGrads.push_back(prg);
+    });
+    for (Operation *prg : lonePostGrads)
+      formGroup("post_backward", {prg});
 
     // Post groups first: they claim the next sublayer's norm_project.
     SmallVector<SmallVector<Operation *>> postGroups;

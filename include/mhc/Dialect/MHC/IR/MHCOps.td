@@ -382,11 +382,16 @@ def MHC_PostResGradOp : MHC_Op<"post_res_grad", [Pure,
 def MHC_FusedOp : MHC_Op<"fused", [SingleBlock, RecursiveMemoryEffects]> {
   let summary = "a group of mhc ops that becomes one GPU kernel";
   let description = [{
-    Formed by `--mhc-fuse`. The body holds the mhc ops of one kernel and ends
-    in `mhc.yield` with the values used outside. It captures its inputs from
-    the enclosing region. `kind` names the kernel: `"pre"` (norm_project,
-    split_mixes, sinkhorn and pre_apply of one sublayer) or `"post"`
-    (post_res, optionally with the next sublayer's norm_project).
+    Formed by `--mhc-fuse`. The body holds the mhc ops of one kernel group
+    and ends in `mhc.yield` with the values used outside. It captures its
+    inputs from the enclosing region. `kind` names the group: `"pre"`
+    (norm_project, split_mixes, sinkhorn and pre_apply of one sublayer),
+    `"post"` (post_res, optionally with the next sublayer's norm_project),
+    `"backward"` (all gradient ops of one sublayer, with the split_mixes and
+    sinkhorn they recompute and the two arith.addf that sum dx),
+    `"post_backward"` / `"pre_backward"` (the same split at an opaque
+    sublayer's VJP). A forward group becomes one GPU kernel, a backward group
+    up to three (docs/GPU.md).
 
     ```mlir
     %pre, %post, %comb, %u = mhc.fused "pre" -> tensor<?x4xf32>, ... {

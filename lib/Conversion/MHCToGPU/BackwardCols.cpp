@@ -1,0 +1,307 @@
+//===- BackwardCols.cpp - the cols kernel of the backward -----------------===//
+//
+// Block (column chunk b, token split s) owns columns [b*CC, b*CC + CC) of
+// all n streams (KB = n*CC "k-columns", k = i*CC + c) and walks the token
+// tiles of its split. Its slice of fn [M x KB] stays in shared memory. Per
+// tile of TT tokens, after the record, x, dout and du of the tile are in
+// shared memory, each warp takes KB/W k-columns in n8 tiles:
+//
+//   dx[t][k] = (dm @ fn)[t][k]                     tensor cores, f32 accum.
+//            + sum_j comb[t][i][j] dout[t][j][c]   (post_res_grad's dx)
+//            + pre[t][i] du[t][c]                  (pre_apply_grad's dx)
+//            + 2 dS[t] x[t][i][c]                  (norm_project_grad's, with
+//                                                   dm @ fn)
+//   dfn[m][k] += sum_t dm[t][m] x[t][k]            tensor cores, registers
+//
+// f32 operands enter the bf16 tensor cores as head + remainder (hi/lo):
+// dm @ fn = dm_hi fn_lo + dm_lo fn_hi + dm_hi fn_hi, ~16 bits of each. The
+// dx tile goes back through shared memory to 16-byte stores. dfn's partial
+// over the split's tokens is written once at the end (the params kernel
+// sums the splits in a fixed order).
+//
+// mma.sync m16n8k16 fragments (g = lane / 4, q = lane % 4): A a0..a3 = rows
+// g, g+8, g, g+8 x k 2q..2q+1, 2q..2q+1, 2q+8.., 2q+8..; B b0, b1 = k 2q..2q+1,
+// 2q+8..2q+9 x column g; C c0..c3 = rows g, g, g+8, g+8 x columns 2q, 2q+1.
+//
+//===----------------------------------------------------------------------===//
+#include "BackwardKernel.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+
+using namespace mlir;
+using namespace mlir::mhc;
+using namespace mlir::mhc::gpu_kernels;
+
+Value ColsKernelBuilder::asI32(Value bf16x2) {
+  Value w =
+      vector::BitCastOp::create(b, loc, VectorType::get({1}, i32), bf16x2);
+  return vector::ExtractOp::create(b, loc, w, 0);
+}
+
+/// (lo, hi) -> bf16 head and bf16 remainder pairs, each as the i32 register
+/// the mma takes.
+std::pair<Value, Value> ColsKernelBuilder::splitBf16(Value f32x2) {
+  auto bt = VectorType::get({2}, b.getBF16Type());
+  Value h = arith::TruncFOp::create(b, loc, bt, f32x2);
+  Value rest = fsub(f32x2, arith::ExtFOp::create(b, loc, f32x2.getType(), h));
+  return {asI32(h), asI32(arith::TruncFOp::create(b, loc, bt, rest))};
+}
+
+void ColsKernelBuilder::mma(MutableArrayRef<Value> acc, ArrayRef<Value> a,
+                            Value b0, Value b1) {
+  auto res = NVVM::MmaOp::create(
+      b, loc,
+      LLVM::LLVMStructType::getLiteral(b.getContext(), {f32, f32, f32, f32}),
+      ValueRange(a), ValueRange{b0, b1},
+      ValueRange(ArrayRef<Value>(acc.data(), acc.size())),
+      ArrayRef<int64_t>{16, 8, 16}, std::nullopt, std::nullopt,
+      std::array<NVVM::MMATypes, 2>{NVVM::MMATypes::bf16,
+                                    NVVM::MMATypes::bf16},
+      std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row,
+                                     NVVM::MMALayout::col});
+  for (int64_t e = 0; e < 4; ++e)
+    acc[e] = LLVM::ExtractValueOp::create(b, loc, res, e);
+}
+
+/// The tile's record rows, x, dout and du into shared memory (zeros past T
+/// and C); every load of a thread is issued before the first store.
+void ColsKernelBuilder::loadTiles(Value tile) {
+  int64_t n = p.n, C = p.C, CC = s.chunkColumns, TT = s.tileTokens;
+  int64_t P = p.recordWidth(), KB = n * CC, vec = acts.vec, NV = CC / vec;
+  Value tok0 = mul(tile, ci(TT));
+  emitFor(tid, ci(TT * P), ci(s.threads), {}, [&](Value e, ValueRange) {
+    Value token = add(tok0, div(e, P));
+    Value v = f32OrZero(ult(token, T), [&]() {
+      return ld(record, add(mul(token, ci(P)), rem(e, P)));
+    });
+    st(v, recS, e);
+    return SmallVector<Value>{};
+  });
+
+  struct Item {
+    Value inRange, smemAt, loaded, tile;
+  };
+  SmallVector<Item> items;
+  // One kind of row: `rows` rows of NV vectors from `src` (element offset
+  // of row r: rowStart(t, r)) to `dst` at row pitch `pitch`.
+  auto issue = [&](Value src, Value dst, int64_t rowsPerToken, int64_t pitch) {
+    int64_t total = TT * rowsPerToken * NV;
+    for (int64_t first = 0; first < total; first += s.threads) {
+      Value item = add(tid, ci(first));
+      Value inRange = total - first >= s.threads ? Value() : ult(item, total);
+      if (inRange) // keep the indices in bounds
+        item = select(inRange, item, ci(0));
+      Value t = div(item, rowsPerToken * NV);
+      Value rest = rem(item, rowsPerToken * NV);
+      Value r = div(rest, NV), v = rem(rest, NV);
+      Value token = add(tok0, t);
+      Value ok = ult(token, T);
+      if (inRange)
+        ok = band(ok, inRange);
+      Value c = mul(v, ci(vec));
+      Value colG = add(col0, c);
+      Value rowStart = mul(add(mul(token, ci(rowsPerToken)), r), ci(C));
+      Value at = add(mul(t, ci(pitch)), add(mul(r, ci(CC)), c));
+      items.push_back({inRange, at, loadAct(src, rowStart, colG, ok, true),
+                       dst});
+    }
+  };
+  issue(arg(p.x), xS, n, KB);
+  issue(arg(p.dout), doutS, n, KB);
+  issue(arg(p.du), duS, 1, CC);
+  for (Item &it : items) {
+    auto store = [&]() {
+      vector::StoreOp::create(b, loc, it.loaded, it.tile, ValueRange{it.smemAt},
+                              false, llvm::MaybeAlign(16));
+    };
+    if (it.inRange)
+      emitIf(it.inRange, store);
+    else
+      store();
+  }
+}
+
+SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
+  int64_t n = p.n, M = p.M(), CC = s.chunkColumns, TT = s.tileTokens;
+  int64_t P = p.recordWidth(), KB = n * CC, W = s.threads / 32;
+  int64_t KW = KB / W, NTW = KW / 8, MT = TT / 16, KS = (M + 15) / 16;
+  int64_t KT = TT / 16, MTM = (M + 15) / 16;
+  Value g = div(lane, 4), q = rem(lane, 4);
+  auto rec = [&](Value t, Value col) {
+    return ld(recS, add(mul(t, ci(P)), col));
+  };
+  auto pair = [&](Value lo, Value hi) {
+    return vector::FromElementsOp::create(b, loc, VectorType::get({2}, f32),
+                                          ValueRange{lo, hi});
+  };
+  // dm[t][m] of the tile, 0 past M.
+  auto dmAt = [&](Value t, Value m) {
+    Value ok = ult(m, M);
+    Value v = rec(t, add(ci(p.recDm()), select(ok, m, ci(0))));
+    return select(ok, v, cf(0.0));
+  };
+  auto actAt = [&](Value tileBuf, Value at) { return toF32(ld(tileBuf, at)); };
+
+  // A fragments of dm (rows: tokens, k: mixes) for dm @ fn, hi and lo.
+  SmallVector<SmallVector<Value>> aFnHi, aFnLo; // [mt * KS + ks][4]
+  for (int64_t mt = 0; mt < MT; ++mt)
+    for (int64_t ks = 0; ks < KS; ++ks) {
+      SmallVector<Value> hi, lo;
+      for (int64_t r = 0; r < 4; ++r) {
+        Value t = add(g, ci(16 * mt + 8 * (r % 2)));
+        Value k = add(mul(q, ci(2)), ci(16 * ks + 8 * (r / 2)));
+        auto [h, l] = splitBf16(pair(dmAt(t, k), dmAt(t, add(k, ci(1)))));
+        hi.push_back(h);
+        lo.push_back(l);
+      }
+      aFnHi.push_back(hi);
+      aFnLo.push_back(lo);
+    }
+  // A fragments of dm^T (rows: mixes, k: tokens) for dfn.
+  SmallVector<SmallVector<Value>> aDfnHi, aDfnLo; // [mtm * KT + kt][4]
+  for (int64_t mtm = 0; mtm < MTM; ++mtm)
+    for (int64_t kt = 0; kt < KT; ++kt) {
+      SmallVector<Value> hi, lo;
+      for (int64_t r = 0; r < 4; ++r) {
+        Value m = add(g, ci(16 * mtm + 8 * (r % 2)));
+        Value t = add(mul(q, ci(2)), ci(16 * kt + 8 * (r / 2)));
+        auto [h, l] = splitBf16(pair(dmAt(t, m), dmAt(add(t, ci(1)), m)));
+        hi.push_back(h);
+        lo.push_back(l);
+      }
+      aDfnHi.push_back(hi);
+      aDfnLo.push_back(lo);
+    }
+
+  SmallVector<Value> dxVals, dxAt; // dx (f32) and its place in the tile
+  for (int64_t nt = 0; nt < NTW; ++nt) {
+    Value kbase = add(mul(warp, ci(KW)), ci(nt * 8));
+    Value kB = add(kbase, g); // the k-column of this thread's B fragments
+    // fn's B fragments (k: mixes, column kB), hi and lo, per k16 step.
+    SmallVector<std::array<Value, 4>> bFn; // hi0, hi1, lo0, lo1
+    for (int64_t ks = 0; ks < KS; ++ks) {
+      auto fnAt = [&](Value m) {
+        Value ok = ult(m, M);
+        Value v = ld(fnS, add(mul(select(ok, m, ci(0)), ci(KB)), kB));
+        return select(ok, v, cf(0.0));
+      };
+      Value m0 = add(mul(q, ci(2)), ci(16 * ks));
+      auto [h0, l0] = splitBf16(pair(fnAt(m0), fnAt(add(m0, ci(1)))));
+      Value m8 = add(m0, ci(8));
+      auto [h1, l1] = splitBf16(pair(fnAt(m8), fnAt(add(m8, ci(1)))));
+      bFn.push_back({h0, h1, l0, l1});
+    }
+    for (int64_t mt = 0; mt < MT; ++mt) {
+      SmallVector<Value> acc(4, cf(0.0));
+      // Small terms first: the tensor cores truncate when accumulating.
+      for (int64_t ks = 0; ks < KS; ++ks) {
+        auto &bf = bFn[ks];
+        mma(acc, aFnHi[mt * KS + ks], bf[2], bf[3]);
+        mma(acc, aFnLo[mt * KS + ks], bf[0], bf[1]);
+        mma(acc, aFnHi[mt * KS + ks], bf[0], bf[1]);
+      }
+      for (int64_t e = 0; e < 4; ++e) {
+        Value t = add(g, ci(16 * mt + 8 * (e / 2)));
+        Value kcol = add(kbase, add(mul(q, ci(2)), ci(e % 2)));
+        Value i = div(kcol, CC), c = rem(kcol, CC);
+        Value rowT = mul(t, ci(KB));
+        Value v = acc[e];
+        Value combRow = add(ci(p.recComb()), mul(i, ci(n)));
+        for (int64_t j = 0; j < n; ++j)
+          v = fma(rec(t, add(combRow, ci(j))),
+                  actAt(doutS, add(rowT, add(ci(j * CC), c))), v);
+        v = fma(rec(t, add(ci(p.recPre()), i)),
+                actAt(duS, add(mul(t, ci(CC)), c)), v);
+        v = fma(rec(t, ci(p.recDS())), actAt(xS, add(rowT, kcol)), v);
+        dxVals.push_back(v);
+        dxAt.push_back(add(rowT, kcol));
+      }
+    }
+    // dfn += dm^T x over the tile's tokens.
+    for (int64_t kt = 0; kt < KT; ++kt) {
+      auto xPair = [&](Value t) {
+        return pair(actAt(xS, add(mul(t, ci(KB)), kB)),
+                    actAt(xS, add(mul(add(t, ci(1)), ci(KB)), kB)));
+      };
+      Value t0 = add(mul(q, ci(2)), ci(16 * kt));
+      auto [x0h, x0l] = splitBf16(xPair(t0));
+      auto [x1h, x1l] = splitBf16(xPair(add(t0, ci(8))));
+      bool exactX = p.act.isBF16(); // bf16 x is its own head
+      for (int64_t mtm = 0; mtm < MTM; ++mtm) {
+        MutableArrayRef<Value> acc(dfnAcc.data() + (mtm * NTW + nt) * 4, 4);
+        if (!exactX)
+          mma(acc, aDfnHi[mtm * KT + kt], x0l, x1l);
+        mma(acc, aDfnLo[mtm * KT + kt], x0h, x1h);
+        mma(acc, aDfnHi[mtm * KT + kt], x0h, x1h);
+      }
+    }
+  }
+
+  // dx: through the dout tile (every read of it is done after the barrier)
+  // to 16-byte stores.
+  barrier();
+  for (auto [v, at] : llvm::zip(dxVals, dxAt))
+    st(toAct(v, p.act), doutS, at);
+  barrier();
+  int64_t NV = CC / acts.vec, total = TT * n * NV;
+  Value tok0 = mul(tileIndex, ci(TT));
+  emitFor(tid, ci(total), ci(s.threads), {}, [&](Value item, ValueRange) {
+    Value t = div(item, n * NV), rest = rem(item, n * NV);
+    Value i = div(rest, NV), c = mul(rem(rest, NV), ci(acts.vec));
+    Value token = add(tok0, t);
+    Value v = toF32(vector::LoadOp::create(
+        b, loc, vecAct(), doutS, ValueRange{add(mul(t, ci(KB)), add(mul(i, ci(CC)), c))},
+        false, llvm::MaybeAlign(16)));
+    storeAct(v, arg(p.dxOut), mul(add(mul(token, ci(n)), i), ci(p.C)),
+             add(col0, c), ult(token, T));
+    return SmallVector<Value>{};
+  });
+  return dfnAcc;
+}
+
+void ColsKernelBuilder::emitBody() {
+  int64_t n = p.n, M = p.M(), C = p.C, CC = s.chunkColumns, KB = n * CC;
+  int64_t TT = s.tileTokens, S = s.tokenSplits, NTW = KB / (s.threads / 32) / 8;
+  int64_t MTM = (M + 15) / 16;
+  // fn's slice: fnS[m][i*CC + c] = fn[m][i*C + col0 + c] (0 past C).
+  emitFor(tid, ci(M * KB), ci(s.threads), {}, [&](Value e, ValueRange) {
+    Value m = div(e, KB), kc = rem(e, KB);
+    Value i = div(kc, CC), col = add(col0, rem(kc, CC));
+    Value v = f32OrZero(ult(col, C), [&]() {
+      return ld(arg(p.fn), add(mul(m, ci(n * C)), add(mul(i, ci(C)), col)));
+    });
+    st(v, fnS, e);
+    return SmallVector<Value>{};
+  });
+  // This split's tiles: [split * per, min((split + 1) * per, tiles)).
+  Value tiles = arith::CeilDivUIOp::create(b, loc, T, ci(TT));
+  Value per = arith::CeilDivUIOp::create(b, loc, tiles, ci(S));
+  Value first = arith::MinUIOp::create(b, loc, mul(split, per), tiles);
+  Value last = arith::MinUIOp::create(b, loc, add(first, per), tiles);
+  SmallVector<Value> zeros(MTM * NTW * 4, cf(0.0));
+  SmallVector<Value> dfnAcc = emitFor(
+      first, last, ci(1), zeros,
+      [&](Value tile, ValueRange carried) -> SmallVector<Value> {
+        barrier(); // the previous tile's reads of shared memory are done
+        tileIndex = tile;
+        loadTiles(tile);
+        barrier();
+        return emitTile(SmallVector<Value>(carried.begin(), carried.end()));
+      });
+  // This split's partial dfn.
+  Value g = div(lane, 4), q = rem(lane, 4);
+  int64_t KW = KB / (s.threads / 32);
+  for (int64_t mtm = 0; mtm < MTM; ++mtm)
+    for (int64_t nt = 0; nt < NTW; ++nt)
+      for (int64_t e = 0; e < 4; ++e) {
+        Value m = add(g, ci(16 * mtm + 8 * (e / 2)));
+        Value kcol = add(add(mul(warp, ci(KW)), ci(nt * 8)),
+                         add(mul(q, ci(2)), ci(e % 2)));
+        Value i = div(kcol, CC), col = add(col0, rem(kcol, CC));
+        emitIf(band(ult(m, M), ult(col, C)), [&]() {
+          Value at = add(mul(add(mul(split, ci(M)), m), ci(n * C)),
+                         add(mul(i, ci(C)), col));
+          st(dfnAcc[(mtm * NTW + nt) * 4 + e], dfnPartial, at);
+        });
+      }
+}

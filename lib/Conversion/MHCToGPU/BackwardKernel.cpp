@@ -1,0 +1,526 @@
+//===- BackwardKernel.cpp - the backward kernel family --------------------===//
+//
+// Legality of the backward groups, their default schedules and checks, the
+// kernels' shared memory and arguments, and the host side (see
+// BackwardKernel.h; the kernel bodies are in BackwardRows.cpp,
+// BackwardTokenStage.cpp, BackwardCols.cpp and BackwardParams.cpp).
+//
+//===----------------------------------------------------------------------===//
+#include "BackwardKernel.h"
+#include "HostLaunch.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+
+using namespace mlir;
+using namespace mlir::mhc;
+using namespace mlir::mhc::gpu_kernels;
+
+static constexpr int64_t kSharedMemoryLimit = 48 * 1024; // static smem
+/// Blocks of the cols kernel in flight over the whole GPU that its token
+/// splits aim for (sm_90: 132 SMs, ~3 blocks each).
+static constexpr int64_t kColsBlocksTarget = 396;
+/// Each split writes a partial dfn [M x nC] that the params kernel sums.
+static constexpr int64_t kMaxTokenSplits = 32;
+
+//===----------------------------------------------------------------------===//
+// Planning and legality
+//===----------------------------------------------------------------------===//
+
+static FailureOr<BackwardPlan> planGroup(const KernelGroup &g) {
+  BackwardPlan p;
+  p.kind = g.kind();
+  Operation *root = g.root;
+  for (Operation *op : g.members) {
+    if (auto o = dyn_cast<SplitMixesOp>(op))
+      p.sm = o;
+    else if (auto o = dyn_cast<SinkhornOp>(op))
+      p.sk = o;
+    else if (auto o = dyn_cast<PostResGradOp>(op))
+      p.prg = o;
+    else if (auto o = dyn_cast<PreApplyGradOp>(op))
+      p.pag = o;
+    else if (auto o = dyn_cast<SinkhornGradOp>(op))
+      p.skg = o;
+    else if (auto o = dyn_cast<SplitMixesGradOp>(op))
+      p.smg = o;
+    else if (auto o = dyn_cast<NormProjectGradOp>(op))
+      p.npg = o;
+    else if (auto o = dyn_cast<arith::AddFOp>(op))
+      p.adds.push_back(o);
+  }
+  bool whole = p.kind == "backward", postSide = p.kind == "post_backward",
+       preSide = p.kind == "pre_backward";
+  bool loneGrad = postSide && g.members.size() == 1;
+  bool complete = p.prg && (loneGrad || (p.sm && p.sk)) &&
+                  (postSide ? !(p.pag || p.skg || p.smg || p.npg)
+                            : p.pag && p.skg && p.smg && p.npg &&
+                                  p.adds.size() == 2);
+  if (!(whole || postSide || preSide) || !complete ||
+      (!loneGrad && g.members.size() != (postSide ? 3u : 9u)))
+    return root->emitOpError()
+           << "is not a backward group --mhc-fuse forms (\"backward\", "
+              "\"post_backward\" or \"pre_backward\" of one sublayer's "
+              "gradient ops)";
+
+  auto xType = cast<RankedTensorType>(p.prg.getX().getType());
+  p.n = xType.getDimSize(xType.getRank() - 2);
+  p.C = xType.getShape().back();
+  p.act = xType.getElementType();
+  p.x = p.prg.getX();
+  if (loneGrad) {
+    p.postIn = p.prg.getPost();
+  } else {
+    p.mix = p.sm.getMix();
+    p.scale = p.sm.getScale();
+    p.base = p.sm.getBase();
+    p.postMult = p.sm.getPostMult().convertToFloat();
+    p.preEps = p.sm.getPreEps().convertToFloat();
+    p.sinkEps = p.sk.getEps().convertToFloat();
+    p.iterations = p.sk.getIterations();
+  }
+  p.dout = p.prg.getDout();
+  if (!preSide) // the rows kernel reads dout and y for dy, dpost, dcomb
+    p.y = p.prg.getY();
+  auto isOutput = [&](Value v) { return llvm::is_contained(g.outputs, v); };
+  if (postSide) {
+    p.dyOut = p.prg.getDy();
+    p.dpostOut = isOutput(p.prg.getDpost()) ? p.prg.getDpost() : Value();
+    p.dcombOut = isOutput(p.prg.getDcomb()) ? p.prg.getDcomb() : Value();
+  } else {
+    p.du = p.pag.getDu();
+    p.fn = p.npg.getFn();
+    p.normEps = p.npg.getEps().convertToFloat();
+    if (whole)
+      p.dyOut = isOutput(p.prg.getDy()) ? p.prg.getDy() : Value();
+    else {
+      p.dpostIn = p.smg.getDpost();
+      p.dcombIn = p.skg.getDcomb();
+    }
+    if (p.adds.front().getResult() != p.adds.back().getLhs() &&
+        p.adds.front().getResult() != p.adds.back().getRhs())
+      std::swap(p.adds.front(), p.adds.back());
+    p.dxOut = p.adds.back().getResult();
+    p.dfnOut = p.npg.getDfn();
+    p.dscaleOut = p.smg.getDscale();
+    p.dbaseOut = p.smg.getDbase();
+  }
+  // What the kernels write is what may leave the group.
+  for (Value v : g.outputs)
+    if (!llvm::is_contained({p.dyOut, p.dpostOut, p.dcombOut, p.dxOut,
+                             p.dfnOut, p.dscaleOut, p.dbaseOut},
+                            v))
+      return root->emitOpError()
+             << "unsupported backward group: an intermediate value is used "
+                "outside it (result #"
+             << cast<OpResult>(v).getResultNumber() << " of '"
+             << v.getDefiningOp()->getName() << "')";
+  return p;
+}
+
+static int64_t elementBytes(Type t) { return t.getIntOrFloatBitWidth() / 8; }
+
+//===----------------------------------------------------------------------===//
+// Schedules: [rows, cols, params] (or [rows] for post_backward)
+//===----------------------------------------------------------------------===//
+
+static int64_t colsSharedBytes(const BackwardPlan &p, const Schedule &s) {
+  int64_t KB = p.n * s.chunkColumns, bytes = elementBytes(p.act);
+  return p.M() * KB * 4 + s.tileTokens * p.recordWidth() * 4 +
+         2 * s.tileTokens * KB * bytes + s.tileTokens * s.chunkColumns * bytes;
+}
+
+static int64_t rowsSharedBytes(const BackwardPlan &p, const Schedule &s) {
+  int64_t TT = s.tileTokens;
+  return (TT * p.n + TT * p.rowSums() +
+          (p.hasTokenPass() ? TT * p.paramWidth() : 0)) *
+         4;
+}
+
+static GroupSchedule defaultSchedule(const BackwardPlan &p) {
+  int64_t vec = 16 / elementBytes(p.act);
+  Schedule rows;
+  rows.vectorWidth = vec;
+  rows.chunkColumns = 256 / elementBytes(p.act); // ~256-byte row runs
+  rows.tileTokens = 16;
+  rows.threads = rows.tileTokens * rows.chunkColumns / vec;
+  // <= 128 registers: two blocks of 256 threads per SM keep ~80 KB of
+  // loads in flight (n <= 4; more streams need more accumulators).
+  rows.blocksPerSM = p.n <= 4 ? 2 : 0;
+  if (p.kind == "post_backward")
+    return {rows};
+
+  Schedule cols;
+  cols.vectorWidth = vec;
+  cols.tileTokens = 16;
+  // The widest column chunk (<= 64: 128-byte row runs) whose tiles and fn
+  // slice fit the shared memory, with a warp count that splits its n * CC
+  // k-columns into n8 tiles.
+  for (int64_t cc = 64; cc >= vec; cc /= 2) {
+    cols.chunkColumns = cc;
+    cols.threads = 0;
+    for (int64_t warps = 8; warps >= 1 && !cols.threads; warps /= 2)
+      if ((p.n * cc) % (8 * warps) == 0)
+        cols.threads = 32 * warps;
+    if (cols.threads && colsSharedBytes(p, cols) <= kSharedMemoryLimit)
+      break;
+  }
+  // Two blocks of 8 warps per SM (<= 128 registers): one block's loads
+  // overlap the other's tensor-core and shared-memory phase.
+  cols.blocksPerSM = 2048 / cols.threads >= 2 ? 2 : 0;
+  int64_t chunks = (p.C + cols.chunkColumns - 1) / cols.chunkColumns;
+  cols.tokenSplits = std::clamp<int64_t>(
+      (kColsBlocksTarget + chunks - 1) / chunks, 1, kMaxTokenSplits);
+
+  Schedule params;
+  params.threads = 256;
+  params.tileTokens = 1;
+  params.vectorWidth = 1;
+  return {rows, cols, params};
+}
+
+static bool isPowerOf2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+static LogicalResult verifySchedule(const BackwardPlan &p,
+                                    ArrayRef<Schedule> schedule,
+                                    Operation *root) {
+  size_t kernels = p.kind == "post_backward" ? 1 : 3;
+  if (schedule.size() != kernels)
+    return root->emitOpError() << "schedule: expects " << kernels
+                               << " schedules ([rows"
+                               << (kernels == 3 ? ", cols, params" : "")
+                               << "]), got " << schedule.size();
+  int64_t vec = 16 / elementBytes(p.act);
+  auto bad = [&](StringRef kernel, StringRef field) {
+    return root->emitOpError() << "schedule of the " << kernel
+                               << " kernel: " << field << " ";
+  };
+  const Schedule &rows = schedule[0];
+  if (rows.vectorWidth != vec)
+    return bad("rows", "vector_width") << "must be " << vec << ", got "
+                                       << rows.vectorWidth;
+  int64_t nvc = rows.chunkColumns / vec;
+  if (rows.chunkColumns % vec != 0 || !isPowerOf2(nvc) || nvc > 32)
+    return bad("rows", "chunk_columns")
+           << "must be a multiple of " << vec
+           << " whose vectors per row are a power of two <= 32, got "
+           << rows.chunkColumns;
+  if (rows.tileTokens < 1 || rows.threads != rows.tileTokens * nvc ||
+      rows.threads % 32 != 0 || rows.threads > 1024)
+    return bad("rows", "threads")
+           << "must be tile_tokens * chunk_columns / vector_width (a row's "
+              "lanes walk it), a multiple of 32 <= 1024, got "
+           << rows.threads;
+  if (rows.blocksPerSM < 0 || rows.blocksPerSM * rows.threads > 2048)
+    return bad("rows", "blocks_per_sm")
+           << "must be >= 0 with blocks_per_sm * threads <= 2048, got "
+           << rows.blocksPerSM;
+  if (rowsSharedBytes(p, rows) > kSharedMemoryLimit)
+    return bad("rows", "tile_tokens")
+           << "needs " << rowsSharedBytes(p, rows)
+           << " bytes of shared memory (limit " << kSharedMemoryLimit << ")";
+  if (kernels == 1)
+    return success();
+
+  const Schedule &cols = schedule[1];
+  int64_t KB = p.n * cols.chunkColumns;
+  if (cols.vectorWidth != vec)
+    return bad("cols", "vector_width") << "must be " << vec << ", got "
+                                       << cols.vectorWidth;
+  if (cols.tileTokens < 16 || cols.tileTokens % 16 != 0)
+    return bad("cols", "tile_tokens")
+           << "must be a multiple of 16 (tensor-core tiles), got "
+           << cols.tileTokens;
+  if (cols.chunkColumns < vec || cols.chunkColumns % vec != 0)
+    return bad("cols", "chunk_columns")
+           << "must be a multiple of " << vec << ", got "
+           << cols.chunkColumns;
+  if (cols.threads < 32 || cols.threads % 32 != 0 ||
+      KB % (8 * (cols.threads / 32)) != 0)
+    return bad("cols", "threads")
+           << "must be 32 * warps with n * chunk_columns (" << KB
+           << ") a multiple of 8 * warps, got " << cols.threads;
+  if (cols.tokenSplits < 1)
+    return bad("cols", "token_splits")
+           << "must be >= 1, got " << cols.tokenSplits;
+  if (cols.blocksPerSM < 0 || cols.blocksPerSM * cols.threads > 2048)
+    return bad("cols", "blocks_per_sm")
+           << "must be >= 0 with blocks_per_sm * threads <= 2048, got "
+           << cols.blocksPerSM;
+  if (colsSharedBytes(p, cols) > kSharedMemoryLimit)
+    return bad("cols", "chunk_columns")
+           << "needs " << colsSharedBytes(p, cols)
+           << " bytes of shared memory (limit " << kSharedMemoryLimit
+           << "); use fewer chunk_columns or tile_tokens";
+  const Schedule &params = schedule[2];
+  if (!isPowerOf2(params.threads) || params.threads < 32 ||
+      params.threads > 1024)
+    return bad("params", "threads")
+           << "must be a power of two in [32, 1024], got " << params.threads;
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Kernels
+//===----------------------------------------------------------------------===//
+
+namespace {
+/// A kernel's arguments: index T, then one memref<?xT> per buffer.
+struct KernelArgs {
+  SmallVector<Value> values; // group values or scratch stand-ins
+  SmallVector<Type> types;
+  void add(Value v, Type elem) {
+    values.push_back(v);
+    types.push_back(MemRefType::get({ShapedType::kDynamic}, elem));
+  }
+  void addValue(Value v) {
+    if (v)
+      add(v, cast<ShapedType>(v.getType()).getElementType());
+  }
+};
+} // namespace
+
+static gpu::GPUFuncOp createKernel(OpBuilder &mb, Location loc, StringRef name,
+                                   ArrayRef<Type> args, ArrayRef<Type> shared,
+                                   ArrayRef<Type> priv,
+                                   const Schedule &schedule) {
+  MLIRContext *ctx = mb.getContext();
+  SmallVector<Type> argTypes{mb.getIndexType()};
+  llvm::append_range(argTypes, args);
+  auto kernel = gpu::GPUFuncOp::create(
+      mb, loc, name, FunctionType::get(ctx, argTypes, {}), shared, priv);
+  kernel->setAttr(gpu::GPUDialect::getKernelFuncAttrName(), mb.getUnitAttr());
+  kernel.setKnownBlockSizeAttr(mb.getDenseI32ArrayAttr(
+      {static_cast<int32_t>(schedule.threads), 1, 1}));
+  if (schedule.blocksPerSM)
+    kernel->setAttr(NVVM::NVVMDialect::getMinctasmAttrName(),
+                    mb.getI32IntegerAttr(schedule.blocksPerSM));
+  for (unsigned i = 0; i < shared.size(); ++i)
+    kernel.setWorkgroupAttributionAttr(i, "llvm.align",
+                                       mb.getI64IntegerAttr(16));
+  return kernel;
+}
+
+static MemRefType sharedOf(MLIRContext *ctx, int64_t elements, Type elem) {
+  return MemRefType::get(
+      {elements}, elem, MemRefLayoutAttrInterface(),
+      gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup));
+}
+
+/// i1: every activation pointer among `values` is 16-byte aligned.
+static Value allAligned(KernelBuilder &k, const BackwardPlan &p,
+                        const DenseMap<Value, Value> &argOf,
+                        ArrayRef<Value> values) {
+  if (p.C <= 0 || p.C % k.acts.vec != 0)
+    return Value();
+  Value ok = arith::ConstantOp::create(k.b, k.loc, k.b.getBoolAttr(true));
+  for (Value v : values) {
+    if (!v || cast<ShapedType>(v.getType()).getElementType() != p.act)
+      continue;
+    Value ptr = memref::ExtractAlignedPointerAsIndexOp::create(
+        k.b, k.loc, argOf.lookup(v));
+    ok = k.band(ok, k.eq(k.rem(ptr, 16), k.ci(0)));
+  }
+  return ok;
+}
+
+namespace {
+class BackwardKernelFamily : public KernelFamily {
+public:
+  bool accepts(const KernelGroup &group) const override {
+    auto fused = dyn_cast<FusedOp>(group.root);
+    return fused && llvm::is_contained({StringRef("backward"),
+                                        StringRef("post_backward"),
+                                        StringRef("pre_backward")},
+                                       fused.getKind());
+  }
+
+  FailureOr<GroupSchedule>
+  chooseSchedule(const KernelGroup &group,
+                 const ScheduleOptions &) const override {
+    FailureOr<BackwardPlan> p = planGroup(group);
+    if (failed(p))
+      return failure();
+    GroupSchedule s = defaultSchedule(*p);
+    if (failed(verifySchedule(*p, s, group.root)))
+      return failure();
+    return s;
+  }
+
+  LogicalResult lower(KernelGroup &group, ArrayRef<Schedule> schedule,
+                      gpu::GPUModuleOp kernels,
+                      StringRef kernelName) const override {
+    FailureOr<BackwardPlan> planned = planGroup(group);
+    if (failed(planned) ||
+        failed(verifySchedule(*planned, schedule, group.root)))
+      return failure();
+    const BackwardPlan &p = *planned;
+    Location loc = group.root->getLoc();
+    MLIRContext *ctx = loc.getContext();
+    Type f32 = Float32Type::get(ctx);
+    int64_t n = p.n, M = p.M(), nC = n * p.C;
+    const Schedule &rows = schedule[0];
+    bool threeKernels = schedule.size() == 3;
+
+    // --- host side: buffers ---------------------------------------------
+    HostLaunch host(group.root);
+    host.countTokens(p.x, 2);
+    // Inputs get a buffer when a kernel reads them (some operands, e.g. the
+    // y of a post_res_grad kept only for its dx, are read by none).
+    DenseMap<Value, Value> buffer; // group value -> flat memref
+    for (Value v : group.outputs) {
+      Value out = host.outputBuffer(v);
+      if (!out)
+        return failure();
+      buffer[v] = out;
+    }
+    // Scratch: stand-in values name them in the kernels' argument lists.
+    Value record, paramPartial, dfnPartial;
+    OpBuilder hb(group.root);
+    Value rowsGrid = host.tileGrid(rows.tileTokens);
+    if (threeKernels) {
+      record = host.scratchBuffer(
+          f32, arith::MulIOp::create(hb, loc, host.tokens(),
+                                     arith::ConstantIndexOp::create(
+                                         hb, loc, p.recordWidth())));
+      paramPartial = host.scratchBuffer(
+          f32, arith::MulIOp::create(
+                   hb, loc, rowsGrid,
+                   arith::ConstantIndexOp::create(hb, loc, p.paramWidth())));
+      dfnPartial = host.scratchBuffer(
+          f32, arith::ConstantIndexOp::create(
+                   hb, loc, schedule[1].tokenSplits * M * nC));
+    }
+    auto hostArgs = [&](const KernelArgs &a) {
+      SmallVector<Value> out{host.tokens()};
+      for (Value v : a.values) {
+        if (!buffer.count(v))
+          buffer[v] = isa<TensorType>(v.getType()) ? host.inputBuffer(v) : v;
+        out.push_back(buffer[v]);
+      }
+      return out;
+    };
+    OpBuilder mb = OpBuilder::atBlockEnd(kernels.getBody());
+
+    // --- rows -------------------------------------------------------------
+    {
+      KernelArgs a;
+      Value rowsDout = p.y ? p.dout : Value(); // for post_res_grad's sums
+      for (Value v : {p.x, rowsDout, p.y, p.du, p.mix, p.scale, p.base,
+                      p.postIn, p.dpostIn, p.dcombIn, p.dyOut, p.dpostOut,
+                      p.dcombOut})
+        a.addValue(v);
+      if (threeKernels) {
+        a.add(record, f32);
+        a.add(paramPartial, f32);
+      }
+      int64_t TT = rows.tileTokens;
+      SmallVector<Type> shared{sharedOf(ctx, TT * n, f32),
+                               sharedOf(ctx, TT * p.rowSums(), f32)};
+      SmallVector<Type> priv;
+      if (p.hasTokenPass()) {
+        shared.push_back(sharedOf(ctx, TT * p.paramWidth(), f32));
+        priv.push_back(MemRefType::get(
+            {(2 * p.iterations - 1) * n}, f32, MemRefLayoutAttrInterface(),
+            gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Private)));
+      }
+      auto kernel = createKernel(mb, loc, (kernelName + "_rows").str(),
+                                 a.types, shared, priv, rows);
+      OpBuilder b = OpBuilder::atBlockBegin(&kernel.getBody().front());
+      RowsKernelBuilder k(b, loc, p, rows);
+      k.acts = {p.act, rows.vectorWidth, p.C};
+      k.T = kernel.getArgument(0);
+      for (auto [v, i] : llvm::zip(a.values, llvm::seq<unsigned>(1, 1 + a.values.size())))
+        k.argOf[v] = kernel.getArgument(i);
+      k.record = k.argOf.lookup(record);
+      k.paramPartial = k.argOf.lookup(paramPartial);
+      auto wg = kernel.getWorkgroupAttributions();
+      k.postS = wg[0];
+      k.sumsS = wg[1];
+      if (p.hasTokenPass()) {
+        k.paramS = wg[2];
+        k.denominators = kernel.getPrivateAttributions()[0];
+      }
+      k.tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+      k.tile0 = k.mul(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
+                      k.ci(TT));
+      k.aligned = allAligned(k, p, k.argOf, {p.x, rowsDout, p.y, p.du, p.dyOut});
+      k.emitBody();
+      gpu::ReturnOp::create(b, loc);
+      host.launch(kernel, rowsGrid, rows.threads, hostArgs(a));
+    }
+    if (threeKernels) {
+      // --- cols -----------------------------------------------------------
+      const Schedule &cols = schedule[1];
+      KernelArgs a;
+      for (Value v : {p.x, p.dout, p.du, p.fn})
+        a.addValue(v);
+      a.add(record, f32);
+      a.addValue(p.dxOut);
+      a.add(dfnPartial, f32);
+      int64_t TT = cols.tileTokens, CC = cols.chunkColumns, KB = n * CC;
+      SmallVector<Type> shared{sharedOf(ctx, M * KB, f32),
+                               sharedOf(ctx, TT * p.recordWidth(), f32),
+                               sharedOf(ctx, TT * KB, p.act),
+                               sharedOf(ctx, TT * KB, p.act),
+                               sharedOf(ctx, TT * CC, p.act)};
+      auto kernel = createKernel(mb, loc, (kernelName + "_cols").str(),
+                                 a.types, shared, {}, cols);
+      OpBuilder b = OpBuilder::atBlockBegin(&kernel.getBody().front());
+      ColsKernelBuilder k(b, loc, p, cols);
+      k.acts = {p.act, cols.vectorWidth, p.C};
+      k.T = kernel.getArgument(0);
+      for (auto [v, i] : llvm::zip(a.values, llvm::seq<unsigned>(1, 1 + a.values.size())))
+        k.argOf[v] = kernel.getArgument(i);
+      k.record = k.argOf.lookup(record);
+      k.dfnPartial = k.argOf.lookup(dfnPartial);
+      auto wg = kernel.getWorkgroupAttributions();
+      k.fnS = wg[0];
+      k.recS = wg[1];
+      k.xS = wg[2];
+      k.doutS = wg[3];
+      k.duS = wg[4];
+      k.tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+      k.lane = k.rem(k.tid, 32);
+      k.warp = k.div(k.tid, 32);
+      k.col0 = k.mul(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
+                     k.ci(CC));
+      k.split = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
+      k.aligned = allAligned(k, p, k.argOf, {p.x, p.dout, p.du, p.dxOut});
+      k.emitBody();
+      gpu::ReturnOp::create(b, loc);
+      Value chunks =
+          arith::ConstantIndexOp::create(hb, loc, (p.C + CC - 1) / CC);
+      host.launch(kernel, chunks, cols.threads, hostArgs(a),
+                  cols.tokenSplits);
+
+      // --- params ---------------------------------------------------------
+      const Schedule &params = schedule[2];
+      KernelArgs pa;
+      pa.add(paramPartial, f32);
+      pa.add(dfnPartial, f32);
+      for (Value v : {p.dfnOut, p.dscaleOut, p.dbaseOut})
+        pa.addValue(v);
+      auto pk = createKernel(mb, loc, (kernelName + "_params").str(),
+                             pa.types, {sharedOf(ctx, params.threads, f32)},
+                             {}, params);
+      OpBuilder pb = OpBuilder::atBlockBegin(&pk.getBody().front());
+      KernelBuilder kp(pb, loc);
+      auto argAt = [&](unsigned i) { return pk.getArgument(i + 1); };
+      emitParamsKernel(kp, p, rows, cols, params, pk.getArgument(0), argAt(1),
+                       argAt(0), argAt(2), argAt(3), argAt(4),
+                       pk.getWorkgroupAttributions()[0]);
+      gpu::ReturnOp::create(pb, loc);
+      int64_t dfnBlocks = (M * nC + params.threads - 1) / params.threads;
+      Value grid = arith::ConstantIndexOp::create(
+          hb, loc, dfnBlocks + p.paramWidth());
+      host.launch(pk, grid, params.threads, hostArgs(pa));
+    }
+    host.finish(group.replaced);
+    return success();
+  }
+};
+} // namespace
+
+const KernelFamily &gpu_kernels::backwardKernelFamily() {
+  static const BackwardKernelFamily family;
+  return family;
+}

@@ -1,0 +1,135 @@
+//===- BackwardKernel.h - the backward (gradient) kernels --------*- C++ -*-===//
+//
+// The gradient ops of one sublayer, grouped by --mhc-fuse, become three
+// kernels (docs/GPU.md, "Backward kernels"):
+//
+//   rows    token tiles walk C once (like the forward's chunk loop):
+//           dy = sum_j post[j] dout[j]; the row sums dpost, dcomb (post_res
+//           grad), dpre (pre_apply grad) and sum x^2 (norm_project grad);
+//           then one thread per token recomputes split_mixes + Sinkhorn from
+//           the saved mix and walks them backwards: per token a record
+//           [dm | comb | pre | 2 dS] for the cols kernel, and per block the
+//           partial sums of dbase and dscale.
+//   cols    blocks own a column range of all n streams and walk a range of
+//           the tokens: dx = comb-mix of dout + pre du + 2 dS x + dm @ fn
+//           (tensor cores), and dfn's partial sum dm^T @ x over the token
+//           range (tensor cores), one partial per token range.
+//   params  dfn, dscale, dbase = the partials summed in a fixed order (two
+//           runs give bit-identical gradients: no float atomics).
+//
+// Group kinds: "backward" (the whole sublayer, no sublayer F between the
+// post_res and pre_apply gradients), "post_backward" (post_res_grad's dy,
+// dpost, dcomb before an opaque F's VJP: the rows kernel alone) and
+// "pre_backward" (the rest after it, dpost and dcomb as inputs).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MHC_LIB_CONVERSION_MHCTOGPU_BACKWARDKERNEL_H
+#define MHC_LIB_CONVERSION_MHCTOGPU_BACKWARDKERNEL_H
+
+#include "KernelBuilder.h"
+#include "KernelGroup.h"
+
+namespace mlir::mhc::gpu_kernels {
+
+/// The backward family (registered in KernelFamilies.cpp).
+const KernelFamily &backwardKernelFamily();
+
+/// The members of a backward group, its stream shape and the derived layout
+/// of the per-token record.
+struct BackwardPlan {
+  SplitMixesOp sm;       // recomputes pre / post / logits from the saved mix
+  SinkhornOp sk;         // recomputes comb (backward, pre_backward)
+  PostResGradOp prg;     // dy, dpost, dcomb (rows) and its dx (cols)
+  PreApplyGradOp pag;    // dpre (rows) and its dx (cols)
+  SinkhornGradOp skg;    // per token (rows)
+  SplitMixesGradOp smg;  // per token (rows) + dscale, dbase (params)
+  NormProjectGradOp npg; // sum x^2 (rows), its dx and dfn (cols, params)
+  SmallVector<arith::AddFOp, 2> adds; // dx = sum of the three dx
+  std::string kind;
+
+  int64_t n = 1, C = 0;
+  Type act;
+  // Values the kernels read or write (null when the group has none).
+  Value x, y, dout, du, mix, scale, base, fn;
+  Value dpostIn, dcombIn;   // pre_backward: from the post_backward group
+  Value postIn;             // post_backward of a lone post_res_grad
+  Value dyOut, dpostOut, dcombOut, dxOut, dfnOut, dscaleOut, dbaseOut;
+  float postMult = 2.0f, preEps = 1e-6f, sinkEps = 1e-6f, normEps = 1e-6f;
+  int64_t iterations = 20;
+
+  int64_t M() const { return numMixes(n); }
+  bool hasTokenPass() const { return static_cast<bool>(smg); }
+  /// The per-token record written by rows, read by cols:
+  /// [dm (M) | comb (n*n) | pre (n) | 2 dS (1)].
+  int64_t recordWidth() const { return M() + n * n + n + 1; }
+  int64_t recDm() const { return 0; }
+  int64_t recComb() const { return M(); }
+  int64_t recPre() const { return M() + n * n; }
+  int64_t recDS() const { return M() + n * n + n; }
+  /// Per rows block: the partial sums of da (M, for dbase) and of da * mix
+  /// per group (3, for dscale).
+  int64_t paramWidth() const { return M() + 3; }
+  /// The row sums of rows, per token: dpost (n), dcomb (n*n), dpre (n),
+  /// sum x^2 (1), in this order (those the group has).
+  int64_t rowSumDpost() const { return 0; }
+  int64_t rowSumDcomb() const { return n; }
+  int64_t rowSumDpre() const { return n + n * n; }
+  int64_t rowSumSq() const { return 2 * n + n * n; }
+  int64_t rowSums() const { return 2 * n + n * n + 1; }
+};
+
+/// Rows kernel body (BackwardRows.cpp + BackwardTokenStage.cpp).
+struct RowsKernelBuilder : KernelBuilder {
+  RowsKernelBuilder(OpBuilder &b, Location loc, const BackwardPlan &p,
+                    const Schedule &s)
+      : KernelBuilder(b, loc), p(p), s(s) {}
+  const BackwardPlan &p;
+  const Schedule &s;
+  DenseMap<Value, Value> argOf; // group value -> kernel memref argument
+  Value record, paramPartial;   // scratch outputs (null when unused)
+  Value T, tid, tile0;
+  Value postS, sumsS, paramS; // shared memory
+  Value denominators;         // private memory of the Sinkhorn walk
+
+  Value arg(Value v) { return v ? argOf.lookup(v) : Value(); }
+  void emitBody();
+  void loadPost();
+  void emitRowLoop();
+  void emitTokenBackward(Value t, Value token);
+  void emitParamPartials();
+};
+
+/// Cols kernel body (BackwardCols.cpp).
+struct ColsKernelBuilder : KernelBuilder {
+  ColsKernelBuilder(OpBuilder &b, Location loc, const BackwardPlan &p,
+                    const Schedule &s)
+      : KernelBuilder(b, loc), p(p), s(s) {}
+  const BackwardPlan &p;
+  const Schedule &s;
+  DenseMap<Value, Value> argOf;
+  Value record, dfnPartial;
+  Value T, tid, lane, warp, col0, split;
+  Value tileIndex;                 // the token tile being processed
+  Value fnS, recS, xS, doutS, duS; // shared memory
+
+  Value arg(Value v) { return v ? argOf.lookup(v) : Value(); }
+  void emitBody();
+  void loadTiles(Value tile);
+  SmallVector<Value> emitTile(SmallVector<Value> dfnAcc);
+  Value asI32(Value bf16x2);
+  std::pair<Value, Value> splitBf16(Value f32x2);
+  void mma(MutableArrayRef<Value> acc, ArrayRef<Value> a, Value b0,
+           Value b1);
+};
+
+/// Params kernel body (BackwardParams.cpp).
+/// `reduceS`: [threads] f32 of shared memory.
+void emitParamsKernel(KernelBuilder &k, const BackwardPlan &p,
+                      const Schedule &rows, const Schedule &cols,
+                      const Schedule &params, Value T, Value dfnPartial,
+                      Value paramPartial, Value dfn, Value dscale,
+                      Value dbase, Value reduceS);
+
+} // namespace mlir::mhc::gpu_kernels
+
+#endif // MHC_LIB_CONVERSION_MHCTOGPU_BACKWARDKERNEL_H

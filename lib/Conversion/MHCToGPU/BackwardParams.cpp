@@ -1,0 +1,75 @@
+//===- BackwardParams.cpp - the params kernel of the backward -------------===//
+//
+// The parameter gradients from the partial sums, in a fixed order (two
+// runs give bit-identical results; no float atomics):
+//   blocks [0, B):     dfn[e] = sum over the token splits s (in order) of
+//                      the cols kernel's partial[s][e], one element a thread;
+//   blocks [B, B + M + 3): one parameter of dbase (M) or dscale (3) each:
+//                      the rows blocks' partials, strided over the threads
+//                      (in order), then a shared-memory tree.
+//
+//===----------------------------------------------------------------------===//
+#include "BackwardKernel.h"
+
+using namespace mlir;
+using namespace mlir::mhc;
+using namespace mlir::mhc::gpu_kernels;
+
+void gpu_kernels::emitParamsKernel(KernelBuilder &k, const BackwardPlan &p,
+                                   const Schedule &rows, const Schedule &cols,
+                                   const Schedule &params, Value T,
+                                   Value dfnPartial, Value paramPartial,
+                                   Value dfn, Value dscale, Value dbase,
+                                   Value reduceS) {
+  int64_t M = p.M(), nC = p.n * p.C, threads = params.threads;
+  int64_t PW = p.paramWidth(), dfnBlocks = (M * nC + threads - 1) / threads;
+  Value tid = gpu::ThreadIdOp::create(k.b, k.loc, gpu::Dimension::x);
+  Value block = gpu::BlockIdOp::create(k.b, k.loc, gpu::Dimension::x);
+  Value isDfn = k.ult(block, dfnBlocks);
+  auto ifOp = scf::IfOp::create(k.b, k.loc, TypeRange{}, isDfn, true);
+  OpBuilder::InsertionGuard guard(k.b);
+  k.b.setInsertionPointToStart(ifOp.thenBlock());
+  {
+    Value e = k.add(k.mul(block, k.ci(threads)), tid);
+    k.emitIf(k.ult(e, M * nC), [&]() {
+      Value sum = k.ld(dfnPartial, e);
+      for (int64_t s = 1; s < cols.tokenSplits; ++s)
+        sum = k.fadd(sum, k.ld(dfnPartial, k.add(k.ci(s * M * nC), e)));
+      k.st(sum, dfn, e);
+    });
+  }
+  k.b.setInsertionPointToStart(ifOp.elseBlock());
+  {
+    Value param = arith::SubIOp::create(k.b, k.loc, block, k.ci(dfnBlocks));
+    Value rowsBlocks = arith::MaxUIOp::create(
+        k.b, k.loc,
+        arith::CeilDivUIOp::create(k.b, k.loc, T, k.ci(rows.tileTokens)),
+        k.ci(1));
+    Value sum = k.emitFor(tid, rowsBlocks, k.ci(threads), k.cf(0.0),
+                          [&](Value blk, ValueRange acc) -> SmallVector<Value> {
+                            return {k.fadd(acc[0],
+                                           k.ld(paramPartial,
+                                                k.add(k.mul(blk, k.ci(PW)),
+                                                      param)))};
+                          })[0];
+    k.st(sum, reduceS, tid);
+    k.barrier();
+    for (int64_t half = threads / 2; half >= 1; half /= 2) {
+      k.emitIf(k.ult(tid, half), [&]() {
+        k.st(k.fadd(k.ld(reduceS, tid), k.ld(reduceS, k.add(tid, k.ci(half)))),
+             reduceS, tid);
+      });
+      k.barrier();
+    }
+    k.emitIf(k.eq(tid, k.ci(0)), [&]() {
+      Value total = k.ld(reduceS, k.ci(0));
+      auto ifBase = scf::IfOp::create(k.b, k.loc, TypeRange{},
+                                      k.ult(param, M), true);
+      OpBuilder::InsertionGuard g2(k.b);
+      k.b.setInsertionPointToStart(ifBase.thenBlock());
+      k.st(total, dbase, param);
+      k.b.setInsertionPointToStart(ifBase.elseBlock());
+      k.st(total, dscale, arith::SubIOp::create(k.b, k.loc, param, k.ci(M)));
+    });
+  }
+}

@@ -1,0 +1,211 @@
+//===- BackwardRows.cpp - the rows kernel of the backward -----------------===//
+//
+// A block owns a tile of tokens; each token row is walked by chunkColumns /
+// vec consecutive lanes, one 16-byte vector per lane and chunk (~256
+// contiguous bytes per row and chunk). Per lane and chunk: dy = sum_j
+// post[j] dout[j] is stored, and the row sums
+//   dpost[j] = sum_c y dout[j],  dcomb[i][j] = sum_c x[i] dout[j]   (post_res)
+//   dpre[i]  = sum_c du x[i]                                          (pre_apply)
+//   sum x^2                                                           (norm_project)
+// accumulate in f32 registers; a shuffle tree then adds the lanes of a row.
+// The token pass (BackwardTokenStage.cpp) turns them into the record the
+// cols kernel reads and into per-block partial sums of dbase and dscale.
+//
+//===----------------------------------------------------------------------===//
+#include "BackwardKernel.h"
+
+using namespace mlir;
+using namespace mlir::mhc;
+using namespace mlir::mhc::gpu_kernels;
+
+/// The f32 lanes of an activation vector.
+static SmallVector<Value> lanes(KernelBuilder &k, Value raw) {
+  Value v = k.toF32(raw);
+  SmallVector<Value> out;
+  for (int64_t e = 0; e < k.acts.vec; ++e)
+    out.push_back(vector::ExtractOp::create(k.b, k.loc, v, e));
+  return out;
+}
+
+/// acc + sum_e a[e] * b[e], one FMA chain.
+static Value dot(KernelBuilder &k, ArrayRef<Value> a, ArrayRef<Value> b,
+                 Value acc) {
+  for (auto [x, y] : llvm::zip(a, b))
+    acc = k.fma(x, y, acc);
+  return acc;
+}
+
+void RowsKernelBuilder::loadPost() {
+  // post[t][j] = post_mult * sigmoid(mix[n + j] * scale[1] + base[n + j])
+  // (or given), what dy needs during the row walk.
+  int64_t n = p.n, M = p.M();
+  Value scalePost = p.postIn ? Value() : ld(arg(p.scale), ci(1));
+  emitIf(ult(tid, s.tileTokens), [&]() {
+    Value token = add(tile0, tid);
+    Value ok = ult(token, T);
+    for (int64_t j = 0; j < n; ++j) {
+      Value v = f32OrZero(ok, [&]() {
+        if (p.postIn)
+          return ld(arg(p.postIn), add(mul(token, ci(n)), ci(j)));
+        Value m = ld(arg(p.mix), add(mul(token, ci(M)), ci(n + j)));
+        Value a = fadd(fmul(m, scalePost), ld(arg(p.base), ci(n + j)));
+        return fmul(sigmoid(a), cf(p.postMult));
+      });
+      st(v, postS, add(mul(tid, ci(n)), ci(j)));
+    }
+  });
+  barrier();
+}
+
+void RowsKernelBuilder::emitRowLoop() {
+  int64_t n = p.n, C = p.C, CC = s.chunkColumns, vec = acts.vec;
+  int64_t NVC = CC / vec;
+  // post_res_grad's sums need y (not in pre_backward, which gets them).
+  bool post = static_cast<bool>(p.y), pre = static_cast<bool>(p.du);
+  bool norm = static_cast<bool>(p.npg);
+  Value t = div(tid, NVC);
+  Value token = add(tile0, t);
+  Value ok = ult(token, T);
+  Value colInChunk = mul(rem(tid, NVC), ci(vec));
+  SmallVector<Value> postOf;
+  if (post)
+    for (int64_t j = 0; j < n; ++j)
+      postOf.push_back(ld(postS, add(mul(t, ci(n)), ci(j))));
+
+  // The accumulators, in rowSum order, of the sums this group needs.
+  SmallVector<int64_t> slots;
+  if (post)
+    for (int64_t q = 0; q < n + n * n; ++q)
+      slots.push_back(p.rowSumDpost() + q);
+  if (pre)
+    for (int64_t i = 0; i < n; ++i)
+      slots.push_back(p.rowSumDpre() + i);
+  if (norm)
+    slots.push_back(p.rowSumSq());
+  SmallVector<Value> inits(slots.size(), cf(0.0));
+  auto slotOf = [&](int64_t rowSum) {
+    return llvm::find(slots, rowSum) - slots.begin();
+  };
+
+  Value xArg = arg(p.x), rowBase = mul(token, ci(n));
+  SmallVector<Value> sums = emitFor(
+      ci(0), ci((C + CC - 1) / CC), ci(1), inits,
+      [&](Value chunk, ValueRange carried) -> SmallVector<Value> {
+        SmallVector<Value> acc(carried.begin(), carried.end());
+        Value c = add(mul(chunk, ci(CC)), colInChunk);
+        // All loads of the chunk first, then the arithmetic.
+        SmallVector<Value> xs, douts;
+        Value yRaw, duRaw;
+        for (int64_t i = 0; i < n; ++i)
+          xs.push_back(loadAct(xArg, mul(add(rowBase, ci(i)), ci(C)), c, ok,
+                               /*raw=*/true));
+        if (post) {
+          for (int64_t j = 0; j < n; ++j)
+            douts.push_back(loadAct(arg(p.dout),
+                                    mul(add(rowBase, ci(j)), ci(C)), c, ok,
+                                    /*raw=*/true));
+          yRaw = loadAct(arg(p.y), mul(token, ci(C)), c, ok, /*raw=*/true);
+        }
+        if (pre)
+          duRaw = loadAct(arg(p.du), mul(token, ci(C)), c, ok, /*raw=*/true);
+
+        SmallVector<SmallVector<Value>> X, D;
+        for (Value v : xs)
+          X.push_back(lanes(*this, v));
+        for (Value v : douts)
+          D.push_back(lanes(*this, v));
+        if (post) {
+          if (Value dyOut = arg(p.dyOut)) {
+            Value dy = fmul(splat(postOf[0], vecF32()), toF32(douts[0]));
+            for (int64_t j = 1; j < n; ++j)
+              dy = fma(splat(postOf[j], vecF32()), toF32(douts[j]), dy);
+            storeAct(dy, dyOut, mul(token, ci(C)), c, ok);
+          }
+          SmallVector<Value> Y = lanes(*this, yRaw);
+          for (int64_t j = 0; j < n; ++j) {
+            int64_t q = slotOf(p.rowSumDpost() + j);
+            acc[q] = dot(*this, Y, D[j], acc[q]);
+          }
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t j = 0; j < n; ++j) {
+              int64_t q = slotOf(p.rowSumDcomb() + i * n + j);
+              acc[q] = dot(*this, X[i], D[j], acc[q]);
+            }
+        }
+        if (pre) {
+          SmallVector<Value> U = lanes(*this, duRaw);
+          for (int64_t i = 0; i < n; ++i) {
+            int64_t q = slotOf(p.rowSumDpre() + i);
+            acc[q] = dot(*this, U, X[i], acc[q]);
+          }
+        }
+        if (norm) {
+          int64_t q = slotOf(p.rowSumSq());
+          for (int64_t i = 0; i < n; ++i)
+            acc[q] = dot(*this, X[i], X[i], acc[q]);
+        }
+        return acc;
+      });
+
+  // The NVC lanes of a row are consecutive lanes of one warp.
+  Value first = eq(rem(tid, NVC), ci(0));
+  SmallVector<Value> reduced;
+  for (Value v : sums)
+    reduced.push_back(warpSum(v, NVC));
+  emitIf(first, [&]() {
+    for (auto [slot, v] : llvm::zip(slots, reduced))
+      st(v, sumsS, add(mul(t, ci(p.rowSums())), ci(slot)));
+  });
+  barrier();
+}
+
+void RowsKernelBuilder::emitParamPartials() {
+  int64_t PW = p.paramWidth(), TT = s.tileTokens;
+  Value block = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+  emitFor(tid, ci(PW), ci(s.threads), {}, [&](Value q, ValueRange) {
+    Value sum = ld(paramS, q);
+    for (int64_t t = 1; t < TT; ++t)
+      sum = fadd(sum, ld(paramS, add(ci(t * PW), q)));
+    st(sum, paramPartial, add(mul(block, ci(PW)), q));
+    return SmallVector<Value>{};
+  });
+}
+
+void RowsKernelBuilder::emitBody() {
+  if (p.y)
+    loadPost();
+  emitRowLoop();
+  int64_t n = p.n;
+  if (p.hasTokenPass()) {
+    emitIf(ult(tid, s.tileTokens), [&]() {
+      Value token = add(tile0, tid);
+      auto ifOp = scf::IfOp::create(b, loc, TypeRange{}, ult(token, T),
+                                    /*withElse=*/true);
+      OpBuilder::InsertionGuard g(b);
+      b.setInsertionPointToStart(ifOp.thenBlock());
+      emitTokenBackward(tid, token);
+      // Tokens past T add nothing to the parameter gradients.
+      b.setInsertionPointToStart(ifOp.elseBlock());
+      for (int64_t q = 0; q < p.paramWidth(); ++q)
+        st(cf(0.0), paramS, add(mul(tid, ci(p.paramWidth())), ci(q)));
+    });
+    barrier();
+    emitParamPartials();
+    return;
+  }
+  // post_backward: dpost and dcomb go to memory for the pre_backward group.
+  emitIf(ult(tid, s.tileTokens), [&]() {
+    Value token = add(tile0, tid);
+    emitIf(ult(token, T), [&]() {
+      Value row = mul(tid, ci(p.rowSums()));
+      if (Value out = arg(p.dpostOut))
+        for (int64_t j = 0; j < n; ++j)
+          st(ld(sumsS, add(row, ci(p.rowSumDpost() + j))), out,
+             add(mul(token, ci(n)), ci(j)));
+      if (Value out = arg(p.dcombOut))
+        for (int64_t e = 0; e < n * n; ++e)
+          st(ld(sumsS, add(row, ci(p.rowSumDcomb() + e))), out,
+             add(mul(token, ci(n * n)), ci(e)));
+    });
+  });
+}

@@ -1,0 +1,198 @@
+//===- BackwardTokenStage.cpp - split_mixes + Sinkhorn backward per token -===//
+//
+// One thread per token, everything in registers (n x n matrices, loops
+// unrolled for the static n), after the row sums are in shared memory:
+//
+//   a = mix * scale + base; pre, post, logits recomputed (split_mixes);
+//   Sinkhorn forward from the logits, keeping each normalisation's divisor
+//   (2R - 1 vectors of n, private memory: the iterates themselves are not
+//   stored); comb goes to the record;
+//   the normalisations walked backwards: for Y = X / d along an axis,
+//   dX = (dY - sum_axis(dY * Y)) / d, and X = Y * d recovers the previous
+//   iterate; then the softmax: dL = P0 (g - sum_j g P0) with P0 recomputed;
+//   da from dpre, dpost (sigmoid slopes) and dL; dmix = da * scale;
+//   norm_project: r = rsqrt(sum x^2 / K + eps), dm = dmix r and
+//   2 dS = -(sum_m dmix mix) r^2 / K (m = mix / r: the saved mix is
+//   norm_project(x, fn), which --mhc-fuse checks).
+//
+// Writes the record [dm | comb | pre | 2 dS] and the token's row of the
+// block's dbase / dscale partial sums.
+//
+//===----------------------------------------------------------------------===//
+#include "BackwardKernel.h"
+
+using namespace mlir;
+using namespace mlir::mhc;
+using namespace mlir::mhc::gpu_kernels;
+
+namespace {
+/// n x n values of one matrix, row-major.
+using Matrix = SmallVector<Value>;
+} // namespace
+
+void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
+  int64_t n = p.n, M = p.M(), R = p.iterations;
+  Value eps = cf(p.sinkEps);
+  Value mixArg = arg(p.mix), baseArg = arg(p.base), scaleArg = arg(p.scale);
+  Value rec = mul(token, ci(p.recordWidth()));
+  Value sums = mul(t, ci(p.rowSums()));
+
+  SmallVector<Value> mix, a;
+  Value scale[3] = {ld(scaleArg, ci(0)), ld(scaleArg, ci(1)),
+                    ld(scaleArg, ci(2))};
+  for (int64_t m = 0; m < M; ++m) {
+    mix.push_back(ld(mixArg, add(mul(token, ci(M)), ci(m))));
+    int64_t g = m < n ? 0 : m < 2 * n ? 1 : 2;
+    a.push_back(fadd(fmul(mix[m], scale[g]), ld(baseArg, ci(m))));
+  }
+  SmallVector<Value> sPre, sPost;
+  for (int64_t i = 0; i < n; ++i) {
+    sPre.push_back(sigmoid(a[i]));
+    sPost.push_back(sigmoid(a[n + i]));
+    st(fadd(sPre[i], cf(p.preEps)), record, add(rec, ci(p.recPre() + i)));
+  }
+  Matrix logits(a.begin() + 2 * n, a.end());
+
+  // The row sums, from this kernel or (pre_backward) from memory.
+  auto rowSum = [&](int64_t q) { return ld(sumsS, add(sums, ci(q))); };
+  SmallVector<Value> dpost, dpre;
+  Matrix dcomb;
+  for (int64_t j = 0; j < n; ++j)
+    dpost.push_back(p.dpostIn ? ld(arg(p.dpostIn), add(mul(token, ci(n)),
+                                                       ci(j)))
+                              : rowSum(p.rowSumDpost() + j));
+  for (int64_t e = 0; e < n * n; ++e)
+    dcomb.push_back(p.dcombIn
+                        ? ld(arg(p.dcombIn), add(mul(token, ci(n * n)), ci(e)))
+                        : rowSum(p.rowSumDcomb() + e));
+  for (int64_t i = 0; i < n; ++i)
+    dpre.push_back(rowSum(p.rowSumDpre() + i));
+
+  // --- Sinkhorn forward, keeping the divisors ---------------------------
+  // Step s's divisors are denominators[s * n ..]: step 0 is the first column
+  // normalisation, step 2k - 1 / 2k the row / column one of iteration k.
+  auto divisor = [&](Value step, int64_t l) {
+    return add(mul(step, ci(n)), ci(l));
+  };
+  // Normalises `q` along rows (over j) or columns (over i) and records the
+  // divisors of step `step`.
+  auto normalize = [&](Matrix &q, bool rows, Value step) {
+    for (int64_t l = 0; l < n; ++l) {
+      auto at = [&](int64_t k) { return rows ? l * n + k : k * n + l; };
+      Value sum = q[at(0)];
+      for (int64_t k = 1; k < n; ++k)
+        sum = fadd(sum, q[at(k)]);
+      Value d = fadd(sum, eps);
+      st(d, denominators, divisor(step, l));
+      Value r = fdiv(cf(1.0), d);
+      for (int64_t k = 0; k < n; ++k)
+        q[at(k)] = fmul(q[at(k)], r);
+    }
+  };
+  auto softmax = [&](const Matrix &L) {
+    Matrix q(n * n);
+    for (int64_t i = 0; i < n; ++i) {
+      Value mx = L[i * n];
+      for (int64_t j = 1; j < n; ++j)
+        mx = arith::MaximumFOp::create(b, loc, mx, L[i * n + j]);
+      Value s;
+      for (int64_t j = 0; j < n; ++j) {
+        q[i * n + j] = math::ExpOp::create(b, loc, fsub(L[i * n + j], mx));
+        s = j ? fadd(s, q[i * n + j]) : q[i * n + j];
+      }
+      Value r = fdiv(cf(1.0), s);
+      for (int64_t j = 0; j < n; ++j)
+        q[i * n + j] = fmul(q[i * n + j], r);
+    }
+    return q;
+  };
+  Matrix P = softmax(logits);
+  for (Value &v : P)
+    v = fadd(v, eps);
+  normalize(P, /*rows=*/false, ci(0));
+  P = emitFor(ci(1), ci(R), ci(1), P,
+              [&](Value it, ValueRange carried) -> SmallVector<Value> {
+                Matrix q(carried.begin(), carried.end());
+                Value twice = mul(it, ci(2));
+                normalize(q, /*rows=*/true, add(twice, ci(-1)));
+                normalize(q, /*rows=*/false, twice);
+                return q;
+              });
+  for (int64_t e = 0; e < n * n; ++e)
+    st(P[e], record, add(rec, ci(p.recComb() + e)));
+
+  // --- Sinkhorn backward -----------------------------------------------
+  // Undoes step `step` on (Y, g): g = (g - sum_axis(g Y)) / d, Y = Y d.
+  auto undo = [&](Matrix &Y, Matrix &g, bool rows, Value step) {
+    for (int64_t l = 0; l < n; ++l) {
+      auto at = [&](int64_t k) { return rows ? l * n + k : k * n + l; };
+      Value gy = fmul(g[at(0)], Y[at(0)]);
+      for (int64_t k = 1; k < n; ++k)
+        gy = fma(g[at(k)], Y[at(k)], gy);
+      Value d = ld(denominators, divisor(step, l));
+      Value r = fdiv(cf(1.0), d);
+      for (int64_t k = 0; k < n; ++k) {
+        g[at(k)] = fmul(fsub(g[at(k)], gy), r);
+        Y[at(k)] = fmul(Y[at(k)], d);
+      }
+    }
+  };
+  SmallVector<Value> carried(P);
+  carried.append(dcomb);
+  carried = emitFor(
+      ci(0), ci(R - 1), ci(1), carried,
+      [&](Value k, ValueRange in) -> SmallVector<Value> {
+        Matrix Y(in.begin(), in.begin() + n * n);
+        Matrix g(in.begin() + n * n, in.end());
+        // Iteration R - 1 - k: its column step was last, so it goes first.
+        Value twice = mul(arith::SubIOp::create(b, loc, ci(R - 1), k), ci(2));
+        undo(Y, g, /*rows=*/false, twice);
+        undo(Y, g, /*rows=*/true, add(twice, ci(-1)));
+        SmallVector<Value> out(Y);
+        out.append(g);
+        return out;
+      });
+  Matrix Y(carried.begin(), carried.begin() + n * n);
+  Matrix g(carried.begin() + n * n, carried.end());
+  undo(Y, g, /*rows=*/false, ci(0));
+  // Softmax: the "+ eps" passes g through; P0 recomputed exactly.
+  Matrix P0 = softmax(logits);
+  Matrix dL(n * n);
+  for (int64_t i = 0; i < n; ++i) {
+    Value gp = fmul(g[i * n], P0[i * n]);
+    for (int64_t j = 1; j < n; ++j)
+      gp = fma(g[i * n + j], P0[i * n + j], gp);
+    for (int64_t j = 0; j < n; ++j)
+      dL[i * n + j] = fmul(P0[i * n + j], fsub(g[i * n + j], gp));
+  }
+
+  // --- split_mixes backward, norm_project's per-token part ---------------
+  SmallVector<Value> da;
+  for (int64_t i = 0; i < n; ++i) // sigmoid' = s (1 - s)
+    da.push_back(
+        fmul(dpre[i], fmul(sPre[i], fsub(cf(1.0), sPre[i]))));
+  for (int64_t j = 0; j < n; ++j)
+    da.push_back(fmul(fmul(dpost[j], cf(p.postMult)),
+                      fmul(sPost[j], fsub(cf(1.0), sPost[j]))));
+  da.append(dL);
+  int64_t K = n * p.C;
+  Value ms = fadd(fdiv(rowSum(p.rowSumSq()), cf(double(K))), cf(p.normEps));
+  Value r = math::RsqrtOp::create(b, loc, ms);
+  Value mixDot = cf(0.0);
+  SmallVector<Value> groupDot(3, cf(0.0));
+  Value params = mul(t, ci(p.paramWidth()));
+  for (int64_t m = 0; m < M; ++m) {
+    int64_t grp = m < n ? 0 : m < 2 * n ? 1 : 2;
+    Value dmix = fmul(da[m], scale[grp]);
+    mixDot = fma(dmix, mix[m], mixDot);
+    groupDot[grp] = fma(da[m], mix[m], groupDot[grp]);
+    st(fmul(dmix, r), record, add(rec, ci(p.recDm() + m)));
+    st(da[m], paramS, add(params, ci(m)));
+  }
+  for (int64_t grp = 0; grp < 3; ++grp)
+    st(groupDot[grp], paramS, add(params, ci(M + grp)));
+  // 2 dS = -(sum_m dmix_m m_m) r^3 / K with m = mix / r.
+  Value dS2 = fdiv(arith::NegFOp::create(b, loc, fmul(mixDot, fmul(r, r))),
+                   cf(double(K)));
+  st(dS2, record, add(rec, ci(p.recDS())));
+}

@@ -1,0 +1,304 @@
+"""The kernel sets of the torch ``cuda`` backend, compiled by mhc (``mhc.compiler.compile_torch_kernels``).
+
+For one key (n, C, activation dtype, chip, attributes) it writes one MLIR module with a function
+per op and compiles it with ``--mhc-gpu-pipeline`` (``kernels.cubin``); the manifest is read off
+the host IR that ``--mhc-fuse --convert-mhc-to-gpu`` produces from the same module: each
+``gpu.launch_func``'s arguments are traced back to a function argument (an op argument), to an
+allocation that is returned (an op result) or not (scratch, with its size in the symbols of the
+manifest schema); grids are constants or ``max(ceildiv(T, K), 1)`` (tokens_per_block K).
+
+The ops (kernels.OP_BUFFERS):
+
+* ``hc_pre``, ``hc_post``: the forward of one HyperConnection (pre with its own norm_project,
+  post_res alone);
+* ``hc_post_backward``: post_res_grad's dy, dpost, dcomb (the "post_backward" kernel group);
+* ``hc_pre_backward``: the rest of the sublayer's gradients after the sublayer's own backward
+  ("pre_backward": rows, cols and params kernels; dx includes post_res's part);
+* ``hc_sublayer_backward``: the whole standalone sublayer backward in one group ("backward":
+  the fused kernels the benchmarks time);
+* ``hc_steady_forward``: the steady-state forward of the benchmarks (pre from the previous
+  mix; post_res + the next sublayer's norm_project).
+
+    python -m mhc.torch.build_cache --n 4 --C 4096 --dtype bf16 --out DIR
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from . import kernels
+
+_TYPES = {"bf16": "bf16", "f16": "f16", "f32": "f32"}
+
+
+def module_text(key: kernels.KernelKey, forward_only: bool = False) -> str:
+    n, C, M, dt = key.n, key.C, key.M, _TYPES[key.dtype]
+    X, H = f"tensor<?x{n}x{C}x{dt}>", f"tensor<?x{C}x{dt}>"
+    P, Q, F, MX = f"tensor<?x{n}xf32>", f"tensor<?x{n}x{n}xf32>", f"tensor<{M}x{n * C}xf32>", f"tensor<?x{M}xf32>"
+    S, B = "tensor<3xf32>", f"tensor<{M}xf32>"
+    f32 = lambda v: f"{float(v):.9e} : f32"   # noqa: E731
+    split_attrs = f"<{{post_mult = {f32(key.post_mult)}, pre_eps = {f32(key.pre_eps)}}}>"
+    sink_attrs = f"<{{eps = {f32(key.eps)}, iterations = {key.iterations} : i64}}>"
+    norm_attrs = f"<{{eps = {f32(key.eps)}}}>"
+    split = (f'"mhc.split_mixes"(%mix, %scale, %base) {split_attrs} : ({MX}, {S}, {B}) '
+             f'-> ({P}, {P}, {Q})')
+    sinkhorn = f'"mhc.sinkhorn"(%l) {sink_attrs} : ({Q}) -> {Q}'
+    text = f"""
+func.func @hc_pre(%x: {X}, %fn: {F}, %scale: {S}, %base: {B}) -> ({H}, {P}, {Q}, {MX}) {{
+  %mix = "mhc.norm_project"(%x, %fn) {norm_attrs} : ({X}, {F}) -> {MX}
+  %pre, %post, %l = {split}
+  %comb = {sinkhorn}
+  %u = "mhc.pre_apply"(%x, %pre) : ({X}, {P}) -> {H}
+  return %u, %post, %comb, %mix : {H}, {P}, {Q}, {MX}
+}}
+func.func @hc_post(%y: {H}, %x: {X}, %post: {P}, %comb: {Q}) -> {X} {{
+  %xn = "mhc.post_res"(%y, %x, %post, %comb) : ({H}, {X}, {P}, {Q}) -> {X}
+  return %xn : {X}
+}}
+"""
+    if forward_only:
+        return text
+    # The backward in the shapes --mhc-fuse groups (docs/GPU.md, "Backward kernels"); mix is
+    # the forward's saved norm_project(x, fn) (mhc.saved).
+    saved = '{mhc.saved = "mix"}'
+    tail = f"""
+  %dxb, %dpre = "mhc.pre_apply_grad"(%x, %pre, %du) : ({X}, {P}, {H}) -> ({X}, {P})
+  %dl = "mhc.sinkhorn_grad"(%l, %dcomb) {sink_attrs} : ({Q}, {Q}) -> {Q}
+  %dmix, %dscale, %dbase = "mhc.split_mixes_grad"(%mix, %scale, %base, %dpre, %dpost, %dl) {split_attrs} : ({MX}, {S}, {B}, {P}, {P}, {Q}) -> ({MX}, {S}, {B})
+  %dxc, %dfn = "mhc.norm_project_grad"(%x, %fn, %dmix) {norm_attrs} : ({X}, {F}, {MX}) -> ({X}, {F})
+  %dxab = arith.addf %dxa, %dxb : {X}
+  %dx = arith.addf %dxab, %dxc : {X}"""
+    text += f"""
+func.func @hc_post_backward(%y: {H}, %x: {X}, %post: {P}, %comb: {Q}, %dxn: {X}) -> ({H}, {P}, {Q}) {{
+  %dy, %dx, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q})
+  return %dy, %dpost, %dcomb : {H}, {P}, {Q}
+}}
+func.func @hc_pre_backward(%x: {X}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved}, %du: {H},
+                           %dpost: {P}, %dcomb: {Q}, %dxn: {X}) -> ({X}, {F}, {S}, {B}) {{
+  %pre, %post, %l = {split}
+  %comb = {sinkhorn}
+  // post_res_grad for its dx only: that part does not read y.
+  %c0 = arith.constant 0 : index
+  %T = tensor.dim %x, %c0 : {X}
+  %y = tensor.empty(%T) : {H}
+  %dy_, %dxa, %dpost_, %dcomb_ = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}
+  return %dx, %dfn, %dscale, %dbase : {X}, {F}, {S}, {B}
+}}
+func.func @hc_sublayer_backward(%x: {X}, %y: {H}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved},
+                                %du: {H}, %dxn: {X}) -> ({X}, {H}, {F}, {S}, {B}) {{
+  %pre, %post, %l = {split}
+  %comb = {sinkhorn}
+  %dy, %dxa, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}
+  return %dx, %dy, %dfn, %dscale, %dbase : {X}, {H}, {F}, {S}, {B}
+}}
+func.func @hc_steady_forward(%x: {X}, %mix: {MX}, %scale: {S}, %base: {B}, %y: {H}, %fn: {F}) -> ({H}, {X}, {MX}) {{
+  %pre, %post, %l = {split}
+  %comb = {sinkhorn}
+  %u = "mhc.pre_apply"(%x, %pre) : ({X}, {P}) -> {H}
+  %xn = "mhc.post_res"(%y, %x, %post, %comb) : ({H}, {X}, {P}, {Q}) -> {X}
+  %mix2 = "mhc.norm_project"(%xn, %fn) {norm_attrs} : ({X}, {F}) -> {MX}
+  return %u, %xn, %mix2 : {H}, {X}, {MX}
+}}
+"""
+    return text
+
+
+_DEF = re.compile(r"^\s*(%[\w.]+)(?::\d+)? = ([\w.]+)\s*(.*)$")
+_LAUNCH = re.compile(r"gpu\.launch_func\s+@mhc_kernels::@(\w+) blocks in \((\S+), (\S+), (\S+)\) "
+                     r"threads in \((\S+), (\S+), (\S+)\)\s+args\((.*)\)")
+_DTYPES = {"bf16": "bf16", "f16": "f16", "f32": "f32", "f64": "f64", "i32": "i32", "i64": "i64"}
+
+
+def _functions(ir: str):
+    """{name: body lines} of the func.funcs in the host IR."""
+    out, name = {}, None
+    for line in ir.splitlines():
+        m = re.match(r"\s*func\.func @(\w+)\(", line)
+        if m:
+            name = m.group(1)
+            out[name] = [line]
+        elif name:
+            out[name].append(line)
+            if line.strip() == "}" and line.startswith("  }"):
+                name = None
+    return out
+
+
+def launches_of(lines, arg_names, result_names, key: kernels.KernelKey):
+    """The manifest entry of one function: launches with their buffers, plus scratch."""
+    defs, consts, returns = {}, {}, []
+    for line in lines:
+        m = _DEF.match(line)
+        if m:
+            defs[m.group(1)] = (m.group(2), m.group(3).strip())
+            if m.group(2) == "arith.constant":
+                c = re.match(r"(-?\d+) : index", m.group(3))
+                if c:
+                    consts[m.group(1)] = int(c.group(1))
+        r = re.match(r"\s*return (.*?) :", line)
+        if r:
+            returns = [v.strip() for v in r.group(1).split(",")]
+    returned = {}   # alloc -> result name
+    for i, v in enumerate(returns):
+        op, rest = defs[v]
+        if op != "bufferization.to_tensor":
+            raise ValueError(f"result {i} is not a to_tensor of an allocation: {op}")
+        returned[rest.split()[0]] = result_names[i]
+
+    def root(v):
+        while True:
+            op, rest = defs[v]
+            src = rest.split()[0] if rest.split() else ""
+            if op in ("memref.collapse_shape", "memref.cast", "memref.expand_shape"):
+                v = src
+            elif op == "bufferization.to_buffer" and src.startswith("%arg"):
+                return ("arg", int(src[len("%arg"):]))
+            elif op in ("bufferization.to_buffer", "bufferization.to_tensor"):
+                v = src   # a kernel's output read by a later kernel of the function
+            elif op == "memref.alloc":
+                return ("alloc", v)
+            else:
+                raise ValueError(f"cannot trace kernel argument {v} through {op}")
+
+    # Every launch's first argument is the token count T = 1 * (the token dim).
+    token_values = set()
+    for line in lines:
+        m = _LAUNCH.search(line)
+        if m:
+            t = m.group(8).split(", ")[0].split(":")[0].strip()
+            token_values.add(t)
+            op, rest = defs[t]
+            operands = [a.strip() for a in rest.split(":")[0].split(",")]
+            if op == "arith.muli" and consts.get(operands[0]) == 1:
+                token_values.add(operands[1])
+
+    def factors(v, T):
+        """A size value as a product of manifest symbols ("T", "blocks:K", integers)."""
+        if v in token_values:
+            return ["T"]
+        if v in consts:
+            return [consts[v]]
+        op, rest = defs[v]
+        operands = [a.strip() for a in rest.split(":")[0].split(",")]
+        if op == "arith.muli":
+            return factors(operands[0], T) + factors(operands[1], T)
+        if op == "arith.maxui":
+            op2, rest2 = defs[operands[0]]
+            inner = [a.strip() for a in rest2.split(":")[0].split(",")]
+            if op2 == "arith.ceildivui" and inner[0] in token_values and operands[1] in consts:
+                return [f"blocks:{consts[inner[1]]}"]
+        raise ValueError(f"cannot express the size {v} ({op}) in manifest symbols")
+
+    def scratch_shape(alloc, T):
+        """The shape of a scratch allocation: static dims as integers, dynamic ones as symbols."""
+        op, rest = defs[alloc]
+        sizes = re.match(r"\(([^)]*)\)", rest)
+        dyn = [a.strip() for a in sizes.group(1).split(",")] if sizes and sizes.group(1) else []
+        dims = re.search(r"memref<([^>]*)>", rest).group(1).split("x")
+        shape = []
+        for d in dims[:-1]:
+            shape += factors(dyn.pop(0), T) if d == "?" else [int(d)]
+        return shape, _DTYPES[dims[-1]]
+
+    def dim_of(v):
+        if v in consts:
+            return ("x", consts[v])
+        op, rest = defs[v]
+        if op == "arith.maxui":
+            inner = rest.split(",")[0].strip()
+            op2, rest2 = defs[inner]
+            if op2 == "arith.ceildivui":
+                return ("tokens_per_block", consts[rest2.split(",")[1].split(":")[0].strip()])
+        raise ValueError(f"grid dimension {v} is neither a constant nor max(ceildiv(T, K), 1)")
+
+    scratch, launches = {}, []
+    for line in lines:
+        m = _LAUNCH.search(line)
+        if not m:
+            continue
+        name = m.group(1)
+        gx, gy, gz = (dim_of(v) for v in m.group(2, 3, 4))
+        block = [consts[v] for v in m.group(5, 6, 7)]
+        args = [a.split(":")[0].strip() for a in m.group(8).split(", ")]
+        T = args[0]
+        buffers = []
+        for a in args[1:]:        # args[0] is T
+            kind, what = root(a)
+            if kind == "arg":
+                buffers.append(arg_names[what])
+            elif what in returned:
+                buffers.append(returned[what])
+            else:
+                sname = "scratch_" + what.lstrip("%")
+                shape, dtype = scratch_shape(what, T)
+                scratch[sname] = {"shape": shape, "dtype": dtype}
+                buffers.append(sname)
+        grid = {gx[0]: gx[1]}
+        for axis, d in (("y", gy), ("z", gz)):
+            if d[0] != "x":
+                raise ValueError(f"{name}: grid {axis} depends on T")
+            grid[axis] = d[1]
+        launches.append({"kernel": name, "block": block, "grid": grid, "smem": 0, "buffers": buffers})
+    spec = {"launches": launches}
+    if scratch:
+        spec["scratch"] = scratch
+    return spec
+
+
+def _decode(s: str) -> bytes:
+    """An MLIR string attribute's bytes (\\XX hex escapes, \\\\ for a backslash)."""
+    out, i = bytearray(), 0
+    while i < len(s):
+        if s[i] == "\\":
+            if s[i + 1] == "\\":
+                out.append(0x5C)
+                i += 2
+            else:
+                out.append(int(s[i + 1:i + 3], 16))
+                i += 3
+        else:
+            out.append(ord(s[i]))
+            i += 1
+    return bytes(out)
+
+
+def compile_kernels(key: dict, out_dir, forward_only: bool = False) -> None:
+    """Writes kernels.cubin and manifest.json of `key` into out_dir (the contract of
+    ``mhc.compiler.compile_torch_kernels``); ``forward_only``: hc_pre and hc_post alone."""
+    from mhc import compiler
+    k = kernels.KernelKey.from_dict(key)
+    out_dir = Path(out_dir)
+    mhc_opt = compiler.mhc_opt()
+    with tempfile.TemporaryDirectory(prefix="mhc-torch-") as tmp:
+        src = Path(tmp) / "kernels.mlir"
+        src.write_text(module_text(k, forward_only))
+        host = compiler._run([mhc_opt, str(src), "--mhc-fuse", f"--convert-mhc-to-gpu=chip={k.chip}"])
+        full = compiler._run([mhc_opt, str(src), f"--mhc-gpu-pipeline=chip={k.chip} format=bin"],
+                             env=compiler._cuda_env())
+    binary = re.search(r'bin = "((?:[^"\\]|\\.)*)"', full)
+    if not binary:
+        raise compiler.CompileError("no gpu.binary with a cubin in the pipeline's output")
+    funcs = _functions(host)
+    names = ["hc_pre", "hc_post"] + ([] if forward_only else [
+        "hc_post_backward", "hc_pre_backward", "hc_sublayer_backward", "hc_steady_forward"])
+    ops = {op: launches_of(funcs[op], *kernels.OP_BUFFERS[op], k) for op in names}
+    in_binary = set(re.findall(r"@mhc_kernels::@(\w+)", full))
+    for spec in ops.values():
+        for launch in spec["launches"]:
+            if launch["kernel"] not in in_binary:
+                raise compiler.CompileError(f"kernel {launch['kernel']} is not in the compiled module")
+    (out_dir / kernels.CUBIN_NAME).write_bytes(_decode(binary.group(1)))
+    manifest = {"schema": kernels.SCHEMA, "key": k.as_dict(), "cubin": kernels.CUBIN_NAME,
+                "provenance": {"builder": "mhc.torch.kernel_build" + (" (forward only)" if forward_only else ""),
+                               "mhc_opt": str(mhc_opt)},
+                "ops": ops}
+    (out_dir / kernels.MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+
+
+def compile_forward_kernels(key: dict, out_dir) -> None:
+    """hc_pre and hc_post only (inference)."""
+    compile_kernels(key, out_dir, forward_only=True)
