@@ -110,3 +110,88 @@ func.func @user_in_between(%x: tensor<?x2x16xf16>, %y: tensor<?x16xf16>, %post: 
   %u = mhc.pre_apply %xn, %p : tensor<?x2x16xf16>, tensor<?x2xf32> -> tensor<?x16xf16>
   return %u, %h : tensor<?x16xf16>, tensor<?x16xf16>
 }
+
+// -----
+
+// The backward of one sublayer (the shapes --mhc-generate-backward and
+// mhc.torch write, test/Transforms/Inputs/backward-sublayer.mlir):
+// RUN: mhc-opt %S/Inputs/backward-sublayer.mlir --mhc-fuse | FileCheck %s --check-prefix=BWD
+// a post_res_grad whose dx is not needed is the first half alone,
+// BWD-LABEL: func.func @hc_post_backward
+// BWD:         mhc.fused "post_backward" -> tensor<?x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32> {
+// BWD-NEXT:      mhc.post_res_grad
+// BWD-NEXT:      mhc.yield %dy, %dpost, %dcomb
+// the second half takes dpost and dcomb from outside and sums the three dx,
+// BWD-LABEL: func.func @hc_pre_backward
+// BWD:         mhc.fused "pre_backward" -> tensor<3xf32>, tensor<24xf32>, tensor<24x256xf32>, tensor<?x4x64xbf16> {
+// BWD-NEXT:      mhc.split_mixes
+// BWD-NEXT:      mhc.sinkhorn
+// BWD-NEXT:      mhc.post_res_grad
+// BWD-NEXT:      mhc.pre_apply_grad
+// BWD-NEXT:      mhc.sinkhorn_grad
+// BWD-NEXT:      mhc.split_mixes_grad
+// BWD-NEXT:      mhc.norm_project_grad
+// BWD-NEXT:      arith.addf
+// BWD-NEXT:      arith.addf
+// BWD-NEXT:      mhc.yield
+// and the standalone sublayer is one group.
+// BWD-LABEL: func.func @hc_sublayer_backward
+// BWD:         mhc.fused "backward" -> tensor<?x64xbf16>, tensor<3xf32>, tensor<24xf32>, tensor<24x256xf32>, tensor<?x4x64xbf16> {
+// BWD-COUNT-9:   {{mhc\.|arith\.addf}}
+// BWD-NEXT:      mhc.yield %dy, %dscale, %dbase, %dfn
+
+// A sublayer chained through an opaque sublayer's VJP (--mhc-generate-backward
+// of a function with a call): the first half before the call, the second
+// after it with its own split_mixes, sinkhorn and post_res_grad (for dx).
+// CHECK-LABEL: func.func @chained_backward
+// CHECK:      %[[POST:.*]]:3 = mhc.fused "post_backward" -> tensor<?x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32> {
+// CHECK-NEXT:   mhc.split_mixes
+// CHECK-NEXT:   mhc.sinkhorn
+// CHECK-NEXT:   mhc.post_res_grad
+// CHECK-NEXT:   mhc.yield
+// CHECK:      %[[DU:.*]] = call @attn_vjp(%arg5, %[[POST]]#0)
+// CHECK:      mhc.fused "pre_backward"
+// CHECK-NEXT:   %[[PRE:.*]], %[[Q:.*]], %[[L:.*]] = mhc.split_mixes %arg4
+// CHECK-NEXT:   %[[C:.*]] = mhc.sinkhorn %[[L]]
+// CHECK-NEXT:   mhc.post_res_grad %arg6, %arg0, %[[Q]], %[[C]], %arg7
+// CHECK-NEXT:   mhc.pre_apply_grad %arg0, %[[PRE]], %[[DU]]
+// CHECK-NEXT:   mhc.sinkhorn_grad %[[L]], %[[POST]]#2
+// CHECK-NEXT:   mhc.split_mixes_grad %arg4, %arg2, %arg3, %{{.*}}, %[[POST]]#1
+func.func private @attn_vjp(tensor<?x64xbf16>, tensor<?x64xbf16>) -> tensor<?x64xbf16>
+func.func @chained_backward(%arg0: tensor<?x4x64xbf16>, %arg1: tensor<24x256xf32>, %arg2: tensor<3xf32>, %arg3: tensor<24xf32>,
+                            %arg4: tensor<?x24xf32> {mhc.saved = "sublayer 0: mix"}, %arg5: tensor<?x64xbf16>,
+                            %arg6: tensor<?x64xbf16>, %arg7: tensor<?x4x64xbf16>)
+    -> (tensor<?x4x64xbf16>, tensor<24x256xf32>, tensor<3xf32>, tensor<24xf32>) {
+  %pre, %post, %logits = mhc.split_mixes %arg4, %arg2, %arg3 : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %0 = mhc.sinkhorn %logits : tensor<?x4x4xf32>
+  %dy, %dx, %dpost, %dcomb = mhc.post_res_grad %arg6, %arg0, %post, %0, %arg7 : tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>, tensor<?x4x64xbf16>
+  %1 = call @attn_vjp(%arg5, %dy) : (tensor<?x64xbf16>, tensor<?x64xbf16>) -> tensor<?x64xbf16>
+  %dx_0, %dpre = mhc.pre_apply_grad %arg0, %pre, %1 : tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x64xbf16>
+  %2 = mhc.sinkhorn_grad %logits, %dcomb : tensor<?x4x4xf32>
+  %dmix, %dscale, %dbase = mhc.split_mixes_grad %arg4, %arg2, %arg3, %dpre, %dpost, %2 : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %dx_1, %dfn = mhc.norm_project_grad %arg0, %arg1, %dmix : tensor<?x4x64xbf16>, tensor<24x256xf32>, tensor<?x24xf32>
+  %3 = arith.addf %dx, %dx_0 : tensor<?x4x64xbf16>
+  %4 = arith.addf %3, %dx_1 : tensor<?x4x64xbf16>
+  return %4, %dfn, %dscale, %dbase : tensor<?x4x64xbf16>, tensor<24x256xf32>, tensor<3xf32>, tensor<24xf32>
+}
+
+// -----
+
+// The kernels read norm_project's m as mix / r: a mix that is neither
+// norm_project(x, fn) nor a value the forward saved is not fused.
+// CHECK-LABEL: func.func @unknown_mix
+// CHECK-NOT:   mhc.fused
+func.func @unknown_mix(%x: tensor<?x4x64xbf16>, %y: tensor<?x64xbf16>, %fn: tensor<24x256xf32>, %scale: tensor<3xf32>,
+                       %base: tensor<24xf32>, %mix: tensor<?x24xf32>, %du: tensor<?x64xbf16>, %dxn: tensor<?x4x64xbf16>)
+    -> (tensor<?x4x64xbf16>, tensor<?x64xbf16>, tensor<24x256xf32>, tensor<3xf32>, tensor<24xf32>) {
+  %pre, %post, %logits = mhc.split_mixes %mix, %scale, %base : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %0 = mhc.sinkhorn %logits : tensor<?x4x4xf32>
+  %dy, %dx, %dpost, %dcomb = mhc.post_res_grad %y, %x, %post, %0, %dxn : tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>, tensor<?x4x64xbf16>
+  %dx_0, %dpre = mhc.pre_apply_grad %x, %pre, %du : tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x64xbf16>
+  %1 = mhc.sinkhorn_grad %logits, %dcomb : tensor<?x4x4xf32>
+  %dmix, %dscale, %dbase = mhc.split_mixes_grad %mix, %scale, %base, %dpre, %dpost, %1 : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %dx_1, %dfn = mhc.norm_project_grad %x, %fn, %dmix : tensor<?x4x64xbf16>, tensor<24x256xf32>, tensor<?x24xf32>
+  %2 = arith.addf %dx, %dx_0 : tensor<?x4x64xbf16>
+  %3 = arith.addf %2, %dx_1 : tensor<?x4x64xbf16>
+  return %3, %dy, %dfn, %dscale, %dbase : tensor<?x4x64xbf16>, tensor<?x64xbf16>, tensor<24x256xf32>, tensor<3xf32>, tensor<24xf32>
+}

@@ -132,3 +132,37 @@ func.func @by_hand(%x: tensor<?x4x256xbf16>, %fn: tensor<24x1024xf32>) -> tensor
   %m = mhc.norm_project %x, %fn {mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 64, threads = 256, vector_width = 8, blocks_per_sm = 0>} : tensor<?x4x256xbf16>, tensor<24x1024xf32> -> tensor<?x24xf32>
   return %m : tensor<?x24xf32>
 }
+
+// -----
+
+// The backward groups (test/Transforms/Inputs/backward-sublayer.mlir).
+// RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-fuse --convert-mhc-to-gpu | FileCheck %s --check-prefix=BWD
+// First half: one rows kernel (x, dout, y, post in; dy, dpost, dcomb out),
+// 16-token tiles.
+// BWD-LABEL: func.func @hc_post_backward
+// BWD:     arith.ceildivui %{{.*}}, %c16
+// BWD:     gpu.launch_func  @mhc_kernels::@mhc_post_backward_0_rows {{.*}} threads in (%c256
+// BWD-NOT: gpu.launch_func
+// BWD:     return
+// The whole sublayer: rows, cols and params, with the per-token record
+// [T x 45], the rows blocks' partial sums [blocks x 27] and the token
+// splits' partial dfn [32 x 24 x 256] between them (allocated by the host,
+// freed after their last launch by --mhc-gpu-host-memory).
+// BWD-LABEL: func.func @hc_sublayer_backward
+// BWD-DAG: %[[REC:.*]] = memref.alloc(%{{.*}}) : memref<?xf32>
+// BWD-DAG: %[[PARAM:.*]] = memref.alloc(%{{.*}}) : memref<?xf32>
+// BWD-DAG: %[[DFN:.*]] = memref.alloc(%c196608) : memref<?xf32>
+// BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_rows {{.*}} threads in (%c256
+// BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_cols blocks in (%c1{{.*}}, %c32, %c1{{.*}}) threads in (%c256
+// BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_params blocks in (%c51
+// The rows kernel keeps the Sinkhorn divisors (39 steps x 4) in private
+// memory, not the iterates; the cols kernel holds fn's slice [24 x 256] f32,
+// the record rows [16 x 45] and the x, dout, du tiles in shared memory and
+// multiplies on the tensor cores.
+// BWD:     gpu.func @mhc_backward_2_rows
+// BWD-SAME:  private(%{{.*}} : memref<156xf32, #gpu.address_space<private>>)
+// BWD-SAME:  nvvm.minctasm = 2
+// BWD:     gpu.func @mhc_backward_2_cols
+// BWD-SAME:  workgroup(%{{.*}} : memref<6144xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<720xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4096xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4096xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<1024xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64})
+// BWD:       nvvm.mma.sync
+// BWD:     gpu.func @mhc_backward_2_params

@@ -14,6 +14,18 @@
 // RUN: FileCheck %s --check-prefix=CVT < %t.mlir
 // RUN: FileCheck %s --check-prefix=SHFL < %t.mlir
 // RUN: FileCheck %s --check-prefix=KERNELS < %t.mlir
+// The backward kernels: 16-byte loads in the rows and cols kernels, the
+// row sums reduced by shuffles, the cols kernel's products on the tensor
+// cores.
+// RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-gpu-pipeline="format=isa" | FileCheck %s --check-prefix=BWD
+// BWD: .visible .entry mhc_backward_2_rows(
+// BWD: ld.global.v4.b32
+// BWD: shfl.sync.bfly
+// BWD: .visible .entry mhc_backward_2_cols(
+// BWD: ld.global.v4.b32
+// BWD: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
+// BWD: st.global.v4.b32
+// BWD: .visible .entry mhc_backward_2_params(
 
 // Host code: one stream per call, device buffers from mgpuMemAlloc, kernel
 // launches in program order on that stream, intermediates freed on it,

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Forward + backward of one mHC sublayer on the GPU: mhc's kernels against the public
+implementations, PyTorch eager and torch.compile of the same math, and copy bandwidth, all in one
+process (T = 16384 tokens, n = 4, bf16; C from --Cs).
+
+  MHC_CACHE=.mhc-cache python3 bench/bench_backward.py --json $OUT/backward.json
+
+* mhc: the forward is the steady-state pair of the forward benchmark (pre from the previous
+  sublayer's mix; post_res + the next sublayer's norm_project: op hc_steady_forward), the
+  backward the fused sublayer backward (hc_sublayer_backward: rows, cols, params kernels),
+  launched from the kernel cache of mhc.torch (manifest-driven, on torch's stream).
+* peers (../shared/peers, carried as .peers): `load.SUBLAYER[provider](x, y, fn, scale, base)`
+  -> (u, x_next) with requires_grad inputs, then backward with the same cotangents (du, dx_next).
+* floors (bytes read + written per token, elements of C, bf16): forward 28C (spec section 7);
+  backward rows 11C (dout 4C + x 4C + y + du in, dy out), cols 13C (dout 4C + x 4C + du in, dx 4C
+  out), 24C in all; the time at the measured copy bandwidth is each floor.
+Timing: CUDA events around each step, three input sets rotated (far over the 60 MB L2), warm-up
+first, median of --iters.
+"""
+import argparse, json, os, subprocess, sys, time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "python"))
+from mhc.torch import kernels as K  # noqa: E402
+
+N, T = 4, 16384
+
+
+def median_ms(step, sets, warmup, iters):
+    for i in range(warmup):
+        step(sets[i % len(sets)])
+    torch.cuda.synchronize()
+    evs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+           for _ in range(iters)]
+    for i, (a, b) in enumerate(evs):
+        a.record()
+        step(sets[i % len(sets)])
+        b.record()
+    torch.cuda.synchronize()
+    times = sorted(a.elapsed_time(b) for a, b in evs)
+    return times[len(times) // 2]
+
+
+def copy_gbps():
+    src = torch.empty(2 << 30, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda _: dst.copy_(src), [None], 3, 30)
+    return 2 * src.numel() / (ms * 1e-3) / 1e9
+
+
+def make_sets(C, count=3):
+    M = N * N + 2 * N
+    g = torch.Generator(device="cuda").manual_seed(C)
+    sets = []
+    for _ in range(count):
+        r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+        sets.append(dict(
+            x=r(T, N, C).bfloat16(), y=r(T, C).bfloat16(), fn=r(M, N * C) / (N * C) ** 0.5,
+            scale=torch.rand(3, generator=g, device="cuda") + 0.25, base=r(M) * 0.5,
+            mix=r(T, M), du=r(T, C).bfloat16(), dxn=r(T, N, C).bfloat16()))
+    return sets
+
+
+def mhc_times(C, sets, warmup, iters):
+    key = K.KernelKey(n=N, C=C, dtype="bf16")
+    ks = K.KernelSet(key.folder(os.path.abspath(os.environ.get("MHC_CACHE", ".mhc-cache"))))
+    stream = lambda: torch.cuda.current_stream().cuda_stream  # noqa: E731
+
+    def fwd(s):
+        return ks.run("hc_steady_forward", s["x"], s["mix"], s["scale"], s["base"], s["y"],
+                      s["fn"], stream=stream())
+
+    def bwd(s):
+        return ks.run("hc_sublayer_backward", s["x"], s["y"], s["fn"], s["scale"], s["base"],
+                      s["mix"], s["du"], s["dxn"], stream=stream())
+
+    def both(s):
+        fwd(s)
+        bwd(s)
+    out = dict(forward_ms=median_ms(fwd, sets, warmup, iters),
+               backward_ms=median_ms(bwd, sets, warmup, iters),
+               forward_backward_ms=median_ms(both, sets, warmup, iters))
+    # Each backward kernel alone (same launches as the op, one at a time).
+    plan = ks.plans["hc_sublayer_backward"]
+    per = {}
+    for idx, launch in enumerate(plan.launches):
+        name = ks.manifest["ops"]["hc_sublayer_backward"]["launches"][idx]["kernel"]
+        per[name] = median_ms(lambda s, i=idx: _one_launch(ks, plan, i, s), sets, warmup, iters)
+    out["backward_kernels_ms"] = per
+    return out
+
+
+def _one_launch(ks, plan, index, s):
+    """Launch `index` of the fused backward on set s (its buffers kept per set)."""
+    if "_bufs" not in s:
+        args = [s[k] for k in ("x", "y", "fn", "scale", "base", "mix", "du", "dxn")]
+        results = K.allocate_results("hc_sublayer_backward", args)
+        Tn = s["x"].numel() // (N * s["x"].shape[-1])
+        numels, grids = plan._shapes(Tn)
+        scratch = [torch.empty(nm, dtype=torch.float32, device="cuda") for nm in numels]
+        s["_bufs"] = (args + results + scratch, Tn, grids)
+        for i in range(len(plan.launches)):   # the scratch a later kernel reads
+            _one_launch(ks, plan, i, s)
+    buffers, Tn, grids = s["_bufs"]
+    fn, _, _, gy, gz, block, smem, idx, ptr_t, num_t = plan.launches[index]
+    ptrs = [buffers[i].data_ptr() for i in idx]
+    nums = [buffers[i].numel() for i in idx]
+    rc = ks.runtime.lib.mhcLaunchFlat(fn, grids[index], gy, gz, block[0], block[1], block[2], smem,
+                                      torch.cuda.current_stream().cuda_stream, Tn, len(idx),
+                                      ptr_t(*ptrs), num_t(*nums))
+    if rc:
+        raise RuntimeError(ks.runtime.lib.mhcRuntimeGetErrorMessage().decode())
+
+
+def peer_times(peers, provider, C, sets, warmup, iters):
+    fwd_bwd = peers.SUBLAYER[provider]
+    prepared = []
+    for s in sets:
+        x = s["x"].view(1, T, N, C).detach().clone().requires_grad_()
+        y = s["y"].view(1, T, C).detach().clone().requires_grad_()
+        fn, sc, b = (t.detach().clone().requires_grad_() for t in (s["fn"], s["scale"], s["base"]))
+        args = peers.prepare(provider, x, y, fn, sc, b)
+        u, xn = fwd_bwd(*args)        # cotangents in the provider's own layout
+        prepared.append((args, torch.randn_like(u), torch.randn_like(xn)))
+
+    def step(p):
+        args, du, dxn = p
+        u, xn = fwd_bwd(*args)
+        torch.autograd.backward((u, xn), (du, dxn))
+
+    def fwd(p):   # the training forward (autograd graph built, then dropped)
+        fwd_bwd(*p[0])
+    return dict(forward_ms=median_ms(fwd, prepared, warmup, iters),
+                forward_backward_ms=median_ms(step, prepared, warmup, iters))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--Cs", default="2560,4096")
+    ap.add_argument("--peers", default=".peers")
+    ap.add_argument("--providers", default="torch_eager,torch_compile,te_triton,liger_triton,tk_tilelang")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=30)
+    a = ap.parse_args()
+    peers = None
+    try:
+        sys.path.insert(0, os.path.abspath(a.peers))
+        import load as peers  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        print(f"peers not loaded: {e!r}")
+    out = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, T=T, n=N,
+               commit=os.environ.get("MHC_GIT_COMMIT", ""), copy_gbps=copy_gbps(), widths={})
+    bw = out["copy_gbps"] * 1e9
+    for C in [int(c) for c in a.Cs.split(",")]:
+        sets = make_sets(C)
+        floors = {k: v * C * 2 * T / bw * 1e3 for k, v in
+                  dict(forward=28, backward=24, rows=11, cols=13, forward_backward=52).items()}
+        row = dict(floors_ms=floors)
+        try:
+            row["mhc"] = mhc_times(C, sets, a.warmup, a.iters)
+        except Exception as e:  # noqa: BLE001
+            row["mhc"] = dict(error=repr(e)[:500])
+        for provider in a.providers.split(","):
+            if peers is None or provider not in getattr(peers, "SUBLAYER", {}):
+                row[provider] = dict(error="not loaded")
+                continue
+            try:
+                row[provider] = peer_times(peers, provider, C, sets, a.warmup, a.iters)
+            except Exception as e:  # noqa: BLE001
+                row[provider] = dict(error=repr(e)[:500])
+            torch.cuda.empty_cache()
+        out["widths"][str(C)] = row
+        del sets
+        torch.cuda.empty_cache()
+    with open(a.json, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"copy bandwidth {out['copy_gbps']:.0f} GB/s (read + write)")
+    for C, row in out["widths"].items():
+        fl = row["floors_ms"]
+        print(f"C={C}: floors fwd {fl['forward']:.3f} bwd {fl['backward']:.3f} ms")
+        for name, r in row.items():
+            if name == "floors_ms":
+                continue
+            if "error" in r:
+                print(f"  {name:14s} {r['error'][:100]}")
+                continue
+            line = f"  {name:14s} fwd {r['forward_ms']:.3f}  fwd+bwd {r['forward_backward_ms']:.3f} ms"
+            if "backward_ms" in r:
+                line += f"  bwd {r['backward_ms']:.3f} ms ({fl['backward'] / r['backward_ms']:.0%} of copy on 24C)"
+                line += "  " + ", ".join(f"{k.rsplit('_', 1)[-1]} {v:.3f}" for k, v in
+                                         r["backward_kernels_ms"].items())
+            print(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
