@@ -139,9 +139,9 @@ def peer_times(peers, provider, C, sets, warmup, iters):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
-    ap.add_argument("--Cs", default="2560,4096")
+    ap.add_argument("--Cs", default="4096,2560")
     ap.add_argument("--peers", default=".peers")
-    ap.add_argument("--providers", default="torch_eager,torch_compile,te_triton,liger_triton,tk_tilelang")
+    ap.add_argument("--providers", default="te_triton,torch_eager,liger_triton,torch_compile,tk_tilelang")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
     a = ap.parse_args()
@@ -154,45 +154,49 @@ def main():
     out = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, T=T, n=N,
                commit=os.environ.get("MHC_GIT_COMMIT", ""), copy_gbps=copy_gbps(), widths={})
     bw = out["copy_gbps"] * 1e9
+    print(f"copy bandwidth {out['copy_gbps']:.0f} GB/s (read + write)", flush=True)
+
+    def save():
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+    def report(C, name, r, floors):
+        if "error" in r:
+            print(f"  C={C} {name:14s} {r['error'][:160]}", flush=True)
+            return
+        line = f"  C={C} {name:14s} fwd {r['forward_ms']:.3f}  fwd+bwd {r['forward_backward_ms']:.3f} ms"
+        if "backward_ms" in r:
+            line += (f"  bwd {r['backward_ms']:.3f} ms ({floors['backward'] / r['backward_ms']:.0%} of "
+                     f"copy on 24C)  " + ", ".join(f"{k.rsplit('_', 1)[-1]} {v:.3f}" for k, v in
+                                                   r["backward_kernels_ms"].items()))
+        print(line, flush=True)
+
     for C in [int(c) for c in a.Cs.split(",")]:
         sets = make_sets(C)
         floors = {k: v * C * 2 * T / bw * 1e3 for k, v in
                   dict(forward=28, backward=24, rows=11, cols=13, forward_backward=52).items()}
-        row = dict(floors_ms=floors)
+        row = out["widths"][str(C)] = dict(floors_ms=floors)
+        print(f"C={C}: floors fwd {floors['forward']:.3f} bwd {floors['backward']:.3f} "
+              f"(rows {floors['rows']:.3f}, cols {floors['cols']:.3f}) ms", flush=True)
         try:
             row["mhc"] = mhc_times(C, sets, a.warmup, a.iters)
         except Exception as e:  # noqa: BLE001
             row["mhc"] = dict(error=repr(e)[:500])
+        report(C, "mhc", row["mhc"], floors)
+        save()
         for provider in a.providers.split(","):
             if peers is None or provider not in getattr(peers, "SUBLAYER", {}):
                 row[provider] = dict(error="not loaded")
-                continue
-            try:
-                row[provider] = peer_times(peers, provider, C, sets, a.warmup, a.iters)
-            except Exception as e:  # noqa: BLE001
-                row[provider] = dict(error=repr(e)[:500])
+            else:
+                try:
+                    row[provider] = peer_times(peers, provider, C, sets, a.warmup, a.iters)
+                except Exception as e:  # noqa: BLE001
+                    row[provider] = dict(error=repr(e)[:500])
+            report(C, provider, row[provider], floors)
+            save()
             torch.cuda.empty_cache()
-        out["widths"][str(C)] = row
         del sets
         torch.cuda.empty_cache()
-    with open(a.json, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"copy bandwidth {out['copy_gbps']:.0f} GB/s (read + write)")
-    for C, row in out["widths"].items():
-        fl = row["floors_ms"]
-        print(f"C={C}: floors fwd {fl['forward']:.3f} bwd {fl['backward']:.3f} ms")
-        for name, r in row.items():
-            if name == "floors_ms":
-                continue
-            if "error" in r:
-                print(f"  {name:14s} {r['error'][:100]}")
-                continue
-            line = f"  {name:14s} fwd {r['forward_ms']:.3f}  fwd+bwd {r['forward_backward_ms']:.3f} ms"
-            if "backward_ms" in r:
-                line += f"  bwd {r['backward_ms']:.3f} ms ({fl['backward'] / r['backward_ms']:.0%} of copy on 24C)"
-                line += "  " + ", ".join(f"{k.rsplit('_', 1)[-1]} {v:.3f}" for k, v in
-                                         r["backward_kernels_ms"].items())
-            print(line)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ step() { # name seconds command...
   timeout "$secs" "$@" 2>&1 | tee -a "$log"
   echo "=== $name: exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
-step check-backward 240 python3 test/Integration/GPU/harness/check_backward.py --json "$out/check-backward.json"
-step bench-backward 240 python3 bench/bench_backward.py --json "$out/backward.json"
-step check-forward 150 python3 test/Integration/GPU/harness/check_kernels.py --cubins .gpu-carry --json "$out/check-forward.json" --no-timing
-step time-forward 90 python3 test/Integration/GPU/harness/check_kernels.py --cubins .gpu-carry --json "$out/time-forward.json" --skip-check
-step check-torch 150 python3 bench/check_torch_backend.py --json "$out/check-torch.json" --C 4096
+step check-backward 200 python3 test/Integration/GPU/harness/check_backward.py --json "$out/check-backward.json"
+step bench-backward 330 python3 bench/bench_backward.py --json "$out/backward.json"
+step check-forward 130 python3 test/Integration/GPU/harness/check_kernels.py --cubins .gpu-carry --json "$out/check-forward.json" --no-timing
+step time-forward 80 python3 test/Integration/GPU/harness/check_kernels.py --cubins .gpu-carry --json "$out/time-forward.json" --skip-check
+step check-torch 170 python3 bench/check_torch_backend.py --json "$out/check-torch.json" --C 4096
 exit 0

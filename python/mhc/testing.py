@@ -19,6 +19,13 @@ Tolerances (``Checker`` reports the measured error of every case):
 
 Setting ``MHC_CHECK_PERTURB=<r>`` multiplies the largest-magnitude element of every output by
 ``1 + r`` before checking; the self-test uses it to prove that the checks can fail.
+
+Gradients: the builder emits the ``*_grad`` ops too (results hold ``reference.*_backward``).
+:func:`check_vjp` checks a gradient twice on the data the program ran on: the float64 reference
+backward against central differences of the reference forward (:func:`fd_gradient`,
+:func:`check_fd`: ``|ref - fd| <= 1e-6 max|fd| + 1e-9`` at sampled elements), then the printed
+result against the reference. :func:`check_controls` and :meth:`Checker.control` record checks on
+deliberately spoiled data that must fail.
 """
 
 import os
@@ -332,6 +339,40 @@ class Program:
         if u.elem != "f32":
             out.name = self._fresh("y")
             self.emit(f"{out.name} = arith.truncf {th} : {_tensor_type(u.shape, 'f32')} to {t}")
+        return out
+
+    def add(self, a, b):
+        """``arith.addf`` of two tensors of one type (as the generated backward sums the
+        cotangents of x); a bf16/f16 sum is rounded once."""
+        assert a.type == b.type
+        out = Value(self._fresh("sum"), a.shape, a.elem, None)
+        data = np.asarray(a.data, np.float64) + np.asarray(b.data, np.float64)
+        out.data = data if a.elem == "f32" else round_to_dtype(data, a.elem).astype(np.float64)
+        self.emit(f"{out.name} = arith.addf {a.name}, {b.name} : {a.type}")
+        return out
+
+    def tanh_vjp(self, u, dy):
+        """The VJP of :meth:`tanh`: ``dy - dy * tanh(u)^2`` in f32, stored like u."""
+        w = _tensor_type(u.shape, "f32")
+        wide = []
+        for v in (u, dy):
+            if v.elem == "f32":
+                wide.append(v.name)
+            else:
+                wide.append(self._fresh("w"))
+                self.emit(f"{wide[-1]} = arith.extf {v.name} : {v.type} to {w}")
+        t, dt, dtt, r = (self._fresh(h) for h in ("t", "dt", "dtt", "vjp"))
+        self.emit(f"{t} = math.tanh {wide[0]} : {w}")
+        self.emit(f"{dt} = arith.mulf {wide[1]}, {t} : {w}")
+        self.emit(f"{dtt} = arith.mulf {dt}, {t} : {w}")
+        self.emit(f"{r} = arith.subf {wide[1]}, {dtt} : {w}")
+        tu = np.tanh(np.asarray(u.data, np.float64))
+        data = np.asarray(dy.data, np.float64) * (1.0 - tu * tu)
+        out = Value(r, u.shape, u.elem, data)
+        if u.elem != "f32":
+            out.name = self._fresh("du")
+            out.data = round_to_dtype(data, u.elem).astype(np.float64)
+            self.emit(f"{out.name} = arith.truncf {r} : {w} to {u.type}")
         return out
 
     # -- output -------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 //
 // Block (column chunk b, token split s) owns columns [b*CC, b*CC + CC) of
 // all n streams (KB = n*CC "k-columns", k = i*CC + c) and walks the token
-// tiles of its split. Its slice of fn [M x KB] stays in shared memory. Per
+// tiles of its split. Its slice of fn [M x KB] stays in shared memory (rows
+// padded so that a warp's fragment loads hit distinct banks). Per
 // tile of TT tokens, after the record, x, dout and du of the tile are in
 // shared memory, each warp takes KB/W k-columns in n8 tiles:
 //
@@ -67,52 +68,59 @@ void ColsKernelBuilder::mma(MutableArrayRef<Value> acc, ArrayRef<Value> a,
 /// and C); every load of a thread is issued before the first store.
 void ColsKernelBuilder::loadTiles(Value tile) {
   int64_t n = p.n, C = p.C, CC = s.chunkColumns, TT = s.tileTokens;
-  int64_t P = p.recordWidth(), KB = n * CC, vec = acts.vec, NV = CC / vec;
+  int64_t P = p.recordWidth(), vec = acts.vec, NV = CC / vec;
   Value tok0 = mul(tile, ci(TT));
-  emitFor(tid, ci(TT * P), ci(s.threads), {}, [&](Value e, ValueRange) {
-    Value token = add(tok0, div(e, P));
-    Value v = f32OrZero(ult(token, T), [&]() {
-      return ld(record, add(mul(token, ci(P)), rem(e, P)));
-    });
-    st(v, recS, e);
-    return SmallVector<Value>{};
-  });
-
   struct Item {
     Value inRange, smemAt, loaded, tile;
   };
   SmallVector<Item> items;
-  // One kind of row: `rows` rows of NV vectors from `src` (element offset
-  // of row r: rowStart(t, r)) to `dst` at row pitch `pitch`.
-  auto issue = [&](Value src, Value dst, int64_t rowsPerToken, int64_t pitch) {
-    int64_t total = TT * rowsPerToken * NV;
+  // `total` items, `threads` at a time, straight-line: item -> (global load,
+  // shared-memory index) by `place`.
+  auto unrolled = [&](int64_t total, auto place) {
     for (int64_t first = 0; first < total; first += s.threads) {
       Value item = add(tid, ci(first));
       Value inRange = total - first >= s.threads ? Value() : ult(item, total);
       if (inRange) // keep the indices in bounds
         item = select(inRange, item, ci(0));
+      items.push_back(place(item, inRange));
+    }
+  };
+  // The records of the tile's tokens (f32).
+  unrolled(TT * P, [&](Value e, Value inRange) {
+    Value token = add(tok0, div(e, P));
+    Value ok = ult(token, T);
+    Value at = add(mul(select(ok, token, ci(0)), ci(P)), rem(e, P));
+    Value v = select(ok, ld(record, at), cf(0.0));
+    return Item{inRange, e, v, recS};
+  });
+  // Rows of NV vectors: `rowsPerToken` rows per token from `src` into `dst`
+  // at row pitch `pitch` (a token's rows side by side).
+  auto rows = [&](Value src, Value dst, int64_t rowsPerToken, int64_t pitch) {
+    unrolled(TT * rowsPerToken * NV, [&](Value item, Value inRange) {
       Value t = div(item, rowsPerToken * NV);
       Value rest = rem(item, rowsPerToken * NV);
-      Value r = div(rest, NV), v = rem(rest, NV);
+      Value r = div(rest, NV), c = mul(rem(rest, NV), ci(vec));
       Value token = add(tok0, t);
       Value ok = ult(token, T);
       if (inRange)
         ok = band(ok, inRange);
-      Value c = mul(v, ci(vec));
-      Value colG = add(col0, c);
       Value rowStart = mul(add(mul(token, ci(rowsPerToken)), r), ci(C));
       Value at = add(mul(t, ci(pitch)), add(mul(r, ci(CC)), c));
-      items.push_back({inRange, at, loadAct(src, rowStart, colG, ok, true),
-                       dst});
-    }
+      return Item{inRange, at,
+                  loadAct(src, rowStart, add(col0, c), ok, /*raw=*/true), dst};
+    });
   };
-  issue(arg(p.x), xS, n, KB);
-  issue(arg(p.dout), doutS, n, KB);
-  issue(arg(p.du), duS, 1, CC);
+  rows(arg(p.x), xS, n, tilePitch());
+  rows(arg(p.dout), doutS, n, tilePitch());
+  rows(arg(p.du), duS, 1, duPitch());
   for (Item &it : items) {
     auto store = [&]() {
-      vector::StoreOp::create(b, loc, it.loaded, it.tile, ValueRange{it.smemAt},
-                              false, llvm::MaybeAlign(16));
+      if (isa<VectorType>(it.loaded.getType()))
+        vector::StoreOp::create(b, loc, it.loaded, it.tile,
+                                ValueRange{it.smemAt}, false,
+                                llvm::MaybeAlign(16));
+      else
+        st(it.loaded, it.tile, it.smemAt);
     };
     if (it.inRange)
       emitIf(it.inRange, store);
@@ -126,6 +134,7 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
   int64_t P = p.recordWidth(), KB = n * CC, W = s.threads / 32;
   int64_t KW = KB / W, NTW = KW / 8, MT = TT / 16, KS = (M + 15) / 16;
   int64_t KT = TT / 16, MTM = (M + 15) / 16;
+  int64_t XP = tilePitch(), UP = duPitch(), FP = fnPitch();
   Value g = div(lane, 4), q = rem(lane, 4);
   auto rec = [&](Value t, Value col) {
     return ld(recS, add(mul(t, ci(P)), col));
@@ -141,6 +150,13 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
     return select(ok, v, cf(0.0));
   };
   auto actAt = [&](Value tileBuf, Value at) { return toF32(ld(tileBuf, at)); };
+  // Two neighbouring activations of a tile (even index) as f32.
+  auto actPair = [&](Value tileBuf, Value at) {
+    Value v = vector::LoadOp::create(
+        b, loc, VectorType::get({2}, acts.act), tileBuf, ValueRange{at}, false,
+        llvm::MaybeAlign(2 * acts.act.getIntOrFloatBitWidth() / 8));
+    return toF32(v);
+  };
 
   // A fragments of dm (rows: tokens, k: mixes) for dm @ fn, hi and lo.
   SmallVector<SmallVector<Value>> aFnHi, aFnLo; // [mt * KS + ks][4]
@@ -173,7 +189,7 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
       aDfnLo.push_back(lo);
     }
 
-  SmallVector<Value> dxVals, dxAt; // dx (f32) and its place in the tile
+  SmallVector<Value> dxVals, dxAt; // dx pairs (f32) and their place
   for (int64_t nt = 0; nt < NTW; ++nt) {
     Value kbase = add(mul(warp, ci(KW)), ci(nt * 8));
     Value kB = add(kbase, g); // the k-column of this thread's B fragments
@@ -182,7 +198,7 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
     for (int64_t ks = 0; ks < KS; ++ks) {
       auto fnAt = [&](Value m) {
         Value ok = ult(m, M);
-        Value v = ld(fnS, add(mul(select(ok, m, ci(0)), ci(KB)), kB));
+        Value v = ld(fnS, add(mul(select(ok, m, ci(0)), ci(FP)), kB));
         return select(ok, v, cf(0.0));
       };
       Value m0 = add(mul(q, ci(2)), ci(16 * ks));
@@ -191,6 +207,10 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
       auto [h1, l1] = splitBf16(pair(fnAt(m8), fnAt(add(m8, ci(1)))));
       bFn.push_back({h0, h1, l0, l1});
     }
+    // This thread's two columns (2q, 2q + 1) of the n8 tile: stream i,
+    // column c, the same for both rows.
+    Value kcol = add(kbase, mul(q, ci(2)));
+    Value i = div(kcol, CC), c = rem(kcol, CC);
     for (int64_t mt = 0; mt < MT; ++mt) {
       SmallVector<Value> acc(4, cf(0.0));
       // Small terms first: the tensor cores truncate when accumulating.
@@ -200,19 +220,19 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
         mma(acc, aFnLo[mt * KS + ks], bf[0], bf[1]);
         mma(acc, aFnHi[mt * KS + ks], bf[0], bf[1]);
       }
-      for (int64_t e = 0; e < 4; ++e) {
-        Value t = add(g, ci(16 * mt + 8 * (e / 2)));
-        Value kcol = add(kbase, add(mul(q, ci(2)), ci(e % 2)));
-        Value i = div(kcol, CC), c = rem(kcol, CC);
-        Value rowT = mul(t, ci(KB));
-        Value v = acc[e];
+      for (int64_t half = 0; half < 2; ++half) { // rows g, g + 8
+        Value t = add(g, ci(16 * mt + 8 * half));
+        Value rowT = mul(t, ci(XP));
+        // The record values of (t, i), once for both columns.
         Value combRow = add(ci(p.recComb()), mul(i, ci(n)));
+        Value v = pair(acc[2 * half], acc[2 * half + 1]);
         for (int64_t j = 0; j < n; ++j)
-          v = fma(rec(t, add(combRow, ci(j))),
-                  actAt(doutS, add(rowT, add(ci(j * CC), c))), v);
-        v = fma(rec(t, add(ci(p.recPre()), i)),
-                actAt(duS, add(mul(t, ci(CC)), c)), v);
-        v = fma(rec(t, ci(p.recDS())), actAt(xS, add(rowT, kcol)), v);
+          v = fma(splat(rec(t, add(combRow, ci(j))), vecF32Of(2)),
+                  actPair(doutS, add(rowT, add(ci(j * CC), c))), v);
+        v = fma(splat(rec(t, add(ci(p.recPre()), i)), vecF32Of(2)),
+                actPair(duS, add(mul(t, ci(UP)), c)), v);
+        v = fma(splat(rec(t, ci(p.recDS())), vecF32Of(2)),
+                actPair(xS, add(rowT, kcol)), v);
         dxVals.push_back(v);
         dxAt.push_back(add(rowT, kcol));
       }
@@ -220,8 +240,8 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
     // dfn += dm^T x over the tile's tokens.
     for (int64_t kt = 0; kt < KT; ++kt) {
       auto xPair = [&](Value t) {
-        return pair(actAt(xS, add(mul(t, ci(KB)), kB)),
-                    actAt(xS, add(mul(add(t, ci(1)), ci(KB)), kB)));
+        return pair(actAt(xS, add(mul(t, ci(XP)), kB)),
+                    actAt(xS, add(mul(add(t, ci(1)), ci(XP)), kB)));
       };
       Value t0 = add(mul(q, ci(2)), ci(16 * kt));
       auto [x0h, x0l] = splitBf16(xPair(t0));
@@ -240,20 +260,24 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
   // dx: through the dout tile (every read of it is done after the barrier)
   // to 16-byte stores.
   barrier();
+  auto pairType = VectorType::get({2}, acts.act);
   for (auto [v, at] : llvm::zip(dxVals, dxAt))
-    st(toAct(v, p.act), doutS, at);
+    vector::StoreOp::create(
+        b, loc, toAct(v, pairType), doutS, ValueRange{at}, false,
+        llvm::MaybeAlign(2 * acts.act.getIntOrFloatBitWidth() / 8));
   barrier();
   int64_t NV = CC / acts.vec, total = TT * n * NV;
   Value tok0 = mul(tileIndex, ci(TT));
   emitFor(tid, ci(total), ci(s.threads), {}, [&](Value item, ValueRange) {
     Value t = div(item, n * NV), rest = rem(item, n * NV);
-    Value i = div(rest, NV), c = mul(rem(rest, NV), ci(acts.vec));
+    Value si = div(rest, NV), sc = mul(rem(rest, NV), ci(acts.vec));
     Value token = add(tok0, t);
     Value v = toF32(vector::LoadOp::create(
-        b, loc, vecAct(), doutS, ValueRange{add(mul(t, ci(KB)), add(mul(i, ci(CC)), c))},
-        false, llvm::MaybeAlign(16)));
-    storeAct(v, arg(p.dxOut), mul(add(mul(token, ci(n)), i), ci(p.C)),
-             add(col0, c), ult(token, T));
+        b, loc, vecAct(), doutS,
+        ValueRange{add(mul(t, ci(XP)), add(mul(si, ci(CC)), sc))}, false,
+        llvm::MaybeAlign(16)));
+    storeAct(v, arg(p.dxOut), mul(add(mul(token, ci(n)), si), ci(p.C)),
+             add(col0, sc), ult(token, T));
     return SmallVector<Value>{};
   });
   return dfnAcc;
@@ -270,7 +294,7 @@ void ColsKernelBuilder::emitBody() {
     Value v = f32OrZero(ult(col, C), [&]() {
       return ld(arg(p.fn), add(mul(m, ci(n * C)), add(mul(i, ci(C)), col)));
     });
-    st(v, fnS, e);
+    st(v, fnS, add(mul(m, ci(fnPitch())), kc));
     return SmallVector<Value>{};
   });
   // This split's tiles: [split * per, min((split + 1) * per, tiles)).

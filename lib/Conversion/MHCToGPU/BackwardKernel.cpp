@@ -15,9 +15,10 @@ using namespace mlir::mhc;
 using namespace mlir::mhc::gpu_kernels;
 
 static constexpr int64_t kSharedMemoryLimit = 48 * 1024; // static smem
-/// Blocks of the cols kernel in flight over the whole GPU that its token
-/// splits aim for (sm_90: 132 SMs, ~3 blocks each).
-static constexpr int64_t kColsBlocksTarget = 396;
+/// Blocks of the cols kernel resident at once over the whole GPU (sm_90:
+/// 132 SMs, 2 blocks each): the token splits fill one wave of them, so that
+/// no second, partial wave idles most of the GPU.
+static constexpr int64_t kColsBlocksTarget = 264;
 /// Each split writes a partial dfn [M x nC] that the params kernel sums.
 static constexpr int64_t kMaxTokenSplits = 32;
 
@@ -123,9 +124,11 @@ static int64_t elementBytes(Type t) { return t.getIntOrFloatBitWidth() / 8; }
 //===----------------------------------------------------------------------===//
 
 static int64_t colsSharedBytes(const BackwardPlan &p, const Schedule &s) {
+  // Padded rows: see ColsKernelBuilder::tilePitch.
   int64_t KB = p.n * s.chunkColumns, bytes = elementBytes(p.act);
-  return p.M() * KB * 4 + s.tileTokens * p.recordWidth() * 4 +
-         2 * s.tileTokens * KB * bytes + s.tileTokens * s.chunkColumns * bytes;
+  return p.M() * (KB + 4) * 4 + s.tileTokens * p.recordWidth() * 4 +
+         2 * s.tileTokens * (KB + 8) * bytes +
+         s.tileTokens * (s.chunkColumns + 8) * bytes;
 }
 
 static int64_t rowsSharedBytes(const BackwardPlan &p, const Schedule &s) {
@@ -167,8 +170,8 @@ static GroupSchedule defaultSchedule(const BackwardPlan &p) {
   // overlap the other's tensor-core and shared-memory phase.
   cols.blocksPerSM = 2048 / cols.threads >= 2 ? 2 : 0;
   int64_t chunks = (p.C + cols.chunkColumns - 1) / cols.chunkColumns;
-  cols.tokenSplits = std::clamp<int64_t>(
-      (kColsBlocksTarget + chunks - 1) / chunks, 1, kMaxTokenSplits);
+  cols.tokenSplits =
+      std::clamp<int64_t>(kColsBlocksTarget / chunks, 1, kMaxTokenSplits);
 
   Schedule params;
   params.threads = 256;
@@ -457,11 +460,11 @@ public:
       a.addValue(p.dxOut);
       a.add(dfnPartial, f32);
       int64_t TT = cols.tileTokens, CC = cols.chunkColumns, KB = n * CC;
-      SmallVector<Type> shared{sharedOf(ctx, M * KB, f32),
+      SmallVector<Type> shared{sharedOf(ctx, M * (KB + 4), f32),
                                sharedOf(ctx, TT * p.recordWidth(), f32),
-                               sharedOf(ctx, TT * KB, p.act),
-                               sharedOf(ctx, TT * KB, p.act),
-                               sharedOf(ctx, TT * CC, p.act)};
+                               sharedOf(ctx, TT * (KB + 8), p.act),
+                               sharedOf(ctx, TT * (KB + 8), p.act),
+                               sharedOf(ctx, TT * (CC + 8), p.act)};
       auto kernel = createKernel(mb, loc, (kernelName + "_cols").str(),
                                  a.types, shared, {}, cols);
       OpBuilder b = OpBuilder::atBlockBegin(&kernel.getBody().front());

@@ -113,6 +113,11 @@ struct ColsKernelBuilder : KernelBuilder {
   Value fnS, recS, xS, doutS, duS; // shared memory
 
   Value arg(Value v) { return v ? argOf.lookup(v) : Value(); }
+  /// Row pitches of the shared tiles: 8 elements (fn: 4 floats) of padding
+  /// spread the 8 rows a warp reads at once over the banks.
+  int64_t tilePitch() const { return p.n * s.chunkColumns + 8; }
+  int64_t duPitch() const { return s.chunkColumns + 8; }
+  int64_t fnPitch() const { return p.n * s.chunkColumns + 4; }
   void emitBody();
   void loadTiles(Value tile);
   SmallVector<Value> emitTile(SmallVector<Value> dfnAcc);

@@ -134,6 +134,7 @@ public:
   Value aligned;
 
   VectorType vecF32() { return VectorType::get({acts.vec}, f32); }
+  VectorType vecF32Of(int64_t width) { return VectorType::get({width}, f32); }
   VectorType vecAct() { return VectorType::get({acts.vec}, acts.act); }
   /// Widens an activation scalar or vector to f32.
   Value toF32(Value v);

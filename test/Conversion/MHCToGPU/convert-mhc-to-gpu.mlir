@@ -157,12 +157,13 @@ func.func @by_hand(%x: tensor<?x4x256xbf16>, %fn: tensor<24x1024xf32>) -> tensor
 // BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_params blocks in (%c51
 // The rows kernel keeps the Sinkhorn divisors (39 steps x 4) in private
 // memory, not the iterates; the cols kernel holds fn's slice [24 x 256] f32,
-// the record rows [16 x 45] and the x, dout, du tiles in shared memory and
-// multiplies on the tensor cores.
+// the record rows [16 x 45] and the x, dout, du tiles in shared memory (rows
+// padded by 4 floats / 8 elements against bank conflicts) and multiplies on
+// the tensor cores.
 // BWD:     gpu.func @mhc_backward_2_rows
 // BWD-SAME:  private(%{{.*}} : memref<156xf32, #gpu.address_space<private>>)
 // BWD-SAME:  nvvm.minctasm = 2
 // BWD:     gpu.func @mhc_backward_2_cols
-// BWD-SAME:  workgroup(%{{.*}} : memref<6144xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<720xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4096xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4096xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<1024xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64})
+// BWD-SAME:  workgroup(%{{.*}} : memref<6240xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<720xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4224xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4224xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<1152xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64})
 // BWD:       nvvm.mma.sync
 // BWD:     gpu.func @mhc_backward_2_params

@@ -48,23 +48,30 @@ def tensor_type(shape, elem):
 
 
 def tanh_functions(name, shape, elem, vjp_attr=None):
-    """MLIR text of @name = tanh in f32, stored like u, and its VJP dy - dy tanh(u)^2."""
+    """MLIR text of @name = tanh in f32, stored like u, and its VJP dy - dy tanh(u)^2 (named
+    @<name>_vjp, or vjp_attr given through the callee's mhc.vjp attribute)."""
     t, w = tensor_type(shape, elem), tensor_type(shape, "f32")
     vjp = vjp_attr or f"{name}_vjp"
-    widen = (lambda v, out: f"    {out} = arith.extf {v} : {t} to {w}\n") if elem != "f32" else \
-        (lambda v, out: f"    {out} = tensor.cast {v} : {t} to {w}\n")
-    narrow = (lambda v, out: f"    {out} = arith.truncf {v} : {w} to {t}\n") if elem != "f32" else \
-        (lambda v, out: f"    {out} = tensor.cast {v} : {w} to {t}\n")
+
+    def widen(v):       # an f32 operand is used as it is
+        return "" if elem == "f32" else f"    {v}w = arith.extf {v} : {t} to {w}\n"
+
+    def wide(v):
+        return v if elem == "f32" else f"{v}w"
+
+    def store(v):       # returns the stored value, rounded once
+        if elem == "f32":
+            return f"    return {v} : {t}\n  }}\n"
+        return f"    %r = arith.truncf {v} : {w} to {t}\n    return %r : {t}\n  }}\n"
+
     attrs = f" attributes {{mhc.vjp = @{vjp}}}" if vjp_attr else ""
-    return (f"  func.func private @{name}(%u: {t}) -> {t}{attrs} {{\n"
-            + widen("%u", "%w") + f"    %t = math.tanh %w : {w}\n" + narrow("%t", "%r")
-            + f"    return %r : {t}\n  }}\n"
-            f"  func.func private @{vjp}(%u: {t}, %dy: {t}) -> {t} {{\n"
-            + widen("%u", "%w") + f"    %t = math.tanh %w : {w}\n"
-            + widen("%dy", "%dyw") + f"    %dt = arith.mulf %dyw, %t : {w}\n"
+    return (f"  func.func private @{name}(%u: {t}) -> {t}{attrs} {{\n" + widen("%u")
+            + f"    %t = math.tanh {wide('%u')} : {w}\n" + store("%t")
+            + f"  func.func private @{vjp}(%u: {t}, %dy: {t}) -> {t} {{\n" + widen("%u")
+            + widen("%dy") + f"    %t = math.tanh {wide('%u')} : {w}\n"
+            f"    %dt = arith.mulf {wide('%dy')}, %t : {w}\n"
             f"    %dtt = arith.mulf %dt, %t : {w}\n"
-            f"    %p = arith.subf %dyw, %dtt : {w}\n" + narrow("%p", "%r")
-            + f"    return %r : {t}\n  }}\n")
+            f"    %p = arith.subf {wide('%dy')}, %dtt : {w}\n" + store("%p"))
 
 
 def sublayer_ops(k, x, fn, scale, base, y, n, c, lead, elem, call=None):
@@ -81,7 +88,8 @@ def sublayer_ops(k, x, fn, scale, base, y, n, c, lead, elem, call=None):
     if y is None:
         y = f"%y{k}"
         text += f"    {y} = func.call @{call}(%u{k}) : ({ut}) -> {ut}\n"
-    text += f"    %x{k + 1} = mhc.post_res {y}, {x}, %post{k}, %c{k} : {ut}, {xt}, {pt}, {lt} -> {xt}\n"
+    text += (f"    %x{k + 1} = mhc.post_res {y}, {x}, %post{k}, %c{k} : "
+             f"{ut}, {xt}, {pt}, {lt} -> {xt}\n")
     return text
 
 
@@ -160,7 +168,7 @@ def make_case(kind, n, c, elem, lead, dynamic):
         return round_to_dtype(rng.standard_normal(shape) * scale, "f32")
 
     def coeffs():
-        return [param((m, n * c), 0.3 / np.sqrt(n * c) * 4),
+        return [param((m, n * c), 1.2 / np.sqrt(n * c)),
                 rng.uniform(0.5, 2.0, 3).astype(np.float32), param((m,), 0.5)]
 
     if kind == "standalone":
@@ -181,8 +189,8 @@ def make_case(kind, n, c, elem, lead, dynamic):
                 + tanh_functions(callees[1], sig + [c], elem, vjp_attr=f"G_{name}_grad"))
         f_shapes = [lead + (n, c)]
     return dict(kind=kind, name=name, n=n, c=c, elem=elem, lead=lead, dynamic=dynamic,
-                inputs=inputs, in_elems=in_elems, per_token=per_token, cotangents=cotangents, text=text,
-                f_shapes=f_shapes)
+                inputs=inputs, in_elems=in_elems, per_token=per_token, cotangents=cotangents,
+                text=text, f_shapes=f_shapes)
 
 
 # (kind, n, C, element type, token dims, dynamic?, run under every save mode?)

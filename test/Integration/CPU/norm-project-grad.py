@@ -46,7 +46,8 @@ for n in (1, 2, 4, 8):
             if elem == "f16":
                 leads = leads[1:3]
             for label, lead, dyn in leads:
-                norm_project_grad(label, elem, n, c, lead, dyn, generic=(label == "?=7" and c == 13))
+                norm_project_grad(label, elem, n, c, lead, dyn,
+                                  generic=(label == "?=7" and c == 13))
 for elem in ("f32", "bf16"):
     norm_project_grad("eps=1e-3 small x", elem, 4, 13, (3, 4), False, eps=1e-3, x_scale=0.02)
 # The spec's generic-form example, character for character (n = 4, C = 12, T = 3).

@@ -33,12 +33,20 @@ for n in (1, 2, 4, 8):
                 pre = p.constant(rng.uniform(0.05, 1.0, lead + (n,)).astype(np.float32), "f32")
                 du = p.random(rng, lead + (c,), elem)
                 generic = label == "T=5" and c == 13
-                dx, dpre = p.pre_apply_grad(*(per_token(p, v, len(lead), dyn) for v in (x, pre, du)),
-                                            generic=generic)
+                operands = (per_token(p, v, len(lead), dyn) for v in (x, pre, du))
+                dx, dpre = p.pre_apply_grad(*operands, generic=generic)
                 p.output(dx)
                 p.output(dpre)
                 cases.append((f"n={n} C={c} {elem} {label}" + (" generic" if generic else ""),
                               elem, x, pre, du))
+
+# Mixed staticness: x and du dynamic, pre static (the verifier accepts it).
+x = p.random(rng, (6, 4, 13), "bf16")
+pre = p.constant(rng.uniform(0.05, 1.0, (6, 4)).astype(np.float32), "f32")
+du = p.random(rng, (6, 13), "bf16")
+for v in p.pre_apply_grad(p.dynamic_leading(x, 1), pre, p.dynamic_leading(du, 1)):
+    p.output(v)
+cases.append(("x, du: ? of 6, pre: 6 bf16", "bf16", x, pre, du))
 
 got = iter(p.run(Tools.from_argv()))
 check = Checker()

@@ -1,5 +1,6 @@
 # mhc.sinkhorn_grad on the CPU path: n in {1, 2, 4, 8}, static, dynamic and empty leading dims
-# (T = 0), iterations in {1, 2, 3, 5, 20} and eps in {0, 1e-6, 1e-3}, custom and generic assembly, on seeded random data (logits ~ 2 N(0, 1), dcomb ~ N(0, 1)).
+# (T = 0), iterations in {1, 2, 3, 5, 20} and eps in {0, 1e-6, 1e-3}, custom and generic
+# assembly, on seeded random data (logits ~ 2 N(0, 1), dcomb ~ N(0, 1)).
 # The lowering recomputes the iterates from the logits (there is no other input).
 #
 # Every result is checked twice on the data the program ran on: the float64 reference backward
