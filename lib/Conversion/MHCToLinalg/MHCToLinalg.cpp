@@ -1053,7 +1053,7 @@ void inlineFusedGroups(Operation *root) {
 /// Diagnoses what the lowering cannot handle before anything is rewritten.
 LogicalResult checkSupported(Operation *root) {
   WalkResult result = root->walk([](Operation *op) {
-    if (!isa<MHCDialect>(op->getDialect()))
+    if (!isa_and_nonnull<MHCDialect>(op->getDialect()))
       return WalkResult::advance();
     if (!isa<ExpandOp, CollapseOp, NormProjectOp, SplitMixesOp, SinkhornOp,
              PreApplyOp, PostResOp, NormProjectGradOp, SplitMixesGradOp,
