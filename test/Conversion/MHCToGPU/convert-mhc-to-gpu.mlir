@@ -132,3 +132,18 @@ func.func @by_hand(%x: tensor<?x4x256xbf16>, %fn: tensor<24x1024xf32>) -> tensor
   %m = mhc.norm_project %x, %fn {mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 64, threads = 256, vector_width = 8, blocks_per_sm = 0>} : tensor<?x4x256xbf16>, tensor<24x1024xf32> -> tensor<?x24xf32>
   return %m : tensor<?x24xf32>
 }
+
+// -----
+
+// A static 0 token dim next to a dynamic one: the flattened buffers are
+// dynamic (0 * ? is only known at run time to be 0), and the launch covers
+// T = 0 with one block that writes nothing.
+// CHECK-LABEL: func.func @zero_next_to_dynamic
+// CHECK:     memref.collapse_shape %{{.*}} {{\[}}[0, 1, 2, 3]] : memref<0x?x4x64xbf16> into memref<?xbf16>
+// CHECK:     memref.collapse_shape %{{.*}} {{\[}}[0, 1, 2]] : memref<0x?x4xf32> into memref<?xf32>
+// CHECK:     memref.collapse_shape %{{.*}} {{\[}}[0, 1, 2]] : memref<0x?x64xbf16> into memref<?xbf16>
+// CHECK:     gpu.launch_func @mhc_kernels::@mhc_pre_apply_{{[0-9]+}}
+func.func @zero_next_to_dynamic(%x: tensor<0x?x4x64xbf16>, %pre: tensor<0x?x4xf32>) -> tensor<0x?x64xbf16> {
+  %u = mhc.pre_apply %x, %pre : tensor<0x?x4x64xbf16>, tensor<0x?x4xf32> -> tensor<0x?x64xbf16>
+  return %u : tensor<0x?x64xbf16>
+}
