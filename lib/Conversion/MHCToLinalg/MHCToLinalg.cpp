@@ -18,6 +18,7 @@
 //===----------------------------------------------------------------------===//
 #include "mhc/Conversion/Passes.h"
 #include "mhc/Dialect/MHC/IR/MHCOps.h"
+#include "mhc/Utils/ExpandShapeRepair.h"
 #include "mhc/Utils/LinalgBuilders.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/IR/PatternMatch.h"
@@ -1152,6 +1153,8 @@ struct ConvertMHCToLinalgPass
     if (failed(checkSupported(root)))
       return signalPassFailure();
     inlineFusedGroups(root);
+    // The CPU pipeline canonicalizes next: keep it off MLIR 22's crash.
+    repairExpandShapes(root);
 
     MLIRContext *ctx = &getContext();
     RewritePatternSet patterns(ctx);

@@ -19,6 +19,7 @@
 
 #include "mhc/Dialect/MHC/IR/MHCOps.h"
 #include "mhc/Dialect/MHC/Transforms/Passes.h"
+#include "mhc/Utils/ExpandShapeRepair.h"
 #include "mhc/Utils/LinalgBuilders.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
@@ -617,6 +618,9 @@ struct MHCHyperConnectPass
         func.emitRemark("mhc-hyperconnect: no residual chain in @")
             << func.getSymName();
     }
+    // Replayed reshapes copy their sizes; keep --canonicalize, the usual
+    // next step, off MLIR 22's crash (ExpandShapeRepair.h).
+    repairExpandShapes(module);
   }
 };
 
