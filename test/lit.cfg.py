@@ -9,7 +9,7 @@ from lit.llvm.subst import ToolSubst
 
 config.name = "MHC"
 config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
-config.suffixes = [".mlir", ".py"]
+config.suffixes = [".mlir", ".py", ".c"]
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.mhc_obj_root, "test")
 # Inputs/ holds data for tests, not tests.
@@ -19,7 +19,10 @@ config.substitutions.append(("%PATH%", config.environment["PATH"]))
 config.substitutions.append(("%mlir_lib_dir", config.mlir_lib_dir))
 config.substitutions.append(("%mhc_lib_dir", config.mhc_lib_dir))
 config.substitutions.append(("%mhc_src_root", config.mhc_src_root))
-config.substitutions.append(("%python", config.python_executable))
+config.substitutions.append(
+    ("%python", ("env LD_PRELOAD=" + config.asan_runtime +
+                 " ASAN_OPTIONS=detect_leaks=0 " if config.mhc_sanitize else "")
+     + config.python_executable))
 config.substitutions.append(
     ("%runner_utils",
      os.path.join(config.mlir_lib_dir, "libmlir_runner_utils.so")))
@@ -30,10 +33,35 @@ config.substitutions.append(
 llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
 llvm_config.use_default_substitutions()
 
+# %clang builds helper libraries; %clang_exe builds test programs that link
+# the runtime libraries (instrumented like them in the sanitizer build).
+sanitize_flags = ""
+if config.mhc_sanitize:
+    sanitize_flags = (" -fsanitize=address,undefined -fno-sanitize-recover=all"
+                      " -shared-libsan -Wl,-rpath," +
+                      os.path.dirname(config.asan_runtime))
+config.substitutions.append(("%clang_exe", config.clang + sanitize_flags))
+config.substitutions.append(("%clang", config.clang))
+
 # Tests run the tools we just built, then the LLVM tools (mlir-runner, ...).
 tool_dirs = [config.mhc_tools_dir, config.llvm_tools_dir]
-tools = ["mhc-opt", "mlir-opt", "mlir-runner", "mlir-translate"]
+tools = ["mhc-opt", "mlir-opt", "mlir-translate"]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
+# In the sanitizer build, the uninstrumented hosts of mhc's instrumented code
+# -- mlir-runner (runtime libraries) and python -- get the sanitizer runtime
+# preloaded, without leak checks (Python's and the JIT's leaks are not
+# ours). The runner becomes a one-word wrapper script, so that tests can
+# pass it on as an argument.
+runner = os.path.join(config.llvm_tools_dir, "mlir-runner")
+if config.mhc_sanitize:
+    wrapper = os.path.join(config.mhc_obj_root, "test", "mlir-runner-asan")
+    os.makedirs(os.path.dirname(wrapper), exist_ok=True)
+    with open(wrapper, "w") as f:
+        f.write("#!/bin/sh\nLD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0 "
+                "exec %s \"$@\"\n" % (config.asan_runtime, runner))
+    os.chmod(wrapper, 0o755)
+    runner = wrapper
+config.substitutions.append((r"\bmlir-runner\b", runner))
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 llvm_config.with_environment("PYTHONPATH",
                              os.path.join(config.mhc_src_root, "python"),

@@ -81,6 +81,7 @@ struct alignas(64) TensorMap {
   X(cuCtxGetCurrent, "cuCtxGetCurrent", CUresult (*)(CUcontext *))             \
   X(cuCtxPushCurrent, "cuCtxPushCurrent_v2", CUresult (*)(CUcontext))          \
   X(cuCtxPopCurrent, "cuCtxPopCurrent_v2", CUresult (*)(CUcontext *))          \
+  X(cuCtxSynchronize, "cuCtxSynchronize", CUresult (*)())                      \
   X(cuModuleLoadData, "cuModuleLoadData",                                      \
     CUresult (*)(CUmodule *, const void *))                                    \
   X(cuModuleLoadDataEx, "cuModuleLoadDataEx",                                  \

@@ -22,11 +22,14 @@
 #include "FlatLaunch.h"
 #include "mhc/Runtime/mhc_runtime.h"
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
+#include <map>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -46,6 +49,11 @@ namespace {
 constexpr CUresult kNoDriver = -2;
 constexpr CUresult kNoSymbol = -1;
 
+// State that must outlive static destruction is never destroyed: generated
+// code unloads its module from a global destructor, and other libraries
+// (PyTorch freeing buffers) may call in from theirs.
+template <typename T> T &immortal() { return *new T(); }
+
 struct LoadedDriver {
   Driver fns;
   bool loaded = false;
@@ -53,7 +61,7 @@ struct LoadedDriver {
 };
 
 const LoadedDriver &driver() {
-  static const LoadedDriver instance = [] {
+  static const LoadedDriver &instance = *new LoadedDriver([] {
     LoadedDriver d;
     const char *path = getenv("MHC_LIBCUDA");
     if (!path || !*path)
@@ -71,7 +79,7 @@ const LoadedDriver &driver() {
 #undef MHC_RESOLVE
     d.loaded = true;
     return d;
-  }();
+  }());
   return instance;
 }
 
@@ -94,7 +102,7 @@ CUresult cu(Fn Driver::*field, Args... args) {
 std::atomic<int> errorMode{-1}; // -1: not read from the environment yet
 std::atomic<int> stickyCode{0};
 std::mutex errorMutex;
-std::string stickyMessage;
+std::string &stickyMessage = immortal<std::string>();
 
 int currentErrorMode() {
   int mode = errorMode.load();
@@ -112,14 +120,36 @@ int currentErrorMode() {
 // True while a sticky error is pending: every entry point then does nothing.
 bool pending() { return stickyCode.load(std::memory_order_relaxed) != 0; }
 
+// Names of the codes that mean "no usable GPU here", for drivers that cannot
+// name them (the toolkit's stub libcuda.so answers every call with 34).
+const char *knownErrorName(CUresult code) {
+  switch (code) {
+  case 34:
+    return "CUDA_ERROR_STUB_LIBRARY (libcuda is the CUDA toolkit's stub, not "
+           "a driver: no NVIDIA driver is installed)";
+  case 35:
+    return "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH (the CUDA driver and the "
+           "kernel module versions differ)";
+  case 100:
+    return "CUDA_ERROR_NO_DEVICE (no CUDA-capable device is present)";
+  case 999:
+    return "CUDA_ERROR_UNKNOWN (unknown error)";
+  default:
+    return nullptr;
+  }
+}
+
 std::string describe(CUresult code) {
   if (code == kNoDriver)
     return "CUDA driver not available (" + driver().loadError + ")";
   if (code == kNoSymbol)
     return "entry point not exported by the CUDA driver";
   const char *name = nullptr, *text = nullptr;
-  if (cu(&Driver::cuGetErrorName, code, &name) != CUDA_SUCCESS || !name)
+  if (cu(&Driver::cuGetErrorName, code, &name) != CUDA_SUCCESS || !name) {
+    if (const char *known = knownErrorName(code))
+      return known;
     return "CUresult " + std::to_string(code) + " (the driver cannot name it)";
+  }
   if (cu(&Driver::cuGetErrorString, code, &text) != CUDA_SUCCESS || !text)
     text = "no description";
   return std::string(name) + " (" + text + ")";
@@ -253,8 +283,8 @@ void configurePool() {
 }
 
 std::mutex tablesMutex;
-std::unordered_map<CUfunction, std::string> kernelNames;
-std::unordered_set<void *> managedAllocations;
+auto &kernelNames = immortal<std::unordered_map<CUfunction, std::string>>();
+auto &managedAllocations = immortal<std::unordered_set<void *>>();
 
 std::string kernelName(CUfunction fn) {
   std::lock_guard<std::mutex> lock(tablesMutex);
@@ -447,6 +477,11 @@ MHC_EXPORT void mgpuModuleUnload(CUmodule module) {
 MHC_EXPORT CUfunction mgpuModuleGetFunction(CUmodule module, const char *name) {
   if (pending())
     return nullptr;
+  if (!name) {
+    report("cuModuleGetFunction", CUDA_ERROR_INVALID_VALUE,
+           "null kernel name");
+    return nullptr;
+  }
   CUfunction fn = nullptr;
   if (!check(cu(&Driver::cuModuleGetFunction, &fn, module, name),
              "cuModuleGetFunction",
@@ -730,8 +765,21 @@ MHC_EXPORT void mgpuMemHostRegister(void *ptr, uint64_t sizeBytes) {
         [&] { return std::to_string(sizeBytes) + " bytes"; });
 }
 
+// A memref descriptor argument must be there, with a sane rank.
+static bool validDescriptor(const char *call, int64_t rank,
+                            const void *descriptor) {
+  if (descriptor && rank >= 0 && rank <= 64)
+    return true;
+  report(call, CUDA_ERROR_INVALID_VALUE,
+         descriptor ? "rank " + std::to_string(rank) : "null descriptor");
+  return false;
+}
+
 MHC_EXPORT void mgpuMemHostRegisterMemRef(int64_t rank, void *descriptor,
                                           int64_t elementSizeBytes) {
+  if (pending() ||
+      !validDescriptor("mgpuMemHostRegisterMemRef", rank, descriptor))
+    return;
   auto *desc = static_cast<MemRefDescriptor *>(descriptor);
   mgpuMemHostRegister(desc->aligned + desc->offset * elementSizeBytes,
                       memrefSpanBytes(rank, desc, elementSizeBytes));
@@ -746,6 +794,9 @@ MHC_EXPORT void mgpuMemHostUnregister(void *ptr) {
 
 MHC_EXPORT void mgpuMemHostUnregisterMemRef(int64_t rank, void *descriptor,
                                             int64_t elementSizeBytes) {
+  if (pending() ||
+      !validDescriptor("mgpuMemHostUnregisterMemRef", rank, descriptor))
+    return;
   auto *desc = static_cast<MemRefDescriptor *>(descriptor);
   if (memrefSpanBytes(rank, desc, elementSizeBytes) == 0)
     return;
@@ -764,6 +815,47 @@ MHC_EXPORT void mgpuSetDefaultDevice(int32_t device) {
 //===----------------------------------------------------------------------===//
 // TMA descriptors (nvgpu.tma.create.descriptor)
 //===----------------------------------------------------------------------===//
+
+namespace {
+// Kernels read tensor maps from device memory, and the generated code asks
+// for one per launch without ever freeing it: identical maps share one
+// device copy, and past kMaxTensorMaps distinct ones the device is
+// synchronized (no kernel can still read them) and all are freed.
+constexpr size_t kMaxTensorMaps = 1024;
+std::mutex tensorMapMutex;
+auto &tensorMaps =
+    immortal<std::map<std::array<uint64_t, 16>, CUdeviceptr>>();
+
+void *deviceTensorMap(const TensorMap &map) {
+  std::array<uint64_t, 16> key;
+  std::copy(std::begin(map.opaque), std::end(map.opaque), key.begin());
+  std::lock_guard<std::mutex> lock(tensorMapMutex);
+  auto it = tensorMaps.find(key);
+  if (it != tensorMaps.end())
+    return reinterpret_cast<void *>(it->second);
+  ScopedContext ctx;
+  if (tensorMaps.size() >= kMaxTensorMaps) {
+    if (!check(cu(&Driver::cuCtxSynchronize), "cuCtxSynchronize",
+               [] { return "before freeing cached tensor maps"; }))
+      return nullptr;
+    for (auto &[unused, ptr] : tensorMaps)
+      (void)cu(&Driver::cuMemFree, ptr);
+    tensorMaps.clear();
+  }
+  CUdeviceptr devMap = 0;
+  if (!check(cu(&Driver::cuMemAlloc, &devMap, sizeof(TensorMap)),
+             "cuMemAlloc", [] { return "tensor map"; }))
+    return nullptr;
+  if (!check(cu(&Driver::cuMemcpy, devMap,
+                reinterpret_cast<CUdeviceptr>(&map), sizeof(TensorMap)),
+             "cuMemcpy", [] { return "tensor map"; })) {
+    (void)cu(&Driver::cuMemFree, devMap);
+    return nullptr;
+  }
+  tensorMaps.emplace(key, devMap);
+  return reinterpret_cast<void *>(devMap);
+}
+} // namespace
 
 MHC_EXPORT void mgpuTensorMapEncodeTiled(
     TensorMap *tensorMap, int dataType, unsigned rank, void *globalAddress,
@@ -790,10 +882,12 @@ MHC_EXPORT void *mgpuTensorMapEncodeTiledMemref(int64_t rank, void *descriptor,
   if (pending())
     return nullptr;
   static const int elementBytes[] = {1, 2, 4, 4, 8, 8, 2, 4, 8, 2, 4, 4, 4};
-  if (rank < 1 || rank > 5 || dataType < 0 || dataType > 12) {
+  if (rank < 1 || rank > 5 || dataType < 0 || dataType > 12 || !descriptor ||
+      !boxDims) {
     report("mgpuTensorMapEncodeTiledMemref", CUDA_ERROR_INVALID_VALUE,
            "rank " + std::to_string(rank) + ", data type " +
-               std::to_string(dataType));
+               std::to_string(dataType) +
+               (descriptor && boxDims ? "" : ", null descriptor or box"));
     return nullptr;
   }
   auto *desc = static_cast<MemRefDescriptor *>(descriptor);
@@ -816,13 +910,5 @@ MHC_EXPORT void *mgpuTensorMapEncodeTiledMemref(int64_t rank, void *descriptor,
                            swizzle, l2Promotion, oobFill);
   if (pending())
     return nullptr;
-  ScopedContext ctx;
-  CUdeviceptr devMap = 0;
-  if (!check(cu(&Driver::cuMemAlloc, &devMap, sizeof(TensorMap)),
-             "cuMemAlloc", [] { return "tensor map"; }))
-    return nullptr;
-  check(cu(&Driver::cuMemcpy, devMap, reinterpret_cast<CUdeviceptr>(&map),
-           sizeof(TensorMap)),
-        "cuMemcpy", [] { return "tensor map"; });
-  return reinterpret_cast<void *>(devMap);
+  return deviceTensorMap(map);
 }

@@ -32,12 +32,18 @@
 namespace {
 
 constexpr int kInvalidValue = 1; // CUDA_ERROR_INVALID_VALUE
+constexpr int kOutOfMemory = 2;  // CUDA_ERROR_OUT_OF_MEMORY
 
-std::recursive_mutex mutex;
-std::string logBuffer;
+// The mock's state lives in objects that are never destroyed: generated code
+// unloads its module from a global destructor, and other libraries may call
+// in from theirs, after this library's own static destructors would have run.
+template <typename T> T &immortal() { return *new T(); }
+
+std::recursive_mutex &mutex = immortal<std::recursive_mutex>();
+std::string &logBuffer = immortal<std::string>();
 int errorMode = -1;
 int stickyCode = 0;
-std::string stickyMessage;
+std::string &stickyMessage = immortal<std::string>();
 
 bool quiet() {
   static const bool q = getenv("MHC_MOCK_QUIET") != nullptr;
@@ -69,16 +75,19 @@ int mode() {
   return errorMode;
 }
 
-void fail(const char *call, const std::string &what) {
-  std::string msg = std::string(call) + " [" + what +
-                    "] failed: CUDA_ERROR_INVALID_VALUE (mock runtime)";
+void fail(const char *call, const std::string &what,
+          int code = kInvalidValue) {
+  std::string msg = std::string(call) + " [" + what + "] failed: " +
+                    (code == kOutOfMemory ? "CUDA_ERROR_OUT_OF_MEMORY"
+                                          : "CUDA_ERROR_INVALID_VALUE") +
+                    " (mock runtime)";
   fprintf(stderr, "mhc_runtime: %s\n", msg.c_str());
   fflush(stderr);
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (mode() == MHC_ERRORS_ABORT)
     abort();
   if (!stickyCode) {
-    stickyCode = kInvalidValue;
+    stickyCode = code;
     stickyMessage = msg;
   }
 }
@@ -108,8 +117,11 @@ struct Handles {
   }
 };
 
-Handles modules("module"), streams("stream"), events("event");
-std::map<const void *, std::string> functions; // handle -> kernel name
+Handles &modules = *new Handles("module");
+Handles &streams = *new Handles("stream");
+Handles &events = *new Handles("event");
+// handle -> kernel name
+auto &functions = immortal<std::map<const void *, std::string>>();
 
 // Mock device buffers: start address -> (size, name).
 struct Buffer {
@@ -117,23 +129,48 @@ struct Buffer {
   std::string name;
   bool hostShared;
 };
-std::map<const char *, Buffer> buffers;
+auto &buffers = immortal<std::map<const char *, Buffer>>();
 int nextBuffer = 0;
 long launchCount = 0;
 
-// "buf3", "buf3+16" for an interior pointer, or "host" for anything else.
-std::string where(const void *p) {
+// The buffer holding `p`, if any.
+const std::pair<const char *const, Buffer> *bufferOf(const void *p) {
   const char *c = static_cast<const char *>(p);
   auto it = buffers.upper_bound(c);
-  if (it != buffers.begin()) {
-    --it;
-    if (c >= it->first && c < it->first + it->second.size) {
-      size_t off = size_t(c - it->first);
-      return off ? it->second.name + "+" + std::to_string(off)
-                 : it->second.name;
-    }
+  if (it == buffers.begin())
+    return nullptr;
+  --it;
+  return c >= it->first && c < it->first + it->second.size ? &*it : nullptr;
+}
+
+// "buf3", "buf3+16" for an interior pointer, or "host" for anything else.
+std::string where(const void *p) {
+  if (auto *b = bufferOf(p)) {
+    size_t off = size_t(static_cast<const char *>(p) - b->first);
+    return off ? b->second.name + "+" + std::to_string(off) : b->second.name;
   }
   return p ? "host" : "null";
+}
+
+// A copy or fill of `bytes` at `p` must stay inside the buffer it starts in
+// (a device would fault or corrupt its neighbour); pointers outside every
+// buffer are host memory, which the mock cannot check.
+bool inBounds(const char *call, const void *p, size_t bytes) {
+  if (!p && bytes) {
+    fail(call, "null pointer");
+    return false;
+  }
+  auto *b = bufferOf(p);
+  if (!b)
+    return true;
+  size_t off = size_t(static_cast<const char *>(p) - b->first);
+  if (bytes > b->second.size - off) {
+    fail(call, std::to_string(bytes) + " bytes at " + where(p) +
+                   " overrun " + b->second.name + " (" +
+                   std::to_string(b->second.size) + " bytes)");
+    return false;
+  }
+  return true;
 }
 
 thread_local bool callerStreamSet = false;
@@ -155,6 +192,21 @@ std::string streamName(const void *s) {
   if (callerStreamSet && s == callerStream)
     return "caller-stream";
   return streams.name(s);
+}
+
+// A stream or event handle the mock never handed out is reported like the
+// driver's CUDA_ERROR_INVALID_HANDLE would be.
+bool knownStream(const char *call, const void *s) {
+  if (!s || (callerStreamSet && s == callerStream) || streams.names.count(s))
+    return true;
+  fail(call, "unknown stream handle");
+  return false;
+}
+bool knownEvent(const char *call, const void *e) {
+  if (events.names.count(e))
+    return true;
+  fail(call, e ? "unknown event handle" : "null event");
+  return false;
 }
 
 } // namespace
@@ -261,8 +313,13 @@ MHC_EXPORT void *mgpuModuleGetFunction(void *module, const char *name) {
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (pending())
     return nullptr;
-  if (!module) {
-    fail("cuModuleGetFunction", std::string("kernel '") + name + "'");
+  if (!name) {
+    fail("cuModuleGetFunction", "null kernel name");
+    return nullptr;
+  }
+  if (!module || !modules.names.count(module)) {
+    fail("cuModuleGetFunction",
+         std::string("kernel '") + name + "' in an unknown module");
     return nullptr;
   }
   const void *f = new char(0);
@@ -284,6 +341,9 @@ static void launch(const char *call, void *fn, const intptr_t *cluster,
     fail(call, "null or unknown function");
     return;
   }
+  // mhcLaunchFlat takes the caller's stream as given (e.g. PyTorch's).
+  if (strcmp(call, "mhcLaunchFlat") != 0 && !knownStream(call, stream))
+    return;
   if (bx <= 0 || by <= 0 || bz <= 0 || gx < 0 || gy < 0 || gz < 0 ||
       (nparams && !params)) {
     fail(call, "kernel '" + it->second + "': bad launch configuration");
@@ -389,6 +449,8 @@ MHC_EXPORT void mgpuStreamSynchronize(void *stream) {
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (pending())
     return;
+  if (!knownStream("cuStreamSynchronize", stream))
+    return;
   bool skipped = streamOrdered && callerStreamSet &&
                  (!stream || stream == callerStream);
   log("mgpuStreamSynchronize(%s)%s", streamName(stream).c_str(),
@@ -398,6 +460,9 @@ MHC_EXPORT void mgpuStreamSynchronize(void *stream) {
 MHC_EXPORT void mgpuStreamWaitEvent(void *stream, void *event) {
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (pending())
+    return;
+  if (!knownStream("cuStreamWaitEvent", stream) ||
+      !knownEvent("cuStreamWaitEvent", event))
     return;
   log("mgpuStreamWaitEvent(%s, %s)", streamName(stream).c_str(),
       events.name(event).c_str());
@@ -416,6 +481,8 @@ MHC_EXPORT void mgpuEventDestroy(void *event) {
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (pending())
     return;
+  if (!knownEvent("cuEventDestroy", event))
+    return;
   log("mgpuEventDestroy(%s)", events.name(event).c_str());
 }
 
@@ -423,12 +490,17 @@ MHC_EXPORT void mgpuEventSynchronize(void *event) {
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (pending())
     return;
+  if (!knownEvent("cuEventSynchronize", event))
+    return;
   log("mgpuEventSynchronize(%s)", events.name(event).c_str());
 }
 
 MHC_EXPORT void mgpuEventRecord(void *event, void *stream) {
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (pending())
+    return;
+  if (!knownEvent("cuEventRecord", event) ||
+      !knownStream("cuEventRecord", stream))
     return;
   log("mgpuEventRecord(%s, %s)", events.name(event).c_str(),
       streamName(stream).c_str());
@@ -439,14 +511,25 @@ MHC_EXPORT void *mgpuMemAlloc(uint64_t sizeBytes, void *stream,
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (pending())
     return nullptr;
+  if (!knownStream("cuMemAllocAsync", stream))
+    return nullptr;
   if (sizeBytes == 0) {
     log("mgpuMemAlloc(0 bytes, %s) -> null", streamName(stream).c_str());
     return nullptr;
   }
   // 64-byte aligned like device allocations; poisoned so that reading memory
-  // nothing wrote shows up in tests.
+  // nothing wrote shows up in tests. The mock "device" has 1 TiB: larger
+  // requests fail like the driver's (and sizes near 2^64 cannot wrap).
+  constexpr uint64_t kDeviceBytes = uint64_t(1) << 40;
+  char *p = nullptr;
+  if (sizeBytes <= kDeviceBytes)
+    p = static_cast<char *>(aligned_alloc(64, (sizeBytes + 63) & ~uint64_t(63)));
+  if (!p) {
+    fail("cuMemAllocAsync", std::to_string(sizeBytes) + " bytes",
+         kOutOfMemory);
+    return nullptr;
+  }
   size_t rounded = (size_t(sizeBytes) + 63) & ~size_t(63);
-  char *p = static_cast<char *>(aligned_alloc(64, rounded));
   memset(p, 0xA5, rounded);
   std::string name = "buf" + std::to_string(nextBuffer++);
   buffers[p] = Buffer{size_t(sizeBytes), name, hostShared};
@@ -459,6 +542,8 @@ MHC_EXPORT void *mgpuMemAlloc(uint64_t sizeBytes, void *stream,
 MHC_EXPORT void mgpuMemFree(void *ptr, void *stream) {
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (pending() || !ptr)
+    return;
+  if (!knownStream("cuMemFreeAsync", stream))
     return;
   auto it = buffers.find(static_cast<const char *>(ptr));
   if (it == buffers.end()) {
@@ -476,9 +561,12 @@ MHC_EXPORT void mgpuMemcpy(void *dst, void *src, size_t sizeBytes,
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (pending())
     return;
+  if (!knownStream("cuMemcpyAsync", stream))
+    return;
   log("mgpuMemcpy(%s <- %s, %zu bytes, %s)", where(dst).c_str(),
       where(src).c_str(), sizeBytes, streamName(stream).c_str());
-  if (sizeBytes)
+  if (sizeBytes && inBounds("cuMemcpyAsync", dst, sizeBytes) &&
+      inBounds("cuMemcpyAsync", src, sizeBytes))
     memmove(dst, src, sizeBytes);
 }
 
@@ -487,8 +575,12 @@ MHC_EXPORT void mgpuMemset32(void *dst, unsigned value, size_t count,
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (pending())
     return;
+  if (!knownStream("cuMemsetD32Async", stream))
+    return;
   log("mgpuMemset32(%s, 0x%08x, %zu, %s)", where(dst).c_str(), value, count,
       streamName(stream).c_str());
+  if (count > SIZE_MAX / 4 || !inBounds("cuMemsetD32Async", dst, count * 4))
+    return;
   auto *d = static_cast<uint32_t *>(dst);
   for (size_t i = 0; i < count; ++i)
     d[i] = value;
@@ -499,8 +591,12 @@ MHC_EXPORT void mgpuMemset16(void *dst, unsigned short value, size_t count,
   std::lock_guard<std::recursive_mutex> lock(mutex);
   if (pending())
     return;
+  if (!knownStream("cuMemsetD16Async", stream))
+    return;
   log("mgpuMemset16(%s, 0x%04x, %zu, %s)", where(dst).c_str(), value, count,
       streamName(stream).c_str());
+  if (count > SIZE_MAX / 2 || !inBounds("cuMemsetD16Async", dst, count * 2))
+    return;
   auto *d = static_cast<uint16_t *>(dst);
   for (size_t i = 0; i < count; ++i)
     d[i] = value;
@@ -535,11 +631,33 @@ MHC_EXPORT void mgpuTensorMapEncodeTiled(void *, int dataType, unsigned rank,
   log("mgpuTensorMapEncodeTiled(%s, type %d, rank %u)", where(address).c_str(),
       dataType, rank);
 }
-MHC_EXPORT void *mgpuTensorMapEncodeTiledMemref(int64_t rank, void *,
+// One 128-byte "device" tensor map per distinct request, kept for the
+// process (as the CUDA runtime caches them, instead of leaking one per call).
+MHC_EXPORT void *mgpuTensorMapEncodeTiledMemref(int64_t rank, void *descriptor,
                                                 int dataType, int, int, int,
-                                                int, int64_t *) {
+                                                int, int64_t *boxDims) {
   std::lock_guard<std::recursive_mutex> lock(mutex);
+  if (pending())
+    return nullptr;
   log("mgpuTensorMapEncodeTiledMemref(rank %ld, type %d)", long(rank),
       dataType);
-  return mgpuMemAlloc(128, nullptr, false);
+  if (rank < 1 || rank > 5 || !descriptor || !boxDims) {
+    fail("mgpuTensorMapEncodeTiledMemref",
+         "rank " + std::to_string(rank) + " (1..5), descriptor and box dims "
+         "required");
+    return nullptr;
+  }
+  static auto &maps = immortal<std::map<std::string, void *>>();
+  // The request: the memref's aligned pointer, sizes and strides, the data
+  // type and the box.
+  const auto *desc = static_cast<const int64_t *>(descriptor);
+  std::string key = std::to_string(dataType);
+  for (int64_t i = 1; i < 3 + 2 * rank; ++i)
+    key += "," + std::to_string(desc[i]);
+  for (int64_t i = 0; i < rank; ++i)
+    key += "," + std::to_string(boxDims[i]);
+  void *&map = maps[key];
+  if (!map)
+    map = mgpuMemAlloc(128, nullptr, false);
+  return map;
 }

@@ -9,7 +9,9 @@ runs ``mhc-opt --llvm-request-c-wrappers <gpu pipeline>`` (kernels to a cubin in
 code calling the mgpu* runtime), ``mlir-translate --mlir-to-llvmir`` and ``clang -shared -fPIC``,
 linked against libmhc_runtime.so (or the mock, ``runtime="mock"``), which is copied next to the
 output so the folder is self-contained (rpath $ORIGIN). Every public function ``f`` of the module is
-exported as ``_mlir_ciface_f`` taking pointers to memref descriptors (mhc.runtime builds them).
+exported as ``_mlir_ciface_f`` taking pointers to memref descriptors (mhc.runtime builds them); the
+functions' types are written beside the library (``libfoo.signature.json``) so that mhc.runtime can
+check every call's arguments before it runs.
 
 CPU route: ``compile_cpu`` (same, with --mhc-cpu-pipeline and no GPU runtime) and ``run_cpu``
 (mlir-runner on the lowered module), for the CPU reference.
@@ -135,6 +137,19 @@ def _source_path(mlir: str | os.PathLike, workdir: Path) -> Path:
     return src
 
 
+def function_signatures(mlir) -> dict:
+    """The public functions of `mlir` (a path or MLIR text) and their types, read by mhc-opt."""
+    from mhc.runtime import parse_signatures
+    with tempfile.TemporaryDirectory(prefix="mhc-") as tmp:
+        src = _source_path(mlir, Path(tmp))
+        return parse_signatures(_run([mhc_opt(), str(src), "--mlir-print-op-generic"]))
+
+
+def _write_signatures(mlir, out_so: Path) -> None:
+    from mhc.runtime import signature_path, write_signatures
+    write_signatures(function_signatures(mlir), signature_path(out_so))
+
+
 def _cuda_env() -> dict:
     # gpu-module-to-binary needs the toolkit for ptxas and libdevice; without CUDA_HOME it
     # silently skips libdevice.
@@ -190,7 +205,9 @@ def compile_gpu(mlir, out_so, chip: str = "sm_90", *, fmt: str = "bin", runtime:
         tmp = local_rt.with_name(local_rt.name + ".tmp")
         shutil.copy2(rt, tmp)
         os.replace(tmp, local_rt)
-    return _link_shared(lowered, out_so, [local_rt], [])
+    out = _link_shared(lowered, out_so, [local_rt], [])
+    _write_signatures(mlir, out)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,7 +226,9 @@ def lower_cpu(mlir) -> str:
 def compile_cpu(mlir, out_so) -> Path:
     """CPU version of the module as a shared library (C interface as for compile_gpu)."""
     c_utils = LLVM_LIB / "libmlir_c_runner_utils.so"
-    return _link_shared(lower_cpu(mlir), Path(out_so), [c_utils], [str(LLVM_LIB)])
+    out = _link_shared(lower_cpu(mlir), Path(out_so), [c_utils], [str(LLVM_LIB)])
+    _write_signatures(mlir, out)
+    return out
 
 
 def run_cpu(mlir, entry: str = "main", entry_result: str = "void") -> str:

@@ -1,7 +1,7 @@
 // Bad options and bad input for --mhc-hyperconnect: a clear error, non-zero exit.
 //
 // RUN: not mhc-opt %s --mhc-hyperconnect="streams=0" 2>&1 | FileCheck %s --check-prefix=STREAMS
-// STREAMS: error: mhc-hyperconnect: streams must be >= 1, got 0
+// STREAMS: error: mhc-hyperconnect: streams must be in [1, 1024], got 0
 // RUN: not mhc-opt %s --mhc-hyperconnect="mode=foo" 2>&1 | FileCheck %s --check-prefix=MODE
 // MODE: for the --mode option: Cannot find option named 'foo'!
 // RUN: not mhc-opt %s --mhc-hyperconnect="init=zero" 2>&1 | FileCheck %s --check-prefix=INIT

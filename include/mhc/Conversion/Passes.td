@@ -108,13 +108,17 @@ def MHCGPUHostMemory : Pass<"mhc-gpu-host-memory", "ModuleOp"> {
   let summary = "Put the host code's buffers on the device, on one stream";
   let description = [{
     After bufferization of the GPU path's host code: every `memref.alloc`
-    outside the gpu.module becomes `gpu.alloc`, freed with `gpu.dealloc`
-    after its last use unless the function returns it (then the caller owns
-    it), and every allocation, launch and free of a function is put on one
-    stream in program order (`gpu.wait async` at entry, `gpu.wait` before
-    each return). Function declarations are left alone. A host-side
-    `memref.copy` (it would dereference device pointers) and allocations in
-    nested control flow are errors.
+    that GPU code uses -- a kernel launch takes it, or it only crosses
+    function boundaries (mhc functions take and return device buffers) --
+    becomes `gpu.alloc`, freed with `gpu.dealloc` after its last use unless
+    the function returns it (then the caller owns it), and every allocation,
+    launch and free of a function is put on one stream in program order
+    (`gpu.wait async` at entry, `gpu.wait` before each return). Buffers only
+    host code touches, function declarations and functions that already
+    order their GPU work with async tokens are left alone. Host code using a
+    kernel's buffer (e.g. a host-side `memref.copy`: it would dereference
+    device pointers), async GPU code mixed with mhc kernels, and allocations
+    or launches in nested control flow are errors.
   }];
   let dependentDialects = ["::mlir::gpu::GPUDialect"];
 }

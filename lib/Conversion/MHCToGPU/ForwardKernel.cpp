@@ -14,6 +14,12 @@ using namespace mlir::mhc::gpu_kernels;
 
 static constexpr int64_t kMaxThreads = 256;
 static constexpr int64_t kSharedMemoryLimit = 48 * 1024; // static smem
+// The per-token Sinkhorn keeps n*n values in registers with its loops
+// unrolled, so compile time grows with n^3 (n = 16: ~10 s, n = 64: ~1 min);
+// the device checks cover n <= 8.
+static constexpr int64_t kMaxStreams = 16;
+// gridDim.x of a launch.
+static constexpr int64_t kMaxBlocks = (int64_t(1) << 31) - 1;
 
 //===----------------------------------------------------------------------===//
 // Planning and legality
@@ -100,6 +106,10 @@ static FailureOr<ForwardPlan> planGroup(const KernelGroup &g) {
     p.n = cast<ShapedType>(p.sk.getLogits().getType()).getShape().back();
   if (p.np && p.pa && p.np.getX().getType() != p.pa.getX().getType())
     return root->emitOpError("unsupported group: mixed stream types");
+  if (p.n > kMaxStreams)
+    return root->emitOpError()
+           << "has " << p.n << " streams; the GPU kernels take at most "
+           << kMaxStreams << " (the CPU path has no limit)";
   if (!p.act)
     p.act = Float32Type::get(root->getContext());
   return p;
@@ -246,6 +256,21 @@ static LogicalResult verifySchedule(const ForwardPlan &p, Operation *root) {
       return bad("threads") << "must be a multiple of the vectors per row ("
                             << s.chunkColumns / vec << "), got "
                             << s.threads;
+  }
+  // A static token count must fit in one launch's grid.
+  ForwardPlan plan = p; // op accessors are not const
+  auto [src, trailing] = tokenSource(plan);
+  ArrayRef<int64_t> lead =
+      cast<RankedTensorType>(src.getType()).getShape().drop_back(trailing);
+  if (llvm::none_of(lead, ShapedType::isDynamic)) {
+    int64_t tokens = 1;
+    for (int64_t d : lead)
+      tokens *= d; // <= 2^48 (the dialect's limit)
+    int64_t blocks = (tokens + s.tileTokens - 1) / s.tileTokens;
+    if (blocks > kMaxBlocks)
+      return bad("tile_tokens")
+             << "gives " << blocks << " blocks for " << tokens
+             << " tokens; a launch takes at most 2^31 - 1";
   }
   int64_t bytes = 0;
   for (const SharedBuffer &buf : sharedLayout(p, root->getContext()))

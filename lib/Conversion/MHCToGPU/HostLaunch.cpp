@@ -25,14 +25,20 @@ void HostLaunch::countTokens(Value src, unsigned trailing) {
 /// A memref of any rank as memref<?xT> over the same contiguous data.
 static Value flatten(OpBuilder &b, Location loc, Value m) {
   auto mt = cast<MemRefType>(m.getType());
+  auto dyn = MemRefType::get({ShapedType::kDynamic}, mt.getElementType());
   if (mt.getRank() > 1) {
     ReassociationIndices all;
     for (int64_t i = 0; i < mt.getRank(); ++i)
       all.push_back(i);
-    m = memref::CollapseShapeOp::create(b, loc, m,
+    // The flat size is dynamic as soon as one dim is, even next to a static
+    // 0 (the inferred type would be 0, which collapse_shape rejects).
+    Type flat = mt.hasStaticShape()
+                    ? MemRefType::get({mt.getNumElements()},
+                                      mt.getElementType())
+                    : dyn;
+    m = memref::CollapseShapeOp::create(b, loc, flat, m,
                                         ArrayRef<ReassociationIndices>{all});
   }
-  auto dyn = MemRefType::get({ShapedType::kDynamic}, mt.getElementType());
   if (m.getType() != dyn)
     m = memref::CastOp::create(b, loc, dyn, m);
   return m;

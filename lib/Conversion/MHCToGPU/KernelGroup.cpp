@@ -79,6 +79,13 @@ void gpu_kernels::writeSchedule(Operation *root, ArrayRef<Schedule> schedule) {
 }
 
 const KernelFamily *gpu_kernels::findKernelFamily(const KernelGroup &group) {
+  // A family accepts a group by its members; an empty group (a hand-written
+  // mhc.fused that only yields) would be accepted by all of them.
+  if (group.members.empty())
+    return group.root->emitOpError(
+               "holds no op to compute: a kernel group needs at least one "
+               "mhc op"),
+           nullptr;
   for (const KernelFamily *family : kernelFamilies())
     if (family->accepts(group))
       return family;

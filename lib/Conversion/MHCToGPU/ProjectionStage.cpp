@@ -8,13 +8,16 @@
 // not per token) split into a bf16 head and the bf16 rounding of the
 // remainder for ~16 bits of fn. At the end: the sums of squares are reduced
 // per token row, the warps' partial products are summed in shared memory,
-// and mix = dot * rsqrt(sumsq / K + eps).
+// and mix = dot * rsqrt(sumsq / K + eps) (overflow-free, see
+// finishProjection).
 //
 //===----------------------------------------------------------------------===//
 #include "ForwardKernel.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
+
+#include <limits>
 
 using namespace mlir;
 using namespace mlir::mhc;
@@ -207,16 +210,51 @@ void ForwardKernelBuilder::finishProjection(ArrayRef<Value> acc,
     });
     barrier();
   }
-  // mix = dot * rsqrt(sumsq / K + eps).
-  Value mixOut = outputArg(p.np.getMix());
+  // r = rsqrt(sumsq / K + eps), once per token, into ssTok. Where the f32
+  // sum of squares overflowed (+inf: elements from ~2^64 / sqrt(K) up), r is
+  // computed as the CPU lowering does (normFactor in MHCToLinalg.cpp): one
+  // thread re-reads the token's row as stored (x, or post_res's x_next),
+  // sums the squares of the elements scaled by 2^-96 and takes
+  // r = 2^-96 rsqrt(sum / K); a row that is not in memory gives NaN.
   float eps = p.np.getEps().convertToFloat();
+  int64_t K = p.n * p.C;
+  Value row = p.pr ? outputArg(p.pr.getResult()) : arg(p.np.getX());
+  emitFor(tid, ci(p.s.tileTokens), ci(threads), {}, [&](Value t, ValueRange) {
+    Value s = ld(ssTok, t);
+    Value overflowed = arith::CmpFOp::create(
+        b, loc, arith::CmpFPredicate::OEQ, s,
+        cf(std::numeric_limits<double>::infinity()));
+    Value r = emitIfElse(
+        f32, overflowed,
+        [&]() -> SmallVector<Value> {
+          if (!row)
+            return {cf(std::numeric_limits<double>::quiet_NaN())};
+          Value base = mul(add(tile0, t), ci(K));
+          Value scale = cf(0x1p-96);
+          Value sum = emitFor(ci(0), ci(K), ci(1), {cf(0.0)},
+                              [&](Value k, ValueRange acc) {
+                                Value v = fmul(toF32(ld(row, add(base, k))),
+                                               scale);
+                                return SmallVector<Value>{
+                                    fadd(acc[0], fmul(v, v))};
+                              })[0];
+          return {fmul(scale, math::RsqrtOp::create(
+                                  b, loc, fdiv(sum, cf(double(K)))))};
+        },
+        [&]() -> SmallVector<Value> {
+          return {math::RsqrtOp::create(
+              b, loc, fadd(fdiv(s, cf(double(K))), cf(eps)))};
+        })[0];
+    st(r, ssTok, t);
+    return SmallVector<Value>{};
+  });
+  barrier();
+  // mix = dot * r.
+  Value mixOut = outputArg(p.np.getMix());
   emitFor(tid, ci(p.s.tileTokens * M), ci(threads), {},
           [&](Value i, ValueRange) {
             Value t = div(i, M);
-            Value ms =
-                fadd(fdiv(ld(ssTok, t), cf(double(p.n * p.C))), cf(eps));
-            Value r = math::RsqrtOp::create(b, loc, ms);
-            Value v = fmul(ld(red, i), r);
+            Value v = fmul(ld(red, i), ld(ssTok, t));
             st(v, red, i);
             if (mixOut)
               emitIf(ult(add(tile0, t), T),

@@ -18,6 +18,7 @@
 //===----------------------------------------------------------------------===//
 #include "mhc/Conversion/Passes.h"
 #include "mhc/Dialect/MHC/IR/MHCOps.h"
+#include "mhc/Utils/ExpandShapeRepair.h"
 #include "mhc/Utils/LinalgBuilders.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/IR/PatternMatch.h"
@@ -161,9 +162,16 @@ static Value lowerCollapse(OpBuilder &b, CollapseOp op) {
 // norm_project
 //===----------------------------------------------------------------------===//
 
-/// sqrsum[...] = sum_{i,c} x[..., i, c]^2 in f32.
+/// The scale of the overflow-free sum of squares: (2^-96 v)^2 summed over
+/// n*C <= 2^48 elements of at most 2^128 stays below 2^112, and when the
+/// plain sum overflows (>= 2^128) the scaled one is >= 2^-64, a normal f32.
+/// A power of two: the scaled values are exact.
+static constexpr double kOverflowScale = 0x1p-96;
+
+/// sqrsum[...] = sum_{i,c} (scale * x[..., i, c])^2 in f32.
 static Value sumOfSquares(OpBuilder &b, Location loc, Value x,
-                          RankedTensorType like, unsigned lead) {
+                          RankedTensorType like, unsigned lead,
+                          double scale = 1.0) {
   LoopNest nest{b.getContext(),
                 lead,
                 {IteratorType::reduction, IteratorType::reduction}}; // i, c
@@ -171,11 +179,36 @@ static Value sumOfSquares(OpBuilder &b, Location loc, Value x,
   return buildGeneric(
       b, loc, nest, x, zero,
       {nest.perToken({nest.loop(0), nest.loop(1)}), nest.perToken({})},
-      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
         Value v = widenToF32(nb, nloc, args[0]);
+        if (scale != 1.0)
+          v = arith::MulFOp::create(nb, nloc, v, f32Const(nb, nloc, scale));
         return arith::AddFOp::create(nb, nloc, args[1],
                                      arith::MulFOp::create(nb, nloc, v, v));
       });
+}
+
+/// r = rsqrt(sqrsum / K + eps) from a token's sum of squares, evaluated so
+/// that it cannot overflow: when the f32 sqrsum is +inf (elements from about
+/// 2^64 / sqrt(K) up, e.g. 1e19 in bf16), r = 2^-96 rsqrt(scaled / K) from
+/// the sum of the squares scaled by 2^-96 (eps is far below that sum's
+/// rounding); otherwise the spec's formula, bit for bit. A non-finite
+/// element makes scaled infinite too, and r = 0 then turns mix into NaN.
+static Value normFactor(OpBuilder &b, Location loc, Value sqrsum,
+                        Value scaled, int64_t k, float eps) {
+  Value kf = f32Const(b, loc, static_cast<double>(k));
+  Value plain = math::RsqrtOp::create(
+      b, loc,
+      arith::AddFOp::create(b, loc, arith::DivFOp::create(b, loc, sqrsum, kf),
+                            f32Const(b, loc, eps)));
+  Value rescued = arith::MulFOp::create(
+      b, loc, f32Const(b, loc, kOverflowScale),
+      math::RsqrtOp::create(b, loc,
+                            arith::DivFOp::create(b, loc, scaled, kf)));
+  Value overflowed = arith::CmpFOp::create(
+      b, loc, arith::CmpFPredicate::OEQ, sqrsum,
+      f32Const(b, loc, std::numeric_limits<double>::infinity()));
+  return arith::SelectOp::create(b, loc, overflowed, rescued, plain);
 }
 
 /// dot[..., m] = sum_{i,c} x[..., i, c] * fn[m, i*C + c] in f32 (the
@@ -206,7 +239,8 @@ static Value projectStreams(OpBuilder &b, Location loc, Value x, Value fn,
       });
 }
 
-/// mix = (v @ fn^T) * rsqrt(sum_k v[k]^2 / (n*C) + eps).
+/// mix = (v @ fn^T) * rsqrt(sum_k v[k]^2 / (n*C) + eps), the factor as
+/// normFactor evaluates it.
 static Value lowerNormProject(OpBuilder &b, NormProjectOp op) {
   Location loc = op.getLoc();
   Value x = op.getX();
@@ -216,20 +250,17 @@ static Value lowerNormProject(OpBuilder &b, NormProjectOp op) {
   int64_t k = xType.getDimSize(xType.getRank() - 2) * xType.getShape().back();
 
   Value sqrsum = sumOfSquares(b, loc, x, mixType, lead);
+  Value scaled = sumOfSquares(b, loc, x, mixType, lead, kOverflowScale);
   Value dot = projectStreams(b, loc, x, op.getFn(), mixType, lead);
 
   LoopNest nest{b.getContext(), lead, {IteratorType::parallel}}; // m
   float eps = op.getEps().convertToFloat();
   return buildGeneric(
-      b, loc, nest, {dot, sqrsum}, emptyTensor(b, loc, mixType, x),
-      {nest.perToken({nest.loop(0)}), nest.perToken({}),
+      b, loc, nest, {dot, sqrsum, scaled}, emptyTensor(b, loc, mixType, x),
+      {nest.perToken({nest.loop(0)}), nest.perToken({}), nest.perToken({}),
        nest.perToken({nest.loop(0)})},
       [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
-        Value meanSquare = arith::DivFOp::create(
-            nb, nloc, args[1], f32Const(nb, nloc, static_cast<double>(k)));
-        Value shifted = arith::AddFOp::create(nb, nloc, meanSquare,
-                                              f32Const(nb, nloc, eps));
-        Value rms = math::RsqrtOp::create(nb, nloc, shifted);
+        Value rms = normFactor(nb, nloc, args[1], args[2], k, eps);
         return arith::MulFOp::create(nb, nloc, args[0], rms);
       });
 }
@@ -540,19 +571,33 @@ static SmallVector<Value> lowerNormProjectGrad(OpBuilder &b,
   // The forward's pieces, recomputed exactly as norm_project computes them.
   RankedTensorType mixType = f32WithTrailing(xType, lead, {m});
   Value sqrsum = sumOfSquares(b, loc, x, xType, lead);
+  Value scaled = sumOfSquares(b, loc, x, xType, lead, kOverflowScale);
   Value dot = projectStreams(b, loc, x, op.getFn(), mixType, lead);
   LoopNest tokens{ctx, lead, {}};
   AffineMap perToken = tokens.perToken({});
+  RankedTensorType perTokenType = f32WithTrailing(xType, lead, {});
   Value r = buildGeneric(
-      b, loc, tokens, sqrsum,
-      emptyTensor(b, loc, f32WithTrailing(xType, lead, {}), x),
+      b, loc, tokens, {sqrsum, scaled}, emptyTensor(b, loc, perTokenType, x),
+      {perToken, perToken, perToken},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        return normFactor(nb, nloc, args[0], args[1], k, eps);
+      });
+  // Where the sum of squares overflowed, r^3 underflows: dS is then carried
+  // as dS / 2^-96 (from r / 2^-96 and q * 2^-96) and v as 2^-96 v, exactly
+  // rescaled; vScale is that factor of v, 1 elsewhere.
+  auto overflowed = [&](OpBuilder &nb, Location nloc, Value sum) {
+    return arith::CmpFOp::create(
+        nb, nloc, arith::CmpFPredicate::OEQ, sum,
+        f32Const(nb, nloc, std::numeric_limits<double>::infinity()));
+  };
+  Value vScale = buildGeneric(
+      b, loc, tokens, sqrsum, emptyTensor(b, loc, perTokenType, x),
       {perToken, perToken},
       [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
-        Value meanSquare = arith::DivFOp::create(
-            nb, nloc, args[0], f32Const(nb, nloc, static_cast<double>(k)));
-        Value shifted = arith::AddFOp::create(nb, nloc, meanSquare,
-                                              f32Const(nb, nloc, eps));
-        return math::RsqrtOp::create(nb, nloc, shifted);
+        return arith::SelectOp::create(nb, nloc,
+                                       overflowed(nb, nloc, args[0]),
+                                       f32Const(nb, nloc, kOverflowScale),
+                                       f32Const(nb, nloc, 1.0));
       });
 
   // dS from q = sum_m dmix * m.
@@ -567,17 +612,28 @@ static SmallVector<Value> lowerNormProjectGrad(OpBuilder &b,
                          arith::MulFOp::create(nb, nloc, args[0], args[1]);
                      return arith::AddFOp::create(nb, nloc, args[2], prod);
                    });
+  auto negQr3 = [&](OpBuilder &nb, Location nloc, Value q, Value r) {
+    Value r2 = arith::MulFOp::create(nb, nloc, r, r);
+    Value r3 = arith::MulFOp::create(nb, nloc, r2, r);
+    Value qr3 = arith::MulFOp::create(nb, nloc, q, r3);
+    Value over2K = arith::DivFOp::create(
+        nb, nloc, qr3, f32Const(nb, nloc, 2.0 * static_cast<double>(k)));
+    return arith::NegFOp::create(nb, nloc, over2K);
+  };
   Value dS = buildGeneric(
-      b, loc, tokens, {q, r},
-      emptyTensor(b, loc, f32WithTrailing(xType, lead, {}), x),
-      {perToken, perToken, perToken},
+      b, loc, tokens, {q, r, sqrsum}, emptyTensor(b, loc, perTokenType, x),
+      {perToken, perToken, perToken, perToken},
       [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
-        Value r2 = arith::MulFOp::create(nb, nloc, args[1], args[1]);
-        Value r3 = arith::MulFOp::create(nb, nloc, r2, args[1]);
-        Value qr3 = arith::MulFOp::create(nb, nloc, args[0], r3);
-        Value scaled = arith::DivFOp::create(
-            nb, nloc, qr3, f32Const(nb, nloc, 2.0 * static_cast<double>(k)));
-        return arith::NegFOp::create(nb, nloc, scaled);
+        Value plain = negQr3(nb, nloc, args[0], args[1]);
+        Value inv = f32Const(nb, nloc, 1.0 / kOverflowScale);
+        Value scale = f32Const(nb, nloc, kOverflowScale);
+        Value rescued = arith::MulFOp::create(
+            nb, nloc,
+            negQr3(nb, nloc, arith::MulFOp::create(nb, nloc, args[0], scale),
+                   arith::MulFOp::create(nb, nloc, args[1], inv)),
+            scale);
+        return arith::SelectOp::create(
+            nb, nloc, overflowed(nb, nloc, args[2]), rescued, plain);
       });
 
   // dm = dmix * r.
@@ -614,14 +670,16 @@ static SmallVector<Value> lowerNormProjectGrad(OpBuilder &b,
   AffineMap streamMap = streams.perToken({streams.loop(0), streams.loop(1)});
   Type elem = xType.getElementType();
   Value dx = buildGeneric(
-      b, loc, streams, {x, dS, acc}, emptyTensor(b, loc, xType, x),
-      {streamMap, streams.perToken({}), streamMap, streamMap},
+      b, loc, streams, {x, dS, vScale, acc}, emptyTensor(b, loc, xType, x),
+      {streamMap, streams.perToken({}), streams.perToken({}), streamMap,
+       streamMap},
       [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
         Value twoDS =
             arith::MulFOp::create(nb, nloc, f32Const(nb, nloc, 2.0), args[1]);
-        Value norm = arith::MulFOp::create(
-            nb, nloc, widenToF32(nb, nloc, args[0]), twoDS);
-        Value sum = arith::AddFOp::create(nb, nloc, args[2], norm);
+        Value v = arith::MulFOp::create(nb, nloc, widenToF32(nb, nloc, args[0]),
+                                        args[2]);
+        Value norm = arith::MulFOp::create(nb, nloc, v, twoDS);
+        Value sum = arith::AddFOp::create(nb, nloc, args[3], norm);
         return elem.isF32() ? sum
                             : arith::TruncFOp::create(nb, nloc, elem, sum);
       });
@@ -1053,7 +1111,7 @@ void inlineFusedGroups(Operation *root) {
 /// Diagnoses what the lowering cannot handle before anything is rewritten.
 LogicalResult checkSupported(Operation *root) {
   WalkResult result = root->walk([](Operation *op) {
-    if (!isa<MHCDialect>(op->getDialect()))
+    if (!isa_and_nonnull<MHCDialect>(op->getDialect()))
       return WalkResult::advance();
     if (!isa<ExpandOp, CollapseOp, NormProjectOp, SplitMixesOp, SinkhornOp,
              PreApplyOp, PostResOp, NormProjectGradOp, SplitMixesGradOp,
@@ -1095,6 +1153,8 @@ struct ConvertMHCToLinalgPass
     if (failed(checkSupported(root)))
       return signalPassFailure();
     inlineFusedGroups(root);
+    // The CPU pipeline canonicalizes next: keep it off MLIR 22's crash.
+    repairExpandShapes(root);
 
     MLIRContext *ctx = &getContext();
     RewritePatternSet patterns(ctx);

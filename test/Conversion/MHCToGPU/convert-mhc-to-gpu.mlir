@@ -135,6 +135,48 @@ func.func @by_hand(%x: tensor<?x4x256xbf16>, %fn: tensor<24x1024xf32>) -> tensor
 
 // -----
 
+// A static 0 token dim next to a dynamic one: the flattened buffers are
+// dynamic (0 * ? is only known at run time to be 0), and the launch covers
+// T = 0 with one block that writes nothing.
+// CHECK-LABEL: func.func @zero_next_to_dynamic
+// CHECK:     memref.collapse_shape %{{.*}} {{\[}}[0, 1, 2, 3]] : memref<0x?x4x64xbf16> into memref<?xbf16>
+// CHECK:     memref.collapse_shape %{{.*}} {{\[}}[0, 1, 2]] : memref<0x?x4xf32> into memref<?xf32>
+// CHECK:     memref.collapse_shape %{{.*}} {{\[}}[0, 1, 2]] : memref<0x?x64xbf16> into memref<?xbf16>
+// CHECK:     gpu.launch_func @mhc_kernels::@mhc_pre_apply_{{[0-9]+}}
+func.func @zero_next_to_dynamic(%x: tensor<0x?x4x64xbf16>, %pre: tensor<0x?x4xf32>) -> tensor<0x?x64xbf16> {
+  %u = mhc.pre_apply %x, %pre : tensor<0x?x4x64xbf16>, tensor<0x?x4xf32> -> tensor<0x?x64xbf16>
+  return %u : tensor<0x?x64xbf16>
+}
+
+// -----
+
+// norm_project's factor r = rsqrt(sumsq / K + eps) is computed once per token
+// into the shared sums; where the f32 sum overflowed (+inf) one thread
+// re-reads the token's row and sums the squares of 2^-96 x instead (the CPU
+// lowering's numerics, docs/Guarantees.md); mix = dot * r.
+// CHECK-LABEL: gpu.func @mhc_norm_project_0
+// CHECK:       scf.for %[[T:.*]] = %thread_id_x to %c32{{.*}} step %c128
+// CHECK:         %[[S:.*]] = memref.load %[[SS:.*]][%[[T]]] : memref<32xf32, #gpu.address_space<workgroup>>
+// CHECK:         %[[OVER:.*]] = arith.cmpf oeq, %[[S]], %{{.*}} : f32
+// CHECK:         %[[R:.*]] = scf.if %[[OVER]] -> (f32) {
+// CHECK:           scf.for {{.*}} to %c256{{.*}} step %c1{{.*}} iter_args
+// CHECK:             memref.load %arg1[%{{.*}}] : memref<?xbf16>
+// CHECK:             arith.mulf %{{.*}}, %cst{{.*}} : f32
+// CHECK:           math.rsqrt
+// CHECK:         } else {
+// CHECK:           math.rsqrt
+// CHECK:         memref.store %[[R]], %[[SS]][%[[T]]]
+// CHECK:       gpu.barrier
+// CHECK:       memref.load %[[SS]]
+// CHECK-NOT:   math.rsqrt
+// CHECK:       gpu.return
+func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>) -> tensor<?x24xf32> {
+  %m = mhc.norm_project %x, %fn : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  return %m : tensor<?x24xf32>
+}
+
+// -----
+
 // The backward groups (test/Transforms/Inputs/backward-sublayer.mlir).
 // RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-fuse --convert-mhc-to-gpu | FileCheck %s --check-prefix=BWD
 // First half: one rows kernel (x, dout, y, post in; dy, dpost, dcomb out),

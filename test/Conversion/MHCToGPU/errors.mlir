@@ -81,3 +81,45 @@ func.func @not_a_schedule(%x: tensor<?x4x64xf32>) -> tensor<?x64xf32> {
   %h = mhc.collapse %x {mhc.schedule = 3} : tensor<?x4x64xf32> -> tensor<?x64xf32>
   return %h : tensor<?x64xf32>
 }
+
+// -----
+
+// A hand-written group with nothing to compute is an error, not a kernel.
+// CHECK: error: 'mhc.fused' op holds no op to compute: a kernel group needs at least one mhc op
+func.func @empty_group(%x: tensor<?x4x64xbf16>) -> tensor<?x4x64xbf16> {
+  %r = mhc.fused "pre" -> tensor<?x4x64xbf16> {
+    mhc.yield %x : tensor<?x4x64xbf16>
+  }
+  return %r : tensor<?x4x64xbf16>
+}
+
+// -----
+
+// CHECK: error: 'arith.addf' op cannot be placed in a GPU kernel
+func.func @arith_group(%x: tensor<?x4x64xbf16>) -> tensor<?x4x64xbf16> {
+  %r = mhc.fused "post" -> tensor<?x4x64xbf16> {
+    %s = arith.addf %x, %x : tensor<?x4x64xbf16>
+    mhc.yield %s : tensor<?x4x64xbf16>
+  }
+  return %r : tensor<?x4x64xbf16>
+}
+
+// -----
+
+// The per-token Sinkhorn unrolls n*n values: the GPU path stops at 16
+// streams (compile time grows with n^3), the CPU path has no limit.
+// CHECK: error: 'mhc.sinkhorn' op has 32 streams; the GPU kernels take at most 16 (the CPU path has no limit)
+func.func @many_streams(%l: tensor<?x32x32xf32>) -> tensor<?x32x32xf32> {
+  %c = mhc.sinkhorn %l : tensor<?x32x32xf32>
+  return %c : tensor<?x32x32xf32>
+}
+
+// -----
+
+// A static token count must fit in one launch: 2^40 tokens in tiles of 64
+// are 2^34 blocks.
+// CHECK: error: 'mhc.pre_apply' op schedule: tile_tokens gives 17179869184 blocks for 1099511627776 tokens; a launch takes at most 2^31 - 1
+func.func @too_many_tokens(%x: tensor<1099511627776x4x64xbf16>, %pre: tensor<1099511627776x4xf32>) -> tensor<1099511627776x64xbf16> {
+  %u = mhc.pre_apply %x, %pre : tensor<1099511627776x4x64xbf16>, tensor<1099511627776x4xf32> -> tensor<1099511627776x64xbf16>
+  return %u : tensor<1099511627776x64xbf16>
+}

@@ -22,17 +22,21 @@
 // TOOLKIT: error: mhc-gpu-check-target: no libdevice at '{{.*}}nonexistent/nvvm/libdevice/libdevice.10.bc'; pass toolkit=<CUDA path>
 // TILE: error: 'mhc.norm_project' op schedule: tile_tokens must be a multiple of 16 (tensor-core row tiles) in a norm_project kernel, got 40
 
-// Chips newer than sm_90 get their PTX version by default.
+// Chips newer than sm_90 get their PTX version by default (the backend used
+// to stop with "LLVM ERROR" and no location for these with +ptx80).
 // RUN: mhc-opt %s --mhc-gpu-pipeline="chip=sm_100 format=isa" | FileCheck %s --check-prefix=SM100
 // SM100: gpu.binary @mhc_kernels  [#gpu.object<#nvvm.target<O = 3, chip = "sm_100", features = "+ptx86">
 // SM100-SAME: .version 8.6
 // SM100-SAME: .target sm_100
-
-// The toolkit's ptxas decides which chips it can assemble: CUDA 13 renamed
-// sm_101 to sm_110.
-// REQUIRES: ptxas
-// RUN: not mhc-opt %s --mhc-gpu-pipeline="chip=sm_101" 2>&1 | FileCheck %s --check-prefix=SM101
-// SM101: error: mhc-gpu-check-target: the CUDA toolkit at '{{.*}}' cannot build sm_101 with +ptx86 (ptxas: {{.*}}sm_101
+// RUN: mhc-opt %s --mhc-gpu-pipeline="chip=sm_101 format=isa" | FileCheck %s --check-prefix=SM101
+// SM101: .version 8.6
+// SM101-SAME: .target sm_101
+// RUN: mhc-opt %s --mhc-gpu-pipeline="chip=sm_103 format=isa" | FileCheck %s --check-prefix=SM103
+// SM103: .version 8.8
+// SM103-SAME: .target sm_103
+// RUN: mhc-opt %s --mhc-gpu-pipeline="chip=sm_120 format=isa" | FileCheck %s --check-prefix=SM120
+// SM120: .version 8.7
+// SM120-SAME: .target sm_120
 
 func.func @project(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>) -> tensor<?x24xf32> {
   %m = mhc.norm_project %x, %fn : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>

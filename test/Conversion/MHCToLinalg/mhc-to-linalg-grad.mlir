@@ -14,7 +14,7 @@
 // CHECK-SAME: (%[[X:.*]]: tensor<?x4x64xbf16>, %[[FN:.*]]: tensor<24x256xf32>, %[[DMIX:.*]]: tensor<?x24xf32>)
 // CHECK:       math.rsqrt
 // CHECK:       %[[ACC:.*]] = linalg.generic {{.*}} iterator_types = ["parallel", "parallel", "parallel", "reduction"]} ins(%{{.*}}, %{{.*}} : tensor<?x24xf32>, tensor<24x4x64xf32>) outs(%{{.*}} : tensor<?x4x64xf32>)
-// CHECK:       %[[DX:.*]] = linalg.generic {{.*}} ins(%[[X]], %{{.*}}, %[[ACC]] : tensor<?x4x64xbf16>, tensor<?xf32>, tensor<?x4x64xf32>) outs(%{{.*}} : tensor<?x4x64xbf16>)
+// CHECK:       %[[DX:.*]] = linalg.generic {{.*}} ins(%[[X]], %{{.*}}, %{{.*}}, %[[ACC]] : tensor<?x4x64xbf16>, tensor<?xf32>, tensor<?xf32>, tensor<?x4x64xf32>) outs(%{{.*}} : tensor<?x4x64xbf16>)
 // CHECK-COUNT-1: arith.truncf
 // CHECK:       %[[DFN3:.*]] = linalg.generic {indexing_maps = [#[[$TOKVEC]], #[[$XV]], #[[$FN3]]], iterator_types = ["reduction", "parallel", "parallel", "parallel"]}
 // CHECK-SAME:    outs(%{{.*}} : tensor<24x4x64xf32>)

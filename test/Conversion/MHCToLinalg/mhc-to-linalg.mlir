@@ -56,17 +56,32 @@ func.func @collapse(%x: tensor<2x3x4x13xbf16>) -> tensor<2x3x13xbf16> {
 // CHECK:         %[[V:.*]] = arith.extf %{{.*}} : bf16 to f32
 // CHECK:         %[[V2:.*]] = arith.mulf %[[V]], %[[V]] : f32
 // CHECK:         arith.addf %{{.*}}, %[[V2]] : f32
+// The same sum of the squares of 2^-96 v: finite where the plain one overflows.
+// CHECK:       %[[SQS:.*]] = linalg.generic {indexing_maps = [#[[$XSQ]], #[[$TOK]]], iterator_types = ["parallel", "reduction", "reduction"]}
+// CHECK-SAME:    ins(%[[X]] : tensor<?x4x64xbf16>)
+// CHECK:         %[[W:.*]] = arith.extf %{{.*}} : bf16 to f32
+// CHECK:         %[[S96:.*]] = arith.constant 1.26217745E-29 : f32
+// CHECK:         %[[WS:.*]] = arith.mulf %[[W]], %[[S96]] : f32
+// CHECK:         %[[WS2:.*]] = arith.mulf %[[WS]], %[[WS]] : f32
+// CHECK:         arith.addf %{{.*}}, %[[WS2]] : f32
 // CHECK:       %[[FN3:.*]] = tensor.expand_shape %[[FN]] {{\[\[}}0], [1, 2]] output_shape [24, 4, 64] : tensor<24x256xf32> into tensor<24x4x64xf32>
 // CHECK:       %[[DOT:.*]] = linalg.generic {indexing_maps = [#[[$XDOT]], #[[$FN]], #[[$MIX]]], iterator_types = ["parallel", "parallel", "reduction", "reduction"]}
 // CHECK-SAME:    ins(%[[X]], %[[FN3]] : tensor<?x4x64xbf16>, tensor<24x4x64xf32>) outs(%{{.*}} : tensor<?x24xf32>)
 // CHECK:       linalg.generic
-// CHECK-SAME:    ins(%[[DOT]], %[[SQ]] : tensor<?x24xf32>, tensor<?xf32>)
+// CHECK-SAME:    ins(%[[DOT]], %[[SQ]], %[[SQS]] : tensor<?x24xf32>, tensor<?xf32>, tensor<?xf32>)
+// CHECK:         ^bb0(%{{.*}}: f32, %[[S:.*]]: f32, %[[SS:.*]]: f32, %{{.*}}: f32):
 // CHECK:         %[[K:.*]] = arith.constant 2.560000e+02 : f32
-// CHECK:         %[[MEAN:.*]] = arith.divf %{{.*}}, %[[K]] : f32
+// CHECK:         %[[MEAN:.*]] = arith.divf %[[S]], %[[K]] : f32
 // CHECK:         %[[EPS:.*]] = arith.constant 9.99999997E-7 : f32
 // CHECK:         %[[SHIFT:.*]] = arith.addf %[[MEAN]], %[[EPS]] : f32
 // CHECK:         %[[R:.*]] = math.rsqrt %[[SHIFT]] : f32
-// CHECK:         arith.mulf %{{.*}}, %[[R]] : f32
+// CHECK:         %[[MS:.*]] = arith.divf %[[SS]], %[[K]] : f32
+// CHECK:         %[[RS:.*]] = math.rsqrt %[[MS]] : f32
+// CHECK:         %[[RESCUED:.*]] = arith.mulf %{{.*}}, %[[RS]] : f32
+// CHECK:         %[[INF:.*]] = arith.constant 0x7F800000 : f32
+// CHECK:         %[[OVER:.*]] = arith.cmpf oeq, %[[S]], %[[INF]] : f32
+// CHECK:         %[[RR:.*]] = arith.select %[[OVER]], %[[RESCUED]], %[[R]] : f32
+// CHECK:         arith.mulf %{{.*}}, %[[RR]] : f32
 func.func @norm_project(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>) -> tensor<?x24xf32> {
   %mix = mhc.norm_project %x, %fn : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
   return %mix : tensor<?x24xf32>
@@ -242,7 +257,7 @@ func.func @fused(%x: tensor<8x4x64xbf16>, %pre: tensor<8x4xf32>) -> tensor<8x64x
 // result keeps its declared type.
 // CHECK-LABEL: func @mixed_staticness
 // CHECK:       %[[U:.*]] = linalg.generic {{.*}} outs(%{{.*}} : tensor<6x13xbf16>) {
-// CHECK:       %[[M:.*]] = linalg.generic {{.*}} ins(%{{.*}}, %{{.*}} : tensor<6x24xf32>, tensor<6xf32>) outs(%{{.*}} : tensor<6x24xf32>) {
+// CHECK:       %[[M:.*]] = linalg.generic {{.*}} ins(%{{.*}}, %{{.*}}, %{{.*}} : tensor<6x24xf32>, tensor<6xf32>, tensor<6xf32>) outs(%{{.*}} : tensor<6x24xf32>) {
 // CHECK:       %[[H:.*]] = linalg.generic {{.*}} outs(%{{.*}} : tensor<?x13xbf16>) {
 // CHECK:       return %[[U]], %[[M]], %[[H]] : tensor<6x13xbf16>, tensor<6x24xf32>, tensor<?x13xbf16>
 func.func @mixed_staticness(%x: tensor<?x4x13xbf16>, %pre: tensor<6x4xf32>, %fn: tensor<24x52xf32>, %xs: tensor<6x4x13xbf16>) -> (tensor<6x13xbf16>, tensor<6x24xf32>, tensor<?x13xbf16>) {

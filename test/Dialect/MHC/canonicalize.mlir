@@ -123,6 +123,21 @@ func.func @sinkhorn_constant_too_big() -> tensor<16384x4x4xf32> {
 
 // -----
 
+// The budget counts iterations too: one small matrix with 10^12 iterations
+// is not folded (folding it would hang --canonicalize; elements x
+// iterations would overflow int64 for more).
+// CHECK-LABEL: func @sinkhorn_constant_many_iterations
+// CHECK: mhc.sinkhorn %{{.*}} {iterations = 1000000000000 : i64}
+// CHECK: mhc.sinkhorn %{{.*}} {iterations = 4611686018427387904 : i64}
+func.func @sinkhorn_constant_many_iterations() -> (tensor<4x4xf32>, tensor<4x4xf32>) {
+  %l = arith.constant dense<0.5> : tensor<4x4xf32>
+  %c = mhc.sinkhorn %l {iterations = 1000000000000 : i64} : tensor<4x4xf32>
+  %d = mhc.sinkhorn %l {iterations = 4611686018427387904 : i64} : tensor<4x4xf32>
+  return %c, %d : tensor<4x4xf32>, tensor<4x4xf32>
+}
+
+// -----
+
 // The Sinkhorn gradient of constants folds (checked against the float64
 // reference by check_folded_sinkhorn.py).
 // CHECK-LABEL: func @sinkhorn_grad_constant

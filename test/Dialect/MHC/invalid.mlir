@@ -728,3 +728,138 @@ func.func @post_res_grad_activation_type(%y: tensor<8x64xi8>, %x: tensor<8x4x64x
   %a:4 = "mhc.post_res_grad"(%y, %x, %p, %c, %d) : (tensor<8x64xi8>, tensor<8x4x64xi8>, tensor<8x4xf32>, tensor<8x4x4xf32>, tensor<8x4x64xi8>) -> (tensor<8x64xi8>, tensor<8x4x64xi8>, tensor<8x4xf32>, tensor<8x4x4xf32>)
   return
 }
+
+// -----
+
+// Empty streams: n = 0 or C = 0 is an error for every op that has streams
+// (the lowerings divide by n*C and read stream 0); token dims may be 0.
+func.func @collapse_zero_streams(%x: tensor<8x0x64xbf16>) {
+  // expected-error @+1 {{expects at least one stream (n >= 1), got n = 0}}
+  %h = mhc.collapse %x : tensor<8x0x64xbf16> -> tensor<8x64xbf16>
+  return
+}
+
+// -----
+
+func.func @norm_project_zero_streams(%x: tensor<?x0x64xbf16>, %fn: tensor<0x0xf32>) {
+  // expected-error @+1 {{expects at least one stream (n >= 1), got n = 0}}
+  %m = mhc.norm_project %x, %fn : tensor<?x0x64xbf16>, tensor<0x0xf32> -> tensor<?x0xf32>
+  return
+}
+
+// -----
+
+func.func @pre_apply_zero_streams(%x: tensor<?x0x64xbf16>, %pre: tensor<?x0xf32>) {
+  // expected-error @+1 {{expects at least one stream (n >= 1), got n = 0}}
+  %u = mhc.pre_apply %x, %pre : tensor<?x0x64xbf16>, tensor<?x0xf32> -> tensor<?x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_zero_width(%y: tensor<?x0xbf16>, %x: tensor<?x4x0xbf16>, %p: tensor<?x4xf32>, %c: tensor<?x4x4xf32>) {
+  // expected-error @+1 {{expects streams of width C >= 1, got C = 0}}
+  %o = mhc.post_res %y, %x, %p, %c : tensor<?x0xbf16>, tensor<?x4x0xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32> -> tensor<?x4x0xbf16>
+  return
+}
+
+// -----
+
+func.func @expand_zero_width(%h: tensor<8x0xf32>) {
+  // expected-error @+1 {{expects streams of width C >= 1, got C = 0}}
+  %x = mhc.expand %h, streams = 4 : tensor<8x0xf32> -> tensor<8x4x0xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_empty(%l: tensor<8x0x0xf32>) {
+  // expected-error @+1 {{expects n >= 1 (non-empty n x n matrices), got 'tensor<8x0x0xf32>'}}
+  %c = mhc.sinkhorn %l : tensor<8x0x0xf32>
+  return
+}
+
+// -----
+
+func.func @pre_apply_grad_zero_streams(%x: tensor<8x0x64xbf16>, %pre: tensor<8x0xf32>, %du: tensor<8x64xbf16>) {
+  // expected-error @+1 {{expects at least one stream (n >= 1), got n = 0}}
+  %dx, %dp = mhc.pre_apply_grad %x, %pre, %du : tensor<8x0x64xbf16>, tensor<8x0xf32>, tensor<8x64xbf16>
+  return
+}
+
+// -----
+
+func.func @post_res_grad_zero_width(%y: tensor<8x0xbf16>, %x: tensor<8x4x0xbf16>, %p: tensor<8x4xf32>, %c: tensor<8x4x4xf32>, %d: tensor<8x4x0xbf16>) {
+  // expected-error @+1 {{expects streams of width C >= 1, got C = 0}}
+  %a:4 = mhc.post_res_grad %y, %x, %p, %c, %d : tensor<8x0xbf16>, tensor<8x4x0xbf16>, tensor<8x4xf32>, tensor<8x4x4xf32>, tensor<8x4x0xbf16>
+  return
+}
+
+// -----
+
+// Huge static sizes: every static tensor has at most 2^48 elements, so that
+// token, stream and byte counts cannot overflow int64 in the lowerings.
+func.func @pre_apply_huge_tokens(%x: tensor<4611686018427387904x4x64xbf16>, %pre: tensor<4611686018427387904x4xf32>) {
+  // expected-error @+1 {{expects at most 2^48 elements in a tensor, got operand #0 of type 'tensor<4611686018427387904x4x64xbf16>'}}
+  %u = mhc.pre_apply %x, %pre : tensor<4611686018427387904x4x64xbf16>, tensor<4611686018427387904x4xf32> -> tensor<4611686018427387904x64xbf16>
+  return
+}
+
+// -----
+
+func.func @collapse_huge(%x: tensor<4294967296x4x65536xf32>) {
+  // expected-error @+1 {{expects at most 2^48 elements in a tensor, got operand #0}}
+  %h = mhc.collapse %x : tensor<4294967296x4x65536xf32> -> tensor<4294967296x65536xf32>
+  return
+}
+
+// -----
+
+// Non-finite attributes: eps = inf would make every mix or comb entry 0, a
+// confident wrong answer; NaN is no number. (eps = 0 is allowed: see
+// docs/Guarantees.md.)
+func.func @norm_project_inf_eps(%x: tensor<8x4x64xbf16>, %fn: tensor<24x256xf32>) {
+  // expected-error @+1 {{expects 'eps' to be finite, got INF}}
+  %m = mhc.norm_project %x, %fn {eps = 0x7F800000 : f32} : tensor<8x4x64xbf16>, tensor<24x256xf32> -> tensor<8x24xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_nan_eps(%l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects 'eps' to be finite, got nan}}
+  %c = mhc.sinkhorn %l {eps = 0x7FC00000 : f32} : tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_inf_post_mult(%mix: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>) {
+  // expected-error @+1 {{expects 'post_mult' to be finite, got -INF}}
+  %p, %q, %l = mhc.split_mixes %mix, %s, %b {post_mult = 0xFF800000 : f32} : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixes_grad_inf_pre_eps(%m: tensor<8x24xf32>, %s: tensor<3xf32>, %b: tensor<24xf32>, %p: tensor<8x4xf32>, %l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects 'pre_eps' to be finite, got INF}}
+  %a:3 = mhc.split_mixes_grad %m, %s, %b, %p, %p, %l {pre_eps = 0x7F800000 : f32} : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_grad_inf_eps(%l: tensor<8x4x4xf32>) {
+  // expected-error @+1 {{expects 'eps' to be finite, got INF}}
+  %d = mhc.sinkhorn_grad %l, %l {eps = 0x7F800000 : f32} : tensor<8x4x4xf32>
+  return
+}
+
+// -----
+
+func.func @norm_project_grad_inf_eps(%x: tensor<8x4x64xbf16>, %fn: tensor<24x256xf32>, %d: tensor<8x24xf32>) {
+  // expected-error @+1 {{expects 'eps' to be finite, got INF}}
+  %dx, %dfn = mhc.norm_project_grad %x, %fn, %d {eps = 0x7F800000 : f32} : tensor<8x4x64xbf16>, tensor<24x256xf32>, tensor<8x24xf32>
+  return
+}

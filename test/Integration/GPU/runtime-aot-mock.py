@@ -37,12 +37,38 @@ for T, C in [(3, 300), (1000, 100), (0, 64)]:
 # Zero tokens: an empty grid is skipped, not an error.
 # CHECK: 0 64 ['mhc-mock: mgpuLaunchKernel(pre_apply, empty grid: skipped)']
 
-# A memref argument of the wrong rank is not caught by C; a bad argument type is.
-try:
-    lib.call("pre_apply", x, pre, 1.5)
-except TypeError as e:
-    print("TypeError:", e)
-# CHECK: TypeError: argument of type float
+# Every call is checked against the function's signature (libpre_apply.signature.json, written
+# by compile_gpu) before anything runs: count, dtype, rank, layout, scalars.
+from mhc.runtime import signature_path
+print(signature_path(lib.path).name, sorted(lib.signatures))
+# CHECK: libpre_apply.signature.json ['pre_apply']
+x = rng.integers(0, 2**16, size=(3, 4, 300), dtype=np.uint16)
+pre = rng.random((3, 4), dtype=np.float32)
+u = np.empty((3, 300), np.uint16)
+bad_calls = {
+    "count": (x, pre),
+    "scalar for a buffer": (x, pre, 1.5),
+    "dtype": (x.astype(np.float32), pre, u),
+    "rank": (x, pre, u.reshape(3, 300, 1)),
+    "size": (x, np.zeros((3, 5), np.float32), u),
+    "non-contiguous": (x[:, :, ::2], pre, u[:, :150]),
+}
+rt.mock_clear_log()
+for what, args in bad_calls.items():
+    try:
+        lib.call("pre_apply", *args)
+        print(what, "accepted")
+    except (TypeError, ValueError) as e:
+        print(f"{what}: {type(e).__name__}: {e}")
+print("launched:", rt.mock_log().count("Launch"))
+# CHECK: count: TypeError: pre_apply takes 3 argument(s), got 2: pre_apply(memref<?x4x?xbf16>, memref<?x4xf32>, memref<?x?xbf16>)
+# CHECK: scalar for a buffer: TypeError: pre_apply: argument 2 (memref<?x?xbf16>): expects a numpy array or torch tensor, got float
+# CHECK: dtype: TypeError: pre_apply: argument 0 (memref<?x4x?xbf16>): expects bf16 elements (uint16 or int16 or bfloat16), got float32
+# CHECK: rank: ValueError: pre_apply: argument 2 (memref<?x?xbf16>): expects rank 2, got shape (3, 300, 1)
+# CHECK: size: ValueError: pre_apply: argument 1 (memref<?x4xf32>): expects size 4 in dim 1, got shape (3, 5)
+# CHECK: non-contiguous: ValueError: pre_apply: argument 0 (memref<?x4x?xbf16>): expects row-major contiguous data, got strides (2400, 600, 4) for shape (3, 4, 150)
+# Nothing reached the runtime.
+# CHECK: launched: 0
 
 # Memref results: device buffers allocated through the runtime (gpu.alloc),
 # returned as arrays, handed back to the runtime when collected.

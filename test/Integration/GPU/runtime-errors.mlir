@@ -14,6 +14,13 @@
 // RUN: env MHC_LIBCUDA=%t.nonexistent/libcuda.so.1 MHC_RUNTIME_ERRORS=sticky mlir-runner %t.mlir \
 // RUN:   --shared-libs=%mhc_lib_dir/libmhc_runtime.so,%c_runner_utils \
 // RUN:   --entry-point-result=void 2>&1 | FileCheck %s --check-prefix=STICKY
+//
+// The same through --mhc-gpu-pipeline (which once crashed on the function
+// declarations).
+// RUN: mhc-opt %s --mhc-gpu-pipeline="format=isa" -o %t.mhc.mlir
+// RUN: env MHC_LIBCUDA=%t.nonexistent/libcuda.so.1 not --crash mlir-runner %t.mhc.mlir \
+// RUN:   --shared-libs=%mhc_lib_dir/libmhc_runtime.so,%c_runner_utils \
+// RUN:   --entry-point-result=void 2>&1 | FileCheck %s --check-prefix=ABORT
 
 module attributes {gpu.container_module} {
   gpu.module @kernels {

@@ -7,6 +7,14 @@
 // RUN: | mlir-runner --shared-libs=%mhc_lib_dir/libmhc_runtime_mock.so,%runner_utils,%c_runner_utils \
 // RUN:   --entry-point-result=void \
 // RUN: | FileCheck %s
+//
+// The same program through --mhc-gpu-pipeline (it once crashed on the
+// declaration of printMemrefF32, and must leave hand-written host buffers and
+// async GPU code as they are): the same calls, PTX JIT-compiled at O3.
+// RUN: mhc-opt %s --mhc-gpu-pipeline="format=isa" \
+// RUN: | mlir-runner --shared-libs=%mhc_lib_dir/libmhc_runtime_mock.so,%runner_utils,%c_runner_utils \
+// RUN:   --entry-point-result=void \
+// RUN: | FileCheck %s
 
 module attributes {gpu.container_module} {
   gpu.module @kernels {
@@ -74,7 +82,7 @@ module attributes {gpu.container_module} {
   }
 }
 
-// CHECK: mhc-mock: mgpuModuleLoadJIT(PTX of {{[0-9]+}} chars, O2) -> module0
+// CHECK: mhc-mock: mgpuModuleLoadJIT(PTX of {{[0-9]+}} chars, O{{[23]}}) -> module0
 // CHECK-NEXT: mhc-mock: mgpuStreamCreate() -> stream0
 // CHECK-NEXT: mhc-mock: mgpuMemAlloc(24 bytes, stream0) -> buf0
 // CHECK-NEXT: mhc-mock: mgpuMemcpy(buf0 <- host, 24 bytes, stream0)

@@ -100,8 +100,21 @@ static LogicalResult verifySameElementType(Operation *op, Type a,
   return success();
 }
 
+/// Float attributes are finite: an infinite eps or post_mult would turn
+/// every coefficient into 0 or inf, a confident wrong answer (NaN is
+/// rejected too).
+static LogicalResult verifyFinite(Operation *op, FloatAttr attr,
+                                  StringRef name) {
+  if (!std::isfinite(attr.getValueAsDouble()))
+    return op->emitOpError() << "expects '" << name << "' to be finite, got "
+                             << attr.getValueAsDouble();
+  return success();
+}
+
 static LogicalResult verifyNonNegative(Operation *op, FloatAttr attr,
                                        StringRef name) {
+  if (failed(verifyFinite(op, attr, name)))
+    return failure();
   if (!(attr.getValueAsDouble() >= 0.0))
     return op->emitOpError() << "expects '" << name
                              << "' to be non-negative, got "
@@ -122,14 +135,52 @@ static int64_t streamsFromMixes(int64_t m) {
   return 0;
 }
 
-/// n*C (the width of the flattened streams) and M = n*n + 2n must not
-/// overflow int64 for huge static dims.
+/// The stream count n and width C of a [..., n, C] tensor: at least one
+/// stream of at least one element (the lowerings divide by n*C and index
+/// stream 0), and n*C (the width of the flattened streams) and M = n*n + 2n
+/// fit in int64 for huge static dims.
 static LogicalResult verifyStreamSizes(Operation *op, int64_t n, int64_t c) {
+  if (n < 1)
+    return op->emitOpError() << "expects at least one stream (n >= 1), got "
+                                "n = "
+                             << n;
+  if (c < 1)
+    return op->emitOpError() << "expects streams of width C >= 1, got C = "
+                             << c;
   int64_t product;
   if (llvm::MulOverflow(n, c, product) || llvm::MulOverflow(n, n + 2, product))
     return op->emitOpError() << "expects n*C and n*n + 2n to fit in 64 bits, "
                                 "got n = "
                              << n << ", C = " << c;
+  return success();
+}
+
+/// Static element counts of every operand and result stay far from int64
+/// overflow (2^48 elements is a petabyte of f32): the lowerings multiply
+/// token, stream and byte counts in 64-bit index arithmetic.
+static LogicalResult verifyElementCounts(Operation *op) {
+  constexpr int64_t kMaxElements = int64_t(1) << 48;
+  auto check = [&](Type type, StringRef what, size_t index) -> LogicalResult {
+    auto shaped = dyn_cast<ShapedType>(type);
+    if (!shaped || !shaped.hasRank())
+      return success();
+    int64_t count = 1;
+    for (int64_t d : shaped.getShape()) {
+      if (ShapedType::isDynamic(d))
+        continue;
+      if (llvm::MulOverflow(count, d, count) || count > kMaxElements)
+        return op->emitOpError()
+               << "expects at most 2^48 elements in a tensor, got " << what
+               << " #" << index << " of type " << type;
+    }
+    return success();
+  };
+  for (auto [i, type] : llvm::enumerate(op->getOperandTypes()))
+    if (failed(check(type, "operand", i)))
+      return failure();
+  for (auto [i, type] : llvm::enumerate(op->getResultTypes()))
+    if (failed(check(type, "result", i)))
+      return failure();
   return success();
 }
 
@@ -152,9 +203,10 @@ LogicalResult ExpandOp::verify() {
                        "the result's stream dim (= 'streams')")) ||
       failed(verifyDim(*this, out.getShape().back(), in.getShape().back(),
                        "the result's width C (= the input's)")) ||
-      failed(verifySameElementType(*this, in, "input", out, "result")))
+      failed(verifySameElementType(*this, in, "input", out, "result")) ||
+      failed(verifyStreamSizes(*this, streams, in.getShape().back())))
     return failure();
-  return success();
+  return verifyElementCounts(*this);
 }
 
 /// Reassociation that merges the last dim of `[..., C]` with the new stream
@@ -201,9 +253,11 @@ LogicalResult CollapseOp::verify() {
                                 leadingDims(in, 2), "input")) ||
       failed(verifyDim(*this, out.getShape().back(), in.getShape().back(),
                        "the result's width C (= the input's)")) ||
-      failed(verifySameElementType(*this, in, "input", out, "result")))
+      failed(verifySameElementType(*this, in, "input", out, "result")) ||
+      failed(verifyStreamSizes(*this, in.getDimSize(in.getRank() - 2),
+                               in.getShape().back())))
     return failure();
-  return success();
+  return verifyElementCounts(*this);
 }
 
 namespace {
@@ -286,7 +340,7 @@ LogicalResult NormProjectOp::verify() {
       failed(verifyLeadingMatch(*this, leadingDims(mix, 1), "mix",
                                 leadingDims(x, 2), "x")))
     return failure();
-  return success();
+  return verifyElementCounts(*this);
 }
 
 //===----------------------------------------------------------------------===//
@@ -300,11 +354,12 @@ LogicalResult NormProjectOp::verify() {
 static LogicalResult
 verifySplitMixesShapes(Operation *op, RankedTensorType mix,
                        RankedTensorType scale, RankedTensorType base,
-                       FloatAttr preEps,
+                       FloatAttr preEps, FloatAttr postMult,
                        std::array<RankedTensorType, 3> coefficients,
                        std::array<StringRef, 3> names) {
   if (failed(verifyTrailingStatic(op, mix, "mix", 1, "[M]")) ||
-      failed(verifyNonNegative(op, preEps, "pre_eps")))
+      failed(verifyNonNegative(op, preEps, "pre_eps")) ||
+      failed(verifyFinite(op, postMult, "post_mult")))
     return failure();
   int64_t m = mix.getShape().back();
   int64_t n = streamsFromMixes(m);
@@ -340,11 +395,13 @@ verifySplitMixesShapes(Operation *op, RankedTensorType mix,
 }
 
 LogicalResult SplitMixesOp::verify() {
-  return verifySplitMixesShapes(
-      *this, getMix().getType(), getScale().getType(), getBase().getType(),
-      getPreEpsAttr(),
-      {getPre().getType(), getPost().getType(), getLogits().getType()},
-      {"pre", "post", "logits"});
+  if (failed(verifySplitMixesShapes(
+          *this, getMix().getType(), getScale().getType(), getBase().getType(),
+          getPreEpsAttr(), getPostMultAttr(),
+          {getPre().getType(), getPost().getType(), getLogits().getType()},
+          {"pre", "post", "logits"})))
+    return failure();
+  return verifyElementCounts(*this);
 }
 
 //===----------------------------------------------------------------------===//
@@ -372,6 +429,10 @@ static LogicalResult verifySinkhornShapes(Operation *op, RankedTensorType t,
     return op->emitOpError() << "expects square n x n matrices in the last "
                                 "two dims, got "
                              << t;
+  if (t.getDimSize(t.getRank() - 1) < 1)
+    return op->emitOpError() << "expects n >= 1 (non-empty n x n matrices), "
+                                "got "
+                             << t;
   int64_t iterations = iterationsAttr.getInt(); // the getter is unsigned
   if (iterations < 1)
     return op->emitOpError() << "expects 'iterations' >= 1, got " << iterations;
@@ -379,8 +440,10 @@ static LogicalResult verifySinkhornShapes(Operation *op, RankedTensorType t,
 }
 
 LogicalResult SinkhornOp::verify() {
-  return verifySinkhornShapes(*this, getLogits().getType(), getIterationsAttr(),
-                              getEpsAttr());
+  if (failed(verifySinkhornShapes(*this, getLogits().getType(),
+                                  getIterationsAttr(), getEpsAttr())))
+    return failure();
+  return verifyElementCounts(*this);
 }
 
 /// Divides every row (`columns` false) or column of the row-major n x n
@@ -499,6 +562,8 @@ LogicalResult PreApplyOp::verify() {
       failed(verifyTrailingStatic(*this, u, "result", 1, "[C]")))
     return failure();
   int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
+  if (failed(verifyStreamSizes(*this, n, c)))
+    return failure();
   if (failed(verifyDim(*this, pre.getShape().back(), n,
                        "the last dim of pre (= n of x)")) ||
       failed(verifyDim(*this, u.getShape().back(), c,
@@ -509,7 +574,7 @@ LogicalResult PreApplyOp::verify() {
                                 leadingDims(x, 2), "x")) ||
       failed(verifySameElementType(*this, x, "x", u, "result")))
     return failure();
-  return success();
+  return verifyElementCounts(*this);
 }
 
 //===----------------------------------------------------------------------===//
@@ -529,6 +594,8 @@ LogicalResult PostResOp::verify() {
       failed(verifyTrailingStatic(*this, out, "result", 2, "[n, C]")))
     return failure();
   int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
+  if (failed(verifyStreamSizes(*this, n, c)))
+    return failure();
   int64_t rank = comb.getRank();
   ArrayRef<int64_t> lead = leadingDims(x, 2);
   if (failed(verifyDim(*this, y.getShape().back(), c, "the width of y (= C of x)")) ||
@@ -549,7 +616,7 @@ LogicalResult PostResOp::verify() {
       failed(verifySameElementType(*this, y, "y", x, "x")) ||
       failed(verifySameElementType(*this, out, "result", x, "x")))
     return failure();
-  return success();
+  return verifyElementCounts(*this);
 }
 
 //===----------------------------------------------------------------------===//
@@ -625,7 +692,7 @@ LogicalResult NormProjectGradOp::verify() {
       failed(verifyLeadingMatch(*this, leadingDims(dmix, 1), "dmix",
                                 leadingDims(x, 2), "x")))
     return failure();
-  return success();
+  return verifyElementCounts(*this);
 }
 
 void NormProjectGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
@@ -634,11 +701,13 @@ void NormProjectGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
 }
 
 LogicalResult SplitMixesGradOp::verify() {
-  return verifySplitMixesShapes(
-      *this, getMix().getType(), getScale().getType(), getBase().getType(),
-      getPreEpsAttr(),
-      {getDpre().getType(), getDpost().getType(), getDlogits().getType()},
-      {"dpre", "dpost", "dlogits"});
+  if (failed(verifySplitMixesShapes(
+          *this, getMix().getType(), getScale().getType(), getBase().getType(),
+          getPreEpsAttr(), getPostMultAttr(),
+          {getDpre().getType(), getDpost().getType(), getDlogits().getType()},
+          {"dpre", "dpost", "dlogits"})))
+    return failure();
+  return verifyElementCounts(*this);
 }
 
 void SplitMixesGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
@@ -656,7 +725,7 @@ LogicalResult SinkhornGradOp::verify() {
                          << kMaxSinkhornGradIterations
                          << " (the backward replays every normalisation), got "
                          << iterations;
-  return success();
+  return verifyElementCounts(*this);
 }
 
 OpFoldResult SinkhornGradOp::fold(FoldAdaptor adaptor) {
@@ -689,6 +758,8 @@ LogicalResult PreApplyGradOp::verify() {
       failed(verifyTrailingStatic(*this, du, "du", 1, "[C]")))
     return failure();
   int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
+  if (failed(verifyStreamSizes(*this, n, c)))
+    return failure();
   if (failed(verifyDim(*this, pre.getShape().back(), n,
                        "the last dim of pre (= n of x)")) ||
       failed(verifyDim(*this, du.getShape().back(), c,
@@ -699,7 +770,7 @@ LogicalResult PreApplyGradOp::verify() {
                                 leadingDims(x, 2), "x")) ||
       failed(verifySameElementType(*this, du, "du", x, "x")))
     return failure();
-  return success();
+  return verifyElementCounts(*this);
 }
 
 void PreApplyGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
@@ -720,6 +791,8 @@ LogicalResult PostResGradOp::verify() {
       failed(verifyTrailingStatic(*this, dout, "dout", 2, "[n, C]")))
     return failure();
   int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
+  if (failed(verifyStreamSizes(*this, n, c)))
+    return failure();
   int64_t rank = comb.getRank();
   ArrayRef<int64_t> lead = leadingDims(x, 2);
   if (failed(verifyDim(*this, y.getShape().back(), c,
@@ -744,7 +817,7 @@ LogicalResult PostResGradOp::verify() {
       failed(verifySameElementType(*this, y, "y", x, "x")) ||
       failed(verifySameElementType(*this, dout, "dout", x, "x")))
     return failure();
-  return success();
+  return verifyElementCounts(*this);
 }
 
 void PostResGradOp::getCanonicalizationPatterns(RewritePatternSet &results,

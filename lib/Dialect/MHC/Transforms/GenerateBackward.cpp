@@ -580,7 +580,7 @@ struct MHCGenerateBackwardPass
         if (!f.isExternal() && !f->hasAttr("mhc.forward_of") &&
             !f->hasAttr("mhc.backward_of") &&
             f.walk([](Operation *op) {
-               return isa<MHCDialect>(op->getDialect())
+               return isa_and_nonnull<MHCDialect>(op->getDialect())
                           ? WalkResult::interrupt()
                           : WalkResult::advance();
              }).wasInterrupted())

@@ -19,6 +19,7 @@
 
 #include "mhc/Dialect/MHC/IR/MHCOps.h"
 #include "mhc/Dialect/MHC/Transforms/Passes.h"
+#include "mhc/Utils/ExpandShapeRepair.h"
 #include "mhc/Utils/LinalgBuilders.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
@@ -53,6 +54,12 @@ struct Config {
 constexpr float kAlpha = 0.01f;   // paper's alpha for all three mappings
 constexpr float kRandScale = 0.01f; // fn / theta drawn from U(-0.01, 0.01)
 constexpr float kRmsEps = 1e-6f;
+// Bounds that keep the rewrite's sizes far from overflow and its output
+// writable: n streams give n*n + 2n coefficients per token, and
+// params=constants writes every parameter as a dense constant.
+constexpr int64_t kMaxStreams = 1024;
+constexpr int64_t kMaxConstantElements = int64_t(1) << 26; // 256 MB of f32
+constexpr int64_t kMaxTensorElements = int64_t(1) << 48;   // the dialect's
 
 /// Deterministic U(-1, 1) numbers (splitmix64), so that params=constants and
 /// the documented init are reproducible on every platform.
@@ -139,7 +146,9 @@ public:
 
 private:
   Value param(Location loc, int64_t layer, StringRef role,
-              ArrayRef<int64_t> shape, ArrayRef<float> values);
+              ArrayRef<int64_t> shape,
+              function_ref<SmallVector<float>()> values);
+  LogicalResult checkSizes(ArrayRef<ResidualBlock> chain);
   Coefficients coefficients(Location loc, Value x, int64_t layer,
                             int64_t indexInChain);
   Coefficients hcCoefficients(Location loc, Value x, Value theta, Value scale,
@@ -153,16 +162,19 @@ private:
   Operation *lastParam = nullptr;
 };
 
+/// `values` is only called for params=constants (as arguments a parameter
+/// is a type, however large).
 Value ChainRewriter::param(Location loc, int64_t layer, StringRef role,
-                           ArrayRef<int64_t> shape, ArrayRef<float> values) {
+                           ArrayRef<int64_t> shape,
+                           function_ref<SmallVector<float>()> values) {
   auto type = RankedTensorType::get(shape, b.getF32Type());
   if (!cfg.paramsAsArguments) {
     // Parameters first in the function, in creation order.
     OpBuilder top = OpBuilder::atBlockBegin(&func.getBody().front());
     if (lastParam)
       top.setInsertionPointAfter(lastParam);
-    lastParam = arith::ConstantOp::create(top, loc,
-                                          DenseElementsAttr::get(type, values));
+    lastParam = arith::ConstantOp::create(
+        top, loc, DenseElementsAttr::get(type, ArrayRef<float>(values())));
     return lastParam->getResult(0);
   }
   SmallString<32> name;
@@ -199,7 +211,9 @@ Coefficients ChainRewriter::coefficients(Location loc, Value x, int64_t layer,
       base[i] = n > 1 ? -std::log(static_cast<float>(n - 1)) : 6.0f;
     }
   }
-  auto baseParam = [&] { return param(loc, layer, "base", {m}, base); };
+  auto baseParam = [&] {
+    return param(loc, layer, "base", {m}, [&] { return base; });
+  };
   if (cfg.mode == Mode::StaticHC)
     return hcCoefficients(loc, x, {}, {}, baseParam(), /*dynamic=*/false);
 
@@ -207,22 +221,24 @@ Coefficients ChainRewriter::coefficients(Location loc, Value x, int64_t layer,
   // Random weights: seeded by layer, so every layer differs but reruns agree.
   SplitMix rng(0x6d6863ull * 1000003ull + static_cast<uint64_t>(layer));
   auto random = [&](int64_t count) {
-    SmallVector<float> v(count, 0.0f);
-    if (cfg.init == Init::Paper)
-      for (float &e : v)
-        e = kRandScale * rng.next();
-    return v;
+    return [&, count] {
+      SmallVector<float> v(count, 0.0f);
+      if (cfg.init == Init::Paper)
+        for (float &e : v)
+          e = kRandScale * rng.next();
+      return v;
+    };
   };
 
   if (cfg.mode == Mode::HC) {
     // theta = [theta_pre (1 x C); theta_post (1 x C); theta_res (n x C)].
     Value theta = param(loc, layer, "theta", {n + 2, c}, random((n + 2) * c));
-    Value scaleV = param(loc, layer, "scale", {3}, scale);
+    Value scaleV = param(loc, layer, "scale", {3}, [&] { return scale; });
     return hcCoefficients(loc, x, theta, scaleV, baseParam(), /*dynamic=*/true);
   }
 
   Value fn = param(loc, layer, "fn", {m, n * c}, random(m * n * c));
-  Value scaleV = param(loc, layer, "scale", {3}, scale);
+  Value scaleV = param(loc, layer, "scale", {3}, [&] { return scale; });
   Value baseV = baseParam();
   int64_t lead = xType.getRank() - 2;
   SmallVector<int64_t> leadShape(xType.getShape().take_front(lead));
@@ -391,7 +407,48 @@ Value ChainRewriter::meanOfStreams(Location loc, Value x, Type type) {
       .getResult(0);
 }
 
+/// Every widened stream of the chain (its shape can change across reshapes)
+/// and its largest parameter (fn: M x n*C, or HC's theta) must be
+/// representable, and small enough to write out with params=constants.
+LogicalResult ChainRewriter::checkSizes(ArrayRef<ResidualBlock> chain) {
+  int64_t n = cfg.n;
+  int64_t limit =
+      cfg.paramsAsArguments ? kMaxTensorElements : kMaxConstantElements;
+  auto check = [&](Value stream, Operation *at) -> LogicalResult {
+    auto type = cast<RankedTensorType>(stream.getType());
+    int64_t c = type.getShape().back(), wide = n, param = 0;
+    for (int64_t d : type.getShape())
+      if (!ShapedType::isDynamic(d) && llvm::MulOverflow(wide, d, wide))
+        wide = kMaxTensorElements + 1;
+    if (wide <= kMaxTensorElements) // then n * c cannot overflow
+      param = cfg.mode == Mode::HC         ? (n + 2) * c
+              : cfg.mode == Mode::StaticHC ? numMixes(n)
+                                           : kMaxTensorElements + 1;
+    if (cfg.mode == Mode::MHC && wide <= kMaxTensorElements &&
+        llvm::MulOverflow(numMixes(n), n * c, param))
+      param = kMaxTensorElements + 1;
+    if (wide <= kMaxTensorElements && param <= limit)
+      return success();
+    return at->emitError("mhc-hyperconnect: ")
+           << n << " streams of " << type
+           << " give a stream or a parameter too large (at most " << limit
+           << " elements per parameter"
+           << (cfg.paramsAsArguments ? "" : " with params=constants")
+           << ", 2^48 per tensor)";
+  };
+  for (const ResidualBlock &blk : chain) {
+    if (failed(check(blk.stream, blk.add)))
+      return failure();
+    for (Operation *op : blk.path)
+      if (failed(check(op->getResult(0), blk.add)))
+        return failure();
+  }
+  return success();
+}
+
 LogicalResult ChainRewriter::rewrite(ArrayRef<ResidualBlock> chain) {
+  if (failed(checkSizes(chain)))
+    return failure();
   Block *top = &func.getBody().front();
   auto ownerOf = [&](OpOperand &use) {
     return top->findAncestorOpInBlock(*use.getOwner());
@@ -497,9 +554,9 @@ struct MHCHyperConnectPass
   /// an error and returns failure on bad ones.
   LogicalResult parseOptions(Config &cfg) {
     ModuleOp module = getOperation();
-    if (streams < 1)
-      return module.emitError("mhc-hyperconnect: streams must be >= 1, got ")
-             << static_cast<int64_t>(streams);
+    if (streams < 1 || streams > kMaxStreams)
+      return module.emitError("mhc-hyperconnect: streams must be in [1, ")
+             << kMaxStreams << "], got " << static_cast<int64_t>(streams);
     if (iterations < 1)
       return module.emitError(
                  "mhc-hyperconnect: iterations must be >= 1, got ")
@@ -561,6 +618,9 @@ struct MHCHyperConnectPass
         func.emitRemark("mhc-hyperconnect: no residual chain in @")
             << func.getSymName();
     }
+    // Replayed reshapes copy their sizes; keep --canonicalize, the usual
+    // next step, off MLIR 22's crash (ExpandShapeRepair.h).
+    repairExpandShapes(module);
   }
 };
 

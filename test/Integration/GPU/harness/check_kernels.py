@@ -195,6 +195,30 @@ def check_every(mod_fused, mod_single, meta_f, meta_s, T, seed):
     rec("single.norm_project2", f64(s_mix2, idx), R.norm_project(sxn, fn64, dtype=np.float64), COEF_TOL)
     rec("single.expand", f64(s_xe, idx), R.expand(h64, n, dtype=np.float64), at)
     rec("single.collapse", f64(s_hc, idx), R.collapse(x64, dtype=np.float64), at)
+
+    # ---- tokens whose f32 sum of squares overflows (elements of 1e19 .. 1e30: ordinary bf16 and
+    # f32 values; f16 cannot hold them): mix comes from the sum rescaled by 2^-96, not 0
+    # (docs/Guarantees.md); the other tokens are unchanged.
+    if dt != "f16":
+        xb = I["x"].float()
+        xb[0] *= 1e19
+        xb[T // 2] *= 1e30
+        xb = xb.to(d).contiguous()
+        xb64 = f64(xb, idx)
+        b_mix, b_mixf = empty((T, M), torch.float32), empty((T, M), torch.float32)
+        b_pre, b_post = empty((T, n), torch.float32), empty((T, n), torch.float32)
+        b_log, b_comb, b_u = empty((T, n, n), torch.float32), empty((T, n, n), torch.float32), empty((T, C), d)
+        b_xn, b_mix2 = empty((T, n, C), d), empty((T, M), torch.float32)
+        mod_single.launch(ks[0], T, [xb, I["fn"]], [b_mix])
+        mod_fused.launch(kf[0], T, [xb, I["fn"], I["scale"], I["base"]],
+                         [b_mixf, b_pre, b_post, b_log, b_comb, b_u])
+        mod_fused.launch(kf[1], T, [I["y"], xb, post, comb, I["fn"]], [b_xn, b_mix2])
+        torch.cuda.synchronize()
+        ref_mix = R.norm_project(xb64, fn64, dtype=np.float64)
+        rec("overflow.single.norm_project", f64(b_mix, idx), ref_mix, COEF_TOL)
+        rec("overflow.fused.pre.mix", f64(b_mixf, idx), ref_mix, COEF_TOL)
+        rec("overflow.fused.post.mix2", f64(b_mix2, idx),
+            R.norm_project(f64(b_xn, idx), fn64, dtype=np.float64), COEF_TOL)
     return res
 
 
