@@ -9,7 +9,7 @@ from lit.llvm.subst import ToolSubst
 
 config.name = "MHC"
 config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
-config.suffixes = [".mlir", ".py"]
+config.suffixes = [".mlir", ".py", ".c"]
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.mhc_obj_root, "test")
 # Inputs/ holds data for tests, not tests.
@@ -18,6 +18,9 @@ config.excludes = ["Inputs", "harness", "CMakeLists.txt", "lit.cfg.py", "lit.sit
 config.substitutions.append(("%PATH%", config.environment["PATH"]))
 config.substitutions.append(("%mlir_lib_dir", config.mlir_lib_dir))
 config.substitutions.append(("%mhc_lib_dir", config.mhc_lib_dir))
+# The mlir-opt plugin (tools/mhc-plugin), for tests through stock mlir-opt.
+config.substitutions.append(
+    ("%mhc_plugin", os.path.join(config.mhc_lib_dir, "MHCPlugin.so")))
 config.substitutions.append(("%mhc_src_root", config.mhc_src_root))
 config.substitutions.append(("%python", config.python_executable))
 config.substitutions.append(
@@ -32,7 +35,7 @@ llvm_config.use_default_substitutions()
 
 # Tests run the tools we just built, then the LLVM tools (mlir-runner, ...).
 tool_dirs = [config.mhc_tools_dir, config.llvm_tools_dir]
-tools = ["mhc-opt", "mlir-opt", "mlir-runner", "mlir-translate"]
+tools = ["mhc-opt", "mhc-capi-test", "mlir-opt", "mlir-runner", "mlir-translate"]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 llvm_config.with_environment("PYTHONPATH",
