@@ -108,15 +108,53 @@ def MHCGPUHostMemory : Pass<"mhc-gpu-host-memory", "ModuleOp"> {
   let summary = "Put the host code's buffers on the device, on one stream";
   let description = [{
     After bufferization of the GPU path's host code: every `memref.alloc`
-    outside the gpu.module becomes `gpu.alloc`, freed with `gpu.dealloc`
-    after its last use unless the function returns it (then the caller owns
-    it), and every allocation, launch and free of a function is put on one
-    stream in program order (`gpu.wait async` at entry, `gpu.wait` before
-    each return). Function declarations are left alone. A host-side
-    `memref.copy` (it would dereference device pointers) and allocations in
-    nested control flow are errors.
+    outside the gpu.modules becomes `gpu.alloc`, and every constant global
+    the host code reads (`memref.get_global`, e.g. a weight) is copied into
+    a `gpu.alloc` where it is read; each is freed with `gpu.dealloc` after
+    its last use unless the function returns it (then the caller owns it).
+    A call of a declared function (a host function such as
+    `printMemrefF32`) gets host copies of its memref arguments, made after
+    the stream is synchronized and freed after the call (what the callee
+    writes into them does not come back). Every allocation, copy, launch
+    and free of a function is put on one stream in program order
+    (`gpu.wait async` at entry, `gpu.wait` before each return); every call
+    synchronizes the stream first and starts a new one after. Function
+    declarations are left alone. Errors: a host-side `memref.copy` (it
+    would dereference device pointers; `--mhc-gpu-host-kernels` turns
+    copies into kernels first), allocations or global reads in nested
+    control flow, a strided view or an unranked memref of unknown origin
+    passed to a host function.
   }];
-  let dependentDialects = ["::mlir::gpu::GPUDialect"];
+  let dependentDialects = ["::mlir::gpu::GPUDialect",
+                           "::mlir::memref::MemRefDialect"];
+}
+
+def MHCGPUHostKernels : Pass<"mhc-gpu-host-kernels", "ModuleOp"> {
+  let summary = "Run the host functions' remaining loops and memory accesses as GPU kernels";
+  let description = [{
+    After bufferization and `--convert-linalg-to-parallel-loops` of the GPU
+    path's host code, everything that is not an mhc kernel (the tensor math
+    between mhc ops: a model's matmuls, norms and activations, a test's
+    `math.tanh`, the casts before printing) is loops over buffers that live
+    on the device. This pass makes each top-level one a `gpu.launch`
+    (outlined into kernels by `--gpu-kernel-outlining`):
+
+    * `scf.parallel` -> one thread per iteration of its flattened iteration
+      space, 256 threads a block, the last dimension fastest (neighbouring
+      threads touch neighbouring elements); a nested `scf.for` (a reduction
+      or a matmul's k loop) runs inside the thread;
+    * `memref.copy` -> a parallel copy loop, then as above;
+    * any other op that loads or stores memref elements (a full reduction's
+      `scf.for`, a rank-0 store) -> a one-thread kernel.
+
+    Correct rather than fast: the mhc ops keep their own kernels. Errors, at
+    the op: host code that uses a loaded element (e.g. a `tensor.extract`
+    whose scalar feeds host control flow), element accesses outside the
+    function's entry block, and parallel loops with reductions.
+  }];
+  let dependentDialects = ["::mlir::gpu::GPUDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::scf::SCFDialect"];
 }
 
 #endif // MHC_CONVERSION_PASSES_TD

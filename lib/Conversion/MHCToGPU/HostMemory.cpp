@@ -8,6 +8,7 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/IR/SymbolTable.h"
 
 namespace mlir::mhc {
 #define GEN_PASS_DEF_MHCGPUHOSTMEMORY
@@ -19,20 +20,136 @@ using namespace mlir;
 namespace {
 
 /// Host buffers live on the device: every memref.alloc outside gpu.module
-/// becomes gpu.alloc, freed with gpu.dealloc after its last use unless the
-/// function returns it (then the caller owns it).
+/// becomes gpu.alloc and every constant global is copied to a gpu.alloc
+/// before use; each is freed with gpu.dealloc after its last use unless the
+/// function returns it (then the caller owns it). Host functions that are
+/// only declared (printMemrefF32, ...) receive host copies.
 struct MHCGPUHostMemoryPass
     : mhc::impl::MHCGPUHostMemoryBase<MHCGPUHostMemoryPass> {
   using MHCGPUHostMemoryBase::MHCGPUHostMemoryBase;
 
-  /// Puts every allocation, launch and free of `f` on one stream, in
+  /// The dynamic sizes of `m` (one memref.dim per dynamic dim).
+  static SmallVector<Value> dynamicSizes(OpBuilder &b, Location loc, Value m) {
+    auto type = cast<MemRefType>(m.getType());
+    SmallVector<Value> sizes;
+    for (int64_t d = 0; d < type.getRank(); ++d)
+      if (type.isDynamicDim(d))
+        sizes.push_back(memref::DimOp::create(b, loc, m, d));
+    return sizes;
+  }
+
+  /// memref.alloc -> gpu.alloc.
+  static Value allocOnDevice(memref::AllocOp a) {
+    OpBuilder b(a);
+    auto g = gpu::AllocOp::create(b, a.getLoc(), a.getType(), Type(),
+                                  ValueRange{}, a.getDynamicSizes(),
+                                  a.getSymbolOperands(), UnitAttr());
+    a.replaceAllUsesWith(g.getMemref());
+    a.erase();
+    return g.getMemref();
+  }
+
+  /// A constant global read by host code -> a device copy made at that
+  /// point (kernels cannot read host globals).
+  static Value copyGlobalToDevice(memref::GetGlobalOp g) {
+    OpBuilder b(g);
+    b.setInsertionPointAfter(g);
+    auto dev = gpu::AllocOp::create(b, g.getLoc(), g.getType(), Type(),
+                                    ValueRange{}, ValueRange{}, ValueRange{},
+                                    UnitAttr());
+    auto copy = gpu::MemcpyOp::create(b, g.getLoc(), Type(), ValueRange{},
+                                      dev.getMemref(), g.getResult());
+    g.getResult().replaceAllUsesExcept(dev.getMemref(), copy);
+    return dev.getMemref();
+  }
+
+  /// A call of a declared (host) function: each memref argument is replaced
+  /// by a host copy of the device buffer, freed after the call. The callee
+  /// reads it; what it writes does not come back.
+  static LogicalResult passHostCopies(func::CallOp call) {
+    OpBuilder b(call);
+    Location loc = call.getLoc();
+    SmallVector<Value> copies;
+    for (OpOperand &operand : call->getOpOperands()) {
+      Value arg = operand.get();
+      if (!isa<BaseMemRefType>(arg.getType()))
+        continue;
+      Value ranked = arg;
+      if (isa<UnrankedMemRefType>(arg.getType())) {
+        auto cast = arg.getDefiningOp<memref::CastOp>();
+        if (!cast || !isa<MemRefType>(cast.getSource().getType()))
+          return call.emitError("mhc-gpu-host-memory: an unranked memref "
+                                "passed to a host function must be a "
+                                "memref.cast of a ranked buffer");
+        ranked = cast.getSource();
+      }
+      auto type = cast<MemRefType>(ranked.getType());
+      if (!type.getLayout().isIdentity())
+        return call.emitError("mhc-gpu-host-memory: a strided view of a "
+                              "device buffer passed to host function @")
+               << call.getCallee() << "; not supported";
+      auto host = memref::AllocOp::create(b, loc, type,
+                                          dynamicSizes(b, loc, ranked));
+      gpu::MemcpyOp::create(b, loc, Type(), ValueRange{}, host, ranked);
+      Value replacement = host;
+      if (arg != ranked)
+        replacement = memref::CastOp::create(b, loc, arg.getType(), host);
+      Operation *oldCast = arg != ranked ? arg.getDefiningOp() : nullptr;
+      operand.set(replacement);
+      if (oldCast && oldCast->use_empty())
+        oldCast->erase();
+      copies.push_back(host);
+    }
+    b.setInsertionPointAfter(call);
+    for (Value host : copies)
+      memref::DeallocOp::create(b, loc, host);
+    return success();
+  }
+
+  /// Frees `buffer` after its last use in `body` (following views), unless
+  /// it is returned.
+  static LogicalResult freeAfterLastUse(Block &body, Value buffer) {
+    Operation *def = buffer.getDefiningOp();
+    SmallVector<Value> worklist{buffer};
+    Operation *last = def;
+    bool returned = false;
+    while (!worklist.empty()) {
+      Value v = worklist.pop_back_val();
+      for (Operation *user : v.getUsers()) {
+        if (isa<func::ReturnOp>(user))
+          returned = true;
+        if (isa<ViewLikeOpInterface>(user) ||
+            isa<memref::CastOp, memref::CollapseShapeOp,
+                memref::ExpandShapeOp>(user))
+          for (Value res : user->getResults())
+            worklist.push_back(res);
+        Operation *anc = body.findAncestorOpInBlock(*user);
+        if (anc && last->isBeforeInBlock(anc))
+          last = anc;
+      }
+    }
+    if (returned)
+      return success();
+    if (isa<func::ReturnOp>(last))
+      return last->emitError("mhc-gpu-host-memory: unexpected use of a "
+                             "device buffer in the return");
+    OpBuilder b(def);
+    b.setInsertionPointAfter(last);
+    gpu::DeallocOp::create(b, def->getLoc(), Type(), ValueRange{}, buffer);
+    return success();
+  }
+
+  /// Puts every allocation, copy, launch and free of `f` on one stream, in
   /// program order: `gpu.wait async` at entry creates it, `gpu.wait` before
-  /// each return synchronizes and destroys it.
+  /// each return synchronizes and destroys it. A call waits for the stream
+  /// first (the callee, host or compiled, may read what it produced) and a
+  /// new stream starts after it.
   static void threadStream(func::FuncOp f) {
     Block &body = f.getBody().front();
     bool any = false;
     for (Operation &op : body)
-      any |= isa<gpu::AllocOp, gpu::LaunchFuncOp, gpu::DeallocOp>(op);
+      any |= isa<gpu::AllocOp, gpu::MemcpyOp, gpu::LaunchFuncOp,
+                 gpu::DeallocOp>(op);
     if (!any)
       return;
     Location loc = f.getLoc();
@@ -48,6 +165,11 @@ struct MHCGPUHostMemoryPass
         a.getMemref().replaceAllUsesWith(n.getMemref());
         tok = n.getAsyncToken();
         a.erase();
+      } else if (auto c = dyn_cast<gpu::MemcpyOp>(op)) {
+        auto n = gpu::MemcpyOp::create(b, c.getLoc(), tokType, ValueRange{tok},
+                                       c.getDst(), c.getSrc());
+        tok = n.getAsyncToken();
+        c.erase();
       } else if (auto l = dyn_cast<gpu::LaunchFuncOp>(op)) {
         auto n = gpu::LaunchFuncOp::create(
             b, l.getLoc(), l.getKernelAttr(), l.getGridSizeOperandValues(),
@@ -60,66 +182,65 @@ struct MHCGPUHostMemoryPass
                                         ValueRange{tok}, d.getMemref());
         tok = n.getAsyncToken();
         d.erase();
+      } else if (isa<func::CallOp>(op)) {
+        gpu::WaitOp::create(b, op.getLoc(), Type(), ValueRange{tok});
+        b.setInsertionPointAfter(&op);
+        tok = gpu::WaitOp::create(b, op.getLoc(), tokType, ValueRange{})
+                  .getAsyncToken();
       } else if (isa<func::ReturnOp>(op)) {
         gpu::WaitOp::create(b, loc, Type(), ValueRange{tok});
       }
     }
   }
-  void runOnOperation() override {
-    WalkResult r = getOperation().walk([&](func::FuncOp f) -> WalkResult {
-      if (f.isExternal()) // a declaration has no body to rewrite
-        return WalkResult::advance();
-      SmallVector<memref::AllocOp> allocs;
-      f.walk([&](memref::AllocOp a) { allocs.push_back(a); });
-      for (memref::AllocOp a : allocs) {
-        if (a->getBlock() != &f.getBody().front())
-          return a.emitError("mhc-gpu-host-memory: allocation in nested control "
-                             "flow is not supported");
-        OpBuilder b(a);
-        auto g = gpu::AllocOp::create(b, a.getLoc(), a.getType(), Type(),
-                                      ValueRange{}, a.getDynamicSizes(),
-                                      a.getSymbolOperands(), UnitAttr());
-        a.replaceAllUsesWith(g.getMemref());
-        a.erase();
-        // Follow view-like users (collapse_shape, cast) to find the last use
-        // and whether the buffer escapes through the return.
-        Block &body = f.getBody().front();
-        SmallVector<Value> worklist{g.getMemref()};
-        Operation *last = g;
-        bool returned = false;
-        while (!worklist.empty()) {
-          Value v = worklist.pop_back_val();
-          for (Operation *user : v.getUsers()) {
-            if (isa<func::ReturnOp>(user))
-              returned = true;
-            if (isa<ViewLikeOpInterface>(user) ||
-                isa<memref::CastOp, memref::CollapseShapeOp,
-                    memref::ExpandShapeOp>(user))
-              for (Value res : user->getResults())
-                worklist.push_back(res);
-            Operation *anc = body.findAncestorOpInBlock(*user);
-            if (anc && last->isBeforeInBlock(anc))
-              last = anc;
-          }
-        }
-        if (returned)
-          continue;
-        if (isa<func::ReturnOp>(last))
-          return last->emitError("mhc-gpu-host-memory: unexpected use of a "
-                                 "device buffer in the return");
-        b.setInsertionPointAfter(last);
-        gpu::DeallocOp::create(b, g.getLoc(), Type(), ValueRange{},
-                               g.getMemref());
-      }
-      threadStream(f);
-      // A host-side copy would dereference device pointers.
-      WalkResult inner = f.walk([&](memref::CopyOp c) -> WalkResult {
-        return c.emitError("mhc-gpu-host-memory: bufferization produced a host "
-                           "copy of a device buffer; not supported");
-      });
-      return inner;
+
+  LogicalResult runOnFunction(func::FuncOp f) {
+    Block &body = f.getBody().front();
+    SmallVector<memref::AllocOp> allocs;
+    SmallVector<memref::GetGlobalOp> globals;
+    f.walk([&](memref::AllocOp a) { allocs.push_back(a); });
+    f.walk([&](memref::GetGlobalOp g) { globals.push_back(g); });
+    SmallVector<Value> deviceBuffers;
+    for (memref::AllocOp a : allocs) {
+      if (a->getBlock() != &body)
+        return a.emitError("mhc-gpu-host-memory: allocation in nested control "
+                           "flow is not supported");
+      deviceBuffers.push_back(allocOnDevice(a));
+    }
+    for (memref::GetGlobalOp g : globals) {
+      if (g->getBlock() != &body)
+        return g.emitError("mhc-gpu-host-memory: a global read in nested "
+                           "control flow is not supported");
+      deviceBuffers.push_back(copyGlobalToDevice(g));
+    }
+    SmallVector<func::CallOp> hostCalls;
+    for (auto call : body.getOps<func::CallOp>()) {
+      auto callee = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
+          call, call.getCalleeAttr());
+      if (callee && callee.isExternal())
+        hostCalls.push_back(call);
+    }
+    for (func::CallOp call : hostCalls)
+      if (failed(passHostCopies(call)))
+        return failure();
+    for (Value buffer : deviceBuffers)
+      if (failed(freeAfterLastUse(body, buffer)))
+        return failure();
+    threadStream(f);
+    // A host-side copy would dereference device pointers.
+    WalkResult copies = f.walk([&](memref::CopyOp c) -> WalkResult {
+      return c.emitError("mhc-gpu-host-memory: bufferization produced a host "
+                         "copy of a device buffer; not supported");
     });
-    if (r.wasInterrupted())
+    return failure(copies.wasInterrupted());
+  }
+
+  void runOnOperation() override {
+    bool ok = true;
+    getOperation().walk([&](func::FuncOp f) {
+      if (!f.isExternal()) // a declaration has no body to rewrite
+        ok &= succeeded(runOnFunction(f));
+    });
+    if (!ok)
       signalPassFailure();
   }
 };

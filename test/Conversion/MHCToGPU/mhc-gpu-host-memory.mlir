@@ -44,3 +44,85 @@ func.func @nested(%n: index, %c: i1) {
   }
   return
 }
+
+// -----
+
+// A constant global read by the host code (a weight, a test's input) is
+// copied to the device where it is read, and freed after its last use; a
+// declared (host) function gets a host copy of its memref argument, after
+// the stream is synchronized; the work after the call is on a new stream.
+// CHECK-LABEL: func.func @globals_and_host_calls
+// CHECK:         %[[T0:.*]] = gpu.wait async
+// CHECK:         %[[G:.*]] = memref.get_global @weights : memref<4xf32>
+// CHECK:         %[[DEV:.*]], %[[T1:.*]] = gpu.alloc async [%[[T0]]] () : memref<4xf32>
+// CHECK:         %[[T2:.*]] = gpu.memcpy async [%[[T1]]] %[[DEV]], %[[G]] : memref<4xf32>, memref<4xf32>
+// CHECK:         %[[OUT:.*]], %[[T3:.*]] = gpu.alloc async [%[[T2]]] () : memref<4xf32>
+// CHECK:         %[[T4:.*]] = gpu.launch_func async [%[[T3]]] @k::@scale {{.*}} args(%[[DEV]] : memref<4xf32>, %[[OUT]] : memref<4xf32>)
+// CHECK:         %[[T5:.*]] = gpu.dealloc async [%[[T4]]] %[[DEV]] : memref<4xf32>
+// CHECK:         %[[HOST:.*]] = memref.alloc() : memref<4xf32>
+// CHECK:         %[[T6:.*]] = gpu.memcpy async [%[[T5]]] %[[HOST]], %[[OUT]] : memref<4xf32>, memref<4xf32>
+// CHECK:         %[[T7:.*]] = gpu.dealloc async [%[[T6]]] %[[OUT]] : memref<4xf32>
+// CHECK:         %[[U:.*]] = memref.cast %[[HOST]] : memref<4xf32> to memref<*xf32>
+// CHECK:         gpu.wait [%[[T7]]]
+// CHECK-NEXT:    call @printMemrefF32(%[[U]])
+// CHECK-NEXT:    %[[T8:.*]] = gpu.wait async
+// CHECK-NEXT:    memref.dealloc %[[HOST]] : memref<4xf32>
+// CHECK:         gpu.wait [%[[T8]]]
+// CHECK-NEXT:    return
+module attributes {gpu.container_module} {
+  memref.global "private" constant @weights : memref<4xf32> = dense<[1.0, 2.0, 3.0, 4.0]>
+  gpu.module @k {
+    gpu.func @scale(%x: memref<4xf32>, %y: memref<4xf32>) kernel { gpu.return }
+  }
+  func.func private @printMemrefF32(memref<*xf32>)
+  func.func @globals_and_host_calls() {
+    %c1 = arith.constant 1 : index
+    %w = memref.get_global @weights : memref<4xf32>
+    %out = memref.alloc() : memref<4xf32>
+    gpu.launch_func @k::@scale blocks in (%c1, %c1, %c1) threads in (%c1, %c1, %c1) args(%w : memref<4xf32>, %out : memref<4xf32>)
+    %u = memref.cast %out : memref<4xf32> to memref<*xf32>
+    call @printMemrefF32(%u) : (memref<*xf32>) -> ()
+    return
+  }
+}
+
+// -----
+
+// A call of a compiled function passes device buffers as they are, after
+// the stream is synchronized (the callee runs its own stream).
+// CHECK-LABEL: func.func @caller
+// CHECK:         %[[T0:.*]] = gpu.wait async
+// CHECK:         %[[BUF:.*]], %[[T1:.*]] = gpu.alloc async [%[[T0]]]
+// CHECK:         gpu.wait [%[[T1]]]
+// CHECK-NEXT:    call @callee(%[[BUF]]) : (memref<8xf32>) -> ()
+// CHECK-NEXT:    %[[T2:.*]] = gpu.wait async
+// CHECK:         gpu.dealloc async [%[[T2]]] %[[BUF]]
+func.func @callee(%x: memref<8xf32>) {
+  return
+}
+func.func @caller() {
+  %buf = memref.alloc() : memref<8xf32>
+  call @callee(%buf) : (memref<8xf32>) -> ()
+  return
+}
+
+// -----
+
+func.func private @printMemrefF32(memref<*xf32>)
+func.func @strided_to_host(%n: index) {
+  %a = memref.alloc() : memref<8x8xf32>
+  %v = memref.subview %a[0, 0] [4, 4] [1, 1] : memref<8x8xf32> to memref<4x4xf32, strided<[8, 1]>>
+  %u = memref.cast %v : memref<4x4xf32, strided<[8, 1]>> to memref<*xf32>
+  // expected-error @+1 {{mhc-gpu-host-memory: a strided view of a device buffer passed to host function @printMemrefF32; not supported}}
+  call @printMemrefF32(%u) : (memref<*xf32>) -> ()
+  return
+}
+
+// -----
+
+func.func private @printMemrefF32(memref<*xf32>)
+func.func @unranked_argument(%u: memref<*xf32>) {
+  // expected-error @+1 {{mhc-gpu-host-memory: an unranked memref passed to a host function must be a memref.cast of a ranked buffer}}
+  call @printMemrefF32(%u) : (memref<*xf32>) -> ()
+  return
+}
