@@ -71,6 +71,11 @@ struct GPUPipelineOptions : public PassPipelineOptions<GPUPipelineOptions> {
   PassOptions::Option<bool> fuse{
       *this, "fuse", llvm::cl::desc("Run --mhc-fuse first"),
       llvm::cl::init(true)};
+  PassOptions::Option<bool> ireeKernels{
+      *this, "iree-kernels",
+      llvm::cl::desc("Also give every mhc kernel an entry with IREE's CUDA "
+                     "dispatch ABI (<kernel>_iree, --mhc-gpu-iree-kernels)"),
+      llvm::cl::init(false)};
 };
 
 void buildMHCGPUPipeline(OpPassManager &pm, const GPUPipelineOptions &opts) {
@@ -145,6 +150,8 @@ void buildMHCGPUPipeline(OpPassManager &pm, const GPUPipelineOptions &opts) {
   pm.addNestedPass<gpu::GPUModuleOp>(createCanonicalizerPass());
   pm.addNestedPass<gpu::GPUModuleOp>(createCSEPass());
   pm.addNestedPass<gpu::GPUModuleOp>(createReconcileUnrealizedCastsPass());
+  if (opts.ireeKernels)
+    pm.addNestedPass<gpu::GPUModuleOp>(mhc::createMHCGPUIREEKernels());
 
   GpuToLLVMConversionPassOptions toLlvm;
   pm.addPass(createGpuToLLVMConversionPass(toLlvm));

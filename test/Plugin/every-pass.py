@@ -61,8 +61,9 @@ for flag, anchor in found:
         print(f"FAIL {flag}: no input (add test/<dir>/{flag}.mlir or an INPUTS entry)")
         continue
     step = flag + OPTIONS.get(flag, "")
-    if anchor == "func::FuncOp":
-        step = f"func.func({step})"
+    nest = {"func::FuncOp": "func.func", "::mlir::gpu::GPUModuleOp": "gpu.module"}
+    if anchor in nest:
+        step = f"{nest[anchor]}({step})"
     args = [str(path), "--split-input-file", f"--pass-pipeline=builtin.module({step})"]
     ref = run([mhc_opt, *args])
     got = run([mlir_opt, f"--load-dialect-plugin={plugin}", f"--load-pass-plugin={plugin}", *args])

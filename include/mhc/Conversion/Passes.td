@@ -157,4 +157,44 @@ def MHCGPUHostKernels : Pass<"mhc-gpu-host-kernels", "ModuleOp"> {
                            "::mlir::scf::SCFDialect"];
 }
 
+def MHCOutlineKernels : Pass<"mhc-outline-kernels", "ModuleOp"> {
+  let summary = "Outline every kernel root into a function of its own";
+  let description = [{
+    Every kernel root (an `mhc.fused` group or an mhc op outside one, after
+    `--mhc-fuse` and `--mhc-select-schedule`) becomes a private function
+    `@mhc_<kind>_<i>`, named as `--convert-mhc-to-gpu` names the root's
+    kernel, and a `func.call` of it where the root was. The function's
+    arguments are the kernel's inputs and its results the kernel's outputs,
+    in the order of the kernel ABI (docs/GPU.md), so a compiler that does
+    not know mhc can launch mhc's kernel in the call's place; when the token
+    count is static it is recorded as `mhc.tokens`. With `kernels-only`,
+    only the outlined functions are kept, public: the module that
+    `--mhc-gpu-pipeline` compiles into those kernels. Used by the IREE fast
+    route (bench/iree/fast_route.py).
+  }];
+  let dependentDialects = ["::mlir::func::FuncDialect"];
+  let options = [
+    Option<"kernelsOnly", "kernels-only", "bool", /*default=*/"false",
+           "Keep only the outlined functions (made public)">,
+  ];
+}
+
+def MHCGPUIREEKernels : Pass<"mhc-gpu-iree-kernels", "::mlir::gpu::GPUModuleOp"> {
+  let summary = "Add an entry with IREE's CUDA dispatch ABI to every mhc kernel";
+  let description = [{
+    On a gpu.module lowered to NVVM: for every kernel `@k` with mhc's ABI
+    (i64 T, then per buffer a 1-D memref descriptor: allocated and aligned
+    pointers, offset, size, stride) adds a kernel `@k_iree` taking what
+    IREE's CUDA runtime passes to an external dispatch: one device pointer
+    per binding (the buffers, in the same order), then 32-bit push
+    constants: T and each buffer's element count. Its body is a copy of
+    `@k`'s, entered with the descriptors rebuilt (offset 0, stride 1), so
+    both entries compute the same. Launch bounds and the kernel attributes
+    are copied. A kernel with another signature is an error. Run by
+    `--mhc-gpu-pipeline="iree-kernels=1"` (the IREE fast route,
+    bench/iree/fast_route.py).
+  }];
+  let dependentDialects = ["::mlir::LLVM::LLVMDialect"];
+}
+
 #endif // MHC_CONVERSION_PASSES_TD
