@@ -6,12 +6,13 @@ comes from the prepared folder):
 
   python3 bench/iree/run_on_gpu.py --carry .embed-carry/iree --json $OUT/iree-h200.json
 
-For every model of <carry>/manifest.json: load the .vmfb on IREE's CUDA driver, make the
-inputs (bench/iree/weights.py; the checksum must equal the one recorded at preparation),
-upload them once, run `forward`, compare the logits with the CPU path's (max |difference|
-against atol + rtol * max |reference|), then time the forward pass (warm-up, then the
-median of N calls; each call returns when the device is done). Prints one line per model
-and the orig/mhc time ratio of each model; exits 1 if any model fails to match.
+For every model of <carry>/manifest.json, in a process of its own (a kernel fault must not
+take the other models with it): load the .vmfb on IREE's CUDA driver, make the inputs
+(bench/iree/weights.py; the checksum must equal the one recorded at preparation), upload them
+once, run `forward`, compare the logits with the reference's (max |difference| against
+atol + rtol * max |reference|), then time the forward pass (warm-up, then the median of N
+calls; each call returns when the device is done). Prints one line per model and each
+variant's time over the original model's; exits 1 if any model fails to match.
 """
 import argparse
 import ctypes
@@ -68,6 +69,66 @@ def gpu_name():
         return None
 
 
+def run_model(entry, carry, streams, device, iterations, logits_dir):
+    """One model, in this process: the record of its check and timing."""
+    import numpy as np
+    import iree.runtime as ireert
+    import weights
+
+    record = {"name": entry["name"], "model": entry["model"], "variant": entry["variant"]}
+    inputs = weights.make_inputs(entry["inputs"], streams)
+    if weights.checksum(inputs) != entry["inputs_checksum"]:
+        raise RuntimeError("the inputs made here differ from the prepared ones (weights.py checksum)")
+    config = ireert.Config(device)
+    ctx = ireert.SystemContext(config=config)
+    start = time.perf_counter()
+    ctx.add_vm_module(ireert.VmModule.mmap(config.vm_instance, str(carry / entry["vmfb"])))
+    record["load_seconds"] = time.perf_counter() - start  # includes the driver's PTX JIT
+    forward = ctx.modules.module[entry["function"]]
+    device_inputs = [ireert.asdevicearray(config.device, a) for a in inputs]
+    logits = forward(*device_inputs).to_host()
+    np.save(logits_dir / f"{entry['name']}.npy", logits)
+    record["logits_shape"] = list(logits.shape)
+    record["finite"] = bool(np.all(np.isfinite(logits)))
+    if "reference" in entry:
+        ref = np.load(carry / entry["reference"])
+        diff = float(np.max(np.abs(logits.astype(np.float64) - ref)))
+        bound = ATOL + entry.get("rtol", 1e-4) * float(np.max(np.abs(ref)))
+        record.update(max_abs_diff=diff, bound=bound, max_abs_ref=float(np.max(np.abs(ref))),
+                      reference=entry.get("reference_kind", "mhc-cpu-path"),
+                      matches_cpu_path=bool(diff <= bound and record["finite"]))
+    # IREE's codegen of the mhc ops against mhc's own kernels, on the same inputs.
+    other = logits_dir / f"{entry['model']}-mhc.npy"
+    if entry["variant"] == "mhc-fast" and other.exists():
+        record["max_abs_diff_to_mhc_variant"] = float(np.max(np.abs(logits - np.load(other))))
+    n = iterations or (20 if entry["large"] else 200)
+    for _ in range(3 if entry["large"] else 20):
+        forward(*device_inputs)
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        forward(*device_inputs)
+        times.append(time.perf_counter() - start)
+    record.update(calls=n, median_ms=1e3 * float(np.median(times)), min_ms=1e3 * float(np.min(times)))
+    return record
+
+
+def report(record):
+    ok = "error" not in record and record.get("matches_cpu_path", record.get("finite", False))
+    record["ok"] = bool(ok)
+    if "error" in record:
+        print(f"{record['name']}: FAIL {record['error']}", flush=True)
+        return ok
+    check = (f"max |logits - {record['reference']}| {record['max_abs_diff']:.2e} "
+             f"(bound {record['bound']:.1e})" if "max_abs_diff" in record else "no reference")
+    if "max_abs_diff_to_mhc_variant" in record:
+        check += f", to the mhc variant {record['max_abs_diff_to_mhc_variant']:.2e}"
+    print(f"{record['name']}: {'ok' if ok else 'FAIL'} {check}; {record['median_ms']:.3f} ms/forward "
+          f"(median of {record['calls']}, min {record['min_ms']:.3f}; load {record['load_seconds']:.1f} s)",
+          flush=True)
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--carry", default=str(HERE.parents[1] / ".embed-carry" / "iree"))
@@ -76,6 +137,8 @@ def main():
     ap.add_argument("--device", default="cuda",
                     help="IREE driver (local-task: models prepared with --target llvm-cpu)")
     ap.add_argument("--iterations", type=int, default=0, help="timed calls (0: 200 tiny, 20 large)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per model")
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # run one model, write its record there
     args = ap.parse_args()
     if args.device == "cuda":
         ensure_libcuda()
@@ -84,68 +147,38 @@ def main():
     if (carry / "runtime").exists() and sys.version_info >= (3, 12):
         sys.path.insert(0, str(carry / "runtime"))
     sys.path.insert(0, str(HERE))
-    import numpy as np
-    import iree.runtime as ireert
-    import weights
-
     manifest = json.loads((carry / "manifest.json").read_text())
-    config = ireert.Config(args.device)
-    results, failures = [], 0
-    logits_by_variant = {}
-    for entry in manifest["models"]:
-        if args.only and entry["name"] not in args.only.split(","):
-            continue
-        record = {"name": entry["name"], "model": entry["model"], "variant": entry["variant"]}
+    entries = [e for e in manifest["models"] if not args.only or e["name"] in args.only.split(",")]
+
+    if args.child:
+        out = Path(args.child)
         try:
-            inputs = weights.make_inputs(entry["inputs"], manifest["streams"])
-            if weights.checksum(inputs) != entry["inputs_checksum"]:
-                raise RuntimeError("the inputs made here differ from the prepared ones "
-                                   "(weights.py checksum)")
-            ctx = ireert.SystemContext(config=config)
-            ctx.add_vm_module(ireert.VmModule.mmap(config.vm_instance, str(carry / entry["vmfb"])))
-            forward = ctx.modules.module[entry["function"]]
-            device_inputs = [ireert.asdevicearray(config.device, a) for a in inputs]
-            logits = forward(*device_inputs).to_host()
-            record["logits_shape"] = list(logits.shape)
-            record["finite"] = bool(np.all(np.isfinite(logits)))
-            if "reference" in entry:
-                ref = np.load(carry / entry["reference"])
-                diff = float(np.max(np.abs(logits.astype(np.float64) - ref)))
-                bound = ATOL + entry.get("rtol", 1e-4) * float(np.max(np.abs(ref)))
-                record.update(max_abs_diff=diff, bound=bound, max_abs_ref=float(np.max(np.abs(ref))),
-                              reference=entry.get("reference_kind", "mhc-cpu-path"),
-                              matches_cpu_path=bool(diff <= bound and record["finite"]))
-            # IREE's codegen of the mhc ops and mhc's own kernels, on the same inputs.
-            logits_by_variant[(entry["model"], entry["variant"])] = logits
-            other = logits_by_variant.get((entry["model"], "mhc"))
-            if entry["variant"] == "mhc-fast" and other is not None:
-                record["max_abs_diff_to_mhc_variant"] = float(np.max(np.abs(logits - other)))
-            n = args.iterations or (20 if entry["large"] else 200)
-            for _ in range(3 if entry["large"] else 20):
-                forward(*device_inputs)
-            times = []
-            for _ in range(n):
-                start = time.perf_counter()
-                forward(*device_inputs)
-                times.append(time.perf_counter() - start)
-            record.update(calls=n, median_ms=1e3 * float(np.median(times)),
-                          min_ms=1e3 * float(np.min(times)))
-        except Exception as e:  # one model's failure is reported, the others still run
-            record["error"] = f"{type(e).__name__}: {e}"
-        ok = "error" not in record and record.get("matches_cpu_path", record.get("finite", False))
-        failures += not ok
-        record["ok"] = bool(ok)
-        results.append(record)
-        if "error" in record:
-            print(f"{entry['name']}: FAIL {record['error']}", flush=True)
-        else:
-            check = (f"max |logits - {record['reference']}| {record['max_abs_diff']:.2e} "
-                     f"(bound {record['bound']:.1e})" if "max_abs_diff" in record else "no reference")
-            if "max_abs_diff_to_mhc_variant" in record:
-                check += f", to the mhc variant {record['max_abs_diff_to_mhc_variant']:.2e}"
-            print(f"{entry['name']}: {'ok' if ok else 'FAIL'} {check}; "
-                  f"{record['median_ms']:.3f} ms/forward (median of {n}, min {record['min_ms']:.3f})",
-                  flush=True)
+            record = run_model(entries[0], carry, manifest["streams"], args.device, args.iterations,
+                               out.parent)
+        except Exception as e:
+            record = {"name": entries[0]["name"], "model": entries[0]["model"],
+                      "variant": entries[0]["variant"], "error": f"{type(e).__name__}: {e}"}
+        out.write_text(json.dumps(record))
+        return 0
+
+    # Each model in its own process: a kernel fault leaves the CUDA context unusable, and must
+    # not take the other models with it.
+    results, failures = [], 0
+    with tempfile.TemporaryDirectory(prefix="iree-run-") as tmp:
+        for entry in entries:
+            out = Path(tmp) / f"{entry['name']}.json"
+            cmd = [sys.executable, __file__, "--carry", str(carry), "--only", entry["name"],
+                   "--device", args.device, "--iterations", str(args.iterations), "--child", str(out)]
+            try:
+                child = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                record = json.loads(out.read_text()) if out.exists() else {
+                    "name": entry["name"], "model": entry["model"], "variant": entry["variant"],
+                    "error": f"exit {child.returncode}: {child.stderr.strip()[-800:]}"}
+            except subprocess.TimeoutExpired:
+                record = {"name": entry["name"], "model": entry["model"], "variant": entry["variant"],
+                          "error": f"timed out after {args.timeout:.0f} s"}
+            failures += not report(record)
+            results.append(record)
     by = {(r["model"], r["variant"]): r for r in results if "median_ms" in r}
     ratios = {}
     for (model, variant), r in by.items():
