@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs dependencies, builds everything and runs
-# all tests (lit/FileCheck regression tests, then the Python tests).
+# all tests (lit/FileCheck regression tests, the Python tests, then mhc used
+# from an installed prefix: scripts/test-install.sh).
 # GPU execution tests are marked `REQUIRES: cuda` and skip on machines without
 # a visible GPU; GPU compilation (PTX/cubin generation) is tested everywhere.
 set -euo pipefail
@@ -10,3 +11,4 @@ scripts/build.sh
 BUILD=${MHC_BUILD_DIR:-build}
 ninja -C "$BUILD" check-mhc
 python3 -m pytest -q python/tests
+scripts/test-install.sh

@@ -18,6 +18,9 @@ config.excludes = ["Inputs", "harness", "CMakeLists.txt", "lit.cfg.py", "lit.sit
 config.substitutions.append(("%PATH%", config.environment["PATH"]))
 config.substitutions.append(("%mlir_lib_dir", config.mlir_lib_dir))
 config.substitutions.append(("%mhc_lib_dir", config.mhc_lib_dir))
+# The mlir-opt plugin (tools/mhc-plugin), for tests through stock mlir-opt.
+config.substitutions.append(
+    ("%mhc_plugin", os.path.join(config.mhc_lib_dir, "MHCPlugin.so")))
 config.substitutions.append(("%mhc_src_root", config.mhc_src_root))
 config.substitutions.append(
     ("%python", ("env LD_PRELOAD=" + config.asan_runtime +
@@ -45,7 +48,7 @@ config.substitutions.append(("%clang", config.clang))
 
 # Tests run the tools we just built, then the LLVM tools (mlir-runner, ...).
 tool_dirs = [config.mhc_tools_dir, config.llvm_tools_dir]
-tools = ["mhc-opt", "mlir-opt", "mlir-translate"]
+tools = ["mhc-opt", "mhc-capi-test", "mlir-opt", "mlir-translate"]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
 # In the sanitizer build, the uninstrumented hosts of mhc's instrumented code
 # -- mlir-runner (runtime libraries) and python -- get the sanitizer runtime

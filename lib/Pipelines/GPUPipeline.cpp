@@ -1,8 +1,9 @@
 //===- GPUPipeline.cpp - --mhc-gpu-pipeline -------------------------------===//
 //
 // mhc on tensors -> (target check) -> fused groups -> schedules -> GPU
-// kernels + host launches -> buffers on the device -> NVVM -> gpu.binary
-// (cubin / PTX / fatbin) + LLVM host code that calls the mgpu* runtime.
+// kernels + host launches -> the other host math as kernels too -> buffers
+// on the device -> NVVM -> gpu.binary (cubin / PTX / fatbin) + LLVM host
+// code that calls the mgpu* runtime.
 // Every mhc step is a declared pass (include/mhc/Conversion/Passes.td,
 // include/mhc/Dialect/MHC/Transforms/Passes.td) that runs alone from
 // mhc-opt. See docs/GPU.md for the contract with the runtime.
@@ -28,7 +29,9 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/GPU/Transforms/Passes.h"
+#include "mlir/Dialect/Linalg/Passes.h"
 #include "mlir/Dialect/LLVMIR/Transforms/Passes.h"
+#include "mlir/Dialect/Math/Transforms/Passes.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
 #include "mlir/Pass/PassManager.h"
@@ -68,6 +71,11 @@ struct GPUPipelineOptions : public PassPipelineOptions<GPUPipelineOptions> {
   PassOptions::Option<bool> fuse{
       *this, "fuse", llvm::cl::desc("Run --mhc-fuse first"),
       llvm::cl::init(true)};
+  PassOptions::Option<bool> ireeKernels{
+      *this, "iree-kernels",
+      llvm::cl::desc("Also give every mhc kernel an entry with IREE's CUDA "
+                     "dispatch ABI (<kernel>_iree, --mhc-gpu-iree-kernels)"),
+      llvm::cl::init(false)};
 };
 
 void buildMHCGPUPipeline(OpPassManager &pm, const GPUPipelineOptions &opts) {
@@ -87,6 +95,16 @@ void buildMHCGPUPipeline(OpPassManager &pm, const GPUPipelineOptions &opts) {
   toGpu.chip = opts.chip;
   pm.addPass(mhc::createConvertMHCToGPU(toGpu));
   pm.addPass(createCanonicalizerPass());
+  // The rest of the host code (tensor math between mhc ops) as linalg, so
+  // that it bufferizes and becomes loops; chains of elementwise ops fused
+  // (one kernel and no temporary each, e.g. the casts before printing).
+  // (Host functions only: the mhc kernels are final. Sizes read off a
+  // producer's result would keep it from fusing: they are resolved first.)
+  OpPassManager &host = pm.nest<func::FuncOp>();
+  host.addPass(createConvertElementwiseToLinalgPass());
+  host.addPass(memref::createResolveShapedTypeResultDimsPass());
+  host.addPass(createLinalgElementwiseOpFusionPass());
+  host.addPass(createCanonicalizerPass());
 
   bufferization::OneShotBufferizePassOptions buf;
   buf.bufferizeFunctionBoundaries = true;
@@ -94,6 +112,10 @@ void buildMHCGPUPipeline(OpPassManager &pm, const GPUPipelineOptions &opts) {
       bufferization::LayoutMapOption::IdentityLayoutMap;
   buf.unknownTypeConversion = bufferization::LayoutMapOption::IdentityLayoutMap;
   pm.addPass(bufferization::createOneShotBufferizePass(buf));
+  // Those loops become GPU kernels too: no host code touches device memory.
+  pm.addNestedPass<func::FuncOp>(createConvertLinalgToParallelLoopsPass());
+  pm.addPass(mhc::createMHCGPUHostKernels());
+  pm.addPass(createGpuKernelOutliningPass());
   pm.addPass(mhc::createMHCGPUHostMemory());
 
   // Down to NVVM + LLVM (the shape of upstream's gpu-lower-to-nvvm-pipeline,
@@ -117,12 +139,19 @@ void buildMHCGPUPipeline(OpPassManager &pm, const GPUPipelineOptions &opts) {
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
 
+  // x**k (math.fpowi, e.g. GELU's x^3) has no NVVM lowering: multiplies.
+  math::MathExpandOpsPassOptions expandPowers;
+  expandPowers.opMnemonics = {"fpowi"};
+  pm.addNestedPass<gpu::GPUModuleOp>(
+      math::createMathExpandOpsPass(expandPowers));
   ConvertGpuOpsToNVVMOpsOptions toNvvm;
   pm.addNestedPass<gpu::GPUModuleOp>(createConvertGpuOpsToNVVMOps(toNvvm));
   pm.addNestedPass<gpu::GPUModuleOp>(LLVM::createNVVMOptimizeForTargetPass());
   pm.addNestedPass<gpu::GPUModuleOp>(createCanonicalizerPass());
   pm.addNestedPass<gpu::GPUModuleOp>(createCSEPass());
   pm.addNestedPass<gpu::GPUModuleOp>(createReconcileUnrealizedCastsPass());
+  if (opts.ireeKernels)
+    pm.addNestedPass<gpu::GPUModuleOp>(mhc::createMHCGPUIREEKernels());
 
   GpuToLLVMConversionPassOptions toLlvm;
   pm.addPass(createGpuToLLVMConversionPass(toLlvm));

@@ -185,29 +185,35 @@ def _link_shared(llvm_dialect: str, out_so: Path, libs: list[Path], extra_rpaths
 
 
 def compile_gpu(mlir, out_so, chip: str = "sm_90", *, fmt: str = "bin", runtime: str = "cuda",
-                pipeline: str | None = None, keep_ir: bool = False) -> Path:
+                pipeline: str | None = None, keep_ir: bool = False,
+                extra_libs: tuple = ()) -> Path:
     """Compiles `mlir` (a path or MLIR text) to a shared library with C-callable entry points.
 
-    The runtime library is copied next to `out_so`. With keep_ir, the lowered module is written
-    beside it as <out>.lowered.mlir. Returns the path of the library.
+    The runtime library (and each of `extra_libs`, shared libraries the module's declared
+    functions live in) is copied next to `out_so` and linked. With keep_ir, the lowered module
+    is written beside it as <out>.lowered.mlir. Returns the path of the library.
     """
     out_so = Path(out_so)
     lowered = lower_gpu(mlir, chip, fmt, pipeline)
     if keep_ir:
         out_so.parent.mkdir(parents=True, exist_ok=True)
         Path(str(out_so) + ".lowered.mlir").write_text(lowered)
-    rt = runtime_library(runtime)
     out_so.parent.mkdir(parents=True, exist_ok=True)
-    local_rt = out_so.parent.resolve() / rt.name
-    if local_rt != rt.resolve() and (not local_rt.exists()
-                                     or local_rt.read_bytes() != rt.read_bytes()):
-        # Copy then rename: overwriting a library in place would corrupt a process using it.
-        tmp = local_rt.with_name(local_rt.name + ".tmp")
-        shutil.copy2(rt, tmp)
-        os.replace(tmp, local_rt)
-    out = _link_shared(lowered, out_so, [local_rt], [])
+    local = [_copy_beside(lib, out_so) for lib in (runtime_library(runtime), *map(Path, extra_libs))]
+    out = _link_shared(lowered, out_so, local, [])
     _write_signatures(mlir, out)
     return out
+
+
+def _copy_beside(lib: Path, out_so: Path) -> Path:
+    """`lib` copied into out_so's folder (unless the same bytes are there already)."""
+    local = out_so.parent.resolve() / lib.name
+    if local != lib.resolve() and (not local.exists() or local.read_bytes() != lib.read_bytes()):
+        # Copy then rename: overwriting a library in place would corrupt a process using it.
+        tmp = local.with_name(local.name + ".tmp")
+        shutil.copy2(lib, tmp)
+        os.replace(tmp, local)
+    return local
 
 
 # ------------------------------------------------------------------------------------------------

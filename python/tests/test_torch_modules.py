@@ -87,9 +87,12 @@ def test_module_matches_golden_float64(path, recompute):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_module_low_precision(path, dtype):
+    # Seeded: dscale is a 3-vector summed over the tokens with cancellation, so its relative error
+    # has a long tail over random inputs (median 0.6%, 1.8% worst of 40 seeds, 3.6% once seen).
     hc = make_hc(C=64, dtype=dtype)
-    x = torch.randn(8, N, 64).to(dtype).requires_grad_()
-    dout = torch.randn(8, N, 64).to(dtype)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(8, N, 64, generator=g).to(dtype).requires_grad_()
+    dout = torch.randn(8, N, 64, generator=g).to(dtype)
     out = hc(x)
     assert out.dtype == dtype
     dx, dfn, dscale, dbase = torch.autograd.grad(out, (x, hc.fn, hc.scale, hc.base), dout)

@@ -108,19 +108,98 @@ def MHCGPUHostMemory : Pass<"mhc-gpu-host-memory", "ModuleOp"> {
   let summary = "Put the host code's buffers on the device, on one stream";
   let description = [{
     After bufferization of the GPU path's host code: every `memref.alloc`
-    that GPU code uses -- a kernel launch takes it, or it only crosses
-    function boundaries (mhc functions take and return device buffers) --
-    becomes `gpu.alloc`, freed with `gpu.dealloc` after its last use unless
-    the function returns it (then the caller owns it), and every allocation,
-    launch and free of a function is put on one stream in program order
-    (`gpu.wait async` at entry, `gpu.wait` before each return). Buffers only
-    host code touches, function declarations and functions that already
-    order their GPU work with async tokens are left alone. Host code using a
-    kernel's buffer (e.g. a host-side `memref.copy`: it would dereference
-    device pointers), async GPU code mixed with mhc kernels, and allocations
-    or launches in nested control flow are errors.
+    outside the gpu.modules becomes `gpu.alloc` (its `memref.dealloc`s are
+    dropped), and every constant global the host code reads
+    (`memref.get_global`, e.g. a weight) is copied into a `gpu.alloc` where
+    it is read; each is freed with `gpu.dealloc` after its last use unless
+    the function returns it (then the caller owns it). A call of a declared
+    function (a host function such as `printMemrefF32`) gets host copies of
+    its memref arguments that are device memory (a `gpu.alloc`, or what a
+    function of the module returned), made after the stream is synchronized
+    and freed after the call (what the callee writes into them does not
+    come back); other arguments are passed as they are. Every allocation,
+    copy, launch and free of a function is put on one stream in program
+    order (`gpu.wait async` at entry, `gpu.wait` before each return); every
+    call synchronizes the stream first and starts a new one after. Function
+    declarations, and functions that already order their GPU work with
+    async tokens (hand-written GPU host code), are left alone. Errors: a
+    host `memref.load`/`memref.store` of a device buffer or a host-side
+    `memref.copy` (they would dereference device pointers;
+    `--mhc-gpu-host-kernels` turns them into kernels first), async tokens
+    mixed with synchronous GPU ops in one function, allocations or global
+    reads in nested control flow, a strided view of a device buffer passed
+    to a host function.
   }];
-  let dependentDialects = ["::mlir::gpu::GPUDialect"];
+  let dependentDialects = ["::mlir::gpu::GPUDialect",
+                           "::mlir::memref::MemRefDialect"];
+}
+
+def MHCGPUHostKernels : Pass<"mhc-gpu-host-kernels", "ModuleOp"> {
+  let summary = "Run the host functions' remaining loops and memory accesses as GPU kernels";
+  let description = [{
+    After bufferization and `--convert-linalg-to-parallel-loops` of the GPU
+    path's host code, everything that is not an mhc kernel (the tensor math
+    between mhc ops: a model's matmuls, norms and activations, a test's
+    `math.tanh`, the casts before printing) is loops over buffers that live
+    on the device. This pass makes each top-level one a `gpu.launch`
+    (outlined into kernels by `--gpu-kernel-outlining`):
+
+    * `scf.parallel` -> one thread per iteration of its flattened iteration
+      space, 256 threads a block, the last dimension fastest (neighbouring
+      threads touch neighbouring elements); a nested `scf.for` (a reduction
+      or a matmul's k loop) runs inside the thread;
+    * `memref.copy` -> a parallel copy loop, then as above;
+    * any other op that loads or stores memref elements (a full reduction's
+      `scf.for`, a rank-0 store) -> a one-thread kernel.
+
+    Correct rather than fast: the mhc ops keep their own kernels. Errors, at
+    the op: host code that uses a loaded element (e.g. a `tensor.extract`
+    whose scalar feeds host control flow), element accesses outside the
+    function's entry block, and parallel loops with reductions.
+  }];
+  let dependentDialects = ["::mlir::gpu::GPUDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::scf::SCFDialect"];
+}
+
+def MHCOutlineKernels : Pass<"mhc-outline-kernels", "ModuleOp"> {
+  let summary = "Outline every kernel root into a function of its own";
+  let description = [{
+    Every kernel root (an `mhc.fused` group or an mhc op outside one, after
+    `--mhc-fuse` and `--mhc-select-schedule`) becomes a private function
+    `@mhc_<kind>_<i>`, named as `--convert-mhc-to-gpu` names the root's
+    kernel, and a `func.call` of it where the root was. The function's
+    arguments are the kernel's inputs and its results the kernel's outputs,
+    in the order of the kernel ABI (docs/GPU.md), so a compiler that does
+    not know mhc can launch mhc's kernel in the call's place; when the token
+    count is static it is recorded as `mhc.tokens`. With `kernels-only`,
+    only the outlined functions are kept, public: the module that
+    `--mhc-gpu-pipeline` compiles into those kernels. Used by the IREE fast
+    route (bench/iree/fast_route.py).
+  }];
+  let dependentDialects = ["::mlir::func::FuncDialect"];
+  let options = [
+    Option<"kernelsOnly", "kernels-only", "bool", /*default=*/"false",
+           "Keep only the outlined functions (made public)">,
+  ];
+}
+
+def MHCGPUIREEKernels : Pass<"mhc-gpu-iree-kernels", "::mlir::gpu::GPUModuleOp"> {
+  let summary = "Add an entry with IREE's CUDA dispatch ABI to every mhc kernel";
+  let description = [{
+    On a gpu.module lowered to NVVM: for every kernel `@k` with mhc's ABI
+    (i64 T, then per buffer a 1-D memref descriptor: allocated and aligned
+    pointers, offset, size, stride) adds a kernel `@k_iree` taking what
+    IREE's CUDA runtime passes to an external dispatch: one device pointer
+    per binding (the buffers, in the same order), then 32-bit push
+    constants: T and each buffer's element count. Its body is a copy of
+    `@k`'s, entered with the descriptors rebuilt (offset 0, stride 1), so
+    both entries compute the same. Launch bounds and the kernel attributes
+    are copied. A kernel with another signature is an error. Run by
+    `--mhc-gpu-pipeline="iree-kernels=1"` (the IREE fast route,
+    bench/iree/fast_route.py).
+  }];
+  let dependentDialects = ["::mlir::LLVM::LLVMDialect"];
 }
 
 #endif // MHC_CONVERSION_PASSES_TD

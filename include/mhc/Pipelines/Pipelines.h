@@ -12,9 +12,16 @@ void registerMHCCPUPipeline();
 /// code calling the mgpu* runtime.
 void registerMHCGPUPipeline();
 
+/// Registers both pipelines once: MLIR aborts on a second registration of a
+/// pipeline name, and embedders (the mlir-opt plugin, the C API) may call this
+/// from more than one entry point.
 inline void registerMHCPipelines() {
-  registerMHCCPUPipeline();
-  registerMHCGPUPipeline();
+  static const bool registered = [] {
+    registerMHCCPUPipeline();
+    registerMHCGPUPipeline();
+    return true;
+  }();
+  (void)registered;
 }
 
 } // namespace mlir::mhc

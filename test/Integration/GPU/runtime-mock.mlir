@@ -9,12 +9,14 @@
 // RUN: | FileCheck %s
 //
 // The same program through --mhc-gpu-pipeline (it once crashed on the
-// declaration of printMemrefF32, and must leave hand-written host buffers and
-// async GPU code as they are): the same calls, PTX JIT-compiled at O3.
+// declaration of printMemrefF32). The pipeline compiles host code for the
+// GPU: @main's fill loop becomes a kernel and its buffers device buffers
+// (freed on the stream, printed through a host copy); @run's hand-written
+// async GPU code is left as it is.
 // RUN: mhc-opt %s --mhc-gpu-pipeline="format=isa" \
 // RUN: | mlir-runner --shared-libs=%mhc_lib_dir/libmhc_runtime_mock.so,%runner_utils,%c_runner_utils \
 // RUN:   --entry-point-result=void \
-// RUN: | FileCheck %s
+// RUN: | FileCheck %s --check-prefix=PIPE
 
 module attributes {gpu.container_module} {
   gpu.module @kernels {
@@ -96,3 +98,29 @@ module attributes {gpu.container_module} {
 // The mock does not run kernels: memset half, copied half.
 // CHECK: [-1.5,  -1.5,  -1.5,  4.75,  6.25,  7.75]
 // CHECK: mhc-mock: mgpuModuleUnload(module0)
+
+// PIPE: mhc-mock: mgpuStreamCreate() -> stream0
+// PIPE-NEXT: mhc-mock: mgpuMemAlloc(24 bytes, stream0) -> [[X:buf[0-9]+]]
+// PIPE-NEXT: mhc-mock: mgpuMemAlloc(24 bytes, stream0) -> [[OUT:buf[0-9]+]]
+// PIPE-NEXT: mhc-mock: mgpuModuleGetFunction(module{{[0-9]}}, main_kernel)
+// PIPE-NEXT: mhc-mock: mgpuLaunchKernel(main_kernel,
+// PIPE-NEXT: mhc-mock: mgpuStreamSynchronize(stream0)
+// PIPE-NEXT: mhc-mock: mgpuStreamDestroy(stream0)
+// PIPE-NEXT: mhc-mock: mgpuStreamCreate() -> stream0
+// PIPE-NEXT: mhc-mock: mgpuMemAlloc(24 bytes, stream0) -> [[D:buf[0-9]+]]
+// PIPE-NEXT: mhc-mock: mgpuMemcpy([[D]] <- [[X]], 24 bytes, stream0)
+// PIPE-NEXT: mhc-mock: mgpuMemset32([[D]], 0xbfc00000, 3, stream0)
+// PIPE-NEXT: mhc-mock: mgpuModuleGetFunction(module{{[0-9]}}, scale)
+// PIPE-NEXT: mhc-mock: mgpuLaunchKernel(scale, grid (1,1,1), block (128,1,1), smem 0, stream0, 6 params)
+// PIPE-NEXT: mhc-mock: mgpuMemcpy([[OUT]] <- [[D]], 24 bytes, stream0)
+// PIPE-NEXT: mhc-mock: mgpuMemFree([[D]], stream0)
+// PIPE-NEXT: mhc-mock: mgpuStreamSynchronize(stream0)
+// PIPE-NEXT: mhc-mock: mgpuStreamDestroy(stream0)
+// PIPE-NEXT: mhc-mock: mgpuStreamCreate() -> stream0
+// PIPE-NEXT: mhc-mock: mgpuMemFree([[X]], stream0)
+// PIPE-NEXT: mhc-mock: mgpuMemcpy(host <- [[OUT]], 24 bytes, stream0)
+// PIPE-NEXT: mhc-mock: mgpuMemFree([[OUT]], stream0)
+// PIPE-NEXT: mhc-mock: mgpuStreamSynchronize(stream0)
+// PIPE-NEXT: mhc-mock: mgpuStreamDestroy(stream0)
+// The mock runs no kernels (x is never filled): only the memset half is known.
+// PIPE: [-1.5,  -1.5,  -1.5,
