@@ -95,6 +95,7 @@
 // CONST:      arith.constant dense<[-0.000000e+00, -0.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00, 0.000000e+00]> : tensor<8xf32>
 // CONST:      mhc.sinkhorn %{{.*}} {iterations = 5 : i64} : tensor<8x2x2xf32>
 // CONST:      mhc.sinkhorn %{{.*}} {iterations = 5 : i64} : tensor<8x2x2xf32>
+// expected-remark@+1 {{@arith_chain: 2 residual add(s) found, 2 converted in 1 chain(s)}}
 func.func @arith_chain(%h: tensor<8x16xf32>, %w: tensor<16x16xf32>) -> tensor<8x16xf32> {
   %z = arith.constant 0.0 : f32
   %e = tensor.empty() : tensor<8x16xf32>
@@ -123,6 +124,7 @@ func.func @arith_chain(%h: tensor<8x16xf32>, %w: tensor<16x16xf32>) -> tensor<8x
 // HC-LABEL:    func.func @linalg_add_chain
 // HC-COUNT-2:  mhc.post_res
 // HC-NOT:      linalg.add
+// expected-remark@+1 {{@linalg_add_chain: 2 residual add(s) found, 2 converted in 1 chain(s)}}
 func.func @linalg_add_chain(%h: tensor<2x3x8xf32>) -> tensor<2x3x8xf32> {
   %e = tensor.empty() : tensor<2x3x8xf32>
   %y1 = linalg.exp ins(%h : tensor<2x3x8xf32>) outs(%e : tensor<2x3x8xf32>) -> tensor<2x3x8xf32>
@@ -141,6 +143,7 @@ func.func @linalg_add_chain(%h: tensor<2x3x8xf32>) -> tensor<2x3x8xf32> {
 // CHECK-COUNT-2: mhc.post_res
 // CHECK:       mhc.collapse
 // CHECK-NOT:   arith.addf %in
+// expected-remark@+1 {{@generic_chain: 2 residual add(s) found, 2 converted in 1 chain(s)}}
 func.func @generic_chain(%h: tensor<4x16xf32>) -> tensor<4x16xf32> {
   %e = tensor.empty() : tensor<4x16xf32>
   %one = arith.constant 1.0 : f32
@@ -170,6 +173,7 @@ func.func @generic_chain(%h: tensor<4x16xf32>) -> tensor<4x16xf32> {
 // CHECK-COUNT-2: mhc.post_res
 // CHECK-NOT:   tosa.add
 // CHECK:       mhc.collapse
+// expected-remark@+1 {{@tosa_chain: 2 residual add(s) found, 2 converted in 1 chain(s)}}
 func.func @tosa_chain(%h: tensor<1x4x16xf32>) -> tensor<1x4x16xf32> {
   %y1 = tosa.tanh %h : (tensor<1x4x16xf32>) -> tensor<1x4x16xf32>
   %h1 = tosa.add %h, %y1 : (tensor<1x4x16xf32>, tensor<1x4x16xf32>) -> tensor<1x4x16xf32>
@@ -193,6 +197,7 @@ func.func @tosa_chain(%h: tensor<1x4x16xf32>) -> tensor<1x4x16xf32> {
 // CHECK:         arith.truncf
 // CHECK:       mhc.post_res %{{.*}}, %{{.*}} -> tensor<4x4x16xf32>
 // CHECK:       mhc.collapse %{{.*}} : tensor<4x4x16xf32> -> tensor<4x16xf32>
+// expected-remark@+1 {{@bf16_through_conversions: 2 residual add(s) found, 2 converted in 1 chain(s)}}
 func.func @bf16_through_conversions(%h: tensor<4x16xbf16>) -> tensor<4x16xf32> {
   %a = math.tanh %h : tensor<4x16xbf16>
   %af = arith.extf %a : tensor<4x16xbf16> to tensor<4x16xf32>
@@ -216,6 +221,7 @@ func.func @bf16_through_conversions(%h: tensor<4x16xbf16>) -> tensor<4x16xf32> {
 // HC-LABEL:    func.func @dynamic_tokens
 // HC:          tensor.dim
 // HC:          tensor.empty(%{{.*}}) : tensor<?x4xf32>
+// expected-remark@+1 {{@dynamic_tokens: 2 residual add(s) found, 2 converted in 1 chain(s)}}
 func.func @dynamic_tokens(%h: tensor<?x16xf32>) -> tensor<?x16xf32> {
   %y1 = math.tanh %h : tensor<?x16xf32>
   %h1 = arith.addf %h, %y1 : tensor<?x16xf32>
@@ -234,6 +240,7 @@ func.func @dynamic_tokens(%h: tensor<?x16xf32>) -> tensor<?x16xf32> {
 // CHECK:       %[[X2:.*]] = mhc.post_res %{{.*}}, %[[X1]]
 // CHECK:       %[[END:.*]] = mhc.collapse %[[X2]]
 // CHECK:       return %{{.*}}, %{{.*}} : tensor<4x16xf32>, tensor<4x16xf32>
+// expected-remark@+1 {{@stream_read_mid_chain: 2 residual add(s) found, 2 converted in 1 chain(s)}}
 func.func @stream_read_mid_chain(%h: tensor<4x16xf32>) -> (tensor<4x16xf32>, tensor<4x16xf32>) {
   %y1 = math.tanh %h : tensor<4x16xf32>
   %h1 = arith.addf %h, %y1 : tensor<4x16xf32>
@@ -248,7 +255,7 @@ func.func @stream_read_mid_chain(%h: tensor<4x16xf32>) -> (tensor<4x16xf32>, ten
 // CHECK-LABEL: func.func @not_residual
 // CHECK-NOT:   mhc.
 // CHECK:       return
-// expected-remark@+1 {{mhc-hyperconnect: no residual chain in @not_residual}}
+// expected-remark@+1 {{@not_residual: 1 residual add(s) found, 0 converted in 0 chain(s)}}
 func.func @not_residual(%h: tensor<4x16xf32>, %g: tensor<4x16xf32>, %bias: tensor<16xf32>) -> (tensor<4x16xf32>, tensor<4x16xf32>) {
   // Independent operands (like the wte + wpe embedding sum).
   // expected-remark@+1 {{add left alone: neither operand depends on the other (not x + F(x))}}
@@ -277,7 +284,7 @@ func.func @not_residual(%h: tensor<4x16xf32>, %g: tensor<4x16xf32>, %bias: tenso
 // CHECK-LABEL: func.func @tosa_broadcast
 // CHECK:       tosa.add
 // CHECK-NOT:   mhc.
-// expected-remark@+1 {{mhc-hyperconnect: no residual chain in @tosa_broadcast}}
+// expected-remark@+1 {{@tosa_broadcast: 0 residual add(s) found, 0 converted in 0 chain(s)}}
 func.func @tosa_broadcast(%h: tensor<4x16xf32>, %b: tensor<1x16xf32>) -> tensor<4x16xf32> {
   // expected-remark@+1 {{add left alone: the operands broadcast (shapes differ from the result's)}}
   %r = tosa.add %h, %b : (tensor<4x16xf32>, tensor<1x16xf32>) -> tensor<4x16xf32>
@@ -291,7 +298,7 @@ func.func @tosa_broadcast(%h: tensor<4x16xf32>, %b: tensor<1x16xf32>) -> tensor<
 // CHECK-LABEL: func.func @branch_escapes
 // CHECK-NOT:   mhc.
 // CHECK-COUNT-2: arith.addf
-// expected-remark@+1 {{mhc-hyperconnect: no residual chain in @branch_escapes}}
+// expected-remark@+1 {{@branch_escapes: 2 residual add(s) found, 0 converted in 0 chain(s)}}
 func.func @branch_escapes(%h: tensor<4x16xf32>) -> (tensor<4x16xf32>, tensor<4x16xf32>) {
   %y1 = math.tanh %h : tensor<4x16xf32>
   // expected-remark@+1 {{add left alone: the branch escapes: 'func.return' outside the block uses a value computed in it}}
@@ -307,7 +314,7 @@ func.func @branch_escapes(%h: tensor<4x16xf32>) -> (tensor<4x16xf32>, tensor<4x1
 // One stream feeding two residual adds (a fork) is not a chain.
 // CHECK-LABEL: func.func @stream_forks
 // CHECK-NOT:   mhc.
-// expected-remark@+1 {{mhc-hyperconnect: no residual chain in @stream_forks}}
+// expected-remark@+1 {{@stream_forks: 2 residual add(s) found, 0 converted in 0 chain(s)}}
 func.func @stream_forks(%h: tensor<4x16xf32>) -> (tensor<4x16xf32>, tensor<4x16xf32>) {
   %y1 = math.tanh %h : tensor<4x16xf32>
   // expected-remark@+1 {{add left alone: its residual input also feeds another residual add}}
@@ -324,7 +331,7 @@ func.func @stream_forks(%h: tensor<4x16xf32>) -> (tensor<4x16xf32>, tensor<4x16x
 // CHECK-LABEL: func.func @no_chain
 // CHECK-NEXT:  math.tanh
 // CHECK-NEXT:  return
-// expected-remark@+1 {{mhc-hyperconnect: no residual chain in @no_chain}}
+// expected-remark@+1 {{@no_chain: 0 residual add(s) found, 0 converted in 0 chain(s)}}
 func.func @no_chain(%h: tensor<4x16xf32>) -> tensor<4x16xf32> {
   %y = math.tanh %h : tensor<4x16xf32>
   return %y : tensor<4x16xf32>
@@ -348,6 +355,7 @@ func.func @no_chain(%h: tensor<4x16xf32>) -> tensor<4x16xf32> {
 // CHECK:       %[[X3:.*]] = mhc.post_res %{{.*}}, %[[S2]]
 // CHECK:       mhc.collapse %[[X3]]
 // CHECK-NOT:   tensor.collapse_shape %{{.*}} : tensor<1x4x16xf32>
+// expected-remark@+1 {{@reshaped_between_blocks: 3 residual add(s) found, 3 converted in 1 chain(s)}}
 func.func @reshaped_between_blocks(%h: tensor<1x4x16xf32>) -> tensor<1x4x16xf32> {
   %y1 = math.tanh %h : tensor<1x4x16xf32>
   %h1 = arith.addf %h, %y1 : tensor<1x4x16xf32>
@@ -368,7 +376,7 @@ func.func @reshaped_between_blocks(%h: tensor<1x4x16xf32>) -> tensor<1x4x16xf32>
 // coefficients could not be computed in one place, so the block is skipped.
 // CHECK-LABEL: func.func @branch_reads_before_reshape
 // CHECK-NOT:   mhc.
-// expected-remark@+1 {{mhc-hyperconnect: no residual chain in @branch_reads_before_reshape}}
+// expected-remark@+1 {{@branch_reads_before_reshape: 2 residual add(s) found, 0 converted in 0 chain(s)}}
 func.func @branch_reads_before_reshape(%h: tensor<1x4x16xf32>) -> tensor<4x16xf32> {
   %y1 = math.tanh %h : tensor<1x4x16xf32>
   // expected-remark@+1 {{it is in a chain of 1 residual block(s)}}
@@ -386,7 +394,7 @@ func.func @branch_reads_before_reshape(%h: tensor<1x4x16xf32>) -> tensor<4x16xf3
 // Streams the mhc ops cannot carry: f64 elements, a dynamic width C.
 // CHECK-LABEL: func.func @unsupported_streams
 // CHECK-NOT:   mhc.
-// expected-remark@+1 {{no residual chain in @unsupported_streams}}
+// expected-remark@+1 {{@unsupported_streams: 4 residual add(s) found, 0 converted in 0 chain(s)}}
 func.func @unsupported_streams(%h: tensor<4x8xf64>, %g: tensor<4x?xf32>) -> (tensor<4x8xf64>, tensor<4x?xf32>) {
   %y = math.tanh %h : tensor<4x8xf64>
   // expected-remark@+1 {{add left alone: the stream's element type is not bf16, f16 or f32}}
@@ -416,6 +424,7 @@ func.func @unsupported_streams(%h: tensor<4x8xf64>, %g: tensor<4x?xf32>) -> (ten
 // CHECK:       %[[MEAN:.*]] = linalg.generic
 // CHECK:       cf.cond_br
 // CHECK:       return %[[MEAN]]
+// expected-remark@+1 {{@regions_and_blocks: 2 residual add(s) found, 2 converted in 1 chain(s)}}
 func.func @regions_and_blocks(%h: tensor<4x8xf32>, %c: i1) -> tensor<4x8xf32> {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
@@ -438,3 +447,4 @@ func.func @regions_and_blocks(%h: tensor<4x8xf32>, %c: i1) -> tensor<4x8xf32> {
   %z = math.exp %h2 : tensor<4x8xf32>
   return %z : tensor<4x8xf32>
 }
+

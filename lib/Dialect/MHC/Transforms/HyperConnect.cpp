@@ -136,6 +136,9 @@ public:
       : func(func), cfg(cfg), b(func.getContext()) {}
 
   LogicalResult rewrite(ArrayRef<ResidualBlock> chain);
+  /// Gives the function the signature of its entry block once all chains are
+  /// rewritten (params=arguments).
+  void finishSignature();
 
 private:
   Value param(Location loc, int64_t layer, StringRef role,
@@ -151,6 +154,8 @@ private:
   OpBuilder b;
   int64_t nextLayer = 0;
   Operation *lastParam = nullptr;
+  /// Names of the parameters added as block arguments, in order.
+  SmallVector<StringAttr> newArgNames;
 };
 
 Value ChainRewriter::param(Location loc, int64_t layer, StringRef role,
@@ -167,11 +172,25 @@ Value ChainRewriter::param(Location loc, int64_t layer, StringRef role,
   }
   SmallString<32> name;
   ("layer" + Twine(layer) + "." + role).toVector(name);
-  auto attrs = b.getDictionaryAttr(
-      b.getNamedAttr("mhc.param", b.getStringAttr(name)));
-  unsigned index = func.getNumArguments();
-  (void)func.insertArgument(index, type, attrs, loc);
-  return func.getArgument(index);
+  newArgNames.push_back(b.getStringAttr(name));
+  // Only the block gets the argument now; the function type and argument
+  // attributes are updated once at the end (one update per parameter would
+  // copy the ever longer signature each time: quadratic in depth).
+  return func.getBody().front().addArgument(type, loc);
+}
+
+void ChainRewriter::finishSignature() {
+  if (newArgNames.empty())
+    return;
+  SmallVector<DictionaryAttr> argAttrs;
+  func.getAllArgAttrs(argAttrs);
+  for (StringAttr name : newArgNames)
+    argAttrs.push_back(b.getDictionaryAttr(b.getNamedAttr("mhc.param", name)));
+  func.setType(FunctionType::get(func.getContext(),
+                                 func.getBody().front().getArgumentTypes(),
+                                 func.getResultTypes()));
+  func.setAllArgAttrs(argAttrs);
+  newArgNames.clear();
 }
 
 /// The coefficient ops of one block, reading the widened stream `x`.
@@ -207,7 +226,8 @@ Coefficients ChainRewriter::coefficients(Location loc, Value x, int64_t layer,
   // Random weights: seeded by layer, so every layer differs but reruns agree.
   SplitMix rng(0x6d6863ull * 1000003ull + static_cast<uint64_t>(layer));
   auto random = [&](int64_t count) {
-    SmallVector<float> v(count, 0.0f);
+    // Arguments carry no values: skip drawing them.
+    SmallVector<float> v(cfg.paramsAsArguments ? 0 : count, 0.0f);
     if (cfg.init == Init::Paper)
       for (float &e : v)
         e = kRandScale * rng.next();
@@ -521,6 +541,29 @@ struct MHCHyperConnectPass
     return success();
   }
 
+  /// True if an op of one chain (an add or a view on its path) lies in the
+  /// branch of a block of another chain. Rewriting the inner chain would
+  /// then change the outer one's branch, so chains are rewritten one at a
+  /// time with a fresh analysis in between (rare: an inner residual chain
+  /// inside a block).
+  static bool chainsNest(const ChainAnalysis &analysis) {
+    DenseMap<Operation *, size_t> chainOf;
+    for (auto [i, chain] : llvm::enumerate(analysis.chains))
+      for (const ResidualBlock &blk : chain) {
+        chainOf[blk.add] = i;
+        for (Operation *p : blk.path)
+          chainOf[p] = i;
+      }
+    for (auto [i, chain] : llvm::enumerate(analysis.chains))
+      for (const ResidualBlock &blk : chain)
+        for (Operation *op : blk.body) {
+          auto it = chainOf.find(op);
+          if (it != chainOf.end() && it->second != i)
+            return true;
+        }
+    return false;
+  }
+
   void runOnOperation() override {
     Config cfg;
     if (failed(parseOptions(cfg)))
@@ -529,38 +572,81 @@ struct MHCHyperConnectPass
     for (auto func : llvm::to_vector(module.getOps<func::FuncOp>())) {
       if (func.isExternal())
         continue;
-      ChainRewriter rewriter(func, cfg);
-      bool checkedCallers = false, rewroteAny = false;
-      // Rewriting one chain can change what the others look like (nested
-      // chains); re-analyse after each.
-      while (true) {
-        ChainAnalysis analysis = analyzeFunction(func, minBlocks);
-        if (analysis.chains.empty()) {
-          if (remarks) {
-            for (auto &[op, why] : analysis.skipped)
-              op->emitRemark("mhc-hyperconnect: add left alone: ") << why;
-          }
-          break;
-        }
-        if (cfg.paramsAsArguments && !checkedCallers) {
-          checkedCallers = true;
-          if (!SymbolTable::symbolKnownUseEmpty(func, module)) {
-            func.emitError("mhc-hyperconnect: @")
-                << func.getSymName()
-                << " has callers and params=arguments would change its "
-                   "signature; use params=constants or rewrite the callee "
-                   "alone";
-            return signalPassFailure();
-          }
-        }
-        if (failed(rewriter.rewrite(analysis.chains.front())))
-          return signalPassFailure();
-        rewroteAny = true;
-      }
-      if (remarks && !rewroteAny)
-        func.emitRemark("mhc-hyperconnect: no residual chain in @")
-            << func.getSymName();
+      if (failed(runOnFunction(func, cfg)))
+        return signalPassFailure();
     }
+  }
+
+  /// What happened in one function, for the summary remark.
+  struct Summary {
+    uint64_t ops = 0, residualAdds = 0, convertedAdds = 0, chains = 0,
+             steps = 0;
+  };
+
+  LogicalResult runOnFunction(func::FuncOp func, const Config &cfg) {
+    Summary summary;
+    func.walk([&](Operation *) { ++summary.ops; });
+    ChainAnalysis analysis = analyzeFunction(func, minBlocks);
+    summary.steps += analysis.steps;
+    summary.residualAdds = analysis.residualAdds;
+    if (analysis.chains.empty()) {
+      report(analysis);
+      reportSummary(func, summary);
+      return success();
+    }
+    if (cfg.paramsAsArguments &&
+        !SymbolTable::symbolKnownUseEmpty(func, getOperation()))
+      return func.emitError("mhc-hyperconnect: @")
+             << func.getSymName()
+             << " has callers and params=arguments would change its "
+                "signature; use params=constants or rewrite the callee alone";
+
+    ChainRewriter rewriter(func, cfg);
+    auto rewriteChain = [&](ArrayRef<ResidualBlock> chain) {
+      summary.convertedAdds += chain.size();
+      ++summary.chains;
+      return rewriter.rewrite(chain);
+    };
+    if (!chainsNest(analysis)) {
+      // The usual case: one analysis serves every chain. Report first: the
+      // rewrite erases ops the analysis points at (never a skipped add).
+      report(analysis);
+      for (const std::vector<ResidualBlock> &chain : analysis.chains)
+        if (failed(rewriteChain(chain)))
+          return failure();
+    } else {
+      while (!analysis.chains.empty()) {
+        if (failed(rewriteChain(analysis.chains.front())))
+          return failure();
+        analysis = analyzeFunction(func, minBlocks);
+        summary.steps += analysis.steps;
+      }
+      report(analysis);
+    }
+    rewriter.finishSignature();
+    reportSummary(func, summary);
+    return success();
+  }
+
+  /// With remarks=true: why each add was left alone.
+  void report(const ChainAnalysis &analysis) {
+    if (!remarks)
+      return;
+    for (auto &[op, why] : analysis.skipped)
+      op->emitRemark("mhc-hyperconnect: add left alone: ") << why;
+  }
+
+  /// With remarks=true, once the function is done: what was found and
+  /// converted, and the analysis' work (a test checks it stays linear).
+  void reportSummary(func::FuncOp func, const Summary &summary) {
+    if (!remarks)
+      return;
+    func.emitRemark("mhc-hyperconnect: @")
+        << func.getSymName() << ": " << summary.residualAdds
+        << " residual add(s) found, " << summary.convertedAdds
+        << " converted in " << summary.chains
+        << " chain(s); the analysis visited " << summary.steps
+        << " ops and uses in a function of " << summary.ops << " ops";
   }
 };
 

@@ -139,28 +139,64 @@ AddMatch matchAdd(Operation *op) {
   return m;
 }
 
-/// Ops of `top` that `v` depends on (transitively), and the block arguments
-/// of `top` it reaches.
-void collectBackward(Value v, Block *top, DenseSet<Operation *> &ops,
-                     DenseSet<Value> &args) {
-  SmallVector<Value> work{v};
-  while (!work.empty()) {
-    Value cur = work.pop_back_val();
-    if (auto arg = dyn_cast<BlockArgument>(cur)) {
-      if (arg.getOwner() == top)
-        args.insert(arg);
-      continue;
-    }
-    Operation *def = top->findAncestorOpInBlock(*cur.getDefiningOp());
-    if (!def || !ops.insert(def).second)
-      continue;
-    // Operands of the op and of everything nested in it (captured values).
-    def->walk([&](Operation *nested) {
-      for (Value operand : nested->getOperands())
-        work.push_back(operand);
-    });
+/// Program positions of the ops of one block, and bounded dependence walks
+/// over them. A value can only depend on ops placed at or after the first
+/// use of the value it is traced to, so each walk stops there: a residual
+/// add's walk then covers its own block, not the whole model above it.
+class DependenceWalker {
+public:
+  DependenceWalker(Block *top, uint64_t &steps) : top(top), steps(steps) {
+    unsigned i = 0;
+    for (Operation &op : *top)
+      position[&op] = i++;
   }
-}
+
+  /// Position of the first op of the block that uses `v` (directly or in a
+  /// nested region); the end of the block if there is none.
+  unsigned firstUse(Value v) {
+    auto [it, inserted] = firstUseMemo.try_emplace(v, position.size());
+    if (!inserted)
+      return it->second;
+    for (Operation *user : v.getUsers()) {
+      ++steps;
+      if (Operation *owner = top->findAncestorOpInBlock(*user))
+        it->second = std::min(it->second, position.lookup(owner));
+    }
+    return it->second;
+  }
+
+  /// Collects into `cone` the ops of the block that `v` depends on and that
+  /// are placed at or after the first use of `target`; returns whether `v`
+  /// depends on `target` (or is it).
+  bool dependsOn(Value v, Value target, DenseSet<Operation *> &cone) {
+    unsigned from = firstUse(target);
+    bool found = v == target;
+    SmallVector<Value> work{v};
+    while (!work.empty()) {
+      Value cur = work.pop_back_val();
+      if (isa<BlockArgument>(cur))
+        continue;
+      Operation *def = top->findAncestorOpInBlock(*cur.getDefiningOp());
+      if (!def || position.lookup(def) < from || !cone.insert(def).second)
+        continue;
+      // Operands of the op and of everything nested in it (captured values).
+      def->walk([&](Operation *nested) {
+        ++steps;
+        for (Value operand : nested->getOperands()) {
+          found |= operand == target;
+          work.push_back(operand);
+        }
+      });
+    }
+    return found;
+  }
+
+private:
+  Block *top;
+  uint64_t &steps;
+  DenseMap<Operation *, unsigned> position;
+  DenseMap<Value, unsigned> firstUseMemo;
+};
 
 bool isSupportedStreamType(Type t, std::string &why) {
   auto type = dyn_cast<RankedTensorType>(t);
@@ -253,6 +289,7 @@ ChainAnalysis mlir::mhc::hyperconnect::analyzeFunction(func::FuncOp func,
   if (func.isExternal())
     return result;
   Block *top = &func.getBody().front();
+  DependenceWalker walker(top, result.steps);
 
   std::vector<ResidualBlock> blocks;
   for (Operation &op : *top) {
@@ -281,12 +318,7 @@ ChainAnalysis mlir::mhc::hyperconnect::analyzeFunction(func::FuncOp func,
       SmallVector<Operation *> path;
       Value stream = strip(x, path);
       DenseSet<Operation *> backOps;
-      DenseSet<Value> backArgs;
-      collectBackward(y, top, backOps, backArgs);
-      bool depends = isa<BlockArgument>(stream)
-                         ? backArgs.contains(stream)
-                         : backOps.contains(stream.getDefiningOp());
-      if (!depends)
+      if (!walker.dependsOn(y, stream, backOps))
         continue;
       SmallVector<Operation *> yPath;
       if (strip(y, yPath) == stream) {
@@ -304,6 +336,7 @@ ChainAnalysis mlir::mhc::hyperconnect::analyzeFunction(func::FuncOp func,
       while (!work.empty()) {
         Value v = work.pop_back_val();
         for (Operation *user : v.getUsers()) {
+          ++result.steps;
           Operation *owner = top->findAncestorOpInBlock(*user);
           if (!owner || owner == &op || llvm::is_contained(b.path, owner) ||
               !backOps.contains(owner) || !b.body.insert(owner).second)
@@ -319,6 +352,7 @@ ChainAnalysis mlir::mhc::hyperconnect::analyzeFunction(func::FuncOp func,
       result.skipped.push_back({&op, why});
       continue;
     }
+    ++result.residualAdds;
     // Nothing F computes may be used outside F (other than by the add).
     Operation *escape = nullptr;
     for (Operation *inner : b.body)

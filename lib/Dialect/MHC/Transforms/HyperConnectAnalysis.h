@@ -44,6 +44,11 @@ struct ChainAnalysis {
   std::vector<std::vector<ResidualBlock>> chains;
   /// Candidate adds that were left alone, with the reason.
   SmallVector<std::pair<Operation *, std::string>> skipped;
+  /// Work done (ops and uses visited), reported as a pass statistic so that
+  /// a test can check it grows linearly with the size of the function.
+  uint64_t steps = 0;
+  /// Adds found to have the form x + F(x), converted or not.
+  uint64_t residualAdds = 0;
 };
 
 /// Finds the residual chains of `func` (its entry block only) that have at
