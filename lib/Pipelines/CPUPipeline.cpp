@@ -10,16 +10,259 @@
 #include "mhc/Conversion/Passes.h"
 #include "mhc/Pipelines/Pipelines.h"
 #include "mlir/Conversion/Passes.h"
+#include "mlir/Conversion/SCFToControlFlow/SCFToControlFlow.h"
 #include "mlir/Dialect/Arith/Transforms/Passes.h"
-#include "mlir/Dialect/Bufferization/Pipelines/Passes.h"
+#include "mlir/Dialect/Bufferization/IR/Bufferization.h"
+#include "mlir/Dialect/Bufferization/Transforms/BufferViewFlowAnalysis.h"
 #include "mlir/Dialect/Bufferization/Transforms/Passes.h"
+#include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/Linalg/Passes.h"
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
+#include "mlir/Interfaces/ViewLikeInterface.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Pass/PassRegistry.h"
+#include "mlir/Rewrite/PatternApplicator.h"
 #include "mlir/Transforms/Passes.h"
+#include "llvm/ADT/EquivalenceClasses.h"
 
 using namespace mlir;
+
+namespace {
+
+/// Gives every user of a shared `tensor.empty` or `linalg.fill` result its
+/// own copy. torch-mlir's exports use one `tensor.empty` (and one zero fill)
+/// as the destination of hundreds of ops; one-shot bufferization then puts
+/// all of them in one alias set, and its conflict analysis, which compares
+/// the reads and writes of an alias set pairwise, becomes quadratic in the
+/// model's depth. Separate destinations keep every alias set small; the
+/// result is the same (each op still gets a fresh buffer).
+struct SplitSharedDestinationsPass
+    : PassWrapper<SplitSharedDestinationsPass, OperationPass<ModuleOp>> {
+  MLIR_DEFINE_EXPLICIT_INTERNAL_INLINE_TYPE_ID(SplitSharedDestinationsPass)
+  StringRef getArgument() const final {
+    return "mhc-split-shared-destinations";
+  }
+  StringRef getDescription() const final {
+    return "Give every user of a shared tensor.empty or linalg.fill result "
+           "its own copy (keeps one-shot-bufferize's alias sets small)";
+  }
+  void runOnOperation() override {
+    // Fills first: their copies share the fill's destination, which the
+    // second round splits.
+    splitAll<linalg::FillOp>();
+    splitAll<tensor::EmptyOp>();
+  }
+
+  template <typename OpTy> void splitAll() {
+    SmallVector<Operation *> shared;
+    getOperation().walk([&](OpTy op) {
+      if (op->getNumResults() == 1 && !op->getResult(0).use_empty() &&
+          !op->getResult(0).hasOneUse())
+        shared.push_back(op);
+    });
+    for (Operation *op : shared) {
+      for (OpOperand &use : llvm::make_early_inc_range(
+               llvm::drop_begin(op->getResult(0).getUses()))) {
+        OpBuilder b(use.getOwner());
+        use.set(b.clone(*op)->getResult(0));
+      }
+    }
+  }
+};
+
+/// Splits each `bufferization.dealloc` into one dealloc per group of
+/// memrefs that may alias each other. Ownership-based deallocation frees
+/// every buffer of a block in one dealloc at its end, so a whole model in
+/// one function gets a dealloc of thousands of memrefs, and upstream's
+/// buffer-deallocation-simplification checks every pair of them for
+/// aliasing (quadratic in depth). Here memrefs join a group when they have
+/// the same base, when the buffer view-flow analysis lists the base of one
+/// among the possible origins of the other (e.g. a loop's init and result),
+/// or when both are (or may come from) block arguments. Allocations made
+/// inside a block are distinct from its arguments. An origin the analysis
+/// cannot see through keeps the dealloc whole. Each new dealloc keeps the
+/// retained list; a retained value's updated condition is the disjunction
+/// of theirs, as in upstream's own split.
+struct SplitDeallocsPass
+    : PassWrapper<SplitDeallocsPass, OperationPass<func::FuncOp>> {
+  MLIR_DEFINE_EXPLICIT_INTERNAL_INLINE_TYPE_ID(SplitDeallocsPass)
+  StringRef getArgument() const final { return "mhc-split-deallocs"; }
+  StringRef getDescription() const final {
+    return "Split bufferization.dealloc ops into one per group of memrefs "
+           "that may alias (linear; upstream's simplification compares "
+           "every pair)";
+  }
+
+  /// The value a memref is a view of (through view-like ops).
+  static Value viewBase(Value v) {
+    while (auto view = v.getDefiningOp<ViewLikeOpInterface>())
+      v = view.getViewSource();
+    return v;
+  }
+
+  static bool isAllocation(Value v) {
+    Operation *op = v.getDefiningOp();
+    return op && hasEffect<MemoryEffects::Allocate>(op, v);
+  }
+
+  void runOnOperation() override {
+    SmallVector<bufferization::DeallocOp> deallocs;
+    getOperation().walk([&](bufferization::DeallocOp op) {
+      if (op.getMemrefs().size() > 1)
+        deallocs.push_back(op);
+    });
+    if (deallocs.empty())
+      return;
+    BufferViewFlowAnalysis viewFlow(getOperation());
+    for (bufferization::DeallocOp dealloc : deallocs)
+      split(dealloc, viewFlow);
+  }
+
+  void split(bufferization::DeallocOp dealloc,
+             const BufferViewFlowAnalysis &viewFlow) {
+    unsigned count = dealloc.getMemrefs().size();
+    llvm::EquivalenceClasses<unsigned> groups;
+    for (unsigned i = 0; i < count; ++i)
+      groups.insert(i);
+    // One group for everything that is or may be a block argument (they
+    // may alias each other); `argMember` is a memref in it.
+    std::optional<unsigned> argMember;
+    SmallPtrSet<Block *, 2> argBlocks;
+    auto joinArgs = [&](unsigned i, BlockArgument arg) {
+      argBlocks.insert(arg.getOwner());
+      if (argMember)
+        groups.unionSets(*argMember, i);
+      argMember = i;
+    };
+    DenseMap<Value, unsigned> byAlloc;
+    SmallVector<std::pair<unsigned, Value>> unknown;
+    for (auto [i, m] : llvm::enumerate(dealloc.getMemrefs())) {
+      Value base = viewBase(m);
+      if (isAllocation(base)) {
+        auto [it, inserted] = byAlloc.try_emplace(base, i);
+        if (!inserted)
+          groups.unionSets(it->second, i);
+      } else if (auto arg = dyn_cast<BlockArgument>(base)) {
+        joinArgs(i, arg);
+      } else {
+        unknown.push_back({i, base});
+      }
+    }
+    for (auto [i, base] : unknown)
+      for (Value origin : viewFlow.resolveReverse(base)) {
+        if (isAllocation(origin)) {
+          auto it = byAlloc.find(origin);
+          if (it != byAlloc.end())
+            groups.unionSets(it->second, i);
+        } else if (viewFlow.mayBeTerminalBuffer(origin)) {
+          auto arg = dyn_cast<BlockArgument>(origin);
+          if (!arg)
+            return; // an origin nobody can see through
+          joinArgs(i, arg);
+        }
+      }
+    // An allocation outside a block whose arguments are in the dealloc may
+    // have been passed in as one of them.
+    for (auto [base, i] : byAlloc)
+      if (argMember && llvm::any_of(argBlocks, [&](Block *b) {
+            return !b->findAncestorOpInBlock(*base.getDefiningOp());
+          }))
+        groups.unionSets(*argMember, i);
+
+    // One dealloc per group, in the order of their first memref.
+    SmallVector<SmallVector<unsigned>> members;
+    DenseMap<unsigned, unsigned> groupIndex;
+    for (unsigned i = 0; i < count; ++i) {
+      unsigned leader = groups.getLeaderValue(i);
+      auto [it, inserted] = groupIndex.try_emplace(leader, members.size());
+      if (inserted)
+        members.emplace_back();
+      members[it->second].push_back(i);
+    }
+    if (members.size() < 2)
+      return;
+    OpBuilder b(dealloc);
+    SmallVector<bufferization::DeallocOp> parts;
+    for (ArrayRef<unsigned> group : members) {
+      SmallVector<Value> memrefs, conds;
+      for (unsigned i : group) {
+        memrefs.push_back(dealloc.getMemrefs()[i]);
+        conds.push_back(dealloc.getConditions()[i]);
+      }
+      parts.push_back(bufferization::DeallocOp::create(
+          b, dealloc.getLoc(), memrefs, conds, dealloc.getRetained()));
+    }
+    for (auto [r, old] : llvm::enumerate(dealloc.getUpdatedConditions())) {
+      if (old.use_empty())
+        continue;
+      Value any = parts.front().getUpdatedConditions()[r];
+      for (bufferization::DeallocOp part : llvm::drop_begin(parts))
+        any = arith::OrIOp::create(b, dealloc.getLoc(), any,
+                                   part.getUpdatedConditions()[r]);
+      old.replaceAllUsesWith(any);
+    }
+    dealloc.erase();
+  }
+};
+
+/// convert-scf-to-cf with the ops taken last to first. Lowering a loop
+/// splits its block and moves every op after the loop into the new block;
+/// upstream's pass (a dialect conversion) takes the loops first to last, so
+/// a function of k loops and N ops costs O(k N) moves -- quadratic in depth
+/// for a whole model in one function (and, with rollback, memory to match).
+/// Taken last to first, each split moves only the ops up to the next loop,
+/// already lowered. The patterns are upstream's.
+struct SCFToCFLastToFirstPass
+    : PassWrapper<SCFToCFLastToFirstPass, OperationPass<ModuleOp>> {
+  MLIR_DEFINE_EXPLICIT_INTERNAL_INLINE_TYPE_ID(SCFToCFLastToFirstPass)
+  StringRef getArgument() const final { return "mhc-scf-to-cf"; }
+  StringRef getDescription() const final {
+    return "convert-scf-to-cf's patterns applied last op first (linear in "
+           "the size of a function)";
+  }
+  void getDependentDialects(DialectRegistry &registry) const override {
+    registry.insert<cf::ControlFlowDialect>();
+  }
+  void runOnOperation() override {
+    RewritePatternSet set(&getContext());
+    populateSCFToControlFlowConversionPatterns(set);
+    FrozenRewritePatternSet patterns(std::move(set));
+    PatternApplicator applicator(patterns);
+    applicator.applyDefaultCostModel();
+    PatternRewriter rewriter(&getContext());
+    // Lowering an op can create scf ops (scf.parallel becomes scf.for):
+    // repeat until none is left.
+    while (true) {
+      SmallVector<Operation *> ops;
+      getOperation().walk([&](Operation *op) {
+        if (isa<scf::SCFDialect>(op->getDialect()) &&
+            !op->hasTrait<OpTrait::IsTerminator>())
+          ops.push_back(op);
+      });
+      if (ops.empty())
+        return;
+      // Post-order reversed: outer ops before the ops nested in them, and
+      // the last op of a block first.
+      bool changed = false;
+      for (Operation *op : llvm::reverse(ops)) {
+        rewriter.setInsertionPoint(op);
+        changed |= succeeded(applicator.matchAndRewrite(op, rewriter));
+      }
+      if (!changed) {
+        ops.front()->emitError("mhc-cpu-pipeline: cannot lower '")
+            << ops.front()->getName() << "' to cf";
+        return signalPassFailure();
+      }
+    }
+  }
+};
+
+} // namespace
 
 static void buildMHCCPUPipeline(OpPassManager &pm) {
   // 1. mhc -> linalg on tensors, then tensor-level cleanups. Elementwise
@@ -41,6 +284,7 @@ static void buildMHCCPUPipeline(OpPassManager &pm) {
   //    memrefs so that callers such as mlir-runner's printMemrefF32 see
   //    ordinary descriptors; the ownership-based deallocation pipeline frees
   //    every temporary.
+  pm.addPass(std::make_unique<SplitSharedDestinationsPass>());
   pm.addPass(bufferization::createEmptyTensorToAllocTensorPass());
   bufferization::OneShotBufferizePassOptions bufferize;
   bufferize.bufferizeFunctionBoundaries = true;
@@ -49,14 +293,27 @@ static void buildMHCCPUPipeline(OpPassManager &pm) {
   bufferize.functionBoundaryTypeConversion =
       bufferization::LayoutMapOption::IdentityLayoutMap;
   pm.addPass(bufferization::createOneShotBufferizePass(bufferize));
-  bufferization::buildBufferDeallocationPipeline(pm);
+  // Upstream's buffer-deallocation-pipeline, with the big deallocs split
+  // before its simplification.
+  pm.addNestedPass<func::FuncOp>(memref::createExpandReallocPass(
+      memref::ExpandReallocPassOptions{/*emitDeallocs=*/false}));
+  pm.addNestedPass<func::FuncOp>(createCanonicalizerPass());
+  pm.addNestedPass<func::FuncOp>(
+      bufferization::createOwnershipBasedBufferDeallocationPass());
+  pm.addNestedPass<func::FuncOp>(createCanonicalizerPass());
+  pm.addNestedPass<func::FuncOp>(std::make_unique<SplitDeallocsPass>());
+  pm.addNestedPass<func::FuncOp>(
+      bufferization::createBufferDeallocationSimplificationPass());
+  pm.addPass(bufferization::createLowerDeallocationsPass());
+  pm.addNestedPass<func::FuncOp>(createCSEPass());
+  pm.addNestedPass<func::FuncOp>(createCanonicalizerPass());
   pm.addPass(createConvertBufferizationToMemRefPass());
 
   // 3. Structured ops -> loops -> branches.
   pm.addPass(createConvertLinalgToLoopsPass());
   pm.addPass(memref::createExpandStridedMetadataPass());
   pm.addPass(createLowerAffinePass());
-  pm.addPass(createSCFToControlFlowPass());
+  pm.addPass(std::make_unique<SCFToCFLastToFirstPass>());
 
   // 4. Scalars. bf16 <-> f32 conversions become integer bit manipulation so
   //    the JIT never needs compiler-rt's __truncsfbf2 (f16 uses the F16C
@@ -83,6 +340,10 @@ static void buildMHCCPUPipeline(OpPassManager &pm) {
 }
 
 void mlir::mhc::registerMHCCPUPipeline() {
+  // Its own steps, so that they can be run (and timed) one by one.
+  PassRegistration<SplitSharedDestinationsPass>();
+  PassRegistration<SplitDeallocsPass>();
+  PassRegistration<SCFToCFLastToFirstPass>();
   PassPipelineRegistration<>(
       "mhc-cpu-pipeline",
       "Lower mhc and func/arith/math/tensor/linalg/bufferization IR on "
