@@ -19,6 +19,8 @@ enum class HyperConnectMode { MHC, HC, StaticHC };
 enum class HyperConnectInit { Paper, Identity };
 /// Where --mhc-hyperconnect puts the new parameters (option `params`).
 enum class HyperConnectParams { Arguments, Constants };
+/// How --mhc-hyperconnect combines a chain's streams at its end (`exit`).
+enum class HyperConnectExit { Mean, Learned };
 
 #define GEN_PASS_DECL
 #include "mhc/Dialect/MHC/Transforms/Passes.h.inc"

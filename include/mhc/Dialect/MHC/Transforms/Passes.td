@@ -96,6 +96,16 @@ def MHCHyperConnect : Pass<"mhc-hyperconnect", "ModuleOp"> {
                         "constants", "initialised in the IR"))}]>,
     Option<"minBlocks", "min-blocks", "int64_t", /*default=*/"2",
            "Rewrite only chains of at least this many residual blocks">,
+    Option<"exit", "exit", "::mlir::mhc::HyperConnectExit",
+           /*default=*/"::mlir::mhc::HyperConnectExit::Mean",
+           "How each chain's streams are combined at its end",
+           [{::llvm::cl::values(
+             clEnumValN(::mlir::mhc::HyperConnectExit::Mean, "mean",
+                        "the mean of the streams (pairwise f32 sum, / n)"),
+             clEnumValN(::mlir::mhc::HyperConnectExit::Learned, "learned",
+                        "DeepSeek-V4's head mix: per-token weights computed "
+                        "like pre from the chain's own parameters; its "
+                        "identity init is the mean"))}]>,
     Option<"remarks", "remarks", "bool", /*default=*/"false",
            "Emit a remark for every add that was considered and skipped, "
            "saying why">,
