@@ -66,8 +66,10 @@ struct OutlineMHCOpsPass
     ModuleOp module = getOperation();
     SmallVector<Operation *> ops;
     module.walk([&](Operation *op) {
+      // Ops inside an mhc.fused group stay: the lowering inlines the group.
       if (isa<mhc::MHCDialect>(op->getDialect()) && op->getNumRegions() == 0 &&
-          op->getNumResults() > 0)
+          op->getNumResults() > 0 &&
+          !isa<mhc::MHCDialect>(op->getParentOp()->getDialect()))
         ops.push_back(op);
     });
     using Key = std::tuple<OperationName, Attribute, Attribute, Type>;
