@@ -207,7 +207,8 @@ def per_pass_memory(mhc_opt, model, passes, timeout, max_rss_gb, workdir):
         res = run_measured([mhc_opt, cur, f"--pass-pipeline=builtin.module({p})",
                             "--emit-bytecode", "-o", nxt], timeout, max_rss_gb)
         res.pop("stderr")
-        out.append((p.split("{")[0], res))
+        # The pass's name: options dropped, nesting kept (func.func(cse)).
+        out.append((re.sub(r"\s+|\{[^}]*\}", "", p), res))
         if res["status"] != "ok":
             break
         if cur != model:
@@ -237,13 +238,25 @@ def main(argv=None) -> int:
     ap.add_argument("--per-pass-memory", type=int, nargs="*", default=[],
                     metavar="L", help="depths whose hc+cpu pipeline is also "
                     "run one pass per process")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each step this many times and keep the run with the "
+                         "least CPU time (the machine is shared)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--max-rss-gb", type=float, default=14)
-    ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
     ap.add_argument("--label", default="", help="free text for the report")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="only write --md from an earlier run's JSON")
     args = ap.parse_args(argv)
+    if args.render:
+        results = json.loads(args.render.read_text())
+        results["models"] = {int(k): v for k, v in results["models"].items()}
+        (args.md or args.render.with_suffix(".md")).write_text(markdown(results))
+        return 0
 
+    if not args.json:
+        ap.error("--json is required")
     results = {"command": " ".join([sys.executable, *sys.argv]),
                "label": args.label, "date": time.strftime("%Y-%m-%d %H:%M"),
                "machine": f"{os.cpu_count()} cores", "models": {}}
@@ -259,7 +272,10 @@ def main(argv=None) -> int:
                 if step == "gpu":
                     cmd[1] = os.path.join(td, "chain.mlir")
                     Path(cmd[1]).write_text(mhc_chain(layers))
-                res = run_measured(cmd, args.timeout, args.max_rss_gb)
+                runs = [run_measured(cmd, args.timeout, args.max_rss_gb)
+                        for _ in range(args.repeat)]
+                res = min(runs, key=lambda r: (r["status"] != "ok", r["cpu_s"]))
+                res["cpu_s_runs"] = [r["cpu_s"] for r in runs]
                 res["passes"] = parse_timing(res["stderr"])
                 if res["status"] != "ok":
                     res["error"] = res["stderr"][-600:]
@@ -294,9 +310,10 @@ def markdown(results):
              "", results["label"], "", "Command:", "", "```",
              results["command"], "```", ""]
     lines += ["Times are CPU seconds (user + system) of the whole mhc-opt process "
-              "(parse and print included), from /usr/bin/time -v; the machine "
-              "is shared, so wall times (in the JSON) vary with its load. MB is "
-              "the peak resident memory.", ""]
+              "(parse and print included), from /usr/bin/time -v, the least of "
+              "the repeated runs (all in the JSON); the machine is shared, so "
+              "wall times (in the JSON) vary with its load. MB is the peak "
+              "resident memory.", ""]
     head = "| layers | ops |"
     sep = "|---|---|"
     for s in steps:
@@ -310,6 +327,8 @@ def markdown(results):
             return "–"
         if r["status"] != "ok":
             return r["status"]
+        if r.get(key) is None:
+            return "–"
         return f"{r[key]:.2f}" if key == "cpu_s" else f"{r[key]:.0f}"
 
     for l in layers:
@@ -325,7 +344,8 @@ def markdown(results):
             vals = []
             for key in ("cpu_s", "peak_mb"):
                 r, h = models[l]["steps"].get(s), models.get(l // 2, {}).get("steps", {}).get(s)
-                ok = r and h and r["status"] == "ok" and h["status"] == "ok" and h[key]
+                ok = (r and h and r["status"] == "ok" and h["status"] == "ok"
+                      and r.get(key) is not None and h.get(key))
                 vals.append(f"{r[key] / h[key]:.2f}" if ok else "–")
             row += f" {vals[0]} | {vals[1]} |"
         lines.append(row)
@@ -345,7 +365,8 @@ def markdown(results):
                   "|---|" + "---|" * len(names)]
         for l in done:
             r = models[l]["steps"][s]
-            p, scale = r["passes"], r["cpu_s"] / max(r["passes"].get("Total", 1e-9), 1e-9)
+            p = r["passes"]
+            scale = r.get("cpu_s", r["wall_s"]) / max(p.get("Total", 1e-9), 1e-9)
             lines.append(f"| {l} | " + " | ".join(f"{p.get(n, 0) * scale:.3f}"
                                                    for n in names) + " |")
     for l in layers:
@@ -357,7 +378,7 @@ def markdown(results):
                   "between; peak RSS includes holding the IR):", "",
                   "| pass | CPU s | peak MB |", "|---|---|---|"]
         for name, r in pp:
-            lines.append(f"| {name} | {r['cpu_s'] if r['status'] == 'ok' else r['status']}"
+            lines.append(f"| {name} | {r.get('cpu_s', '–') if r['status'] == 'ok' else r['status']}"
                          f" | {r['peak_mb'] or 0:.0f} |")
     return "\n".join(lines) + "\n"
 

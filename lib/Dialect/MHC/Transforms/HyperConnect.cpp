@@ -6,7 +6,8 @@
 //   X_0 = mhc.expand(h_0)
 //   per block l: coefficients (pre, post, comb) from X_l
 //                u = mhc.pre_apply(X_l, pre)        replaces F's uses of x_l
-//                X_{l+1} = mhc.post_res(F(u), X_l, post, comb)   replaces the add
+//                X_{l+1} = mhc.post_res(F(u), X_l, post, comb)   replaces the
+//                add
 //   users of the stream outside the chain read mhc.collapse(X) / n.
 //
 // The final "/ n" makes the stream's exit the *mean* of the streams: with
@@ -54,7 +55,7 @@ struct Config {
   bool learnedExit;
 };
 
-constexpr float kAlpha = 0.01f;   // paper's alpha for all three mappings
+constexpr float kAlpha = 0.01f;     // paper's alpha for all three mappings
 constexpr float kRandScale = 0.01f; // fn / theta drawn from U(-0.01, 0.01)
 constexpr float kRmsEps = 1e-6f;
 constexpr float kPreEps = 1e-6f; // spec 3: pre = sigmoid(.) + eps_pre
@@ -92,10 +93,11 @@ Value convertElementwise(OpBuilder &b, Location loc, Value in, Type elem) {
   return linalg::GenericOp::create(
              b, loc, init.getType(), in, init, {id, id}, iteratorList(rank, 0),
              [&](OpBuilder &nb, Location l, ValueRange args) {
-               Value r = extend ? arith::ExtFOp::create(nb, l, elem, args[0])
-                                      .getResult()
-                                : arith::TruncFOp::create(nb, l, elem, args[0])
-                                      .getResult();
+               Value r =
+                   extend
+                       ? arith::ExtFOp::create(nb, l, elem, args[0]).getResult()
+                       : arith::TruncFOp::create(nb, l, elem, args[0])
+                             .getResult();
                linalg::YieldOp::create(nb, l, r);
              })
       .getResult(0);
@@ -126,7 +128,8 @@ Value replayView(OpBuilder &b, Operation *op, Value in, int64_t n) {
   };
   if (auto collapse = dyn_cast<tensor::CollapseShapeOp>(op))
     return tensor::CollapseShapeOp::create(
-        b, loc, resultType, in, widenGroups(collapse.getReassociationIndices()));
+        b, loc, resultType, in,
+        widenGroups(collapse.getReassociationIndices()));
   if (auto expand = dyn_cast<tensor::ExpandShapeOp>(op)) {
     SmallVector<OpFoldResult> shape = expand.getMixedOutputShape();
     shape.insert(shape.end() - 1, b.getIndexAttr(n));
@@ -275,9 +278,9 @@ Coefficients ChainRewriter::coefficients(Location loc, Value x, int64_t layer,
     s.append(tail.begin(), tail.end());
     return RankedTensorType::get(s, f32);
   };
-  Value mix = NormProjectOp::create(b, loc, TypeRange{withTail({m})},
-                                    ValueRange{x, fn})
-                  .getResult();
+  Value mix =
+      NormProjectOp::create(b, loc, TypeRange{withTail({m})}, ValueRange{x, fn})
+          .getResult();
   auto split = SplitMixesOp::create(
       b, loc, TypeRange{withTail({n}), withTail({n}), withTail({n, n})},
       ValueRange{mix, scaleV, baseV});
@@ -312,7 +315,8 @@ Coefficients ChainRewriter::hcCoefficients(Location loc, Value x, Value theta,
   Value sq, proj;
   if (dynamic) {
     // sq[..., i] = sum_c x^2 ; proj[..., i, k] = sum_c x[..., i, c] theta[k, c]
-    Value sqInit = fillF32(b, loc, emptyWithLeading(b, loc, x, lead, {n}, f32), 0.0);
+    Value sqInit =
+        fillF32(b, loc, emptyWithLeading(b, loc, x, lead, {n}, f32), 0.0);
     sq = linalg::GenericOp::create(
              b, loc, sqInit.getType(), x, sqInit,
              {b.getMultiDimIdentityMap(rank),
@@ -328,7 +332,8 @@ Coefficients ChainRewriter::hcCoefficients(Location loc, Value x, Value theta,
     // Loops (lead..., i, k, c).
     SmallVector<AffineExpr> xe = dims(lead + 1);
     xe.push_back(getAffineDimExpr(lead + 2, ctx));
-    Value projInit = fillF32(b, loc, emptyWithLeading(b, loc, x, lead, {n, n + 2}, f32), 0.0);
+    Value projInit = fillF32(
+        b, loc, emptyWithLeading(b, loc, x, lead, {n, n + 2}, f32), 0.0);
     proj = linalg::GenericOp::create(
                b, loc, projInit.getType(), ValueRange{x, theta}, projInit,
                {AffineMap::get(rank + 1, 0, xe, ctx),
@@ -339,7 +344,8 @@ Coefficients ChainRewriter::hcCoefficients(Location loc, Value x, Value theta,
                 AffineMap::get(rank + 1, 0, dims(rank), ctx)},
                iteratorList(rank, 1),
                [&](OpBuilder &nb, Location l, ValueRange a) {
-                 Value p = arith::MulFOp::create(nb, l, widenToF32(nb, l, a[0]), a[1]);
+                 Value p = arith::MulFOp::create(nb, l, widenToF32(nb, l, a[0]),
+                                                 a[1]);
                  linalg::YieldOp::create(
                      nb, l, arith::AddFOp::create(nb, l, a[2], p).getResult());
                })
@@ -377,8 +383,8 @@ Coefficients ChainRewriter::hcCoefficients(Location loc, Value x, Value theta,
       ins.append({sq, proj, scale});
       maps.append({AffineMap::get(loops, 0, dims(lead + 1), ctx),
                    AffineMap::get(loops, 0, pe, ctx),
-                   AffineMap::get(loops, 0,
-                                  {getAffineConstantExpr(scaleIdx, ctx)}, ctx)});
+                   AffineMap::get(
+                       loops, 0, {getAffineConstantExpr(scaleIdx, ctx)}, ctx)});
     }
     maps.push_back(b.getMultiDimIdentityMap(loops));
     return linalg::GenericOp::create(
@@ -645,10 +651,10 @@ LogicalResult ChainRewriter::rewrite(ArrayRef<ResidualBlock> chain) {
     b.setInsertionPointToStart(top);
   else
     b.setInsertionPointAfter(start.getDefiningOp());
-  Value wide = ExpandOp::create(b, start.getLoc(),
-                                widen(start.getType(), cfg.n), start,
-                                static_cast<uint64_t>(cfg.n))
-                   .getResult();
+  Value wide =
+      ExpandOp::create(b, start.getLoc(), widen(start.getType(), cfg.n), start,
+                       static_cast<uint64_t>(cfg.n))
+          .getResult();
 
   for (size_t k = 0; k < chain.size(); ++k) {
     const ResidualBlock &blk = chain[k];
@@ -765,12 +771,10 @@ struct MHCHyperConnectPass
       return module.emitError("mhc-hyperconnect: streams must be >= 1, got ")
              << static_cast<int64_t>(streams);
     if (iterations < 1)
-      return module.emitError(
-                 "mhc-hyperconnect: iterations must be >= 1, got ")
+      return module.emitError("mhc-hyperconnect: iterations must be >= 1, got ")
              << static_cast<int64_t>(iterations);
     if (minBlocks < 1)
-      return module.emitError(
-                 "mhc-hyperconnect: min-blocks must be >= 1, got ")
+      return module.emitError("mhc-hyperconnect: min-blocks must be >= 1, got ")
              << static_cast<int64_t>(minBlocks);
     cfg.n = streams;
     cfg.iterations = iterations;

@@ -93,8 +93,8 @@ AddMatch matchAdd(Operation *op) {
     auto ta = dyn_cast<ShapedType>(a.getType());
     auto tb = dyn_cast<ShapedType>(b.getType());
     auto tr = dyn_cast<ShapedType>(r.getType());
-    m.why = (ta && tb && tr && (ta.getShape() != tr.getShape() ||
-                                tb.getShape() != tr.getShape()))
+    m.why = (ta && tb && tr &&
+             (ta.getShape() != tr.getShape() || tb.getShape() != tr.getShape()))
                 ? "the operands broadcast (shapes differ from the result's)"
                 : "the operand and result types differ";
     return false;
@@ -424,7 +424,7 @@ struct Candidate {
 } // namespace
 
 ChainAnalysis mlir::mhc::hyperconnect::analyzeFunction(func::FuncOp func,
-                                                        int64_t minBlocks) {
+                                                       int64_t minBlocks) {
   ChainAnalysis result;
   if (func.isExternal())
     return result;
