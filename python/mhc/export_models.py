@@ -48,6 +48,7 @@ Lowering pipeline used by --check (upstream MLIR 22.1.8 only; the team's
       --lower-affine \\
       --convert-scf-to-cf \\
       --convert-math-to-llvm \\
+      --convert-math-to-libm \\
       --convert-arith-to-llvm \\
       --convert-cf-to-llvm \\
       --finalize-memref-to-llvm \\
@@ -58,8 +59,10 @@ Lowering pipeline used by --check (upstream MLIR 22.1.8 only; the team's
       -shared-libs=<llvm-22>/lib/libmlir_runner_utils.so,<llvm-22>/lib/libmlir_c_runner_utils.so
 
 (``--convert-math-to-funcs`` expands ``math.fpowi``, which torch-mlir emits for
-``x**3`` (GELU) and ``x.pow(2)`` (RMSNorm), into a helper function; the other
-math ops -- tanh, exp, rsqrt, sin, cos -- become LLVM intrinsics.)
+``x**3`` (GELU) and ``x.pow(2)`` (RMSNorm), into a helper function; the math ops
+with an LLVM intrinsic -- tanh, exp, rsqrt, sin, cos -- become it, and
+``--convert-math-to-libm`` turns the rest, e.g. exact GELU's ``math.erf``, into
+libm calls that mlir-runner resolves.)
 
 Tolerance: max |logits_mlir - logits_torch| <= 1e-4 (``--atol``).  The logits
 are printed by printMemrefF32 with 6 significant digits, which bounds the
@@ -105,6 +108,7 @@ LOWERING_PASSES = [
     "--lower-affine",
     "--convert-scf-to-cf",
     "--convert-math-to-llvm",
+    "--convert-math-to-libm",  # math.erf (exact GELU) and other ops without an intrinsic
     "--convert-arith-to-llvm",
     "--convert-cf-to-llvm",
     "--finalize-memref-to-llvm",

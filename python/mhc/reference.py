@@ -308,6 +308,15 @@ def hc_coefficients(x, theta_pre, theta_post, theta_res, alpha, b_pre, b_post, b
     return pre, post, res_T
 
 
+def head_mix(x, fn_head, alpha, base, eps=1e-6, pre_eps=1e-6, dtype=None):
+    """DeepSeek-V4's learned exit (spec section 3): ``sum_i w[i] x[i]`` ``[..., C]`` with
+    ``w = sigmoid(alpha * norm_project(x, fn_head) + base) + pre_eps`` ``[..., n]``, computed like
+    ``pre`` from its own ``fn_head`` ``[n, n*C]``, scalar ``alpha`` and ``base`` ``[n]``."""
+    x, fn_head, alpha, base = _cast(dtype, x, fn_head, alpha, base)
+    w = _sigmoid(norm_project(x, fn_head, eps) * alpha.reshape(()) + base) + pre_eps
+    return pre_apply(x, w)
+
+
 # --------------------------------------------------------------------------------------------------
 # Stability metrics, spec section 6
 # --------------------------------------------------------------------------------------------------

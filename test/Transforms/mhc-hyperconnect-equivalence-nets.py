@@ -7,10 +7,11 @@
 # prints the original output and the difference, computed in f32 inside the
 # program (so the comparison does not depend on printed digits).
 #
-# Tolerance: 0 (bit-exact) for n a power of two (1, 2, 4); for other n the exit
-# mean (sum / n) costs one rounding, so |diff| <= 4 ulp of the output's scale
-# (f32: 4 * 2^-24 * max|out|). mode=static-hc init=identity is checked the same
-# way. Control cases (mode=mhc and mode=hc with init=paper) must differ, so the comparison can
+# Tolerance: 0 (bit-exact) for n a power of two (2, 4, 8, 16: the exit sums the
+# streams pairwise); for other n the exit mean (sum / n) costs roundings, so
+# |diff| <= 4 ulp of the output's scale (f32: 4 * 2^-24 * max|out|).
+# mode=static-hc init=identity, and exit=learned (whose identity init is the
+# mean), are checked the same way. Control cases (mode=mhc and mode=hc with init=paper) must differ, so the comparison can
 # fail. Forms: linalg (generic adds and linalg.add), arith (addf on tensors,
 # for bf16 with the add done in f32 between extf/truncf), tosa, and a stream
 # that goes through reshapes and casts between blocks.
@@ -245,6 +246,21 @@ for form in ("linalg", "arith"):
 name = "linalg-f32-n3"
 cases.append((name, net("linalg", "f32", name), (T, C), "f32",
               "mode=hc init=identity params=constants streams=3", 4, False))
+# n >= 8: the exit's pairwise sum keeps the mean exact (a stream-by-stream
+# sum rounds from the fifth stream on).
+for n in (8, 16):
+    name = f"linalg-f32-n{n}"
+    cases.append((name, net("linalg", "f32", name), (T, C), "f32",
+                  f"mode=hc init=identity params=constants streams={n}", 0, False))
+# The learned exit (DeepSeek-V4's head mix) starts as the mean: exact too.
+for n in (4, 8):
+    name = f"arith-f32-learned-exit-n{n}"
+    cases.append((name, net("arith", "f32", name), (T, C), "f32",
+                  f"mode=hc init=identity params=constants exit=learned streams={n}",
+                  0, False))
+name = "linalg-bf16-static-learned-exit"
+cases.append((name, net("linalg", "bf16", name), (T, C), "bf16",
+              "mode=static-hc init=identity params=constants exit=learned", 0, False))
 for elem in ("f32", "bf16"):
     name = f"reshape-{elem}-n4"
     cases.append((name, net("reshape", elem, name), (T, C), elem,
@@ -262,6 +278,9 @@ cases.append((name, net("linalg", "f32", name), (T, C), "f32",
 name = "arith-bf16-hc-paper-control"
 cases.append((name, net("arith", "bf16", name), (T, C), "bf16",
               "mode=hc init=paper params=constants", 0, False, True))
+name = "arith-f32-mhc-learned-exit-control"
+cases.append((name, net("arith", "f32", name), (T, C), "f32",
+              "mode=mhc init=paper params=constants exit=learned", 0, False, True))
 
 passed = 0
 for case in cases:

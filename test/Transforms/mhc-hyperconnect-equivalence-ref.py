@@ -7,6 +7,9 @@
 # built from the reference ops (mode=mhc: norm_project/split_mixes/sinkhorn;
 # mode=hc: hc_coefficients, spec 5b). Two blocks, so that the streams differ
 # in the second one and the orientation of comb and theta_res matters.
+# With exit=learned the end is the learned head mix instead of the mean:
+# mode=mhc ref.head_mix (DeepSeek-V4: sigmoid(alpha * norm_project(x, fn) +
+# base) + eps), mode=hc alpha * tanh(x~[i] . theta) + base[i].
 # Tolerance (f32): |diff| <= 2e-5 + 2e-5 * |ref|.
 #
 # REQUIRES: numpy
@@ -16,6 +19,8 @@
 # CHECK: mode=hc n=4: {{.*}}: ok
 # CHECK: mode=mhc n=2: {{.*}}: ok
 # CHECK: mode=hc n=3: {{.*}}: ok
+# CHECK: mode=mhc n=4 exit=learned: {{.*}}: ok
+# CHECK: mode=hc n=4 exit=learned: {{.*}}: ok
 import re
 import subprocess
 import sys
@@ -55,8 +60,8 @@ def opt(text, *args):
     return r.stdout
 
 
-def check(mode, n):
-    rng = np.random.default_rng(zlib.crc32(f"{mode}-{n}".encode()))
+def check(mode, n, exit="mean"):
+    rng = np.random.default_rng(zlib.crc32(f"{mode}-{n}-{exit}".encode()))
     m = n * n + 2 * n
     h = rng.standard_normal((T, C)).astype(np.float32)
     params = []
@@ -68,12 +73,22 @@ def check(mode, n):
         scale = rng.uniform(0.5, 1.5, 3).astype(np.float32)
         base = (0.5 + 0.5 * rng.standard_normal(m)).astype(np.float32)
         params.append((first, scale, base))
+    if exit == "learned":
+        exit_first = (0.3 * rng.standard_normal((n, n * C) if mode == "mhc" else (1, C))
+                      ).astype(np.float32)
+        exit_scale = rng.uniform(0.5, 1.5, 1).astype(np.float32)
+        exit_base = (0.3 * rng.standard_normal(n)).astype(np.float32)
 
-    widened = opt(NET, f"--mhc-hyperconnect=mode={mode} streams={n} min-blocks=2")
-    roles = re.findall(r'mhc\.param = "(layer\d\.\w+)"', widened)
+    widened = opt(NET, f"--mhc-hyperconnect=mode={mode} streams={n} min-blocks=2 exit={exit}")
+    roles = re.findall(r'mhc\.param = "(\w+\.\w+)"', widened)
     first_role = "fn" if mode == "mhc" else "theta"
-    assert roles == [f"layer{l}.{r}" for l in range(2) for r in (first_role, "scale", "base")], roles
+    want_roles = [f"layer{l}.{r}" for l in range(2) for r in (first_role, "scale", "base")]
     flat = [p for block in params for p in block]
+    if exit == "learned":
+        # The head's parameters come after the chain's.
+        want_roles += [f"exit0.{r}" for r in (first_role, "scale", "base")]
+        flat += [exit_first, exit_scale, exit_base]
+    assert roles == want_roles, roles
     consts = "\n".join(f"    %p{i} = arith.constant {dense(p)} : {ttype(p)}"
                        for i, p in enumerate(flat))
     args = ", ".join(f"%p{i}" for i in range(len(flat)))
@@ -116,15 +131,26 @@ def check(mode, n):
                 b[:n], b[n:2 * n], b[2 * n:].reshape(n, n).T)
         u = ref.pre_apply(x, pre)
         x = ref.post_res(np.tanh(u), x, post, comb)
-    want = (ref.collapse(x) / n).reshape(-1)
+    if exit == "mean":
+        want = ref.collapse(x) / n
+    elif mode == "mhc":
+        want = ref.head_mix(x, exit_first.astype(np.float64), exit_scale.astype(np.float64),
+                            exit_base.astype(np.float64))
+    else:
+        xt = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+        w = exit_scale[0] * np.tanh(xt @ exit_first[0].astype(np.float64)) + exit_base
+        want = ref.pre_apply(x, w)
+    want = want.reshape(-1)
     err = np.abs(got - want)
     ok = got.shape == want.shape and np.all(err <= 2e-5 + 2e-5 * np.abs(want))
-    print(f"mode={mode} n={n}: max|got - ref| = {err.max():.3g}, max|ref| = "
+    label = f"mode={mode} n={n}" + (f" exit={exit}" if exit != "mean" else "")
+    print(f"{label}: max|got - ref| = {err.max():.3g}, max|ref| = "
           f"{np.abs(want).max():.3g}: {'ok' if ok else 'FAIL'}")
 
 
-for mode, n in (("mhc", 4), ("hc", 4), ("mhc", 2), ("hc", 3)):
+for mode, n, exit in (("mhc", 4, "mean"), ("hc", 4, "mean"), ("mhc", 2, "mean"),
+                      ("hc", 3, "mean"), ("mhc", 4, "learned"), ("hc", 4, "learned")):
     try:
-        check(mode, n)
+        check(mode, n, exit)
     except Exception as ex:
-        print(f"mode={mode} n={n}: FAIL: {ex}")
+        print(f"mode={mode} n={n} exit={exit}: FAIL: {ex}")

@@ -33,8 +33,23 @@ struct ResidualBlock {
   /// cast), or -1. The coefficients are computed on the widened result of
   /// that op (on the widened stream if -1), so F reads no value before it.
   int64_t coeffAt = -1;
-  /// F: the ops that depend on the stream and feed y (path ops excluded).
+  /// F: the ops that depend on the stream and feed y (path ops excluded),
+  /// and the size checks (cf.assert and what only feeds it) that read them.
+  /// For a parallel block written residual-first, `(x + F1(x)) + F2(x)`,
+  /// both adds are blocks (the second's stream is the first's result) and
+  /// both have F = F1 + F2: the first block's pre_apply feeds both.
   llvm::SmallPtrSet<Operation *, 32> body;
+};
+
+/// An add left alone, and why.
+struct SkippedAdd {
+  Operation *add;
+  std::string why;
+  /// It has the form of a residual add (x + F(x), F not elementwise), so
+  /// leaving it alone is worth a warning.
+  bool residual;
+  /// The stream's type (null when the add is not x + F(x)).
+  Type streamType;
 };
 
 /// What the analysis found in one function.
@@ -42,8 +57,13 @@ struct ChainAnalysis {
   /// Chains in program order; each is a list of blocks where the result of
   /// one is the stream of the next.
   std::vector<std::vector<ResidualBlock>> chains;
-  /// Candidate adds that were left alone, with the reason.
-  SmallVector<std::pair<Operation *, std::string>> skipped;
+  /// Candidate adds that were left alone, in program order.
+  SmallVector<SkippedAdd> skipped;
+  /// Work done (ops and uses visited), reported as a pass statistic so that
+  /// a test can check it grows linearly with the size of the function.
+  uint64_t steps = 0;
+  /// Adds found to have the form x + F(x), converted or not.
+  uint64_t residualAdds = 0;
 };
 
 /// Finds the residual chains of `func` (its entry block only) that have at

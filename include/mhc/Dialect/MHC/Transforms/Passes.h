@@ -21,6 +21,8 @@ enum class HyperConnectInit { Paper, Identity };
 enum class HyperConnectParams { Arguments, Constants };
 /// What --mhc-generate-backward's forward saves (option `save`).
 enum class BackwardSave { Mixes, All, Inputs };
+/// How --mhc-hyperconnect combines a chain's streams at its end (`exit`).
+enum class HyperConnectExit { Mean, Learned };
 
 #define GEN_PASS_DECL
 #include "mhc/Dialect/MHC/Transforms/Passes.h.inc"

@@ -16,24 +16,36 @@ def MHCHyperConnect : Pass<"mhc-hyperconnect", "ModuleOp"> {
     two inputs, optionally one side scaled by the constant 1.0 as torch-mlir
     writes `a + 1.0 * b`) and `tosa.add` with equal shapes; either operand
     order. The residual operand x is the one the other operand y depends on,
-    looked at through stream views: dtype conversions (`arith.extf`/`truncf`
-    or their one-op `linalg.generic` form), `tensor.cast`, and
+    looked at through stream views: dtype conversions (`arith.extf`/`truncf`,
+    their one-op `linalg.generic` form, float `tosa.cast`), `tensor.cast`,
     `tensor.expand_shape`/`collapse_shape` keeping the last dim C as its own
-    group; the views are replayed on the widened stream. F is every op that
-    depends on x and feeds y. A block is left alone when something F computes is used outside it
-    (the branch escapes), when the operands broadcast, when its residual
-    input also feeds another residual add, or when its chain has fewer than
-    `min-blocks` blocks (a lone `x + f(x)` is usually part of an activation,
-    e.g. GELU's `x + 0.044715 x^3`).
+    group and static `tosa.reshape` keeping C; the views are replayed on the
+    widened stream. F is every op that depends on x and feeds y; `tensor.dim`
+    reads only shapes and is no dependence, and size checks (`cf.assert` and
+    pure ops feeding only checks) may read F. A parallel block written
+    residual-first, `(x + F1(x)) + F2(x)`, is two blocks sharing the first's
+    `pre_apply`. A block is left alone when something F computes is used
+    outside it (the branch escapes), when the operands broadcast, when its
+    residual input also feeds another residual add, or when its chain has
+    fewer than `min-blocks` blocks (a lone `x + f(x)` is usually part of an
+    activation, e.g. GELU's `x + 0.044715 x^3`; a post-norm network's adds
+    are chains of one).
+
+    A function that looks like a residual network but keeps residual adds
+    gets a warning, with a note per add saying where and why.
 
     Rewrite of a chain of k blocks:
     `mhc.expand` of the chain's start value `h` into `[..., n, C]`; per block
     the coefficient ops (mode), `mhc.pre_apply` replacing F's uses of `x_l`,
     `mhc.post_res` replacing the add; every reader of the stream outside the
-    chain (the chain end's users included) reads the streams' mean,
-    `mhc.collapse(X) * (1/n)`. With identical streams the mean is the stream
+    chain (the chain end's users included) reads the streams' mean: their
+    pairwise f32 sum times 1/n. With identical streams the mean is the stream
     itself, so `mode=hc init=identity` (and `mode=static-hc`) computes
     exactly what the original did (bit-exact for n a power of two).
+    `exit=learned` ends each chain with DeepSeek-V4's head mix instead: per
+    token weights computed like `pre` from parameters `exit<k>.*` (mhc:
+    `fn f32[n, nC]`, `scale f32[1]`, `base f32[n]`), whose identity init is
+    the mean.
 
     Modes: `mhc` = `mhc.norm_project` / `mhc.split_mixes` / `mhc.sinkhorn`
     with per-layer parameters `fn f32[M, nC]`, `scale f32[3]`, `base f32[M]`
@@ -53,8 +65,10 @@ def MHCHyperConnect : Pass<"mhc-hyperconnect", "ModuleOp"> {
     in the function); the pass fails if the function has callers.
     `constants` materialises them as `arith.constant`s.
 
-    `remarks=true` emits one remark per add left alone saying why, and one
-    per function with no residual chain. See docs/HyperConnect.md.
+    `remarks=true` emits one remark per other add left alone saying why, and
+    a summary per function (residual adds found and converted, the analysis'
+    work, which is linear in the function's size). See
+    docs/HyperConnect.md.
   }];
   let dependentDialects = ["::mlir::mhc::MHCDialect",
                            "::mlir::arith::ArithDialect",
@@ -96,6 +110,16 @@ def MHCHyperConnect : Pass<"mhc-hyperconnect", "ModuleOp"> {
                         "constants", "initialised in the IR"))}]>,
     Option<"minBlocks", "min-blocks", "int64_t", /*default=*/"2",
            "Rewrite only chains of at least this many residual blocks">,
+    Option<"exit", "exit", "::mlir::mhc::HyperConnectExit",
+           /*default=*/"::mlir::mhc::HyperConnectExit::Mean",
+           "How each chain's streams are combined at its end",
+           [{::llvm::cl::values(
+             clEnumValN(::mlir::mhc::HyperConnectExit::Mean, "mean",
+                        "the mean of the streams (pairwise f32 sum, / n)"),
+             clEnumValN(::mlir::mhc::HyperConnectExit::Learned, "learned",
+                        "DeepSeek-V4's head mix: per-token weights computed "
+                        "like pre from the chain's own parameters; its "
+                        "identity init is the mean"))}]>,
     Option<"remarks", "remarks", "bool", /*default=*/"false",
            "Emit a remark for every add that was considered and skipped, "
            "saying why">,
