@@ -13,12 +13,14 @@ config.suffixes = [".mlir", ".py", ".c"]
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.mhc_obj_root, "test")
 # Inputs/ holds data for tests, not tests.
-config.excludes = ["Inputs", "harness", "CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py"]
+config.excludes = ["Inputs", "harness", "CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py",
+                   "make_corpus.py"]
 
 config.substitutions.append(("%PATH%", config.environment["PATH"]))
 config.substitutions.append(("%mlir_lib_dir", config.mlir_lib_dir))
 config.substitutions.append(("%mhc_lib_dir", config.mhc_lib_dir))
 config.substitutions.append(("%mhc_src_root", config.mhc_src_root))
+config.substitutions.append(("%mhc_tools_dir", config.mhc_tools_dir))
 config.substitutions.append(
     ("%python", ("env LD_PRELOAD=" + config.asan_runtime +
                  " ASAN_OPTIONS=detect_leaks=0 " if config.mhc_sanitize else "")
