@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(llvm-22-dev llvm-22-tools libmlir-22-dev mlir-22-tools clang-22 lld-22
-              ninja-build cmake g++)   # g++: torch.compile (inductor) builds CPU kernels in the tests
+              ninja-build cmake g++    # g++: torch.compile (inductor) builds CPU kernels in the tests
+              libclang-rt-22-dev)      # ASan/UBSan/libFuzzer runtimes: scripts/test.sh --sanitizers
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

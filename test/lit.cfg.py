@@ -13,7 +13,8 @@ config.suffixes = [".mlir", ".py", ".c"]
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.mhc_obj_root, "test")
 # Inputs/ holds data for tests, not tests.
-config.excludes = ["Inputs", "harness", "CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py"]
+config.excludes = ["Inputs", "harness", "CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py",
+                   "make_corpus.py"]
 
 config.substitutions.append(("%PATH%", config.environment["PATH"]))
 config.substitutions.append(("%mlir_lib_dir", config.mlir_lib_dir))
@@ -22,6 +23,7 @@ config.substitutions.append(("%mhc_lib_dir", config.mhc_lib_dir))
 config.substitutions.append(
     ("%mhc_plugin", os.path.join(config.mhc_lib_dir, "MHCPlugin.so")))
 config.substitutions.append(("%mhc_src_root", config.mhc_src_root))
+config.substitutions.append(("%mhc_tools_dir", config.mhc_tools_dir))
 config.substitutions.append(
     ("%python", ("env LD_PRELOAD=" + config.asan_runtime +
                  " ASAN_OPTIONS=detect_leaks=0 " if config.mhc_sanitize else "")
@@ -48,23 +50,24 @@ config.substitutions.append(("%clang", config.clang))
 
 # Tests run the tools we just built, then the LLVM tools (mlir-runner, ...).
 tool_dirs = [config.mhc_tools_dir, config.llvm_tools_dir]
-tools = ["mhc-opt", "mhc-capi-test", "mlir-opt", "mlir-translate"]
+tools = ["mhc-opt", "mhc-capi-test", "mlir-translate"]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
 # In the sanitizer build, the uninstrumented hosts of mhc's instrumented code
-# -- mlir-runner (runtime libraries) and python -- get the sanitizer runtime
-# preloaded, without leak checks (Python's and the JIT's leaks are not
-# ours). The runner becomes a one-word wrapper script, so that tests can
-# pass it on as an argument.
-runner = os.path.join(config.llvm_tools_dir, "mlir-runner")
-if config.mhc_sanitize:
-    wrapper = os.path.join(config.mhc_obj_root, "test", "mlir-runner-asan")
-    os.makedirs(os.path.dirname(wrapper), exist_ok=True)
-    with open(wrapper, "w") as f:
-        f.write("#!/bin/sh\nLD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0 "
-                "exec %s \"$@\"\n" % (config.asan_runtime, runner))
-    os.chmod(wrapper, 0o755)
-    runner = wrapper
-config.substitutions.append((r"\bmlir-runner\b", runner))
+# -- mlir-runner (runtime libraries), stock mlir-opt (the plugin) and python
+# -- get the sanitizer runtime preloaded, without leak checks (Python's and
+# the JIT's leaks are not ours). Each becomes a one-word wrapper script, so
+# that tests can pass it on as an argument.
+for host in ("mlir-runner", "mlir-opt"):
+    path = os.path.join(config.llvm_tools_dir, host)
+    if config.mhc_sanitize:
+        wrapper = os.path.join(config.mhc_obj_root, "test", host + "-asan")
+        os.makedirs(os.path.dirname(wrapper), exist_ok=True)
+        with open(wrapper, "w") as f:
+            f.write("#!/bin/sh\nLD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0 "
+                    "exec %s \"$@\"\n" % (config.asan_runtime, path))
+        os.chmod(wrapper, 0o755)
+        path = wrapper
+    config.substitutions.append((r"(?<![-/\w])%s\b" % host, path))
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 llvm_config.with_environment("PYTHONPATH",
                              os.path.join(config.mhc_src_root, "python"),
