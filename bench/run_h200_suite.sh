@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# The GPU checks and benchmarks of the backward kernels (and the forward kernel
-# check), in one device call, from the repository root:
+# Every GPU check and benchmark of mhc in one device call, from the repository
+# root, most important first (the device time of a session is short):
 #
-#   bench/run_backward_on_device.sh OUTDIR [steps]
+#   bench/run_h200_suite.sh OUTDIR [steps]
 #
 # Carried along (built here, see bench/results/README.md): .mhc-cache (the
-# kernel sets: python -m mhc.torch.build_cache), .gpu-carry (the forward check's
-# cubins: test/Integration/GPU/harness/build_cubins.py) and .peers (the public
-# implementations, ../shared/peers). steps: any of
-# check-backward,bench-backward,check-forward,time-forward,check-torch
-# (default: all). Each step is bounded in time so that one cannot starve the
-# others; everything is logged to OUTDIR/run.log.
+# kernel sets: python -m mhc.torch.build_cache), .gpu-carry (the forward
+# check's cubins: test/Integration/GPU/harness/build_cubins.py), .peers (the
+# public implementations, ../shared/peers) and .embed-carry (IREE models and
+# whole programs: bench/iree/prepare.py, harness/build_programs.py).
+# steps: any of check-backward, time-forward, bench-backward, check-torch,
+# block-bench, iree, stability, check-forward (default: all, in that order).
+# Each step is bounded in time so that one cannot starve the others; all
+# output is logged to OUTDIR/run.log, results go to OUTDIR/<step>.json.
 set -uo pipefail
-out=${1:?usage: run_backward_on_device.sh OUTDIR [steps]}
-steps=${2:-check-backward,bench-backward,check-forward,time-forward,check-torch}
+out=${1:?usage: bench/run_h200_suite.sh OUTDIR [steps]}
+steps=${2:-check-backward,time-forward,bench-backward,check-torch,block-bench,iree,stability,check-forward}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export MHC_CACHE="$PWD/.mhc-cache"
@@ -22,13 +24,23 @@ log="$out/run.log"
 step() { # name seconds command...
   local name=$1 secs=$2; shift 2
   [[ ",$steps," == *",$name,"* ]] || return 0
-  echo "=== $name ($(date +%T))" | tee -a "$log"
+  echo "=== $name ($(date +%T)): $*" | tee -a "$log"
   timeout "$secs" "$@" 2>&1 | tee -a "$log"
   echo "=== $name: exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
-step check-backward 200 python3 test/Integration/GPU/harness/check_backward.py --json "$out/check-backward.json"
-step bench-backward 330 python3 bench/bench_backward.py --json "$out/backward.json"
-step check-forward 130 python3 test/Integration/GPU/harness/check_kernels.py --cubins .gpu-carry --json "$out/check-forward.json" --no-timing
-step time-forward 80 python3 test/Integration/GPU/harness/check_kernels.py --cubins .gpu-carry --json "$out/time-forward.json" --skip-check
-step check-torch 170 python3 bench/check_torch_backend.py --json "$out/check-torch.json" --C 4096
+tiny="gpt2-tiny-orig,gpt2-tiny-mhc,gpt2-tiny-mhc-fast,llama-tiny-orig,llama-tiny-mhc,llama-tiny-mhc-fast"
+step check-backward 60 python3 test/Integration/GPU/harness/check_backward.py --json "$out/check-backward.json"
+step time-forward 40 python3 test/Integration/GPU/harness/check_kernels.py --cubins .gpu-carry --json "$out/time-forward.json" --skip-check
+step bench-backward 130 python3 bench/bench_backward.py --json "$out/bench-backward.json" --Cs 4096 \
+  --providers te_triton,torch_compile,liger_triton,torch_eager
+step check-torch 60 python3 bench/check_torch_backend.py --json "$out/check-torch.json" --C 4096
+step block-bench 90 python3 bench/block_bench.py --json "$out/block-bench.json" --C 4096 --modes eager \
+  --providers te_triton --reps 10 --warmup 3
+step iree 100 python3 bench/iree/run_on_gpu.py --carry .embed-carry/iree --only "$tiny" --timeout 60 \
+  --json "$out/iree.json"
+step iree 40 python3 test/Integration/GPU/harness/run_programs.py --dir .embed-carry/programs \
+  --json "$out/programs.json"
+step stability 100 python3 examples/stability_study.py --json "$out/stability.json" --minutes 0.5 \
+  --log-every 10 --eval-every 50
+step check-forward 90 python3 test/Integration/GPU/harness/check_kernels.py --cubins .gpu-carry --json "$out/check-forward.json" --no-timing
 exit 0
