@@ -165,6 +165,16 @@ public:
   void finishSignature();
 
 private:
+  /// `count` weights of the chosen init: U(-0.01, 0.01) for the paper's,
+  /// zeros for identity; none for params=arguments (arguments carry no
+  /// values, so nothing is drawn).
+  SmallVector<float> randomValues(SplitMix &rng, int64_t count) const {
+    SmallVector<float> v(cfg.paramsAsArguments ? 0 : count, 0.0f);
+    if (cfg.init == Init::Paper)
+      for (float &e : v)
+        e = kRandScale * rng.next();
+    return v;
+  }
   Value param(Location loc, const Twine &name, ArrayRef<int64_t> shape,
               ArrayRef<float> values);
   Value param(Location loc, int64_t layer, StringRef role,
@@ -259,14 +269,7 @@ Coefficients ChainRewriter::coefficients(Location loc, Value x, int64_t layer,
   SmallVector<float> scale(3, kAlpha);
   // Random weights: seeded by layer, so every layer differs but reruns agree.
   SplitMix rng(0x6d6863ull * 1000003ull + static_cast<uint64_t>(layer));
-  auto random = [&](int64_t count) {
-    // Arguments carry no values: skip drawing them.
-    SmallVector<float> v(cfg.paramsAsArguments ? 0 : count, 0.0f);
-    if (cfg.init == Init::Paper)
-      for (float &e : v)
-        e = kRandScale * rng.next();
-    return v;
-  };
+  auto random = [&](int64_t count) { return randomValues(rng, count); };
 
   if (cfg.mode == Mode::HC) {
     // theta = [theta_pre (1 x C); theta_post (1 x C); theta_res (n x C)].
@@ -535,13 +538,7 @@ Value ChainRewriter::exitWeights(Location loc, Value x, int64_t chainIndex) {
                      [](OpBuilder &, Location, ValueRange a) { return a[0]; });
 
   SplitMix rng(0x65786974ull * 1000003ull + static_cast<uint64_t>(chainIndex));
-  auto random = [&](int64_t count) {
-    SmallVector<float> v(cfg.paramsAsArguments ? 0 : count, 0.0f);
-    if (cfg.init == Init::Paper)
-      for (float &e : v)
-        e = kRandScale * rng.next();
-    return v;
-  };
+  auto random = [&](int64_t count) { return randomValues(rng, count); };
   AffineMap scalar =
       AffineMap::get(lead + 1, 0, {getAffineConstantExpr(0, ctx)}, ctx);
   if (mhcMode) {
