@@ -319,26 +319,42 @@ void CollapseOp::getCanonicalizationPatterns(RewritePatternSet &results,
 // NormProjectOp
 //===----------------------------------------------------------------------===//
 
-LogicalResult NormProjectOp::verify() {
-  auto x = getX().getType();
-  auto fn = getFn().getType();
-  auto mix = getMix().getType();
-  if (failed(verifyTrailingStatic(*this, x, "x", 2, "[n, C]")) ||
-      failed(verifyNonNegative(*this, getEpsAttr(), "eps")))
+/// The shape relations shared by norm_project and norm_project_grad: x
+/// [..., n, C], fn [M, n*C] with M = n*n + 2n, eps >= 0, and a per-token
+/// [..., M] tensor with x's leading dims (mix, or its cotangent), named
+/// `name`; `mDescription` says what its last dim must be.
+static LogicalResult verifyNormProjectShapes(Operation *op,
+                                             RankedTensorType x,
+                                             RankedTensorType fn,
+                                             FloatAttr eps,
+                                             RankedTensorType mix,
+                                             StringRef name,
+                                             StringRef mDescription) {
+  if (failed(verifyTrailingStatic(op, x, "x", 2, "[n, C]")) ||
+      failed(verifyNonNegative(op, eps, "eps")))
     return failure();
   int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
-  if (failed(verifyStreamSizes(*this, n, c)))
+  if (failed(verifyStreamSizes(op, n, c)))
     return failure();
   int64_t m = numMixes(n);
   if (fn.getRank() != 2 || fn.getShape() != ArrayRef<int64_t>{m, n * c})
-    return emitOpError() << "expects fn of shape " << m << "x" << n * c
-                         << " ([n*n + 2n, n*C] for n = " << n << ", C = " << c
-                         << "), got " << fn;
-  if (failed(verifyTrailingStatic(*this, mix, "mix", 1, "[M]")) ||
-      failed(verifyDim(*this, mix.getShape().back(), m,
-                       "the number of mixes M = n*n + 2n")) ||
-      failed(verifyLeadingMatch(*this, leadingDims(mix, 1), "mix",
+    return op->emitOpError()
+           << "expects fn of shape " << m << "x" << n * c
+           << " ([n*n + 2n, n*C] for n = " << n << ", C = " << c << "), got "
+           << fn;
+  if (failed(verifyTrailingStatic(op, mix, name, 1, "[M]")) ||
+      failed(verifyDim(op, mix.getShape().back(), m, mDescription)) ||
+      failed(verifyLeadingMatch(op, leadingDims(mix, 1), name,
                                 leadingDims(x, 2), "x")))
+    return failure();
+  return success();
+}
+
+LogicalResult NormProjectOp::verify() {
+  if (failed(verifyNormProjectShapes(*this, getX().getType(),
+                                     getFn().getType(), getEpsAttr(),
+                                     getMix().getType(), "mix",
+                                     "the number of mixes M = n*n + 2n")))
     return failure();
   return verifyElementCounts(*this);
 }
@@ -553,25 +569,37 @@ OpFoldResult SinkhornOp::fold(FoldAdaptor adaptor) {
 // PreApplyOp
 //===----------------------------------------------------------------------===//
 
-LogicalResult PreApplyOp::verify() {
-  auto x = getX().getType();
-  auto pre = getPre().getType();
-  auto u = getU().getType();
-  if (failed(verifyTrailingStatic(*this, x, "x", 2, "[n, C]")) ||
-      failed(verifyTrailingStatic(*this, pre, "pre", 1, "[n]")) ||
-      failed(verifyTrailingStatic(*this, u, "result", 1, "[C]")))
+/// The shape relations shared by pre_apply and pre_apply_grad: x [..., n, C],
+/// pre [..., n] and a per-token [..., C] tensor (u, or its cotangent), named
+/// `name`, all with x's leading dims; `widthDescription` names its C. The
+/// element types are each op's own check.
+static LogicalResult verifyPreApplyShapes(Operation *op, RankedTensorType x,
+                                          RankedTensorType pre,
+                                          RankedTensorType u, StringRef name,
+                                          StringRef widthDescription) {
+  if (failed(verifyTrailingStatic(op, x, "x", 2, "[n, C]")) ||
+      failed(verifyTrailingStatic(op, pre, "pre", 1, "[n]")) ||
+      failed(verifyTrailingStatic(op, u, name, 1, "[C]")))
     return failure();
   int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
-  if (failed(verifyStreamSizes(*this, n, c)))
+  if (failed(verifyStreamSizes(op, n, c)))
     return failure();
-  if (failed(verifyDim(*this, pre.getShape().back(), n,
+  if (failed(verifyDim(op, pre.getShape().back(), n,
                        "the last dim of pre (= n of x)")) ||
-      failed(verifyDim(*this, u.getShape().back(), c,
-                       "the result's width C (= x's)")) ||
-      failed(verifyLeadingMatch(*this, leadingDims(pre, 1), "pre",
+      failed(verifyDim(op, u.getShape().back(), c, widthDescription)) ||
+      failed(verifyLeadingMatch(op, leadingDims(pre, 1), "pre",
                                 leadingDims(x, 2), "x")) ||
-      failed(verifyLeadingMatch(*this, leadingDims(u, 1), "result",
-                                leadingDims(x, 2), "x")) ||
+      failed(verifyLeadingMatch(op, leadingDims(u, 1), name,
+                                leadingDims(x, 2), "x")))
+    return failure();
+  return success();
+}
+
+LogicalResult PreApplyOp::verify() {
+  auto x = getX().getType();
+  auto u = getU().getType();
+  if (failed(verifyPreApplyShapes(*this, x, getPre().getType(), u, "result",
+                                  "the result's width C (= x's)")) ||
       failed(verifySameElementType(*this, x, "x", u, "result")))
     return failure();
   return verifyElementCounts(*this);
@@ -581,40 +609,56 @@ LogicalResult PreApplyOp::verify() {
 // PostResOp
 //===----------------------------------------------------------------------===//
 
-LogicalResult PostResOp::verify() {
-  auto y = getY().getType();
-  auto x = getX().getType();
-  auto post = getPost().getType();
-  auto comb = getComb().getType();
-  auto out = getResult().getType();
-  if (failed(verifyTrailingStatic(*this, x, "x", 2, "[n, C]")) ||
-      failed(verifyTrailingStatic(*this, y, "y", 1, "[C]")) ||
-      failed(verifyTrailingStatic(*this, post, "post", 1, "[n]")) ||
-      failed(verifyTrailingStatic(*this, comb, "comb", 2, "[n, n]")) ||
-      failed(verifyTrailingStatic(*this, out, "result", 2, "[n, C]")))
+/// The shape relations shared by post_res and post_res_grad: y [..., C],
+/// x [..., n, C], post [..., n], comb [..., n, n] and a per-token [..., n, C]
+/// tensor (the result, or its cotangent) named `name`, all with x's leading
+/// dims and y's and `name`'s element type x's; `streamDescription` and
+/// `widthDescription` name its n and C.
+static LogicalResult verifyPostResShapes(Operation *op, RankedTensorType y,
+                                         RankedTensorType x,
+                                         RankedTensorType post,
+                                         RankedTensorType comb,
+                                         RankedTensorType out, StringRef name,
+                                         StringRef streamDescription,
+                                         StringRef widthDescription) {
+  if (failed(verifyTrailingStatic(op, x, "x", 2, "[n, C]")) ||
+      failed(verifyTrailingStatic(op, y, "y", 1, "[C]")) ||
+      failed(verifyTrailingStatic(op, post, "post", 1, "[n]")) ||
+      failed(verifyTrailingStatic(op, comb, "comb", 2, "[n, n]")) ||
+      failed(verifyTrailingStatic(op, out, name, 2, "[n, C]")))
     return failure();
   int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
-  if (failed(verifyStreamSizes(*this, n, c)))
+  if (failed(verifyStreamSizes(op, n, c)))
     return failure();
   int64_t rank = comb.getRank();
   ArrayRef<int64_t> lead = leadingDims(x, 2);
-  if (failed(verifyDim(*this, y.getShape().back(), c, "the width of y (= C of x)")) ||
-      failed(verifyDim(*this, post.getShape().back(), n,
+  if (failed(verifyDim(op, y.getShape().back(), c,
+                       "the width of y (= C of x)")) ||
+      failed(verifyDim(op, post.getShape().back(), n,
                        "the last dim of post (= n of x)")) ||
-      failed(verifyDim(*this, comb.getDimSize(rank - 2), n,
+      failed(verifyDim(op, comb.getDimSize(rank - 2), n,
                        "the source dim of comb (= n of x)")) ||
-      failed(verifyDim(*this, comb.getDimSize(rank - 1), n,
+      failed(verifyDim(op, comb.getDimSize(rank - 1), n,
                        "the destination dim of comb (= n of x)")) ||
-      failed(verifyDim(*this, out.getDimSize(out.getRank() - 2), n,
-                       "the result's stream dim (= n of x)")) ||
-      failed(verifyDim(*this, out.getShape().back(), c,
-                       "the result's width C (= x's)")) ||
-      failed(verifyLeadingMatch(*this, leadingDims(y, 1), "y", lead, "x")) ||
-      failed(verifyLeadingMatch(*this, leadingDims(post, 1), "post", lead, "x")) ||
-      failed(verifyLeadingMatch(*this, leadingDims(comb, 2), "comb", lead, "x")) ||
-      failed(verifyLeadingMatch(*this, leadingDims(out, 2), "result", lead, "x")) ||
-      failed(verifySameElementType(*this, y, "y", x, "x")) ||
-      failed(verifySameElementType(*this, out, "result", x, "x")))
+      failed(verifyDim(op, out.getDimSize(out.getRank() - 2), n,
+                       streamDescription)) ||
+      failed(verifyDim(op, out.getShape().back(), c, widthDescription)) ||
+      failed(verifyLeadingMatch(op, leadingDims(y, 1), "y", lead, "x")) ||
+      failed(verifyLeadingMatch(op, leadingDims(post, 1), "post", lead, "x")) ||
+      failed(verifyLeadingMatch(op, leadingDims(comb, 2), "comb", lead, "x")) ||
+      failed(verifyLeadingMatch(op, leadingDims(out, 2), name, lead, "x")) ||
+      failed(verifySameElementType(op, y, "y", x, "x")) ||
+      failed(verifySameElementType(op, out, name, x, "x")))
+    return failure();
+  return success();
+}
+
+LogicalResult PostResOp::verify() {
+  if (failed(verifyPostResShapes(
+          *this, getY().getType(), getX().getType(), getPost().getType(),
+          getComb().getType(), getResult().getType(), "result",
+          "the result's stream dim (= n of x)",
+          "the result's width C (= x's)")))
     return failure();
   return verifyElementCounts(*this);
 }
@@ -672,25 +716,10 @@ template <typename OpTy> struct ZeroCotangents : OpRewritePattern<OpTy> {
 } // namespace
 
 LogicalResult NormProjectGradOp::verify() {
-  auto x = getX().getType();
-  auto fn = getFn().getType();
-  auto dmix = getDmix().getType();
-  if (failed(verifyTrailingStatic(*this, x, "x", 2, "[n, C]")) ||
-      failed(verifyNonNegative(*this, getEpsAttr(), "eps")))
-    return failure();
-  int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
-  if (failed(verifyStreamSizes(*this, n, c)))
-    return failure();
-  int64_t m = numMixes(n);
-  if (fn.getRank() != 2 || fn.getShape() != ArrayRef<int64_t>{m, n * c})
-    return emitOpError() << "expects fn of shape " << m << "x" << n * c
-                         << " ([n*n + 2n, n*C] for n = " << n << ", C = " << c
-                         << "), got " << fn;
-  if (failed(verifyTrailingStatic(*this, dmix, "dmix", 1, "[M]")) ||
-      failed(verifyDim(*this, dmix.getShape().back(), m,
-                       "the last dim of dmix (M = n*n + 2n)")) ||
-      failed(verifyLeadingMatch(*this, leadingDims(dmix, 1), "dmix",
-                                leadingDims(x, 2), "x")))
+  if (failed(verifyNormProjectShapes(*this, getX().getType(),
+                                     getFn().getType(), getEpsAttr(),
+                                     getDmix().getType(), "dmix",
+                                     "the last dim of dmix (M = n*n + 2n)")))
     return failure();
   return verifyElementCounts(*this);
 }
@@ -751,23 +780,9 @@ void SinkhornGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
 
 LogicalResult PreApplyGradOp::verify() {
   auto x = getX().getType();
-  auto pre = getPre().getType();
   auto du = getDu().getType();
-  if (failed(verifyTrailingStatic(*this, x, "x", 2, "[n, C]")) ||
-      failed(verifyTrailingStatic(*this, pre, "pre", 1, "[n]")) ||
-      failed(verifyTrailingStatic(*this, du, "du", 1, "[C]")))
-    return failure();
-  int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
-  if (failed(verifyStreamSizes(*this, n, c)))
-    return failure();
-  if (failed(verifyDim(*this, pre.getShape().back(), n,
-                       "the last dim of pre (= n of x)")) ||
-      failed(verifyDim(*this, du.getShape().back(), c,
-                       "the width of du (= C of x)")) ||
-      failed(verifyLeadingMatch(*this, leadingDims(pre, 1), "pre",
-                                leadingDims(x, 2), "x")) ||
-      failed(verifyLeadingMatch(*this, leadingDims(du, 1), "du",
-                                leadingDims(x, 2), "x")) ||
+  if (failed(verifyPreApplyShapes(*this, x, getPre().getType(), du, "du",
+                                  "the width of du (= C of x)")) ||
       failed(verifySameElementType(*this, du, "du", x, "x")))
     return failure();
   return verifyElementCounts(*this);
@@ -779,43 +794,10 @@ void PreApplyGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
 }
 
 LogicalResult PostResGradOp::verify() {
-  auto y = getY().getType();
-  auto x = getX().getType();
-  auto post = getPost().getType();
-  auto comb = getComb().getType();
-  auto dout = getDout().getType();
-  if (failed(verifyTrailingStatic(*this, x, "x", 2, "[n, C]")) ||
-      failed(verifyTrailingStatic(*this, y, "y", 1, "[C]")) ||
-      failed(verifyTrailingStatic(*this, post, "post", 1, "[n]")) ||
-      failed(verifyTrailingStatic(*this, comb, "comb", 2, "[n, n]")) ||
-      failed(verifyTrailingStatic(*this, dout, "dout", 2, "[n, C]")))
-    return failure();
-  int64_t n = x.getDimSize(x.getRank() - 2), c = x.getShape().back();
-  if (failed(verifyStreamSizes(*this, n, c)))
-    return failure();
-  int64_t rank = comb.getRank();
-  ArrayRef<int64_t> lead = leadingDims(x, 2);
-  if (failed(verifyDim(*this, y.getShape().back(), c,
-                       "the width of y (= C of x)")) ||
-      failed(verifyDim(*this, post.getShape().back(), n,
-                       "the last dim of post (= n of x)")) ||
-      failed(verifyDim(*this, comb.getDimSize(rank - 2), n,
-                       "the source dim of comb (= n of x)")) ||
-      failed(verifyDim(*this, comb.getDimSize(rank - 1), n,
-                       "the destination dim of comb (= n of x)")) ||
-      failed(verifyDim(*this, dout.getDimSize(dout.getRank() - 2), n,
-                       "the stream dim of dout (= n of x)")) ||
-      failed(verifyDim(*this, dout.getShape().back(), c,
-                       "the width of dout (= C of x)")) ||
-      failed(verifyLeadingMatch(*this, leadingDims(y, 1), "y", lead, "x")) ||
-      failed(
-          verifyLeadingMatch(*this, leadingDims(post, 1), "post", lead, "x")) ||
-      failed(
-          verifyLeadingMatch(*this, leadingDims(comb, 2), "comb", lead, "x")) ||
-      failed(
-          verifyLeadingMatch(*this, leadingDims(dout, 2), "dout", lead, "x")) ||
-      failed(verifySameElementType(*this, y, "y", x, "x")) ||
-      failed(verifySameElementType(*this, dout, "dout", x, "x")))
+  if (failed(verifyPostResShapes(
+          *this, getY().getType(), getX().getType(), getPost().getType(),
+          getComb().getType(), getDout().getType(), "dout",
+          "the stream dim of dout (= n of x)", "the width of dout (= C of x)")))
     return failure();
   return verifyElementCounts(*this);
 }
