@@ -33,37 +33,6 @@ using namespace mlir;
 using namespace mlir::mhc;
 using namespace mlir::mhc::gpu_kernels;
 
-Value ColsKernelBuilder::asI32(Value bf16x2) {
-  Value w =
-      vector::BitCastOp::create(b, loc, VectorType::get({1}, i32), bf16x2);
-  return vector::ExtractOp::create(b, loc, w, 0);
-}
-
-/// (lo, hi) -> bf16 head and bf16 remainder pairs, each as the i32 register
-/// the mma takes.
-std::pair<Value, Value> ColsKernelBuilder::splitBf16(Value f32x2) {
-  auto bt = VectorType::get({2}, b.getBF16Type());
-  Value h = arith::TruncFOp::create(b, loc, bt, f32x2);
-  Value rest = fsub(f32x2, arith::ExtFOp::create(b, loc, f32x2.getType(), h));
-  return {asI32(h), asI32(arith::TruncFOp::create(b, loc, bt, rest))};
-}
-
-void ColsKernelBuilder::mma(MutableArrayRef<Value> acc, ArrayRef<Value> a,
-                            Value b0, Value b1) {
-  auto res = NVVM::MmaOp::create(
-      b, loc,
-      LLVM::LLVMStructType::getLiteral(b.getContext(), {f32, f32, f32, f32}),
-      ValueRange(a), ValueRange{b0, b1},
-      ValueRange(ArrayRef<Value>(acc.data(), acc.size())),
-      ArrayRef<int64_t>{16, 8, 16}, std::nullopt, std::nullopt,
-      std::array<NVVM::MMATypes, 2>{NVVM::MMATypes::bf16,
-                                    NVVM::MMATypes::bf16},
-      std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row,
-                                     NVVM::MMALayout::col});
-  for (int64_t e = 0; e < 4; ++e)
-    acc[e] = LLVM::ExtractValueOp::create(b, loc, res, e);
-}
-
 /// The tile's record rows, x, dout and du into shared memory (zeros past T
 /// and C); every load of a thread is issued before the first store.
 void ColsKernelBuilder::loadTiles(Value tile) {
@@ -216,9 +185,9 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
       // Small terms first: the tensor cores truncate when accumulating.
       for (int64_t ks = 0; ks < KS; ++ks) {
         auto &bf = bFn[ks];
-        mma(acc, aFnHi[mt * KS + ks], bf[2], bf[3]);
-        mma(acc, aFnLo[mt * KS + ks], bf[0], bf[1]);
-        mma(acc, aFnHi[mt * KS + ks], bf[0], bf[1]);
+        mmaBf16(acc, aFnHi[mt * KS + ks], bf[2], bf[3]);
+        mmaBf16(acc, aFnLo[mt * KS + ks], bf[0], bf[1]);
+        mmaBf16(acc, aFnHi[mt * KS + ks], bf[0], bf[1]);
       }
       for (int64_t half = 0; half < 2; ++half) { // rows g, g + 8
         Value t = add(g, ci(16 * mt + 8 * half));
@@ -250,9 +219,9 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
       for (int64_t mtm = 0; mtm < MTM; ++mtm) {
         MutableArrayRef<Value> acc(dfnAcc.data() + (mtm * NTW + nt) * 4, 4);
         if (!exactX)
-          mma(acc, aDfnHi[mtm * KT + kt], x0l, x1l);
-        mma(acc, aDfnLo[mtm * KT + kt], x0h, x1h);
-        mma(acc, aDfnHi[mtm * KT + kt], x0h, x1h);
+          mmaBf16(acc, aDfnHi[mtm * KT + kt], x0l, x1l);
+        mmaBf16(acc, aDfnLo[mtm * KT + kt], x0h, x1h);
+        mmaBf16(acc, aDfnHi[mtm * KT + kt], x0h, x1h);
       }
     }
   }

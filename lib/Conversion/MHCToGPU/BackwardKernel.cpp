@@ -123,19 +123,53 @@ static int64_t elementBytes(Type t) { return t.getIntOrFloatBitWidth() / 8; }
 // Schedules: [rows, cols, params] (or [rows] for post_backward)
 //===----------------------------------------------------------------------===//
 
+/// One shared-memory buffer of a kernel: its element count and type. The
+/// schedule checks count their bytes; the kernels declare them as workgroup
+/// memrefs (sharedTypes), in this order.
+struct SharedBuffer {
+  int64_t elements;
+  Type elem;
+};
+
+/// The rows kernel's shared memory, per token of a tile: post, the row sums
+/// and (with a token pass) the parameter partials.
+static SmallVector<SharedBuffer> rowsShared(const BackwardPlan &p,
+                                            const Schedule &s) {
+  Type f32 = Float32Type::get(p.act.getContext());
+  int64_t TT = s.tileTokens;
+  SmallVector<SharedBuffer> shared{{TT * p.n, f32}, {TT * p.rowSums(), f32}};
+  if (p.hasTokenPass())
+    shared.push_back({TT * p.paramWidth(), f32});
+  return shared;
+}
+
+/// The cols kernel's shared memory: fn's column slice, then per token of a
+/// tile the records and the x, dout and du rows, at ColsKernelBuilder's
+/// padded pitches.
+static SmallVector<SharedBuffer> colsShared(const BackwardPlan &p,
+                                            const Schedule &s) {
+  Type f32 = Float32Type::get(p.act.getContext());
+  int64_t TT = s.tileTokens, tile = ColsKernelBuilder::tilePitch(p, s);
+  return {{p.M() * ColsKernelBuilder::fnPitch(p, s), f32},
+          {TT * p.recordWidth(), f32},
+          {TT * tile, p.act},
+          {TT * tile, p.act},
+          {TT * ColsKernelBuilder::duPitch(s), p.act}};
+}
+
+static int64_t sharedBytes(ArrayRef<SharedBuffer> shared) {
+  int64_t bytes = 0;
+  for (const SharedBuffer &buffer : shared)
+    bytes += buffer.elements * elementBytes(buffer.elem);
+  return bytes;
+}
+
 static int64_t colsSharedBytes(const BackwardPlan &p, const Schedule &s) {
-  // Padded rows: see ColsKernelBuilder::tilePitch.
-  int64_t KB = p.n * s.chunkColumns, bytes = elementBytes(p.act);
-  return p.M() * (KB + 4) * 4 + s.tileTokens * p.recordWidth() * 4 +
-         2 * s.tileTokens * (KB + 8) * bytes +
-         s.tileTokens * (s.chunkColumns + 8) * bytes;
+  return sharedBytes(colsShared(p, s));
 }
 
 static int64_t rowsSharedBytes(const BackwardPlan &p, const Schedule &s) {
-  int64_t TT = s.tileTokens;
-  return (TT * p.n + TT * p.rowSums() +
-          (p.hasTokenPass() ? TT * p.paramWidth() : 0)) *
-         4;
+  return sharedBytes(rowsShared(p, s));
 }
 
 static GroupSchedule defaultSchedule(const BackwardPlan &p) {
@@ -308,6 +342,23 @@ static MemRefType sharedOf(MLIRContext *ctx, int64_t elements, Type elem) {
       gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup));
 }
 
+static SmallVector<Type> sharedTypes(MLIRContext *ctx,
+                                     ArrayRef<SharedBuffer> shared) {
+  return llvm::map_to_vector(shared, [&](const SharedBuffer &buffer) -> Type {
+    return sharedOf(ctx, buffer.elements, buffer.elem);
+  });
+}
+
+/// Points a kernel body's builder at `kernel`'s arguments: the token count
+/// first, then `a`'s values in order.
+template <typename Builder>
+static void bindArguments(Builder &k, gpu::GPUFuncOp kernel,
+                          const KernelArgs &a) {
+  k.T = kernel.getArgument(0);
+  for (auto [i, v] : llvm::enumerate(a.values))
+    k.argOf[v] = kernel.getArgument(i + 1);
+}
+
 /// i1: every activation pointer among `values` is 16-byte aligned.
 static Value allAligned(KernelBuilder &k, const BackwardPlan &p,
                         const DenseMap<Value, Value> &argOf,
@@ -416,23 +467,19 @@ public:
         a.add(paramPartial, f32);
       }
       int64_t TT = rows.tileTokens;
-      SmallVector<Type> shared{sharedOf(ctx, TT * n, f32),
-                               sharedOf(ctx, TT * p.rowSums(), f32)};
       SmallVector<Type> priv;
       if (p.hasTokenPass()) {
-        shared.push_back(sharedOf(ctx, TT * p.paramWidth(), f32));
         priv.push_back(MemRefType::get(
             {(2 * p.iterations - 1) * n}, f32, MemRefLayoutAttrInterface(),
             gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Private)));
       }
       auto kernel = createKernel(mb, loc, (kernelName + "_rows").str(),
-                                 a.types, shared, priv, rows);
+                                 a.types, sharedTypes(ctx, rowsShared(p, rows)),
+                                 priv, rows);
       OpBuilder b = OpBuilder::atBlockBegin(&kernel.getBody().front());
       RowsKernelBuilder k(b, loc, p, rows);
       k.acts = {p.act, rows.vectorWidth, p.C};
-      k.T = kernel.getArgument(0);
-      for (auto [v, i] : llvm::zip(a.values, llvm::seq<unsigned>(1, 1 + a.values.size())))
-        k.argOf[v] = kernel.getArgument(i);
+      bindArguments(k, kernel, a);
       k.record = k.argOf.lookup(record);
       k.paramPartial = k.argOf.lookup(paramPartial);
       auto wg = kernel.getWorkgroupAttributions();
@@ -459,20 +506,14 @@ public:
       a.add(record, f32);
       a.addValue(p.dxOut);
       a.add(dfnPartial, f32);
-      int64_t TT = cols.tileTokens, CC = cols.chunkColumns, KB = n * CC;
-      SmallVector<Type> shared{sharedOf(ctx, M * (KB + 4), f32),
-                               sharedOf(ctx, TT * p.recordWidth(), f32),
-                               sharedOf(ctx, TT * (KB + 8), p.act),
-                               sharedOf(ctx, TT * (KB + 8), p.act),
-                               sharedOf(ctx, TT * (CC + 8), p.act)};
+      int64_t CC = cols.chunkColumns;
       auto kernel = createKernel(mb, loc, (kernelName + "_cols").str(),
-                                 a.types, shared, {}, cols);
+                                 a.types, sharedTypes(ctx, colsShared(p, cols)),
+                                 {}, cols);
       OpBuilder b = OpBuilder::atBlockBegin(&kernel.getBody().front());
       ColsKernelBuilder k(b, loc, p, cols);
       k.acts = {p.act, cols.vectorWidth, p.C};
-      k.T = kernel.getArgument(0);
-      for (auto [v, i] : llvm::zip(a.values, llvm::seq<unsigned>(1, 1 + a.values.size())))
-        k.argOf[v] = kernel.getArgument(i);
+      bindArguments(k, kernel, a);
       k.record = k.argOf.lookup(record);
       k.dfnPartial = k.argOf.lookup(dfnPartial);
       auto wg = kernel.getWorkgroupAttributions();

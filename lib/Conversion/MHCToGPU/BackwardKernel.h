@@ -115,16 +115,20 @@ struct ColsKernelBuilder : KernelBuilder {
   Value arg(Value v) { return v ? argOf.lookup(v) : Value(); }
   /// Row pitches of the shared tiles: 8 elements (fn: 4 floats) of padding
   /// spread the 8 rows a warp reads at once over the banks.
-  int64_t tilePitch() const { return p.n * s.chunkColumns + 8; }
-  int64_t duPitch() const { return s.chunkColumns + 8; }
-  int64_t fnPitch() const { return p.n * s.chunkColumns + 4; }
+  /// (The kernel's shared memory is laid out with them: colsShared.)
+  static int64_t tilePitch(const BackwardPlan &p, const Schedule &s) {
+    return p.n * s.chunkColumns + 8;
+  }
+  static int64_t duPitch(const Schedule &s) { return s.chunkColumns + 8; }
+  static int64_t fnPitch(const BackwardPlan &p, const Schedule &s) {
+    return p.n * s.chunkColumns + 4;
+  }
+  int64_t tilePitch() const { return tilePitch(p, s); }
+  int64_t duPitch() const { return duPitch(s); }
+  int64_t fnPitch() const { return fnPitch(p, s); }
   void emitBody();
   void loadTiles(Value tile);
   SmallVector<Value> emitTile(SmallVector<Value> dfnAcc);
-  Value asI32(Value bf16x2);
-  std::pair<Value, Value> splitBf16(Value f32x2);
-  void mma(MutableArrayRef<Value> acc, ArrayRef<Value> a, Value b0,
-           Value b1);
 };
 
 /// Params kernel body (BackwardParams.cpp).

@@ -89,24 +89,7 @@ void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
         q[at(k)] = fmul(q[at(k)], r);
     }
   };
-  auto softmax = [&](const Matrix &L) {
-    Matrix q(n * n);
-    for (int64_t i = 0; i < n; ++i) {
-      Value mx = L[i * n];
-      for (int64_t j = 1; j < n; ++j)
-        mx = arith::MaximumFOp::create(b, loc, mx, L[i * n + j]);
-      Value s;
-      for (int64_t j = 0; j < n; ++j) {
-        q[i * n + j] = math::ExpOp::create(b, loc, fsub(L[i * n + j], mx));
-        s = j ? fadd(s, q[i * n + j]) : q[i * n + j];
-      }
-      Value r = fdiv(cf(1.0), s);
-      for (int64_t j = 0; j < n; ++j)
-        q[i * n + j] = fmul(q[i * n + j], r);
-    }
-    return q;
-  };
-  Matrix P = softmax(logits);
+  Matrix P = softmaxRows(logits, n);
   for (Value &v : P)
     v = fadd(v, eps);
   normalize(P, /*rows=*/false, ci(0));
@@ -156,7 +139,7 @@ void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
   Matrix g(carried.begin() + n * n, carried.end());
   undo(Y, g, /*rows=*/false, ci(0));
   // Softmax: the "+ eps" passes g through; P0 recomputed exactly.
-  Matrix P0 = softmax(logits);
+  Matrix P0 = softmaxRows(logits, n);
   Matrix dL(n * n);
   for (int64_t i = 0; i < n; ++i) {
     Value gp = fmul(g[i * n], P0[i * n]);

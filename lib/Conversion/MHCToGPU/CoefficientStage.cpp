@@ -36,19 +36,7 @@ SmallVector<Value> ForwardKernelBuilder::sinkhorn(SmallVector<Value> P,
         q[i * n + j] = fmul(q[i * n + j], r);
     }
   };
-  for (int64_t i = 0; i < n; ++i) {
-    Value mx = P[i * n];
-    for (int64_t j = 1; j < n; ++j)
-      mx = arith::MaximumFOp::create(b, loc, mx, P[i * n + j]);
-    Value s;
-    for (int64_t j = 0; j < n; ++j) {
-      P[i * n + j] = math::ExpOp::create(b, loc, fsub(P[i * n + j], mx));
-      s = j ? fadd(s, P[i * n + j]) : P[i * n + j];
-    }
-    Value r = fdiv(cf(1.0), s);
-    for (int64_t j = 0; j < n; ++j)
-      P[i * n + j] = fadd(fmul(P[i * n + j], r), eps);
-  }
+  P = softmaxRows(P, n, eps);
   normCols(P);
   return emitFor(ci(1), ci(iters), ci(1), P,
                  [&](Value, ValueRange carried) -> SmallVector<Value> {

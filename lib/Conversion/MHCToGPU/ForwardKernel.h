@@ -86,11 +86,7 @@ struct ForwardKernelBuilder : KernelBuilder {
   Value emitItem(Value item, Value c0, ArrayRef<Value> loaded);
 
   // ProjectionStage.cpp
-  Value asI32(Value bf16x2);
-  std::pair<Value, Value> splitBf16(Value v2);
   Value loadFnPair(Value m, Value stream, Value col, bool vec);
-  void mmaBf16(MutableArrayRef<Value> acc, ArrayRef<Value> a, Value b0,
-               Value b1);
   SmallVector<Value> emitMma(Value c0, SmallVector<Value> acc, bool vecFn);
   void finishProjection(ArrayRef<Value> acc, ArrayRef<Value> ss,
                         int64_t itemsPerThread, bool ragged);

@@ -1,5 +1,7 @@
 //===- KernelBuilder.cpp - shared helpers of the GPU kernel builders ------===//
 #include "KernelBuilder.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 
 using namespace mlir;
 using namespace mlir::mhc::gpu_kernels;
@@ -7,6 +9,28 @@ using namespace mlir::mhc::gpu_kernels;
 Value KernelBuilder::sigmoid(Value a) {
   Value e = math::ExpOp::create(b, loc, arith::NegFOp::create(b, loc, a));
   return fdiv(cf(1.0), fadd(cf(1.0), e));
+}
+
+SmallVector<Value> KernelBuilder::softmaxRows(ArrayRef<Value> L, int64_t n,
+                                              Value plus) {
+  SmallVector<Value> q(n * n);
+  for (int64_t i = 0; i < n; ++i) {
+    Value mx = L[i * n];
+    for (int64_t j = 1; j < n; ++j)
+      mx = arith::MaximumFOp::create(b, loc, mx, L[i * n + j]);
+    Value s;
+    for (int64_t j = 0; j < n; ++j) {
+      q[i * n + j] = math::ExpOp::create(b, loc, fsub(L[i * n + j], mx));
+      s = j ? fadd(s, q[i * n + j]) : q[i * n + j];
+    }
+    Value r = fdiv(cf(1.0), s);
+    for (int64_t j = 0; j < n; ++j) {
+      q[i * n + j] = fmul(q[i * n + j], r);
+      if (plus)
+        q[i * n + j] = fadd(q[i * n + j], plus);
+    }
+  }
+  return q;
 }
 
 Value KernelBuilder::warpSum(Value v, int64_t width) {
@@ -98,4 +122,33 @@ void KernelBuilder::storeAct(Value v, Value mem, Value base, Value c,
                           llvm::MaybeAlign(16));
   b.setInsertionPointToStart(ifOp.elseBlock());
   scalarPath();
+}
+
+Value KernelBuilder::asI32(Value bf16x2) {
+  Value w =
+      vector::BitCastOp::create(b, loc, VectorType::get({1}, i32), bf16x2);
+  return vector::ExtractOp::create(b, loc, w, 0);
+}
+
+std::pair<Value, Value> KernelBuilder::splitBf16(Value f32x2) {
+  auto bt = VectorType::get({2}, b.getBF16Type());
+  Value h = arith::TruncFOp::create(b, loc, bt, f32x2);
+  Value rest = fsub(f32x2, arith::ExtFOp::create(b, loc, f32x2.getType(), h));
+  return {asI32(h), asI32(arith::TruncFOp::create(b, loc, bt, rest))};
+}
+
+void KernelBuilder::mmaBf16(MutableArrayRef<Value> acc, ArrayRef<Value> a,
+                            Value b0, Value b1) {
+  auto res = NVVM::MmaOp::create(
+      b, loc,
+      LLVM::LLVMStructType::getLiteral(b.getContext(), {f32, f32, f32, f32}),
+      ValueRange(a), ValueRange{b0, b1},
+      ValueRange(ArrayRef<Value>(acc.data(), acc.size())),
+      ArrayRef<int64_t>{16, 8, 16}, std::nullopt, std::nullopt,
+      std::array<NVVM::MMATypes, 2>{NVVM::MMATypes::bf16,
+                                    NVVM::MMATypes::bf16},
+      std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row,
+                                     NVVM::MMALayout::col});
+  for (int64_t e = 0; e < 4; ++e)
+    acc[e] = LLVM::ExtractValueOp::create(b, loc, res, e);
 }

@@ -4,7 +4,8 @@
 // structured control flow (scf.if / scf.for built from lambdas), memory
 // accesses, barriers and warp shuffles, and the activation accesses of the
 // streaming kernels (16-byte vector loads/stores with a guarded scalar path
-// for tails and misaligned pointers, f32 conversion, rounding as stored).
+// for tails and misaligned pointers, f32 conversion, rounding as stored), and
+// the bf16 tensor-core product (mma.sync) the projection kernels share.
 // All index math is on `index` values.
 //
 //===----------------------------------------------------------------------===//
@@ -71,6 +72,11 @@ public:
     return math::FmaOp::create(b, loc, x, y, acc);
   }
   Value sigmoid(Value a);
+  /// The softmax of each row of the row-major n x n matrix `L` (held in
+  /// registers, one value per entry), with the row max subtracted; `plus`
+  /// (when given) is added to every entry.
+  SmallVector<Value> softmaxRows(ArrayRef<Value> L, int64_t n,
+                                 Value plus = {});
   Value splat(Value s, VectorType t) {
     return vector::BroadcastOp::create(b, loc, t, s);
   }
@@ -86,6 +92,16 @@ public:
   /// v + shuffle_xor(v, off) for off = width/2 .. 1: the sum over `width`
   /// consecutive lanes (a power of two <= 32), in every one of them.
   Value warpSum(Value v, int64_t width);
+
+  // --- tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate) ----------
+  /// A vector<2xbf16> as the i32 register the mma instructions take.
+  Value asI32(Value bf16x2);
+  /// f32 pair -> (bf16 head, bf16 of the remainder), each as bf16x2 in i32:
+  /// hi*a + lo*a carries ~16 bits of the f32 operand.
+  std::pair<Value, Value> splitBf16(Value f32x2);
+  /// acc[4] += A(16x16 bf16) * B(16x8 bf16); A row-major, B column-major.
+  void mmaBf16(MutableArrayRef<Value> acc, ArrayRef<Value> a, Value b0,
+               Value b1);
 
   // --- structured control flow -------------------------------------------
   template <typename F> void emitIf(Value cond, F thenFn) {

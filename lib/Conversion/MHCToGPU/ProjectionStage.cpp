@@ -23,22 +23,6 @@ using namespace mlir;
 using namespace mlir::mhc;
 using namespace mlir::mhc::gpu_kernels;
 
-/// A vector<2xbf16> as the i32 register the mma instructions take.
-Value ForwardKernelBuilder::asI32(Value bf16x2) {
-  Value w =
-      vector::BitCastOp::create(b, loc, VectorType::get({1}, i32), bf16x2);
-  return vector::ExtractOp::create(b, loc, w, 0);
-}
-
-/// f32 pair -> (bf16 head, bf16 of the remainder), each as bf16x2 in i32:
-/// hi*a + lo*a carries ~16 bits of fn.
-std::pair<Value, Value> ForwardKernelBuilder::splitBf16(Value v2) {
-  auto bt = VectorType::get({2}, b.getBF16Type());
-  Value h = arith::TruncFOp::create(b, loc, bt, v2);
-  Value rest = fsub(v2, arith::ExtFOp::create(b, loc, v2.getType(), h));
-  return {asI32(h), asI32(arith::TruncFOp::create(b, loc, bt, rest))};
-}
-
 /// fn[m][kcol], fn[m][kcol + 1] of this thread's B fragment (zeros outside
 /// M rows / C columns); `vec`: fn's base pointer is 8-byte aligned.
 Value ForwardKernelBuilder::loadFnPair(Value m, Value stream, Value col,
@@ -78,23 +62,6 @@ Value ForwardKernelBuilder::loadFnPair(Value m, Value stream, Value col,
   if (ok)
     v = select(ok, v, arith::ConstantOp::create(b, loc, b.getZeroAttr(v2)));
   return v;
-}
-
-/// acc[4] += A(16x16 bf16) * B(16x8 bf16) on the tensor cores.
-void ForwardKernelBuilder::mmaBf16(MutableArrayRef<Value> acc,
-                                   ArrayRef<Value> a, Value b0, Value b1) {
-  auto res = NVVM::MmaOp::create(
-      b, loc,
-      LLVM::LLVMStructType::getLiteral(b.getContext(), {f32, f32, f32, f32}),
-      ValueRange(a), ValueRange{b0, b1},
-      ValueRange(ArrayRef<Value>(acc.data(), acc.size())),
-      ArrayRef<int64_t>{16, 8, 16}, std::nullopt, std::nullopt,
-      std::array<NVVM::MMATypes, 2>{NVVM::MMATypes::bf16,
-                                    NVVM::MMATypes::bf16},
-      std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row,
-                                     NVVM::MMALayout::col});
-  for (int64_t e = 0; e < 4; ++e)
-    acc[e] = LLVM::ExtractValueOp::create(b, loc, res, e);
 }
 
 /// The tensor-core part of one chunk. The B loads of kGroup steps are
