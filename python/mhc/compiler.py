@@ -158,6 +158,24 @@ def _cuda_env() -> dict:
     return env
 
 
+def decode_mlir_string(s: str) -> bytes:
+    """The bytes of an MLIR string attribute's body as printed (``\\XX`` hex escapes, ``\\\\`` for
+    a backslash): e.g. a gpu.binary's cubin or PTX."""
+    out, i = bytearray(), 0
+    while i < len(s):
+        if s[i] == "\\":
+            if s[i + 1] == "\\":
+                out.append(0x5C)
+                i += 2
+            else:
+                out.append(int(s[i + 1:i + 3], 16))
+                i += 3
+        else:
+            out.append(ord(s[i]))
+            i += 1
+    return bytes(out)
+
+
 def lower_gpu(mlir, chip: str = "sm_90", fmt: str = "bin", pipeline: str | None = None) -> str:
     """The module lowered to the LLVM dialect with its gpu.binary, as text."""
     with tempfile.TemporaryDirectory(prefix="mhc-") as tmp:

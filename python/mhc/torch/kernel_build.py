@@ -249,23 +249,6 @@ def launches_of(lines, arg_names, result_names, key: kernels.KernelKey):
     return spec
 
 
-def _decode(s: str) -> bytes:
-    """An MLIR string attribute's bytes (\\XX hex escapes, \\\\ for a backslash)."""
-    out, i = bytearray(), 0
-    while i < len(s):
-        if s[i] == "\\":
-            if s[i + 1] == "\\":
-                out.append(0x5C)
-                i += 2
-            else:
-                out.append(int(s[i + 1:i + 3], 16))
-                i += 3
-        else:
-            out.append(ord(s[i]))
-            i += 1
-    return bytes(out)
-
-
 def compile_kernels(key: dict, out_dir, forward_only: bool = False) -> None:
     """Writes kernels.cubin and manifest.json of `key` into out_dir (the contract of
     ``mhc.compiler.compile_torch_kernels``); ``forward_only``: hc_pre and hc_post alone."""
@@ -291,7 +274,7 @@ def compile_kernels(key: dict, out_dir, forward_only: bool = False) -> None:
         for launch in spec["launches"]:
             if launch["kernel"] not in in_binary:
                 raise compiler.CompileError(f"kernel {launch['kernel']} is not in the compiled module")
-    (out_dir / kernels.CUBIN_NAME).write_bytes(_decode(binary.group(1)))
+    (out_dir / kernels.CUBIN_NAME).write_bytes(compiler.decode_mlir_string(binary.group(1)))
     manifest = {"schema": kernels.SCHEMA, "key": k.as_dict(), "cubin": kernels.CUBIN_NAME,
                 "provenance": {"builder": "mhc.torch.kernel_build" + (" (forward only)" if forward_only else ""),
                                "mhc_opt": str(mhc_opt)},

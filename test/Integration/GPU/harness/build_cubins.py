@@ -15,6 +15,10 @@ launches every kernel with the compiler's own geometry.
 import argparse, json, os, re, subprocess, sys
 from concurrent.futures import ThreadPoolExecutor
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..",
+                                "python"))
+from mhc.compiler import decode_mlir_string  # noqa: E402
+
 DT = {"bf16": "bf16", "f16": "f16", "f32": "f32"}
 
 
@@ -62,23 +66,6 @@ func.func @steady(%x: {X}, %mix: tensor<?x{M}xf32>, %scale: tensor<3xf32>, %base
 }}
 """
 
-
-def decode_mlir_string(s):
-    out = bytearray()
-    i = 0
-    while i < len(s):
-        ch = s[i]
-        if ch == "\\":
-            if s[i + 1] == "\\":
-                out.append(0x5C)
-                i += 2
-            else:
-                out.append(int(s[i + 1:i + 3], 16))
-                i += 3
-        else:
-            out.append(ord(ch))
-            i += 1
-    return bytes(out)
 
 
 SCHEDULE = re.compile(r"#mhc\.schedule<tile_tokens = (\d+), chunk_columns = (\d+), threads = (\d+), "
