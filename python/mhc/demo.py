@@ -30,6 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+from mhc.export_families import module_body
+from mhc.export_models import printed_memrefs
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MLIR_BIN = Path(os.environ.get("MLIR_BIN_DIR", "/usr/lib/llvm-22/bin"))
 STREAMS = 4
@@ -41,17 +44,6 @@ def _opt(mhc_opt, text, *args):
     if r.returncode != 0:
         sys.exit(f"mhc-opt {' '.join(args)} failed:\n{r.stderr[-3000:]}")
     return r.stdout, r.stderr
-
-
-def _body(text):
-    start = text.index("module {") + len("module {")
-    return text[start:text.rindex("}")]
-
-
-def _memrefs(out):
-    num = re.compile(r"[-+]?(?:nan|inf|\d+\.?\d*(?:[eE][-+]?\d+)?)")
-    return [[float(v) for v in num.findall(c.split("data =", 1)[1])]
-            for c in out.split("Unranked Memref")[1:]]
 
 
 def main(argv=None) -> int:
@@ -105,9 +97,9 @@ def main(argv=None) -> int:
         + show("%a", logits_ty) + show("%d", logits_ty) + show("%m", logits_ty)
         + "".join(show(f"%c{i}", comb_ty) for i in range(len(combs)))
         + "    return\n  }\n")
-    module = ("module {\n" + _body(original)
-              + _body(identity).replace("func.func @forward(", "func.func @forward_identity(")
-              + _body(mhc).replace("func.func @forward(", "func.func @forward_mhc(")
+    module = ("module {\n" + module_body(original)
+              + module_body(identity).replace("func.func @forward(", "func.func @forward_identity(")
+              + module_body(mhc).replace("func.func @forward(", "func.func @forward_mhc(")
               + main_fn + "}\n")
     t = time.time()
     llvm, _ = _opt(args.mhc_opt, module, "--mhc-cpu-pipeline")
@@ -122,7 +114,7 @@ def main(argv=None) -> int:
     run_s = time.time() - t
     if r.returncode != 0:
         sys.exit("mlir-runner failed:\n" + r.stderr[-3000:])
-    printed = _memrefs(r.stdout)
+    printed = printed_memrefs(r.stdout)
     logits, diff, mhc_logits, comb_values = printed[0], printed[1], printed[2], printed[3:]
 
     # 3. The summary.

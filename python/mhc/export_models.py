@@ -313,6 +313,12 @@ def parse_printed_memref(out: str) -> list[float]:
     return [float(x) for x in _FLOAT_RE.findall(out[i + len("data ="):])]
 
 
+def printed_memrefs(out: str) -> list[list[float]]:
+    """Every memref printed by printMemref* in `out`, in order, each flattened."""
+    return [[float(x) for x in _FLOAT_RE.findall(chunk.split("data =", 1)[1])]
+            for chunk in out.split("Unranked Memref")[1:]]
+
+
 def _run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 

@@ -32,6 +32,9 @@ import re
 import subprocess
 import sys
 
+from mhc.export_families import module_body
+from mhc.export_models import printed_memrefs
+
 MHC_OPT, RUNNER, RUNNER_UTILS, C_RUNNER_UTILS, INPUTS = sys.argv[1:6]
 BLOCKS, N = 4, 4
 
@@ -53,11 +56,6 @@ def op_counts(text):
     return ops
 
 
-def module_body(text):
-    start = text.index("module {") + len("module {")
-    return text[start:text.rindex("}")]
-
-
 def run(module):
     llvm = opt(module, "--mhc-cpu-pipeline")
     r = subprocess.run([RUNNER, "-e", "main", "-entry-point-result=void",
@@ -65,9 +63,7 @@ def run(module):
                        input=llvm, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError("mlir-runner failed: " + r.stderr[-2000:])
-    num = re.compile(r"[-+]?(?:nan|inf|\d+\.?\d*(?:[eE][-+]?\d+)?)")
-    return [[float(v) for v in num.findall(c.split("data =", 1)[1])]
-            for c in r.stdout.split("Unranked Memref")[1:]]
+    return printed_memrefs(r.stdout)
 
 
 def main_func(ref, calls):

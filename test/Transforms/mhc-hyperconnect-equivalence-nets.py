@@ -27,6 +27,9 @@ import zlib
 
 import numpy as np
 
+from mhc.export_families import module_body
+from mhc.export_models import printed_memrefs
+
 MHC_OPT, RUNNER, RUNNER_UTILS, C_RUNNER_UTILS = sys.argv[1:5]
 T, C, H, BLOCKS = 8, 32, 64, 3
 
@@ -49,20 +52,6 @@ def opt(text, *args):
     if r.returncode != 0:
         raise RuntimeError("mhc-opt %s failed:\n%s" % (" ".join(args), r.stderr[-3000:]))
     return r.stdout
-
-
-def module_body(text):
-    """The ops inside `module { ... }` of mhc-opt's output."""
-    start = text.index("module {") + len("module {")
-    return text[start:text.rindex("}")]
-
-
-def memrefs(out):
-    """The printed memrefs of printMemrefF32, flattened, in order."""
-    chunks = out.split("Unranked Memref")[1:]
-    num = re.compile(r"[-+]?(?:nan|inf|\d+\.?\d*(?:[eE][-+]?\d+)?)")
-    return [np.array([float(v) for v in num.findall(c.split("data =", 1)[1])])
-            for c in chunks]
 
 
 # --- nets -------------------------------------------------------------------
@@ -224,7 +213,7 @@ def check(name, text, shape, elem, options, tol_ulps, tosa=False, control=False)
     if r.returncode != 0:
         print(f"{name}: FAIL: mlir-runner: {r.stderr[-2000:]}")
         return False
-    out, diff = memrefs(r.stdout)
+    out, diff = map(np.array, printed_memrefs(r.stdout))
     scale = np.max(np.abs(out))
     ulp = {"f32": 2.0 ** -24, "bf16": 2.0 ** -8}[elem]
     tol = tol_ulps * ulp * scale

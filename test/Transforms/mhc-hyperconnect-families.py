@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from mhc import export_families as ef
+from mhc.export_models import printed_memrefs
 
 MHC_OPT, RUNNER, RUNNER_UTILS, C_RUNNER_UTILS, INPUTS = sys.argv[1:6]
 
@@ -66,9 +67,7 @@ def run(module):
                        input=llvm, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError("mlir-runner failed: " + r.stderr[-2000:])
-    num = re.compile(r"[-+]?(?:nan|inf|\d+\.?\d*(?:[eE][-+]?\d+)?)")
-    return [[float(v) for v in num.findall(c.split("data =", 1)[1])]
-            for c in r.stdout.split("Unranked Memref")[1:]]
+    return printed_memrefs(r.stdout)
 
 
 def check(case):
