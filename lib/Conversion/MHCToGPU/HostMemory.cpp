@@ -38,26 +38,41 @@ struct MHCGPUHostMemoryPass
     return sizes;
   }
 
+  /// Ops that give another view of the same buffer.
+  static bool isView(Operation *op) {
+    return isa<ViewLikeOpInterface>(op) ||
+           isa<memref::CastOp, memref::CollapseShapeOp, memref::ExpandShapeOp>(
+               op);
+  }
+
+  /// Every user of `buffer` and of its views (the views included), depth
+  /// first.
+  static SmallVector<Operation *> usersThroughViews(Value buffer) {
+    SmallVector<Operation *> users;
+    SmallVector<Value> worklist{buffer};
+    while (!worklist.empty()) {
+      Value v = worklist.pop_back_val();
+      for (Operation *user : v.getUsers()) {
+        users.push_back(user);
+        if (isView(user))
+          llvm::append_range(worklist, user->getResults());
+      }
+    }
+    return users;
+  }
+
   /// memref.alloc -> gpu.alloc. Its memref.deallocs go (freeAfterLastUse
   /// frees it on the stream); a host load or store of it is an error, since
   /// --mhc-gpu-host-kernels has made every host access a kernel.
   static FailureOr<Value> allocOnDevice(memref::AllocOp a) {
-    SmallVector<Value> worklist{a.getMemref()};
     SmallVector<Operation *> deallocs;
-    while (!worklist.empty()) {
-      Value v = worklist.pop_back_val();
-      for (Operation *user : v.getUsers()) {
-        if (isa<memref::DeallocOp>(user))
-          deallocs.push_back(user);
-        else if (isa<memref::LoadOp, memref::StoreOp>(user))
-          return user->emitError("mhc-gpu-host-memory: host code reads or "
-                                 "writes a buffer that lives on the device; "
-                                 "not supported");
-        else if (isa<ViewLikeOpInterface>(user) ||
-                 isa<memref::CastOp, memref::CollapseShapeOp,
-                     memref::ExpandShapeOp>(user))
-          llvm::append_range(worklist, user->getResults());
-      }
+    for (Operation *user : usersThroughViews(a.getMemref())) {
+      if (isa<memref::DeallocOp>(user))
+        deallocs.push_back(user);
+      else if (isa<memref::LoadOp, memref::StoreOp>(user))
+        return user->emitError("mhc-gpu-host-memory: host code reads or "
+                               "writes a buffer that lives on the device; "
+                               "not supported");
     }
     for (Operation *d : deallocs)
       d->erase();
@@ -96,9 +111,7 @@ struct MHCGPUHostMemoryPass
             call, call.getCalleeAttr());
         return callee && !callee.isExternal();
       }
-      if (!isa<ViewLikeOpInterface>(def) &&
-          !isa<memref::CastOp, memref::CollapseShapeOp, memref::ExpandShapeOp>(
-              def))
+      if (!isView(def))
         return false;
       v = def->getOperand(0);
     }
@@ -152,23 +165,14 @@ struct MHCGPUHostMemoryPass
   /// it is returned.
   static LogicalResult freeAfterLastUse(Block &body, Value buffer) {
     Operation *def = buffer.getDefiningOp();
-    SmallVector<Value> worklist{buffer};
     Operation *last = def;
     bool returned = false;
-    while (!worklist.empty()) {
-      Value v = worklist.pop_back_val();
-      for (Operation *user : v.getUsers()) {
-        if (isa<func::ReturnOp>(user))
-          returned = true;
-        if (isa<ViewLikeOpInterface>(user) ||
-            isa<memref::CastOp, memref::CollapseShapeOp,
-                memref::ExpandShapeOp>(user))
-          for (Value res : user->getResults())
-            worklist.push_back(res);
-        Operation *anc = body.findAncestorOpInBlock(*user);
-        if (anc && last->isBeforeInBlock(anc))
-          last = anc;
-      }
+    for (Operation *user : usersThroughViews(buffer)) {
+      if (isa<func::ReturnOp>(user))
+        returned = true;
+      Operation *anc = body.findAncestorOpInBlock(*user);
+      if (anc && last->isBeforeInBlock(anc))
+        last = anc;
     }
     if (returned)
       return success();
