@@ -443,6 +443,21 @@ static Value softmaxPlusEps(OpBuilder &b, Location loc, Value logits,
       });
 }
 
+/// An scf.for from `lb` to `ub` (step `one`, the index 1) carrying `p`: one
+/// row and one column normalisation per step (the Sinkhorn iterations after
+/// the first).
+static Value normalizePairs(OpBuilder &b, Location loc, Value p, Value lb,
+                            Value ub, Value one, float eps) {
+  auto loop = scf::ForOp::create(
+      b, loc, lb, ub, one, ValueRange{p},
+      [&](OpBuilder &nb, Location nloc, Value, ValueRange iterArgs) {
+        Value q = normalize(nb, nloc, iterArgs[0], Axis::Row, eps);
+        q = normalize(nb, nloc, q, Axis::Column, eps);
+        scf::YieldOp::create(nb, nloc, q);
+      });
+  return loop.getResult(0);
+}
+
 /// Softmax + eps and a column normalisation, then iterations-1 (row, column)
 /// pairs in an scf.for carrying P (each iteration yields a new tensor, so
 /// one-shot bufferization needs allow-return-allocs-from-loops).
@@ -456,14 +471,7 @@ static Value lowerSinkhorn(OpBuilder &b, SinkhornOp op) {
   Value lb = arith::ConstantIndexOp::create(b, loc, 1);
   Value ub = arith::ConstantIndexOp::create(b, loc, op.getIterations());
   Value step = arith::ConstantIndexOp::create(b, loc, 1);
-  auto loop = scf::ForOp::create(
-      b, loc, lb, ub, step, ValueRange{p},
-      [&](OpBuilder &nb, Location nloc, Value, ValueRange iterArgs) {
-        Value q = normalize(nb, nloc, iterArgs[0], Axis::Row, eps);
-        q = normalize(nb, nloc, q, Axis::Column, eps);
-        scf::YieldOp::create(nb, nloc, q);
-      });
-  return loop.getResult(0);
+  return normalizePairs(b, loc, p, lb, ub, step, eps);
 }
 
 //===----------------------------------------------------------------------===//
@@ -925,14 +933,7 @@ static Value lowerSinkhornGrad(OpBuilder &b, SinkhornGradOp op) {
         [&](OpBuilder &nb, Location nloc, Value r, ValueRange gIn) {
           // it = iterations - 1 - r: the pair being walked back.
           Value it = arith::SubIOp::create(nb, nloc, lastPair, r);
-          auto replay = scf::ForOp::create(
-              nb, nloc, one, it, one, ValueRange{q1},
-              [&](OpBuilder &lb, Location lloc, Value, ValueRange p) {
-                Value q = normalize(lb, lloc, p[0], Axis::Row, eps);
-                q = normalize(lb, lloc, q, Axis::Column, eps);
-                scf::YieldOp::create(lb, lloc, q);
-              });
-          Value input = replay.getResult(0);
+          Value input = normalizePairs(nb, nloc, q1, one, it, one, eps);
           Value afterRow = normalize(nb, nloc, input, Axis::Row, eps);
           Value afterColumn = normalize(nb, nloc, afterRow, Axis::Column, eps);
           Value gc = normalizeBackward(nb, nloc, gIn[0], afterRow, afterColumn,
