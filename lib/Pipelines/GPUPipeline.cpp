@@ -57,6 +57,11 @@ struct GPUPipelineOptions : public PassPipelineOptions<GPUPipelineOptions> {
       *this, "format", llvm::cl::desc("What the gpu.binary holds"),
       llvm::cl::init(mhc::GPUBinaryFormat::Fatbin),
       llvm::cl::values(
+          clEnumValN(mhc::GPUBinaryFormat::Mlir, "mlir",
+                     "no binary: the gpu.module stays (NVVM dialect), for a "
+                     "compiler that serializes it itself"),
+          clEnumValN(mhc::GPUBinaryFormat::Llvm, "llvm",
+                     "LLVM bitcode of the device code (no PTX)"),
           clEnumValN(mhc::GPUBinaryFormat::Isa, "isa", "PTX text"),
           clEnumValN(mhc::GPUBinaryFormat::Bin, "bin", "cubin"),
           clEnumValN(mhc::GPUBinaryFormat::Fatbin, "fatbin", "fat binary"))};
@@ -155,10 +160,12 @@ void buildMHCGPUPipeline(OpPassManager &pm, const GPUPipelineOptions &opts) {
 
   GpuToLLVMConversionPassOptions toLlvm;
   pm.addPass(createGpuToLLVMConversionPass(toLlvm));
-  GpuModuleToBinaryPassOptions bin;
-  bin.compilationTarget = mhc::stringifyGPUBinaryFormat(opts.format).str();
-  bin.toolkitPath = opts.toolkit;
-  pm.addPass(createGpuModuleToBinaryPass(bin));
+  if (opts.format != mhc::GPUBinaryFormat::Mlir) {
+    GpuModuleToBinaryPassOptions bin;
+    bin.compilationTarget = mhc::stringifyGPUBinaryFormat(opts.format).str();
+    bin.toolkitPath = opts.toolkit;
+    pm.addPass(createGpuModuleToBinaryPass(bin));
+  }
   pm.addPass(createConvertMathToLLVMPass());
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());

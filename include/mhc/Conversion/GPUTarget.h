@@ -18,9 +18,13 @@
 namespace mlir::mhc {
 
 /// What gpu-module-to-binary produces: PTX text, a cubin or a fat binary.
-enum class GPUBinaryFormat { Isa, Bin, Fatbin };
+/// What the GPU pipeline makes of the device code: Mlir leaves the gpu.module
+/// (NVVM + LLVM dialects) for a compiler that serializes it itself; the others
+/// are gpu-module-to-binary's formats.
+enum class GPUBinaryFormat { Mlir, Llvm, Isa, Bin, Fatbin };
 
-/// "isa", "bin" or "fatbin" (gpu-module-to-binary's spelling).
+/// "mlir", or "llvm", "isa", "bin", "fatbin" (gpu-module-to-binary's
+/// spelling).
 StringRef stringifyGPUBinaryFormat(GPUBinaryFormat format);
 
 struct GPUTarget {

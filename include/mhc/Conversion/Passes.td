@@ -95,6 +95,10 @@ def MHCGPUCheckTarget : Pass<"mhc-gpu-check-target", "ModuleOp"> {
            /*default=*/"::mlir::mhc::GPUBinaryFormat::Fatbin",
            "What gpu-module-to-binary will produce",
            [{::llvm::cl::values(
+             clEnumValN(::mlir::mhc::GPUBinaryFormat::Mlir, "mlir",
+                        "no binary: the gpu.module stays (NVVM dialect)"),
+             clEnumValN(::mlir::mhc::GPUBinaryFormat::Llvm, "llvm",
+                        "LLVM bitcode of the device code (no PTX)"),
              clEnumValN(::mlir::mhc::GPUBinaryFormat::Isa, "isa", "PTX text"),
              clEnumValN(::mlir::mhc::GPUBinaryFormat::Bin, "bin", "cubin"),
              clEnumValN(::mlir::mhc::GPUBinaryFormat::Fatbin, "fatbin",

@@ -97,6 +97,10 @@ mhc::parseGPUTarget(StringRef chip, StringRef features, StringRef who,
 
 StringRef mhc::stringifyGPUBinaryFormat(GPUBinaryFormat format) {
   switch (format) {
+  case GPUBinaryFormat::Mlir:
+    return "mlir";
+  case GPUBinaryFormat::Llvm:
+    return "llvm";
   case GPUBinaryFormat::Isa:
     return "isa";
   case GPUBinaryFormat::Bin:
@@ -112,13 +116,15 @@ mhc::checkToolkit(const GPUTarget &target, GPUBinaryFormat format,
                   StringRef toolkit,
                   StringRef who,
                   function_ref<InFlightDiagnostic()> emitError) {
+  if (format == GPUBinaryFormat::Mlir)
+    return success(); // nothing is serialized here
   // Without libdevice the kernels' expf/rsqrtf calls stay unresolved and
   // gpu-module-to-binary fails with exit code 0.
   std::string libdevice = (toolkit + "/nvvm/libdevice/libdevice.10.bc").str();
   if (!llvm::sys::fs::exists(libdevice))
     return emitError() << who << ": no libdevice at '" << libdevice
                        << "'; pass toolkit=<CUDA path>";
-  if (format == GPUBinaryFormat::Isa)
+  if (format == GPUBinaryFormat::Llvm || format == GPUBinaryFormat::Isa)
     return success();
   // Ask the toolkit's ptxas to assemble an empty module for the chip: it
   // knows which chips and PTX versions it supports (e.g. CUDA 13 renamed
@@ -127,7 +133,7 @@ mhc::checkToolkit(const GPUTarget &target, GPUBinaryFormat format,
   if (!llvm::sys::fs::can_execute(ptxas))
     return emitError() << who << ": no ptxas at '" << ptxas
                        << "' (format=" << stringifyGPUBinaryFormat(format)
-                       << " needs it; format=isa does not)";
+                       << " needs it; format=isa/llvm/mlir do not)";
   SmallString<64> ptxPath, logPath;
   int fd;
   if (llvm::sys::fs::createTemporaryFile("mhc-target", "ptx", fd, ptxPath) ||

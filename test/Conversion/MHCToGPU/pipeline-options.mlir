@@ -22,6 +22,19 @@
 // TOOLKIT: error: mhc-gpu-check-target: no libdevice at '{{.*}}nonexistent/nvvm/libdevice/libdevice.10.bc'; pass toolkit=<CUDA path>
 // TILE: error: 'mhc.norm_project' op schedule: tile_tokens must be a multiple of 16 (tensor-core row tiles) in a norm_project kernel, got 40
 
+// format=mlir leaves the device code as a gpu.module of NVVM/LLVM ops (for a
+// compiler that serializes it itself: no libdevice, no ptxas needed, even with
+// a toolkit path that does not exist); format=llvm serializes it to LLVM
+// bitcode (gpu.binary with an offload object).
+// RUN: mhc-opt %s --mhc-gpu-pipeline="format=mlir toolkit=%t.nonexistent" | FileCheck %s --check-prefix=MLIR
+// MLIR-NOT: gpu.binary
+// MLIR:     gpu.module @mhc_kernels [#nvvm.target<O = 3, chip = "sm_90", features = "+ptx80">]
+// MLIR:       llvm.func @mhc_
+// MLIR-SAME:    gpu.kernel
+// MLIR:       nvvm.read.ptx.sreg.tid.x
+// RUN: mhc-opt %s --mhc-gpu-pipeline="format=llvm" | FileCheck %s --check-prefix=LLVM
+// LLVM: gpu.binary @mhc_kernels  [#gpu.object<#nvvm.target<O = 3, chip = "sm_90", features = "+ptx80">, offload = "BC
+
 // Chips newer than sm_90 get their PTX version by default (the backend used
 // to stop with "LLVM ERROR" and no location for these with +ptx80).
 // RUN: mhc-opt %s --mhc-gpu-pipeline="chip=sm_100 format=isa" | FileCheck %s --check-prefix=SM100
