@@ -15,19 +15,50 @@ JOBS=${2:-1}
 BUILD=${MHC_SAN_BUILD_DIR:-build-san}
 scripts/build.sh --sanitize >/dev/null
 ninja -C "$BUILD" mhc-fuzz >/dev/null
-FUZZ="$BUILD/fuzz"
-mkdir -p "$FUZZ/seeds" "$FUZZ/corpus" "$FUZZ/artifacts"
+FUZZ="$PWD/$BUILD/fuzz"
+rm -rf "$FUZZ/seeds"          # seeds are derived: rewrite them from test/
+mkdir -p "$FUZZ/seeds" "$FUZZ/corpus" "$FUZZ/artifacts" "$FUZZ/logs"
 python3 test/fuzz/make_corpus.py "$FUZZ/seeds"
-# Leak checks run at exit and per input; the MLIR context is rebuilt per
-# input, so what stays allocated across inputs is a leak.
+# Leak checks (LeakSanitizer) run when each fuzzing process exits: the MLIR
+# context is rebuilt per input, so memory lost by any input is unreachable
+# then. libFuzzer's per-input leak check (MHC_FUZZ_LEAKS_PER_INPUT=1) names
+# the input but costs ~8x the executions: an input where LLVM's lazily built
+# statics grow triggers a whole-heap scan.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}
 # MHC_FUZZ_SEED fixes libFuzzer's random seed (the test command uses 1, so that
 # every run walks the same sequence of inputs); unset, each run differs.
-ARGS=(-dict=test/fuzz/mhc.dict -max_total_time="$SECONDS_TO_RUN" -timeout=60
-      -seed="${MHC_FUZZ_SEED:-0}"
+# The hang limit is wall time: MHC_FUZZ_TIMEOUT raises it where the fuzzer
+# shares the CPU (a starved worker is not a hang).
+ARGS=(-dict="$PWD/test/fuzz/mhc.dict" -max_total_time="$SECONDS_TO_RUN"
+      -timeout="${MHC_FUZZ_TIMEOUT:-60}"
+      -seed="${MHC_FUZZ_SEED:-0}" -detect_leaks="${MHC_FUZZ_LEAKS_PER_INPUT:-0}"
       -rss_limit_mb=3072 -max_len=65536 -print_final_stats=1
-      -artifact_prefix="$FUZZ/artifacts/")
+      -artifact_prefix="$FUZZ/artifacts/" -report_slow_units=60)
+START="$FUZZ/.started"
+touch "$START"
 if [ "$JOBS" -gt 1 ]; then
-  ARGS+=(-jobs="$JOBS" -workers="$JOBS")
+  # Parallel workers write fuzz-<i>.log into $FUZZ/logs (libFuzzer names
+  # them); their statistics are summed at the end.
+  rm -f "$FUZZ"/logs/fuzz-*.log
+  BIN="$PWD/$BUILD/bin/mhc-fuzz"
+  (cd "$FUZZ/logs" && "$BIN" "${ARGS[@]}" -jobs="$JOBS" -workers="$JOBS" \
+       "$FUZZ/corpus" "$FUZZ/seeds") || true
+  grep -a -h -E "^stat::|ERROR|mhc-fuzz: BUG" "$FUZZ"/logs/fuzz-*.log || true
+  awk '/stat::number_of_executed_units/ {n += $2} END {print "executions (all workers):", n}' \
+      "$FUZZ"/logs/fuzz-*.log
+  # A worker that stopped early (crash, or a leak reported at its exit).
+  if grep -a -q -E "ERROR|mhc-fuzz: BUG" "$FUZZ"/logs/fuzz-*.log; then RC=1; else RC=0; fi
+else
+  RC=0
+  "$BUILD/bin/mhc-fuzz" "${ARGS[@]}" "$FUZZ/corpus" "$FUZZ/seeds" || RC=$?
 fi
-"$BUILD/bin/mhc-fuzz" "${ARGS[@]}" "$FUZZ/corpus" "$FUZZ/seeds"
+# A crash, hang, out-of-memory or broken promise leaves its input here; a leak
+# found at exit only makes the fuzzer fail.
+# (slow-unit-* files are not findings: libFuzzer keeps the slowest input.)
+FOUND=$(find "$FUZZ/artifacts" -type f -newer "$START" ! -name 'slow-unit-*' | sort)
+if [ -n "$FOUND" ] || [ "$RC" -ne 0 ]; then
+  echo "fuzz.sh: FAILED (exit $RC); reproducers in $FUZZ/artifacts:" >&2
+  echo "${FOUND:-(none)}" >&2
+  exit 1
+fi
+echo "fuzz.sh: no crash, hang, leak or broken promise"

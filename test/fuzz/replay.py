@@ -2,7 +2,9 @@
 # mhc-fuzz's format, "// pipeline: ..." then MLIR) replayed through mhc-opt: each must end with
 # success, or with an error that names a line and column of the input -- never a crash. In the
 # sanitizer build (where mhc-opt runs under ASan + UBSan) mhc-fuzz replays them too, checking the
-# fuzzer's own promises (valid IR after every pass, round trips).
+# fuzzer's own promises (valid IR after every pass, round trips). Inputs/harness/ holds the
+# reproducers of bugs in mhc-fuzz itself (e.g. it handed MLIR's parser a buffer without the NUL
+# that files have): raw bytes, replayed through mhc-fuzz only.
 #
 # RUN: %python %s %mhc_tools_dir %S/Inputs | FileCheck %s
 # CHECK-NOT: FAIL
@@ -29,7 +31,9 @@ fuzzer = tools / "mhc-fuzz"
 if fuzzer.exists():
     # The fuzzer links its own ASan runtime: not the one preloaded into this python.
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    r = subprocess.run([str(fuzzer), *map(str, inputs)], capture_output=True, text=True, env=env)
+    harness = sorted(Path(sys.argv[2]).glob("harness/*.fuzz"))
+    r = subprocess.run([str(fuzzer), *map(str, inputs + harness)], capture_output=True, text=True,
+                       env=env)
     print(f"{'ok' if r.returncode == 0 else 'FAIL'}: mhc-fuzz replay: exit {r.returncode}",
           r.stderr[-2000:] if r.returncode else "")
 print(f"{ok} of {len(inputs)} reproducers handled")
