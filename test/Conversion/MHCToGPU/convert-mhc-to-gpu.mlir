@@ -205,6 +205,17 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // BWD:     gpu.func @mhc_backward_2_rows
 // BWD-SAME:  private(%{{.*}} : memref<156xf32, #gpu.address_space<private>>)
 // BWD-SAME:  nvvm.minctasm = 2
+// The token stage's norm factor r as the forward computes it: where the
+// token's f32 sum of squares overflowed, a re-read of its row x (%arg1, K =
+// 256 elements) scaled by 2^-96.
+// BWD:       %[[OVER:.*]] = arith.cmpf oeq, %{{.*}}, %{{.*}} : f32
+// BWD-NEXT:  scf.if %[[OVER]] -> (f32) {
+// BWD:         arith.constant 1.26217745E-29 : f32
+// BWD:         scf.for {{.*}} to %c256{{.*}} step %c1{{.*}} iter_args
+// BWD:           memref.load %arg1[%{{.*}}] : memref<?xbf16>
+// BWD:         math.rsqrt
+// BWD:       } else {
+// BWD:         math.rsqrt
 // BWD:     gpu.func @mhc_backward_2_cols
 // BWD-SAME:  workgroup(%{{.*}} : memref<6240xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<720xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4224xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4224xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<1152xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64})
 // BWD:       nvvm.mma.sync

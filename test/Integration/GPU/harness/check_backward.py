@@ -19,6 +19,8 @@ For every kernel set and T in --Ts, on seeded random data (never zeros):
   * misaligned: the fused backward on views one element off 16 bytes (fn 4 bytes off 8): the same
     values as the aligned run within 1e-6 (scalar paths);
   * determinism: the fused backward twice on the same inputs: bit-identical gradients;
+  * overflow: token 1 scaled by 1e30 (its f32 sum of squares overflows): the fused backward
+    against the reference as above (its share of dfn needs the rescaled norm factor);
   * control: the check is re-run against a reference of a different dx_next (one stream swapped);
     it must fail, so a passing check means something.
 Outputs are poisoned (NaN) before each call so unwritten elements fail.
@@ -138,6 +140,20 @@ def check_one(ks, key, T, seed):
         res[f"misaligned.{g}"] = dict(err=e, tol=1e-6, ok=bool(e <= 1e-6))
         same = bool(torch.equal(twice[g], fused[g]))
         res[f"deterministic.{g}"] = dict(err=0.0 if same else 1.0, tol=0.0, ok=same)
+    # A token whose f32 sum of squares overflows (elements ~1e30): its r comes
+    # from the rescaled re-read (docs/Guarantees.md), so its O(1) share of dfn
+    # (dm x^T with dm ~ r) must be there; with r = 0 dfn misses it.
+    if T > 1 and key.dtype != "f16":       # 1e30 is inf in f16
+        xo = x.clone()
+        xo[1] *= 1e30
+        mix_o = run(ks, "hc_pre", xo, fn, scale, base)[3]
+        out = dict(zip(GRADS, run(ks, "hc_sublayer_backward", xo, y, fn, scale, base, mix_o, du,
+                                  dxn)))
+        ref_o = reference(xo, y, fn, scale, base, du, dxn, key)
+        for g in GRADS:
+            tol = ACT_TOL[key.dtype] if g in ("dx", "dy") else PARAM_TOL
+            e = relerr(out[g], ref_o[g])
+            res[f"overflow.{g}"] = dict(err=e, tol=tol, ok=bool(e <= tol))
     # Control: a different cotangent in the reference must be caught.
     if key.n > 1 and T > 1:
         wrong = reference(x, y, fn, scale, base, du, dxn.roll(1, dims=1), key)
