@@ -61,3 +61,14 @@ def test_check_torch_backend_smoke(tmp_path):
     assert result["ok"] and len(result["results"]) == 2
     checks = result["results"][0]["checks"]
     assert "hc_pre_backward[0]" in checks and "module_recompute.dfn" in checks
+
+
+def test_check_torch_compile_smoke(tmp_path):
+    out = tmp_path / "compile.json"
+    run("bench/check_torch_compile.py", "--smoke", "--recompute", "0", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["ok"] and len(result["rows"]) == 1
+    row = result["rows"][0]
+    # Every leaf (stream input, mHC parameters, sublayer weights) has a gradient on both sides.
+    assert row["leaves"] == len(row["grads"]) >= 10
+    assert all("err" in g for g in row["grads"])

@@ -164,9 +164,9 @@ class _PostStep(torch.autograd.Function):
 def _no_autocast(x):
     """The mHC math keeps its own precision (spec section 4: f32 coefficients and products) even
     inside a user's autocast region; the sublayer still runs under it."""
-    if x.device.type in ("cpu", "cuda"):
+    if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
         return torch.autocast(x.device.type, enabled=False)
-    return contextlib.nullcontext()
+    return contextlib.nullcontext()     # autocast is off: nothing to switch (saves host time)
 
 
 def _logit(p: float) -> float:
