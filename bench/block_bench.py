@@ -204,14 +204,15 @@ def leaves(f, x, sub):
     return [t for t in out if isinstance(t, torch.Tensor) and t.requires_grad]
 
 
-def time_step(step, grads, device, reps, warmup):
-    if device.type == "cuda":
+def time_step(step, grads, device, reps, warmup, timer="do_bench"):
+    if device.type == "cuda" and timer == "do_bench":
         try:
             from triton.testing import do_bench
             return do_bench(step, warmup=warmup * 10, rep=reps * 10, grad_to_none=grads,
                             return_mode="median")
         except ImportError:
             pass
+    if device.type == "cuda":
         times = []
         for i in range(warmup + reps):
             for g in grads:
@@ -255,7 +256,7 @@ def measure(name, mode, make, sub, h, args):
             step()
             torch.cuda.synchronize()
             row["peak_mem_mb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-        row["ms"] = time_step(step, grads, h.device, args.reps, args.warmup)
+        row["ms"] = time_step(step, grads, h.device, args.reps, args.warmup, args.timer)
     except Exception as e:  # noqa: BLE001 - record it and go on with the other variants
         row["error"] = f"{type(e).__name__}: {e}"
         row["traceback"] = traceback.format_exc(limit=6)
@@ -327,6 +328,9 @@ def main(argv=None):
     p.add_argument("--providers", default="torch_eager,te_triton,liger_triton,tk_tilelang")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--timer", default="do_bench", choices=("do_bench", "events"),
+                   help="triton's do_bench (L2 flushed between steps), or CUDA events around each "
+                        "step with a synchronisation after it")
     args = p.parse_args(argv)
     if args.smoke:
         args.C = args.C or [64]

@@ -249,9 +249,11 @@ def launches_of(lines, arg_names, result_names, key: kernels.KernelKey):
     return spec
 
 
-def compile_kernels(key: dict, out_dir, forward_only: bool = False) -> None:
+def compile_kernels(key: dict, out_dir, forward_only: bool = False, edit_schedules=None) -> None:
     """Writes kernels.cubin and manifest.json of `key` into out_dir (the contract of
-    ``mhc.compiler.compile_torch_kernels``); ``forward_only``: hc_pre and hc_post alone."""
+    ``mhc.compiler.compile_torch_kernels``); ``forward_only``: hc_pre and hc_post alone.
+    ``edit_schedules``: a function from the fused IR with its chosen ``#mhc.schedule``s (after
+    ``--mhc-fuse --mhc-select-schedule``) to the IR to compile, e.g. another schedule to time."""
     from mhc import compiler
     k = kernels.KernelKey.from_dict(key)
     out_dir = Path(out_dir)
@@ -259,9 +261,14 @@ def compile_kernels(key: dict, out_dir, forward_only: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="mhc-torch-") as tmp:
         src = Path(tmp) / "kernels.mlir"
         src.write_text(module_text(k, forward_only))
-        host = compiler._run([mhc_opt, str(src), "--mhc-fuse", f"--convert-mhc-to-gpu=chip={k.chip}"])
-        full = compiler._run([mhc_opt, str(src), f"--mhc-gpu-pipeline=chip={k.chip} format=bin"],
-                             env=compiler._cuda_env())
+        fuse, pipeline = ["--mhc-fuse"], f"--mhc-gpu-pipeline=chip={k.chip} format=bin"
+        if edit_schedules:
+            fused = compiler._run([mhc_opt, str(src), "--mhc-fuse",
+                                   f"--mhc-select-schedule=chip={k.chip}"])
+            src.write_text(edit_schedules(fused))
+            fuse, pipeline = [], pipeline + " fuse=0"     # --mhc-fuse must not run twice
+        host = compiler._run([mhc_opt, str(src), *fuse, f"--convert-mhc-to-gpu=chip={k.chip}"])
+        full = compiler._run([mhc_opt, str(src), pipeline], env=compiler._cuda_env())
     binary = re.search(r'bin = "((?:[^"\\]|\\.)*)"', full)
     if not binary:
         raise compiler.CompileError("no gpu.binary with a cubin in the pipeline's output")

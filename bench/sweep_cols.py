@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Times the backward cols kernel under other schedules than the one --mhc-select-schedule picks.
+
+The schedule of every kernel is an attribute in the IR (#mhc.schedule, docs/GPU.md), so a variant
+is the same compiler with one attribute edited. Here (needs mhc-opt and the CUDA toolkit):
+
+    PYTHONPATH=python python3 bench/sweep_cols.py build --out .mhc-sweep      # n = 4, C = 4096, bf16
+
+writes one kernel cache per variant (.mhc-sweep/<variant>/, with the runtime library). On the GPU
+machine, .mhc-sweep carried along:
+
+    PYTHONPATH=python python3 bench/sweep_cols.py run --out .mhc-sweep --json $OUT/sweep.json
+
+times each with bench/bench_backward.py's method (rows, cols, params kernels of the fused sublayer
+backward; CUDA events, median, three input sets rotated), all in one process.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "python"))
+
+# Field changes of the cols schedule (the second of [rows, cols, params]); "chosen" is what
+# --mhc-select-schedule picks today: tile_tokens 16, chunk_columns 64, threads 256,
+# blocks_per_sm 2, token_splits 4.
+VARIANTS = {
+    "chosen": {},
+    "splits2": {"token_splits": 2},
+    "splits8": {"token_splits": 8},
+    "splits16": {"token_splits": 16},
+    "blocks1": {"blocks_per_sm": 1},
+    "tile32": {"tile_tokens": 32},
+    "chunk32": {"chunk_columns": 32, "token_splits": 2},
+    "threads128": {"threads": 128},
+}
+
+
+def edit_cols(changes):
+    def edit(ir: str) -> str:
+        def one(m):
+            schedules = re.findall(r"#mhc\.schedule<[^>]*>", m.group(0))
+            if len(schedules) != 3:
+                return m.group(0)
+            cols = schedules[1]
+            for field, value in changes.items():
+                cols, count = re.subn(rf"{field} = \d+", f"{field} = {value}", cols)
+                if not count:
+                    raise ValueError(f"no {field} in {cols}")
+            return m.group(0).replace(schedules[1], cols)
+        out, count = re.subn(r"mhc\.schedule = \[[^\]]*\]", one, ir)
+        if not count:
+            raise ValueError("no backward schedule in the IR")
+        return out
+    return edit
+
+
+def build(args):
+    from mhc.torch import kernels, kernel_build
+    key = kernels.KernelKey(n=4, C=4096, dtype="bf16", chip="sm_90")
+    runtime = kernels.find_runtime()
+    for name, changes in VARIANTS.items():
+        root = Path(args.out) / name
+        folder = key.folder(root)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        try:
+            kernel_build.compile_kernels(key.as_dict(), folder, edit_schedules=edit_cols(changes))
+        except Exception as e:  # noqa: BLE001 - an impossible schedule is a diagnostic; go on
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"{name}: not built: {str(e).strip().splitlines()[-1][:200]}", flush=True)
+            continue
+        shutil.copy(runtime, root / kernels.RUNTIME_NAME)
+        print(f"{name}: built {folder}", flush=True)
+
+
+def run(args):
+    results = {}
+    for name in VARIANTS:
+        root = Path(args.out) / name
+        if not root.is_dir():
+            results[name] = {"error": "not built"}
+            continue
+        out = Path(args.json).with_suffix(f".{name}.json")
+        env = dict(os.environ, MHC_CACHE=str(root))
+        proc = subprocess.run([sys.executable, str(HERE / "bench_backward.py"), "--json", str(out),
+                               "--Cs", "4096", "--peers", "none", "--providers", "",
+                               "--iters", "30"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        print(f"== {name} {VARIANTS[name]}\n{proc.stdout[-1500:]}{proc.stderr[-800:]}", flush=True)
+        results[name] = {"changes": VARIANTS[name],
+                         "result": json.loads(out.read_text()) if out.exists() else None,
+                         "exit": proc.returncode}
+        out.unlink(missing_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("build", "run"))
+    p.add_argument("--out", default=".mhc-sweep")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    build(args) if args.what == "build" else run(args)
+
+
+if __name__ == "__main__":
+    main()
