@@ -96,7 +96,6 @@ struct RowsKernelBuilder : KernelBuilder {
   void loadPost();
   void emitRowLoop();
   void emitTokenBackward(Value t, Value token);
-  Value normFactor(Value t, Value token);
   void emitParamPartials();
 };
 

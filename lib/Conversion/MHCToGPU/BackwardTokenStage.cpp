@@ -21,8 +21,6 @@
 //===----------------------------------------------------------------------===//
 #include "BackwardKernel.h"
 
-#include <limits>
-
 using namespace mlir;
 using namespace mlir::mhc;
 using namespace mlir::mhc::gpu_kernels;
@@ -31,39 +29,6 @@ namespace {
 /// n x n values of one matrix, row-major.
 using Matrix = SmallVector<Value>;
 } // namespace
-
-/// r = rsqrt(sum x^2 / K + eps) from the row sum of squares, as the forward
-/// computes it (ProjectionStage.cpp): where the f32 sum overflowed (+inf,
-/// elements from ~2^64 / sqrt(K) up) this thread re-reads the token's row
-/// scaled by 2^-96 and takes r = 2^-96 rsqrt(sum / K), instead of r = 0 and
-/// a zero gradient through the norm.
-Value RowsKernelBuilder::normFactor(Value t, Value token) {
-  int64_t K = p.n * p.C;
-  Value sumSq = ld(sumsS, add(mul(t, ci(p.rowSums())), ci(p.rowSumSq())));
-  Value overflowed =
-      arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, sumSq,
-                            cf(std::numeric_limits<double>::infinity()));
-  Value x = arg(p.x);
-  return emitIfElse(
-      f32, overflowed,
-      [&]() -> SmallVector<Value> {
-        Value base = mul(token, ci(K));
-        Value scale = cf(0x1p-96);
-        Value sum = emitFor(ci(0), ci(K), ci(1), {cf(0.0)},
-                            [&](Value k, ValueRange acc) {
-                              Value v =
-                                  fmul(toF32(ld(x, add(base, k))), scale);
-                              return SmallVector<Value>{
-                                  fadd(acc[0], fmul(v, v))};
-                            })[0];
-        return {fmul(scale, math::RsqrtOp::create(
-                                b, loc, fdiv(sum, cf(double(K)))))};
-      },
-      [&]() -> SmallVector<Value> {
-        return {math::RsqrtOp::create(
-            b, loc, fadd(fdiv(sumSq, cf(double(K))), cf(p.normEps)))};
-      })[0];
-}
 
 void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
   int64_t n = p.n, M = p.M(), R = p.iterations;
@@ -193,7 +158,10 @@ void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
     da.push_back(fmul(fmul(dpost[j], cf(p.postMult)),
                       fmul(sPost[j], fsub(cf(1.0), sPost[j]))));
   da.append(dL);
-  Value r = normFactor(t, token);
+  // r as the forward computes it, overflow-free (normFactor: where the sum
+  // of squares is +inf, this thread re-reads the token's row of x).
+  Value r = normFactor(rowSum(p.rowSumSq()), arg(p.x), [&] { return token; },
+                       n * p.C, p.normEps);
   Value mixDot = cf(0.0);
   SmallVector<Value> groupDot(3, cf(0.0));
   Value params = mul(t, ci(p.paramWidth()));

@@ -3,12 +3,43 @@
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 
+#include <limits>
+
 using namespace mlir;
 using namespace mlir::mhc::gpu_kernels;
 
 Value KernelBuilder::sigmoid(Value a) {
   Value e = math::ExpOp::create(b, loc, arith::NegFOp::create(b, loc, a));
   return fdiv(cf(1.0), fadd(cf(1.0), e));
+}
+
+Value KernelBuilder::normFactor(Value sumSq, Value row,
+                                function_ref<Value()> token, int64_t K,
+                                float eps) {
+  Value overflowed = arith::CmpFOp::create(
+      b, loc, arith::CmpFPredicate::OEQ, sumSq,
+      cf(std::numeric_limits<double>::infinity()));
+  return emitIfElse(
+      b.getF32Type(), overflowed,
+      [&]() -> SmallVector<Value> {
+        if (!row)
+          return {cf(std::numeric_limits<double>::quiet_NaN())};
+        Value base = mul(token(), ci(K));
+        Value scale = cf(0x1p-96);
+        Value sum = emitFor(ci(0), ci(K), ci(1), {cf(0.0)},
+                            [&](Value k, ValueRange acc) {
+                              Value v =
+                                  fmul(toF32(ld(row, add(base, k))), scale);
+                              return SmallVector<Value>{
+                                  fadd(acc[0], fmul(v, v))};
+                            })[0];
+        return {fmul(scale, math::RsqrtOp::create(
+                                b, loc, fdiv(sum, cf(double(K)))))};
+      },
+      [&]() -> SmallVector<Value> {
+        return {math::RsqrtOp::create(
+            b, loc, fadd(fdiv(sumSq, cf(double(K))), cf(eps)))};
+      })[0];
 }
 
 SmallVector<Value> KernelBuilder::softmaxRows(ArrayRef<Value> L, int64_t n,

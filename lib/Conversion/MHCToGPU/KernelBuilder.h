@@ -72,6 +72,13 @@ public:
     return math::FmaOp::create(b, loc, x, y, acc);
   }
   Value sigmoid(Value a);
+  /// norm_project's r = rsqrt(sumSq / K + eps) for one token, without
+  /// overflow (docs/Guarantees.md): where the f32 sum of squares is +inf,
+  /// re-reads the token's K elements of `row` (flat, from `token() * K`)
+  /// scaled by 2^-96 and returns 2^-96 rsqrt(sum / K); NaN when `row` is null
+  /// (the row is not in memory). The CPU lowering's normFactor does the same.
+  Value normFactor(Value sumSq, Value row, function_ref<Value()> token,
+                   int64_t K, float eps);
   /// The softmax of each row of the row-major n x n matrix `L` (held in
   /// registers, one value per entry), with the row max subtracted; `plus`
   /// (when given) is added to every entry.

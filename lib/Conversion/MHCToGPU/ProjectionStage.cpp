@@ -17,8 +17,6 @@
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
 
-#include <limits>
-
 using namespace mlir;
 using namespace mlir::mhc;
 using namespace mlir::mhc::gpu_kernels;
@@ -187,31 +185,8 @@ void ForwardKernelBuilder::finishProjection(ArrayRef<Value> acc,
   int64_t K = p.n * p.C;
   Value row = p.pr ? outputArg(p.pr.getResult()) : arg(p.np.getX());
   emitFor(tid, ci(p.s.tileTokens), ci(threads), {}, [&](Value t, ValueRange) {
-    Value s = ld(ssTok, t);
-    Value overflowed = arith::CmpFOp::create(
-        b, loc, arith::CmpFPredicate::OEQ, s,
-        cf(std::numeric_limits<double>::infinity()));
-    Value r = emitIfElse(
-        f32, overflowed,
-        [&]() -> SmallVector<Value> {
-          if (!row)
-            return {cf(std::numeric_limits<double>::quiet_NaN())};
-          Value base = mul(add(tile0, t), ci(K));
-          Value scale = cf(0x1p-96);
-          Value sum = emitFor(ci(0), ci(K), ci(1), {cf(0.0)},
-                              [&](Value k, ValueRange acc) {
-                                Value v = fmul(toF32(ld(row, add(base, k))),
-                                               scale);
-                                return SmallVector<Value>{
-                                    fadd(acc[0], fmul(v, v))};
-                              })[0];
-          return {fmul(scale, math::RsqrtOp::create(
-                                  b, loc, fdiv(sum, cf(double(K)))))};
-        },
-        [&]() -> SmallVector<Value> {
-          return {math::RsqrtOp::create(
-              b, loc, fadd(fdiv(s, cf(double(K))), cf(eps)))};
-        })[0];
+    Value r = normFactor(ld(ssTok, t), row, [&] { return add(tile0, t); }, K,
+                         eps);
     st(r, ssTok, t);
     return SmallVector<Value>{};
   });
