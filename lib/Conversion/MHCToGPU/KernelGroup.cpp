@@ -99,6 +99,19 @@ const KernelFamily *gpu_kernels::findKernelFamily(const KernelGroup &group) {
   return nullptr;
 }
 
+LogicalResult gpu_kernels::checkRootsNotNested(ModuleOp module,
+                                               ArrayRef<Operation *> roots,
+                                               StringRef pass) {
+  for (Operation *root : roots)
+    if (root->getParentOfType<ModuleOp>() != module)
+      return root->emitError()
+             << pass << ": an mhc op inside a nested module; run " << pass
+             << " on that module (--pass-pipeline='builtin.module("
+                "builtin.module("
+             << pass << "))')";
+  return success();
+}
+
 SmallVector<Operation *> gpu_kernels::collectKernelRoots(Operation *module) {
   SmallVector<Operation *> roots;
   module->walk<WalkOrder::PreOrder>([&](Operation *op) {

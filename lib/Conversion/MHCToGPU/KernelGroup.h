@@ -100,6 +100,12 @@ const KernelFamily *findKernelFamily(const KernelGroup &group);
 /// mhc op outside one.
 SmallVector<Operation *> collectKernelRoots(Operation *module);
 
+/// Fails (an error at the first such root) when a root sits in a module
+/// nested inside `module`: the kernels `pass` adds to `module` would not be
+/// in that module's symbol table (found by fuzzing: invalid IR).
+LogicalResult checkRootsNotNested(ModuleOp module, ArrayRef<Operation *> roots,
+                                  StringRef pass);
+
 } // namespace mlir::mhc::gpu_kernels
 
 #endif // MHC_LIB_CONVERSION_MHCTOGPU_KERNELGROUP_H

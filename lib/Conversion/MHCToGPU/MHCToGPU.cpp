@@ -41,6 +41,8 @@ struct ConvertMHCToGPUPass
     SmallVector<Operation *> roots = collectKernelRoots(module);
     if (roots.empty())
       return;
+    if (failed(checkRootsNotNested(module, roots, getArgument())))
+      return signalPassFailure();
 
     OpBuilder b(module.getBodyRegion());
     b.setInsertionPointToEnd(module.getBody());

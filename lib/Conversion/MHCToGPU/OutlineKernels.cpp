@@ -64,6 +64,8 @@ struct MHCOutlineKernelsPass
   void runOnOperation() override {
     ModuleOp module = getOperation();
     SmallVector<Operation *> roots = collectKernelRoots(module);
+    if (failed(checkRootsNotNested(module, roots, getArgument())))
+      return signalPassFailure();
     SmallVector<func::FuncOp> kernels;
     OpBuilder moduleBuilder = OpBuilder::atBlockEnd(module.getBody());
     int64_t index = 0;

@@ -1,6 +1,7 @@
 // RUN: not mhc-opt %s --split-input-file --convert-mhc-to-gpu="chip=sm_70" 2>&1 | FileCheck %s --check-prefix=OLD
 // RUN: not mhc-opt %s --split-input-file --convert-mhc-to-gpu="chip=gfx90a" 2>&1 | FileCheck %s --check-prefix=BAD
 // RUN: not mhc-opt %s --split-input-file --convert-mhc-to-gpu 2>&1 | FileCheck %s
+// RUN: not mhc-opt %s --split-input-file --mhc-outline-kernels 2>&1 | FileCheck %s --check-prefix=OUTLINE
 
 // OLD: error: convert-mhc-to-gpu: chip sm_70 is not supported; the kernels need sm_80 or newer
 // BAD: error: convert-mhc-to-gpu: bad chip 'gfx90a', expected one of sm_80, {{.*}}sm_90a, sm_100
@@ -122,4 +123,20 @@ func.func @many_streams(%l: tensor<?x32x32xf32>) -> tensor<?x32x32xf32> {
 func.func @too_many_tokens(%x: tensor<1099511627776x4x64xbf16>, %pre: tensor<1099511627776x4xf32>) -> tensor<1099511627776x64xbf16> {
   %u = mhc.pre_apply %x, %pre : tensor<1099511627776x4x64xbf16>, tensor<1099511627776x4xf32> -> tensor<1099511627776x64xbf16>
   return %u : tensor<1099511627776x64xbf16>
+}
+
+// -----
+
+// mhc ops in a module nested inside the one the pass runs on (the fuzzer
+// found this: the kernels went to the outer module, the launches stayed in
+// the inner one, whose symbol table lacks them).
+// CHECK: error: convert-mhc-to-gpu: an mhc op inside a nested module; run convert-mhc-to-gpu on that module
+// OUTLINE: error: mhc-outline-kernels: an mhc op inside a nested module; run mhc-outline-kernels on that module
+module {
+  module {
+    func.func @nested(%x: tensor<?x4x64xbf16>, %p: tensor<?x4xf32>) -> tensor<?x64xbf16> {
+      %u = mhc.pre_apply %x, %p : tensor<?x4x64xbf16>, tensor<?x4xf32> -> tensor<?x64xbf16>
+      return %u : tensor<?x64xbf16>
+    }
+  }
 }
