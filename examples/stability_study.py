@@ -241,33 +241,43 @@ def train(variant, args, data_train, data_val, device):
     return rec
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--json", required=True)
-    p.add_argument("--smoke", action="store_true", help="tiny model, a few steps, CPU")
-    p.add_argument("--variants", default="baseline,hc,mhc")
+def add_model_arguments(p):
+    """The model, optimizer and backend options this script shares with train_distributed.py."""
     p.add_argument("--layers", type=int, default=24)
     p.add_argument("--C", type=int, default=512)
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=20000, help="upper bound; --minutes usually ends first")
-    p.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget per variant")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--eval-batches", type=int, default=4)
     p.add_argument("--backend", default="auto", choices=("auto", "cuda", "reference"))
     p.add_argument("--no-recompute", dest="recompute", action="store_false")
-    p.add_argument("--compile", action="store_true")
     p.add_argument("--fp32", dest="bf16", action="store_false", help="f32 stream (default bf16 on CUDA)")
+
+
+def use_smoke_sizes(args):
+    """The tiny model of --smoke (CPU runs in CI)."""
+    args.layers, args.C, args.heads, args.seq, args.batch = 2, 32, 2, 32, 4
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", required=True)
+    p.add_argument("--smoke", action="store_true", help="tiny model, a few steps, CPU")
+    p.add_argument("--variants", default="baseline,hc,mhc")
+    add_model_arguments(p)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20000, help="upper bound; --minutes usually ends first")
+    p.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget per variant")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-batches", type=int, default=4)
+    p.add_argument("--compile", action="store_true")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke:
-        args.layers, args.C, args.heads, args.seq, args.batch = 2, 32, 2, 32, 4
+        use_smoke_sizes(args)
         args.steps, args.log_every, args.eval_every, args.eval_batches = 6, 2, 3, 1
     args.bf16 = args.bf16 and device.type == "cuda"
     args.seconds = args.minutes * 60

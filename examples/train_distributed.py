@@ -55,25 +55,14 @@ def parse(argv=None):
                    help="default: cuda when available (nccl), else cpu (gloo)")
     p.add_argument("--smoke", action="store_true", help="tiny model (as stability_study --smoke)")
     p.add_argument("--variant", choices=("mhc", "hc", "baseline"), default="mhc")
-    p.add_argument("--layers", type=int, default=24)
-    p.add_argument("--C", type=int, default=512)
-    p.add_argument("--n", type=int, default=4)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--seq", type=int, default=512)
+    ss.add_model_arguments(p)
     p.add_argument("--batch", type=int, default=32, help="global batch (all ranks together)")
     p.add_argument("--steps", type=int, default=None, help="default 1000 (--smoke: 2)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--backend", default="auto", choices=("auto", "cuda", "reference"))
-    p.add_argument("--no-recompute", dest="recompute", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
-    p.add_argument("--fp32", dest="bf16", action="store_false", help="f32 stream (default bf16 on CUDA)")
     p.add_argument("--json", help="rank 0 writes the loss log here")
     args = p.parse_args(argv)
     if args.smoke:
-        args.layers, args.C, args.heads, args.seq, args.batch = 2, 32, 2, 32, 4
+        ss.use_smoke_sizes(args)
         args.log_every = 1
     if args.steps is None:
         args.steps = 2 if args.smoke else 1000
