@@ -64,6 +64,17 @@ def reference(x, y, fn, scale, base, du, dxn, key):
     return dict(dx=gx, dy=gy, dfn=gfn, dscale=gs, dbase=gb)
 
 
+def tolerance(key, grad):
+    return ACT_TOL[key.dtype] if grad in ("dx", "dy") else PARAM_TOL
+
+
+def compare(res, name, out, ref, key):
+    """res[name.grad] for every gradient of `out` against the float64 reference `ref`."""
+    for g in GRADS:
+        tol, e = tolerance(key, g), relerr(out[g], ref[g])
+        res[f"{name}.{g}"] = dict(err=e, tol=tol, ok=bool(e <= tol))
+
+
 def relerr(out, ref):
     out, ref = out.double(), ref.double()
     if not torch.isfinite(out).all():
@@ -126,11 +137,8 @@ def check_one(ks, key, T, seed):
     split = dict(dx=dx2, dy=dy2, dfn=dfn2, dscale=ds2, dbase=db2)
     ref = reference(x, y, fn, scale, base, du, dxn, key)
     res = {}
-    for name, out in (("fused", fused), ("split", split)):
-        for g in GRADS:
-            tol = ACT_TOL[key.dtype] if g in ("dx", "dy") else PARAM_TOL
-            e = relerr(out[g], ref[g])
-            res[f"{name}.{g}"] = dict(err=e, tol=tol, ok=bool(e <= tol))
+    compare(res, "fused", fused, ref, key)
+    compare(res, "split", split, ref, key)
     # Misaligned views (scalar paths) and determinism.
     args = [misaligned(t) for t in (x, y, fn)] + [scale, base, mix] + [misaligned(t) for t in (du, dxn)]
     again = dict(zip(GRADS, run(ks, "hc_sublayer_backward", *args)))
@@ -149,16 +157,11 @@ def check_one(ks, key, T, seed):
         mix_o = run(ks, "hc_pre", xo, fn, scale, base)[3]
         out = dict(zip(GRADS, run(ks, "hc_sublayer_backward", xo, y, fn, scale, base, mix_o, du,
                                   dxn)))
-        ref_o = reference(xo, y, fn, scale, base, du, dxn, key)
-        for g in GRADS:
-            tol = ACT_TOL[key.dtype] if g in ("dx", "dy") else PARAM_TOL
-            e = relerr(out[g], ref_o[g])
-            res[f"overflow.{g}"] = dict(err=e, tol=tol, ok=bool(e <= tol))
+        compare(res, "overflow", out, reference(xo, y, fn, scale, base, du, dxn, key), key)
     # Control: a different cotangent in the reference must be caught.
     if key.n > 1 and T > 1:
         wrong = reference(x, y, fn, scale, base, du, dxn.roll(1, dims=1), key)
-        worst = max(relerr(fused[g], wrong[g]) / (ACT_TOL[key.dtype] if g in ("dx", "dy")
-                                                  else PARAM_TOL) for g in GRADS)
+        worst = max(relerr(fused[g], wrong[g]) / tolerance(key, g) for g in GRADS)
         res["control.detected"] = dict(err=worst, tol=1.0, ok=bool(worst > 1.0))
     return res
 
