@@ -175,12 +175,10 @@ void ForwardKernelBuilder::finishProjection(ArrayRef<Value> acc,
     });
     barrier();
   }
-  // r = rsqrt(sumsq / K + eps), once per token, into ssTok. Where the f32
-  // sum of squares overflowed (+inf: elements from ~2^64 / sqrt(K) up), r is
-  // computed as the CPU lowering does (normFactor in MHCToLinalg.cpp): one
-  // thread re-reads the token's row as stored (x, or post_res's x_next),
-  // sums the squares of the elements scaled by 2^-96 and takes
-  // r = 2^-96 rsqrt(sum / K); a row that is not in memory gives NaN.
+  // r = rsqrt(sumsq / K + eps), once per token, into ssTok, overflow-free
+  // (normFactor): where the f32 sum overflowed, one thread re-reads the
+  // token's row as stored (x, or post_res's x_next); a row that is not in
+  // memory gives NaN.
   float eps = p.np.getEps().convertToFloat();
   int64_t K = p.n * p.C;
   Value row = p.pr ? outputArg(p.pr.getResult()) : arg(p.np.getX());
