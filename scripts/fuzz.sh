@@ -13,8 +13,13 @@ cd "$(dirname "$0")/.."
 SECONDS_TO_RUN=${1:-60}
 JOBS=${2:-1}
 BUILD=${MHC_SAN_BUILD_DIR:-build-san}
-scripts/build.sh --sanitize >/dev/null
-ninja -C "$BUILD" mhc-fuzz >/dev/null
+# MHC_FUZZ_BIN: a prebuilt mhc-fuzz (e.g. carried to a machine without MLIR,
+# with its shared libraries on LD_LIBRARY_PATH); then nothing is built.
+if [ -z "${MHC_FUZZ_BIN:-}" ]; then
+  scripts/build.sh --sanitize >/dev/null
+  ninja -C "$BUILD" mhc-fuzz >/dev/null
+fi
+BIN=${MHC_FUZZ_BIN:-$PWD/$BUILD/bin/mhc-fuzz}
 FUZZ="$PWD/$BUILD/fuzz"
 rm -rf "$FUZZ/seeds"          # seeds are derived: rewrite them from test/
 mkdir -p "$FUZZ/seeds" "$FUZZ/corpus" "$FUZZ/artifacts" "$FUZZ/logs"
@@ -40,7 +45,6 @@ if [ "$JOBS" -gt 1 ]; then
   # Parallel workers write fuzz-<i>.log into $FUZZ/logs (libFuzzer names
   # them); their statistics are summed at the end.
   rm -f "$FUZZ"/logs/fuzz-*.log
-  BIN="$PWD/$BUILD/bin/mhc-fuzz"
   (cd "$FUZZ/logs" && "$BIN" "${ARGS[@]}" -jobs="$JOBS" -workers="$JOBS" \
        "$FUZZ/corpus" "$FUZZ/seeds") || true
   grep -a -h -E "^stat::|ERROR|mhc-fuzz: BUG" "$FUZZ"/logs/fuzz-*.log || true
@@ -50,7 +54,7 @@ if [ "$JOBS" -gt 1 ]; then
   if grep -a -q -E "ERROR|mhc-fuzz: BUG" "$FUZZ"/logs/fuzz-*.log; then RC=1; else RC=0; fi
 else
   RC=0
-  "$BUILD/bin/mhc-fuzz" "${ARGS[@]}" "$FUZZ/corpus" "$FUZZ/seeds" || RC=$?
+  "$BIN" "${ARGS[@]}" "$FUZZ/corpus" "$FUZZ/seeds" || RC=$?
 fi
 # A crash, hang, out-of-memory or broken promise leaves its input here; a leak
 # found at exit only makes the fuzzer fail.
