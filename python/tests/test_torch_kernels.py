@@ -432,3 +432,22 @@ def test_eager_cuda_path_calls_the_kernels_directly(tmp_path, mock, monkeypatch)
     # Through torch.ops.mhc, CPU tensors would have run the reference math and launched nothing.
     assert [l["kernel"] for l in launches(mock)] == ["pre_norm", "pre_apply", "post"]
     kernels._LOADED.clear(), kernels._BY_CALL.clear()
+
+
+def test_auto_backend_picks_up_a_kernel_set_that_appears_later(monkeypatch):
+    """HyperConnection(backend="auto") remembers found kernel sets, but looks again for a missing one
+    (after _RECHECK_MISSING_S): a set built or carried in while the process runs gets used."""
+    from mhc.torch import modules
+    answers = [False, False, True, False]
+    monkeypatch.setattr(kernels, "available", lambda n, C, dtype: answers.pop(0))
+    monkeypatch.setattr(modules, "_KERNELS_FOUND", set())
+    monkeypatch.setattr(modules, "_KERNELS_MISSING", {})
+    monkeypatch.setattr(modules, "_RECHECK_MISSING_S", 3600.0)
+    assert not modules._cuda_kernels_available(4, 64, "bfloat16")
+    assert not modules._cuda_kernels_available(4, 64, "bfloat16")     # remembered: no second look
+    assert answers == [False, True, False]
+    monkeypatch.setattr(modules, "_RECHECK_MISSING_S", 0.0)
+    assert not modules._cuda_kernels_available(4, 64, "bfloat16")     # looked again: still none
+    assert modules._cuda_kernels_available(4, 64, "bfloat16")         # the set appeared
+    assert modules._cuda_kernels_available(4, 64, "bfloat16")         # found is final: no look
+    assert answers == [False]

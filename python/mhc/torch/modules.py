@@ -35,8 +35,8 @@ decides what it saves) but post/comb are still recomputed rather than saved.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
+import time
 
 import torch
 from torch import nn
@@ -55,11 +55,28 @@ def _ops(backend: str):
     return DirectOps if backend == "cuda" else ref
 
 
+_KERNELS_FOUND: set = set()            # shapes whose kernel set was found: no look-up per forward
+_KERNELS_MISSING: dict = {}             # shape -> when a look-up last found none
+_RECHECK_MISSING_S = 1.0
+
+
 @torch.compiler.assume_constant_result
-@functools.lru_cache(maxsize=None)      # once per shape: no file-system look-up per forward
 def _cuda_kernels_available(n: int, C: int, dtype: str) -> bool:
+    """Whether the cache holds (or mhc can build) this shape's kernel set. A "no" is looked up
+    again after a second, so that a set built or copied in while the process runs is picked up."""
+    shape = (n, C, dtype)
+    if shape in _KERNELS_FOUND:
+        return True
+    last = _KERNELS_MISSING.get(shape)
+    if last is not None and time.monotonic() - last < _RECHECK_MISSING_S:
+        return False
     from . import kernels
-    return kernels.available(n, C, dtype)
+    if kernels.available(n, C, dtype):
+        _KERNELS_FOUND.add(shape)
+        _KERNELS_MISSING.pop(shape, None)
+        return True
+    _KERNELS_MISSING[shape] = time.monotonic()
+    return False
 
 
 def resolve_backend(backend: str, x: torch.Tensor, n: int, C: int) -> str:
