@@ -236,6 +236,33 @@ def time_step(step, grads, device, reps, warmup, timer="do_bench"):
     return statistics.median(times)
 
 
+def profile_kernels(step, trace_path):
+    """The GPU work of one call of `step`, from torch.profiler's Chrome trace (its kernel events
+    carry the stream): {"kernels", "kernel_ms" (summed), "span_ms" (first start to last end),
+    "streams": {stream: [kernels, ms]}, "mhc": {stream: kernels named mhc_*}}. A timer that reads
+    less than kernel_ms did not time all of the step's work."""
+    from torch.profiler import profile, ProfilerActivity
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    prof.export_chrome_trace(trace_path)
+    with open(trace_path) as fh:
+        events = json.load(fh)["traceEvents"]
+    os.remove(trace_path)
+    kernels = [e for e in events if e.get("cat") == "kernel"]
+    streams, mhc = {}, {}
+    for e in kernels:
+        stream = str(e["args"].get("stream"))
+        count, ms = streams.get(stream, (0, 0.0))
+        streams[stream] = (count + 1, ms + e["dur"] / 1e3)
+        if e["name"].startswith("mhc_"):
+            mhc[stream] = mhc.get(stream, 0) + 1
+    start = min((e["ts"] for e in kernels), default=0.0)
+    end = max((e["ts"] + e["dur"] for e in kernels), default=0.0)
+    return {"kernels": len(kernels), "kernel_ms": sum(ms for _, ms in streams.values()),
+            "span_ms": (end - start) / 1e3, "streams": streams, "mhc": mhc}
+
+
 def measure(name, mode, make, sub, h, args):
     row = {"variant": name, "mode": mode, "C": h.shape[-1]}
     try:
@@ -256,7 +283,11 @@ def measure(name, mode, make, sub, h, args):
             step()
             torch.cuda.synchronize()
             row["peak_mem_mb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        # A step that skips work shows here: every leaf must get a gradient.
+        row["leaves"], row["leaves_with_grad"] = len(grads), sum(g.grad is not None for g in grads)
         row["ms"] = time_step(step, grads, h.device, args.reps, args.warmup, args.timer)
+        if args.profile and h.device.type == "cuda":
+            row["profile"] = profile_kernels(step, os.path.abspath(args.json) + ".trace.json")
     except Exception as e:  # noqa: BLE001 - record it and go on with the other variants
         row["error"] = f"{type(e).__name__}: {e}"
         row["traceback"] = traceback.format_exc(limit=6)
@@ -331,6 +362,8 @@ def main(argv=None):
     p.add_argument("--timer", default="do_bench", choices=("do_bench", "events"),
                    help="triton's do_bench (L2 flushed between steps), or CUDA events around each "
                         "step with a synchronisation after it")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one step per row (torch.profiler): kernel time, span, streams")
     args = p.parse_args(argv)
     if args.smoke:
         args.C = args.C or [64]
@@ -366,6 +399,12 @@ def main(argv=None):
                 rows.append(row)
                 print(f"  C={C} {mode:7s} {name:14s} " + (f"{row['ms']:.3f} ms" if "ms" in row
                                                           else f"error: {row['error'][:100]}"), flush=True)
+                if "profile" in row:
+                    prof = row["profile"]
+                    print(f"    profiled step: {prof['kernels']} kernels, {prof['kernel_ms']:.3f} ms of "
+                          f"kernels, span {prof['span_ms']:.3f} ms, streams {prof['streams']}, "
+                          f"mhc kernels {prof['mhc']}; leaves with a gradient "
+                          f"{row.get('leaves_with_grad')}/{row.get('leaves')}", flush=True)
     for r in rows:
         plain = next((q for q in rows if q["variant"] == "plain" and q["mode"] == r["mode"]
                       and q["C"] == r["C"] and "ms" in q), None)

@@ -10,6 +10,13 @@ the mHC parameters, the sublayers' weights), eager against torch.compile(fullgra
 whose gradient is missing on one side fails. Tolerance: relative error ||a - b|| / ||b|| <= 2e-2
 (bf16; compiled kernels round differently). Also times both, to tell a compiled step that skips
 work from one that is merely faster.
+
+At full size (--C 4096 --batch 4 --seq 4096) two more readings tell a real compile bug from an
+ill-conditioned number: --cross compares each gradient of the cuda backend with the reference
+backend's, both eager (two correct implementations of the same math: a gradient where they differ
+as much as eager vs compiled does is cancellation, not a bug), and --profile records one step of
+each mode with torch.profiler and reports the CUDA streams its kernels ran on, the kernels' summed
+time and their span (first start to last end) beside the wall time.
 """
 import argparse
 import json
@@ -58,12 +65,16 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--backends", default="cuda,reference")
     p.add_argument("--recompute", default="0,1", help="0, 1 or both")
+    p.add_argument("--cross", action="store_true",
+                   help="also compare every backend's eager gradients with the first backend's")
+    p.add_argument("--profile", action="store_true",
+                   help="profile one eager and one compiled step: streams, kernel time, span")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, reference backend only")
     args = p.parse_args(argv)
     dev = torch.device("cpu" if args.smoke else "cuda")
     if args.smoke:
         args.C, args.batch, args.seq = 64, 1, 32
-    results, ok = [], True
+    results, ok, first_eager = [], True, {}
     backends = ["reference"] if args.smoke else args.backends.split(",")
     for backend in backends:
         for recompute in [bool(int(r)) for r in args.recompute.split(",")]:
@@ -89,8 +100,24 @@ def main(argv=None):
                     e = relerr(a, b)
                     row["grads"].append({"leaf": i, "shape": list(b.shape), "err": e})
                     good = good and e <= TOL
+            if args.cross:
+                # Not a pass/fail criterion: how far two eager implementations of the same math
+                # are apart, per leaf, next to the eager-vs-compiled error above.
+                reference = first_eager.setdefault(recompute, (backend, eager))
+                row["cross"] = {"against": reference[0], "out": relerr(eager[0], reference[1][0]),
+                                "grads": [None if a is None or b is None else relerr(a, b)
+                                          for a, b in zip(eager[1], reference[1][1])]}
             row["eager_ms"] = timed(f, x, grad, leaves)
             row["compiled_ms"] = timed(compiled_f, x, grad, leaves)
+            if args.profile and dev.type == "cuda":
+                trace = os.path.abspath(args.json) + ".trace.json"
+                row["profile"] = {
+                    "eager": bb.profile_kernels(lambda: run(f, x, grad, leaves), trace),
+                    "compiled": bb.profile_kernels(lambda: run(compiled_f, x, grad, leaves), trace)}
+                for mode, prof in row["profile"].items():
+                    print(f"  {mode}: {prof['kernels']} kernels on streams {prof['streams']}; mhc "
+                          f"kernels per stream {prof['mhc']}; kernel time {prof['kernel_ms']:.2f} ms, "
+                          f"span {prof['span_ms']:.2f} ms", flush=True)
             row["ok"] = bool(good)
             ok = ok and good
             worst = max([g.get("err", 0.0) for g in row["grads"]] + [row["out"]])
@@ -98,6 +125,12 @@ def main(argv=None):
             print(f"backend={backend:9s} recompute={recompute!s:5s} out err {row['out']:.2e} worst grad "
                   f"err {worst:.2e} missing {missing} eager {row['eager_ms']:.2f} ms compiled "
                   f"{row['compiled_ms']:.2f} ms: {'ok' if good else 'FAIL'}", flush=True)
+            if "cross" in row:
+                print(f"  eager {backend} vs eager {row['cross']['against']}: out "
+                      f"{row['cross']['out']:.2e}, grads " + " ".join(
+                          "-" if e is None else f"{e:.1e}" for e in row["cross"]["grads"]))
+                print("  compiled vs eager, grads: " + " ".join(
+                    f"{g['err']:.1e}" if "err" in g else "-" for g in row["grads"]), flush=True)
             results.append(row)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
