@@ -8,7 +8,10 @@ HyperConnection, n = 4), small enough to compile fast (T = 2 x 512), bf16, with 
 and with the reference backend: forward output and the gradient of every leaf (the stream input,
 the mHC parameters, the sublayers' weights), eager against torch.compile(fullgraph=False). A leaf
 whose gradient is missing on one side fails. Tolerance: relative error ||a - b|| / ||b|| <= 2e-2
-(bf16; compiled kernels round differently). Also times both, to tell a compiled step that skips
+(bf16; compiled kernels round differently), or, for the cuda backend when the reference backend
+ran too, no worse than twice the reference backend's compiled-vs-eager error on every leaf
+(judge_against_reference: at full size, compile moves the first HyperConnection's dscale by 30-50%
+for both backends). Also times both, to tell a compiled step that skips
 work from one that is merely faster.
 
 At full size (--C 4096 --batch 4 --seq 4096) two more readings tell a real compile bug from an
@@ -55,6 +58,23 @@ def timed(f, x, grad, leaves, reps=5):
     for _ in range(reps):
         run(f, x, grad, leaves)
     return (time.perf_counter() - t) / reps * 1e3
+
+
+def judge_against_reference(row, rows):
+    """A cuda-backend row over the absolute tolerance still passes when, leaf by leaf, its
+    compiled-vs-eager error is at most twice the reference backend's (the same math in PyTorch,
+    same model and seed) and nothing is missing: compile moves an ill-conditioned gradient (e.g.
+    dscale, a cancelling sum over all tokens) as far for PyTorch's own ops as for mhc's kernels,
+    while a kernel mis-wired under compile would stand out against the reference."""
+    reference = next((r for r in rows if r["backend"] == "reference"
+                      and r["recompute"] == row["recompute"]), None)
+    if reference is None or any("missing" in g for g in row["grads"] + reference["grads"]):
+        return
+    ratios = [g["err"] / max(r["err"], TOL / 2) for g, r in zip(row["grads"], reference["grads"])]
+    row["vs_reference"] = {"ratios": ratios, "limit": 2.0}
+    row["ok"] = max(ratios) <= 2.0 and row["out"] <= max(TOL, 2 * reference["out"])
+    print(f"backend=cuda recompute={row['recompute']!s:5s} against the reference backend under "
+          f"compile: worst error ratio {max(ratios):.2f} (limit 2): {'ok' if row['ok'] else 'FAIL'}")
 
 
 def main(argv=None):
@@ -119,7 +139,6 @@ def main(argv=None):
                           f"kernels per stream {prof['mhc']}; kernel time {prof['kernel_ms']:.2f} ms, "
                           f"span {prof['span_ms']:.2f} ms", flush=True)
             row["ok"] = bool(good)
-            ok = ok and good
             worst = max([g.get("err", 0.0) for g in row["grads"]] + [row["out"]])
             missing = [g for g in row["grads"] if "missing" in g]
             print(f"backend={backend:9s} recompute={recompute!s:5s} out err {row['out']:.2e} worst grad "
@@ -132,6 +151,10 @@ def main(argv=None):
                 print("  compiled vs eager, grads: " + " ".join(
                     f"{g['err']:.1e}" if "err" in g else "-" for g in row["grads"]), flush=True)
             results.append(row)
+    for row in results:
+        if not row["ok"] and row["backend"] == "cuda":
+            judge_against_reference(row, results)
+        ok = ok and row["ok"]
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump({"command": " ".join(sys.argv), "tolerance": TOL, "ok": ok, "rows": results}, fh,
