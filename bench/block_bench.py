@@ -18,8 +18,9 @@ Block: h + attn(rmsnorm(h)) then h + swiglu(rmsnorm(h)); attention with
 scaled_dot_product_attention (causal), head dim 128, SwiGLU hidden 4C; bf16; T = B*S = 4*4096.
 In the mHC variants each sublayer (with its own pre-norm) is the F of one hyper-connection, and x is
 [B, S, 4, C] (TE's layout is its own: [S, B, C, 4]). Times are do_bench medians when triton is
-available (CUDA events otherwise); memory is torch.cuda.max_memory_allocated over one step minus
-what was allocated before it.
+available (CUDA events otherwise), over --reps steps after --warmup steps (before 2026-12-02's
+third session: over reps x 10 ms, i.e. 2-5 steps of a 20-50 ms block); memory is
+torch.cuda.max_memory_allocated over one step minus what was allocated before it.
 """
 
 from __future__ import annotations
@@ -205,13 +206,22 @@ def leaves(f, x, sub):
 
 
 def time_step(step, grads, device, reps, warmup, timer="do_bench"):
+    """Median time of one step over `reps` steps after `warmup` steps."""
     if device.type == "cuda" and timer == "do_bench":
         try:
             from triton.testing import do_bench
-            return do_bench(step, warmup=warmup * 10, rep=reps * 10, grad_to_none=grads,
-                            return_mode="median")
         except ImportError:
-            pass
+            do_bench = None
+        if do_bench is not None:
+            # do_bench's warmup and rep are milliseconds: make them `warmup` and `reps` steps.
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            step()
+            b.record()
+            torch.cuda.synchronize()
+            step_ms = a.elapsed_time(b)
+            return do_bench(step, warmup=warmup * step_ms, rep=reps * step_ms, grad_to_none=grads,
+                            return_mode="median")
     if device.type == "cuda":
         times = []
         for i in range(warmup + reps):
