@@ -214,12 +214,7 @@ def time_step(step, grads, device, reps, warmup, timer="do_bench"):
             do_bench = None
         if do_bench is not None:
             # do_bench's warmup and rep are milliseconds: make them `warmup` and `reps` steps.
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            step()
-            b.record()
-            torch.cuda.synchronize()
-            step_ms = a.elapsed_time(b)
+            step_ms = time_step(step, grads, device, reps=1, warmup=0, timer="events")
             return do_bench(step, warmup=warmup * step_ms, rep=reps * step_ms, grad_to_none=grads,
                             return_mode="median")
     if device.type == "cuda":
@@ -271,6 +266,12 @@ def profile_kernels(step, trace_path):
     end = max((e["ts"] + e["dur"] for e in kernels), default=0.0)
     return {"kernels": len(kernels), "kernel_ms": sum(ms for _, ms in streams.values()),
             "span_ms": (end - start) / 1e3, "streams": streams, "mhc": mhc}
+
+
+def describe_profile(prof) -> str:
+    """One line for a profile_kernels result."""
+    return (f"{prof['kernels']} kernels, {prof['kernel_ms']:.3f} ms of kernels, span "
+            f"{prof['span_ms']:.3f} ms, streams {prof['streams']}, mhc kernels {prof['mhc']}")
 
 
 def measure(name, mode, make, sub, h, args):
@@ -410,11 +411,8 @@ def main(argv=None):
                 print(f"  C={C} {mode:7s} {name:14s} " + (f"{row['ms']:.3f} ms" if "ms" in row
                                                           else f"error: {row['error'][:100]}"), flush=True)
                 if "profile" in row:
-                    prof = row["profile"]
-                    print(f"    profiled step: {prof['kernels']} kernels, {prof['kernel_ms']:.3f} ms of "
-                          f"kernels, span {prof['span_ms']:.3f} ms, streams {prof['streams']}, "
-                          f"mhc kernels {prof['mhc']}; leaves with a gradient "
-                          f"{row.get('leaves_with_grad')}/{row.get('leaves')}", flush=True)
+                    print(f"    profiled step: {describe_profile(row['profile'])}; leaves with a "
+                          f"gradient {row.get('leaves_with_grad')}/{row.get('leaves')}", flush=True)
     for r in rows:
         plain = next((q for q in rows if q["variant"] == "plain" and q["mode"] == r["mode"]
                       and q["C"] == r["C"] and "ms" in q), None)

@@ -135,9 +135,7 @@ def main(argv=None):
                     "eager": bb.profile_kernels(lambda: run(f, x, grad, leaves), trace),
                     "compiled": bb.profile_kernels(lambda: run(compiled_f, x, grad, leaves), trace)}
                 for mode, prof in row["profile"].items():
-                    print(f"  {mode}: {prof['kernels']} kernels on streams {prof['streams']}; mhc "
-                          f"kernels per stream {prof['mhc']}; kernel time {prof['kernel_ms']:.2f} ms, "
-                          f"span {prof['span_ms']:.2f} ms", flush=True)
+                    print(f"  {mode}: {bb.describe_profile(prof)}", flush=True)
             row["ok"] = bool(good)
             worst = max([g.get("err", 0.0) for g in row["grads"]] + [row["out"]])
             missing = [g for g in row["grads"] if "missing" in g]
