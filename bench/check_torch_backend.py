@@ -3,7 +3,9 @@
 backend (the same math in PyTorch, float32, on the same GPU): each op's outputs, then a
 HyperConnection's forward and all gradients (x, fn, scale, base, the sublayer's weight), with and
 without recomputation, for T in {1, 1000, 16384} and the C values given; and the forward ops
-captured in a CUDA graph and replayed on new data (bit-equal to eager). Writes JSON.
+captured in a CUDA graph and replayed on new data (bit-equal to eager); on the GPU also the
+module's C++ steps against its Python steps (mhc.torch.native; relative difference <= 1e-6).
+Writes JSON.
 
     MHC_CACHE=.mhc-cache python3 bench/check_torch_backend.py --json $OUT/check_torch.json
 
@@ -14,6 +16,7 @@ reference math: it checks the script, not the kernels.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -91,6 +94,32 @@ def check_module(T, n, C, dtype, device, act_tol, coef_tol, recompute):
             for nm, p, q, t in zip(names, a, b, tols)}
 
 
+def check_native(T, n, C, dtype, device, recompute):
+    """HyperConnection's C++ steps (mhc.torch.native) against its Python steps with the Python
+    launcher: the same kernels on the same inputs, so the same numbers (up to the order of
+    floating-point atomics, where a kernel uses them)."""
+    from mhc.torch import native
+    if native.load() is None:
+        return {"native.built": {"relerr": float("inf"), "tol": 0.0, "ok": False,
+                                 "error": native.failure()}}
+    torch.manual_seed(T + C)
+    sub = nn.Sequential(nn.RMSNorm(C), nn.Linear(C, C)).to(device, dtype)
+    hc = mt.HyperConnection(n, C, sub, backend="cuda", recompute=recompute).to(device)
+    x = torch.randn(T, n, C, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    x.requires_grad_()
+    dout = torch.randn(T, n, C, generator=torch.Generator().manual_seed(2)).to(device, dtype)
+    runs = []
+    for path in ("native", "python"):
+        with native.python_path() if path == "python" else contextlib.nullcontext():
+            out = hc(x)
+            grads = torch.autograd.grad(out, [x, hc.fn, hc.scale, hc.base, sub[1].weight], dout)
+        runs.append([out] + list(grads))
+    names = ["x_next", "dx", "dfn", "dscale", "dbase", "dW"]
+    tag = "native" + ("_recompute" if recompute else "")
+    return {f"{tag}.{nm}": {"relerr": relerr(a, b), "tol": 1e-6, "ok": relerr(a, b) <= 1e-6}
+            for nm, a, b in zip(names, *runs)}
+
+
 def check_cuda_graph(n, C, dtype, device, act_tol):
     """hc_pre + hc_post captured in a CUDA graph and replayed on new data == eager."""
     M = n * n + 2 * n
@@ -142,6 +171,8 @@ def main(argv=None):
                                             args.forward_only)
                 for rc in (() if args.forward_only else (False, True)):
                     entry["checks"].update(check_module(T, args.n, C, dtype, device, act_tol, 1e-3, rc))
+                    if device.type == "cuda":
+                        entry["checks"].update(check_native(T, args.n, C, dtype, device, rc))
                 if device.type == "cuda" and T == 1:
                     entry["checks"].update(check_cuda_graph(args.n, C, dtype, device, act_tol))
                 bad = [k for k, v in entry["checks"].items() if not v["ok"]]

@@ -8,19 +8,25 @@ speed of the host: the time per iteration is the host time. Measured, per sublay
 
   * ``dispatcher``: torch.ops.mhc.hc_pre + hc_post (forward), hc_post_backward + hc_pre_backward
     (backward) through PyTorch's custom-op dispatcher (what torch.compile'd code calls);
-  * ``direct``: the same four ops through ops.DirectOps (HyperConnection's eager path);
+  * ``direct``: the same four ops through ops.DirectOps (the Python steps' eager path);
   * ``module``: HyperConnection(n, C, nn.Identity()) forward, and forward + backward, with
     recompute off and on; ``plain``: x + Identity(x) forward + backward, the autograd cost any
     residual block pays (subtract it to get what mHC adds);
   * a cProfile of the module's forward + backward (the 25 functions with the most own time), with
     autograd's backward in the calling thread so that the profile sees it.
+
+Each row twice: ``native.*`` with the C++ launch path and steps (mhc.torch.native, the default
+where it builds) and ``python.*`` inside ``native.python_path()`` (ctypes launches, Python
+autograd steps). Each figure is the best and the median of --rounds rounds.
 """
 import argparse
+import contextlib
 import cProfile
 import io
 import json
 import os
 import pstats
+import statistics
 import sys
 import time
 
@@ -29,21 +35,26 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 from mhc.torch import HyperConnection  # noqa: E402
+from mhc.torch import native  # noqa: E402
 from mhc.torch.ops import DirectOps  # noqa: E402
 
 ATTRS = (20, 1e-6, 1e-6, 2.0)
 
 
-def per_call_us(fn, reps):
+def per_call_us(fn, reps, rounds=5):
+    """Host µs per call: (best, median) over `rounds` rounds of `reps` calls each, the GPU never
+    waited for inside a round (the host is shared: the best round is the cleanest reading)."""
     for _ in range(10):
         fn()
     torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    host = (time.perf_counter() - t) / reps * 1e6
-    torch.cuda.synchronize()
-    return host
+    readings = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        readings.append((time.perf_counter() - t) / reps * 1e6)
+        torch.cuda.synchronize()
+    return min(readings), statistics.median(readings)
 
 
 def main(argv=None):
@@ -52,7 +63,8 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--C", type=int, default=4096)
     p.add_argument("--T", type=int, default=64)
-    p.add_argument("--reps", type=int, default=300)
+    p.add_argument("--reps", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
     dev = torch.device("cuda")
     n, C, T = args.n, args.C, args.T
@@ -62,54 +74,53 @@ def main(argv=None):
     fn, scale, base = (t.detach() for t in (hc.fn, hc.scale, hc.base))
     u, post, comb, mix = torch.ops.mhc.hc_pre(x, fn, scale, base, *ATTRS)
     y, dxn = torch.randn_like(u), torch.randn_like(x)
-    out = {"n": n, "C": C, "T": T, "reps": args.reps, "device": torch.cuda.get_device_name(),
-           "torch": torch.__version__, "us": {}}
-    us = out["us"]
+    out = {"n": n, "C": C, "T": T, "reps": args.reps, "rounds": args.rounds,
+           "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+           "native": native.load() is not None, "native_failure": native.failure(),
+           "us_best": {}, "us_median": {}}
 
-    for name, ops in (("dispatcher", torch.ops.mhc), ("direct", DirectOps)):
-        us[f"{name}.forward"] = per_call_us(
-            lambda: (ops.hc_pre(x, fn, scale, base, *ATTRS), ops.hc_post(y, x, post, comb)),
-            args.reps)
-        us[f"{name}.backward"] = per_call_us(
-            lambda: (ops.hc_post_backward(y, x, post, comb, dxn),
-                     ops.hc_pre_backward(x, fn, scale, base, mix, u, post, comb, dxn, *ATTRS)),
-            args.reps)
+    def record(name, fn):
+        out["us_best"][name], out["us_median"][name] = per_call_us(fn, args.reps, args.rounds)
 
     xg = x.clone().requires_grad_()
-
-    def plain():
-        (xg + xg).backward(dxn)
-
-    us["plain.forward_backward"] = per_call_us(plain, args.reps)
-    for recompute in (False, True):
-        hc.recompute = recompute
-        tag = "module" + (".recompute" if recompute else "")
-        with torch.no_grad():
-            us[f"{tag}.forward_no_grad"] = per_call_us(lambda: hc(x), args.reps)
-        us[f"{tag}.forward"] = per_call_us(lambda: hc(xg), args.reps)
-
-        def step():
-            hc(xg).backward(dxn)
-        us[f"{tag}.forward_backward"] = per_call_us(step, args.reps)
-
-    hc.recompute = False
-    # The backward normally runs on autograd's device thread, which cProfile does not see: in
-    # the calling thread here (and timed that way too).
-    with torch.autograd.set_multithreading_enabled(False):
-        us["module.forward_backward_one_thread"] = per_call_us(
-            lambda: hc(xg).backward(dxn), args.reps)
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(200):
-            hc(xg).backward(dxn)
-        prof.disable()
-    torch.cuda.synchronize()
-    s = io.StringIO()
-    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
-    out["profile_module_forward_backward_200_calls"] = s.getvalue()
-    for k, v in us.items():
-        print(f"{k:36s} {v:8.1f} us")
-    print(out["profile_module_forward_backward_200_calls"])
+    record("plain.forward_backward", lambda: (xg + xg).backward(dxn))
+    for path in ("native", "python"):
+        if path == "native" and not out["native"]:
+            continue
+        with native.python_path() if path == "python" else contextlib.nullcontext():
+            for name, ops in (("dispatcher", torch.ops.mhc), ("direct", DirectOps)):
+                record(f"{path}.{name}.forward", lambda: (ops.hc_pre(x, fn, scale, base, *ATTRS),
+                                                          ops.hc_post(y, x, post, comb)))
+                record(f"{path}.{name}.backward", lambda: (
+                    ops.hc_post_backward(y, x, post, comb, dxn),
+                    ops.hc_pre_backward(x, fn, scale, base, mix, u, post, comb, dxn, *ATTRS)))
+            for recompute in (False, True):
+                hc.recompute = recompute
+                tag = f"{path}.module" + (".recompute" if recompute else "")
+                with torch.no_grad():
+                    record(f"{tag}.forward_no_grad", lambda: hc(x))
+                record(f"{tag}.forward", lambda: hc(xg))
+                record(f"{tag}.forward_backward", lambda: hc(xg).backward(dxn))
+            hc.recompute = False
+            # The backward normally runs on autograd's device thread: here in the calling
+            # thread too (the profile below needs that).
+            with torch.autograd.set_multithreading_enabled(False):
+                record(f"{path}.module.forward_backward_one_thread",
+                       lambda: hc(xg).backward(dxn))
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(200):
+                    hc(xg).backward(dxn)
+                prof.disable()
+            torch.cuda.synchronize()
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
+            out[f"profile_{path}_module_forward_backward_200_calls"] = s.getvalue()
+    for k in out["us_best"]:
+        print(f"{k:44s} best {out['us_best'][k]:8.1f} us   median {out['us_median'][k]:8.1f} us")
+    for k in out:
+        if k.startswith("profile_"):
+            print(k, out[k], sep="\n")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(out, fh, indent=1)

@@ -38,6 +38,23 @@ def mock():
     return kernels.load_runtime(mock_library())
 
 
+@pytest.fixture(params=["python", "native"])
+def launch_path(request):
+    """Both launch paths of KernelSet.run: ctypes from Python (_OpPlan) and C++ (mhc.torch.native,
+    which must build here: CI has a C++ compiler)."""
+    if request.param == "native":
+        from mhc.torch import native
+        assert native.load() is not None, f"the C++ launch path did not build: {native.failure()}"
+    return request.param
+
+
+def open_set(folder, mock, launch_path, manifest=None):
+    ks = KernelSet(write_set(folder, manifest), KEY, runtime=mock)
+    if launch_path == "python":
+        ks._native = False
+    return ks
+
+
 def hand_manifest(key=KEY):
     """What the compiler side is expected to write: two pre kernels with a per-block scratch, one
     post kernel, and backward kernels that accumulate parameter gradients into zeroed buffers."""
@@ -184,8 +201,8 @@ def test_missing_cubin_and_manifest(tmp_path):
         kernels.load_manifest(tmp_path)
 
 
-def test_executor_hc_pre_launches(tmp_path, mock):
-    ks = KernelSet(write_set(tmp_path), KEY, runtime=mock)
+def test_executor_hc_pre_launches(tmp_path, mock, launch_path):
+    ks = open_set(tmp_path, mock, launch_path)
     x, fn, scale, base = inputs(T=100)
     mock.mock_clear_log()
     u, post, comb, mix = ks.run("hc_pre", x, fn, scale, base, 20, 1e-6, 1e-6, 2.0)
@@ -202,8 +219,8 @@ def test_executor_hc_pre_launches(tmp_path, mock):
     assert b["buffers"] == [ptr(mix), ptr(scale), ptr(base), ptr(x), ptr(post), ptr(comb), ptr(u)]
 
 
-def test_executor_backward_zero_fill_scratch_and_fixed_grid(tmp_path, mock):
-    ks = KernelSet(write_set(tmp_path), KEY, runtime=mock)
+def test_executor_backward_zero_fill_scratch_and_fixed_grid(tmp_path, mock, launch_path):
+    ks = open_set(tmp_path, mock, launch_path)
     T = 70
     x, fn, scale, base = inputs(T)
     mix = torch.randn(T, 24)
@@ -222,8 +239,8 @@ def test_executor_backward_zero_fill_scratch_and_fixed_grid(tmp_path, mock):
     assert coef["buffers"][7][1] == T * 24                 # dmix scratch [T, M]
 
 
-def test_executor_zero_tokens_and_post(tmp_path, mock):
-    ks = KernelSet(write_set(tmp_path), KEY, runtime=mock)
+def test_executor_zero_tokens_and_post(tmp_path, mock, launch_path):
+    ks = open_set(tmp_path, mock, launch_path)
     x, fn, scale, base = inputs(T=0)
     mock.mock_clear_log()
     u, post, comb, mix = ks.run("hc_pre", x, fn, scale, base, 20, 1e-6, 1e-6, 2.0)
@@ -239,16 +256,16 @@ def test_executor_zero_tokens_and_post(tmp_path, mock):
     assert p["buffers"][-1] == (x_next.data_ptr(), x_next.numel()) and x_next.shape == x.shape
 
 
-def test_op_missing_from_the_set(tmp_path, mock):
+def test_op_missing_from_the_set(tmp_path, mock, launch_path):
     m = hand_manifest()
     del m["ops"]["hc_pre_backward"]
-    ks = KernelSet(write_set(tmp_path, m), KEY, runtime=mock)
+    ks = open_set(tmp_path, mock, launch_path, m)
     with pytest.raises(KernelsMissing, match="no kernels for hc_pre_backward"):
         ks.run("hc_pre_backward")
 
 
-def test_launch_error_becomes_an_exception(tmp_path, mock):
-    ks = KernelSet(write_set(tmp_path), KEY, runtime=mock)
+def test_launch_error_becomes_an_exception(tmp_path, mock, launch_path):
+    ks = open_set(tmp_path, mock, launch_path)
     plan = ks.plans["hc_post"]
     good = plan.launches[0]
     plan.launches[0] = (12345,) + good[1:]                 # a function handle the runtime never gave
@@ -257,6 +274,8 @@ def test_launch_error_becomes_an_exception(tmp_path, mock):
     with pytest.raises(RuntimeError, match="mhc::hc_post: kernel launch failed: .*unknown function"):
         ks.run("hc_post", y, x, post, comb)
     plan.launches[0] = good
+    if launch_path == "native":
+        ks._native = None                                 # registers the plans again
     ks.run("hc_post", y, x, post, comb)                   # the error was cleared: works again
 
 
@@ -324,9 +343,9 @@ def test_build_without_the_compiler_side(tmp_path, monkeypatch):
     assert build_cache.main(["--n", "4", "--C", "64", "--out", str(tmp_path)]) == 1
 
 
-def test_host_time_per_call(tmp_path, mock, capsys):
-    """Host time of the Python launch path (allocation + ctypes), per op, on the mock runtime."""
-    ks = KernelSet(write_set(tmp_path), KEY, runtime=mock)
+def test_host_time_per_call(tmp_path, mock, capsys, launch_path):
+    """Host time of each launch path (checks, allocation, launches), per op, on the mock runtime."""
+    ks = open_set(tmp_path, mock, launch_path)
     x, fn, scale, base = inputs(T=64)
     y = torch.randn(64, C).bfloat16()
     u, post, comb, mix = ks.run("hc_pre", x, fn, scale, base, 20, 1e-6, 1e-6, 2.0)
@@ -347,8 +366,9 @@ def test_host_time_per_call(tmp_path, mock, capsys):
             best[name] = min(best[name], (time.perf_counter() - t) / reps * 1e6)
     pre_us, post_us, mock_us = best["pre"], best["post"], best["mock"]
     with capsys.disabled():
-        print(f"\nhost time on the mock: hc_pre {pre_us:.1f} us (2 launches), hc_post {post_us:.1f} us "
-              f"(1 launch); the mock's own launch (logging) {mock_us:.1f} us; Python path without it: "
+        print(f"\nhost time on the mock ({launch_path} path): hc_pre {pre_us:.1f} us (2 launches), "
+              f"hc_post {post_us:.1f} us (1 launch); the mock's own launch (logging) {mock_us:.1f} us; "
+              f"without it: "
               f"hc_pre {pre_us - 2 * mock_us:.1f} us, hc_post {post_us - mock_us:.1f} us")
     assert pre_us + post_us < 1000      # generous: a loaded CI machine; the real figure is printed
 

@@ -45,8 +45,9 @@ Manifest (``manifest.json``, schema ``mhc.torch.kernels/1``)
   nothing: the kernels mask their tokens) or a fixed ``x``; ``y`` and ``z`` default to 1.
 
 Execution: per op call, outputs and scratch come from PyTorch's caching allocator, each launch is one
-ctypes call to the runtime's ``mhcLaunchFlat`` on ``torch.cuda.current_stream()``; no host
-synchronisation. Runtime errors raise RuntimeError.
+call of the runtime's ``mhcLaunchFlat`` on ``torch.cuda.current_stream()``; no host
+synchronisation. Runtime errors raise RuntimeError. The calls are made from C++ (mhc.torch.native,
+built on first use) and, where that cannot be built, from Python through ctypes (``_OpPlan``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ import torch
 
 import mhc
 from . import checks
+from . import native
 
 SCHEMA = "mhc.torch.kernels/1"
 CUBIN_NAME = "kernels.cubin"
@@ -456,6 +458,14 @@ class KernelSet:
                     self.runtime.check()
         self.plans = {op: _OpPlan(op, spec, functions, self.key)
                       for op, spec in self.manifest["ops"].items()}
+        self._native = None     # handle in the C++ launch path; False: not available
+
+    def native_handle(self):
+        """This set's handle in the C++ launch path (mhc.torch.native), or None where that path
+        is off or did not build."""
+        if self._native is None:
+            self._native = native.register(self) if native.load() is not None else False
+        return self._native if self._native is not False else None
 
     def run(self, op: str, *args, stream: int = 0):
         plan = self.plans.get(op)
@@ -463,6 +473,9 @@ class KernelSet:
             raise KernelsMissing(
                 f"mhc::{op}: the kernel set {self.folder} has no kernels for {op} (it has "
                 f"{sorted(self.plans)}); the compiler that built it does not produce them yet")
+        handle = self.native_handle()
+        if handle is not None and not _native_suspended():   # the same launches, from C++
+            return tuple(_native().run_op(handle, op, list(args[:plan.n_args])))
         return plan.run(self.runtime.lib, stream, args[:plan.n_args])
 
 
@@ -563,13 +576,17 @@ def _stream(device) -> int:
 
 
 _BY_CALL: dict = {}   # (n, C, dtype, device index, attributes) -> KernelSet: the per-call fast path
+def _native():
+    return native.load()
 
 
-def run(op: str, *args):
-    """Entry point of the custom ops' CUDA implementations."""
-    x = args[1] if op in ("hc_post", "hc_post_backward") else args[0]
+def _native_suspended() -> bool:
+    return native.suspended
+
+
+def for_call(op: str, x, attrs=None) -> KernelSet:
+    """The kernel set that runs `op` on x (attrs: the Sinkhorn attributes of hc_pre(_backward))."""
     n, C = x.shape[-2:]
-    attrs = tuple(args[-4:]) if op in ("hc_pre", "hc_pre_backward") else None
     index = x.device.index or 0
     ks = _BY_CALL.get((n, C, x.dtype, index, attrs))
     if ks is None:
@@ -578,7 +595,14 @@ def run(op: str, *args):
         else:   # hc_post(_backward) take no attributes: any loaded set of this shape has the same kernels
             key = _post_key(x, n, C)
         ks = _BY_CALL[(n, C, x.dtype, index, attrs)] = kernel_set(key, index)
-    return ks.run(op, *args, stream=_stream(x.device))
+    return ks
+
+
+def run(op: str, *args):
+    """Entry point of the custom ops' CUDA implementations."""
+    x = args[1] if op in ("hc_post", "hc_post_backward") else args[0]
+    attrs = tuple(args[-4:]) if op in ("hc_pre", "hc_pre_backward") else None
+    return for_call(op, x, attrs).run(op, *args, stream=_stream(x.device))
 
 
 def _post_key(x, n, C) -> KernelKey:

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from . import checks
+from . import native
 from . import reference as ref
 from .ops import DirectOps
 
@@ -79,6 +80,28 @@ def _cuda_kernels_available(n: int, C: int, dtype: str) -> bool:
     return False
 
 
+_NATIVE_HANDLES: dict = {}   # (n, C, dtype, device index, attributes) -> handle, or None: not available
+
+
+def _native():
+    return native.load()
+
+
+def _native_handle(x, attrs):
+    """The C++ steps' handle of x's kernel set, or None where the C++ path is off or not built
+    (HyperConnection then runs the same kernels through _PreStep/_PostStep)."""
+    if native.suspended:
+        return None
+    n, C = x.shape[-2:]
+    index = x.device.index or 0
+    cached = _NATIVE_HANDLES.get((n, C, x.dtype, index, attrs), False)
+    if cached is False:
+        from . import kernels
+        ks = kernels.for_call("hc_pre", x, attrs)
+        cached = _NATIVE_HANDLES[(n, C, x.dtype, index, attrs)] = ks.native_handle()
+    return cached
+
+
 def resolve_backend(backend: str, x: torch.Tensor, n: int, C: int) -> str:
     """'cuda' or 'reference' for this input. ``auto``: the kernels for CUDA tensors when their
     kernel set is in the cache (or can be compiled here), else the reference math."""
@@ -98,11 +121,12 @@ class _URecompute:
     """saved_tensors_hooks around the sublayer: its saved copy of u becomes a marker, rebuilt in
     the backward from the u that _PostStep's backward recomputed (or by calling hc_pre again)."""
 
-    def __init__(self, u, inputs, backend, attrs):
+    def __init__(self, u, inputs, backend, attrs, slot=None):
         self.u_storage = u.untyped_storage().data_ptr()
         self.u_dtype = u.dtype
         self.inputs, self.backend, self.attrs = inputs, backend, attrs   # (x, fn, scale, base)
         self.recomputed_u = None
+        self.slot = slot        # the C++ steps' hand-over (native.USlot): lives as long as this
         self.outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
 
     def pack(self, t):
@@ -120,6 +144,8 @@ class _URecompute:
 
     def take_u(self):
         u, self.recomputed_u = self.recomputed_u, None   # hand it over once; later unpacks recompute
+        if u is None and self.slot is not None:
+            u = self.slot.take()
         if u is None:
             u = _ops(self.backend).hc_pre(*self.inputs, *self.attrs)[0]
         return u
@@ -271,6 +297,10 @@ class HyperConnection(nn.Module):
             return self._forward_hc(x, *args, **kwargs)
         backend = resolve_backend(self.backend, x, self.n, self.C)
         fn, scale, base = self._params(x)
+        if backend == "cuda" and x.is_cuda and not torch.compiler.is_compiling():
+            handle = _native_handle(x, self.attrs)
+            if handle is not None:
+                return self._forward_native(handle, x, fn, scale, base, *args, **kwargs)
         with _no_autocast(x):
             u, post, comb, mix, link = _PreStep.apply(x, fn, scale, base, backend, self.attrs)
         if self.record_coefficients:
@@ -289,6 +319,26 @@ class HyperConnection(nn.Module):
         with _no_autocast(x):
             return _PostStep.apply(y, x, link, post, comb, mix, fn, scale, base, backend,
                                    self.attrs, recompute)
+
+    def _forward_native(self, handle, x, fn, scale, base, *args, **kwargs):
+        """forward() with the steps in C++ (mhc.torch.native: the same kernels, the same autograd
+        wiring as _PreStep/_PostStep, less host time)."""
+        native = _native()
+        u, post, comb, mix, link = native.pre_step(x, fn, scale, base, handle)
+        if self.record_coefficients:
+            self.last_res = comb.detach()
+        slot = None
+        if self.recompute and torch.is_grad_enabled():
+            slot = native.USlot()
+            hooks = _URecompute(u, (x, fn, scale, base), "cuda", self.attrs, slot)
+            with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
+                y = self.sublayer(u, *args, **kwargs)
+        else:
+            y = self.sublayer(u, *args, **kwargs)
+        self._check_output(y, x)
+        y = y.to(x.dtype).contiguous()
+        return native.post_step(y, x, link, post, comb, mix, fn, scale, base, handle,
+                                self.recompute, slot.id if slot is not None else 0)
 
     # Plain HC (spec 5b), the parametrisation of mhc-opt's --mhc-hyperconnect mode=hc.
     def _forward_hc(self, x, *args, **kwargs):

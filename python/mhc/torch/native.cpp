@@ -1,0 +1,573 @@
+//===- native.cpp - mhc.torch's C++ launch path and autograd steps --------===//
+//
+// Built against the user's PyTorch by mhc/torch/native.py (torch's cpp_extension,
+// on first use), so it lives beside the Python package, not under lib/: a
+// prebuilt library would have to match PyTorch's C++ ABI exactly.
+//
+// Two things, both the C++ twins of Python code, to cut host time per call:
+//
+//   * run_op: one op of a kernel set (kernels.py's _OpPlan.run): check the
+//     arguments, allocate results and scratch with PyTorch's caching allocator,
+//     launch each kernel through the runtime's mhcLaunchFlat on PyTorch's
+//     current stream;
+//   * pre_step / post_step: HyperConnection's two autograd functions
+//     (modules.py's _PreStep / _PostStep, same wiring: the dx link and the
+//     recomputation), as torch::autograd::Function so that neither the
+//     forward nor the backward runs Python.
+//
+// Kernel sets are registered once (add_op) and named by an integer handle;
+// they are never freed (the Python side keeps its kernel sets for the
+// process's life too).
+//
+//===----------------------------------------------------------------------===//
+
+#include <torch/extension.h>
+
+#ifdef MHC_NATIVE_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+//===----------------------------------------------------------------------===//
+// Op signatures: kernels.OP_BUFFERS with the shape and dtype of each buffer
+//===----------------------------------------------------------------------===//
+
+// Shapes relative to x [lead..., n, C]: the stream (X), a channel row (Y), the
+// coefficients (P, CB, MIX) and the parameters (FN, SC, B).
+enum class Shape { X, Y, P, CB, MIX, FN, SC, B };
+// A: the activations' dtype (x's); F: f32 coefficients and parameters.
+enum class Dt { A, F };
+
+struct Buffer {
+  const char *name;
+  Shape shape;
+  Dt dtype;
+};
+
+struct Signature {
+  const char *name;
+  int xIndex; // which argument is x (its shape defines the others)
+  std::vector<Buffer> args, results;
+};
+
+const std::vector<Signature> &signatures() {
+  static const std::vector<Signature> table = {
+      {"hc_pre",
+       0,
+       {{"x", Shape::X, Dt::A},
+        {"fn", Shape::FN, Dt::F},
+        {"scale", Shape::SC, Dt::F},
+        {"base", Shape::B, Dt::F}},
+       {{"u", Shape::Y, Dt::A},
+        {"post", Shape::P, Dt::F},
+        {"comb", Shape::CB, Dt::F},
+        {"mix", Shape::MIX, Dt::F}}},
+      {"hc_post",
+       1,
+       {{"y", Shape::Y, Dt::A},
+        {"x", Shape::X, Dt::A},
+        {"post", Shape::P, Dt::F},
+        {"comb", Shape::CB, Dt::F}},
+       {{"x_next", Shape::X, Dt::A}}},
+      {"hc_post_backward",
+       1,
+       {{"y", Shape::Y, Dt::A},
+        {"x", Shape::X, Dt::A},
+        {"post", Shape::P, Dt::F},
+        {"comb", Shape::CB, Dt::F},
+        {"dx_next", Shape::X, Dt::A}},
+       {{"dy", Shape::Y, Dt::A},
+        {"dpost", Shape::P, Dt::F},
+        {"dcomb", Shape::CB, Dt::F}}},
+      {"hc_pre_backward",
+       0,
+       {{"x", Shape::X, Dt::A},
+        {"fn", Shape::FN, Dt::F},
+        {"scale", Shape::SC, Dt::F},
+        {"base", Shape::B, Dt::F},
+        {"mix", Shape::MIX, Dt::F},
+        {"du", Shape::Y, Dt::A},
+        {"dpost", Shape::P, Dt::F},
+        {"dcomb", Shape::CB, Dt::F},
+        {"dx_next", Shape::X, Dt::A}},
+       {{"dx", Shape::X, Dt::A},
+        {"dfn", Shape::FN, Dt::F},
+        {"dscale", Shape::SC, Dt::F},
+        {"dbase", Shape::B, Dt::F}}},
+      {"hc_sublayer_backward",
+       0,
+       {{"x", Shape::X, Dt::A},
+        {"y", Shape::Y, Dt::A},
+        {"fn", Shape::FN, Dt::F},
+        {"scale", Shape::SC, Dt::F},
+        {"base", Shape::B, Dt::F},
+        {"mix", Shape::MIX, Dt::F},
+        {"du", Shape::Y, Dt::A},
+        {"dx_next", Shape::X, Dt::A}},
+       {{"dx", Shape::X, Dt::A},
+        {"dy", Shape::Y, Dt::A},
+        {"dfn", Shape::FN, Dt::F},
+        {"dscale", Shape::SC, Dt::F},
+        {"dbase", Shape::B, Dt::F}}},
+      {"hc_steady_forward",
+       0,
+       {{"x", Shape::X, Dt::A},
+        {"mix", Shape::MIX, Dt::F},
+        {"scale", Shape::SC, Dt::F},
+        {"base", Shape::B, Dt::F},
+        {"y", Shape::Y, Dt::A},
+        {"fn", Shape::FN, Dt::F}},
+       {{"u", Shape::Y, Dt::A},
+        {"x_next", Shape::X, Dt::A},
+        {"mix_next", Shape::MIX, Dt::F}}},
+  };
+  return table;
+}
+
+enum Op { kPre, kPost, kPostBackward, kPreBackward, kSublayerBackward,
+          kSteadyForward, kNumOps };
+
+int opIndex(const std::string &name) {
+  const auto &table = signatures();
+  for (size_t i = 0; i < table.size(); ++i)
+    if (name == table[i].name)
+      return int(i);
+  TORCH_CHECK_VALUE(false, "mhc native: unknown op ", name);
+}
+
+//===----------------------------------------------------------------------===//
+// Kernel sets
+//===----------------------------------------------------------------------===//
+
+// The runtime's entry points (libmhc_runtime.so or the mock), by address.
+using LaunchFlatFn = int (*)(void *, int64_t, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int32_t, void *, int64_t,
+                             int32_t, void *const *, const int64_t *);
+using ErrorMessageFn = const char *(*)();
+using ClearErrorFn = void (*)();
+
+constexpr int kMaxBuffers = 64; // kernels.MAX_BUFFERS
+
+struct Launch {
+  void *function;
+  int64_t tokensPerBlock; // 0: fixed grid x
+  int64_t gridX, gridY, gridZ, blockX, blockY, blockZ;
+  int32_t smem;
+  std::vector<int> buffers; // indices into args ++ results ++ scratch
+};
+
+// Scratch dimensions as encoded by native.py: >= 0 a literal, -1 the token
+// count T, -1-K (K >= 1) max(ceil(T / K), 1).
+struct Scratch {
+  std::vector<int64_t> dims;
+  std::optional<at::ScalarType> dtype; // none: x's dtype
+  bool zero;
+};
+
+struct OpPlan {
+  std::vector<Launch> launches;
+  std::vector<Scratch> scratch;
+  std::vector<bool> zeroResults;
+};
+
+struct KernelSet {
+  int64_t n, C, M;
+  at::ScalarType dtype;
+  LaunchFlatFn launchFlat;
+  ErrorMessageFn errorMessage;
+  ClearErrorFn clearError;
+  std::array<std::unique_ptr<OpPlan>, kNumOps> ops;
+};
+
+std::mutex setsMutex;
+std::deque<KernelSet> sets; // a deque: references stay valid as it grows
+
+KernelSet &kernelSet(int64_t handle) {
+  std::lock_guard<std::mutex> lock(setsMutex);
+  TORCH_CHECK(handle >= 0 && size_t(handle) < sets.size(),
+              "mhc native: no kernel set ", handle);
+  return sets[size_t(handle)];
+}
+
+// kernels.DTYPE_NAMES.
+at::ScalarType scalarType(const std::string &name) {
+  static const std::unordered_map<std::string, at::ScalarType> names = {
+      {"bf16", at::kBFloat16}, {"f16", at::kHalf},  {"f32", at::kFloat},
+      {"f64", at::kDouble},    {"i32", at::kInt},   {"i64", at::kLong}};
+  auto it = names.find(name);
+  TORCH_CHECK_VALUE(it != names.end(), "mhc native: unknown dtype ", name);
+  return it->second;
+}
+
+int64_t newKernelSet(int64_t n, int64_t C, const std::string &dtype,
+                     int64_t launchFlat,
+                     int64_t errorMessage, int64_t clearError) {
+  TORCH_CHECK_VALUE(n >= 1 && C >= 1 && launchFlat && errorMessage && clearError,
+                    "mhc native: bad kernel set (n ", n, ", C ", C, ")");
+  std::lock_guard<std::mutex> lock(setsMutex);
+  sets.emplace_back();
+  KernelSet &ks = sets.back();
+  ks.n = n;
+  ks.C = C;
+  ks.M = n * n + 2 * n;
+  ks.dtype = scalarType(dtype);
+  ks.launchFlat = reinterpret_cast<LaunchFlatFn>(launchFlat);
+  ks.errorMessage = reinterpret_cast<ErrorMessageFn>(errorMessage);
+  ks.clearError = reinterpret_cast<ClearErrorFn>(clearError);
+  return int64_t(sets.size() - 1);
+}
+
+// launches: (function address, tokens per block or 0, grid x, grid y, grid z,
+// block x, block y, block z, smem, buffer indices); scratch: (dims, dtype,
+// zero; dtype a DTYPE_NAMES name or "x"); zero_results: the results to zero-fill.
+void addOp(int64_t handle, const std::string &name,
+           const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t,
+                                        int64_t, int64_t, int64_t, int64_t,
+                                        int64_t, std::vector<int64_t>>> &launches,
+           const std::vector<std::tuple<std::vector<int64_t>, std::string, bool>>
+               &scratch,
+           const std::vector<int64_t> &zeroResults) {
+  KernelSet &ks = kernelSet(handle);
+  const Signature &sig = signatures()[size_t(opIndex(name))];
+  const int64_t known =
+      int64_t(sig.args.size() + sig.results.size() + scratch.size());
+  auto plan = std::make_unique<OpPlan>();
+  for (const auto &l : launches) {
+    Launch launch{reinterpret_cast<void *>(std::get<0>(l)),
+                  std::get<1>(l), std::get<2>(l), std::get<3>(l),
+                  std::get<4>(l), std::get<5>(l), std::get<6>(l),
+                  std::get<7>(l), int32_t(std::get<8>(l)), {}};
+    const auto &buffers = std::get<9>(l);
+    TORCH_CHECK_VALUE(launch.function && buffers.size() <= kMaxBuffers,
+                      "mhc native: bad launch in ", name);
+    for (int64_t b : buffers) {
+      TORCH_CHECK_VALUE(b >= 0 && b < known, "mhc native: ", name,
+                        " launch names buffer ", b, " of ", known);
+      launch.buffers.push_back(int(b));
+    }
+    plan->launches.push_back(std::move(launch));
+  }
+  for (const auto &s : scratch) {
+    const std::string &dtype = std::get<1>(s);
+    plan->scratch.push_back(
+        {std::get<0>(s),
+         dtype == "x" ? std::nullopt : std::optional(scalarType(dtype)),
+         std::get<2>(s)});
+  }
+  plan->zeroResults.assign(sig.results.size(), false);
+  for (int64_t r : zeroResults) {
+    TORCH_CHECK_VALUE(r >= 0 && size_t(r) < sig.results.size(),
+                      "mhc native: ", name, " zeroes result ", r);
+    plan->zeroResults[size_t(r)] = true;
+  }
+  ks.ops[size_t(opIndex(name))] = std::move(plan);
+}
+
+//===----------------------------------------------------------------------===//
+// Running one op
+//===----------------------------------------------------------------------===//
+
+std::vector<int64_t> shapeOf(Shape s, c10::IntArrayRef lead,
+                             const KernelSet &ks) {
+  std::vector<int64_t> shape(lead.begin(), lead.end());
+  switch (s) {
+  case Shape::X: shape.insert(shape.end(), {ks.n, ks.C}); return shape;
+  case Shape::Y: shape.push_back(ks.C); return shape;
+  case Shape::P: shape.push_back(ks.n); return shape;
+  case Shape::CB: shape.insert(shape.end(), {ks.n, ks.n}); return shape;
+  case Shape::MIX: shape.push_back(ks.M); return shape;
+  case Shape::FN: return {ks.M, ks.n * ks.C};
+  case Shape::SC: return {3};
+  case Shape::B: return {ks.M};
+  }
+  return shape;
+}
+
+void checkArgument(const Signature &sig, const Buffer &b, const Tensor &t,
+                   const Tensor &x, c10::IntArrayRef lead, const KernelSet &ks) {
+  TORCH_CHECK_VALUE(t.defined(), "mhc::", sig.name, ": ", b.name,
+                    " is missing");
+  auto expected = shapeOf(b.shape, lead, ks);
+  TORCH_CHECK_VALUE(t.sizes().equals(expected), "mhc::", sig.name, ": ",
+                    b.name, " has shape ", t.sizes(), ", expected ",
+                    c10::IntArrayRef(expected));
+  auto dtype = b.dtype == Dt::A ? ks.dtype : at::kFloat;
+  TORCH_CHECK_VALUE(t.scalar_type() == dtype, "mhc::", sig.name, ": ", b.name,
+                    " has dtype ", t.scalar_type(), ", expected ", dtype);
+  TORCH_CHECK_VALUE(t.device() == x.device(), "mhc::", sig.name, ": ", b.name,
+                    " is on ", t.device(), " but x is on ", x.device());
+  TORCH_CHECK_VALUE(t.is_contiguous(), "mhc::", sig.name, ": ", b.name,
+                    " is not contiguous (strides ", t.strides(),
+                    "); call .contiguous() first");
+}
+
+void *currentStream(const Tensor &x) {
+#ifdef MHC_NATIVE_CUDA
+  if (x.is_cuda())
+    return c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+#endif
+  (void)x;
+  return nullptr; // CPU tensors: only the mock runtime takes them (tests)
+}
+
+std::vector<Tensor> runOp(const KernelSet &ks, int op,
+                          const std::vector<Tensor> &args) {
+  const Signature &sig = signatures()[size_t(op)];
+  const OpPlan *plan = ks.ops[size_t(op)].get();
+  TORCH_CHECK(plan, "mhc::", sig.name,
+              ": the kernel set has no kernels for this op");
+  TORCH_CHECK_VALUE(args.size() == sig.args.size(), "mhc::", sig.name,
+                    ": expected ", sig.args.size(), " arguments, got ",
+                    args.size());
+  const Tensor &x = args[size_t(sig.xIndex)];
+  TORCH_CHECK_VALUE(x.defined() && x.dim() >= 2 && x.size(-2) == ks.n &&
+                        x.size(-1) == ks.C,
+                    "mhc::", sig.name, ": x must be [..., ", ks.n, ", ", ks.C,
+                    "]", x.defined() ? ", got " : "",
+                    x.defined() ? c10::str(x.sizes()) : std::string());
+  c10::IntArrayRef lead = x.sizes().slice(0, size_t(x.dim() - 2));
+  for (size_t i = 0; i < args.size(); ++i)
+    checkArgument(sig, sig.args[i], args[i], x, lead, ks);
+
+  const int64_t T = x.numel() / (ks.n * ks.C);
+  std::vector<Tensor> buffers(args.begin(), args.end());
+  buffers.reserve(args.size() + sig.results.size() + plan->scratch.size());
+  for (size_t i = 0; i < sig.results.size(); ++i) {
+    const Buffer &b = sig.results[i];
+    auto options = x.options().dtype(b.dtype == Dt::A ? ks.dtype : at::kFloat);
+    auto shape = shapeOf(b.shape, lead, ks);
+    buffers.push_back(plan->zeroResults[i] ? at::zeros(shape, options)
+                                           : at::empty(shape, options));
+  }
+  for (const Scratch &s : plan->scratch) {
+    int64_t numel = 1;
+    for (int64_t d : s.dims)
+      numel *= d >= 0 ? d : d == -1 ? T : std::max((T - d - 2) / (-d - 1), int64_t(1));
+    auto dtype = s.dtype.value_or(ks.dtype);
+    auto options = x.options().dtype(dtype);
+    buffers.push_back(s.zero ? at::zeros({numel}, options)
+                             : at::empty({numel}, options));
+  }
+
+  void *stream = currentStream(x);
+  std::array<void *, kMaxBuffers> ptrs;
+  std::array<int64_t, kMaxBuffers> numels;
+  for (const Launch &l : plan->launches) {
+    for (size_t i = 0; i < l.buffers.size(); ++i) {
+      const Tensor &t = buffers[size_t(l.buffers[i])];
+      ptrs[i] = t.data_ptr();
+      numels[i] = t.numel();
+    }
+    // T = 0 still launches one block (the kernels mask their tokens).
+    int64_t gridX = l.tokensPerBlock
+                        ? std::max((T + l.tokensPerBlock - 1) / l.tokensPerBlock,
+                                   int64_t(1))
+                        : l.gridX;
+    int rc = ks.launchFlat(l.function, gridX, l.gridY, l.gridZ, l.blockX,
+                           l.blockY, l.blockZ, l.smem, stream, T,
+                           int32_t(l.buffers.size()), ptrs.data(),
+                           numels.data());
+    if (rc) {
+      std::string message = ks.errorMessage();
+      ks.clearError(); // the next call may succeed (e.g. after freeing memory)
+      TORCH_CHECK(false, "mhc::", sig.name, ": kernel launch failed: ",
+                  message);
+    }
+  }
+  buffers.erase(buffers.begin(), buffers.begin() + long(args.size()));
+  buffers.resize(sig.results.size());
+  return buffers;
+}
+
+std::vector<Tensor> runOpByName(int64_t handle, const std::string &name,
+                                const std::vector<Tensor> &args) {
+  return runOp(kernelSet(handle), opIndex(name), args);
+}
+
+std::vector<std::vector<std::string>> signatureNames(const std::string &name) {
+  const Signature &sig = signatures()[size_t(opIndex(name))];
+  std::vector<std::vector<std::string>> out(2);
+  for (const Buffer &b : sig.args)
+    out[0].push_back(b.name);
+  for (const Buffer &b : sig.results)
+    out[1].push_back(b.name);
+  return out;
+}
+
+//===----------------------------------------------------------------------===//
+// Recomputed u, handed from post_step's backward to the sublayer's saved-tensor
+// hook (modules.py's _URecompute). A slot lives as long as its Python owner,
+// which the sublayer's saved tensors keep alive until its backward is done.
+//===----------------------------------------------------------------------===//
+
+std::mutex slotsMutex;
+std::unordered_map<int64_t, Tensor> slots;
+int64_t nextSlot = 1;
+
+struct USlot {
+  int64_t id;
+  USlot() {
+    std::lock_guard<std::mutex> lock(slotsMutex);
+    id = nextSlot++;
+    slots.emplace(id, Tensor());
+  }
+  ~USlot() {
+    std::lock_guard<std::mutex> lock(slotsMutex);
+    slots.erase(id);
+  }
+  // The recomputed u, once; None when there is none (the hook recomputes).
+  std::optional<Tensor> take() {
+    std::lock_guard<std::mutex> lock(slotsMutex);
+    auto it = slots.find(id);
+    if (it == slots.end() || !it->second.defined())
+      return std::nullopt;
+    Tensor u = std::move(it->second);
+    it->second = Tensor();
+    return u;
+  }
+};
+
+void putRecomputedU(int64_t id, const Tensor &u) {
+  std::lock_guard<std::mutex> lock(slotsMutex);
+  auto it = slots.find(id);
+  if (it != slots.end()) // gone: nobody will read it
+    it->second = u;
+}
+
+//===----------------------------------------------------------------------===//
+// HyperConnection's autograd steps (modules.py's _PreStep / _PostStep)
+//===----------------------------------------------------------------------===//
+
+struct PreStep : torch::autograd::Function<PreStep> {
+  static variable_list forward(AutogradContext *ctx, const Tensor &x,
+                               const Tensor &fn, const Tensor &scale,
+                               const Tensor &base, int64_t handle) {
+    const KernelSet &ks = kernelSet(handle);
+    auto r = runOp(ks, kPre, {x, fn, scale, base});
+    ctx->save_for_backward({x, fn, scale, base, r[3]});
+    ctx->saved_data["ks"] = handle;
+    ctx->mark_non_differentiable({r[3]});
+    ctx->set_materialize_grads(false);
+    // The link: x's shape, no data (nothing reads it); its only job is to
+    // carry dx_next from post_step's backward to this step's backward.
+    Tensor link = at::empty({}, x.options()).expand(x.sizes());
+    return {r[0], r[1], r[2], r[3], link};
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &mix = saved[4];
+    const KernelSet &ks = kernelSet(ctx->saved_data["ks"].toInt());
+    auto lead = x.sizes().slice(0, size_t(x.dim() - 2));
+    auto orZeros = [&](const Tensor &g, Shape s, at::ScalarType dt) {
+      return g.defined() ? g.contiguous()
+                         : at::zeros(shapeOf(s, lead, ks), x.options().dtype(dt));
+    };
+    Tensor du = orZeros(grads[0], Shape::Y, x.scalar_type());
+    Tensor dpost = orZeros(grads[1], Shape::P, mix.scalar_type());
+    Tensor dcomb = orZeros(grads[2], Shape::CB, mix.scalar_type());
+    Tensor dxNext = orZeros(grads[4], Shape::X, x.scalar_type());
+    auto r = runOp(ks, kPreBackward,
+                   {x, saved[1], saved[2], saved[3], mix, du, dpost, dcomb,
+                    dxNext});
+    return {r[0], r[1], r[2], r[3], Tensor()};
+  }
+};
+
+struct PostStep : torch::autograd::Function<PostStep> {
+  // recompute: 0 saves post/comb; otherwise they are recomputed in the
+  // backward, and uSlot (0: none) receives the recomputed u.
+  static Tensor forward(AutogradContext *ctx, const Tensor &y, const Tensor &x,
+                        const Tensor &link, const Tensor &post,
+                        const Tensor &comb, const Tensor &mix, const Tensor &fn,
+                        const Tensor &scale, const Tensor &base, int64_t handle,
+                        bool recompute, int64_t uSlot) {
+    (void)link;
+    const KernelSet &ks = kernelSet(handle);
+    Tensor xNext = runOp(ks, kPost, {y, x, post, comb})[0];
+    ctx->saved_data["ks"] = handle;
+    ctx->saved_data["slot"] = recompute ? uSlot : int64_t(-1);
+    if (!recompute)
+      ctx->save_for_backward({y, x, post, comb});
+    else // x, mix, fn, scale, base are pre_step's saved tensors: no extra memory
+      ctx->save_for_backward({y, x, mix, fn, scale, base});
+    return xNext;
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const KernelSet &ks = kernelSet(ctx->saved_data["ks"].toInt());
+    int64_t slot = ctx->saved_data["slot"].toInt();
+    const Tensor &y = saved[0], &x = saved[1];
+    Tensor post, comb;
+    if (slot < 0) {
+      post = saved[2];
+      comb = saved[3];
+    } else {
+      auto r = runOp(ks, kPre, {x, saved[3], saved[4], saved[5]});
+      post = r[1];
+      comb = r[2];
+      if (slot > 0)
+        putRecomputedU(slot, r[0]); // the sublayer's backward, next, reads it
+    }
+    Tensor dxNext = grads[0].contiguous();
+    auto r = runOp(ks, kPostBackward, {y, x, post, comb, dxNext});
+    // No gradient for x here: dx_next goes through the link to pre_step,
+    // which computes all of dx.
+    return {r[0],     Tensor(), dxNext,   r[1],     r[2],     Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+variable_list preStep(const Tensor &x, const Tensor &fn, const Tensor &scale,
+                      const Tensor &base, int64_t handle) {
+  return PreStep::apply(x, fn, scale, base, handle);
+}
+
+Tensor postStep(const Tensor &y, const Tensor &x, const Tensor &link,
+                const Tensor &post, const Tensor &comb, const Tensor &mix,
+                const Tensor &fn, const Tensor &scale, const Tensor &base,
+                int64_t handle, bool recompute, int64_t uSlot) {
+  return PostStep::apply(y, x, link, post, comb, mix, fn, scale, base, handle,
+                         recompute, uSlot);
+}
+
+bool builtWithCuda() {
+#ifdef MHC_NATIVE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+} // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "mhc.torch's C++ launch path and HyperConnection autograd steps "
+            "(mhc/torch/native.py)";
+  m.def("new_kernel_set", &newKernelSet);
+  m.def("add_op", &addOp);
+  m.def("run_op", &runOpByName);
+  m.def("signature", &signatureNames);
+  m.def("pre_step", &preStep);
+  m.def("post_step", &postStep);
+  m.def("built_with_cuda", &builtWithCuda);
+  py::class_<USlot>(m, "USlot")
+      .def(py::init<>())
+      .def_readonly("id", &USlot::id)
+      .def("take", &USlot::take);
+}

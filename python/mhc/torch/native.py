@@ -1,0 +1,164 @@
+"""The C++ launch path of the cuda backend (``native.cpp``), built on first use.
+
+What it replaces, to cut host time per call (docs/Torch.md, "Host time"):
+
+* ``run_op`` does what kernels.py's ``_OpPlan.run`` does (check, allocate with PyTorch's caching
+  allocator, launch each kernel through the runtime's ``mhcLaunchFlat`` on the current stream);
+* ``pre_step`` / ``post_step`` are HyperConnection's two autograd functions (modules.py's
+  ``_PreStep`` / ``_PostStep``, the same wiring) as ``torch::autograd::Function``: no Python runs
+  in their forward or backward.
+
+It is compiled against the PyTorch in use with ``torch.utils.cpp_extension`` (a C++ compiler is
+needed; ~30 s once, then cached in ``$MHC_NATIVE_BUILD`` or ``<kernel cache root>/native/<torch
+version>``). A copy built elsewhere only works with the identical PyTorch build, so a carried
+kernel cache does not carry it. ``MHC_NATIVE=0`` turns the path off; ``MHC_NATIVE=1`` makes a
+failed build an error instead of a fall-back to the Python path (which computes the same results
+with the same kernels). ``python -m mhc.torch.native`` builds it and says where it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("native.cpp")
+
+_LOCK = threading.Lock()
+_MODULE = None
+_FAILURE: str | None = None   # why the path is off (None: not tried yet, or on)
+suspended = False             # True inside python_path()
+
+
+@contextlib.contextmanager
+def python_path():
+    """Within this block, HyperConnection's steps and the ops' launches run from Python (the
+    ctypes path) even where the C++ path is built: for checks and benchmarks comparing the two."""
+    global suspended
+    before, suspended = suspended, True
+    try:
+        yield
+    finally:
+        suspended = before
+
+
+def mode() -> str:
+    """'off', 'on' (required) or 'auto', from $MHC_NATIVE."""
+    value = os.environ.get("MHC_NATIVE", "auto").strip().lower()
+    return {"0": "off", "off": "off", "1": "on", "on": "on"}.get(value, "auto")
+
+
+def build_directory() -> Path:
+    env = os.environ.get("MHC_NATIVE_BUILD")
+    if env:
+        return Path(env)
+    from .kernels import cache_root
+    tag = f"torch-{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
+    return cache_root() / "native" / tag.replace("+", "_")
+
+
+def _compile():
+    from torch.utils import cpp_extension
+    flags, include, ldflags = ["-O2"], [], []     # the C++ standard: torch's own default
+    cuda_home = cpp_extension.CUDA_HOME
+    if torch.version.cuda and cuda_home and (Path(cuda_home) / "include" / "cuda.h").is_file():
+        flags.append("-DMHC_NATIVE_CUDA")       # PyTorch's current stream (c10::cuda)
+        include.append(str(Path(cuda_home) / "include"))
+        ldflags.append("-lc10_cuda")
+    folder = build_directory()
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "mhc_torch_native.so").exists():
+        print(f"mhc: building the C++ launch path for torch {torch.__version__} in {folder} "
+              f"(once; ~30 s)", file=sys.stderr, flush=True)
+    return cpp_extension.load(name="mhc_torch_native", sources=[str(SOURCE)],
+                              build_directory=str(folder), extra_cflags=flags,
+                              extra_include_paths=include, extra_ldflags=ldflags, verbose=False)
+
+
+def load():
+    """The compiled module, or None when the path is off or cannot be built (``failure()`` says
+    why). Builds at most once per process."""
+    global _MODULE, _FAILURE
+    if _MODULE is not None:
+        return _MODULE
+    if mode() == "off":
+        return None
+    with _LOCK:
+        if _MODULE is None and _FAILURE is None:
+            try:
+                _MODULE = _compile()
+            except Exception as e:  # noqa: BLE001 - any build problem: fall back, say why
+                _FAILURE = _reason(e)
+                if mode() == "on":
+                    raise RuntimeError(f"MHC_NATIVE=1 but mhc's C++ launch path did not build: "
+                                       f"{_FAILURE}") from e
+    return _MODULE
+
+
+def _reason(error: Exception) -> str:
+    """One line for a build failure: the compiler's first error where there is one."""
+    lines = str(error).strip().splitlines()
+    first = next((l for l in lines if "error:" in l), lines[-1] if lines else "")
+    return f"{type(error).__name__}: {first.strip()}"
+
+
+def failure() -> str | None:
+    if mode() == "off":
+        return "turned off (MHC_NATIVE=0)"
+    return _FAILURE
+
+
+def _address(function) -> int:
+    return ctypes.cast(function, ctypes.c_void_p).value
+
+
+def register(kernel_set) -> int:
+    """Registers a loaded kernels.KernelSet with the C++ side; returns its handle."""
+    from .kernels import OP_BUFFERS
+    native = load()
+    lib = kernel_set.runtime.lib
+    key = kernel_set.key
+    handle = native.new_kernel_set(
+        key.n, key.C, key.dtype, _address(lib.mhcLaunchFlat),
+        _address(lib.mhcRuntimeGetErrorMessage), _address(lib.mhcRuntimeClearError))
+    symbols = {"n": key.n, "C": key.C, "M": key.M, "nC": key.n * key.C, "T": -1}
+    for op, plan in kernel_set.plans.items():
+        args, results = OP_BUFFERS[op]
+        if native.signature(op) != [list(args), list(results)]:
+            raise RuntimeError(f"mhc native: the C++ signature of {op} differs from OP_BUFFERS")
+        launches = [(function, tpb or 0, gx or 0, gy, gz, *block, smem, idx)
+                    for function, tpb, gx, gy, gz, block, smem, idx, _, _ in plan.launches]
+        scratch = []
+        for i, (_, s) in enumerate(plan.scratch):
+            dims = [d if isinstance(d, int) else
+                    -1 - int(d[7:]) if d.startswith("blocks:") else symbols[d] for d in s["shape"]]
+            scratch.append((dims, s["dtype"], plan.n_args + plan.n_results + i in plan.zero))
+        zero_results = [i - plan.n_args for i in plan.zero
+                        if plan.n_args <= i < plan.n_args + plan.n_results]
+        native.add_op(handle, op, launches, scratch, zero_results)
+    return handle
+
+
+def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m mhc.torch.native",
+                                description="Build mhc.torch's C++ launch path for this PyTorch.")
+    p.parse_args(argv)
+    if mode() == "off":
+        print("MHC_NATIVE=0: the C++ launch path is turned off", file=sys.stderr)
+        return 1
+    native = load()
+    if native is None:
+        print(f"mhc native: not built: {failure()}", file=sys.stderr)
+        return 1
+    print(f"mhc native: {native.__file__} (CUDA streams: {native.built_with_cuda()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""mhc.torch's C++ launch path (mhc/torch/native.cpp) on the CPU, through the mock runtime: the
+argument checks, and HyperConnection's C++ autograd steps -- which kernels run in the forward and
+the backward, and which buffers they get (the dx link, the recomputation and its hand-over of u).
+The kernels' numbers are checked on the H200 by bench/check_torch_backend.py (C++ and Python paths
+against each other and against the reference backend)."""
+
+import pytest
+import torch
+from torch import nn
+
+from mhc.torch import kernels, native
+from mhc.torch.kernels import KernelSet, OP_BUFFERS
+from mhc.torch.modules import HyperConnection
+
+from test_torch_kernels import KEY, N, C, inputs, launches, mock, write_set  # noqa: F401
+
+ATTRS = (20, 1e-6, 1e-6, 2.0)
+
+
+@pytest.fixture(scope="module")
+def built():
+    module = native.load()
+    assert module is not None, f"the C++ launch path did not build: {native.failure()}"
+    return module
+
+
+@pytest.fixture
+def handle(tmp_path, mock, built):  # noqa: F811
+    return KernelSet(write_set(tmp_path), KEY, runtime=mock).native_handle()
+
+
+def ptr(t):
+    return (t.data_ptr(), t.numel())
+
+
+def leaf(t):
+    return t.clone().requires_grad_()
+
+
+def test_signatures_match_the_python_table(built):
+    for op, (args, results) in OP_BUFFERS.items():
+        assert built.signature(op) == [list(args), list(results)]
+
+
+def test_bad_arguments_get_clear_errors(built, handle):
+    x, fn, scale, base = inputs(T=8)
+    with pytest.raises(ValueError, match="mhc::hc_pre: fn has dtype BFloat16, expected Float"):
+        built.run_op(handle, "hc_pre", [x, fn.bfloat16(), scale, base])
+    with pytest.raises(ValueError, match="mhc::hc_pre: x is not contiguous"):
+        built.run_op(handle, "hc_pre", [x.transpose(0, 1).contiguous().transpose(0, 1), fn, scale,
+                                        base])
+    with pytest.raises(ValueError, match=r"mhc::hc_pre: x must be \[\.\.\., 4, 64\], got \[8, 4, 32\]"):
+        built.run_op(handle, "hc_pre", [x[..., :32].contiguous(), fn, scale, base])
+    with pytest.raises(ValueError, match="x has dtype Float, expected BFloat16"):
+        built.run_op(handle, "hc_pre", [x.float(), fn, scale, base])
+    y, post, comb = torch.randn(8, C).bfloat16(), torch.rand(8, N), torch.rand(8, N, N)
+    with pytest.raises(ValueError, match=r"mhc::hc_post: y has shape \[7, 64\], expected \[8, 64\]"):
+        built.run_op(handle, "hc_post", [y[:7], x, post, comb])
+    with pytest.raises(ValueError, match="expected 4 arguments, got 3"):
+        built.run_op(handle, "hc_post", [y, x, post])
+    with pytest.raises(ValueError, match="unknown op"):
+        built.run_op(handle, "hc_middle", [y, x, post, comb])
+    with pytest.raises(RuntimeError, match="no kernel set 123456"):
+        built.run_op(123456, "hc_post", [y, x, post, comb])
+
+
+def _forward(built, handle, T, recompute, slot_id=0):
+    x, fn, scale, base = (leaf(t) for t in inputs(T))
+    u, post, comb, mix, link = built.pre_step(x, fn, scale, base, handle)
+    y = (u * 2).contiguous()
+    x_next = built.post_step(y, x, link, post, comb, mix, fn, scale, base, handle, recompute,
+                             slot_id)
+    return (x, fn, scale, base), (u, post, comb, mix, link), x_next
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_steps_forward_and_backward(built, handle, mock, recompute):  # noqa: F811
+    T = 40
+    mock.mock_clear_log()
+    (x, fn, scale, base), (u, post, comb, mix, link), x_next = _forward(built, handle, T, recompute)
+    pre_norm, pre_apply, post_k = launches(mock)
+    assert [l["kernel"] for l in (pre_norm, pre_apply, post_k)] == ["pre_norm", "pre_apply", "post"]
+    assert pre_apply["buffers"][-1] == ptr(u) and post_k["buffers"][1:4] == [ptr(x), ptr(post),
+                                                                            ptr(comb)]
+    assert post_k["buffers"][4] == ptr(x_next) and x_next.shape == x.shape
+    assert not mix.requires_grad and u.requires_grad and x_next.requires_grad
+    assert link.shape == x.shape and link.stride() == (0, 0, 0)
+
+    g = torch.randn_like(x_next)
+    mock.mock_clear_log()
+    x_next.backward(g)
+    names = [l["kernel"] for l in launches(mock)]
+    recomputed = ["pre_norm", "pre_apply"] if recompute else []
+    assert names == recomputed + ["post_bwd", "pre_bwd_coef", "pre_bwd_dx", "pre_bwd_dfn"]
+    post_bwd, coef, dxk, red = launches(mock)[len(recomputed):]
+    assert post_bwd["buffers"][4] == ptr(g)            # dx_next into hc_post_backward ...
+    assert dxk["buffers"][5] == ptr(g)                 # ... and, through the link, hc_pre_backward
+    if recompute:   # post/comb come from the recomputation, not from the forward
+        again = launches(mock)[1]
+        assert post_bwd["buffers"][2:4] == again["buffers"][4:6] != [ptr(post), ptr(comb)]
+    else:
+        assert post_bwd["buffers"][2:4] == [ptr(post), ptr(comb)]
+    assert x.grad is not None and dxk["buffers"][8][1] == x.numel()
+    assert x.grad.data_ptr() == dxk["buffers"][8][0]   # dx is hc_pre_backward's, nothing added
+    assert red["buffers"][1] == ptr(fn.grad)
+    assert scale.grad.shape == (3,) and base.grad.shape == (24,)
+
+
+def test_recomputed_u_is_handed_over_once(built, handle, mock):  # noqa: F811
+    slot = built.USlot()
+    mock.mock_clear_log()
+    _, _, x_next = _forward(built, handle, 16, True, slot.id)
+    assert slot.take() is None                          # nothing before the backward
+    x_next.backward(torch.randn_like(x_next))
+    u = slot.take()
+    assert u is not None and ptr(u) == launches(mock)[4]["buffers"][-1]   # the recomputed u
+    assert slot.take() is None                          # handed over once
+    gone = built.USlot()
+    gone_id = gone.id
+    del gone                                            # its owner is gone: the u is dropped
+    _, _, x_next = _forward(built, handle, 16, True, gone_id)
+    x_next.backward(torch.randn_like(x_next))
+
+
+class _SavesInput(torch.autograd.Function):
+    """A sublayer that saves its input and records which tensor its backward got back."""
+    seen = []
+
+    @staticmethod
+    def forward(ctx, u):
+        ctx.save_for_backward(u)
+        return u * 3
+
+    @staticmethod
+    def backward(ctx, dy):
+        (u,) = ctx.saved_tensors
+        _SavesInput.seen.append(u.data_ptr())
+        return dy * 3
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_hyperconnection_native_forward(built, handle, mock, recompute):  # noqa: F811
+    """HyperConnection's C++ path (_forward_native) with a sublayer that saves u: under
+    recomputation the sublayer's saved u is the one post_step's backward recomputed (no third
+    hc_pre), otherwise the forward's u itself."""
+    hc = HyperConnection(N, C, nn.Identity(), backend="cuda", recompute=recompute)
+    hc.sublayer = type("S", (nn.Module,), {"forward": lambda self, u: _SavesInput.apply(u)})()
+    x = leaf(inputs(24)[0])
+    _SavesInput.seen.clear()
+    mock.mock_clear_log()
+    fn, scale, base = hc._params(x)
+    x_next = hc._forward_native(handle, x, fn, scale, base)
+    u_forward = launches(mock)[1]["buffers"][-1][0]
+    mock.mock_clear_log()
+    x_next.backward(torch.randn_like(x_next))
+    names = [l["kernel"] for l in launches(mock)]
+    assert names.count("pre_apply") == (1 if recompute else 0)
+    expected = launches(mock)[1]["buffers"][-1][0] if recompute else u_forward
+    assert _SavesInput.seen == [expected]
+    assert hc.fn.grad is not None and x.grad is not None
+
+
+def test_native_off(monkeypatch, tmp_path, mock):  # noqa: F811
+    monkeypatch.setenv("MHC_NATIVE", "0")
+    monkeypatch.setattr(native, "_MODULE", None)
+    assert native.load() is None and "MHC_NATIVE=0" in native.failure()
+    ks = KernelSet(write_set(tmp_path), KEY, runtime=mock)
+    assert ks.native_handle() is None                  # KernelSet.run takes the Python path
+    x, fn, scale, base = inputs(T=8)
+    mock.mock_clear_log()
+    ks.run("hc_pre", x, fn, scale, base, *ATTRS)
+    assert [l["kernel"] for l in launches(mock)] == ["pre_norm", "pre_apply"]
+    assert native.main([]) == 1
+
+
+def test_build_failure_falls_back_or_raises(monkeypatch):
+    monkeypatch.setattr(native, "_MODULE", None)
+    monkeypatch.setattr(native, "_FAILURE", None)
+
+    def broken():
+        raise RuntimeError("Error building extension:\nnative.cpp:1:1: error: no compiler\nninja: stopped")
+    monkeypatch.setattr(native, "_compile", broken)
+    monkeypatch.setenv("MHC_NATIVE", "auto")
+    assert native.load() is None
+    assert native.failure() == "RuntimeError: native.cpp:1:1: error: no compiler"
+    monkeypatch.setattr(native, "_FAILURE", None)
+    monkeypatch.setenv("MHC_NATIVE", "1")
+    with pytest.raises(RuntimeError, match="MHC_NATIVE=1 but .* no compiler"):
+        native.load()
+    kernels._LOADED.clear()
