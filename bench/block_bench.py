@@ -244,7 +244,8 @@ def time_step(step, grads, device, reps, warmup, timer="do_bench"):
 def profile_kernels(step, trace_path):
     """The GPU work of one call of `step`, from torch.profiler's Chrome trace (its kernel events
     carry the stream): {"kernels", "kernel_ms" (summed), "span_ms" (first start to last end),
-    "streams": {stream: [kernels, ms]}, "mhc": {stream: kernels named mhc_*}}. A timer that reads
+    "streams": {stream: [kernels, ms]}, "mhc": {stream: kernels named mhc_*}, "by_name": the 25
+    kernel names with the most time, {name (90 characters): [calls, ms]}}. A timer that reads
     less than kernel_ms did not time all of the step's work."""
     from torch.profiler import profile, ProfilerActivity
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -255,23 +256,30 @@ def profile_kernels(step, trace_path):
         events = json.load(fh)["traceEvents"]
     os.remove(trace_path)
     kernels = [e for e in events if e.get("cat") == "kernel"]
-    streams, mhc = {}, {}
+    streams, mhc, by_name = {}, {}, {}
     for e in kernels:
         stream = str(e["args"].get("stream"))
         count, ms = streams.get(stream, (0, 0.0))
         streams[stream] = (count + 1, ms + e["dur"] / 1e3)
         if e["name"].startswith("mhc_"):
             mhc[stream] = mhc.get(stream, 0) + 1
+        name = e["name"][:90]
+        count, ms = by_name.get(name, (0, 0.0))
+        by_name[name] = (count + 1, ms + e["dur"] / 1e3)
     start = min((e["ts"] for e in kernels), default=0.0)
     end = max((e["ts"] + e["dur"] for e in kernels), default=0.0)
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:25]
     return {"kernels": len(kernels), "kernel_ms": sum(ms for _, ms in streams.values()),
-            "span_ms": (end - start) / 1e3, "streams": streams, "mhc": mhc}
+            "span_ms": (end - start) / 1e3, "streams": streams, "mhc": mhc,
+            "by_name": {name: [count, round(ms, 4)] for name, (count, ms) in top}}
 
 
 def describe_profile(prof) -> str:
     """One line for a profile_kernels result."""
+    mhc = {k: v for k, v in prof.get("by_name", {}).items() if k.startswith("mhc_")}
     return (f"{prof['kernels']} kernels, {prof['kernel_ms']:.3f} ms of kernels, span "
-            f"{prof['span_ms']:.3f} ms, streams {prof['streams']}, mhc kernels {prof['mhc']}")
+            f"{prof['span_ms']:.3f} ms, streams {prof['streams']}, mhc kernels {prof['mhc']}"
+            + (f" {mhc}" if mhc else ""))
 
 
 def measure(name, mode, make, sub, h, args):

@@ -4,7 +4,9 @@ backend (the same math in PyTorch, float32, on the same GPU): each op's outputs,
 HyperConnection's forward and all gradients (x, fn, scale, base, the sublayer's weight), with and
 without recomputation, for T in {1, 1000, 16384} and the C values given; and the forward ops
 captured in a CUDA graph and replayed on new data (bit-equal to eager); on the GPU also the
-module's C++ steps against its Python steps (mhc.torch.native; relative difference <= 1e-6).
+module's C++ steps against its Python steps (mhc.torch.native; relative difference <= 1e-6), and
+two chained HyperConnections (hc_post_project + hc_pre_mixed) against the reference backend and
+the unchained Python steps.
 Writes JSON.
 
     MHC_CACHE=.mhc-cache python3 bench/check_torch_backend.py --json $OUT/check_torch.json
@@ -120,6 +122,40 @@ def check_native(T, n, C, dtype, device, recompute):
             for nm, a, b in zip(names, *runs)}
 
 
+def check_chain(T, n, C, dtype, device, act_tol, coef_tol):
+    """Two HyperConnections in a row, called twice: the second call runs chained (the first
+    one's post computes the second one's mix, hc_post_project + hc_pre_mixed). Its output and
+    gradients against the reference backend (the usual tolerances) and against the unchained
+    Python steps."""
+    from mhc.torch import modules, native
+    torch.manual_seed(T + C + 1)
+    subs = [nn.Sequential(nn.RMSNorm(C), nn.Linear(C, C)).to(device, dtype) for _ in range(2)]
+    x = torch.randn(T, n, C, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+    x.requires_grad_()
+    dout = torch.randn(T, n, C, generator=torch.Generator().manual_seed(4)).to(device, dtype)
+    runs = {}
+    for name in ("chained", "python", "reference"):
+        hcs = [mt.HyperConnection(n, C, s, backend="reference" if name == "reference" else "cuda",
+                                  recompute=False, layer=i).to(device) for i, s in enumerate(subs)]
+        with native.python_path() if name == "python" else contextlib.nullcontext():
+            for _ in range(2):                      # the first call learns the chain
+                out = hcs[1](hcs[0](x))
+            leaves = [x] + [p for h in hcs for p in (h.fn, h.scale, h.base)]
+            runs[name] = [out] + list(torch.autograd.grad(out, leaves + [subs[1][1].weight], dout))
+        if name == "chained":
+            successor = modules._SUCCESSOR.get(hcs[0])
+            chained = (successor is not None and successor() is hcs[1]
+                       and modules._native_has_chain(modules._native_handle(x, hcs[0].attrs)))
+    names = ["x_next", "dx"] + [f"{p}{i}" for i in (1, 2) for p in ("dfn", "dscale", "dbase")] + ["dW"]
+    tols = [act_tol, act_tol] + [coef_tol] * 6 + [2 * act_tol]
+    out = {"chain.used": {"relerr": 0.0 if chained else float("inf"), "tol": 0.0, "ok": chained}}
+    for other in ("reference", "python"):
+        for nm, a, b, t in zip(names, runs["chained"], runs[other], tols):
+            e = relerr(a, b)
+            out[f"chain_vs_{other}.{nm}"] = {"relerr": e, "tol": t, "ok": e <= t}
+    return out
+
+
 def check_cuda_graph(n, C, dtype, device, act_tol):
     """hc_pre + hc_post captured in a CUDA graph and replayed on new data == eager."""
     M = n * n + 2 * n
@@ -173,6 +209,8 @@ def main(argv=None):
                     entry["checks"].update(check_module(T, args.n, C, dtype, device, act_tol, 1e-3, rc))
                     if device.type == "cuda":
                         entry["checks"].update(check_native(T, args.n, C, dtype, device, rc))
+                if device.type == "cuda" and not args.forward_only:
+                    entry["checks"].update(check_chain(T, args.n, C, dtype, device, act_tol, 1e-3))
                 if device.type == "cuda" and T == 1:
                     entry["checks"].update(check_cuda_graph(args.n, C, dtype, device, act_tol))
                 bad = [k for k, v in entry["checks"].items() if not v["ok"]]

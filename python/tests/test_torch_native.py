@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mhc.torch import kernels, native
+from mhc.torch import build_native, kernels, native
 from mhc.torch.kernels import KernelSet, OP_BUFFERS
 from mhc.torch.modules import HyperConnection
 
@@ -66,10 +66,10 @@ def test_bad_arguments_get_clear_errors(built, handle):
 
 def _forward(built, handle, T, recompute, slot_id=0):
     x, fn, scale, base = (leaf(t) for t in inputs(T))
-    u, post, comb, mix, link = built.pre_step(x, fn, scale, base, handle)
+    u, post, comb, mix, link = built.pre_step(x, fn, scale, base, None, handle)
     y = (u * 2).contiguous()
-    x_next = built.post_step(y, x, link, post, comb, mix, fn, scale, base, handle, recompute,
-                             slot_id)
+    (x_next,) = built.post_step(y, x, link, post, comb, mix, fn, scale, base, None, handle, False,
+                                recompute, slot_id)
     return (x, fn, scale, base), (u, post, comb, mix, link), x_next
 
 
@@ -170,7 +170,7 @@ def test_native_off(monkeypatch, tmp_path, mock):  # noqa: F811
     mock.mock_clear_log()
     ks.run("hc_pre", x, fn, scale, base, *ATTRS)
     assert [l["kernel"] for l in launches(mock)] == ["pre_norm", "pre_apply"]
-    assert native.main([]) == 1
+    assert build_native.main([]) == 1
 
 
 def test_build_failure_falls_back_or_raises(monkeypatch):
@@ -188,3 +188,123 @@ def test_build_failure_falls_back_or_raises(monkeypatch):
     with pytest.raises(RuntimeError, match="MHC_NATIVE=1 but .* no compiler"):
         native.load()
     kernels._LOADED.clear()
+
+
+# ------------------------------------------------------------------------------------------------
+# Chained HyperConnections: the first one's post computes the second one's mix
+# ------------------------------------------------------------------------------------------------
+
+def chain_manifest():
+    from test_torch_kernels import hand_manifest
+    m = hand_manifest()
+    m["ops"]["hc_pre_mixed"] = {"launches": [
+        {"kernel": "pre_mixed", "block": [256, 1, 1], "grid": {"tokens_per_block": 64},
+         "buffers": ["mix", "scale", "base", "x", "post", "comb", "u"]}]}
+    m["ops"]["hc_post_project"] = {"launches": [
+        {"kernel": "post_project", "block": [128, 1, 1], "grid": {"tokens_per_block": 32},
+         "buffers": ["y", "x", "post", "comb", "fn_next", "x_next", "mix_next"]}]}
+    return m
+
+
+@pytest.fixture
+def chain_handle(tmp_path, mock, built):  # noqa: F811
+    return KernelSet(write_set(tmp_path, chain_manifest()), KEY, runtime=mock).native_handle()
+
+
+def two_layers(recompute=False):
+    hcs = [HyperConnection(N, C, nn.Identity(), backend="cuda", recompute=recompute, layer=i)
+           for i in range(2)]
+    return hcs
+
+
+def run_chain(hcs, handle, x):
+    for hc in hcs:
+        x = hc._forward_native(handle, x, *hc._params(x))
+    return x
+
+
+def kernel_names(mock):  # noqa: F811
+    return [l["kernel"] for l in launches(mock)]
+
+
+def test_chain_is_learnt_then_used(chain_handle, mock):  # noqa: F811
+    h1, h2 = two_layers()
+    x = leaf(inputs(40)[0])
+    mock.mock_clear_log()
+    run_chain([h1, h2], chain_handle, x)                # first call: each computes its own mix
+    assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"] * 2
+    mock.mock_clear_log()
+    out = run_chain([h1, h2], chain_handle, x)          # learnt: h1's post computes h2's mix
+    assert kernel_names(mock) == ["pre_norm", "pre_apply", "post_project", "pre_mixed", "post"]
+    project, mixed = launches(mock)[2], launches(mock)[3]
+    assert project["buffers"][4] == ptr(h2.fn)          # fn_next is the next layer's fn
+    assert mixed["buffers"][0] == project["buffers"][6]  # pre_mixed reads the mix it wrote
+    mock.mock_clear_log()
+    out.backward(torch.randn_like(out))
+    assert kernel_names(mock) == ["post_bwd", "pre_bwd_coef", "pre_bwd_dx", "pre_bwd_dfn"] * 2
+    h2_coef = launches(mock)[1]
+    assert h2_coef["buffers"][0] == project["buffers"][6]   # h2's backward uses that same mix
+    assert h1.fn.grad is not None and h2.fn.grad is not None
+    assert launches(mock)[3]["buffers"][1] == ptr(h2.fn.grad)   # h2's dfn: its own backward's
+
+
+def test_chain_refuses_a_stale_mix(chain_handle, mock):  # noqa: F811
+    h1, h2 = two_layers()
+    x = inputs(16)[0]
+    with torch.no_grad():
+        run_chain([h1, h2], chain_handle, x)
+        x1 = h1._forward_native(chain_handle, x, *h1._params(x))
+        x1.mul_(2)                                      # x_next changed after its mix was made
+        mock.mock_clear_log()
+        h2._forward_native(chain_handle, x1, *h2._params(x1))
+        assert kernel_names(mock)[:2] == ["pre_norm", "pre_apply"]
+        x1 = h1._forward_native(chain_handle, x, *h1._params(x))
+        h2.fn.mul_(1.5)                                 # the consumer's fn changed
+        mock.mock_clear_log()
+        h2._forward_native(chain_handle, x1, *h2._params(x1))
+        assert kernel_names(mock)[:2] == ["pre_norm", "pre_apply"]
+        h3 = HyperConnection(N, C, nn.Identity(), backend="cuda", layer=3)
+        x1 = h1._forward_native(chain_handle, x, *h1._params(x))
+        mock.mock_clear_log()
+        h3._forward_native(chain_handle, x1, *h3._params(x1))   # not the intended consumer
+        assert kernel_names(mock)[:2] == ["pre_norm", "pre_apply"]
+        mock.mock_clear_log()
+        h1._forward_native(chain_handle, x, *h1._params(x))     # h3 is h1's successor now
+        assert launches(mock)[2]["kernel"] == "post_project"
+        assert launches(mock)[2]["buffers"][4] == ptr(h3.fn)
+
+
+def test_chain_recomputes_with_the_mixed_kernel(chain_handle, mock):  # noqa: F811
+    h1, h2 = two_layers(recompute=True)
+    x = leaf(inputs(24)[0])
+    run_chain([h1, h2], chain_handle, x)
+    out = run_chain([h1, h2], chain_handle, x)
+    mock.mock_clear_log()
+    out.backward(torch.randn_like(out))
+    names = kernel_names(mock)
+    # h2 (its forward started from the chained mix) recomputes with pre_mixed, h1 with hc_pre.
+    assert names[:2] == ["pre_mixed", "post_bwd"] and names[5:8] == ["pre_norm", "pre_apply",
+                                                                      "post_bwd"]
+
+
+def test_chain_without_the_ops_in_the_set(handle, mock):  # noqa: F811
+    h1, h2 = two_layers()
+    x = inputs(16)[0]
+    with torch.no_grad():
+        run_chain([h1, h2], handle, x)
+        mock.mock_clear_log()
+        run_chain([h1, h2], handle, x)
+    assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"] * 2
+
+
+def test_models_with_chained_layers_still_pickle_and_copy(chain_handle):
+    import copy
+    import io
+    h1, h2 = two_layers()
+    x = inputs(8)[0]
+    with torch.no_grad():
+        run_chain([h1, h2], chain_handle, x)
+    model = nn.Sequential(h1, h2)
+    torch.save(model, io.BytesIO())
+    clone = copy.deepcopy(model)
+    assert torch.equal(clone[1].fn, h2.fn)

@@ -17,7 +17,10 @@ The ops (kernels.OP_BUFFERS):
 * ``hc_sublayer_backward``: the whole standalone sublayer backward in one group ("backward":
   the fused kernels the benchmarks time);
 * ``hc_steady_forward``: the steady-state forward of the benchmarks (pre from the previous
-  mix; post_res + the next sublayer's norm_project).
+  mix; post_res + the next sublayer's norm_project);
+* ``hc_pre_mixed``, ``hc_post_project``: the two halves of that steady state, for chained
+  HyperConnections (mhc.torch.modules): pre from a mix computed by the previous sublayer's post,
+  and post_res fused with the next sublayer's norm_project.
 
     python -m mhc.torch.build_cache --n 4 --C 4096 --dtype bf16 --out DIR
 """
@@ -94,6 +97,17 @@ func.func @hc_sublayer_backward(%x: {X}, %y: {H}, %fn: {F}, %scale: {S}, %base: 
   %comb = {sinkhorn}
   %dy, %dxa, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}
   return %dx, %dy, %dfn, %dscale, %dbase : {X}, {H}, {F}, {S}, {B}
+}}
+func.func @hc_pre_mixed(%x: {X}, %mix: {MX}, %scale: {S}, %base: {B}) -> ({H}, {P}, {Q}) {{
+  %pre, %post, %l = {split}
+  %comb = {sinkhorn}
+  %u = "mhc.pre_apply"(%x, %pre) : ({X}, {P}) -> {H}
+  return %u, %post, %comb : {H}, {P}, {Q}
+}}
+func.func @hc_post_project(%y: {H}, %x: {X}, %post: {P}, %comb: {Q}, %fn: {F}) -> ({X}, {MX}) {{
+  %xn = "mhc.post_res"(%y, %x, %post, %comb) : ({H}, {X}, {P}, {Q}) -> {X}
+  %mix2 = "mhc.norm_project"(%xn, %fn) {norm_attrs} : ({X}, {F}) -> {MX}
+  return %xn, %mix2 : {X}, {MX}
 }}
 func.func @hc_steady_forward(%x: {X}, %mix: {MX}, %scale: {S}, %base: {B}, %y: {H}, %fn: {F}) -> ({H}, {X}, {MX}) {{
   %pre, %post, %l = {split}
@@ -274,7 +288,8 @@ def compile_kernels(key: dict, out_dir, forward_only: bool = False, edit_schedul
         raise compiler.CompileError("no gpu.binary with a cubin in the pipeline's output")
     funcs = _functions(host)
     names = ["hc_pre", "hc_post"] + ([] if forward_only else [
-        "hc_post_backward", "hc_pre_backward", "hc_sublayer_backward", "hc_steady_forward"])
+        "hc_post_backward", "hc_pre_backward", "hc_sublayer_backward", "hc_steady_forward",
+        "hc_pre_mixed", "hc_post_project"])
     ops = {op: launches_of(funcs[op], *kernels.OP_BUFFERS[op], k) for op in names}
     in_binary = set(re.findall(r"@mhc_kernels::@(\w+)", full))
     for spec in ops.values():

@@ -82,6 +82,10 @@ OP_BUFFERS = {   # (arguments, results) of each op, in schema order
     "hc_sublayer_backward": (("x", "y", "fn", "scale", "base", "mix", "du", "dx_next"),
                              ("dx", "dy", "dfn", "dscale", "dbase")),
     "hc_steady_forward": (("x", "mix", "scale", "base", "y", "fn"), ("u", "x_next", "mix_next")),
+    # Its two halves, for chained HyperConnections: pre from the mix the previous sublayer's post
+    # computed, and post_res fused with the next sublayer's norm_project (fn_next: its fn).
+    "hc_pre_mixed": (("x", "mix", "scale", "base"), ("u", "post", "comb")),
+    "hc_post_project": (("y", "x", "post", "comb", "fn_next"), ("x_next", "mix_next")),
 }
 # The ops training needs (mhc.torch's autograd functions); the other two are for the benchmarks.
 TRAINING_OPS = ("hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward")
@@ -369,6 +373,13 @@ def allocate_results(op: str, args):
     if op == "hc_steady_forward":
         x, mix, _, _, y, _ = args[:6]
         return [torch.empty_like(y), torch.empty_like(x), torch.empty_like(mix)]
+    if op == "hc_pre_mixed":
+        x, mix = args[:2]
+        lead, (n, C) = x.shape[:-2], x.shape[-2:]
+        return [x.new_empty(*lead, C), mix.new_empty(*lead, n), mix.new_empty(*lead, n, n)]
+    if op == "hc_post_project":
+        _, x, post, _, fn_next = args[:5]
+        return [torch.empty_like(x), post.new_empty(*x.shape[:-2], fn_next.shape[0])]
     x, fn, scale, base = args[:4]
     return [torch.empty_like(x), torch.empty_like(fn), torch.empty_like(scale),
             torch.empty_like(base)]
@@ -410,7 +421,7 @@ class _OpPlan:
         return cached
 
     def run(self, lib, stream: int, args):
-        x = args[1] if self.op in ("hc_post", "hc_post_backward") else args[0]
+        x = args[1] if self.op in ("hc_post", "hc_post_backward", "hc_post_project") else args[0]
         T = x.numel() // (self.key.n * self.key.C)
         scratch_numels, grids = self._shapes(T)
         results = allocate_results(self.op, args)
@@ -600,7 +611,7 @@ def for_call(op: str, x, attrs=None) -> KernelSet:
 
 def run(op: str, *args):
     """Entry point of the custom ops' CUDA implementations."""
-    x = args[1] if op in ("hc_post", "hc_post_backward") else args[0]
+    x = args[1] if op in ("hc_post", "hc_post_backward", "hc_post_project") else args[0]
     attrs = tuple(args[-4:]) if op in ("hc_pre", "hc_pre_backward") else None
     return for_call(op, x, attrs).run(op, *args, stream=_stream(x.device))
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import weakref
 
 import torch
 from torch import nn
@@ -85,6 +86,21 @@ _NATIVE_HANDLES: dict = {}   # (n, C, dtype, device index, attributes) -> handle
 
 def _native():
     return native.load()
+
+
+_CHAIN_OPS: dict = {}   # handle -> whether its kernel set has hc_pre_mixed and hc_post_project
+# HyperConnection -> weakref to the HyperConnection its output fed last (chaining, _chained_mix).
+# Outside the modules, so that pickling and copying a model never sees it.
+_SUCCESSOR = weakref.WeakKeyDictionary()
+
+
+def _native_has_chain(handle) -> bool:
+    has = _CHAIN_OPS.get(handle)
+    if has is None:
+        module = _native()
+        has = _CHAIN_OPS[handle] = (module.has_op(handle, "hc_pre_mixed")
+                                    and module.has_op(handle, "hc_post_project"))
+    return has
 
 
 def _native_handle(x, attrs):
@@ -322,9 +338,11 @@ class HyperConnection(nn.Module):
 
     def _forward_native(self, handle, x, fn, scale, base, *args, **kwargs):
         """forward() with the steps in C++ (mhc.torch.native: the same kernels, the same autograd
-        wiring as _PreStep/_PostStep, less host time)."""
+        wiring as _PreStep/_PostStep, less host time), chained to the neighbouring
+        HyperConnections (see _chained_mix)."""
         native = _native()
-        u, post, comb, mix, link = native.pre_step(x, fn, scale, base, handle)
+        mix_in = self._chained_mix(x, fn)
+        u, post, comb, mix, link = native.pre_step(x, fn, scale, base, mix_in, handle)
         if self.record_coefficients:
             self.last_res = comb.detach()
         slot = None
@@ -337,8 +355,53 @@ class HyperConnection(nn.Module):
             y = self.sublayer(u, *args, **kwargs)
         self._check_output(y, x)
         y = y.to(x.dtype).contiguous()
-        return native.post_step(y, x, link, post, comb, mix, fn, scale, base, handle,
-                                self.recompute, slot.id if slot is not None else 0)
+        successor = self._successor(x, handle)
+        out = native.post_step(y, x, link, post, comb, mix, fn, scale, base,
+                               None if successor is None else successor.fn, handle,
+                               mix_in is not None, self.recompute,
+                               slot.id if slot is not None else 0)
+        x_next = out[0]
+        if successor is None:
+            x_next._mhc_chain = (weakref.ref(self), None, None, None, None)
+        else:
+            x_next._mhc_chain = (weakref.ref(self), weakref.ref(successor), out[1],
+                                 successor.fn._version, x_next._version)
+        return x_next
+
+    # Chaining consecutive HyperConnections (the C++ path only). When the output of one is the
+    # next one's input, the first one's post kernel also computes the next one's mix
+    # (hc_post_project: post_res fused with the next norm_project, no second pass over x_next)
+    # and the next one's pre kernel starts from it (hc_pre_mixed) -- the benchmarks' steady
+    # state. x_next carries (producer, consumer, mix, consumer's fn version, x_next's version);
+    # the consumer uses the mix only if it is the intended one and neither its fn nor x_next
+    # changed since, and otherwise computes its own. A consumer that finds a producer's tag
+    # registers itself as that producer's successor, so the chain is learnt on the first call
+    # and used from the second.
+
+    def _chained_mix(self, x, fn):
+        tag = getattr(x, "_mhc_chain", None)
+        if tag is None:
+            return None
+        producer, consumer, mix, fn_version, x_version = tag
+        me = weakref.ref(self)                   # CPython hands out one ref per object
+        source = producer()
+        if source is not None and _SUCCESSOR.get(source) is not me:
+            _SUCCESSOR[source] = me              # learnt: next time it computes our mix
+        if (consumer is me and fn is self.fn and fn._version == fn_version
+                and x._version == x_version):
+            return mix
+        return None
+
+    def _successor(self, x, handle):
+        """The next HyperConnection when its mix can be computed here, else None."""
+        ref = _SUCCESSOR.get(self)
+        nxt = ref() if ref is not None else None
+        if (nxt is None or nxt.mode != "mhc" or nxt.n != self.n or nxt.C != self.C
+                or nxt.attrs != self.attrs or nxt.backend == "reference"
+                or nxt.fn.dtype != torch.float32 or nxt.fn.device != x.device
+                or not _native_has_chain(handle)):
+            return None
+        return nxt
 
     # Plain HC (spec 5b), the parametrisation of mhc-opt's --mhc-hyperconnect mode=hc.
     def _forward_hc(self, x, *args, **kwargs):

@@ -13,7 +13,8 @@
 //   * pre_step / post_step: HyperConnection's two autograd functions
 //     (modules.py's _PreStep / _PostStep, same wiring: the dx link and the
 //     recomputation), as torch::autograd::Function so that neither the
-//     forward nor the backward runs Python.
+//     forward nor the backward runs Python; and the chain of consecutive
+//     HyperConnections (post_step computing the next sublayer's mix).
 //
 // Kernel sets are registered once (add_op) and named by an integer handle;
 // they are never freed (the Python side keeps its kernel sets for the
@@ -134,12 +135,30 @@ const std::vector<Signature> &signatures() {
        {{"u", Shape::Y, Dt::A},
         {"x_next", Shape::X, Dt::A},
         {"mix_next", Shape::MIX, Dt::F}}},
+      {"hc_pre_mixed",
+       0,
+       {{"x", Shape::X, Dt::A},
+        {"mix", Shape::MIX, Dt::F},
+        {"scale", Shape::SC, Dt::F},
+        {"base", Shape::B, Dt::F}},
+       {{"u", Shape::Y, Dt::A},
+        {"post", Shape::P, Dt::F},
+        {"comb", Shape::CB, Dt::F}}},
+      {"hc_post_project",
+       1,
+       {{"y", Shape::Y, Dt::A},
+        {"x", Shape::X, Dt::A},
+        {"post", Shape::P, Dt::F},
+        {"comb", Shape::CB, Dt::F},
+        {"fn_next", Shape::FN, Dt::F}},
+       {{"x_next", Shape::X, Dt::A},
+        {"mix_next", Shape::MIX, Dt::F}}},
   };
   return table;
 }
 
 enum Op { kPre, kPost, kPostBackward, kPreBackward, kSublayerBackward,
-          kSteadyForward, kNumOps };
+          kSteadyForward, kPreMixed, kPostProject, kNumOps };
 
 int opIndex(const std::string &name) {
   const auto &table = signatures();
@@ -453,19 +472,30 @@ void putRecomputedU(int64_t id, const Tensor &u) {
 //===----------------------------------------------------------------------===//
 
 struct PreStep : torch::autograd::Function<PreStep> {
+  // mixIn: the mix the previous sublayer's post_step computed for this one
+  // (hc_pre_mixed); none: this step computes it (hc_pre).
   static variable_list forward(AutogradContext *ctx, const Tensor &x,
                                const Tensor &fn, const Tensor &scale,
-                               const Tensor &base, int64_t handle) {
+                               const Tensor &base,
+                               const std::optional<Tensor> &mixIn,
+                               int64_t handle) {
     const KernelSet &ks = kernelSet(handle);
-    auto r = runOp(ks, kPre, {x, fn, scale, base});
-    ctx->save_for_backward({x, fn, scale, base, r[3]});
+    Tensor u, post, comb, mix;
+    if (mixIn) {
+      auto r = runOp(ks, kPreMixed, {x, *mixIn, scale, base});
+      u = r[0], post = r[1], comb = r[2], mix = *mixIn;
+    } else {
+      auto r = runOp(ks, kPre, {x, fn, scale, base});
+      u = r[0], post = r[1], comb = r[2], mix = r[3];
+    }
+    ctx->save_for_backward({x, fn, scale, base, mix});
     ctx->saved_data["ks"] = handle;
-    ctx->mark_non_differentiable({r[3]});
+    ctx->mark_non_differentiable({mix});
     ctx->set_materialize_grads(false);
     // The link: x's shape, no data (nothing reads it); its only job is to
     // carry dx_next from post_step's backward to this step's backward.
     Tensor link = at::empty({}, x.options()).expand(x.sizes());
-    return {r[0], r[1], r[2], r[3], link};
+    return {u, post, comb, mix, link};
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
@@ -481,31 +511,49 @@ struct PreStep : torch::autograd::Function<PreStep> {
     Tensor dpost = orZeros(grads[1], Shape::P, mix.scalar_type());
     Tensor dcomb = orZeros(grads[2], Shape::CB, mix.scalar_type());
     Tensor dxNext = orZeros(grads[4], Shape::X, x.scalar_type());
+    // The same backward whichever kernel computed the mix: it is the
+    // norm_project of x with fn either way, and hc_pre_backward differentiates
+    // through it.
     auto r = runOp(ks, kPreBackward,
                    {x, saved[1], saved[2], saved[3], mix, du, dpost, dcomb,
                     dxNext});
-    return {r[0], r[1], r[2], r[3], Tensor()};
+    return {r[0], r[1], r[2], r[3], Tensor(), Tensor()};
   }
 };
 
 struct PostStep : torch::autograd::Function<PostStep> {
+  // fnNext: the next sublayer's fn; given, the step also returns that
+  // sublayer's mix (hc_post_project), which the next pre_step then takes.
   // recompute: 0 saves post/comb; otherwise they are recomputed in the
-  // backward, and uSlot (0: none) receives the recomputed u.
-  static Tensor forward(AutogradContext *ctx, const Tensor &y, const Tensor &x,
-                        const Tensor &link, const Tensor &post,
-                        const Tensor &comb, const Tensor &mix, const Tensor &fn,
-                        const Tensor &scale, const Tensor &base, int64_t handle,
-                        bool recompute, int64_t uSlot) {
+  // backward (with the kernel the forward's pre_step used: preMixed), and
+  // uSlot (0: none) receives the recomputed u.
+  static variable_list forward(AutogradContext *ctx, const Tensor &y,
+                               const Tensor &x, const Tensor &link,
+                               const Tensor &post, const Tensor &comb,
+                               const Tensor &mix, const Tensor &fn,
+                               const Tensor &scale, const Tensor &base,
+                               const std::optional<Tensor> &fnNext,
+                               int64_t handle, bool preMixed, bool recompute,
+                               int64_t uSlot) {
     (void)link;
     const KernelSet &ks = kernelSet(handle);
-    Tensor xNext = runOp(ks, kPost, {y, x, post, comb})[0];
+    variable_list out;
+    if (fnNext) {
+      auto r = runOp(ks, kPostProject, {y, x, post, comb, *fnNext});
+      ctx->mark_non_differentiable({r[1]}); // the next pre_step's input, not trained
+      out = {r[0], r[1]};
+    } else {
+      out = {runOp(ks, kPost, {y, x, post, comb})[0]};
+    }
     ctx->saved_data["ks"] = handle;
     ctx->saved_data["slot"] = recompute ? uSlot : int64_t(-1);
+    ctx->saved_data["mixed"] = preMixed;
+    ctx->set_materialize_grads(false);
     if (!recompute)
       ctx->save_for_backward({y, x, post, comb});
     else // x, mix, fn, scale, base are pre_step's saved tensors: no extra memory
       ctx->save_for_backward({y, x, mix, fn, scale, base});
-    return xNext;
+    return out;
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
@@ -518,32 +566,41 @@ struct PostStep : torch::autograd::Function<PostStep> {
       post = saved[2];
       comb = saved[3];
     } else {
-      auto r = runOp(ks, kPre, {x, saved[3], saved[4], saved[5]});
+      auto r = ctx->saved_data["mixed"].toBool()
+                   ? runOp(ks, kPreMixed, {x, saved[2], saved[4], saved[5]})
+                   : runOp(ks, kPre, {x, saved[3], saved[4], saved[5]});
       post = r[1];
       comb = r[2];
       if (slot > 0)
         putRecomputedU(slot, r[0]); // the sublayer's backward, next, reads it
     }
-    Tensor dxNext = grads[0].contiguous();
+    Tensor dxNext = grads[0].defined() ? grads[0].contiguous() : at::zeros_like(x);
     auto r = runOp(ks, kPostBackward, {y, x, post, comb, dxNext});
     // No gradient for x here: dx_next goes through the link to pre_step,
-    // which computes all of dx.
-    return {r[0],     Tensor(), dxNext,   r[1],     r[2],     Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    // which computes all of dx. None for fnNext either: the next sublayer's
+    // backward computes its fn's whole gradient from the mix it was given.
+    return {r[0],     Tensor(), dxNext,   r[1],     r[2],     Tensor(), Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 variable_list preStep(const Tensor &x, const Tensor &fn, const Tensor &scale,
-                      const Tensor &base, int64_t handle) {
-  return PreStep::apply(x, fn, scale, base, handle);
+                      const Tensor &base, const std::optional<Tensor> &mixIn,
+                      int64_t handle) {
+  return PreStep::apply(x, fn, scale, base, mixIn, handle);
 }
 
-Tensor postStep(const Tensor &y, const Tensor &x, const Tensor &link,
-                const Tensor &post, const Tensor &comb, const Tensor &mix,
-                const Tensor &fn, const Tensor &scale, const Tensor &base,
-                int64_t handle, bool recompute, int64_t uSlot) {
-  return PostStep::apply(y, x, link, post, comb, mix, fn, scale, base, handle,
-                         recompute, uSlot);
+variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
+                       const Tensor &post, const Tensor &comb, const Tensor &mix,
+                       const Tensor &fn, const Tensor &scale, const Tensor &base,
+                       const std::optional<Tensor> &fnNext, int64_t handle,
+                       bool preMixed, bool recompute, int64_t uSlot) {
+  return PostStep::apply(y, x, link, post, comb, mix, fn, scale, base, fnNext,
+                         handle, preMixed, recompute, uSlot);
+}
+
+bool hasOp(int64_t handle, const std::string &name) {
+  return kernelSet(handle).ops[size_t(opIndex(name))] != nullptr;
 }
 
 bool builtWithCuda() {
@@ -565,6 +622,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("signature", &signatureNames);
   m.def("pre_step", &preStep);
   m.def("post_step", &postStep);
+  m.def("has_op", &hasOp);
   m.def("built_with_cuda", &builtWithCuda);
   py::class_<USlot>(m, "USlot")
       .def(py::init<>())

@@ -13,7 +13,7 @@ needed; ~30 s once, then cached in ``$MHC_NATIVE_BUILD`` or ``<kernel cache root
 version>``). A copy built elsewhere only works with the identical PyTorch build, so a carried
 kernel cache does not carry it. ``MHC_NATIVE=0`` turns the path off; ``MHC_NATIVE=1`` makes a
 failed build an error instead of a fall-back to the Python path (which computes the same results
-with the same kernels). ``python -m mhc.torch.native`` builds it and says where it is.
+with the same kernels). ``python -m mhc.torch.build_native`` builds it and says where it is.
 """
 
 from __future__ import annotations
@@ -142,23 +142,3 @@ def register(kernel_set) -> int:
                         if plan.n_args <= i < plan.n_args + plan.n_results]
         native.add_op(handle, op, launches, scratch, zero_results)
     return handle
-
-
-def main(argv=None) -> int:
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m mhc.torch.native",
-                                description="Build mhc.torch's C++ launch path for this PyTorch.")
-    p.parse_args(argv)
-    if mode() == "off":
-        print("MHC_NATIVE=0: the C++ launch path is turned off", file=sys.stderr)
-        return 1
-    native = load()
-    if native is None:
-        print(f"mhc native: not built: {failure()}", file=sys.stderr)
-        return 1
-    print(f"mhc native: {native.__file__} (CUDA streams: {native.built_with_cuda()})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
