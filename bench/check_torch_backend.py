@@ -147,13 +147,27 @@ def check_chain(T, n, C, dtype, device, act_tol, coef_tol):
             chained = (successor is not None and successor() is hcs[1]
                        and modules._native_has_chain(modules._native_handle(x, hcs[0].attrs)))
     names = ["x_next", "dx"] + [f"{p}{i}" for i in (1, 2) for p in ("dfn", "dscale", "dbase")] + ["dW"]
-    tols = [act_tol, act_tol] + [coef_tol] * 6 + [2 * act_tol]
     out = {"chain.used": {"relerr": 0.0 if chained else float("inf"), "tol": 0.0, "ok": chained}}
-    for other in ("reference", "python"):
+    for other, tols in (("python", [CHAIN_TOL] * len(names)), ("reference", chain_reference_tols(
+            act_tol, coef_tol))):
         for nm, a, b, t in zip(names, runs["chained"], runs[other], tols):
             e = relerr(a, b)
             out[f"chain_vs_{other}.{nm}"] = {"relerr": e, "tol": t, "ok": e <= t}
     return out
+
+
+# The chained kernels against the unchained ones: the same math on the same data (the mix comes
+# from another kernel), so the same numbers up to rounding.
+CHAIN_TOL = 1e-5
+
+
+def chain_reference_tols(act_tol, coef_tol):
+    """Two stacked layers against the reference: the module tolerances, except for the 3-number
+    dscale and the bias dbase, sums over all tokens that cancel, which the first layer's bf16
+    rounding of x_next moves by up to ~4e-3 in the second layer (the unchained kernels exactly as
+    much: chain_vs_python is 0 there); 1e-2 for them."""
+    loose = 10 * coef_tol
+    return [act_tol, act_tol, coef_tol, loose, loose, coef_tol, loose, loose, 2 * act_tol]
 
 
 def check_cuda_graph(n, C, dtype, device, act_tol):
