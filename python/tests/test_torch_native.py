@@ -308,3 +308,17 @@ def test_models_with_chained_layers_still_pickle_and_copy(chain_handle):
     torch.save(model, io.BytesIO())
     clone = copy.deepcopy(model)
     assert torch.equal(clone[1].fn, h2.fn)
+
+
+def test_chain_under_inference_mode(chain_handle, mock):  # noqa: F811
+    """Inference tensors have no version counter: the C++ path runs unchained there."""
+    h1, h2 = two_layers()
+    x = inputs(8)[0]
+    with torch.no_grad():
+        run_chain([h1, h2], chain_handle, x)            # learn the chain
+    with torch.inference_mode():
+        mock.mock_clear_log()
+        out = run_chain([h1, h2], chain_handle, x)
+        out2 = run_chain([h1, h2], chain_handle, out)
+    assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"] * 4
+    assert out2.shape == x.shape

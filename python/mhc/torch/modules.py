@@ -341,7 +341,9 @@ class HyperConnection(nn.Module):
         wiring as _PreStep/_PostStep, less host time), chained to the neighbouring
         HyperConnections (see _chained_mix)."""
         native = _native()
-        mix_in = self._chained_mix(x, fn)
+        # Inference tensors have no version counter: no chaining under torch.inference_mode().
+        chain = not (torch.is_inference_mode_enabled() or x.is_inference())
+        mix_in = self._chained_mix(x, fn) if chain else None
         u, post, comb, mix, link = native.pre_step(x, fn, scale, base, mix_in, handle)
         if self.record_coefficients:
             self.last_res = comb.detach()
@@ -355,17 +357,16 @@ class HyperConnection(nn.Module):
             y = self.sublayer(u, *args, **kwargs)
         self._check_output(y, x)
         y = y.to(x.dtype).contiguous()
-        successor = self._successor(x, handle)
+        successor = self._successor(x, handle) if chain else None
         out = native.post_step(y, x, link, post, comb, mix, fn, scale, base,
                                None if successor is None else successor.fn, handle,
                                mix_in is not None, self.recompute,
                                slot.id if slot is not None else 0)
         x_next = out[0]
-        if successor is None:
-            x_next._mhc_chain = (weakref.ref(self), None, None, None, None)
-        else:
-            x_next._mhc_chain = (weakref.ref(self), weakref.ref(successor), out[1],
-                                 successor.fn._version, x_next._version)
+        if chain:
+            x_next._mhc_chain = ((weakref.ref(self), None, None, None, None) if successor is None
+                                 else (weakref.ref(self), weakref.ref(successor), out[1],
+                                       successor.fn._version, x_next._version))
         return x_next
 
     # Chaining consecutive HyperConnections (the C++ path only). When the output of one is the
