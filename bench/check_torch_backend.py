@@ -180,20 +180,27 @@ def check_module_cuda_graph(n, C, dtype, device):
 
     def forward():
         with torch.no_grad():
-            return hcs[1](hcs[0](x))
+            return (hcs[1](hcs[0](x)),)
+    (static_out,), (eager,) = capture_and_replay(forward, x, warmups=2)   # 2: learn the chain
+    e = relerr(static_out, eager)
+    return {"cuda_graph.module_chained": {"relerr": e, "tol": 0.0, "ok": e == 0.0}}
+
+
+def capture_and_replay(forward, x, warmups=1):
+    """forward() captured in a CUDA graph after warm-up calls on a side stream, replayed with new
+    data in x (in place); returns (the graph's outputs, an eager call's outputs on that data)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        forward(), forward()                       # load the kernels, learn the chain
+        for _ in range(warmups):
+            forward()                              # loads the kernel set
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_out = forward()
-    x.copy_(torch.randn_like(x, dtype=torch.float32).to(dtype))
+    x.copy_(torch.randn_like(x, dtype=torch.float32).to(x.dtype))
     graph.replay()
-    eager = forward()
-    e = relerr(static_out, eager)
-    return {"cuda_graph.module_chained": {"relerr": e, "tol": 0.0, "ok": e == 0.0}}
+    return static_out, forward()
 
 
 def check_cuda_graph(n, C, dtype, device, act_tol):
@@ -207,17 +214,7 @@ def check_cuda_graph(n, C, dtype, device, act_tol):
     def forward():
         u, post, comb, _ = torch.ops.mhc.hc_pre(x, fn, scale, base, *ATTRS)
         return u, torch.ops.mhc.hc_post(y, x, post, comb)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        forward()                                  # warm-up: loads the kernel set
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = forward()
-    x.copy_(torch.randn_like(x, dtype=torch.float32).to(dtype))
-    graph.replay()
-    eager = forward()
+    static_out, eager = capture_and_replay(forward, x)
     return {f"cuda_graph[{i}]": {"relerr": relerr(a, b), "tol": 0.0, "ok": relerr(a, b) == 0.0}
             for i, (a, b) in enumerate(zip(static_out, eager))}
 

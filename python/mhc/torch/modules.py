@@ -324,17 +324,22 @@ class HyperConnection(nn.Module):
         hooks = None
         if self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             hooks = _URecompute(u, (x, fn, scale, base), backend, self.attrs)
-            with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
-                y = self.sublayer(u, *args, **kwargs)
-        else:
-            y = self.sublayer(u, *args, **kwargs)
-        self._check_output(y, x)
-        # y is stored like the stream (as `x + y` would be); e.g. a bf16 sublayer under autocast.
-        y = y.to(x.dtype).contiguous()
+        y = self._sublayer(u, x, hooks, args, kwargs)
         recompute = (hooks or True) if self.recompute else None
         with _no_autocast(x):
             return _PostStep.apply(y, x, link, post, comb, mix, fn, scale, base, backend,
                                    self.attrs, recompute)
+
+    def _sublayer(self, u, x, hooks, args, kwargs):
+        """y = sublayer(u) (its saved u recomputed in the backward when hooks are given), checked
+        and stored like the stream (as `x + y` would be; e.g. a bf16 sublayer under autocast)."""
+        if hooks is None:
+            y = self.sublayer(u, *args, **kwargs)
+        else:
+            with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
+                y = self.sublayer(u, *args, **kwargs)
+        self._check_output(y, x)
+        return y.to(x.dtype).contiguous()
 
     def _forward_native(self, handle, x, fn, scale, base, *args, **kwargs):
         """forward() with the steps in C++ (mhc.torch.native: the same kernels, the same autograd
@@ -347,16 +352,11 @@ class HyperConnection(nn.Module):
         u, post, comb, mix, link = native.pre_step(x, fn, scale, base, mix_in, handle)
         if self.record_coefficients:
             self.last_res = comb.detach()
-        slot = None
+        slot = hooks = None
         if self.recompute and torch.is_grad_enabled():
             slot = native.USlot()
             hooks = _URecompute(u, (x, fn, scale, base), "cuda", self.attrs, slot)
-            with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
-                y = self.sublayer(u, *args, **kwargs)
-        else:
-            y = self.sublayer(u, *args, **kwargs)
-        self._check_output(y, x)
-        y = y.to(x.dtype).contiguous()
+        y = self._sublayer(u, x, hooks, args, kwargs)
         successor = self._successor(x, handle) if chain else None
         out = native.post_step(y, x, link, post, comb, mix, fn, scale, base,
                                None if successor is None else successor.fn, handle,
