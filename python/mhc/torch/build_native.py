@@ -1,5 +1,5 @@
 """Builds mhc.torch's C++ launch path (mhc.torch.native) for the PyTorch in use, ahead of the
-first forward that would otherwise build it (~30 s):
+first forward that would otherwise build it (under a minute):
 
     python -m mhc.torch.build_native
 

@@ -9,7 +9,7 @@ What it replaces, to cut host time per call (docs/Torch.md, "Host time"):
   in their forward or backward.
 
 It is compiled against the PyTorch in use with ``torch.utils.cpp_extension`` (a C++ compiler is
-needed; ~30 s once, then cached in ``$MHC_NATIVE_BUILD`` or ``<kernel cache root>/native/<torch
+needed; under a minute, once, then cached in ``$MHC_NATIVE_BUILD`` or ``<kernel cache root>/native/<torch
 version>``). A copy built elsewhere only works with the identical PyTorch build, so a carried
 kernel cache does not carry it. ``MHC_NATIVE=0`` turns the path off; ``MHC_NATIVE=1`` makes a
 failed build an error instead of a fall-back to the Python path (which computes the same results
@@ -74,7 +74,7 @@ def _compile():
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "mhc_torch_native.so").exists():
         print(f"mhc: building the C++ launch path for torch {torch.__version__} in {folder} "
-              f"(once; ~30 s)", file=sys.stderr, flush=True)
+              f"(once; under a minute)", file=sys.stderr, flush=True)
     return cpp_extension.load(name="mhc_torch_native", sources=[str(SOURCE)],
                               build_directory=str(folder), extra_cflags=flags,
                               extra_include_paths=include, extra_ldflags=ldflags, verbose=False)
