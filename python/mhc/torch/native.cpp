@@ -1,8 +1,8 @@
 //===- native.cpp - mhc.torch's C++ launch path and autograd steps --------===//
 //
-// Built against the user's PyTorch by mhc/torch/native.py (torch's cpp_extension,
-// on first use), so it lives beside the Python package, not under lib/: a
-// prebuilt library would have to match PyTorch's C++ ABI exactly.
+// Built against the user's PyTorch by mhc/torch/native.py (torch's
+// cpp_extension, on first use), so it lives beside the Python package, not
+// under lib/: a prebuilt library would have to match PyTorch's C++ ABI exactly.
 //
 // Two things, both the C++ twins of Python code, to cut host time per call:
 //
@@ -151,14 +151,22 @@ const std::vector<Signature> &signatures() {
         {"post", Shape::P, Dt::F},
         {"comb", Shape::CB, Dt::F},
         {"fn_next", Shape::FN, Dt::F}},
-       {{"x_next", Shape::X, Dt::A},
-        {"mix_next", Shape::MIX, Dt::F}}},
+       {{"x_next", Shape::X, Dt::A}, {"mix_next", Shape::MIX, Dt::F}}},
   };
   return table;
 }
 
-enum Op { kPre, kPost, kPostBackward, kPreBackward, kSublayerBackward,
-          kSteadyForward, kPreMixed, kPostProject, kNumOps };
+enum Op {
+  kPre,
+  kPost,
+  kPostBackward,
+  kPreBackward,
+  kSublayerBackward,
+  kSteadyForward,
+  kPreMixed,
+  kPostProject,
+  kNumOps
+};
 
 int opIndex(const std::string &name) {
   const auto &table = signatures();
@@ -225,17 +233,18 @@ KernelSet &kernelSet(int64_t handle) {
 // kernels.DTYPE_NAMES.
 at::ScalarType scalarType(const std::string &name) {
   static const std::unordered_map<std::string, at::ScalarType> names = {
-      {"bf16", at::kBFloat16}, {"f16", at::kHalf},  {"f32", at::kFloat},
-      {"f64", at::kDouble},    {"i32", at::kInt},   {"i64", at::kLong}};
+      {"bf16", at::kBFloat16}, {"f16", at::kHalf}, {"f32", at::kFloat},
+      {"f64", at::kDouble},    {"i32", at::kInt},  {"i64", at::kLong}};
   auto it = names.find(name);
   TORCH_CHECK_VALUE(it != names.end(), "mhc native: unknown dtype ", name);
   return it->second;
 }
 
 int64_t newKernelSet(int64_t n, int64_t C, const std::string &dtype,
-                     int64_t launchFlat,
-                     int64_t errorMessage, int64_t clearError) {
-  TORCH_CHECK_VALUE(n >= 1 && C >= 1 && launchFlat && errorMessage && clearError,
+                     int64_t launchFlat, int64_t errorMessage,
+                     int64_t clearError) {
+  TORCH_CHECK_VALUE(n >= 1 && C >= 1 && launchFlat && errorMessage &&
+                        clearError,
                     "mhc native: bad kernel set (n ", n, ", C ", C, ")");
   std::lock_guard<std::mutex> lock(setsMutex);
   sets.emplace_back();
@@ -252,14 +261,16 @@ int64_t newKernelSet(int64_t n, int64_t C, const std::string &dtype,
 
 // launches: (function address, tokens per block or 0, grid x, grid y, grid z,
 // block x, block y, block z, smem, buffer indices); scratch: (dims, dtype,
-// zero; dtype a DTYPE_NAMES name or "x"); zero_results: the results to zero-fill.
-void addOp(int64_t handle, const std::string &name,
-           const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t,
-                                        int64_t, int64_t, int64_t, int64_t,
-                                        int64_t, std::vector<int64_t>>> &launches,
-           const std::vector<std::tuple<std::vector<int64_t>, std::string, bool>>
-               &scratch,
-           const std::vector<int64_t> &zeroResults) {
+// zero; dtype a DTYPE_NAMES name or "x"); zero_results: the results to
+// zero-fill.
+void addOp(
+    int64_t handle, const std::string &name,
+    const std::vector<
+        std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                   int64_t, int64_t, int64_t, std::vector<int64_t>>> &launches,
+    const std::vector<std::tuple<std::vector<int64_t>, std::string, bool>>
+        &scratch,
+    const std::vector<int64_t> &zeroResults) {
   KernelSet &ks = kernelSet(handle);
   const Signature &sig = signatures()[size_t(opIndex(name))];
   const int64_t known =
@@ -267,9 +278,15 @@ void addOp(int64_t handle, const std::string &name,
   auto plan = std::make_unique<OpPlan>();
   for (const auto &l : launches) {
     Launch launch{reinterpret_cast<void *>(std::get<0>(l)),
-                  std::get<1>(l), std::get<2>(l), std::get<3>(l),
-                  std::get<4>(l), std::get<5>(l), std::get<6>(l),
-                  std::get<7>(l), int32_t(std::get<8>(l)), {}};
+                  std::get<1>(l),
+                  std::get<2>(l),
+                  std::get<3>(l),
+                  std::get<4>(l),
+                  std::get<5>(l),
+                  std::get<6>(l),
+                  std::get<7>(l),
+                  int32_t(std::get<8>(l)),
+                  {}};
     const auto &buffers = std::get<9>(l);
     TORCH_CHECK_VALUE(launch.function && buffers.size() <= kMaxBuffers,
                       "mhc native: bad launch in ", name);
@@ -304,25 +321,39 @@ std::vector<int64_t> shapeOf(Shape s, c10::IntArrayRef lead,
                              const KernelSet &ks) {
   std::vector<int64_t> shape(lead.begin(), lead.end());
   switch (s) {
-  case Shape::X: shape.insert(shape.end(), {ks.n, ks.C}); return shape;
-  case Shape::Y: shape.push_back(ks.C); return shape;
-  case Shape::P: shape.push_back(ks.n); return shape;
-  case Shape::CB: shape.insert(shape.end(), {ks.n, ks.n}); return shape;
-  case Shape::MIX: shape.push_back(ks.M); return shape;
-  case Shape::FN: return {ks.M, ks.n * ks.C};
-  case Shape::SC: return {3};
-  case Shape::B: return {ks.M};
+  case Shape::X:
+    shape.insert(shape.end(), {ks.n, ks.C});
+    return shape;
+  case Shape::Y:
+    shape.push_back(ks.C);
+    return shape;
+  case Shape::P:
+    shape.push_back(ks.n);
+    return shape;
+  case Shape::CB:
+    shape.insert(shape.end(), {ks.n, ks.n});
+    return shape;
+  case Shape::MIX:
+    shape.push_back(ks.M);
+    return shape;
+  case Shape::FN:
+    return {ks.M, ks.n * ks.C};
+  case Shape::SC:
+    return {3};
+  case Shape::B:
+    return {ks.M};
   }
   return shape;
 }
 
 void checkArgument(const Signature &sig, const Buffer &b, const Tensor &t,
-                   const Tensor &x, c10::IntArrayRef lead, const KernelSet &ks) {
+                   const Tensor &x, c10::IntArrayRef lead,
+                   const KernelSet &ks) {
   TORCH_CHECK_VALUE(t.defined(), "mhc::", sig.name, ": ", b.name,
                     " is missing");
   auto expected = shapeOf(b.shape, lead, ks);
-  TORCH_CHECK_VALUE(t.sizes().equals(expected), "mhc::", sig.name, ": ",
-                    b.name, " has shape ", t.sizes(), ", expected ",
+  TORCH_CHECK_VALUE(t.sizes().equals(expected), "mhc::", sig.name, ": ", b.name,
+                    " has shape ", t.sizes(), ", expected ",
                     c10::IntArrayRef(expected));
   auto dtype = b.dtype == Dt::A ? ks.dtype : at::kFloat;
   TORCH_CHECK_VALUE(t.scalar_type() == dtype, "mhc::", sig.name, ": ", b.name,
@@ -375,7 +406,9 @@ std::vector<Tensor> runOp(const KernelSet &ks, int op,
   for (const Scratch &s : plan->scratch) {
     int64_t numel = 1;
     for (int64_t d : s.dims)
-      numel *= d >= 0 ? d : d == -1 ? T : std::max((T - d - 2) / (-d - 1), int64_t(1));
+      numel *= d >= 0    ? d
+               : d == -1 ? T
+                         : std::max((T - d - 2) / (-d - 1), int64_t(1));
     auto dtype = s.dtype.value_or(ks.dtype);
     auto options = x.options().dtype(dtype);
     buffers.push_back(s.zero ? at::zeros({numel}, options)
@@ -392,19 +425,20 @@ std::vector<Tensor> runOp(const KernelSet &ks, int op,
       numels[i] = t.numel();
     }
     // T = 0 still launches one block (the kernels mask their tokens).
-    int64_t gridX = l.tokensPerBlock
-                        ? std::max((T + l.tokensPerBlock - 1) / l.tokensPerBlock,
-                                   int64_t(1))
-                        : l.gridX;
-    int rc = ks.launchFlat(l.function, gridX, l.gridY, l.gridZ, l.blockX,
-                           l.blockY, l.blockZ, l.smem, stream, T,
-                           int32_t(l.buffers.size()), ptrs.data(),
-                           numels.data());
+    int64_t gridX =
+        l.tokensPerBlock
+            ? std::max((T + l.tokensPerBlock - 1) / l.tokensPerBlock,
+                       int64_t(1))
+            : l.gridX;
+    int rc =
+        ks.launchFlat(l.function, gridX, l.gridY, l.gridZ, l.blockX, l.blockY,
+                      l.blockZ, l.smem, stream, T, int32_t(l.buffers.size()),
+                      ptrs.data(), numels.data());
     if (rc) {
       std::string message = ks.errorMessage();
       ks.clearError(); // the next call may succeed (e.g. after freeing memory)
-      TORCH_CHECK(false, "mhc::", sig.name, ": kernel launch failed: ",
-                  message);
+      TORCH_CHECK(false, "mhc::", sig.name,
+                  ": kernel launch failed: ", message);
     }
   }
   buffers.erase(buffers.begin(), buffers.begin() + long(args.size()));
@@ -504,8 +538,9 @@ struct PreStep : torch::autograd::Function<PreStep> {
     const KernelSet &ks = kernelSet(ctx->saved_data["ks"].toInt());
     auto lead = x.sizes().slice(0, size_t(x.dim() - 2));
     auto orZeros = [&](const Tensor &g, Shape s, at::ScalarType dt) {
-      return g.defined() ? g.contiguous()
-                         : at::zeros(shapeOf(s, lead, ks), x.options().dtype(dt));
+      return g.defined()
+                 ? g.contiguous()
+                 : at::zeros(shapeOf(s, lead, ks), x.options().dtype(dt));
     };
     Tensor du = orZeros(grads[0], Shape::Y, x.scalar_type());
     Tensor dpost = orZeros(grads[1], Shape::P, mix.scalar_type());
@@ -514,9 +549,9 @@ struct PreStep : torch::autograd::Function<PreStep> {
     // The same backward whichever kernel computed the mix: it is the
     // norm_project of x with fn either way, and hc_pre_backward differentiates
     // through it.
-    auto r = runOp(ks, kPreBackward,
-                   {x, saved[1], saved[2], saved[3], mix, du, dpost, dcomb,
-                    dxNext});
+    auto r =
+        runOp(ks, kPreBackward,
+              {x, saved[1], saved[2], saved[3], mix, du, dpost, dcomb, dxNext});
     return {r[0], r[1], r[2], r[3], Tensor(), Tensor()};
   }
 };
@@ -527,20 +562,19 @@ struct PostStep : torch::autograd::Function<PostStep> {
   // recompute: 0 saves post/comb; otherwise they are recomputed in the
   // backward (with the kernel the forward's pre_step used: preMixed), and
   // uSlot (0: none) receives the recomputed u.
-  static variable_list forward(AutogradContext *ctx, const Tensor &y,
-                               const Tensor &x, const Tensor &link,
-                               const Tensor &post, const Tensor &comb,
-                               const Tensor &mix, const Tensor &fn,
-                               const Tensor &scale, const Tensor &base,
-                               const std::optional<Tensor> &fnNext,
-                               int64_t handle, bool preMixed, bool recompute,
-                               int64_t uSlot) {
+  static variable_list
+  forward(AutogradContext *ctx, const Tensor &y, const Tensor &x,
+          const Tensor &link, const Tensor &post, const Tensor &comb,
+          const Tensor &mix, const Tensor &fn, const Tensor &scale,
+          const Tensor &base, const std::optional<Tensor> &fnNext,
+          int64_t handle, bool preMixed, bool recompute, int64_t uSlot) {
     (void)link;
     const KernelSet &ks = kernelSet(handle);
     variable_list out;
     if (fnNext) {
       auto r = runOp(ks, kPostProject, {y, x, post, comb, *fnNext});
-      ctx->mark_non_differentiable({r[1]}); // the next pre_step's input, not trained
+      ctx->mark_non_differentiable(
+          {r[1]}); // the next pre_step's input, not trained
       out = {r[0], r[1]};
     } else {
       out = {runOp(ks, kPost, {y, x, post, comb})[0]};
@@ -551,7 +585,8 @@ struct PostStep : torch::autograd::Function<PostStep> {
     ctx->set_materialize_grads(false);
     if (!recompute)
       ctx->save_for_backward({y, x, post, comb});
-    else // x, mix, fn, scale, base are pre_step's saved tensors: no extra memory
+    else // x, mix, fn, scale, base are pre_step's saved tensors: no extra
+         // memory
       ctx->save_for_backward({y, x, mix, fn, scale, base});
     return out;
   }
@@ -574,13 +609,15 @@ struct PostStep : torch::autograd::Function<PostStep> {
       if (slot > 0)
         putRecomputedU(slot, r[0]); // the sublayer's backward, next, reads it
     }
-    Tensor dxNext = grads[0].defined() ? grads[0].contiguous() : at::zeros_like(x);
+    Tensor dxNext =
+        grads[0].defined() ? grads[0].contiguous() : at::zeros_like(x);
     auto r = runOp(ks, kPostBackward, {y, x, post, comb, dxNext});
     // No gradient for x here: dx_next goes through the link to pre_step,
     // which computes all of dx. None for fnNext either: the next sublayer's
     // backward computes its fn's whole gradient from the mix it was given.
-    return {r[0],     Tensor(), dxNext,   r[1],     r[2],     Tensor(), Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return {r[0],     Tensor(), dxNext,   r[1],     r[2],
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -591,10 +628,11 @@ variable_list preStep(const Tensor &x, const Tensor &fn, const Tensor &scale,
 }
 
 variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
-                       const Tensor &post, const Tensor &comb, const Tensor &mix,
-                       const Tensor &fn, const Tensor &scale, const Tensor &base,
-                       const std::optional<Tensor> &fnNext, int64_t handle,
-                       bool preMixed, bool recompute, int64_t uSlot) {
+                       const Tensor &post, const Tensor &comb,
+                       const Tensor &mix, const Tensor &fn, const Tensor &scale,
+                       const Tensor &base, const std::optional<Tensor> &fnNext,
+                       int64_t handle, bool preMixed, bool recompute,
+                       int64_t uSlot) {
   return PostStep::apply(y, x, link, post, comb, mix, fn, scale, base, fnNext,
                          handle, preMixed, recompute, uSlot);
 }
