@@ -322,3 +322,18 @@ def test_chain_under_inference_mode(chain_handle, mock):  # noqa: F811
         out2 = run_chain([h1, h2], chain_handle, out)
     assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"] * 4
     assert out2.shape == x.shape
+
+
+def test_chain_skips_a_successor_whose_fn_is_not_a_plain_tensor(chain_handle, mock):  # noqa: F811
+    """E.g. FSDP2: the next block's fn is still a sharded DTensor when this block's post runs."""
+    class Shard(torch.Tensor):
+        pass
+    h1, h2 = two_layers()
+    x = inputs(8)[0]
+    with torch.no_grad():
+        run_chain([h1, h2], chain_handle, x)             # learnt
+        h2.fn = nn.Parameter(h2.fn.detach().as_subclass(Shard))
+        assert type(h2.fn) is Shard
+        mock.mock_clear_log()
+        h1._forward_native(chain_handle, x, *h1._params(x))
+    assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"]

@@ -399,6 +399,8 @@ class HyperConnection(nn.Module):
         nxt = ref() if ref is not None else None
         if (nxt is None or nxt.mode != "mhc" or nxt.n != self.n or nxt.C != self.C
                 or nxt.attrs != self.attrs or nxt.backend == "reference"
+                # a plain tensor: e.g. not an FSDP2 DTensor shard of a block not yet gathered
+                or type(nxt.fn) not in (nn.Parameter, torch.Tensor)
                 or nxt.fn.dtype != torch.float32 or nxt.fn.device != x.device
                 or not _native_has_chain(handle)):
             return None
