@@ -20,7 +20,9 @@ autograd add over [T, n, C]:
 The link exists only inside ``HyperConnection.forward``; it is never returned, stored or passed to
 the sublayer, so nothing outside can read it or send a gradient into it. Gradients that reach x
 from elsewhere (x used by other code) add up as usual. Tested with gradcheck (eager and
-torch.compile fullgraph) in python/tests/test_torch_modules.py.
+torch.compile fullgraph) in python/tests/test_torch_modules.py. On CUDA tensors in eager mode the
+same two steps run in C++ (native.cpp's PreStep/PostStep, HyperConnection._forward_native), which
+also chain consecutive HyperConnections (_chained_mix).
 
 Recomputation (``recompute=True``, the paper's trade of compute for activation memory)
 -------------------------------------------------------------------------------------
