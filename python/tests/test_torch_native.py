@@ -25,8 +25,16 @@ def built():
 
 
 @pytest.fixture
-def handle(tmp_path, mock, built):  # noqa: F811
-    return KernelSet(write_set(tmp_path), KEY, runtime=mock).native_handle()
+def plain_set(tmp_path, mock, built):  # noqa: F811
+    """The hand-written kernel set (no chain ops), registered with the C++ side."""
+    ks = KernelSet(write_set(tmp_path), KEY, runtime=mock)
+    assert ks.native_handle() is not None
+    return ks
+
+
+@pytest.fixture
+def handle(plain_set):
+    return plain_set.native_handle()
 
 
 def ptr(t):
@@ -139,7 +147,7 @@ class _SavesInput(torch.autograd.Function):
 
 
 @pytest.mark.parametrize("recompute", [False, True])
-def test_hyperconnection_native_forward(built, handle, mock, recompute):  # noqa: F811
+def test_hyperconnection_native_forward(built, plain_set, mock, recompute):  # noqa: F811
     """HyperConnection's C++ path (_forward_native) with a sublayer that saves u: under
     recomputation the sublayer's saved u is the one post_step's backward recomputed (no third
     hc_pre), otherwise the forward's u itself."""
@@ -149,7 +157,7 @@ def test_hyperconnection_native_forward(built, handle, mock, recompute):  # noqa
     _SavesInput.seen.clear()
     mock.mock_clear_log()
     fn, scale, base = hc._params(x)
-    x_next = hc._forward_native(handle, x, fn, scale, base)
+    x_next = hc._forward_native(plain_set, x, fn, scale, base)
     u_forward = launches(mock)[1]["buffers"][-1][0]
     mock.mock_clear_log()
     x_next.backward(torch.randn_like(x_next))
@@ -207,8 +215,10 @@ def chain_manifest():
 
 
 @pytest.fixture
-def chain_handle(tmp_path, mock, built):  # noqa: F811
-    return KernelSet(write_set(tmp_path, chain_manifest()), KEY, runtime=mock).native_handle()
+def chain_set(tmp_path, mock, built):  # noqa: F811
+    ks = KernelSet(write_set(tmp_path, chain_manifest()), KEY, runtime=mock)
+    assert ks.native_handle() is not None and ks.chains
+    return ks
 
 
 def two_layers(recompute=False):
@@ -217,9 +227,9 @@ def two_layers(recompute=False):
     return hcs
 
 
-def run_chain(hcs, handle, x):
+def run_chain(hcs, ks, x):
     for hc in hcs:
-        x = hc._forward_native(handle, x, *hc._params(x))
+        x = hc._forward_native(ks, x, *hc._params(x))
     return x
 
 
@@ -227,14 +237,14 @@ def kernel_names(mock):  # noqa: F811
     return [l["kernel"] for l in launches(mock)]
 
 
-def test_chain_is_learnt_then_used(chain_handle, mock):  # noqa: F811
+def test_chain_is_learnt_then_used(chain_set, mock):  # noqa: F811
     h1, h2 = two_layers()
     x = leaf(inputs(40)[0])
     mock.mock_clear_log()
-    run_chain([h1, h2], chain_handle, x)                # first call: each computes its own mix
+    run_chain([h1, h2], chain_set, x)                # first call: each computes its own mix
     assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"] * 2
     mock.mock_clear_log()
-    out = run_chain([h1, h2], chain_handle, x)          # learnt: h1's post computes h2's mix
+    out = run_chain([h1, h2], chain_set, x)          # learnt: h1's post computes h2's mix
     assert kernel_names(mock) == ["pre_norm", "pre_apply", "post_project", "pre_mixed", "post"]
     project, mixed = launches(mock)[2], launches(mock)[3]
     assert project["buffers"][4] == ptr(h2.fn)          # fn_next is the next layer's fn
@@ -248,37 +258,37 @@ def test_chain_is_learnt_then_used(chain_handle, mock):  # noqa: F811
     assert launches(mock)[3]["buffers"][1] == ptr(h2.fn.grad)   # h2's dfn: its own backward's
 
 
-def test_chain_refuses_a_stale_mix(chain_handle, mock):  # noqa: F811
+def test_chain_refuses_a_stale_mix(chain_set, mock):  # noqa: F811
     h1, h2 = two_layers()
     x = inputs(16)[0]
     with torch.no_grad():
-        run_chain([h1, h2], chain_handle, x)
-        x1 = h1._forward_native(chain_handle, x, *h1._params(x))
+        run_chain([h1, h2], chain_set, x)
+        x1 = h1._forward_native(chain_set, x, *h1._params(x))
         x1.mul_(2)                                      # x_next changed after its mix was made
         mock.mock_clear_log()
-        h2._forward_native(chain_handle, x1, *h2._params(x1))
+        h2._forward_native(chain_set, x1, *h2._params(x1))
         assert kernel_names(mock)[:2] == ["pre_norm", "pre_apply"]
-        x1 = h1._forward_native(chain_handle, x, *h1._params(x))
+        x1 = h1._forward_native(chain_set, x, *h1._params(x))
         h2.fn.mul_(1.5)                                 # the consumer's fn changed
         mock.mock_clear_log()
-        h2._forward_native(chain_handle, x1, *h2._params(x1))
+        h2._forward_native(chain_set, x1, *h2._params(x1))
         assert kernel_names(mock)[:2] == ["pre_norm", "pre_apply"]
         h3 = HyperConnection(N, C, nn.Identity(), backend="cuda", layer=3)
-        x1 = h1._forward_native(chain_handle, x, *h1._params(x))
+        x1 = h1._forward_native(chain_set, x, *h1._params(x))
         mock.mock_clear_log()
-        h3._forward_native(chain_handle, x1, *h3._params(x1))   # not the intended consumer
+        h3._forward_native(chain_set, x1, *h3._params(x1))   # not the intended consumer
         assert kernel_names(mock)[:2] == ["pre_norm", "pre_apply"]
         mock.mock_clear_log()
-        h1._forward_native(chain_handle, x, *h1._params(x))     # h3 is h1's successor now
+        h1._forward_native(chain_set, x, *h1._params(x))     # h3 is h1's successor now
         assert launches(mock)[2]["kernel"] == "post_project"
         assert launches(mock)[2]["buffers"][4] == ptr(h3.fn)
 
 
-def test_chain_recomputes_with_the_mixed_kernel(chain_handle, mock):  # noqa: F811
+def test_chain_recomputes_with_the_mixed_kernel(chain_set, mock):  # noqa: F811
     h1, h2 = two_layers(recompute=True)
     x = leaf(inputs(24)[0])
-    run_chain([h1, h2], chain_handle, x)
-    out = run_chain([h1, h2], chain_handle, x)
+    run_chain([h1, h2], chain_set, x)
+    out = run_chain([h1, h2], chain_set, x)
     mock.mock_clear_log()
     out.backward(torch.randn_like(out))
     names = kernel_names(mock)
@@ -287,53 +297,54 @@ def test_chain_recomputes_with_the_mixed_kernel(chain_handle, mock):  # noqa: F8
                                                                       "post_bwd"]
 
 
-def test_chain_without_the_ops_in_the_set(handle, mock):  # noqa: F811
+def test_chain_without_the_ops_in_the_set(plain_set, mock):  # noqa: F811
+    assert not plain_set.chains
     h1, h2 = two_layers()
     x = inputs(16)[0]
     with torch.no_grad():
-        run_chain([h1, h2], handle, x)
+        run_chain([h1, h2], plain_set, x)
         mock.mock_clear_log()
-        run_chain([h1, h2], handle, x)
+        run_chain([h1, h2], plain_set, x)
     assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"] * 2
 
 
-def test_models_with_chained_layers_still_pickle_and_copy(chain_handle):
+def test_models_with_chained_layers_still_pickle_and_copy(chain_set):
     import copy
     import io
     h1, h2 = two_layers()
     x = inputs(8)[0]
     with torch.no_grad():
-        run_chain([h1, h2], chain_handle, x)
+        run_chain([h1, h2], chain_set, x)
     model = nn.Sequential(h1, h2)
     torch.save(model, io.BytesIO())
     clone = copy.deepcopy(model)
     assert torch.equal(clone[1].fn, h2.fn)
 
 
-def test_chain_under_inference_mode(chain_handle, mock):  # noqa: F811
+def test_chain_under_inference_mode(chain_set, mock):  # noqa: F811
     """Inference tensors have no version counter: the C++ path runs unchained there."""
     h1, h2 = two_layers()
     x = inputs(8)[0]
     with torch.no_grad():
-        run_chain([h1, h2], chain_handle, x)            # learn the chain
+        run_chain([h1, h2], chain_set, x)            # learn the chain
     with torch.inference_mode():
         mock.mock_clear_log()
-        out = run_chain([h1, h2], chain_handle, x)
-        out2 = run_chain([h1, h2], chain_handle, out)
+        out = run_chain([h1, h2], chain_set, x)
+        out2 = run_chain([h1, h2], chain_set, out)
     assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"] * 4
     assert out2.shape == x.shape
 
 
-def test_chain_skips_a_successor_whose_fn_is_not_a_plain_tensor(chain_handle, mock):  # noqa: F811
+def test_chain_skips_a_successor_whose_fn_is_not_a_plain_tensor(chain_set, mock):  # noqa: F811
     """E.g. FSDP2: the next block's fn is still a sharded DTensor when this block's post runs."""
     class Shard(torch.Tensor):
         pass
     h1, h2 = two_layers()
     x = inputs(8)[0]
     with torch.no_grad():
-        run_chain([h1, h2], chain_handle, x)             # learnt
+        run_chain([h1, h2], chain_set, x)             # learnt
         h2.fn = nn.Parameter(h2.fn.detach().as_subclass(Shard))
         assert type(h2.fn) is Shard
         mock.mock_clear_log()
-        h1._forward_native(chain_handle, x, *h1._params(x))
+        h1._forward_native(chain_set, x, *h1._params(x))
     assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"]

@@ -353,6 +353,14 @@ def _dim(sym, T, key: KernelKey) -> int:
     return {"T": T, "n": key.n, "C": key.C, "M": key.M, "nC": key.n * key.C}[sym]
 
 
+_X_SECOND = ("hc_post", "hc_post_backward", "hc_post_project")   # ops whose x is argument 1
+
+
+def x_argument(op: str, args):
+    """The stream tensor x among an op's arguments (its shape gives T, n and C)."""
+    return args[1] if op in _X_SECOND else args[0]
+
+
 def allocate_results(op: str, args):
     """Empty results of `op` for these arguments: the shapes/dtypes of the fake implementations."""
     if op == "hc_pre":
@@ -421,7 +429,7 @@ class _OpPlan:
         return cached
 
     def run(self, lib, stream: int, args):
-        x = args[1] if self.op in ("hc_post", "hc_post_backward", "hc_post_project") else args[0]
+        x = x_argument(self.op, args)
         T = x.numel() // (self.key.n * self.key.C)
         scratch_numels, grids = self._shapes(T)
         results = allocate_results(self.op, args)
@@ -470,6 +478,8 @@ class KernelSet:
         self.plans = {op: _OpPlan(op, spec, functions, self.key)
                       for op, spec in self.manifest["ops"].items()}
         self._native = None     # handle in the C++ launch path; False: not available
+        # Chained HyperConnections need both halves of the steady state (modules._chained_mix).
+        self.chains = {"hc_pre_mixed", "hc_post_project"} <= set(self.plans)
 
     def native_handle(self):
         """This set's handle in the C++ launch path (mhc.torch.native), or None where that path
@@ -485,8 +495,8 @@ class KernelSet:
                 f"mhc::{op}: the kernel set {self.folder} has no kernels for {op} (it has "
                 f"{sorted(self.plans)}); the compiler that built it does not produce them yet")
         handle = self.native_handle()
-        if handle is not None and not _native_suspended():   # the same launches, from C++
-            return tuple(_native().run_op(handle, op, list(args[:plan.n_args])))
+        if handle is not None and not native.suspended:   # the same launches, from C++
+            return tuple(native.load().run_op(handle, op, list(args[:plan.n_args])))
         return plan.run(self.runtime.lib, stream, args[:plan.n_args])
 
 
@@ -587,12 +597,6 @@ def _stream(device) -> int:
 
 
 _BY_CALL: dict = {}   # (n, C, dtype, device index, attributes) -> KernelSet: the per-call fast path
-def _native():
-    return native.load()
-
-
-def _native_suspended() -> bool:
-    return native.suspended
 
 
 def for_call(op: str, x, attrs=None) -> KernelSet:
@@ -611,7 +615,7 @@ def for_call(op: str, x, attrs=None) -> KernelSet:
 
 def run(op: str, *args):
     """Entry point of the custom ops' CUDA implementations."""
-    x = args[1] if op in ("hc_post", "hc_post_backward", "hc_post_project") else args[0]
+    x = x_argument(op, args)
     attrs = tuple(args[-4:]) if op in ("hc_pre", "hc_pre_backward") else None
     return for_call(op, x, attrs).run(op, *args, stream=_stream(x.device))
 

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from . import checks
+from . import kernels
 from . import native
 from . import reference as ref
 from .ops import DirectOps
@@ -74,7 +75,6 @@ def _cuda_kernels_available(n: int, C: int, dtype: str) -> bool:
     last = _KERNELS_MISSING.get(shape)
     if last is not None and time.monotonic() - last < _RECHECK_MISSING_S:
         return False
-    from . import kernels
     if kernels.available(n, C, dtype):
         _KERNELS_FOUND.add(shape)
         _KERNELS_MISSING.pop(shape, None)
@@ -83,41 +83,18 @@ def _cuda_kernels_available(n: int, C: int, dtype: str) -> bool:
     return False
 
 
-_NATIVE_HANDLES: dict = {}   # (n, C, dtype, device index, attributes) -> handle, or None: not available
-
-
-def _native():
-    return native.load()
-
-
-_CHAIN_OPS: dict = {}   # handle -> whether its kernel set has hc_pre_mixed and hc_post_project
 # HyperConnection -> weakref to the HyperConnection its output fed last (chaining, _chained_mix).
 # Outside the modules, so that pickling and copying a model never sees it.
 _SUCCESSOR = weakref.WeakKeyDictionary()
 
 
-def _native_has_chain(handle) -> bool:
-    has = _CHAIN_OPS.get(handle)
-    if has is None:
-        module = _native()
-        has = _CHAIN_OPS[handle] = (module.has_op(handle, "hc_pre_mixed")
-                                    and module.has_op(handle, "hc_post_project"))
-    return has
-
-
-def _native_handle(x, attrs):
-    """The C++ steps' handle of x's kernel set, or None where the C++ path is off or not built
-    (HyperConnection then runs the same kernels through _PreStep/_PostStep)."""
+def _native_kernel_set(x, attrs):
+    """x's kernel set when the C++ steps can run it, else None (the C++ path is off, not built or
+    suspended; HyperConnection then runs the same kernels through _PreStep/_PostStep)."""
     if native.suspended:
         return None
-    n, C = x.shape[-2:]
-    index = x.device.index or 0
-    cached = _NATIVE_HANDLES.get((n, C, x.dtype, index, attrs), False)
-    if cached is False:
-        from . import kernels
-        ks = kernels.for_call("hc_pre", x, attrs)
-        cached = _NATIVE_HANDLES[(n, C, x.dtype, index, attrs)] = ks.native_handle()
-    return cached
+    ks = kernels.for_call("hc_pre", x, attrs)
+    return ks if ks.native_handle() is not None else None
 
 
 def resolve_backend(backend: str, x: torch.Tensor, n: int, C: int) -> str:
@@ -316,9 +293,9 @@ class HyperConnection(nn.Module):
         backend = resolve_backend(self.backend, x, self.n, self.C)
         fn, scale, base = self._params(x)
         if backend == "cuda" and x.is_cuda and not torch.compiler.is_compiling():
-            handle = _native_handle(x, self.attrs)
-            if handle is not None:
-                return self._forward_native(handle, x, fn, scale, base, *args, **kwargs)
+            ks = _native_kernel_set(x, self.attrs)
+            if ks is not None:
+                return self._forward_native(ks, x, fn, scale, base, *args, **kwargs)
         with _no_autocast(x):
             u, post, comb, mix, link = _PreStep.apply(x, fn, scale, base, backend, self.attrs)
         if self.record_coefficients:
@@ -343,24 +320,24 @@ class HyperConnection(nn.Module):
         self._check_output(y, x)
         return y.to(x.dtype).contiguous()
 
-    def _forward_native(self, handle, x, fn, scale, base, *args, **kwargs):
+    def _forward_native(self, ks, x, fn, scale, base, *args, **kwargs):
         """forward() with the steps in C++ (mhc.torch.native: the same kernels, the same autograd
         wiring as _PreStep/_PostStep, less host time), chained to the neighbouring
-        HyperConnections (see _chained_mix)."""
-        native = _native()
+        HyperConnections (see _chained_mix). ks: x's kernel set (_native_kernel_set)."""
+        steps, handle = native.load(), ks.native_handle()
         # Inference tensors have no version counter: no chaining under torch.inference_mode().
-        chain = not (torch.is_inference_mode_enabled() or x.is_inference())
+        chain = ks.chains and not (torch.is_inference_mode_enabled() or x.is_inference())
         mix_in = self._chained_mix(x, fn) if chain else None
-        u, post, comb, mix, link = native.pre_step(x, fn, scale, base, mix_in, handle)
+        u, post, comb, mix, link = steps.pre_step(x, fn, scale, base, mix_in, handle)
         if self.record_coefficients:
             self.last_res = comb.detach()
         slot = hooks = None
         if self.recompute and torch.is_grad_enabled():
-            slot = native.USlot()
+            slot = steps.USlot()
             hooks = _URecompute(u, (x, fn, scale, base), "cuda", self.attrs, slot)
         y = self._sublayer(u, x, hooks, args, kwargs)
-        successor = self._successor(x, handle) if chain else None
-        out = native.post_step(y, x, link, post, comb, mix, fn, scale, base,
+        successor = self._successor(x) if chain else None
+        out = steps.post_step(y, x, link, post, comb, mix, fn, scale, base,
                                None if successor is None else successor.fn, handle,
                                mix_in is not None, self.recompute,
                                slot.id if slot is not None else 0)
@@ -395,7 +372,7 @@ class HyperConnection(nn.Module):
             return mix
         return None
 
-    def _successor(self, x, handle):
+    def _successor(self, x):
         """The next HyperConnection when its mix can be computed here, else None."""
         ref = _SUCCESSOR.get(self)
         nxt = ref() if ref is not None else None
@@ -403,8 +380,7 @@ class HyperConnection(nn.Module):
                 or nxt.attrs != self.attrs or nxt.backend == "reference"
                 # a plain tensor: e.g. not an FSDP2 DTensor shard of a block not yet gathered
                 or type(nxt.fn) not in (nn.Parameter, torch.Tensor)
-                or nxt.fn.dtype != torch.float32 or nxt.fn.device != x.device
-                or not _native_has_chain(handle)):
+                or nxt.fn.dtype != torch.float32 or nxt.fn.device != x.device):
             return None
         return nxt
 

@@ -346,6 +346,10 @@ std::vector<int64_t> shapeOf(Shape s, c10::IntArrayRef lead,
   return shape;
 }
 
+at::ScalarType dtypeOf(Dt dt, const KernelSet &ks) {
+  return dt == Dt::A ? ks.dtype : at::kFloat;
+}
+
 void checkArgument(const Signature &sig, const Buffer &b, const Tensor &t,
                    const Tensor &x, c10::IntArrayRef lead,
                    const KernelSet &ks) {
@@ -355,7 +359,7 @@ void checkArgument(const Signature &sig, const Buffer &b, const Tensor &t,
   TORCH_CHECK_VALUE(t.sizes().equals(expected), "mhc::", sig.name, ": ", b.name,
                     " has shape ", t.sizes(), ", expected ",
                     c10::IntArrayRef(expected));
-  auto dtype = b.dtype == Dt::A ? ks.dtype : at::kFloat;
+  auto dtype = dtypeOf(b.dtype, ks);
   TORCH_CHECK_VALUE(t.scalar_type() == dtype, "mhc::", sig.name, ": ", b.name,
                     " has dtype ", t.scalar_type(), ", expected ", dtype);
   TORCH_CHECK_VALUE(t.device() == x.device(), "mhc::", sig.name, ": ", b.name,
@@ -398,7 +402,7 @@ std::vector<Tensor> runOp(const KernelSet &ks, int op,
   buffers.reserve(args.size() + sig.results.size() + plan->scratch.size());
   for (size_t i = 0; i < sig.results.size(); ++i) {
     const Buffer &b = sig.results[i];
-    auto options = x.options().dtype(b.dtype == Dt::A ? ks.dtype : at::kFloat);
+    auto options = x.options().dtype(dtypeOf(b.dtype, ks));
     auto shape = shapeOf(b.shape, lead, ks);
     buffers.push_back(plan->zeroResults[i] ? at::zeros(shape, options)
                                            : at::empty(shape, options));
@@ -637,10 +641,6 @@ variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
                          handle, preMixed, recompute, uSlot);
 }
 
-bool hasOp(int64_t handle, const std::string &name) {
-  return kernelSet(handle).ops[size_t(opIndex(name))] != nullptr;
-}
-
 bool builtWithCuda() {
 #ifdef MHC_NATIVE_CUDA
   return true;
@@ -660,7 +660,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("signature", &signatureNames);
   m.def("pre_step", &preStep);
   m.def("post_step", &postStep);
-  m.def("has_op", &hasOp);
   m.def("built_with_cuda", &builtWithCuda);
   py::class_<USlot>(m, "USlot")
       .def(py::init<>())
