@@ -72,3 +72,15 @@ def test_check_torch_compile_smoke(tmp_path):
     # Every leaf (stream input, mHC parameters, sublayer weights) has a gradient on both sides.
     assert row["leaves"] == len(row["grads"]) >= 10
     assert all("err" in g for g in row["grads"])
+
+
+def test_compare_kernel_sets_needs_common_sets(tmp_path):
+    """The bit-identity check of two kernel caches (GPU only) refuses caches with no kernel set
+    in common instead of reporting '0 results differ'."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    proc = subprocess.run([sys.executable, "bench/compare_kernel_sets.py", "--a", str(tmp_path / "a"),
+                           "--b", str(tmp_path / "b"), "--json", str(tmp_path / "out.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "no kernel set is in both caches" in proc.stderr
+    assert not (tmp_path / "out.json").exists()

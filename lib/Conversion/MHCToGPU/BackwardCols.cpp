@@ -2,10 +2,12 @@
 //
 // Block (column chunk b, token split s) owns columns [b*CC, b*CC + CC) of
 // all n streams (KB = n*CC "k-columns", k = i*CC + c) and walks the token
-// tiles of its split. Its slice of fn [M x KB] stays in shared memory (rows
-// padded so that a warp's fragment loads hit distinct banks). Per
-// tile of TT tokens, after the record, x, dout and du of the tile are in
-// shared memory, each warp takes KB/W k-columns in n8 tiles:
+// tiles of its split. Its slice of fn [M x KB] stays in shared memory, split
+// once at the start into bf16 head and remainder words (the B fragments
+// below, ready to load). Per tile of TT tokens the records, x, dout and du
+// of the tile go to shared memory, dm transposed and split into head and
+// remainder as it is stored (once per element, not per warp); then each
+// warp takes KB/W k-columns in n8 tiles:
 //
 //   dx[t][k] = (dm @ fn)[t][k]                     tensor cores, f32 accum.
 //            + sum_j comb[t][i][j] dout[t][j][c]   (post_res_grad's dx)
@@ -18,7 +20,8 @@
 // dm @ fn = dm_hi fn_lo + dm_lo fn_hi + dm_hi fn_hi, ~16 bits of each. The
 // dx tile goes back through shared memory to 16-byte stores. dfn's partial
 // over the split's tokens is written once at the end (the params kernel
-// sums the splits in a fixed order).
+// sums the splits in a fixed order). Rows padded in shared memory (pitches
+// in BackwardKernel.h) keep a warp's fragment loads on distinct banks.
 //
 // mma.sync m16n8k16 fragments (g = lane / 4, q = lane % 4): A a0..a3 = rows
 // g, g+8, g, g+8 x k 2q..2q+1, 2q..2q+1, 2q+8.., 2q+8..; B b0, b1 = k 2q..2q+1,
@@ -33,18 +36,22 @@ using namespace mlir;
 using namespace mlir::mhc;
 using namespace mlir::mhc::gpu_kernels;
 
-/// The tile's record rows, x, dout and du into shared memory (zeros past T
-/// and C); every load of a thread is issued before the first store.
+/// The tile's records, x, dout and du into shared memory (zeros past T and
+/// C); every load of a thread is issued before the first store. A record's
+/// dm goes to dm^T split into bf16 head and remainder, once per element,
+/// not in every warp that builds a fragment of it.
 void ColsKernelBuilder::loadTiles(Value tile) {
-  int64_t n = p.n, C = p.C, CC = s.chunkColumns, TT = s.tileTokens;
-  int64_t P = p.recordWidth(), vec = acts.vec, NV = CC / vec;
+  int64_t n = p.n, M = p.M(), C = p.C, CC = s.chunkColumns;
+  int64_t TT = s.tileTokens, P = p.recordWidth(), vec = acts.vec,
+          NV = CC / vec;
   Value tok0 = mul(tile, ci(TT));
   struct Item {
-    Value inRange, smemAt, loaded, tile;
+    Value inRange, loaded;
+    std::function<void(Value)> store;
   };
   SmallVector<Item> items;
   // `total` items, `threads` at a time, straight-line: item -> (global load,
-  // shared-memory index) by `place`.
+  // its store) by `place`.
   auto unrolled = [&](int64_t total, auto place) {
     for (int64_t first = 0; first < total; first += s.threads) {
       Value item = add(tid, ci(first));
@@ -56,11 +63,23 @@ void ColsKernelBuilder::loadTiles(Value tile) {
   };
   // The records of the tile's tokens (f32).
   unrolled(TT * P, [&](Value e, Value inRange) {
-    Value token = add(tok0, div(e, P));
+    Value t = div(e, P), col = rem(e, P);
+    Value token = add(tok0, t);
     Value ok = ult(token, T);
-    Value at = add(mul(select(ok, token, ci(0)), ci(P)), rem(e, P));
+    Value at = add(mul(select(ok, token, ci(0)), ci(P)), col);
     Value v = select(ok, ld(record, at), cf(0.0));
-    return Item{inRange, e, v, recS};
+    auto store = [this, t, col, M](Value v) {
+      emitIf(ult(col, M), [&]() {
+        auto [hi, lo] = headAndRemainder(v);
+        Value dmAt = add(mul(col, ci(dmPitch())), t);
+        st(hi, dmHiS, dmAt);
+        st(lo, dmLoS, dmAt);
+      });
+      emitIf(ult(ci(M - 1), col), [&]() { // col >= M
+        st(v, recS, add(mul(t, ci(recPitch(p))), sub(col, ci(M))));
+      });
+    };
+    return Item{inRange, v, store};
   });
   // Rows of NV vectors: `rowsPerToken` rows per token from `src` into `dst`
   // at row pitch `pitch` (a token's rows side by side).
@@ -75,48 +94,39 @@ void ColsKernelBuilder::loadTiles(Value tile) {
         ok = band(ok, inRange);
       Value rowStart = mul(add(mul(token, ci(rowsPerToken)), r), ci(C));
       Value at = add(mul(t, ci(pitch)), add(mul(r, ci(CC)), c));
-      return Item{inRange, at,
-                  loadAct(src, rowStart, add(col0, c), ok, /*raw=*/true), dst};
+      Value v = loadAct(src, rowStart, add(col0, c), ok, /*raw=*/true);
+      auto store = [this, dst, at](Value v) {
+        if (isa<VectorType>(v.getType()))
+          vector::StoreOp::create(b, loc, v, dst, ValueRange{at}, false,
+                                  llvm::MaybeAlign(16));
+        else
+          st(v, dst, at);
+      };
+      return Item{inRange, v, store};
     });
   };
   rows(arg(p.x), xS, n, tilePitch());
   rows(arg(p.dout), doutS, n, tilePitch());
   rows(arg(p.du), duS, 1, duPitch());
   for (Item &it : items) {
-    auto store = [&]() {
-      if (isa<VectorType>(it.loaded.getType()))
-        vector::StoreOp::create(b, loc, it.loaded, it.tile,
-                                ValueRange{it.smemAt}, false,
-                                llvm::MaybeAlign(16));
-      else
-        st(it.loaded, it.tile, it.smemAt);
-    };
     if (it.inRange)
-      emitIf(it.inRange, store);
+      emitIf(it.inRange, [&]() { it.store(it.loaded); });
     else
-      store();
+      it.store(it.loaded);
   }
 }
 
 SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
   int64_t n = p.n, M = p.M(), CC = s.chunkColumns, TT = s.tileTokens;
-  int64_t P = p.recordWidth(), KB = n * CC, W = s.threads / 32;
+  int64_t KB = n * CC, W = s.threads / 32;
   int64_t KW = KB / W, NTW = KW / 8, MT = TT / 16, KS = (M + 15) / 16;
   int64_t KT = TT / 16, MTM = (M + 15) / 16;
-  int64_t XP = tilePitch(), UP = duPitch(), FP = fnPitch();
+  int64_t XP = tilePitch(), UP = duPitch(), FP = fnPitch(), DP = dmPitch();
+  int64_t FR = fnRows(p);
   Value g = div(lane, 4), q = rem(lane, 4);
+  // The record's comb, pre and 2 dS (record column col >= M).
   auto rec = [&](Value t, Value col) {
-    return ld(recS, add(mul(t, ci(P)), col));
-  };
-  auto pair = [&](Value lo, Value hi) {
-    return vector::FromElementsOp::create(b, loc, VectorType::get({2}, f32),
-                                          ValueRange{lo, hi});
-  };
-  // dm[t][m] of the tile, 0 past M.
-  auto dmAt = [&](Value t, Value m) {
-    Value ok = ult(m, M);
-    Value v = rec(t, add(ci(p.recDm()), select(ok, m, ci(0))));
-    return select(ok, v, cf(0.0));
+    return ld(recS, add(mul(t, ci(recPitch(p))), sub(col, ci(M))));
   };
   auto actAt = [&](Value tileBuf, Value at) { return toF32(ld(tileBuf, at)); };
   // Two neighbouring activations of a tile (even index) as f32.
@@ -125,6 +135,20 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
         b, loc, VectorType::get({2}, acts.act), tileBuf, ValueRange{at}, false,
         llvm::MaybeAlign(2 * acts.act.getIntOrFloatBitWidth() / 8));
     return toF32(v);
+  };
+  // dm^T's (bf16) words: two tokens of one mix (one load), and two mixes of
+  // one token (two loads); dm^T is 0 past M.
+  auto bf16x2 = VectorType::get({2}, b.getBF16Type());
+  auto tokenPair = [&](Value dmT, Value m, Value t) {
+    return asI32(vector::LoadOp::create(b, loc, bf16x2, dmT,
+                                        ValueRange{add(mul(m, ci(DP)), t)},
+                                        false, llvm::MaybeAlign(4)));
+  };
+  auto mixPair = [&](Value dmT, Value t, Value m) {
+    Value first = ld(dmT, add(mul(m, ci(DP)), t));
+    Value second = ld(dmT, add(mul(add(m, ci(1)), ci(DP)), t));
+    return asI32(vector::FromElementsOp::create(b, loc, bf16x2,
+                                                ValueRange{first, second}));
   };
 
   // A fragments of dm (rows: tokens, k: mixes) for dm @ fn, hi and lo.
@@ -135,9 +159,8 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
       for (int64_t r = 0; r < 4; ++r) {
         Value t = add(g, ci(16 * mt + 8 * (r % 2)));
         Value k = add(mul(q, ci(2)), ci(16 * ks + 8 * (r / 2)));
-        auto [h, l] = splitBf16(pair(dmAt(t, k), dmAt(t, add(k, ci(1)))));
-        hi.push_back(h);
-        lo.push_back(l);
+        hi.push_back(mixPair(dmHiS, t, k));
+        lo.push_back(mixPair(dmLoS, t, k));
       }
       aFnHi.push_back(hi);
       aFnLo.push_back(lo);
@@ -150,9 +173,8 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
       for (int64_t r = 0; r < 4; ++r) {
         Value m = add(g, ci(16 * mtm + 8 * (r % 2)));
         Value t = add(mul(q, ci(2)), ci(16 * kt + 8 * (r / 2)));
-        auto [h, l] = splitBf16(pair(dmAt(t, m), dmAt(add(t, ci(1)), m)));
-        hi.push_back(h);
-        lo.push_back(l);
+        hi.push_back(tokenPair(dmHiS, m, t));
+        lo.push_back(tokenPair(dmLoS, m, t));
       }
       aDfnHi.push_back(hi);
       aDfnLo.push_back(lo);
@@ -162,19 +184,18 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
   for (int64_t nt = 0; nt < NTW; ++nt) {
     Value kbase = add(mul(warp, ci(KW)), ci(nt * 8));
     Value kB = add(kbase, g); // the k-column of this thread's B fragments
-    // fn's B fragments (k: mixes, column kB), hi and lo, per k16 step.
+    // fn's B fragments (k: mixes, column kB), hi and lo, per k16 step: the
+    // words of mixes 2q.. and 2q + 8.. (0 past M).
     SmallVector<std::array<Value, 4>> bFn; // hi0, hi1, lo0, lo1
     for (int64_t ks = 0; ks < KS; ++ks) {
-      auto fnAt = [&](Value m) {
-        Value ok = ult(m, M);
-        Value v = ld(fnS, add(mul(select(ok, m, ci(0)), ci(FP)), kB));
-        return select(ok, v, cf(0.0));
+      auto word = [&](Value fnS, Value mp) {
+        Value ok = ult(mp, FR);
+        Value v = ld(fnS, add(mul(select(ok, mp, ci(0)), ci(FP)), kB));
+        return select(ok, v, ci32(0));
       };
-      Value m0 = add(mul(q, ci(2)), ci(16 * ks));
-      auto [h0, l0] = splitBf16(pair(fnAt(m0), fnAt(add(m0, ci(1)))));
-      Value m8 = add(m0, ci(8));
-      auto [h1, l1] = splitBf16(pair(fnAt(m8), fnAt(add(m8, ci(1)))));
-      bFn.push_back({h0, h1, l0, l1});
+      Value mp0 = add(q, ci(8 * ks)), mp8 = add(mp0, ci(4));
+      bFn.push_back({word(fnHiS, mp0), word(fnHiS, mp8), word(fnLoS, mp0),
+                     word(fnLoS, mp8)});
     }
     // This thread's two columns (2q, 2q + 1) of the n8 tile: stream i,
     // column c, the same for both rows.
@@ -194,7 +215,7 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
         Value rowT = mul(t, ci(XP));
         // The record values of (t, i), once for both columns.
         Value combRow = add(ci(p.recComb()), mul(i, ci(n)));
-        Value v = pair(acc[2 * half], acc[2 * half + 1]);
+        Value v = f32Pair(acc[2 * half], acc[2 * half + 1]);
         for (int64_t j = 0; j < n; ++j)
           v = fma(splat(rec(t, add(combRow, ci(j))), vecF32Of(2)),
                   actPair(doutS, add(rowT, add(ci(j * CC), c))), v);
@@ -209,8 +230,8 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
     // dfn += dm^T x over the tile's tokens.
     for (int64_t kt = 0; kt < KT; ++kt) {
       auto xPair = [&](Value t) {
-        return pair(actAt(xS, add(mul(t, ci(XP)), kB)),
-                    actAt(xS, add(mul(add(t, ci(1)), ci(XP)), kB)));
+        return f32Pair(actAt(xS, add(mul(t, ci(XP)), kB)),
+                       actAt(xS, add(mul(add(t, ci(1)), ci(XP)), kB)));
       };
       Value t0 = add(mul(q, ci(2)), ci(16 * kt));
       auto [x0h, x0l] = splitBf16(xPair(t0));
@@ -256,16 +277,38 @@ void ColsKernelBuilder::emitBody() {
   int64_t n = p.n, M = p.M(), C = p.C, CC = s.chunkColumns, KB = n * CC;
   int64_t TT = s.tileTokens, S = s.tokenSplits, NTW = KB / (s.threads / 32) / 8;
   int64_t MTM = (M + 15) / 16;
-  // fn's slice: fnS[m][i*CC + c] = fn[m][i*C + col0 + c] (0 past C).
-  emitFor(tid, ci(M * KB), ci(s.threads), {}, [&](Value e, ValueRange) {
-    Value m = div(e, KB), kc = rem(e, KB);
+  // fn's slice as the words of the B fragments: word [mp][i*CC + c] holds
+  // fn[2mp][i*C + col0 + c] and fn[2mp + 1][..], split into bf16 head and
+  // remainder once here rather than per tile (0 past M and C).
+  int64_t FR = fnRows(p);
+  emitFor(tid, ci(FR * KB), ci(s.threads), {}, [&](Value e, ValueRange) {
+    Value mp = div(e, KB), kc = rem(e, KB);
     Value i = div(kc, CC), col = add(col0, rem(kc, CC));
-    Value v = f32OrZero(ult(col, C), [&]() {
-      return ld(arg(p.fn), add(mul(m, ci(n * C)), add(mul(i, ci(C)), col)));
-    });
-    st(v, fnS, add(mul(m, ci(fnPitch())), kc));
+    auto fnAt = [&](Value m) {
+      return f32OrZero(band(ult(m, M), ult(col, C)), [&]() {
+        return ld(arg(p.fn), add(mul(m, ci(n * C)), add(mul(i, ci(C)), col)));
+      });
+    };
+    Value m = mul(mp, ci(2));
+    auto [hi, lo] = splitBf16(f32Pair(fnAt(m), fnAt(add(m, ci(1)))));
+    Value at = add(mul(mp, ci(fnPitch())), kc);
+    st(hi, fnHiS, at);
+    st(lo, fnLoS, at);
     return SmallVector<Value>{};
   });
+  // dm^T's rows past M stay 0 (the tiles write rows < M only).
+  int64_t padRows = dmRows(p) - M;
+  if (padRows > 0) {
+    Value zero =
+        arith::ConstantOp::create(b, loc, b.getZeroAttr(b.getBF16Type()));
+    emitFor(tid, ci(padRows * dmPitch()), ci(s.threads), {},
+            [&](Value e, ValueRange) {
+              Value at = add(ci(M * dmPitch()), e);
+              st(zero, dmHiS, at);
+              st(zero, dmLoS, at);
+              return SmallVector<Value>{};
+            });
+  }
   // This split's tiles: [split * per, min((split + 1) * per, tiles)).
   Value tiles = arith::CeilDivUIOp::create(b, loc, T, ci(TT));
   Value per = arith::CeilDivUIOp::create(b, loc, tiles, ci(S));

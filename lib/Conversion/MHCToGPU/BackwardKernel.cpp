@@ -143,18 +143,21 @@ static SmallVector<SharedBuffer> rowsShared(const BackwardPlan &p,
   return shared;
 }
 
-/// The cols kernel's shared memory: fn's column slice, then per token of a
-/// tile the records and the x, dout and du rows, at ColsKernelBuilder's
-/// padded pitches.
+/// The cols kernel's shared memory, in ColsKernelBuilder's order and at its
+/// padded pitches: fn's slice (head, remainder), then per token of a tile the
+/// record's comb/pre/dS, the x, dout and du rows, and dm^T (head, remainder).
 static SmallVector<SharedBuffer> colsShared(const BackwardPlan &p,
                                             const Schedule &s) {
-  Type f32 = Float32Type::get(p.act.getContext());
-  int64_t TT = s.tileTokens, tile = ColsKernelBuilder::tilePitch(p, s);
-  return {{p.M() * ColsKernelBuilder::fnPitch(p, s), f32},
-          {TT * p.recordWidth(), f32},
-          {TT * tile, p.act},
-          {TT * tile, p.act},
-          {TT * ColsKernelBuilder::duPitch(s), p.act}};
+  MLIRContext *ctx = p.act.getContext();
+  Type f32 = Float32Type::get(ctx), i32 = IntegerType::get(ctx, 32),
+       bf16 = BFloat16Type::get(ctx);
+  using K = ColsKernelBuilder;
+  int64_t TT = s.tileTokens, tile = K::tilePitch(p, s);
+  int64_t fnWords = K::fnRows(p) * K::fnPitch(p, s);
+  int64_t dm = K::dmRows(p) * K::dmPitch(s);
+  return {{fnWords, i32},     {fnWords, i32},     {TT * K::recPitch(p), f32},
+          {TT * tile, p.act}, {TT * tile, p.act}, {TT * K::duPitch(s), p.act},
+          {dm, bf16},         {dm, bf16}};
 }
 
 static int64_t sharedBytes(ArrayRef<SharedBuffer> shared) {
@@ -517,11 +520,14 @@ public:
       k.record = k.argOf.lookup(record);
       k.dfnPartial = k.argOf.lookup(dfnPartial);
       auto wg = kernel.getWorkgroupAttributions();
-      k.fnS = wg[0];
-      k.recS = wg[1];
-      k.xS = wg[2];
-      k.doutS = wg[3];
-      k.duS = wg[4];
+      k.fnHiS = wg[0];
+      k.fnLoS = wg[1];
+      k.recS = wg[2];
+      k.xS = wg[3];
+      k.doutS = wg[4];
+      k.duS = wg[5];
+      k.dmHiS = wg[6];
+      k.dmLoS = wg[7];
       k.tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
       k.lane = k.rem(k.tid, 32);
       k.warp = k.div(k.tid, 32);

@@ -161,11 +161,23 @@ Value KernelBuilder::asI32(Value bf16x2) {
   return vector::ExtractOp::create(b, loc, w, 0);
 }
 
+std::pair<Value, Value> KernelBuilder::headAndRemainder(Value f32s) {
+  Type bt = b.getBF16Type();
+  if (auto vt = dyn_cast<VectorType>(f32s.getType()))
+    bt = VectorType::get(vt.getShape(), bt);
+  Value h = arith::TruncFOp::create(b, loc, bt, f32s);
+  Value rest = fsub(f32s, arith::ExtFOp::create(b, loc, f32s.getType(), h));
+  return {h, arith::TruncFOp::create(b, loc, bt, rest)};
+}
+
 std::pair<Value, Value> KernelBuilder::splitBf16(Value f32x2) {
-  auto bt = VectorType::get({2}, b.getBF16Type());
-  Value h = arith::TruncFOp::create(b, loc, bt, f32x2);
-  Value rest = fsub(f32x2, arith::ExtFOp::create(b, loc, f32x2.getType(), h));
-  return {asI32(h), asI32(arith::TruncFOp::create(b, loc, bt, rest))};
+  auto [h, l] = headAndRemainder(f32x2);
+  return {asI32(h), asI32(l)};
+}
+
+Value KernelBuilder::f32Pair(Value first, Value second) {
+  return vector::FromElementsOp::create(b, loc, vecF32Of(2),
+                                        ValueRange{first, second});
 }
 
 void KernelBuilder::mmaBf16(MutableArrayRef<Value> acc, ArrayRef<Value> a,

@@ -42,10 +42,14 @@ public:
 
   // --- constants and arithmetic -----------------------------------------
   Value ci(int64_t v) { return arith::ConstantIndexOp::create(b, loc, v); }
+  Value ci32(int32_t v) {
+    return arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(v));
+  }
   Value cf(double v) {
     return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(v));
   }
   Value add(Value x, Value y) { return arith::AddIOp::create(b, loc, x, y); }
+  Value sub(Value x, Value y) { return arith::SubIOp::create(b, loc, x, y); }
   Value mul(Value x, Value y) { return arith::MulIOp::create(b, loc, x, y); }
   Value div(Value x, int64_t d) {
     return arith::DivUIOp::create(b, loc, x, ci(d));
@@ -103,9 +107,13 @@ public:
   // --- tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate) ----------
   /// A vector<2xbf16> as the i32 register the mma instructions take.
   Value asI32(Value bf16x2);
-  /// f32 pair -> (bf16 head, bf16 of the remainder), each as bf16x2 in i32:
-  /// hi*a + lo*a carries ~16 bits of the f32 operand.
+  /// f32 (scalar or vector) -> (bf16 head, bf16 of the remainder): hi*a +
+  /// lo*a carries ~16 bits of the f32 operand.
+  std::pair<Value, Value> headAndRemainder(Value f32s);
+  /// splitBf16 of an f32 pair, each half as bf16x2 in i32.
   std::pair<Value, Value> splitBf16(Value f32x2);
+  /// Two f32 scalars as a vector<2xf32>.
+  Value f32Pair(Value first, Value second);
   /// acc[4] += A(16x16 bf16) * B(16x8 bf16); A row-major, B column-major.
   void mmaBf16(MutableArrayRef<Value> acc, ArrayRef<Value> a, Value b0,
                Value b1);

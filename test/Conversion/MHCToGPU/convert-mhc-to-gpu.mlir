@@ -216,7 +216,11 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // BWD:         math.rsqrt
 // BWD:       } else {
 // BWD:         math.rsqrt
+// The cols kernel's shared memory: fn's slice as bf16 head and remainder
+// words (12 rows of mix pairs x 256 k-columns + 8), the records' comb/pre/dS
+// (16 tokens x 21), the x, dout (16 x 264) and du (16 x 72) tiles, and dm^T
+// as head and remainder (32 padded mixes x 24).
 // BWD:     gpu.func @mhc_backward_2_cols
-// BWD-SAME:  workgroup(%{{.*}} : memref<6240xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<720xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4224xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4224xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<1152xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64})
+// BWD-SAME:  workgroup(%{{.*}} : memref<3168xi32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<3168xi32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<336xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4224xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4224xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<1152xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<768xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<768xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64})
 // BWD:       nvvm.mma.sync
 // BWD:     gpu.func @mhc_backward_2_params
