@@ -27,17 +27,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
 
 # Field changes of the cols schedule (the second of [rows, cols, params]); "chosen" is what
-# --mhc-select-schedule picks today: tile_tokens 16, chunk_columns 64, threads 256,
-# blocks_per_sm 2, token_splits 4.
+# --mhc-select-schedule picks today (v4): tile_tokens 16, chunk_columns 64, threads 256,
+# blocks_per_sm 1, token_splits 2. (The second session's sweep, of v2, chose blocks_per_sm 2 and
+# token_splits 4.)
 VARIANTS = {
     "chosen": {},
-    "splits2": {"token_splits": 2},
+    "splits4": {"token_splits": 4},
     "splits8": {"token_splits": 8},
-    "splits16": {"token_splits": 16},
-    "blocks1": {"blocks_per_sm": 1},
+    "blocks2": {"blocks_per_sm": 2},
+    "threads512": {"threads": 512},
     "tile32": {"tile_tokens": 32},
-    "chunk32": {"chunk_columns": 32, "token_splits": 2},
-    "threads128": {"threads": 128},
+    "chunk32": {"chunk_columns": 32, "token_splits": 4},
 }
 
 

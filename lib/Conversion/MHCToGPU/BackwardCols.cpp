@@ -6,8 +6,9 @@
 // once at the start into bf16 head and remainder words (the B fragments
 // below, ready to load). Per tile of TT tokens the records, x, dout and du
 // of the tile go to shared memory, dm transposed and split into head and
-// remainder as it is stored (once per element, not per warp); then each
-// warp takes KB/W k-columns in n8 tiles:
+// remainder as it is stored (once per element, not per warp); the next
+// tile's loads are already in flight (into registers) while each warp takes
+// KB/W k-columns of this one in n8 tiles:
 //
 //   dx[t][k] = (dm @ fn)[t][k]                     tensor cores, f32 accum.
 //            + sum_j comb[t][i][j] dout[t][j][c]   (post_res_grad's dx)
@@ -36,22 +37,17 @@ using namespace mlir;
 using namespace mlir::mhc;
 using namespace mlir::mhc::gpu_kernels;
 
-/// The tile's records, x, dout and du into shared memory (zeros past T and
-/// C); every load of a thread is issued before the first store. A record's
-/// dm goes to dm^T split into bf16 head and remainder, once per element,
-/// not in every warp that builds a fragment of it.
-void ColsKernelBuilder::loadTiles(Value tile) {
+/// This thread's share of a tile's records, x, dout and du (zeros past T
+/// and C), as groups: where each comes from and where it goes in shared
+/// memory. A record's dm goes to dm^T split into bf16 head and remainder,
+/// once per element, not in every warp that builds a fragment of it.
+SmallVector<ColsKernelBuilder::TileLoad> ColsKernelBuilder::tileLoads() {
   int64_t n = p.n, M = p.M(), C = p.C, CC = s.chunkColumns;
   int64_t TT = s.tileTokens, P = p.recordWidth(), vec = acts.vec,
           NV = CC / vec;
-  Value tok0 = mul(tile, ci(TT));
-  struct Item {
-    Value inRange, loaded;
-    std::function<void(Value)> store;
-  };
-  SmallVector<Item> items;
-  // `total` items, `threads` at a time, straight-line: item -> (global load,
-  // its store) by `place`.
+  SmallVector<TileLoad> items;
+  // `total` elements (or vectors), `threads` at a time: item -> TileLoad by
+  // `place`.
   auto unrolled = [&](int64_t total, auto place) {
     for (int64_t first = 0; first < total; first += s.threads) {
       Value item = add(tid, ci(first));
@@ -64,10 +60,11 @@ void ColsKernelBuilder::loadTiles(Value tile) {
   // The records of the tile's tokens (f32).
   unrolled(TT * P, [&](Value e, Value inRange) {
     Value t = div(e, P), col = rem(e, P);
-    Value token = add(tok0, t);
-    Value ok = ult(token, T);
-    Value at = add(mul(select(ok, token, ci(0)), ci(P)), col);
-    Value v = select(ok, ld(record, at), cf(0.0));
+    auto load = [this, t, col, TT, P](Value tile, Value live) {
+      Value token = add(mul(tile, ci(TT)), t);
+      Value ok = band(live, ult(token, T));
+      return f32OrZero(ok, [&]() { return ld(record, add(mul(token, ci(P)), col)); });
+    };
     auto store = [this, t, col, M](Value v) {
       emitIf(ult(col, M), [&]() {
         auto [hi, lo] = headAndRemainder(v);
@@ -79,7 +76,7 @@ void ColsKernelBuilder::loadTiles(Value tile) {
         st(v, recS, add(mul(t, ci(recPitch(p))), sub(col, ci(M))));
       });
     };
-    return Item{inRange, v, store};
+    return TileLoad{inRange, load, store};
   });
   // Rows of NV vectors: `rowsPerToken` rows per token from `src` into `dst`
   // at row pitch `pitch` (a token's rows side by side).
@@ -88,13 +85,15 @@ void ColsKernelBuilder::loadTiles(Value tile) {
       Value t = div(item, rowsPerToken * NV);
       Value rest = rem(item, rowsPerToken * NV);
       Value r = div(rest, NV), c = mul(rem(rest, NV), ci(vec));
-      Value token = add(tok0, t);
-      Value ok = ult(token, T);
-      if (inRange)
-        ok = band(ok, inRange);
-      Value rowStart = mul(add(mul(token, ci(rowsPerToken)), r), ci(C));
+      auto load = [=, this](Value tile, Value live) {
+        Value token = add(mul(tile, ci(TT)), t);
+        Value ok = band(live, ult(token, T));
+        if (inRange)
+          ok = band(ok, inRange);
+        Value rowStart = mul(add(mul(token, ci(rowsPerToken)), r), ci(C));
+        return loadAct(src, rowStart, add(col0, c), ok, /*raw=*/true);
+      };
       Value at = add(mul(t, ci(pitch)), add(mul(r, ci(CC)), c));
-      Value v = loadAct(src, rowStart, add(col0, c), ok, /*raw=*/true);
       auto store = [this, dst, at](Value v) {
         if (isa<VectorType>(v.getType()))
           vector::StoreOp::create(b, loc, v, dst, ValueRange{at}, false,
@@ -102,17 +101,28 @@ void ColsKernelBuilder::loadTiles(Value tile) {
         else
           st(v, dst, at);
       };
-      return Item{inRange, v, store};
+      return TileLoad{inRange, load, store};
     });
   };
   rows(arg(p.x), xS, n, tilePitch());
   rows(arg(p.dout), doutS, n, tilePitch());
   rows(arg(p.du), duS, 1, duPitch());
-  for (Item &it : items) {
-    if (it.inRange)
-      emitIf(it.inRange, [&]() { it.store(it.loaded); });
+  return items;
+}
+
+SmallVector<Value> ColsKernelBuilder::issueLoads(Value tile, Value live) {
+  SmallVector<Value> loaded;
+  for (TileLoad &item : tileLoads())
+    loaded.push_back(item.load(tile, live));
+  return loaded;
+}
+
+void ColsKernelBuilder::storeLoads(ValueRange loaded) {
+  for (auto [item, v] : llvm::zip_equal(tileLoads(), loaded)) {
+    if (item.inRange)
+      emitIf(item.inRange, [&]() { item.store(v); });
     else
-      it.store(it.loaded);
+      item.store(v);
   }
 }
 
@@ -314,16 +324,27 @@ void ColsKernelBuilder::emitBody() {
   Value per = arith::CeilDivUIOp::create(b, loc, tiles, ci(S));
   Value first = arith::MinUIOp::create(b, loc, mul(split, per), tiles);
   Value last = arith::MinUIOp::create(b, loc, add(first, per), tiles);
-  SmallVector<Value> zeros(MTM * NTW * 4, cf(0.0));
-  SmallVector<Value> dfnAcc = emitFor(
-      first, last, ci(1), zeros,
+  // Software pipeline: a tile's global loads are issued before the previous
+  // tile's products and land in registers (carried by the loop) while the
+  // tensor cores and FMAs work; shared memory holds one tile.
+  SmallVector<Value> carried(MTM * NTW * 4, cf(0.0)); // dfn's accumulators
+  int64_t accs = carried.size();
+  llvm::append_range(carried, issueLoads(first, ult(first, last)));
+  SmallVector<Value> done = emitFor(
+      first, last, ci(1), carried,
       [&](Value tile, ValueRange carried) -> SmallVector<Value> {
         barrier(); // the previous tile's reads of shared memory are done
-        tileIndex = tile;
-        loadTiles(tile);
+        storeLoads(carried.drop_front(accs));
         barrier();
-        return emitTile(SmallVector<Value>(carried.begin(), carried.end()));
+        Value next = add(tile, ci(1));
+        SmallVector<Value> loads = issueLoads(next, ult(next, last));
+        tileIndex = tile;
+        SmallVector<Value> out = emitTile(
+            SmallVector<Value>(carried.begin(), carried.begin() + accs));
+        llvm::append_range(out, loads);
+        return out;
       });
+  SmallVector<Value> dfnAcc(done.begin(), done.begin() + accs);
   // This split's partial dfn.
   Value g = div(lane, 4), q = rem(lane, 4);
   int64_t KW = KB / (s.threads / 32);

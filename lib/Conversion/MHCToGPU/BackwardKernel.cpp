@@ -16,9 +16,9 @@ using namespace mlir::mhc::gpu_kernels;
 
 static constexpr int64_t kSharedMemoryLimit = 48 * 1024; // static smem
 /// Blocks of the cols kernel resident at once over the whole GPU (sm_90:
-/// 132 SMs, 2 blocks each): the token splits fill one wave of them, so that
+/// 132 SMs, one block each): the token splits fill one wave of them, so that
 /// no second, partial wave idles most of the GPU.
-static constexpr int64_t kColsBlocksTarget = 264;
+static constexpr int64_t kColsBlocksTarget = 132;
 /// Each split writes a partial dfn [M x nC] that the params kernel sums.
 static constexpr int64_t kMaxTokenSplits = 32;
 
@@ -203,9 +203,11 @@ static GroupSchedule defaultSchedule(const BackwardPlan &p) {
     if (cols.threads && colsSharedBytes(p, cols) <= kSharedMemoryLimit)
       break;
   }
-  // Two blocks of 8 warps per SM (<= 128 registers): one block's loads
-  // overlap the other's tensor-core and shared-memory phase.
-  cols.blocksPerSM = 2048 / cols.threads >= 2 ? 2 : 0;
+  // One block per SM with all the registers it wants (~220): its next
+  // tile's loads wait in registers while it computes this one (the software
+  // pipeline of BackwardCols.cpp). Two blocks of <= 128 registers spill it
+  // (bench/results/cols-v3-h200.md).
+  cols.blocksPerSM = 1;
   int64_t chunks = (p.C + cols.chunkColumns - 1) / cols.chunkColumns;
   cols.tokenSplits =
       std::clamp<int64_t>(kColsBlocksTarget / chunks, 1, kMaxTokenSplits);

@@ -143,7 +143,18 @@ struct ColsKernelBuilder : KernelBuilder {
   int64_t fnPitch() const { return fnPitch(p, s); }
   int64_t dmPitch() const { return dmPitch(s); }
   void emitBody();
-  void loadTiles(Value tile);
+  /// One group of a tile's elements this thread moves to shared memory:
+  /// `load` reads it for tile `tile` (zeros unless `live`), `store` puts the
+  /// loaded value in place. They are emitted apart: the loads of the next
+  /// tile overlap this tile's products.
+  struct TileLoad {
+    Value inRange; // null: every thread has this group
+    std::function<Value(Value tile, Value live)> load;
+    std::function<void(Value)> store;
+  };
+  SmallVector<TileLoad> tileLoads();
+  SmallVector<Value> issueLoads(Value tile, Value live);
+  void storeLoads(ValueRange loaded);
   SmallVector<Value> emitTile(SmallVector<Value> dfnAcc);
 };
 
