@@ -28,6 +28,7 @@
 
 #include "KernelBuilder.h"
 #include "KernelGroup.h"
+#include <functional>
 
 namespace mlir::mhc::gpu_kernels {
 
@@ -112,7 +113,7 @@ struct ColsKernelBuilder : KernelBuilder {
   Value tileIndex; // the token tile being processed
   // Shared memory: fn's slice as bf16 head/remainder pairs (i32 words),
   // the records' comb, pre and 2 dS (f32), the x, dout, du rows, and the
-  // tile's dm transposed as bf16 head/remainder (dm is split once per tile).
+  // tile's dm transposed as bf16 head/remainder (split once per element).
   Value fnHiS, fnLoS, recS, xS, doutS, duS, dmHiS, dmLoS;
 
   Value arg(Value v) { return v ? argOf.lookup(v) : Value(); }
