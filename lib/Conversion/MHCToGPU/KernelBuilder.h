@@ -110,7 +110,8 @@ public:
   /// f32 (scalar or vector) -> (bf16 head, bf16 of the remainder): hi*a +
   /// lo*a carries ~16 bits of the f32 operand.
   std::pair<Value, Value> headAndRemainder(Value f32s);
-  /// splitBf16 of an f32 pair, each half as bf16x2 in i32.
+  /// headAndRemainder of an f32 pair, each as the bf16x2 i32 register the
+  /// mma instructions take.
   std::pair<Value, Value> splitBf16(Value f32x2);
   /// Two f32 scalars as a vector<2xf32>.
   Value f32Pair(Value first, Value second);
