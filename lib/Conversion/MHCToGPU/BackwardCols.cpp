@@ -85,7 +85,8 @@ SmallVector<ColsKernelBuilder::TileLoad> ColsKernelBuilder::tileLoads() {
       Value t = div(item, rowsPerToken * NV);
       Value rest = rem(item, rowsPerToken * NV);
       Value r = div(rest, NV), c = mul(rem(rest, NV), ci(vec));
-      auto load = [=, this](Value tile, Value live) {
+      auto load = [this, t, r, c, inRange, src, rowsPerToken, TT,
+                   C](Value tile, Value live) {
         Value token = add(mul(tile, ci(TT)), t);
         Value ok = band(live, ult(token, T));
         if (inRange)
@@ -118,7 +119,11 @@ SmallVector<Value> ColsKernelBuilder::issueLoads(Value tile, Value live) {
 }
 
 void ColsKernelBuilder::storeLoads(ValueRange loaded) {
-  for (auto [item, v] : llvm::zip_equal(tileLoads(), loaded)) {
+  SmallVector<TileLoad> items = tileLoads();
+  assert(items.size() == loaded.size() && "one loaded value per group");
+  for (size_t i = 0; i < items.size(); ++i) {
+    TileLoad &item = items[i];
+    Value v = loaded[i];
     if (item.inRange)
       emitIf(item.inRange, [&]() { item.store(v); });
     else

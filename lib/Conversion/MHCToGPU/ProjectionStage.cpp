@@ -48,8 +48,7 @@ Value ForwardKernelBuilder::loadFnPair(Value m, Value stream, Value col,
       Value at1 = select(okNext, add(at, ci(1)), at);
       e1 = select(okNext, ld(fn, at1), cf(0.0));
     }
-    return vector::FromElementsOp::create(b, loc, v2,
-                                          ValueRange{ld(fn, at), e1});
+    return f32Pair(ld(fn, at), e1);
   };
   // The pair is 8-byte aligned when fn is (`vec`) and C is even: one load.
   Value v = vec && p.C % 2 == 0
