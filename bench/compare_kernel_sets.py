@@ -6,10 +6,11 @@ results are bit-identical (for kernel rewrites that must not change a single res
         --json out.json                  # every kernel set both caches hold (or --n/--C/--dtype)
 
 For each kernel set and T in --Ts (one token, a partial tile, many token splits): x, y, fn,
-scale, base, du, dx_next seeded random (never zeros); the mix, post and comb from set A's hc_pre
-and dpost, dcomb from its hc_post_backward (what training passes); then hc_pre_backward and
-hc_sublayer_backward of A and of B, every result compared with torch.equal (the largest
-difference printed where not equal; a non-finite result of B also counts as a difference).
+scale, base, du, dx_next seeded random as check_backward.py makes them (never zeros); the mix,
+post and comb from set A's hc_pre and dpost, dcomb from its hc_post_backward (what training
+passes); then hc_pre_backward and hc_sublayer_backward of A and of B, every result compared
+with torch.equal (the largest difference printed where not equal; a non-finite result of B also
+counts as a difference).
 """
 import argparse, json, os, sys
 from pathlib import Path
@@ -18,19 +19,17 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
+sys.path.insert(0, os.path.join(HERE, "..", "test", "Integration", "GPU", "harness"))
 from mhc.torch import kernels as K  # noqa: E402
+import check_backward  # noqa: E402  (its inputs: the backward check's random data)
 
 OPS = ("hc_pre_backward", "hc_sublayer_backward")
 
 
 def inputs(key, T, seed):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    n, C, M = key.n, key.C, key.M
-    dt = K.DTYPE_NAMES[key.dtype]
-    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
-    return dict(x=r(T, n, C).to(dt), y=r(T, C).to(dt), fn=r(M, n * C) / (n * C) ** 0.5,
-                scale=torch.rand(3, generator=g, device="cuda") + 0.25, base=r(M) * 0.5,
-                du=r(T, C).to(dt), dx_next=r(T, n, C).to(dt))
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    names = ("x", "y", "fn", "scale", "base", "du", "dx_next")
+    return dict(zip(names, check_backward.inputs(key, T, gen)))
 
 
 def compare(key, sets, Ts, rows):
