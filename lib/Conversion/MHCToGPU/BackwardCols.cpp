@@ -2,13 +2,15 @@
 //
 // Block (column chunk b, token split s) owns columns [b*CC, b*CC + CC) of
 // all n streams (KB = n*CC "k-columns", k = i*CC + c) and walks the token
-// tiles of its split. Its slice of fn [M x KB] stays in shared memory, split
-// once at the start into bf16 head and remainder words (the B fragments
-// below, ready to load). Per tile of TT tokens the records, x, dout and du
-// of the tile go to shared memory, dm transposed and split into head and
-// remainder as it is stored (once per element, not per warp); the next
-// tile's loads are already in flight (into registers) while each warp takes
-// KB/W k-columns of this one in n8 tiles:
+// tiles of its split. Its slice of fn [M x KB] is split once at the start
+// into bf16 head and remainder words, and each thread keeps its B fragments
+// of it in registers for all tiles. Per tile of TT tokens the records, x,
+// dout and du of the tile go to shared memory, dm transposed and split into
+// head and remainder as it is stored (once per element, not per warp); the
+// next tile's loads are already in flight (into registers) while each warp
+// takes KB/W k-columns of this one in n8 tiles (when n divides a warp's
+// tiles, the same columns of every stream: tileColumn), its A fragments and
+// bf16 x's B fragments by ldmatrix:
 //
 //   dx[t][k] = (dm @ fn)[t][k]                     tensor cores, f32 accum.
 //            + sum_j comb[t][i][j] dout[t][j][c]   (post_res_grad's dx)
@@ -32,6 +34,7 @@
 #include "BackwardKernel.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
 
 using namespace mlir;
 using namespace mlir::mhc;
@@ -131,18 +134,93 @@ void ColsKernelBuilder::storeLoads(ValueRange loaded) {
   }
 }
 
+/// The first k-column of this warp's n8 tile nt. When n divides a warp's
+/// tiles, tile nt = i * G + j (G tiles per stream) is stream i's j-th: a
+/// thread then holds the same columns of every stream, and the dout and du
+/// values of a column serve n outputs instead of one. Otherwise a warp takes
+/// consecutive k-columns.
+Value ColsKernelBuilder::tileColumn(int64_t nt) {
+  int64_t NTW = warpTiles();
+  if (!streamsShareTiles())
+    return add(mul(warp, ci(NTW * 8)), ci(nt * 8));
+  int64_t G = NTW / p.n;
+  return add(ci(nt / G * s.chunkColumns),
+             mul(add(mul(warp, ci(G)), ci(nt % G)), ci(8)));
+}
+
+SmallVector<ColsKernelBuilder::TileGroup> ColsKernelBuilder::tileGroups() {
+  int64_t NTW = warpTiles(), CC = s.chunkColumns;
+  SmallVector<TileGroup> groups;
+  if (!streamsShareTiles()) {
+    for (int64_t nt = 0; nt < NTW; ++nt) {
+      Value k = tileColumn(nt);
+      groups.push_back({rem(k, CC), {{nt, div(k, CC)}}});
+    }
+    return groups;
+  }
+  int64_t G = NTW / p.n;
+  for (int64_t j = 0; j < G; ++j) {
+    TileGroup group{rem(tileColumn(j), CC), {}};
+    for (int64_t i = 0; i < p.n; ++i)
+      group.members.push_back({i * G + j, ci(i)});
+    groups.push_back(group);
+  }
+  return groups;
+}
+
+/// fn's B fragments of this thread (k: mixes, column tileColumn(nt) + g),
+/// hi and lo, per n8 tile and k16 step: the words of mixes 2q.. and 2q + 8..
+/// (0 past M). The same for every tile of tokens: loaded once, kept in
+/// registers.
+void ColsKernelBuilder::loadFnFragments() {
+  int64_t KS = (p.M() + 15) / 16, FR = fnRows(p), FP = fnPitch();
+  Value g = div(lane, 4), q = rem(lane, 4);
+  fnFragments.clear();
+  for (int64_t nt = 0; nt < warpTiles(); ++nt) {
+    Value kB = add(tileColumn(nt), g);
+    SmallVector<std::array<Value, 4>> frags; // hi0, hi1, lo0, lo1
+    for (int64_t ks = 0; ks < KS; ++ks) {
+      auto word = [&](Value fnS, Value mp) {
+        Value ok = ult(mp, FR);
+        Value v = ld(fnS, add(mul(select(ok, mp, ci(0)), ci(FP)), kB));
+        return select(ok, v, ci32(0));
+      };
+      Value mp0 = add(q, ci(8 * ks)), mp8 = add(mp0, ci(4));
+      frags.push_back({word(fnHiS, mp0), word(fnHiS, mp8), word(fnLoS, mp0),
+                       word(fnLoS, mp8)});
+    }
+    fnFragments.push_back(frags);
+  }
+}
+
 SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
   int64_t n = p.n, M = p.M(), CC = s.chunkColumns, TT = s.tileTokens;
   int64_t KB = n * CC, W = s.threads / 32;
   int64_t KW = KB / W, NTW = KW / 8, MT = TT / 16, KS = (M + 15) / 16;
   int64_t KT = TT / 16, MTM = (M + 15) / 16;
-  int64_t XP = tilePitch(), UP = duPitch(), FP = fnPitch(), DP = dmPitch();
-  int64_t FR = fnRows(p);
+  int64_t XP = tilePitch(), UP = duPitch(), DP = dmPitch();
   Value g = div(lane, 4), q = rem(lane, 4);
   // The record's comb, pre and 2 dS (record column col >= M).
-  auto rec = [&](Value t, Value col) {
-    return ld(recS, add(mul(t, ci(recPitch(p))), sub(col, ci(M))));
+  // `count` of them from record column col on, loaded in vectors as wide as
+  // n's factors of 2 allow (comb's rows start at multiples of n, pre at n^2).
+  int64_t recVec = n % 4 == 0 ? 4 : n % 2 == 0 ? 2 : 1;
+  auto recs = [&](Value t, Value col, int64_t count) {
+    SmallVector<Value> out;
+    for (int64_t e = 0; e < count; e += recVec) {
+      Value at = add(mul(t, ci(recPitch(p))), sub(add(col, ci(e)), ci(M)));
+      if (recVec == 1) {
+        out.push_back(ld(recS, at));
+        continue;
+      }
+      Value v = vector::LoadOp::create(b, loc, vecF32Of(recVec), recS,
+                                       ValueRange{at}, false,
+                                       llvm::MaybeAlign(4 * recVec));
+      for (int64_t k = 0; k < recVec; ++k)
+        out.push_back(vector::ExtractOp::create(b, loc, v, k));
+    }
+    return out;
   };
+  auto rec = [&](Value t, Value col) { return recs(t, col, 1)[0]; };
   auto actAt = [&](Value tileBuf, Value at) { return toF32(ld(tileBuf, at)); };
   // Two neighbouring activations of a tile (even index) as f32.
   auto actPair = [&](Value tileBuf, Value at) {
@@ -151,71 +229,69 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
         llvm::MaybeAlign(2 * acts.act.getIntOrFloatBitWidth() / 8));
     return toF32(v);
   };
-  // dm^T's (bf16) words: two tokens of one mix (one load), and two mixes of
-  // one token (two loads); dm^T is 0 past M.
-  auto bf16x2 = VectorType::get({2}, b.getBF16Type());
-  auto tokenPair = [&](Value dmT, Value m, Value t) {
-    return asI32(vector::LoadOp::create(b, loc, bf16x2, dmT,
-                                        ValueRange{add(mul(m, ci(DP)), t)},
-                                        false, llvm::MaybeAlign(4)));
+  // Fragments by ldmatrix: four 8x8 bf16 matrices (two: `tiles` = 2), lane l
+  // naming row l % 8 of matrix l / 8 at element `rowAt(matrix, row)`; with
+  // `trans` a thread gets a column pair of each matrix instead of a row
+  // pair, i.e. the fragment of the transposed tile. Every row is 16 bytes
+  // at a 16-byte aligned place (the pitches are multiples of 8 elements).
+  auto ldMatrix = [&](Value buf, int64_t tiles, bool trans, auto rowAt) {
+    Value l = tiles == 4 ? lane : rem(lane, 16); // .x2 reads lanes 0..15
+    Value f = nvgpu::LdMatrixOp::create(
+        b, loc, VectorType::get({tiles, 2}, b.getBF16Type()), buf,
+        ValueRange{rowAt(div(l, 8), rem(l, 8))}, trans, tiles);
+    SmallVector<Value> regs;
+    for (int64_t r = 0; r < tiles; ++r)
+      regs.push_back(asI32(vector::ExtractOp::create(b, loc, f, r)));
+    return regs;
   };
-  auto mixPair = [&](Value dmT, Value t, Value m) {
-    Value first = ld(dmT, add(mul(m, ci(DP)), t));
-    Value second = ld(dmT, add(mul(add(m, ci(1)), ci(DP)), t));
-    return asI32(vector::FromElementsOp::create(b, loc, bf16x2,
-                                                ValueRange{first, second}));
-  };
-
-  // A fragments of dm (rows: tokens, k: mixes) for dm @ fn, hi and lo.
+  // A fragments of dm (rows: tokens, k: mixes) for dm @ fn, hi and lo: dm^T
+  // transposed; matrix j covers tokens 8 (j % 2).., mixes 8 (j / 2)...
   SmallVector<SmallVector<Value>> aFnHi, aFnLo; // [mt * KS + ks][4]
   for (int64_t mt = 0; mt < MT; ++mt)
     for (int64_t ks = 0; ks < KS; ++ks) {
-      SmallVector<Value> hi, lo;
-      for (int64_t r = 0; r < 4; ++r) {
-        Value t = add(g, ci(16 * mt + 8 * (r % 2)));
-        Value k = add(mul(q, ci(2)), ci(16 * ks + 8 * (r / 2)));
-        hi.push_back(mixPair(dmHiS, t, k));
-        lo.push_back(mixPair(dmLoS, t, k));
-      }
-      aFnHi.push_back(hi);
-      aFnLo.push_back(lo);
+      auto rowAt = [&](Value j, Value r) {
+        Value m = add(ci(16 * ks), add(mul(div(j, 2), ci(8)), r));
+        return add(mul(m, ci(DP)), add(ci(16 * mt), mul(rem(j, 2), ci(8))));
+      };
+      aFnHi.push_back(ldMatrix(dmHiS, 4, true, rowAt));
+      aFnLo.push_back(ldMatrix(dmLoS, 4, true, rowAt));
     }
-  // A fragments of dm^T (rows: mixes, k: tokens) for dfn.
+  // A fragments of dm^T (rows: mixes, k: tokens) for dfn: matrix j covers
+  // mixes 8 (j % 2).., tokens 8 (j / 2)...
   SmallVector<SmallVector<Value>> aDfnHi, aDfnLo; // [mtm * KT + kt][4]
   for (int64_t mtm = 0; mtm < MTM; ++mtm)
     for (int64_t kt = 0; kt < KT; ++kt) {
-      SmallVector<Value> hi, lo;
-      for (int64_t r = 0; r < 4; ++r) {
-        Value m = add(g, ci(16 * mtm + 8 * (r % 2)));
-        Value t = add(mul(q, ci(2)), ci(16 * kt + 8 * (r / 2)));
-        hi.push_back(tokenPair(dmHiS, m, t));
-        lo.push_back(tokenPair(dmLoS, m, t));
-      }
-      aDfnHi.push_back(hi);
-      aDfnLo.push_back(lo);
+      auto rowAt = [&](Value j, Value r) {
+        Value m = add(ci(16 * mtm), add(mul(rem(j, 2), ci(8)), r));
+        return add(mul(m, ci(DP)), add(ci(16 * kt), mul(div(j, 2), ci(8))));
+      };
+      aDfnHi.push_back(ldMatrix(dmHiS, 4, false, rowAt));
+      aDfnLo.push_back(ldMatrix(dmLoS, 4, false, rowAt));
+    }
+  // B fragments of bf16 x (k: tokens, columns: the n8 tile's) for dfn,
+  // [kt * NTW + nt] = {b0, b1}: x transposed, two tiles per ldmatrix; matrix
+  // j covers tokens 8 (j % 2).. of tile nt + j / 2. Other types: split below.
+  bool exactX = p.act.isBF16(); // bf16 x is its own head
+  SmallVector<std::array<Value, 2>> bX;
+  for (int64_t kt = 0; exactX && kt < KT; ++kt)
+    for (int64_t nt = 0; nt < NTW; nt += 2) {
+      int64_t tiles = nt + 1 < NTW ? 4 : 2;
+      auto regs = ldMatrix(xS, tiles, true, [&](Value j, Value r) {
+        Value t = add(ci(16 * kt), add(mul(rem(j, 2), ci(8)), r));
+        Value k = tiles == 4 ? select(ult(j, 2), tileColumn(nt),
+                                      tileColumn(nt + 1))
+                             : tileColumn(nt);
+        return add(mul(t, ci(XP)), k);
+      });
+      for (int64_t e = 0; e < tiles; e += 2)
+        bX.push_back({regs[e], regs[e + 1]});
     }
 
-  SmallVector<Value> dxVals, dxAt; // dx pairs (f32) and their place
+  // Pass 1, per n8 tile: the products (dm @ fn into registers, dfn += dm^T x).
+  SmallVector<SmallVector<Value>> accs; // dm @ fn: [nt * MT + mt][4]
   for (int64_t nt = 0; nt < NTW; ++nt) {
-    Value kbase = add(mul(warp, ci(KW)), ci(nt * 8));
-    Value kB = add(kbase, g); // the k-column of this thread's B fragments
-    // fn's B fragments (k: mixes, column kB), hi and lo, per k16 step: the
-    // words of mixes 2q.. and 2q + 8.. (0 past M).
-    SmallVector<std::array<Value, 4>> bFn; // hi0, hi1, lo0, lo1
-    for (int64_t ks = 0; ks < KS; ++ks) {
-      auto word = [&](Value fnS, Value mp) {
-        Value ok = ult(mp, FR);
-        Value v = ld(fnS, add(mul(select(ok, mp, ci(0)), ci(FP)), kB));
-        return select(ok, v, ci32(0));
-      };
-      Value mp0 = add(q, ci(8 * ks)), mp8 = add(mp0, ci(4));
-      bFn.push_back({word(fnHiS, mp0), word(fnHiS, mp8), word(fnLoS, mp0),
-                     word(fnLoS, mp8)});
-    }
-    // This thread's two columns (2q, 2q + 1) of the n8 tile: stream i,
-    // column c, the same for both rows.
-    Value kcol = add(kbase, mul(q, ci(2)));
-    Value i = div(kcol, CC), c = rem(kcol, CC);
+    Value kB = add(tileColumn(nt), g); // the k-column of this thread's B fragments
+    ArrayRef<std::array<Value, 4>> bFn = fnFragments[nt];
     for (int64_t mt = 0; mt < MT; ++mt) {
       SmallVector<Value> acc(4, cf(0.0));
       // Small terms first: the tensor cores truncate when accumulating.
@@ -225,22 +301,7 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
         mmaBf16(acc, aFnLo[mt * KS + ks], bf[0], bf[1]);
         mmaBf16(acc, aFnHi[mt * KS + ks], bf[0], bf[1]);
       }
-      for (int64_t half = 0; half < 2; ++half) { // rows g, g + 8
-        Value t = add(g, ci(16 * mt + 8 * half));
-        Value rowT = mul(t, ci(XP));
-        // The record values of (t, i), once for both columns.
-        Value combRow = add(ci(p.recComb()), mul(i, ci(n)));
-        Value v = f32Pair(acc[2 * half], acc[2 * half + 1]);
-        for (int64_t j = 0; j < n; ++j)
-          v = fma(splat(rec(t, add(combRow, ci(j))), vecF32Of(2)),
-                  actPair(doutS, add(rowT, add(ci(j * CC), c))), v);
-        v = fma(splat(rec(t, add(ci(p.recPre()), i)), vecF32Of(2)),
-                actPair(duS, add(mul(t, ci(UP)), c)), v);
-        v = fma(splat(rec(t, ci(p.recDS())), vecF32Of(2)),
-                actPair(xS, add(rowT, kcol)), v);
-        dxVals.push_back(v);
-        dxAt.push_back(add(rowT, kcol));
-      }
+      accs.push_back(acc);
     }
     // dfn += dm^T x over the tile's tokens.
     for (int64_t kt = 0; kt < KT; ++kt) {
@@ -248,10 +309,15 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
         return f32Pair(actAt(xS, add(mul(t, ci(XP)), kB)),
                        actAt(xS, add(mul(add(t, ci(1)), ci(XP)), kB)));
       };
-      Value t0 = add(mul(q, ci(2)), ci(16 * kt));
-      auto [x0h, x0l] = splitBf16(xPair(t0));
-      auto [x1h, x1l] = splitBf16(xPair(add(t0, ci(8))));
-      bool exactX = p.act.isBF16(); // bf16 x is its own head
+      Value x0h, x0l, x1h, x1l;
+      if (exactX) {
+        x0h = bX[kt * NTW + nt][0];
+        x1h = bX[kt * NTW + nt][1];
+      } else {
+        Value t0 = add(mul(q, ci(2)), ci(16 * kt));
+        std::tie(x0h, x0l) = splitBf16(xPair(t0));
+        std::tie(x1h, x1l) = splitBf16(xPair(add(t0, ci(8))));
+      }
       for (int64_t mtm = 0; mtm < MTM; ++mtm) {
         MutableArrayRef<Value> acc(dfnAcc.data() + (mtm * NTW + nt) * 4, 4);
         if (!exactX)
@@ -260,6 +326,43 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
         mmaBf16(acc, aDfnHi[mtm * KT + kt], x0h, x1h);
       }
     }
+  }
+
+  // Pass 2, per column pair (2q, 2q + 1 of an n8 tile) this thread holds:
+  // dx = dm @ fn + the stream mixing + pre du + 2 dS x. The tiles of one
+  // column group (tileGroups) share its dout and du pairs, loaded once.
+  SmallVector<Value> dxVals, dxAt; // dx pairs (f32) and their place
+  for (const TileGroup &group : tileGroups()) {
+    Value c = add(group.column, mul(q, ci(2)));
+    for (int64_t mt = 0; mt < MT; ++mt)
+      for (int64_t half = 0; half < 2; ++half) { // rows g, g + 8
+        Value t = add(g, ci(16 * mt + 8 * half));
+        Value rowT = mul(t, ci(XP));
+        SmallVector<Value> dout;
+        for (int64_t j = 0; j < n; ++j)
+          dout.push_back(actPair(doutS, add(rowT, add(ci(j * CC), c))));
+        Value du = actPair(duS, add(mul(t, ci(UP)), c));
+        // pre of every stream when the members' streams are known here.
+        SmallVector<Value> pres;
+        if (streamsShareTiles())
+          pres = recs(t, ci(p.recPre()), n);
+        for (auto [nt, i] : group.members) {
+          Value kcol = add(mul(i, ci(CC)), c);
+          SmallVector<Value> comb =
+              recs(t, add(ci(p.recComb()), mul(i, ci(n))), n);
+          Value pre = pres.empty() ? rec(t, add(ci(p.recPre()), i))
+                                   : pres[size_t(nt / (NTW / n))];
+          Value v = f32Pair(accs[nt * MT + mt][2 * half],
+                            accs[nt * MT + mt][2 * half + 1]);
+          for (int64_t j = 0; j < n; ++j)
+            v = fma(splat(comb[j], vecF32Of(2)), dout[j], v);
+          v = fma(splat(pre, vecF32Of(2)), du, v);
+          v = fma(splat(rec(t, ci(p.recDS())), vecF32Of(2)),
+                  actPair(xS, add(rowT, kcol)), v);
+          dxVals.push_back(v);
+          dxAt.push_back(add(rowT, kcol));
+        }
+      }
   }
 
   // dx: through the dout tile (every read of it is done after the barrier)
@@ -324,6 +427,8 @@ void ColsKernelBuilder::emitBody() {
               return SmallVector<Value>{};
             });
   }
+  barrier(); // fn's words are all in shared memory
+  loadFnFragments();
   // This split's tiles: [split * per, min((split + 1) * per, tiles)).
   Value tiles = arith::CeilDivUIOp::create(b, loc, T, ci(TT));
   Value per = arith::CeilDivUIOp::create(b, loc, tiles, ci(S));
@@ -352,13 +457,11 @@ void ColsKernelBuilder::emitBody() {
   SmallVector<Value> dfnAcc(done.begin(), done.begin() + accs);
   // This split's partial dfn.
   Value g = div(lane, 4), q = rem(lane, 4);
-  int64_t KW = KB / (s.threads / 32);
   for (int64_t mtm = 0; mtm < MTM; ++mtm)
     for (int64_t nt = 0; nt < NTW; ++nt)
       for (int64_t e = 0; e < 4; ++e) {
         Value m = add(g, ci(16 * mtm + 8 * (e / 2)));
-        Value kcol = add(add(mul(warp, ci(KW)), ci(nt * 8)),
-                         add(mul(q, ci(2)), ci(e % 2)));
+        Value kcol = add(tileColumn(nt), add(mul(q, ci(2)), ci(e % 2)));
         Value i = div(kcol, CC), col = add(col0, rem(kcol, CC));
         emitIf(band(ult(m, M), ult(col, C)), [&]() {
           Value at = add(mul(add(mul(split, ci(M)), m), ci(n * C)),

@@ -135,9 +135,10 @@ struct ColsKernelBuilder : KernelBuilder {
     return (p.M() + 15) / 16 * 16;
   }
   static int64_t dmPitch(const Schedule &s) { return s.tileTokens + 8; }
-  /// What the record holds after dm: comb, pre, 2 dS.
+  /// What the record holds after dm: comb, pre, 2 dS; padded to whole
+  /// 16-byte vectors (comb's rows and pre are loaded as vectors).
   static int64_t recPitch(const BackwardPlan &p) {
-    return p.recordWidth() - p.M();
+    return (p.recordWidth() - p.M() + 3) / 4 * 4;
   }
   int64_t tilePitch() const { return tilePitch(p, s); }
   int64_t duPitch() const { return duPitch(s); }
@@ -156,6 +157,22 @@ struct ColsKernelBuilder : KernelBuilder {
   SmallVector<TileLoad> tileLoads();
   SmallVector<Value> issueLoads(Value tile, Value live);
   void storeLoads(ValueRange loaded);
+  /// A warp's n8 tiles (k-columns) and where each starts.
+  int64_t warpTiles() const {
+    return p.n * s.chunkColumns / (s.threads / 32) / 8;
+  }
+  bool streamsShareTiles() const { return warpTiles() % p.n == 0; }
+  Value tileColumn(int64_t nt);
+  /// n8 tiles of a warp that cover the same columns of the chunk (from
+  /// `column`), each in its stream: (tile, stream) members.
+  struct TileGroup {
+    Value column;
+    SmallVector<std::pair<int64_t, Value>> members;
+  };
+  SmallVector<TileGroup> tileGroups();
+  /// fn's B fragments, [n8 tile][k16 step] = {hi0, hi1, lo0, lo1}.
+  SmallVector<SmallVector<std::array<Value, 4>>> fnFragments;
+  void loadFnFragments();
   SmallVector<Value> emitTile(SmallVector<Value> dfnAcc);
 };
 
