@@ -282,7 +282,9 @@ def describe_profile(prof) -> str:
             + (f" {mhc}" if mhc else ""))
 
 
-def measure(name, mode, make, sub, h, args):
+def prepare(name, mode, make, sub, h):
+    """(row, step, grads) of one variant, its first step run (compiled, kernels loaded) and its
+    peak memory measured; step is None when it failed (the row says why)."""
     row = {"variant": name, "mode": mode, "C": h.shape[-1]}
     try:
         x, f = make()
@@ -304,16 +306,55 @@ def measure(name, mode, make, sub, h, args):
             row["peak_mem_mb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
         # A step that skips work shows here: every leaf must get a gradient.
         row["leaves"], row["leaves_with_grad"] = len(grads), sum(g.grad is not None for g in grads)
-        row["ms"] = time_step(step, grads, h.device, args.reps, args.warmup, args.timer)
-        if args.profile and h.device.type == "cuda":
-            row["profile"] = profile_kernels(step, os.path.abspath(args.json) + ".trace.json")
+        return row, step, grads
     except Exception as e:  # noqa: BLE001 - record it and go on with the other variants
+        row["error"] = f"{type(e).__name__}: {e}"
+        row["traceback"] = traceback.format_exc(limit=6)
+        return row, None, None
+
+
+def measure(name, mode, make, sub, h, args):
+    """One variant timed on its own (after the previous variant's, before the next one's)."""
+    row, step, grads = prepare(name, mode, make, sub, h)
+    try:
+        if step is not None:
+            row["ms"] = time_step(step, grads, h.device, args.reps, args.warmup, args.timer)
+            if args.profile and h.device.type == "cuda":
+                row["profile"] = profile_kernels(step, os.path.abspath(args.json) + ".trace.json")
+    except Exception as e:  # noqa: BLE001
         row["error"] = f"{type(e).__name__}: {e}"
         row["traceback"] = traceback.format_exc(limit=6)
     finally:
         if h.device.type == "cuda":
             torch.cuda.empty_cache()
     return row
+
+
+def measure_interleaved(variants, mode, sub, h, args):
+    """All variants alive at once and timed in turns: `--interleave` rounds, each running every
+    variant for `--reps` steps (CUDA events, after one untimed step), in forward order in even
+    rounds and backward order in odd ones. A slow drift of the GPU's speed over the run (clocks,
+    temperature) then lands on every variant alike instead of on the ones timed last; ms is the
+    median over all timed steps, ms_rounds each round's median."""
+    prepared = [prepare(name, mode, make, sub, h) for name, make in variants]
+    live = [(row, step, grads) for row, step, grads in prepared if step is not None]
+    times = {id(row): [] for row, _, _ in live}
+    rounds = {id(row): [] for row, _, _ in live}
+    for r in range(args.interleave):
+        for row, step, grads in (live if r % 2 == 0 else live[::-1]):
+            ts = [time_step(step, grads, h.device, reps=1, warmup=0, timer="events")
+                  for _ in range(args.reps + 1)][1:]
+            times[id(row)] += ts
+            rounds[id(row)].append(statistics.median(ts))
+    for row, step, _ in live:
+        row["ms"] = statistics.median(times[id(row)])
+        row["ms_rounds"] = rounds[id(row)]
+        row["timer"] = f"interleaved: {args.interleave} rounds x {args.reps} steps, CUDA events"
+        if args.profile and h.device.type == "cuda":
+            row["profile"] = profile_kernels(step, os.path.abspath(args.json) + ".trace.json")
+    if h.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return [row for row, _, _ in prepared]
 
 
 def host_time_us(C, device, reps=200):
@@ -381,6 +422,9 @@ def main(argv=None):
     p.add_argument("--timer", default="do_bench", choices=("do_bench", "events"),
                    help="triton's do_bench (L2 flushed between steps), or CUDA events around each "
                         "step with a synchronisation after it")
+    p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                   help="time the variants in turns, ROUNDS rounds of --reps steps each (all "
+                        "variants in memory at once), instead of one after the other")
     p.add_argument("--profile", action="store_true",
                    help="also profile one step per row (torch.profiler): kernel time, span, streams")
     args = p.parse_args(argv)
@@ -413,8 +457,12 @@ def main(argv=None):
                                  "error": getattr(peers, err or "", f"provider {q} not loaded")})
                     continue
                 variants.append((q, lambda q=q: peer_variant(peers, q, sub, h)))
-            for name, make in variants:
-                row = measure(name, mode, make, sub, h, args)
+            if args.interleave:
+                measured = measure_interleaved(variants, mode, sub, h, args)
+            else:
+                measured = (measure(name, mode, make, sub, h, args) for name, make in variants)
+            for row in measured:
+                name = row["variant"]
                 rows.append(row)
                 print(f"  C={C} {mode:7s} {name:14s} " + (f"{row['ms']:.3f} ms" if "ms" in row
                                                           else f"error: {row['error'][:100]}"), flush=True)

@@ -31,6 +31,16 @@ def test_block_bench_smoke(tmp_path):
     assert table[1].split()[:3] == ["C", "mode", "variant"] and len(table) == 2 + len(rows)
 
 
+def test_block_bench_interleaved_smoke(tmp_path):
+    out = tmp_path / "block.json"
+    run("bench/block_bench.py", "--smoke", "--json", str(out), "--peers", "none",
+        "--providers", "", "--interleave", "3")
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["plain", "mhc", "mhc_recompute"]
+    for r in rows:     # every variant timed in each of the 3 rounds
+        assert len(r["ms_rounds"]) == 3 and r["ms"] > 0 and "interleaved" in r["timer"], r
+
+
 def test_stability_study_smoke_and_plots(tmp_path):
     out = tmp_path / "stability.json"
     run("examples/stability_study.py", "--smoke", "--json", str(out))
