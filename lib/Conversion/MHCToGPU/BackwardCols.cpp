@@ -290,7 +290,7 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
   // Pass 1, per n8 tile: the products (dm @ fn into registers, dfn += dm^T x).
   SmallVector<SmallVector<Value>> accs; // dm @ fn: [nt * MT + mt][4]
   for (int64_t nt = 0; nt < NTW; ++nt) {
-    Value kB = add(tileColumn(nt), g); // the k-column of this thread's B fragments
+    Value kB = add(tileColumn(nt), g); // this thread's B fragments' k-column
     ArrayRef<std::array<Value, 4>> bFn = fnFragments[nt];
     for (int64_t mt = 0; mt < MT; ++mt) {
       SmallVector<Value> acc(4, cf(0.0));
