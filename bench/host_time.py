@@ -10,8 +10,10 @@ speed of the host: the time per iteration is the host time. Measured, per sublay
     (backward) through PyTorch's custom-op dispatcher (what torch.compile'd code calls);
   * ``direct``: the same four ops through ops.DirectOps (the Python steps' eager path);
   * ``module``: HyperConnection(n, C, nn.Identity()) forward, and forward + backward, with
-    recompute off and on; ``plain``: x + Identity(x) forward + backward, the autograd cost any
-    residual block pays (subtract it to get what mHC adds);
+    recompute off and on; ``module.two_in_a_row``: two of them one after the other (on the C++
+    path the second is chained: the steady state of a model); ``plain``: x + Identity(x)
+    forward, and forward + backward, the autograd cost any residual block pays (subtract it to get
+    what mHC adds); ``torch.one_add``: one PyTorch op (this host's cost of a launch);
   * a cProfile of the module's forward + backward (the 25 functions with the most own time), with
     autograd's backward in the calling thread so that the profile sees it.
 
@@ -84,6 +86,10 @@ def main(argv=None):
 
     xg = x.clone().requires_grad_()
     record("plain.forward_backward", lambda: (xg + xg).backward(dxn))
+    # What one PyTorch op and a plain residual's forward cost on this host (to read the rest by).
+    record("torch.one_add", lambda: torch.add(y, y))
+    record("plain.forward", lambda: xg + xg)
+    hc2 = HyperConnection(n, C, nn.Identity(), backend="cuda", recompute=False).to(dev)
     for path in ("native", "python"):
         if path == "native" and not out["native"]:
             continue
@@ -102,6 +108,9 @@ def main(argv=None):
                 record(f"{tag}.forward", lambda: hc(xg))
                 record(f"{tag}.forward_backward", lambda: hc(xg).backward(dxn))
             hc.recompute = False
+            # Two HyperConnections in a row: on the C++ path the second is chained (the first's
+            # post kernel computes its mix), as every sublayer after the first in a model.
+            record(f"{path}.module.two_in_a_row.forward", lambda: hc2(hc(xg)))
             # The backward normally runs on autograd's device thread: here in the calling
             # thread too (the profile below needs that).
             with torch.autograd.set_multithreading_enabled(False):
