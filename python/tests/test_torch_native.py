@@ -45,9 +45,25 @@ def leaf(t):
     return t.clone().requires_grad_()
 
 
-def test_signatures_match_the_python_table(built):
-    for op, (args, results) in OP_BUFFERS.items():
-        assert built.signature(op) == [list(args), list(results)]
+def test_results_follow_the_layout_table(built, handle):
+    """The C++ side allocates from kernels.BUFFER_LAYOUT (handed over by native.load), the Python
+    launch path too (allocate_results): both must give what the ops themselves return (their
+    reference implementations on the CPU, written op by op)."""
+    T, M = 8, N * N + 2 * N
+    x, fn, scale, base = inputs(T=T)
+    given = dict(x=x, fn=fn, scale=scale, base=base, y=torch.randn(T, C).bfloat16(),
+                 du=torch.randn(T, C).bfloat16(), dx_next=torch.randn(T, N, C).bfloat16(),
+                 post=torch.rand(T, N), comb=torch.rand(T, N, N), mix=torch.randn(T, M),
+                 dpost=torch.randn(T, N), dcomb=torch.randn(T, N, N))
+    attrs = {"hc_pre": ATTRS, "hc_pre_backward": ATTRS}
+    for op in kernels.TRAINING_OPS:
+        args = [given[name] for name in OP_BUFFERS[op][0]]
+        expected = getattr(torch.ops.mhc, op)(*args, *attrs.get(op, ()))
+        expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+        for path, results in (("C++", built.run_op(handle, op, args)),
+                              ("Python", kernels.allocate_results(op, args))):
+            got = [(tuple(r.shape), r.dtype) for r in results]
+            assert got == [(tuple(e.shape), e.dtype) for e in expected], (op, path)
 
 
 def test_bad_arguments_get_clear_errors(built, handle):

@@ -38,7 +38,8 @@ Manifest (``manifest.json``, schema ``mhc.torch.kernels/1``)
   descriptor per name in buffers)`` (docs/GPU.md), T = number of tokens.
 * Buffer names are the op's arguments and results (``OP_BUFFERS``) or the op's ``scratch`` names.
   Results are allocated by PyTorch (``torch.empty``, or zeros when listed in ``zero``), shapes and
-  dtypes fixed by the op (the fake implementations); every result must appear in some launch.
+  dtypes fixed by the op (``BUFFER_LAYOUT``, the fake implementations' too); every result must
+  appear in some launch.
 * Scratch shapes are lists of ints or symbols: ``T``, ``n``, ``C``, ``M`` (= n*n + 2n), ``nC``,
   ``blocks:K`` (= max(ceil(T / K), 1)); dtypes ``f32 f64 f16 bf16 i32 i64`` or ``x`` (x's dtype).
 * Grid x is ``max(ceil(T / tokens_per_block), 1)`` (T = 0 still launches one block, which writes
@@ -86,6 +87,18 @@ OP_BUFFERS = {   # (arguments, results) of each op, in schema order
     # computed, and post_res fused with the next sublayer's norm_project (fn_next: its fn).
     "hc_pre_mixed": (("x", "mix", "scale", "base"), ("u", "post", "comb")),
     "hc_post_project": (("y", "x", "post", "comb", "fn_next"), ("x_next", "mix_next")),
+}
+# Every buffer name's shape, relative to x [lead..., n, C] (X: [lead, n, C], Y: [lead, C], P:
+# [lead, n], CB: [lead, n, n], MIX: [lead, M], FN: [M, n*C], SC: [3], B: [M]; M = n*n + 2n), and
+# dtype (A: x's, F: the coefficients' f32). The one table of the ops' shapes: results are allocated
+# from it (allocate_results), and the C++ launch path receives it (native.signature_table).
+BUFFER_LAYOUT = {
+    "x": ("X", "A"), "x_next": ("X", "A"), "dx": ("X", "A"), "dx_next": ("X", "A"),
+    "y": ("Y", "A"), "u": ("Y", "A"), "du": ("Y", "A"), "dy": ("Y", "A"),
+    "post": ("P", "F"), "dpost": ("P", "F"), "comb": ("CB", "F"), "dcomb": ("CB", "F"),
+    "mix": ("MIX", "F"), "mix_next": ("MIX", "F"),
+    "fn": ("FN", "F"), "fn_next": ("FN", "F"), "dfn": ("FN", "F"),
+    "scale": ("SC", "F"), "dscale": ("SC", "F"), "base": ("B", "F"), "dbase": ("B", "F"),
 }
 # The ops training needs (mhc.torch's autograd functions); the other two are for the benchmarks.
 TRAINING_OPS = ("hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward")
@@ -353,44 +366,33 @@ def _dim(sym, T, key: KernelKey) -> int:
     return {"T": T, "n": key.n, "C": key.C, "M": key.M, "nC": key.n * key.C}[sym]
 
 
-_X_SECOND = ("hc_post", "hc_post_backward", "hc_post_project")   # ops whose x is argument 1
-
-
 def x_argument(op: str, args):
     """The stream tensor x among an op's arguments (its shape gives T, n and C)."""
-    return args[1] if op in _X_SECOND else args[0]
+    return args[OP_BUFFERS[op][0].index("x")]
+
+
+def buffer_shape(name: str, lead, n: int, C: int):
+    """The shape of buffer `name` (BUFFER_LAYOUT) for x [*lead, n, C]."""
+    M = n * n + 2 * n
+    return {"X": (*lead, n, C), "Y": (*lead, C), "P": (*lead, n), "CB": (*lead, n, n),
+            "MIX": (*lead, M), "FN": (M, n * C), "SC": (3,), "B": (M,)}[BUFFER_LAYOUT[name][0]]
+
+
+def signature_table():
+    """OP_BUFFERS with each buffer's BUFFER_LAYOUT: what native.cpp checks and allocates by."""
+    return [(op, [(name, *BUFFER_LAYOUT[name]) for name in args],
+             [(name, *BUFFER_LAYOUT[name]) for name in results])
+            for op, (args, results) in OP_BUFFERS.items()]
 
 
 def allocate_results(op: str, args):
     """Empty results of `op` for these arguments: the shapes/dtypes of the fake implementations."""
-    if op == "hc_pre":
-        x, fn = args[0], args[1]
-        lead, (n, C), M = x.shape[:-2], x.shape[-2:], fn.shape[0]
-        cd = checks.coefficient_dtype(x)
-        return [x.new_empty(*lead, C), x.new_empty(*lead, n, dtype=cd),
-                x.new_empty(*lead, n, n, dtype=cd), x.new_empty(*lead, M, dtype=cd)]
-    if op == "hc_post":
-        return [torch.empty_like(args[1])]
-    if op == "hc_post_backward":
-        y, _, post, comb = args[:4]
-        return [torch.empty_like(y), torch.empty_like(post), torch.empty_like(comb)]
-    if op == "hc_sublayer_backward":
-        x, y, fn, scale, base = args[:5]
-        return [torch.empty_like(x), torch.empty_like(y), torch.empty_like(fn),
-                torch.empty_like(scale), torch.empty_like(base)]
-    if op == "hc_steady_forward":
-        x, mix, _, _, y, _ = args[:6]
-        return [torch.empty_like(y), torch.empty_like(x), torch.empty_like(mix)]
-    if op == "hc_pre_mixed":
-        x, mix = args[:2]
-        lead, (n, C) = x.shape[:-2], x.shape[-2:]
-        return [x.new_empty(*lead, C), mix.new_empty(*lead, n), mix.new_empty(*lead, n, n)]
-    if op == "hc_post_project":
-        _, x, post, _, fn_next = args[:5]
-        return [torch.empty_like(x), post.new_empty(*x.shape[:-2], fn_next.shape[0])]
-    x, fn, scale, base = args[:4]
-    return [torch.empty_like(x), torch.empty_like(fn), torch.empty_like(scale),
-            torch.empty_like(base)]
+    x = x_argument(op, args)
+    lead, (n, C) = tuple(x.shape[:-2]), x.shape[-2:]
+    cd = checks.coefficient_dtype(x)
+    return [x.new_empty(buffer_shape(name, lead, n, C),
+                        dtype=x.dtype if BUFFER_LAYOUT[name][1] == "A" else cd)
+            for name in OP_BUFFERS[op][1]]
 
 
 class _OpPlan:

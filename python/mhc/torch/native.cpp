@@ -16,7 +16,9 @@
 //     forward nor the backward runs Python; and the chain of consecutive
 //     HyperConnections (post_step computing the next sublayer's mix).
 //
-// Kernel sets are registered once (add_op) and named by an integer handle;
+// The ops' buffers, shapes and dtypes come from kernels.py (set_signatures,
+// once at load), the one table of them. Kernel sets are registered once
+// (add_op) and named by an integer handle;
 // they are never freed (the Python side keeps its kernel sets for the
 // process's life too).
 //
@@ -44,7 +46,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 //===----------------------------------------------------------------------===//
-// Op signatures: kernels.OP_BUFFERS with the shape and dtype of each buffer
+// Op signatures: kernels.OP_BUFFERS with kernels.BUFFER_LAYOUT's shape and
+// dtype of each buffer, handed over once by native.py (set_signatures)
 //===----------------------------------------------------------------------===//
 
 // Shapes relative to x [lead..., n, C]: the stream (X), a channel row (Y), the
@@ -54,119 +57,36 @@ enum class Shape { X, Y, P, CB, MIX, FN, SC, B };
 enum class Dt { A, F };
 
 struct Buffer {
-  const char *name;
+  std::string name;
   Shape shape;
   Dt dtype;
 };
 
 struct Signature {
-  const char *name;
+  std::string name;
   int xIndex; // which argument is x (its shape defines the others)
   std::vector<Buffer> args, results;
 };
 
-const std::vector<Signature> &signatures() {
-  static const std::vector<Signature> table = {
-      {"hc_pre",
-       0,
-       {{"x", Shape::X, Dt::A},
-        {"fn", Shape::FN, Dt::F},
-        {"scale", Shape::SC, Dt::F},
-        {"base", Shape::B, Dt::F}},
-       {{"u", Shape::Y, Dt::A},
-        {"post", Shape::P, Dt::F},
-        {"comb", Shape::CB, Dt::F},
-        {"mix", Shape::MIX, Dt::F}}},
-      {"hc_post",
-       1,
-       {{"y", Shape::Y, Dt::A},
-        {"x", Shape::X, Dt::A},
-        {"post", Shape::P, Dt::F},
-        {"comb", Shape::CB, Dt::F}},
-       {{"x_next", Shape::X, Dt::A}}},
-      {"hc_post_backward",
-       1,
-       {{"y", Shape::Y, Dt::A},
-        {"x", Shape::X, Dt::A},
-        {"post", Shape::P, Dt::F},
-        {"comb", Shape::CB, Dt::F},
-        {"dx_next", Shape::X, Dt::A}},
-       {{"dy", Shape::Y, Dt::A},
-        {"dpost", Shape::P, Dt::F},
-        {"dcomb", Shape::CB, Dt::F}}},
-      {"hc_pre_backward",
-       0,
-       {{"x", Shape::X, Dt::A},
-        {"fn", Shape::FN, Dt::F},
-        {"scale", Shape::SC, Dt::F},
-        {"base", Shape::B, Dt::F},
-        {"mix", Shape::MIX, Dt::F},
-        {"du", Shape::Y, Dt::A},
-        {"dpost", Shape::P, Dt::F},
-        {"dcomb", Shape::CB, Dt::F},
-        {"dx_next", Shape::X, Dt::A}},
-       {{"dx", Shape::X, Dt::A},
-        {"dfn", Shape::FN, Dt::F},
-        {"dscale", Shape::SC, Dt::F},
-        {"dbase", Shape::B, Dt::F}}},
-      {"hc_sublayer_backward",
-       0,
-       {{"x", Shape::X, Dt::A},
-        {"y", Shape::Y, Dt::A},
-        {"fn", Shape::FN, Dt::F},
-        {"scale", Shape::SC, Dt::F},
-        {"base", Shape::B, Dt::F},
-        {"mix", Shape::MIX, Dt::F},
-        {"du", Shape::Y, Dt::A},
-        {"dx_next", Shape::X, Dt::A}},
-       {{"dx", Shape::X, Dt::A},
-        {"dy", Shape::Y, Dt::A},
-        {"dfn", Shape::FN, Dt::F},
-        {"dscale", Shape::SC, Dt::F},
-        {"dbase", Shape::B, Dt::F}}},
-      {"hc_steady_forward",
-       0,
-       {{"x", Shape::X, Dt::A},
-        {"mix", Shape::MIX, Dt::F},
-        {"scale", Shape::SC, Dt::F},
-        {"base", Shape::B, Dt::F},
-        {"y", Shape::Y, Dt::A},
-        {"fn", Shape::FN, Dt::F}},
-       {{"u", Shape::Y, Dt::A},
-        {"x_next", Shape::X, Dt::A},
-        {"mix_next", Shape::MIX, Dt::F}}},
-      {"hc_pre_mixed",
-       0,
-       {{"x", Shape::X, Dt::A},
-        {"mix", Shape::MIX, Dt::F},
-        {"scale", Shape::SC, Dt::F},
-        {"base", Shape::B, Dt::F}},
-       {{"u", Shape::Y, Dt::A},
-        {"post", Shape::P, Dt::F},
-        {"comb", Shape::CB, Dt::F}}},
-      {"hc_post_project",
-       1,
-       {{"y", Shape::Y, Dt::A},
-        {"x", Shape::X, Dt::A},
-        {"post", Shape::P, Dt::F},
-        {"comb", Shape::CB, Dt::F},
-        {"fn_next", Shape::FN, Dt::F}},
-       {{"x_next", Shape::X, Dt::A}, {"mix_next", Shape::MIX, Dt::F}}},
-  };
+std::vector<Signature> &signatures() {
+  static std::vector<Signature> table;
   return table;
 }
 
+// The ops the autograd steps below launch, by name (their index in the
+// table once it is set).
 enum Op {
   kPre,
   kPost,
   kPostBackward,
   kPreBackward,
-  kSublayerBackward,
-  kSteadyForward,
   kPreMixed,
   kPostProject,
-  kNumOps
+  kNumStepOps
 };
+constexpr const char *kStepOpNames[kNumStepOps] = {
+    "hc_pre",          "hc_post",      "hc_post_backward",
+    "hc_pre_backward", "hc_pre_mixed", "hc_post_project"};
 
 int opIndex(const std::string &name) {
   const auto &table = signatures();
@@ -174,6 +94,52 @@ int opIndex(const std::string &name) {
     if (name == table[i].name)
       return int(i);
   TORCH_CHECK_VALUE(false, "mhc native: unknown op ", name);
+}
+
+std::array<int, kNumStepOps> stepOps; // Op -> index in signatures()
+
+// ops: (name, args, results), each buffer (name, shape code, dtype code) as
+// kernels.BUFFER_LAYOUT spells them. Once per process (native.load): the
+// table is kernels.py's constants.
+using BufferLayout = std::tuple<std::string, std::string, std::string>;
+using OpLayout = std::tuple<std::string, std::vector<BufferLayout>,
+                            std::vector<BufferLayout>>;
+
+void setSignatures(const std::vector<OpLayout> &ops) {
+  static const std::unordered_map<std::string, Shape> shapes = {
+      {"X", Shape::X},   {"Y", Shape::Y},     {"P", Shape::P},
+      {"CB", Shape::CB}, {"MIX", Shape::MIX}, {"FN", Shape::FN},
+      {"SC", Shape::SC}, {"B", Shape::B}};
+  auto buffers = [&](const std::string &op,
+                     const std::vector<BufferLayout> &list) {
+    std::vector<Buffer> out;
+    for (const BufferLayout &layout : list) {
+      const std::string &name = std::get<0>(layout);
+      const std::string &shape = std::get<1>(layout);
+      const std::string &dtype = std::get<2>(layout);
+      auto it = shapes.find(shape);
+      TORCH_CHECK_VALUE(it != shapes.end() && (dtype == "A" || dtype == "F"),
+                        "mhc native: ", op, ": buffer ", name, " has layout (",
+                        shape, ", ", dtype, ")");
+      out.push_back({name, it->second, dtype == "A" ? Dt::A : Dt::F});
+    }
+    return out;
+  };
+  std::vector<Signature> table;
+  for (const OpLayout &op : ops) {
+    const std::string &name = std::get<0>(op);
+    Signature sig{name, -1, buffers(name, std::get<1>(op)),
+                  buffers(name, std::get<2>(op))};
+    for (size_t i = 0; i < sig.args.size(); ++i)
+      if (sig.args[i].name == "x")
+        sig.xIndex = int(i);
+    TORCH_CHECK_VALUE(sig.xIndex >= 0, "mhc native: ", name,
+                      " has no argument x");
+    table.push_back(std::move(sig));
+  }
+  signatures() = std::move(table);
+  for (int op = 0; op < kNumStepOps; ++op)
+    stepOps[size_t(op)] = opIndex(kStepOpNames[op]);
 }
 
 //===----------------------------------------------------------------------===//
@@ -217,7 +183,7 @@ struct KernelSet {
   LaunchFlatFn launchFlat;
   ErrorMessageFn errorMessage;
   ClearErrorFn clearError;
-  std::array<std::unique_ptr<OpPlan>, kNumOps> ops;
+  std::vector<std::unique_ptr<OpPlan>> ops; // by index in signatures()
 };
 
 std::mutex setsMutex;
@@ -256,6 +222,7 @@ int64_t newKernelSet(int64_t n, int64_t C, const std::string &dtype,
   ks.launchFlat = reinterpret_cast<LaunchFlatFn>(launchFlat);
   ks.errorMessage = reinterpret_cast<ErrorMessageFn>(errorMessage);
   ks.clearError = reinterpret_cast<ClearErrorFn>(clearError);
+  ks.ops.resize(signatures().size());
   return int64_t(sets.size() - 1);
 }
 
@@ -450,19 +417,15 @@ std::vector<Tensor> runOp(const KernelSet &ks, int op,
   return buffers;
 }
 
+// runOp of one of the ops the autograd steps launch.
+std::vector<Tensor> runStep(const KernelSet &ks, Op op,
+                            const std::vector<Tensor> &args) {
+  return runOp(ks, stepOps[size_t(op)], args);
+}
+
 std::vector<Tensor> runOpByName(int64_t handle, const std::string &name,
                                 const std::vector<Tensor> &args) {
   return runOp(kernelSet(handle), opIndex(name), args);
-}
-
-std::vector<std::vector<std::string>> signatureNames(const std::string &name) {
-  const Signature &sig = signatures()[size_t(opIndex(name))];
-  std::vector<std::vector<std::string>> out(2);
-  for (const Buffer &b : sig.args)
-    out[0].push_back(b.name);
-  for (const Buffer &b : sig.results)
-    out[1].push_back(b.name);
-  return out;
 }
 
 //===----------------------------------------------------------------------===//
@@ -520,10 +483,10 @@ struct PreStep : torch::autograd::Function<PreStep> {
     const KernelSet &ks = kernelSet(handle);
     Tensor u, post, comb, mix;
     if (mixIn) {
-      auto r = runOp(ks, kPreMixed, {x, *mixIn, scale, base});
+      auto r = runStep(ks, kPreMixed, {x, *mixIn, scale, base});
       u = r[0], post = r[1], comb = r[2], mix = *mixIn;
     } else {
-      auto r = runOp(ks, kPre, {x, fn, scale, base});
+      auto r = runStep(ks, kPre, {x, fn, scale, base});
       u = r[0], post = r[1], comb = r[2], mix = r[3];
     }
     ctx->save_for_backward({x, fn, scale, base, mix});
@@ -554,7 +517,7 @@ struct PreStep : torch::autograd::Function<PreStep> {
     // norm_project of x with fn either way, and hc_pre_backward differentiates
     // through it.
     auto r =
-        runOp(ks, kPreBackward,
+        runStep(ks, kPreBackward,
               {x, saved[1], saved[2], saved[3], mix, du, dpost, dcomb, dxNext});
     return {r[0], r[1], r[2], r[3], Tensor(), Tensor()};
   }
@@ -576,12 +539,12 @@ struct PostStep : torch::autograd::Function<PostStep> {
     const KernelSet &ks = kernelSet(handle);
     variable_list out;
     if (fnNext) {
-      auto r = runOp(ks, kPostProject, {y, x, post, comb, *fnNext});
+      auto r = runStep(ks, kPostProject, {y, x, post, comb, *fnNext});
       ctx->mark_non_differentiable(
           {r[1]}); // the next pre_step's input, not trained
       out = {r[0], r[1]};
     } else {
-      out = {runOp(ks, kPost, {y, x, post, comb})[0]};
+      out = {runStep(ks, kPost, {y, x, post, comb})[0]};
     }
     ctx->saved_data["ks"] = handle;
     ctx->saved_data["slot"] = recompute ? uSlot : int64_t(-1);
@@ -606,8 +569,8 @@ struct PostStep : torch::autograd::Function<PostStep> {
       comb = saved[3];
     } else {
       auto r = ctx->saved_data["mixed"].toBool()
-                   ? runOp(ks, kPreMixed, {x, saved[2], saved[4], saved[5]})
-                   : runOp(ks, kPre, {x, saved[3], saved[4], saved[5]});
+                   ? runStep(ks, kPreMixed, {x, saved[2], saved[4], saved[5]})
+                   : runStep(ks, kPre, {x, saved[3], saved[4], saved[5]});
       post = r[1];
       comb = r[2];
       if (slot > 0)
@@ -615,7 +578,7 @@ struct PostStep : torch::autograd::Function<PostStep> {
     }
     Tensor dxNext =
         grads[0].defined() ? grads[0].contiguous() : at::zeros_like(x);
-    auto r = runOp(ks, kPostBackward, {y, x, post, comb, dxNext});
+    auto r = runStep(ks, kPostBackward, {y, x, post, comb, dxNext});
     // No gradient for x here: dx_next goes through the link to pre_step,
     // which computes all of dx. None for fnNext either: the next sublayer's
     // backward computes its fn's whole gradient from the mix it was given.
@@ -654,10 +617,10 @@ bool builtWithCuda() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mhc.torch's C++ launch path and HyperConnection autograd steps "
             "(mhc/torch/native.py)";
+  m.def("set_signatures", &setSignatures);
   m.def("new_kernel_set", &newKernelSet);
   m.def("add_op", &addOp);
   m.def("run_op", &runOpByName);
-  m.def("signature", &signatureNames);
   m.def("pre_step", &preStep);
   m.def("post_step", &postStep);
   m.def("built_with_cuda", &builtWithCuda);

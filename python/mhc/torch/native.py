@@ -91,7 +91,10 @@ def load():
     with _LOCK:
         if _MODULE is None and _FAILURE is None:
             try:
-                _MODULE = _compile()
+                from .kernels import signature_table
+                module = _compile()
+                module.set_signatures(signature_table())   # the ops' buffers, shapes, dtypes
+                _MODULE = module
             except Exception as e:  # noqa: BLE001 - any build problem: fall back, say why
                 _FAILURE = _reason(e)
                 if mode() == "on":
@@ -119,7 +122,6 @@ def _address(function) -> int:
 
 def register(kernel_set) -> int:
     """Registers a loaded kernels.KernelSet with the C++ side; returns its handle."""
-    from .kernels import OP_BUFFERS
     native = load()
     lib = kernel_set.runtime.lib
     key = kernel_set.key
@@ -128,9 +130,6 @@ def register(kernel_set) -> int:
         _address(lib.mhcRuntimeGetErrorMessage), _address(lib.mhcRuntimeClearError))
     symbols = {"n": key.n, "C": key.C, "M": key.M, "nC": key.n * key.C, "T": -1}
     for op, plan in kernel_set.plans.items():
-        args, results = OP_BUFFERS[op]
-        if native.signature(op) != [list(args), list(results)]:
-            raise RuntimeError(f"mhc native: the C++ signature of {op} differs from OP_BUFFERS")
         launches = [(function, tpb or 0, gx or 0, gy, gz, *block, smem, idx)
                     for function, tpb, gx, gy, gz, block, smem, idx, _, _ in plan.launches]
         scratch = []
