@@ -11,9 +11,12 @@ process (T = 16384 tokens, n = 4, bf16; C from --Cs).
   launched from the kernel cache of mhc.torch (manifest-driven, on torch's stream).
 * peers (../shared/peers, carried as .peers): `load.SUBLAYER[provider](x, y, fn, scale, base)`
   -> (u, x_next) with requires_grad inputs, then backward with the same cotangents (du, dx_next).
-* floors (bytes read + written per token, elements of C, bf16): forward 28C (spec section 7);
-  backward rows 11C (dout 4C + x 4C + y + du in, dy out), cols 13C (dout 4C + x 4C + du in, dx 4C
-  out), 24C in all; the time at the measured copy bandwidth is each floor.
+* floors (elements read + written per token, in units of C; bf16: 2 bytes each): forward 14C
+  (x 4C + y in, u out, x 4C in, x_next 4C out: the spec's 28C bytes, section 7); backward rows 11C
+  (dout 4C + x 4C + y + du in, dy out), cols 13C (dout 4C + x 4C + du in, dx 4C out), 24C in all;
+  the time at the measured copy bandwidth is each floor. (Until the sixth session the forward was
+  counted as 28 elements, the spec's byte count, so the forward and forward + backward floors in
+  the results recorded before then are twice too high; rows, cols and backward were right.)
 Timing: CUDA events around each step, three input sets rotated (far over the 60 MB L2), warm-up
 first, median of --iters.
 """
@@ -174,7 +177,7 @@ def main():
     for C in [int(c) for c in a.Cs.split(",")]:
         sets = make_sets(C)
         floors = {k: v * C * 2 * T / bw * 1e3 for k, v in
-                  dict(forward=28, backward=24, rows=11, cols=13, forward_backward=52).items()}
+                  dict(forward=14, backward=24, rows=11, cols=13, forward_backward=38).items()}
         row = out["widths"][str(C)] = dict(floors_ms=floors)
         print(f"C={C}: floors fwd {floors['forward']:.3f} bwd {floors['backward']:.3f} "
               f"(rows {floors['rows']:.3f}, cols {floors['cols']:.3f}) ms", flush=True)
