@@ -195,8 +195,7 @@ void ColsKernelBuilder::loadFnFragments() {
 
 SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
   int64_t n = p.n, M = p.M(), CC = s.chunkColumns, TT = s.tileTokens;
-  int64_t KB = n * CC, W = s.threads / 32;
-  int64_t KW = KB / W, NTW = KW / 8, MT = TT / 16, KS = (M + 15) / 16;
+  int64_t NTW = warpTiles(), MT = TT / 16, KS = (M + 15) / 16;
   int64_t KT = TT / 16, MTM = (M + 15) / 16;
   int64_t XP = tilePitch(), UP = duPitch(), DP = dmPitch();
   Value g = div(lane, 4), q = rem(lane, 4);
@@ -393,7 +392,7 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
 
 void ColsKernelBuilder::emitBody() {
   int64_t n = p.n, M = p.M(), C = p.C, CC = s.chunkColumns, KB = n * CC;
-  int64_t TT = s.tileTokens, S = s.tokenSplits, NTW = KB / (s.threads / 32) / 8;
+  int64_t TT = s.tileTokens, S = s.tokenSplits, NTW = warpTiles();
   int64_t MTM = (M + 15) / 16;
   // fn's slice as the words of the B fragments: word [mp][i*CC + c] holds
   // fn[2mp][i*C + col0 + c] and fn[2mp + 1][..], split into bf16 head and

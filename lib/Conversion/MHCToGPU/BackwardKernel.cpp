@@ -203,10 +203,10 @@ static GroupSchedule defaultSchedule(const BackwardPlan &p) {
     if (cols.threads && colsSharedBytes(p, cols) <= kSharedMemoryLimit)
       break;
   }
-  // One block per SM with all the registers it wants (~220): its next
+  // One block per SM with all the registers it wants (~200): its next
   // tile's loads wait in registers while it computes this one (the software
   // pipeline of BackwardCols.cpp). Two blocks of <= 128 registers spill it
-  // (bench/results/cols-v3-h200.md).
+  // (bench/results/cols-kernel-h200.md).
   cols.blocksPerSM = 1;
   int64_t chunks = (p.C + cols.chunkColumns - 1) / cols.chunkColumns;
   cols.tokenSplits =
