@@ -371,11 +371,16 @@ def x_argument(op: str, args):
     return args[OP_BUFFERS[op][0].index("x")]
 
 
+_SHAPES = {   # BUFFER_LAYOUT's shape codes for x [*lead, n, C], M = n*n + 2n
+    "X": lambda lead, n, C, M: (*lead, n, C), "Y": lambda lead, n, C, M: (*lead, C),
+    "P": lambda lead, n, C, M: (*lead, n), "CB": lambda lead, n, C, M: (*lead, n, n),
+    "MIX": lambda lead, n, C, M: (*lead, M), "FN": lambda lead, n, C, M: (M, n * C),
+    "SC": lambda lead, n, C, M: (3,), "B": lambda lead, n, C, M: (M,)}
+
+
 def buffer_shape(name: str, lead, n: int, C: int):
     """The shape of buffer `name` (BUFFER_LAYOUT) for x [*lead, n, C]."""
-    M = n * n + 2 * n
-    return {"X": (*lead, n, C), "Y": (*lead, C), "P": (*lead, n), "CB": (*lead, n, n),
-            "MIX": (*lead, M), "FN": (M, n * C), "SC": (3,), "B": (M,)}[BUFFER_LAYOUT[name][0]]
+    return _SHAPES[BUFFER_LAYOUT[name][0]](lead, n, C, n * n + 2 * n)
 
 
 def signature_table():
