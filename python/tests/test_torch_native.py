@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mhc.torch import build_native, kernels, native
+from mhc.torch import build_native, kernels, modules, native
 from mhc.torch.kernels import KernelSet, OP_BUFFERS
 from mhc.torch.modules import HyperConnection
 
@@ -90,7 +90,7 @@ def test_bad_arguments_get_clear_errors(built, handle):
 
 def _forward(built, handle, T, recompute, slot_id=0):
     x, fn, scale, base = (leaf(t) for t in inputs(T))
-    u, post, comb, mix, link = built.pre_step(x, fn, scale, base, None, handle)
+    u, post, comb, mix, link = built.pre_step(x, fn, scale, base, None, handle, not recompute)
     y = (u * 2).contiguous()
     (x_next,) = built.post_step(y, x, link, post, comb, mix, fn, scale, base, None, handle, False,
                                 recompute, slot_id)
@@ -128,6 +128,29 @@ def test_steps_forward_and_backward(built, handle, mock, recompute):  # noqa: F8
     assert x.grad.data_ptr() == dxk["buffers"][8][0]   # dx is hc_pre_backward's, nothing added
     assert red["buffers"][1] == ptr(fn.grad)
     assert scale.grad.shape == (3,) and base.grad.shape == (24,)
+
+
+def storage(t):
+    return t.untyped_storage().data_ptr()
+
+
+def disjoint(*tensors):
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in tensors)
+    return all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_steps_allocate_together_what_dies_together(built, handle, recompute):
+    """pre_step's results come from one allocation (host time): the per-token coefficients
+    always, u too without recomputation (which must be able to free u alone); the dx link is a
+    zero-stride tensor over mix's storage and allocates nothing."""
+    (x, *_), (u, post, comb, mix, link), x_next = _forward(built, handle, 8, recompute)
+    assert storage(post) == storage(comb) == storage(mix) == storage(link)
+    assert (storage(u) == storage(mix)) == (not recompute)
+    assert disjoint(u, post, comb, mix)
+    assert link.shape == x.shape and link.dtype == x.dtype and link.stride() == (0, 0, 0)
+    assert storage(x_next) not in (storage(u), storage(mix))
+    assert [t.is_contiguous() for t in (u, post, comb, mix, x_next)] == [True] * 5
 
 
 def test_recomputed_u_is_handed_over_once(built, handle, mock):  # noqa: F811
@@ -264,6 +287,10 @@ def test_chain_is_learnt_then_used(chain_set, mock):  # noqa: F811
     assert kernel_names(mock) == ["pre_norm", "pre_apply", "post_project", "pre_mixed", "post"]
     project, mixed = launches(mock)[2], launches(mock)[3]
     assert project["buffers"][4] == ptr(h2.fn)          # fn_next is the next layer's fn
+    # x_next and the mix made for the next layer: one allocation (both live until the backward)
+    x1 = h1._forward_native(chain_set, x, *h1._params(x))
+    mix_next = x1._mhc_chain[2]
+    assert storage(x1) == storage(mix_next) and disjoint(x1, mix_next)
     assert mixed["buffers"][0] == project["buffers"][6]  # pre_mixed reads the mix it wrote
     mock.mock_clear_log()
     out.backward(torch.randn_like(out))
@@ -364,3 +391,29 @@ def test_chain_skips_a_successor_whose_fn_is_not_a_plain_tensor(chain_set, mock)
         mock.mock_clear_log()
         h1._forward_native(chain_set, x, *h1._params(x))
     assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"]
+
+
+def test_forward_fast_path_and_its_fall_backs(plain_set, mock, monkeypatch):  # noqa: F811
+    """From the second call on, HyperConnection.forward goes straight to the C++ steps for a
+    shape it has run there (modules._NATIVE_SETS, filled on CUDA by the general path; set by hand
+    here); what the fast path cannot take goes to the general path, which checks x and picks the
+    backend (and on the CPU refuses backend='cuda': how the fall-back shows here)."""
+    hc = HyperConnection(N, C, nn.Identity(), backend="cuda", recompute=False)
+    x = leaf(inputs(8)[0])
+    monkeypatch.setitem(modules._NATIVE_SETS, (N, C, hc.attrs, x.dtype, x.get_device()), plain_set)
+    mock.mock_clear_log()
+    x_next = hc(x)
+    assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"] and x_next.shape == x.shape
+    not_contiguous = torch.empty(N, 8, C, dtype=x.dtype).transpose(0, 1)
+    with pytest.raises(ValueError, match="x is not contiguous"):
+        hc(not_contiguous)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        hc(x.float())                               # no entry for f32 x
+    with native.python_path(), pytest.raises(ValueError, match="needs CUDA tensors"):
+        hc(x)
+    hc.backend = "reference"
+    assert hc(x).shape == x.shape                   # the reference math, on the CPU
+    hc.backend = "cuda"
+    hc.to(torch.float64)                            # parameters not f32: the general path
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        hc(x)

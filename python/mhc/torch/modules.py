@@ -83,6 +83,10 @@ def _cuda_kernels_available(n: int, C: int, dtype: str) -> bool:
     return False
 
 
+# (n, C, Sinkhorn attributes, x's dtype, device index) -> the KernelSet HyperConnection's C++
+# path has run for it: HyperConnection.forward's fast path.
+_NATIVE_SETS: dict = {}
+
 # HyperConnection -> weakref to the HyperConnection its output fed last (chaining, _chained_mix).
 # Outside the modules, so that pickling and copying a model never sees it.
 _SUCCESSOR = weakref.WeakKeyDictionary()
@@ -276,7 +280,7 @@ class HyperConnection(nn.Module):
             raise ValueError(f"HyperConnection: x is on {x.device}, the parameters on {self.scale.device}")
 
     def _check_output(self, y, x):
-        if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape[:-2]) + (self.C,):
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape[:-2] + (self.C,):
             shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(f"HyperConnection: the sublayer must return [..., C] = "
                              f"{tuple(x.shape[:-2]) + (self.C,)}, got {shape}")
@@ -287,6 +291,19 @@ class HyperConnection(nn.Module):
         return cast(self.fn), cast(self.scale), cast(self.base)
 
     def forward(self, x, *args, **kwargs):
+        # The fast path (a model's steady state, where host time matters): a shape this class
+        # has already run on the C++ path, x as the kernels want it, f32 parameters. Anything
+        # else takes the general path below, which checks x and picks the backend.
+        if (not torch.compiler.is_compiling() and self.mode == "mhc"
+                and self.backend != "reference" and not native.suspended
+                and type(x) is torch.Tensor):
+            ks = _NATIVE_SETS.get((self.n, self.C, self.attrs, x.dtype, x.get_device()))
+            if ks is not None and x.shape[-2:] == (self.n, self.C) and x.is_contiguous():
+                p = self._parameters      # not self.fn: nn.Module.__getattr__ is slow
+                fn, scale, base = p.get("fn"), p.get("scale"), p.get("base")
+                if (fn is not None and scale is not None and base is not None
+                        and fn.dtype == scale.dtype == base.dtype == torch.float32):
+                    return self._forward_native(ks, x, fn, scale, base, *args, **kwargs)
         self._check_input(x)
         if self.mode == "hc":
             return self._forward_hc(x, *args, **kwargs)
@@ -295,6 +312,8 @@ class HyperConnection(nn.Module):
         if backend == "cuda" and x.is_cuda and not torch.compiler.is_compiling():
             ks = _native_kernel_set(x, self.attrs)
             if ks is not None:
+                if fn.dtype == torch.float32:     # the fast path's entry for this shape
+                    _NATIVE_SETS[(self.n, self.C, self.attrs, x.dtype, x.get_device())] = ks
                 return self._forward_native(ks, x, fn, scale, base, *args, **kwargs)
         with _no_autocast(x):
             u, post, comb, mix, link = _PreStep.apply(x, fn, scale, base, backend, self.attrs)
@@ -318,7 +337,9 @@ class HyperConnection(nn.Module):
             with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
                 y = self.sublayer(u, *args, **kwargs)
         self._check_output(y, x)
-        return y.to(x.dtype).contiguous()
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        return y if y.is_contiguous() else y.contiguous()
 
     def _forward_native(self, ks, x, fn, scale, base, *args, **kwargs):
         """forward() with the steps in C++ (mhc.torch.native: the same kernels, the same autograd
@@ -328,7 +349,8 @@ class HyperConnection(nn.Module):
         # Inference tensors have no version counter: no chaining under torch.inference_mode().
         chain = ks.chains and not (torch.is_inference_mode_enabled() or x.is_inference())
         mix_in = self._chained_mix(x, fn) if chain else None
-        u, post, comb, mix, link = steps.pre_step(x, fn, scale, base, mix_in, handle)
+        u, post, comb, mix, link = steps.pre_step(x, fn, scale, base, mix_in, handle,
+                                                  not self.recompute)
         if self.record_coefficients:
             self.last_res = comb.detach()
         slot = hooks = None
@@ -336,16 +358,15 @@ class HyperConnection(nn.Module):
             slot = steps.USlot()
             hooks = _URecompute(u, (x, fn, scale, base), "cuda", self.attrs, slot)
         y = self._sublayer(u, x, hooks, args, kwargs)
-        successor = self._successor(x) if chain else None
-        out = steps.post_step(y, x, link, post, comb, mix, fn, scale, base,
-                               None if successor is None else successor.fn, handle,
-                               mix_in is not None, self.recompute,
-                               slot.id if slot is not None else 0)
+        successor, fn_next = self._successor(x) if chain else (None, None)
+        out = steps.post_step(y, x, link, post, comb, mix, fn, scale, base, fn_next, handle,
+                              mix_in is not None, self.recompute,
+                              slot.id if slot is not None else 0)
         x_next = out[0]
         if chain:
             x_next._mhc_chain = ((weakref.ref(self), None, None, None, None) if successor is None
                                  else (weakref.ref(self), weakref.ref(successor), out[1],
-                                       successor.fn._version, x_next._version))
+                                       fn_next._version, x_next._version))
         return x_next
 
     # Chaining consecutive HyperConnections (the C++ path only). When the output of one is the
@@ -373,16 +394,18 @@ class HyperConnection(nn.Module):
         return None
 
     def _successor(self, x):
-        """The next HyperConnection when its mix can be computed here, else None."""
+        """(the next HyperConnection, its fn) when its mix can be computed here, else Nones."""
         ref = _SUCCESSOR.get(self)
         nxt = ref() if ref is not None else None
         if (nxt is None or nxt.mode != "mhc" or nxt.n != self.n or nxt.C != self.C
-                or nxt.attrs != self.attrs or nxt.backend == "reference"
-                # a plain tensor: e.g. not an FSDP2 DTensor shard of a block not yet gathered
-                or type(nxt.fn) not in (nn.Parameter, torch.Tensor)
-                or nxt.fn.dtype != torch.float32 or nxt.fn.device != x.device):
-            return None
-        return nxt
+                or nxt.attrs != self.attrs or nxt.backend == "reference"):
+            return None, None
+        fn = nxt.fn
+        # a plain tensor: e.g. not an FSDP2 DTensor shard of a block not yet gathered
+        if (type(fn) not in (nn.Parameter, torch.Tensor) or fn.dtype != torch.float32
+                or fn.device != x.device):
+            return None, None
+        return nxt, fn
 
     # Plain HC (spec 5b), the parametrisation of mhc-opt's --mhc-hyperconnect mode=hc.
     def _forward_hc(self, x, *args, **kwargs):

@@ -30,6 +30,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <deque>
@@ -345,8 +346,86 @@ void *currentStream(const Tensor &x) {
   return nullptr; // CPU tensors: only the mock runtime takes them (tests)
 }
 
+// A tensor over `block`'s storage, made directly rather than through the
+// dispatcher (a view op or an allocation costs ~1-2 us of host time each):
+// `shape` contiguous from `byteOffset`, or with `strides` where given.
+Tensor pieceOf(const Tensor &block, int64_t byteOffset, c10::IntArrayRef shape,
+               at::ScalarType dtype, c10::IntArrayRef strides = {}) {
+  auto meta = caffe2::TypeMeta::fromScalarType(dtype);
+  Tensor t = at::detail::make_tensor<c10::TensorImpl>(
+      c10::Storage(block.storage()), block.key_set(), meta);
+  c10::TensorImpl *impl = t.unsafeGetTensorImpl();
+  impl->set_storage_offset(byteOffset / int64_t(meta.itemsize()));
+  if (strides.empty())
+    impl->set_sizes_contiguous(shape);
+  else
+    impl->set_sizes_and_strides(shape, strides);
+  return t;
+}
+
+// How an op call's results are allocated from PyTorch's caching allocator
+// (each allocation costs ~2 us of host time, more than the launch). Buffers
+// allocated together live as long as the longest-lived of them, so only
+// buffers that die together anyway are grouped.
+enum class Grouping {
+  Separate,     // one allocation per result (the custom ops: results a user holds)
+  Coefficients, // the per-token f32 coefficients in one, each activation or
+                // parameter gradient alone (the autograd steps)
+  All,          // everything in one (steps whose results all live until the
+                // backward)
+};
+
+bool isCoefficient(const Buffer &b) {
+  return b.dtype == Dt::F &&
+         (b.shape == Shape::P || b.shape == Shape::CB || b.shape == Shape::MIX);
+}
+
+// The buffers `shapes`/`dtypes` (zero-filled where `zero`), buffer i in
+// allocation group[i]: a group of one is a plain at::empty, a larger one is
+// one allocation with each buffer at a 256-byte aligned offset.
+std::vector<Tensor> allocate(const Tensor &x,
+                             const std::vector<std::vector<int64_t>> &shapes,
+                             const std::vector<at::ScalarType> &dtypes,
+                             const std::vector<bool> &zero,
+                             const std::vector<int> &group) {
+  constexpr int64_t kAlign = 256;
+  const size_t count = shapes.size();
+  const size_t groups =
+      count ? size_t(*std::max_element(group.begin(), group.end())) + 1 : 0;
+  std::vector<int64_t> offset(count), groupBytes(groups, 0), members(groups, 0);
+  for (size_t i = 0; i < count; ++i) {
+    int64_t bytes = int64_t(c10::elementSize(dtypes[i]));
+    for (int64_t d : shapes[i])
+      bytes *= d;
+    size_t g = size_t(group[i]);
+    offset[i] = groupBytes[g];
+    groupBytes[g] += (bytes + kAlign - 1) / kAlign * kAlign;
+    ++members[g];
+  }
+  std::vector<Tensor> blocks(groups), out(count);
+  for (size_t i = 0; i < count; ++i) {
+    size_t g = size_t(group[i]);
+    if (members[g] == 1) {
+      auto options = x.options().dtype(dtypes[i]);
+      out[i] = zero[i] ? at::zeros(shapes[i], options)
+                       : at::empty(shapes[i], options);
+      continue;
+    }
+    if (!blocks[g].defined())
+      blocks[g] = at::empty({groupBytes[g]}, x.options().dtype(at::kByte));
+    out[i] = pieceOf(blocks[g], offset[i], shapes[i], dtypes[i]);
+    if (zero[i])
+      out[i].zero_();
+  }
+  return out;
+}
+
+// One op: checks its arguments, allocates its results (grouped as asked)
+// and its scratch (in one allocation: it dies with the call), launches its
+// kernels on PyTorch's current stream.
 std::vector<Tensor> runOp(const KernelSet &ks, int op,
-                          const std::vector<Tensor> &args) {
+                          const std::vector<Tensor> &args,
+                          Grouping grouping = Grouping::Separate) {
   const Signature &sig = signatures()[size_t(op)];
   const OpPlan *plan = ks.ops[size_t(op)].get();
   TORCH_CHECK(plan, "mhc::", sig.name,
@@ -365,26 +444,37 @@ std::vector<Tensor> runOp(const KernelSet &ks, int op,
     checkArgument(sig, sig.args[i], args[i], x, lead, ks);
 
   const int64_t T = x.numel() / (ks.n * ks.C);
-  std::vector<Tensor> buffers(args.begin(), args.end());
-  buffers.reserve(args.size() + sig.results.size() + plan->scratch.size());
-  for (size_t i = 0; i < sig.results.size(); ++i) {
-    const Buffer &b = sig.results[i];
-    auto options = x.options().dtype(dtypeOf(b.dtype, ks));
-    auto shape = shapeOf(b.shape, lead, ks);
-    buffers.push_back(plan->zeroResults[i] ? at::zeros(shape, options)
-                                           : at::empty(shape, options));
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<at::ScalarType> dtypes;
+  std::vector<int> group;
+  for (const Buffer &b : sig.results) {
+    shapes.push_back(shapeOf(b.shape, lead, ks));
+    dtypes.push_back(dtypeOf(b.dtype, ks));
+    bool shared = grouping == Grouping::All ||
+                  (grouping == Grouping::Coefficients && isCoefficient(b));
+    // the shared group's number: one past every result's own
+    group.push_back(shared ? int(sig.results.size()) : int(group.size()));
   }
+  std::vector<Tensor> results =
+      allocate(x, shapes, dtypes, plan->zeroResults, group);
+  shapes.clear();
+  dtypes.clear();
+  std::vector<bool> zeroScratch;
   for (const Scratch &s : plan->scratch) {
     int64_t numel = 1;
     for (int64_t d : s.dims)
       numel *= d >= 0    ? d
                : d == -1 ? T
                          : std::max((T - d - 2) / (-d - 1), int64_t(1));
-    auto dtype = s.dtype.value_or(ks.dtype);
-    auto options = x.options().dtype(dtype);
-    buffers.push_back(s.zero ? at::zeros({numel}, options)
-                             : at::empty({numel}, options));
+    shapes.push_back({numel});
+    dtypes.push_back(s.dtype.value_or(ks.dtype));
+    zeroScratch.push_back(s.zero);
   }
+  std::vector<Tensor> scratch = allocate(x, shapes, dtypes, zeroScratch,
+                                        std::vector<int>(shapes.size(), 0));
+  std::vector<Tensor> buffers(args.begin(), args.end());
+  buffers.insert(buffers.end(), results.begin(), results.end());
+  buffers.insert(buffers.end(), scratch.begin(), scratch.end());
 
   void *stream = currentStream(x);
   std::array<void *, kMaxBuffers> ptrs;
@@ -412,15 +502,14 @@ std::vector<Tensor> runOp(const KernelSet &ks, int op,
                   ": kernel launch failed: ", message);
     }
   }
-  buffers.erase(buffers.begin(), buffers.begin() + long(args.size()));
-  buffers.resize(sig.results.size());
-  return buffers;
+  return results;
 }
 
 // runOp of one of the ops the autograd steps launch.
 std::vector<Tensor> runStep(const KernelSet &ks, Op op,
-                            const std::vector<Tensor> &args) {
-  return runOp(ks, stepOps[size_t(op)], args);
+                            const std::vector<Tensor> &args,
+                            Grouping grouping = Grouping::Coefficients) {
+  return runOp(ks, stepOps[size_t(op)], args, grouping);
 }
 
 std::vector<Tensor> runOpByName(int64_t handle, const std::string &name,
@@ -474,28 +563,35 @@ void putRecomputedU(int64_t id, const Tensor &u) {
 
 struct PreStep : torch::autograd::Function<PreStep> {
   // mixIn: the mix the previous sublayer's post_step computed for this one
-  // (hc_pre_mixed); none: this step computes it (hc_pre).
+  // (hc_pre_mixed); none: this step computes it (hc_pre). together: all
+  // results in one allocation (without recomputation they live until the
+  // backward anyway: post_step saves post/comb, the sublayer u; with it, u
+  // must be free to go).
   static variable_list forward(AutogradContext *ctx, const Tensor &x,
                                const Tensor &fn, const Tensor &scale,
                                const Tensor &base,
                                const std::optional<Tensor> &mixIn,
-                               int64_t handle) {
+                               int64_t handle, bool together) {
     const KernelSet &ks = kernelSet(handle);
+    auto grouping = together ? Grouping::All : Grouping::Coefficients;
     Tensor u, post, comb, mix;
     if (mixIn) {
-      auto r = runStep(ks, kPreMixed, {x, *mixIn, scale, base});
+      auto r = runStep(ks, kPreMixed, {x, *mixIn, scale, base}, grouping);
       u = r[0], post = r[1], comb = r[2], mix = *mixIn;
     } else {
-      auto r = runStep(ks, kPre, {x, fn, scale, base});
+      auto r = runStep(ks, kPre, {x, fn, scale, base}, grouping);
       u = r[0], post = r[1], comb = r[2], mix = r[3];
     }
     ctx->save_for_backward({x, fn, scale, base, mix});
     ctx->saved_data["ks"] = handle;
     ctx->mark_non_differentiable({mix});
     ctx->set_materialize_grads(false);
-    // The link: x's shape, no data (nothing reads it); its only job is to
-    // carry dx_next from post_step's backward to this step's backward.
-    Tensor link = at::empty({}, x.options()).expand(x.sizes());
+    // The link: x's shape and dtype, all strides 0, over mix's first element
+    // (no allocation: nothing ever reads it); its only job is to carry
+    // dx_next from post_step's backward to this step's backward.
+    std::vector<int64_t> zeroStrides(size_t(x.dim()), 0);
+    Tensor link = pieceOf(mix, mix.storage_offset() * int64_t(mix.itemsize()),
+                          x.sizes(), x.scalar_type(), zeroStrides);
     return {u, post, comb, mix, link};
   }
 
@@ -519,7 +615,7 @@ struct PreStep : torch::autograd::Function<PreStep> {
     auto r =
         runStep(ks, kPreBackward,
               {x, saved[1], saved[2], saved[3], mix, du, dpost, dcomb, dxNext});
-    return {r[0], r[1], r[2], r[3], Tensor(), Tensor()};
+    return {r[0], r[1], r[2], r[3], Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -539,7 +635,10 @@ struct PostStep : torch::autograd::Function<PostStep> {
     const KernelSet &ks = kernelSet(handle);
     variable_list out;
     if (fnNext) {
-      auto r = runStep(ks, kPostProject, {y, x, post, comb, *fnNext});
+      // x_next and mix_next in one allocation: the next sublayer's pre_step
+      // saves both.
+      auto r = runStep(ks, kPostProject, {y, x, post, comb, *fnNext},
+                       Grouping::All);
       ctx->mark_non_differentiable(
           {r[1]}); // the next pre_step's input, not trained
       out = {r[0], r[1]};
@@ -590,8 +689,8 @@ struct PostStep : torch::autograd::Function<PostStep> {
 
 variable_list preStep(const Tensor &x, const Tensor &fn, const Tensor &scale,
                       const Tensor &base, const std::optional<Tensor> &mixIn,
-                      int64_t handle) {
-  return PreStep::apply(x, fn, scale, base, mixIn, handle);
+                      int64_t handle, bool together) {
+  return PreStep::apply(x, fn, scale, base, mixIn, handle, together);
 }
 
 variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
