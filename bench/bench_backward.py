@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Forward + backward of one mHC sublayer on the GPU: mhc's kernels against the public
 implementations, PyTorch eager and torch.compile of the same math, and copy bandwidth, all in one
-process (T = 16384 tokens, n = 4, bf16; C from --Cs).
+process (T = 16384 tokens unless --T says otherwise, n = 4, bf16; C from --Cs).
 
   MHC_CACHE=.mhc-cache python3 bench/bench_backward.py --json $OUT/backward.json
 
@@ -147,7 +147,9 @@ def main():
     ap.add_argument("--providers", default="te_triton,torch_eager,liger_triton,torch_compile,tk_tilelang")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--T", type=int, default=T, help="tokens (default 16384)")
     a = ap.parse_args()
+    globals()["T"] = a.T
     peers = None
     try:
         sys.path.insert(0, os.path.abspath(a.peers))

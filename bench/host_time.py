@@ -15,7 +15,15 @@ speed of the host: the time per iteration is the host time. Measured, per sublay
     forward, and forward + backward, the autograd cost any residual block pays (subtract it to get
     what mHC adds); ``torch.one_add``: one PyTorch op (this host's cost of a launch);
   * a cProfile of the module's forward + backward (the 25 functions with the most own time), with
-    autograd's backward in the calling thread so that the profile sees it.
+    autograd's backward in the calling thread so that the profile sees it;
+  * ``parts.*``: the C++ path's pieces one by one (an allocation, run_op, the two autograd steps,
+    the module's Python checks), see breakdown().
+
+Beside each row, the GPU's own time per call (``gpu_us``: the calls queued behind a sleeping kernel,
+then run back to back). Where it exceeds the host time, a loop of these calls is paced by the GPU,
+not the host; the host figure stays the host's as long as a round's launches fit in the launch
+queue (hence few calls per round: --reps 50). At T = 64 it does exceed it: the kernels' grids
+follow T (one block per 32-64 tokens), so a few blocks do all the work.
 
 Each row twice: ``native.*`` with the C++ launch path and steps (mhc.torch.native, the default
 where it builds) and ``python.*`` inside ``native.python_path()`` (ctypes launches, Python
@@ -59,15 +67,63 @@ def per_call_us(fn, reps, rounds=5):
     return min(readings), statistics.median(readings)
 
 
+def gpu_us_per_call(fn, calls=40):
+    """The GPU's own time per call: the calls queued behind a sleeping kernel, then run back to
+    back. A row whose GPU time comes near its host time is bound by the GPU, not the host (its
+    host figure is then an upper bound)."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(200_000_000)           # ~0.1 s: longer than queueing the calls takes
+    start.record()
+    for _ in range(calls):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / calls
+
+
+def breakdown(record, hc, x, xg, fn, scale, base, y):
+    """Where the C++ path's forward time goes: its allocations, launches, autograd steps and the
+    module's Python around them (``parts.*``), and the two steps alone with no Python between
+    them (``parts.steps_only``: what a forward with no module overhead would cost)."""
+    from mhc.torch import modules
+    steps = native.load()
+    ks = modules._native_kernel_set(xg, hc.attrs)
+    handle = ks.native_handle()
+    T, n, C = x.shape
+    record("parts.torch_empty", lambda: torch.empty(T, C, device=x.device, dtype=x.dtype))
+    record("parts.run_op.hc_pre", lambda: steps.run_op(handle, "hc_pre", [x, fn, scale, base]))
+    u, post, comb, mix, link = steps.pre_step(xg, fn, scale, base, None, handle, True)
+    record("parts.run_op.hc_post", lambda: steps.run_op(handle, "hc_post", [y, x, post, comb]))
+    record("parts.pre_step", lambda: steps.pre_step(xg, fn, scale, base, None, handle, True))
+    record("parts.post_step", lambda: steps.post_step(y, xg, link, post, comb, mix, fn, scale,
+                                                      base, None, handle, False, False, 0))
+
+    def steps_only():
+        u, post, comb, mix, link = steps.pre_step(xg, fn, scale, base, None, handle, True)
+        return steps.post_step(u, xg, link, post, comb, mix, fn, scale, base, None, handle,
+                               False, False, 0)
+    record("parts.steps_only", steps_only)
+    record("parts.check_input", lambda: hc._check_input(xg))
+    record("parts.params", lambda: hc._params(xg))
+    record("parts.resolve_backend", lambda: modules.resolve_backend(hc.backend, xg, hc.n, hc.C))
+    record("parts.native_kernel_set", lambda: modules._native_kernel_set(xg, hc.attrs))
+    record("parts.sublayer", lambda: hc._sublayer(y, xg, None, (), {}))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", required=True)
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--C", type=int, default=4096)
     p.add_argument("--T", type=int, default=64)
-    p.add_argument("--reps", type=int, default=200)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--cpu", type=int, default=None,
+                   help="pin the process to this CPU core (less run-to-run spread)")
     args = p.parse_args(argv)
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
     dev = torch.device("cuda")
     n, C, T = args.n, args.C, args.T
     torch.manual_seed(0)
@@ -79,10 +135,12 @@ def main(argv=None):
     out = {"n": n, "C": C, "T": T, "reps": args.reps, "rounds": args.rounds,
            "device": torch.cuda.get_device_name(), "torch": torch.__version__,
            "native": native.load() is not None, "native_failure": native.failure(),
-           "us_best": {}, "us_median": {}}
+           "cpu": args.cpu,
+           "us_best": {}, "us_median": {}, "gpu_us": {}}
 
     def record(name, fn):
         out["us_best"][name], out["us_median"][name] = per_call_us(fn, args.reps, args.rounds)
+        out["gpu_us"][name] = gpu_us_per_call(fn)
 
     xg = x.clone().requires_grad_()
     record("plain.forward_backward", lambda: (xg + xg).backward(dxn))
@@ -125,8 +183,11 @@ def main(argv=None):
             s = io.StringIO()
             pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
             out[f"profile_{path}_module_forward_backward_200_calls"] = s.getvalue()
+    if out["native"]:
+        breakdown(record, hc, x, xg, fn, scale, base, y)
     for k in out["us_best"]:
-        print(f"{k:44s} best {out['us_best'][k]:8.1f} us   median {out['us_median'][k]:8.1f} us")
+        print(f"{k:44s} best {out['us_best'][k]:8.1f} us   median {out['us_median'][k]:8.1f} us"
+              f"   GPU {out['gpu_us'][k]:7.1f} us")
     for k in out:
         if k.startswith("profile_"):
             print(k, out[k], sep="\n")
