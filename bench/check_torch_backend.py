@@ -143,10 +143,8 @@ def check_chain(T, n, C, dtype, device, act_tol, coef_tol):
             leaves = [x] + [p for h in hcs for p in (h.fn, h.scale, h.base)]
             runs[name] = [out] + list(torch.autograd.grad(out, leaves + [subs[1][1].weight], dout))
         if name == "chained":
-            successor = modules._SUCCESSOR.get(hcs[0])
             ks = modules._native_kernel_set(x, hcs[0].attrs)
-            chained = (successor is not None and successor() is hcs[1]
-                       and ks is not None and ks.chains)
+            chained = hcs[0].successor() is hcs[1] and ks is not None and ks.chains
     names = ["x_next", "dx"] + [f"{p}{i}" for i in (1, 2) for p in ("dfn", "dscale", "dbase")] + ["dW"]
     out = {"chain.used": {"relerr": 0.0 if chained else float("inf"), "tol": 0.0, "ok": chained}}
     for other, tols in (("python", [CHAIN_TOL] * len(names)), ("reference", chain_reference_tols(

@@ -358,10 +358,20 @@ def test_models_with_chained_layers_still_pickle_and_copy(chain_set):
     x = inputs(8)[0]
     with torch.no_grad():
         run_chain([h1, h2], chain_set, x)
+    assert h1.successor() is h2
     model = nn.Sequential(h1, h2)
-    torch.save(model, io.BytesIO())
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
     clone = copy.deepcopy(model)
-    assert torch.equal(clone[1].fn, h2.fn)
+    assert torch.equal(clone[1].fn, h2.fn) and torch.equal(loaded[1].fn, h2.fn)
+    # the chain is the model's own: a copy learns its own on its first call
+    assert clone[0].successor() is None and loaded[0].successor() is None
+    assert h1.successor() is h2
+    with torch.no_grad():
+        run_chain(list(clone), chain_set, x)
+    assert clone[0].successor() is clone[1]
 
 
 def test_chain_under_inference_mode(chain_set, mock):  # noqa: F811

@@ -87,10 +87,6 @@ def _cuda_kernels_available(n: int, C: int, dtype: str) -> bool:
 # path has run for it: HyperConnection.forward's fast path.
 _NATIVE_SETS: dict = {}
 
-# HyperConnection -> weakref to the HyperConnection its output fed last (chaining, _chained_mix).
-# Outside the modules, so that pickling and copying a model never sees it.
-_SUCCESSOR = weakref.WeakKeyDictionary()
-
 
 def _native_kernel_set(x, attrs):
     """x's kernel set when the C++ steps can run it, else None (the C++ path is off, not built or
@@ -251,6 +247,7 @@ class HyperConnection(nn.Module):
         self.sublayer = sublayer
         self.record_coefficients = False   # when True, forward keeps comb/res (detached) in .last_res
         self.last_res = None
+        self._mhc_next = None              # weakref to the next HyperConnection (_chained_mix)
         M = n * n + 2 * n
         base = torch.zeros(M)
         g = torch.Generator().manual_seed(1000 + layer)
@@ -264,6 +261,21 @@ class HyperConnection(nn.Module):
             self.theta = nn.Parameter((torch.rand(n + 2, C, generator=g) * 2 - 1) * 0.01)
         self.scale = nn.Parameter(torch.full((3,), 0.01))
         self.base = nn.Parameter(base)
+
+    def __getstate__(self):
+        # The chain's weak reference to the next HyperConnection (_chained_mix) is this process's
+        # and this model's: a pickled or copied model learns its own chain again.
+        state = super().__getstate__()
+        state["_mhc_next"] = None
+        return state
+
+    def __setstate__(self, state):
+        state.setdefault("_mhc_next", None)     # pickled before chaining kept it in the module
+        super().__setstate__(state)
+
+    def successor(self):
+        """The HyperConnection whose mix this one's post kernel computes (chaining), or None."""
+        return self._mhc_next() if self._mhc_next is not None else None
 
     def extra_repr(self):
         it, eps, pre_eps, pm = self.attrs
@@ -298,7 +310,8 @@ class HyperConnection(nn.Module):
                 and self.backend != "reference" and not native.suspended
                 and type(x) is torch.Tensor):
             ks = _NATIVE_SETS.get((self.n, self.C, self.attrs, x.dtype, x.get_device()))
-            if ks is not None and x.shape[-2:] == (self.n, self.C) and x.is_contiguous():
+            if (ks is not None and x.dim() >= 2 and x.size(-1) == self.C
+                    and x.size(-2) == self.n and x.is_contiguous()):   # (x.shape: 10x slower)
                 p = self._parameters      # not self.fn: nn.Module.__getattr__ is slow
                 fn, scale, base = p.get("fn"), p.get("scale"), p.get("base")
                 if (fn is not None and scale is not None and base is not None
@@ -386,24 +399,24 @@ class HyperConnection(nn.Module):
         producer, consumer, mix, fn_version, x_version = tag
         me = weakref.ref(self)                   # CPython hands out one ref per object
         source = producer()
-        if source is not None and _SUCCESSOR.get(source) is not me:
-            _SUCCESSOR[source] = me              # learnt: next time it computes our mix
-        if (consumer is me and fn is self.fn and fn._version == fn_version
+        if source is not None and source._mhc_next is not me:
+            source._mhc_next = me                # learnt: next time it computes our mix
+        if (consumer is me and fn is self._parameters.get("fn") and fn._version == fn_version
                 and x._version == x_version):
             return mix
         return None
 
     def _successor(self, x):
         """(the next HyperConnection, its fn) when its mix can be computed here, else Nones."""
-        ref = _SUCCESSOR.get(self)
+        ref = self._mhc_next
         nxt = ref() if ref is not None else None
         if (nxt is None or nxt.mode != "mhc" or nxt.n != self.n or nxt.C != self.C
                 or nxt.attrs != self.attrs or nxt.backend == "reference"):
             return None, None
-        fn = nxt.fn
+        fn = nxt._parameters.get("fn")         # None when parametrized: no chaining
         # a plain tensor: e.g. not an FSDP2 DTensor shard of a block not yet gathered
         if (type(fn) not in (nn.Parameter, torch.Tensor) or fn.dtype != torch.float32
-                or fn.device != x.device):
+                or fn.get_device() != x.get_device()):
             return None, None
         return nxt, fn
 
