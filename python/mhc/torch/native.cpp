@@ -457,21 +457,22 @@ std::vector<Tensor> runOp(const KernelSet &ks, int op,
   }
   std::vector<Tensor> results =
       allocate(x, shapes, dtypes, plan->zeroResults, group);
-  shapes.clear();
-  dtypes.clear();
-  std::vector<bool> zeroScratch;
+  std::vector<std::vector<int64_t>> scratchShapes;
+  std::vector<at::ScalarType> scratchDtypes;
+  std::vector<bool> scratchZero;
   for (const Scratch &s : plan->scratch) {
     int64_t numel = 1;
     for (int64_t d : s.dims)
       numel *= d >= 0    ? d
                : d == -1 ? T
                          : std::max((T - d - 2) / (-d - 1), int64_t(1));
-    shapes.push_back({numel});
-    dtypes.push_back(s.dtype.value_or(ks.dtype));
-    zeroScratch.push_back(s.zero);
+    scratchShapes.push_back({numel});
+    scratchDtypes.push_back(s.dtype.value_or(ks.dtype));
+    scratchZero.push_back(s.zero);
   }
-  std::vector<Tensor> scratch = allocate(x, shapes, dtypes, zeroScratch,
-                                        std::vector<int>(shapes.size(), 0));
+  std::vector<Tensor> scratch =
+      allocate(x, scratchShapes, scratchDtypes, scratchZero,
+               std::vector<int>(scratchShapes.size(), 0));
   std::vector<Tensor> buffers(args.begin(), args.end());
   buffers.insert(buffers.end(), results.begin(), results.end());
   buffers.insert(buffers.end(), scratch.begin(), scratch.end());
