@@ -69,8 +69,8 @@ def per_call_us(fn, reps, rounds=5):
 
 def gpu_us_per_call(fn, calls=40):
     """The GPU's own time per call: the calls queued behind a sleeping kernel, then run back to
-    back. A row whose GPU time comes near its host time is bound by the GPU, not the host (its
-    host figure is then an upper bound)."""
+    back. Where it exceeds a row's host time, a loop of those calls is paced by the GPU; the host
+    figure is still the host's (see the module docstring: a round's launches fit in the queue)."""
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda._sleep(200_000_000)           # ~0.1 s: longer than queueing the calls takes
