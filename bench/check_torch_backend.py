@@ -122,11 +122,11 @@ def check_native(T, n, C, dtype, device, recompute):
             for nm, a, b in zip(names, *runs)}
 
 
-def check_chain(T, n, C, dtype, device, act_tol, coef_tol):
+def check_chain(T, n, C, dtype, device, act_tol, coef_tol, recompute=False):
     """Two HyperConnections in a row, called twice: the second call runs chained (the first
     one's post computes the second one's mix, hc_post_project + hc_pre_mixed). Its output and
     gradients against the reference backend (the usual tolerances) and against the unchained
-    Python steps."""
+    Python steps; with recomputation, the sublayers' saved u (RMSNorm's input) is recomputed."""
     from mhc.torch import modules, native
     torch.manual_seed(T + C + 1)
     subs = [nn.Sequential(nn.RMSNorm(C), nn.Linear(C, C)).to(device, dtype) for _ in range(2)]
@@ -136,7 +136,8 @@ def check_chain(T, n, C, dtype, device, act_tol, coef_tol):
     runs = {}
     for name in ("chained", "python", "reference"):
         hcs = [mt.HyperConnection(n, C, s, backend="reference" if name == "reference" else "cuda",
-                                  recompute=False, layer=i).to(device) for i, s in enumerate(subs)]
+                                  recompute=recompute, layer=i).to(device)
+               for i, s in enumerate(subs)]
         with native.python_path() if name == "python" else contextlib.nullcontext():
             for _ in range(2):                      # the first call learns the chain
                 out = hcs[1](hcs[0](x))
@@ -146,12 +147,13 @@ def check_chain(T, n, C, dtype, device, act_tol, coef_tol):
             ks = modules._native_kernel_set(x, hcs[0].attrs)
             chained = hcs[0].successor() is hcs[1] and ks is not None and ks.chains
     names = ["x_next", "dx"] + [f"{p}{i}" for i in (1, 2) for p in ("dfn", "dscale", "dbase")] + ["dW"]
-    out = {"chain.used": {"relerr": 0.0 if chained else float("inf"), "tol": 0.0, "ok": chained}}
+    tag = "chain" + ("_recompute" if recompute else "")
+    out = {f"{tag}.used": {"relerr": 0.0 if chained else float("inf"), "tol": 0.0, "ok": chained}}
     for other, tols in (("python", [CHAIN_TOL] * len(names)), ("reference", chain_reference_tols(
             act_tol, coef_tol))):
         for nm, a, b, t in zip(names, runs["chained"], runs[other], tols):
             e = relerr(a, b)
-            out[f"chain_vs_{other}.{nm}"] = {"relerr": e, "tol": t, "ok": e <= t}
+            out[f"{tag}_vs_{other}.{nm}"] = {"relerr": e, "tol": t, "ok": e <= t}
     return out
 
 
@@ -246,7 +248,9 @@ def main(argv=None):
                     if device.type == "cuda":
                         entry["checks"].update(check_native(T, args.n, C, dtype, device, rc))
                 if device.type == "cuda" and not args.forward_only:
-                    entry["checks"].update(check_chain(T, args.n, C, dtype, device, act_tol, 1e-3))
+                    for rc in (False, True):
+                        entry["checks"].update(check_chain(T, args.n, C, dtype, device, act_tol,
+                                                           1e-3, rc))
                 if device.type == "cuda" and T == 1:
                     entry["checks"].update(check_cuda_graph(args.n, C, dtype, device, act_tol))
                     entry["checks"].update(check_module_cuda_graph(args.n, C, dtype, device))

@@ -403,17 +403,31 @@ def test_chain_skips_a_successor_whose_fn_is_not_a_plain_tensor(chain_set, mock)
     assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"]
 
 
-def test_forward_fast_path_and_its_fall_backs(plain_set, mock, monkeypatch):  # noqa: F811
+@pytest.fixture
+def enable_fast_path(built):
+    """Gives HyperConnection.forward's fast path an entry, as the general path does on CUDA; the
+    entries are per process, so they are cleared after the test."""
+    def enable(hc, x, ks):
+        built.enable_fast_path(hc.n, hc.C, *hc.attrs, ks.key.dtype, x.get_device(),
+                               ks.native_handle())
+    yield enable
+    built.clear_fast_path()
+
+
+def test_forward_fast_path_and_its_fall_backs(plain_set, mock, enable_fast_path):  # noqa: F811
     """From the second call on, HyperConnection.forward goes straight to the C++ steps for a
-    shape it has run there (modules._NATIVE_SETS, filled on CUDA by the general path; set by hand
-    here); what the fast path cannot take goes to the general path, which checks x and picks the
-    backend (and on the CPU refuses backend='cuda': how the fall-back shows here)."""
+    shape it has run there (native.cpp's fast-path entries, made on CUDA by the general path;
+    by hand here); what the fast path cannot take goes to the general path, which checks x and
+    picks the backend (and on the CPU refuses backend='cuda': how the fall-back shows here)."""
     hc = HyperConnection(N, C, nn.Identity(), backend="cuda", recompute=False)
     x = leaf(inputs(8)[0])
-    monkeypatch.setitem(modules._NATIVE_SETS, (N, C, hc.attrs, x.dtype, x.get_device()), plain_set)
+    enable_fast_path(hc, x, plain_set)
     mock.mock_clear_log()
     x_next = hc(x)
     assert kernel_names(mock) == ["pre_norm", "pre_apply", "post"] and x_next.shape == x.shape
+    hc.sublayer, hc.recompute = _SavesTwo(), True       # arguments reach the sublayer
+    hc(x, 0.25, scale=3.0).sum().backward()
+    assert hc.sublayer.arguments == (0.25, 3.0) and len(hc.sublayer.seen) == 1
     not_contiguous = torch.empty(N, 8, C, dtype=x.dtype).transpose(0, 1)
     with pytest.raises(ValueError, match="x is not contiguous"):
         hc(not_contiguous)
@@ -427,3 +441,89 @@ def test_forward_fast_path_and_its_fall_backs(plain_set, mock, monkeypatch):  # 
     hc.to(torch.float64)                            # parameters not f32: the general path
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         hc(x)
+
+
+class _SavesTwo(nn.Module):
+    """A sublayer that saves its input u and one other tensor, and records what its backward got
+    back; `scale` (a keyword argument) checks that arguments reach it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, u, shift=0.0, *, scale=1.0):
+        class Op(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, u, other):
+                ctx.save_for_backward(u, other)
+                return u * other
+
+            @staticmethod
+            def backward(ctx, dy):
+                saved_u, saved_other = ctx.saved_tensors
+                self.seen.append((saved_u.data_ptr(), saved_other.data_ptr()))
+                return dy * saved_other, dy * saved_u
+        self.arguments = (shift, scale)
+        other = (u.detach() * scale + shift).contiguous()
+        self.other = other
+        return Op.apply(u, other)
+
+
+def test_native_forward_keeps_the_users_saved_tensor_hooks(plain_set, mock):  # noqa: F811
+    """Under recomputation the C++ path's hooks around the sublayer turn its saved u into a marker
+    and hand every other tensor to the hooks the user installed (which never see u); the user's
+    unpack gives those back; the hooks are popped after the sublayer, also when it raises."""
+    hc = HyperConnection(N, C, _SavesTwo(), backend="cuda", recompute=True)
+    x = leaf(inputs(24)[0])
+    packed, unpacked = [], []
+
+    def pack(t):
+        packed.append(t.data_ptr())
+        return ("user", t)
+
+    def unpack(p):
+        unpacked.append(p[1].data_ptr())
+        return p[1]
+    mock.mock_clear_log()
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        x_next = hc._forward_native(plain_set, x, *hc._params(x), (0.5,), {"scale": 2.0})
+    u_forward = launches(mock)[1]["buffers"][-1][0]
+    other = hc.sublayer.other.data_ptr()
+    assert hc.sublayer.arguments == (0.5, 2.0)
+    assert other in packed and u_forward not in packed
+    assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+    mock.mock_clear_log()
+    x_next.backward(torch.randn_like(x_next))
+    recomputed_u = launches(mock)[1]["buffers"][-1][0]
+    assert hc.sublayer.seen == [(recomputed_u, other)] and other in unpacked
+    assert [l["kernel"] for l in launches(mock)].count("pre_apply") == 1   # no third hc_pre
+
+    class Fails(nn.Module):
+        def forward(self, u):
+            raise KeyError("inside the sublayer")
+    hc.sublayer = Fails()
+    with pytest.raises(KeyError, match="inside the sublayer"):
+        hc._forward_native(plain_set, x, *hc._params(x))
+    assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+    hc.sublayer = type("Narrow", (nn.Module,), {"forward": lambda self, u: u[..., :3]})()
+    with pytest.raises(ValueError, match=r"the sublayer must return \[\.\.\., C\] = \(24, 64\), "
+                                         r"got \(24, 3\)"):
+        hc._forward_native(plain_set, x, *hc._params(x))
+
+
+def test_native_forward_records_and_casts(plain_set, mock):  # noqa: F811
+    """record_coefficients keeps comb; a sublayer returning another dtype (autocast) or a
+    non-contiguous y gets the stream's dtype, contiguous."""
+    hc = HyperConnection(N, C, nn.Identity(), backend="cuda", recompute=False)
+    hc.record_coefficients = True
+    x = leaf(inputs(8)[0])
+    mock.mock_clear_log()
+    x_next = hc._forward_native(plain_set, x, *hc._params(x))
+    assert hc.last_res.shape == (8, N, N) and not hc.last_res.requires_grad
+    assert hc.last_res.data_ptr() == launches(mock)[1]["buffers"][5][0]   # pre_apply's comb
+    hc.sublayer = type("F32T", (nn.Module,), {
+        "forward": lambda self, u: u.float().t().contiguous().t()})()
+    mock.mock_clear_log()
+    x_next = hc._forward_native(plain_set, x, *hc._params(x))
+    y = launches(mock)[2]["buffers"][0]
+    assert y[1] == 8 * C and x_next.dtype == x.dtype

@@ -22,7 +22,7 @@ the sublayer, so nothing outside can read it or send a gradient into it. Gradien
 from elsewhere (x used by other code) add up as usual. Tested with gradcheck (eager and
 torch.compile fullgraph) in python/tests/test_torch_modules.py. On CUDA tensors in eager mode the
 same two steps run in C++ (native.cpp's PreStep/PostStep, HyperConnection._forward_native), which
-also chain consecutive HyperConnections (_chained_mix).
+also chain consecutive HyperConnections (native.cpp explains how).
 
 Recomputation (``recompute=True``, the paper's trade of compute for activation memory)
 -------------------------------------------------------------------------------------
@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import weakref
 
 import torch
 from torch import nn
@@ -83,11 +82,6 @@ def _cuda_kernels_available(n: int, C: int, dtype: str) -> bool:
     return False
 
 
-# (n, C, Sinkhorn attributes, x's dtype, device index) -> the KernelSet HyperConnection's C++
-# path has run for it: HyperConnection.forward's fast path.
-_NATIVE_SETS: dict = {}
-
-
 def _native_kernel_set(x, attrs):
     """x's kernel set when the C++ steps can run it, else None (the C++ path is off, not built or
     suspended; HyperConnection then runs the same kernels through _PreStep/_PostStep)."""
@@ -114,14 +108,14 @@ def resolve_backend(backend: str, x: torch.Tensor, n: int, C: int) -> str:
 
 class _URecompute:
     """saved_tensors_hooks around the sublayer: its saved copy of u becomes a marker, rebuilt in
-    the backward from the u that _PostStep's backward recomputed (or by calling hc_pre again)."""
+    the backward from the u that _PostStep's backward recomputed (or by calling hc_pre again).
+    The C++ path has its twin (native.cpp's URecompute)."""
 
-    def __init__(self, u, inputs, backend, attrs, slot=None):
+    def __init__(self, u, inputs, backend, attrs):
         self.u_storage = u.untyped_storage().data_ptr()
         self.u_dtype = u.dtype
         self.inputs, self.backend, self.attrs = inputs, backend, attrs   # (x, fn, scale, base)
         self.recomputed_u = None
-        self.slot = slot        # the C++ steps' hand-over (native.USlot): lives as long as this
         self.outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
 
     def pack(self, t):
@@ -139,8 +133,6 @@ class _URecompute:
 
     def take_u(self):
         u, self.recomputed_u = self.recomputed_u, None   # hand it over once; later unpacks recompute
-        if u is None and self.slot is not None:
-            u = self.slot.take()
         if u is None:
             u = _ops(self.backend).hc_pre(*self.inputs, *self.attrs)[0]
         return u
@@ -247,7 +239,7 @@ class HyperConnection(nn.Module):
         self.sublayer = sublayer
         self.record_coefficients = False   # when True, forward keeps comb/res (detached) in .last_res
         self.last_res = None
-        self._mhc_next = None              # weakref to the next HyperConnection (_chained_mix)
+        self._mhc_next = None              # weakref to the next HyperConnection (chaining)
         M = n * n + 2 * n
         base = torch.zeros(M)
         g = torch.Generator().manual_seed(1000 + layer)
@@ -263,7 +255,7 @@ class HyperConnection(nn.Module):
         self.base = nn.Parameter(base)
 
     def __getstate__(self):
-        # The chain's weak reference to the next HyperConnection (_chained_mix) is this process's
+        # The chain's weak reference to the next HyperConnection (native.cpp) is this process's
         # and this model's: a pickled or copied model learns its own chain again.
         state = super().__getstate__()
         state["_mhc_next"] = None
@@ -303,20 +295,15 @@ class HyperConnection(nn.Module):
         return cast(self.fn), cast(self.scale), cast(self.base)
 
     def forward(self, x, *args, **kwargs):
-        # The fast path (a model's steady state, where host time matters): a shape this class
-        # has already run on the C++ path, x as the kernels want it, f32 parameters. Anything
-        # else takes the general path below, which checks x and picks the backend.
-        if (not torch.compiler.is_compiling() and self.mode == "mhc"
-                and self.backend != "reference" and not native.suspended
-                and type(x) is torch.Tensor):
-            ks = _NATIVE_SETS.get((self.n, self.C, self.attrs, x.dtype, x.get_device()))
-            if (ks is not None and x.dim() >= 2 and x.size(-1) == self.C
-                    and x.size(-2) == self.n and x.is_contiguous()):   # (x.shape: 10x slower)
-                p = self._parameters      # not self.fn: nn.Module.__getattr__ is slow
-                fn, scale, base = p.get("fn"), p.get("scale"), p.get("base")
-                if (fn is not None and scale is not None and base is not None
-                        and fn.dtype == scale.dtype == base.dtype == torch.float32):
-                    return self._forward_native(ks, x, fn, scale, base, *args, **kwargs)
+        # The fast path (a model's steady state, where host time matters): native.cpp's forward
+        # runs the whole step for a shape this class has already run on the C++ path, when x
+        # and the parameters are as the kernels want them (contiguous x, f32 parameters), and
+        # returns None for anything else, which the general path below checks and runs.
+        fast = native.fast_forward
+        if fast is not None and not native.suspended and not torch.compiler.is_compiling():
+            x_next = fast(self, x, args, kwargs)
+            if x_next is not None:
+                return x_next
         self._check_input(x)
         if self.mode == "hc":
             return self._forward_hc(x, *args, **kwargs)
@@ -325,9 +312,9 @@ class HyperConnection(nn.Module):
         if backend == "cuda" and x.is_cuda and not torch.compiler.is_compiling():
             ks = _native_kernel_set(x, self.attrs)
             if ks is not None:
-                if fn.dtype == torch.float32:     # the fast path's entry for this shape
-                    _NATIVE_SETS[(self.n, self.C, self.attrs, x.dtype, x.get_device())] = ks
-                return self._forward_native(ks, x, fn, scale, base, *args, **kwargs)
+                native.load().enable_fast_path(self.n, self.C, *self.attrs, ks.key.dtype,
+                                               x.get_device(), ks.native_handle())
+                return self._forward_native(ks, x, fn, scale, base, args, kwargs)
         with _no_autocast(x):
             u, post, comb, mix, link = _PreStep.apply(x, fn, scale, base, backend, self.attrs)
         if self.record_coefficients:
@@ -354,71 +341,14 @@ class HyperConnection(nn.Module):
             y = y.to(x.dtype)
         return y if y.is_contiguous() else y.contiguous()
 
-    def _forward_native(self, ks, x, fn, scale, base, *args, **kwargs):
-        """forward() with the steps in C++ (mhc.torch.native: the same kernels, the same autograd
-        wiring as _PreStep/_PostStep, less host time), chained to the neighbouring
-        HyperConnections (see _chained_mix). ks: x's kernel set (_native_kernel_set)."""
-        steps, handle = native.load(), ks.native_handle()
-        # Inference tensors have no version counter: no chaining under torch.inference_mode().
-        chain = ks.chains and not (torch.is_inference_mode_enabled() or x.is_inference())
-        mix_in = self._chained_mix(x, fn) if chain else None
-        u, post, comb, mix, link = steps.pre_step(x, fn, scale, base, mix_in, handle,
-                                                  not self.recompute)
-        if self.record_coefficients:
-            self.last_res = comb.detach()
-        slot = hooks = None
-        if self.recompute and torch.is_grad_enabled():
-            slot = steps.USlot()
-            hooks = _URecompute(u, (x, fn, scale, base), "cuda", self.attrs, slot)
-        y = self._sublayer(u, x, hooks, args, kwargs)
-        successor, fn_next = self._successor(x) if chain else (None, None)
-        out = steps.post_step(y, x, link, post, comb, mix, fn, scale, base, fn_next, handle,
-                              mix_in is not None, self.recompute,
-                              slot.id if slot is not None else 0)
-        x_next = out[0]
-        if chain:
-            x_next._mhc_chain = ((weakref.ref(self), None, None, None, None) if successor is None
-                                 else (weakref.ref(self), weakref.ref(successor), out[1],
-                                       fn_next._version, x_next._version))
-        return x_next
-
-    # Chaining consecutive HyperConnections (the C++ path only). When the output of one is the
-    # next one's input, the first one's post kernel also computes the next one's mix
-    # (hc_post_project: post_res fused with the next norm_project, no second pass over x_next)
-    # and the next one's pre kernel starts from it (hc_pre_mixed) -- the benchmarks' steady
-    # state. x_next carries (producer, consumer, mix, consumer's fn version, x_next's version);
-    # the consumer uses the mix only if it is the intended one and neither its fn nor x_next
-    # changed since, and otherwise computes its own. A consumer that finds a producer's tag
-    # registers itself as that producer's successor, so the chain is learnt on the first call
-    # and used from the second.
-
-    def _chained_mix(self, x, fn):
-        tag = getattr(x, "_mhc_chain", None)
-        if tag is None:
-            return None
-        producer, consumer, mix, fn_version, x_version = tag
-        me = weakref.ref(self)                   # CPython hands out one ref per object
-        source = producer()
-        if source is not None and source._mhc_next is not me:
-            source._mhc_next = me                # learnt: next time it computes our mix
-        if (consumer is me and fn is self._parameters.get("fn") and fn._version == fn_version
-                and x._version == x_version):
-            return mix
-        return None
-
-    def _successor(self, x):
-        """(the next HyperConnection, its fn) when its mix can be computed here, else Nones."""
-        ref = self._mhc_next
-        nxt = ref() if ref is not None else None
-        if (nxt is None or nxt.mode != "mhc" or nxt.n != self.n or nxt.C != self.C
-                or nxt.attrs != self.attrs or nxt.backend == "reference"):
-            return None, None
-        fn = nxt._parameters.get("fn")         # None when parametrized: no chaining
-        # a plain tensor: e.g. not an FSDP2 DTensor shard of a block not yet gathered
-        if (type(fn) not in (nn.Parameter, torch.Tensor) or fn.dtype != torch.float32
-                or fn.get_device() != x.get_device()):
-            return None, None
-        return nxt, fn
+    def _forward_native(self, ks, x, fn, scale, base, args=(), kwargs=None):
+        """forward() on the C++ path (native.cpp's forward_with: the same kernels and autograd
+        wiring as _PreStep/_PostStep, the sublayer's u recomputed like _URecompute does, chained
+        to the neighbouring HyperConnections; see native.cpp), for x's kernel set ks
+        (_native_kernel_set). args/kwargs go to the sublayer (packed: a keyword argument of the
+        sublayer may be called `scale`)."""
+        return native.load().forward_with(self, ks.native_handle(), x, fn, scale, base,
+                                          tuple(args), kwargs or {})
 
     # Plain HC (spec 5b), the parametrisation of mhc-opt's --mhc-hyperconnect mode=hc.
     def _forward_hc(self, x, *args, **kwargs):

@@ -13,8 +13,11 @@
 //   * pre_step / post_step: HyperConnection's two autograd functions
 //     (modules.py's _PreStep / _PostStep, same wiring: the dx link and the
 //     recomputation), as torch::autograd::Function so that neither the
-//     forward nor the backward runs Python; and the chain of consecutive
-//     HyperConnections (post_step computing the next sublayer's mix).
+//     forward nor the backward runs Python;
+//   * forward / forward_with: HyperConnection.forward itself -- the steps,
+//     the sublayer call between them (with the recomputation's saved-tensor
+//     hooks) and the chain of consecutive HyperConnections (post_step
+//     computing the next sublayer's mix).
 //
 // The ops' buffers, shapes and dtypes come from kernels.py (set_signatures,
 // once at load), the one table of them. Kernel sets are registered once
@@ -24,6 +27,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
 #ifdef MHC_NATIVE_CUDA
@@ -530,6 +534,8 @@ int64_t nextSlot = 1;
 
 struct USlot {
   int64_t id;
+  USlot(const USlot &) = delete; // the slot is erased once, by its owner
+  USlot &operator=(const USlot &) = delete;
   USlot() {
     std::lock_guard<std::mutex> lock(slotsMutex);
     id = nextSlot++;
@@ -704,6 +710,449 @@ variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
                          handle, preMixed, recompute, uSlot);
 }
 
+//===----------------------------------------------------------------------===//
+// HyperConnection.forward on the C++ path (modules.py's fast path and
+// _forward_native): the two steps, the sublayer call between them with its
+// saved u recomputed, and the chain of consecutive HyperConnections, without
+// running Python of ours (the host time per sublayer; docs/Torch.md).
+//
+// The chain: when the output of one HyperConnection is the next one's input,
+// the first one's post kernel also computes the next one's mix
+// (hc_post_project: post_res fused with the next norm_project) and the next
+// one's pre kernel starts from it (hc_pre_mixed). x_next carries a Python
+// attribute _mhc_chain = (producer, consumer, mix, consumer's fn version,
+// x_next's version), producer and consumer weak references to the modules
+// (consumer None: no successor known). The consumer uses the mix only if it
+// is the intended one and neither its fn nor x_next changed since, and
+// otherwise computes its own. A consumer that finds a producer's tag
+// registers itself as that producer's successor (the module's _mhc_next), so
+// the chain is learnt on the first call and used from the second.
+//===----------------------------------------------------------------------===//
+
+// Interned attribute names (made once with the GIL held; never freed: the
+// interpreter may be gone when static destructors run).
+struct Names {
+  PyObject *mode, *backend, *n, *C, *attrs, *recompute, *recordCoefficients,
+      *next, *parameters, *modules, *sublayer, *fn, *scale, *base, *chainTag,
+      *lastRes, *checkOutput;
+};
+
+const Names &names() {
+  static const Names table = [] {
+    auto s = [](const char *name) { return PyUnicode_InternFromString(name); };
+    return Names{s("mode"),
+                 s("backend"),
+                 s("n"),
+                 s("C"),
+                 s("attrs"),
+                 s("recompute"),
+                 s("record_coefficients"),
+                 s("_mhc_next"),
+                 s("_parameters"),
+                 s("_modules"),
+                 s("sublayer"),
+                 s("fn"),
+                 s("scale"),
+                 s("base"),
+                 s("_mhc_chain"),
+                 s("last_res"),
+                 s("_check_output")};
+  }();
+  return table;
+}
+
+// obj.name where name is in obj's instance dict (a HyperConnection's plain
+// attributes and its _parameters/_modules): a borrowed reference or nullptr.
+PyObject *instanceAttr(PyObject *obj, PyObject *name) {
+  PyObject *dict = PyObject_GenericGetDict(obj, nullptr);
+  if (!dict) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  PyObject *value = PyDict_GetItem(dict, name); // borrowed; never raises
+  Py_DECREF(dict); // obj keeps its dict alive
+  return value;
+}
+
+bool truthy(PyObject *value) { return value && PyObject_IsTrue(value) == 1; }
+
+PyObject *dictItem(PyObject *dict, PyObject *name) {
+  return dict && PyDict_Check(dict) ? PyDict_GetItem(dict, name) : nullptr;
+}
+
+bool isString(PyObject *value, const char *text) {
+  return value && PyUnicode_Check(value) &&
+         PyUnicode_CompareWithASCIIString(value, text) == 0;
+}
+
+// A plain tensor (torch.Tensor or nn.Parameter, not a subclass such as an
+// FSDP2 DTensor shard) or nullptr.
+const Tensor *plainTensor(PyObject *obj) {
+  return obj && THPVariable_CheckExact(obj) ? &THPVariable_Unpack(obj)
+                                            : nullptr;
+}
+
+py::object wrap(const Tensor &t) {
+  return py::reinterpret_steal<py::object>(THPVariable_Wrap(t));
+}
+
+// The attribute or nullptr when absent (no exception made for a miss).
+py::object optionalAttr(PyObject *obj, PyObject *name) {
+  PyObject *value = nullptr;
+#if PY_VERSION_HEX >= 0x030D0000
+  int found = PyObject_GetOptionalAttr(obj, name, &value);
+#else
+  int found = _PyObject_LookupAttr(obj, name, &value);
+#endif
+  if (found < 0)
+    throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(value);
+}
+
+// A weak reference to a module: CPython hands out one plain reference per
+// object, so two calls give the same one (identity compares them).
+py::object weakRef(py::handle obj) {
+  PyObject *ref = PyWeakref_NewRef(obj.ptr(), nullptr);
+  if (!ref)
+    throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(ref);
+}
+
+PyObject *referent(PyObject *ref) { // borrowed; nullptr when dead or not a ref
+  if (!ref || !PyWeakref_Check(ref))
+    return nullptr;
+  PyObject *obj = PyWeakref_GetObject(ref);
+  return obj == Py_None ? nullptr : obj;
+}
+
+// The mix x's producer computed for this module, when this module is its
+// intended consumer and neither fn nor x changed since; learns the chain.
+std::optional<Tensor> chainedMix(py::handle module, py::handle me,
+                                 py::handle xObj, const Tensor &x,
+                                 const Tensor &fn) {
+  const Names &k = names();
+  py::object tag = optionalAttr(xObj.ptr(), k.chainTag);
+  if (!tag || !PyTuple_Check(tag.ptr()) || PyTuple_GET_SIZE(tag.ptr()) != 5)
+    return std::nullopt;
+  PyObject *producer = referent(PyTuple_GET_ITEM(tag.ptr(), 0));
+  if (producer && instanceAttr(producer, k.next) != me.ptr() &&
+      PyObject_SetAttr(producer, k.next, me.ptr()) < 0)
+    throw py::error_already_set(); // learnt: next time it computes our mix
+  const Tensor *mine =
+      plainTensor(dictItem(instanceAttr(module.ptr(), k.parameters), k.fn));
+  const Tensor *mix = plainTensor(PyTuple_GET_ITEM(tag.ptr(), 2));
+  PyObject *fnVersion = PyTuple_GET_ITEM(tag.ptr(), 3);
+  PyObject *xVersion = PyTuple_GET_ITEM(tag.ptr(), 4);
+  if (PyTuple_GET_ITEM(tag.ptr(), 1) != me.ptr() || !mix || !mine ||
+      mine->unsafeGetTensorImpl() != fn.unsafeGetTensorImpl() ||
+      !PyLong_Check(fnVersion) || !PyLong_Check(xVersion) ||
+      PyLong_AsLongLong(fnVersion) != int64_t(fn._version()) ||
+      PyLong_AsLongLong(xVersion) != int64_t(x._version()))
+    return std::nullopt;
+  return *mix;
+}
+
+// The next HyperConnection and its fn, when its mix can be computed here.
+std::pair<PyObject *, const Tensor *> successorOf(py::handle module,
+                                                  const Tensor &x) {
+  const Names &k = names();
+  PyObject *self = module.ptr();
+  PyObject *next = referent(instanceAttr(self, k.next));
+  if (!next || !isString(instanceAttr(next, k.mode), "mhc") ||
+      isString(instanceAttr(next, k.backend), "reference"))
+    return {nullptr, nullptr};
+  for (PyObject *name : {k.n, k.C, k.attrs}) {
+    PyObject *mine = instanceAttr(self, name), *theirs = instanceAttr(next, name);
+    int same = mine && theirs ? PyObject_RichCompareBool(mine, theirs, Py_EQ) : 0;
+    if (same < 0)
+      throw py::error_already_set();
+    if (!same)
+      return {nullptr, nullptr};
+  }
+  // A plain tensor: e.g. not an FSDP2 DTensor shard of a block not yet
+  // gathered.
+  const Tensor *fn =
+      plainTensor(dictItem(instanceAttr(next, k.parameters), k.fn));
+  if (!fn || fn->scalar_type() != at::kFloat ||
+      fn->get_device() != x.get_device())
+    return {nullptr, nullptr};
+  return {next, fn};
+}
+
+// Under recomputation, saved_tensors_hooks around the sublayer: its saved
+// copy of u becomes a marker (SavedU), rebuilt in the backward from the u
+// that post_step's backward recomputed (handed over through `slot`), or by
+// one more hc_pre where that one is gone. Other tensors go to the hooks
+// installed before (`outer`: (pack, unpack) or None), or are kept as they are.
+// The C++ twin of modules.py's _URecompute (the Python steps' version).
+struct URecompute {
+  URecompute(const Tensor &u, std::vector<Tensor> inputs, bool mixed,
+             int64_t handle, py::object outer)
+      : uData(u.storage().data()), uDtype(u.scalar_type()),
+        x(std::move(inputs[0])), fn(std::move(inputs[1])),
+        scale(std::move(inputs[2])), base(std::move(inputs[3])),
+        mix(std::move(inputs[4])), mixed(mixed), handle(handle),
+        outer(std::move(outer)) {}
+
+  USlot slot;
+  const void *uData;
+  at::ScalarType uDtype;
+  Tensor x, fn, scale, base, mix;
+  bool mixed; // the forward's u came from hc_pre_mixed (from mix)
+  int64_t handle;
+  py::object outer;
+
+  Tensor takeU() {
+    if (std::optional<Tensor> u = slot.take())
+      return *u;
+    const KernelSet &ks = kernelSet(handle);
+    return mixed ? runStep(ks, kPreMixed, {x, mix, scale, base})[0]
+                 : runStep(ks, kPre, {x, fn, scale, base})[0];
+  }
+};
+
+struct SavedU {
+  std::shared_ptr<URecompute> owner;
+  std::vector<int64_t> sizes, strides;
+  int64_t offset;
+};
+
+py::object packSaved(const std::shared_ptr<URecompute> &self, py::handle t) {
+  if (const Tensor *tensor = plainTensor(t.ptr())) {
+    if (tensor->has_storage() && tensor->scalar_type() == self->uDtype &&
+        !tensor->is_meta() && tensor->storage().data() == self->uData)
+      return py::cast(SavedU{self, tensor->sizes().vec(),
+                             tensor->strides().vec(),
+                             tensor->storage_offset()});
+  }
+  if (!self->outer.is_none())
+    return py::make_tuple(self->outer[py::int_(0)](t)); // theirs, marked
+  return py::reinterpret_borrow<py::object>(t);
+}
+
+py::object unpackSaved(const std::shared_ptr<URecompute> &self,
+                       py::handle packed) {
+  if (py::isinstance<SavedU>(packed)) {
+    const SavedU &saved = packed.cast<const SavedU &>();
+    return wrap(saved.owner->takeU().as_strided(saved.sizes, saved.strides,
+                                                saved.offset));
+  }
+  if (PyTuple_Check(packed.ptr()))
+    return self->outer[py::int_(1)](packed[py::int_(0)]);
+  return py::reinterpret_borrow<py::object>(packed);
+}
+
+// Pushes `hooks`' pack/unpack as the saved-tensor default hooks for its
+// lifetime (as torch.autograd.graph.saved_tensors_hooks does).
+class SavedTensorHooksScope {
+public:
+  explicit SavedTensorHooksScope(py::handle hooks) {
+    autograd().attr("_push_saved_tensors_default_hooks")(hooks.attr("pack"),
+                                                         hooks.attr("unpack"));
+  }
+  ~SavedTensorHooksScope() {
+    try {
+      autograd().attr("_pop_saved_tensors_default_hooks")();
+    } catch (py::error_already_set &e) {
+      e.discard_as_unraisable(__func__);
+    }
+  }
+  static py::handle autograd() {
+    static PyObject *module =
+        py::module_::import("torch._C._autograd").release().ptr();
+    return module;
+  }
+};
+
+// y = sublayer(u, *args, **kwargs), checked (modules.py's _check_output) and
+// stored like the stream.
+Tensor callSublayer(py::handle module, const Tensor &u, const Tensor &x,
+                    py::handle xObj, const std::shared_ptr<URecompute> &hooks,
+                    py::tuple args, py::dict kwargs) {
+  const Names &k = names();
+  PyObject *found = dictItem(instanceAttr(module.ptr(), k.modules), k.sublayer);
+  py::object sublayer = found ? py::reinterpret_borrow<py::object>(found)
+                              : module.attr(py::handle(k.sublayer));
+  py::tuple callArgs(args.size() + 1);
+  callArgs[0] = wrap(u);
+  for (size_t i = 0; i < args.size(); ++i)
+    callArgs[i + 1] = args[i];
+  auto call = [&] {
+    PyObject *result = PyObject_Call(sublayer.ptr(), callArgs.ptr(), kwargs.ptr());
+    if (!result) // taken before the hooks are popped (that runs Python)
+      throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(result);
+  };
+  py::object y;
+  if (hooks) {
+    SavedTensorHooksScope scope(py::cast(hooks));
+    y = call();
+  } else {
+    y = call();
+  }
+  if (!THPVariable_Check(y.ptr()) ||
+      !THPVariable_Unpack(y.ptr()).sizes().equals(u.sizes())) {
+    module.attr(py::handle(k.checkOutput))(y, xObj); // raises the user's error
+    TORCH_CHECK_VALUE(false, "HyperConnection: the sublayer's output has the "
+                             "wrong shape");
+  }
+  Tensor out = THPVariable_Unpack(y.ptr());
+  if (out.scalar_type() != x.scalar_type())
+    out = out.to(x.scalar_type());
+  return out.contiguous();
+}
+
+// One HyperConnection forward on the C++ path with kernel set `handle`.
+py::object connectionForward(py::handle module, int64_t handle,
+                             py::handle xObj, const Tensor &x,
+                             const Tensor &fn, const Tensor &scale,
+                             const Tensor &base, py::tuple args,
+                             py::dict kwargs) {
+  const Names &k = names();
+  const KernelSet &ks = kernelSet(handle);
+  PyObject *self = module.ptr();
+  const bool recompute = truthy(instanceAttr(self, k.recompute));
+  // Inference tensors have no version counter: no chaining there.
+  const bool chain = ks.ops[size_t(stepOps[kPreMixed])] &&
+                     ks.ops[size_t(stepOps[kPostProject])] &&
+                     !c10::InferenceMode::is_enabled() && !x.is_inference();
+  py::object me;
+  std::optional<Tensor> mixIn;
+  if (chain) {
+    me = weakRef(module);
+    mixIn = chainedMix(module, me, xObj, x, fn);
+  }
+  variable_list pre = PreStep::apply(x, fn, scale, base, mixIn, handle,
+                                     /*together=*/!recompute);
+  const Tensor &u = pre[0], &post = pre[1], &comb = pre[2], &mix = pre[3],
+               &link = pre[4];
+  if (truthy(instanceAttr(self, k.recordCoefficients)))
+    module.attr(py::handle(k.lastRes)) = wrap(comb.detach());
+  std::shared_ptr<URecompute> hooks;
+  if (recompute && at::GradMode::is_enabled()) {
+    py::object outer = SavedTensorHooksScope::autograd().attr(
+        "_top_saved_tensors_default_hooks")(false);
+    hooks = std::make_shared<URecompute>(
+        u, std::vector<Tensor>{x, fn, scale, base, mix}, mixIn.has_value(),
+        handle, std::move(outer));
+  }
+  Tensor y = callSublayer(module, u, x, xObj, hooks, args, kwargs);
+  auto [successor, fnNext] =
+      chain ? successorOf(module, x)
+            : std::pair<PyObject *, const Tensor *>{nullptr, nullptr};
+  std::optional<Tensor> nextFn;
+  if (fnNext)
+    nextFn = *fnNext;
+  variable_list out = PostStep::apply(y, x, link, post, comb, mix, fn, scale,
+                                      base, nextFn, handle, mixIn.has_value(),
+                                      recompute, hooks ? hooks->slot.id : 0);
+  py::object xNext = wrap(out[0]);
+  if (chain) {
+    py::object tag;
+    if (successor)
+      tag = py::make_tuple(me, weakRef(successor), wrap(out[1]),
+                           int64_t(fnNext->_version()),
+                           int64_t(out[0]._version()));
+    else
+      tag = py::make_tuple(me, py::none(), py::none(), py::none(), py::none());
+    if (PyObject_SetAttr(xNext.ptr(), k.chainTag, tag.ptr()) < 0)
+      throw py::error_already_set();
+  }
+  return xNext;
+}
+
+// modules.py's _forward_native: the general path, having picked the kernel
+// set and checked x and the parameters.
+py::object forwardWith(py::handle module, int64_t handle, py::handle xObj,
+                       const Tensor &fn, const Tensor &scale,
+                       const Tensor &base, py::tuple args, py::dict kwargs) {
+  TORCH_CHECK_VALUE(THPVariable_Check(xObj.ptr()),
+                    "HyperConnection: x must be a tensor");
+  return connectionForward(module, handle, xObj, THPVariable_Unpack(xObj.ptr()),
+                           fn, scale, base, args, kwargs);
+}
+
+// The (n, C, Sinkhorn attributes, x's dtype, device) HyperConnection's general
+// path has run on the C++ path, with their kernel set: what forward() takes
+// without Python. Touched only with the GIL held.
+struct FastPathEntry {
+  int64_t n, C, iterations;
+  double eps, preEps, postMult;
+  at::ScalarType dtype;
+  int64_t device;
+  int64_t handle;
+};
+std::vector<FastPathEntry> fastPath;
+
+void enableFastPath(int64_t n, int64_t C, int64_t iterations, double eps,
+                    double preEps, double postMult, const std::string &dtype,
+                    int64_t device, int64_t handle) {
+  kernelSet(handle); // checks the handle
+  FastPathEntry entry{n, C, iterations, eps, preEps, postMult,
+                      scalarType(dtype), device, handle};
+  for (FastPathEntry &e : fastPath)
+    if (e.n == n && e.C == C && e.iterations == iterations && e.eps == eps &&
+        e.preEps == preEps && e.postMult == postMult &&
+        e.dtype == entry.dtype && e.device == device) {
+      e.handle = handle;
+      return;
+    }
+  fastPath.push_back(entry);
+}
+
+void clearFastPath() { fastPath.clear(); }
+
+// HyperConnection.forward's fast path: the step on the C++ path when this
+// module's (n, C, attributes) with x's dtype and device have an entry and x and
+// the parameters are as the kernels want them (x a contiguous [..., n, C]
+// plain tensor, f32 plain-tensor parameters); None otherwise (the general
+// path then checks x and picks the backend).
+py::object fastForward(py::handle module, py::handle xObj, py::tuple args,
+                       py::dict kwargs) {
+  const Names &k = names();
+  PyObject *self = module.ptr();
+  const Tensor *x = plainTensor(xObj.ptr());
+  PyObject *n = instanceAttr(self, k.n), *C = instanceAttr(self, k.C);
+  PyObject *attrs = instanceAttr(self, k.attrs);
+  if (fastPath.empty() || !x || !isString(instanceAttr(self, k.mode), "mhc") ||
+      isString(instanceAttr(self, k.backend), "reference") || !n ||
+      !PyLong_Check(n) || !C || !PyLong_Check(C) || !attrs ||
+      !PyTuple_Check(attrs) || PyTuple_GET_SIZE(attrs) != 4 ||
+      x->dim() < 2 || !x->is_contiguous())
+    return py::none();
+  const int64_t nv = PyLong_AsLongLong(n), Cv = PyLong_AsLongLong(C);
+  if (x->size(-1) != Cv || x->size(-2) != nv)
+    return py::none();
+  PyObject *iterations = PyTuple_GET_ITEM(attrs, 0);
+  if (!PyLong_Check(iterations))
+    return py::none();
+  const int64_t it = PyLong_AsLongLong(iterations);
+  const double eps = PyFloat_AsDouble(PyTuple_GET_ITEM(attrs, 1));
+  const double preEps = PyFloat_AsDouble(PyTuple_GET_ITEM(attrs, 2));
+  const double postMult = PyFloat_AsDouble(PyTuple_GET_ITEM(attrs, 3));
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    return py::none();
+  }
+  const at::ScalarType dtype = x->scalar_type();
+  const int64_t device = x->get_device();
+  const FastPathEntry *entry = nullptr;
+  for (const FastPathEntry &e : fastPath)
+    if (e.n == nv && e.C == Cv && e.iterations == it && e.eps == eps &&
+        e.preEps == preEps && e.postMult == postMult && e.dtype == dtype &&
+        e.device == device)
+      entry = &e;
+  PyObject *params = instanceAttr(self, k.parameters);
+  const Tensor *fn = plainTensor(dictItem(params, k.fn));
+  const Tensor *scale = plainTensor(dictItem(params, k.scale));
+  const Tensor *base = plainTensor(dictItem(params, k.base));
+  if (!entry || !fn || !scale || !base || fn->scalar_type() != at::kFloat ||
+      scale->scalar_type() != at::kFloat || base->scalar_type() != at::kFloat)
+    return py::none();
+  return connectionForward(module, entry->handle, xObj, *x, *fn, *scale, *base,
+                           args, kwargs);
+}
+
 bool builtWithCuda() {
 #ifdef MHC_NATIVE_CUDA
   return true;
@@ -724,8 +1173,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pre_step", &preStep);
   m.def("post_step", &postStep);
   m.def("built_with_cuda", &builtWithCuda);
+  m.def("forward", &fastForward);
+  m.def("forward_with", &forwardWith);
+  m.def("enable_fast_path", &enableFastPath);
+  m.def("clear_fast_path", &clearFastPath);
   py::class_<USlot>(m, "USlot")
       .def(py::init<>())
       .def_readonly("id", &USlot::id)
       .def("take", &USlot::take);
+  py::class_<URecompute, std::shared_ptr<URecompute>>(m, "URecompute")
+      .def("pack", &packSaved)
+      .def("unpack", &unpackSaved);
+  py::class_<SavedU>(m, "SavedU");
 }

@@ -6,7 +6,11 @@ What it replaces, to cut host time per call (docs/Torch.md, "Host time"):
   allocator, launch each kernel through the runtime's ``mhcLaunchFlat`` on the current stream);
 * ``pre_step`` / ``post_step`` are HyperConnection's two autograd functions (modules.py's
   ``_PreStep`` / ``_PostStep``, the same wiring) as ``torch::autograd::Function``: no Python runs
-  in their forward or backward.
+  in their forward or backward;
+* ``forward`` / ``forward_with`` run HyperConnection's whole forward (the steps, the sublayer call
+  with the recomputation's saved-tensor hooks, the chain of consecutive HyperConnections):
+  ``forward`` is its fast path (None when a call is not for it), ``forward_with`` the general
+  path's ``_forward_native``.
 
 It is compiled against the PyTorch in use with ``torch.utils.cpp_extension`` (a C++ compiler is
 needed; under a minute, once, then cached in ``$MHC_NATIVE_BUILD`` or ``<kernel cache root>/native/<torch
@@ -33,6 +37,7 @@ _LOCK = threading.Lock()
 _MODULE = None
 _FAILURE: str | None = None   # why the path is off (None: not tried yet, or on)
 suspended = False             # True inside python_path()
+fast_forward = None           # the module's forward (HyperConnection's fast path) once loaded
 
 
 @contextlib.contextmanager
@@ -83,7 +88,7 @@ def _compile():
 def load():
     """The compiled module, or None when the path is off or cannot be built (``failure()`` says
     why). Builds at most once per process."""
-    global _MODULE, _FAILURE
+    global _MODULE, _FAILURE, fast_forward
     if _MODULE is not None:
         return _MODULE
     if mode() == "off":
@@ -94,7 +99,7 @@ def load():
                 from .kernels import signature_table
                 module = _compile()
                 module.set_signatures(signature_table())   # the ops' buffers, shapes, dtypes
-                _MODULE = module
+                _MODULE, fast_forward = module, module.forward
             except Exception as e:  # noqa: BLE001 - any build problem: fall back, say why
                 _FAILURE = _reason(e)
                 if mode() == "on":
