@@ -10,8 +10,10 @@ speed of the host: the time per iteration is the host time. Measured, per sublay
     (backward) through PyTorch's custom-op dispatcher (what torch.compile'd code calls);
   * ``direct``: the same four ops through ops.DirectOps (the Python steps' eager path);
   * ``module``: HyperConnection(n, C, nn.Identity()) forward, and forward + backward, with
-    recompute off and on; ``module.two_in_a_row``: two of them one after the other (on the C++
-    path the second is chained: the steady state of a model); ``plain``: x + Identity(x)
+    recompute off and on; ``module[.recompute].two_in_a_row``: two of them one after the other
+    (on the C++ path the second is chained: the steady state of a model);
+    ``module.recompute.norm_linear``: around RMSNorm + Linear, whose saved tensors go through
+    the recomputation's saved-tensor hooks (``norm_linear.alone``: the sublayer by itself); ``plain``: x + Identity(x)
     forward, and forward + backward, the autograd cost any residual block pays (subtract it to get
     what mHC adds); ``torch.one_add``: one PyTorch op (this host's cost of a launch);
   * a cProfile of the module's forward + backward (the 25 functions with the most own time), with
@@ -148,6 +150,12 @@ def main(argv=None):
     record("torch.one_add", lambda: torch.add(y, y))
     record("plain.forward", lambda: xg + xg)
     hc2 = HyperConnection(n, C, nn.Identity(), backend="cuda", recompute=False).to(dev)
+    # A sublayer that saves tensors (RMSNorm + Linear): under recomputation its saved u is
+    # recomputed and the rest passes the saved-tensor hooks; norm_linear.alone is its own cost.
+    norm_linear = nn.Sequential(nn.RMSNorm(C), nn.Linear(C, C)).to(dev, x.dtype)
+    hc_nl = HyperConnection(n, C, norm_linear, backend="cuda", recompute=True).to(dev)
+    ug = u.clone().requires_grad_()
+    record("norm_linear.alone.forward", lambda: norm_linear(ug))
     for path in ("native", "python"):
         if path == "native" and not out["native"]:
             continue
@@ -169,6 +177,10 @@ def main(argv=None):
             # Two HyperConnections in a row: on the C++ path the second is chained (the first's
             # post kernel computes its mix), as every sublayer after the first in a model.
             record(f"{path}.module.two_in_a_row.forward", lambda: hc2(hc(xg)))
+            hc.recompute = hc2.recompute = True          # the default
+            record(f"{path}.module.recompute.two_in_a_row.forward", lambda: hc2(hc(xg)))
+            hc.recompute = hc2.recompute = False
+            record(f"{path}.module.recompute.norm_linear.forward", lambda: hc_nl(xg))
             # The backward normally runs on autograd's device thread: here in the calling
             # thread too (the profile below needs that).
             with torch.autograd.set_multithreading_enabled(False):
