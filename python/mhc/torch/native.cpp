@@ -377,6 +377,9 @@ enum class Grouping {
                 // parameter gradient alone (the autograd steps)
   All,          // everything in one (steps whose results all live until the
                 // backward)
+  AllButMix,    // everything in one but mix, which goes alone (pre_step under
+                // recomputation: mix is saved for the backward; u, post and
+                // comb are not)
 };
 
 bool isCoefficient(const Buffer &b) {
@@ -455,7 +458,8 @@ std::vector<Tensor> runOp(const KernelSet &ks, int op,
     shapes.push_back(shapeOf(b.shape, lead, ks));
     dtypes.push_back(dtypeOf(b.dtype, ks));
     bool shared = grouping == Grouping::All ||
-                  (grouping == Grouping::Coefficients && isCoefficient(b));
+                  (grouping == Grouping::Coefficients && isCoefficient(b)) ||
+                  (grouping == Grouping::AllButMix && b.shape != Shape::MIX);
     // the shared group's number: one past every result's own
     group.push_back(shared ? int(sig.results.size()) : int(group.size()));
   }
@@ -572,15 +576,16 @@ struct PreStep : torch::autograd::Function<PreStep> {
   // mixIn: the mix the previous sublayer's post_step computed for this one
   // (hc_pre_mixed); none: this step computes it (hc_pre). together: all
   // results in one allocation (without recomputation they live until the
-  // backward anyway: post_step saves post/comb, the sublayer u; with it, u
-  // must be free to go).
+  // backward anyway: post_step saves post/comb, the sublayer u); otherwise
+  // all but mix, which this step saves (with recomputation u, post and comb
+  // die after the forward: one allocation when the mix came chained).
   static variable_list forward(AutogradContext *ctx, const Tensor &x,
                                const Tensor &fn, const Tensor &scale,
                                const Tensor &base,
                                const std::optional<Tensor> &mixIn,
                                int64_t handle, bool together) {
     const KernelSet &ks = kernelSet(handle);
-    auto grouping = together ? Grouping::All : Grouping::Coefficients;
+    auto grouping = together ? Grouping::All : Grouping::AllButMix;
     Tensor u, post, comb, mix;
     if (mixIn) {
       auto r = runStep(ks, kPreMixed, {x, *mixIn, scale, base}, grouping);
@@ -675,8 +680,10 @@ struct PostStep : torch::autograd::Function<PostStep> {
       comb = saved[3];
     } else {
       auto r = ctx->saved_data["mixed"].toBool()
-                   ? runStep(ks, kPreMixed, {x, saved[2], saved[4], saved[5]})
-                   : runStep(ks, kPre, {x, saved[3], saved[4], saved[5]});
+                   ? runStep(ks, kPreMixed, {x, saved[2], saved[4], saved[5]},
+                             Grouping::AllButMix)
+                   : runStep(ks, kPre, {x, saved[3], saved[4], saved[5]},
+                             Grouping::AllButMix);
       post = r[1];
       comb = r[2];
       if (slot > 0)
@@ -942,25 +949,38 @@ py::object unpackSaved(const std::shared_ptr<URecompute> &self,
   return py::reinterpret_borrow<py::object>(packed);
 }
 
+// torch.autograd.graph's saved-tensor hook stack (torch._C._autograd's
+// functions, looked up once: they are called on every recomputing forward).
+struct HookStack {
+  py::handle top, push, pop;
+};
+
+const HookStack &hookStack() {
+  static const HookStack stack = [] {
+    py::module_ autograd = py::module_::import("torch._C._autograd");
+    auto get = [&](const char *name) {
+      return py::object(autograd.attr(name)).release();
+    };
+    return HookStack{get("_top_saved_tensors_default_hooks"),
+                     get("_push_saved_tensors_default_hooks"),
+                     get("_pop_saved_tensors_default_hooks")};
+  }();
+  return stack;
+}
+
 // Pushes `hooks`' pack/unpack as the saved-tensor default hooks for its
 // lifetime (as torch.autograd.graph.saved_tensors_hooks does).
 class SavedTensorHooksScope {
 public:
   explicit SavedTensorHooksScope(py::handle hooks) {
-    autograd().attr("_push_saved_tensors_default_hooks")(hooks.attr("pack"),
-                                                         hooks.attr("unpack"));
+    hookStack().push(hooks.attr("pack"), hooks.attr("unpack"));
   }
   ~SavedTensorHooksScope() {
     try {
-      autograd().attr("_pop_saved_tensors_default_hooks")();
+      hookStack().pop();
     } catch (py::error_already_set &e) {
       e.discard_as_unraisable(__func__);
     }
-  }
-  static py::handle autograd() {
-    static PyObject *module =
-        py::module_::import("torch._C._autograd").release().ptr();
-    return module;
   }
 };
 
@@ -1026,12 +1046,11 @@ py::object connectionForward(py::handle module, int64_t handle,
                                      /*together=*/!recompute);
   const Tensor &u = pre[0], &post = pre[1], &comb = pre[2], &mix = pre[3],
                &link = pre[4];
-  if (truthy(instanceAttr(self, k.recordCoefficients)))
-    module.attr(py::handle(k.lastRes)) = wrap(comb.detach());
+  if (truthy(instanceAttr(self, k.recordCoefficients))) // a copy: comb shares
+    module.attr(py::handle(k.lastRes)) = wrap(comb.detach().clone()); // u's memory
   std::shared_ptr<URecompute> hooks;
   if (recompute && at::GradMode::is_enabled()) {
-    py::object outer = SavedTensorHooksScope::autograd().attr(
-        "_top_saved_tensors_default_hooks")(false);
+    py::object outer = hookStack().top(false);
     hooks = std::make_shared<URecompute>(
         u, std::vector<Tensor>{x, fn, scale, base, mix}, mixIn.has_value(),
         handle, std::move(outer));
