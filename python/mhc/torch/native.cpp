@@ -1046,8 +1046,9 @@ py::object connectionForward(py::handle module, int64_t handle,
                                      /*together=*/!recompute);
   const Tensor &u = pre[0], &post = pre[1], &comb = pre[2], &mix = pre[3],
                &link = pre[4];
-  if (truthy(instanceAttr(self, k.recordCoefficients))) // a copy: comb shares
-    module.attr(py::handle(k.lastRes)) = wrap(comb.detach().clone()); // u's memory
+  // record_coefficients keeps a copy: comb may share an allocation with u.
+  if (truthy(instanceAttr(self, k.recordCoefficients)))
+    module.attr(py::handle(k.lastRes)) = wrap(comb.detach().clone());
   std::shared_ptr<URecompute> hooks;
   if (recompute && at::GradMode::is_enabled()) {
     py::object outer = hookStack().top(false);
