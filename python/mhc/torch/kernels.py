@@ -485,7 +485,7 @@ class KernelSet:
         self.plans = {op: _OpPlan(op, spec, functions, self.key)
                       for op, spec in self.manifest["ops"].items()}
         self._native = None     # handle in the C++ launch path; False: not available
-        # Chained HyperConnections need both halves of the steady state (modules._chained_mix).
+        # Chained HyperConnections need both halves of the steady state (native.cpp: the chain).
         self.chains = {"hc_pre_mixed", "hc_post_project"} <= set(self.plans)
 
     def native_handle(self):
