@@ -528,3 +528,19 @@ def test_native_forward_records_and_casts(plain_set, mock):  # noqa: F811
     x_next = hc._forward_native(plain_set, x, *hc._params(x))
     y = launches(mock)[2]["buffers"][0]
     assert y[1] == 8 * C and x_next.dtype == x.dtype
+
+
+@pytest.mark.parametrize("lead", [(2, 3), (0,), ()])
+def test_native_forward_any_leading_dims(chain_set, mock, lead):  # noqa: F811
+    """x [*lead, n, C] (several leading dims, T = 0, a single token with no leading dim): the C++
+    forward launches with T = prod(lead), chains, and gives x_next and gradients of x's shape."""
+    h1, h2 = two_layers(recompute=True)
+    x = torch.randn(*lead, N, C).bfloat16().requires_grad_()
+    T = x.numel() // (N * C)
+    run_chain([h1, h2], chain_set, x)                  # learn the chain
+    mock.mock_clear_log()
+    out = run_chain([h1, h2], chain_set, x)
+    assert kernel_names(mock) == ["pre_norm", "pre_apply", "post_project", "pre_mixed", "post"]
+    assert {l["T"] for l in launches(mock)} == {T} and out.shape == x.shape
+    out.backward(torch.randn_like(out))
+    assert x.grad.shape == x.shape and h1.fn.grad is not None
