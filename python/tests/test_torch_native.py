@@ -544,3 +544,27 @@ def test_native_forward_any_leading_dims(chain_set, mock, lead):  # noqa: F811
     assert {l["T"] for l in launches(mock)} == {T} and out.shape == x.shape
     out.backward(torch.randn_like(out))
     assert x.grad.shape == x.shape and h1.fn.grad is not None
+
+
+def test_native_forward_survives_a_sublayer_that_replaces_the_parameters(plain_set, mock,  # noqa: F811
+                                                                         enable_fast_path):
+    """A sublayer that swaps its parent's parameters mid-forward: the step finishes with the
+    parameters it started with (the fast path holds its own references to them, so the old ones
+    are not freed under it) and the new ones get no gradient from it."""
+    hc = HyperConnection(N, C, nn.Identity(), backend="cuda", recompute=False)
+    x = leaf(inputs(8)[0])
+    enable_fast_path(hc, x, plain_set)
+    first_fn = hc.fn
+
+    class Swaps(nn.Module):
+        def forward(self, u):
+            hc.fn = nn.Parameter(torch.randn_like(hc.fn))
+            hc.scale = nn.Parameter(torch.rand(3))
+            return u
+    hc.sublayer = Swaps()
+    first = ptr(first_fn)
+    del first_fn
+    mock.mock_clear_log()
+    hc(x).sum().backward()
+    assert launches(mock)[0]["buffers"][1] == first        # pre_norm read the old fn
+    assert hc.fn.grad is None and hc.scale.grad is None     # the new ones were not in this step

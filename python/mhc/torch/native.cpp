@@ -1169,8 +1169,11 @@ py::object fastForward(py::handle module, py::handle xObj, py::tuple args,
   if (!entry || !fn || !scale || !base || fn->scalar_type() != at::kFloat ||
       scale->scalar_type() != at::kFloat || base->scalar_type() != at::kFloat)
     return py::none();
-  return connectionForward(module, entry->handle, xObj, *x, *fn, *scale, *base,
-                           args, kwargs);
+  // Owned references: the sublayer (Python) runs before the parameters' last
+  // use and could replace them in the module.
+  const Tensor fnRef = *fn, scaleRef = *scale, baseRef = *base;
+  return connectionForward(module, entry->handle, xObj, *x, fnRef, scaleRef,
+                           baseRef, args, kwargs);
 }
 
 bool builtWithCuda() {
