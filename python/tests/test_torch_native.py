@@ -428,6 +428,10 @@ def test_forward_fast_path_and_its_fall_backs(plain_set, mock, enable_fast_path)
     hc.sublayer, hc.recompute = _SavesTwo(), True       # arguments reach the sublayer
     hc(x, 0.25, scale=3.0).sum().backward()
     assert hc.sublayer.arguments == (0.25, 3.0) and len(hc.sublayer.seen) == 1
+    hc.recompute = torch.ones(2)                        # an error, as `if hc.recompute:` gives
+    with pytest.raises(RuntimeError, match="ambiguous"):
+        hc(x)
+    hc.recompute = True
     not_contiguous = torch.empty(N, 8, C, dtype=x.dtype).transpose(0, 1)
     with pytest.raises(ValueError, match="x is not contiguous"):
         hc(not_contiguous)

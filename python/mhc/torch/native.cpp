@@ -781,7 +781,14 @@ PyObject *instanceAttr(PyObject *obj, PyObject *name) {
   return value;
 }
 
-bool truthy(PyObject *value) { return value && PyObject_IsTrue(value) == 1; }
+bool truthy(PyObject *value) {
+  if (!value)
+    return false;
+  int truth = PyObject_IsTrue(value);
+  if (truth < 0) // e.g. a tensor of several elements, as Python's `if` would
+    throw py::error_already_set();
+  return truth == 1;
+}
 
 PyObject *dictItem(PyObject *dict, PyObject *name) {
   return dict && PyDict_Check(dict) ? PyDict_GetItem(dict, name) : nullptr;
