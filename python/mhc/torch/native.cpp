@@ -1102,29 +1102,38 @@ py::object forwardWith(py::handle module, int64_t handle, py::handle xObj,
 // The (n, C, Sinkhorn attributes, x's dtype, device) HyperConnection's general
 // path has run on the C++ path, with their kernel set: what forward() takes
 // without Python. Touched only with the GIL held.
-struct FastPathEntry {
+struct FastPathKey {
   int64_t n, C, iterations;
   double eps, preEps, postMult;
   at::ScalarType dtype;
   int64_t device;
-  int64_t handle;
+
+  bool operator==(const FastPathKey &o) const {
+    return n == o.n && C == o.C && iterations == o.iterations &&
+           eps == o.eps && preEps == o.preEps && postMult == o.postMult &&
+           dtype == o.dtype && device == o.device;
+  }
 };
-std::vector<FastPathEntry> fastPath;
+std::vector<std::pair<FastPathKey, int64_t>> fastPath; // key -> kernel set
+
+// The kernel set handle of `key`'s entry, or nullptr.
+int64_t *fastPathHandle(const FastPathKey &key) {
+  for (auto &[k, handle] : fastPath)
+    if (k == key)
+      return &handle;
+  return nullptr;
+}
 
 void enableFastPath(int64_t n, int64_t C, int64_t iterations, double eps,
                     double preEps, double postMult, const std::string &dtype,
                     int64_t device, int64_t handle) {
   kernelSet(handle); // checks the handle
-  FastPathEntry entry{n, C, iterations, eps, preEps, postMult,
-                      scalarType(dtype), device, handle};
-  for (FastPathEntry &e : fastPath)
-    if (e.n == n && e.C == C && e.iterations == iterations && e.eps == eps &&
-        e.preEps == preEps && e.postMult == postMult &&
-        e.dtype == entry.dtype && e.device == device) {
-      e.handle = handle;
-      return;
-    }
-  fastPath.push_back(entry);
+  FastPathKey key{n,      C,        iterations,        eps,
+                  preEps, postMult, scalarType(dtype), device};
+  if (int64_t *known = fastPathHandle(key))
+    *known = handle;
+  else
+    fastPath.emplace_back(key, handle);
 }
 
 void clearFastPath() { fastPath.clear(); }
@@ -1161,25 +1170,19 @@ py::object fastForward(py::handle module, py::handle xObj, py::tuple args,
     PyErr_Clear();
     return py::none();
   }
-  const at::ScalarType dtype = x->scalar_type();
-  const int64_t device = x->get_device();
-  const FastPathEntry *entry = nullptr;
-  for (const FastPathEntry &e : fastPath)
-    if (e.n == nv && e.C == Cv && e.iterations == it && e.eps == eps &&
-        e.preEps == preEps && e.postMult == postMult && e.dtype == dtype &&
-        e.device == device)
-      entry = &e;
+  const int64_t *handle = fastPathHandle(
+      {nv, Cv, it, eps, preEps, postMult, x->scalar_type(), x->get_device()});
   PyObject *params = instanceAttr(self, k.parameters);
   const Tensor *fn = plainTensor(dictItem(params, k.fn));
   const Tensor *scale = plainTensor(dictItem(params, k.scale));
   const Tensor *base = plainTensor(dictItem(params, k.base));
-  if (!entry || !fn || !scale || !base || fn->scalar_type() != at::kFloat ||
+  if (!handle || !fn || !scale || !base || fn->scalar_type() != at::kFloat ||
       scale->scalar_type() != at::kFloat || base->scalar_type() != at::kFloat)
     return py::none();
   // Owned references: the sublayer (Python) runs before the parameters' last
   // use and could replace them in the module.
   const Tensor fnRef = *fn, scaleRef = *scale, baseRef = *base;
-  return connectionForward(module, entry->handle, xObj, *x, fnRef, scaleRef,
+  return connectionForward(module, *handle, xObj, *x, fnRef, scaleRef,
                            baseRef, args, kwargs);
 }
 
