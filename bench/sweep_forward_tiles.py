@@ -11,8 +11,8 @@ and on the GPU machine, .mhc-cache-sweep-fwd carried along:
 
     PYTHONPATH=python python3 bench/sweep_forward_tiles.py run --out .mhc-cache-sweep-fwd --json $OUT/fwd-tiles.json
 
-Each op's GPU time: 40 calls queued behind a sleeping kernel, then run back to back (so the host's
-launch time does not count), per call, one process for all variants. The projection kernels
+Each op's GPU time: host_time.gpu_us_per_call (40 calls queued behind a sleeping kernel, then run
+back to back, so the host's launch time does not count), one process for all variants. The projection kernels
 (hc_pre, hc_post_project) need tile_tokens a multiple of 16 (their tensor-core row tiles).
 """
 import argparse
@@ -24,6 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
+sys.path.insert(0, str(HERE))                   # host_time's GPU timer
 
 # tile_tokens chosen today -> the variant's (32: hc_pre, hc_post_project; 64: hc_post, hc_pre_mixed).
 VARIANTS = {"chosen": {}, "tt16": {32: 16, 64: 16}, "tt16-8": {32: 16, 64: 8}}
@@ -61,22 +62,10 @@ def build(args):
         print(f"{name}: built {folder}: {grids}", flush=True)
 
 
-def gpu_us(fn, calls=40):
-    import torch
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda._sleep(100_000_000)
-    start.record()
-    for _ in range(calls):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / calls
-
-
 def run(args):
     import torch
     from mhc.torch import kernels
+    from host_time import gpu_us_per_call as gpu_us
     n, C, M = 4, 4096, 24
     sets = {name: kernels.KernelSet(key().folder(Path(args.out) / name)) for name in VARIANTS}
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "n": n, "C": C,
