@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mhc.torch import build_native, kernels, modules, native
+from mhc.torch import build_native, kernels, native
 from mhc.torch.kernels import KernelSet, OP_BUFFERS
 from mhc.torch.modules import HyperConnection
 
