@@ -130,6 +130,51 @@ def test_steps_forward_and_backward(built, handle, mock, recompute):  # noqa: F8
     assert scale.grad.shape == (3,) and base.grad.shape == (24,)
 
 
+def test_steps_behave_like_autograd_nodes(built, handle, mock):  # noqa: F811
+    """The steps are autograd nodes written by hand (not torch::autograd::Function): what autograd
+    gives every operation must still hold."""
+    inputs_, (u, post, comb, mix, link), x_next = _forward(built, handle, 8, False)
+    x, fn, scale, base = inputs_
+    assert u.grad_fn.name() == "mhc::PreStepBackward" and link.grad_fn is u.grad_fn
+    assert x_next.grad_fn.name() == "mhc::PostStepBackward"
+    edges = [f for f, _ in x_next.grad_fn.next_functions]   # y, link, post, comb
+    assert edges[1] is edges[2] is edges[3] is u.grad_fn
+    # A second backward through released saved tensors raises; retain_graph keeps them.
+    x_next.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    x_next.sum().backward()
+    assert x.grad.shape == first.shape
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        x_next.sum().backward()
+    # Saved tensors keep autograd's version check.
+    inputs_, _, x_next = _forward(built, handle, 8, True)
+    with torch.no_grad():
+        inputs_[0].mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        x_next.sum().backward()
+    # No graph without grad mode, or when nothing the steps differentiate requires grad.
+    x, fn, scale, base = inputs(8)
+    with torch.no_grad():
+        u, post, comb, mix, link = built.pre_step(leaf(x), leaf(fn), scale, base, None, handle,
+                                                  True)
+    assert u.grad_fn is None and not link.requires_grad
+    u, post, comb, mix, link = built.pre_step(x, fn, scale, base, None, handle, True)
+    assert u.grad_fn is None and not u.requires_grad
+    # Frozen parameters: x still gets its gradient, the parameters none.
+    xl = leaf(x)
+    u, post, comb, mix, link = built.pre_step(xl, fn, scale, base, None, handle, True)
+    (x_next,) = built.post_step(u.contiguous(), xl, link, post, comb, mix, fn, scale, base, None,
+                                handle, False, False, 0)
+    x_next.sum().backward()
+    assert xl.grad is not None and fn.grad is None
+    # Forward-mode AD has no rule here: a clear error, not a wrong tangent.
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.randn_like(x))
+        with pytest.raises(RuntimeError, match="forward-mode AD"):
+            built.pre_step(dual, fn, scale, base, None, handle, True)
+
+
 def storage(t):
     return t.untyped_storage().data_ptr()
 

@@ -4,7 +4,7 @@
 // cpp_extension, on first use), so it lives beside the Python package, not
 // under lib/: a prebuilt library would have to match PyTorch's C++ ABI exactly.
 //
-// Two things, both the C++ twins of Python code, to cut host time per call:
+// Three things, all the C++ twins of Python code, to cut host time per call:
 //
 //   * run_op: one op of a kernel set (kernels.py's _OpPlan.run): check the
 //     arguments, allocate results and scratch with PyTorch's caching allocator,
@@ -12,7 +12,7 @@
 //     current stream;
 //   * pre_step / post_step: HyperConnection's two autograd functions
 //     (modules.py's _PreStep / _PostStep, same wiring: the dx link and the
-//     recomputation), as torch::autograd::Function so that neither the
+//     recomputation), as autograd nodes written in C++ so that neither the
 //     forward nor the backward runs Python;
 //   * forward / forward_with: HyperConnection.forward itself -- the steps,
 //     the sublayer call between them (with the recomputation's saved-tensor
@@ -27,6 +27,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
@@ -41,13 +42,13 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
 namespace {
 
 using at::Tensor;
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 //===----------------------------------------------------------------------===//
@@ -289,9 +290,12 @@ void addOp(
 // Running one op
 //===----------------------------------------------------------------------===//
 
-std::vector<int64_t> shapeOf(Shape s, c10::IntArrayRef lead,
-                             const KernelSet &ks) {
-  std::vector<int64_t> shape(lead.begin(), lead.end());
+// Shapes and buffer lists in small inline vectors: an op call would otherwise
+// make ~25 heap allocations for them (~1 us of host time).
+using Dims = c10::SmallVector<int64_t, 6>;
+
+Dims shapeOf(Shape s, c10::IntArrayRef lead, const KernelSet &ks) {
+  Dims shape(lead.begin(), lead.end());
   switch (s) {
   case Shape::X:
     shape.insert(shape.end(), {ks.n, ks.C});
@@ -309,11 +313,11 @@ std::vector<int64_t> shapeOf(Shape s, c10::IntArrayRef lead,
     shape.push_back(ks.M);
     return shape;
   case Shape::FN:
-    return {ks.M, ks.n * ks.C};
+    return Dims{ks.M, ks.n * ks.C};
   case Shape::SC:
-    return {3};
+    return Dims{3};
   case Shape::B:
-    return {ks.M};
+    return Dims{ks.M};
   }
   return shape;
 }
@@ -327,8 +331,8 @@ void checkArgument(const Signature &sig, const Buffer &b, const Tensor &t,
                    const KernelSet &ks) {
   TORCH_CHECK_VALUE(t.defined(), "mhc::", sig.name, ": ", b.name,
                     " is missing");
-  auto expected = shapeOf(b.shape, lead, ks);
-  TORCH_CHECK_VALUE(t.sizes().equals(expected), "mhc::", sig.name, ": ", b.name,
+  Dims expected = shapeOf(b.shape, lead, ks);
+  TORCH_CHECK_VALUE(t.sizes().equals(c10::IntArrayRef(expected)), "mhc::", sig.name, ": ", b.name,
                     " has shape ", t.sizes(), ", expected ",
                     c10::IntArrayRef(expected));
   auto dtype = dtypeOf(b.dtype, ks);
@@ -387,41 +391,50 @@ bool isCoefficient(const Buffer &b) {
          (b.shape == Shape::P || b.shape == Shape::CB || b.shape == Shape::MIX);
 }
 
-// The buffers `shapes`/`dtypes` (zero-filled where `zero`), buffer i in
-// allocation group[i]: a group of one is a plain at::empty, a larger one is
-// one allocation with each buffer at a 256-byte aligned offset.
-std::vector<Tensor> allocate(const Tensor &x,
-                             const std::vector<std::vector<int64_t>> &shapes,
-                             const std::vector<at::ScalarType> &dtypes,
-                             const std::vector<bool> &zero,
-                             const std::vector<int> &group) {
+// A buffer to allocate: buffers of one group share an allocation.
+struct Allocation {
+  Dims shape;
+  at::ScalarType dtype;
+  bool zero; // zero-filled
+  int group;
+};
+using Allocations = c10::SmallVector<Allocation, 8>;
+
+// The buffers: a group of one is a plain at::empty, a larger one is one
+// allocation with each buffer at a 256-byte aligned offset.
+c10::SmallVector<Tensor, 8> allocate(const Tensor &x,
+                                     const Allocations &buffers) {
   constexpr int64_t kAlign = 256;
-  const size_t count = shapes.size();
-  const size_t groups =
-      count ? size_t(*std::max_element(group.begin(), group.end())) + 1 : 0;
-  std::vector<int64_t> offset(count), groupBytes(groups, 0), members(groups, 0);
+  const size_t count = buffers.size();
+  int groups = 0;
+  for (const Allocation &a : buffers)
+    groups = std::max(groups, a.group + 1);
+  c10::SmallVector<int64_t, 8> offset(count), groupBytes, members;
+  groupBytes.resize(size_t(groups), 0);
+  members.resize(size_t(groups), 0);
   for (size_t i = 0; i < count; ++i) {
-    int64_t bytes = int64_t(c10::elementSize(dtypes[i]));
-    for (int64_t d : shapes[i])
+    int64_t bytes = int64_t(c10::elementSize(buffers[i].dtype));
+    for (int64_t d : buffers[i].shape)
       bytes *= d;
-    size_t g = size_t(group[i]);
+    size_t g = size_t(buffers[i].group);
     offset[i] = groupBytes[g];
     groupBytes[g] += (bytes + kAlign - 1) / kAlign * kAlign;
     ++members[g];
   }
-  std::vector<Tensor> blocks(groups), out(count);
+  c10::SmallVector<Tensor, 8> blocks, out(count);
+  blocks.resize(size_t(groups));
   for (size_t i = 0; i < count; ++i) {
-    size_t g = size_t(group[i]);
+    const Allocation &a = buffers[i];
+    size_t g = size_t(a.group);
     if (members[g] == 1) {
-      auto options = x.options().dtype(dtypes[i]);
-      out[i] = zero[i] ? at::zeros(shapes[i], options)
-                       : at::empty(shapes[i], options);
+      auto options = x.options().dtype(a.dtype);
+      out[i] = a.zero ? at::zeros(a.shape, options) : at::empty(a.shape, options);
       continue;
     }
     if (!blocks[g].defined())
       blocks[g] = at::empty({groupBytes[g]}, x.options().dtype(at::kByte));
-    out[i] = pieceOf(blocks[g], offset[i], shapes[i], dtypes[i]);
-    if (zero[i])
+    out[i] = pieceOf(blocks[g], offset[i], a.shape, a.dtype);
+    if (a.zero)
       out[i].zero_();
   }
   return out;
@@ -431,7 +444,7 @@ std::vector<Tensor> allocate(const Tensor &x,
 // and its scratch (in one allocation: it dies with the call), launches its
 // kernels on PyTorch's current stream.
 std::vector<Tensor> runOp(const KernelSet &ks, int op,
-                          const std::vector<Tensor> &args,
+                          c10::ArrayRef<Tensor> args,
                           Grouping grouping = Grouping::Separate) {
   const Signature &sig = signatures()[size_t(op)];
   const OpPlan *plan = ks.ops[size_t(op)].get();
@@ -451,46 +464,43 @@ std::vector<Tensor> runOp(const KernelSet &ks, int op,
     checkArgument(sig, sig.args[i], args[i], x, lead, ks);
 
   const int64_t T = x.numel() / (ks.n * ks.C);
-  std::vector<std::vector<int64_t>> shapes;
-  std::vector<at::ScalarType> dtypes;
-  std::vector<int> group;
-  for (const Buffer &b : sig.results) {
-    shapes.push_back(shapeOf(b.shape, lead, ks));
-    dtypes.push_back(dtypeOf(b.dtype, ks));
+  Allocations resultBuffers;
+  for (size_t i = 0; i < sig.results.size(); ++i) {
+    const Buffer &b = sig.results[i];
     bool shared = grouping == Grouping::All ||
                   (grouping == Grouping::Coefficients && isCoefficient(b)) ||
                   (grouping == Grouping::AllButMix && b.shape != Shape::MIX);
     // the shared group's number: one past every result's own
-    group.push_back(shared ? int(sig.results.size()) : int(group.size()));
+    resultBuffers.push_back({shapeOf(b.shape, lead, ks), dtypeOf(b.dtype, ks),
+                             bool(plan->zeroResults[i]),
+                             shared ? int(sig.results.size()) : int(i)});
   }
-  std::vector<Tensor> results =
-      allocate(x, shapes, dtypes, plan->zeroResults, group);
-  std::vector<std::vector<int64_t>> scratchShapes;
-  std::vector<at::ScalarType> scratchDtypes;
-  std::vector<bool> scratchZero;
+  c10::SmallVector<Tensor, 8> results = allocate(x, resultBuffers);
+  Allocations scratchBuffers; // one group: they die with the call
   for (const Scratch &s : plan->scratch) {
     int64_t numel = 1;
     for (int64_t d : s.dims)
       numel *= d >= 0    ? d
                : d == -1 ? T
                          : std::max((T - d - 2) / (-d - 1), int64_t(1));
-    scratchShapes.push_back({numel});
-    scratchDtypes.push_back(s.dtype.value_or(ks.dtype));
-    scratchZero.push_back(s.zero);
+    scratchBuffers.push_back(
+        {Dims{numel}, s.dtype.value_or(ks.dtype), s.zero, 0});
   }
-  std::vector<Tensor> scratch =
-      allocate(x, scratchShapes, scratchDtypes, scratchZero,
-               std::vector<int>(scratchShapes.size(), 0));
-  std::vector<Tensor> buffers(args.begin(), args.end());
-  buffers.insert(buffers.end(), results.begin(), results.end());
-  buffers.insert(buffers.end(), scratch.begin(), scratch.end());
+  c10::SmallVector<Tensor, 8> scratch = allocate(x, scratchBuffers);
+  c10::SmallVector<const Tensor *, 24> buffers; // args ++ results ++ scratch
+  for (const Tensor &t : args)
+    buffers.push_back(&t);
+  for (const Tensor &t : results)
+    buffers.push_back(&t);
+  for (const Tensor &t : scratch)
+    buffers.push_back(&t);
 
   void *stream = currentStream(x);
   std::array<void *, kMaxBuffers> ptrs;
   std::array<int64_t, kMaxBuffers> numels;
   for (const Launch &l : plan->launches) {
     for (size_t i = 0; i < l.buffers.size(); ++i) {
-      const Tensor &t = buffers[size_t(l.buffers[i])];
+      const Tensor &t = *buffers[size_t(l.buffers[i])];
       ptrs[i] = t.data_ptr();
       numels[i] = t.numel();
     }
@@ -511,12 +521,12 @@ std::vector<Tensor> runOp(const KernelSet &ks, int op,
                   ": kernel launch failed: ", message);
     }
   }
-  return results;
+  return std::vector<Tensor>(results.begin(), results.end());
 }
 
 // runOp of one of the ops the autograd steps launch.
 std::vector<Tensor> runStep(const KernelSet &ks, Op op,
-                            const std::vector<Tensor> &args,
+                            c10::ArrayRef<Tensor> args,
                             Grouping grouping = Grouping::Coefficients) {
   return runOp(ks, stepOps[size_t(op)], args, grouping);
 }
@@ -569,152 +579,227 @@ void putRecomputedU(int64_t id, const Tensor &u) {
 }
 
 //===----------------------------------------------------------------------===//
-// HyperConnection's autograd steps (modules.py's _PreStep / _PostStep)
+// HyperConnection's autograd steps (modules.py's _PreStep / _PostStep), as
+// autograd nodes written by hand. torch::autograd::Function would do more per
+// call than these two steps need -- record every input's metadata, check
+// every output against the inputs, keep saved data in a string-keyed map --
+// and that was ~3 us of host time per step (docs/Torch.md, "Host time").
+// A node here holds exactly its saved tensors (as SavedVariables: the version
+// check and the user's saved-tensor hooks apply as they do to any node).
 //===----------------------------------------------------------------------===//
 
-struct PreStep : torch::autograd::Function<PreStep> {
-  // mixIn: the mix the previous sublayer's post_step computed for this one
-  // (hc_pre_mixed); none: this step computes it (hc_pre). together: all
-  // results in one allocation (without recomputation they live until the
-  // backward anyway: post_step saves post/comb, the sublayer u); otherwise
-  // all but mix, which this step saves (with recomputation u, post and comb
-  // die after the forward: one allocation when the mix came chained).
-  static variable_list forward(AutogradContext *ctx, const Tensor &x,
-                               const Tensor &fn, const Tensor &scale,
-                               const Tensor &base,
-                               const std::optional<Tensor> &mixIn,
-                               int64_t handle, bool together) {
-    const KernelSet &ks = kernelSet(handle);
-    auto grouping = together ? Grouping::All : Grouping::AllButMix;
-    Tensor u, post, comb, mix;
-    if (mixIn) {
-      auto r = runStep(ks, kPreMixed, {x, *mixIn, scale, base}, grouping);
-      u = r[0], post = r[1], comb = r[2], mix = *mixIn;
-    } else {
-      auto r = runStep(ks, kPre, {x, fn, scale, base}, grouping);
-      u = r[0], post = r[1], comb = r[2], mix = r[3];
-    }
-    ctx->save_for_backward({x, fn, scale, base, mix});
-    ctx->saved_data["ks"] = handle;
-    ctx->mark_non_differentiable({mix});
-    ctx->set_materialize_grads(false);
-    // The link: x's shape and dtype, all strides 0, over mix's first element
-    // (no allocation: nothing ever reads it); its only job is to carry
-    // dx_next from post_step's backward to this step's backward.
-    std::vector<int64_t> zeroStrides(size_t(x.dim()), 0);
-    Tensor link = pieceOf(mix, mix.storage_offset() * int64_t(mix.itemsize()),
-                          x.sizes(), x.scalar_type(), zeroStrides);
-    return {u, post, comb, mix, link};
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
+
+// Node's owning pointer: std::shared_ptr in older PyTorch releases,
+// c10::intrusive_ptr in newer ones (2.15 here; the H200 runs 2.11).
+using NodePtr = decltype(torch::autograd::Edge::function);
+
+template <class StepNode> NodePtr newNode() {
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<Node>>)
+    // deleteNode (found by argument-dependent lookup: only where it exists)
+    // frees long chains of nodes without deep recursion.
+    return NodePtr(new StepNode(), [](auto *node) { deleteNode(node); });
+  else
+    return c10::make_intrusive<StepNode>();
+}
+
+// Makes `node` the grad_fn of `t` (its next input slot).
+void attach(Tensor &t, const NodePtr &node) {
+  uint32_t slot = node->add_input_metadata(t);
+  torch::autograd::impl::set_gradient_edge(t, {node, slot});
+}
+
+// Whether a step records a node: as for any operation, grad mode is on and
+// an input it differentiates requires grad. Forward-mode AD has no rule here.
+bool recordsNode(std::initializer_list<const Tensor *> inputs) {
+  bool any = false;
+  for (const Tensor *t : inputs) {
+    TORCH_CHECK(!torch::autograd::isFwGradDefined(*t),
+                "HyperConnection: forward-mode AD (dual tensors) is not "
+                "supported by the cuda backend");
+    any = any || t->requires_grad();
+  }
+  return any && at::GradMode::is_enabled();
+}
+
+// The gradient given for an output, or zeros when none came (the output was
+// unused).
+Tensor gradOrZeros(const Tensor &g, Shape s, c10::IntArrayRef lead,
+                   const KernelSet &ks, const Tensor &like,
+                   at::ScalarType dtype) {
+  return g.defined() ? g.contiguous()
+                     : at::zeros(shapeOf(s, lead, ks), like.options().dtype(dtype));
+}
+
+// pre_step's backward: next edges x, fn, scale, base; inputs the gradients
+// of u, post, comb and the link.
+struct PreStepBackward : Node {
+  SavedVariable x, fn, scale, base, mix;
+  int64_t handle = 0;
+
+  std::string name() const override { return "mhc::PreStepBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (SavedVariable *v : {&x, &fn, &scale, &base, &mix})
+      v->reset_data();
   }
 
-  static variable_list backward(AutogradContext *ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const Tensor &x = saved[0], &mix = saved[4];
-    const KernelSet &ks = kernelSet(ctx->saved_data["ks"].toInt());
-    auto lead = x.sizes().slice(0, size_t(x.dim() - 2));
-    auto orZeros = [&](const Tensor &g, Shape s, at::ScalarType dt) {
-      return g.defined()
-                 ? g.contiguous()
-                 : at::zeros(shapeOf(s, lead, ks), x.options().dtype(dt));
-    };
-    Tensor du = orZeros(grads[0], Shape::Y, x.scalar_type());
-    Tensor dpost = orZeros(grads[1], Shape::P, mix.scalar_type());
-    Tensor dcomb = orZeros(grads[2], Shape::CB, mix.scalar_type());
-    Tensor dxNext = orZeros(grads[4], Shape::X, x.scalar_type());
+  variable_list apply(variable_list &&grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const KernelSet &ks = kernelSet(handle);
+    Tensor xv = x.unpack(), mixv = mix.unpack();
+    auto lead = xv.sizes().slice(0, size_t(xv.dim() - 2));
+    Tensor du = gradOrZeros(grads[0], Shape::Y, lead, ks, xv, xv.scalar_type());
+    Tensor dpost =
+        gradOrZeros(grads[1], Shape::P, lead, ks, xv, mixv.scalar_type());
+    Tensor dcomb =
+        gradOrZeros(grads[2], Shape::CB, lead, ks, xv, mixv.scalar_type());
+    Tensor dxNext =
+        gradOrZeros(grads[3], Shape::X, lead, ks, xv, xv.scalar_type());
     // The same backward whichever kernel computed the mix: it is the
     // norm_project of x with fn either way, and hc_pre_backward differentiates
     // through it.
-    auto r =
-        runStep(ks, kPreBackward,
-              {x, saved[1], saved[2], saved[3], mix, du, dpost, dcomb, dxNext});
-    return {r[0], r[1], r[2], r[3], Tensor(), Tensor(), Tensor()};
+    auto r = runStep(ks, kPreBackward,
+                     {xv, fn.unpack(), scale.unpack(), base.unpack(), mixv, du,
+                      dpost, dcomb, dxNext});
+    return {r[0], r[1], r[2], r[3]};
   }
 };
 
-struct PostStep : torch::autograd::Function<PostStep> {
-  // fnNext: the next sublayer's fn; given, the step also returns that
-  // sublayer's mix (hc_post_project), which the next pre_step then takes.
-  // recompute: 0 saves post/comb; otherwise they are recomputed in the
-  // backward (with the kernel the forward's pre_step used: preMixed), and
-  // uSlot (0: none) receives the recomputed u.
-  static variable_list
-  forward(AutogradContext *ctx, const Tensor &y, const Tensor &x,
-          const Tensor &link, const Tensor &post, const Tensor &comb,
-          const Tensor &mix, const Tensor &fn, const Tensor &scale,
-          const Tensor &base, const std::optional<Tensor> &fnNext,
-          int64_t handle, bool preMixed, bool recompute, int64_t uSlot) {
-    (void)link;
-    const KernelSet &ks = kernelSet(handle);
-    variable_list out;
-    if (fnNext) {
-      // x_next and mix_next in one allocation: the next sublayer's pre_step
-      // saves both.
-      auto r = runStep(ks, kPostProject, {y, x, post, comb, *fnNext},
-                       Grouping::All);
-      ctx->mark_non_differentiable(
-          {r[1]}); // the next pre_step's input, not trained
-      out = {r[0], r[1]};
-    } else {
-      out = {runStep(ks, kPost, {y, x, post, comb})[0]};
-    }
-    ctx->saved_data["ks"] = handle;
-    ctx->saved_data["slot"] = recompute ? uSlot : int64_t(-1);
-    ctx->saved_data["mixed"] = preMixed;
-    ctx->set_materialize_grads(false);
-    if (!recompute)
-      ctx->save_for_backward({y, x, post, comb});
-    else // x, mix, fn, scale, base are pre_step's saved tensors: no extra
-         // memory
-      ctx->save_for_backward({y, x, mix, fn, scale, base});
-    return out;
-  }
-
-  static variable_list backward(AutogradContext *ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const KernelSet &ks = kernelSet(ctx->saved_data["ks"].toInt());
-    int64_t slot = ctx->saved_data["slot"].toInt();
-    const Tensor &y = saved[0], &x = saved[1];
-    Tensor post, comb;
-    if (slot < 0) {
-      post = saved[2];
-      comb = saved[3];
-    } else {
-      auto r = ctx->saved_data["mixed"].toBool()
-                   ? runStep(ks, kPreMixed, {x, saved[2], saved[4], saved[5]},
-                             Grouping::AllButMix)
-                   : runStep(ks, kPre, {x, saved[3], saved[4], saved[5]},
-                             Grouping::AllButMix);
-      post = r[1];
-      comb = r[2];
-      if (slot > 0)
-        putRecomputedU(slot, r[0]); // the sublayer's backward, next, reads it
-    }
-    Tensor dxNext =
-        grads[0].defined() ? grads[0].contiguous() : at::zeros_like(x);
-    auto r = runStep(ks, kPostBackward, {y, x, post, comb, dxNext});
-    // No gradient for x here: dx_next goes through the link to pre_step,
-    // which computes all of dx. None for fnNext either: the next sublayer's
-    // backward computes its fn's whole gradient from the mix it was given.
-    return {r[0],     Tensor(), dxNext,   r[1],     r[2],
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor()};
-  }
-};
-
+// mixIn: the mix the previous sublayer's post_step computed for this one
+// (hc_pre_mixed); none: this step computes it (hc_pre). together: all
+// results in one allocation (without recomputation they live until the
+// backward anyway: post_step saves post/comb, the sublayer u); otherwise all
+// but mix, which this step saves (with recomputation u, post and comb die
+// after the forward: one allocation when the mix came chained).
+// Returns u, post, comb, mix (not differentiable) and the link.
 variable_list preStep(const Tensor &x, const Tensor &fn, const Tensor &scale,
                       const Tensor &base, const std::optional<Tensor> &mixIn,
                       int64_t handle, bool together) {
-  return PreStep::apply(x, fn, scale, base, mixIn, handle, together);
+  const KernelSet &ks = kernelSet(handle);
+  auto grouping = together ? Grouping::All : Grouping::AllButMix;
+  Tensor u, post, comb, mix;
+  if (mixIn) {
+    auto r = runStep(ks, kPreMixed, {x, *mixIn, scale, base}, grouping);
+    u = r[0], post = r[1], comb = r[2], mix = *mixIn;
+  } else {
+    auto r = runStep(ks, kPre, {x, fn, scale, base}, grouping);
+    u = r[0], post = r[1], comb = r[2], mix = r[3];
+  }
+  // The link: x's shape and dtype, all strides 0, over mix's first element
+  // (no allocation: nothing ever reads it); its only job is to carry
+  // dx_next from post_step's backward to this step's backward.
+  std::vector<int64_t> zeroStrides(size_t(x.dim()), 0);
+  Tensor link = pieceOf(mix, mix.storage_offset() * int64_t(mix.itemsize()),
+                        x.sizes(), x.scalar_type(), zeroStrides);
+  if (recordsNode({&x, &fn, &scale, &base})) {
+    NodePtr node = newNode<PreStepBackward>();
+    auto *step = static_cast<PreStepBackward *>(node.get());
+    node->set_next_edges(torch::autograd::collect_next_edges(x, fn, scale, base));
+    step->x = SavedVariable(x, false);
+    step->fn = SavedVariable(fn, false);
+    step->scale = SavedVariable(scale, false);
+    step->base = SavedVariable(base, false);
+    step->mix = SavedVariable(mix, false);
+    step->handle = handle;
+    for (Tensor *out : {&u, &post, &comb, &link})
+      attach(*out, node);
+  }
+  return {u, post, comb, mix, link};
 }
 
+// post_step's backward: next edges y, the link, post, comb; input the
+// gradient of x_next.
+struct PostStepBackward : Node {
+  // Without recomputation post and comb; with it mix, fn, scale and base
+  // (pre_step's saved tensors: no extra memory) to recompute them.
+  SavedVariable y, x, post, comb, mix, fn, scale, base;
+  int64_t handle = 0;
+  bool recompute = false;
+  bool preMixed = false; // the forward's pre_step ran hc_pre_mixed
+  int64_t uSlot = 0;     // recomputing: where the sublayer's hook reads u (0: none)
+
+  std::string name() const override { return "mhc::PostStepBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (SavedVariable *v : {&y, &x, &post, &comb, &mix, &fn, &scale, &base})
+      v->reset_data();
+  }
+
+  variable_list apply(variable_list &&grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const KernelSet &ks = kernelSet(handle);
+    Tensor yv = y.unpack(), xv = x.unpack(), postv, combv;
+    if (!recompute) {
+      postv = post.unpack();
+      combv = comb.unpack();
+    } else {
+      auto r = preMixed ? runStep(ks, kPreMixed,
+                                  {xv, mix.unpack(), scale.unpack(),
+                                   base.unpack()},
+                                  Grouping::AllButMix)
+                        : runStep(ks, kPre,
+                                  {xv, fn.unpack(), scale.unpack(),
+                                   base.unpack()},
+                                  Grouping::AllButMix);
+      postv = r[1];
+      combv = r[2];
+      if (uSlot > 0)
+        putRecomputedU(uSlot, r[0]); // the sublayer's backward, next, reads it
+    }
+    Tensor dxNext =
+        grads[0].defined() ? grads[0].contiguous() : at::zeros_like(xv);
+    auto r = runStep(ks, kPostBackward, {yv, xv, postv, combv, dxNext});
+    // No gradient for x here: dx_next goes through the link to pre_step,
+    // which computes all of dx. None for fnNext either: the next sublayer's
+    // backward computes its fn's whole gradient from the mix it was given.
+    return {r[0], dxNext, r[1], r[2]};
+  }
+};
+
+// fnNext: the next sublayer's fn; given, the step also returns that
+// sublayer's mix (hc_post_project, not differentiable), which the next
+// pre_step then takes. recompute: false saves post/comb; otherwise they are
+// recomputed in the backward (with the kernel the forward's pre_step used:
+// preMixed), and uSlot (0: none) receives the recomputed u.
 variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
                        const Tensor &post, const Tensor &comb,
                        const Tensor &mix, const Tensor &fn, const Tensor &scale,
                        const Tensor &base, const std::optional<Tensor> &fnNext,
                        int64_t handle, bool preMixed, bool recompute,
                        int64_t uSlot) {
-  return PostStep::apply(y, x, link, post, comb, mix, fn, scale, base, fnNext,
-                         handle, preMixed, recompute, uSlot);
+  const KernelSet &ks = kernelSet(handle);
+  variable_list out;
+  if (fnNext) // x_next and mix_next in one allocation: the next pre_step saves both
+    out = runStep(ks, kPostProject, {y, x, post, comb, *fnNext}, Grouping::All);
+  else
+    out = {runStep(ks, kPost, {y, x, post, comb})[0]};
+  if (recordsNode({&y, &link, &post, &comb})) {
+    NodePtr node = newNode<PostStepBackward>();
+    auto *step = static_cast<PostStepBackward *>(node.get());
+    node->set_next_edges(
+        torch::autograd::collect_next_edges(y, link, post, comb));
+    step->y = SavedVariable(y, false);
+    step->x = SavedVariable(x, false);
+    if (!recompute) {
+      step->post = SavedVariable(post, false);
+      step->comb = SavedVariable(comb, false);
+    } else {
+      step->mix = SavedVariable(mix, false);
+      step->fn = SavedVariable(fn, false);
+      step->scale = SavedVariable(scale, false);
+      step->base = SavedVariable(base, false);
+    }
+    step->handle = handle;
+    step->recompute = recompute;
+    step->preMixed = preMixed;
+    step->uSlot = uSlot;
+    attach(out[0], node);
+  }
+  return out;
 }
 
 //===----------------------------------------------------------------------===//
@@ -1049,8 +1134,8 @@ py::object connectionForward(py::handle module, int64_t handle,
     me = weakRef(module);
     mixIn = chainedMix(module, me, xObj, x, fn);
   }
-  variable_list pre = PreStep::apply(x, fn, scale, base, mixIn, handle,
-                                     /*together=*/!recompute);
+  variable_list pre = preStep(x, fn, scale, base, mixIn, handle,
+                               /*together=*/!recompute);
   const Tensor &u = pre[0], &post = pre[1], &comb = pre[2], &mix = pre[3],
                &link = pre[4];
   // record_coefficients keeps a copy: comb may share an allocation with u.
@@ -1070,9 +1155,9 @@ py::object connectionForward(py::handle module, int64_t handle,
   std::optional<Tensor> nextFn;
   if (fnNext)
     nextFn = *fnNext;
-  variable_list out = PostStep::apply(y, x, link, post, comb, mix, fn, scale,
-                                      base, nextFn, handle, mixIn.has_value(),
-                                      recompute, hooks ? hooks->slot.id : 0);
+  variable_list out = postStep(y, x, link, post, comb, mix, fn, scale, base,
+                               nextFn, handle, mixIn.has_value(), recompute,
+                               hooks ? hooks->slot.id : 0);
   py::object xNext = wrap(out[0]);
   if (chain) {
     py::object tag;

@@ -5,7 +5,7 @@ What it replaces, to cut host time per call (docs/Torch.md, "Host time"):
 * ``run_op`` does what kernels.py's ``_OpPlan.run`` does (check, allocate with PyTorch's caching
   allocator, launch each kernel through the runtime's ``mhcLaunchFlat`` on the current stream);
 * ``pre_step`` / ``post_step`` are HyperConnection's two autograd functions (modules.py's
-  ``_PreStep`` / ``_PostStep``, the same wiring) as ``torch::autograd::Function``: no Python runs
+  ``_PreStep`` / ``_PostStep``, the same wiring) as autograd nodes written in C++: no Python runs
   in their forward or backward;
 * ``forward`` / ``forward_with`` run HyperConnection's whole forward (the steps, the sublayer call
   with the recomputation's saved-tensor hooks, the chain of consecutive HyperConnections):
