@@ -27,6 +27,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
@@ -1010,19 +1011,42 @@ struct URecompute {
   }
 };
 
+// The hooks are plain CPython functions (METH_O) whose self is a capsule
+// holding the URecompute, and the marker a capsule too: pybind11 objects,
+// bound methods and argument casting would cost ~1 us per forward and per
+// saved tensor on the H200's host.
+constexpr const char *kHooksName = "mhc.URecompute";
+constexpr const char *kSavedUName = "mhc.SavedU";
+
 struct SavedU {
   std::shared_ptr<URecompute> owner;
   std::vector<int64_t> sizes, strides;
   int64_t offset;
 };
 
+template <class T> py::object capsule(T *value, const char *name) {
+  PyObject *c = PyCapsule_New(value, name, [](PyObject *self) {
+    delete static_cast<T *>(PyCapsule_GetPointer(self, PyCapsule_GetName(self)));
+  });
+  if (!c) {
+    delete value;
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::object>(c);
+}
+
+template <class T> T &fromCapsule(PyObject *c, const char *name) {
+  return *static_cast<T *>(PyCapsule_GetPointer(c, name));
+}
+
 py::object packSaved(const std::shared_ptr<URecompute> &self, py::handle t) {
   if (const Tensor *tensor = plainTensor(t.ptr())) {
     if (tensor->has_storage() && tensor->scalar_type() == self->uDtype &&
         !tensor->is_meta() && tensor->storage().data() == self->uData)
-      return py::cast(SavedU{self, tensor->sizes().vec(),
-                             tensor->strides().vec(),
-                             tensor->storage_offset()});
+      return capsule(new SavedU{self, tensor->sizes().vec(),
+                                tensor->strides().vec(),
+                                tensor->storage_offset()},
+                     kSavedUName);
   }
   if (!self->outer.is_none())
     return py::make_tuple(self->outer[py::int_(0)](t)); // theirs, marked
@@ -1031,8 +1055,8 @@ py::object packSaved(const std::shared_ptr<URecompute> &self, py::handle t) {
 
 py::object unpackSaved(const std::shared_ptr<URecompute> &self,
                        py::handle packed) {
-  if (py::isinstance<SavedU>(packed)) {
-    const SavedU &saved = packed.cast<const SavedU &>();
+  if (PyCapsule_IsValid(packed.ptr(), kSavedUName)) {
+    const SavedU &saved = fromCapsule<SavedU>(packed.ptr(), kSavedUName);
     return wrap(saved.owner->takeU().as_strided(saved.sizes, saved.strides,
                                                 saved.offset));
   }
@@ -1040,6 +1064,23 @@ py::object unpackSaved(const std::shared_ptr<URecompute> &self,
     return self->outer[py::int_(1)](packed[py::int_(0)]);
   return py::reinterpret_borrow<py::object>(packed);
 }
+
+PyObject *packHook(PyObject *hooks, PyObject *tensor) {
+  HANDLE_TH_ERRORS
+  auto &self = fromCapsule<std::shared_ptr<URecompute>>(hooks, kHooksName);
+  return packSaved(self, tensor).release().ptr();
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject *unpackHook(PyObject *hooks, PyObject *packed) {
+  HANDLE_TH_ERRORS
+  auto &self = fromCapsule<std::shared_ptr<URecompute>>(hooks, kHooksName);
+  return unpackSaved(self, packed).release().ptr();
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef packDef{"pack", packHook, METH_O, nullptr};
+PyMethodDef unpackDef{"unpack", unpackHook, METH_O, nullptr};
 
 // torch.autograd.graph's saved-tensor hook stack (torch._C._autograd's
 // functions, looked up once: they are called on every recomputing forward).
@@ -1064,8 +1105,16 @@ const HookStack &hookStack() {
 // lifetime (as torch.autograd.graph.saved_tensors_hooks does).
 class SavedTensorHooksScope {
 public:
-  explicit SavedTensorHooksScope(py::handle hooks) {
-    hookStack().push(hooks.attr("pack"), hooks.attr("unpack"));
+  explicit SavedTensorHooksScope(std::shared_ptr<URecompute> hooks) {
+    py::object self = capsule(
+        new std::shared_ptr<URecompute>(std::move(hooks)), kHooksName);
+    auto function = [&](PyMethodDef *def) {
+      PyObject *f = PyCFunction_New(def, self.ptr());
+      if (!f)
+        throw py::error_already_set();
+      return py::reinterpret_steal<py::object>(f);
+    };
+    hookStack().push(function(&packDef), function(&unpackDef));
   }
   ~SavedTensorHooksScope() {
     try {
@@ -1097,7 +1146,7 @@ Tensor callSublayer(py::handle module, const Tensor &u, const Tensor &x,
   };
   py::object y;
   if (hooks) {
-    SavedTensorHooksScope scope(py::cast(hooks));
+    SavedTensorHooksScope scope(hooks);
     y = call();
   } else {
     y = call();
@@ -1299,8 +1348,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<>())
       .def_readonly("id", &USlot::id)
       .def("take", &USlot::take);
-  py::class_<URecompute, std::shared_ptr<URecompute>>(m, "URecompute")
-      .def("pack", &packSaved)
-      .def("unpack", &unpackSaved);
-  py::class_<SavedU>(m, "SavedU");
 }

@@ -67,7 +67,9 @@ def build_directory() -> Path:
     return cache_root() / "native" / tag.replace("+", "_")
 
 
-def _compile():
+def _compile(name="mhc_torch_native", source=SOURCE, folder=None):
+    """Builds (or finds built) `source` as the extension module `name` in `folder` (default:
+    build_directory()); bench/native_ab.py builds another version of native.cpp beside it."""
     from torch.utils import cpp_extension
     flags, include, ldflags = ["-O2"], [], []     # the C++ standard: torch's own default
     cuda_home = cpp_extension.CUDA_HOME
@@ -75,12 +77,12 @@ def _compile():
         flags.append("-DMHC_NATIVE_CUDA")       # PyTorch's current stream (c10::cuda)
         include.append(str(Path(cuda_home) / "include"))
         ldflags.append("-lc10_cuda")
-    folder = build_directory()
+    folder = Path(folder) if folder else build_directory()
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "mhc_torch_native.so").exists():
+    if not (folder / f"{name}.so").exists():
         print(f"mhc: building the C++ launch path for torch {torch.__version__} in {folder} "
               f"(once; under a minute)", file=sys.stderr, flush=True)
-    return cpp_extension.load(name="mhc_torch_native", sources=[str(SOURCE)],
+    return cpp_extension.load(name=name, sources=[str(source)],
                               build_directory=str(folder), extra_cflags=flags,
                               extra_include_paths=include, extra_ldflags=ldflags, verbose=False)
 
@@ -125,9 +127,10 @@ def _address(function) -> int:
     return ctypes.cast(function, ctypes.c_void_p).value
 
 
-def register(kernel_set) -> int:
-    """Registers a loaded kernels.KernelSet with the C++ side; returns its handle."""
-    native = load()
+def register(kernel_set, native=None) -> int:
+    """Registers a loaded kernels.KernelSet with the C++ side (load()'s module, or `native`);
+    returns its handle."""
+    native = native or load()
     lib = kernel_set.runtime.lib
     key = kernel_set.key
     handle = native.new_kernel_set(
