@@ -180,6 +180,16 @@ BROKEN = [
     ("smem", lambda m: m["ops"]["hc_post"]["launches"][0].update(smem=-1), "out of range"),
     ("no launches", lambda m: m["ops"]["hc_post"].update(launches=[]), "non-empty"),
     ("cubin path", lambda m: m.update(cubin="../x.cubin"), "file name"),
+    ("few_tokens without max_T", lambda m: m["ops"]["hc_post"].update(
+        few_tokens={"launches": m["ops"]["hc_post"]["launches"]}), "few_tokens.max_T: expected an integer"),
+    ("few_tokens max_T 0", lambda m: m["ops"]["hc_post"].update(
+        few_tokens={"max_T": 0, "launches": m["ops"]["hc_post"]["launches"]}), "out of range"),
+    ("few_tokens nested", lambda m: m["ops"]["hc_post"].update(few_tokens={
+        "max_T": 8, "launches": m["ops"]["hc_post"]["launches"],
+        "few_tokens": {"max_T": 4, "launches": m["ops"]["hc_post"]["launches"]}}), "unknown fields"),
+    ("few_tokens bad launch", lambda m: m["ops"]["hc_post"].update(few_tokens={
+        "max_T": 8, "launches": [{**m["ops"]["hc_post"]["launches"][0], "buffers": ["y"]}]}),
+     "not passed to any"),
 ]
 
 
@@ -254,6 +264,24 @@ def test_executor_zero_tokens_and_post(tmp_path, mock, launch_path):
     (p,) = launches(mock)
     assert p["smem"] == 65536 and p["grid"] == (2, 1, 1)
     assert p["buffers"][-1] == (x_next.data_ptr(), x_next.numel()) and x_next.shape == x.shape
+
+
+def test_executor_few_tokens_variant(tmp_path, mock, launch_path):
+    """An op's few_tokens variant runs for T <= max_T (T = 0 included), the op itself above."""
+    m = hand_manifest()
+    few = {"kernel": "post_few", "block": [256, 1, 1], "grid": {"tokens_per_block": 16},
+           "buffers": ["y", "x", "post", "comb", "x_next"]}
+    m["ops"]["hc_post"]["few_tokens"] = {"max_T": 64, "launches": [few]}
+    ks = open_set(tmp_path, mock, launch_path, m)
+    for T, kernel, grid in ((0, "post_few", 1), (33, "post_few", 3), (64, "post_few", 4),
+                            (65, "post", 3)):
+        x, fn, scale, base = inputs(T)
+        y, post, comb = torch.randn(T, C).bfloat16(), torch.rand(T, N), torch.rand(T, N, N)
+        mock.mock_clear_log()
+        (x_next,) = ks.run("hc_post", y, x, post, comb)
+        (p,) = launches(mock)
+        assert (p["kernel"], p["grid"][0], p["T"]) == (kernel, grid, T)
+        assert p["buffers"][-1] == (x_next.data_ptr(), x_next.numel()) and x_next.shape == x.shape
 
 
 def test_op_missing_from_the_set(tmp_path, mock, launch_path):
@@ -414,19 +442,27 @@ def test_forward_only_set_from_the_real_pipeline(tmp_path, mock, monkeypatch, n,
     assert pre["grid"]["tokens_per_block"] == tokens_per_block and pre["block"] == [128, 1, 1]
     (post,) = manifest["ops"]["hc_post"]["launches"]
     assert post["buffers"] == ["y", "x", "post", "comb", "x_next"] and post["block"] == [256, 1, 1]
+    # Each forward op again for few tokens (mhc.max_tokens): 16 tokens per block.
+    few_pre, few_post = (manifest["ops"][op]["few_tokens"] for op in ("hc_pre", "hc_post"))
+    assert few_pre["max_T"] == few_post["max_T"] == 4096
+    assert [l["grid"]["tokens_per_block"] for l in few_pre["launches"] + few_post["launches"]] == [16, 16]
+    assert few_pre["launches"][0]["buffers"] == pre["buffers"]
     monkeypatch.setattr(kernels, "_compiler_function", lambda: None)
     ks = KernelSet(folder, key, runtime=mock)
     M = n * n + 2 * n
     torch_dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype]
-    x = torch.randn(100, n, C).to(torch_dtype)
-    mock.mock_clear_log()
-    u, p_, comb, mix = ks.run("hc_pre", x, torch.randn(M, n * C), torch.rand(3), torch.randn(M),
-                              20, 1e-6, 1e-6, 2.0)
-    (x_next,) = ks.run("hc_post", torch.randn(100, C).to(torch_dtype), x, p_, comb)
-    a, b = launches(mock)
-    assert (a["kernel"], a["grid"][0]) == (pre["kernel"], -(-100 // tokens_per_block))
-    assert (b["kernel"], b["grid"][0], b["buffers"][-1]) == (post["kernel"], 2,
-                                                             (x_next.data_ptr(), x_next.numel()))
+    for T, (p_spec, q_spec), (p_tpb, q_tpb) in (
+            (100, (few_pre, few_post), (16, 16)),
+            (5000, (manifest["ops"]["hc_pre"], manifest["ops"]["hc_post"]), (tokens_per_block, 64))):
+        x = torch.randn(T, n, C).to(torch_dtype)
+        mock.mock_clear_log()
+        u, p_, comb, mix = ks.run("hc_pre", x, torch.randn(M, n * C), torch.rand(3),
+                                  torch.randn(M), 20, 1e-6, 1e-6, 2.0)
+        (x_next,) = ks.run("hc_post", torch.randn(T, C).to(torch_dtype), x, p_, comb)
+        a, b = launches(mock)
+        assert (a["kernel"], a["grid"][0]) == (p_spec["launches"][0]["kernel"], -(-T // p_tpb))
+        assert (b["kernel"], b["grid"][0], b["buffers"][-1]) == (
+            q_spec["launches"][0]["kernel"], -(-T // q_tpb), (x_next.data_ptr(), x_next.numel()))
     with pytest.raises(KernelsMissing, match="no kernels for hc_pre_backward"):
         ks.run("hc_pre_backward")
 

@@ -28,6 +28,12 @@ def MHCSelectSchedule : Pass<"mhc-select-schedule", "ModuleOp"> {
     (docs/GPU.md, "Schedule"). A root that already carries a schedule keeps
     it: schedules can be written or edited by hand between this pass and the
     lowering. Groups the GPU lowering cannot take are diagnosed here.
+
+    A function attribute `mhc.max_tokens = N : i64` says the function is
+    meant for at most N tokens (a hint: its kernels stay correct at any
+    token count); with N <= 4096 its forward kernels take 16 tokens per
+    block, so that small token counts still spread over the SMs (mhc.torch
+    compiles such a variant of each forward op for T <= 4096).
   }];
   let dependentDialects = ["::mlir::mhc::MHCDialect"];
   let options = [

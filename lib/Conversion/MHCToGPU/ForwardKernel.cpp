@@ -142,11 +142,20 @@ static int64_t elementBytes(const ForwardPlan &p) {
 // Schedule
 //===----------------------------------------------------------------------===//
 
+/// Token counts up to which a function marked mhc.max_tokens gets 16 tokens
+/// per block: the grid is ceil(T / tile_tokens) blocks, so at small T
+/// larger tiles leave most SMs idle. Measured at n = 4, C = 4096 (H200,
+/// bench/results/fwd-tiles-h200.json): 1.3-3.3x faster at T <= 4096, up to
+/// 28% slower at T = 16384.
+constexpr int64_t kFewTokens = 4096;
+
 /// The default schedule (docs/GPU.md, "Schedule").
-static Schedule defaultSchedule(const ForwardPlan &p, int64_t tileTokens) {
+static Schedule defaultSchedule(const ForwardPlan &p,
+                                const ScheduleOptions &options) {
   Schedule s;
   s.vectorWidth = 16 / elementBytes(p);
   bool streaming = p.pr || p.np || p.pa || p.ex || p.co;
+  bool fewTokens = options.maxTokens > 0 && options.maxTokens <= kFewTokens;
   // Projection kernels: 4 warps over a small token tile, so that several
   // blocks share an SM and overlap each other's load and mma phases; fn is
   // then re-read from L2 once per tile. 4 blocks per SM (<= 128 registers a
@@ -155,11 +164,13 @@ static Schedule defaultSchedule(const ForwardPlan &p, int64_t tileTokens) {
   // vs 0.41 ms, bench/results/post-proto-h200.md).
   if (p.np) {
     s.threads = 128;
-    s.tileTokens = tileTokens ? tileTokens : (p.NT() > 4 ? 16 : 32);
+    s.tileTokens = options.tileTokens  ? options.tileTokens
+                   : fewTokens || p.NT() > 4 ? 16
+                                            : 32;
     s.blocksPerSM = 4;
   } else {
     s.threads = kMaxThreads;
-    s.tileTokens = streaming ? 64 : kMaxThreads;
+    s.tileTokens = !streaming ? kMaxThreads : fewTokens ? 16 : 64;
   }
   // Chunk: ~256 contiguous bytes of every row (shorter runs cost DRAM
   // efficiency), a power of two and a multiple of 16 columns (a k16 step
@@ -419,7 +430,7 @@ public:
     FailureOr<ForwardPlan> p = planGroup(group);
     if (failed(p))
       return failure();
-    p->s = defaultSchedule(*p, options.tileTokens);
+    p->s = defaultSchedule(*p, options);
     if (failed(verifySchedule(*p, group.root)))
       return failure();
     return GroupSchedule{p->s};

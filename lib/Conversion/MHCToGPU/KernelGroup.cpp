@@ -1,5 +1,6 @@
 //===- KernelGroup.cpp - kernel groups and the family registry -----------===//
 #include "KernelGroup.h"
+#include "mlir/Interfaces/FunctionInterfaces.h"
 #include "llvm/ADT/SetVector.h"
 
 using namespace mlir;
@@ -50,6 +51,16 @@ Schedule Schedule::fromAttr(ScheduleAttr attr) {
 ScheduleAttr Schedule::toAttr(MLIRContext *ctx) const {
   return ScheduleAttr::get(ctx, tileTokens, chunkColumns, threads,
                            vectorWidth, blocksPerSM, tokenSplits);
+}
+
+ScheduleOptions gpu_kernels::scheduleOptionsFor(Operation *root,
+                                               int64_t tileTokens) {
+  ScheduleOptions options;
+  options.tileTokens = tileTokens;
+  if (auto func = root->getParentOfType<FunctionOpInterface>())
+    if (auto hint = func->getAttrOfType<IntegerAttr>(kMaxTokensAttrName))
+      options.maxTokens = hint.getInt(); // positive: checked by the dialect
+  return options;
 }
 
 std::optional<GroupSchedule> gpu_kernels::readSchedule(Operation *root) {

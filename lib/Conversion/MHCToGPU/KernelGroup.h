@@ -68,7 +68,12 @@ void writeSchedule(Operation *root, ArrayRef<Schedule> schedule);
 /// What the schedule choice may be told by the user.
 struct ScheduleOptions {
   int64_t tileTokens = 0; // 0: the family's default
+  int64_t maxTokens = 0;  // the function's mhc.max_tokens hint; 0: none
 };
+
+/// The options for `root`: `tileTokens` as given, `maxTokens` from the
+/// mhc.max_tokens of the function around it.
+ScheduleOptions scheduleOptionsFor(Operation *root, int64_t tileTokens = 0);
 
 class KernelFamily {
 public:

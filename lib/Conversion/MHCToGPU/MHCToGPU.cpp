@@ -60,7 +60,8 @@ struct ConvertMHCToGPUPass
         return signalPassFailure();
       std::optional<GroupSchedule> schedule = readSchedule(root);
       if (!schedule) {
-        FailureOr<GroupSchedule> chosen = family->chooseSchedule(group, {});
+        FailureOr<GroupSchedule> chosen =
+            family->chooseSchedule(group, scheduleOptionsFor(root));
         if (failed(chosen))
           return signalPassFailure();
         schedule = *chosen;

@@ -27,8 +27,6 @@ struct MHCSelectSchedulePass
     if (failed(parseGPUTarget(chip, /*features=*/"", "mhc-select-schedule",
                               [&] { return mlir::emitError(module.getLoc()); })))
       return signalPassFailure();
-    ScheduleOptions options;
-    options.tileTokens = tileTokens;
     for (Operation *root : collectKernelRoots(module)) {
       if (root->hasAttr(kScheduleAttrName))
         continue; // chosen before, or by hand
@@ -37,7 +35,7 @@ struct MHCSelectSchedulePass
       if (!family)
         return signalPassFailure();
       FailureOr<GroupSchedule> schedule =
-          family->chooseSchedule(group, options);
+          family->chooseSchedule(group, scheduleOptionsFor(root, tileTokens));
       if (failed(schedule))
         return signalPassFailure();
       writeSchedule(root, *schedule);

@@ -22,6 +22,11 @@ The ops (kernels.OP_BUFFERS):
   HyperConnections (mhc.torch.modules): pre from a mix computed by the previous sublayer's post,
   and post_res fused with the next sublayer's norm_project.
 
+The forward ops (hc_pre, hc_post, hc_pre_mixed, hc_post_project, hc_steady_forward) are compiled twice: as
+they are, and as ``<op>__few_tokens`` marked ``mhc.max_tokens = FEW_TOKENS``, whose kernels take
+16 tokens per block (more blocks at small T; docs/GPU.md, "Schedule"). The manifest holds the
+second as the op's ``few_tokens`` variant, which the launchers use for T <= FEW_TOKENS.
+
     python -m mhc.torch.build_cache --n 4 --C 4096 --dtype bf16 --out DIR
 """
 
@@ -29,13 +34,30 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import tempfile
 from pathlib import Path
 
 from . import kernels
 
 _TYPES = {"bf16": "bf16", "f16": "f16", "f32": "f32"}
+FORWARD_OPS = ("hc_pre", "hc_post", "hc_pre_mixed", "hc_post_project", "hc_steady_forward")
+FEW_TOKENS = 4096      # the compiler's threshold for 16-token tiles (ForwardKernel.cpp, kFewTokens)
+_FEW = "__few_tokens"
+
+
+def _with_few_token_variants(text: str) -> str:
+    """`text` plus, for each forward op in it, a copy named <op>__few_tokens marked
+    mhc.max_tokens = FEW_TOKENS (the same body: only the schedule selection differs)."""
+    extra = []
+    for op in FORWARD_OPS:
+        start = text.find(f"func.func @{op}(")
+        if start < 0:
+            continue
+        end = text.index("\n}\n", start) + 3
+        body = text[start:end].replace(f"@{op}(", f"@{op}{_FEW}(", 1)
+        head, rest = body.split(" {\n", 1)          # the signature ends at its first " {"
+        extra.append(f"{head} attributes {{mhc.max_tokens = {FEW_TOKENS} : i64}} {{\n{rest}")
+    return text + "".join(extra)
 
 
 def module_text(key: kernels.KernelKey, forward_only: bool = False) -> str:
@@ -64,7 +86,7 @@ func.func @hc_post(%y: {H}, %x: {X}, %post: {P}, %comb: {Q}) -> {X} {{
 }}
 """
     if forward_only:
-        return text
+        return _with_few_token_variants(text)
     # The backward in the shapes --mhc-fuse groups (docs/GPU.md, "Backward kernels"); mix is
     # the forward's saved norm_project(x, fn) (mhc.saved).
     saved = '{mhc.saved = "mix"}'
@@ -118,7 +140,7 @@ func.func @hc_steady_forward(%x: {X}, %mix: {MX}, %scale: {S}, %base: {B}, %y: {
   return %u, %xn, %mix2 : {H}, {X}, {MX}
 }}
 """
-    return text
+    return _with_few_token_variants(text)
 
 
 _DEF = re.compile(r"^\s*(%[\w.]+)(?::\d+)? = ([\w.]+)\s*(.*)$")
@@ -291,9 +313,13 @@ def compile_kernels(key: dict, out_dir, forward_only: bool = False, edit_schedul
         "hc_post_backward", "hc_pre_backward", "hc_sublayer_backward", "hc_steady_forward",
         "hc_pre_mixed", "hc_post_project"])
     ops = {op: launches_of(funcs[op], *kernels.OP_BUFFERS[op], k) for op in names}
+    for op in FORWARD_OPS:
+        if op in ops:
+            few = launches_of(funcs[op + _FEW], *kernels.OP_BUFFERS[op], k)
+            ops[op]["few_tokens"] = {"max_T": FEW_TOKENS, **few}
     in_binary = set(re.findall(r"@mhc_kernels::@(\w+)", full))
     for spec in ops.values():
-        for launch in spec["launches"]:
+        for launch in spec["launches"] + spec.get("few_tokens", {}).get("launches", []):
             if launch["kernel"] not in in_binary:
                 raise compiler.CompileError(f"kernel {launch['kernel']} is not in the compiled module")
     (out_dir / kernels.CUBIN_NAME).write_bytes(compiler.decode_mlir_string(binary.group(1)))

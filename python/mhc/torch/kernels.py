@@ -30,7 +30,8 @@ Manifest (``manifest.json``, schema ``mhc.torch.kernels/1``)
            {"kernel": "mhc_pre_0", "block": [128, 1, 1],
             "grid": {"tokens_per_block": 32, "y": 1, "z": 1},  # or {"x": 24, "y": 1, "z": 1}
             "smem": 0,
-            "buffers": ["x", "fn", "scale", "base", "mix", "post", "comb", "u"]}]},
+            "buffers": ["x", "fn", "scale", "base", "mix", "post", "comb", "u"]}],
+         "few_tokens": {"max_T": 4096, "launches": [...]}},   # optional: for T <= max_T
        "hc_post": {...}, "hc_post_backward": {...}, "hc_pre_backward": {...}}}
 
 * ``ops`` may hold a subset of the four ops; calling a missing one raises an error naming it.
@@ -44,6 +45,9 @@ Manifest (``manifest.json``, schema ``mhc.torch.kernels/1``)
   ``blocks:K`` (= max(ceil(T / K), 1)); dtypes ``f32 f64 f16 bf16 i32 i64`` or ``x`` (x's dtype).
 * Grid x is ``max(ceil(T / tokens_per_block), 1)`` (T = 0 still launches one block, which writes
   nothing: the kernels mask their tokens) or a fixed ``x``; ``y`` and ``z`` default to 1.
+* ``few_tokens`` (optional): the op again (its own ``scratch``, ``zero``, ``launches``) with
+  kernels scheduled for few tokens, used when T <= ``max_T`` (kernel_build compiles the forward
+  ops this way: 16 tokens per block). Both give the same results; only the grids differ.
 
 Execution: per op call, outputs and scratch come from PyTorch's caching allocator, each launch is one
 call of the runtime's ``mhcLaunchFlat`` on ``torch.cuda.current_stream()``; no host
@@ -232,13 +236,18 @@ def validate_manifest(manifest: dict, key: KernelKey | None = None, folder: Path
     return manifest
 
 
-def _validate_op(op: str, spec: dict):
-    where = f"ops.{op}"
+def _validate_op(op: str, spec: dict, where: str | None = None):
+    where = where or f"ops.{op}"
     if not isinstance(spec, dict):
         raise ManifestError(f"{where} must be an object")
-    unknown = set(spec) - {"scratch", "zero", "launches"}
+    variant = where.endswith(".few_tokens")
+    unknown = set(spec) - {"scratch", "zero", "launches"} - ({"max_T"} if variant else {"few_tokens"})
     if unknown:
         raise ManifestError(f"{where}: unknown fields {sorted(unknown)}")
+    if variant:
+        _int(f"{where}.max_T", spec.get("max_T"), 1, 2 ** 62)
+    elif "few_tokens" in spec:
+        _validate_op(op, spec["few_tokens"], where + ".few_tokens")
     args, results = OP_BUFFERS[op]
     scratch = spec.get("scratch", {})
     if not isinstance(scratch, dict):
@@ -401,10 +410,14 @@ def allocate_results(op: str, args):
 
 
 class _OpPlan:
-    """One op of a kernel set: its launches with their function handles, ready to run."""
+    """One op of a kernel set: its launches with their function handles, ready to run; with the
+    manifest's ``few_tokens`` variant, which runs instead for T <= its max_T."""
 
     def __init__(self, op, spec, functions, key: KernelKey):
         self.op, self.key = op, key
+        few = spec.get("few_tokens")
+        self.few_tokens = _OpPlan(op, few, functions, key) if few else None
+        self.few_tokens_max_T = few["max_T"] if few else -1
         args, results = OP_BUFFERS[op]
         self.n_args, self.n_results = len(args), len(results)
         scratch = spec.get("scratch", {})
@@ -436,6 +449,14 @@ class _OpPlan:
         return cached
 
     def run(self, lib, stream: int, args):
+        """Launches the op: its few_tokens variant where T <= max_T, its own kernels otherwise."""
+        T = x_argument(self.op, args).numel() // (self.key.n * self.key.C)
+        plan = self.few_tokens if T <= self.few_tokens_max_T else self
+        return plan.launch(lib, stream, args)
+
+    def launch(self, lib, stream: int, args):
+        """Launches this plan's own kernels, whatever T (bench/check_few_tokens.py compares the
+        two plans at the same T)."""
         x = x_argument(self.op, args)
         T = x.numel() // (self.key.n * self.key.C)
         scratch_numels, grids = self._shapes(T)
@@ -477,7 +498,7 @@ class KernelSet:
         self.runtime.check()
         functions = {}
         for spec in self.manifest["ops"].values():
-            for launch in spec["launches"]:
+            for launch in spec["launches"] + spec.get("few_tokens", {}).get("launches", []):
                 name = launch["kernel"]
                 if name not in functions:
                     functions[name] = lib.mgpuModuleGetFunction(self.module, name.encode())

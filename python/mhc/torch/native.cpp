@@ -182,6 +182,9 @@ struct OpPlan {
   std::vector<Launch> launches;
   std::vector<Scratch> scratch;
   std::vector<bool> zeroResults;
+  // The manifest's few_tokens variant: runs instead for T <= fewTokensMaxT.
+  std::unique_ptr<OpPlan> fewTokens;
+  int64_t fewTokensMaxT = -1;
 };
 
 struct KernelSet {
@@ -236,7 +239,8 @@ int64_t newKernelSet(int64_t n, int64_t C, const std::string &dtype,
 // launches: (function address, tokens per block or 0, grid x, grid y, grid z,
 // block x, block y, block z, smem, buffer indices); scratch: (dims, dtype,
 // zero; dtype a DTYPE_NAMES name or "x"); zero_results: the results to
-// zero-fill.
+// zero-fill; maxT >= 0: this is the op's few_tokens variant, for T <= maxT
+// (added after the op itself).
 void addOp(
     int64_t handle, const std::string &name,
     const std::vector<
@@ -244,7 +248,7 @@ void addOp(
                    int64_t, int64_t, int64_t, std::vector<int64_t>>> &launches,
     const std::vector<std::tuple<std::vector<int64_t>, std::string, bool>>
         &scratch,
-    const std::vector<int64_t> &zeroResults) {
+    const std::vector<int64_t> &zeroResults, int64_t maxT) {
   KernelSet &ks = kernelSet(handle);
   const Signature &sig = signatures()[size_t(opIndex(name))];
   const int64_t known =
@@ -284,7 +288,15 @@ void addOp(
                       "mhc native: ", name, " zeroes result ", r);
     plan->zeroResults[size_t(r)] = true;
   }
-  ks.ops[size_t(opIndex(name))] = std::move(plan);
+  std::unique_ptr<OpPlan> &slot = ks.ops[size_t(opIndex(name))];
+  if (maxT < 0) {
+    slot = std::move(plan);
+    return;
+  }
+  TORCH_CHECK_VALUE(slot, "mhc native: the few_tokens variant of ", name,
+                    " comes before the op");
+  slot->fewTokens = std::move(plan);
+  slot->fewTokensMaxT = maxT;
 }
 
 //===----------------------------------------------------------------------===//
@@ -448,7 +460,7 @@ std::vector<Tensor> runOp(const KernelSet &ks, int op,
                           c10::ArrayRef<Tensor> args,
                           Grouping grouping = Grouping::Separate) {
   const Signature &sig = signatures()[size_t(op)];
-  const OpPlan *plan = ks.ops[size_t(op)].get();
+  const OpPlan *plan = ks.ops[size_t(op)].get(); // or its few_tokens variant, below
   TORCH_CHECK(plan, "mhc::", sig.name,
               ": the kernel set has no kernels for this op");
   TORCH_CHECK_VALUE(args.size() == sig.args.size(), "mhc::", sig.name,
@@ -465,6 +477,8 @@ std::vector<Tensor> runOp(const KernelSet &ks, int op,
     checkArgument(sig, sig.args[i], args[i], x, lead, ks);
 
   const int64_t T = x.numel() / (ks.n * ks.C);
+  if (T <= plan->fewTokensMaxT)
+    plan = plan->fewTokens.get();
   Allocations resultBuffers;
   for (size_t i = 0; i < sig.results.size(); ++i) {
     const Buffer &b = sig.results[i];

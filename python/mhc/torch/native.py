@@ -137,7 +137,8 @@ def register(kernel_set, native=None) -> int:
         key.n, key.C, key.dtype, _address(lib.mhcLaunchFlat),
         _address(lib.mhcRuntimeGetErrorMessage), _address(lib.mhcRuntimeClearError))
     symbols = {"n": key.n, "C": key.C, "M": key.M, "nC": key.n * key.C, "T": -1}
-    for op, plan in kernel_set.plans.items():
+
+    def add(op, plan, max_T=-1):
         launches = [(function, tpb or 0, gx or 0, gy, gz, *block, smem, idx)
                     for function, tpb, gx, gy, gz, block, smem, idx, _, _ in plan.launches]
         scratch = []
@@ -147,5 +148,10 @@ def register(kernel_set, native=None) -> int:
             scratch.append((dims, s["dtype"], plan.n_args + plan.n_results + i in plan.zero))
         zero_results = [i - plan.n_args for i in plan.zero
                         if plan.n_args <= i < plan.n_args + plan.n_results]
-        native.add_op(handle, op, launches, scratch, zero_results)
+        native.add_op(handle, op, launches, scratch, zero_results, max_T)
+
+    for op, plan in kernel_set.plans.items():
+        add(op, plan)
+        if plan.few_tokens is not None:    # its variant for few tokens, after the op itself
+            add(op, plan.few_tokens, plan.few_tokens_max_T)
     return handle

@@ -85,6 +85,23 @@ func.func @not_a_schedule(%x: tensor<?x4x64xf32>) -> tensor<?x64xf32> {
 
 // -----
 
+// So is the token hint: a positive integer on a function.
+// CHECK: error: expects 'mhc.max_tokens' to be a positive integer, got 0 : i64
+func.func @no_tokens(%x: tensor<?x4x64xf32>) -> tensor<?x64xf32> attributes {mhc.max_tokens = 0 : i64} {
+  %h = mhc.collapse %x : tensor<?x4x64xf32> -> tensor<?x64xf32>
+  return %h : tensor<?x64xf32>
+}
+
+// -----
+
+// CHECK: error: 'mhc.max_tokens' belongs on a function
+func.func @hint_on_an_op(%x: tensor<?x4x64xf32>) -> tensor<?x64xf32> {
+  %h = mhc.collapse %x {mhc.max_tokens = 64 : i64} : tensor<?x4x64xf32> -> tensor<?x64xf32>
+  return %h : tensor<?x64xf32>
+}
+
+// -----
+
 // A hand-written group with nothing to compute is an error, not a kernel.
 // CHECK: error: 'mhc.fused' op holds no op to compute: a kernel group needs at least one mhc op
 func.func @empty_group(%x: tensor<?x4x64xbf16>) -> tensor<?x4x64xbf16> {

@@ -56,6 +56,39 @@ func.func @others(%l: tensor<?x4x4xf32>, %h: tensor<?x64xbf16>) -> (tensor<?x4x4
   return %c, %x : tensor<?x4x4xf32>, tensor<?x4x64xbf16>
 }
 
+// A function marked for at most 4096 tokens (mhc.max_tokens: a hint, e.g.
+// mhc.torch's small-T variants) gets 16 tokens per block in its forward
+// kernels, with and without a projection, so that small T still fills the
+// SMs; above 4096 the hint changes nothing.
+// CHECK-LABEL: func.func @few_tokens
+// CHECK: mhc.fused "post"
+// CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 128, vector_width = 8, blocks_per_sm = 4>
+// CHECK: mhc.fused "pre"
+// CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 0, threads = 256, vector_width = 4, blocks_per_sm = 0>
+// CHECK-LABEL: func.func @many_tokens
+// CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 32,
+// CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 64,
+func.func @few_tokens(%y: tensor<?x64xbf16>, %x: tensor<?x4x64xbf16>, %post: tensor<?x4xf32>,
+                      %comb: tensor<?x4x4xf32>, %fn: tensor<24x256xf32>, %x2: tensor<?x4x64xf32>,
+                      %mix2: tensor<?x24xf32>, %scale: tensor<3xf32>, %base: tensor<24xf32>)
+    -> (tensor<?x4x64xbf16>, tensor<?x24xf32>, tensor<?x64xf32>) attributes {mhc.max_tokens = 4096 : i64} {
+  %xn = mhc.post_res %y, %x, %post, %comb : tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32> -> tensor<?x4x64xbf16>
+  %mix = mhc.norm_project %xn, %fn : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  %pre, %p2, %l = mhc.split_mixes %mix2, %scale, %base : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %u = mhc.pre_apply %x2, %pre : tensor<?x4x64xf32>, tensor<?x4xf32> -> tensor<?x64xf32>
+  return %xn, %mix, %u : tensor<?x4x64xbf16>, tensor<?x24xf32>, tensor<?x64xf32>
+}
+func.func @many_tokens(%y: tensor<?x64xbf16>, %x: tensor<?x4x64xbf16>, %post: tensor<?x4xf32>,
+                       %comb: tensor<?x4x4xf32>, %fn: tensor<24x256xf32>, %x2: tensor<?x4x64xf32>,
+                       %mix2: tensor<?x24xf32>, %scale: tensor<3xf32>, %base: tensor<24xf32>)
+    -> (tensor<?x4x64xbf16>, tensor<?x24xf32>, tensor<?x64xf32>) attributes {mhc.max_tokens = 4097 : i64} {
+  %xn = mhc.post_res %y, %x, %post, %comb : tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32> -> tensor<?x4x64xbf16>
+  %mix = mhc.norm_project %xn, %fn : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  %pre, %p2, %l = mhc.split_mixes %mix2, %scale, %base : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %u = mhc.pre_apply %x2, %pre : tensor<?x4x64xf32>, tensor<?x4xf32> -> tensor<?x64xf32>
+  return %xn, %mix, %u : tensor<?x4x64xbf16>, tensor<?x24xf32>, tensor<?x64xf32>
+}
+
 // A schedule already in the IR (chosen before, or by hand) is kept.
 // CHECK-LABEL: func.func @by_hand
 // CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 128, chunk_columns = 0, threads = 128, vector_width = 4, blocks_per_sm = 2>

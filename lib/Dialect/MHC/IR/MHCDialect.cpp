@@ -6,6 +6,7 @@
 #include "llvm/ADT/TypeSwitch.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/Interfaces/FunctionInterfaces.h"
 
 using namespace mlir;
 using namespace mlir::mhc;
@@ -30,7 +31,19 @@ void MHCDialect::initialize() {
 LogicalResult MHCDialect::verifyOperationAttribute(Operation *op,
                                                    NamedAttribute attr) {
   // Other mhc.* attributes (mhc.param, mhc.saved, mhc.vjp, ...) are labels
-  // that passes read; only the schedule has a structure to check.
+  // that passes read; only the schedule and the token hint have a structure
+  // to check.
+  if (attr.getName() == kMaxTokensAttrName) {
+    auto hint = dyn_cast<IntegerAttr>(attr.getValue());
+    if (!hint || hint.getValue().isNonPositive())
+      return op->emitError() << "expects '" << kMaxTokensAttrName
+                             << "' to be a positive integer, got "
+                             << attr.getValue();
+    if (!isa<FunctionOpInterface>(op))
+      return op->emitError() << "'" << kMaxTokensAttrName
+                             << "' belongs on a function";
+    return success();
+  }
   if (attr.getName() != kScheduleAttrName)
     return success();
   auto list = dyn_cast<ArrayAttr>(attr.getValue());
