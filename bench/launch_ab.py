@@ -73,14 +73,20 @@ def main(argv=None):
                     f()
                 readings[(row, name)].append((time.perf_counter() - t) / args.reps * 1e6)
                 torch.cuda.synchronize()
-    out = {"a": args.a, "b": args.b, "T": args.T, "reps": args.reps, "rounds": args.rounds,
-           "device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": {}}
+    report({"a": args.a, "b": args.b, "T": args.T, "reps": args.reps, "rounds": args.rounds,
+            "device": torch.cuda.get_device_name(), "torch": torch.__version__}, readings, args.json)
+
+
+def report(out, readings, path):
+    """Adds out["rows"] (best and median per row and version) from `readings` {(row, "A" or "B"):
+    [us per round]}, prints them and writes `out` to `path` (bench/native_ab.py's too)."""
+    out["rows"] = {}
     for (row, name), r in readings.items():
         out["rows"].setdefault(row, {})[name] = {"best_us": min(r), "median_us": statistics.median(r)}
     for row, v in out["rows"].items():
-        print(f"{row:30s} A best {v['A']['best_us']:6.1f} median {v['A']['median_us']:6.1f}   "
-              f"B best {v['B']['best_us']:6.1f} median {v['B']['median_us']:6.1f} us")
-    with open(args.json, "w") as fh:
+        print(f"{row:42s} A {v['A']['best_us']:7.1f} / {v['A']['median_us']:7.1f}   "
+              f"B {v['B']['best_us']:7.1f} / {v['B']['median_us']:7.1f}  us (best / median)")
+    with open(path, "w") as fh:
         json.dump(out, fh, indent=1)
 
 

@@ -16,16 +16,17 @@ forward + backward. Per row and version: the best and the median over --rounds r
 calls. A must take the same set_signatures / add_op / enable_fast_path / forward arguments as B.
 """
 import argparse
-import json
 import os
-import statistics
 import sys
 import time
 
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "python"))
+sys.path.insert(0, HERE)
+from launch_ab import report  # noqa: E402
 from mhc.torch import kernels, modules, native  # noqa: E402
 from mhc.torch.modules import HyperConnection  # noqa: E402
 
@@ -90,16 +91,9 @@ def main(argv=None):
                 readings[(row, name)].append((time.perf_counter() - t) / args.reps * 1e6)
                 torch.cuda.synchronize()
     use("B")
-    out = {"a": args.a, "b": str(native.SOURCE), "T": args.T, "reps": args.reps,
-           "rounds": args.rounds, "device": torch.cuda.get_device_name(),
-           "torch": torch.__version__, "rows": {}}
-    for (row, name), r in readings.items():
-        out["rows"].setdefault(row, {})[name] = {"best_us": min(r), "median_us": statistics.median(r)}
-    for row, v in out["rows"].items():
-        print(f"{row:42s} A {v['A']['best_us']:7.1f} / {v['A']['median_us']:7.1f}   "
-              f"B {v['B']['best_us']:7.1f} / {v['B']['median_us']:7.1f}  us (best / median)")
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=1)
+    report({"a": args.a, "b": str(native.SOURCE), "T": args.T, "reps": args.reps,
+            "rounds": args.rounds, "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__}, readings, args.json)
 
 
 if __name__ == "__main__":
