@@ -167,12 +167,14 @@ def test_steps_behave_like_autograd_nodes(built, handle, mock):  # noqa: F811
                                 handle, False, False, 0)
     x_next.sum().backward()
     assert xl.grad is not None and fn.grad is None
-    # Forward-mode AD has no rule here: a clear error, not a wrong tangent.
+    # Forward-mode AD has no rule here: a clear error before anything runs, not a wrong tangent.
     import torch.autograd.forward_ad as fwAD
     with fwAD.dual_level():
         dual = fwAD.make_dual(x, torch.randn_like(x))
+        mock.mock_clear_log()
         with pytest.raises(RuntimeError, match="forward-mode AD"):
             built.pre_step(dual, fn, scale, base, None, handle, True)
+        assert launches(mock) == []
 
 
 def storage(t):

@@ -695,6 +695,7 @@ variable_list preStep(const Tensor &x, const Tensor &fn, const Tensor &scale,
                       const Tensor &base, const std::optional<Tensor> &mixIn,
                       int64_t handle, bool together) {
   const KernelSet &ks = kernelSet(handle);
+  const bool record = recordsNode({&x, &fn, &scale, &base}); // before launching
   auto grouping = together ? Grouping::All : Grouping::AllButMix;
   Tensor u, post, comb, mix;
   if (mixIn) {
@@ -710,7 +711,7 @@ variable_list preStep(const Tensor &x, const Tensor &fn, const Tensor &scale,
   std::vector<int64_t> zeroStrides(size_t(x.dim()), 0);
   Tensor link = pieceOf(mix, mix.storage_offset() * int64_t(mix.itemsize()),
                         x.sizes(), x.scalar_type(), zeroStrides);
-  if (recordsNode({&x, &fn, &scale, &base})) {
+  if (record) {
     NodePtr node = newNode<PreStepBackward>();
     auto *step = static_cast<PreStepBackward *>(node.get());
     node->set_next_edges(torch::autograd::collect_next_edges(x, fn, scale, base));
@@ -788,12 +789,13 @@ variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
                        int64_t handle, bool preMixed, bool recompute,
                        int64_t uSlot) {
   const KernelSet &ks = kernelSet(handle);
+  const bool record = recordsNode({&y, &link, &post, &comb}); // before launching
   variable_list out;
   if (fnNext) // x_next and mix_next in one allocation: the next pre_step saves both
     out = runStep(ks, kPostProject, {y, x, post, comb, *fnNext}, Grouping::All);
   else
     out = {runStep(ks, kPost, {y, x, post, comb})[0]};
-  if (recordsNode({&y, &link, &post, &comb})) {
+  if (record) {
     NodePtr node = newNode<PostStepBackward>();
     auto *step = static_cast<PostStepBackward *>(node.get());
     node->set_next_edges(
