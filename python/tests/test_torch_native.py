@@ -88,12 +88,12 @@ def test_bad_arguments_get_clear_errors(built, handle):
         built.run_op(123456, "hc_post", [y, x, post, comb])
 
 
-def _forward(built, handle, T, recompute, slot_id=0):
+def _forward(built, handle, T, recompute, slot=None):
     x, fn, scale, base = (leaf(t) for t in inputs(T))
     u, post, comb, mix, link = built.pre_step(x, fn, scale, base, None, handle, not recompute)
     y = (u * 2).contiguous()
     (x_next,) = built.post_step(y, x, link, post, comb, mix, fn, scale, base, None, handle, False,
-                                recompute, slot_id)
+                                recompute, slot)
     return (x, fn, scale, base), (u, post, comb, mix, link), x_next
 
 
@@ -164,7 +164,7 @@ def test_steps_behave_like_autograd_nodes(built, handle, mock):  # noqa: F811
     xl = leaf(x)
     u, post, comb, mix, link = built.pre_step(xl, fn, scale, base, None, handle, True)
     (x_next,) = built.post_step(u.contiguous(), xl, link, post, comb, mix, fn, scale, base, None,
-                                handle, False, False, 0)
+                                handle, False, False, None)
     x_next.sum().backward()
     assert xl.grad is not None and fn.grad is None
     # Forward-mode AD has no rule here: a clear error before anything runs, not a wrong tangent.
@@ -203,16 +203,15 @@ def test_steps_allocate_together_what_dies_together(built, handle, recompute):
 def test_recomputed_u_is_handed_over_once(built, handle, mock):  # noqa: F811
     slot = built.USlot()
     mock.mock_clear_log()
-    _, _, x_next = _forward(built, handle, 16, True, slot.id)
+    _, _, x_next = _forward(built, handle, 16, True, slot)
     assert slot.take() is None                          # nothing before the backward
     x_next.backward(torch.randn_like(x_next))
     u = slot.take()
     assert u is not None and ptr(u) == launches(mock)[4]["buffers"][-1]   # the recomputed u
     assert slot.take() is None                          # handed over once
     gone = built.USlot()
-    gone_id = gone.id
+    _, _, x_next = _forward(built, handle, 16, True, gone)
     del gone                                            # its owner is gone: the u is dropped
-    _, _, x_next = _forward(built, handle, 16, True, gone_id)
     x_next.backward(torch.randn_like(x_next))
 
 

@@ -44,6 +44,7 @@
 #include <mutex>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <unordered_map>
 #include <vector>
 
@@ -553,45 +554,29 @@ std::vector<Tensor> runOpByName(int64_t handle, const std::string &name,
 
 //===----------------------------------------------------------------------===//
 // Recomputed u, handed from post_step's backward to the sublayer's saved-tensor
-// hook (modules.py's _URecompute). A slot lives as long as its Python owner,
-// which the sublayer's saved tensors keep alive until its backward is done.
+// hook (URecompute below). The hook owns the slot, which the sublayer's saved
+// tensors keep alive until its backward is done; post_step's backward holds
+// it weakly: a slot whose owner is gone receives nothing.
 //===----------------------------------------------------------------------===//
 
-std::mutex slotsMutex;
-std::unordered_map<int64_t, Tensor> slots;
-int64_t nextSlot = 1;
-
-struct USlot {
-  int64_t id;
-  USlot(const USlot &) = delete; // the slot is erased once, by its owner
-  USlot &operator=(const USlot &) = delete;
-  USlot() {
-    std::lock_guard<std::mutex> lock(slotsMutex);
-    id = nextSlot++;
-    slots.emplace(id, Tensor());
-  }
-  ~USlot() {
-    std::lock_guard<std::mutex> lock(slotsMutex);
-    slots.erase(id);
+class USlot {
+public:
+  void put(const Tensor &u) {
+    std::lock_guard<std::mutex> lock(mutex);
+    value = u;
   }
   // The recomputed u, once; None when there is none (the hook recomputes).
   std::optional<Tensor> take() {
-    std::lock_guard<std::mutex> lock(slotsMutex);
-    auto it = slots.find(id);
-    if (it == slots.end() || !it->second.defined())
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!value.defined())
       return std::nullopt;
-    Tensor u = std::move(it->second);
-    it->second = Tensor();
-    return u;
+    return std::exchange(value, Tensor());
   }
-};
 
-void putRecomputedU(int64_t id, const Tensor &u) {
-  std::lock_guard<std::mutex> lock(slotsMutex);
-  auto it = slots.find(id);
-  if (it != slots.end()) // gone: nobody will read it
-    it->second = u;
-}
+private:
+  std::mutex mutex;
+  Tensor value;
+};
 
 //===----------------------------------------------------------------------===//
 // HyperConnection's autograd steps (modules.py's _PreStep / _PostStep), as
@@ -736,7 +721,7 @@ struct PostStepBackward : Node {
   int64_t handle = 0;
   bool recompute = false;
   bool preMixed = false; // the forward's pre_step ran hc_pre_mixed
-  int64_t uSlot = 0;     // recomputing: where the sublayer's hook reads u (0: none)
+  std::weak_ptr<USlot> uSlot; // recomputing: where the sublayer's hook reads u
 
   std::string name() const override { return "mhc::PostStepBackward"; }
 
@@ -764,8 +749,8 @@ struct PostStepBackward : Node {
                                   Grouping::AllButMix);
       postv = r[1];
       combv = r[2];
-      if (uSlot > 0)
-        putRecomputedU(uSlot, r[0]); // the sublayer's backward, next, reads it
+      if (std::shared_ptr<USlot> slot = uSlot.lock())
+        slot->put(r[0]); // the sublayer's backward, next, reads it
     }
     Tensor dxNext =
         grads[0].defined() ? grads[0].contiguous() : at::zeros_like(xv);
@@ -781,13 +766,13 @@ struct PostStepBackward : Node {
 // sublayer's mix (hc_post_project, not differentiable), which the next
 // pre_step then takes. recompute: false saves post/comb; otherwise they are
 // recomputed in the backward (with the kernel the forward's pre_step used:
-// preMixed), and uSlot (0: none) receives the recomputed u.
+// preMixed), and uSlot (null: none) receives the recomputed u.
 variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
                        const Tensor &post, const Tensor &comb,
                        const Tensor &mix, const Tensor &fn, const Tensor &scale,
                        const Tensor &base, const std::optional<Tensor> &fnNext,
                        int64_t handle, bool preMixed, bool recompute,
-                       int64_t uSlot) {
+                       const std::shared_ptr<USlot> &uSlot) {
   const KernelSet &ks = kernelSet(handle);
   const bool record = recordsNode({&y, &link, &post, &comb}); // before launching
   variable_list out;
@@ -1011,7 +996,7 @@ struct URecompute {
         mix(std::move(inputs[4])), mixed(mixed), handle(handle),
         outer(std::move(outer)) {}
 
-  USlot slot;
+  std::shared_ptr<USlot> slot = std::make_shared<USlot>();
   const void *uData;
   at::ScalarType uDtype;
   Tensor x, fn, scale, base, mix;
@@ -1020,7 +1005,7 @@ struct URecompute {
   py::object outer;
 
   Tensor takeU() {
-    if (std::optional<Tensor> u = slot.take())
+    if (std::optional<Tensor> u = slot->take())
       return *u;
     const KernelSet &ks = kernelSet(handle);
     return mixed ? runStep(ks, kPreMixed, {x, mix, scale, base})[0]
@@ -1223,7 +1208,7 @@ py::object connectionForward(py::handle module, int64_t handle,
     nextFn = *fnNext;
   variable_list out = postStep(y, x, link, post, comb, mix, fn, scale, base,
                                nextFn, handle, mixIn.has_value(), recompute,
-                               hooks ? hooks->slot.id : 0);
+                               hooks ? hooks->slot : nullptr);
   py::object xNext = wrap(out[0]);
   if (chain) {
     py::object tag;
@@ -1361,8 +1346,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_with", &forwardWith);
   m.def("enable_fast_path", &enableFastPath);
   m.def("clear_fast_path", &clearFastPath);
-  py::class_<USlot>(m, "USlot")
+  py::class_<USlot, std::shared_ptr<USlot>>(m, "USlot")
       .def(py::init<>())
-      .def_readonly("id", &USlot::id)
       .def("take", &USlot::take);
 }
