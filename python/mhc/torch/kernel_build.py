@@ -319,7 +319,7 @@ def compile_kernels(key: dict, out_dir, forward_only: bool = False, edit_schedul
             ops[op]["few_tokens"] = {"max_T": FEW_TOKENS, **few}
     in_binary = set(re.findall(r"@mhc_kernels::@(\w+)", full))
     for spec in ops.values():
-        for launch in spec["launches"] + spec.get("few_tokens", {}).get("launches", []):
+        for launch in kernels.all_launches(spec):
             if launch["kernel"] not in in_binary:
                 raise compiler.CompileError(f"kernel {launch['kernel']} is not in the compiled module")
     (out_dir / kernels.CUBIN_NAME).write_bytes(compiler.decode_mlir_string(binary.group(1)))

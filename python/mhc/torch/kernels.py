@@ -236,18 +236,18 @@ def validate_manifest(manifest: dict, key: KernelKey | None = None, folder: Path
     return manifest
 
 
-def _validate_op(op: str, spec: dict, where: str | None = None):
-    where = where or f"ops.{op}"
+def _validate_op(op: str, spec: dict, variant: bool = False):
+    """One op's spec, or (variant) its few_tokens variant."""
+    where = f"ops.{op}" + (".few_tokens" if variant else "")
     if not isinstance(spec, dict):
         raise ManifestError(f"{where} must be an object")
-    variant = where.endswith(".few_tokens")
     unknown = set(spec) - {"scratch", "zero", "launches"} - ({"max_T"} if variant else {"few_tokens"})
     if unknown:
         raise ManifestError(f"{where}: unknown fields {sorted(unknown)}")
     if variant:
         _int(f"{where}.max_T", spec.get("max_T"), 1, 2 ** 62)
     elif "few_tokens" in spec:
-        _validate_op(op, spec["few_tokens"], where + ".few_tokens")
+        _validate_op(op, spec["few_tokens"], variant=True)
     args, results = OP_BUFFERS[op]
     scratch = spec.get("scratch", {})
     if not isinstance(scratch, dict):
@@ -409,6 +409,11 @@ def allocate_results(op: str, args):
             for name in OP_BUFFERS[op][1]]
 
 
+def all_launches(spec: dict) -> list:
+    """An op spec's launches and those of its few_tokens variant."""
+    return spec["launches"] + spec.get("few_tokens", {}).get("launches", [])
+
+
 class _OpPlan:
     """One op of a kernel set: its launches with their function handles, ready to run; with the
     manifest's ``few_tokens`` variant, which runs instead for T <= its max_T."""
@@ -498,7 +503,7 @@ class KernelSet:
         self.runtime.check()
         functions = {}
         for spec in self.manifest["ops"].values():
-            for launch in spec["launches"] + spec.get("few_tokens", {}).get("launches", []):
+            for launch in all_launches(spec):
                 name = launch["kernel"]
                 if name not in functions:
                     functions[name] = lib.mgpuModuleGetFunction(self.module, name.encode())
