@@ -693,7 +693,7 @@ variable_list preStep(const Tensor &x, const Tensor &fn, const Tensor &scale,
   // The link: x's shape and dtype, all strides 0, over mix's first element
   // (no allocation: nothing ever reads it); its only job is to carry
   // dx_next from post_step's backward to this step's backward.
-  std::vector<int64_t> zeroStrides(size_t(x.dim()), 0);
+  Dims zeroStrides(size_t(x.dim()), 0);
   Tensor link = pieceOf(mix, mix.storage_offset() * int64_t(mix.itemsize()),
                         x.sizes(), x.scalar_type(), zeroStrides);
   if (record) {
@@ -988,12 +988,11 @@ std::pair<PyObject *, const Tensor *> successorOf(py::handle module,
 // installed before (`outer`: (pack, unpack) or None), or are kept as they are.
 // The C++ twin of modules.py's _URecompute (the Python steps' version).
 struct URecompute {
-  URecompute(const Tensor &u, std::vector<Tensor> inputs, bool mixed,
-             int64_t handle, py::object outer)
-      : uData(u.storage().data()), uDtype(u.scalar_type()),
-        x(std::move(inputs[0])), fn(std::move(inputs[1])),
-        scale(std::move(inputs[2])), base(std::move(inputs[3])),
-        mix(std::move(inputs[4])), mixed(mixed), handle(handle),
+  URecompute(const Tensor &u, Tensor x, Tensor fn, Tensor scale, Tensor base,
+             Tensor mix, bool mixed, int64_t handle, py::object outer)
+      : uData(u.storage().data()), uDtype(u.scalar_type()), x(std::move(x)),
+        fn(std::move(fn)), scale(std::move(scale)), base(std::move(base)),
+        mix(std::move(mix)), mixed(mixed), handle(handle),
         outer(std::move(outer)) {}
 
   std::shared_ptr<USlot> slot = std::make_shared<USlot>();
@@ -1195,9 +1194,9 @@ py::object connectionForward(py::handle module, int64_t handle,
   std::shared_ptr<URecompute> hooks;
   if (recompute && at::GradMode::is_enabled()) {
     py::object outer = hookStack().top(false);
-    hooks = std::make_shared<URecompute>(
-        u, std::vector<Tensor>{x, fn, scale, base, mix}, mixIn.has_value(),
-        handle, std::move(outer));
+    hooks = std::make_shared<URecompute>(u, x, fn, scale, base, mix,
+                                         mixIn.has_value(), handle,
+                                         std::move(outer));
   }
   Tensor y = callSublayer(module, u, x, xObj, hooks, args, kwargs);
   auto [successor, fnNext] =
