@@ -24,21 +24,16 @@ sys.path.insert(0, os.path.join(HERE, "..", "python"))
 sys.path.insert(0, os.path.join(HERE, "..", "test", "Integration", "GPU", "harness"))
 sys.path.insert(0, HERE)
 from mhc.torch import kernels as K  # noqa: E402
-import check_backward  # noqa: E402  (its inputs)
+from compare_kernel_sets import inputs  # noqa: E402  (check_backward.py's random inputs)
 from host_time import gpu_us_per_call  # noqa: E402
 
 OPS = ("hc_pre", "hc_post", "hc_pre_mixed", "hc_post_project", "hc_steady_forward")
 
 
-def op_inputs(key, T, seed):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    x, y, fn, scale, base, _, _ = check_backward.inputs(key, T, gen)
-    return x, y, fn, scale, base
-
-
 def calls(ks, key, T, seed):
     """op -> (plan, arguments) for the forward ops of `ks` at T tokens."""
-    x, y, fn, scale, base = op_inputs(key, T, seed)
+    d = inputs(key, T, seed)
+    x, y, fn, scale, base = (d[k] for k in ("x", "y", "fn", "scale", "base"))
     u, post, comb, mix = ks.run("hc_pre", x, fn, scale, base)
     args = {"hc_pre": (x, fn, scale, base), "hc_post": (y, x, post, comb),
             "hc_pre_mixed": (x, mix, scale, base), "hc_post_project": (y, x, post, comb, fn),
