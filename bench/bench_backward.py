@@ -8,7 +8,10 @@ process (T = 16384 tokens unless --T says otherwise, n = 4, bf16; C from --Cs).
 * mhc: the forward is the steady-state pair of the forward benchmark (pre from the previous
   sublayer's mix; post_res + the next sublayer's norm_project: op hc_steady_forward), the
   backward the fused sublayer backward (hc_sublayer_backward: rows, cols, params kernels),
-  launched from the kernel cache of mhc.torch (manifest-driven, on torch's stream).
+  launched from the kernel cache of mhc.torch (manifest-driven, on torch's stream). Also timed:
+  the backward as training runs it (`backward_split_ms`): mhc.torch's post step's backward
+  (hc_post_backward, before the sublayer's backward: dy) and pre step's (hc_pre_backward, after
+  it: du), each kernel alone too (its rows read x and dout twice: 28C in all instead of 24C).
 * peers (../shared/peers, carried as .peers): `load.SUBLAYER[provider](x, y, fn, scale, base)`
   -> (u, x_next) with requires_grad inputs, then backward with the same cotangents (du, dx_next).
 * floors (elements read + written per token, in units of C; bf16: 2 bytes each): forward 14C
@@ -20,7 +23,7 @@ process (T = 16384 tokens unless --T says otherwise, n = 4, bf16; C from --Cs).
 Timing: CUDA events around each step, three input sets rotated (far over the 60 MB L2), warm-up
 first, median of --iters.
 """
-import argparse, json, os, subprocess, sys, time
+import argparse, json, os, sys
 
 import torch
 
@@ -85,28 +88,42 @@ def mhc_times(C, sets, warmup, iters):
     out = dict(forward_ms=median_ms(fwd, sets, warmup, iters),
                backward_ms=median_ms(bwd, sets, warmup, iters),
                forward_backward_ms=median_ms(both, sets, warmup, iters))
+    for s in sets:   # the post step's coefficients and gradients the pre step's backward takes
+        _, s["post"], s["comb"], _ = ks.run("hc_pre", s["x"], s["fn"], s["scale"], s["base"])
+        _, s["dpost"], s["dcomb"] = ks.run("hc_post_backward", *_args(s, "hc_post_backward"))
+
+    def split(s):
+        for op in ("hc_post_backward", "hc_pre_backward"):
+            ks.run(op, *_args(s, op), stream=stream())
+    out["backward_split_ms"] = median_ms(split, sets, warmup, iters)
     # Each backward kernel alone (same launches as the op, one at a time).
-    plan = ks.plans["hc_sublayer_backward"]
     per = {}
-    for idx, launch in enumerate(plan.launches):
-        name = ks.manifest["ops"]["hc_sublayer_backward"]["launches"][idx]["kernel"]
-        per[name] = median_ms(lambda s, i=idx: _one_launch(ks, plan, i, s), sets, warmup, iters)
+    for op in ("hc_sublayer_backward", "hc_post_backward", "hc_pre_backward"):
+        for idx, launch in enumerate(ks.manifest["ops"][op]["launches"]):
+            per[launch["kernel"]] = median_ms(lambda s, i=idx: _one_launch(ks, op, i, s), sets,
+                                              warmup, iters)
     out["backward_kernels_ms"] = per
     return out
 
 
-def _one_launch(ks, plan, index, s):
-    """Launch `index` of the fused backward on set s (its buffers kept per set)."""
-    if "_bufs" not in s:
-        args = [s[k] for k in ("x", "y", "fn", "scale", "base", "mix", "du", "dxn")]
-        results = K.allocate_results("hc_sublayer_backward", args)
+# The op arguments' names in a set (dx_next is "dxn" there).
+def _args(s, op):
+    return [s["dxn" if name == "dx_next" else name] for name in K.OP_BUFFERS[op][0]]
+
+
+def _one_launch(ks, op, index, s):
+    """Launch `index` of op on set s (its buffers kept per set and op)."""
+    plan = ks.plans[op]
+    if ("_bufs", op) not in s:
+        args = _args(s, op)
+        results = K.allocate_results(op, args)
         Tn = s["x"].numel() // (N * s["x"].shape[-1])
         numels, grids = plan._shapes(Tn)
         scratch = [torch.empty(nm, dtype=torch.float32, device="cuda") for nm in numels]
-        s["_bufs"] = (args + results + scratch, Tn, grids)
+        s["_bufs", op] = (args + results + scratch, Tn, grids)
         for i in range(len(plan.launches)):   # the scratch a later kernel reads
-            _one_launch(ks, plan, i, s)
-    buffers, Tn, grids = s["_bufs"]
+            _one_launch(ks, op, i, s)
+    buffers, Tn, grids = s["_bufs", op]
     fn, _, _, gy, gz, block, smem, idx, ptr_t, num_t = plan.launches[index]
     ptrs = [buffers[i].data_ptr() for i in idx]
     nums = [buffers[i].numel() for i in idx]
@@ -172,8 +189,9 @@ def main():
         line = f"  C={C} {name:14s} fwd {r['forward_ms']:.3f}  fwd+bwd {r['forward_backward_ms']:.3f} ms"
         if "backward_ms" in r:
             line += (f"  bwd {r['backward_ms']:.3f} ms ({floors['backward'] / r['backward_ms']:.0%} of "
-                     f"copy on 24C)  " + ", ".join(f"{k.rsplit('_', 1)[-1]} {v:.3f}" for k, v in
-                                                   r["backward_kernels_ms"].items()))
+                     f"copy on 24C), as trained {r['backward_split_ms']:.3f} ms; " +
+                     ", ".join(f"{k.removeprefix('mhc_')} {v:.3f}" for k, v in
+                               r["backward_kernels_ms"].items()))
         print(line, flush=True)
 
     for C in [int(c) for c in a.Cs.split(",")]:

@@ -8,8 +8,8 @@ results are bit-identical (for kernel rewrites that must not change a single res
 For each kernel set and T in --Ts (one token, a partial tile, many token splits): x, y, fn,
 scale, base, du, dx_next seeded random as check_backward.py makes them (never zeros); the mix,
 post and comb from set A's hc_pre and dpost, dcomb from its hc_post_backward (what training
-passes); then hc_pre_backward and hc_sublayer_backward of A and of B, every result compared
-with torch.equal (the largest difference printed where not equal; a non-finite result of B also
+passes); then hc_post_backward, hc_pre_backward and hc_sublayer_backward of A and of B, every
+result compared with torch.equal (the largest difference printed where not equal; a non-finite result of B also
 counts as a difference).
 """
 import argparse, json, os, sys
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "test", "Integration", "GPU", "harne
 from mhc.torch import kernels as K  # noqa: E402
 import check_backward  # noqa: E402  (its inputs: the backward check's random data)
 
-OPS = ("hc_pre_backward", "hc_sublayer_backward")
+OPS = ("hc_post_backward", "hc_pre_backward", "hc_sublayer_backward")
 
 
 def inputs(key, T, seed):
@@ -40,7 +40,7 @@ def compare(key, sets, Ts, rows):
         u, post, comb, mix = sets["a"].run("hc_pre", d["x"], d["fn"], d["scale"], d["base"])
         dy, dpost, dcomb = sets["a"].run("hc_post_backward", d["y"], d["x"], post, comb,
                                          d["dx_next"])
-        given = dict(d, mix=mix, dpost=dpost, dcomb=dcomb)
+        given = dict(d, mix=mix, post=post, comb=comb, dpost=dpost, dcomb=dcomb)
         for op in OPS:
             names_in, names_out = K.OP_BUFFERS[op]
             outs = {s: ks.run(op, *[given[a] for a in names_in]) for s, ks in sets.items()}

@@ -68,6 +68,10 @@ SmallVector<ColsKernelBuilder::TileLoad> ColsKernelBuilder::tileLoads() {
       Value ok = band(live, ult(token, T));
       return f32OrZero(ok, [&]() { return ld(record, add(mul(token, ci(P)), col)); });
     };
+    auto loadWhole = [this, t, col, TT, P](Value tile) {
+      Value token = add(mul(tile, ci(TT)), t);
+      return ld(record, add(mul(token, ci(P)), col));
+    };
     auto store = [this, t, col, M](Value v) {
       emitIf(ult(col, M), [&]() {
         auto [hi, lo] = headAndRemainder(v);
@@ -79,7 +83,7 @@ SmallVector<ColsKernelBuilder::TileLoad> ColsKernelBuilder::tileLoads() {
         st(v, recS, add(mul(t, ci(recPitch(p))), sub(col, ci(M))));
       });
     };
-    return TileLoad{inRange, load, store};
+    return TileLoad{inRange, load, loadWhole, store, f32};
   });
   // Rows of NV vectors: `rowsPerToken` rows per token from `src` into `dst`
   // at row pitch `pitch` (a token's rows side by side).
@@ -97,6 +101,11 @@ SmallVector<ColsKernelBuilder::TileLoad> ColsKernelBuilder::tileLoads() {
         Value rowStart = mul(add(mul(token, ci(rowsPerToken)), r), ci(C));
         return loadAct(src, rowStart, add(col0, c), ok, /*raw=*/true);
       };
+      auto loadWhole = [this, t, r, c, src, rowsPerToken, TT, C](Value tile) {
+        Value token = add(mul(tile, ci(TT)), t);
+        Value rowStart = mul(add(mul(token, ci(rowsPerToken)), r), ci(C));
+        return loadActInRange(src, rowStart, add(col0, c), /*raw=*/true);
+      };
       Value at = add(mul(t, ci(pitch)), add(mul(r, ci(CC)), c));
       auto store = [this, dst, at](Value v) {
         if (isa<VectorType>(v.getType()))
@@ -105,7 +114,7 @@ SmallVector<ColsKernelBuilder::TileLoad> ColsKernelBuilder::tileLoads() {
         else
           st(v, dst, at);
       };
-      return TileLoad{inRange, load, store};
+      return TileLoad{inRange, load, loadWhole, store, vecAct()};
     });
   };
   rows(arg(p.x), xS, n, tilePitch());
@@ -114,11 +123,44 @@ SmallVector<ColsKernelBuilder::TileLoad> ColsKernelBuilder::tileLoads() {
   return items;
 }
 
+Value ColsKernelBuilder::wholeTile(Value tile, Value live) {
+  if (!aligned)
+    return Value();
+  Value whole =
+      band(aligned, ule(mul(add(tile, ci(1)), ci(s.tileTokens)), T));
+  if (live)
+    whole = band(whole, live);
+  if (p.C % s.chunkColumns != 0) // the last chunk is partial
+    whole = band(whole, ule(add(col0, ci(s.chunkColumns)), ci(p.C)));
+  return whole;
+}
+
+/// A tile's loads behind one uniform branch: every tile but the last takes
+/// the unguarded side (per-vector guards cost ~50 instructions per warp and
+/// tile, a tenth of the kernel: cols-kernel-h200.md).
 SmallVector<Value> ColsKernelBuilder::issueLoads(Value tile, Value live) {
-  SmallVector<Value> loaded;
-  for (TileLoad &item : tileLoads())
-    loaded.push_back(item.load(tile, live));
-  return loaded;
+  SmallVector<TileLoad> items = tileLoads();
+  auto guarded = [&]() {
+    SmallVector<Value> loaded;
+    for (TileLoad &item : items)
+      loaded.push_back(item.load(tile, live));
+    return loaded;
+  };
+  Value whole = wholeTile(tile, live);
+  if (!whole)
+    return guarded();
+  SmallVector<Type> types;
+  for (TileLoad &item : items)
+    types.push_back(item.type);
+  return emitIfElse(
+      types, whole,
+      [&]() {
+        SmallVector<Value> loaded;
+        for (TileLoad &item : items)
+          loaded.push_back(item.loadWhole(tile));
+        return loaded;
+      },
+      guarded);
 }
 
 void ColsKernelBuilder::storeLoads(ValueRange loaded) {
@@ -375,18 +417,35 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
   barrier();
   int64_t NV = CC / acts.vec, total = TT * n * NV;
   Value tok0 = mul(tileIndex, ci(TT));
-  emitFor(tid, ci(total), ci(s.threads), {}, [&](Value item, ValueRange) {
-    Value t = div(item, n * NV), rest = rem(item, n * NV);
-    Value si = div(rest, NV), sc = mul(rem(rest, NV), ci(acts.vec));
-    Value token = add(tok0, t);
-    Value v = toF32(vector::LoadOp::create(
-        b, loc, vecAct(), doutS,
-        ValueRange{add(mul(t, ci(XP)), add(mul(si, ci(CC)), sc))}, false,
-        llvm::MaybeAlign(16)));
-    storeAct(v, arg(p.dxOut), mul(add(mul(token, ci(n)), si), ci(p.C)),
-             add(col0, sc), ult(token, T));
-    return SmallVector<Value>{};
-  });
+  auto storeDx = [&](bool guarded) {
+    emitFor(tid, ci(total), ci(s.threads), {}, [&](Value item, ValueRange) {
+      Value t = div(item, n * NV), rest = rem(item, n * NV);
+      Value si = div(rest, NV), sc = mul(rem(rest, NV), ci(acts.vec));
+      Value token = add(tok0, t);
+      Value v = toF32(vector::LoadOp::create(
+          b, loc, vecAct(), doutS,
+          ValueRange{add(mul(t, ci(XP)), add(mul(si, ci(CC)), sc))}, false,
+          llvm::MaybeAlign(16)));
+      Value row = mul(add(mul(token, ci(n)), si), ci(p.C));
+      if (guarded)
+        storeAct(v, arg(p.dxOut), row, add(col0, sc), ult(token, T));
+      else
+        storeActInRange(v, arg(p.dxOut), row, add(col0, sc));
+      return SmallVector<Value>{};
+    });
+  };
+  if (!tileIsWhole) {
+    storeDx(/*guarded=*/true);
+    return dfnAcc;
+  }
+  auto ifOp = scf::IfOp::create(b, loc, TypeRange{}, tileIsWhole, true);
+  {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(ifOp.thenBlock());
+    storeDx(/*guarded=*/false);
+    b.setInsertionPointToStart(ifOp.elseBlock());
+    storeDx(/*guarded=*/true);
+  }
   return dfnAcc;
 }
 
@@ -448,6 +507,7 @@ void ColsKernelBuilder::emitBody() {
         Value next = add(tile, ci(1));
         SmallVector<Value> loads = issueLoads(next, ult(next, last));
         tileIndex = tile;
+        tileIsWhole = wholeTile(tile, /*live=*/Value());
         SmallVector<Value> out = emitTile(
             SmallVector<Value>(carried.begin(), carried.begin() + accs));
         llvm::append_range(out, loads);

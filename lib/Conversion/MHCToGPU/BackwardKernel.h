@@ -146,15 +146,24 @@ struct ColsKernelBuilder : KernelBuilder {
   int64_t dmPitch() const { return dmPitch(s); }
   void emitBody();
   /// One group of a tile's elements this thread moves to shared memory:
-  /// `load` reads it for tile `tile` (zeros unless `live`), `store` puts the
-  /// loaded value in place. They are emitted apart: the loads of the next
-  /// tile overlap this tile's products.
+  /// `load` reads it for tile `tile` (zeros unless `live`), `loadWhole` the
+  /// same for a whole tile (wholeTile: no guards), `store` puts the loaded
+  /// value in place. They are emitted apart: the loads of the next tile
+  /// overlap this tile's products.
   struct TileLoad {
     Value inRange; // null: every thread has this group
     std::function<Value(Value tile, Value live)> load;
+    std::function<Value(Value tile)> loadWhole;
     std::function<void(Value)> store;
+    Type type; // of the loaded value
   };
   SmallVector<TileLoad> tileLoads();
+  /// i1: tile `tile` is live (null: known to be) and whole -- all its tokens
+  /// below T, the block's columns inside C, every activation pointer
+  /// aligned -- so its loads and dx stores need no per-vector guards. Null
+  /// when no tile can be (the vector paths are off).
+  Value wholeTile(Value tile, Value live);
+  Value tileIsWhole; // the tile being processed is whole (like tileIndex)
   SmallVector<Value> issueLoads(Value tile, Value live);
   void storeLoads(ValueRange loaded);
   /// A warp's n8 tiles (k-columns) and where each starts.

@@ -88,64 +88,82 @@ void RowsKernelBuilder::emitRowLoop() {
   };
 
   Value xArg = arg(p.x), rowBase = mul(token, ci(n));
-  SmallVector<Value> sums = emitFor(
-      ci(0), ci((C + CC - 1) / CC), ci(1), inits,
-      [&](Value chunk, ValueRange carried) -> SmallVector<Value> {
-        SmallVector<Value> acc(carried.begin(), carried.end());
-        Value c = add(mul(chunk, ci(CC)), colInChunk);
-        // All loads of the chunk first, then the arithmetic.
-        SmallVector<Value> xs, douts;
-        Value yRaw, duRaw;
-        for (int64_t i = 0; i < n; ++i)
-          xs.push_back(loadAct(xArg, mul(add(rowBase, ci(i)), ci(C)), c, ok,
-                               /*raw=*/true));
-        if (post) {
-          for (int64_t j = 0; j < n; ++j)
-            douts.push_back(loadAct(arg(p.dout),
-                                    mul(add(rowBase, ci(j)), ci(C)), c, ok,
-                                    /*raw=*/true));
-          yRaw = loadAct(arg(p.y), mul(token, ci(C)), c, ok, /*raw=*/true);
-        }
-        if (pre)
-          duRaw = loadAct(arg(p.du), mul(token, ci(C)), c, ok, /*raw=*/true);
+  // The chunk walk, with guards on every vector or, `inRange` (the row's
+  // token is below T, C is whole chunks, every pointer aligned), none: one
+  // branch per row instead of one per vector and chunk.
+  auto walk = [&](bool inRange) {
+    auto load = [&](Value mem, Value base, Value c) {
+      return inRange ? loadActInRange(mem, base, c, /*raw=*/true)
+                     : loadAct(mem, base, c, ok, /*raw=*/true);
+    };
+    return emitFor(
+        ci(0), ci((C + CC - 1) / CC), ci(1), inits,
+        [&](Value chunk, ValueRange carried) -> SmallVector<Value> {
+          SmallVector<Value> acc(carried.begin(), carried.end());
+          Value c = add(mul(chunk, ci(CC)), colInChunk);
+          // All loads of the chunk first, then the arithmetic.
+          SmallVector<Value> xs, douts;
+          Value yRaw, duRaw;
+          for (int64_t i = 0; i < n; ++i)
+            xs.push_back(load(xArg, mul(add(rowBase, ci(i)), ci(C)), c));
+          if (post) {
+            for (int64_t j = 0; j < n; ++j)
+              douts.push_back(
+                  load(arg(p.dout), mul(add(rowBase, ci(j)), ci(C)), c));
+            yRaw = load(arg(p.y), mul(token, ci(C)), c);
+          }
+          if (pre)
+            duRaw = load(arg(p.du), mul(token, ci(C)), c);
 
-        SmallVector<SmallVector<Value>> X, D;
-        for (Value v : xs)
-          X.push_back(lanes(*this, v));
-        for (Value v : douts)
-          D.push_back(lanes(*this, v));
-        if (post) {
-          if (Value dyOut = arg(p.dyOut)) {
-            Value dy = fmul(splat(postOf[0], vecF32()), toF32(douts[0]));
-            for (int64_t j = 1; j < n; ++j)
-              dy = fma(splat(postOf[j], vecF32()), toF32(douts[j]), dy);
-            storeAct(dy, dyOut, mul(token, ci(C)), c, ok);
-          }
-          SmallVector<Value> Y = lanes(*this, yRaw);
-          for (int64_t j = 0; j < n; ++j) {
-            int64_t q = slotOf(p.rowSumDpost() + j);
-            acc[q] = dot(*this, Y, D[j], acc[q]);
-          }
-          for (int64_t i = 0; i < n; ++i)
-            for (int64_t j = 0; j < n; ++j) {
-              int64_t q = slotOf(p.rowSumDcomb() + i * n + j);
-              acc[q] = dot(*this, X[i], D[j], acc[q]);
+          SmallVector<SmallVector<Value>> X, D;
+          for (Value v : xs)
+            X.push_back(lanes(*this, v));
+          for (Value v : douts)
+            D.push_back(lanes(*this, v));
+          if (post) {
+            if (Value dyOut = arg(p.dyOut)) {
+              Value dy = fmul(splat(postOf[0], vecF32()), toF32(douts[0]));
+              for (int64_t j = 1; j < n; ++j)
+                dy = fma(splat(postOf[j], vecF32()), toF32(douts[j]), dy);
+              if (inRange)
+                storeActInRange(dy, dyOut, mul(token, ci(C)), c);
+              else
+                storeAct(dy, dyOut, mul(token, ci(C)), c, ok);
             }
-        }
-        if (pre) {
-          SmallVector<Value> U = lanes(*this, duRaw);
-          for (int64_t i = 0; i < n; ++i) {
-            int64_t q = slotOf(p.rowSumDpre() + i);
-            acc[q] = dot(*this, U, X[i], acc[q]);
+            SmallVector<Value> Y = lanes(*this, yRaw);
+            for (int64_t j = 0; j < n; ++j) {
+              int64_t q = slotOf(p.rowSumDpost() + j);
+              acc[q] = dot(*this, Y, D[j], acc[q]);
+            }
+            for (int64_t i = 0; i < n; ++i)
+              for (int64_t j = 0; j < n; ++j) {
+                int64_t q = slotOf(p.rowSumDcomb() + i * n + j);
+                acc[q] = dot(*this, X[i], D[j], acc[q]);
+              }
           }
-        }
-        if (norm) {
-          int64_t q = slotOf(p.rowSumSq());
-          for (int64_t i = 0; i < n; ++i)
-            acc[q] = dot(*this, X[i], X[i], acc[q]);
-        }
-        return acc;
-      });
+          if (pre) {
+            SmallVector<Value> U = lanes(*this, duRaw);
+            for (int64_t i = 0; i < n; ++i) {
+              int64_t q = slotOf(p.rowSumDpre() + i);
+              acc[q] = dot(*this, U, X[i], acc[q]);
+            }
+          }
+          if (norm) {
+            int64_t q = slotOf(p.rowSumSq());
+            for (int64_t i = 0; i < n; ++i)
+              acc[q] = dot(*this, X[i], X[i], acc[q]);
+          }
+          return acc;
+        });
+  };
+  SmallVector<Value> sums;
+  if (aligned && C % CC == 0)
+    sums = emitIfElse(
+        SmallVector<Type>(inits.size(), f32), band(aligned, ok),
+        [&]() { return walk(/*inRange=*/true); },
+        [&]() { return walk(/*inRange=*/false); });
+  else
+    sums = walk(/*inRange=*/false);
 
   // The NVC lanes of a row are consecutive lanes of one warp.
   Value first = eq(rem(tid, NVC), ci(0));

@@ -155,6 +155,21 @@ void KernelBuilder::storeAct(Value v, Value mem, Value base, Value c,
   scalarPath();
 }
 
+Value KernelBuilder::loadActInRange(Value mem, Value base, Value c,
+                                    bool raw) {
+  Value v = vector::LoadOp::create(b, loc, vecAct(), mem,
+                                   ValueRange{add(base, c)}, false,
+                                   llvm::MaybeAlign(16));
+  return raw ? v : toF32(v);
+}
+
+void KernelBuilder::storeActInRange(Value v, Value mem, Value base,
+                                    Value c) {
+  vector::StoreOp::create(b, loc, toAct(v, vecAct()), mem,
+                          ValueRange{add(base, c)}, false,
+                          llvm::MaybeAlign(16));
+}
+
 Value KernelBuilder::asI32(Value bf16x2) {
   Value w =
       vector::BitCastOp::create(b, loc, VectorType::get({1}, i32), bf16x2);

@@ -61,6 +61,9 @@ public:
     return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult, x, y);
   }
   Value ult(Value x, int64_t y) { return ult(x, ci(y)); }
+  Value ule(Value x, Value y) {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ule, x, y);
+  }
   Value eq(Value x, Value y) {
     return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, x, y);
   }
@@ -181,6 +184,10 @@ public:
   /// Stores `vec` f32 values rounded to the activation type at
   /// mem[base + c ..]; lanes with c + e >= C or !ok are skipped.
   void storeAct(Value v, Value mem, Value base, Value c, Value ok);
+  /// The same without guards, for callers that know the vector is in range
+  /// and `aligned` holds (one uniform branch instead of one per vector).
+  Value loadActInRange(Value mem, Value base, Value c, bool raw = false);
+  void storeActInRange(Value v, Value mem, Value base, Value c);
 };
 
 } // namespace mlir::mhc::gpu_kernels
