@@ -189,15 +189,18 @@ def evaluate(model, batches, device, autocast):
 # Training
 # ------------------------------------------------------------------------------------------------
 
+def lr_factor(progress):
+    """The schedule at `progress` (0..1) of a run: linear warm-up over the first 5%, then
+    cosine decay to 0."""
+    return min((progress + 1e-3) / 0.05, 1.0, 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def train(variant, args, data_train, data_val, device):
     torch.manual_seed(args.seed)
     stream_dtype = torch.bfloat16 if args.bf16 else torch.float32
     model = ByteLM(variant, args.layers, args.C, args.n, args.heads, args.backend, args.recompute,
                    stream_dtype).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    warmup = max(1, args.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
-        1 + math.cos(math.pi * min(s / args.steps, 1.0)))))
     if args.compile:
         # Block by block: one compiled block serves all of them (parameters are graph inputs), so
         # compile time does not grow with depth as a whole-model graph of 48 Sinkhorns would.
@@ -212,6 +215,14 @@ def train(variant, args, data_train, data_val, device):
            "train": [], "eval": [], "diverged": False}
     start = time.time()
     for step in range(args.steps):
+        # Warm-up, then cosine decay, over the run: its steps or, with --minutes, its time,
+        # whichever is further along -- so a variant that is slower per step still gets the
+        # whole schedule in its budget (not the start of a 20000-step schedule).
+        progress = step / args.steps
+        if args.seconds:
+            progress = max(progress, (time.time() - start) / args.seconds)
+        for group in opt.param_groups:
+            group["lr"] = args.lr * lr_factor(min(progress, 1.0))
         inp, tgt = train_batches.next(device)
         with autocast():
             logits = model(inp)
@@ -220,7 +231,6 @@ def train(variant, args, data_train, data_val, device):
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
-        sched.step()
         if step % args.log_every == 0 or step == args.steps - 1:
             lv = loss.item()
             rec["train"].append({"step": step, "loss": lv, "grad_norm": gnorm.item(),

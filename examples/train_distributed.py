@@ -120,9 +120,8 @@ def main(argv=None):
         for b in model.blocks:
             b.compile()
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    warmup = max(1, args.steps // 20)       # the schedule of stability_study.train
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
-        1 + math.cos(math.pi * min(s / args.steps, 1.0)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(     # the schedule of stability_study.train
+        opt, lambda s: ss.lr_factor(min(s / args.steps, 1.0)))
     autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if args.bf16 \
         else (lambda: torch.autocast(device.type, enabled=False))
     batches = ss.Batches(data_train, args.seq, args.batch, args.seed)
