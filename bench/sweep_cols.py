@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Times the backward cols kernel under other schedules than the one --mhc-select-schedule picks.
+"""Times the backward kernels under other schedules than the one --mhc-select-schedule picks: the
+cols kernel (VARIANTS) and the rows kernel (ROWS_VARIANTS).
 
 The schedule of every kernel is an attribute in the IR (#mhc.schedule, docs/GPU.md), so a variant
 is the same compiler with one attribute edited. Here (needs mhc-opt and the CUDA toolkit):
@@ -39,20 +40,29 @@ VARIANTS = {
     "tile32": {"tile_tokens": 32},
     "chunk32": {"chunk_columns": 32, "token_splits": 4},
 }
+# The same for the rows schedule (the first of the three; the pre_backward group's rows kernel,
+# which training runs, has 5 accumulators to the fused kernel's 25, so it may fit more blocks).
+ROWS_VARIANTS = {
+    "rows_blocks3": {"blocks_per_sm": 3},
+    "rows_blocks4": {"blocks_per_sm": 4},
+    "rows_tile32": {"tile_tokens": 32, "chunk_columns": 64},
+    "rows_tile8": {"tile_tokens": 8, "chunk_columns": 256},
+}
 
 
-def edit_cols(changes):
+def edit_cols(changes, which=1):
+    """Edits schedule `which` (0 rows, 1 cols) of every three-kernel backward group."""
     def edit(ir: str) -> str:
         def one(m):
             schedules = re.findall(r"#mhc\.schedule<[^>]*>", m.group(0))
             if len(schedules) != 3:
                 return m.group(0)
-            cols = schedules[1]
+            edited = schedules[which]
             for field, value in changes.items():
-                cols, count = re.subn(rf"{field} = \d+", f"{field} = {value}", cols)
+                edited, count = re.subn(rf"{field} = \d+", f"{field} = {value}", edited)
                 if not count:
-                    raise ValueError(f"no {field} in {cols}")
-            return m.group(0).replace(schedules[1], cols)
+                    raise ValueError(f"no {field} in {edited}")
+            return m.group(0).replace(schedules[which], edited)
         out, count = re.subn(r"mhc\.schedule = \[[^\]]*\]", one, ir)
         if not count:
             raise ValueError("no backward schedule in the IR")
@@ -64,13 +74,18 @@ def build(args):
     from mhc.torch import kernels, kernel_build
     key = kernels.KernelKey(n=4, C=4096, dtype="bf16", chip="sm_90")
     runtime = kernels.find_runtime()
-    for name, changes in VARIANTS.items():
+    wanted = [(name, changes, 1) for name, changes in VARIANTS.items()]
+    wanted += [(name, changes, 0) for name, changes in ROWS_VARIANTS.items()]
+    for name, changes, which in wanted:
+        if args.only and name not in args.only.split(","):
+            continue
         root = Path(args.out) / name
         folder = key.folder(root)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         try:
-            kernel_build.compile_kernels(key.as_dict(), folder, edit_schedules=edit_cols(changes))
+            kernel_build.compile_kernels(key.as_dict(), folder,
+                                          edit_schedules=edit_cols(changes, which))
         except Exception as e:  # noqa: BLE001 - an impossible schedule is a diagnostic; go on
             shutil.rmtree(folder, ignore_errors=True)
             print(f"{name}: not built: {str(e).strip().splitlines()[-1][:200]}", flush=True)
@@ -81,10 +96,10 @@ def build(args):
 
 def run(args):
     results = {}
-    for name in VARIANTS:
+    variants = {**VARIANTS, **ROWS_VARIANTS}
+    for name in variants:
         root = Path(args.out) / name
         if not root.is_dir():
-            results[name] = {"error": "not built"}
             continue
         out = Path(args.json).with_suffix(f".{name}.json")
         env = dict(os.environ, MHC_CACHE=str(root))
@@ -92,8 +107,8 @@ def run(args):
                                "--Cs", "4096", "--peers", "none", "--providers", "",
                                "--iters", "30"],
                               env=env, capture_output=True, text=True, timeout=120)
-        print(f"== {name} {VARIANTS[name]}\n{proc.stdout[-1500:]}{proc.stderr[-800:]}", flush=True)
-        results[name] = {"changes": VARIANTS[name],
+        print(f"== {name} {variants[name]}\n{proc.stdout[-1500:]}{proc.stderr[-800:]}", flush=True)
+        results[name] = {"changes": variants[name],
                          "result": json.loads(out.read_text()) if out.exists() else None,
                          "exit": proc.returncode}
         out.unlink(missing_ok=True)
@@ -105,6 +120,7 @@ def main(argv=None):
     p.add_argument("what", choices=("build", "run"))
     p.add_argument("--out", default=".mhc-sweep")
     p.add_argument("--json")
+    p.add_argument("--only", help="build only these variants (comma-separated names)")
     args = p.parse_args(argv)
     build(args) if args.what == "build" else run(args)
 
