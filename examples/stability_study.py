@@ -18,7 +18,8 @@ the same Python), sorted by path, last 5% held out.
 Model: Embedding(256, C) -> [Expand(n)] -> L blocks of (attention, SwiGLU FFN), each sublayer with
 its own RMSNorm pre-norm, wrapped in a residual add (baseline) or a HyperConnection (hc / mhc)
 -> [Head(n)] -> RMSNorm -> Linear(C, 256). Defaults: L = 24 blocks (48 hyper-connections),
-C = 512, n = 4, 8 heads, sequence 512, batch 32, AdamW lr 1e-3 with warmup and cosine decay.
+C = 512, n = 4, 8 heads, sequence 512, batch 32, AdamW lr 1e-3 with warmup and cosine decay over the
+run (its --steps, or its time under --minutes: each variant gets the whole schedule).
 """
 
 from __future__ import annotations
