@@ -64,6 +64,22 @@ def test_stability_study_smoke_and_plots(tmp_path):
         assert "matplotlib is not installed" in text
 
 
+def test_stability_schedule_covers_each_run():
+    """The learning-rate factor over a run's progress (its steps, or its time under --minutes):
+    a linear warm-up over the first 5% to the peak, then a cosine down to 0 at the end."""
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        from stability_study import lr_factor
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    assert 0 < lr_factor(0.0) < 0.05
+    assert abs(lr_factor(0.025) - 0.52) < 0.01                   # half way through the warm-up
+    assert abs(lr_factor(0.05) - 1.0) < 0.01                     # the peak
+    assert abs(lr_factor(0.5) - 0.5) < 1e-9 and lr_factor(1.0) < 1e-12
+    after = [lr_factor(p / 100) for p in range(5, 101)]
+    assert all(a >= b for a, b in zip(after, after[1:]))       # only down after the warm-up
+
+
 def test_check_torch_backend_smoke(tmp_path):
     out = tmp_path / "check.json"
     run("bench/check_torch_backend.py", "--smoke", "--json", str(out))
