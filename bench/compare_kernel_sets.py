@@ -9,8 +9,8 @@ For each kernel set and T in --Ts (one token, a partial tile, many token splits)
 scale, base, du, dx_next seeded random as check_backward.py makes them (never zeros); the mix,
 post and comb from set A's hc_pre and dpost, dcomb from its hc_post_backward (what training
 passes); then hc_post_backward, hc_pre_backward and hc_sublayer_backward of A and of B, every
-result compared with torch.equal (the largest difference printed where not equal; a non-finite result of B also
-counts as a difference).
+result compared with torch.equal (the largest difference printed where not equal; a non-finite
+result of B also counts as a difference).
 """
 import argparse, json, os, sys
 from pathlib import Path
