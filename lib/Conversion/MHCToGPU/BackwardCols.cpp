@@ -434,18 +434,12 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
       return SmallVector<Value>{};
     });
   };
-  if (!tileIsWhole) {
+  if (tileIsWhole)
+    emitIfElse(
+        tileIsWhole, [&]() { storeDx(/*guarded=*/false); },
+        [&]() { storeDx(/*guarded=*/true); });
+  else
     storeDx(/*guarded=*/true);
-    return dfnAcc;
-  }
-  auto ifOp = scf::IfOp::create(b, loc, TypeRange{}, tileIsWhole, true);
-  {
-    OpBuilder::InsertionGuard guard(b);
-    b.setInsertionPointToStart(ifOp.thenBlock());
-    storeDx(/*guarded=*/false);
-    b.setInsertionPointToStart(ifOp.elseBlock());
-    storeDx(/*guarded=*/true);
-  }
   return dfnAcc;
 }
 

@@ -63,13 +63,12 @@ void gpu_kernels::emitParamsKernel(KernelBuilder &k, const BackwardPlan &p,
     }
     k.emitIf(k.eq(tid, k.ci(0)), [&]() {
       Value total = k.ld(reduceS, k.ci(0));
-      auto ifBase = scf::IfOp::create(k.b, k.loc, TypeRange{},
-                                      k.ult(param, M), true);
-      OpBuilder::InsertionGuard g2(k.b);
-      k.b.setInsertionPointToStart(ifBase.thenBlock());
-      k.st(total, dbase, param);
-      k.b.setInsertionPointToStart(ifBase.elseBlock());
-      k.st(total, dscale, arith::SubIOp::create(k.b, k.loc, param, k.ci(M)));
+      k.emitIfElse(
+          k.ult(param, M), [&]() { k.st(total, dbase, param); },
+          [&]() {
+            k.st(total, dscale,
+                 arith::SubIOp::create(k.b, k.loc, param, k.ci(M)));
+          });
     });
   }
 }

@@ -197,15 +197,12 @@ void RowsKernelBuilder::emitBody() {
   if (p.hasTokenPass()) {
     emitIf(ult(tid, s.tileTokens), [&]() {
       Value token = add(tile0, tid);
-      auto ifOp = scf::IfOp::create(b, loc, TypeRange{}, ult(token, T),
-                                    /*withElse=*/true);
-      OpBuilder::InsertionGuard g(b);
-      b.setInsertionPointToStart(ifOp.thenBlock());
-      emitTokenBackward(tid, token);
-      // Tokens past T add nothing to the parameter gradients.
-      b.setInsertionPointToStart(ifOp.elseBlock());
-      for (int64_t q = 0; q < p.paramWidth(); ++q)
-        st(cf(0.0), paramS, add(mul(tid, ci(p.paramWidth())), ci(q)));
+      emitIfElse(
+          ult(token, T), [&]() { emitTokenBackward(tid, token); },
+          [&]() { // tokens past T add nothing to the parameter gradients
+            for (int64_t q = 0; q < p.paramWidth(); ++q)
+              st(cf(0.0), paramS, add(mul(tid, ci(p.paramWidth())), ci(q)));
+          });
     });
     barrier();
     emitParamPartials();

@@ -120,10 +120,7 @@ Value KernelBuilder::loadAct(Value mem, Value base, Value c, Value ok,
   return emitIfElse(
       vt, fast,
       [&]() -> SmallVector<Value> {
-        Value v = vector::LoadOp::create(b, loc, vecAct(), mem,
-                                         ValueRange{add(base, c)}, false,
-                                         llvm::MaybeAlign(16));
-        return {conv(v)};
+        return {loadActInRange(mem, base, c, raw)};
       },
       scalarPath)[0];
 }
@@ -145,14 +142,8 @@ void KernelBuilder::storeAct(Value v, Value mem, Value base, Value c,
     return;
   }
   Value fast = band(band(aligned, ok), ult(c, ci(acts.C)));
-  auto ifOp = scf::IfOp::create(b, loc, TypeRange{}, fast, true);
-  OpBuilder::InsertionGuard g(b);
-  b.setInsertionPointToStart(ifOp.thenBlock());
-  vector::StoreOp::create(b, loc, toAct(v, vecAct()), mem,
-                          ValueRange{add(base, c)}, false,
-                          llvm::MaybeAlign(16));
-  b.setInsertionPointToStart(ifOp.elseBlock());
-  scalarPath();
+  emitIfElse(
+      fast, [&]() { storeActInRange(v, mem, base, c); }, scalarPath);
 }
 
 Value KernelBuilder::loadActInRange(Value mem, Value base, Value c,

@@ -129,6 +129,16 @@ public:
     b.setInsertionPointToStart(ifOp.thenBlock());
     thenFn();
   }
+  /// The same with an else branch and no results.
+  template <typename F, typename G>
+  void emitIfElse(Value cond, F thenFn, G elseFn) {
+    auto ifOp = scf::IfOp::create(b, loc, TypeRange{}, cond, true);
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPointToStart(ifOp.thenBlock());
+    thenFn();
+    b.setInsertionPointToStart(ifOp.elseBlock());
+    elseFn();
+  }
   template <typename F, typename G>
   SmallVector<Value> emitIfElse(TypeRange types, Value cond, F thenFn,
                                 G elseFn) {
