@@ -92,7 +92,7 @@ def _forward(built, handle, T, recompute, slot=None):
     x, fn, scale, base = (leaf(t) for t in inputs(T))
     u, post, comb, mix, link = built.pre_step(x, fn, scale, base, None, handle, not recompute)
     y = (u * 2).contiguous()
-    (x_next,) = built.post_step(y, x, link, post, comb, mix, fn, scale, base, None, handle, False,
+    (x_next,) = built.post_step(y, x, link, post, comb, mix, fn, scale, base, None, handle,
                                 recompute, slot)
     return (x, fn, scale, base), (u, post, comb, mix, link), x_next
 
@@ -164,7 +164,7 @@ def test_steps_behave_like_autograd_nodes(built, handle, mock):  # noqa: F811
     xl = leaf(x)
     u, post, comb, mix, link = built.pre_step(xl, fn, scale, base, None, handle, True)
     (x_next,) = built.post_step(u.contiguous(), xl, link, post, comb, mix, fn, scale, base, None,
-                                handle, False, False, None)
+                                handle, False, None)
     x_next.sum().backward()
     assert xl.grad is not None and fn.grad is None
     # Forward-mode AD has no rule here: a clear error before anything runs, not a wrong tangent.
@@ -373,7 +373,10 @@ def test_chain_refuses_a_stale_mix(chain_set, mock):  # noqa: F811
         assert launches(mock)[2]["buffers"][4] == ptr(h3.fn)
 
 
-def test_chain_recomputes_with_the_mixed_kernel(chain_set, mock):  # noqa: F811
+def test_recomputation_starts_from_the_saved_mix(chain_set, plain_set, mock):  # noqa: F811
+    """Both layers recompute u/post/comb with pre_mixed from their saved mix, whether their
+    forward computed it (h1: hc_pre) or took it from the chain (h2); a set without the chain ops
+    recomputes with hc_pre."""
     h1, h2 = two_layers(recompute=True)
     x = leaf(inputs(24)[0])
     run_chain([h1, h2], chain_set, x)
@@ -381,9 +384,13 @@ def test_chain_recomputes_with_the_mixed_kernel(chain_set, mock):  # noqa: F811
     mock.mock_clear_log()
     out.backward(torch.randn_like(out))
     names = kernel_names(mock)
-    # h2 (its forward started from the chained mix) recomputes with pre_mixed, h1 with hc_pre.
-    assert names[:2] == ["pre_mixed", "post_bwd"] and names[5:8] == ["pre_norm", "pre_apply",
-                                                                      "post_bwd"]
+    assert names[:2] == ["pre_mixed", "post_bwd"] and names[5:7] == ["pre_mixed", "post_bwd"]
+    assert "pre_norm" not in names
+    h1, h2 = two_layers(recompute=True)
+    out = run_chain([h1, h2], plain_set, x)
+    mock.mock_clear_log()
+    out.backward(torch.randn_like(out))
+    assert kernel_names(mock)[:3] == ["pre_norm", "pre_apply", "post_bwd"]
 
 
 def test_chain_without_the_ops_in_the_set(plain_set, mock):  # noqa: F811

@@ -134,9 +134,26 @@ def test_opcheck_all_ops():
         (torch.ops.mhc.hc_pre_backward.default,
          (x, fn, scale, base, mix, torch.randn_like(u), torch.randn_like(post),
           torch.randn_like(comb), dx_next, *ATTRS)),
+        (torch.ops.mhc.hc_pre_mixed.default, (x, mix, scale, base, *ATTRS)),
+        (torch.ops.mhc.hc_post_project.default, (y, x, post, comb, fn, *ATTRS)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_chain_halves_are_hc_pre_and_hc_post(dtype):
+    """hc_pre_mixed from hc_pre's mix gives hc_pre's u/post/comb, and hc_post_project gives hc_post's
+    x_next and the mix hc_pre computes from it: bit for bit (what recomputation and the chain
+    rely on)."""
+    x, fn, scale, base, y = make(4, 8, lead=(2, 3), dtype=dtype, seed=7)
+    u, post, comb, mix = torch.ops.mhc.hc_pre(x, fn, scale, base, *ATTRS)
+    for a, b in zip(torch.ops.mhc.hc_pre_mixed(x, mix, scale, base, *ATTRS), (u, post, comb)):
+        assert torch.equal(a, b)
+    fn_next = torch.randn_like(fn) * 0.1
+    x_next, mix_next = torch.ops.mhc.hc_post_project(y, x, post, comb, fn_next, *ATTRS)
+    assert torch.equal(x_next, torch.ops.mhc.hc_post(y, x, post, comb))
+    assert torch.equal(mix_next, torch.ops.mhc.hc_pre(x_next, fn_next, scale, base, *ATTRS)[3])
 
 
 def test_fake_impls_match_real_metadata():

@@ -8,7 +8,9 @@
     h = mt.Head(4, C)(x)                 # or mt.Collapse()
 
 Importing this package registers the custom ops ``torch.ops.mhc.hc_pre``, ``hc_post``,
-``hc_post_backward`` and ``hc_pre_backward`` (mhc.torch.ops).
+``hc_post_backward``, ``hc_pre_backward`` and the chain's halves ``hc_pre_mixed`` and
+``hc_post_project`` (mhc.torch.ops); under torch.compile, mhc.torch.chain_pass chains consecutive
+HyperConnections in the compiled graph.
 """
 
 from . import ops  # noqa: F401  - registers torch.ops.mhc.*

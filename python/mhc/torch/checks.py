@@ -105,3 +105,24 @@ def hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iteratio
     _tensor(op, "dcomb", dcomb, lead + (n, n), cd, x.device)
     _tensor(op, "dx_next", dx_next, lead + (n, C), x.dtype, x.device)
     return lead, n, C, M
+
+
+def hc_pre_mixed(x, mix, scale, base, iterations, eps, pre_eps, post_mult):
+    op = "hc_pre_mixed"
+    attributes(op, iterations, eps, pre_eps, post_mult)
+    lead, n, C = streams(op, x)
+    M = n * n + 2 * n
+    cd = coefficient_dtype(x)
+    _tensor(op, "mix", mix, lead + (M,), cd, x.device)
+    _tensor(op, "scale", scale, (3,), cd, x.device)
+    _tensor(op, "base", base, (M,), cd, x.device)
+    return lead, n, C, M
+
+
+def hc_post_project(y, x, post, comb, fn_next, iterations, eps, pre_eps, post_mult):
+    op = "hc_post_project"
+    attributes(op, iterations, eps, pre_eps, post_mult)
+    lead, n, C = hc_post(op, y, x, post, comb)
+    M = n * n + 2 * n
+    _tensor(op, "fn_next", fn_next, (M, n * C), coefficient_dtype(x), x.device)
+    return lead, n, C, M

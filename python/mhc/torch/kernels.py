@@ -646,11 +646,22 @@ def for_call(op: str, x, attrs=None) -> KernelSet:
     return ks
 
 
+# Ops whose last four arguments are the Sinkhorn attributes (iterations, eps, pre_eps, post_mult):
+# they pick the kernel set. (hc_post_project's norm_project uses eps; the others none of them.)
+_WITH_ATTRIBUTES = ("hc_pre", "hc_pre_backward", "hc_pre_mixed", "hc_post_project")
+
+
 def run(op: str, *args):
     """Entry point of the custom ops' CUDA implementations."""
     x = x_argument(op, args)
-    attrs = tuple(args[-4:]) if op in ("hc_pre", "hc_pre_backward") else None
+    attrs = tuple(args[-4:]) if op in _WITH_ATTRIBUTES else None
     return for_call(op, x, attrs).run(op, *args, stream=_stream(x.device))
+
+
+def has_op(op: str, x, attrs) -> bool:
+    """Whether x's kernel set has kernels for `op` (sets built before the chain ops have none
+    for hc_pre_mixed / hc_post_project)."""
+    return op in for_call(op, x, attrs).plans
 
 
 def _post_key(x, n, C) -> KernelKey:

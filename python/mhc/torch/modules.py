@@ -27,7 +27,8 @@ also chain consecutive HyperConnections (native.cpp explains how).
 Recomputation (``recompute=True``, the paper's trade of compute for activation memory)
 -------------------------------------------------------------------------------------
 The mHC steps save only x, mix and y (plus the parameters); ``_PostStep``'s backward recomputes
-u/post/comb with one ``hc_pre`` call instead of keeping post/comb, and the sublayer's own saved
+u/post/comb with one ``hc_pre_mixed`` call (from the saved mix: no pass over x for the
+projection) instead of keeping post/comb, and the sublayer's own saved
 copy of its input u (e.g. a norm or linear layer's input) is replaced by a marker and recomputed
 from that same call (``saved_tensors_hooks`` around the sublayer; other hooks the user installed
 still see every other tensor). Under torch.compile the hooks are not used (the compiled graph
@@ -108,13 +109,13 @@ def resolve_backend(backend: str, x: torch.Tensor, n: int, C: int) -> str:
 
 class _URecompute:
     """saved_tensors_hooks around the sublayer: its saved copy of u becomes a marker, rebuilt in
-    the backward from the u that _PostStep's backward recomputed (or by calling hc_pre again).
+    the backward from the u that _PostStep's backward recomputed (or by calling hc_pre_mixed again).
     The C++ path has its twin (native.cpp's URecompute)."""
 
     def __init__(self, u, inputs, backend, attrs):
         self.u_storage = u.untyped_storage().data_ptr()
         self.u_dtype = u.dtype
-        self.inputs, self.backend, self.attrs = inputs, backend, attrs   # (x, fn, scale, base)
+        self.inputs, self.backend, self.attrs = inputs, backend, attrs   # (x, mix, scale, base)
         self.recomputed_u = None
         self.outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
 
@@ -134,7 +135,7 @@ class _URecompute:
     def take_u(self):
         u, self.recomputed_u = self.recomputed_u, None   # hand it over once; later unpacks recompute
         if u is None:
-            u = _ops(self.backend).hc_pre(*self.inputs, *self.attrs)[0]
+            u = _ops(self.backend).hc_pre_mixed(*self.inputs, *self.attrs)[0]
         return u
 
 
@@ -182,7 +183,9 @@ class _PostStep(torch.autograd.Function):
             y, x, post, comb = ctx.saved_tensors
         else:
             y, x, mix, fn, scale, base = ctx.saved_tensors
-            u, post, comb, _ = _ops(ctx.backend).hc_pre(x, fn, scale, base, *ctx.attrs)
+            # From the saved mix: the same u/post/comb as the forward's (hc_pre is hc_pre_mixed
+            # after its norm_project), without the norm_project's pass over x.
+            u, post, comb = _ops(ctx.backend).hc_pre_mixed(x, mix, scale, base, *ctx.attrs)
             if isinstance(ctx.recompute, _URecompute):
                 ctx.recompute.recomputed_u = u      # the sublayer's backward, next, reads it
         dx_next = dx_next.contiguous()
@@ -321,7 +324,7 @@ class HyperConnection(nn.Module):
             self.last_res = comb.detach()
         hooks = None
         if self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            hooks = _URecompute(u, (x, fn, scale, base), backend, self.attrs)
+            hooks = _URecompute(u, (x, mix, scale, base), backend, self.attrs)
         y = self._sublayer(u, x, hooks, args, kwargs)
         recompute = (hooks or True) if self.recompute else None
         with _no_autocast(x):

@@ -547,6 +547,23 @@ std::vector<Tensor> runStep(const KernelSet &ks, Op op,
   return runOp(ks, stepOps[size_t(op)], args, grouping);
 }
 
+bool hasStep(const KernelSet &ks, Op op) {
+  return ks.ops[size_t(stepOps[size_t(op)])] != nullptr;
+}
+
+// u, post, comb again from the mix the forward saved (recomputation): the
+// same values as the forward's, since hc_pre is hc_pre_mixed after its
+// norm_project, without that projection's pass over x. Kernel sets built
+// before the chain ops have only hc_pre.
+std::vector<Tensor> recomputePre(const KernelSet &ks, const Tensor &x,
+                                 const Tensor &mix, const Tensor &fn,
+                                 const Tensor &scale, const Tensor &base,
+                                 Grouping grouping) {
+  if (hasStep(ks, kPreMixed))
+    return runStep(ks, kPreMixed, {x, mix, scale, base}, grouping);
+  return runStep(ks, kPre, {x, fn, scale, base}, grouping);
+}
+
 std::vector<Tensor> runOpByName(int64_t handle, const std::string &name,
                                 const std::vector<Tensor> &args) {
   return runOp(kernelSet(handle), opIndex(name), args);
@@ -720,7 +737,6 @@ struct PostStepBackward : Node {
   SavedVariable y, x, post, comb, mix, fn, scale, base;
   int64_t handle = 0;
   bool recompute = false;
-  bool preMixed = false; // the forward's pre_step ran hc_pre_mixed
   std::weak_ptr<USlot> uSlot; // recomputing: where the sublayer's hook reads u
 
   std::string name() const override { return "mhc::PostStepBackward"; }
@@ -739,14 +755,8 @@ struct PostStepBackward : Node {
       postv = post.unpack();
       combv = comb.unpack();
     } else {
-      auto r = preMixed ? runStep(ks, kPreMixed,
-                                  {xv, mix.unpack(), scale.unpack(),
-                                   base.unpack()},
-                                  Grouping::AllButMix)
-                        : runStep(ks, kPre,
-                                  {xv, fn.unpack(), scale.unpack(),
-                                   base.unpack()},
-                                  Grouping::AllButMix);
+      auto r = recomputePre(ks, xv, mix.unpack(), fn.unpack(), scale.unpack(),
+                            base.unpack(), Grouping::AllButMix);
       postv = r[1];
       combv = r[2];
       if (std::shared_ptr<USlot> slot = uSlot.lock())
@@ -765,13 +775,13 @@ struct PostStepBackward : Node {
 // fnNext: the next sublayer's fn; given, the step also returns that
 // sublayer's mix (hc_post_project, not differentiable), which the next
 // pre_step then takes. recompute: false saves post/comb; otherwise they are
-// recomputed in the backward (with the kernel the forward's pre_step used:
-// preMixed), and uSlot (null: none) receives the recomputed u.
+// recomputed in the backward from the saved mix (recomputePre), and uSlot
+// (null: none) receives the recomputed u.
 variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
                        const Tensor &post, const Tensor &comb,
                        const Tensor &mix, const Tensor &fn, const Tensor &scale,
                        const Tensor &base, const std::optional<Tensor> &fnNext,
-                       int64_t handle, bool preMixed, bool recompute,
+                       int64_t handle, bool recompute,
                        const std::shared_ptr<USlot> &uSlot) {
   const KernelSet &ks = kernelSet(handle);
   const bool record = recordsNode({&y, &link, &post, &comb}); // before launching
@@ -798,7 +808,6 @@ variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
     }
     step->handle = handle;
     step->recompute = recompute;
-    step->preMixed = preMixed;
     step->uSlot = uSlot;
     attach(out[0], node);
   }
@@ -989,17 +998,16 @@ std::pair<PyObject *, const Tensor *> successorOf(py::handle module,
 // The C++ twin of modules.py's _URecompute (the Python steps' version).
 struct URecompute {
   URecompute(const Tensor &u, Tensor x, Tensor fn, Tensor scale, Tensor base,
-             Tensor mix, bool mixed, int64_t handle, py::object outer)
+             Tensor mix, int64_t handle, py::object outer)
       : uData(u.storage().data()), uDtype(u.scalar_type()), x(std::move(x)),
         fn(std::move(fn)), scale(std::move(scale)), base(std::move(base)),
-        mix(std::move(mix)), mixed(mixed), handle(handle),
+        mix(std::move(mix)), handle(handle),
         outer(std::move(outer)) {}
 
   std::shared_ptr<USlot> slot = std::make_shared<USlot>();
   const void *uData;
   at::ScalarType uDtype;
   Tensor x, fn, scale, base, mix;
-  bool mixed; // the forward's u came from hc_pre_mixed (from mix)
   int64_t handle;
   py::object outer;
 
@@ -1007,8 +1015,7 @@ struct URecompute {
     if (std::optional<Tensor> u = slot->take())
       return *u;
     const KernelSet &ks = kernelSet(handle);
-    return mixed ? runStep(ks, kPreMixed, {x, mix, scale, base})[0]
-                 : runStep(ks, kPre, {x, fn, scale, base})[0];
+    return recomputePre(ks, x, mix, fn, scale, base, Grouping::Coefficients)[0];
   }
 };
 
@@ -1175,8 +1182,7 @@ py::object connectionForward(py::handle module, int64_t handle,
   PyObject *self = module.ptr();
   const bool recompute = truthy(instanceAttr(self, k.recompute));
   // Inference tensors have no version counter: no chaining there.
-  const bool chain = ks.ops[size_t(stepOps[kPreMixed])] &&
-                     ks.ops[size_t(stepOps[kPostProject])] &&
+  const bool chain = hasStep(ks, kPreMixed) && hasStep(ks, kPostProject) &&
                      !c10::InferenceMode::is_enabled() && !x.is_inference();
   py::object me;
   std::optional<Tensor> mixIn;
@@ -1195,7 +1201,7 @@ py::object connectionForward(py::handle module, int64_t handle,
   if (recompute && at::GradMode::is_enabled()) {
     py::object outer = hookStack().top(false);
     hooks = std::make_shared<URecompute>(u, x, fn, scale, base, mix,
-                                         mixIn.has_value(), handle,
+                                         handle,
                                          std::move(outer));
   }
   Tensor y = callSublayer(module, u, x, xObj, hooks, args, kwargs);
@@ -1206,7 +1212,7 @@ py::object connectionForward(py::handle module, int64_t handle,
   if (fnNext)
     nextFn = *fnNext;
   variable_list out = postStep(y, x, link, post, comb, mix, fn, scale, base,
-                               nextFn, handle, mixIn.has_value(), recompute,
+                               nextFn, handle, recompute,
                                hooks ? hooks->slot : nullptr);
   py::object xNext = wrap(out[0]);
   if (chain) {

@@ -5,6 +5,10 @@
     torch.ops.mhc.hc_post_backward(y, x, post, comb, dx_next) -> (dy, dpost, dcomb)
     torch.ops.mhc.hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next,
                                   iterations, eps, pre_eps, post_mult) -> (dx, dfn, dscale, dbase)
+    torch.ops.mhc.hc_pre_mixed(x, mix, scale, base, iterations, eps, pre_eps, post_mult)
+                                  -> (u, post, comb)            hc_pre from a given mix
+    torch.ops.mhc.hc_post_project(y, x, post, comb, fn_next, iterations, eps, pre_eps, post_mult)
+                                  -> (x_next, mix_next)         hc_post + the next norm_project
 
 Each maps 1:1 onto a set of mhc's GPU kernels (docs/Torch.md). ``hc_post_backward`` does not return
 dx: ``hc_pre_backward`` computes the *whole* dx of x, including hc_post's residual path
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from . import chain_pass
 from . import checks
 from . import reference as ref
 
@@ -62,9 +67,9 @@ def hc_pre(x: Tensor, fn: Tensor, scale: Tensor, base: Tensor, iterations: int, 
     return u.contiguous(), post.contiguous(), comb.contiguous(), mix.contiguous()
 
 
-def hc_pre_outputs(x, fn):
+def hc_pre_outputs(x, M):
     """Empty (u, post, comb, mix) of the right shapes and dtypes (also the kernels' allocation)."""
-    lead, (n, C), M = x.shape[:-2], x.shape[-2:], fn.shape[0]
+    lead, (n, C) = x.shape[:-2], x.shape[-2:]
     cd = checks.coefficient_dtype(x)
     return (x.new_empty(*lead, C), x.new_empty(*lead, n, dtype=cd),
             x.new_empty(*lead, n, n, dtype=cd), x.new_empty(*lead, M, dtype=cd))
@@ -73,7 +78,8 @@ def hc_pre_outputs(x, fn):
 @hc_pre.register_fake
 def _(x, fn, scale, base, iterations, eps, pre_eps, post_mult):
     checks.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
-    return hc_pre_outputs(x, fn)
+    chain_pass.install_if_compiling()
+    return hc_pre_outputs(x, fn.shape[0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,6 +97,7 @@ def hc_post(y: Tensor, x: Tensor, post: Tensor, comb: Tensor) -> Tensor:
 @hc_post.register_fake
 def _(y, x, post, comb):
     checks.hc_post("hc_post", y, x, post, comb)
+    chain_pass.install_if_compiling()
     return torch.empty_like(x)
 
 
@@ -136,6 +143,49 @@ def _(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps, pre_e
                            pre_eps, post_mult)
     return (torch.empty_like(x), torch.empty_like(fn), torch.empty_like(scale),
             torch.empty_like(base))
+
+
+# ------------------------------------------------------------------------------------------------
+# The chain's two halves: hc_pre_mixed and hc_post_project
+# ------------------------------------------------------------------------------------------------
+# hc_pre_mixed is hc_pre from a mix computed before: by the previous sublayer's hc_post_project
+# (chained HyperConnections, mhc.torch.chain_pass under torch.compile) or by this sublayer's own
+# forward (recomputation). No autograd: HyperConnection calls them where it wires the backward
+# itself. Kernel sets built before the chain ops have no kernels for them: the reference math
+# then runs on the GPU (correct, slower; chain_pass does not rewrite for such sets).
+
+@torch.library.custom_op("mhc::hc_pre_mixed", mutates_args=())
+def hc_pre_mixed(x: Tensor, mix: Tensor, scale: Tensor, base: Tensor, iterations: int, eps: float,
+                 pre_eps: float, post_mult: float) -> tuple[Tensor, Tensor, Tensor]:
+    args = (x, mix, scale, base, iterations, eps, pre_eps, post_mult)
+    checks.hc_pre_mixed(*args)
+    if _on_gpu(x) and _kernels().has_op("hc_pre_mixed", x, args[-4:]):
+        return _kernels().run("hc_pre_mixed", *args)
+    return tuple(t.contiguous() for t in ref.hc_pre_mixed(*args))
+
+
+@hc_pre_mixed.register_fake
+def _(x, mix, scale, base, iterations, eps, pre_eps, post_mult):
+    checks.hc_pre_mixed(x, mix, scale, base, iterations, eps, pre_eps, post_mult)
+    return hc_pre_outputs(x, mix.shape[-1])[:3]
+
+
+@torch.library.custom_op("mhc::hc_post_project", mutates_args=())
+def hc_post_project(y: Tensor, x: Tensor, post: Tensor, comb: Tensor, fn_next: Tensor,
+                    iterations: int, eps: float, pre_eps: float,
+                    post_mult: float) -> tuple[Tensor, Tensor]:
+    args = (y, x, post, comb, fn_next, iterations, eps, pre_eps, post_mult)
+    checks.hc_post_project(*args)
+    if _on_gpu(x) and _kernels().has_op("hc_post_project", x, args[-4:]):
+        return _kernels().run("hc_post_project", *args)
+    return tuple(t.contiguous() for t in ref.hc_post_project(y, x, post, comb, fn_next, eps))
+
+
+@hc_post_project.register_fake
+def _(y, x, post, comb, fn_next, iterations, eps, pre_eps, post_mult):
+    lead, n, C, M = checks.hc_post_project(y, x, post, comb, fn_next, iterations, eps, pre_eps,
+                                           post_mult)
+    return torch.empty_like(x), x.new_empty(*lead, M, dtype=checks.coefficient_dtype(x))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,6 +259,16 @@ class DirectOps:
             return torch.ops.mhc.hc_post(y, x, post, comb)
         checks.hc_post("hc_post", y, x, post, comb)
         return _kernels().run("hc_post", y, x, post, comb)[0]
+
+    @staticmethod
+    def hc_pre_mixed(x, mix, scale, base, iterations, eps, pre_eps, post_mult):
+        args = (x, mix, scale, base, iterations, eps, pre_eps, post_mult)
+        if not DirectOps._direct(x):
+            return torch.ops.mhc.hc_pre_mixed(*args)
+        checks.hc_pre_mixed(*args)
+        if not _kernels().has_op("hc_pre_mixed", x, args[-4:]):
+            return ref.hc_pre_mixed(*args)
+        return _kernels().run("hc_pre_mixed", *args)
 
     @staticmethod
     def hc_post_backward(y, x, post, comb, dx_next):

@@ -1,4 +1,5 @@
-"""The four kernel-level mHC ops in plain PyTorch: the ``reference`` backend.
+"""The kernel-level mHC ops in plain PyTorch: the ``reference`` backend (the four training ops
+and the chain's two halves, ``hc_pre_mixed`` and ``hc_post_project``).
 
 Same math as :mod:`mhc.reference` (numpy, the golden model) and spec sections 3 and 5, written with
 torch ops so that it runs on any device, is traced by ``torch.compile`` and serves as the CPU
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward", "coefficients_from_mix",
-           "compute_dtype", "sinkhorn"]
+__all__ = ["hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward", "hc_pre_mixed",
+           "hc_post_project", "norm_project", "coefficients_from_mix", "compute_dtype", "sinkhorn"]
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -68,18 +69,31 @@ def coefficients_from_mix(mix, scale, base, iterations, eps, pre_eps, post_mult)
     return pre, post, sinkhorn(logits, iterations, eps)
 
 
+def norm_project(x, fn, eps: float):
+    """mix ``[..., M]`` = (x / rms(x)) @ fn^T over the flattened streams (f32 for bf16/f16 x)."""
+    xt, lead, n, C = _flat(x)
+    v = xt.reshape(-1, n * C).to(compute_dtype(x))
+    r = torch.rsqrt((v * v).sum(-1, keepdim=True) / (n * C) + eps)
+    mix = (v @ fn.to(v.dtype).t()) * r
+    return mix.reshape(*lead, mix.shape[-1])
+
+
 def hc_pre(x, fn, scale, base, iterations: int, eps: float, pre_eps: float, post_mult: float):
     """norm_project + split_mixes + sinkhorn + pre_apply -> (u, post, comb, mix)."""
+    mix = norm_project(x, fn, eps)
+    return (*hc_pre_mixed(x, mix, scale, base, iterations, eps, pre_eps, post_mult), mix)
+
+
+def hc_pre_mixed(x, mix, scale, base, iterations: int, eps: float, pre_eps: float,
+                 post_mult: float):
+    """hc_pre's (u, post, comb) from a mix computed before (the chain's steady state, the
+    recomputation): split_mixes + sinkhorn + pre_apply, no norm_project."""
     xt, lead, n, C = _flat(x)
     cd = compute_dtype(x)
-    v = xt.reshape(-1, n * C).to(cd)
-    r = torch.rsqrt((v * v).sum(-1, keepdim=True) / (n * C) + eps)
-    mix = (v @ fn.to(cd).t()) * r
-    pre, post, comb = coefficients_from_mix(mix, scale, base, iterations, eps, pre_eps, post_mult)
-    u = torch.einsum("ti,tic->tc", pre, v.view(-1, n, C)).to(x.dtype)
-    M = mix.shape[-1]
-    return (u.reshape(*lead, C), post.reshape(*lead, n), comb.reshape(*lead, n, n),
-            mix.reshape(*lead, M))
+    pre, post, comb = coefficients_from_mix(mix.reshape(-1, mix.shape[-1]).to(cd), scale, base,
+                                            iterations, eps, pre_eps, post_mult)
+    u = torch.einsum("ti,tic->tc", pre, xt.to(cd)).to(x.dtype)
+    return u.reshape(*lead, C), post.reshape(*lead, n), comb.reshape(*lead, n, n)
 
 
 def hc_post(y, x, post, comb):
@@ -90,6 +104,13 @@ def hc_post(y, x, post, comb):
     out = post_t[:, :, None] * y.reshape(-1, 1, C).to(cd) + torch.einsum(
         "tij,tic->tjc", comb.reshape(-1, n, n).to(cd), xt.to(cd))
     return out.to(x.dtype).reshape(x.shape)
+
+
+def hc_post_project(y, x, post, comb, fn_next, eps: float):
+    """hc_post and the next sublayer's norm_project of x_next (as stored, in x's dtype):
+    (x_next, mix_next)."""
+    x_next = hc_post(y, x, post, comb)
+    return x_next, norm_project(x_next, fn_next, eps)
 
 
 def hc_post_backward(y, x, post, comb, dx_next):

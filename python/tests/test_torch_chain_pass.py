@@ -1,0 +1,139 @@
+"""mhc.torch.chain_pass: chained HyperConnections under torch.compile (hc_post -> hc_pre becomes
+hc_post_project -> hc_pre_mixed in the compiled forward graph).
+
+On the CPU the mhc:: ops run the reference math (selected by patching resolve_backend, as in
+test_torch_modules.py), where hc_pre is literally norm_project + hc_pre_mixed: the rewritten
+graph must give bit-identical losses and gradients, and the same as eager within float rounding.
+"""
+
+import operator
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.backends.common import aot_autograd
+
+import mhc.torch as mt
+from mhc.torch import chain_pass, modules
+
+
+class PreNormFFN(nn.Module):
+    def __init__(self, C):
+        super().__init__()
+        self.norm = nn.RMSNorm(C)
+        self.up, self.down = nn.Linear(C, 2 * C), nn.Linear(2 * C, C)
+
+    def forward(self, u):
+        return self.down(torch.relu(self.up(self.norm(u))))
+
+
+def model(blocks=3, n=2, C=16, vocab=11, recompute=True):
+    torch.manual_seed(0)
+    layers = [nn.Embedding(vocab, C), mt.Expand(n)]
+    layers += [mt.HyperConnection(n, C, PreNormFFN(C), layer=i, recompute=recompute, iterations=3)
+               for i in range(blocks)]
+    layers += [mt.Head(n, C), nn.Linear(C, vocab)]
+    return nn.Sequential(*layers)
+
+
+def loss_and_grads(m, tokens):
+    loss = nn.functional.cross_entropy(m(tokens).flatten(0, 1), tokens.flatten())
+    return loss, torch.autograd.grad(loss, list(m.parameters()))
+
+
+def targets(gm):
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"
+            and n.target is not operator.getitem]
+
+
+@pytest.fixture
+def ops_path(monkeypatch):
+    monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_rewrite_is_bit_identical(ops_path, recompute):
+    """aot_autograd with the pass applied to the forward graph by hand, against the same capture
+    without it."""
+    graphs = []
+
+    def backend(rewrite):
+        def fw(gm, example_inputs):
+            if rewrite:
+                graphs.append(chain_pass.chain_hyperconnections(gm.graph))
+                gm.recompile()
+                graphs.append(targets(gm))
+            return gm.forward
+        return aot_autograd(fw_compiler=fw, bw_compiler=lambda gm, _: gm.forward)
+
+    m = model(recompute=recompute)
+    tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
+    eager_loss, eager_grads = loss_and_grads(m, tokens)
+    plain_loss, plain_grads = loss_and_grads(torch.compile(m, backend=backend(False)), tokens)
+    torch._dynamo.reset()
+    loss, grads = loss_and_grads(torch.compile(m, backend=backend(True)), tokens)
+
+    rewrites, ops = graphs
+    mhc = torch.ops.mhc
+    assert rewrites == 2                                       # blocks 0->1 and 1->2
+    assert ops.count(mhc.hc_post_project.default) == 2 and ops.count(mhc.hc_pre_mixed.default) == 2
+    assert ops.count(mhc.hc_pre.default) == 1 and ops.count(mhc.hc_post.default) == 1
+    assert torch.equal(loss, plain_loss)
+    for g, pg, eg in zip(grads, plain_grads, eager_grads):
+        assert torch.equal(g, pg)
+        assert torch.allclose(g, eg, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(loss, eager_loss, rtol=1e-6)
+
+
+def test_pass_left_alone_without_a_chain(ops_path):
+    """One HyperConnection: nothing to chain; a hc_post whose x_next feeds no hc_pre stays."""
+    gm = torch.fx.symbolic_trace(nn.Identity())
+    assert chain_pass.chain_hyperconnections(gm.graph) == 0
+
+    def one(x, fn, scale, base, y):
+        u, post, comb, mix = torch.ops.mhc.hc_pre(x, fn, scale, base, 3, 1e-6, 1e-6, 2.0)
+        return torch.ops.mhc.hc_post(y + u, x, post, comb) * 2
+    gm = torch.fx.symbolic_trace(one)
+    assert chain_pass.chain_hyperconnections(gm.graph) == 0
+
+
+def test_inductor_installs_and_runs_the_pass(ops_path, monkeypatch):
+    """torch.compile with Inductor: the first mhc op traced installs the pass (keeping a pass the
+    user set, which runs first), and the compiled model matches eager."""
+    import torch._inductor.config as config
+    seen = []
+
+    class Theirs:
+        def __call__(self, graph):
+            seen.append("theirs")
+
+        def uuid(self):
+            return "theirs"
+
+    real = chain_pass.chain_hyperconnections
+    monkeypatch.setattr(chain_pass, "chain_hyperconnections",
+                        lambda graph: seen.append(real(graph)) or seen[-1])
+    chain_pass.uninstall()
+    # No FX graph cache: the pass must run, not a cached graph be loaded.
+    with config.patch(fx_graph_cache=False, post_grad_custom_pre_pass=Theirs()):
+        try:
+            m = model(blocks=2)
+            tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(2))
+            eager_loss, eager_grads = loss_and_grads(m, tokens)
+            torch._dynamo.reset()
+            loss, grads = loss_and_grads(torch.compile(m, fullgraph=True), tokens)
+        finally:
+            chain_pass.uninstall()
+        assert type(config.post_grad_custom_pre_pass).__name__ == "Theirs"   # put back
+    assert seen[:2] == ["theirs", 1]           # forward graph: theirs, then one chain rewritten
+    assert torch.allclose(loss, eager_loss, rtol=1e-5)
+    for g, eg in zip(grads, eager_grads):
+        assert torch.allclose(g, eg, rtol=1e-4, atol=1e-6)
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    import torch._inductor.config as config  # noqa: F401 - Inductor loaded, as when compiling
+    chain_pass.uninstall()
+    monkeypatch.setenv("MHC_COMPILE_CHAIN", "0")
+    chain_pass.install_if_compiling()
+    assert type(config.post_grad_custom_pre_pass).__name__ != "ChainHyperConnections"
