@@ -217,6 +217,23 @@ def time_step(step, grads, device, reps, warmup, timer="do_bench"):
             step_ms = time_step(step, grads, device, reps=1, warmup=0, timer="events")
             return do_bench(step, warmup=warmup * step_ms, rep=reps * step_ms, grad_to_none=grads,
                             return_mode="median")
+    if device.type == "cuda" and timer == "stream":
+        # As a training loop runs: `reps` steps back to back, no synchronisation between them
+        # (the host queues the next step while the GPU works), CUDA events around all of them.
+        for _ in range(warmup):
+            for g in grads:
+                g.grad = None
+            step()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        a.record()
+        for _ in range(reps):
+            for g in grads:
+                g.grad = None
+            step()
+        b.record()
+        torch.cuda.synchronize()
+        return a.elapsed_time(b) / reps
     if device.type == "cuda":
         times = []
         for i in range(warmup + reps):
@@ -342,14 +359,18 @@ def measure_interleaved(variants, mode, sub, h, args):
     rounds = {id(row): [] for row, _, _ in live}
     for r in range(args.interleave):
         for row, step, grads in (live if r % 2 == 0 else live[::-1]):
-            ts = [time_step(step, grads, h.device, reps=1, warmup=0, timer="events")
-                  for _ in range(args.reps + 1)][1:]
+            if args.timer == "stream":      # one reading per round: the mean of reps steps
+                ts = [time_step(step, grads, h.device, reps=args.reps, warmup=1, timer="stream")]
+            else:
+                ts = [time_step(step, grads, h.device, reps=1, warmup=0, timer="events")
+                      for _ in range(args.reps + 1)][1:]
             times[id(row)] += ts
             rounds[id(row)].append(statistics.median(ts))
     for row, step, _ in live:
         row["ms"] = statistics.median(times[id(row)])
         row["ms_rounds"] = rounds[id(row)]
-        row["timer"] = f"interleaved: {args.interleave} rounds x {args.reps} steps, CUDA events"
+        row["timer"] = (f"interleaved: {args.interleave} rounds x {args.reps} steps, " +
+                        ("back to back (stream)" if args.timer == "stream" else "CUDA events"))
         if args.profile and h.device.type == "cuda":
             row["profile"] = profile_kernels(step, os.path.abspath(args.json) + ".trace.json")
     if h.device.type == "cuda":
@@ -419,9 +440,10 @@ def main(argv=None):
     p.add_argument("--providers", default="torch_eager,te_triton,liger_triton,tk_tilelang")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--timer", default="do_bench", choices=("do_bench", "events"),
-                   help="triton's do_bench (L2 flushed between steps), or CUDA events around each "
-                        "step with a synchronisation after it")
+    p.add_argument("--timer", default="do_bench", choices=("do_bench", "events", "stream"),
+                   help="triton's do_bench (L2 flushed between steps), CUDA events around each "
+                        "step with a synchronisation after it, or 'stream': --reps steps back to "
+                        "back without synchronising (as training runs; host time hidden)")
     p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
                    help="time the variants in turns, ROUNDS rounds of --reps steps each (all "
                         "variants in memory at once), instead of one after the other")
