@@ -440,7 +440,7 @@ def main(argv=None):
     p.add_argument("--providers", default="torch_eager,te_triton,liger_triton,tk_tilelang")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--timer", default="do_bench", choices=("do_bench", "events", "stream"),
+    p.add_argument("--timer", default="stream", choices=("do_bench", "events", "stream"),
                    help="triton's do_bench (L2 flushed between steps), CUDA events around each "
                         "step with a synchronisation after it, or 'stream': --reps steps back to "
                         "back without synchronising (as training runs; host time hidden)")

@@ -11,6 +11,7 @@ import operator
 import pytest
 import torch
 from torch import nn
+from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 
 import mhc.torch as mt
@@ -63,8 +64,8 @@ def test_rewrite_is_bit_identical(ops_path, recompute):
                 graphs.append(chain_pass.chain_hyperconnections(gm.graph))
                 gm.recompile()
                 graphs.append(targets(gm))
-            return gm.forward
-        return aot_autograd(fw_compiler=fw, bw_compiler=lambda gm, _: gm.forward)
+            return make_boxed_func(gm.forward)
+        return aot_autograd(fw_compiler=fw, bw_compiler=lambda gm, _: make_boxed_func(gm.forward))
 
     m = model(recompute=recompute)
     tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))

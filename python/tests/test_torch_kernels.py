@@ -467,9 +467,9 @@ def test_forward_only_set_from_the_real_pipeline(tmp_path, mock, monkeypatch, n,
         ks.run("hc_pre_backward")
 
 
-def test_eager_cuda_path_calls_the_kernels_directly(tmp_path, mock, monkeypatch):
-    """HyperConnection(backend='cuda') in eager mode reaches the kernel set without the torch.ops
-    dispatcher (ops.DirectOps; CPU tensors stand in for CUDA ones, the mock records the launches)."""
+def cuda_backend_on_cpu(tmp_path, monkeypatch, manifest):
+    """HyperConnection(backend='cuda') on CPU tensors: its ops take the kernel path (ops._on_gpu
+    patched), with `manifest` as the kernel set in tmp_path and the mock runtime launching."""
     from mhc.torch import modules, ops
     monkeypatch.setenv("MHC_CACHE", str(tmp_path))
     monkeypatch.setenv("MHC_RUNTIME_LIB", str(mock_library()))
@@ -478,7 +478,13 @@ def test_eager_cuda_path_calls_the_kernels_directly(tmp_path, mock, monkeypatch)
     monkeypatch.setattr(ops, "_on_gpu", lambda x: True)
     monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
     kernels._LOADED.clear(), kernels._BY_CALL.clear()
-    write_set(KEY.folder(tmp_path))
+    write_set(KEY.folder(tmp_path), manifest)
+
+
+def test_eager_cuda_path_calls_the_kernels_directly(tmp_path, mock, monkeypatch):
+    """HyperConnection(backend='cuda') in eager mode reaches the kernel set without the torch.ops
+    dispatcher (ops.DirectOps; CPU tensors stand in for CUDA ones, the mock records the launches)."""
+    cuda_backend_on_cpu(tmp_path, monkeypatch, hand_manifest())
     hc = mhc.torch.HyperConnection(N, C, torch.nn.Identity(), backend="cuda")
     x = torch.randn(10, N, C).bfloat16()
     mock.mock_clear_log()
@@ -507,3 +513,28 @@ def test_auto_backend_picks_up_a_kernel_set_that_appears_later(monkeypatch):
     assert modules._cuda_kernels_available(4, 64, "bfloat16")         # the set appeared
     assert modules._cuda_kernels_available(4, 64, "bfloat16")         # found is final: no look
     assert answers == [False]
+
+
+@pytest.mark.parametrize("chain_ops", [True, False])
+def test_python_path_recomputes_from_the_saved_mix(tmp_path, mock, monkeypatch, chain_ops):
+    """HyperConnection's Python steps (no C++ path) with recompute=True: the post step's backward
+    recomputes u/post/comb with hc_pre_mixed from the saved mix (no norm_project pass); where the
+    kernel set has no hc_pre_mixed, with the reference math (no launch; the C++ path launches
+    hc_pre there instead)."""
+    from mhc.torch import modules, native
+    from test_torch_native import chain_manifest
+    cuda_backend_on_cpu(tmp_path, monkeypatch, chain_manifest() if chain_ops else hand_manifest())
+    monkeypatch.setattr(modules, "_native_kernel_set", lambda x, attrs: None)   # Python steps
+    monkeypatch.setattr(native, "fast_forward", None)
+    monkeypatch.setattr(kernels.KernelSet, "native_handle", lambda self: None)
+    hc = mhc.torch.HyperConnection(N, C, torch.nn.Identity(), backend="cuda", recompute=True)
+    x = torch.randn(10, N, C).bfloat16().requires_grad_()
+    out = hc(x)
+    mock.mock_clear_log()
+    out.backward(torch.randn_like(out))
+    names = [l["kernel"] for l in launches(mock)]
+    if chain_ops:
+        assert names[:2] == ["pre_mixed", "post_bwd"] and "pre_norm" not in names
+    else:
+        assert names[0] == "post_bwd" and not {"pre_norm", "pre_apply", "pre_mixed"} & set(names)
+    kernels._LOADED.clear(), kernels._BY_CALL.clear()

@@ -50,12 +50,14 @@ def _is(node, op) -> bool:
 def chain_hyperconnections(graph: torch.fx.Graph) -> int:
     """Rewrites every hc_post -> hc_pre pair of `graph` (see the module docstring); returns how
     many. A pair is left alone when the next fn is computed after the hc_post (the fused op could
-    not be placed where hc_post is) or when hc_pre's mix is not only read through getitem."""
+    not be placed where hc_post is) or when hc_pre's results are used other than through getitem
+    (as the tuple itself)."""
     ops = torch.ops.mhc
     order = {node: i for i, node in enumerate(graph.nodes)}
     rewritten = 0
     for post in [n for n in graph.nodes if _is(n, ops.hc_post.default)]:
-        pres = [u for u in post.users if _is(u, ops.hc_pre.default) and u.args[0] is post]
+        pres = [u for u in post.users
+                if _is(u, ops.hc_pre.default) and _arguments(u)["x"] is post]
         if not pres:
             continue
         pre = pres[0]
@@ -76,8 +78,9 @@ def chain_hyperconnections(graph: torch.fx.Graph) -> int:
         with graph.inserting_after(x_next):
             mix = graph.call_function(operator.getitem, (fused, 1))
         x_val, pre_val = post.meta.get("val"), pre.meta.get("val")
-        if x_val is not None and pre_val is not None:
-            fused.meta["val"], x_next.meta["val"], mix.meta["val"] = (x_val, pre_val[3]), x_val, pre_val[3]
+        if x_val is not None and pre_val is not None:     # fake values, for later passes
+            fused.meta["val"] = (x_val, pre_val[3])
+            x_next.meta["val"], mix.meta["val"] = x_val, pre_val[3]
         post.replace_all_uses_with(x_next)
         graph.erase_node(post)
         with graph.inserting_before(pre):
@@ -85,7 +88,7 @@ def chain_hyperconnections(graph: torch.fx.Graph) -> int:
                 ops.hc_pre_mixed.default, (x_next, mix, a["scale"], a["base"], *attrs))
         if pre_val is not None:
             mixed.meta["val"] = tuple(pre_val[:3])
-        for g in list(pre.users):
+        for g in list(pre.users):            # getitem 0-2 -> hc_pre_mixed's, 3 (mix) -> fused's
             if g.args[1] == 3:
                 g.replace_all_uses_with(mix)
             else:
