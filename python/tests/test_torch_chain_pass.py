@@ -86,6 +86,28 @@ def test_rewrite_is_bit_identical(ops_path, recompute):
     assert torch.allclose(loss, eager_loss, rtol=1e-6)
 
 
+def test_bf16_parameters_chain_too(ops_path):
+    """With bf16 parameters HyperConnection casts fn to f32 in its forward, so the next fn's cast
+    is traced after this sublayer's hc_post: the pass moves it in front and still chains."""
+    graphs = []
+
+    def fw(gm, example_inputs):
+        graphs.append(chain_pass.chain_hyperconnections(gm.graph))
+        gm.graph.lint()
+        gm.recompile()
+        return make_boxed_func(gm.forward)
+
+    m = model().to(torch.bfloat16)
+    tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(3))
+    eager_loss, _ = loss_and_grads(m, tokens)
+    torch._dynamo.reset()
+    backend = aot_autograd(fw_compiler=fw, bw_compiler=lambda gm, _: make_boxed_func(gm.forward))
+    loss, grads = loss_and_grads(torch.compile(m, backend=backend), tokens)
+    assert graphs == [2]
+    assert torch.allclose(loss.float(), eager_loss.float(), rtol=2e-2)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
 def test_pass_left_alone_without_a_chain(ops_path):
     """One HyperConnection: nothing to chain; a hc_post whose x_next feeds no hc_pre stays."""
     gm = torch.fx.symbolic_trace(nn.Identity())

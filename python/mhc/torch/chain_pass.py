@@ -47,11 +47,28 @@ def _is(node, op) -> bool:
     return node.op == "call_function" and node.target == op
 
 
+def _hoist(node, before, order) -> bool:
+    """Moves `node` (and what it needs from after `before`) in front of `before`, so that an op
+    placed at `before` may read it: e.g. the next sublayer's ``fn.to(float32)``, traced after this
+    sublayer's hc_post when the parameters are bf16. Only pure call_function nodes that do not
+    depend on `before` move; returns whether `node` is in front now."""
+    # Nodes an earlier rewrite made are not in `order`: they sit at an earlier hc_post's place.
+    if not isinstance(node, torch.fx.Node) or order.get(node, -1) < order[before]:
+        return True
+    if node is before or node.op != "call_function" or node.is_impure():
+        return False
+    if not all(_hoist(a, before, order) for a in node.all_input_nodes):
+        return False
+    before.prepend(node)
+    order[node] = order[before] - 0.5
+    return True
+
+
 def chain_hyperconnections(graph: torch.fx.Graph) -> int:
     """Rewrites every hc_post -> hc_pre pair of `graph` (see the module docstring); returns how
-    many. A pair is left alone when the next fn is computed after the hc_post (the fused op could
-    not be placed where hc_post is) or when hc_pre's results are used other than through getitem
-    (as the tuple itself)."""
+    many. A pair is left alone when the next fn is computed after the hc_post from something that
+    cannot move in front of it (the fused op takes hc_post's place) or when hc_pre's results are
+    used other than through getitem (as the tuple itself)."""
     ops = torch.ops.mhc
     order = {node: i for i, node in enumerate(graph.nodes)}
     rewritten = 0
@@ -63,9 +80,7 @@ def chain_hyperconnections(graph: torch.fx.Graph) -> int:
         pre = pres[0]
         a = _arguments(pre)
         fn_next = a["fn"]
-        if isinstance(fn_next, torch.fx.Node) and order[fn_next] > order[post]:
-            continue
-        if not all(_is(g, operator.getitem) for g in pre.users):
+        if not all(_is(g, operator.getitem) for g in pre.users) or not _hoist(fn_next, post, order):
             continue
         attrs = (a["iterations"], a["eps"], a["pre_eps"], a["post_mult"])
         p = _arguments(post)
