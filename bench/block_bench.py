@@ -336,6 +336,7 @@ def measure(name, mode, make, sub, h, args):
     try:
         if step is not None:
             row["ms"] = time_step(step, grads, h.device, args.reps, args.warmup, args.timer)
+            row["timer"] = f"{args.timer}: {args.reps} steps after {args.warmup}"
             if args.profile and h.device.type == "cuda":
                 row["profile"] = profile_kernels(step, os.path.abspath(args.json) + ".trace.json")
     except Exception as e:  # noqa: BLE001
