@@ -350,7 +350,8 @@ def measure(name, mode, make, sub, h, args):
 
 def measure_interleaved(variants, mode, sub, h, args):
     """All variants alive at once and timed in turns: `--interleave` rounds, each running every
-    variant for `--reps` steps (CUDA events, after one untimed step), in forward order in even
+    variant for `--reps` steps (after one untimed step; --timer stream: back to back, one
+    reading per round, else CUDA events per step), in forward order in even
     rounds and backward order in odd ones. A slow drift of the GPU's speed over the run (clocks,
     temperature) then lands on every variant alike instead of on the ones timed last; ms is the
     median over all timed steps, ms_rounds each round's median."""
