@@ -160,3 +160,20 @@ def test_switched_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("MHC_COMPILE_CHAIN", "0")
     chain_pass.install_if_compiling()
     assert type(config.post_grad_custom_pre_pass).__name__ != "ChainHyperConnections"
+
+
+def test_wraps_a_plain_function_pass():
+    """A user's pass may be a plain callable (no uuid): both run, and the wrapper's uuid is None
+    (Inductor then skips its FX graph cache rather than keying on half the passes)."""
+    import torch._inductor.config as config
+    seen = []
+    chain_pass.uninstall()
+    with config.patch(post_grad_custom_pre_pass=lambda graph: seen.append("theirs")):
+        try:
+            chain_pass.install()
+            wrapper = config.post_grad_custom_pre_pass
+            wrapper(torch.fx.Graph())
+            assert seen == ["theirs"] and wrapper.uuid() is None
+        finally:
+            chain_pass.uninstall()
+        assert config.post_grad_custom_pre_pass is not None     # theirs, put back

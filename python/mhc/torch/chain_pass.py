@@ -133,7 +133,10 @@ def _pass_class():
         def uuid(self):
             # The pass's source decides what it does (FX graph caching keys on this).
             mine = get_hash_for_files((__file__,))
-            return (mine, self.before.uuid()) if self.before is not None else mine
+            if self.before is None:
+                return mine
+            theirs = getattr(self.before, "uuid", None)   # a plain callable has none
+            return (mine, theirs()) if theirs is not None else None   # None: no caching
 
     return ChainHyperConnections
 
