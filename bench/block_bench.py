@@ -220,17 +220,16 @@ def time_step(step, grads, device, reps, warmup, timer="do_bench"):
     if device.type == "cuda" and timer == "stream":
         # As a training loop runs: `reps` steps back to back, no synchronisation between them
         # (the host queues the next step while the GPU works), CUDA events around all of them.
-        for _ in range(warmup):
-            for g in grads:
-                g.grad = None
-            step()
+        def steps(count):
+            for _ in range(count):
+                for g in grads:
+                    g.grad = None
+                step()
+        steps(warmup)
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
         a.record()
-        for _ in range(reps):
-            for g in grads:
-                g.grad = None
-            step()
+        steps(reps)
         b.record()
         torch.cuda.synchronize()
         return a.elapsed_time(b) / reps

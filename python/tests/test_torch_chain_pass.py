@@ -42,6 +42,11 @@ def loss_and_grads(m, tokens):
     return loss, torch.autograd.grad(loss, list(m.parameters()))
 
 
+def capture(fw):
+    """A torch.compile backend: AOTAutograd with `fw` as the forward graph's compiler."""
+    return aot_autograd(fw_compiler=fw, bw_compiler=lambda gm, _: make_boxed_func(gm.forward))
+
+
 def targets(gm):
     return [n.target for n in gm.graph.nodes if n.op == "call_function"
             and n.target is not operator.getitem]
@@ -65,7 +70,7 @@ def test_rewrite_is_bit_identical(ops_path, recompute):
                 gm.recompile()
                 graphs.append(targets(gm))
             return make_boxed_func(gm.forward)
-        return aot_autograd(fw_compiler=fw, bw_compiler=lambda gm, _: make_boxed_func(gm.forward))
+        return capture(fw)
 
     m = model(recompute=recompute)
     tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
@@ -101,8 +106,7 @@ def test_bf16_parameters_chain_too(ops_path):
     tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(3))
     eager_loss, _ = loss_and_grads(m, tokens)
     torch._dynamo.reset()
-    backend = aot_autograd(fw_compiler=fw, bw_compiler=lambda gm, _: make_boxed_func(gm.forward))
-    loss, grads = loss_and_grads(torch.compile(m, backend=backend), tokens)
+    loss, grads = loss_and_grads(torch.compile(m, backend=capture(fw)), tokens)
     assert graphs == [2]
     assert torch.allclose(loss.float(), eager_loss.float(), rtol=2e-2)
     assert all(torch.isfinite(g).all() for g in grads)

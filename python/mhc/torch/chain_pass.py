@@ -21,7 +21,8 @@ Installed as Inductor's ``post_grad_custom_pre_pass`` the first time a graph wit
 traced for compilation (the ops' fake implementations call :func:`install_if_compiling`; importing
 Inductor just to install it would cost seconds at ``import mhc.torch``). A pass the user set
 there first still runs, before this one. ``MHC_COMPILE_CHAIN=0`` in the environment turns the
-rewrite off; :func:`uninstall` removes it.
+rewrite off; :func:`uninstall` removes it until the next graph with mhc ops is compiled (which
+installs it again unless MHC_COMPILE_CHAIN=0).
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ def install():
 
 
 def uninstall():
-    """Takes mhc's pass out again (leaving the one it wrapped)."""
+    """Takes mhc's pass out again (leaving the one it wrapped); the next compilation of a graph
+    with mhc ops installs it again unless MHC_COMPILE_CHAIN=0."""
     global _INSTALLED
     import torch._inductor.config as config
     current = config.post_grad_custom_pre_pass

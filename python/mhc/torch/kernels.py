@@ -651,17 +651,22 @@ def for_call(op: str, x, attrs=None) -> KernelSet:
 _WITH_ATTRIBUTES = ("hc_pre", "hc_pre_backward", "hc_pre_mixed", "hc_post_project")
 
 
+def _set_for(op: str, args):
+    """(the kernel set that runs `op` on these arguments, x)."""
+    x = x_argument(op, args)
+    return for_call(op, x, tuple(args[-4:]) if op in _WITH_ATTRIBUTES else None), x
+
+
 def run(op: str, *args):
     """Entry point of the custom ops' CUDA implementations."""
-    x = x_argument(op, args)
-    attrs = tuple(args[-4:]) if op in _WITH_ATTRIBUTES else None
-    return for_call(op, x, attrs).run(op, *args, stream=_stream(x.device))
+    ks, x = _set_for(op, args)
+    return ks.run(op, *args, stream=_stream(x.device))
 
 
-def has_op(op: str, x, attrs) -> bool:
-    """Whether x's kernel set has kernels for `op` (sets built before the chain ops have none
-    for hc_pre_mixed / hc_post_project)."""
-    return op in for_call(op, x, attrs).plans
+def has_op(op: str, *args) -> bool:
+    """Whether the kernel set that `run(op, *args)` would use has kernels for `op` (sets built
+    before the chain ops have none for hc_pre_mixed / hc_post_project)."""
+    return op in _set_for(op, args)[0].plans
 
 
 def _post_key(x, n, C) -> KernelKey:

@@ -152,16 +152,22 @@ def _(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps, pre_e
 # (chained HyperConnections, mhc.torch.chain_pass under torch.compile) or by this sublayer's own
 # forward (recomputation). No autograd: HyperConnection calls them where it wires the backward
 # itself. Kernel sets built before the chain ops have no kernels for them: the reference math
-# then runs on the GPU (correct, slower; chain_pass does not rewrite for such sets).
+# then runs on the GPU (correct, slower; chain_pass rewrites whatever the set, so that its
+# result does not depend on the cache).
+
+def _chain_op(op: str, x, args, reference):
+    """A chain half: the kernels on CUDA tensors whose kernel set has them, else `reference()`."""
+    if _on_gpu(x) and _kernels().has_op(op, *args):
+        return _kernels().run(op, *args)
+    return tuple(t.contiguous() for t in reference())
+
 
 @torch.library.custom_op("mhc::hc_pre_mixed", mutates_args=())
 def hc_pre_mixed(x: Tensor, mix: Tensor, scale: Tensor, base: Tensor, iterations: int, eps: float,
                  pre_eps: float, post_mult: float) -> tuple[Tensor, Tensor, Tensor]:
     args = (x, mix, scale, base, iterations, eps, pre_eps, post_mult)
     checks.hc_pre_mixed(*args)
-    if _on_gpu(x) and _kernels().has_op("hc_pre_mixed", x, args[-4:]):
-        return _kernels().run("hc_pre_mixed", *args)
-    return tuple(t.contiguous() for t in ref.hc_pre_mixed(*args))
+    return _chain_op("hc_pre_mixed", x, args, lambda: ref.hc_pre_mixed(*args))
 
 
 @hc_pre_mixed.register_fake
@@ -176,9 +182,8 @@ def hc_post_project(y: Tensor, x: Tensor, post: Tensor, comb: Tensor, fn_next: T
                     post_mult: float) -> tuple[Tensor, Tensor]:
     args = (y, x, post, comb, fn_next, iterations, eps, pre_eps, post_mult)
     checks.hc_post_project(*args)
-    if _on_gpu(x) and _kernels().has_op("hc_post_project", x, args[-4:]):
-        return _kernels().run("hc_post_project", *args)
-    return tuple(t.contiguous() for t in ref.hc_post_project(y, x, post, comb, fn_next, eps))
+    return _chain_op("hc_post_project", x, args,
+                     lambda: ref.hc_post_project(y, x, post, comb, fn_next, eps))
 
 
 @hc_post_project.register_fake
@@ -266,9 +271,7 @@ class DirectOps:
         if not DirectOps._direct(x):
             return torch.ops.mhc.hc_pre_mixed(*args)
         checks.hc_pre_mixed(*args)
-        if not _kernels().has_op("hc_pre_mixed", x, args[-4:]):
-            return ref.hc_pre_mixed(*args)
-        return _kernels().run("hc_pre_mixed", *args)
+        return _chain_op("hc_pre_mixed", x, args, lambda: ref.hc_pre_mixed(*args))
 
     @staticmethod
     def hc_post_backward(y, x, post, comb, dx_next):
