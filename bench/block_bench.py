@@ -257,16 +257,30 @@ def time_step(step, grads, device, reps, warmup, timer="do_bench"):
     return statistics.median(times)
 
 
-def profile_kernels(step, trace_path):
-    """The GPU work of one call of `step`, from torch.profiler's Chrome trace (its kernel events
+def profile_kernels(step, grads, trace_path):
+    """The GPU work of one call of `step` (gradients cleared first, as before every timed step:
+    no accumulation into .grad), from torch.profiler's Chrome trace (its kernel events
     carry the stream): {"kernels", "kernel_ms" (summed), "span_ms" (first start to last end),
     "streams": {stream: [kernels, ms]}, "mhc": {stream: kernels named mhc_*}, "by_name": the 25
-    kernel names with the most time, {name (90 characters): [calls, ms]}}. A timer that reads
+    kernel names with the most time, {name (90 characters): [calls, ms]}, "ops": the 40 CPU-side
+    ops with the most device time of their own, [op, input shapes, calls, ms]}. A timer that reads
     less than kernel_ms did not time all of the step's work."""
     from torch.profiler import profile, ProfilerActivity
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    for g in grads:
+        g.grad = None
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    with profile(activities=activities, record_shapes=True) as prof:
         step()
         torch.cuda.synchronize()
+    # The ops behind the kernels (the CPU-side op that launched them, with its input shapes):
+    # which aten op an unnamed elementwise kernel belongs to.
+    def device_ms(e):
+        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) / 1e3
+    cpu_ops = [e for e in prof.key_averages(group_by_input_shape=True)
+               if str(e.device_type).endswith("CPU") and not e.key.startswith("##")
+               and device_ms(e) > 0]
+    ops = [[e.key, str(e.input_shapes)[:160], e.count, round(device_ms(e), 4)]
+           for e in sorted(cpu_ops, key=lambda e: -device_ms(e))[:40]]
     prof.export_chrome_trace(trace_path)
     with open(trace_path) as fh:
         events = json.load(fh)["traceEvents"]
@@ -287,7 +301,8 @@ def profile_kernels(step, trace_path):
     top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:25]
     return {"kernels": len(kernels), "kernel_ms": sum(ms for _, ms in streams.values()),
             "span_ms": (end - start) / 1e3, "streams": streams, "mhc": mhc,
-            "by_name": {name: [count, round(ms, 4)] for name, (count, ms) in top}}
+            "by_name": {name: [count, round(ms, 4)] for name, (count, ms) in top},
+            "ops": ops}
 
 
 def describe_profile(prof) -> str:
@@ -337,7 +352,8 @@ def measure(name, mode, make, sub, h, args):
             row["ms"] = time_step(step, grads, h.device, args.reps, args.warmup, args.timer)
             row["timer"] = f"{args.timer}: {args.reps} steps after {args.warmup}"
             if args.profile and h.device.type == "cuda":
-                row["profile"] = profile_kernels(step, os.path.abspath(args.json) + ".trace.json")
+                trace = os.path.abspath(args.json) + ".trace.json"
+                row["profile"] = profile_kernels(step, grads, trace)
     except Exception as e:  # noqa: BLE001
         row["error"] = f"{type(e).__name__}: {e}"
         row["traceback"] = traceback.format_exc(limit=6)
@@ -367,13 +383,14 @@ def measure_interleaved(variants, mode, sub, h, args):
                       for _ in range(args.reps + 1)][1:]
             times[id(row)] += ts
             rounds[id(row)].append(statistics.median(ts))
-    for row, step, _ in live:
+    for row, step, grads in live:
         row["ms"] = statistics.median(times[id(row)])
         row["ms_rounds"] = rounds[id(row)]
         row["timer"] = (f"interleaved: {args.interleave} rounds x {args.reps} steps, " +
                         ("back to back (stream)" if args.timer == "stream" else "CUDA events"))
         if args.profile and h.device.type == "cuda":
-            row["profile"] = profile_kernels(step, os.path.abspath(args.json) + ".trace.json")
+            trace = os.path.abspath(args.json) + ".trace.json"
+            row["profile"] = profile_kernels(step, grads, trace)
     if h.device.type == "cuda":
         torch.cuda.empty_cache()
     return [row for row, _, _ in prepared]
