@@ -27,8 +27,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 from mhc.torch import kernels as K  # noqa: E402
-
-N, T = 4, 16384
+from bench_backward import N, T, make_sets  # noqa: E402
 
 
 class Nvml:
@@ -87,18 +86,17 @@ def workloads(C):
     key = K.KernelKey(n=N, C=C, dtype="bf16")
     ks = K.KernelSet(key.folder(os.path.abspath(os.environ.get("MHC_CACHE", ".mhc-cache"))))
     stream = lambda: torch.cuda.current_stream().cuda_stream  # noqa: E731
-    M = N * N + 2 * N
-    g = torch.Generator(device="cuda").manual_seed(C)
-    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
-    x, y, du, dxn = r(T, N, C).bfloat16(), r(T, C).bfloat16(), r(T, C).bfloat16(), r(T, N, C).bfloat16()
-    fn, base = r(M, N * C) / (N * C) ** 0.5, r(M) * 0.5
-    scale = torch.rand(3, generator=g, device="cuda") + 0.25
+    s = make_sets(C, count=1)[0]      # bench_backward.py's inputs; the mix is hc_pre's, below
+    x, y, du, dxn = s["x"], s["y"], s["du"], s["dxn"]
+    fn, scale, base = s["fn"], s["scale"], s["base"]
     attrs = (20, 1e-6, 1e-6, 2.0)
     u, post, comb, mix = ks.run("hc_pre", x, fn, scale, base, *attrs, stream=stream())
     dy, dpost, dcomb = ks.run("hc_post_backward", y, x, post, comb, dxn, stream=stream())
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    a, w = r(T, C).bfloat16(), r(C, 8 * C).bfloat16()
+    g = torch.Generator(device="cuda").manual_seed(C)
+    a = torch.randn(T, C, generator=g, device="cuda").bfloat16()
+    w = torch.randn(C, 8 * C, generator=g, device="cuda").bfloat16()
     run = lambda op, *args: (lambda: ks.run(op, *args, stream=stream()))  # noqa: E731
     return {
         "copy 1 GiB": lambda: dst.copy_(src),

@@ -66,11 +66,15 @@ def attributes(op, iterations, eps, pre_eps, post_mult):
 def parameters(op, x, fn, scale, base):
     lead, n, C = streams(op, x)
     M = n * n + 2 * n
+    _tensor(op, "fn", fn, (M, n * C), coefficient_dtype(x), x.device)
+    _scale_base(op, x, M, scale, base)
+    return lead, n, C, M
+
+
+def _scale_base(op, x, M, scale, base):
     cd = coefficient_dtype(x)
-    _tensor(op, "fn", fn, (M, n * C), cd, x.device)
     _tensor(op, "scale", scale, (3,), cd, x.device)
     _tensor(op, "base", base, (M,), cd, x.device)
-    return lead, n, C, M
 
 
 def hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult):
@@ -112,10 +116,8 @@ def hc_pre_mixed(x, mix, scale, base, iterations, eps, pre_eps, post_mult):
     attributes(op, iterations, eps, pre_eps, post_mult)
     lead, n, C = streams(op, x)
     M = n * n + 2 * n
-    cd = coefficient_dtype(x)
-    _tensor(op, "mix", mix, lead + (M,), cd, x.device)
-    _tensor(op, "scale", scale, (3,), cd, x.device)
-    _tensor(op, "base", base, (M,), cd, x.device)
+    _tensor(op, "mix", mix, lead + (M,), coefficient_dtype(x), x.device)
+    _scale_base(op, x, M, scale, base)
     return lead, n, C, M
 
 
