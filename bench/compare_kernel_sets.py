@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
-"""Runs the backward ops of two kernel caches on the same random inputs and says whether their
-results are bit-identical (for kernel rewrites that must not change a single result).
+"""Runs the ops of two kernel caches (forward and backward) on the same random inputs and says
+whether their results are bit-identical (for kernel rewrites that must not change a single result).
 
     MHC_NATIVE=0 python3 bench/compare_kernel_sets.py --a .mhc-cache-old --b .mhc-cache \
         --json out.json                  # every kernel set both caches hold (or --n/--C/--dtype)
 
-For each kernel set and T in --Ts (one token, a partial tile, many token splits): x, y, fn,
-scale, base, du, dx_next seeded random as check_backward.py makes them (never zeros); the mix,
-post and comb from set A's hc_pre and dpost, dcomb from its hc_post_backward (what training
-passes); then hc_post_backward, hc_pre_backward and hc_sublayer_backward of A and of B, every
-result compared with torch.equal (the largest difference printed where not equal; a non-finite
-result of B also counts as a difference).
+For each kernel set and T in --Ts (one token, a partial tile, many token splits; the forward ops
+switch to their few-token kernels at T <= 4096, so 5000 and 16384 run their main kernels): x, y,
+fn, scale, base, du, dx_next seeded random as check_backward.py makes them (never zeros); the
+mix, post and comb from set A's hc_pre and dpost, dcomb from its hc_post_backward (what training
+passes; fn_next is fn); then every op in OPS of A and of B, every result compared with
+torch.equal (the largest difference printed where not equal; a non-finite result of B also
+counts as a difference).
 """
 import argparse, json, os, sys
 from pathlib import Path
@@ -23,7 +24,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "test", "Integration", "GPU", "harne
 from mhc.torch import kernels as K  # noqa: E402
 import check_backward  # noqa: E402  (its inputs: the backward check's random data)
 
-OPS = ("hc_post_backward", "hc_pre_backward", "hc_sublayer_backward")
+OPS = ("hc_pre", "hc_post", "hc_pre_mixed", "hc_post_project", "hc_steady_forward",
+       "hc_post_backward", "hc_pre_backward", "hc_sublayer_backward")
 
 
 def inputs(key, T, seed):
@@ -40,7 +42,7 @@ def compare(key, sets, Ts, rows):
         u, post, comb, mix = sets["a"].run("hc_pre", d["x"], d["fn"], d["scale"], d["base"])
         dy, dpost, dcomb = sets["a"].run("hc_post_backward", d["y"], d["x"], post, comb,
                                          d["dx_next"])
-        given = dict(d, mix=mix, post=post, comb=comb, dpost=dpost, dcomb=dcomb)
+        given = dict(d, mix=mix, post=post, comb=comb, dpost=dpost, dcomb=dcomb, fn_next=d["fn"])
         for op in OPS:
             names_in, names_out = K.OP_BUFFERS[op]
             outs = {s: ks.run(op, *[given[a] for a in names_in]) for s, ks in sets.items()}
@@ -67,7 +69,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int)
     ap.add_argument("--C", type=int)
     ap.add_argument("--dtype")
-    ap.add_argument("--Ts", default="1,17,1000,16384")
+    ap.add_argument("--Ts", default="1,17,1000,5000,16384")
     ap.add_argument("--json", required=True)
     args = ap.parse_args(argv)
     roots = {"a": Path(args.a).resolve(), "b": Path(args.b).resolve()}
