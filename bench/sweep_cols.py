@@ -28,8 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
 
 # Field changes of the cols schedule (the second of [rows, cols, params]); "chosen" is what
-# --mhc-select-schedule picks today (v4): tile_tokens 16, chunk_columns 64, threads 256,
-# blocks_per_sm 1, token_splits 2. (The second session's sweep, of v2, chose blocks_per_sm 2 and
+# --mhc-select-schedule picks today (thirteenth session): tile_tokens 32, chunk_columns 64,
+# threads 256, blocks_per_sm 1, token_splits 2 (until then tile_tokens 16: "tile16"). (The
+# second session's sweep, of v2, chose blocks_per_sm 2 and
 # token_splits 4.)
 VARIANTS = {
     "chosen": {},
@@ -37,8 +38,10 @@ VARIANTS = {
     "splits8": {"token_splits": 8},
     "blocks2": {"blocks_per_sm": 2},
     "threads512": {"threads": 512},
-    "tile32": {"tile_tokens": 32},
+    "tile16": {"tile_tokens": 16},
     "chunk32": {"chunk_columns": 32, "token_splits": 4},
+    "chunk32_splits1": {"chunk_columns": 32, "token_splits": 1},
+    "tile32_chunk32": {"tile_tokens": 32, "chunk_columns": 32, "token_splits": 1},
 }
 # The same for the rows schedule (the first of the three; the pre_backward group's rows kernel,
 # which training runs, has 5 accumulators to the fused kernel's 25, so it may fit more blocks).

@@ -2,9 +2,10 @@
 //
 // Block (column chunk b, token split s) owns columns [b*CC, b*CC + CC) of
 // all n streams (KB = n*CC "k-columns", k = i*CC + c) and walks the token
-// tiles of its split. Its slice of fn [M x KB] is split once at the start
-// into bf16 head and remainder words, and each thread keeps its B fragments
-// of it in registers for all tiles. Per tile of TT tokens the records, x,
+// tiles of its split. Each thread reads its B fragments of fn's slice
+// [M x KB] from global memory once at the start, split into bf16 head and
+// remainder words, and keeps them in registers for all tiles. Per tile of TT
+// tokens (16 or 32, BackwardKernel.cpp's chooseColsTile) the records, x,
 // dout and du of the tile go to shared memory, dm transposed and split into
 // head and remainder as it is stored (once per element, not per warp); the
 // next tile's loads are already in flight (into registers) while each warp
@@ -212,24 +213,36 @@ SmallVector<ColsKernelBuilder::TileGroup> ColsKernelBuilder::tileGroups() {
 
 /// fn's B fragments of this thread (k: mixes, column tileColumn(nt) + g),
 /// hi and lo, per n8 tile and k16 step: the words of mixes 2q.. and 2q + 8..
-/// (0 past M). The same for every tile of tokens: loaded once, kept in
-/// registers.
+/// (0 past M and C), each word holding fn[2mp][k] and fn[2mp + 1][k] split
+/// into bf16 head and remainder. The same for every tile of tokens: read
+/// from global memory once, kept in registers (no shared-memory copy of
+/// fn's slice: that room holds the tiles).
 void ColsKernelBuilder::loadFnFragments() {
-  int64_t KS = (p.M() + 15) / 16, FR = fnRows(p), FP = fnPitch();
+  int64_t KS = (p.M() + 15) / 16, M = p.M(), n = p.n, C = p.C;
+  int64_t CC = s.chunkColumns;
   Value g = div(lane, 4), q = rem(lane, 4);
+  // fn[m] at the block's k-column kc (stream kc / CC), 0 past M and C.
+  // Branch-free (a clamped address, then a select), so that all of a
+  // thread's loads are issued together rather than one after another.
+  auto fnAt = [&](Value m, Value kc) {
+    Value i = div(kc, CC), col = add(col0, rem(kc, CC));
+    Value ok = band(ult(m, M), ult(col, C));
+    Value at = add(mul(m, ci(n * C)), add(mul(i, ci(C)), col));
+    return select(ok, ld(arg(p.fn), select(ok, at, ci(0))), cf(0.0));
+  };
+  auto word = [&](Value mp, Value kc) {
+    Value m = mul(mp, ci(2));
+    return splitBf16(f32Pair(fnAt(m, kc), fnAt(add(m, ci(1)), kc)));
+  };
   fnFragments.clear();
   for (int64_t nt = 0; nt < warpTiles(); ++nt) {
     Value kB = add(tileColumn(nt), g);
     SmallVector<std::array<Value, 4>> frags; // hi0, hi1, lo0, lo1
     for (int64_t ks = 0; ks < KS; ++ks) {
-      auto word = [&](Value fnS, Value mp) {
-        Value ok = ult(mp, FR);
-        Value v = ld(fnS, add(mul(select(ok, mp, ci(0)), ci(FP)), kB));
-        return select(ok, v, ci32(0));
-      };
       Value mp0 = add(q, ci(8 * ks)), mp8 = add(mp0, ci(4));
-      frags.push_back({word(fnHiS, mp0), word(fnHiS, mp8), word(fnLoS, mp0),
-                       word(fnLoS, mp8)});
+      auto [hi0, lo0] = word(mp0, kB);
+      auto [hi1, lo1] = word(mp8, kB);
+      frags.push_back({hi0, hi1, lo0, lo1});
     }
     fnFragments.push_back(frags);
   }
@@ -444,29 +457,11 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
 }
 
 void ColsKernelBuilder::emitBody() {
-  int64_t n = p.n, M = p.M(), C = p.C, CC = s.chunkColumns, KB = n * CC;
+  int64_t n = p.n, M = p.M(), C = p.C, CC = s.chunkColumns;
   int64_t TT = s.tileTokens, S = s.tokenSplits, NTW = warpTiles();
   int64_t MTM = (M + 15) / 16;
-  // fn's slice as the words of the B fragments: word [mp][i*CC + c] holds
-  // fn[2mp][i*C + col0 + c] and fn[2mp + 1][..], split into bf16 head and
-  // remainder once here rather than per tile (0 past M and C).
-  int64_t FR = fnRows(p);
-  emitFor(tid, ci(FR * KB), ci(s.threads), {}, [&](Value e, ValueRange) {
-    Value mp = div(e, KB), kc = rem(e, KB);
-    Value i = div(kc, CC), col = add(col0, rem(kc, CC));
-    auto fnAt = [&](Value m) {
-      return f32OrZero(band(ult(m, M), ult(col, C)), [&]() {
-        return ld(arg(p.fn), add(mul(m, ci(n * C)), add(mul(i, ci(C)), col)));
-      });
-    };
-    Value m = mul(mp, ci(2));
-    auto [hi, lo] = splitBf16(f32Pair(fnAt(m), fnAt(add(m, ci(1)))));
-    Value at = add(mul(mp, ci(fnPitch())), kc);
-    st(hi, fnHiS, at);
-    st(lo, fnLoS, at);
-    return SmallVector<Value>{};
-  });
-  // dm^T's rows past M stay 0 (the tiles write rows < M only).
+  // dm^T's rows past M stay 0 (the tiles write rows < M only; the tile
+  // loop's barriers order these stores before any read).
   int64_t padRows = dmRows(p) - M;
   if (padRows > 0) {
     Value zero =
@@ -479,7 +474,6 @@ void ColsKernelBuilder::emitBody() {
               return SmallVector<Value>{};
             });
   }
-  barrier(); // fn's words are all in shared memory
   loadFnFragments();
   // This split's tiles: [split * per, min((split + 1) * per, tiles)).
   Value tiles = arith::CeilDivUIOp::create(b, loc, T, ci(TT));

@@ -19,6 +19,9 @@ static constexpr int64_t kSharedMemoryLimit = 48 * 1024; // static smem
 /// 132 SMs, one block each): the token splits fill one wave of them, so that
 /// no second, partial wave idles most of the GPU.
 static constexpr int64_t kColsBlocksTarget = 132;
+/// fn's B fragments and dfn's accumulators a cols thread keeps in registers
+/// (words): with more, its ~200 registers spill.
+static constexpr int64_t kColsFragmentWords = 64;
 /// Each split writes a partial dfn [M x nC] that the params kernel sums.
 static constexpr int64_t kMaxTokenSplits = 32;
 
@@ -144,20 +147,17 @@ static SmallVector<SharedBuffer> rowsShared(const BackwardPlan &p,
 }
 
 /// The cols kernel's shared memory, in ColsKernelBuilder's order and at its
-/// padded pitches: fn's slice (head, remainder), then per token of a tile the
-/// record's comb/pre/dS, the x, dout and du rows, and dm^T (head, remainder).
+/// padded pitches: per token of a tile the record's comb/pre/dS, the x, dout
+/// and du rows, and dm^T (head, remainder).
 static SmallVector<SharedBuffer> colsShared(const BackwardPlan &p,
                                             const Schedule &s) {
   MLIRContext *ctx = p.act.getContext();
-  Type f32 = Float32Type::get(ctx), i32 = IntegerType::get(ctx, 32),
-       bf16 = BFloat16Type::get(ctx);
+  Type f32 = Float32Type::get(ctx), bf16 = BFloat16Type::get(ctx);
   using K = ColsKernelBuilder;
   int64_t TT = s.tileTokens, tile = K::tilePitch(p, s);
-  int64_t fnWords = K::fnRows(p) * K::fnPitch(p, s);
   int64_t dm = K::dmRows(p) * K::dmPitch(s);
-  return {{fnWords, i32},     {fnWords, i32},     {TT * K::recPitch(p), f32},
-          {TT * tile, p.act}, {TT * tile, p.act}, {TT * K::duPitch(s), p.act},
-          {dm, bf16},         {dm, bf16}};
+  return {{TT * K::recPitch(p), f32},  {TT * tile, p.act}, {TT * tile, p.act},
+          {TT * K::duPitch(s), p.act}, {dm, bf16},         {dm, bf16}};
 }
 
 static int64_t sharedBytes(ArrayRef<SharedBuffer> shared) {
@@ -173,6 +173,44 @@ static int64_t colsSharedBytes(const BackwardPlan &p, const Schedule &s) {
 
 static int64_t rowsSharedBytes(const BackwardPlan &p, const Schedule &s) {
   return sharedBytes(rowsShared(p, s));
+}
+
+/// The cols kernel's tile: the widest column chunk CC (<= 64: 128-byte row
+/// runs) with a warp count that splits its n * CC k-columns into n8 tiles,
+/// whose registers and shared memory fit, and at it the longer token tile
+/// that fits. Registers: a thread keeps fn's B fragments and dfn's
+/// accumulators, 4 words each per n8 tile and k16 step of the M mixes (n = 4:
+/// 64 words). 32 tokens pay a tile's fixed costs (four barriers, every
+/// warp's ldmatrix of dm, the record reads) over twice the tokens of 16
+/// (n = 4, C = 4096: 0.632 -> 0.565 ms, cols-tile32-v13-h200.json in
+/// bench/results) but hold twice the tile in registers; with f16/f32
+/// activations, whose x is split into head and remainder, only where the
+/// fragments take <= 32 words (ptxas: n = 4 f16 spills at 32 tokens, n = 3
+/// f16 and n = 2 f32 do not). Nothing fits: the last candidate, which the
+/// verifier rejects.
+static void chooseColsTile(const BackwardPlan &p, Schedule &cols) {
+  int64_t vec = cols.vectorWidth, kSteps = (p.M() + 15) / 16;
+  for (int64_t cc = 64; cc >= vec; cc /= 2) {
+    cols.chunkColumns = cc;
+    cols.threads = 0;
+    for (int64_t warps = 8; warps >= 1 && !cols.threads; warps /= 2)
+      if ((p.n * cc) % (8 * warps) == 0)
+        cols.threads = 32 * warps;
+    if (!cols.threads)
+      continue;
+    int64_t tilesPerWarp = p.n * cc / (cols.threads / 32) / 8;
+    int64_t fragmentWords = tilesPerWarp * kSteps * 2 * 4;
+    int64_t words32 =
+        p.act.isBF16() ? kColsFragmentWords : kColsFragmentWords / 2;
+    for (int64_t tt : {32, 16}) {
+      cols.tileTokens = tt;
+      if (tt == 32 && fragmentWords > words32)
+        continue;
+      if (fragmentWords <= kColsFragmentWords &&
+          colsSharedBytes(p, cols) <= kSharedMemoryLimit)
+        return;
+    }
+  }
 }
 
 static GroupSchedule defaultSchedule(const BackwardPlan &p) {
@@ -193,19 +231,7 @@ static GroupSchedule defaultSchedule(const BackwardPlan &p) {
 
   Schedule cols;
   cols.vectorWidth = vec;
-  cols.tileTokens = 16;
-  // The widest column chunk (<= 64: 128-byte row runs) whose tiles and fn
-  // slice fit the shared memory, with a warp count that splits its n * CC
-  // k-columns into n8 tiles.
-  for (int64_t cc = 64; cc >= vec; cc /= 2) {
-    cols.chunkColumns = cc;
-    cols.threads = 0;
-    for (int64_t warps = 8; warps >= 1 && !cols.threads; warps /= 2)
-      if ((p.n * cc) % (8 * warps) == 0)
-        cols.threads = 32 * warps;
-    if (cols.threads && colsSharedBytes(p, cols) <= kSharedMemoryLimit)
-      break;
-  }
+  chooseColsTile(p, cols);
   // One block per SM with all the registers it wants (~200): its next
   // tile's loads wait in registers while it computes this one (the software
   // pipeline of BackwardCols.cpp). Two blocks of <= 128 registers spill it
@@ -525,14 +551,12 @@ public:
       k.record = k.argOf.lookup(record);
       k.dfnPartial = k.argOf.lookup(dfnPartial);
       auto wg = kernel.getWorkgroupAttributions();
-      k.fnHiS = wg[0];
-      k.fnLoS = wg[1];
-      k.recS = wg[2];
-      k.xS = wg[3];
-      k.doutS = wg[4];
-      k.duS = wg[5];
-      k.dmHiS = wg[6];
-      k.dmLoS = wg[7];
+      k.recS = wg[0];
+      k.xS = wg[1];
+      k.doutS = wg[2];
+      k.duS = wg[3];
+      k.dmHiS = wg[4];
+      k.dmLoS = wg[5];
       k.tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
       k.lane = k.rem(k.tid, 32);
       k.warp = k.div(k.tid, 32);

@@ -111,24 +111,19 @@ struct ColsKernelBuilder : KernelBuilder {
   Value record, dfnPartial;
   Value T, tid, lane, warp, col0, split;
   Value tileIndex; // the token tile being processed
-  // Shared memory: fn's slice as bf16 head/remainder pairs (i32 words),
-  // the records' comb, pre and 2 dS (f32), the x, dout, du rows, and the
-  // tile's dm transposed as bf16 head/remainder (split once per element).
-  Value fnHiS, fnLoS, recS, xS, doutS, duS, dmHiS, dmLoS;
+  // Shared memory: the records' comb, pre and 2 dS (f32), the x, dout, du
+  // rows, and the tile's dm transposed as bf16 head/remainder (split once
+  // per element).
+  Value recS, xS, doutS, duS, dmHiS, dmLoS;
 
   Value arg(Value v) { return v ? argOf.lookup(v) : Value(); }
-  /// Row pitches of the shared tiles: 8 elements (fn: 8 words) of padding
-  /// spread the 8 rows a warp reads at once over the banks.
+  /// Row pitches of the shared tiles: 8 elements of padding spread the 8
+  /// rows a warp reads at once over the banks.
   /// (The kernel's shared memory is laid out with them: colsShared.)
   static int64_t tilePitch(const BackwardPlan &p, const Schedule &s) {
     return p.n * s.chunkColumns + 8;
   }
   static int64_t duPitch(const Schedule &s) { return s.chunkColumns + 8; }
-  /// fn's words: row mp holds the mixes 2mp and 2mp + 1 of every k-column.
-  static int64_t fnRows(const BackwardPlan &p) { return (p.M() + 1) / 2; }
-  static int64_t fnPitch(const BackwardPlan &p, const Schedule &s) {
-    return p.n * s.chunkColumns + 8;
-  }
   /// dm^T: rows m (padded to the k16 steps of the products, zeros past M),
   /// columns the tile's tokens.
   static int64_t dmRows(const BackwardPlan &p) {
@@ -142,7 +137,6 @@ struct ColsKernelBuilder : KernelBuilder {
   }
   int64_t tilePitch() const { return tilePitch(p, s); }
   int64_t duPitch() const { return duPitch(s); }
-  int64_t fnPitch() const { return fnPitch(p, s); }
   int64_t dmPitch() const { return dmPitch(s); }
   void emitBody();
   /// One group of a tile's elements this thread moves to shared memory:

@@ -216,14 +216,15 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // BWD:         math.rsqrt
 // BWD:       } else {
 // BWD:         math.rsqrt
-// The cols kernel's shared memory: fn's slice as bf16 head and remainder
-// words (12 rows of mix pairs x 256 k-columns + 8), the records' comb/pre/dS
-// (16 tokens x 21, padded to 24 for vector loads), the x, dout (16 x 264) and
-// du (16 x 72) tiles, and dm^T as head and remainder (32 padded mixes x 24).
-// The dm fragments come from dm^T by transposing ldmatrix (head, remainder).
+// The cols kernel's shared memory, per tile of 32 tokens: the records'
+// comb/pre/dS (32 tokens x 21, padded to 24 for vector loads), the x, dout
+// (32 x 264) and du (32 x 72) tiles, and dm^T as head and remainder (32
+// padded mixes x 40). fn's B fragments are read from global memory into
+// registers at the start (no shared copy of fn's slice). The dm fragments
+// come from dm^T by transposing ldmatrix (head, remainder).
 // BWD:     gpu.func @mhc_backward_2_cols
-// BWD-SAME:  workgroup(%{{.*}} : memref<3168xi32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<3168xi32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<384xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4224xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<4224xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<1152xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<768xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<768xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64})
-// BWD:       nvgpu.ldmatrix %[[DMHI:.*]][%{{.*}}] {numTiles = 4 : i32, transpose = true} : memref<768xbf16, #gpu.address_space<workgroup>> -> vector<4x2xbf16>
-// BWD:       nvgpu.ldmatrix %[[DMLO:.*]][%{{.*}}] {numTiles = 4 : i32, transpose = true} : memref<768xbf16, #gpu.address_space<workgroup>> -> vector<4x2xbf16>
+// BWD-SAME:  workgroup(%{{.*}} : memref<768xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<8448xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<8448xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<2304xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<1280xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<1280xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64})
+// BWD:       nvgpu.ldmatrix %[[DMHI:.*]][%{{.*}}] {numTiles = 4 : i32, transpose = true} : memref<1280xbf16, #gpu.address_space<workgroup>> -> vector<4x2xbf16>
+// BWD:       nvgpu.ldmatrix %[[DMLO:.*]][%{{.*}}] {numTiles = 4 : i32, transpose = true} : memref<1280xbf16, #gpu.address_space<workgroup>> -> vector<4x2xbf16>
 // BWD:       nvvm.mma.sync
 // BWD:     gpu.func @mhc_backward_2_params

@@ -101,15 +101,22 @@ func.func @by_hand(%x: tensor<?x4x64xf32>) -> tensor<?x64xf32> {
 // kernel for the first half, [rows, cols, params] for the others. rows: 16
 // tokens a block, 256-byte row runs (16 lanes a row), two blocks per SM (four
 // for pre_backward's rows, which has n + 1 accumulators); cols: 64 columns of
-// every stream a block (the fn slice and the tiles fit 48 KB), 8 warps, one
-// block per SM (its registers hold the next tile's loads), the tokens split
-// 32 ways (C = 64: one column chunk); params: 256 threads.
+// every stream a block in tiles of 32 tokens (the tiles fit 48 KB; bf16 x
+// leaves registers for them), 8 warps, one block per SM (its registers hold
+// the next tile's loads), the tokens split 32 ways (C = 64: one column
+// chunk); params: 256 threads.
 // RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-fuse --mhc-select-schedule | FileCheck %s --check-prefix=BWD
 // BWD-LABEL: func.func @hc_post_backward
 // BWD: mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 256, vector_width = 8, blocks_per_sm = 2>
 // BWD-LABEL: func.func @hc_pre_backward
-// BWD: mhc.schedule = [#mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 256, vector_width = 8, blocks_per_sm = 4>, #mhc.schedule<tile_tokens = 16, chunk_columns = 64, threads = 256, vector_width = 8, blocks_per_sm = 1, token_splits = 32>, #mhc.schedule<tile_tokens = 1, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>]
+// BWD: mhc.schedule = [#mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 256, vector_width = 8, blocks_per_sm = 4>, #mhc.schedule<tile_tokens = 32, chunk_columns = 64, threads = 256, vector_width = 8, blocks_per_sm = 1, token_splits = 32>, #mhc.schedule<tile_tokens = 1, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>]
 // BWD-LABEL: func.func @hc_sublayer_backward
 // BWD: mhc.schedule = [#mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 256, vector_width = 8, blocks_per_sm = 2>,
+
+// f16 activations: x enters the products as head + remainder, which takes the
+// registers a 32-token tile would need (n = 4), so the cols tile stays at 16.
+// RUN: sed 's/bf16/f16/g' %S/../../Transforms/Inputs/backward-sublayer.mlir | mhc-opt --mhc-fuse --mhc-select-schedule | FileCheck %s --check-prefix=BWD-F16
+// BWD-F16-LABEL: func.func @hc_pre_backward
+// BWD-F16: #mhc.schedule<tile_tokens = 16, chunk_columns = 64, threads = 256, vector_width = 8, blocks_per_sm = 1, token_splits = 32>
 
 // CHIP: error: mhc-select-schedule: chip sm_75 is not supported; the kernels need sm_80 or newer (bf16 mma.sync)
