@@ -30,8 +30,7 @@ sys.path.insert(0, str(HERE.parent / "python"))
 # Field changes of the cols schedule (the second of [rows, cols, params]); "chosen" is what
 # --mhc-select-schedule picks today (thirteenth session): tile_tokens 32, chunk_columns 64,
 # threads 256, blocks_per_sm 1, token_splits 2 (until then tile_tokens 16: "tile16"). (The
-# second session's sweep, of v2, chose blocks_per_sm 2 and
-# token_splits 4.)
+# second session's sweep, of v2, chose blocks_per_sm 2 and token_splits 4.)
 VARIANTS = {
     "chosen": {},
     "splits4": {"token_splits": 4},

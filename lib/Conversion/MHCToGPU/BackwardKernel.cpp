@@ -192,21 +192,22 @@ static void chooseColsTile(const BackwardPlan &p, Schedule &cols) {
   int64_t vec = cols.vectorWidth, kSteps = (p.M() + 15) / 16;
   for (int64_t cc = 64; cc >= vec; cc /= 2) {
     cols.chunkColumns = cc;
+    cols.tileTokens = 16;
     cols.threads = 0;
     for (int64_t warps = 8; warps >= 1 && !cols.threads; warps /= 2)
       if ((p.n * cc) % (8 * warps) == 0)
         cols.threads = 32 * warps;
     if (!cols.threads)
       continue;
-    int64_t tilesPerWarp = p.n * cc / (cols.threads / 32) / 8;
-    int64_t fragmentWords = tilesPerWarp * kSteps * 2 * 4;
-    int64_t words32 =
-        p.act.isBF16() ? kColsFragmentWords : kColsFragmentWords / 2;
+    int64_t fragmentWords =
+        ColsKernelBuilder::warpTiles(p, cols) * kSteps * 2 * 4;
+    if (fragmentWords > kColsFragmentWords)
+      continue;
+    bool roomFor32 = fragmentWords <= (p.act.isBF16() ? kColsFragmentWords
+                                                      : kColsFragmentWords / 2);
     for (int64_t tt : {32, 16}) {
       cols.tileTokens = tt;
-      if (tt == 32 && fragmentWords > words32)
-        continue;
-      if (fragmentWords <= kColsFragmentWords &&
+      if ((tt == 16 || roomFor32) &&
           colsSharedBytes(p, cols) <= kSharedMemoryLimit)
         return;
     }

@@ -161,9 +161,10 @@ struct ColsKernelBuilder : KernelBuilder {
   SmallVector<Value> issueLoads(Value tile, Value live);
   void storeLoads(ValueRange loaded);
   /// A warp's n8 tiles (k-columns) and where each starts.
-  int64_t warpTiles() const {
+  static int64_t warpTiles(const BackwardPlan &p, const Schedule &s) {
     return p.n * s.chunkColumns / (s.threads / 32) / 8;
   }
+  int64_t warpTiles() const { return warpTiles(p, s); }
   bool streamsShareTiles() const { return warpTiles() % p.n == 0; }
   Value tileColumn(int64_t nt);
   /// n8 tiles of a warp that cover the same columns of the chunk (from
