@@ -455,15 +455,18 @@ class _OpPlan:
 
     def run(self, lib, stream: int, args):
         """Launches the op: its few_tokens variant where T <= max_T, its own kernels otherwise."""
-        T = x_argument(self.op, args).numel() // (self.key.n * self.key.C)
+        x = x_argument(self.op, args)
+        T = x.numel() // (self.key.n * self.key.C)
         plan = self.few_tokens if T <= self.few_tokens_max_T else self
-        return plan.launch(lib, stream, args)
+        return plan._launch(lib, stream, args, x, T)
 
     def launch(self, lib, stream: int, args):
         """Launches this plan's own kernels, whatever T (bench/check_few_tokens.py compares the
         two plans at the same T)."""
         x = x_argument(self.op, args)
-        T = x.numel() // (self.key.n * self.key.C)
+        return self._launch(lib, stream, args, x, x.numel() // (self.key.n * self.key.C))
+
+    def _launch(self, lib, stream: int, args, x, T: int):
         scratch_numels, grids = self._shapes(T)
         results = allocate_results(self.op, args)
         for i in self.zero:
@@ -663,10 +666,13 @@ def run(op: str, *args):
     return ks.run(op, *args, stream=_stream(x.device))
 
 
-def has_op(op: str, *args) -> bool:
-    """Whether the kernel set that `run(op, *args)` would use has kernels for `op` (sets built
-    before the chain ops have none for hc_pre_mixed / hc_post_project)."""
-    return op in _set_for(op, args)[0].plans
+def run_if_built(op: str, *args):
+    """`run(op, *args)` where the kernel set it would use has kernels for `op`, else None (sets
+    built before the chain ops have none for hc_pre_mixed / hc_post_project)."""
+    ks, x = _set_for(op, args)
+    if op not in ks.plans:
+        return None
+    return ks.run(op, *args, stream=_stream(x.device))
 
 
 def _post_key(x, n, C) -> KernelKey:

@@ -157,8 +157,9 @@ def _(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps, pre_e
 
 def _chain_op(op: str, x, args, reference):
     """A chain half: the kernels on CUDA tensors whose kernel set has them, else `reference()`."""
-    if _on_gpu(x) and _kernels().has_op(op, *args):
-        return _kernels().run(op, *args)
+    out = _kernels().run_if_built(op, *args) if _on_gpu(x) else None
+    if out is not None:
+        return out
     return tuple(t.contiguous() for t in reference())
 
 
