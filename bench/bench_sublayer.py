@@ -227,8 +227,6 @@ def mhc_path(aot_dir, C, sets, fn_next, warmup, iters, copy_gbps, floors):
         inp = sets[0]
         x = inp["x"]
         T, n, _ = x.shape
-        M = n * n + 2 * n
-        dev = x.device
 
         bf16, f32 = torch.bfloat16, torch.float32
 
@@ -410,7 +408,7 @@ def summary_rows(results):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--T", type=int, default=16384)
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--C", type=int, nargs="+", default=[4096, 2560])

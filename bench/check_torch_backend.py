@@ -221,7 +221,7 @@ def check_cuda_graph(n, C, dtype, device, act_tol):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", required=True)
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--C", type=int, action="append")

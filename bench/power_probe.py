@@ -112,7 +112,7 @@ def workloads(C):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", required=True)
     p.add_argument("--C", type=int, default=4096)
     p.add_argument("--seconds", type=float, default=4.0)

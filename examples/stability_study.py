@@ -274,7 +274,7 @@ def use_smoke_sizes(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", required=True)
     p.add_argument("--smoke", action="store_true", help="tiny model, a few steps, CPU")
     p.add_argument("--variants", default="baseline,hc,mhc")

@@ -49,7 +49,7 @@ import stability_study as ss  # noqa: E402  - also puts python/ on sys.path (mhc
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shard", choices=("ddp", "fsdp2"), default="ddp")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None,
                    help="default: cuda when available (nccl), else cpu (gloo)")

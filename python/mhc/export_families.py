@@ -34,10 +34,8 @@ import dataclasses
 import gzip
 import json
 import os
-import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -168,7 +166,6 @@ def _topk_by_max(x, k, dim=-1, largest=True, sorted=True):
 
 def export_family(name: str, out_dir: Path) -> tuple[Path, Path]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import numpy as np
     import torch
     from torch_mlir import fx
     from torch_mlir.extras.fx_decomp_util import get_decomposition_table
@@ -346,7 +343,7 @@ def check_family(name: str, in_dir: Path, bin_dir: Path) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", nargs="+", choices=FAMILY_NAMES, default=FAMILY_NAMES)
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     ap.add_argument("--check", action="store_true",
