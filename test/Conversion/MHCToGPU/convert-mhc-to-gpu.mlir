@@ -198,10 +198,9 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_cols blocks in (%c1{{.*}}, %c32, %c1{{.*}}) threads in (%c256
 // BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_params blocks in (%c51
 // The rows kernel keeps the Sinkhorn divisors (39 steps x 4) in private
-// memory, not the iterates; the cols kernel holds fn's slice [24 x 256] f32,
-// the record rows [16 x 45] and the x, dout, du tiles in shared memory (rows
-// padded by 4 floats / 8 elements against bank conflicts) and multiplies on
-// the tensor cores.
+// memory, not the iterates; the cols kernel stages token tiles (records,
+// x, dout, du, dm^T; rows padded against bank conflicts) in shared memory and
+// multiplies on the tensor cores (its layout is checked below).
 // BWD:     gpu.func @mhc_backward_2_rows
 // BWD-SAME:  private(%{{.*}} : memref<156xf32, #gpu.address_space<private>>)
 // BWD-SAME:  nvvm.minctasm = 2
