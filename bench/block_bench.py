@@ -218,21 +218,7 @@ def time_step(step, grads, device, reps, warmup, timer="do_bench"):
             return do_bench(step, warmup=warmup * step_ms, rep=reps * step_ms, grad_to_none=grads,
                             return_mode="median")
     if device.type == "cuda" and timer == "stream":
-        # As a training loop runs: `reps` steps back to back, no synchronisation between them
-        # (the host queues the next step while the GPU works), CUDA events around all of them.
-        def steps(count):
-            for _ in range(count):
-                for g in grads:
-                    g.grad = None
-                step()
-        steps(warmup)
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        a.record()
-        steps(reps)
-        b.record()
-        torch.cuda.synchronize()
-        return a.elapsed_time(b) / reps
+        return time_stream(step, grads, reps, warmup)[0]
     if device.type == "cuda":
         times = []
         for i in range(warmup + reps):
@@ -255,6 +241,28 @@ def time_step(step, grads, device, reps, warmup, timer="do_bench"):
         if i >= warmup:
             times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
+
+
+def time_stream(step, grads, reps, warmup):
+    """As a training loop runs: `reps` steps back to back, no synchronisation between them (the
+    host queues the next step while the GPU works), CUDA events around all of them. Returns
+    (GPU ms, host ms) per step; the host's time is until its last launch returned, so a host
+    time near the GPU's says the host, not the GPU, sets the pace."""
+    def steps(count):
+        for _ in range(count):
+            for g in grads:
+                g.grad = None
+            step()
+    steps(warmup)
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    a.record()
+    t = time.perf_counter()
+    steps(reps)
+    host_ms = (time.perf_counter() - t) * 1e3 / reps
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) / reps, host_ms
 
 
 def profile_kernels(step, grads, trace_path):
@@ -302,14 +310,40 @@ def profile_kernels(step, grads, trace_path):
     return {"kernels": len(kernels), "kernel_ms": sum(ms for _, ms in streams.values()),
             "span_ms": (end - start) / 1e3, "streams": streams, "mhc": mhc,
             "by_name": {name: [count, round(ms, 4)] for name, (count, ms) in top},
-            "ops": ops}
+            "ops": ops, **idle_gaps(kernels, events)}
+
+
+def idle_gaps(kernels, events, count=8):
+    """Where the GPU had nothing to run inside the step: {"idle_ms": the span's time with no
+    kernel running, "gaps": the `count` longest idle stretches, [ms, kernel before, kernel
+    after] (names cut to 60 characters), "host_in_longest_gap": the 12 longest host-side
+    events (ops, CUDA API calls) that began inside the longest stretch, [name, ms]}. An idle
+    stretch means the GPU waited for the host; those events say what the host was doing."""
+    gaps, busy_until, last = [], None, None
+    for e in sorted(kernels, key=lambda e: e["ts"]):
+        if busy_until is not None and e["ts"] > busy_until:
+            gaps.append([round((e["ts"] - busy_until) / 1e3, 4), last[:60], e["name"][:60],
+                         busy_until, e["ts"]])
+        if busy_until is None or e["ts"] + e["dur"] > busy_until:
+            busy_until, last = e["ts"] + e["dur"], e["name"]
+    gaps.sort(key=lambda g: -g[0])
+    host = []
+    if gaps:
+        begin, end = gaps[0][3], gaps[0][4]
+        host = sorted(([e["name"][:80], round(e.get("dur", 0) / 1e3, 4)] for e in events
+                       if e.get("cat") in ("cpu_op", "cuda_runtime", "cuda_driver",
+                                           "python_function", "user_annotation")
+                       and begin <= e.get("ts", -1) < end), key=lambda h: -h[1])[:12]
+    return {"idle_ms": round(sum(g[0] for g in gaps), 4),
+            "gaps": [g[:3] for g in gaps[:count]], "host_in_longest_gap": host}
 
 
 def describe_profile(prof) -> str:
     """One line for a profile_kernels result."""
     mhc = {k: v for k, v in prof.get("by_name", {}).items() if k.startswith("mhc_")}
     return (f"{prof['kernels']} kernels, {prof['kernel_ms']:.3f} ms of kernels, span "
-            f"{prof['span_ms']:.3f} ms, streams {prof['streams']}, mhc kernels {prof['mhc']}"
+            f"{prof['span_ms']:.3f} ms ({prof['idle_ms']:.3f} idle; longest gaps "
+            f"{prof['gaps'][:3]}), streams {prof['streams']}, mhc kernels {prof['mhc']}"
             + (f" {mhc}" if mhc else ""))
 
 
@@ -374,10 +408,14 @@ def measure_interleaved(variants, mode, sub, h, args):
     live = [(row, step, grads) for row, step, grads in prepared if step is not None]
     times = {id(row): [] for row, _, _ in live}
     rounds = {id(row): [] for row, _, _ in live}
+    host = {id(row): [] for row, _, _ in live}
     for r in range(args.interleave):
         for row, step, grads in (live if r % 2 == 0 else live[::-1]):
-            if args.timer == "stream":      # one reading per round: the mean of reps steps
-                ts = [time_step(step, grads, h.device, reps=args.reps, warmup=1, timer="stream")]
+            if args.timer == "stream" and h.device.type == "cuda":
+                # one reading per round: the mean of reps steps
+                gpu_ms, host_ms = time_stream(step, grads, reps=args.reps, warmup=1)
+                ts = [gpu_ms]
+                host[id(row)].append(host_ms)
             else:
                 ts = [time_step(step, grads, h.device, reps=1, warmup=0, timer="events")
                       for _ in range(args.reps + 1)][1:]
@@ -386,6 +424,8 @@ def measure_interleaved(variants, mode, sub, h, args):
     for row, step, grads in live:
         row["ms"] = statistics.median(times[id(row)])
         row["ms_rounds"] = rounds[id(row)]
+        if host[id(row)]:
+            row["host_ms_rounds"] = host[id(row)]
         row["timer"] = (f"interleaved: {args.interleave} rounds x {args.reps} steps, " +
                         ("back to back (stream)" if args.timer == "stream" else "CUDA events"))
         if args.profile and h.device.type == "cuda":
@@ -445,19 +485,21 @@ def load_peers(path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--json", required=True)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", required=True, help="where to write the results (rewritten after each row)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, eager only")
-    p.add_argument("--C", type=int, action="append")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=4096)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--modes", default="eager,compile")
-    p.add_argument("--mhc-backend", default="auto", choices=("auto", "cuda", "reference"))
+    p.add_argument("--C", type=int, action="append", help="model width (repeatable; default 2560 and 4096)")
+    p.add_argument("--batch", type=int, default=4, help="sequences per step")
+    p.add_argument("--seq", type=int, default=4096, help="tokens per sequence")
+    p.add_argument("--head-dim", type=int, default=128, help="attention head dimension")
+    p.add_argument("--modes", default="eager,compile", help="comma list of eager, compile")
+    p.add_argument("--mhc-backend", default="auto", choices=("auto", "cuda", "reference"),
+                   help="mhc.torch backend of the mHC rows (auto: cuda where its kernels are cached, else reference)")
     p.add_argument("--peers", default=".peers", help="folder with load.py, or 'none'")
-    p.add_argument("--providers", default="torch_eager,te_triton,liger_triton,tk_tilelang")
-    p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--providers", default="torch_eager,te_triton,liger_triton,tk_tilelang",
+                   help="peer implementations to time (comma list of load.py's providers; '' for none)")
+    p.add_argument("--reps", type=int, default=20, help="timed steps (per round with --interleave)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
     p.add_argument("--timer", default="stream", choices=("do_bench", "events", "stream"),
                    help="triton's do_bench (L2 flushed between steps), CUDA events around each "
                         "step with a synchronisation after it, or 'stream': --reps steps back to "
