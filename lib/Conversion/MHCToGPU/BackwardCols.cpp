@@ -218,7 +218,7 @@ SmallVector<ColsKernelBuilder::TileGroup> ColsKernelBuilder::tileGroups() {
 /// from global memory once, kept in registers (no shared-memory copy of
 /// fn's slice: that room holds the tiles).
 void ColsKernelBuilder::loadFnFragments() {
-  int64_t KS = (p.M() + 15) / 16, M = p.M(), n = p.n, C = p.C;
+  int64_t KS = mixSteps(p), M = p.M(), n = p.n, C = p.C;
   int64_t CC = s.chunkColumns;
   Value g = div(lane, 4), q = rem(lane, 4);
   // fn[m] at the block's k-column kc (stream kc / CC), 0 past M and C.
@@ -250,8 +250,8 @@ void ColsKernelBuilder::loadFnFragments() {
 
 SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
   int64_t n = p.n, M = p.M(), CC = s.chunkColumns, TT = s.tileTokens;
-  int64_t NTW = warpTiles(), MT = TT / 16, KS = (M + 15) / 16;
-  int64_t KT = TT / 16, MTM = (M + 15) / 16;
+  int64_t NTW = warpTiles(), MT = TT / 16, KS = mixSteps(p);
+  int64_t KT = TT / 16, MTM = KS;
   int64_t XP = tilePitch(), UP = duPitch(), DP = dmPitch();
   Value g = div(lane, 4), q = rem(lane, 4);
   // The record's comb, pre and 2 dS (record column col >= M).
@@ -459,7 +459,7 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
 void ColsKernelBuilder::emitBody() {
   int64_t n = p.n, M = p.M(), C = p.C, CC = s.chunkColumns;
   int64_t TT = s.tileTokens, S = s.tokenSplits, NTW = warpTiles();
-  int64_t MTM = (M + 15) / 16;
+  int64_t MTM = mixSteps(p);
   // dm^T's rows past M stay 0 (the tiles write rows < M only; the tile
   // loop's barriers order these stores before any read).
   int64_t padRows = dmRows(p) - M;

@@ -189,7 +189,7 @@ static int64_t rowsSharedBytes(const BackwardPlan &p, const Schedule &s) {
 /// f16 and n = 2 f32 do not). Nothing fits: the last candidate, which the
 /// verifier rejects.
 static void chooseColsTile(const BackwardPlan &p, Schedule &cols) {
-  int64_t vec = cols.vectorWidth, kSteps = (p.M() + 15) / 16;
+  int64_t vec = cols.vectorWidth, kSteps = ColsKernelBuilder::mixSteps(p);
   for (int64_t cc = 64; cc >= vec; cc /= 2) {
     cols.chunkColumns = cc;
     cols.tileTokens = 16;

@@ -124,11 +124,12 @@ struct ColsKernelBuilder : KernelBuilder {
     return p.n * s.chunkColumns + 8;
   }
   static int64_t duPitch(const Schedule &s) { return s.chunkColumns + 8; }
+  /// The M mixes in steps of 16: the k16 steps of dx's products and the m16
+  /// tiles of dfn's.
+  static int64_t mixSteps(const BackwardPlan &p) { return (p.M() + 15) / 16; }
   /// dm^T: rows m (padded to the k16 steps of the products, zeros past M),
   /// columns the tile's tokens.
-  static int64_t dmRows(const BackwardPlan &p) {
-    return (p.M() + 15) / 16 * 16;
-  }
+  static int64_t dmRows(const BackwardPlan &p) { return mixSteps(p) * 16; }
   static int64_t dmPitch(const Schedule &s) { return s.tileTokens + 8; }
   /// What the record holds after dm: comb, pre, 2 dS; padded to whole
   /// 16-byte vectors (comb's rows and pre are loaded as vectors).
