@@ -265,7 +265,7 @@ def time_stream(step, grads, reps, warmup):
     return a.elapsed_time(b) / reps, host_ms
 
 
-def profile_kernels(step, grads, trace_path):
+def profile_kernels(step, grads, trace_path, with_stack=False):
     """The GPU work of one call of `step` (gradients cleared first, as before every timed step:
     no accumulation into .grad), from torch.profiler's Chrome trace (its kernel events
     carry the stream): {"kernels", "kernel_ms" (summed), "span_ms" (first start to last end),
@@ -277,7 +277,7 @@ def profile_kernels(step, grads, trace_path):
     for g in grads:
         g.grad = None
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
-    with profile(activities=activities, record_shapes=True) as prof:
+    with profile(activities=activities, record_shapes=True, with_stack=with_stack) as prof:
         step()
         torch.cuda.synchronize()
     # The ops behind the kernels (the CPU-side op that launched them, with its input shapes):
@@ -317,8 +317,9 @@ def idle_gaps(kernels, events, count=8):
     """Where the GPU had nothing to run inside the step: {"idle_ms": the span's time with no
     kernel running, "gaps": the `count` longest idle stretches, [ms, kernel before, kernel
     after] (names cut to 60 characters), "host_in_longest_gap": the 12 longest host-side
-    events (ops, CUDA API calls) that began inside the longest stretch, [name, ms]}. An idle
-    stretch means the GPU waited for the host; those events say what the host was doing."""
+    events (ops, CUDA API calls, Python functions with --profile-stack) that overlap the longest
+    stretch, [name, ms, start in ms relative to the stretch's]}. An idle stretch means the GPU
+    waited for the host; those events say what the host was doing."""
     gaps, busy_until, last = [], None, None
     for e in sorted(kernels, key=lambda e: e["ts"]):
         if busy_until is not None and e["ts"] > busy_until:
@@ -330,10 +331,13 @@ def idle_gaps(kernels, events, count=8):
     host = []
     if gaps:
         begin, end = gaps[0][3], gaps[0][4]
-        host = sorted(([e["name"][:80], round(e.get("dur", 0) / 1e3, 4)] for e in events
+        host = sorted(([e["name"][:80], round(e["dur"] / 1e3, 4),
+                        round((e["ts"] - begin) / 1e3, 4)] for e in events
                        if e.get("cat") in ("cpu_op", "cuda_runtime", "cuda_driver",
                                            "python_function", "user_annotation")
-                       and begin <= e.get("ts", -1) < end), key=lambda h: -h[1])[:12]
+                       and "ts" in e and "dur" in e
+                       and e["ts"] < end and e["ts"] + e["dur"] > begin),
+                      key=lambda h: -h[1])[:12]
     return {"idle_ms": round(sum(g[0] for g in gaps), 4),
             "gaps": [g[:3] for g in gaps[:count]], "host_in_longest_gap": host}
 
@@ -387,7 +391,7 @@ def measure(name, mode, make, sub, h, args):
             row["timer"] = f"{args.timer}: {args.reps} steps after {args.warmup}"
             if args.profile and h.device.type == "cuda":
                 trace = os.path.abspath(args.json) + ".trace.json"
-                row["profile"] = profile_kernels(step, grads, trace)
+                row["profile"] = profile_kernels(step, grads, trace, args.profile_stack)
     except Exception as e:  # noqa: BLE001
         row["error"] = f"{type(e).__name__}: {e}"
         row["traceback"] = traceback.format_exc(limit=6)
@@ -430,7 +434,7 @@ def measure_interleaved(variants, mode, sub, h, args):
                         ("back to back (stream)" if args.timer == "stream" else "CUDA events"))
         if args.profile and h.device.type == "cuda":
             trace = os.path.abspath(args.json) + ".trace.json"
-            row["profile"] = profile_kernels(step, grads, trace)
+            row["profile"] = profile_kernels(step, grads, trace, args.profile_stack)
     if h.device.type == "cuda":
         torch.cuda.empty_cache()
     return [row for row, _, _ in prepared]
@@ -507,6 +511,9 @@ def main(argv=None):
     p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
                    help="time the variants in turns, ROUNDS rounds of --reps steps each (all "
                         "variants in memory at once), instead of one after the other")
+    p.add_argument("--profile-stack", action="store_true",
+                   help="with --profile: record Python functions too (slower steps; the idle "
+                        "stretches' host events then name the Python code)")
     p.add_argument("--profile", action="store_true",
                    help="also profile one step per row (torch.profiler): kernel time, span, streams")
     args = p.parse_args(argv)
