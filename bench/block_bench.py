@@ -17,7 +17,9 @@ CPU smoke run (tiny sizes, reference backend, eager only; what CI runs):
 Block: h + attn(rmsnorm(h)) then h + swiglu(rmsnorm(h)); attention with
 scaled_dot_product_attention (causal), head dim 128, SwiGLU hidden 4C; bf16; T = B*S = 4*4096.
 In the mHC variants each sublayer (with its own pre-norm) is the F of one hyper-connection, and x is
-[B, S, 4, C] (TE's layout is its own: [S, B, C, 4]). Times are do_bench medians when triton is
+[B, S, 4, C] (TE's layout is its own: [S, B, C, 4]). --blocks K times K such blocks in a row, each
+with its own weights, as in a model: mhc.torch then chains each sublayer's projection into the
+previous sublayer's post kernel, which a single block does only between its two sublayers. Times are do_bench medians when triton is
 available (CUDA events otherwise), over --reps steps after --warmup steps (before 2026-12-02's
 third session: over reps x 10 ms, i.e. 2-5 steps of a 20-50 ms block); memory is
 torch.cuda.max_memory_allocated over one step minus what was allocated before it.
@@ -74,6 +76,19 @@ class Sublayers(nn.Module):
         return (F.silu(gate) * up) @ self.w2
 
 
+class Blocks(nn.Module):
+    """`count` blocks one after the other, each with its own weights (--blocks): a model's stack,
+    where mhc.torch chains each sublayer's projection into the previous one's post kernel."""
+
+    def __init__(self, count, C, head_dim, dtype, device):
+        super().__init__()
+        self.blocks = nn.ModuleList(Sublayers(C, head_dim, dtype, device) for _ in range(count))
+
+    def sublayers(self):
+        """The sublayers in model order: attention, FFN, attention, FFN, ..."""
+        return [f for b in self.blocks for f in (b.attn, b.ffn)]
+
+
 class _Bound(nn.Module):
     def __init__(self, fn, seq_first=False):
         super().__init__()
@@ -99,15 +114,16 @@ def mhc_params(C, seed, device):
 
 def plain_variant(sub, h):
     def f(h):
-        h = h + sub.attn(h)
-        return h + sub.ffn(h)
+        for sublayer in sub.sublayers():
+            h = h + sublayer(h)
+        return h
     return h, f
 
 
 def mhc_variant(sub, h, backend, recompute):
     C = h.shape[-1]
     layers = []
-    for i, fn in enumerate((sub.attn, sub.ffn)):
+    for i, fn in enumerate(sub.sublayers()):
         hc = mt.HyperConnection(N, C, _Bound(fn), backend=backend, recompute=recompute).to(h.device)
         p = mhc_params(C, i, h.device)
         with torch.no_grad():
@@ -117,7 +133,9 @@ def mhc_variant(sub, h, backend, recompute):
     x = mt.Expand(N)(h.detach()).requires_grad_()
 
     def f(x):
-        return layers[1](layers[0](x))
+        for layer in layers:
+            x = layer(x)
+        return x
     f.modules = layers      # keep their parameters alive and reachable
     return x, f
 
@@ -129,7 +147,7 @@ def peer_variant(peers, provider, sub, h):
     y0 = torch.zeros_like(h)
     seq_first = provider == "te_triton"
     params = []
-    for i in range(2):
+    for i in range(len(sub.sublayers())):
         fn, scale, base = mhc_params(C, i, h.device)
         prepared = peers.prepare(provider, x, y0, fn, scale, base)
         # Every provider trains its mHC parameters (prepare passes DeepSeek's reference's through).
@@ -183,7 +201,7 @@ def peer_variant(peers, provider, sub, h):
         raise ValueError(f"unknown provider {provider}")
 
     def f(x):
-        for sublayer, p in zip((sub.attn, sub.ffn), params):
+        for sublayer, p in zip(sub.sublayers(), params):
             u, state = pre(x, *p)
             x = post(sublayer(u, seq_first), x, state)
         return x
@@ -496,6 +514,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=4, help="sequences per step")
     p.add_argument("--seq", type=int, default=4096, help="tokens per sequence")
     p.add_argument("--head-dim", type=int, default=128, help="attention head dimension")
+    p.add_argument("--blocks", type=int, default=1,
+                   help="blocks in a row, each with its own weights (a model's stack: mhc.torch "
+                        "chains the sublayers; overheads are over as many plain blocks)")
     p.add_argument("--modes", default="eager,compile", help="comma list of eager, compile")
     p.add_argument("--mhc-backend", default="auto", choices=("auto", "cuda", "reference"),
                    help="mhc.torch backend of the mHC rows (auto: cuda where its kernels are cached, else reference)")
@@ -529,7 +550,7 @@ def main(argv=None):
     rows = []
     for C in Cs:
         torch.manual_seed(0)
-        sub = Sublayers(C, args.head_dim, dtype, device)
+        sub = Blocks(args.blocks, C, args.head_dim, dtype, device)
         h = torch.randn(args.batch, args.seq, C, device=device, dtype=dtype, requires_grad=True)
         for mode in args.modes.split(","):
             variants = [("plain", lambda: plain_variant(sub, h)),
@@ -568,12 +589,14 @@ def main(argv=None):
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "dtype": str(dtype), "batch": args.batch, "seq": args.seq,
               "tokens": args.batch * args.seq, "head_dim": args.head_dim, "n": N,
+              "blocks": args.blocks,
               "mhc_backend": args.mhc_backend, "peers_error": peers_error,
               "mhc_host_time_us": host, "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=1)
-    print(f"\nblock fwd+bwd, T = {args.batch}x{args.seq}, {dtype}, n = {N} ({result['device']})")
+    print(f"\n{args.blocks} block(s) fwd+bwd, T = {args.batch}x{args.seq}, {dtype}, n = {N} "
+          f"({result['device']})")
     print(f"{'C':>6} {'mode':8} {'variant':15} {'ms':>9} {'overhead':>9} {'peak MB':>9}")
     for r in rows:
         if "ms" in r:
