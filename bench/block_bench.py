@@ -75,6 +75,9 @@ class Sublayers(nn.Module):
         gate, up = (self.ffn_norm(u) @ self.w13).chunk(2, dim=-1)
         return (F.silu(gate) * up) @ self.w2
 
+    def sublayers(self):
+        return [self.attn, self.ffn]
+
 
 class Blocks(nn.Module):
     """`count` blocks one after the other, each with its own weights (--blocks): a model's stack,
@@ -86,7 +89,7 @@ class Blocks(nn.Module):
 
     def sublayers(self):
         """The sublayers in model order: attention, FFN, attention, FFN, ..."""
-        return [f for b in self.blocks for f in (b.attn, b.ffn)]
+        return [f for b in self.blocks for f in b.sublayers()]
 
 
 class _Bound(nn.Module):
@@ -595,8 +598,8 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=1)
-    print(f"\n{args.blocks} block(s) fwd+bwd, T = {args.batch}x{args.seq}, {dtype}, n = {N} "
-          f"({result['device']})")
+    print(f"\nblock fwd+bwd, T = {args.batch}x{args.seq}, {dtype}, n = {N} ({result['device']})"
+          + (f", {args.blocks} blocks in a row" if args.blocks > 1 else ""))
     print(f"{'C':>6} {'mode':8} {'variant':15} {'ms':>9} {'overhead':>9} {'peak MB':>9}")
     for r in rows:
         if "ms" in r:
