@@ -89,6 +89,15 @@ def test_check_torch_backend_smoke(tmp_path):
     assert "hc_pre_backward[0]" in checks and "module_recompute.dfn" in checks
 
 
+def test_torch_compile_depth(tmp_path):
+    """The whole example model compiled at four blocks: no implicit fallback for the mhc ops
+    (inductor_fallbacks), compiled equal to eager within float rounding."""
+    text = run("bench/torch_compile_depth.py", "--blocks", "4")
+    line = next(t for t in text.splitlines() if t.startswith("4 blocks"))
+    assert "implicit-fallback messages 0," in line
+    assert float(line.rsplit(" ", 1)[1]) < 1e-4
+
+
 def test_check_torch_compile_smoke(tmp_path):
     out = tmp_path / "compile.json"
     run("bench/check_torch_compile.py", "--smoke", "--recompute", "0", "--json", str(out))

@@ -31,6 +31,7 @@ import torch
 
 from . import chain_pass
 from . import checks
+from . import inductor_fallbacks
 from . import reference as ref
 
 Tensor = torch.Tensor
@@ -79,6 +80,7 @@ def hc_pre_outputs(x, M):
 def _(x, fn, scale, base, iterations, eps, pre_eps, post_mult):
     checks.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
     chain_pass.install_if_compiling()
+    inductor_fallbacks.register_if_compiling()
     return hc_pre_outputs(x, fn.shape[0])
 
 
@@ -98,6 +100,7 @@ def hc_post(y: Tensor, x: Tensor, post: Tensor, comb: Tensor) -> Tensor:
 def _(y, x, post, comb):
     checks.hc_post("hc_post", y, x, post, comb)
     chain_pass.install_if_compiling()
+    inductor_fallbacks.register_if_compiling()
     return torch.empty_like(x)
 
 

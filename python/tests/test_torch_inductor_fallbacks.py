@@ -1,0 +1,89 @@
+"""mhc.torch.inductor_fallbacks: the mhc ops reach TorchInductor with their fallback lowerings
+registered, so Inductor never takes its implicit-fallback path, whose log message prints the
+ops' arguments with everything they are computed from (exponential in a stack's depth).
+
+On the CPU the mhc:: ops run the reference math (resolve_backend patched, as in
+test_torch_chain_pass.py).
+"""
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import mhc.torch as mt
+from mhc.torch import inductor_fallbacks, modules
+
+
+class FFN(nn.Module):
+    def __init__(self, C):
+        super().__init__()
+        self.up, self.down = nn.Linear(C, 2 * C), nn.Linear(2 * C, C)
+
+    def forward(self, u):
+        return self.down(torch.relu(self.up(u)))
+
+
+def stack(blocks, n=2, C=16):
+    torch.manual_seed(0)
+    return nn.Sequential(mt.Expand(n),
+                         *[mt.HyperConnection(n, C, FFN(C), layer=i, iterations=3)
+                           for i in range(blocks)],
+                         mt.Head(n, C))
+
+
+@pytest.fixture
+def ops_path(monkeypatch):
+    monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
+
+
+class Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.implicit_mhc = []
+
+    def emit(self, record):
+        text = record.getMessage()
+        if "implicit fallback" in text and "mhc." in text:
+            self.implicit_mhc.append(text.split("\n")[1].strip())
+
+
+def test_compiled_stack_takes_no_implicit_fallback(ops_path, monkeypatch):
+    """Two blocks (the implicit path's message is still small there): with Inductor's INFO log
+    on, no mhc op goes through the implicit path, and the compiled stack matches eager."""
+    import torch._inductor.config as config
+    from torch._inductor import lowering
+    # As in a fresh process: no mhc lowering yet (an earlier test's compilation made them).
+    for name in inductor_fallbacks.MHC_OPS:
+        monkeypatch.delitem(lowering.lowerings, getattr(torch.ops.mhc, name).default, raising=False)
+    monkeypatch.setattr(inductor_fallbacks, "_REGISTERED", False)
+    m = stack(blocks=2)
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(1))
+    eager = m(x)
+    log = logging.getLogger("torch._inductor.graph")
+    handler, level = Messages(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with config.patch(fx_graph_cache=False):     # lower the graph, not a cached one
+            torch._dynamo.reset()
+            compiled = torch.compile(m, fullgraph=True)(x)
+            compiled.sum().backward()                # the backward graph's ops too
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert handler.implicit_mhc == []
+    assert torch.allclose(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_every_mhc_op_is_registered():
+    """MHC_OPS names every op of the mhc namespace, and register() gives each a lowering."""
+    from torch._inductor import lowering
+    registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
+                  if name.startswith("mhc::")}
+    assert registered == set(inductor_fallbacks.MHC_OPS)
+    assert inductor_fallbacks.register()
+    assert inductor_fallbacks.register()                 # again: no error
+    for name in inductor_fallbacks.MHC_OPS:
+        assert getattr(torch.ops.mhc, name).default in lowering.lowerings
