@@ -376,6 +376,9 @@ def prepare(name, mode, make, sub, h):
     """(row, step, grads) of one variant, its first step run (compiled, kernels loaded) and its
     peak memory measured; step is None when it failed (the row says why)."""
     row = {"variant": name, "mode": mode, "C": h.shape[-1]}
+    started = time.time()
+    print(f"  C={h.shape[-1]} {mode:7s} {name:14s} preparing (compiling, loading kernels)...",
+          file=sys.stderr, flush=True)
     try:
         x, f = make()
         fwd = torch.compile(f) if mode == "compile" else f
@@ -396,6 +399,9 @@ def prepare(name, mode, make, sub, h):
             row["peak_mem_mb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
         # A step that skips work shows here: every leaf must get a gradient.
         row["leaves"], row["leaves_with_grad"] = len(grads), sum(g.grad is not None for g in grads)
+        row["prepare_s"] = time.time() - started
+        print(f"  C={h.shape[-1]} {mode:7s} {name:14s} ready after {row['prepare_s']:.0f} s",
+              file=sys.stderr, flush=True)
         return row, step, grads
     except Exception as e:  # noqa: BLE001 - record it and go on with the other variants
         row["error"] = f"{type(e).__name__}: {e}"
@@ -509,9 +515,32 @@ def load_peers(path):
         return None, f"{type(e).__name__}: {e}"
 
 
+def write_results(args, argv, device, dtype, peers_error, rows, host=None):
+    """Fills in each row's overhead over the plain block of its mode and C and (re)writes
+    --json with every row so far; returns what it wrote."""
+    for r in rows:
+        plain = next((q for q in rows if q["variant"] == "plain" and q["mode"] == r["mode"]
+                      and q["C"] == r["C"] and "ms" in q), None)
+        if plain and "ms" in r:
+            r["overhead_pct"] = (r["ms"] / plain["ms"] - 1) * 100
+    result = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "dtype": str(dtype), "batch": args.batch, "seq": args.seq,
+              "tokens": args.batch * args.seq, "head_dim": args.head_dim, "n": N,
+              "blocks": args.blocks,
+              "mhc_backend": args.mhc_backend, "peers_error": peers_error,
+              "mhc_host_time_us": host, "rows": rows}
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as fh:
+        json.dump(result, fh, indent=1)
+    return result
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", required=True, help="where to write the results (rewritten after each row)")
+    p.add_argument("--json", required=True,
+                   help="where to write the results (rewritten after each mode: a cut run keeps "
+                        "what it measured)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, eager only")
     p.add_argument("--C", type=int, action="append", help="model width (repeatable; default 2560 and 4096)")
     p.add_argument("--batch", type=int, default=4, help="sequences per step")
@@ -582,22 +611,10 @@ def main(argv=None):
                 if "profile" in row:
                     print(f"    profiled step: {describe_profile(row['profile'])}; leaves with a "
                           f"gradient {row.get('leaves_with_grad')}/{row.get('leaves')}", flush=True)
-    for r in rows:
-        plain = next((q for q in rows if q["variant"] == "plain" and q["mode"] == r["mode"]
-                      and q["C"] == r["C"] and "ms" in q), None)
-        if plain and "ms" in r:
-            r["overhead_pct"] = (r["ms"] / plain["ms"] - 1) * 100
-    host = {C: host_time_us(C, device) for C in Cs} if device.type == "cuda" else None
-    result = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
-              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "dtype": str(dtype), "batch": args.batch, "seq": args.seq,
-              "tokens": args.batch * args.seq, "head_dim": args.head_dim, "n": N,
-              "blocks": args.blocks,
-              "mhc_backend": args.mhc_backend, "peers_error": peers_error,
-              "mhc_host_time_us": host, "rows": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as fh:
-        json.dump(result, fh, indent=1)
+            write_results(args, argv, device, dtype, peers_error, rows)   # a cut run keeps these
+    result = write_results(args, argv, device, dtype, peers_error, rows,
+                           host={C: host_time_us(C, device) for C in Cs}
+                           if device.type == "cuda" else None)
     print(f"\nblock fwd+bwd, T = {args.batch}x{args.seq}, {dtype}, n = {N} ({result['device']})"
           + (f", {args.blocks} blocks in a row" if args.blocks > 1 else ""))
     print(f"{'C':>6} {'mode':8} {'variant':15} {'ms':>9} {'overhead':>9} {'peak MB':>9}")
