@@ -25,32 +25,34 @@ import torch
 MHC_OPS = ("hc_pre", "hc_post", "hc_pre_mixed", "hc_post_project", "hc_pre_backward",
            "hc_post_backward")
 
-_REGISTERED = False
+_ATTEMPTED = False     # register_if_compiling ran register() (which may have given up)
 
 
 def register() -> bool:
     """Gives every mhc op Inductor's fallback lowering (idempotent; imports Inductor). Returns
     False where this PyTorch lacks the internal functions used (Inductor's implicit fallback
     then stays, with its slow message)."""
-    global _REGISTERED
+    # Internal functions of Inductor: where one is missing or has changed, compilation must still
+    # work (through the implicit path), so this gives up rather than raise.
     try:
         from torch._inductor import lowering
         from torch._library.utils import get_layout_constraint_tag
-        make_fallback, to_constraint = lowering.make_fallback, lowering.tag_to_layout_constraint
-    except (ImportError, AttributeError):
+        for name in MHC_OPS:
+            op = getattr(torch.ops.mhc, name).default
+            if op not in lowering.lowerings:
+                tag = get_layout_constraint_tag(op, with_default=True)
+                lowering.make_fallback(op, layout_constraint=lowering.tag_to_layout_constraint(tag),
+                                       warn=False)
+    except (ImportError, AttributeError, TypeError):
         return False
-    for name in MHC_OPS:
-        op = getattr(torch.ops.mhc, name).default
-        if op not in lowering.lowerings:
-            tag = get_layout_constraint_tag(op, with_default=True)
-            make_fallback(op, layout_constraint=to_constraint(tag), warn=False)
-    _REGISTERED = True
     return True
 
 
 def register_if_compiling() -> None:
     """Called by the mhc ops' fake implementations: registers the fallbacks once Inductor is
-    loaded (a graph is being compiled). Costs a flag test after that."""
-    if _REGISTERED or "torch._inductor.config" not in sys.modules:
+    loaded (a graph is being compiled), once. Costs a flag test after that."""
+    global _ATTEMPTED
+    if _ATTEMPTED or "torch._inductor.config" not in sys.modules:
         return
+    _ATTEMPTED = True
     register()
