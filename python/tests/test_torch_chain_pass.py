@@ -15,7 +15,7 @@ from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 
 import mhc.torch as mt
-from mhc.torch import chain_pass, modules
+from mhc.torch import chain_pass
 
 
 class PreNormFFN(nn.Module):
@@ -50,11 +50,6 @@ def capture(fw):
 def targets(gm):
     return [n.target for n in gm.graph.nodes if n.op == "call_function"
             and n.target is not operator.getitem]
-
-
-@pytest.fixture
-def ops_path(monkeypatch):
-    monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
 
 
 @pytest.mark.parametrize("recompute", [False, True])

@@ -2,18 +2,16 @@
 registered, so Inductor never takes its implicit-fallback path, whose log message prints the
 ops' arguments with everything they are computed from (exponential in a stack's depth).
 
-On the CPU the mhc:: ops run the reference math (resolve_backend patched, as in
-test_torch_chain_pass.py).
+On the CPU the mhc:: ops run the reference math (conftest.py's ops_path fixture).
 """
 
 import logging
 
-import pytest
 import torch
 from torch import nn
 
 import mhc.torch as mt
-from mhc.torch import inductor_fallbacks, modules
+from mhc.torch import inductor_fallbacks
 
 
 class FFN(nn.Module):
@@ -33,9 +31,11 @@ def stack(blocks, n=2, C=16):
                          mt.Head(n, C))
 
 
-@pytest.fixture
-def ops_path(monkeypatch):
-    monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
+def forget_mhc_lowerings(monkeypatch):
+    """As in a fresh process: no mhc lowering yet (an earlier test's compilation made them)."""
+    from torch._inductor import lowering
+    for name in inductor_fallbacks.MHC_OPS:
+        monkeypatch.delitem(lowering.lowerings, getattr(torch.ops.mhc, name).default, raising=False)
 
 
 class Messages(logging.Handler):
@@ -53,10 +53,7 @@ def test_compiled_stack_takes_no_implicit_fallback(ops_path, monkeypatch):
     """Two blocks (the implicit path's message is still small there): with Inductor's INFO log
     on, no mhc op goes through the implicit path, and the compiled stack matches eager."""
     import torch._inductor.config as config
-    from torch._inductor import lowering
-    # As in a fresh process: no mhc lowering yet (an earlier test's compilation made them).
-    for name in inductor_fallbacks.MHC_OPS:
-        monkeypatch.delitem(lowering.lowerings, getattr(torch.ops.mhc, name).default, raising=False)
+    forget_mhc_lowerings(monkeypatch)
     monkeypatch.setattr(inductor_fallbacks, "_ATTEMPTED", False)
     m = stack(blocks=2)
     x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(1))
@@ -93,7 +90,6 @@ def test_gives_up_quietly_when_inductor_changed(monkeypatch):
     """An internal function missing (a future PyTorch): register() says so and raises nothing,
     so compilation goes on through Inductor's implicit path."""
     from torch._inductor import lowering
-    for name in inductor_fallbacks.MHC_OPS:
-        monkeypatch.delitem(lowering.lowerings, getattr(torch.ops.mhc, name).default, raising=False)
+    forget_mhc_lowerings(monkeypatch)
     monkeypatch.delattr(lowering, "tag_to_layout_constraint")
     assert inductor_fallbacks.register() is False

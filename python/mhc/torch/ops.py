@@ -41,6 +41,14 @@ def _on_gpu(x: Tensor) -> bool:
     return x.device.type == "cuda"
 
 
+def _prepare_inductor() -> None:
+    """Called by the fake implementations of hc_pre and hc_post (a compiled graph's first mhc
+    ops): once Inductor is loaded, installs mhc's chain pass and registers the mhc ops' fallback
+    lowerings (mhc.torch.chain_pass, mhc.torch.inductor_fallbacks)."""
+    chain_pass.install_if_compiling()
+    inductor_fallbacks.register_if_compiling()
+
+
 _KERNELS = None
 
 
@@ -79,8 +87,7 @@ def hc_pre_outputs(x, M):
 @hc_pre.register_fake
 def _(x, fn, scale, base, iterations, eps, pre_eps, post_mult):
     checks.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
-    chain_pass.install_if_compiling()
-    inductor_fallbacks.register_if_compiling()
+    _prepare_inductor()
     return hc_pre_outputs(x, fn.shape[0])
 
 
@@ -99,8 +106,7 @@ def hc_post(y: Tensor, x: Tensor, post: Tensor, comb: Tensor) -> Tensor:
 @hc_post.register_fake
 def _(y, x, post, comb):
     checks.hc_post("hc_post", y, x, post, comb)
-    chain_pass.install_if_compiling()
-    inductor_fallbacks.register_if_compiling()
+    _prepare_inductor()
     return torch.empty_like(x)
 
 
