@@ -1,4 +1,6 @@
 // RUN: mhc-opt %s --mhc-fuse --split-input-file | FileCheck %s
+// Idempotent: a second run leaves the groups as they are.
+// RUN: mhc-opt %s --mhc-fuse --mhc-fuse --split-input-file | FileCheck %s
 
 // Two sublayers: the first norm_project has no post group before it, so it
 // joins the first "pre" group; the second is computed in the first "post"
@@ -116,6 +118,7 @@ func.func @user_in_between(%x: tensor<?x2x16xf16>, %y: tensor<?x16xf16>, %post: 
 // The backward of one sublayer (the shapes --mhc-generate-backward and
 // mhc.torch write, test/Transforms/Inputs/backward-sublayer.mlir):
 // RUN: mhc-opt %S/Inputs/backward-sublayer.mlir --mhc-fuse | FileCheck %s --check-prefix=BWD
+// RUN: mhc-opt %S/Inputs/backward-sublayer.mlir --mhc-fuse --mhc-fuse | FileCheck %s --check-prefix=BWD
 // a post_res_grad whose dx is not needed is the first half alone,
 // BWD-LABEL: func.func @hc_post_backward
 // BWD:         mhc.fused "post_backward" -> tensor<?x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32> {

@@ -262,6 +262,12 @@ static void formBackward(SublayerBackward &m) {
     formGroup("pre_backward", second);
 }
 
+/// True for an op that an earlier --mhc-fuse already put into a group:
+/// running the pass again leaves such groups alone (it is idempotent).
+static bool inGroupAlready(Operation *op) {
+  return op->getParentOfType<FusedOp>() != nullptr;
+}
+
 namespace {
 struct MHCFusePass : mhc::impl::MHCFuseBase<MHCFusePass> {
   using MHCFuseBase::MHCFuseBase;
@@ -272,6 +278,8 @@ struct MHCFusePass : mhc::impl::MHCFuseBase<MHCFusePass> {
     // Backward groups: each sublayer's gradient ops.
     SmallVector<SublayerBackward> backward;
     getOperation().walk([&](SplitMixesGradOp smg) {
+      if (inGroupAlready(smg))
+        return;
       FailureOr<SublayerBackward> m = matchSublayerBackward(smg);
       if (succeeded(m))
         backward.push_back(*m);
@@ -282,7 +290,7 @@ struct MHCFusePass : mhc::impl::MHCFuseBase<MHCFusePass> {
     // (dy, dpost, dcomb) with post and comb given.
     SmallVector<Operation *> lonePostGrads;
     getOperation().walk([&](PostResGradOp prg) {
-      if (!isa<FusedOp>(prg->getParentOp()) && prg.getDx().use_empty())
+      if (!inGroupAlready(prg) && prg.getDx().use_empty())
         lonePostGrads.push_back(prg);
     });
     for (Operation *prg : lonePostGrads)
@@ -291,6 +299,8 @@ struct MHCFusePass : mhc::impl::MHCFuseBase<MHCFusePass> {
     // Post groups first: they claim the next sublayer's norm_project.
     SmallVector<SmallVector<Operation *>> postGroups;
     getOperation().walk([&](PostResOp post) {
+      if (inGroupAlready(post))
+        return;
       SmallVector<Operation *> members{post};
       if (auto np = userOfType<NormProjectOp>(post.getResult(),
                                               post->getBlock())) {
@@ -306,6 +316,8 @@ struct MHCFusePass : mhc::impl::MHCFuseBase<MHCFusePass> {
     // Pre groups: split_mixes [+ sinkhorn] + pre_apply [+ norm_project].
     SmallVector<SmallVector<Operation *>> preGroups;
     getOperation().walk([&](PreApplyOp apply) {
+      if (inGroupAlready(apply))
+        return;
       auto split = apply.getPre().getDefiningOp<SplitMixesOp>();
       if (!split || split->getBlock() != apply->getBlock() ||
           taken.contains(split))

@@ -132,7 +132,8 @@ def MHCFuse : Pass<"mhc-fuse", "func::FuncOp"> {
     Wraps the mhc ops of each sublayer into `mhc.fused` groups, one per GPU
     kernel: a "pre" group (norm_project + split_mixes + sinkhorn + pre_apply)
     and a "post" group (post_res, with the next sublayer's norm_project when
-    it reads post_res's result).
+    it reads post_res's result). Ops already inside an `mhc.fused` are left
+    alone, so a second run gives what the first gave.
   }];
   let dependentDialects = ["::mlir::mhc::MHCDialect"];
 }
