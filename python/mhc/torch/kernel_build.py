@@ -302,7 +302,7 @@ def compile_kernels(key: dict, out_dir, forward_only: bool = False, edit_schedul
             fused = compiler._run([mhc_opt, str(src), "--mhc-fuse",
                                    f"--mhc-select-schedule=chip={k.chip}"])
             src.write_text(edit_schedules(fused))
-            fuse, pipeline = [], pipeline + " fuse=0"     # --mhc-fuse must not run twice
+            fuse, pipeline = [], pipeline + " fuse=0"     # already fused (a second --mhc-fuse would be a no-op)
         host = compiler._run([mhc_opt, str(src), *fuse, f"--convert-mhc-to-gpu=chip={k.chip}"])
         full = compiler._run([mhc_opt, str(src), pipeline], env=compiler._cuda_env())
     binary = re.search(r'bin = "((?:[^"\\]|\\.)*)"', full)
