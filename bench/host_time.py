@@ -99,12 +99,12 @@ def breakdown(record, hc, x, xg, fn, scale, base, y):
     record("parts.run_op.hc_post", lambda: steps.run_op(handle, "hc_post", [y, x, post, comb]))
     record("parts.pre_step", lambda: steps.pre_step(xg, fn, scale, base, None, handle, True))
     record("parts.post_step", lambda: steps.post_step(y, xg, link, post, comb, mix, fn, scale,
-                                                      base, None, handle, False, False, None))
+                                                      base, None, handle, False, None))
 
     def steps_only():
         u, post, comb, mix, link = steps.pre_step(xg, fn, scale, base, None, handle, True)
         return steps.post_step(u, xg, link, post, comb, mix, fn, scale, base, None, handle,
-                               False, False, None)
+                               False, None)
     record("parts.steps_only", steps_only)
     record("parts.check_input", lambda: hc._check_input(xg))
     record("parts.params", lambda: hc._params(xg))
