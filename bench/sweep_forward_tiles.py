@@ -34,11 +34,14 @@ ATTRS = (20, 1e-6, 1e-6, 2.0)
 
 
 def edit_tiles(mapping):
+    """Edits the forward kernels' tile_tokens: a group's one schedule, or the second of
+    [fn prepare kernel, kernel] (the backward's arrays start with rows: left alone)."""
     def edit(ir: str) -> str:
         def one(m):
-            old = int(m.group(1))
-            return f"mhc.schedule = #mhc.schedule<tile_tokens = {mapping.get(old, old)},"
-        return re.sub(r"mhc\.schedule = #mhc\.schedule<tile_tokens = (\d+),", one, ir)
+            old = int(m.group(2))
+            return f"{m.group(1)}{mapping.get(old, old)},"
+        return re.sub(r"(mhc\.schedule = (?:\[#mhc\.schedule<tile_tokens = 0,[^>]*>, )?"
+                      r"#mhc\.schedule<tile_tokens = )(\d+),", one, ir)
     return edit
 
 

@@ -68,7 +68,8 @@ def ptx_of(lowered):
 
 def outline(mhc_opt, rewritten_path, chip="sm_90"):
     """(module with calls of outlined kernel functions, PTX of the kernels with IREE entries)."""
-    schedule = [mhc_opt, rewritten_path, "--mhc-fuse", "--mhc-select-schedule"]
+    # One kernel per group: no fn prepare kernel (its scratch buffer has no binding here).
+    schedule = [mhc_opt, rewritten_path, "--mhc-fuse", "--mhc-select-schedule=prepare-fn=false"]
     calls = _run([*schedule, "--mhc-outline-kernels"])
     kernels = _run([*schedule, "--mhc-outline-kernels=kernels-only"])
     lowered = _run([mhc_opt, "-", f"--mhc-gpu-pipeline=chip={chip} format=isa fuse=0 iree-kernels=1"],

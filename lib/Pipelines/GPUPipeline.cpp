@@ -73,6 +73,11 @@ struct GPUPipelineOptions : public PassPipelineOptions<GPUPipelineOptions> {
       *this, "tile-tokens",
       llvm::cl::desc("Tokens per block of norm_project kernels (0 = auto)"),
       llvm::cl::init(0)};
+  PassOptions::Option<bool> prepareFn{
+      *this, "prepare-fn",
+      llvm::cl::desc("Let projection groups prepare fn once per call in a "
+                     "kernel of their own (--mhc-select-schedule)"),
+      llvm::cl::init(true)};
   PassOptions::Option<bool> fuse{
       *this, "fuse", llvm::cl::desc("Run --mhc-fuse first"),
       llvm::cl::init(true)};
@@ -95,6 +100,7 @@ void buildMHCGPUPipeline(OpPassManager &pm, const GPUPipelineOptions &opts) {
   mhc::MHCSelectScheduleOptions select;
   select.chip = opts.chip;
   select.tileTokens = opts.tileTokens;
+  select.prepareFn = opts.prepareFn;
   pm.addPass(mhc::createMHCSelectSchedule(select));
   mhc::ConvertMHCToGPUOptions toGpu;
   toGpu.chip = opts.chip;

@@ -424,9 +424,10 @@ def test_custom_op_entry_point_finds_the_set(tmp_path, mock, monkeypatch):
     kernels._LOADED.clear(), kernels._BY_CALL.clear()
 
 
-@pytest.mark.parametrize("n,C,dtype,tokens_per_block", [(4, 64, "bf16", 32), (8, 40, "f32", 16)])
+@pytest.mark.parametrize("n,C,dtype,tokens_per_block,chunk", [(4, 64, "bf16", 32, 128),
+                                                               (8, 40, "f32", 16, 32)])
 def test_forward_only_set_from_the_real_pipeline(tmp_path, mock, monkeypatch, n, C, dtype,
-                                                 tokens_per_block):
+                                                 tokens_per_block, chunk):
     """build_cache --forward-only compiles hc_pre + hc_post with mhc-opt (a real cubin), derives the
     manifest from the host IR, and the set loads and launches (on the mock) with no compiler."""
     assert Path(compiler.mhc_opt()).exists(), "mhc-opt is not built: run scripts/build.sh"
@@ -437,19 +438,29 @@ def test_forward_only_set_from_the_real_pipeline(tmp_path, mock, monkeypatch, n,
     folder = key.folder(out)
     assert (folder / "kernels.cubin").read_bytes()[:4] == b"\x7fELF"
     manifest = kernels.load_manifest(folder, key)
-    (pre,) = manifest["ops"]["hc_pre"]["launches"]
-    assert pre["buffers"] == ["x", "fn", "scale", "base", "mix", "post", "comb", "u"]
+    # hc_pre: fn prepared once per call (a scratch buffer of i32 words: the tensor cores'
+    # fragments, bf16 head + remainder of fn padded to n8 tiles of mixes and whole chunks of
+    # columns), then the kernel that reads it.
+    M = n * n + 2 * n
+    words = -(-M // 8) * 8 * n * -(-C // chunk) * chunk
+    (prepared, scratch), = manifest["ops"]["hc_pre"]["scratch"].items()
+    assert scratch == {"shape": [words], "dtype": "i32"}
+    prepare, pre = manifest["ops"]["hc_pre"]["launches"]
+    assert prepare["buffers"] == ["fn", prepared] and prepare["block"] == [256, 1, 1]
+    assert prepare["grid"] == {"x": -(-words // 4 // 256), "y": 1, "z": 1}
+    assert pre["buffers"] == ["x", "fn", "scale", "base", "mix", "post", "comb", "u", prepared]
     assert pre["grid"]["tokens_per_block"] == tokens_per_block and pre["block"] == [128, 1, 1]
     (post,) = manifest["ops"]["hc_post"]["launches"]
     assert post["buffers"] == ["y", "x", "post", "comb", "x_next"] and post["block"] == [256, 1, 1]
     # Each forward op again for few tokens (mhc.max_tokens): 16 tokens per block.
     few_pre, few_post = (manifest["ops"][op]["few_tokens"] for op in ("hc_pre", "hc_post"))
     assert few_pre["max_T"] == few_post["max_T"] == 4096
-    assert [l["grid"]["tokens_per_block"] for l in few_pre["launches"] + few_post["launches"]] == [16, 16]
-    assert few_pre["launches"][0]["buffers"] == pre["buffers"]
+    assert [l["grid"].get("tokens_per_block") for l in few_pre["launches"] + few_post["launches"]] == [
+        None, 16, 16]
+    (few_prepared,) = few_pre["scratch"]
+    assert few_pre["launches"][1]["buffers"] == pre["buffers"][:-1] + [few_prepared]
     monkeypatch.setattr(kernels, "_compiler_function", lambda: None)
     ks = KernelSet(folder, key, runtime=mock)
-    M = n * n + 2 * n
     torch_dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype]
     for T, (p_spec, q_spec), (p_tpb, q_tpb) in (
             (100, (few_pre, few_post), (16, 16)),
@@ -459,8 +470,10 @@ def test_forward_only_set_from_the_real_pipeline(tmp_path, mock, monkeypatch, n,
         u, p_, comb, mix = ks.run("hc_pre", x, torch.randn(M, n * C), torch.rand(3),
                                   torch.randn(M), 20, 1e-6, 1e-6, 2.0)
         (x_next,) = ks.run("hc_post", torch.randn(T, C).to(torch_dtype), x, p_, comb)
-        a, b = launches(mock)
-        assert (a["kernel"], a["grid"][0]) == (p_spec["launches"][0]["kernel"], -(-T // p_tpb))
+        f, a, b = launches(mock)
+        assert f["kernel"] == p_spec["launches"][0]["kernel"]
+        assert f["buffers"][-1] == a["buffers"][-1]         # the prepared fn, written then read
+        assert (a["kernel"], a["grid"][0]) == (p_spec["launches"][1]["kernel"], -(-T // p_tpb))
         assert (b["kernel"], b["grid"][0], b["buffers"][-1]) == (
             q_spec["launches"][0]["kernel"], -(-T // q_tpb), (x_next.data_ptr(), x_next.numel()))
     with pytest.raises(KernelsMissing, match="no kernels for hc_pre_backward"):

@@ -34,6 +34,14 @@ def MHCSelectSchedule : Pass<"mhc-select-schedule", "ModuleOp"> {
     token count); with N <= 4096 its forward kernels take 16 tokens per
     block, so that small token counts still spread over the SMs (mhc.torch
     compiles such a variant of each forward op for T <= 4096).
+
+    A forward group with a `norm_project` gets two schedules: a small
+    kernel that prepares fn once per call (split into bf16 head and
+    remainder, laid out in the tensor cores' fragment order: one 16-byte
+    load per fragment), then the group's kernel, which reads that instead
+    of reading and splitting fn for every tile of tokens (docs/GPU.md,
+    "The prepared fn"). `prepare-fn=false` keeps one kernel per forward
+    group.
   }];
   let dependentDialects = ["::mlir::mhc::MHCDialect"];
   let options = [
@@ -43,6 +51,10 @@ def MHCSelectSchedule : Pass<"mhc-select-schedule", "ModuleOp"> {
            "Tokens per block of the norm_project kernels: 0 = auto (32 for "
            "n <= 4, else 16), or a multiple of 16 (a tuning knob; too large a "
            "tile exceeds the 48 KB of shared memory and is an error)">,
+    Option<"prepareFn", "prepare-fn", "bool", /*default=*/"true",
+           "Let groups with a norm_project prepare fn once per call in a "
+           "kernel of their own: false keeps one kernel per forward group "
+           "(the IREE fast route)">,
   ];
 }
 

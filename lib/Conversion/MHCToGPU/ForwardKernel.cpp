@@ -132,6 +132,19 @@ static std::pair<Value, unsigned> tokenSource(ForwardPlan &p) {
   return {p.sk.getLogits(), 2};
 }
 
+/// The token count when the leading dims are static.
+static std::optional<int64_t> staticTokens(ForwardPlan &p) {
+  auto [src, trailing] = tokenSource(p);
+  ArrayRef<int64_t> lead =
+      cast<RankedTensorType>(src.getType()).getShape().drop_back(trailing);
+  if (llvm::any_of(lead, ShapedType::isDynamic))
+    return std::nullopt;
+  int64_t tokens = 1;
+  for (int64_t d : lead)
+    tokens *= d; // <= 2^48 (the dialect's limit)
+  return tokens;
+}
+
 static bool hasChunkLoop(const ForwardPlan &p) { return p.pr || p.np; }
 
 static int64_t elementBytes(const ForwardPlan &p) {
@@ -183,6 +196,26 @@ static Schedule defaultSchedule(const ForwardPlan &p,
     while (s.chunkColumns > 16 && p.n * s.chunkColumns > kmax)
       s.chunkColumns /= 2;
   }
+  return s;
+}
+
+/// Whether a group gets the fn prepare kernel: once per call it reads fn
+/// (4 M n C bytes) and writes as many, plus a launch, and it saves every
+/// tile of tokens two 8-byte loads and two splits per fn fragment. Measured
+/// at n = 4, C = 4096 (H200, bench/results/session19-h200.log): hc_pre and
+/// hc_post_project 9-18% faster at T = 5000 to 16384 and 13-22% faster at
+/// T = 1 to 4096 (16-token tiles: more of them; and a lone block reads fn
+/// far slower than the prepare kernel's 1536 blocks do).
+static bool wantsPreparedFn(const ForwardPlan &p,
+                            const ScheduleOptions &options) {
+  return p.np && options.prepareFn;
+}
+
+/// The fn prepare kernel's schedule: one thread per lane and fragment.
+static Schedule prepareSchedule() {
+  Schedule s;
+  s.threads = 256;
+  s.vectorWidth = 1;
   return s;
 }
 
@@ -270,18 +303,32 @@ static LogicalResult verifySchedule(const ForwardPlan &p, Operation *root) {
   }
   // A static token count must fit in one launch's grid.
   ForwardPlan plan = p; // op accessors are not const
-  auto [src, trailing] = tokenSource(plan);
-  ArrayRef<int64_t> lead =
-      cast<RankedTensorType>(src.getType()).getShape().drop_back(trailing);
-  if (llvm::none_of(lead, ShapedType::isDynamic)) {
-    int64_t tokens = 1;
-    for (int64_t d : lead)
-      tokens *= d; // <= 2^48 (the dialect's limit)
-    int64_t blocks = (tokens + s.tileTokens - 1) / s.tileTokens;
+  if (std::optional<int64_t> tokens = staticTokens(plan)) {
+    int64_t blocks = (*tokens + s.tileTokens - 1) / s.tileTokens;
     if (blocks > kMaxBlocks)
       return bad("tile_tokens")
-             << "gives " << blocks << " blocks for " << tokens
+             << "gives " << blocks << " blocks for " << *tokens
              << " tokens; a launch takes at most 2^31 - 1";
+  }
+  if (p.prepare) {
+    const Schedule &f = *p.prepare;
+    auto badPrepare = [&](StringRef field) {
+      return root->emitOpError()
+             << "schedule: the fn prepare kernel's " << field << " ";
+    };
+    if (!p.np)
+      return root->emitOpError()
+             << "schedule: expects one #mhc.schedule (one kernel): only a "
+                "group with a norm_project has an fn prepare kernel";
+    if (f.threads < 32 || f.threads > 1024 || f.threads % 32 != 0)
+      return badPrepare("threads")
+             << "must be a multiple of 32 in [32, 1024], got " << f.threads;
+    if (f.tileTokens != 0 || f.chunkColumns != 0 || f.vectorWidth != 1 ||
+        f.blocksPerSM != 0 || f.tokenSplits != 0)
+      return badPrepare("fields")
+             << "other than threads must be tile_tokens = 0, chunk_columns "
+                "= 0, vector_width = 1, blocks_per_sm = 0 (it does not tile "
+                "the tokens)";
   }
   int64_t bytes = 0;
   for (const SharedBuffer &buf : sharedLayout(p, root->getContext()))
@@ -323,6 +370,8 @@ static gpu::GPUFuncOp buildKernel(OpBuilder &mb, Location loc,
   SmallVector<Type> argTypes{mb.getIndexType()};
   for (Value v : llvm::concat<const Value>(g.inputs, g.outputs))
     argTypes.push_back(MemRefType::get({ShapedType::kDynamic}, elemType(v)));
+  if (p.prepare) // the prepared fn, last
+    argTypes.push_back(MemRefType::get({ShapedType::kDynamic}, mb.getI32Type()));
   auto wg = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
   SmallVector<SharedBuffer> layout = sharedLayout(p, ctx);
   SmallVector<Type> wgTypes;
@@ -349,6 +398,8 @@ static gpu::GPUFuncOp buildKernel(OpBuilder &mb, Location loc,
   unsigned ai = 1;
   for (Value v : llvm::concat<const Value>(g.inputs, g.outputs))
     k.argOf[v] = kernel.getArgument(ai++);
+  if (p.prepare)
+    k.fnPrepared = kernel.getArgument(ai++);
   for (auto [buf, value] :
        llvm::zip(layout, kernel.getWorkgroupAttributions()))
     k.*buf.slot = value;
@@ -373,7 +424,7 @@ static gpu::GPUFuncOp buildKernel(OpBuilder &mb, Location loc,
   }
   // fn pairs are read with 8-byte loads when fn's base pointer allows it (a
   // view of a larger buffer may start anywhere on 4 bytes).
-  if (p.np) {
+  if (p.np && !p.prepare) {
     Value ptr = memref::ExtractAlignedPointerAsIndexOp::create(
         b, loc, k.argOf[p.np.getFn()]);
     k.fnAligned = k.eq(k.rem(ptr, 8), k.ci(0));
@@ -410,6 +461,33 @@ static gpu::GPUFuncOp buildKernel(OpBuilder &mb, Location loc,
   return kernel;
 }
 
+/// The fn prepare kernel (T, fn, prepared fn): see emitPrepareFn.
+static gpu::GPUFuncOp buildPrepareKernel(OpBuilder &mb, Location loc,
+                                         ForwardPlan &p, const KernelGroup &g,
+                                         StringRef name) {
+  MLIRContext *ctx = mb.getContext();
+  auto flat = [&](Type t) {
+    return MemRefType::get({ShapedType::kDynamic}, t);
+  };
+  SmallVector<Type> argTypes{mb.getIndexType(), flat(mb.getF32Type()),
+                             flat(mb.getI32Type())};
+  auto kernel = gpu::GPUFuncOp::create(mb, loc, name,
+                                       FunctionType::get(ctx, argTypes, {}));
+  kernel->setAttr(gpu::GPUDialect::getKernelFuncAttrName(), mb.getUnitAttr());
+  int64_t threads = p.prepare->threads;
+  kernel.setKnownBlockSizeAttr(
+      mb.getDenseI32ArrayAttr({static_cast<int32_t>(threads), 1, 1}));
+  OpBuilder b = OpBuilder::atBlockBegin(&kernel.getBody().front());
+  ForwardKernelBuilder k(b, loc, p, g);
+  k.T = kernel.getArgument(0);
+  k.argOf[p.np.getFn()] = kernel.getArgument(1);
+  k.fnPrepared = kernel.getArgument(2);
+  k.tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  k.emitPrepareFn(threads);
+  gpu::ReturnOp::create(b, loc);
+  return kernel;
+}
+
 //===----------------------------------------------------------------------===//
 // The family
 //===----------------------------------------------------------------------===//
@@ -431,8 +509,12 @@ public:
     if (failed(p))
       return failure();
     p->s = defaultSchedule(*p, options);
+    if (wantsPreparedFn(*p, options))
+      p->prepare = prepareSchedule();
     if (failed(verifySchedule(*p, group.root)))
       return failure();
+    if (p->prepare)
+      return GroupSchedule{*p->prepare, p->s};
     return GroupSchedule{p->s};
   }
 
@@ -442,17 +524,25 @@ public:
     FailureOr<ForwardPlan> planned = planGroup(group);
     if (failed(planned))
       return failure();
-    if (schedule.size() != 1)
+    // [the group's kernel] or [the fn prepare kernel, the group's kernel].
+    if (schedule.size() != 1 && schedule.size() != 2)
       return group.root->emitOpError()
-             << "schedule: expects one #mhc.schedule (one kernel), got "
+             << "schedule: expects one #mhc.schedule (one kernel), or two "
+                "(fn prepare kernel, kernel), got "
              << schedule.size();
     ForwardPlan &p = *planned;
-    p.s = schedule.front();
+    p.s = schedule.back();
+    if (schedule.size() == 2)
+      p.prepare = schedule.front();
     if (failed(verifySchedule(p, group.root)))
       return failure();
+    Location loc = group.root->getLoc();
     OpBuilder mb = OpBuilder::atBlockEnd(kernels.getBody());
-    gpu::GPUFuncOp kernel =
-        buildKernel(mb, group.root->getLoc(), p, group, kernelName);
+    gpu::GPUFuncOp prepareKernel;
+    if (p.prepare)
+      prepareKernel = buildPrepareKernel(mb, loc, p, group,
+                                         (kernelName + "_prepare_fn").str());
+    gpu::GPUFuncOp kernel = buildKernel(mb, loc, p, group, kernelName);
 
     HostLaunch host(group.root);
     auto [src, trailing] = tokenSource(p);
@@ -465,6 +555,18 @@ public:
       if (!buffer)
         return failure();
       args.push_back(buffer);
+    }
+    if (p.prepare) {
+      OpBuilder hb(group.root);
+      Value fn = args[1 + llvm::find(group.inputs, p.np.getFn()) -
+                      group.inputs.begin()];
+      int64_t words = p.preparedFnWords(), threads = p.prepare->threads;
+      Value prepared = host.scratchBuffer(
+          hb.getI32Type(), arith::ConstantIndexOp::create(hb, loc, words));
+      Value grid = arith::ConstantIndexOp::create(
+          hb, loc, std::max<int64_t>(1, (words / 4 + threads - 1) / threads));
+      host.launch(prepareKernel, grid, threads, {host.tokens(), fn, prepared});
+      args.push_back(prepared);
     }
     host.launch(kernel, host.tileGrid(p.s.tileTokens), p.s.threads, args);
     host.finish(group.replaced);

@@ -2,14 +2,17 @@
 //
 // One kernel per forward group: "post" (post_res [+ the next norm_project]),
 // "pre" ([norm_project +] split_mixes + sinkhorn + pre_apply) or any forward
-// op alone. One block owns a tile of `tileTokens` tokens and runs the stages
-// its members need, each in its own file:
+// op alone; before a norm_project kernel, when its schedule says so, a small
+// kernel that prepares fn once per call (`<kernel>_prepare_fn`). One block
+// owns a tile of `tileTokens` tokens and runs the stages its members need,
+// each in its own file:
 //
 //   StreamStage.cpp      the chunk loop over C: post_res's x_next and the
 //                        projection input (a bf16 shared tile), ~256-byte
 //                        runs of every row (post_res and/or norm_project)
 //   ProjectionStage.cpp  the norm_project product on the tensor cores and
-//                        mix = dot * rsqrt(mean square + eps)
+//                        mix = dot * rsqrt(mean square + eps); the fn
+//                        prepare kernel
 //   CoefficientStage.cpp split_mixes + sinkhorn, one thread per token
 //   MixStage.cpp         pre_apply, expand, collapse (vectorised over the
 //                        tile's [tokens x C] positions)
@@ -42,6 +45,9 @@ struct ForwardPlan {
   int64_t n = 1, C = 0;
   Type act; // activation element type (bf16 / f16 / f32)
   Schedule s;
+  /// The fn prepare kernel's schedule; none: the projection reads and
+  /// splits fn itself, once per tile of tokens.
+  std::optional<Schedule> prepare;
 
   int64_t M() const { return numMixes(n); }
   /// Column tiles of 8 mixes, row tiles of 16 tokens of the projection.
@@ -49,6 +55,14 @@ struct ForwardPlan {
   int64_t MT() const { return s.tileTokens / 16; }
   /// Projection inputs per chunk (n streams x chunk columns).
   int64_t KCH() const { return n * s.chunkColumns; }
+  int64_t chunks() const { return (C + s.chunkColumns - 1) / s.chunkColumns; }
+  /// The prepared fn, in the order the projection reads it: per chunk, k16
+  /// step of the chunk, n8 tile and lane, the lane's B fragment as 4 i32
+  /// words (bf16x2 head and remainder of k 2q..2q+1, then of k 2q+8..2q+9;
+  /// 16 bytes, one load).
+  int64_t preparedFnWords() const {
+    return chunks() * (KCH() / 16) * NT() * 32 * 4;
+  }
   /// Row pitch of the bf16 projection tile: 16 bytes of padding make the
   /// ldmatrix row addresses of a warp hit distinct banks.
   int64_t ldA() const { return KCH() + 8; }
@@ -68,6 +82,7 @@ struct ForwardKernelBuilder : KernelBuilder {
   const KernelGroup &group;
   DenseMap<Value, Value> argOf; // tensor value -> kernel memref argument
   Value T, tid, lane, warp, tile0, fnAligned;
+  Value fnPrepared; // the prepared fn (i32 words), null when not prepared
   // Shared memory (null when unused).
   Value aTile, aTileLo, red, ssTok, postS, combS, preS;
 
@@ -87,6 +102,9 @@ struct ForwardKernelBuilder : KernelBuilder {
 
   // ProjectionStage.cpp
   Value loadFnPair(Value m, Value stream, Value col, bool vec);
+  SmallVector<Value> splitFnFragment(Value c0, Value step, Value nt,
+                                     Value ln, bool vec);
+  void emitPrepareFn(int64_t threads);
   SmallVector<Value> emitMma(Value c0, SmallVector<Value> acc, bool vecFn);
   void finishProjection(ArrayRef<Value> acc, ArrayRef<Value> ss,
                         int64_t itemsPerThread, bool ragged);

@@ -54,9 +54,11 @@ ScheduleAttr Schedule::toAttr(MLIRContext *ctx) const {
 }
 
 ScheduleOptions gpu_kernels::scheduleOptionsFor(Operation *root,
-                                               int64_t tileTokens) {
+                                               int64_t tileTokens,
+                                               bool prepareFn) {
   ScheduleOptions options;
   options.tileTokens = tileTokens;
+  options.prepareFn = prepareFn;
   if (auto func = root->getParentOfType<FunctionOpInterface>())
     if (auto hint = func->getAttrOfType<IntegerAttr>(kMaxTokensAttrName))
       options.maxTokens = hint.getInt(); // positive: checked by the dialect

@@ -69,11 +69,13 @@ void writeSchedule(Operation *root, ArrayRef<Schedule> schedule);
 struct ScheduleOptions {
   int64_t tileTokens = 0; // 0: the family's default
   int64_t maxTokens = 0;  // the function's mhc.max_tokens hint; 0: none
+  bool prepareFn = true;  // projection groups may get an fn-prepare kernel
 };
 
 /// The options for `root`: `tileTokens` as given, `maxTokens` from the
 /// mhc.max_tokens of the function around it.
-ScheduleOptions scheduleOptionsFor(Operation *root, int64_t tileTokens = 0);
+ScheduleOptions scheduleOptionsFor(Operation *root, int64_t tileTokens = 0,
+                                   bool prepareFn = true);
 
 class KernelFamily {
 public:

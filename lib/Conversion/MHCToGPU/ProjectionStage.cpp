@@ -4,12 +4,14 @@
 // steps (warp w: steps w, w + W, ...), each covering the whole token tile:
 // nvvm.mma.sync m16n8k16 bf16 with f32 accumulation (nvgpu.mma.sync cannot
 // lower bf16 in MLIR 22), A fragments by ldmatrix from the tile, B = fn
-// straight from global memory (L1/L2: fn is read once per tile of tokens,
-// not per token) split into a bf16 head and the bf16 rounding of the
-// remainder for ~16 bits of fn. At the end: the sums of squares are reduced
-// per token row, the warps' partial products are summed in shared memory,
-// and mix = dot * rsqrt(sumsq / K + eps) (overflow-free, see
-// finishProjection).
+// split into a bf16 head and the bf16 rounding of the remainder for ~16
+// bits of fn, from global memory (L1/L2: fn is read once per tile of
+// tokens, not per token): prepared, i.e. split and laid out in fragment
+// order once per call by the fn prepare kernel (also here; one 16-byte load
+// per fragment), or, under a schedule without that kernel, read and split
+// by every tile. At the end: the sums of squares are reduced per token
+// row, the warps' partial products are summed in shared memory, and
+// mix = dot * rsqrt(sumsq / K + eps) (overflow-free, see finishProjection).
 //
 //===----------------------------------------------------------------------===//
 #include "ForwardKernel.h"
@@ -61,28 +63,71 @@ Value ForwardKernelBuilder::loadFnPair(Value m, Value stream, Value col,
   return v;
 }
 
+/// The B fragment of lane `ln` for k16 step `step` of the chunk at column
+/// `c0` and n8 tile `nt` (mix m = nt*8 + ln/4, k columns 2q..2q+1 and
+/// 2q+8..2q+9 of the step, q = ln % 4), read from fn and split: the words
+/// head0, rest0, head1, rest1.
+SmallVector<Value> ForwardKernelBuilder::splitFnFragment(Value c0, Value step,
+                                                         Value nt, Value ln,
+                                                         bool vec) {
+  int64_t CC = p.s.chunkColumns;
+  Value kk = mul(step, ci(16)); // k inside the chunk
+  Value stream = div(kk, CC);   // a k16 step stays in one stream
+  Value col = add(add(c0, rem(kk, CC)), mul(rem(ln, 4), ci(2)));
+  Value m = add(div(ln, 4), mul(nt, ci(8)));
+  auto [h0, l0] = splitBf16(loadFnPair(m, stream, col, vec));
+  auto [h1, l1] = splitBf16(loadFnPair(m, stream, add(col, ci(8)), vec));
+  return {h0, l0, h1, l1};
+}
+
+/// The fn prepare kernel: one thread per lane and fragment writes the
+/// fragment's 4 words where the projection's 16-byte load reads them
+/// (ForwardPlan::preparedFnWords).
+void ForwardKernelBuilder::emitPrepareFn(int64_t threads) {
+  int64_t steps = p.KCH() / 16, NT = p.NT();
+  Value block = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+  Value item = add(mul(block, ci(threads)), tid);
+  emitIf(ult(item, p.preparedFnWords() / 4), [&]() {
+    Value ln = rem(item, 32), fragment = div(item, 32);
+    Value nt = rem(fragment, NT), chunkStep = div(fragment, NT);
+    Value step = rem(chunkStep, steps), chunk = div(chunkStep, steps);
+    SmallVector<Value> words = splitFnFragment(
+        mul(chunk, ci(p.s.chunkColumns)), step, nt, ln, /*vec=*/false);
+    Value v = vector::FromElementsOp::create(
+        b, loc, VectorType::get({4}, i32), words);
+    vector::StoreOp::create(b, loc, v, fnPrepared,
+                            ValueRange{mul(item, ci(4))}, false,
+                            llvm::MaybeAlign(16));
+  });
+}
+
 /// The tensor-core part of one chunk. The B loads of kGroup steps are
 /// issued together so that their latency overlaps; `vecFn` selects 8-byte
-/// loads of fn.
+/// loads of fn where it is read itself (no prepared fn).
 SmallVector<Value> ForwardKernelBuilder::emitMma(Value c0,
                                                  SmallVector<Value> acc,
                                                  bool vecFn) {
   int64_t CC = p.s.chunkColumns, NT = p.NT(), MT = p.MT();
-  Value g = div(lane, 4), tq = rem(lane, 4);
   int64_t steps = p.KCH() / 16, W = p.warps();
   auto fragType = VectorType::get({4, 2}, b.getBF16Type());
   // Registers: kGroup * NT B fragments of 4 i32 in flight.
   int64_t kGroup = std::max<int64_t>(1, 12 / NT);
   auto loadB = [&](Value s) {
-    Value kk = mul(s, ci(16));   // k inside the chunk
-    Value i = div(kk, CC);       // stream
-    Value col = add(add(c0, rem(kk, CC)), mul(tq, ci(2)));
     SmallVector<Value> frag; // per nt: hi0, lo0, hi1, lo1
+    if (!fnPrepared) {
+      for (int64_t nt = 0; nt < NT; ++nt)
+        frag.append(splitFnFragment(c0, s, ci(nt), lane, vecFn));
+      return frag;
+    }
+    Value step = add(mul(div(c0, CC), ci(steps)), s); // of the whole K
     for (int64_t nt = 0; nt < NT; ++nt) {
-      Value m = add(g, ci(nt * 8));
-      auto [h0, l0] = splitBf16(loadFnPair(m, i, col, vecFn));
-      auto [h1, l1] = splitBf16(loadFnPair(m, i, add(col, ci(8)), vecFn));
-      frag.append({h0, l0, h1, l1});
+      Value at = mul(add(mul(add(mul(step, ci(NT)), ci(nt)), ci(32)), lane),
+                     ci(4));
+      Value words = vector::LoadOp::create(
+          b, loc, VectorType::get({4}, i32), fnPrepared, ValueRange{at},
+          false, llvm::MaybeAlign(16));
+      for (int64_t e = 0; e < 4; ++e)
+        frag.push_back(vector::ExtractOp::create(b, loc, words, e));
     }
     return frag;
   };

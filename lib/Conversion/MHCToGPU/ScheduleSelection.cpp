@@ -35,7 +35,7 @@ struct MHCSelectSchedulePass
       if (!family)
         return signalPassFailure();
       FailureOr<GroupSchedule> schedule =
-          family->chooseSchedule(group, scheduleOptionsFor(root, tileTokens));
+          family->chooseSchedule(group, scheduleOptionsFor(root, tileTokens, prepareFn));
       if (failed(schedule))
         return signalPassFailure();
       writeSchedule(root, *schedule);

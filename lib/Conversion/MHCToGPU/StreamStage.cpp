@@ -68,12 +68,16 @@ void ForwardKernelBuilder::emitChunkLoop() {
             });
         if (np) {
           barrier();
-          // Versioned on fn's alignment outside the products, so that all
-          // fn loads of a chunk stay straight-line code issued together.
+          // Reading fn itself: versioned on its alignment outside the
+          // products, so that all fn loads of a chunk stay straight-line
+          // code issued together.
           SmallVector<Type> types(acc.size(), f32);
-          acc = emitIfElse(
-              types, fnAligned, [&]() { return emitMma(c0, acc, true); },
-              [&]() { return emitMma(c0, acc, false); });
+          acc = fnPrepared
+                    ? emitMma(c0, acc, false)
+                    : emitIfElse(
+                          types, fnAligned,
+                          [&]() { return emitMma(c0, acc, true); },
+                          [&]() { return emitMma(c0, acc, false); });
           barrier();
         }
         SmallVector<Value> out(acc);

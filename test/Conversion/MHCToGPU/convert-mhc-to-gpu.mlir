@@ -1,7 +1,8 @@
 // RUN: mhc-opt %s --mhc-fuse --convert-mhc-to-gpu --split-input-file | FileCheck %s
 
 // One sublayer in steady state: the "pre" kernel (split_mixes + sinkhorn +
-// pre_apply) and the "post" kernel (post_res + the next norm_project).
+// pre_apply) and the "post" kernel (post_res + the next norm_project), which
+// reads fn as the fn prepare kernel launched before it leaves it.
 
 // CHECK: module attributes {gpu.container_module}
 // CHECK-LABEL: func.func @steady
@@ -13,7 +14,12 @@
 // CHECK:     arith.ceildivui %{{.*}}, %c64
 // CHECK:     gpu.launch_func  @mhc_kernels::@mhc_pre_0 blocks in ({{.*}}) threads in (%c256, %c1{{.*}}, %c1{{.*}})  args(%{{.*}} : index, %{{.*}} : memref<?xf32>
 // CHECK:     bufferization.to_tensor %{{.*}} restrict writable
-// CHECK:     gpu.launch_func  @mhc_kernels::@mhc_post_1
+// The prepared fn: 2 chunks x 32 k16 steps x 3 n8 tiles x 32 lanes x 4
+// words, one thread per lane and fragment (6144 in blocks of 256), then the
+// post kernel with it as its last argument.
+// CHECK:     %[[PREP:.*]] = memref.alloc(%c24576) : memref<?xi32>
+// CHECK:     gpu.launch_func  @mhc_kernels::@mhc_post_1_prepare_fn blocks in (%c24, %{{.*}}) threads in (%c256{{.*}}) args(%{{.*}} : index, %{{.*}} : memref<?xf32>, %[[PREP]] : memref<?xi32>)
+// CHECK:     gpu.launch_func  @mhc_kernels::@mhc_post_1 blocks in {{.*}}, %[[PREP]] : memref<?xi32>)
 // CHECK:     return
 
 // Kernels: 256 threads, shared-memory tiles 16-byte aligned.
@@ -32,7 +38,15 @@
 // CHECK:        vector.store %{{.*}} {alignment = 16 : i64} : memref<?xbf16>, vector<8xbf16>
 // CHECK:        gpu.return
 
-// CHECK:      gpu.func @mhc_post_1
+// The fn prepare kernel: a lane's fragment of one k16 step and n8 tile as
+// bf16 head and remainder words of two fn pairs, stored in one 16-byte store.
+// CHECK:      gpu.func @mhc_post_1_prepare_fn(%{{.*}}: index, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xi32>) kernel attributes {known_block_size = array<i32: 256, 1, 1>}
+// CHECK:        arith.cmpi ult, %{{.*}}, %c6144
+// CHECK-COUNT-2: arith.truncf %{{.*}} : vector<2xf32> to vector<2xbf16>
+// CHECK:        vector.store %{{.*}} {alignment = 16 : i64} : memref<?xi32>, vector<4xi32>
+// CHECK:        gpu.return
+
+// CHECK:      gpu.func @mhc_post_1(
 // CHECK-SAME:   workgroup(%{{.*}}: memref<{{[0-9]+}}xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}
 // CHECK-SAME:   known_block_size = array<i32: 128, 1, 1>
 // CHECK-SAME:   nvvm.minctasm = 4 : i32
@@ -43,10 +57,12 @@
 // CHECK:        arith.truncf %{{.*}} : vector<8xf32> to vector<8xbf16>
 // CHECK:        vector.store %{{.*}} {alignment = 16 : i64} : memref<{{[0-9]+}}xbf16, #gpu.address_space<workgroup>>, vector<8xbf16>
 // CHECK:        gpu.barrier
-// The projection on tensor cores: fn pairs split into bf16 hi + lo, A
-// fragments by ldmatrix, bf16 m16n8k16 products.
-// CHECK:        vector.load %{{.*}} {alignment = 8 : i64} : memref<?xf32>, vector<2xf32>
-// CHECK:        arith.truncf %{{.*}} : vector<2xf32> to vector<2xbf16>
+// The projection on tensor cores: a prepared fn fragment per 16-byte load
+// (no fn alignment check, no split), A fragments by ldmatrix, bf16
+// m16n8k16 products.
+// CHECK-NOT:    memref.extract_aligned_pointer_as_index %arg5
+// CHECK:        vector.load %{{.*}} {alignment = 16 : i64} : memref<?xi32>, vector<4xi32>
+// CHECK-NOT:    arith.truncf %{{.*}} : vector<2xf32> to vector<2xbf16>
 // CHECK:        nvgpu.ldmatrix %{{.*}} {numTiles = 4 : i32, transpose = false}
 // CHECK:        nvvm.mma.sync {{.*}}multiplicandAPtxType = #nvvm.mma_type<bf16>{{.*}}shape = #nvvm.shape<m = 16, n = 8, k = 16>
 // Sums of squares: a shuffle tree over the threads of a token row.
@@ -90,10 +106,12 @@ func.func @standalone(%h: tensor<2x?x100xf16>) -> tensor<2x?x100xf16> {
 // f32 activations are not exact in bf16: the projection input goes into two
 // bf16 tiles (head and remainder) and each k16 step does three products
 // (A_hi*fn_lo, A_lo*fn_hi, A_hi*fn_hi). 64-column chunks (256 bytes of f32)
-// for n = 4 give tiles of 32 x (256 + 8) bf16. fn is read in 8-byte pairs only
-// when its base pointer is 8-byte aligned (checked at run time; the products
-// are versioned on it, scalar loads otherwise).
-// CHECK-LABEL: gpu.func @mhc_norm_project_0
+// for n = 4 give tiles of 32 x (256 + 8) bf16. Under a schedule without the
+// fn prepare kernel (here by hand) the kernel reads and splits fn itself:
+// in 8-byte pairs only when fn's base pointer is 8-byte aligned (checked at
+// run time; the products are versioned on it, scalar loads otherwise).
+// CHECK-NOT:   gpu.func @mhc_norm_project_0_prepare_fn
+// CHECK-LABEL: gpu.func @mhc_norm_project_0(
 // CHECK-SAME:   workgroup(%[[HI:.*]] : memref<8448xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %[[LO:.*]] : memref<8448xbf16, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}
 // CHECK:        memref.extract_aligned_pointer_as_index
 // CHECK:        arith.remui %{{.*}}, %c8
@@ -110,7 +128,7 @@ func.func @standalone(%h: tensor<2x?x100xf16>) -> tensor<2x?x100xf16> {
 // CHECK:          nvvm.mma.sync
 // CHECK:        }
 func.func @project_f32(%x: tensor<?x4x256xf32>, %fn: tensor<24x1024xf32>) -> tensor<?x24xf32> {
-  %mix = mhc.norm_project %x, %fn : tensor<?x4x256xf32>, tensor<24x1024xf32> -> tensor<?x24xf32>
+  %mix = mhc.norm_project %x, %fn {mhc.schedule = #mhc.schedule<tile_tokens = 32, chunk_columns = 64, threads = 128, vector_width = 4, blocks_per_sm = 4>} : tensor<?x4x256xf32>, tensor<24x1024xf32> -> tensor<?x24xf32>
   return %mix : tensor<?x24xf32>
 }
 
@@ -154,7 +172,7 @@ func.func @zero_next_to_dynamic(%x: tensor<0x?x4x64xbf16>, %pre: tensor<0x?x4xf3
 // into the shared sums; where the f32 sum overflowed (+inf) one thread
 // re-reads the token's row and sums the squares of 2^-96 x instead (the CPU
 // lowering's numerics, docs/Guarantees.md); mix = dot * r.
-// CHECK-LABEL: gpu.func @mhc_norm_project_0
+// CHECK-LABEL: gpu.func @mhc_norm_project_0(
 // CHECK:       scf.for %[[T:.*]] = %thread_id_x to %c32{{.*}} step %c128
 // CHECK:         %[[S:.*]] = memref.load %[[SS:.*]][%[[T]]] : memref<32xf32, #gpu.address_space<workgroup>>
 // CHECK:         %[[OVER:.*]] = arith.cmpf oeq, %[[S]], %{{.*}} : f32

@@ -60,6 +60,40 @@ func.func @shared_memory(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>) -> te
 
 // -----
 
+// Two schedules: [fn prepare kernel, kernel], only for a norm_project group;
+// the prepare kernel does not tile the tokens.
+// CHECK: error: 'mhc.collapse' op schedule: expects one #mhc.schedule (one kernel): only a group with a norm_project has an fn prepare kernel
+func.func @prepare_without_projection(%x: tensor<?x4x64xf32>) -> tensor<?x64xf32> {
+  %h = mhc.collapse %x {mhc.schedule = [#mhc.schedule<tile_tokens = 0, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>, #mhc.schedule<tile_tokens = 64, chunk_columns = 0, threads = 256, vector_width = 4, blocks_per_sm = 0>]} : tensor<?x4x64xf32> -> tensor<?x64xf32>
+  return %h : tensor<?x64xf32>
+}
+
+// -----
+
+// CHECK: error: 'mhc.norm_project' op schedule: the fn prepare kernel's fields other than threads must be tile_tokens = 0, chunk_columns = 0, vector_width = 1, blocks_per_sm = 0 (it does not tile the tokens)
+func.func @prepare_tiles(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>) -> tensor<?x24xf32> {
+  %m = mhc.norm_project %x, %fn {mhc.schedule = [#mhc.schedule<tile_tokens = 32, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>, #mhc.schedule<tile_tokens = 32, chunk_columns = 64, threads = 128, vector_width = 8, blocks_per_sm = 4>]} : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  return %m : tensor<?x24xf32>
+}
+
+// -----
+
+// CHECK: error: 'mhc.norm_project' op schedule: the fn prepare kernel's threads must be a multiple of 32 in [32, 1024], got 2048
+func.func @prepare_threads(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>) -> tensor<?x24xf32> {
+  %m = mhc.norm_project %x, %fn {mhc.schedule = [#mhc.schedule<tile_tokens = 0, chunk_columns = 0, threads = 2048, vector_width = 1, blocks_per_sm = 0>, #mhc.schedule<tile_tokens = 32, chunk_columns = 64, threads = 128, vector_width = 8, blocks_per_sm = 4>]} : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  return %m : tensor<?x24xf32>
+}
+
+// -----
+
+// CHECK: error: 'mhc.norm_project' op schedule: expects one #mhc.schedule (one kernel), or two (fn prepare kernel, kernel), got 3
+func.func @three_schedules(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>) -> tensor<?x24xf32> {
+  %m = mhc.norm_project %x, %fn {mhc.schedule = [#mhc.schedule<tile_tokens = 0, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>, #mhc.schedule<tile_tokens = 0, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>, #mhc.schedule<tile_tokens = 32, chunk_columns = 64, threads = 128, vector_width = 8, blocks_per_sm = 4>]} : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  return %m : tensor<?x24xf32>
+}
+
+// -----
+
 // CHECK: error: 'mhc.sinkhorn' op schedule: tile_tokens must be <= threads (128): the coefficients take one thread per token, got 256
 func.func @per_token(%l: tensor<?x4x4xf32>) -> tensor<?x4x4xf32> {
   %c = mhc.sinkhorn %l {mhc.schedule = #mhc.schedule<tile_tokens = 256, chunk_columns = 0, threads = 128, vector_width = 4, blocks_per_sm = 0>} : tensor<?x4x4xf32>

@@ -4,6 +4,9 @@
 // The kernels-only module compiles to kernels of the same names.
 // RUN: mhc-opt %s --mhc-fuse --mhc-select-schedule --mhc-outline-kernels=kernels-only \
 // RUN:   | mhc-opt --mhc-select-schedule --convert-mhc-to-gpu | FileCheck %s --check-prefix=GPU
+// The IREE fast route's form: one kernel per group (no fn prepare kernel).
+// RUN: mhc-opt %s --mhc-fuse --mhc-select-schedule=prepare-fn=false --mhc-outline-kernels=kernels-only \
+// RUN:   | mhc-opt --convert-mhc-to-gpu | FileCheck %s --check-prefix=NOPREP
 
 // Every kernel root becomes @mhc_<kind>_<i> (the name --convert-mhc-to-gpu
 // gives its kernel): arguments = the kernel's inputs in first-use order,
@@ -21,7 +24,7 @@
 // CHECK-SAME:    (%{{.*}}: tensor<8x4x64xbf16>, %{{.*}}: tensor<24x256xf32>, %{{.*}}: tensor<3xf32>, %{{.*}}: tensor<24xf32>)
 // CHECK-SAME:    -> (tensor<8x4xf32>, tensor<8x4x4xf32>, tensor<8x64xbf16>) attributes {mhc.tokens = 8 : i64}
 // CHECK:         mhc.fused "pre"
-// CHECK:         mhc.schedule = #mhc.schedule<
+// CHECK:         mhc.schedule = [#mhc.schedule<
 // CHECK-LABEL: func.func private @mhc_post_1
 // CHECK-SAME:    attributes {mhc.tokens = 8 : i64}
 // CHECK:         mhc.fused "post"
@@ -31,9 +34,13 @@
 // ONLY:        func.func @mhc_pre_0
 // ONLY:        func.func @mhc_post_1
 // ONLY:        func.func @mhc_collapse_2
-// GPU:         gpu.func @mhc_pre_0
-// GPU:         gpu.func @mhc_post_1
-// GPU:         gpu.func @mhc_collapse_2
+// GPU:         gpu.func @mhc_pre_0_prepare_fn(
+// GPU:         gpu.func @mhc_pre_0(
+// GPU:         gpu.func @mhc_post_1(
+// GPU:         gpu.func @mhc_collapse_2(
+// NOPREP-NOT:  _prepare_fn
+// NOPREP:      gpu.func @mhc_pre_0(
+// NOPREP-NOT:  _prepare_fn
 func.func @sublayer(%x: tensor<8x4x64xbf16>, %fn: tensor<24x256xf32>, %scale: tensor<3xf32>,
                     %base: tensor<24xf32>) -> tensor<8x64xbf16> {
   %mix = mhc.norm_project %x, %fn : tensor<8x4x64xbf16>, tensor<24x256xf32> -> tensor<8x24xf32>

@@ -3,6 +3,7 @@
 // RUN: not mhc-opt %s --mhc-fuse --mhc-select-schedule="tile-tokens=40" 2>&1 | FileCheck %s --check-prefix=TT40
 // RUN: not mhc-opt %s --mhc-fuse --mhc-select-schedule="tile-tokens=64" 2>&1 | FileCheck %s --check-prefix=TT64
 // RUN: not mhc-opt %s --mhc-select-schedule="chip=sm_75" 2>&1 | FileCheck %s --check-prefix=CHIP
+// RUN: mhc-opt %s --mhc-fuse --mhc-select-schedule="prepare-fn=false" | FileCheck %s --check-prefix=NOPREP
 
 // Schedule selection alone: what --mhc-select-schedule writes on each kernel
 // root (--convert-mhc-to-gpu's lowering of a given schedule is tested in
@@ -10,12 +11,16 @@
 
 // Post kernel (post_res + the next norm_project), bf16: 4 warps over 32
 // tokens, 128 columns (256 bytes) per chunk, 8 bf16 per 16-byte vector,
-// compiled for 4 blocks per SM.
+// compiled for 4 blocks per SM; before it the fn prepare kernel (256
+// threads, nothing else: it does not tile the tokens). prepare-fn=false:
+// the kernel alone.
 // CHECK-LABEL: func.func @post
 // CHECK: mhc.fused "post"
-// CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 32, chunk_columns = 128, threads = 128, vector_width = 8, blocks_per_sm = 4>
+// CHECK: mhc.schedule = [#mhc.schedule<tile_tokens = 0, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>, #mhc.schedule<tile_tokens = 32, chunk_columns = 128, threads = 128, vector_width = 8, blocks_per_sm = 4>]
 // TT16-LABEL: func.func @post
-// TT16: mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 128, vector_width = 8, blocks_per_sm = 4>
+// TT16: mhc.schedule = [#mhc.schedule<tile_tokens = 0, {{.*}}>, #mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 128, vector_width = 8, blocks_per_sm = 4>]
+// NOPREP-LABEL: func.func @post
+// NOPREP: mhc.schedule = #mhc.schedule<tile_tokens = 32, chunk_columns = 128, threads = 128, vector_width = 8, blocks_per_sm = 4>
 // TT40: error: 'mhc.fused' op schedule: tile_tokens must be a multiple of 16 (tensor-core row tiles) in a norm_project kernel, got 40
 // TT64: error: 'mhc.fused' op schedule: tile_tokens needs 78080 bytes of shared memory per block (limit 49152); use fewer tile_tokens or chunk_columns
 func.func @post(%y: tensor<?x64xbf16>, %x: tensor<?x4x64xbf16>, %post: tensor<?x4xf32>,
@@ -40,7 +45,7 @@ func.func @pre(%x: tensor<?x4x64xf32>, %mix: tensor<?x24xf32>, %scale: tensor<3x
 // tokens a block (registers); the f16 tile is split into bf16 hi + lo, so a
 // chunk holds n * 32 = 256 projection inputs.
 // CHECK-LABEL: func.func @wide
-// CHECK: mhc.norm_project {{.*}}mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 32, threads = 128, vector_width = 8, blocks_per_sm = 4>
+// CHECK: mhc.norm_project {{.*}}mhc.schedule = [#mhc.schedule<tile_tokens = 0, {{.*}}>, #mhc.schedule<tile_tokens = 16, chunk_columns = 32, threads = 128, vector_width = 8, blocks_per_sm = 4>]
 func.func @wide(%x: tensor<?x8x100xf16>, %fn: tensor<80x800xf32>) -> tensor<?x80xf32> {
   %mix = mhc.norm_project %x, %fn : tensor<?x8x100xf16>, tensor<80x800xf32> -> tensor<?x80xf32>
   return %mix : tensor<?x80xf32>
@@ -62,11 +67,11 @@ func.func @others(%l: tensor<?x4x4xf32>, %h: tensor<?x64xbf16>) -> (tensor<?x4x4
 // SMs; above 4096 the hint changes nothing.
 // CHECK-LABEL: func.func @few_tokens
 // CHECK: mhc.fused "post"
-// CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 128, vector_width = 8, blocks_per_sm = 4>
+// CHECK: mhc.schedule = [#mhc.schedule<tile_tokens = 0, {{.*}}>, #mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 128, vector_width = 8, blocks_per_sm = 4>]
 // CHECK: mhc.fused "pre"
 // CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 0, threads = 256, vector_width = 4, blocks_per_sm = 0>
 // CHECK-LABEL: func.func @many_tokens
-// CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 32,
+// CHECK: mhc.schedule = [#mhc.schedule<tile_tokens = 0, {{.*}}>, #mhc.schedule<tile_tokens = 32,
 // CHECK: mhc.schedule = #mhc.schedule<tile_tokens = 64,
 func.func @few_tokens(%y: tensor<?x64xbf16>, %x: tensor<?x4x64xbf16>, %post: tensor<?x4xf32>,
                       %comb: tensor<?x4x4xf32>, %fn: tensor<24x256xf32>, %x2: tensor<?x4x64xf32>,

@@ -8,7 +8,10 @@ Also builds the steady-state sublayer (pre without norm_project + post with the
 next norm_project) that is timed. Output: <out>/<name>.cubin + manifest.json,
 which records each kernel's schedule as the compiler wrote it into the IR
 (#mhc.schedule: tokens per block, threads, ...), so that check_kernels.py
-launches every kernel with the compiler's own geometry.
+launches every kernel with the compiler's own geometry. One kernel per group
+(prepare-fn=false): the projection kernels read fn themselves, the path of
+few tokens; the fn prepare kernel's path is checked through mhc.torch's
+kernel sets (check_backward.py, bench/check_torch_backend.py).
 
   python3 test/Integration/GPU/harness/build_cubins.py --mhc-opt build-gpu/bin/mhc-opt --out .gpu-carry
 """
@@ -78,7 +81,7 @@ def schedules(mhc_opt, path_mlir, fuse, tt=0):
     --mhc-select-schedule writes it into the IR (the harness launches each
     kernel with the tile and block size the compiler chose)."""
     passes = (["--mhc-fuse"] if fuse else []) + [
-        "--mhc-select-schedule" + (f"=tile-tokens={tt}" if tt else "")]
+        "--mhc-select-schedule=prepare-fn=false" + (f" tile-tokens={tt}" if tt else "")]
     r = subprocess.run([mhc_opt, path_mlir, *passes], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{path_mlir}: {r.stderr[:2000]}")
@@ -89,7 +92,7 @@ def compile_one(mhc_opt, src, path_mlir, fuse, fmt="bin", tt=0):
     """(binary, kernel names in launch order, {kernel name: schedule})."""
     with open(path_mlir, "w") as f:
         f.write(src)
-    opts = f"format={fmt}" + ("" if fuse else " fuse=0") + (f" tile-tokens={tt}" if tt else "")
+    opts = f"format={fmt} prepare-fn=false" + ("" if fuse else " fuse=0") + (f" tile-tokens={tt}" if tt else "")
     r = subprocess.run([mhc_opt, path_mlir, f"--mhc-gpu-pipeline={opts}"],
                        capture_output=True, text=True)
     if r.returncode != 0:

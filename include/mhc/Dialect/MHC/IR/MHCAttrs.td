@@ -26,8 +26,9 @@ def MHC_ScheduleAttr : AttrDef<MHC_Dialect, "Schedule"> {
       number of token ranges the tokens are split into (the grid's second
       dim); 0 for the token-tiled kernels.
 
-    A group that becomes several kernels (the backward) carries an array
-    with one schedule per kernel, in launch order.
+    A group that becomes several kernels (the backward; a forward group
+    whose fn is prepared by a kernel of its own) carries an array with one
+    schedule per kernel, in launch order.
 
     ```mlir
     %r = mhc.fused "post" -> ... {...} {mhc.schedule = #mhc.schedule<
