@@ -13,13 +13,15 @@
 //   da from dpre, dpost (sigmoid slopes) and dL; dmix = da * scale;
 //   norm_project: r = rsqrt(sum x^2 / K + eps), dm = dmix r and
 //   2 dS = -(sum_m dmix mix) r^2 / K (m = mix / r: the saved mix is
-//   norm_project(x, fn), which --mhc-fuse checks).
+//   norm_project(x, fn), which --mhc-fuse checks; for a token whose sum of
+//   squares overflowed, multiplied by r twice: r^2 would underflow).
 //
 // Writes the record [dm | comb | pre | 2 dS] and the token's row of the
 // block's dbase / dscale partial sums.
 //
 //===----------------------------------------------------------------------===//
 #include "BackwardKernel.h"
+#include <limits>
 
 using namespace mlir;
 using namespace mlir::mhc;
@@ -160,8 +162,9 @@ void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
   da.append(dL);
   // r as the forward computes it, overflow-free (normFactor: where the sum
   // of squares is +inf, this thread re-reads the token's row of x).
-  Value r = normFactor(rowSum(p.rowSumSq()), arg(p.x), [&] { return token; },
-                       n * p.C, p.normEps);
+  Value sumSq = rowSum(p.rowSumSq());
+  Value r = normFactor(sumSq, arg(p.x), [&] { return token; }, n * p.C,
+                       p.normEps);
   Value mixDot = cf(0.0);
   SmallVector<Value> groupDot(3, cf(0.0));
   Value params = mul(t, ci(p.paramWidth()));
@@ -175,9 +178,18 @@ void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
   }
   for (int64_t grp = 0; grp < 3; ++grp)
     st(groupDot[grp], paramS, add(params, ci(M + grp)));
-  // 2 dS = -(sum_m dmix_m m_m) r^3 / K with m = mix / r.
+  // 2 dS = -(sum_m dmix_m m_m) r^3 / K with m = mix / r. Where the sum of
+  // squares overflowed, r is ~1e-30 or less and r * r underflows to 0 in
+  // f32, while 2 dS (mixDot grows like 1 / r) and its share 2 dS x of dx
+  // do not: there mixDot is multiplied by r twice (found by check_backward's
+  // overflow case at n = 3, f32: the token's dx was ~5% off).
   int64_t K = n * p.C;
-  Value dS2 = fdiv(arith::NegFOp::create(b, loc, fmul(mixDot, fmul(r, r))),
-                   cf(double(K)));
+  Value overflowed = arith::CmpFOp::create(
+      b, loc, arith::CmpFPredicate::OEQ, sumSq,
+      cf(std::numeric_limits<double>::infinity()));
+  Value mixDotR2 = select(overflowed, fmul(fmul(mixDot, r), r),
+                          fmul(mixDot, fmul(r, r)));
+  Value dS2 =
+      fdiv(arith::NegFOp::create(b, loc, mixDotR2), cf(double(K)));
   st(dS2, record, add(rec, ci(p.recDS())));
 }

@@ -225,14 +225,23 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // The token stage's norm factor r as the forward computes it: where the
 // token's f32 sum of squares overflowed, a re-read of its row x (%arg1, K =
 // 256 elements) scaled by 2^-96.
-// BWD:       %[[OVER:.*]] = arith.cmpf oeq, %{{.*}}, %{{.*}} : f32
-// BWD-NEXT:  scf.if %[[OVER]] -> (f32) {
+// BWD:       %[[OVER:.*]] = arith.cmpf oeq, %[[SUMSQ:.*]], %{{.*}} : f32
+// BWD-NEXT:  %[[R:.*]] = scf.if %[[OVER]] -> (f32) {
 // BWD:         arith.constant 1.26217745E-29 : f32
 // BWD:         scf.for {{.*}} to %c256{{.*}} step %c1{{.*}} iter_args
 // BWD:           memref.load %arg1[%{{.*}}] : memref<?xbf16>
 // BWD:         math.rsqrt
 // BWD:       } else {
 // BWD:         math.rsqrt
+// 2 dS = -(sum dmix mix) r^2 / K; for an overflowed token (r ~ 1e-30) r
+// multiplies twice, since r * r would underflow to 0 in f32.
+// BWD:       %[[OVER2:.*]] = arith.cmpf oeq, %[[SUMSQ]], %{{.*}} : f32
+// BWD-NEXT:  %[[QR:.*]] = arith.mulf %[[Q:.*]], %[[R]] : f32
+// BWD-NEXT:  %[[QRR:.*]] = arith.mulf %[[QR]], %[[R]] : f32
+// BWD-NEXT:  %[[RR:.*]] = arith.mulf %[[R]], %[[R]] : f32
+// BWD-NEXT:  %[[QRR2:.*]] = arith.mulf %[[Q]], %[[RR]] : f32
+// BWD-NEXT:  %[[PICK:.*]] = arith.select %[[OVER2]], %[[QRR]], %[[QRR2]] : f32
+// BWD-NEXT:  arith.negf %[[PICK]] : f32
 // The cols kernel's shared memory, per tile of 32 tokens: the records'
 // comb/pre/dS (32 tokens x 21, padded to 24 for vector loads), the x, dout
 // (32 x 264) and du (32 x 72) tiles, and dm^T as head and remainder (32
