@@ -23,8 +23,9 @@ def MHCSelectSchedule : Pass<"mhc-select-schedule", "ModuleOp"> {
   let summary = "Choose each GPU kernel's schedule and write it into the IR";
   let description = [{
     For every `mhc.fused` group and every mhc op outside one (each becomes
-    one GPU kernel), chooses the schedule `--convert-mhc-to-gpu` will obey
-    and attaches it as `mhc.schedule = #mhc.schedule<tile_tokens, ...>`
+    one GPU kernel or a few), chooses the schedule `--convert-mhc-to-gpu`
+    will obey (one per kernel) and attaches it as
+    `mhc.schedule = #mhc.schedule<tile_tokens, ...>` (an array for several)
     (docs/GPU.md, "Schedule"). A root that already carries a schedule keeps
     it: schedules can be written or edited by hand between this pass and the
     lowering. Groups the GPU lowering cannot take are diagnosed here.

@@ -380,7 +380,7 @@ def MHC_PostResGradOp : MHC_Op<"post_res_grad", [Pure,
 //===----------------------------------------------------------------------===//
 
 def MHC_FusedOp : MHC_Op<"fused", [SingleBlock, RecursiveMemoryEffects]> {
-  let summary = "a group of mhc ops that becomes one GPU kernel";
+  let summary = "a group of mhc ops that the GPU path lowers together";
   let description = [{
     Formed by `--mhc-fuse`. The body holds the mhc ops of one kernel group
     and ends in `mhc.yield` with the values used outside. It captures its
@@ -390,8 +390,9 @@ def MHC_FusedOp : MHC_Op<"fused", [SingleBlock, RecursiveMemoryEffects]> {
     `"backward"` (all gradient ops of one sublayer, with the split_mixes and
     sinkhorn they recompute and the two arith.addf that sum dx),
     `"post_backward"` / `"pre_backward"` (the same split at an opaque
-    sublayer's VJP). A forward group becomes one GPU kernel, a backward group
-    up to three (docs/GPU.md).
+    sublayer's VJP). A forward group becomes one GPU kernel (with a
+    norm_project, by default after a small kernel that prepares fn), a
+    backward group up to three (docs/GPU.md).
 
     ```mlir
     %pre, %post, %comb, %u = mhc.fused "pre" -> tensor<?x4xf32>, ... {
