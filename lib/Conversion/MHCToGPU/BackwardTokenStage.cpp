@@ -21,7 +21,6 @@
 //
 //===----------------------------------------------------------------------===//
 #include "BackwardKernel.h"
-#include <limits>
 
 using namespace mlir;
 using namespace mlir::mhc;
@@ -184,11 +183,8 @@ void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
   // do not: there mixDot is multiplied by r twice (found by check_backward's
   // overflow case at n = 3, f32: the token's dx was ~5% off).
   int64_t K = n * p.C;
-  Value overflowed = arith::CmpFOp::create(
-      b, loc, arith::CmpFPredicate::OEQ, sumSq,
-      cf(std::numeric_limits<double>::infinity()));
-  Value mixDotR2 = select(overflowed, fmul(fmul(mixDot, r), r),
-                          fmul(mixDot, fmul(r, r)));
+  Value mixDotR2 = select(sumOfSquaresOverflowed(sumSq),
+                          fmul(fmul(mixDot, r), r), fmul(mixDot, fmul(r, r)));
   Value dS2 =
       fdiv(arith::NegFOp::create(b, loc, mixDotR2), cf(double(K)));
   st(dS2, record, add(rec, ci(p.recDS())));

@@ -13,14 +13,16 @@ Value KernelBuilder::sigmoid(Value a) {
   return fdiv(cf(1.0), fadd(cf(1.0), e));
 }
 
+Value KernelBuilder::sumOfSquaresOverflowed(Value sumSq) {
+  return arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, sumSq,
+                               cf(std::numeric_limits<double>::infinity()));
+}
+
 Value KernelBuilder::normFactor(Value sumSq, Value row,
                                 function_ref<Value()> token, int64_t K,
                                 float eps) {
-  Value overflowed = arith::CmpFOp::create(
-      b, loc, arith::CmpFPredicate::OEQ, sumSq,
-      cf(std::numeric_limits<double>::infinity()));
   return emitIfElse(
-      b.getF32Type(), overflowed,
+      b.getF32Type(), sumOfSquaresOverflowed(sumSq),
       [&]() -> SmallVector<Value> {
         if (!row)
           return {cf(std::numeric_limits<double>::quiet_NaN())};

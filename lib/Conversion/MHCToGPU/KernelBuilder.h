@@ -86,6 +86,9 @@ public:
   /// (the row is not in memory). The CPU lowering's normFactor does the same.
   Value normFactor(Value sumSq, Value row, function_ref<Value()> token,
                    int64_t K, float eps);
+  /// True where a token's f32 sum of squares overflowed (+inf): the case
+  /// normFactor rescues (r ~ 2^-96 or less there).
+  Value sumOfSquaresOverflowed(Value sumSq);
   /// The softmax of each row of the row-major n x n matrix `L` (held in
   /// registers, one value per entry), with the row max subtracted; `plus`
   /// (when given) is added to every entry.
