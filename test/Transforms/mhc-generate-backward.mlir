@@ -10,6 +10,13 @@
 // ONLY-NOT:    @first_forward
 // ONLY:        func.func @other_forward
 // ONLY-NOT:    @first_forward
+// Running the pass again (by default or naming the function) leaves the module
+// unchanged: functions with a generated @f_forward / @f_backward are skipped.
+// RUN: mhc-opt %s --mhc-generate-backward --split-input-file -o %t.once
+// RUN: mhc-opt %t.once --mhc-generate-backward --split-input-file -o %t.twice
+// RUN: diff %t.once %t.twice
+// RUN: mhc-opt %S/Inputs/generate-backward-functions.mlir --mhc-generate-backward="functions=other" -o %t.named
+// RUN: mhc-opt %t.named --mhc-generate-backward="functions=other" | diff %t.named -
 // The generated functions verify and lower:
 // RUN: mhc-opt %s --mhc-generate-backward --split-input-file --convert-mhc-to-linalg | FileCheck %s --check-prefix=LOWERED
 

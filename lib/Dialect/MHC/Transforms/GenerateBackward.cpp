@@ -567,6 +567,19 @@ private:
   }
 };
 
+/// True when an earlier run of the pass generated @f_forward and @f_backward
+/// for `f` (they name it in mhc.forward_of / mhc.backward_of): such an `f` is
+/// skipped, so running the pass again leaves the module unchanged.
+bool alreadyDifferentiated(func::FuncOp f, const SymbolTable &symbols) {
+  auto generatedFor = [&](const std::string &name, StringRef attr) {
+    Operation *op = symbols.lookup(name);
+    auto of = op ? op->getAttrOfType<StringAttr>(attr) : StringAttr();
+    return of && of.getValue() == f.getSymName();
+  };
+  return generatedFor(forwardName(f), "mhc.forward_of") &&
+         generatedFor(backwardName(f), "mhc.backward_of");
+}
+
 struct MHCGenerateBackwardPass
     : mhc::impl::MHCGenerateBackwardBase<MHCGenerateBackwardPass> {
   using MHCGenerateBackwardBase::MHCGenerateBackwardBase;
@@ -597,6 +610,9 @@ struct MHCGenerateBackwardPass
           targets.push_back(f);
       }
     }
+    llvm::erase_if(targets, [&](func::FuncOp f) {
+      return alreadyDifferentiated(f, symbols);
+    });
     // Nothing is written unless every function can be differentiated.
     for (func::FuncOp f : targets)
       if (failed(checkDifferentiable(f, symbols)))

@@ -170,6 +170,10 @@ def MHCGenerateBackward : Pass<"mhc-generate-backward", "ModuleOp"> {
     three cotangents of x summed with two `arith.addf` (x's element type).
     Gradients of expand / collapse are collapse / expand of the cotangent.
 
+    A function whose `@f_forward` / `@f_backward` an earlier run generated
+    (they carry `mhc.forward_of` / `mhc.backward_of`) is skipped, so the
+    pass is idempotent.
+
     `save` chooses what the forward keeps and the backward recomputes; the
     activations the backward reads (the stream entering each sublayer, F's
     inputs and outputs) are kept in every mode except `inputs`. See
