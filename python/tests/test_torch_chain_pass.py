@@ -37,6 +37,20 @@ def model(blocks=3, n=2, C=16, vocab=11, recompute=True):
     return nn.Sequential(*layers)
 
 
+def as_imported():
+    """The pass out and not kept out: the next graph compiled with mhc ops installs it."""
+    chain_pass.uninstall()
+    chain_pass._KEPT_OUT = False
+
+
+@pytest.fixture(autouse=True)
+def fresh_chain_pass():
+    """Each test starts, and leaves the later test files, with the state `import mhc.torch` gives."""
+    as_imported()
+    yield
+    as_imported()
+
+
 def loss_and_grads(m, tokens):
     loss = nn.functional.cross_entropy(m(tokens).flatten(0, 1), tokens.flatten())
     return loss, torch.autograd.grad(loss, list(m.parameters()))
@@ -135,7 +149,6 @@ def test_inductor_installs_and_runs_the_pass(ops_path, monkeypatch):
     real = chain_pass.chain_hyperconnections
     monkeypatch.setattr(chain_pass, "chain_hyperconnections",
                         lambda graph: seen.append(real(graph)) or seen[-1])
-    chain_pass.uninstall()
     # No FX graph cache: the pass must run, not a cached graph be loaded.
     with config.patch(fx_graph_cache=False, post_grad_custom_pre_pass=Theirs()):
         try:
@@ -155,10 +168,25 @@ def test_inductor_installs_and_runs_the_pass(ops_path, monkeypatch):
 
 def test_switched_off_by_the_environment(monkeypatch):
     import torch._inductor.config as config  # noqa: F401 - Inductor loaded, as when compiling
-    chain_pass.uninstall()
     monkeypatch.setenv("MHC_COMPILE_CHAIN", "0")
     chain_pass.install_if_compiling()
     assert type(config.post_grad_custom_pre_pass).__name__ != "ChainHyperConnections"
+    monkeypatch.setenv("MHC_COMPILE_CHAIN", "1")
+    chain_pass.install_if_compiling()
+    assert type(config.post_grad_custom_pre_pass).__name__ == "ChainHyperConnections"
+
+
+def test_uninstall_keeps_it_out():
+    """After uninstall() compiling a graph with mhc ops does not put the pass back; install()
+    does."""
+    import torch._inductor.config as config  # noqa: F401 - Inductor loaded, as when compiling
+    chain_pass.install_if_compiling()
+    assert type(config.post_grad_custom_pre_pass).__name__ == "ChainHyperConnections"
+    chain_pass.uninstall()
+    chain_pass.install_if_compiling()
+    assert type(config.post_grad_custom_pre_pass).__name__ != "ChainHyperConnections"
+    chain_pass.install()
+    assert type(config.post_grad_custom_pre_pass).__name__ == "ChainHyperConnections"
 
 
 def test_wraps_a_plain_function_pass():
@@ -166,7 +194,6 @@ def test_wraps_a_plain_function_pass():
     (Inductor then skips its FX graph cache rather than keying on half the passes)."""
     import torch._inductor.config as config
     seen = []
-    chain_pass.uninstall()
     with config.patch(post_grad_custom_pre_pass=lambda graph: seen.append("theirs")):
         try:
             chain_pass.install()

@@ -21,8 +21,7 @@ Installed as Inductor's ``post_grad_custom_pre_pass`` the first time a graph wit
 traced for compilation (the ops' fake implementations call :func:`install_if_compiling`; importing
 Inductor just to install it would cost seconds at ``import mhc.torch``). A pass the user set
 there first still runs, before this one. ``MHC_COMPILE_CHAIN=0`` in the environment turns the
-rewrite off; :func:`uninstall` removes it until the next graph with mhc ops is compiled (which
-installs it again unless MHC_COMPILE_CHAIN=0).
+rewrite off; :func:`uninstall` removes it for the rest of the process (until :func:`install`).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ import sys
 import torch
 
 _INSTALLED = False
+_KEPT_OUT = False   # uninstall() was called: compiling does not install the pass again
 
 
 def _arguments(node) -> dict:
@@ -145,29 +145,29 @@ def _pass_class():
 def install():
     """Makes mhc's pass Inductor's post-grad custom pre-pass (keeping one already set, which runs
     first). Idempotent. Imports Inductor."""
-    global _INSTALLED
+    global _INSTALLED, _KEPT_OUT
     import torch._inductor.config as config
     current = config.post_grad_custom_pre_pass
     if type(current).__name__ != "ChainHyperConnections":
         config.post_grad_custom_pre_pass = _pass_class()(current)
-    _INSTALLED = True
+    _INSTALLED, _KEPT_OUT = True, False
 
 
 def uninstall():
-    """Takes mhc's pass out again (leaving the one it wrapped); the next compilation of a graph
-    with mhc ops installs it again unless MHC_COMPILE_CHAIN=0."""
-    global _INSTALLED
+    """Takes mhc's pass out again (leaving the one it wrapped) and keeps it out: compiling a graph
+    with mhc ops no longer installs it; :func:`install` does."""
+    global _INSTALLED, _KEPT_OUT
     import torch._inductor.config as config
     current = config.post_grad_custom_pre_pass
     if type(current).__name__ == "ChainHyperConnections":
         config.post_grad_custom_pre_pass = current.before
-    _INSTALLED = False
+    _INSTALLED, _KEPT_OUT = False, True
 
 
 def install_if_compiling():
     """Called by the mhc ops' fake implementations: installs the pass once Inductor is loaded
     (a graph is being compiled), unless MHC_COMPILE_CHAIN=0. Costs a dict look-up after that."""
-    if _INSTALLED or "torch._inductor.config" not in sys.modules:
+    if _INSTALLED or _KEPT_OUT or "torch._inductor.config" not in sys.modules:
         return
     if os.environ.get("MHC_COMPILE_CHAIN", "1") == "0":
         return
