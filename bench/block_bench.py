@@ -515,6 +515,19 @@ def load_peers(path):
         return None, f"{type(e).__name__}: {e}"
 
 
+def round_pair_overheads(ms_rounds, plain_rounds):
+    """Overhead (%) over the plain block per pair of interleaved rounds: rounds run the variants in
+    forward then backward order, so a variant's position (first after plain, or last) biases one
+    round up and the next down (seen as a +-5% zig-zag in single-block runs); a pair's summed
+    times cancel that. The spread over pairs is what a claim of 'in every run' has to hold over.
+    None without two rounds of both."""
+    if not ms_rounds or not plain_rounds or len(ms_rounds) != len(plain_rounds):
+        return None
+    pairs = [(sum(ms_rounds[i:i + 2]) / sum(plain_rounds[i:i + 2]) - 1) * 100
+             for i in range(0, len(ms_rounds) - 1, 2)]
+    return pairs or None
+
+
 def write_results(args, argv, device, dtype, peers_error, rows, host=None):
     """Fills in each row's overhead over the plain block of its mode and C and (re)writes
     --json with every row so far; returns what it wrote."""
@@ -523,6 +536,9 @@ def write_results(args, argv, device, dtype, peers_error, rows, host=None):
                       and q["C"] == r["C"] and "ms" in q), None)
         if plain and "ms" in r:
             r["overhead_pct"] = (r["ms"] / plain["ms"] - 1) * 100
+            pairs = round_pair_overheads(r.get("ms_rounds"), plain.get("ms_rounds"))
+            if pairs and r is not plain:
+                r["overhead_pairs_pct"] = pairs
     result = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "dtype": str(dtype), "batch": args.batch, "seq": args.seq,
@@ -617,11 +633,15 @@ def main(argv=None):
                            if device.type == "cuda" else None)
     print(f"\nblock fwd+bwd, T = {args.batch}x{args.seq}, {dtype}, n = {N} ({result['device']})"
           + (f", {args.blocks} blocks in a row" if args.blocks > 1 else ""))
-    print(f"{'C':>6} {'mode':8} {'variant':15} {'ms':>9} {'overhead':>9} {'peak MB':>9}")
+    print(f"{'C':>6} {'mode':8} {'variant':15} {'ms':>9} {'overhead':>9} {'peak MB':>9}"
+          f"  {'round pairs (min..max)':>22}")
     for r in rows:
         if "ms" in r:
+            pairs = r.get("overhead_pairs_pct")
+            spread = f"{min(pairs):+.1f}..{max(pairs):+.1f}%" if pairs else ""
             print(f"{r['C']:>6} {r['mode']:8} {r['variant']:15} {r['ms']:9.3f} "
-                  f"{r.get('overhead_pct', 0):+8.1f}% {r.get('peak_mem_mb', float('nan')):9.0f}")
+                  f"{r.get('overhead_pct', 0):+8.1f}% {r.get('peak_mem_mb', float('nan')):9.0f}"
+                  f"  {spread:>22}")
         else:
             print(f"{r['C']:>6} {r['mode']:8} {r['variant']:15} error: {r['error'][:60]}")
     return 0

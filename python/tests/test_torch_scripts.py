@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -39,6 +41,22 @@ def test_block_bench_interleaved_smoke(tmp_path):
     assert [r["variant"] for r in rows] == ["plain", "mhc", "mhc_recompute"]
     for r in rows:     # every variant timed in each of the 3 rounds
         assert len(r["ms_rounds"]) == 3 and r["ms"] > 0 and "interleaved" in r["timer"], r
+    # one whole pair of rounds (forward + backward order); the plain block has none
+    assert "overhead_pairs_pct" not in rows[0]
+    assert all(len(r["overhead_pairs_pct"]) == 1 for r in rows[1:])
+
+
+def test_block_bench_round_pairs():
+    """The per-pair overhead sums a forward-order and a backward-order round, so a zig-zag from
+    the variants' order cancels; an odd last round is left out."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("block_bench", REPO / "bench" / "block_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pairs = bench.round_pair_overheads([11.0, 9.5, 11.5, 9.0, 50.0], [10.0, 9.0, 10.0, 10.0, 1.0])
+    assert pairs == pytest.approx([(20.5 / 19 - 1) * 100, (20.5 / 20 - 1) * 100])
+    assert bench.round_pair_overheads([1.0], [1.0]) is None
+    assert bench.round_pair_overheads([1.0, 2.0], [1.0]) is None
 
 
 def test_stability_study_smoke_and_plots(tmp_path):
