@@ -16,16 +16,7 @@ from torch._dynamo.backends.common import aot_autograd
 
 import mhc.torch as mt
 from mhc.torch import chain_pass
-
-
-class PreNormFFN(nn.Module):
-    def __init__(self, C):
-        super().__init__()
-        self.norm = nn.RMSNorm(C)
-        self.up, self.down = nn.Linear(C, 2 * C), nn.Linear(2 * C, C)
-
-    def forward(self, u):
-        return self.down(torch.relu(self.up(self.norm(u))))
+from sublayers import PreNormFFN
 
 
 def model(blocks=3, n=2, C=16, vocab=11, recompute=True):

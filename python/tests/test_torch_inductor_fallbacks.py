@@ -12,21 +12,13 @@ from torch import nn
 
 import mhc.torch as mt
 from mhc.torch import inductor_fallbacks
-
-
-class FFN(nn.Module):
-    def __init__(self, C):
-        super().__init__()
-        self.up, self.down = nn.Linear(C, 2 * C), nn.Linear(2 * C, C)
-
-    def forward(self, u):
-        return self.down(torch.relu(self.up(u)))
+from sublayers import PreNormFFN
 
 
 def stack(blocks, n=2, C=16):
     torch.manual_seed(0)
     return nn.Sequential(mt.Expand(n),
-                         *[mt.HyperConnection(n, C, FFN(C), layer=i, iterations=3)
+                         *[mt.HyperConnection(n, C, PreNormFFN(C, norm=False), layer=i, iterations=3)
                            for i in range(blocks)],
                          mt.Head(n, C))
 

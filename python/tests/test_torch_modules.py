@@ -16,6 +16,7 @@ from torch import nn
 import mhc.torch as mt
 from mhc import reference as R
 from mhc.torch import modules
+from sublayers import PreNormFFN
 
 N, C = 4, 16
 
@@ -157,19 +158,6 @@ def saved_bytes(run):
         out = run()
     params = {p.untyped_storage().data_ptr() for p in run.params}
     return sum(b for ptr, b in storages.items() if ptr not in params), out
-
-
-class PreNormFFN(nn.Module):
-    """A sublayer that saves its input u (RMSNorm), like attention and FFN blocks do."""
-
-    def __init__(self, C):
-        super().__init__()
-        self.norm = nn.RMSNorm(C)
-        self.up = nn.Linear(C, 2 * C)
-        self.down = nn.Linear(2 * C, C)
-
-    def forward(self, u):
-        return self.down(torch.relu(self.up(self.norm(u))))
 
 
 def test_recompute_saves_activation_memory():
