@@ -32,7 +32,8 @@ projection) instead of keeping post/comb, and the sublayer's own saved
 copy of its input u (e.g. a norm or linear layer's input) is replaced by a marker and recomputed
 from that same call (``saved_tensors_hooks`` around the sublayer; other hooks the user installed
 still see every other tensor). Under torch.compile the hooks are not used (the compiled graph
-decides what it saves) but post/comb are still recomputed rather than saved.
+decides what it saves), u stays saved, and so post/comb are saved too: recomputing them alone
+would relaunch a kernel that reads x to spare (n + n^2) f32 a token.
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ class _PreStep(torch.autograd.Function):
 class _PostStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, x, link, post, comb, mix, fn, scale, base, backend, attrs, recompute):
+        # recompute: the _URecompute of the sublayer's u, or None (save post and comb).
         x_next = _ops(backend).hc_post(y, x, post, comb)
         ctx.backend, ctx.attrs, ctx.recompute = backend, attrs, recompute
         if recompute is None:
@@ -186,8 +188,7 @@ class _PostStep(torch.autograd.Function):
             # From the saved mix: the same u/post/comb as the forward's (hc_pre is hc_pre_mixed
             # after its norm_project), without the norm_project's pass over x.
             u, post, comb = _ops(ctx.backend).hc_pre_mixed(x, mix, scale, base, *ctx.attrs)
-            if isinstance(ctx.recompute, _URecompute):
-                ctx.recompute.recomputed_u = u      # the sublayer's backward, next, reads it
+            ctx.recompute.recomputed_u = u      # the sublayer's backward, next, reads it
         dx_next = dx_next.contiguous()
         dy, dpost, dcomb = _ops(ctx.backend).hc_post_backward(y, x, post, comb, dx_next)
         # No gradient for x here: dx_next goes through the link to _PreStep, which computes all of dx.
@@ -326,7 +327,10 @@ class HyperConnection(nn.Module):
         if self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             hooks = _URecompute(u, (x, mix, scale, base), backend, self.attrs)
         y = self._sublayer(u, x, hooks, args, kwargs)
-        recompute = (hooks or True) if self.recompute else None
+        # Only with the hooks does recomputing pay: the backward's hc_pre_mixed then also gives
+        # the sublayer its u. Without them (torch.compile) it would relaunch a kernel that reads
+        # x only to spare post and comb, (n + n^2) f32 a token: the post step saves them.
+        recompute = hooks
         with _no_autocast(x):
             return _PostStep.apply(y, x, link, post, comb, mix, fn, scale, base, backend,
                                    self.attrs, recompute)
