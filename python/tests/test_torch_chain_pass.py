@@ -91,32 +91,6 @@ def test_rewrite_is_bit_identical(ops_path, recompute):
     assert torch.allclose(loss, eager_loss, rtol=1e-6)
 
 
-def test_compiled_recompute_saves_the_coefficients(ops_path):
-    """Under torch.compile the recompute hooks are off (u stays saved), so recompute=True must not
-    relaunch hc_pre_mixed in the backward just for post/comb: they are saved, the backward graph
-    holds no pre op, and loss and gradients equal recompute=False's."""
-    backward_ops = []
-
-    def bw(gm, example_inputs):
-        backward_ops.append(targets(gm))
-        return make_boxed_func(gm.forward)
-
-    results = []
-    for recompute in (False, True):
-        torch._dynamo.reset()
-        m = model(recompute=recompute)
-        tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(4))
-        compiled = torch.compile(m, backend=aot_autograd(
-            fw_compiler=lambda gm, _: make_boxed_func(gm.forward), bw_compiler=bw))
-        results.append(loss_and_grads(compiled, tokens))
-    mhc = torch.ops.mhc
-    for ops in backward_ops:
-        assert ops.count(mhc.hc_pre_backward.default) == 3, ops
-        assert mhc.hc_pre_mixed.default not in ops and mhc.hc_pre.default not in ops, ops
-    (loss0, grads0), (loss1, grads1) = results
-    assert torch.equal(loss0, loss1) and all(torch.equal(a, b) for a, b in zip(grads0, grads1))
-
-
 def test_bf16_parameters_chain_too(ops_path):
     """With bf16 parameters HyperConnection casts fn to f32 in its forward, so the next fn's cast
     is traced after this sublayer's hc_post: the pass moves it in front and still chains."""

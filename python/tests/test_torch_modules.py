@@ -250,6 +250,37 @@ def test_torch_compile_fullgraph_graph_capture(path, recompute):
             assert torch.allclose(g, cg, rtol=1e-5, atol=1e-7)
 
 
+def test_compiled_recompute_saves_the_coefficients(monkeypatch):
+    """Under torch.compile the recompute hooks are off (u stays saved), so recompute=True must not
+    relaunch hc_pre_mixed in the backward just for post/comb: they are saved, the backward graph
+    holds no pre op, and loss and gradients equal recompute=False's bit for bit."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")   # the mhc:: ops
+    backward_ops = []
+
+    def keep(gm, _):
+        return make_boxed_func(gm.forward)
+
+    def look(gm, _):
+        backward_ops.append([n.target for n in gm.graph.nodes if n.op == "call_function"])
+        return keep(gm, _)
+
+    results = []
+    for recompute in (False, True):
+        torch._dynamo.reset()
+        model = tiny_lm(blocks=3, recompute=recompute, iterations=3)
+        tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(4))
+        compiled = torch.compile(model, backend=aot_autograd(fw_compiler=keep, bw_compiler=look))
+        results.append(_grads(compiled, tokens))
+    ops = torch.ops.mhc
+    for targets in backward_ops:
+        assert targets.count(ops.hc_pre_backward.default) == 3, targets
+        assert ops.hc_pre_mixed.default not in targets and ops.hc_pre.default not in targets
+    (loss0, grads0), (loss1, grads1) = results
+    assert torch.equal(loss0, loss1) and all(torch.equal(a, b) for a, b in zip(grads0, grads1))
+
+
 def test_gradcheck_under_compile(monkeypatch):
     monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
     hc = make_hc(n=2, C=3, iterations=4)
