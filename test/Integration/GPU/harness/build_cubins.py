@@ -10,8 +10,9 @@ which records each kernel's schedule as the compiler wrote it into the IR
 (#mhc.schedule: tokens per block, threads, ...), so that check_kernels.py
 launches every kernel with the compiler's own geometry. One kernel per group
 (prepare-fn=false): the projection kernels read fn themselves, the path of
-few tokens; the fn prepare kernel's path is checked through mhc.torch's
-kernel sets (check_backward.py, bench/check_torch_backend.py).
+hand-written single schedules and the IREE fast route; the fn prepare
+kernel's path (every mhc.torch kernel set, few-token variants included) is
+checked through those sets (check_backward.py, bench/check_torch_backend.py).
 
   python3 test/Integration/GPU/harness/build_cubins.py --mhc-opt build-gpu/bin/mhc-opt --out .gpu-carry
 """
