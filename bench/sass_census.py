@@ -111,6 +111,8 @@ def report(kernel: str, code, resources: dict | None, ranges: list[tuple[int, in
         entry["resources"] = resources
     stretches = ranges if ranges else loops(code)
     entry["loops" if not ranges else "ranges"] = [census(code, lo, hi) for lo, hi in stretches]
+    if ranges and len(ranges) > 1:   # e.g. one path of a loop, given piece by piece
+        entry["ranges_total"] = sum(part["instructions"] for part in entry["ranges"])
     return entry
 
 
@@ -126,7 +128,8 @@ def main(argv=None):
     ap.add_argument("cubin", type=Path)
     ap.add_argument("--kernel", action="append", help="only these kernels (repeatable)")
     ap.add_argument("--range", dest="ranges", action="append", metavar="LO:HI",
-                    help="count this address range (hex) instead of the loops")
+                    help="count this address range (hex, both ends included) instead of the "
+                         "loops; repeatable (and summed: one path of a loop, piece by piece)")
     ap.add_argument("--top", type=int, default=12, help="opcodes printed per loop")
     ap.add_argument("--json", type=Path, help="write the census here")
     args = ap.parse_args(argv)
@@ -163,6 +166,8 @@ def main(argv=None):
             top = list(part["opcodes"].items())[:args.top]
             print(f"  {part['range']}: {part['instructions']:5d}  "
                   + " ".join(f"{k}:{v}" for k, v in top))
+        if "ranges_total" in entry:
+            print(f"  all ranges: {entry['ranges_total']:5d}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

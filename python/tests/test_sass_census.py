@@ -54,3 +54,12 @@ def test_resources_and_opcodes():
     assert res["k_cols"]["REG"] == 246 and res["k_rows"]["STACK"] == 808
     assert sass_census.opcode("@!P3 LDS.128 R8, [R2]") == "LDS"
     assert sass_census.opcode("IMAD.U32 R4, R5, 0x10000, RZ") == "IMAD"
+
+
+def test_a_path_given_piece_by_piece_is_summed():
+    """Several --range pieces (one path of a loop) are counted each and in total, ends included."""
+    code = sass_census.parse_sass(SASS)["k_cols"]
+    entry = sass_census.report("k_cols", code, None, [(0x20, 0x50), (0x70, 0x70)])
+    assert [p["instructions"] for p in entry["ranges"]] == [4, 1]
+    assert entry["ranges_total"] == 5
+    assert "ranges_total" not in sass_census.report("k_cols", code, None, [(0x20, 0x70)])
