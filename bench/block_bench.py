@@ -536,8 +536,9 @@ def write_results(args, argv, device, dtype, peers_error, rows, host=None):
                       and q["C"] == r["C"] and "ms" in q), None)
         if plain and "ms" in r:
             r["overhead_pct"] = (r["ms"] / plain["ms"] - 1) * 100
-            pairs = round_pair_overheads(r.get("ms_rounds"), plain.get("ms_rounds"))
-            if pairs and r is not plain:
+            pairs = (round_pair_overheads(r.get("ms_rounds"), plain.get("ms_rounds"))
+                     if r is not plain else None)
+            if pairs:
                 r["overhead_pairs_pct"] = pairs
     result = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
