@@ -435,10 +435,10 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
       Value t = div(item, n * NV), rest = rem(item, n * NV);
       Value si = div(rest, NV), sc = mul(rem(rest, NV), ci(acts.vec));
       Value token = add(tok0, t);
-      Value v = toF32(vector::LoadOp::create(
+      Value v = vector::LoadOp::create(
           b, loc, vecAct(), doutS,
           ValueRange{add(mul(t, ci(XP)), add(mul(si, ci(CC)), sc))}, false,
-          llvm::MaybeAlign(16)));
+          llvm::MaybeAlign(16)); // dx as rounded: stored as it is
       Value row = mul(add(mul(token, ci(n)), si), ci(p.C));
       if (guarded)
         storeAct(v, arg(p.dxOut), row, add(col0, sc), ult(token, T));

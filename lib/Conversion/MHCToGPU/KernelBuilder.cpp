@@ -78,14 +78,49 @@ Value KernelBuilder::warpSum(Value v, int64_t width) {
 Value KernelBuilder::toF32(Value v) {
   if (acts.act == f32)
     return v;
+  auto vt = dyn_cast<VectorType>(v.getType());
+  if (vt && vt.getElementType().isBF16() && vt.getRank() == 1 &&
+      vt.getNumElements() % 2 == 0)
+    return bf16PairsToF32(v);
   Type t = f32;
-  if (auto vt = dyn_cast<VectorType>(v.getType()))
+  if (vt)
     t = vt.clone(f32);
   return arith::ExtFOp::create(b, loc, t, v);
 }
 
+/// A bf16 is the upper half of the f32 it extends to, so a 32-bit word of
+/// two bf16 extends with one instruction each: `w << 16` (element 2k) and
+/// `w & 0xffff0000` (element 2k + 1). arith.extf of a vector becomes, per
+/// word, that shift for the low half but a byte permute and a shift for the
+/// high one (ptxas, sm_90). Bit-identical to extf, NaN payloads included.
+Value KernelBuilder::bf16PairsToF32(Value v) {
+  auto vt = cast<VectorType>(v.getType());
+  int64_t words = vt.getNumElements() / 2;
+  Type i32 = b.getI32Type();
+  auto wordsType = VectorType::get({words}, i32);
+  auto floatsType = VectorType::get({words}, f32);
+  Value w = vector::BitCastOp::create(b, loc, wordsType, v);
+  auto splatI32 = [&](uint32_t c) {
+    return arith::ConstantOp::create(
+        b, loc, wordsType,
+        DenseElementsAttr::get(wordsType, b.getI32IntegerAttr(c).getValue()));
+  };
+  Value low = arith::ShLIOp::create(b, loc, w, splatI32(16));
+  Value high = arith::AndIOp::create(b, loc, w, splatI32(0xffff0000u));
+  SmallVector<int64_t> interleave;
+  for (int64_t k = 0; k < words; ++k)
+    interleave.append({k, words + k});
+  return vector::ShuffleOp::create(
+      b, loc, vector::BitCastOp::create(b, loc, floatsType, low),
+      vector::BitCastOp::create(b, loc, floatsType, high), interleave);
+}
+
 Value KernelBuilder::toAct(Value v, Type t) {
-  return acts.act == f32 ? v : arith::TruncFOp::create(b, loc, t, v);
+  // Values already in the activation type pass (a copy: no round trip
+  // through f32, which LLVM folds for extf but not for bf16PairsToF32).
+  return acts.act == f32 || v.getType() == t
+             ? v
+             : arith::TruncFOp::create(b, loc, t, v);
 }
 
 Value KernelBuilder::roundAct(Value v) {

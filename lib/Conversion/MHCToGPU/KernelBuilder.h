@@ -186,7 +186,9 @@ public:
   VectorType vecAct() { return VectorType::get({acts.vec}, acts.act); }
   /// Widens an activation scalar or vector to f32.
   Value toF32(Value v);
-  /// Rounds f32 to the activation type `t` (scalar or vector type).
+  Value bf16PairsToF32(Value v); // toF32 of a bf16 vector of even length
+  /// Rounds f32 to the activation type `t` (scalar or vector type); a value
+  /// already of type `t` is returned as it is.
   Value toAct(Value v, Type t);
   /// Rounds f32 values to the activation type and back (what is stored).
   Value roundAct(Value v);

@@ -32,9 +32,14 @@
 // CHECK:        math.exp
 // CHECK:        scf.for %{{.*}} = %c1{{.*}} to %c20{{.*}} step %c1{{.*}} iter_args({{.*}}) -> (f32, f32, f32, f32, f32, f32, f32, f32, f32, f32, f32, f32, f32, f32, f32, f32)
 // CHECK:        gpu.barrier
-// pre_apply: 16-byte vector loads with a scalar fallback for tails.
+// pre_apply: 16-byte vector loads with a scalar fallback for tails; a bf16
+// vector widens to f32 as 32-bit words: w << 16 and w & 0xffff0000.
 // CHECK:        vector.load %{{.*}} {alignment = 16 : i64} : memref<?xbf16>, vector<8xbf16>
 // CHECK:        memref.load %{{.*}} : memref<?xbf16>
+// CHECK:        vector.bitcast %{{.*}} : vector<8xbf16> to vector<4xi32>
+// CHECK:        arith.shli %{{.*}}, %{{.*}} : vector<4xi32>
+// CHECK:        arith.andi %{{.*}}, %{{.*}} : vector<4xi32>
+// CHECK:        vector.shuffle %{{.*}}, %{{.*}} [0, 4, 1, 5, 2, 6, 3, 7] : vector<4xf32>, vector<4xf32>
 // CHECK:        vector.store %{{.*}} {alignment = 16 : i64} : memref<?xbf16>, vector<8xbf16>
 // CHECK:        gpu.return
 
