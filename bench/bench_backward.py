@@ -69,8 +69,8 @@ def make_sets(C, count=3):
     return sets
 
 
-def mhc_times(C, sets, warmup, iters):
-    key = K.KernelKey(n=N, C=C, dtype="bf16")
+def mhc_times(C, sets, warmup, iters, iterations=20):
+    key = K.KernelKey(n=N, C=C, dtype="bf16", iterations=iterations)
     ks = K.KernelSet(key.folder(os.path.abspath(os.environ.get("MHC_CACHE", ".mhc-cache"))))
     stream = lambda: torch.cuda.current_stream().cuda_stream  # noqa: E731
 
@@ -165,6 +165,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--T", type=int, default=T, help="tokens (default 16384)")
+    ap.add_argument("--iterations", type=int, default=20,
+                    help="Sinkhorn iterations of mhc's kernels (their cost: time at 20 against 1)")
     a = ap.parse_args()
     globals()["T"] = a.T
     peers = None
@@ -202,7 +204,7 @@ def main():
         print(f"C={C}: floors fwd {floors['forward']:.3f} bwd {floors['backward']:.3f} "
               f"(rows {floors['rows']:.3f}, cols {floors['cols']:.3f}) ms", flush=True)
         try:
-            row["mhc"] = mhc_times(C, sets, a.warmup, a.iters)
+            row["mhc"] = mhc_times(C, sets, a.warmup, a.iters, a.iterations)
         except Exception as e:  # noqa: BLE001
             row["mhc"] = dict(error=repr(e)[:500])
         report(C, "mhc", row["mhc"], floors)
