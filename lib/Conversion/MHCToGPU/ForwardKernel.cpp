@@ -219,11 +219,9 @@ static Schedule prepareSchedule() {
   return s;
 }
 
-/// Shared memory of the kernel, in the order of its workgroup attributions.
-// (File-local: ForwardKernel.cpp and BackwardKernel.cpp each have a
-// SharedBuffer; as two global classes of one name their SmallVector code
-// was merged across the files -- undefined behaviour that ASan caught.)
+// File-local: the other of Forward/BackwardKernel.cpp has a SharedBuffer too.
 namespace {
+/// Shared memory of the kernel, in the order of its workgroup attributions.
 struct SharedBuffer {
   Value ForwardKernelBuilder::*slot;
   int64_t elements;

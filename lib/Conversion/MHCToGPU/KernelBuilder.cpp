@@ -100,13 +100,9 @@ Value KernelBuilder::bf16PairsToF32(Value v) {
   auto wordsType = VectorType::get({words}, i32);
   auto floatsType = VectorType::get({words}, f32);
   Value w = vector::BitCastOp::create(b, loc, wordsType, v);
-  auto splatI32 = [&](uint32_t c) {
-    return arith::ConstantOp::create(
-        b, loc, wordsType,
-        DenseElementsAttr::get(wordsType, b.getI32IntegerAttr(c).getValue()));
-  };
-  Value low = arith::ShLIOp::create(b, loc, w, splatI32(16));
-  Value high = arith::AndIOp::create(b, loc, w, splatI32(0xffff0000u));
+  Value low = arith::ShLIOp::create(b, loc, w, splat(ci32(16), wordsType));
+  Value high = arith::AndIOp::create(
+      b, loc, w, splat(ci32(int32_t(0xffff0000u)), wordsType));
   SmallVector<int64_t> interleave;
   for (int64_t k = 0; k < words; ++k)
     interleave.append({k, words + k});
