@@ -129,10 +129,15 @@ static int64_t elementBytes(Type t) { return t.getIntOrFloatBitWidth() / 8; }
 /// One shared-memory buffer of a kernel: its element count and type. The
 /// schedule checks count their bytes; the kernels declare them as workgroup
 /// memrefs (sharedTypes), in this order.
+// (File-local: ForwardKernel.cpp and BackwardKernel.cpp each have a
+// SharedBuffer; as two global classes of one name their SmallVector code
+// was merged across the files -- undefined behaviour that ASan caught.)
+namespace {
 struct SharedBuffer {
   int64_t elements;
   Type elem;
 };
+} // namespace
 
 /// The rows kernel's shared memory, per token of a tile: post, the row sums
 /// and (with a token pass) the parameter partials.

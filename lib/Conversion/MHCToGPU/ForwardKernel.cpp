@@ -220,11 +220,16 @@ static Schedule prepareSchedule() {
 }
 
 /// Shared memory of the kernel, in the order of its workgroup attributions.
+// (File-local: ForwardKernel.cpp and BackwardKernel.cpp each have a
+// SharedBuffer; as two global classes of one name their SmallVector code
+// was merged across the files -- undefined behaviour that ASan caught.)
+namespace {
 struct SharedBuffer {
   Value ForwardKernelBuilder::*slot;
   int64_t elements;
   Type type;
 };
+} // namespace
 
 static SmallVector<SharedBuffer> sharedLayout(const ForwardPlan &p,
                                               MLIRContext *ctx) {
