@@ -551,3 +551,20 @@ def test_python_path_recomputes_from_the_saved_mix(tmp_path, mock, monkeypatch, 
     else:
         assert names[0] == "post_bwd" and not {"pre_norm", "pre_apply", "pre_mixed"} & set(names)
     kernels._LOADED.clear(), kernels._BY_CALL.clear()
+
+
+@pytest.mark.parametrize("n,lanes", [(2, True), (3, False), (8, True)])
+def test_rows_kernel_sinkhorn_walk_by_lanes(n, lanes):
+    """The backward's rows kernels walk a token's Sinkhorn iterations with n lanes where n divides a
+    warp (one divisor a step per lane in private memory, warp syncs between the steps) and with one
+    thread otherwise (n divisors a step)."""
+    from mhc.torch import kernel_build
+    key = KernelKey(n=n, C=100, dtype="bf16")
+    gpu = compiler._run([compiler.mhc_opt(), "-", "--mhc-fuse", "--convert-mhc-to-gpu=chip=sm_90"],
+                        input_text=kernel_build.module_text(key))
+    rows = re.findall(r"gpu\.func @(\w+_rows)\(.*?private\(%\w+ : memref<(\d+)xf32", gpu)
+    assert rows, "no rows kernel with a token pass"
+    steps = 2 * key.iterations - 1
+    for name, size in rows:
+        assert int(size) == steps * (1 if lanes else n), name
+    assert ("nvvm.bar.warp.sync" in gpu) == lanes

@@ -146,6 +146,8 @@ static SmallVector<SharedBuffer> rowsShared(const BackwardPlan &p,
   SmallVector<SharedBuffer> shared{{TT * p.n, f32}, {TT * p.rowSums(), f32}};
   if (p.hasTokenPass())
     shared.push_back({TT * p.paramWidth(), f32});
+  if (p.hasTokenPass() && RowsKernelBuilder::tokenLanes(p, s))
+    shared.push_back({TT * 2 * p.n * p.n, f32}); // Y and g of each token
   return shared;
 }
 
@@ -507,8 +509,10 @@ public:
       int64_t TT = rows.tileTokens;
       SmallVector<Type> priv;
       if (p.hasTokenPass()) {
+        // The divisors of the thread's lines: n a step, or one (tokenLanes).
+        int64_t lines = RowsKernelBuilder::tokenLanes(p, rows) ? 1 : n;
         priv.push_back(MemRefType::get(
-            {(2 * p.iterations - 1) * n}, f32, MemRefLayoutAttrInterface(),
+            {(2 * p.iterations - 1) * lines}, f32, MemRefLayoutAttrInterface(),
             gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Private)));
       }
       auto kernel = createKernel(mb, loc, (kernelName + "_rows").str(),
@@ -525,6 +529,8 @@ public:
       k.sumsS = wg[1];
       if (p.hasTokenPass()) {
         k.paramS = wg[2];
+        if (k.tokenLanes())
+          k.lineS = wg[3];
         k.denominators = kernel.getPrivateAttributions()[0];
       }
       k.tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);

@@ -90,13 +90,35 @@ struct RowsKernelBuilder : KernelBuilder {
   Value record, paramPartial;   // scratch outputs (null when unused)
   Value T, tid, tile0;
   Value postS, sumsS, paramS; // shared memory
+  Value lineS;                // tokenLanes: the tile's Sinkhorn matrices
   Value denominators;         // private memory of the Sinkhorn walk
+
+  /// Whether n lanes share each token's Sinkhorn walk (a line each): n
+  /// divides a warp and the tile's tokens fill whole warps of the block.
+  static bool tokenLanes(const BackwardPlan &p, const Schedule &s) {
+    int64_t lanes = s.tileTokens * p.n;
+    return p.n > 1 && 32 % p.n == 0 && lanes % 32 == 0 && lanes <= s.threads;
+  }
+  bool tokenLanes() const { return tokenLanes(p, s); }
 
   Value arg(Value v) { return v ? argOf.lookup(v) : Value(); }
   void emitBody();
   void loadPost();
   void emitRowLoop();
+  /// The token pass (BackwardTokenStage.cpp): one thread a token, or with
+  /// tokenLanes lane `line` of the token's n (the warp's live lanes `mask`).
   void emitTokenBackward(Value t, Value token);
+  void emitTokenBackwardLanes(Value t, Value token, Value line, Value mask);
+  struct TokenMixes {
+    SmallVector<Value> mix, a; // a = mix * scale + base
+    Value scale[3];
+  };
+  TokenMixes loadMixes(Value token);
+  Value dcombAt(Value t, Value token, Value e);
+  /// split_mixes' and norm_project's per-token backward from dL (the
+  /// logits' gradient): the record's pre, dm and 2 dS, the parameter rows.
+  void emitTokenTail(Value t, Value token, const TokenMixes &mx,
+                     ArrayRef<Value> dL);
   void emitParamPartials();
 };
 

@@ -194,6 +194,37 @@ void RowsKernelBuilder::emitBody() {
     loadPost();
   emitRowLoop();
   int64_t n = p.n;
+  if (p.hasTokenPass() && tokenLanes()) {
+    // n lanes a token (the tile's tokens fill whole warps); the lanes of
+    // tokens past T leave the warp's syncs (`mask`: the live prefix).
+    emitIf(ult(tid, s.tileTokens * n), [&]() {
+      Value t = div(tid, n), line = rem(tid, n);
+      Value token = add(tile0, t);
+      Value warpToken0 = add(tile0, mul(div(tid, 32), ci(32 / n)));
+      Value liveTokens = arith::SubIOp::create(
+          b, loc, arith::MaxUIOp::create(b, loc, T, warpToken0), warpToken0);
+      Value liveLanes = arith::MinUIOp::create(b, loc, mul(liveTokens, ci(n)),
+                                               ci(32));
+      Type i64 = b.getI64Type();
+      Value one = arith::ConstantIntOp::create(b, loc, i64, 1);
+      Value bits = arith::ShLIOp::create(
+          b, loc, one, arith::IndexCastOp::create(b, loc, i64, liveLanes));
+      Value mask = arith::TruncIOp::create(
+          b, loc, b.getI32Type(), arith::SubIOp::create(b, loc, bits, one));
+      emitIfElse(
+          ult(token, T),
+          [&]() { emitTokenBackwardLanes(t, token, line, mask); },
+          [&]() { // tokens past T add nothing to the parameter gradients
+            emitIf(eq(line, ci(0)), [&]() {
+              for (int64_t q = 0; q < p.paramWidth(); ++q)
+                st(cf(0.0), paramS, add(mul(t, ci(p.paramWidth())), ci(q)));
+            });
+          });
+    });
+    barrier();
+    emitParamPartials();
+    return;
+  }
   if (p.hasTokenPass()) {
     emitIf(ult(tid, s.tileTokens), [&]() {
       Value token = add(tile0, tid);

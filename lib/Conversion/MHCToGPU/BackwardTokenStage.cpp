@@ -1,7 +1,7 @@
 //===- BackwardTokenStage.cpp - split_mixes + Sinkhorn backward per token -===//
 //
-// One thread per token, everything in registers (n x n matrices, loops
-// unrolled for the static n), after the row sums are in shared memory:
+// After the row sums are in shared memory, per token (loops unrolled for the
+// static n):
 //
 //   a = mix * scale + base; pre, post, logits recomputed (split_mixes);
 //   Sinkhorn forward from the logits, keeping each normalisation's divisor
@@ -19,8 +19,19 @@
 // Writes the record [dm | comb | pre | 2 dS] and the token's row of the
 // block's dbase / dscale partial sums.
 //
+// The Sinkhorn walk is the long dependent chain (19 iterations, each an
+// exact division per line and step): one thread per token keeps the n x n
+// matrices in registers (emitTokenBackward); where n lanes of a warp can
+// share a token (tokenLanes), lane l takes line l of every step instead --
+// row l of a row step, column l of a column step -- with the matrices in
+// shared memory between the steps (emitTokenBackwardLanes). Every line is
+// summed in the same order either way, so both give the same bits; the
+// lanes' chain is ~n times shorter. The rest (split_mixes, norm_project)
+// is one thread's in both.
+//
 //===----------------------------------------------------------------------===//
 #include "BackwardKernel.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 
 using namespace mlir;
 using namespace mlir::mhc;
@@ -31,43 +42,38 @@ namespace {
 using Matrix = SmallVector<Value>;
 } // namespace
 
-void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
-  int64_t n = p.n, M = p.M(), R = p.iterations;
-  Value eps = cf(p.sinkEps);
+
+/// The token's mixes and a = mix * scale + base (split_mixes' argument).
+RowsKernelBuilder::TokenMixes RowsKernelBuilder::loadMixes(Value token) {
+  int64_t n = p.n, M = p.M();
   Value mixArg = arg(p.mix), baseArg = arg(p.base), scaleArg = arg(p.scale);
-  Value rec = mul(token, ci(p.recordWidth()));
-  Value sums = mul(t, ci(p.rowSums()));
-
-  SmallVector<Value> mix, a;
-  Value scale[3] = {ld(scaleArg, ci(0)), ld(scaleArg, ci(1)),
-                    ld(scaleArg, ci(2))};
+  TokenMixes mx;
+  for (int64_t g = 0; g < 3; ++g)
+    mx.scale[g] = ld(scaleArg, ci(g));
   for (int64_t m = 0; m < M; ++m) {
-    mix.push_back(ld(mixArg, add(mul(token, ci(M)), ci(m))));
+    mx.mix.push_back(ld(mixArg, add(mul(token, ci(M)), ci(m))));
     int64_t g = m < n ? 0 : m < 2 * n ? 1 : 2;
-    a.push_back(fadd(fmul(mix[m], scale[g]), ld(baseArg, ci(m))));
+    mx.a.push_back(fadd(fmul(mx.mix[m], mx.scale[g]), ld(baseArg, ci(m))));
   }
-  SmallVector<Value> sPre, sPost;
-  for (int64_t i = 0; i < n; ++i) {
-    sPre.push_back(sigmoid(a[i]));
-    sPost.push_back(sigmoid(a[n + i]));
-    st(fadd(sPre[i], cf(p.preEps)), record, add(rec, ci(p.recPre() + i)));
-  }
-  Matrix logits(a.begin() + 2 * n, a.end());
+  return mx;
+}
 
-  // The row sums, from this kernel or (pre_backward) from memory.
-  auto rowSum = [&](int64_t q) { return ld(sumsS, add(sums, ci(q))); };
-  SmallVector<Value> dpost, dpre;
+/// dcomb's entry e of the token (from the row sums or from memory).
+Value RowsKernelBuilder::dcombAt(Value t, Value token, Value e) {
+  if (p.dcombIn)
+    return ld(arg(p.dcombIn), add(mul(token, ci(p.n * p.n)), e));
+  return ld(sumsS, add(mul(t, ci(p.rowSums())), add(ci(p.rowSumDcomb()), e)));
+}
+
+void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
+  int64_t n = p.n, R = p.iterations;
+  Value eps = cf(p.sinkEps);
+  Value rec = mul(token, ci(p.recordWidth()));
+  TokenMixes mx = loadMixes(token);
+  Matrix logits(mx.a.begin() + 2 * n, mx.a.end());
   Matrix dcomb;
-  for (int64_t j = 0; j < n; ++j)
-    dpost.push_back(p.dpostIn ? ld(arg(p.dpostIn), add(mul(token, ci(n)),
-                                                       ci(j)))
-                              : rowSum(p.rowSumDpost() + j));
   for (int64_t e = 0; e < n * n; ++e)
-    dcomb.push_back(p.dcombIn
-                        ? ld(arg(p.dcombIn), add(mul(token, ci(n * n)), ci(e)))
-                        : rowSum(p.rowSumDcomb() + e));
-  for (int64_t i = 0; i < n; ++i)
-    dpre.push_back(rowSum(p.rowSumDpre() + i));
+    dcomb.push_back(dcombAt(t, token, ci(e)));
 
   // --- Sinkhorn forward, keeping the divisors ---------------------------
   // Step s's divisors are denominators[s * n ..]: step 0 is the first column
@@ -149,6 +155,143 @@ void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
     for (int64_t j = 0; j < n; ++j)
       dL[i * n + j] = fmul(P0[i * n + j], fsub(g[i * n + j], gp));
   }
+  emitTokenTail(t, token, mx, dL);
+}
+
+void RowsKernelBuilder::emitTokenBackwardLanes(Value t, Value token,
+                                               Value line, Value mask) {
+  int64_t n = p.n, R = p.iterations;
+  Value eps = cf(p.sinkEps);
+  Value rec = mul(token, ci(p.recordWidth()));
+  // This token's n x n matrices in shared memory: Y (the iterate) and g.
+  Value base = mul(t, ci(2 * n * n));
+  auto yAt = [&](Value i, int64_t j) { return add(base, add(mul(i, ci(n)), ci(j))); };
+  auto yAtC = [&](int64_t i, Value j) { return add(base, add(ci(i * n), j)); };
+  auto gOf = [&](Value at) { return add(at, ci(n * n)); };
+  // The places of line `line` of a row (over j) or column (over i) step.
+  auto places = [&](bool rows) {
+    SmallVector<Value> at;
+    for (int64_t k = 0; k < n; ++k)
+      at.push_back(rows ? yAt(line, k) : yAtC(k, line));
+    return at;
+  };
+  auto sync = [&]() { NVVM::SyncWarpOp::create(b, loc, mask); };
+
+  // Row `line` of the logits; its softmax + eps is row `line` of P.
+  Value mixArg = arg(p.mix), baseArg = arg(p.base);
+  Value scale2 = ld(arg(p.scale), ci(2));
+  Matrix logits;
+  for (int64_t j = 0; j < n; ++j) {
+    Value m = add(ci(2 * n), add(mul(line, ci(n)), ci(j)));
+    logits.push_back(fadd(fmul(ld(mixArg, add(mul(token, ci(p.M())), m)),
+                               scale2),
+                          ld(baseArg, m)));
+  }
+  Matrix row = softmaxRows(logits, n, eps);
+  for (auto [v, at] : llvm::zip(row, places(/*rows=*/true)))
+    st(v, lineS, at);
+  sync();
+
+  // --- Sinkhorn forward: this lane's line of each step, its divisor kept
+  // (denominators[step]) ----------------------------------------------------
+  auto normalize = [&](bool rows, Value step) {
+    SmallVector<Value> at = places(rows);
+    Value sum = ld(lineS, at[0]);
+    SmallVector<Value> q{sum};
+    for (int64_t k = 1; k < n; ++k) {
+      q.push_back(ld(lineS, at[k]));
+      sum = fadd(sum, q[k]);
+    }
+    Value d = fadd(sum, eps);
+    st(d, denominators, step);
+    Value r = fdiv(cf(1.0), d);
+    for (int64_t k = 0; k < n; ++k)
+      st(fmul(q[k], r), lineS, at[k]);
+    sync();
+  };
+  normalize(/*rows=*/false, ci(0));
+  emitFor(ci(1), ci(R), ci(1), {}, [&](Value it, ValueRange) {
+    Value twice = mul(it, ci(2));
+    normalize(/*rows=*/true, add(twice, ci(-1)));
+    normalize(/*rows=*/false, twice);
+    return SmallVector<Value>{};
+  });
+  // comb (row `line` of P) to the record; g starts as dcomb.
+  for (int64_t j = 0; j < n; ++j) {
+    Value at = yAt(line, j), e = add(mul(line, ci(n)), ci(j));
+    st(ld(lineS, at), record, add(rec, add(ci(p.recComb()), e)));
+    st(dcombAt(t, token, e), lineS, gOf(at));
+  }
+  sync();
+
+  // --- Sinkhorn backward -----------------------------------------------
+  auto undo = [&](bool rows, Value step) {
+    SmallVector<Value> at = places(rows), Y, g;
+    for (int64_t k = 0; k < n; ++k) {
+      Y.push_back(ld(lineS, at[k]));
+      g.push_back(ld(lineS, gOf(at[k])));
+    }
+    Value gy = fmul(g[0], Y[0]);
+    for (int64_t k = 1; k < n; ++k)
+      gy = fma(g[k], Y[k], gy);
+    Value d = ld(denominators, step);
+    Value r = fdiv(cf(1.0), d);
+    for (int64_t k = 0; k < n; ++k) {
+      st(fmul(fsub(g[k], gy), r), lineS, gOf(at[k]));
+      st(fmul(Y[k], d), lineS, at[k]);
+    }
+    sync();
+  };
+  emitFor(ci(0), ci(R - 1), ci(1), {}, [&](Value k, ValueRange) {
+    Value twice = mul(arith::SubIOp::create(b, loc, ci(R - 1), k), ci(2));
+    undo(/*rows=*/false, twice);
+    undo(/*rows=*/true, add(twice, ci(-1)));
+    return SmallVector<Value>{};
+  });
+  undo(/*rows=*/false, ci(0));
+  // Softmax of row `line` (P0 recomputed exactly); its dL over g's row.
+  Matrix P0 = softmaxRows(logits, n);
+  SmallVector<Value> gAt, g;
+  for (int64_t j = 0; j < n; ++j) {
+    gAt.push_back(gOf(yAt(line, j)));
+    g.push_back(ld(lineS, gAt[j]));
+  }
+  Value gp = fmul(g[0], P0[0]);
+  for (int64_t j = 1; j < n; ++j)
+    gp = fma(g[j], P0[j], gp);
+  for (int64_t j = 0; j < n; ++j)
+    st(fmul(P0[j], fsub(g[j], gp)), lineS, gAt[j]);
+  sync();
+
+  // The rest is one thread's: line 0's.
+  emitIf(eq(line, ci(0)), [&]() {
+    Matrix dL;
+    for (int64_t e = 0; e < n * n; ++e)
+      dL.push_back(ld(lineS, gOf(yAt(ci(e / n), e % n))));
+    emitTokenTail(t, token, loadMixes(token), dL);
+  });
+}
+
+void RowsKernelBuilder::emitTokenTail(Value t, Value token,
+                                      const TokenMixes &mx, ArrayRef<Value> dL) {
+  int64_t n = p.n, M = p.M();
+  Value rec = mul(token, ci(p.recordWidth()));
+  SmallVector<Value> sPre, sPost;
+  for (int64_t i = 0; i < n; ++i) {
+    sPre.push_back(sigmoid(mx.a[i]));
+    sPost.push_back(sigmoid(mx.a[n + i]));
+    st(fadd(sPre[i], cf(p.preEps)), record, add(rec, ci(p.recPre() + i)));
+  }
+  // The row sums, from this kernel or (pre_backward) from memory.
+  Value sums = mul(t, ci(p.rowSums()));
+  auto rowSum = [&](int64_t q) { return ld(sumsS, add(sums, ci(q))); };
+  SmallVector<Value> dpost, dpre;
+  for (int64_t j = 0; j < n; ++j)
+    dpost.push_back(p.dpostIn ? ld(arg(p.dpostIn), add(mul(token, ci(n)),
+                                                       ci(j)))
+                              : rowSum(p.rowSumDpost() + j));
+  for (int64_t i = 0; i < n; ++i)
+    dpre.push_back(rowSum(p.rowSumDpre() + i));
 
   // --- split_mixes backward, norm_project's per-token part ---------------
   SmallVector<Value> da;
@@ -158,7 +301,7 @@ void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
   for (int64_t j = 0; j < n; ++j)
     da.push_back(fmul(fmul(dpost[j], cf(p.postMult)),
                       fmul(sPost[j], fsub(cf(1.0), sPost[j]))));
-  da.append(dL);
+  da.append(dL.begin(), dL.end());
   // r as the forward computes it, overflow-free (normFactor: where the sum
   // of squares is +inf, this thread re-reads the token's row of x).
   Value sumSq = rowSum(p.rowSumSq());
@@ -169,9 +312,9 @@ void RowsKernelBuilder::emitTokenBackward(Value t, Value token) {
   Value params = mul(t, ci(p.paramWidth()));
   for (int64_t m = 0; m < M; ++m) {
     int64_t grp = m < n ? 0 : m < 2 * n ? 1 : 2;
-    Value dmix = fmul(da[m], scale[grp]);
-    mixDot = fma(dmix, mix[m], mixDot);
-    groupDot[grp] = fma(da[m], mix[m], groupDot[grp]);
+    Value dmix = fmul(da[m], mx.scale[grp]);
+    mixDot = fma(dmix, mx.mix[m], mixDot);
+    groupDot[grp] = fma(da[m], mx.mix[m], groupDot[grp]);
     st(fmul(dmix, r), record, add(rec, ci(p.recDm() + m)));
     st(da[m], paramS, add(params, ci(m)));
   }

@@ -46,8 +46,8 @@ Value KernelBuilder::normFactor(Value sumSq, Value row,
 
 SmallVector<Value> KernelBuilder::softmaxRows(ArrayRef<Value> L, int64_t n,
                                               Value plus) {
-  SmallVector<Value> q(n * n);
-  for (int64_t i = 0; i < n; ++i) {
+  SmallVector<Value> q(L.size());
+  for (int64_t i = 0; i < int64_t(L.size()) / n; ++i) {
     Value mx = L[i * n];
     for (int64_t j = 1; j < n; ++j)
       mx = arith::MaximumFOp::create(b, loc, mx, L[i * n + j]);

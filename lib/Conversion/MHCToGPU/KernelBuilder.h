@@ -89,8 +89,9 @@ public:
   /// True where a token's f32 sum of squares overflowed (+inf): the case
   /// normFactor rescues (r ~ 2^-96 or less there).
   Value sumOfSquaresOverflowed(Value sumSq);
-  /// The softmax of each row of the row-major n x n matrix `L` (held in
-  /// registers, one value per entry), with the row max subtracted; `plus`
+  /// The softmax of each row of the row-major matrix `L` with rows of n
+  /// (held in registers, one value per entry), with the row max subtracted;
+  /// `plus`
   /// (when given) is added to every entry.
   SmallVector<Value> softmaxRows(ArrayRef<Value> L, int64_t n,
                                  Value plus = {});

@@ -220,13 +220,18 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_rows {{.*}} threads in (%c256
 // BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_cols blocks in (%c1{{.*}}, %c32, %c1{{.*}}) threads in (%c256
 // BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_params blocks in (%c51
-// The rows kernel keeps the Sinkhorn divisors (39 steps x 4) in private
-// memory, not the iterates; the cols kernel stages token tiles (records,
-// x, dout, du, dm^T; rows padded against bank conflicts) in shared memory and
-// multiplies on the tensor cores (its layout is checked below).
+// The rows kernel walks each token's Sinkhorn iterations with n = 4 lanes (a
+// row or column each: the tile's 16 tokens x 2 matrices x 16 in shared
+// memory, warp syncs between the steps) and keeps each lane's divisors (39
+// steps) in private memory, not the iterates; the cols kernel stages token
+// tiles (records, x, dout, du, dm^T; rows padded against bank conflicts) in
+// shared memory and multiplies on the tensor cores (its layout is checked
+// below).
 // BWD:     gpu.func @mhc_backward_2_rows
-// BWD-SAME:  private(%{{.*}} : memref<156xf32, #gpu.address_space<private>>)
+// BWD-SAME:  memref<512xf32, #gpu.address_space<workgroup>>
+// BWD-SAME:  private(%{{.*}} : memref<39xf32, #gpu.address_space<private>>)
 // BWD-SAME:  nvvm.minctasm = 2
+// BWD:       nvvm.bar.warp.sync
 // The token stage's norm factor r as the forward computes it: where the
 // token's f32 sum of squares overflowed, a re-read of its row x (%arg1, K =
 // 256 elements) scaled by 2^-96.
