@@ -11,7 +11,10 @@ process (T = 16384 tokens unless --T says otherwise, n = 4, bf16; C from --Cs).
   launched from the kernel cache of mhc.torch (manifest-driven, on torch's stream). Also timed:
   the backward as training runs it (`backward_split_ms`): mhc.torch's post step's backward
   (hc_post_backward, before the sublayer's backward: dy) and pre step's (hc_pre_backward, after
-  it: du), each kernel alone too (its rows read x and dout twice: 28C in all instead of 24C).
+  it: du), each kernel alone too (its rows read x and dout twice: 28C in all instead of 24C);
+  with kernel sets that have it, `backward_folded_ms`: the dy fold's hc_joint_backward_lower (a
+  sublayer in the middle of a compiled stack: dy came from above, one rows pass reads dout, x,
+  y and du, and the cols kernel also writes the lower sublayer's dy: 25C).
 * peers (../shared/peers, carried as .peers): `load.SUBLAYER[provider](x, y, fn, scale, base)`
   -> (u, x_next) with requires_grad inputs, then backward with the same cotangents (du, dx_next).
 * floors (elements read + written per token, in units of C; bf16: 2 bytes each): forward 14C
@@ -96,9 +99,21 @@ def mhc_times(C, sets, warmup, iters, iterations=20):
         for op in ("hc_post_backward", "hc_pre_backward"):
             ks.run(op, *_args(s, op), stream=stream())
     out["backward_split_ms"] = median_ms(split, sets, warmup, iters)
+    ops = ["hc_sublayer_backward", "hc_post_backward", "hc_pre_backward"]
+    if "hc_joint_backward_lower" in ks.plans:
+        # The dy fold (a sublayer in the middle of a compiled stack): its dy came from the
+        # sublayer above; one op computes the rest and the lower sublayer's dy.
+        for s in sets:
+            s["post_lower"] = s["post"]
+
+        def folded(s):
+            ks.run("hc_joint_backward_lower", *_args(s, "hc_joint_backward_lower"),
+                   stream=stream())
+        out["backward_folded_ms"] = median_ms(folded, sets, warmup, iters)
+        ops.append("hc_joint_backward_lower")
     # Each backward kernel alone (same launches as the op, one at a time).
     per = {}
-    for op in ("hc_sublayer_backward", "hc_post_backward", "hc_pre_backward"):
+    for op in ops:
         for idx, launch in enumerate(ks.manifest["ops"][op]["launches"]):
             per[launch["kernel"]] = median_ms(lambda s, i=idx: _one_launch(ks, op, i, s), sets,
                                               warmup, iters)
@@ -191,7 +206,9 @@ def main():
         line = f"  C={C} {name:14s} fwd {r['forward_ms']:.3f}  fwd+bwd {r['forward_backward_ms']:.3f} ms"
         if "backward_ms" in r:
             line += (f"  bwd {r['backward_ms']:.3f} ms ({floors['backward'] / r['backward_ms']:.0%} of "
-                     f"copy on 24C), as trained {r['backward_split_ms']:.3f} ms; " +
+                     f"copy on 24C), as trained {r['backward_split_ms']:.3f} ms" +
+                     (f", folded {r['backward_folded_ms']:.3f} ms" if "backward_folded_ms" in r
+                      else "") + "; " +
                      ", ".join(f"{k.removeprefix('mhc_')} {v:.3f}" for k, v in
                                r["backward_kernels_ms"].items()))
         print(line, flush=True)

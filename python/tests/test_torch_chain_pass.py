@@ -1,9 +1,11 @@
 """mhc.torch.chain_pass: chained HyperConnections under torch.compile (hc_post -> hc_pre becomes
-hc_post_project -> hc_pre_mixed in the compiled forward graph).
+hc_post_project -> hc_pre_mixed in the compiled forward graph) and the dy fold (each sublayer's
+hc_post_backward's dy computed by the backward of the sublayer above it).
 
 On the CPU the mhc:: ops run the reference math (selected by patching resolve_backend, as in
-test_torch_modules.py), where hc_pre is literally norm_project + hc_pre_mixed: the rewritten
-graph must give bit-identical losses and gradients, and the same as eager within float rounding.
+test_torch_modules.py), where hc_pre is literally norm_project + hc_pre_mixed and the fold's ops
+are the ops they replace composed: the rewritten graphs must give bit-identical losses and
+gradients, and the same as eager within float rounding.
 """
 
 import operator
@@ -126,7 +128,8 @@ def test_pass_left_alone_without_a_chain(ops_path):
 
 def test_inductor_installs_and_runs_the_pass(ops_path, monkeypatch):
     """torch.compile with Inductor: the first mhc op traced installs the pass (keeping a pass the
-    user set, which runs first), and the compiled model matches eager."""
+    user set, which runs first), which chains the forward and folds the backward (Inductor lowers
+    the fold's ops), and the compiled model matches eager."""
     import torch._inductor.config as config
     seen = []
 
@@ -137,9 +140,11 @@ def test_inductor_installs_and_runs_the_pass(ops_path, monkeypatch):
         def uuid(self):
             return "theirs"
 
-    real = chain_pass.chain_hyperconnections
+    real, real_fold, folds = chain_pass.chain_hyperconnections, chain_pass.fold_dy, []
     monkeypatch.setattr(chain_pass, "chain_hyperconnections",
                         lambda graph: seen.append(real(graph)) or seen[-1])
+    monkeypatch.setattr(chain_pass, "fold_dy", lambda graph: folds.append(real_fold(graph)))
+    monkeypatch.delenv("MHC_COMPILE_FOLD_DY", raising=False)
     # No FX graph cache: the pass must run, not a cached graph be loaded.
     with config.patch(fx_graph_cache=False, post_grad_custom_pre_pass=Theirs()):
         try:
@@ -152,9 +157,104 @@ def test_inductor_installs_and_runs_the_pass(ops_path, monkeypatch):
             chain_pass.uninstall()
         assert type(config.post_grad_custom_pre_pass).__name__ == "Theirs"   # put back
     assert seen[:2] == ["theirs", 1]           # forward graph: theirs, then one chain rewritten
+    assert sorted(folds) == [0, 1]             # the forward has nothing to fold, the backward one
     assert torch.allclose(loss, eager_loss, rtol=1e-5)
     for g, eg in zip(grads, eager_grads):
         assert torch.allclose(g, eg, rtol=1e-4, atol=1e-6)
+
+
+FOLD_OPS = ("hc_pre_backward_lower", "hc_joint_backward", "hc_joint_backward_lower")
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_fold_dy_in_a_compiled_stack(ops_path, monkeypatch, recompute):
+    """Three blocks, float64, the whole pass (as Inductor runs it) on both graphs: the backward
+    ends as hc_post_backward + hc_pre_backward_lower (top), hc_joint_backward_lower (middle),
+    hc_joint_backward (bottom), with loss and gradients equal bit for bit to the same capture with
+    MHC_COMPILE_FOLD_DY=0 (where no fold op appears) and to eager within rounding."""
+    backward_ops = []
+
+    def run_pass(record):
+        def compile_graph(gm, _):
+            chain_pass._pass_class()()(gm.graph)
+            gm.graph.lint()
+            gm.recompile()
+            if record:
+                backward_ops.append(targets(gm))
+            return make_boxed_func(gm.forward)
+        return compile_graph
+
+    m = model(recompute=recompute).double()
+    tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(5))
+    eager_loss, eager_grads = loss_and_grads(m, tokens)
+    results = []
+    for fold in ("0", "1"):
+        monkeypatch.setenv("MHC_COMPILE_FOLD_DY", fold)
+        torch._dynamo.reset()
+        backend = aot_autograd(fw_compiler=run_pass(False), bw_compiler=run_pass(True))
+        results.append(loss_and_grads(torch.compile(m, fullgraph=True, backend=backend), tokens))
+
+    mhc = torch.ops.mhc
+    plain, folded = backward_ops
+    assert plain.count(mhc.hc_post_backward.default) == 3
+    assert plain.count(mhc.hc_pre_backward.default) == 3
+    assert not any(getattr(mhc, op).default in plain for op in FOLD_OPS)
+    assert folded.count(mhc.hc_post_backward.default) == 1
+    assert mhc.hc_pre_backward.default not in folded
+    for op in FOLD_OPS:
+        assert folded.count(getattr(mhc, op).default) == 1, op
+    (plain_loss, plain_grads), (loss, grads) = results
+    assert torch.equal(loss, plain_loss)
+    for g, pg, eg in zip(grads, plain_grads, eager_grads):
+        assert torch.equal(g, pg)
+        assert torch.allclose(g, eg, rtol=1e-10, atol=1e-13)
+    assert torch.allclose(loss, eager_loss, rtol=1e-12)
+
+
+def _two_sublayers_backward(dpost_out=False):
+    """make_fx graph (fake values on every node) of two sublayers' backward as a stack has it:
+    the upper hc_pre_backward's dx is the lower hc_post_backward's and hc_pre_backward's dx_next."""
+    mhc, attrs, n, C, T = torch.ops.mhc, (3, 1e-6, 1e-6, 2.0), 2, 4, 3
+    M = n * n + 2 * n
+
+    def backward(x1, fn1, mix1, du1, dpost1, dcomb1, dx_next1, scale, base, y, x, post, comb, mix,
+                 fn):
+        dx, dfn1, dscale1, dbase1 = mhc.hc_pre_backward(x1, fn1, scale, base, mix1, du1, dpost1,
+                                                        dcomb1, dx_next1, *attrs)
+        dy, dpost, dcomb = mhc.hc_post_backward(y, x, post, comb, dx)
+        du = dy * 2                                  # the lower sublayer's VJP
+        out = mhc.hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx, *attrs)
+        return (*out, dfn1, dscale1, dbase1) + ((dpost,) if dpost_out else ())
+
+    r = torch.randn
+    args = (r(T, n, C), r(M, n * C), r(T, M), r(T, C), r(T, n), r(T, n, n), r(T, n, C), r(3),
+            r(M), r(T, C), r(T, n, C), r(T, n), r(T, n, n), r(T, M), r(M, n * C))
+    from torch.fx.experimental.proxy_tensor import make_fx
+    return make_fx(backward, tracing_mode="fake")(*args)
+
+
+def test_fold_dy_only_where_it_may():
+    """Folded where the pair is as a stack makes it; left alone where the lower sublayer's dpost
+    is used elsewhere, or where the graph has no fake values to show that both sublayers' x
+    have one shape and dtype (in a traced graph the ops' checks make them so: dx_next is x's)."""
+    gm = _two_sublayers_backward()
+    assert chain_pass.fold_dy(gm.graph) == 1
+    gm.graph.lint()
+    assert targets(gm) == [torch.ops.mhc.hc_pre_backward_lower.default, torch.ops.aten.mul.Tensor,
+                           torch.ops.mhc.hc_joint_backward.default]
+    assert chain_pass.fold_dy(_two_sublayers_backward(dpost_out=True).graph) == 0
+    bare = _two_sublayers_backward()
+    for node in bare.graph.nodes:
+        node.meta.pop("val", None)
+    assert chain_pass.fold_dy(bare.graph) == 0
+
+
+def test_fold_switch_is_in_the_uuid(monkeypatch):
+    """A graph compiled with the fold is not reused from the FX graph cache without it."""
+    monkeypatch.setenv("MHC_COMPILE_FOLD_DY", "1")
+    on = chain_pass._pass_class()().uuid()
+    monkeypatch.setenv("MHC_COMPILE_FOLD_DY", "0")
+    assert chain_pass._pass_class()().uuid() != on
 
 
 def test_switched_off_by_the_environment(monkeypatch):

@@ -136,6 +136,13 @@ def test_opcheck_all_ops():
           torch.randn_like(comb), dx_next, *ATTRS)),
         (torch.ops.mhc.hc_pre_mixed.default, (x, mix, scale, base, *ATTRS)),
         (torch.ops.mhc.hc_post_project.default, (y, x, post, comb, fn, *ATTRS)),
+        (torch.ops.mhc.hc_pre_backward_lower.default,
+         (x, fn, scale, base, mix, torch.randn_like(u), torch.randn_like(post),
+          torch.randn_like(comb), dx_next, torch.rand_like(post), *ATTRS)),
+        (torch.ops.mhc.hc_joint_backward.default,
+         (x, y, fn, scale, base, mix, torch.randn_like(u), dx_next, *ATTRS)),
+        (torch.ops.mhc.hc_joint_backward_lower.default,
+         (x, y, fn, scale, base, mix, torch.randn_like(u), dx_next, torch.rand_like(post), *ATTRS)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
@@ -154,6 +161,75 @@ def test_chain_halves_are_hc_pre_and_hc_post(dtype):
     x_next, mix_next = torch.ops.mhc.hc_post_project(y, x, post, comb, fn_next, *ATTRS)
     assert torch.equal(x_next, torch.ops.mhc.hc_post(y, x, post, comb))
     assert torch.equal(mix_next, torch.ops.mhc.hc_pre(x_next, fn_next, scale, base, *ATTRS)[3])
+
+
+def _fold_inputs(n, dtype):
+    """A sublayer's saved tensors and cotangents, and the lower sublayer's y, x, post, comb."""
+    C = 8
+    x, fn, scale, base, y = make(n, C, lead=(2, 3), dtype=dtype, seed=11)
+    x_lower, _, _, _, y_lower = make(n, C, lead=(2, 3), dtype=dtype, seed=12)
+    _, post, comb, mix = torch.ops.mhc.hc_pre(x, fn, scale, base, *ATTRS)
+    _, post_lower, comb_lower, _ = torch.ops.mhc.hc_pre(x_lower, fn, scale, base, *ATTRS)
+    g = torch.Generator().manual_seed(13)
+    du = torch.randn(y.shape, generator=g, dtype=torch.float64).to(dtype)
+    dx_next = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
+    return dict(x=x, fn=fn, scale=scale, base=base, y=y, post=post, comb=comb, mix=mix, du=du,
+                dx_next=dx_next, lower=(y_lower, x_lower, post_lower, comb_lower))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_fold_ops_are_their_compositions(n, dtype):
+    """The dy fold's ops give what the ops they replace give, bit for bit (the same reference
+    math): dy_lower is the lower sublayer's hc_post_backward dy of this dx, hc_joint_backward is
+    hc_post_backward's dpost/dcomb fed into hc_pre_backward."""
+    ops = torch.ops.mhc
+    a = _fold_inputs(n, dtype)
+    x, fn, scale, base, y, mix, du, dx_next = (a[k] for k in ("x", "fn", "scale", "base", "y",
+                                                             "mix", "du", "dx_next"))
+    lower = a["lower"]
+    _, dpost, dcomb = ops.hc_post_backward(y, x, a["post"], a["comb"], dx_next)
+    grads = ops.hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, *ATTRS)
+    dy_lower = ops.hc_post_backward(*lower, grads[0])[0]
+    expected = (*grads, dy_lower)
+    assert dy_lower.dtype == dtype and dy_lower.shape == (2, 3, 8)
+    assert all(t.abs().sum() > 0 for t in expected)          # nothing vanished
+    got = {
+        "hc_pre_backward_lower": ops.hc_pre_backward_lower(
+            x, fn, scale, base, mix, du, dpost, dcomb, dx_next, lower[2], *ATTRS),
+        "hc_joint_backward": ops.hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next,
+                                                   *ATTRS) + (dy_lower,),
+        "hc_joint_backward_lower": ops.hc_joint_backward_lower(
+            x, y, fn, scale, base, mix, du, dx_next, lower[2], *ATTRS),
+    }
+    for op, results in got.items():
+        assert len(results) == 5, op
+        for r, e in zip(results, expected):
+            assert (r.shape, r.dtype) == (e.shape, e.dtype), op
+            assert torch.equal(r, e), op
+
+
+def test_fold_ops_bad_inputs():
+    ops = torch.ops.mhc
+    a = _fold_inputs(4, torch.bfloat16)
+    x, fn, scale, base, y, mix, du, dx_next = (a[k] for k in ("x", "fn", "scale", "base", "y",
+                                                             "mix", "du", "dx_next"))
+    dpost, dcomb = torch.randn_like(a["post"]), torch.randn_like(a["comb"])
+    post_lower = a["lower"][2]
+    with pytest.raises(ValueError, match="mhc::hc_pre_backward_lower: post_lower has dtype"):
+        ops.hc_pre_backward_lower(x, fn, scale, base, mix, du, dpost, dcomb, dx_next,
+                                  post_lower.to(torch.bfloat16), *ATTRS)
+    with pytest.raises(ValueError, match="mhc::hc_joint_backward_lower: post_lower has shape "
+                                         r"\(2, 3, 3\), expected \(2, 3, 4\)"):
+        ops.hc_joint_backward_lower(x, y, fn, scale, base, mix, du, dx_next,
+                                    post_lower[..., :3].contiguous(), *ATTRS)
+    with pytest.raises(ValueError, match="mhc::hc_joint_backward: y has dtype"):
+        ops.hc_joint_backward(x, y.float(), fn, scale, base, mix, du, dx_next, *ATTRS)
+    with pytest.raises(ValueError, match="mhc::hc_joint_backward: dx_next has shape"):
+        ops.hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next[:1], *ATTRS)
+    with pytest.raises(ValueError, match="mhc::hc_pre_backward_lower: iterations"):
+        ops.hc_pre_backward_lower(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, post_lower,
+                                  0, 1e-6, 1e-6, 2.0)
 
 
 def test_fake_impls_match_real_metadata():

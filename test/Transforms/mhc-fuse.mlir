@@ -142,6 +142,18 @@ func.func @user_in_between(%x: tensor<?x2x16xf16>, %y: tensor<?x16xf16>, %post: 
 // BWD:         mhc.fused "backward" -> tensor<?x64xbf16>, tensor<3xf32>, tensor<24xf32>, tensor<24x256xf32>, tensor<?x4x64xbf16> {
 // BWD-COUNT-9:   {{mhc\.|arith\.addf}}
 // BWD-NEXT:      mhc.yield %dy, %dscale, %dbase, %dfn
+// The dy fold: the lower sublayer's post_res_grad, of which only dy is used,
+// joins the group that makes its dout (the whole sublayer or the second half),
+// BWD-LABEL: func.func @hc_joint_backward_lower
+// BWD:         mhc.fused "backward" -> tensor<3xf32>, tensor<24xf32>, tensor<24x256xf32>, tensor<?x4x64xbf16>, tensor<?x64xbf16> {
+// BWD-COUNT-9:   {{mhc\.|arith\.addf}}
+// BWD-NEXT:      %[[DY:.*]], %{{.*}}, %{{.*}}, %{{.*}} = mhc.post_res_grad %arg6, %arg0, %arg8, %{{.*}}, %[[DX:[0-9]+]]
+// BWD-NEXT:      mhc.yield %dscale, %dbase, %dfn, %[[DX]], %[[DY]]
+// BWD-LABEL: func.func @hc_pre_backward_lower
+// BWD:         mhc.fused "pre_backward" -> tensor<3xf32>, tensor<24xf32>, tensor<24x256xf32>, tensor<?x4x64xbf16>, tensor<?x64xbf16> {
+// BWD-COUNT-9:   {{mhc\.|arith\.addf}}
+// BWD-NEXT:      %[[DY:.*]], %{{.*}}, %{{.*}}, %{{.*}} = mhc.post_res_grad %arg5, %arg0, %arg9, %{{.*}}, %[[DX:[0-9]+]]
+// BWD-NEXT:      mhc.yield %dscale, %dbase, %dfn, %[[DX]], %[[DY]]
 
 // A sublayer chained through an opaque sublayer's VJP (--mhc-generate-backward
 // of a function with a call): the first half before the call, the second
@@ -197,4 +209,33 @@ func.func @unknown_mix(%x: tensor<?x4x64xbf16>, %y: tensor<?x64xbf16>, %fn: tens
   %2 = arith.addf %dx, %dx_0 : tensor<?x4x64xbf16>
   %3 = arith.addf %2, %dx_1 : tensor<?x4x64xbf16>
   return %3, %dy, %dfn, %dscale, %dbase : tensor<?x4x64xbf16>, tensor<?x64xbf16>, tensor<24x256xf32>, tensor<3xf32>, tensor<24xf32>
+}
+
+// -----
+
+// The dy fold takes a post_res_grad only when dy is all that is used of it:
+// here its dpost is returned too, so it stays outside the sublayer's group
+// (a post_backward group of its own: its dx is unused).
+// CHECK-LABEL: func.func @lower_dpost_used
+// CHECK:       mhc.fused "backward"
+// CHECK-COUNT-9: {{mhc\.|arith\.addf}}
+// CHECK-NEXT:  mhc.yield
+// CHECK:       mhc.fused "post_backward"
+// CHECK-NEXT:    mhc.post_res_grad
+func.func @lower_dpost_used(%x: tensor<?x4x64xbf16>, %y: tensor<?x64xbf16>, %fn: tensor<24x256xf32>, %scale: tensor<3xf32>, %base: tensor<24xf32>, %mix: tensor<?x24xf32> {mhc.saved = "mix"},
+                                   %du: tensor<?x64xbf16>, %dxn: tensor<?x4x64xbf16>, %post_lower: tensor<?x4xf32>) -> (tensor<?x4x64xbf16>, tensor<24x256xf32>, tensor<3xf32>, tensor<24xf32>, tensor<?x64xbf16>, tensor<?x4xf32>) {
+  %pre, %post, %l = "mhc.split_mixes"(%mix, %scale, %base) <{post_mult = 2.000000000e+00 : f32, pre_eps = 1.000000000e-06 : f32}> : (tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>) -> (tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>)
+  %comb = "mhc.sinkhorn"(%l) <{eps = 1.000000000e-06 : f32, iterations = 20 : i64}> : (tensor<?x4x4xf32>) -> tensor<?x4x4xf32>
+  %dy, %dxa, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : (tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>, tensor<?x4x64xbf16>) -> (tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>)
+  %dxb, %dpre = "mhc.pre_apply_grad"(%x, %pre, %du) : (tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x64xbf16>) -> (tensor<?x4x64xbf16>, tensor<?x4xf32>)
+  %dl = "mhc.sinkhorn_grad"(%l, %dcomb) <{eps = 1.000000000e-06 : f32, iterations = 20 : i64}> : (tensor<?x4x4xf32>, tensor<?x4x4xf32>) -> tensor<?x4x4xf32>
+  %dmix, %dscale, %dbase = "mhc.split_mixes_grad"(%mix, %scale, %base, %dpre, %dpost, %dl) <{post_mult = 2.000000000e+00 : f32, pre_eps = 1.000000000e-06 : f32}> : (tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>) -> (tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32>)
+  %dxc, %dfn = "mhc.norm_project_grad"(%x, %fn, %dmix) <{eps = 1.000000000e-06 : f32}> : (tensor<?x4x64xbf16>, tensor<24x256xf32>, tensor<?x24xf32>) -> (tensor<?x4x64xbf16>, tensor<24x256xf32>)
+  %dxab = arith.addf %dxa, %dxb : tensor<?x4x64xbf16>
+  %dx = arith.addf %dxab, %dxc : tensor<?x4x64xbf16>
+  %c0_lower = arith.constant 0 : index
+  %T_lower = tensor.dim %x, %c0_lower : tensor<?x4x64xbf16>
+  %comb_lower = tensor.empty(%T_lower) : tensor<?x4x4xf32>
+  %dy_lower, %dxl_, %dpl_, %dcl_ = "mhc.post_res_grad"(%du, %x, %post_lower, %comb_lower, %dx) : (tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>, tensor<?x4x64xbf16>) -> (tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>)
+  return %dx, %dfn, %dscale, %dbase, %dy_lower, %dpl_ : tensor<?x4x64xbf16>, tensor<24x256xf32>, tensor<3xf32>, tensor<24xf32>, tensor<?x64xbf16>, tensor<?x4xf32>
 }

@@ -447,12 +447,50 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
       return SmallVector<Value>{};
     });
   };
+  // The dy fold: a thread takes the n streams of one vector of columns and
+  // also stores the lower sublayer's dy = sum_j post[j] dx[j], from dx as
+  // rounded (what its own rows pass would have read), summed in the rows
+  // kernel's order.
+  auto storeDxAndDyLower = [&](bool guarded) {
+    emitFor(tid, ci(TT * NV), ci(s.threads), {}, [&](Value item, ValueRange) {
+      Value t = div(item, NV), sc = mul(rem(item, NV), ci(acts.vec));
+      Value token = add(tok0, t);
+      Value live = ult(token, T);
+      Value postRow = mul(select(live, token, ci(0)), ci(n));
+      Value dy;
+      for (int64_t si = 0; si < n; ++si) {
+        Value v = vector::LoadOp::create(
+            b, loc, vecAct(), doutS,
+            ValueRange{add(mul(t, ci(XP)), add(ci(si * CC), sc))}, false,
+            llvm::MaybeAlign(16));
+        Value row = mul(add(mul(token, ci(n)), ci(si)), ci(p.C));
+        if (guarded)
+          storeAct(v, arg(p.dxOut), row, add(col0, sc), live);
+        else
+          storeActInRange(v, arg(p.dxOut), row, add(col0, sc));
+        Value post = splat(ld(arg(p.postLower), add(postRow, ci(si))), vecF32());
+        dy = si == 0 ? fmul(post, toF32(v)) : fma(post, toF32(v), dy);
+      }
+      Value row = mul(token, ci(p.C));
+      if (guarded)
+        storeAct(dy, arg(p.dyLowerOut), row, add(col0, sc), live);
+      else
+        storeActInRange(dy, arg(p.dyLowerOut), row, add(col0, sc));
+      return SmallVector<Value>{};
+    });
+  };
+  auto store = [&](bool guarded) {
+    if (p.dyLowerOut)
+      storeDxAndDyLower(guarded);
+    else
+      storeDx(guarded);
+  };
   if (tileIsWhole)
     emitIfElse(
-        tileIsWhole, [&]() { storeDx(/*guarded=*/false); },
-        [&]() { storeDx(/*guarded=*/true); });
+        tileIsWhole, [&]() { store(/*guarded=*/false); },
+        [&]() { store(/*guarded=*/true); });
   else
-    storeDx(/*guarded=*/true);
+    store(/*guarded=*/true);
   return dfnAcc;
 }
 

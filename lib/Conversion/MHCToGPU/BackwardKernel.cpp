@@ -33,13 +33,14 @@ static FailureOr<BackwardPlan> planGroup(const KernelGroup &g) {
   BackwardPlan p;
   p.kind = g.kind();
   Operation *root = g.root;
+  SmallVector<PostResGradOp, 2> prgs;
   for (Operation *op : g.members) {
     if (auto o = dyn_cast<SplitMixesOp>(op))
       p.sm = o;
     else if (auto o = dyn_cast<SinkhornOp>(op))
       p.sk = o;
     else if (auto o = dyn_cast<PostResGradOp>(op))
-      p.prg = o;
+      prgs.push_back(o);
     else if (auto o = dyn_cast<PreApplyGradOp>(op))
       p.pag = o;
     else if (auto o = dyn_cast<SinkhornGradOp>(op))
@@ -53,13 +54,22 @@ static FailureOr<BackwardPlan> planGroup(const KernelGroup &g) {
   }
   bool whole = p.kind == "backward", postSide = p.kind == "post_backward",
        preSide = p.kind == "pre_backward";
+  // The dy fold's post_res_grad reads the group's dx (an add of the group).
+  for (PostResGradOp prg : prgs) {
+    auto add = prg.getDout().getDefiningOp<arith::AddFOp>();
+    if (add && llvm::is_contained(p.adds, add) && !postSide)
+      p.lowerPrg = prg;
+    else
+      p.prg = prg;
+  }
+  size_t members = (postSide ? 3u : 9u) + (p.lowerPrg ? 1u : 0u);
   bool loneGrad = postSide && g.members.size() == 1;
   bool complete = p.prg && (loneGrad || (p.sm && p.sk)) &&
                   (postSide ? !(p.pag || p.skg || p.smg || p.npg)
                             : p.pag && p.skg && p.smg && p.npg &&
                                   p.adds.size() == 2);
-  if (!(whole || postSide || preSide) || !complete ||
-      (!loneGrad && g.members.size() != (postSide ? 3u : 9u)))
+  if (!(whole || postSide || preSide) || !complete || prgs.size() > 2 ||
+      (!loneGrad && g.members.size() != members))
     return root->emitOpError()
            << "is not a backward group --mhc-fuse forms (\"backward\", "
               "\"post_backward\" or \"pre_backward\" of one sublayer's "
@@ -103,6 +113,13 @@ static FailureOr<BackwardPlan> planGroup(const KernelGroup &g) {
         p.adds.front().getResult() != p.adds.back().getRhs())
       std::swap(p.adds.front(), p.adds.back());
     p.dxOut = p.adds.back().getResult();
+    if (p.lowerPrg) {
+      if (p.lowerPrg.getDout() != p.dxOut)
+        return root->emitOpError() << "the dy fold's post_res_grad must read "
+                                      "the group's dx as its dout";
+      p.postLower = p.lowerPrg.getPost();
+      p.dyLowerOut = p.lowerPrg.getDy();
+    }
     p.dfnOut = p.npg.getDfn();
     p.dscaleOut = p.smg.getDscale();
     p.dbaseOut = p.smg.getDbase();
@@ -110,7 +127,7 @@ static FailureOr<BackwardPlan> planGroup(const KernelGroup &g) {
   // What the kernels write is what may leave the group.
   for (Value v : g.outputs)
     if (!llvm::is_contained({p.dyOut, p.dpostOut, p.dcombOut, p.dxOut,
-                             p.dfnOut, p.dscaleOut, p.dbaseOut},
+                             p.dfnOut, p.dscaleOut, p.dbaseOut, p.dyLowerOut},
                             v))
       return root->emitOpError()
              << "unsupported backward group: an intermediate value is used "
@@ -550,6 +567,8 @@ public:
       a.add(record, f32);
       a.addValue(p.dxOut);
       a.add(dfnPartial, f32);
+      a.addValue(p.postLower);
+      a.addValue(p.dyLowerOut);
       int64_t CC = cols.chunkColumns;
       auto kernel = createKernel(mb, loc, (kernelName + "_cols").str(),
                                  a.types, sharedTypes(ctx, colsShared(p, cols)),
@@ -573,7 +592,8 @@ public:
       k.col0 = k.mul(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
                      k.ci(CC));
       k.split = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
-      k.aligned = allAligned(k, p, k.argOf, {p.x, p.dout, p.du, p.dxOut});
+      k.aligned = allAligned(k, p, k.argOf,
+                             {p.x, p.dout, p.du, p.dxOut, p.dyLowerOut});
       k.emitBody();
       gpu::ReturnOp::create(b, loc);
       Value chunks =

@@ -20,7 +20,10 @@
 // Group kinds: "backward" (the whole sublayer, no sublayer F between the
 // post_res and pre_apply gradients), "post_backward" (post_res_grad's dy,
 // dpost, dcomb before an opaque F's VJP: the rows kernel alone) and
-// "pre_backward" (the rest after it, dpost and dcomb as inputs).
+// "pre_backward" (the rest after it, dpost and dcomb as inputs). A
+// "backward" or "pre_backward" group may also hold the lower sublayer's
+// post_res_grad of which only dy is used (the dy fold): its cols kernel then
+// stores dy_lower = sum_j post_lower[j] dx[j] beside dx.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MHC_LIB_CONVERSION_MHCTOGPU_BACKWARDKERNEL_H
@@ -46,6 +49,9 @@ struct BackwardPlan {
   SplitMixesGradOp smg;  // per token (rows) + dscale, dbase (params)
   NormProjectGradOp npg; // sum x^2 (rows), its dx and dfn (cols, params)
   SmallVector<arith::AddFOp, 2> adds; // dx = sum of the three dx
+  // The dy fold: the lower sublayer's post_res_grad, whose dout is this dx
+  // and of which only dy is used (cols: dy = sum_j post[j] dx[j]).
+  PostResGradOp lowerPrg;
   std::string kind;
 
   int64_t n = 1, C = 0;
@@ -54,6 +60,7 @@ struct BackwardPlan {
   Value x, y, dout, du, mix, scale, base, fn;
   Value dpostIn, dcombIn;   // pre_backward: from the post_backward group
   Value postIn;             // post_backward of a lone post_res_grad
+  Value postLower, dyLowerOut; // the dy fold (lowerPrg)
   Value dyOut, dpostOut, dcombOut, dxOut, dfnOut, dscaleOut, dbaseOut;
   float postMult = 2.0f, preEps = 1e-6f, sinkEps = 1e-6f, normEps = 1e-6f;
   int64_t iterations = 20;

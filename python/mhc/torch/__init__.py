@@ -8,9 +8,10 @@
     h = mt.Head(4, C)(x)                 # or mt.Collapse()
 
 Importing this package registers the custom ops ``torch.ops.mhc.hc_pre``, ``hc_post``,
-``hc_post_backward``, ``hc_pre_backward`` and the chain's halves ``hc_pre_mixed`` and
-``hc_post_project`` (mhc.torch.ops); under torch.compile, mhc.torch.chain_pass chains consecutive
-HyperConnections in the compiled graph.
+``hc_post_backward``, ``hc_pre_backward``, the chain's halves ``hc_pre_mixed`` and
+``hc_post_project`` and the dy fold's ``hc_pre_backward_lower``, ``hc_joint_backward`` and
+``hc_joint_backward_lower`` (mhc.torch.ops); under torch.compile, mhc.torch.chain_pass chains
+consecutive HyperConnections in the compiled forward graph and folds their backward.
 """
 
 from . import ops  # noqa: F401  - registers torch.ops.mhc.*

@@ -98,16 +98,52 @@ def hc_post_backward(y, x, post, comb, dx_next):
 
 
 def hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps, pre_eps,
-                    post_mult):
-    op = "hc_pre_backward"
-    attributes(op, iterations, eps, pre_eps, post_mult)
-    lead, n, C, M = parameters(op, x, fn, scale, base)
+                    post_mult, op="hc_pre_backward"):
+    lead, n, C, M = _backward(op, x, fn, scale, base, mix, du, iterations, eps, pre_eps, post_mult)
     cd = coefficient_dtype(x)
-    _tensor(op, "mix", mix, lead + (M,), cd, x.device)
-    _tensor(op, "du", du, lead + (C,), x.dtype, x.device)
     _tensor(op, "dpost", dpost, lead + (n,), cd, x.device)
     _tensor(op, "dcomb", dcomb, lead + (n, n), cd, x.device)
     _tensor(op, "dx_next", dx_next, lead + (n, C), x.dtype, x.device)
+    return lead, n, C, M
+
+
+def _backward(op, x, fn, scale, base, mix, du, iterations, eps, pre_eps, post_mult):
+    """What every pre-side backward op takes: the attributes, x, the parameters, mix and du."""
+    attributes(op, iterations, eps, pre_eps, post_mult)
+    lead, n, C, M = parameters(op, x, fn, scale, base)
+    _tensor(op, "mix", mix, lead + (M,), coefficient_dtype(x), x.device)
+    _tensor(op, "du", du, lead + (C,), x.dtype, x.device)
+    return lead, n, C, M
+
+
+def _post_lower(op, x, post_lower, lead, n):
+    """The lower sublayer's post, whose dy the fold computes from this sublayer's dx."""
+    _tensor(op, "post_lower", post_lower, lead + (n,), coefficient_dtype(x), x.device)
+
+
+def hc_pre_backward_lower(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, post_lower,
+                          iterations, eps, pre_eps, post_mult):
+    op = "hc_pre_backward_lower"
+    lead, n, C, M = hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations,
+                                    eps, pre_eps, post_mult, op)
+    _post_lower(op, x, post_lower, lead, n)
+    return lead, n, C, M
+
+
+def hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next, iterations, eps, pre_eps, post_mult,
+                      op="hc_joint_backward"):
+    lead, n, C, M = _backward(op, x, fn, scale, base, mix, du, iterations, eps, pre_eps, post_mult)
+    _tensor(op, "y", y, lead + (C,), x.dtype, x.device)
+    _tensor(op, "dx_next", dx_next, lead + (n, C), x.dtype, x.device)
+    return lead, n, C, M
+
+
+def hc_joint_backward_lower(x, y, fn, scale, base, mix, du, dx_next, post_lower, iterations, eps,
+                            pre_eps, post_mult):
+    op = "hc_joint_backward_lower"
+    lead, n, C, M = hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next, iterations, eps,
+                                      pre_eps, post_mult, op)
+    _post_lower(op, x, post_lower, lead, n)
     return lead, n, C, M
 
 

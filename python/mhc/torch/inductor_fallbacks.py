@@ -21,9 +21,10 @@ import sys
 
 import torch
 
-# Every op of the mhc namespace (mhc.torch.ops), including the two chain_pass creates.
+# Every op of the mhc namespace (mhc.torch.ops), including the five chain_pass creates.
 MHC_OPS = ("hc_pre", "hc_post", "hc_pre_mixed", "hc_post_project", "hc_pre_backward",
-           "hc_post_backward")
+           "hc_post_backward", "hc_pre_backward_lower", "hc_joint_backward",
+           "hc_joint_backward_lower")
 
 _ATTEMPTED = False     # register_if_compiling ran register() (which may have given up)
 

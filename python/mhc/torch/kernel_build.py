@@ -18,6 +18,11 @@ The ops (kernels.OP_BUFFERS):
   the fused kernels the benchmarks time);
 * ``hc_steady_forward``: the steady-state forward of the benchmarks (pre from the previous
   mix; post_res + the next sublayer's norm_project);
+* ``hc_joint_backward``: the sublayer backward after its sublayer's VJP when dy came from the
+  sublayer above (the dy fold, mhc.torch.chain_pass): one rows pass reads dout, x, y and du;
+* ``hc_joint_backward_lower``, ``hc_pre_backward_lower``: hc_joint_backward and hc_pre_backward
+  that also compute the lower sublayer's dy from their dx (post_lower: its post), in the cols
+  kernel while dx is on chip;
 * ``hc_pre_mixed``, ``hc_post_project``: the two halves of that steady state, for chained
   HyperConnections (mhc.torch.modules): pre from a mix computed by the previous sublayer's post,
   and post_res fused with the next sublayer's norm_project.
@@ -97,6 +102,13 @@ func.func @hc_post(%y: {H}, %x: {X}, %post: {P}, %comb: {Q}) -> {X} {{
   %dxc, %dfn = "mhc.norm_project_grad"(%x, %fn, %dmix) {norm_attrs} : ({X}, {F}, {MX}) -> ({X}, {F})
   %dxab = arith.addf %dxa, %dxb : {X}
   %dx = arith.addf %dxab, %dxc : {X}"""
+    # The dy fold: the lower sublayer's post_res_grad for its dy only, from this dx (its y, x
+    # and comb are not read: stand-ins of the right shapes).
+    lower = f"""
+  %c0_lower = arith.constant 0 : index
+  %T_lower = tensor.dim %x, %c0_lower : {X}
+  %comb_lower = tensor.empty(%T_lower) : {Q}
+  %dy_lower, %dxl_, %dpl_, %dcl_ = "mhc.post_res_grad"(%du, %x, %post_lower, %comb_lower, %dx) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q})"""
     text += f"""
 func.func @hc_post_backward(%y: {H}, %x: {X}, %post: {P}, %comb: {Q}, %dxn: {X}) -> ({H}, {P}, {Q}) {{
   %dy, %dx, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q})
@@ -119,6 +131,30 @@ func.func @hc_sublayer_backward(%x: {X}, %y: {H}, %fn: {F}, %scale: {S}, %base: 
   %comb = {sinkhorn}
   %dy, %dxa, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}
   return %dx, %dy, %dfn, %dscale, %dbase : {X}, {H}, {F}, {S}, {B}
+}}
+func.func @hc_joint_backward(%x: {X}, %y: {H}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved},
+                             %du: {H}, %dxn: {X}) -> ({X}, {F}, {S}, {B}) {{
+  %pre, %post, %l = {split}
+  %comb = {sinkhorn}
+  %dy, %dxa, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}
+  return %dx, %dfn, %dscale, %dbase : {X}, {F}, {S}, {B}
+}}
+func.func @hc_joint_backward_lower(%x: {X}, %y: {H}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved},
+                                   %du: {H}, %dxn: {X}, %post_lower: {P}) -> ({X}, {F}, {S}, {B}, {H}) {{
+  %pre, %post, %l = {split}
+  %comb = {sinkhorn}
+  %dy, %dxa, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}{lower}
+  return %dx, %dfn, %dscale, %dbase, %dy_lower : {X}, {F}, {S}, {B}, {H}
+}}
+func.func @hc_pre_backward_lower(%x: {X}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved}, %du: {H},
+                                 %dpost: {P}, %dcomb: {Q}, %dxn: {X}, %post_lower: {P}) -> ({X}, {F}, {S}, {B}, {H}) {{
+  %pre, %post, %l = {split}
+  %comb = {sinkhorn}
+  %c0 = arith.constant 0 : index
+  %T = tensor.dim %x, %c0 : {X}
+  %y = tensor.empty(%T) : {H}
+  %dy_, %dxa, %dpost_, %dcomb_ = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}{lower}
+  return %dx, %dfn, %dscale, %dbase, %dy_lower : {X}, {F}, {S}, {B}, {H}
 }}
 func.func @hc_pre_mixed(%x: {X}, %mix: {MX}, %scale: {S}, %base: {B}) -> ({H}, {P}, {Q}) {{
   %pre, %post, %l = {split}
@@ -311,7 +347,8 @@ def compile_kernels(key: dict, out_dir, forward_only: bool = False, edit_schedul
     funcs = _functions(host)
     names = ["hc_pre", "hc_post"] + ([] if forward_only else [
         "hc_post_backward", "hc_pre_backward", "hc_sublayer_backward", "hc_steady_forward",
-        "hc_pre_mixed", "hc_post_project"])
+        "hc_pre_mixed", "hc_post_project", "hc_joint_backward", "hc_joint_backward_lower",
+        "hc_pre_backward_lower"])
     ops = {op: launches_of(funcs[op], *kernels.OP_BUFFERS[op], k) for op in names}
     for op in FORWARD_OPS:
         if op in ops:

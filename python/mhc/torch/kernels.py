@@ -34,7 +34,8 @@ Manifest (``manifest.json``, schema ``mhc.torch.kernels/1``)
          "few_tokens": {"max_T": 4096, "launches": [...]}},   # optional: for T <= max_T
        "hc_post": {...}, "hc_post_backward": {...}, "hc_pre_backward": {...}}}
 
-* ``ops`` may hold a subset of the four ops; calling a missing one raises an error naming it.
+* ``ops`` may hold a subset of the ops (``OP_BUFFERS``); calling a missing one raises an error
+  naming it.
 * ``launches`` run in order on the current stream. Each kernel gets ``(i64 T, then one 1-D memref
   descriptor per name in buffers)`` (docs/GPU.md), T = number of tokens.
 * Buffer names are the op's arguments and results (``OP_BUFFERS``) or the op's ``scratch`` names.
@@ -91,6 +92,16 @@ OP_BUFFERS = {   # (arguments, results) of each op, in schema order
     # computed, and post_res fused with the next sublayer's norm_project (fn_next: its fn).
     "hc_pre_mixed": (("x", "mix", "scale", "base"), ("u", "post", "comb")),
     "hc_post_project": (("y", "x", "post", "comb", "fn_next"), ("x_next", "mix_next")),
+    # The dy fold (mhc.torch.chain_pass): hc_pre_backward also computing the lower sublayer's dy
+    # from dx (post_lower: that sublayer's post), and a sublayer's backward after its VJP when its
+    # dy came from above (hc_post_backward's dpost/dcomb + hc_pre_backward in one).
+    "hc_pre_backward_lower": (("x", "fn", "scale", "base", "mix", "du", "dpost", "dcomb",
+                               "dx_next", "post_lower"),
+                              ("dx", "dfn", "dscale", "dbase", "dy_lower")),
+    "hc_joint_backward": (("x", "y", "fn", "scale", "base", "mix", "du", "dx_next"),
+                          ("dx", "dfn", "dscale", "dbase")),
+    "hc_joint_backward_lower": (("x", "y", "fn", "scale", "base", "mix", "du", "dx_next",
+                                 "post_lower"), ("dx", "dfn", "dscale", "dbase", "dy_lower")),
 }
 # Every buffer name's shape, relative to x [lead..., n, C] (X: [lead, n, C], Y: [lead, C], P:
 # [lead, n], CB: [lead, n, n], MIX: [lead, M], FN: [M, n*C], SC: [3], B: [M]; M = n*n + 2n), and
@@ -98,13 +109,15 @@ OP_BUFFERS = {   # (arguments, results) of each op, in schema order
 # from it (allocate_results), and the C++ launch path receives it (native.signature_table).
 BUFFER_LAYOUT = {
     "x": ("X", "A"), "x_next": ("X", "A"), "dx": ("X", "A"), "dx_next": ("X", "A"),
-    "y": ("Y", "A"), "u": ("Y", "A"), "du": ("Y", "A"), "dy": ("Y", "A"),
-    "post": ("P", "F"), "dpost": ("P", "F"), "comb": ("CB", "F"), "dcomb": ("CB", "F"),
+    "y": ("Y", "A"), "u": ("Y", "A"), "du": ("Y", "A"), "dy": ("Y", "A"), "dy_lower": ("Y", "A"),
+    "post": ("P", "F"), "dpost": ("P", "F"), "post_lower": ("P", "F"),
+    "comb": ("CB", "F"), "dcomb": ("CB", "F"),
     "mix": ("MIX", "F"), "mix_next": ("MIX", "F"),
     "fn": ("FN", "F"), "fn_next": ("FN", "F"), "dfn": ("FN", "F"),
     "scale": ("SC", "F"), "dscale": ("SC", "F"), "base": ("B", "F"), "dbase": ("B", "F"),
 }
-# The ops training needs (mhc.torch's autograd functions); the other two are for the benchmarks.
+# The ops training needs (mhc.torch's autograd functions); the chain and fold ops are optional
+# (sets built before them run them with the reference math), the other two are for the benchmarks.
 TRAINING_OPS = ("hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward")
 DTYPE_NAMES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32,
                "f64": torch.float64, "i32": torch.int32, "i64": torch.int64}
@@ -651,7 +664,8 @@ def for_call(op: str, x, attrs=None) -> KernelSet:
 
 # Ops whose last four arguments are the Sinkhorn attributes (iterations, eps, pre_eps, post_mult):
 # they pick the kernel set. (hc_post_project's norm_project uses eps; the others none of them.)
-_WITH_ATTRIBUTES = ("hc_pre", "hc_pre_backward", "hc_pre_mixed", "hc_post_project")
+_WITH_ATTRIBUTES = ("hc_pre", "hc_pre_backward", "hc_pre_mixed", "hc_post_project",
+                    "hc_pre_backward_lower", "hc_joint_backward", "hc_joint_backward_lower")
 
 
 def _set_for(op: str, args):
@@ -668,7 +682,8 @@ def run(op: str, *args):
 
 def run_if_built(op: str, *args):
     """`run(op, *args)` where the kernel set it would use has kernels for `op`, else None (sets
-    built before the chain ops have none for hc_pre_mixed / hc_post_project)."""
+    built before the chain ops have none for hc_pre_mixed / hc_post_project, sets built before the
+    dy fold none for hc_pre_backward_lower / hc_joint_backward / hc_joint_backward_lower)."""
     ks, x = _set_for(op, args)
     if op not in ks.plans:
         return None

@@ -9,10 +9,22 @@
                                   -> (u, post, comb)            hc_pre from a given mix
     torch.ops.mhc.hc_post_project(y, x, post, comb, fn_next, iterations, eps, pre_eps, post_mult)
                                   -> (x_next, mix_next)         hc_post + the next norm_project
+    torch.ops.mhc.hc_pre_backward_lower(x, fn, scale, base, mix, du, dpost, dcomb, dx_next,
+                                        post_lower, iterations, eps, pre_eps, post_mult)
+                                  -> (dx, dfn, dscale, dbase, dy_lower)
+    torch.ops.mhc.hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next, iterations, eps,
+                                    pre_eps, post_mult) -> (dx, dfn, dscale, dbase)
+    torch.ops.mhc.hc_joint_backward_lower(x, y, fn, scale, base, mix, du, dx_next, post_lower,
+                                          iterations, eps, pre_eps, post_mult)
+                                  -> (dx, dfn, dscale, dbase, dy_lower)
 
 Each maps 1:1 onto a set of mhc's GPU kernels (docs/Torch.md). ``hc_post_backward`` does not return
 dx: ``hc_pre_backward`` computes the *whole* dx of x, including hc_post's residual path
-``sum_j comb[i][j] dx_next[j]``, so that the GPU produces dx in one pass.
+``sum_j comb[i][j] dx_next[j]``, so that the GPU produces dx in one pass. The last three are the
+dy fold of mhc.torch.chain_pass (the backward of a stack, rewritten under torch.compile): the
+``_lower`` ops also return the lower sublayer's dy from dx (``dy_lower``, from its ``post_lower``),
+and ``hc_joint_backward`` is hc_post_backward's dpost/dcomb and hc_pre_backward in one, for a
+sublayer whose dy came from the one above.
 
 Implementations: on CUDA tensors the compiled kernels from the kernel cache (:mod:`mhc.torch.kernels`);
 on any other device the reference math (:mod:`mhc.torch.reference`), so a model built on these ops
@@ -162,10 +174,12 @@ def _(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps, pre_e
 # forward (recomputation). No autograd: HyperConnection calls them where it wires the backward
 # itself. Kernel sets built before the chain ops have no kernels for them: the reference math
 # then runs on the GPU (correct, slower; chain_pass rewrites whatever the set, so that its
-# result does not depend on the cache).
+# result does not depend on the cache). The dy fold's ops, below, fall back to the set's
+# hc_pre_backward kernels instead (the reference's Sinkhorn backward would cost far more).
 
-def _chain_op(op: str, x, args, reference):
-    """A chain half: the kernels on CUDA tensors whose kernel set has them, else `reference()`."""
+def _built_or_reference(op: str, x, args, reference):
+    """An op that older kernel sets lack: the kernels on CUDA tensors whose kernel set has them,
+    else `reference()`."""
     out = _kernels().run_if_built(op, *args) if _on_gpu(x) else None
     if out is not None:
         return out
@@ -177,7 +191,7 @@ def hc_pre_mixed(x: Tensor, mix: Tensor, scale: Tensor, base: Tensor, iterations
                  pre_eps: float, post_mult: float) -> tuple[Tensor, Tensor, Tensor]:
     args = (x, mix, scale, base, iterations, eps, pre_eps, post_mult)
     checks.hc_pre_mixed(*args)
-    return _chain_op("hc_pre_mixed", x, args, lambda: ref.hc_pre_mixed(*args))
+    return _built_or_reference("hc_pre_mixed", x, args, lambda: ref.hc_pre_mixed(*args))
 
 
 @hc_pre_mixed.register_fake
@@ -192,8 +206,8 @@ def hc_post_project(y: Tensor, x: Tensor, post: Tensor, comb: Tensor, fn_next: T
                     post_mult: float) -> tuple[Tensor, Tensor]:
     args = (y, x, post, comb, fn_next, iterations, eps, pre_eps, post_mult)
     checks.hc_post_project(*args)
-    return _chain_op("hc_post_project", x, args,
-                     lambda: ref.hc_post_project(y, x, post, comb, fn_next, eps))
+    return _built_or_reference("hc_post_project", x, args,
+                               lambda: ref.hc_post_project(y, x, post, comb, fn_next, eps))
 
 
 @hc_post_project.register_fake
@@ -201,6 +215,106 @@ def _(y, x, post, comb, fn_next, iterations, eps, pre_eps, post_mult):
     lead, n, C, M = checks.hc_post_project(y, x, post, comb, fn_next, iterations, eps, pre_eps,
                                            post_mult)
     return torch.empty_like(x), x.new_empty(*lead, M, dtype=checks.coefficient_dtype(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# The dy fold: hc_pre_backward_lower, hc_joint_backward, hc_joint_backward_lower
+# ------------------------------------------------------------------------------------------------
+# Made by mhc.torch.chain_pass in compiled backward graphs, where one sublayer's dx is the
+# dx_next of the sublayer below (its hc_post_backward's dy moves into this sublayer's backward:
+# dy_lower). No autograd, like the other backward ops.
+
+def _fold_op(op: str, x, args, reference, upper, post_lower=None):
+    """A fold op: its kernels on CUDA tensors whose kernel set has them; on CUDA tensors of a
+    set built before the fold, `upper()` (the gradients from the set's hc_pre_backward kernels)
+    and dy_lower in PyTorch -- not the whole reference math, whose Sinkhorn backward would make
+    every sublayer's backward many times slower; else (other devices) `reference()`."""
+    if not _on_gpu(x):
+        return tuple(t.contiguous() for t in reference())
+    out = _kernels().run_if_built(op, *args)
+    if out is not None:
+        return out
+    grads = tuple(upper())
+    if post_lower is None:
+        return grads
+    return (*grads, ref._dy(post_lower, grads[0], x.dtype).reshape(x.shape[:-2] + x.shape[-1:]))
+
+
+def _pre_backward_kernels(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, attrs):
+    return _kernels().run("hc_pre_backward", x, fn, scale, base, mix, du, dpost.contiguous(),
+                          dcomb.contiguous(), dx_next, *attrs)
+
+
+def _joint_upper(x, y, fn, scale, base, mix, du, dx_next, attrs):
+    """hc_joint_backward from an older set's kernels: dpost and dcomb in PyTorch."""
+    dpost, dcomb = ref._dpost_dcomb(y, x, dx_next)
+    return _pre_backward_kernels(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, attrs)
+
+
+def _fold_outputs(x, fn, scale, base, lower: bool):
+    """Empty (dx, dfn, dscale, dbase) and, for the _lower ops, dy_lower."""
+    grads = (torch.empty_like(x), torch.empty_like(fn), torch.empty_like(scale),
+             torch.empty_like(base))
+    if not lower:
+        return grads
+    return (*grads, x.new_empty(x.shape[:-2] + x.shape[-1:]))
+
+
+@torch.library.custom_op("mhc::hc_pre_backward_lower", mutates_args=())
+def hc_pre_backward_lower(x: Tensor, fn: Tensor, scale: Tensor, base: Tensor, mix: Tensor,
+                          du: Tensor, dpost: Tensor, dcomb: Tensor, dx_next: Tensor,
+                          post_lower: Tensor, iterations: int, eps: float, pre_eps: float,
+                          post_mult: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    args = (x, fn, scale, base, mix, du, dpost, dcomb, dx_next, post_lower, iterations, eps,
+            pre_eps, post_mult)
+    checks.hc_pre_backward_lower(*args)
+    return _fold_op("hc_pre_backward_lower", x, args, lambda: ref.hc_pre_backward_lower(*args),
+                    lambda: _pre_backward_kernels(*args[:9], args[10:]), post_lower)
+
+
+@hc_pre_backward_lower.register_fake
+def _(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, post_lower, iterations, eps, pre_eps,
+      post_mult):
+    checks.hc_pre_backward_lower(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, post_lower,
+                                 iterations, eps, pre_eps, post_mult)
+    return _fold_outputs(x, fn, scale, base, lower=True)
+
+
+@torch.library.custom_op("mhc::hc_joint_backward", mutates_args=())
+def hc_joint_backward(x: Tensor, y: Tensor, fn: Tensor, scale: Tensor, base: Tensor, mix: Tensor,
+                      du: Tensor, dx_next: Tensor, iterations: int, eps: float, pre_eps: float,
+                      post_mult: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    args = (x, y, fn, scale, base, mix, du, dx_next, iterations, eps, pre_eps, post_mult)
+    checks.hc_joint_backward(*args)
+    return _fold_op("hc_joint_backward", x, args, lambda: ref.hc_joint_backward(*args),
+                    lambda: _joint_upper(*args[:8], args[8:]))
+
+
+@hc_joint_backward.register_fake
+def _(x, y, fn, scale, base, mix, du, dx_next, iterations, eps, pre_eps, post_mult):
+    checks.hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next, iterations, eps, pre_eps,
+                             post_mult)
+    return _fold_outputs(x, fn, scale, base, lower=False)
+
+
+@torch.library.custom_op("mhc::hc_joint_backward_lower", mutates_args=())
+def hc_joint_backward_lower(x: Tensor, y: Tensor, fn: Tensor, scale: Tensor, base: Tensor,
+                            mix: Tensor, du: Tensor, dx_next: Tensor, post_lower: Tensor,
+                            iterations: int, eps: float, pre_eps: float,
+                            post_mult: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    args = (x, y, fn, scale, base, mix, du, dx_next, post_lower, iterations, eps, pre_eps,
+            post_mult)
+    checks.hc_joint_backward_lower(*args)
+    return _fold_op("hc_joint_backward_lower", x, args,
+                    lambda: ref.hc_joint_backward_lower(*args),
+                    lambda: _joint_upper(*args[:8], args[9:]), post_lower)
+
+
+@hc_joint_backward_lower.register_fake
+def _(x, y, fn, scale, base, mix, du, dx_next, post_lower, iterations, eps, pre_eps, post_mult):
+    checks.hc_joint_backward_lower(x, y, fn, scale, base, mix, du, dx_next, post_lower, iterations,
+                                   eps, pre_eps, post_mult)
+    return _fold_outputs(x, fn, scale, base, lower=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +395,7 @@ class DirectOps:
         if not DirectOps._direct(x):
             return torch.ops.mhc.hc_pre_mixed(*args)
         checks.hc_pre_mixed(*args)
-        return _chain_op("hc_pre_mixed", x, args, lambda: ref.hc_pre_mixed(*args))
+        return _built_or_reference("hc_pre_mixed", x, args, lambda: ref.hc_pre_mixed(*args))
 
     @staticmethod
     def hc_post_backward(y, x, post, comb, dx_next):

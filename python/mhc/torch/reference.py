@@ -1,5 +1,6 @@
-"""The kernel-level mHC ops in plain PyTorch: the ``reference`` backend (the four training ops
-and the chain's two halves, ``hc_pre_mixed`` and ``hc_post_project``).
+"""The kernel-level mHC ops in plain PyTorch: the ``reference`` backend (the four training ops,
+the chain's two halves, ``hc_pre_mixed`` and ``hc_post_project``, and the dy fold's backward ops,
+``hc_pre_backward_lower``, ``hc_joint_backward`` and ``hc_joint_backward_lower``).
 
 Same math as :mod:`mhc.reference` (numpy, the golden model) and spec sections 3 and 5, written with
 torch ops so that it runs on any device, is traced by ``torch.compile`` and serves as the CPU
@@ -19,7 +20,9 @@ from __future__ import annotations
 import torch
 
 __all__ = ["hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward", "hc_pre_mixed",
-           "hc_post_project", "norm_project", "coefficients_from_mix", "compute_dtype", "sinkhorn"]
+           "hc_post_project", "hc_pre_backward_lower", "hc_joint_backward",
+           "hc_joint_backward_lower", "norm_project", "coefficients_from_mix", "compute_dtype",
+           "sinkhorn"]
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -116,13 +119,25 @@ def hc_post_project(y, x, post, comb, fn_next, eps: float):
 def hc_post_backward(y, x, post, comb, dx_next):
     """(dy, dpost, dcomb) of hc_post. The dx part (sum_j comb[i][j] dx_next[j]) is left to
     hc_pre_backward, which computes the whole dx in one pass."""
+    return (_dy(post, dx_next, y.dtype).reshape(y.shape), *_dpost_dcomb(y, x, dx_next))
+
+
+def _dy(post, dx_next, dtype):
+    """hc_post's dy = sum_j post[j] dx_next[j] ``[T, C]``, stored as `dtype`: one function for
+    hc_post_backward and the dy fold, so that both give the same bits."""
+    g, lead, n, C = _flat(dx_next)
+    cd = compute_dtype(dx_next)
+    return torch.einsum("tj,tjc->tc", post.reshape(-1, n).to(cd), g.to(cd)).to(dtype)
+
+
+def _dpost_dcomb(y, x, dx_next):
+    """hc_post's dpost and dcomb (they need neither post nor comb)."""
     xt, lead, n, C = _flat(x)
     cd = compute_dtype(x)
     g = dx_next.reshape(-1, n, C).to(cd)
-    dy = torch.einsum("tj,tjc->tc", post.reshape(-1, n).to(cd), g).to(y.dtype)
     dpost = torch.einsum("tc,tjc->tj", y.reshape(-1, C).to(cd), g)
     dcomb = torch.einsum("tic,tjc->tij", xt.to(cd), g)
-    return dy.reshape(y.shape), dpost.reshape(*lead, n), dcomb.reshape(*lead, n, n)
+    return dpost.reshape(*lead, n), dcomb.reshape(*lead, n, n)
 
 
 def hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations: int, eps: float,
@@ -165,3 +180,34 @@ def hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iteratio
     dfn = dm.t() @ v
     return (dx.to(x.dtype).reshape(x.shape), dfn.to(fn.dtype), dscale.to(scale.dtype),
             dbase.to(base.dtype))
+
+
+# The dy fold (mhc.torch.chain_pass): in a stack, the dx of a sublayer's hc_pre_backward is the
+# dx_next of the sublayer below it, whose dy = sum_j post_lower[j] dx[j] the upper sublayer's
+# backward computes while dx is on chip (dy_lower); the lower sublayer then runs hc_post_backward's
+# dpost/dcomb and hc_pre_backward as one op after its own VJP (hc_joint_backward).
+
+def hc_pre_backward_lower(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, post_lower,
+                          iterations: int, eps: float, pre_eps: float, post_mult: float):
+    """hc_pre_backward's (dx, dfn, dscale, dbase) and dy_lower, the lower sublayer's dy from this
+    dx as stored (post_lower: that sublayer's post)."""
+    dx, dfn, dscale, dbase = hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next,
+                                             iterations, eps, pre_eps, post_mult)
+    return dx, dfn, dscale, dbase, _dy(post_lower, dx, x.dtype).reshape(du.shape)
+
+
+def hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next, iterations: int, eps: float,
+                      pre_eps: float, post_mult: float):
+    """A sublayer's whole backward after its VJP, its dy having come from above: hc_post_backward's
+    dpost and dcomb fed into hc_pre_backward -> (dx, dfn, dscale, dbase)."""
+    dpost, dcomb = _dpost_dcomb(y, x, dx_next)
+    return hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps,
+                           pre_eps, post_mult)
+
+
+def hc_joint_backward_lower(x, y, fn, scale, base, mix, du, dx_next, post_lower, iterations: int,
+                            eps: float, pre_eps: float, post_mult: float):
+    """hc_joint_backward and dy_lower, as hc_pre_backward_lower adds it to hc_pre_backward."""
+    dx, dfn, dscale, dbase = hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next, iterations,
+                                               eps, pre_eps, post_mult)
+    return dx, dfn, dscale, dbase, _dy(post_lower, dx, x.dtype).reshape(du.shape)

@@ -23,6 +23,10 @@
 //                    and post_res_grad (for post_res_grad's dx, which the
 //                    kernels compute in the same pass as the other two dx).
 //
+// A "backward" or "pre_backward" group also takes the lower sublayer's
+// post_res_grad when only its dy is used and its dout is the group's dx (the
+// dy fold: dy is computed where dx is made).
+//
 // A group is an mhc.fused op placed where its last member was; it yields
 // every member result used outside. Ops that fit no group stay as they are
 // (they become standalone kernels).
@@ -219,10 +223,29 @@ static bool dependsOn(Value v, Operation *op) {
   return false;
 }
 
+/// The lower sublayer's post_res_grad, when only its dy is used and its dout
+/// is this sublayer's dx: dy = sum_j post[j] dx[j] is then computed where dx
+/// is made (the cols kernel), while dx is on chip, instead of by a rows pass
+/// that reads dx again (docs/GPU.md, "The dy fold").
+static PostResGradOp lowerDyOf(SublayerBackward &m) {
+  Value dx = m.secondAdd.getResult();
+  for (Operation *user : dx.getUsers()) {
+    auto prg = dyn_cast<PostResGradOp>(user);
+    if (prg && prg->getBlock() == m.secondAdd->getBlock() &&
+        prg.getDout() == dx && prg.getX().getType() == dx.getType() &&
+        prg.getDx().use_empty() && prg.getDpost().use_empty() &&
+        prg.getDcomb().use_empty() && !prg.getDy().use_empty())
+      return prg;
+  }
+  return nullptr;
+}
+
 /// Forms the backward group(s) of one matched sublayer.
 static void formBackward(SublayerBackward &m) {
   SmallVector<Operation *> tail{m.pag, m.skg, m.smg, m.npg, m.firstAdd,
                                 m.secondAdd};
+  if (PostResGradOp lower = lowerDyOf(m))
+    tail.push_back(lower);
   if (m.prg.getDpost() != m.smg.getDpost()) {
     // Written as the second half already: dpost and dcomb come from outside.
     SmallVector<Operation *> all{m.sm, m.sk, m.prg};

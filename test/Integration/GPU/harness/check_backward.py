@@ -21,6 +21,9 @@ For every kernel set and T in --Ts, on seeded random data (never zeros):
   * determinism: the fused backward twice on the same inputs: bit-identical gradients;
   * overflow: token 1 scaled by 1e30 (its f32 sum of squares overflows): the fused backward
     against the reference as above (its share of dfn needs the rescaled norm factor);
+  * the dy fold (sets that have its ops): hc_joint_backward, hc_joint_backward_lower and
+    hc_pre_backward_lower give the gradients of the ops they stand for bit for bit, and
+    dy_lower is hc_post_backward's dy of their dx (check_dy_fold);
   * control: the check is re-run against a reference of a different dx_next (one stream swapped);
     it must fail, so a passing check means something.
 Outputs are poisoned (NaN) before each call so unwritten elements fail.
@@ -160,12 +163,40 @@ def check_one(ks, key, T, seed):
         out = dict(zip(GRADS, run(ks, "hc_sublayer_backward", xo, y, fn, scale, base, mix_o, du,
                                   dxn)))
         compare(res, "overflow", out, reference(xo, y, fn, scale, base, du, dxn, key), key)
+    if "hc_joint_backward_lower" in ks.plans:
+        check_dy_fold(res, ks, key, gen, (x, y, fn, scale, base, mix, du, dxn), post, comb,
+                      (dpost, dcomb), fused, split)
     # Control: a different cotangent in the reference must be caught.
     if key.n > 1 and T > 1:
         wrong = reference(x, y, fn, scale, base, du, dxn.roll(1, dims=1), key)
         worst = max(relerr(fused[g], wrong[g]) / tolerance(key, g) for g in GRADS)
         res["control.detected"] = dict(err=worst, tol=1.0, ok=bool(worst > 1.0))
     return res
+
+
+def check_dy_fold(res, ks, key, gen, args, post, comb, sums, fused, split):
+    """The dy fold's ops (sets built since the twenty-third session): hc_joint_backward and
+    hc_joint_backward_lower must give hc_sublayer_backward's dx, dfn, dscale, dbase and
+    hc_pre_backward_lower hc_pre_backward's, bit for bit (the same kernels, without dy or with
+    dy_lower besides); dy_lower must be hc_post_backward's dy of their dx with post_lower, bit
+    for bit (the same sum in the same order, from dx as stored)."""
+    x, y, fn, scale, base, mix, du, dxn = args
+    T, n = x.shape[0], key.n
+    post_lower = torch.rand((T, n), generator=gen, device=x.device) * 2
+    joint = run(ks, "hc_joint_backward", *args)
+    joint_lower = run(ks, "hc_joint_backward_lower", *args, post_lower)
+    pre_lower = run(ks, "hc_pre_backward_lower", x, fn, scale, base, mix, du, *sums, dxn,
+                    post_lower)
+    names = ("dx", "dfn", "dscale", "dbase")
+    for name, out, want in (("joint", joint, fused), ("joint_lower", joint_lower, fused),
+                            ("pre_lower", pre_lower, split)):
+        same = all(torch.equal(o, want[g]) for o, g in zip(out[:4], names))
+        res[f"fold.{name}.same"] = dict(err=0.0 if same else 1.0, tol=0.0, ok=same)
+    for name, out in (("joint_lower", joint_lower), ("pre_lower", pre_lower)):
+        want = run(ks, "hc_post_backward", y, x, post_lower, comb, out[0])[0]
+        same = bool(torch.equal(out[4], want))
+        res[f"fold.{name}.dy_lower"] = dict(err=0.0 if same else relerr(out[4], want), tol=0.0,
+                                           ok=same)
 
 
 def main():

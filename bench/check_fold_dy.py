@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Checks the dy fold of mhc.torch.chain_pass on the GPU: a compiled stack of blocks gives the
+same loss and gradients with the fold as without it, and its backward runs the fold's ops.
+
+    PYTHONPATH=python:bench MHC_CACHE=.mhc-cache python3 bench/check_fold_dy.py --json out.json
+
+The blocks of bench/block_bench.py (pre-norm attention + SwiGLU, each sublayer wrapped in a
+HyperConnection with the cuda backend, n = 4, bf16), --blocks of them, compiled with
+torch.compile(fullgraph=True) twice in one process: with the fold (MHC_COMPILE_FOLD_DY=1) and
+without (=0), Inductor's FX graph cache off so that each compile runs the pass. Same inputs, same
+output cotangent. Pass: the output and every leaf's gradient bit-identical (the fold's ops run
+the same kernels, which store the same values: check_backward.py checks that per op; with
+--tolerance, within it: a set built before the fold runs its ops on older kernels), and the
+profiled compiled step calls the ops the fold should leave (2k sublayers: one hc_post_backward,
+one hc_pre_backward_lower, 2k - 2 hc_joint_backward_lower, one hc_joint_backward) against 2k
+hc_post_backward + 2k hc_pre_backward without it. Also times both steps (CUDA events, median).
+"""
+import argparse
+import collections
+import json
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "python"))
+import block_bench as bb  # noqa: E402
+
+BACKWARD_OPS = ("hc_post_backward", "hc_pre_backward", "hc_pre_backward_lower",
+                "hc_joint_backward", "hc_joint_backward_lower")
+
+
+def step(f, x, grad, leaves):
+    for t in leaves:
+        t.grad = None
+    out = f(x)
+    out.backward(grad)
+    return out.detach(), [None if t.grad is None else t.grad.detach().clone() for t in leaves]
+
+
+def mhc_op_calls(f, x, grad, leaves):
+    """How often the profiled step called each mhc:: op (dispatcher records)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step(f, x, grad, leaves)
+        torch.cuda.synchronize()
+    counts = collections.Counter(e.name.removeprefix("mhc::") for e in prof.events()
+                                 if e.name.startswith("mhc::"))
+    return dict(sorted(counts.items()))
+
+
+def median_ms(f, x, grad, leaves, reps=10):
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        step(f, x, grad, leaves)
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", required=True)
+    p.add_argument("--C", type=int, default=4096)
+    p.add_argument("--blocks", type=int, default=2)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="relative error allowed per leaf (0: bit-identical); a kernel set built "
+                        "before the fold runs it as hc_pre_backward's kernels + PyTorch")
+    args = p.parse_args(argv)
+    import torch._inductor.config as inductor_config
+    inductor_config.fx_graph_cache = False       # each compile must run the pass
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    torch.manual_seed(0)
+    sub = bb.Blocks(args.blocks, args.C, 128, dtype, dev)
+    h = torch.randn(args.batch, args.seq, args.C, device=dev, dtype=dtype)
+    x, f = bb.mhc_variant(sub, h, "cuda", recompute=True)
+    leaves = bb.leaves(f, x, sub)
+    grad = torch.randn_like(f(x))
+    rows = {}
+    for fold in ("1", "0"):
+        os.environ["MHC_COMPILE_FOLD_DY"] = fold
+        torch._dynamo.reset()
+        compiled = torch.compile(f, fullgraph=True)
+        out, grads = step(compiled, x, grad, leaves)
+        rows[fold] = dict(out=out, grads=grads, calls=mhc_op_calls(compiled, x, grad, leaves),
+                          ms=median_ms(compiled, x, grad, leaves))
+    on, off = rows["1"], rows["0"]
+    def relerr(a, b):
+        a, b = a.double(), b.double()
+        return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    same_out = relerr(on["out"], off["out"]) <= args.tolerance
+    errors = [None if a is None or b is None else relerr(a, b)
+              for a, b in zip(on["grads"], off["grads"])]
+    differing = [i for i, (a, b, e) in enumerate(zip(on["grads"], off["grads"], errors))
+                 if (a is None) != (b is None) or (e is not None and e > args.tolerance)]
+    k = 2 * args.blocks
+    want_on = {"hc_post_backward": 1, "hc_pre_backward_lower": 1,
+               "hc_joint_backward_lower": k - 2, "hc_joint_backward": 1}
+    want_off = {"hc_post_backward": k, "hc_pre_backward": k}
+    got_on = {op: n for op, n in on["calls"].items() if op in BACKWARD_OPS}
+    got_off = {op: n for op, n in off["calls"].items() if op in BACKWARD_OPS}
+    ok = same_out and not differing and got_on == want_on and got_off == want_off
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, C=args.C,
+                  blocks=args.blocks, tokens=args.batch * args.seq, leaves=len(leaves),
+                  tolerance=args.tolerance, same_output=same_out, differing_leaves=differing,
+                  leaf_errors=errors,
+                  calls_fold=on["calls"], calls_no_fold=off["calls"],
+                  step_ms_fold=on["ms"], step_ms_no_fold=off["ms"], ok=ok)
+    print(f"output within {args.tolerance:g}: {same_out}; leaves whose gradient differs by more: "
+          f"{differing or 'none'} (of {len(leaves)}; worst "
+          f"{max(e for e in errors if e is not None):.3g})")
+    print(f"backward ops with the fold: {got_on} (want {want_on})")
+    print(f"backward ops without it:    {got_off} (want {want_off})")
+    print(f"step: {on['ms']:.2f} ms with the fold, {off['ms']:.2f} ms without "
+          f"(T = {args.batch * args.seq}, {args.blocks} blocks; a check, not a benchmark)")
+    print("ok" if ok else "FAIL")
+    with open(args.json, "w") as fh:
+        json.dump(result, fh, indent=1)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
