@@ -117,7 +117,8 @@ BUFFER_LAYOUT = {
     "scale": ("SC", "F"), "dscale": ("SC", "F"), "base": ("B", "F"), "dbase": ("B", "F"),
 }
 # The ops training needs (mhc.torch's autograd functions); the chain and fold ops are optional
-# (sets built before them run them with the reference math), the other two are for the benchmarks.
+# (sets built before them run the chain's with the reference math, the fold's on their
+# hc_pre_backward kernels: mhc.torch.ops), the other two are for the benchmarks.
 TRAINING_OPS = ("hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward")
 DTYPE_NAMES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32,
                "f64": torch.float64, "i32": torch.int32, "i64": torch.int64}
