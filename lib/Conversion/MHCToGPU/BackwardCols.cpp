@@ -430,20 +430,26 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
   barrier();
   int64_t NV = CC / acts.vec, total = TT * n * NV;
   Value tok0 = mul(tileIndex, ci(TT));
+  // One vector of dx (stream si, columns sc.. of token t), as rounded in the
+  // dout tile, to global memory; returns it.
+  auto storeDxVector = [&](Value t, Value si, Value sc, Value token,
+                           bool guarded) {
+    Value v = vector::LoadOp::create(
+        b, loc, vecAct(), doutS,
+        ValueRange{add(mul(t, ci(XP)), add(mul(si, ci(CC)), sc))}, false,
+        llvm::MaybeAlign(16)); // dx as rounded: stored as it is
+    Value row = mul(add(mul(token, ci(n)), si), ci(p.C));
+    if (guarded)
+      storeAct(v, arg(p.dxOut), row, add(col0, sc), ult(token, T));
+    else
+      storeActInRange(v, arg(p.dxOut), row, add(col0, sc));
+    return v;
+  };
   auto storeDx = [&](bool guarded) {
     emitFor(tid, ci(total), ci(s.threads), {}, [&](Value item, ValueRange) {
       Value t = div(item, n * NV), rest = rem(item, n * NV);
       Value si = div(rest, NV), sc = mul(rem(rest, NV), ci(acts.vec));
-      Value token = add(tok0, t);
-      Value v = vector::LoadOp::create(
-          b, loc, vecAct(), doutS,
-          ValueRange{add(mul(t, ci(XP)), add(mul(si, ci(CC)), sc))}, false,
-          llvm::MaybeAlign(16)); // dx as rounded: stored as it is
-      Value row = mul(add(mul(token, ci(n)), si), ci(p.C));
-      if (guarded)
-        storeAct(v, arg(p.dxOut), row, add(col0, sc), ult(token, T));
-      else
-        storeActInRange(v, arg(p.dxOut), row, add(col0, sc));
+      storeDxVector(t, si, sc, add(tok0, t), guarded);
       return SmallVector<Value>{};
     });
   };
@@ -459,15 +465,7 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
       Value postRow = mul(select(live, token, ci(0)), ci(n));
       Value dy;
       for (int64_t si = 0; si < n; ++si) {
-        Value v = vector::LoadOp::create(
-            b, loc, vecAct(), doutS,
-            ValueRange{add(mul(t, ci(XP)), add(ci(si * CC), sc))}, false,
-            llvm::MaybeAlign(16));
-        Value row = mul(add(mul(token, ci(n)), ci(si)), ci(p.C));
-        if (guarded)
-          storeAct(v, arg(p.dxOut), row, add(col0, sc), live);
-        else
-          storeActInRange(v, arg(p.dxOut), row, add(col0, sc));
+        Value v = storeDxVector(t, ci(si), sc, token, guarded);
         Value post = splat(ld(arg(p.postLower), add(postRow, ci(si))), vecF32());
         dy = si == 0 ? fmul(post, toF32(v)) : fma(post, toF32(v), dy);
       }
