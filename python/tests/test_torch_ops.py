@@ -209,6 +209,44 @@ def test_fold_ops_are_their_compositions(n, dtype):
             assert torch.equal(r, e), op
 
 
+def test_fold_ops_on_an_older_kernel_set(monkeypatch):
+    """On CUDA tensors whose kernel set predates the fold, its ops compose the set's hc_pre_backward
+    kernels with PyTorch (not the reference's whole backward): here the "kernels" are the
+    reference hc_pre_backward, so the results equal the reference ops' bit for bit."""
+    from mhc.torch import ops as mops
+    a = _fold_inputs(4, torch.bfloat16)
+    x, fn, scale, base, y, mix, du, dx_next = (a[k] for k in ("x", "fn", "scale", "base", "y",
+                                                             "mix", "du", "dx_next"))
+    dpost, dcomb = torch.randn_like(a["post"]), torch.randn_like(a["comb"])
+    post_lower = a["lower"][2]
+    calls = {
+        "hc_pre_backward_lower": (x, fn, scale, base, mix, du, dpost, dcomb, dx_next, post_lower),
+        "hc_joint_backward": (x, y, fn, scale, base, mix, du, dx_next),
+        "hc_joint_backward_lower": (x, y, fn, scale, base, mix, du, dx_next, post_lower),
+    }
+    expected = {op: getattr(TR, op)(*args, *ATTRS) for op, args in calls.items()}
+    launched = []
+
+    class OlderSet:
+        @staticmethod
+        def run_if_built(op, *args):
+            return None                     # no fold kernels in this set
+
+        @staticmethod
+        def run(op, *args):
+            launched.append(op)
+            return TR.hc_pre_backward(*args)
+
+    monkeypatch.setattr(mops, "_on_gpu", lambda t: True)
+    monkeypatch.setattr(mops, "_kernels", lambda: OlderSet)
+    for op, args in calls.items():
+        got = getattr(mops, op)(*args, *ATTRS)
+        assert len(got) == len(expected[op]), op
+        for r, e in zip(got, expected[op]):
+            assert torch.equal(r, e), op
+    assert launched == ["hc_pre_backward"] * 3
+
+
 def test_fold_ops_bad_inputs():
     ops = torch.ops.mhc
     a = _fold_inputs(4, torch.bfloat16)

@@ -109,51 +109,43 @@ func.func @hc_post(%y: {H}, %x: {X}, %post: {P}, %comb: {Q}) -> {X} {{
   %T_lower = tensor.dim %x, %c0_lower : {X}
   %comb_lower = tensor.empty(%T_lower) : {Q}
   %dy_lower, %dxl_, %dpl_, %dcl_ = "mhc.post_res_grad"(%du, %x, %post_lower, %comb_lower, %dx) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q})"""
-    text += f"""
-func.func @hc_post_backward(%y: {H}, %x: {X}, %post: {P}, %comb: {Q}, %dxn: {X}) -> ({H}, {P}, {Q}) {{
-  %dy, %dx, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q})
-  return %dy, %dpost, %dcomb : {H}, {P}, {Q}
-}}
-func.func @hc_pre_backward(%x: {X}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved}, %du: {H},
-                           %dpost: {P}, %dcomb: {Q}, %dxn: {X}) -> ({X}, {F}, {S}, {B}) {{
+    # The two shapes of the rest of a sublayer's backward: after hc_post_backward (dpost, dcomb
+    # given; post_res_grad kept for its dx, which does not read y) or whole (y given).
+    pre_side = f"""
   %pre, %post, %l = {split}
   %comb = {sinkhorn}
   // post_res_grad for its dx only: that part does not read y.
   %c0 = arith.constant 0 : index
   %T = tensor.dim %x, %c0 : {X}
   %y = tensor.empty(%T) : {H}
-  %dy_, %dxa, %dpost_, %dcomb_ = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}
+  %dy_, %dxa, %dpost_, %dcomb_ = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}"""
+    whole = f"""
+  %pre, %post, %l = {split}
+  %comb = {sinkhorn}
+  %dy, %dxa, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}"""
+    text += f"""
+func.func @hc_post_backward(%y: {H}, %x: {X}, %post: {P}, %comb: {Q}, %dxn: {X}) -> ({H}, {P}, {Q}) {{
+  %dy, %dx, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q})
+  return %dy, %dpost, %dcomb : {H}, {P}, {Q}
+}}
+func.func @hc_pre_backward(%x: {X}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved}, %du: {H},
+                           %dpost: {P}, %dcomb: {Q}, %dxn: {X}) -> ({X}, {F}, {S}, {B}) {{{pre_side}
   return %dx, %dfn, %dscale, %dbase : {X}, {F}, {S}, {B}
 }}
 func.func @hc_sublayer_backward(%x: {X}, %y: {H}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved},
-                                %du: {H}, %dxn: {X}) -> ({X}, {H}, {F}, {S}, {B}) {{
-  %pre, %post, %l = {split}
-  %comb = {sinkhorn}
-  %dy, %dxa, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}
+                                %du: {H}, %dxn: {X}) -> ({X}, {H}, {F}, {S}, {B}) {{{whole}
   return %dx, %dy, %dfn, %dscale, %dbase : {X}, {H}, {F}, {S}, {B}
 }}
 func.func @hc_joint_backward(%x: {X}, %y: {H}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved},
-                             %du: {H}, %dxn: {X}) -> ({X}, {F}, {S}, {B}) {{
-  %pre, %post, %l = {split}
-  %comb = {sinkhorn}
-  %dy, %dxa, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}
+                             %du: {H}, %dxn: {X}) -> ({X}, {F}, {S}, {B}) {{{whole}
   return %dx, %dfn, %dscale, %dbase : {X}, {F}, {S}, {B}
 }}
 func.func @hc_joint_backward_lower(%x: {X}, %y: {H}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved},
-                                   %du: {H}, %dxn: {X}, %post_lower: {P}) -> ({X}, {F}, {S}, {B}, {H}) {{
-  %pre, %post, %l = {split}
-  %comb = {sinkhorn}
-  %dy, %dxa, %dpost, %dcomb = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}{lower}
+                                   %du: {H}, %dxn: {X}, %post_lower: {P}) -> ({X}, {F}, {S}, {B}, {H}) {{{whole}{lower}
   return %dx, %dfn, %dscale, %dbase, %dy_lower : {X}, {F}, {S}, {B}, {H}
 }}
 func.func @hc_pre_backward_lower(%x: {X}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved}, %du: {H},
-                                 %dpost: {P}, %dcomb: {Q}, %dxn: {X}, %post_lower: {P}) -> ({X}, {F}, {S}, {B}, {H}) {{
-  %pre, %post, %l = {split}
-  %comb = {sinkhorn}
-  %c0 = arith.constant 0 : index
-  %T = tensor.dim %x, %c0 : {X}
-  %y = tensor.empty(%T) : {H}
-  %dy_, %dxa, %dpost_, %dcomb_ = "mhc.post_res_grad"(%y, %x, %post, %comb, %dxn) : ({H}, {X}, {P}, {Q}, {X}) -> ({H}, {X}, {P}, {Q}){tail}{lower}
+                                 %dpost: {P}, %dcomb: {Q}, %dxn: {X}, %post_lower: {P}) -> ({X}, {F}, {S}, {B}, {H}) {{{pre_side}{lower}
   return %dx, %dfn, %dscale, %dbase, %dy_lower : {X}, {F}, {S}, {B}, {H}
 }}
 func.func @hc_pre_mixed(%x: {X}, %mix: {MX}, %scale: {S}, %base: {B}) -> ({H}, {P}, {Q}) {{

@@ -224,31 +224,23 @@ def _(y, x, post, comb, fn_next, iterations, eps, pre_eps, post_mult):
 # dx_next of the sublayer below (its hc_post_backward's dy moves into this sublayer's backward:
 # dy_lower). No autograd, like the other backward ops.
 
-def _fold_op(op: str, x, args, reference, upper, post_lower=None):
+def _fold_op(op: str, x, args, reference):
     """A fold op: its kernels on CUDA tensors whose kernel set has them; on CUDA tensors of a
-    set built before the fold, `upper()` (the gradients from the set's hc_pre_backward kernels)
-    and dy_lower in PyTorch -- not the whole reference math, whose Sinkhorn backward would make
-    every sublayer's backward many times slower; else (other devices) `reference()`."""
+    set built before the fold, `reference` composed around the set's hc_pre_backward kernels (not
+    the whole reference math, whose Sinkhorn backward would make every sublayer's backward many
+    times slower); else (other devices) `reference` itself."""
     if not _on_gpu(x):
-        return tuple(t.contiguous() for t in reference())
+        return tuple(t.contiguous() for t in reference(*args))
     out = _kernels().run_if_built(op, *args)
     if out is not None:
         return out
-    grads = tuple(upper())
-    if post_lower is None:
-        return grads
-    return (*grads, ref._dy(post_lower, grads[0], x.dtype).reshape(x.shape[:-2] + x.shape[-1:]))
+    return tuple(reference(*args, pre_backward=_pre_backward_kernels))
 
 
-def _pre_backward_kernels(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, attrs):
+def _pre_backward_kernels(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, *attrs):
+    """hc_pre_backward on the kernel set's kernels (reference.hc_pre_backward's signature)."""
     return _kernels().run("hc_pre_backward", x, fn, scale, base, mix, du, dpost.contiguous(),
                           dcomb.contiguous(), dx_next, *attrs)
-
-
-def _joint_upper(x, y, fn, scale, base, mix, du, dx_next, attrs):
-    """hc_joint_backward from an older set's kernels: dpost and dcomb in PyTorch."""
-    dpost, dcomb = ref._dpost_dcomb(y, x, dx_next)
-    return _pre_backward_kernels(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, attrs)
 
 
 def _fold_outputs(x, fn, scale, base, lower: bool):
@@ -268,8 +260,7 @@ def hc_pre_backward_lower(x: Tensor, fn: Tensor, scale: Tensor, base: Tensor, mi
     args = (x, fn, scale, base, mix, du, dpost, dcomb, dx_next, post_lower, iterations, eps,
             pre_eps, post_mult)
     checks.hc_pre_backward_lower(*args)
-    return _fold_op("hc_pre_backward_lower", x, args, lambda: ref.hc_pre_backward_lower(*args),
-                    lambda: _pre_backward_kernels(*args[:9], args[10:]), post_lower)
+    return _fold_op("hc_pre_backward_lower", x, args, ref.hc_pre_backward_lower)
 
 
 @hc_pre_backward_lower.register_fake
@@ -286,8 +277,7 @@ def hc_joint_backward(x: Tensor, y: Tensor, fn: Tensor, scale: Tensor, base: Ten
                       post_mult: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     args = (x, y, fn, scale, base, mix, du, dx_next, iterations, eps, pre_eps, post_mult)
     checks.hc_joint_backward(*args)
-    return _fold_op("hc_joint_backward", x, args, lambda: ref.hc_joint_backward(*args),
-                    lambda: _joint_upper(*args[:8], args[8:]))
+    return _fold_op("hc_joint_backward", x, args, ref.hc_joint_backward)
 
 
 @hc_joint_backward.register_fake
@@ -305,9 +295,7 @@ def hc_joint_backward_lower(x: Tensor, y: Tensor, fn: Tensor, scale: Tensor, bas
     args = (x, y, fn, scale, base, mix, du, dx_next, post_lower, iterations, eps, pre_eps,
             post_mult)
     checks.hc_joint_backward_lower(*args)
-    return _fold_op("hc_joint_backward_lower", x, args,
-                    lambda: ref.hc_joint_backward_lower(*args),
-                    lambda: _joint_upper(*args[:8], args[9:]), post_lower)
+    return _fold_op("hc_joint_backward_lower", x, args, ref.hc_joint_backward_lower)
 
 
 @hc_joint_backward_lower.register_fake

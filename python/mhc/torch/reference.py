@@ -187,27 +187,32 @@ def hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iteratio
 # backward computes while dx is on chip (dy_lower); the lower sublayer then runs hc_post_backward's
 # dpost/dcomb and hc_pre_backward as one op after its own VJP (hc_joint_backward).
 
+# `pre_backward`: the hc_pre_backward they compose (this module's; mhc.torch.ops passes an older
+# kernel set's, which lacks the fold's kernels).
+
 def hc_pre_backward_lower(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, post_lower,
-                          iterations: int, eps: float, pre_eps: float, post_mult: float):
+                          iterations: int, eps: float, pre_eps: float, post_mult: float,
+                          pre_backward=hc_pre_backward):
     """hc_pre_backward's (dx, dfn, dscale, dbase) and dy_lower, the lower sublayer's dy from this
     dx as stored (post_lower: that sublayer's post)."""
-    dx, dfn, dscale, dbase = hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next,
-                                             iterations, eps, pre_eps, post_mult)
+    dx, dfn, dscale, dbase = pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next,
+                                          iterations, eps, pre_eps, post_mult)
     return dx, dfn, dscale, dbase, _dy(post_lower, dx, x.dtype).reshape(du.shape)
 
 
 def hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next, iterations: int, eps: float,
-                      pre_eps: float, post_mult: float):
+                      pre_eps: float, post_mult: float, pre_backward=hc_pre_backward):
     """A sublayer's whole backward after its VJP, its dy having come from above: hc_post_backward's
     dpost and dcomb fed into hc_pre_backward -> (dx, dfn, dscale, dbase)."""
     dpost, dcomb = _dpost_dcomb(y, x, dx_next)
-    return hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps,
-                           pre_eps, post_mult)
+    return pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps,
+                        pre_eps, post_mult)
 
 
 def hc_joint_backward_lower(x, y, fn, scale, base, mix, du, dx_next, post_lower, iterations: int,
-                            eps: float, pre_eps: float, post_mult: float):
+                            eps: float, pre_eps: float, post_mult: float,
+                            pre_backward=hc_pre_backward):
     """hc_joint_backward and dy_lower, as hc_pre_backward_lower adds it to hc_pre_backward."""
     dx, dfn, dscale, dbase = hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next, iterations,
-                                               eps, pre_eps, post_mult)
+                                               eps, pre_eps, post_mult, pre_backward)
     return dx, dfn, dscale, dbase, _dy(post_lower, dx, x.dtype).reshape(du.shape)
