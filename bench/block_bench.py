@@ -546,11 +546,22 @@ def write_results(args, argv, device, dtype, peers_error, rows, host=None):
               "tokens": args.batch * args.seq, "head_dim": args.head_dim, "n": N,
               "blocks": args.blocks,
               "mhc_backend": args.mhc_backend, "peers_error": peers_error,
+              # mhc's switches (MHC_COMPILE_FOLD_DY, MHC_EAGER_FOLD_DY, MHC_NATIVE, ...) and how
+              # many eager post steps took their dy from above (the C++ path's dy fold)
+              "mhc_environment": {k: v for k, v in os.environ.items() if k.startswith("MHC_")},
+              "eager_folded_steps": _eager_folded_steps(),
               "mhc_host_time_us": host, "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=1)
     return result
+
+
+def _eager_folded_steps():
+    """native.cpp's count of folded post steps, or None when the C++ path was not loaded."""
+    native = sys.modules.get("mhc.torch.native")
+    module = native.load() if native is not None and native._MODULE is not None else None
+    return module.folded_steps() if module is not None else None
 
 
 def main(argv=None):

@@ -6,7 +6,8 @@ without recomputation, for T in {1, 1000, 16384} and the C values given; and the
 captured in a CUDA graph and replayed on new data (bit-equal to eager); on the GPU also the
 module's C++ steps against its Python steps (mhc.torch.native; relative difference <= 1e-6), and
 two chained HyperConnections (hc_post_project + hc_pre_mixed) against the reference backend and
-the unchained Python steps, and their forward captured in a CUDA graph (bit-equal to eager).
+the unchained Python steps, and their forward captured in a CUDA graph (bit-equal to eager); and
+three chained ones with the eager dy fold against the same without it (bit-identical).
 Writes JSON.
 
     MHC_CACHE=.mhc-cache python3 bench/check_torch_backend.py --json $OUT/check_torch.json
@@ -157,6 +158,49 @@ def check_chain(T, n, C, dtype, device, act_tol, coef_tol, recompute=False):
     return out
 
 
+def check_eager_fold(T, n, C, dtype, device, recompute):
+    """Three chained HyperConnections on the C++ path with the dy fold (native.cpp: the middle and
+    the bottom layer take their dy from the layer above and run the joint backward) against the
+    same model without it: the fold's kernels sum in the same order as the ones they replace, so
+    the output and every gradient must be bit-identical; and the fold must have run (two folded
+    post steps a backward)."""
+    from mhc.torch import native
+    module = native.load()
+    if module is None:
+        return {"eager_fold.built": {"relerr": float("inf"), "tol": 0.0, "ok": False,
+                                     "error": native.failure()}}
+    torch.manual_seed(T + C + 2)
+    subs = [nn.Sequential(nn.RMSNorm(C), nn.Linear(C, C)).to(device, dtype) for _ in range(3)]
+    hcs = [mt.HyperConnection(n, C, s, backend="cuda", recompute=recompute, layer=i).to(device)
+           for i, s in enumerate(subs)]
+    x = torch.randn(T, n, C, generator=torch.Generator().manual_seed(5)).to(device, dtype)
+    x.requires_grad_()
+    dout = torch.randn(T, n, C, generator=torch.Generator().manual_seed(6)).to(device, dtype)
+    leaves = [x] + [p for h in hcs for p in (h.fn, h.scale, h.base)] + [s[1].weight for s in subs]
+    runs, folded = {}, 0
+    before = module.fold_dy()
+    try:
+        for fold in (True, False):
+            module.set_fold_dy(fold)
+            for _ in range(2):                      # the first call learns the chain
+                out = hcs[2](hcs[1](hcs[0](x)))
+            count = module.folded_steps()
+            runs[fold] = [out] + list(torch.autograd.grad(out, leaves, dout))
+            if fold:
+                folded = module.folded_steps() - count
+    finally:
+        module.set_fold_dy(before)
+    names = ["x_next", "dx"] + [f"{p}{i}" for i in (1, 2, 3) for p in ("dfn", "dscale", "dbase")] \
+        + [f"dW{i}" for i in (1, 2, 3)]
+    tag = "eager_fold" + ("_recompute" if recompute else "")
+    out = {f"{tag}.used": {"relerr": 0.0 if folded == 2 else float("inf"), "tol": 0.0,
+                           "ok": folded == 2, "folded_steps": folded}}
+    for nm, a, b in zip(names, runs[True], runs[False]):
+        e = relerr(a, b)
+        out[f"{tag}.{nm}"] = {"relerr": e, "tol": 0.0, "ok": e == 0.0}
+    return out
+
+
 # The chained kernels against the unchained ones: the same math on the same data (the mix comes
 # from another kernel), so the same numbers up to rounding.
 CHAIN_TOL = 1e-5
@@ -251,6 +295,7 @@ def main(argv=None):
                     for rc in (False, True):
                         entry["checks"].update(check_chain(T, args.n, C, dtype, device, act_tol,
                                                            1e-3, rc))
+                        entry["checks"].update(check_eager_fold(T, args.n, C, dtype, device, rc))
                 if device.type == "cuda" and T == 1:
                     entry["checks"].update(check_cuda_graph(args.n, C, dtype, device, act_tol))
                     entry["checks"].update(check_module_cuda_graph(args.n, C, dtype, device))

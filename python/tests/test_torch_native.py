@@ -625,3 +625,203 @@ def test_native_forward_survives_a_sublayer_that_replaces_the_parameters(plain_s
     hc(x).sum().backward()
     assert launches(mock)[0]["buffers"][1] == first        # pre_norm read the old fn
     assert hc.fn.grad is None and hc.scale.grad is None     # the new ones were not in this step
+
+
+# The dy fold in eager mode (native.cpp): in a chain, a sublayer's pre_step backward also computes
+# the dy of the sublayer below (hc_pre_backward_lower / hc_joint_backward_lower), whose post_step
+# backward then launches nothing and whose pre_step backward runs the joint backward.
+
+def fold_manifest():
+    m = chain_manifest()
+    bwd = m["ops"]["hc_pre_backward"]
+    m["ops"]["hc_pre_backward_lower"] = {
+        "scratch": bwd["scratch"], "zero": bwd["zero"], "launches": [
+            bwd["launches"][0],
+            {"kernel": "pre_bwd_dx_lower", "block": [128, 1, 1], "grid": {"tokens_per_block": 32},
+             "buffers": ["x", "fn", "mix", "dmix", "du", "dx_next", "post_lower", "dx", "dy_lower",
+                         "dfn_partial"]},
+            bwd["launches"][2]]}
+    for op, lower in (("hc_joint_backward", ""), ("hc_joint_backward_lower", "_lower")):
+        m["ops"][op] = {"scratch": bwd["scratch"], "zero": bwd["zero"], "launches": [
+            {"kernel": "joint_rows", "block": [256, 1, 1], "grid": {"tokens_per_block": 16},
+             "buffers": ["mix", "scale", "base", "x", "y", "du", "dx_next", "dmix", "dscale",
+                         "dbase"]},
+            {"kernel": "joint_dx" + lower, "block": [128, 1, 1], "grid": {"tokens_per_block": 32},
+             "buffers": ["x", "fn", "mix", "dmix", "du", "dx_next"]
+             + (["post_lower"] if lower else []) + ["dx"] + (["dy_lower"] if lower else [])
+             + ["dfn_partial"]},
+            bwd["launches"][2]]}
+    return m
+
+
+@pytest.fixture
+def fold_set(tmp_path, mock, built):  # noqa: F811
+    ks = KernelSet(write_set(tmp_path, fold_manifest()), KEY, runtime=mock)
+    assert ks.native_handle() is not None and ks.chains
+    built.set_fold_dy(True)
+    yield ks
+    built.set_fold_dy(native.fold_dy_wanted())
+
+
+class _RecordsDy(nn.Module):
+    """y = u * 2 (contiguous); keeps u and y and the gradient its backward got."""
+
+    def forward(self, u):
+        y = (u * 2).contiguous()
+        y.register_hook(self.seen.append)
+        self.u, self.y = u, y
+        return y
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+
+def three_layers(recompute):
+    return [HyperConnection(N, C, _RecordsDy(), backend="cuda", recompute=recompute, layer=i)
+            for i in range(3)]
+
+
+def learnt_chain(hcs, ks, x):
+    run_chain(hcs, ks, x)                       # the first call learns the chain
+    return run_chain(hcs, ks, x)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_eager_fold_in_a_chain(fold_set, built, mock, recompute):  # noqa: F811
+    """Three chained layers: the top one runs hc_post_backward and hc_pre_backward_lower, the
+    middle one hc_joint_backward_lower and the bottom one hc_joint_backward; each lower layer's
+    dy is the dy_lower that the layer above stored, with the post that layer's forward made (or
+    its recomputation), and its joint backward reads its own y and the dx from above."""
+    hcs = three_layers(recompute)
+    x = leaf(inputs(24)[0])
+    out = learnt_chain(hcs, fold_set, x)
+    forward = launches(mock)[-7:]
+    assert [l["kernel"] for l in forward] == ["pre_norm", "pre_apply", "post_project",
+                                              "pre_mixed", "post_project", "pre_mixed", "post"]
+    folded = built.folded_steps()
+    mock.mock_clear_log()
+    out.backward(torch.randn_like(out))
+    log = launches(mock)
+    recomputed = ["pre_mixed"] if recompute else []
+    assert [l["kernel"] for l in log] == (
+        recomputed + ["post_bwd"]                                        # top: as before
+        + recomputed + ["pre_bwd_coef", "pre_bwd_dx_lower", "pre_bwd_dfn"]   # + the middle's dy
+        + recomputed + ["joint_rows", "joint_dx_lower", "pre_bwd_dfn"]      # middle: joint
+        + ["joint_rows", "joint_dx", "pre_bwd_dfn"])                        # bottom: joint
+    assert built.folded_steps() == folded + 2
+    by_name = lambda name, i=0: [l for l in log if l["kernel"] == name][i]  # noqa: E731
+    top_dx, middle_dx = by_name("pre_bwd_dx_lower"), by_name("joint_dx_lower")
+    # post_lower: the post of the layer below, as its forward made it (pre_apply / pre_mixed) or
+    # as the layer above recomputed it for the fold (log: top, middle, bottom)
+    if recompute:
+        posts = [l["buffers"][4] for l in log if l["kernel"] == "pre_mixed"][1:]
+    else:
+        posts = [forward[3]["buffers"][4], forward[1]["buffers"][4]]
+    assert top_dx["buffers"][6] == posts[0] and middle_dx["buffers"][6] == posts[1]
+    # each lower layer's sublayer got the dy_lower stored above; its joint reads the dx from above
+    assert ptr(hcs[1].sublayer.seen[-1]) == top_dx["buffers"][8]
+    assert ptr(hcs[0].sublayer.seen[-1]) == middle_dx["buffers"][8]
+    assert by_name("joint_rows")["buffers"][6] == top_dx["buffers"][7]
+    assert by_name("joint_rows", 1)["buffers"][6] == middle_dx["buffers"][7]
+    assert by_name("joint_rows")["buffers"][4] == ptr(hcs[1].sublayer.y)
+    assert by_name("joint_rows", 1)["buffers"][4] == ptr(hcs[0].sublayer.y)
+    for h in hcs:
+        assert h.fn.grad is not None and h.base.grad is not None
+    assert x.grad.shape == x.shape
+    if recompute:       # the recomputed u still reaches each sublayer's backward, once
+        assert [l["kernel"] for l in log].count("pre_apply") == 0
+
+
+def unfolded(recompute, layers=3):
+    one = (["pre_mixed"] if recompute else []) + ["post_bwd", "pre_bwd_coef", "pre_bwd_dx",
+                                                  "pre_bwd_dfn"]
+    return one * layers
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_eager_fold_declined(fold_set, built, mock, recompute):  # noqa: F811
+    """The fold needs the gradient of x_next to be the dx the layer above made, untouched: a
+    second use of x_next, a tensor hook on it, the switch off, or a set without the fold's
+    kernels run each layer's backward as before (the layer above's dy_lower then goes unused)."""
+    hcs = three_layers(recompute)
+    x = leaf(inputs(16)[0])
+    learnt_chain(hcs, fold_set, x)
+
+    def backward_kernels(make_loss):
+        loss = make_loss()
+        mock.mock_clear_log()
+        loss.backward()
+        return [l["kernel"] for l in launches(mock)]
+
+    def chain_with(between):
+        x1 = hcs[0]._forward_native(fold_set, x, *hcs[0]._params(x))
+        between(x1)
+        x2 = hcs[1]._forward_native(fold_set, x1, *hcs[1]._params(x1))
+        return x1, hcs[2]._forward_native(fold_set, x2, *hcs[2]._params(x2))
+
+    def second_use():
+        x1, out = chain_with(lambda t: None)
+        return out.sum() + (x1.float() ** 2).sum()
+    names = backward_kernels(second_use)
+    # the top layer folded the middle one; the bottom one got dx + another gradient: unfolded
+    assert names[-4:] == ["post_bwd", "pre_bwd_coef", "pre_bwd_dx", "pre_bwd_dfn"]
+    assert "joint_dx_lower" in names
+
+    def hooked():
+        return chain_with(lambda t: t.register_hook(lambda g: g * 1))[1].sum()
+    assert backward_kernels(hooked)[-4:] == ["post_bwd", "pre_bwd_coef", "pre_bwd_dx",
+                                            "pre_bwd_dfn"]
+
+    def hook_in_place():
+        return chain_with(lambda t: t.register_hook(lambda g: g.mul_(1)))[1].sum()
+    assert backward_kernels(hook_in_place)[-4:] == ["post_bwd", "pre_bwd_coef", "pre_bwd_dx",
+                                                   "pre_bwd_dfn"]
+
+    built.set_fold_dy(False)
+    assert backward_kernels(lambda: run_chain(hcs, fold_set, x).sum()) == unfolded(recompute)
+    built.set_fold_dy(True)
+    assert "joint_rows" in backward_kernels(lambda: run_chain(hcs, fold_set, x).sum())
+
+
+def test_eager_fold_with_partial_and_repeated_backwards(fold_set, built, mock):  # noqa: F811
+    """A backward that stops at the middle layer's output leaves the top layer's hand-off unused:
+    a later backward from there (another gradient) runs the middle layer unfolded; backwards
+    through a retained graph fold each time."""
+    hcs = three_layers(False)
+    x = leaf(inputs(16)[0])
+    learnt_chain(hcs, fold_set, x)
+    x1 = hcs[0]._forward_native(fold_set, x, *hcs[0]._params(x))
+    x2 = hcs[1]._forward_native(fold_set, x1, *hcs[1]._params(x1))
+    out = hcs[2]._forward_native(fold_set, x2, *hcs[2]._params(x2))
+    mock.mock_clear_log()
+    torch.autograd.grad(out.sum(), [x2], retain_graph=True)    # stops at x2: hands off to hcs[1]
+    assert [l["kernel"] for l in launches(mock)] == ["post_bwd", "pre_bwd_coef",
+                                                     "pre_bwd_dx_lower", "pre_bwd_dfn"]
+    mock.mock_clear_log()
+    x2.sum().backward(retain_graph=True)    # not that dx: the middle layer unfolded, then it
+    assert [l["kernel"] for l in launches(mock)] == [             # folds the bottom one's dy
+        "post_bwd", "pre_bwd_coef", "pre_bwd_dx_lower", "pre_bwd_dfn",
+        "joint_rows", "joint_dx", "pre_bwd_dfn"]
+    for _ in range(2):
+        mock.mock_clear_log()
+        out.sum().backward(retain_graph=True)
+        assert [l["kernel"] for l in launches(mock)].count("joint_rows") == 2
+
+
+def test_eager_fold_needs_the_kernels_in_both_sets(chain_set, fold_set, built, mock):  # noqa: F811
+    """A layer whose kernel set predates the fold neither folds nor is folded."""
+    hcs = three_layers(False)
+    x = leaf(inputs(16)[0])
+    sets = [fold_set, chain_set, fold_set]
+
+    def run():
+        t = x
+        for h, ks in zip(hcs, sets):
+            t = h._forward_native(ks, t, *h._params(t))
+        return t
+    run()
+    out = run()
+    mock.mock_clear_log()
+    out.sum().backward()
+    assert [l["kernel"] for l in launches(mock)] == unfolded(False)

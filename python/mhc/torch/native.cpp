@@ -38,6 +38,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -90,11 +91,17 @@ enum Op {
   kPreBackward,
   kPreMixed,
   kPostProject,
+  kPreBackwardLower, // the dy fold's three (below)
+  kJointBackward,
+  kJointBackwardLower,
   kNumStepOps
 };
 constexpr const char *kStepOpNames[kNumStepOps] = {
-    "hc_pre",          "hc_post",      "hc_post_backward",
-    "hc_pre_backward", "hc_pre_mixed", "hc_post_project"};
+    "hc_pre",          "hc_post",
+    "hc_post_backward", "hc_pre_backward",
+    "hc_pre_mixed",     "hc_post_project",
+    "hc_pre_backward_lower", "hc_joint_backward",
+    "hc_joint_backward_lower"};
 
 int opIndex(const std::string &name) {
   const auto &table = signatures();
@@ -650,11 +657,43 @@ Tensor gradOrZeros(const Tensor &g, Shape s, c10::IntArrayRef lead,
                      : at::zeros(shapeOf(s, lead, ks), like.options().dtype(dtype));
 }
 
+//===----------------------------------------------------------------------===//
+// The dy fold in eager mode (docs/Torch.md, "The dy fold"). When sublayer
+// A's x_next is sublayer B's x and nothing else reads it, the dx that B's
+// pre_step backward makes is all of A's dx_next, so B's kernel also stores
+// A's dy = sum_j post_A[j] dx[j] (hc_pre_backward_lower, or
+// hc_joint_backward_lower where B's own dy came from above). A's post_step
+// backward then launches nothing: it gives that dy to A's sublayer and leaves
+// dpost/dcomb to A's pre_step backward, which runs the sublayer's whole
+// backward in one rows pass (hc_joint_backward[_lower]) instead of
+// hc_post_backward's and hc_pre_backward's two. The results are the same
+// bits either way: the fold's kernels sum in the same order as the ones they
+// replace (checked on the H200 for the compiled fold; for this one
+// bench/check_torch_backend.py's eager_fold checks). Off unless
+// MHC_EAGER_FOLD_DY=1 until that check has run on a GPU.
+//
+// "Nothing else reads it" is checked when A's post_step backward runs: the
+// gradient it receives must be the very tensor B's backward made, unchanged.
+// Another use of x_next adds its gradient into a new tensor (A's node keeps
+// a reference to B's, so the engine cannot add in place) and a tensor hook
+// replaces or modifies it; then A's post_step runs hc_post_backward as usual
+// and B's dy for it goes unused. B finds A through its x's gradient edge: A's
+// post_step node, output 0 (x_next itself, not a view of it).
+//===----------------------------------------------------------------------===//
+
+std::atomic<bool> eagerFoldOn{false}; // native.py sets it (MHC_EAGER_FOLD_DY)
+std::atomic<int64_t> foldedSteps{0}; // post_step backwards that took their dy from above
+
+struct PostStepBackward;
+
 // pre_step's backward: next edges x, fn, scale, base; inputs the gradients
 // of u, post, comb and the link.
 struct PreStepBackward : Node {
   SavedVariable x, fn, scale, base, mix;
   int64_t handle = 0;
+  // The dy fold: this sublayer's y, set by its post_step backward when that
+  // left dpost/dcomb to this step (hc_joint_backward); taken by apply.
+  Tensor jointY;
 
   std::string name() const override { return "mhc::PreStepBackward"; }
 
@@ -662,29 +701,173 @@ struct PreStepBackward : Node {
     std::lock_guard<std::mutex> lock(mutex_);
     for (SavedVariable *v : {&x, &fn, &scale, &base, &mix})
       v->reset_data();
+    jointY = Tensor();
+  }
+
+  void join(const Tensor &y) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    jointY = y;
+  }
+
+  variable_list apply(variable_list &&grads) override;
+
+private:
+  PostStepBackward *foldableLower(const KernelSet &ks);
+};
+
+// post_step's backward: next edges y, the link, post, comb; input the
+// gradient of x_next.
+struct PostStepBackward : Node {
+  // Without recomputation post and comb; with it mix, fn, scale and base
+  // (pre_step's saved tensors: no extra memory) to recompute them.
+  SavedVariable y, x, post, comb, mix, fn, scale, base;
+  int64_t handle = 0;
+  bool recompute = false;
+  std::weak_ptr<USlot> uSlot; // recomputing: where the sublayer's hook reads u
+  // The dy fold: what the backward of the sublayer above left here (its dx,
+  // as made, and this sublayer's dy), and post/comb recomputed early for it.
+  Tensor dxFromAbove, dyFromAbove, readyPost, readyComb;
+  uint32_t dxFromAboveVersion = 0;
+
+  std::string name() const override { return "mhc::PostStepBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (SavedVariable *v : {&y, &x, &post, &comb, &mix, &fn, &scale, &base})
+      v->reset_data();
+    for (Tensor *t : {&dxFromAbove, &dyFromAbove, &readyPost, &readyComb})
+      *t = Tensor();
+  }
+
+  // This sublayer's pre_step node (the link's), when there is one.
+  PreStepBackward *preNode() const {
+    return dynamic_cast<PreStepBackward *>(next_edge(1).function.get());
+  }
+
+  // Whether the sublayer above may fold this one's dy: this one's pre_step
+  // backward exists and can run the joint backward.
+  bool canJoin() const {
+    const KernelSet &ks = kernelSet(handle);
+    return hasStep(ks, kJointBackward) && hasStep(ks, kJointBackwardLower) &&
+           preNode() != nullptr;
+  }
+
+  // For the sublayer above: this one's post (recomputed now if need be).
+  Tensor postForFold() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return coefficients().first;
+  }
+
+  // From the sublayer above: its dx (this one's dx_next, if nothing else
+  // adds to it) and this one's dy computed from it.
+  void handOff(const Tensor &dx, const Tensor &dy) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    dxFromAbove = dx;
+    dxFromAboveVersion = dx._version();
+    dyFromAbove = dy;
   }
 
   variable_list apply(variable_list &&grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
     const KernelSet &ks = kernelSet(handle);
-    Tensor xv = x.unpack(), mixv = mix.unpack();
-    auto lead = xv.sizes().slice(0, size_t(xv.dim() - 2));
-    Tensor du = gradOrZeros(grads[0], Shape::Y, lead, ks, xv, xv.scalar_type());
+    Tensor given = std::exchange(dxFromAbove, Tensor());
+    Tensor dy = std::exchange(dyFromAbove, Tensor());
+    Tensor xv = x.unpack();
+    Tensor dxNext =
+        grads[0].defined() ? grads[0].contiguous() : at::zeros_like(xv);
+    if (dy.defined() && grads[0].defined() &&
+        grads[0].unsafeGetTensorImpl() == given.unsafeGetTensorImpl() &&
+        grads[0]._version() == dxFromAboveVersion) {
+      // Folded: dy came from above; dpost/dcomb come from the pre step's
+      // joint backward, which takes y from here.
+      preNode()->join(y.unpack());
+      readyPost = readyComb = Tensor();
+      foldedSteps.fetch_add(1, std::memory_order_relaxed);
+      return {dy, dxNext, Tensor(), Tensor()};
+    }
+    auto [postv, combv] = coefficients();
+    readyPost = readyComb = Tensor();
+    auto r = runStep(ks, kPostBackward, {y.unpack(), xv, postv, combv, dxNext});
+    // No gradient for x here: dx_next goes through the link to pre_step,
+    // which computes all of dx. None for fnNext either: the next sublayer's
+    // backward computes its fn's whole gradient from the mix it was given.
+    return {r[0], dxNext, r[1], r[2]};
+  }
+
+private:
+  // post and comb: saved, or recomputed from the saved mix once per backward
+  // (and then u handed to the sublayer's saved-tensor hook). mutex_ held.
+  std::pair<Tensor, Tensor> coefficients() {
+    if (!recompute)
+      return {post.unpack(), comb.unpack()};
+    if (!readyPost.defined()) {
+      auto r = recomputePre(kernelSet(handle), x.unpack(), mix.unpack(),
+                            fn.unpack(), scale.unpack(), base.unpack(),
+                            Grouping::AllButMix);
+      readyPost = r[1];
+      readyComb = r[2];
+      if (std::shared_ptr<USlot> slot = uSlot.lock())
+        slot->put(r[0]); // the sublayer's backward reads it
+    }
+    return {readyPost, readyComb};
+  }
+};
+
+// The post_step node of the sublayer below when this step can compute its
+// dy (the dy fold): x is that node's output itself and both kernel sets have
+// the fold's ops.
+PostStepBackward *PreStepBackward::foldableLower(const KernelSet &ks) {
+  if (!eagerFoldOn.load(std::memory_order_relaxed) ||
+      !hasStep(ks, kPreBackwardLower) || !hasStep(ks, kJointBackwardLower))
+    return nullptr;
+  const torch::autograd::Edge &edge = next_edge(0);
+  auto *lower = dynamic_cast<PostStepBackward *>(edge.function.get());
+  return lower && edge.input_nr == 0 && lower->canJoin() ? lower : nullptr;
+}
+
+variable_list PreStepBackward::apply(variable_list &&grads) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const KernelSet &ks = kernelSet(handle);
+  Tensor xv = x.unpack(), mixv = mix.unpack();
+  Tensor fnv = fn.unpack(), scalev = scale.unpack(), basev = base.unpack();
+  auto lead = xv.sizes().slice(0, size_t(xv.dim() - 2));
+  Tensor du = gradOrZeros(grads[0], Shape::Y, lead, ks, xv, xv.scalar_type());
+  Tensor dxNext =
+      gradOrZeros(grads[3], Shape::X, lead, ks, xv, xv.scalar_type());
+  Tensor y = std::exchange(jointY, Tensor());
+  PostStepBackward *lower = foldableLower(ks);
+  std::vector<Tensor> r;
+  if (y.defined()) {
+    // The post step launched nothing: no dpost/dcomb came (post and comb
+    // feed only it), this kernel computes them.
+    TORCH_INTERNAL_ASSERT(!grads[1].defined() && !grads[2].defined());
+    if (lower)
+      r = runStep(ks, kJointBackwardLower,
+                  {xv, y, fnv, scalev, basev, mixv, du, dxNext,
+                   lower->postForFold()});
+    else
+      r = runStep(ks, kJointBackward,
+                  {xv, y, fnv, scalev, basev, mixv, du, dxNext});
+  } else {
     Tensor dpost =
         gradOrZeros(grads[1], Shape::P, lead, ks, xv, mixv.scalar_type());
     Tensor dcomb =
         gradOrZeros(grads[2], Shape::CB, lead, ks, xv, mixv.scalar_type());
-    Tensor dxNext =
-        gradOrZeros(grads[3], Shape::X, lead, ks, xv, xv.scalar_type());
     // The same backward whichever kernel computed the mix: it is the
-    // norm_project of x with fn either way, and hc_pre_backward differentiates
-    // through it.
-    auto r = runStep(ks, kPreBackward,
-                     {xv, fn.unpack(), scale.unpack(), base.unpack(), mixv, du,
-                      dpost, dcomb, dxNext});
-    return {r[0], r[1], r[2], r[3]};
+    // norm_project of x with fn either way, and hc_pre_backward
+    // differentiates through it.
+    if (lower)
+      r = runStep(ks, kPreBackwardLower,
+                  {xv, fnv, scalev, basev, mixv, du, dpost, dcomb, dxNext,
+                   lower->postForFold()});
+    else
+      r = runStep(ks, kPreBackward,
+                  {xv, fnv, scalev, basev, mixv, du, dpost, dcomb, dxNext});
   }
-};
+  if (lower)
+    lower->handOff(r[0], r[4]);
+  return {r[0], r[1], r[2], r[3]};
+}
 
 // mixIn: the mix the previous sublayer's post_step computed for this one
 // (hc_pre_mixed); none: this step computes it (hc_pre). together: all
@@ -728,49 +911,6 @@ variable_list preStep(const Tensor &x, const Tensor &fn, const Tensor &scale,
   }
   return {u, post, comb, mix, link};
 }
-
-// post_step's backward: next edges y, the link, post, comb; input the
-// gradient of x_next.
-struct PostStepBackward : Node {
-  // Without recomputation post and comb; with it mix, fn, scale and base
-  // (pre_step's saved tensors: no extra memory) to recompute them.
-  SavedVariable y, x, post, comb, mix, fn, scale, base;
-  int64_t handle = 0;
-  bool recompute = false;
-  std::weak_ptr<USlot> uSlot; // recomputing: where the sublayer's hook reads u
-
-  std::string name() const override { return "mhc::PostStepBackward"; }
-
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (SavedVariable *v : {&y, &x, &post, &comb, &mix, &fn, &scale, &base})
-      v->reset_data();
-  }
-
-  variable_list apply(variable_list &&grads) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const KernelSet &ks = kernelSet(handle);
-    Tensor yv = y.unpack(), xv = x.unpack(), postv, combv;
-    if (!recompute) {
-      postv = post.unpack();
-      combv = comb.unpack();
-    } else {
-      auto r = recomputePre(ks, xv, mix.unpack(), fn.unpack(), scale.unpack(),
-                            base.unpack(), Grouping::AllButMix);
-      postv = r[1];
-      combv = r[2];
-      if (std::shared_ptr<USlot> slot = uSlot.lock())
-        slot->put(r[0]); // the sublayer's backward, next, reads it
-    }
-    Tensor dxNext =
-        grads[0].defined() ? grads[0].contiguous() : at::zeros_like(xv);
-    auto r = runStep(ks, kPostBackward, {yv, xv, postv, combv, dxNext});
-    // No gradient for x here: dx_next goes through the link to pre_step,
-    // which computes all of dx. None for fnNext either: the next sublayer's
-    // backward computes its fn's whole gradient from the mix it was given.
-    return {r[0], dxNext, r[1], r[2]};
-  }
-};
 
 // fnNext: the next sublayer's fn; given, the step also returns that
 // sublayer's mix (hc_post_project, not differentiable), which the next
@@ -1351,6 +1491,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_with", &forwardWith);
   m.def("enable_fast_path", &enableFastPath);
   m.def("clear_fast_path", &clearFastPath);
+  m.def("set_fold_dy", [](bool on) { eagerFoldOn = on; });
+  m.def("fold_dy", [] { return eagerFoldOn.load(); });
+  m.def("folded_steps", [] { return foldedSteps.load(); });
   py::class_<USlot, std::shared_ptr<USlot>>(m, "USlot")
       .def(py::init<>())
       .def("take", &USlot::take);

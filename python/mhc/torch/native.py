@@ -58,6 +58,14 @@ def mode() -> str:
     return {"0": "off", "off": "off", "1": "on", "on": "on"}.get(value, "auto")
 
 
+def fold_dy_wanted() -> bool:
+    """Whether the C++ steps fold a sublayer's dy into the backward of the sublayer above
+    (native.cpp, "The dy fold in eager mode"): off unless ``MHC_EAGER_FOLD_DY=1`` until it has
+    been checked on a GPU (docs/Torch.md). Read when the module loads;
+    ``load().set_fold_dy(on)`` switches it in a running process."""
+    return os.environ.get("MHC_EAGER_FOLD_DY", "0").strip().lower() in ("1", "on", "true")
+
+
 def build_directory() -> Path:
     env = os.environ.get("MHC_NATIVE_BUILD")
     if env:
@@ -101,6 +109,7 @@ def load():
                 from .kernels import signature_table
                 module = _compile()
                 module.set_signatures(signature_table())   # the ops' buffers, shapes, dtypes
+                module.set_fold_dy(fold_dy_wanted())
                 _MODULE, fast_forward = module, module.forward
             except Exception as e:  # noqa: BLE001 - any build problem: fall back, say why
                 _FAILURE = _reason(e)
