@@ -21,7 +21,8 @@
 #  * in (a), the f32 parameter gradients of bf16 cases come from exact inputs through f32 sums:
 #    1e-5; dy is one rounded f32 sum: within one bf16 ulp of the rounded reference;
 #  * the three save modes recompute exactly what the others read: their gradients must be
-#    bit-identical.
+#    bit-identical; so must the chains' after --mhc-fuse (its dy fold splits the lower
+#    sublayer's dy off and moves the rest after the VJP; the CPU path inlines the groups).
 # The controls at the end show that the checks reject spoiled data.
 #
 # REQUIRES: numpy
@@ -232,11 +233,13 @@ def split_types(text):
     return parts + [cur] if cur.strip() else parts
 
 
-def run_mode(save, cases):
-    """Generates the backward of every case's function with `save`, calls it from @main and
-    returns the printed gradients per case."""
+def run_mode(save, cases, fuse=False):
+    """Generates the backward of every case's function with `save` (then groups it with
+    --mhc-fuse if `fuse`: the CPU path inlines the groups), calls it from @main and returns the
+    printed gradients per case and the generated module."""
     functions = "module {\n" + "".join(c["text"] for c in cases) + "}\n"
-    generated = subprocess.run([tools.mhc_opt, "-", f"--mhc-generate-backward=save={save}"],
+    generated = subprocess.run([tools.mhc_opt, "-", f"--mhc-generate-backward=save={save}"]
+                               + (["--mhc-fuse"] if fuse else []),
                                input=functions, capture_output=True, text=True)
     if generated.returncode != 0:
         raise RuntimeError(f"--mhc-generate-backward failed:\n{generated.stderr}")
@@ -269,19 +272,32 @@ def run_mode(save, cases):
         for i, v in enumerate(vals):
             p.output(Value(f"{bw}#{i}", v.shape, v.elem, case["inputs"][i]))
     printed = iter(p.run(Tools(tools.mhc_opt, tools.runner, *tools.libs.split(","))))
-    return [[next(printed) for _ in case["inputs"]] for case in cases]
+    return [[next(printed) for _ in case["inputs"]] for case in cases], generated.stdout
 
 
 # Every case with the default save=mixes; the other modes on a few cases (compile time).
-results = run_mode("mixes", cases)
+results = run_mode("mixes", cases)[0]
 check = Checker()
 some = [k for k, case in enumerate(cases) if case["every_mode"]]
 for save in SAVE_MODES[1:]:
-    other = run_mode(save, [cases[k] for k in some])
+    other = run_mode(save, [cases[k] for k in some])[0]
     same = all(np.array_equal(a, b) for k, c in zip(some, other)
                for a, b in zip(results[k], c))
     check.record(f"save={save} gives bit-identical gradients to save=mixes", same,
                  f"{sum(len(c) for c in other)} gradients of {len(some)} functions compared")
+
+# --mhc-fuse's dy fold on a chain (docs/GPU.md, "The dy fold"): the lower sublayer's dy moves
+# to a post_res_grad of its own in the upper sublayer's group, and the lower sublayer becomes one
+# "backward" group after its VJP. The same ops compute the same values: on the CPU path, which
+# inlines the groups, the gradients must be bit-identical to the ungrouped backward's.
+chains = [k for k, case in enumerate(cases) if case["kind"] == "chain"]
+fused, fused_text = run_mode("mixes", [cases[k] for k in chains], fuse=True)
+same = all(np.array_equal(a, b) for k, c in zip(chains, fused) for a, b in zip(results[k], c))
+check.record("--mhc-fuse (with the dy fold) gives bit-identical gradients on the CPU path", same,
+             f"{sum(len(c) for c in fused)} gradients of {len(chains)} chains compared")
+folded = fused_text.count('mhc.fused "backward"')
+check.record("each chain's lower sublayer is one backward group (its dy folded above)",
+             folded == len(chains), f"{folded} backward groups in {len(chains)} chains")
 
 NAMES = {"standalone": ["dx", "dy", "dfn", "dscale", "dbase"],
          "chain": ["dx", "dfn0", "dscale0", "dbase0", "dfn1", "dscale1", "dbase1"]}
