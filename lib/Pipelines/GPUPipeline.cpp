@@ -81,6 +81,11 @@ struct GPUPipelineOptions : public PassPipelineOptions<GPUPipelineOptions> {
   PassOptions::Option<bool> fuse{
       *this, "fuse", llvm::cl::desc("Run --mhc-fuse first"),
       llvm::cl::init(true)};
+  PassOptions::Option<bool> foldDy{
+      *this, "fold-dy",
+      llvm::cl::desc("--mhc-fuse's dy fold: a sublayer's backward kernels "
+                     "also compute the dy of the sublayer below"),
+      llvm::cl::init(true)};
   PassOptions::Option<bool> ireeKernels{
       *this, "iree-kernels",
       llvm::cl::desc("Also give every mhc kernel an entry with IREE's CUDA "
@@ -96,7 +101,8 @@ void buildMHCGPUPipeline(OpPassManager &pm, const GPUPipelineOptions &opts) {
   check.toolkit = opts.toolkit;
   pm.addPass(mhc::createMHCGPUCheckTarget(check));
   if (opts.fuse)
-    pm.addNestedPass<func::FuncOp>(mhc::createMHCFuse());
+    pm.addNestedPass<func::FuncOp>(
+        mhc::createMHCFuse(mhc::MHCFuseOptions{opts.foldDy}));
   mhc::MHCSelectScheduleOptions select;
   select.chip = opts.chip;
   select.tileTokens = opts.tileTokens;

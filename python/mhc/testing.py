@@ -38,7 +38,9 @@ from mhc import reference as ref
 
 __all__ = ["Program", "Value", "Checker", "check_f32", "check_rounded", "round_to_dtype",
            "Tools", "F32_RTOL", "LEADING", "per_token", "fd_gradient", "vjp_loss", "check_fd",
-           "spoil", "FD_RTOL", "FD_ATOL", "check_vjp", "check_controls"]
+           "spoil", "FD_RTOL", "FD_ATOL", "check_vjp", "check_controls", "tanh_functions",
+           "sublayer_text", "chain_text", "signature_results", "declare_module", "call_backward",
+           "tensor_type"]
 
 F32_RTOL = 1e-5
 
@@ -75,10 +77,10 @@ class Value:
 
     @property
     def type(self):
-        return _tensor_type(self.shape, self.elem)
+        return tensor_type(self.shape, self.elem)
 
 
-def _tensor_type(shape, elem):
+def tensor_type(shape, elem):
     dims = "".join(("?" if d is None else str(d)) + "x" for d in shape)
     return f"tensor<{dims}{elem}>"
 
@@ -331,14 +333,14 @@ class Program:
         wide = u.name
         if u.elem != "f32":
             wide = self._fresh("w")
-            self.emit(f"{wide} = arith.extf {u.name} : {t} to {_tensor_type(u.shape, 'f32')}")
+            self.emit(f"{wide} = arith.extf {u.name} : {t} to {tensor_type(u.shape, 'f32')}")
         th = self._fresh("tanh")
-        self.emit(f"{th} = math.tanh {wide} : {_tensor_type(u.shape, 'f32')}")
+        self.emit(f"{th} = math.tanh {wide} : {tensor_type(u.shape, 'f32')}")
         out = Value(th, u.shape, u.elem,
                     data if u.elem == "f32" else round_to_dtype(data, u.elem).astype(np.float64))
         if u.elem != "f32":
             out.name = self._fresh("y")
-            self.emit(f"{out.name} = arith.truncf {th} : {_tensor_type(u.shape, 'f32')} to {t}")
+            self.emit(f"{out.name} = arith.truncf {th} : {tensor_type(u.shape, 'f32')} to {t}")
         return out
 
     def add(self, a, b):
@@ -353,7 +355,7 @@ class Program:
 
     def tanh_vjp(self, u, dy):
         """The VJP of :meth:`tanh`: ``dy - dy * tanh(u)^2`` in f32, stored like u."""
-        w = _tensor_type(u.shape, "f32")
+        w = tensor_type(u.shape, "f32")
         wide = []
         for v in (u, dy):
             if v.elem == "f32":
@@ -380,12 +382,12 @@ class Program:
     def output(self, v):
         """Prints ``v`` bit-exactly (widened to f32, bit-cast to i32, printMemrefI32)."""
         wide = v.name
-        f32_type = _tensor_type(v.shape, "f32")
+        f32_type = tensor_type(v.shape, "f32")
         if v.elem != "f32":
             wide = self._fresh("wide")
             self.emit(f"{wide} = arith.extf {v.name} : {v.type} to {f32_type}")
         bits = self._fresh("bits")
-        i32_type = _tensor_type(v.shape, "i32")
+        i32_type = tensor_type(v.shape, "i32")
         self.emit(f"{bits} = arith.bitcast {wide} : {f32_type} to {i32_type}")
         buf = self._fresh("buf")
         memref = i32_type.replace("tensor<", "memref<")
@@ -686,6 +688,127 @@ LEADING = [
     ("T=0", (0,), False),
     ("?=0", (0,), True),
 ]
+
+
+# -- programs around --mhc-generate-backward (CPU integration test, GPU harness) -------------
+
+def tanh_functions(name, shape, elem, vjp_attr=None):
+    """MLIR text of ``@name`` = tanh in f32, stored like u, and its VJP dy - dy tanh(u)^2 (named
+    ``@<name>_vjp``, or ``vjp_attr`` given through the callee's mhc.vjp attribute): an opaque
+    sublayer F for --mhc-generate-backward."""
+    t, w = tensor_type(shape, elem), tensor_type(shape, "f32")
+    vjp = vjp_attr or f"{name}_vjp"
+
+    def widen(v):       # an f32 operand is used as it is
+        return "" if elem == "f32" else f"    {v}w = arith.extf {v} : {t} to {w}\n"
+
+    def wide(v):
+        return v if elem == "f32" else f"{v}w"
+
+    def store(v):       # returns the stored value, rounded once
+        if elem == "f32":
+            return f"    return {v} : {t}\n  }}\n"
+        return f"    %r = arith.truncf {v} : {w} to {t}\n    return %r : {t}\n  }}\n"
+
+    attrs = f" attributes {{mhc.vjp = @{vjp}}}" if vjp_attr else ""
+    return (f"  func.func private @{name}(%u: {t}) -> {t}{attrs} {{\n" + widen("%u")
+            + f"    %t = math.tanh {wide('%u')} : {w}\n" + store("%t")
+            + f"  func.func private @{vjp}(%u: {t}, %dy: {t}) -> {t} {{\n" + widen("%u")
+            + widen("%dy") + f"    %t = math.tanh {wide('%u')} : {w}\n"
+            f"    %dt = arith.mulf {wide('%dy')}, %t : {w}\n"
+            f"    %dtt = arith.mulf %dt, %t : {w}\n"
+            f"    %p = arith.subf {wide('%dy')}, %dtt : {w}\n" + store("%p"))
+
+
+def sublayer_text(k, x, fn, scale, base, y, n, c, lead, elem, call=None):
+    """One sublayer (norm_project ... post_res) in MLIR, its values suffixed with k; y is an SSA
+    name, or None to compute y = call(u). lead: the token dims (None: dynamic)."""
+    m = n * n + 2 * n
+    xt, mt = tensor_type(lead + [n, c], elem), tensor_type(lead + [m], "f32")
+    pt, lt = tensor_type(lead + [n], "f32"), tensor_type(lead + [n, n], "f32")
+    ut, ft = tensor_type(lead + [c], elem), tensor_type([m, n * c], "f32")
+    text = (f"    %mix{k} = mhc.norm_project {x}, {fn} : {xt}, {ft} -> {mt}\n"
+            f"    %pre{k}, %post{k}, %l{k} = mhc.split_mixes %mix{k}, {scale}, {base} : {mt}, "
+            f"tensor<3xf32>, tensor<{m}xf32> -> {pt}, {pt}, {lt}\n"
+            f"    %c{k} = mhc.sinkhorn %l{k} : {lt}\n"
+            f"    %u{k} = mhc.pre_apply {x}, %pre{k} : {xt}, {pt} -> {ut}\n")
+    if y is None:
+        y = f"%y{k}"
+        text += f"    {y} = func.call @{call}(%u{k}) : ({ut}) -> {ut}\n"
+    text += (f"    %x{k + 1} = mhc.post_res {y}, {x}, %post{k}, %c{k} : "
+             f"{ut}, {xt}, {pt}, {lt} -> {xt}\n")
+    return text
+
+
+def chain_text(name, n, c, elem, lead, callees):
+    """``@name(x0, fn0, s0, b0, fn1, s1, b1) -> x2``: two sublayers chained through the opaque
+    calls ``callees`` (see :func:`tanh_functions`)."""
+    m = n * n + 2 * n
+    xt = tensor_type(lead + [n, c], elem)
+    params = ", ".join(f"%fn{k}: tensor<{m}x{n * c}xf32>, %s{k}: tensor<3xf32>, "
+                       f"%b{k}: tensor<{m}xf32>" for k in range(2))
+    body = "".join(sublayer_text(k, f"%x{k}", f"%fn{k}", f"%s{k}", f"%b{k}", None, n, c, lead,
+                                 elem, call=callees[k]) for k in range(2))
+    return (f"  func.func @{name}(%x0: {xt}, {params}) -> {xt} {{\n" + body
+            + f"    return %x2 : {xt}\n  }}\n")
+
+
+def _split_types(text):
+    """Splits 'tensor<...>, tensor<...> {attr = ...}' at top-level commas."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "<{(["
+        depth -= ch in ">})]"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur] if cur.strip() else parts
+
+
+def signature_results(text, name):
+    """The result types of func @name in printed MLIR."""
+    import re
+    line = re.search(r"func\.func @%s\((.*)" % re.escape(name), text).group(1)
+    results = line.split(") -> ", 1)[1].rsplit(" attributes ", 1)[0].rstrip(" {")
+    if results.startswith("("):
+        results = results[1:-1]
+    return [re.sub(r" \{.*?\}$", "", t.strip()) for t in _split_types(results)]
+
+
+def declare_module(p, generated):
+    """Declares the functions of ``generated`` (a printed module, e.g. --mhc-generate-backward's
+    output) in program ``p``, so that its @main can call them."""
+    body = generated.strip()
+    assert body.startswith("module {") and body.endswith("}")
+    for line in body[len("module {"):-1].strip("\n").split("\n"):
+        p.declare(line[2:] if line.startswith("  ") else line)
+
+
+def call_backward(p, generated, name, inputs, in_elems, cotangents, elem, per_token, lead,
+                  dynamic, num_results):
+    """Emits into ``p`` (whose module declares ``generated``): the inputs and cotangents as
+    constants (token dims made dynamic if asked), ``@<name>_forward``, then ``@<name>_backward``
+    with what the forward saved, and outputs every input's gradient (in input order)."""
+    vals = [p.constant(a, e) for a, e in zip(inputs, in_elems)]
+    cots = [p.constant(a, elem) for a in cotangents]
+    if dynamic:
+        vals = [p.dynamic_leading(v, lead) if t else v for v, t in zip(vals, per_token)]
+        cots = [p.dynamic_leading(v, lead) for v in cots]
+    fwd_types = signature_results(generated, name + "_forward")
+    in_types = ", ".join(v.type for v in vals)
+    fw = p._fresh("fw")
+    p.emit(f"{fw}:{len(fwd_types)} = func.call @{name}_forward("
+           f"{', '.join(v.name for v in vals)}) : ({in_types}) -> ({', '.join(fwd_types)})")
+    saved = [f"{fw}#{i}" for i in range(num_results, len(fwd_types))]
+    bw = p._fresh("bw")
+    args = [v.name for v in vals] + saved + [v.name for v in cots]
+    arg_types = [v.type for v in vals] + fwd_types[num_results:] + [v.type for v in cots]
+    p.emit(f"{bw}:{len(vals)} = func.call @{name}_backward({', '.join(args)}) : "
+           f"({', '.join(arg_types)}) -> ({in_types})")
+    for i, v in enumerate(vals):
+        p.output(Value(f"{bw}#{i}", v.shape, v.elem, inputs[i]))
 
 
 def per_token(p, v, lead, dynamic):

@@ -155,6 +155,41 @@ func.func @user_in_between(%x: tensor<?x2x16xf16>, %y: tensor<?x16xf16>, %post: 
 // BWD-NEXT:      %[[DY:.*]], %{{.*}}, %{{.*}}, %{{.*}} = mhc.post_res_grad %arg5, %arg0, %arg9, %{{.*}}, %[[DX:[0-9]+]]
 // BWD-NEXT:      mhc.yield %dscale, %dbase, %dfn, %[[DX]], %[[DY]]
 
+// A whole-model backward (--mhc-generate-backward of two chained sublayers):
+// every result of the lower sublayer's post_res_grad is used, so the dy fold
+// first splits its dy off into a post_res_grad of its own (post from a
+// split_mixes clone, comb empty: dy does not read it), which the upper
+// sublayer's pre_backward group takes; the lower sublayer is then one
+// "backward" group after its VJP. fold-dy=false leaves both sublayers split.
+// RUN: mhc-opt %S/Inputs/two-sublayers.mlir --mhc-generate-backward --mhc-fuse | FileCheck %s --check-prefix=WHOLE
+// RUN: mhc-opt %S/Inputs/two-sublayers.mlir --mhc-generate-backward --mhc-fuse --mhc-fuse | FileCheck %s --check-prefix=WHOLE
+// RUN: mhc-opt %S/Inputs/two-sublayers.mlir --mhc-generate-backward --mhc-fuse="fold-dy=false" | FileCheck %s --check-prefix=NOFOLD
+// WHOLE-LABEL: func.func @two_sublayers_backward(
+// WHOLE:         %[[UPPER:.*]]:3 = mhc.fused "post_backward"
+// WHOLE:         call @ffn_vjp(%{{.*}}, %[[UPPER]]#0)
+// WHOLE:         %{{.*}}, %[[POST0:.*]], %{{.*}} = mhc.split_mixes %arg7, %arg2, %arg3
+// WHOLE:         %[[COMB:.*]] = tensor.empty(
+// WHOLE-NEXT:    %[[UP:.*]]:5 = mhc.fused "pre_backward"
+// WHOLE:           arith.addf
+// WHOLE-NEXT:      %[[DX1:.*]] = arith.addf
+// WHOLE-NEXT:      %[[DY0:.*]], %{{.*}}, %{{.*}}, %{{.*}} = mhc.post_res_grad %arg9, %arg0, %[[POST0]], %[[COMB]], %[[DX1]]
+// WHOLE-NEXT:      mhc.yield {{.*}}, %[[DX1]], %[[DY0]] :
+// WHOLE:         %[[DU0:.*]] = call @attn_vjp(%{{.*}}, %[[UP]]#4)
+// WHOLE-NEXT:    mhc.fused "backward"
+// WHOLE-NEXT:      mhc.split_mixes %arg7
+// WHOLE-NEXT:      mhc.sinkhorn
+// WHOLE-NEXT:      mhc.post_res_grad %arg9, %arg0, %{{.*}}, %{{.*}}, %[[UP]]#3
+// WHOLE-NEXT:      mhc.pre_apply_grad %arg0, %{{.*}}, %[[DU0]]
+// WHOLE-NOT:     mhc.post_res_grad
+// WHOLE:         return
+// NOFOLD-LABEL: func.func @two_sublayers_backward(
+// NOFOLD:        mhc.fused "post_backward"
+// NOFOLD:        mhc.fused "pre_backward"
+// NOFOLD:        mhc.fused "post_backward"
+// NOFOLD:        mhc.fused "pre_backward"
+// NOFOLD-NOT:    tensor.empty
+// NOFOLD-NOT:    mhc.fused "backward"
+
 // A sublayer chained through an opaque sublayer's VJP (--mhc-generate-backward
 // of a function with a call): the first half before the call, the second
 // after it with its own split_mixes, sinkhorn and post_res_grad (for dx).

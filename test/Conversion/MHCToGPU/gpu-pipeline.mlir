@@ -18,6 +18,29 @@
 // row sums reduced by shuffles, the cols kernel's products on the tensor
 // cores.
 // RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-gpu-pipeline="format=isa" | FileCheck %s --check-prefix=BWD
+// A whole-model backward (two chained sublayers): with the dy fold the upper
+// sublayer runs post_backward + pre_backward (its cols kernel also writing the
+// lower one's dy, from post made by a split_mixes kernel), the lower sublayer
+// one backward group; without it, post_backward + pre_backward each.
+// RUN: mhc-opt %S/../../Transforms/Inputs/two-sublayers.mlir --mhc-generate-backward --mhc-gpu-pipeline="format=isa" | FileCheck %s --check-prefix=WHOLE
+// RUN: mhc-opt %S/../../Transforms/Inputs/two-sublayers.mlir --mhc-generate-backward --mhc-gpu-pipeline="format=isa fold-dy=0" | FileCheck %s --check-prefix=NOFOLD
+// WHOLE-LABEL: llvm.func @two_sublayers_backward(
+// WHOLE:       gpu.launch_func {{.*}}@mhc_kernels::@mhc_post_backward_{{[0-9]+}}_rows
+// WHOLE:       gpu.launch_func {{.*}}@mhc_kernels::@mhc_split_mixes_{{[0-9]+}} 
+// WHOLE:       gpu.launch_func {{.*}}@mhc_kernels::@mhc_pre_backward_[[UP:[0-9]+]]_rows
+// WHOLE:       gpu.launch_func {{.*}}@mhc_kernels::@mhc_pre_backward_[[UP]]_cols
+// WHOLE:       gpu.launch_func {{.*}}@mhc_kernels::@mhc_pre_backward_[[UP]]_params
+// WHOLE-NOT:   mhc_post_backward
+// WHOLE:       gpu.launch_func {{.*}}@mhc_kernels::@mhc_backward_[[LOW:[0-9]+]]_rows
+// WHOLE:       gpu.launch_func {{.*}}@mhc_kernels::@mhc_backward_[[LOW]]_cols
+// WHOLE:       gpu.launch_func {{.*}}@mhc_kernels::@mhc_backward_[[LOW]]_params
+// NOFOLD-LABEL: llvm.func @two_sublayers_backward(
+// NOFOLD-NOT:  mhc_split_mixes
+// NOFOLD:      gpu.launch_func {{.*}}@mhc_kernels::@mhc_post_backward_{{[0-9]+}}_rows
+// NOFOLD:      gpu.launch_func {{.*}}@mhc_kernels::@mhc_pre_backward_{{[0-9]+}}_params
+// NOFOLD:      gpu.launch_func {{.*}}@mhc_kernels::@mhc_post_backward_{{[0-9]+}}_rows
+// NOFOLD:      gpu.launch_func {{.*}}@mhc_kernels::@mhc_pre_backward_{{[0-9]+}}_params
+// NOFOLD-NOT:  @mhc_kernels::@mhc_backward_
 // BWD: .visible .entry mhc_backward_2_rows(
 // BWD: ld.global.v4.b32
 // BWD: shfl.sync.bfly

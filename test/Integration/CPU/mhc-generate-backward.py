@@ -21,21 +21,22 @@
 #  * in (a), the f32 parameter gradients of bf16 cases come from exact inputs through f32 sums:
 #    1e-5; dy is one rounded f32 sum: within one bf16 ulp of the rounded reference;
 #  * the three save modes recompute exactly what the others read: their gradients must be
-#    bit-identical.
+#    bit-identical; so must the chains' after --mhc-fuse (its dy fold splits the lower
+#    sublayer's dy off and moves the rest after the VJP; the CPU path inlines the groups).
 # The controls at the end show that the checks reject spoiled data.
 #
 # REQUIRES: numpy
 # RUN: %python %s mhc-opt mlir-runner %runner_utils %c_runner_utils | FileCheck %s
 # CHECK-NOT: FAIL
 # CHECK: [[N:[0-9]+]] of [[N]] checks passed
-import re
 import subprocess
 
 import numpy as np
 
 from mhc import reference as ref
-from mhc.testing import (Checker, Program, Tools, Value, check_f32, check_fd, check_rounded,
-                         fd_gradient, round_to_dtype, spoil, vjp_loss)
+from mhc.testing import (Checker, Program, Tools, call_backward, chain_text, check_f32, check_fd,
+                         check_rounded, declare_module, fd_gradient, round_to_dtype, spoil,
+                         sublayer_text, tanh_functions, tensor_type, vjp_loss)
 
 SAVE_MODES = ("mixes", "all", "inputs")
 BF16_NORMWISE = {"standalone": 2.0 ** -6, "chain": 2.0 ** -5}
@@ -43,74 +44,13 @@ rng = np.random.default_rng(53)
 tools = Tools.from_argv()
 
 
-def tensor_type(shape, elem):
-    return "tensor<" + "".join(("?" if d is None else str(d)) + "x" for d in shape) + elem + ">"
-
-
-def tanh_functions(name, shape, elem, vjp_attr=None):
-    """MLIR text of @name = tanh in f32, stored like u, and its VJP dy - dy tanh(u)^2 (named
-    @<name>_vjp, or vjp_attr given through the callee's mhc.vjp attribute)."""
-    t, w = tensor_type(shape, elem), tensor_type(shape, "f32")
-    vjp = vjp_attr or f"{name}_vjp"
-
-    def widen(v):       # an f32 operand is used as it is
-        return "" if elem == "f32" else f"    {v}w = arith.extf {v} : {t} to {w}\n"
-
-    def wide(v):
-        return v if elem == "f32" else f"{v}w"
-
-    def store(v):       # returns the stored value, rounded once
-        if elem == "f32":
-            return f"    return {v} : {t}\n  }}\n"
-        return f"    %r = arith.truncf {v} : {w} to {t}\n    return %r : {t}\n  }}\n"
-
-    attrs = f" attributes {{mhc.vjp = @{vjp}}}" if vjp_attr else ""
-    return (f"  func.func private @{name}(%u: {t}) -> {t}{attrs} {{\n" + widen("%u")
-            + f"    %t = math.tanh {wide('%u')} : {w}\n" + store("%t")
-            + f"  func.func private @{vjp}(%u: {t}, %dy: {t}) -> {t} {{\n" + widen("%u")
-            + widen("%dy") + f"    %t = math.tanh {wide('%u')} : {w}\n"
-            f"    %dt = arith.mulf {wide('%dy')}, %t : {w}\n"
-            f"    %dtt = arith.mulf %dt, %t : {w}\n"
-            f"    %p = arith.subf {wide('%dy')}, %dtt : {w}\n" + store("%p"))
-
-
-def sublayer_ops(k, x, fn, scale, base, y, n, c, lead, elem, call=None):
-    """One sublayer in MLIR; y is an SSA name, or None to compute y = call(u)."""
-    m = n * n + 2 * n
-    xt, mt = tensor_type(lead + [n, c], elem), tensor_type(lead + [m], "f32")
-    pt, lt = tensor_type(lead + [n], "f32"), tensor_type(lead + [n, n], "f32")
-    ut, ft = tensor_type(lead + [c], elem), tensor_type([m, n * c], "f32")
-    text = (f"    %mix{k} = mhc.norm_project {x}, {fn} : {xt}, {ft} -> {mt}\n"
-            f"    %pre{k}, %post{k}, %l{k} = mhc.split_mixes %mix{k}, {scale}, {base} : {mt}, "
-            f"tensor<3xf32>, tensor<{m}xf32> -> {pt}, {pt}, {lt}\n"
-            f"    %c{k} = mhc.sinkhorn %l{k} : {lt}\n"
-            f"    %u{k} = mhc.pre_apply {x}, %pre{k} : {xt}, {pt} -> {ut}\n")
-    if y is None:
-        y = f"%y{k}"
-        text += f"    {y} = func.call @{call}(%u{k}) : ({ut}) -> {ut}\n"
-    text += (f"    %x{k + 1} = mhc.post_res {y}, {x}, %post{k}, %c{k} : "
-             f"{ut}, {xt}, {pt}, {lt} -> {xt}\n")
-    return text
-
-
 def standalone_text(name, n, c, elem, lead):
     m = n * n + 2 * n
     xt, ut = tensor_type(lead + [n, c], elem), tensor_type(lead + [c], elem)
     return (f"  func.func @{name}(%x: {xt}, %y: {ut}, %fn: tensor<{m}x{n * c}xf32>, "
             f"%scale: tensor<3xf32>, %base: tensor<{m}xf32>) -> ({ut}, {xt}) {{\n"
-            + sublayer_ops(0, "%x", "%fn", "%scale", "%base", "%y", n, c, lead, elem)
+            + sublayer_text(0, "%x", "%fn", "%scale", "%base", "%y", n, c, lead, elem)
             + f"    return %u0, %x1 : {ut}, {xt}\n  }}\n")
-
-
-def chain_text(name, n, c, elem, lead, callees):
-    m = n * n + 2 * n
-    xt = tensor_type(lead + [n, c], elem)
-    params = ", ".join(f"%fn{k}: tensor<{m}x{n * c}xf32>, %s{k}: tensor<3xf32>, "
-                       f"%b{k}: tensor<{m}xf32>" for k in range(2))
-    body = "".join(sublayer_ops(k, f"%x{k}", f"%fn{k}", f"%s{k}", f"%b{k}", None, n, c, lead,
-                                elem, call=callees[k]) for k in range(2))
-    return (f"  func.func @{name}(%x0: {xt}, {params}) -> {xt} {{\n" + body
-            + f"    return %x2 : {xt}\n  }}\n")
 
 
 # -- references (float64) ---------------------------------------------------------------------
@@ -209,79 +149,49 @@ cases = [make_case(*spec[:6]) | dict(every_mode=spec[6]) for spec in (
 )]
 
 
-def signature_results(text, name):
-    """The result types of func @name in printed MLIR."""
-    line = re.search(r"func\.func @%s\((.*)" % re.escape(name), text).group(1)
-    results = line.split(") -> ", 1)[1].rsplit(" attributes ", 1)[0].rstrip(" {")
-    if results.startswith("("):
-        results = results[1:-1]
-    return [re.sub(r" \{.*?\}$", "", t.strip()) for t in split_types(results)]
-
-
-def split_types(text):
-    """Splits 'tensor<...>, tensor<...> {attr = ...}' at top-level commas."""
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        depth += ch in "<{(["
-        depth -= ch in ">})]"
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return parts + [cur] if cur.strip() else parts
-
-
-def run_mode(save, cases):
-    """Generates the backward of every case's function with `save`, calls it from @main and
-    returns the printed gradients per case."""
+def run_mode(save, cases, fuse=False):
+    """Generates the backward of every case's function with `save` (then groups it with
+    --mhc-fuse if `fuse`: the CPU path inlines the groups), calls it from @main and returns the
+    printed gradients per case and the generated module."""
     functions = "module {\n" + "".join(c["text"] for c in cases) + "}\n"
-    generated = subprocess.run([tools.mhc_opt, "-", f"--mhc-generate-backward=save={save}"],
+    generated = subprocess.run([tools.mhc_opt, "-", f"--mhc-generate-backward=save={save}"]
+                               + (["--mhc-fuse"] if fuse else []),
                                input=functions, capture_output=True, text=True)
     if generated.returncode != 0:
         raise RuntimeError(f"--mhc-generate-backward failed:\n{generated.stderr}")
-    body = generated.stdout.strip()
-    assert body.startswith("module {") and body.endswith("}")
     p = Program()
-    for line in body[len("module {"):-1].strip("\n").split("\n"):
-        p.declare(line[2:] if line.startswith("  ") else line)
+    declare_module(p, generated.stdout)
     for case in cases:
-        vals = [p.constant(a, e) for a, e in zip(case["inputs"], case["in_elems"])]
-        cots = [p.constant(a, case["elem"]) for a in case["cotangents"]]
-        lead = len(case["lead"])
-        if case["dynamic"]:
-            vals = [p.dynamic_leading(v, lead) if t else v
-                    for v, t in zip(vals, case["per_token"])]
-            cots = [p.dynamic_leading(v, lead) for v in cots]
-        fwd_types = signature_results(generated.stdout, case["name"] + "_forward")
-        in_types = ", ".join(v.type for v in vals)
-        fw = p._fresh("fw")
-        p.emit(f"{fw}:{len(fwd_types)} = func.call @{case['name']}_forward("
-               f"{', '.join(v.name for v in vals)}) : ({in_types}) -> ({', '.join(fwd_types)})")
-        num_results = len(case["f_shapes"])
-        saved = [f"{fw}#{i}" for i in range(num_results, len(fwd_types))]
-        saved_types = fwd_types[num_results:]
-        bw = p._fresh("bw")
-        args = [v.name for v in vals] + saved + [v.name for v in cots]
-        arg_types = [v.type for v in vals] + saved_types + [v.type for v in cots]
-        p.emit(f"{bw}:{len(vals)} = func.call @{case['name']}_backward({', '.join(args)}) : "
-               f"({', '.join(arg_types)}) -> ({in_types})")
-        for i, v in enumerate(vals):
-            p.output(Value(f"{bw}#{i}", v.shape, v.elem, case["inputs"][i]))
+        call_backward(p, generated.stdout, case["name"], case["inputs"], case["in_elems"],
+                      case["cotangents"], case["elem"], case["per_token"], len(case["lead"]),
+                      case["dynamic"], len(case["f_shapes"]))
     printed = iter(p.run(Tools(tools.mhc_opt, tools.runner, *tools.libs.split(","))))
-    return [[next(printed) for _ in case["inputs"]] for case in cases]
+    return [[next(printed) for _ in case["inputs"]] for case in cases], generated.stdout
 
 
 # Every case with the default save=mixes; the other modes on a few cases (compile time).
-results = run_mode("mixes", cases)
+results = run_mode("mixes", cases)[0]
 check = Checker()
 some = [k for k, case in enumerate(cases) if case["every_mode"]]
 for save in SAVE_MODES[1:]:
-    other = run_mode(save, [cases[k] for k in some])
+    other = run_mode(save, [cases[k] for k in some])[0]
     same = all(np.array_equal(a, b) for k, c in zip(some, other)
                for a, b in zip(results[k], c))
     check.record(f"save={save} gives bit-identical gradients to save=mixes", same,
                  f"{sum(len(c) for c in other)} gradients of {len(some)} functions compared")
+
+# --mhc-fuse's dy fold on a chain (docs/GPU.md, "The dy fold"): the lower sublayer's dy moves
+# to a post_res_grad of its own in the upper sublayer's group, and the lower sublayer becomes one
+# "backward" group after its VJP. The same ops compute the same values: on the CPU path, which
+# inlines the groups, the gradients must be bit-identical to the ungrouped backward's.
+chains = [k for k, case in enumerate(cases) if case["kind"] == "chain"]
+fused, fused_text = run_mode("mixes", [cases[k] for k in chains], fuse=True)
+same = all(np.array_equal(a, b) for k, c in zip(chains, fused) for a, b in zip(results[k], c))
+check.record("--mhc-fuse (with the dy fold) gives bit-identical gradients on the CPU path", same,
+             f"{sum(len(c) for c in fused)} gradients of {len(chains)} chains compared")
+folded = fused_text.count('mhc.fused "backward"')
+check.record("each chain's lower sublayer is one backward group (its dy folded above)",
+             folded == len(chains), f"{folded} backward groups in {len(chains)} chains")
 
 NAMES = {"standalone": ["dx", "dy", "dfn", "dscale", "dbase"],
          "chain": ["dx", "dfn0", "dscale0", "dbase0", "dfn1", "dscale1", "dbase1"]}

@@ -25,7 +25,10 @@
 //
 // A "backward" or "pre_backward" group also takes the lower sublayer's
 // post_res_grad when only its dy is used and its dout is the group's dx (the
-// dy fold: dy is computed where dx is made).
+// dy fold: dy is computed where dx is made). In a whole-model backward every
+// result of the lower post_res_grad is used; its dy is first split off into
+// a post_res_grad of its own (splitDyForFold), which the fold then takes.
+// `fold-dy=false` turns both off.
 //
 // A group is an mhc.fused op placed where its last member was; it yields
 // every member result used outside. Ops that fit no group stay as they are
@@ -34,6 +37,7 @@
 //===----------------------------------------------------------------------===//
 #include "mhc/Dialect/MHC/IR/MHCOps.h"
 #include "mhc/Dialect/MHC/Transforms/Passes.h"
+#include "mhc/Utils/LinalgBuilders.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
@@ -240,11 +244,41 @@ static PostResGradOp lowerDyOf(SublayerBackward &m) {
   return nullptr;
 }
 
+/// In a whole-model backward (--mhc-generate-backward) every result of a
+/// sublayer's post_res_grad is used: dy by its sublayer's VJP, the rest by its
+/// own backward. When its dout is the dx of a matched sublayer above
+/// (`dxAbove`), dy moves to a clone with the same operands of which only dy
+/// is used, which the fold puts into the group above (lowerDyOf); the
+/// original, dy unused, no longer precedes the VJP, and the sublayer forms one
+/// "backward" group after it, whose rows pass computes dpost and dcomb
+/// (what mhc.torch's hc_joint_backward runs). Same math: the clone is the op.
+static void splitDyForFold(SublayerBackward &m,
+                           const llvm::DenseSet<Value> &dxAbove) {
+  PostResGradOp prg = m.prg;
+  if (prg.getDy().use_empty() || prg.getDpost() != m.smg.getDpost() ||
+      !dxAbove.contains(prg.getDout()) ||
+      prg.getX().getType() != prg.getDout().getType())
+    return;
+  OpBuilder b(prg);
+  // Its own post (a split_mixes clone: the original's results must stay
+  // inside the sublayer's group) and an empty comb: dy = sum_j post[j] dout[j]
+  // does not read comb, and the fold's kernel takes only post (the shape
+  // mhc.torch's *_lower functions have).
+  auto sm = cast<SplitMixesOp>(b.clone(*m.sm));
+  Value comb = emptyTensor(b, prg.getLoc(),
+                           cast<RankedTensorType>(prg.getComb().getType()),
+                           prg.getX());
+  auto dyOnly = cast<PostResGradOp>(b.clone(*prg));
+  dyOnly.getPostMutable().assign(sm.getPost());
+  dyOnly.getCombMutable().assign(comb);
+  prg.getDy().replaceAllUsesWith(dyOnly.getDy());
+}
+
 /// Forms the backward group(s) of one matched sublayer.
-static void formBackward(SublayerBackward &m) {
+static void formBackward(SublayerBackward &m, bool foldDy) {
   SmallVector<Operation *> tail{m.pag, m.skg, m.smg, m.npg, m.firstAdd,
                                 m.secondAdd};
-  if (PostResGradOp lower = lowerDyOf(m))
+  if (PostResGradOp lower = foldDy ? lowerDyOf(m) : nullptr)
     tail.push_back(lower);
   if (m.prg.getDpost() != m.smg.getDpost()) {
     // Written as the second half already: dpost and dcomb come from outside.
@@ -307,8 +341,15 @@ struct MHCFusePass : mhc::impl::MHCFuseBase<MHCFusePass> {
       if (succeeded(m))
         backward.push_back(*m);
     });
+    if (foldDy) {
+      llvm::DenseSet<Value> dxOfMatched;
+      for (SublayerBackward &m : backward)
+        dxOfMatched.insert(m.secondAdd.getResult());
+      for (SublayerBackward &m : backward)
+        splitDyForFold(m, dxOfMatched);
+    }
     for (SublayerBackward &m : backward)
-      formBackward(m);
+      formBackward(m, foldDy);
     // A post_res_grad of its own whose dx is not needed: the first half
     // (dy, dpost, dcomb) with post and comb given.
     SmallVector<Operation *> lonePostGrads;

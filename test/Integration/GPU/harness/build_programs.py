@@ -2,9 +2,10 @@
 """Builds whole programs for the GPU path and their CPU-path results (docs/Embedding.md, GPU).
 
 Each program is a module with a `@main` that computes and prints, like the CPU integration
-tests: mhc ops with tensor math between them (tanh, casts), constants, printing, and whole
+tests: mhc ops with tensor math between them (tanh, casts), constants, printing, whole
 models rewritten by --mhc-hyperconnect (the exported GPT-2 and Llama, and GPT-2 without the
-rewrite: only the host-math kernels). For each one this script
+rewrite: only the host-math kernels), and a whole-model backward (--mhc-generate-backward of
+two chained sublayers, with and without the dy fold). For each one this script
 
   * runs it on the CPU path here (--mhc-cpu-pipeline + mlir-runner): <name>.expected.txt;
   * compiles it with --mhc-gpu-pipeline (sm_90 cubins) into <name>.so, linked against
@@ -29,12 +30,16 @@ sys.path.insert(0, str(ROOT / "python"))
 import numpy as np  # noqa: E402
 
 from mhc import compiler  # noqa: E402
-from mhc.testing import Program  # noqa: E402
+from mhc.testing import Program, call_backward, chain_text, declare_module  # noqa: E402
+from mhc.testing import round_to_dtype, tanh_functions  # noqa: E402
 
 LLVM = Path("/usr/lib/llvm-22")
 # Normwise relative tolerance per printed element type (as check_kernels.py): the GPU's
 # projection runs on bf16 tensor cores (hi/lo split), its tanh/exp come from libdevice.
-TOLERANCE = {"f32": 1e-4, "bf16": 2e-2, "f16": 2e-2, "logits": 1e-3}
+TOLERANCE = {"f32": 1e-4, "bf16": 2e-2, "f16": 2e-2, "logits": 1e-3,
+             # gradients of an f32 program: parameter gradients are sums over tokens that cancel
+             # (dscale: three numbers), summed in other orders than on the CPU path
+             "backward_f32": 1e-3}
 
 
 def sublayer_program(n, c, elem, tokens, dynamic, seed):
@@ -77,6 +82,40 @@ def model_program(mhc_opt, model, rewrite):
     return text[:text.rindex("}")] + main_fn + "}\n", ["logits"]
 
 
+def chain_backward_program(mhc_opt, n, c, elem, tokens, fold, seed):
+    """Two sublayers chained through an opaque F = tanh (f32 inside, stored like u) and its VJP,
+    run through --mhc-generate-backward: @main calls @chain_forward and @chain_backward on seeded
+    data and prints the gradients of x0 and of both sublayers' fn, scale and base. fold=False
+    groups the backward with --mhc-fuse="fold-dy=false" first (the pipeline's --mhc-fuse then
+    leaves the groups as they are); fold=True leaves it to the pipeline, which folds the lower
+    sublayer's dy into the upper sublayer's kernels (docs/GPU.md, "The dy fold")."""
+    rng = np.random.default_rng(seed)
+    m = n * n + 2 * n
+    lead = [tokens]
+
+    def coefficients():
+        return [round_to_dtype(rng.standard_normal((m, n * c)) * 1.2 / np.sqrt(n * c), "f32"),
+                rng.uniform(0.5, 2.0, 3).astype(np.float32),
+                round_to_dtype(rng.standard_normal(m) * 0.5, "f32")]
+
+    inputs = [round_to_dtype(rng.standard_normal((tokens, n, c)), elem)] + coefficients() \
+        + coefficients()
+    cotangent = round_to_dtype(rng.standard_normal((tokens, n, c)), elem)
+    functions = ("module {\n" + chain_text("chain", n, c, elem, [None], ("F", "G"))
+                 + tanh_functions("F", [None, c], elem)
+                 + tanh_functions("G", [None, c], elem, vjp_attr="G_grad") + "}\n")
+    passes = ["--mhc-generate-backward"] + ([] if fold else ['--mhc-fuse=fold-dy=false'])
+    generated = subprocess.run([mhc_opt, "-", *passes], input=functions, check=True,
+                               capture_output=True, text=True).stdout
+    p = Program()
+    declare_module(p, generated)
+    call_backward(p, generated, "chain", inputs, [elem] + ["f32"] * 6, [cotangent], elem,
+                  [True] + [False] * 6, len(lead), True, 1)
+    # The kernels sum in other orders than the CPU path and round dx once (the CPU path twice);
+    # bf16 programs also round dy, F's VJP and each dx term: the bf16 bar for every gradient.
+    return p.text(), [elem if elem != "f32" else "backward_f32"] * 7
+
+
 def programs(mhc_opt):
     yield "sublayer-example", (ROOT / "examples/sublayer.mlir").read_text(), ["bf16"]
     yield ("sublayer-n4-c64-bf16-dyn", *sublayer_program(4, 64, "bf16", 5, True, 1))
@@ -85,6 +124,14 @@ def programs(mhc_opt):
     yield ("gpt2-tiny-mhc", *model_program(mhc_opt, "gpt2-tiny", True))
     yield ("llama-tiny-mhc", *model_program(mhc_opt, "llama-tiny", True))
     yield ("gpt2-tiny", *model_program(mhc_opt, "gpt2-tiny", False))
+    # A whole-model backward, with the dy fold and without it (the two must agree bit for bit:
+    # run_programs.py's "identical_to").
+    for fold in (True, False):
+        suffix = "" if fold else "-nofold"
+        yield (f"chain-backward-n4-c1280-bf16{suffix}",
+               *chain_backward_program(mhc_opt, 4, 1280, "bf16", 37, fold, 4))
+        yield (f"chain-backward-n2-c100-f32{suffix}",
+               *chain_backward_program(mhc_opt, 2, 100, "f32", 9, fold, 5))
 
 
 def main():
@@ -105,9 +152,11 @@ def main():
         (out / f"{name}.expected.txt").write_text(expected)
         compiler.compile_gpu(text, out / f"{name}.so", chip=args.chip, fmt="bin", extra_libs=(printer,))
         printed_as = "i32" if "printMemrefI32" in text else "f32"
-        manifest.append({"name": name, "library": f"{name}.so", "expected": f"{name}.expected.txt",
-                         "printed_as": printed_as,
-                         "tolerances": [TOLERANCE[e] for e in elems]})
+        entry = {"name": name, "library": f"{name}.so", "expected": f"{name}.expected.txt",
+                 "printed_as": printed_as, "tolerances": [TOLERANCE[e] for e in elems]}
+        if name.endswith("-nofold"):    # the same program with the dy fold: the same bits
+            entry["identical_to"] = name[:-len("-nofold")]
+        manifest.append(entry)
         print(f"built {name}", flush=True)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     print(f"{len(manifest)} programs in {out}")

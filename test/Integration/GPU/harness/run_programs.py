@@ -4,7 +4,8 @@
 Each library runs in its own process (a fault ends that program only): its `main` is called
 through ctypes and what it prints is compared, array by array, with the CPU path's output
 recorded at build time (normwise relative error ||gpu - cpu|| / ||cpu|| against the
-manifest's tolerance). Needs only Python 3 + numpy and the CUDA driver.
+manifest's tolerance); a program with "identical_to" must also print exactly what that program
+printed. Needs only Python 3 + numpy and the CUDA driver.
 
   python3 test/Integration/GPU/harness/run_programs.py --dir .gpu-carry/programs --json $OUT/programs.json
 
@@ -61,6 +62,16 @@ def compare(got, expected, tolerances):
     return True, "", errors
 
 
+def identical(got, other, other_name):
+    """Whether a program printed the same bits as `other_name` (the same program compiled
+    another way, e.g. without the dy fold), which ran before it."""
+    if other is None:
+        return False, f"{other_name} did not run or failed"
+    if len(got) != len(other) or not all(np.array_equal(a, b) for a, b in zip(got, other)):
+        return False, f"differs from {other_name} (must be bit-identical)"
+    return True, ""
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", required=True)
@@ -69,7 +80,7 @@ def main():
     args = ap.parse_args()
     folder = Path(args.dir).resolve()
     manifest = json.loads((folder / "manifest.json").read_text())
-    results, passed = [], 0
+    results, passed, printed = [], 0, {}
     for entry in manifest:
         expected = parse_printed((folder / entry["expected"]).read_text(), entry["printed_as"])
         start = time.time()
@@ -85,8 +96,11 @@ def main():
             ok, why, errors = False, f"exit {rc}: {stderr.strip()[-600:]}", []
         else:
             try:
-                ok, why, errors = compare(parse_printed(stdout, entry["printed_as"]), expected,
-                                          entry["tolerances"])
+                got = printed[entry["name"]] = parse_printed(stdout, entry["printed_as"])
+                ok, why, errors = compare(got, expected, entry["tolerances"])
+                twin = entry.get("identical_to")
+                if ok and twin is not None:
+                    ok, why = identical(got, printed.get(twin), twin)
             except ValueError as e:
                 ok, why, errors = False, str(e), []
         passed += ok

@@ -130,12 +130,24 @@ def MHCFuse : Pass<"mhc-fuse", "func::FuncOp"> {
   let summary = "Group mhc ops into the kernels they will become (dispatch formation)";
   let description = [{
     Wraps the mhc ops of each sublayer into `mhc.fused` groups, one per GPU
-    kernel: a "pre" group (norm_project + split_mixes + sinkhorn + pre_apply)
-    and a "post" group (post_res, with the next sublayer's norm_project when
-    it reads post_res's result). Ops already inside an `mhc.fused` are left
-    alone, so a second run gives what the first gave.
+    kernel (or kernel sequence): a "pre" group (norm_project + split_mixes +
+    sinkhorn + pre_apply) and a "post" group (post_res, with the next
+    sublayer's norm_project when it reads post_res's result); in a backward
+    in --mhc-generate-backward's shape, a "backward" group per sublayer, or a
+    "post_backward" and a "pre_backward" group around an opaque sublayer's
+    VJP. With `fold-dy` (the default) a sublayer's backward group also
+    computes the dy of the sublayer below, whose dout is its dx (the dy fold,
+    docs/GPU.md): the lower sublayer then needs no post_backward group. Ops
+    already inside an `mhc.fused` are left alone, so a second run gives what
+    the first gave.
   }];
-  let dependentDialects = ["::mlir::mhc::MHCDialect"];
+  let options = [
+    Option<"foldDy", "fold-dy", "bool", /*default=*/"true",
+           "Compute a sublayer's dy in the backward group of the sublayer "
+           "above (the dy fold); off: every sublayer gets its own dy pass">
+  ];
+  let dependentDialects = ["::mlir::mhc::MHCDialect",
+                           "::mlir::tensor::TensorDialect"];
 }
 
 def MHCGenerateBackward : Pass<"mhc-generate-backward", "ModuleOp"> {
