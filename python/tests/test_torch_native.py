@@ -1,8 +1,10 @@
 """mhc.torch's C++ launch path (mhc/torch/native.cpp) on the CPU, through the mock runtime: the
 argument checks, and HyperConnection's C++ autograd steps -- which kernels run in the forward and
-the backward, and which buffers they get (the dx link, the recomputation and its hand-over of u).
-The kernels' numbers are checked on the H200 by bench/check_torch_backend.py (C++ and Python paths
-against each other and against the reference backend)."""
+the backward, and which buffers they get (the dx link, the recomputation and its hand-over of u,
+the chain, the dy fold); and through reference_runtime.py, whose kernels are the reference ops,
+the numbers those steps compute. The kernels' numbers are checked on the H200 by
+bench/check_torch_backend.py (C++ and Python paths against each other and against the reference
+backend)."""
 
 import pytest
 import torch
@@ -825,3 +827,90 @@ def test_eager_fold_needs_the_kernels_in_both_sets(chain_set, fold_set, built, m
     mock.mock_clear_log()
     out.sum().backward()
     assert [l["kernel"] for l in launches(mock)] == unfolded(False)
+
+
+# The C++ steps computing: a kernel set whose kernels are mhc.torch.reference's ops
+# (reference_runtime.py), so that the numbers of native.cpp's wiring are checked on the CPU.
+
+@pytest.fixture
+def reference_set(tmp_path, built):
+    import reference_runtime
+    key = kernels.KernelKey(n=N, C=C, dtype="f32", chip="sm_90")
+    runtime = reference_runtime.ReferenceRuntime(key)
+    ks = KernelSet(reference_runtime.write_set(tmp_path / "ref", key), key, runtime=runtime)
+    assert ks.native_handle() is not None and ks.chains
+    yield ks
+    built.set_fold_dy(native.fold_dy_wanted())
+
+
+def _stack_gradients(hcs, forward, x, dout):
+    x = leaf(x)
+    out = forward(x)
+    params = [p for h in hcs for p in h.parameters()]
+    return [out.detach()] + list(torch.autograd.grad(out, [x] + params, dout))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_cpp_steps_compute_what_the_python_steps_compute(reference_set, built, recompute):
+    """Three chained HyperConnections around linear sublayers, f32: the C++ steps (chained
+    forward, recomputation, the dy fold on and off) give the output and every gradient (x, each
+    fn/scale/base, each sublayer's weight and bias) of the Python steps with the reference math,
+    bit for bit (the reference's fold ops compose the ops they replace in the same order)."""
+    torch.manual_seed(0)
+    hcs = [HyperConnection(N, C, nn.Linear(C, C), backend="reference", recompute=recompute,
+                           layer=i) for i in range(3)]
+    x = torch.randn(2, 5, N, C)
+    dout = torch.randn(2, 5, N, C)
+    want = _stack_gradients(hcs, lambda t: hcs[2](hcs[1](hcs[0](t))), x, dout)
+    runtime = reference_set.runtime
+    for h in hcs:
+        h.backend = "cuda"      # (the chain skips a reference-backend successor)
+    for fold in (False, True):
+        built.set_fold_dy(fold)
+        run_chain(hcs, reference_set, x)                 # learn the chain
+        runtime.launches.clear()
+        got = _stack_gradients(hcs, lambda t: run_chain(hcs, reference_set, t), x, dout)
+        assert "hc_post_project" in runtime.launches      # it ran chained
+        folded = "hc_joint_backward" in runtime.launches
+        assert folded == fold
+        assert runtime.launches.count("hc_post_backward") == (1 if fold else 3)
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert torch.equal(g, w), (fold, i, (g - w).abs().max().item())
+
+
+@pytest.mark.parametrize("between", ["second_use", "hook", "hook_in_place"])
+def test_cpp_steps_with_the_fold_declined_compute_the_same(reference_set, built, between):
+    """With the fold on, the middle layer's output also used elsewhere or its gradient changed
+    by a hook (a new tensor, or the same one modified in place): the bottom layer must not take
+    the dy computed above from the unchanged dx; the numbers equal the Python steps'."""
+    torch.manual_seed(1)
+    hcs = [HyperConnection(N, C, nn.Linear(C, C), backend="reference", layer=i) for i in range(3)]
+    x = torch.randn(6, N, C)
+    dout = torch.randn(6, N, C)
+    extra = torch.randn(6, N, C)
+
+    def gradients(step):
+        t = leaf(x)
+        t1 = step(hcs[0], t)
+        if between == "hook":
+            t1.register_hook(lambda g: g * 1.5)
+        elif between == "hook_in_place":
+            t1.register_hook(lambda g: g.mul_(1.5))
+        loss = (step(hcs[2], step(hcs[1], t1)) * dout).sum()
+        if between == "second_use":
+            loss = loss + (t1 * extra).sum()
+        return list(torch.autograd.grad(loss, [t] + [p for h in hcs for p in h.parameters()]))
+
+    want = gradients(lambda h, t: h(t))
+    for h in hcs:
+        h.backend = "cuda"
+    built.set_fold_dy(True)
+    native_step = lambda h, t: h._forward_native(reference_set, t, *h._params(t))  # noqa: E731
+    run_chain(hcs, reference_set, x)                     # learn the chain
+    runtime = reference_set.runtime
+    runtime.launches.clear()
+    got = gradients(native_step)
+    assert runtime.launches.count("hc_joint_backward_lower") == 1    # the middle layer folded
+    assert runtime.launches.count("hc_post_backward") == 2           # the bottom one did not
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), (between, i, (g - w).abs().max().item())

@@ -814,15 +814,21 @@ private:
 };
 
 // The post_step node of the sublayer below when this step can compute its
-// dy (the dy fold): x is that node's output itself and both kernel sets have
-// the fold's ops.
+// dy (the dy fold): x is that node's output itself, both kernel sets have the
+// fold's ops, and both sublayers ran on one stream (autograd runs each node's
+// backward on its forward's stream and synchronises only what it hands over:
+// the dy made here goes out through that node).
 PostStepBackward *PreStepBackward::foldableLower(const KernelSet &ks) {
   if (!eagerFoldOn.load(std::memory_order_relaxed) ||
       !hasStep(ks, kPreBackwardLower) || !hasStep(ks, kJointBackwardLower))
     return nullptr;
   const torch::autograd::Edge &edge = next_edge(0);
   auto *lower = dynamic_cast<PostStepBackward *>(edge.function.get());
-  return lower && edge.input_nr == 0 && lower->canJoin() ? lower : nullptr;
+  return lower && edge.input_nr == 0 && lower->canJoin() &&
+                 lower->input_metadata(0).stream() ==
+                     input_metadata(0).stream()
+             ? lower
+             : nullptr;
 }
 
 variable_list PreStepBackward::apply(variable_list &&grads) {
