@@ -914,3 +914,38 @@ def test_cpp_steps_with_the_fold_declined_compute_the_same(reference_set, built,
     assert runtime.launches.count("hc_post_backward") == 2           # the bottom one did not
     for i, (g, w) in enumerate(zip(got, want)):
         assert torch.equal(g, w), (between, i, (g - w).abs().max().item())
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("fold", [False, True])
+def test_cpp_steps_under_activation_checkpointing(reference_set, built, recompute, fold):
+    """torch.utils.checkpoint (non-reentrant) around three chained layers: its saved-tensor hooks
+    allow one unpack of each saved tensor per backward (the post step's x is needed by the
+    recomputation of post/comb -- early, for the fold -- and by hc_post_backward: unpacked
+    once), and the recomputed forward folds like the first; the numbers are the Python steps'."""
+    from torch.utils.checkpoint import checkpoint
+    torch.manual_seed(2)
+    hcs = [HyperConnection(N, C, nn.Linear(C, C), backend="reference", recompute=recompute,
+                           layer=i) for i in range(3)]
+    x = torch.randn(5, N, C)
+    dout = torch.randn(5, N, C)
+
+    def gradients(step):
+        t = leaf(x)
+        out = checkpoint(lambda a: step(hcs[2], step(hcs[1], step(hcs[0], a))), t,
+                         use_reentrant=False)
+        return [out.detach()] + list(torch.autograd.grad(
+            out, [t] + [p for h in hcs for p in h.parameters()], dout))
+
+    want = gradients(lambda h, t: h(t))
+    for h in hcs:
+        h.backend = "cuda"
+    built.set_fold_dy(fold)
+    native_step = lambda h, t: h._forward_native(reference_set, t, *h._params(t))  # noqa: E731
+    gradients(native_step)                               # learn the chain
+    runtime = reference_set.runtime
+    runtime.launches.clear()
+    got = gradients(native_step)
+    assert runtime.launches.count("hc_post_backward") == (1 if fold else 3)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), (i, (g - w).abs().max().item())

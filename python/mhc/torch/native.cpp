@@ -728,6 +728,9 @@ struct PostStepBackward : Node {
   // as made, and this sublayer's dy), and post/comb recomputed early for it.
   Tensor dxFromAbove, dyFromAbove, readyPost, readyComb;
   uint32_t dxFromAboveVersion = 0;
+  // x as unpacked in this backward: a saved tensor is unpacked once per
+  // backward (torch.utils.checkpoint's hooks refuse a second unpack).
+  Tensor unpackedX;
 
   std::string name() const override { return "mhc::PostStepBackward"; }
 
@@ -735,7 +738,8 @@ struct PostStepBackward : Node {
     std::lock_guard<std::mutex> lock(mutex_);
     for (SavedVariable *v : {&y, &x, &post, &comb, &mix, &fn, &scale, &base})
       v->reset_data();
-    for (Tensor *t : {&dxFromAbove, &dyFromAbove, &readyPost, &readyComb})
+    for (Tensor *t :
+         {&dxFromAbove, &dyFromAbove, &readyPost, &readyComb, &unpackedX})
       *t = Tensor();
   }
 
@@ -772,21 +776,21 @@ struct PostStepBackward : Node {
     const KernelSet &ks = kernelSet(handle);
     Tensor given = std::exchange(dxFromAbove, Tensor());
     Tensor dy = std::exchange(dyFromAbove, Tensor());
-    Tensor xv = x.unpack();
-    Tensor dxNext =
-        grads[0].defined() ? grads[0].contiguous() : at::zeros_like(xv);
     if (dy.defined() && grads[0].defined() &&
         grads[0].unsafeGetTensorImpl() == given.unsafeGetTensorImpl() &&
         grads[0]._version() == dxFromAboveVersion) {
       // Folded: dy came from above; dpost/dcomb come from the pre step's
       // joint backward, which takes y from here.
       preNode()->join(y.unpack());
-      readyPost = readyComb = Tensor();
+      readyPost = readyComb = unpackedX = Tensor();
       foldedSteps.fetch_add(1, std::memory_order_relaxed);
-      return {dy, dxNext, Tensor(), Tensor()};
+      return {dy, grads[0].contiguous(), Tensor(), Tensor()};
     }
+    Tensor xv = xValue();
+    Tensor dxNext =
+        grads[0].defined() ? grads[0].contiguous() : at::zeros_like(xv);
     auto [postv, combv] = coefficients();
-    readyPost = readyComb = Tensor();
+    readyPost = readyComb = unpackedX = Tensor();
     auto r = runStep(ks, kPostBackward, {y.unpack(), xv, postv, combv, dxNext});
     // No gradient for x here: dx_next goes through the link to pre_step,
     // which computes all of dx. None for fnNext either: the next sublayer's
@@ -795,13 +799,25 @@ struct PostStepBackward : Node {
   }
 
 private:
+  // mutex_ held by the callers of these two.
+  const Tensor &xValue() {
+    if (!unpackedX.defined())
+      unpackedX = x.unpack();
+    return unpackedX;
+  }
+
   // post and comb: saved, or recomputed from the saved mix once per backward
-  // (and then u handed to the sublayer's saved-tensor hook). mutex_ held.
+  // (and then u handed to the sublayer's saved-tensor hook).
   std::pair<Tensor, Tensor> coefficients() {
-    if (!recompute)
-      return {post.unpack(), comb.unpack()};
+    if (!recompute) {
+      if (!readyPost.defined()) {
+        readyPost = post.unpack();
+        readyComb = comb.unpack();
+      }
+      return {readyPost, readyComb};
+    }
     if (!readyPost.defined()) {
-      auto r = recomputePre(kernelSet(handle), x.unpack(), mix.unpack(),
+      auto r = recomputePre(kernelSet(handle), xValue(), mix.unpack(),
                             fn.unpack(), scale.unpack(), base.unpack(),
                             Grouping::AllButMix);
       readyPost = r[1];
