@@ -657,12 +657,11 @@ def fold_manifest():
 
 
 @pytest.fixture
-def fold_set(tmp_path, mock, built):  # noqa: F811
+def fold_set(tmp_path, mock, fold_switch):  # noqa: F811
     ks = KernelSet(write_set(tmp_path, fold_manifest()), KEY, runtime=mock)
     assert ks.native_handle() is not None and ks.chains
-    built.set_fold_dy(True)
-    yield ks
-    built.set_fold_dy(native.fold_dy_wanted())
+    fold_switch(True)
+    return ks
 
 
 class _RecordsDy(nn.Module):
@@ -832,15 +831,25 @@ def test_eager_fold_needs_the_kernels_in_both_sets(chain_set, fold_set, built, m
 # The C++ steps computing: a kernel set whose kernels are mhc.torch.reference's ops
 # (reference_runtime.py), so that the numbers of native.cpp's wiring are checked on the CPU.
 
-@pytest.fixture
-def reference_set(tmp_path, built):
+def _reference_set(folder, built, dtype="f32"):
     import reference_runtime
-    key = kernels.KernelKey(n=N, C=C, dtype="f32", chip="sm_90")
+    key = kernels.KernelKey(n=N, C=C, dtype=dtype, chip="sm_90")
     runtime = reference_runtime.ReferenceRuntime(key)
-    ks = KernelSet(reference_runtime.write_set(tmp_path / "ref", key), key, runtime=runtime)
+    ks = KernelSet(reference_runtime.write_set(folder, key), key, runtime=runtime)
     assert ks.native_handle() is not None and ks.chains
-    yield ks
+    return ks
+
+
+@pytest.fixture
+def fold_switch(built):
+    """built.set_fold_dy, put back as the environment says after the test."""
+    yield built.set_fold_dy
     built.set_fold_dy(native.fold_dy_wanted())
+
+
+@pytest.fixture
+def reference_set(tmp_path, built, fold_switch):
+    return _reference_set(tmp_path / "ref", built)
 
 
 def _stack_gradients(hcs, forward, x, dout):
@@ -851,16 +860,20 @@ def _stack_gradients(hcs, forward, x, dout):
 
 
 @pytest.mark.parametrize("recompute", [False, True])
-def test_cpp_steps_compute_what_the_python_steps_compute(reference_set, built, recompute):
-    """Three chained HyperConnections around linear sublayers, f32: the C++ steps (chained
-    forward, recomputation, the dy fold on and off) give the output and every gradient (x, each
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_cpp_steps_compute_what_the_python_steps_compute(tmp_path, built, fold_switch, recompute,
+                                                        dtype):
+    """Three chained HyperConnections around linear sublayers: the C++ steps (chained forward,
+    recomputation, the dy fold on and off) give the output and every gradient (x, each
     fn/scale/base, each sublayer's weight and bias) of the Python steps with the reference math,
     bit for bit (the reference's fold ops compose the ops they replace in the same order)."""
+    reference_set = _reference_set(tmp_path / "ref", built, dtype)
     torch.manual_seed(0)
-    hcs = [HyperConnection(N, C, nn.Linear(C, C), backend="reference", recompute=recompute,
-                           layer=i) for i in range(3)]
-    x = torch.randn(2, 5, N, C)
-    dout = torch.randn(2, 5, N, C)
+    act = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    hcs = [HyperConnection(N, C, nn.Linear(C, C).to(act), backend="reference",
+                           recompute=recompute, layer=i) for i in range(3)]
+    x = torch.randn(2, 5, N, C).to(act)
+    dout = torch.randn(2, 5, N, C).to(act)
     want = _stack_gradients(hcs, lambda t: hcs[2](hcs[1](hcs[0](t))), x, dout)
     runtime = reference_set.runtime
     for h in hcs:
