@@ -962,3 +962,74 @@ def test_cpp_steps_under_activation_checkpointing(reference_set, built, recomput
     assert runtime.launches.count("hc_post_backward") == (1 if fold else 3)
     for i, (g, w) in enumerate(zip(got, want)):
         assert torch.equal(g, w), (i, (g - w).abs().max().item())
+
+
+def _reentrant_checkpoint(hcs, step, x, dout):
+    from torch.utils.checkpoint import checkpoint
+    t = leaf(x)
+    out = checkpoint(lambda a: step(hcs[2], step(hcs[1], step(hcs[0], a))), t,
+                     use_reentrant=True)
+    (out * dout).sum().backward()                   # (the reentrant version has no .grad())
+    return [out.detach(), t.grad] + [p.grad.clone() for h in hcs for p in h.parameters()]
+
+
+def _save_on_cpu(hcs, step, x, dout):
+    with torch.autograd.graph.save_on_cpu():
+        return _stack_gradients(hcs, lambda t: step(hcs[2], step(hcs[1], step(hcs[0], t))), x,
+                                dout)
+
+
+def _retain_graph_twice(hcs, step, x, dout):
+    t = leaf(x)
+    out = step(hcs[2], step(hcs[1], step(hcs[0], t)))
+    leaves = [t] + [p for h in hcs for p in h.parameters()]
+    first = torch.autograd.grad(out, leaves, dout, retain_graph=True)
+    return list(first) + list(torch.autograd.grad(out, leaves, dout))
+
+
+def _accumulated(hcs, step, x, dout):
+    for _ in range(2):
+        (step(hcs[2], step(hcs[1], step(hcs[0], leaf(x)))) * dout).sum().backward()
+    return [p.grad.clone() for h in hcs for p in h.parameters()]
+
+
+def _module_hooks(hcs, step, x, dout):
+    handles = [h.register_full_backward_hook(lambda module, gi, go: None) for h in hcs]
+    try:
+        return _stack_gradients(hcs, lambda t: step(hcs[2], step(hcs[1], step(hcs[0], t))), x,
+                                dout)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("idiom", [_reentrant_checkpoint, _save_on_cpu, _retain_graph_twice,
+                                   _accumulated, _module_hooks],
+                         ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("recompute", [False, True])
+def test_cpp_steps_in_training_idioms(reference_set, fold_switch, enable_fast_path, idiom,
+                                      recompute):
+    """HyperConnection.forward on the C++ path (its fast path, as on CUDA) with the dy fold on,
+    in what training code does around it (reentrant checkpointing, saved tensors offloaded to
+    the CPU, two backwards through a retained graph, gradients accumulated over two steps, module
+    backward hooks): the numbers of the Python steps."""
+    torch.manual_seed(3)
+    hcs = [HyperConnection(N, C, nn.Linear(C, C), backend="reference", recompute=recompute,
+                           layer=i) for i in range(3)]
+    x, dout = torch.randn(5, N, C), torch.randn(5, N, C)
+    want = idiom(hcs, lambda h, t: h(t), x, dout)
+    for h in hcs:
+        h.backend = "cuda"
+        for p in h.parameters():
+            p.grad = None
+    fold_switch(True)
+    enable_fast_path(hcs[0], x, reference_set)
+    with torch.no_grad():
+        hcs[2](hcs[1](hcs[0](x)))                       # learn the chain
+    runtime = reference_set.runtime
+    runtime.launches.clear()
+    got = idiom(hcs, lambda h, t: h(t), x, dout)
+    assert "hc_post_project" in runtime.launches         # the C++ path, chained
+    assert ("hc_joint_backward" in runtime.launches) == (idiom is not _module_hooks)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), (i, (g - w).abs().max().item())
