@@ -1033,3 +1033,16 @@ def test_cpp_steps_in_training_idioms(reference_set, fold_switch, enable_fast_pa
     assert ("hc_joint_backward" in runtime.launches) == (idiom is not _module_hooks)
     for i, (g, w) in enumerate(zip(got, want)):
         assert torch.equal(g, w), (i, (g - w).abs().max().item())
+
+
+def test_cpp_steps_refuse_double_backward(reference_set):
+    """create_graph=True would give gradients without a graph (the kernels have no autograd):
+    a clear error instead of second-order terms missing without a word."""
+    hc = HyperConnection(N, C, nn.Linear(C, C), backend="cuda")
+    x = leaf(inputs(4, torch.float32)[0])
+    out = hc._forward_native(reference_set, x, *hc._params(x))
+    with pytest.raises(RuntimeError, match=r"double backward \(create_graph=True\) is not supported"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+    out = hc._forward_native(reference_set, x, *hc._params(x))
+    (g,) = torch.autograd.grad(out.sum(), x)                # first order: as always
+    assert g.shape == x.shape and not g.requires_grad

@@ -635,6 +635,16 @@ void attach(Tensor &t, const NodePtr &node) {
   torch::autograd::impl::set_gradient_edge(t, {node, slot});
 }
 
+// The kernels have no autograd of their own: a backward asked to record a
+// graph (create_graph=True, the engine's grad mode on) would return
+// gradients that a second backward cannot see through.
+void refuseDoubleBackward() {
+  TORCH_CHECK(!at::GradMode::is_enabled(),
+              "HyperConnection (cuda backend): double backward "
+              "(create_graph=True) is not supported; mhc's backward kernels "
+              "have no gradient of their own");
+}
+
 // Whether a step records a node: as for any operation, grad mode is on and
 // an input it differentiates requires grad. Forward-mode AD has no rule here.
 bool recordsNode(std::initializer_list<const Tensor *> inputs) {
@@ -772,6 +782,7 @@ struct PostStepBackward : Node {
   }
 
   variable_list apply(variable_list &&grads) override {
+    refuseDoubleBackward();
     std::lock_guard<std::mutex> lock(mutex_);
     const KernelSet &ks = kernelSet(handle);
     Tensor given = std::exchange(dxFromAbove, Tensor());
@@ -848,6 +859,7 @@ PostStepBackward *PreStepBackward::foldableLower(const KernelSet &ks) {
 }
 
 variable_list PreStepBackward::apply(variable_list &&grads) {
+  refuseDoubleBackward();
   std::lock_guard<std::mutex> lock(mutex_);
   const KernelSet &ks = kernelSet(handle);
   Tensor xv = x.unpack(), mixv = mix.unpack();
