@@ -117,6 +117,19 @@ def test_gradcheck_module(path, recompute):
     assert torch.autograd.gradcheck(f, (x, *params))
 
 
+@pytest.mark.parametrize("recompute", [False, True])
+def test_gradgradcheck_reference_backend(recompute):
+    """Double backward (create_graph=True) on the reference backend: the backward recomputes the
+    mix from x and fn instead of taking the saved one as a constant (without that,
+    gradgradcheck fails: the second order through the coefficients is lost). The cuda backend
+    has none: test_torch_native.py's test_cpp_steps_refuse_double_backward."""
+    a = make_hc(n=2, C=4, seed=0, iterations=4, recompute=recompute)
+    b = make_hc(n=2, C=4, seed=3, iterations=4, recompute=recompute)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    params = (a.fn, a.scale, a.base, b.fn, b.scale, b.base)
+    assert torch.autograd.gradgradcheck(lambda x, *p: b(a(x)), (x, *params))
+
+
 def test_gradcheck_two_layers_and_unused_output(path):
     a, b = make_hc(n=2, C=4, seed=0, iterations=4), make_hc(n=2, C=4, seed=3, iterations=4)
     x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)

@@ -141,6 +141,16 @@ class _URecompute:
         return u
 
 
+def _differentiable_mix(ctx, x, fn, mix):
+    """The saved mix, or for a backward that records a graph (create_graph=True: double
+    backward) on the reference backend the same mix computed again from x and fn: saved, it is
+    a constant there, and the second order through the coefficients would be lost. (The cuda
+    backend's kernels have no autograd: no double backward there.)"""
+    if ctx.backend == "reference" and torch.is_grad_enabled():
+        return ref.norm_project(x, fn, ctx.attrs[1])
+    return mix
+
+
 class _PreStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fn, scale, base, backend, attrs):
@@ -155,6 +165,7 @@ class _PreStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, du, dpost, dcomb, _dmix, dx_next):
         x, fn, scale, base, mix = ctx.saved_tensors
+        mix = _differentiable_mix(ctx, x, fn, mix)
         lead, (n, C) = x.shape[:-2], x.shape[-2:]
         cd = mix.dtype
         # Absent cotangents (an output nobody used) are zeros.
@@ -186,6 +197,7 @@ class _PostStep(torch.autograd.Function):
             y, x, post, comb = ctx.saved_tensors
         else:
             y, x, mix, fn, scale, base = ctx.saved_tensors
+            mix = _differentiable_mix(ctx, x, fn, mix)
             # From the saved mix: the same u/post/comb as the forward's (hc_pre is hc_pre_mixed
             # after its norm_project), without the norm_project's pass over x.
             u, post, comb = _ops(ctx.backend).hc_pre_mixed(x, mix, scale, base, *ctx.attrs)
