@@ -130,6 +130,19 @@ def test_gradgradcheck_reference_backend(recompute):
     assert torch.autograd.gradgradcheck(lambda x, *p: b(a(x)), (x, *params))
 
 
+def test_double_backward_refused_on_the_cuda_path(path):
+    """The cuda backend's steps (the mhc:: ops: 'ops') refuse create_graph=True with a clear
+    error; the reference backend differentiates twice (test_gradgradcheck_reference_backend)."""
+    hc = make_hc(n=2, C=4, iterations=4)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    if path == "reference":
+        (g,) = torch.autograd.grad(hc(x).sum(), x, create_graph=True)
+        assert g.requires_grad
+    else:
+        with pytest.raises(RuntimeError, match=r"double backward \(create_graph=True\) is not"):
+            torch.autograd.grad(hc(x).sum(), x, create_graph=True)
+
+
 def test_gradcheck_two_layers_and_unused_output(path):
     a, b = make_hc(n=2, C=4, seed=0, iterations=4), make_hc(n=2, C=4, seed=3, iterations=4)
     x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)

@@ -141,11 +141,19 @@ class _URecompute:
         return u
 
 
+def _refuse_double_backward(ctx):
+    """A backward that records a graph (create_graph=True) on the cuda backend: its kernels have
+    no autograd, so the gradients would come back without one (native.cpp refuses it alike).
+    (torch.compile traces these backwards with grad mode off.)"""
+    if ctx.backend == "cuda" and torch.is_grad_enabled():
+        raise RuntimeError("HyperConnection (cuda backend): double backward (create_graph=True) "
+                           "is not supported; mhc's backward kernels have no gradient of their own")
+
+
 def _differentiable_mix(ctx, x, fn, mix):
     """The saved mix, or for a backward that records a graph (create_graph=True: double
     backward) on the reference backend the same mix computed again from x and fn: saved, it is
-    a constant there, and the second order through the coefficients would be lost. (The cuda
-    backend's kernels have no autograd: no double backward there.)"""
+    a constant there, and the second order through the coefficients would be lost."""
     if ctx.backend == "reference" and torch.is_grad_enabled():
         return ref.norm_project(x, fn, ctx.attrs[1])
     return mix
@@ -164,6 +172,7 @@ class _PreStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, du, dpost, dcomb, _dmix, dx_next):
+        _refuse_double_backward(ctx)
         x, fn, scale, base, mix = ctx.saved_tensors
         mix = _differentiable_mix(ctx, x, fn, mix)
         lead, (n, C) = x.shape[:-2], x.shape[-2:]
@@ -193,6 +202,7 @@ class _PostStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dx_next):
+        _refuse_double_backward(ctx)
         if ctx.recompute is None:
             y, x, post, comb = ctx.saved_tensors
         else:
