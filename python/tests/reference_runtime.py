@@ -91,7 +91,8 @@ class ReferenceRuntime:
             args, results = kernels.OP_BUFFERS[op]
             buffers = [self._buffer(name, pointers[i], numels[i], T)
                        for i, name in enumerate(args + results)]
-            with torch.no_grad():
+            # Like a kernel, the op sees neither grad mode nor a caller's autocast region.
+            with torch.no_grad(), torch.autocast("cpu", enabled=False):
                 out = getattr(ref, op)(*buffers[:len(args)], *self._attributes(op))
                 out = (out,) if isinstance(out, torch.Tensor) else out
                 for into, value in zip(buffers[len(args):], out):

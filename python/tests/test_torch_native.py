@@ -993,6 +993,14 @@ def _accumulated(hcs, step, x, dout):
     return [p.grad.clone() for h in hcs for p in h.parameters()]
 
 
+def _autocast(hcs, step, x, dout):
+    t = leaf(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):     # the sublayers in bf16
+        out = step(hcs[2], step(hcs[1], step(hcs[0], t)))
+    leaves = [t] + [p for h in hcs for p in h.parameters()]
+    return [out.detach()] + list(torch.autograd.grad(out, leaves, dout))
+
+
 def _module_hooks(hcs, step, x, dout):
     handles = [h.register_full_backward_hook(lambda module, gi, go: None) for h in hcs]
     try:
@@ -1004,15 +1012,15 @@ def _module_hooks(hcs, step, x, dout):
 
 
 @pytest.mark.parametrize("idiom", [_reentrant_checkpoint, _save_on_cpu, _retain_graph_twice,
-                                   _accumulated, _module_hooks],
+                                   _accumulated, _autocast, _module_hooks],
                          ids=lambda f: f.__name__.strip("_"))
 @pytest.mark.parametrize("recompute", [False, True])
 def test_cpp_steps_in_training_idioms(reference_set, fold_switch, enable_fast_path, idiom,
                                       recompute):
     """HyperConnection.forward on the C++ path (its fast path, as on CUDA) with the dy fold on,
     in what training code does around it (reentrant checkpointing, saved tensors offloaded to
-    the CPU, two backwards through a retained graph, gradients accumulated over two steps, module
-    backward hooks): the numbers of the Python steps."""
+    the CPU, two backwards through a retained graph, gradients accumulated over two steps,
+    autocast, module backward hooks): the numbers of the Python steps."""
     torch.manual_seed(3)
     hcs = [HyperConnection(N, C, nn.Linear(C, C), backend="reference", recompute=recompute,
                            layer=i) for i in range(3)]
