@@ -1054,3 +1054,50 @@ def test_cpp_steps_refuse_double_backward(reference_set):
     out = hc._forward_native(reference_set, x, *hc._params(x))
     (g,) = torch.autograd.grad(out.sum(), x)                # first order: as always
     assert g.shape == x.shape and not g.requires_grad
+
+
+def test_eager_fold_waits_for_sharded_parameters(reference_set, fold_switch):
+    """A sharding wrapper (FSDP2, ZeRO-3) frees a block's parameters after its forward and
+    gathers them again when the gradient reaches the block's output (a hook there). Folding
+    the bottom layer's dy into the middle layer's backward would recompute the bottom layer's
+    post from its scale and base before that: the fold is declined for that pair (the middle
+    one still folds into the top one) and the numbers are the Python steps'."""
+    torch.manual_seed(4)
+    hcs = [HyperConnection(N, C, nn.Linear(C, C), backend="reference", recompute=True,
+                           layer=i) for i in range(3)]
+    x, dout = torch.randn(5, N, C), torch.randn(5, N, C)
+    bottom = (hcs[0].scale, hcs[0].base)
+    kept = [p.detach().clone() for p in bottom]
+
+    def gather(_grad):
+        with torch.no_grad():
+            for p, value in zip(bottom, kept):
+                p.untyped_storage().resize_(value.numel() * value.element_size())
+                p.data.copy_(value)          # (as the wrappers do: no version bump)
+
+    def gradients(step):
+        t = leaf(x)
+        x1 = step(hcs[0], t)
+        out = step(hcs[2], step(hcs[1], x1))
+        with torch.no_grad():
+            for p in bottom:                 # freed after the forward ...
+                p.untyped_storage().resize_(0)
+        x1.register_hook(gather)             # ... and gathered when x1's gradient is ready
+        leaves = [t] + [p for h in hcs for p in h.parameters()]
+        return [out.detach()] + list(torch.autograd.grad(out, leaves, dout))
+
+    want = gradients(lambda h, t: h(t))
+    for h in hcs:
+        h.backend = "cuda"
+    fold_switch(True)
+    native_step = lambda h, t: h._forward_native(reference_set, t, *h._params(t))  # noqa: E731
+    run_chain(hcs, reference_set, x)                     # learn the chain
+    runtime = reference_set.runtime
+    runtime.launches.clear()
+    got = gradients(native_step)
+    # the top layer folds the middle one's dy, the middle one not the bottom one's
+    assert [op for op in runtime.launches if "backward" in op] == [
+        "hc_post_backward", "hc_pre_backward_lower", "hc_joint_backward",
+        "hc_post_backward", "hc_pre_backward"]
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), (i, (g - w).abs().max().item())

@@ -738,9 +738,9 @@ struct PostStepBackward : Node {
   // as made, and this sublayer's dy), and post/comb recomputed early for it.
   Tensor dxFromAbove, dyFromAbove, readyPost, readyComb;
   uint32_t dxFromAboveVersion = 0;
-  // x as unpacked in this backward: a saved tensor is unpacked once per
+  // The saved tensors as unpacked in this backward: each is unpacked once per
   // backward (torch.utils.checkpoint's hooks refuse a second unpack).
-  Tensor unpackedX;
+  Tensor unpackedX, unpackedMix, unpackedFn, unpackedScale, unpackedBase;
 
   std::string name() const override { return "mhc::PostStepBackward"; }
 
@@ -748,9 +748,9 @@ struct PostStepBackward : Node {
     std::lock_guard<std::mutex> lock(mutex_);
     for (SavedVariable *v : {&y, &x, &post, &comb, &mix, &fn, &scale, &base})
       v->reset_data();
-    for (Tensor *t :
-         {&dxFromAbove, &dyFromAbove, &readyPost, &readyComb, &unpackedX})
+    for (Tensor *t : {&dxFromAbove, &dyFromAbove, &readyPost, &readyComb})
       *t = Tensor();
+    forgetUnpacked();
   }
 
   // This sublayer's pre_step node (the link's), when there is one.
@@ -766,9 +766,22 @@ struct PostStepBackward : Node {
            preNode() != nullptr;
   }
 
-  // For the sublayer above: this one's post (recomputed now if need be).
+  // For the sublayer above: this one's post, recomputed now if need be; none
+  // (no fold) when recomputing cannot happen yet: it reads this sublayer's
+  // scale and base (fn too without hc_pre_mixed), whose memory a sharding
+  // wrapper (FSDP, ZeRO-3) may free after the forward and gather again only
+  // when this sublayer's own backward comes.
   Tensor postForFold() {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (recompute && !readyPost.defined()) {
+      bool needFn = !hasStep(kernelSet(handle), kPreMixed);
+      for (const Tensor *p : {&once(scale, unpackedScale),
+                              &once(base, unpackedBase)})
+        if (!inMemory(*p))
+          return Tensor();
+      if (needFn && !inMemory(once(fn, unpackedFn)))
+        return Tensor();
+    }
     return coefficients().first;
   }
 
@@ -793,15 +806,17 @@ struct PostStepBackward : Node {
       // Folded: dy came from above; dpost/dcomb come from the pre step's
       // joint backward, which takes y from here.
       preNode()->join(y.unpack());
-      readyPost = readyComb = unpackedX = Tensor();
+      readyPost = readyComb = Tensor();
+      forgetUnpacked();
       foldedSteps.fetch_add(1, std::memory_order_relaxed);
       return {dy, grads[0].contiguous(), Tensor(), Tensor()};
     }
-    Tensor xv = xValue();
+    Tensor xv = once(x, unpackedX);
     Tensor dxNext =
         grads[0].defined() ? grads[0].contiguous() : at::zeros_like(xv);
     auto [postv, combv] = coefficients();
-    readyPost = readyComb = unpackedX = Tensor();
+    readyPost = readyComb = Tensor();
+    forgetUnpacked();
     auto r = runStep(ks, kPostBackward, {y.unpack(), xv, postv, combv, dxNext});
     // No gradient for x here: dx_next goes through the link to pre_step,
     // which computes all of dx. None for fnNext either: the next sublayer's
@@ -810,11 +825,25 @@ struct PostStepBackward : Node {
   }
 
 private:
-  // mutex_ held by the callers of these two.
-  const Tensor &xValue() {
-    if (!unpackedX.defined())
-      unpackedX = x.unpack();
-    return unpackedX;
+  // mutex_ held by the callers of these.
+  static const Tensor &once(SavedVariable &saved, Tensor &unpacked) {
+    if (!unpacked.defined())
+      unpacked = saved.unpack();
+    return unpacked;
+  }
+
+  void forgetUnpacked() {
+    for (Tensor *t : {&unpackedX, &unpackedMix, &unpackedFn, &unpackedScale,
+                      &unpackedBase})
+      *t = Tensor();
+  }
+
+  // Whether a tensor's elements are in memory (not a sharded parameter's
+  // freed storage or emptied data).
+  static bool inMemory(const Tensor &t) {
+    return t.numel() > 0 && t.has_storage() &&
+           t.storage().nbytes() >=
+               size_t(t.storage_offset() + t.numel()) * t.itemsize();
   }
 
   // post and comb: saved, or recomputed from the saved mix once per backward
@@ -828,8 +857,11 @@ private:
       return {readyPost, readyComb};
     }
     if (!readyPost.defined()) {
-      auto r = recomputePre(kernelSet(handle), xValue(), mix.unpack(),
-                            fn.unpack(), scale.unpack(), base.unpack(),
+      const KernelSet &ks = kernelSet(handle);
+      // fn only where hc_pre_mixed is missing (recomputePre then runs hc_pre).
+      Tensor fnv = hasStep(ks, kPreMixed) ? Tensor() : once(fn, unpackedFn);
+      auto r = recomputePre(ks, once(x, unpackedX), once(mix, unpackedMix), fnv,
+                            once(scale, unpackedScale), once(base, unpackedBase),
                             Grouping::AllButMix);
       readyPost = r[1];
       readyComb = r[2];
@@ -870,6 +902,9 @@ variable_list PreStepBackward::apply(variable_list &&grads) {
       gradOrZeros(grads[3], Shape::X, lead, ks, xv, xv.scalar_type());
   Tensor y = std::exchange(jointY, Tensor());
   PostStepBackward *lower = foldableLower(ks);
+  Tensor postLower = lower ? lower->postForFold() : Tensor();
+  if (!postLower.defined())
+    lower = nullptr;
   std::vector<Tensor> r;
   if (y.defined()) {
     // The post step launched nothing: no dpost/dcomb came (post and comb
@@ -877,8 +912,7 @@ variable_list PreStepBackward::apply(variable_list &&grads) {
     TORCH_INTERNAL_ASSERT(!grads[1].defined() && !grads[2].defined());
     if (lower)
       r = runStep(ks, kJointBackwardLower,
-                  {xv, y, fnv, scalev, basev, mixv, du, dxNext,
-                   lower->postForFold()});
+                  {xv, y, fnv, scalev, basev, mixv, du, dxNext, postLower});
     else
       r = runStep(ks, kJointBackward,
                   {xv, y, fnv, scalev, basev, mixv, du, dxNext});
@@ -893,7 +927,7 @@ variable_list PreStepBackward::apply(variable_list &&grads) {
     if (lower)
       r = runStep(ks, kPreBackwardLower,
                   {xv, fnv, scalev, basev, mixv, du, dpost, dcomb, dxNext,
-                   lower->postForFold()});
+                   postLower});
     else
       r = runStep(ks, kPreBackward,
                   {xv, fnv, scalev, basev, mixv, du, dpost, dcomb, dxNext});
