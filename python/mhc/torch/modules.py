@@ -22,7 +22,7 @@ the sublayer, so nothing outside can read it or send a gradient into it. Gradien
 from elsewhere (x used by other code) add up as usual. Tested with gradcheck (eager and
 torch.compile fullgraph) in python/tests/test_torch_modules.py. On CUDA tensors in eager mode the
 same two steps run in C++ (native.cpp's PreStep/PostStep, HyperConnection._forward_native), which
-also chain consecutive HyperConnections and, with MHC_EAGER_FOLD_DY=1, fold a sublayer's dy into
+also chain consecutive HyperConnections and (unless MHC_EAGER_FOLD_DY=0) fold a sublayer's dy into
 the backward of the one above (native.cpp explains both; the steps here do neither).
 
 Recomputation (``recompute=True``, the paper's trade of compute for activation memory)

@@ -679,8 +679,8 @@ Tensor gradOrZeros(const Tensor &g, Shape s, c10::IntArrayRef lead,
 // hc_post_backward's and hc_pre_backward's two. The results are the same
 // bits either way: the fold's kernels sum in the same order as the ones they
 // replace (checked on the H200 for the compiled fold; for this one
-// bench/check_torch_backend.py's eager_fold checks). Off unless
-// MHC_EAGER_FOLD_DY=1 until that check has run on a GPU.
+// bench/check_torch_backend.py's eager_fold, passed on an H100,
+// bench/results/session24-h100.log). MHC_EAGER_FOLD_DY=0 turns it off.
 //
 // "Nothing else reads it" is checked when A's post_step backward runs: the
 // gradient it receives must be the very tensor B's backward made, unchanged.

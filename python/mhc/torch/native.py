@@ -60,10 +60,9 @@ def mode() -> str:
 
 def fold_dy_wanted() -> bool:
     """Whether the C++ steps fold a sublayer's dy into the backward of the sublayer above
-    (native.cpp, "The dy fold in eager mode"): off unless ``MHC_EAGER_FOLD_DY=1`` until it has
-    been checked on a GPU (docs/Torch.md). Read when the module loads;
-    ``load().set_fold_dy(on)`` switches it in a running process."""
-    return os.environ.get("MHC_EAGER_FOLD_DY", "0").strip().lower() in ("1", "on", "true")
+    (native.cpp, "The dy fold in eager mode"): on unless ``MHC_EAGER_FOLD_DY=0``. Read when the
+    module loads; ``load().set_fold_dy(on)`` switches it in a running process."""
+    return os.environ.get("MHC_EAGER_FOLD_DY", "1").strip().lower() not in ("0", "off", "false")
 
 
 def build_directory() -> Path:
