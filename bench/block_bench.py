@@ -560,7 +560,7 @@ def write_results(args, argv, device, dtype, peers_error, rows, host=None):
 def _eager_folded_steps():
     """native.cpp's count of folded post steps, or None when the C++ path was not loaded."""
     native = sys.modules.get("mhc.torch.native")
-    module = native.load() if native is not None and native._MODULE is not None else None
+    module = native._MODULE if native is not None else None
     return module.folded_steps() if module is not None else None
 
 

@@ -29,6 +29,7 @@ deliberately spoiled data that must fail.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -769,7 +770,6 @@ def _split_types(text):
 
 def signature_results(text, name):
     """The result types of func @name in printed MLIR."""
-    import re
     line = re.search(r"func\.func @%s\((.*)" % re.escape(name), text).group(1)
     results = line.split(") -> ", 1)[1].rsplit(" attributes ", 1)[0].rstrip(" {")
     if results.startswith("("):

@@ -852,6 +852,26 @@ def reference_set(tmp_path, built, fold_switch):
     return _reference_set(tmp_path / "ref", built)
 
 
+def linear_stack(recompute=True, act=torch.float32):
+    """Three HyperConnections around linear sublayers on the reference backend: the Python
+    steps with the reference math, whose numbers the C++ steps must give (cpp_steps)."""
+    return [HyperConnection(N, C, nn.Linear(C, C).to(act), backend="reference",
+                            recompute=recompute, layer=i) for i in range(3)]
+
+
+def cpp_steps(hcs, ks):
+    """The same layers on the cuda backend (the chain skips a reference-backend successor);
+    returns their C++ step on kernel set ks, (h, x) -> x_next."""
+    for h in hcs:
+        h.backend = "cuda"
+    return lambda h, t: h._forward_native(ks, t, *h._params(t))
+
+
+def assert_bit_identical(got, want, *context):
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), (*context, i, (g - w).abs().max().item())
+
+
 def _stack_gradients(hcs, forward, x, dout):
     x = leaf(x)
     out = forward(x)
@@ -870,14 +890,12 @@ def test_cpp_steps_compute_what_the_python_steps_compute(tmp_path, built, fold_s
     reference_set = _reference_set(tmp_path / "ref", built, dtype)
     torch.manual_seed(0)
     act = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    hcs = [HyperConnection(N, C, nn.Linear(C, C).to(act), backend="reference",
-                           recompute=recompute, layer=i) for i in range(3)]
+    hcs = linear_stack(recompute, act)
     x = torch.randn(2, 5, N, C).to(act)
     dout = torch.randn(2, 5, N, C).to(act)
     want = _stack_gradients(hcs, lambda t: hcs[2](hcs[1](hcs[0](t))), x, dout)
     runtime = reference_set.runtime
-    for h in hcs:
-        h.backend = "cuda"      # (the chain skips a reference-backend successor)
+    cpp_steps(hcs, reference_set)
     for fold in (False, True):
         built.set_fold_dy(fold)
         run_chain(hcs, reference_set, x)                 # learn the chain
@@ -887,8 +905,7 @@ def test_cpp_steps_compute_what_the_python_steps_compute(tmp_path, built, fold_s
         folded = "hc_joint_backward" in runtime.launches
         assert folded == fold
         assert runtime.launches.count("hc_post_backward") == (1 if fold else 3)
-        for i, (g, w) in enumerate(zip(got, want)):
-            assert torch.equal(g, w), (fold, i, (g - w).abs().max().item())
+        assert_bit_identical(got, want, fold)
 
 
 @pytest.mark.parametrize("between", ["second_use", "hook", "hook_in_place"])
@@ -897,7 +914,7 @@ def test_cpp_steps_with_the_fold_declined_compute_the_same(reference_set, built,
     by a hook (a new tensor, or the same one modified in place): the bottom layer must not take
     the dy computed above from the unchanged dx; the numbers equal the Python steps'."""
     torch.manual_seed(1)
-    hcs = [HyperConnection(N, C, nn.Linear(C, C), backend="reference", layer=i) for i in range(3)]
+    hcs = linear_stack()
     x = torch.randn(6, N, C)
     dout = torch.randn(6, N, C)
     extra = torch.randn(6, N, C)
@@ -915,18 +932,15 @@ def test_cpp_steps_with_the_fold_declined_compute_the_same(reference_set, built,
         return list(torch.autograd.grad(loss, [t] + [p for h in hcs for p in h.parameters()]))
 
     want = gradients(lambda h, t: h(t))
-    for h in hcs:
-        h.backend = "cuda"
+    native_step = cpp_steps(hcs, reference_set)
     built.set_fold_dy(True)
-    native_step = lambda h, t: h._forward_native(reference_set, t, *h._params(t))  # noqa: E731
     run_chain(hcs, reference_set, x)                     # learn the chain
     runtime = reference_set.runtime
     runtime.launches.clear()
     got = gradients(native_step)
     assert runtime.launches.count("hc_joint_backward_lower") == 1    # the middle layer folded
     assert runtime.launches.count("hc_post_backward") == 2           # the bottom one did not
-    for i, (g, w) in enumerate(zip(got, want)):
-        assert torch.equal(g, w), (between, i, (g - w).abs().max().item())
+    assert_bit_identical(got, want, between)
 
 
 @pytest.mark.parametrize("recompute", [False, True])
@@ -938,8 +952,7 @@ def test_cpp_steps_under_activation_checkpointing(reference_set, built, recomput
     once), and the recomputed forward folds like the first; the numbers are the Python steps'."""
     from torch.utils.checkpoint import checkpoint
     torch.manual_seed(2)
-    hcs = [HyperConnection(N, C, nn.Linear(C, C), backend="reference", recompute=recompute,
-                           layer=i) for i in range(3)]
+    hcs = linear_stack(recompute)
     x = torch.randn(5, N, C)
     dout = torch.randn(5, N, C)
 
@@ -951,17 +964,14 @@ def test_cpp_steps_under_activation_checkpointing(reference_set, built, recomput
             out, [t] + [p for h in hcs for p in h.parameters()], dout))
 
     want = gradients(lambda h, t: h(t))
-    for h in hcs:
-        h.backend = "cuda"
+    native_step = cpp_steps(hcs, reference_set)
     built.set_fold_dy(fold)
-    native_step = lambda h, t: h._forward_native(reference_set, t, *h._params(t))  # noqa: E731
     gradients(native_step)                               # learn the chain
     runtime = reference_set.runtime
     runtime.launches.clear()
     got = gradients(native_step)
     assert runtime.launches.count("hc_post_backward") == (1 if fold else 3)
-    for i, (g, w) in enumerate(zip(got, want)):
-        assert torch.equal(g, w), (i, (g - w).abs().max().item())
+    assert_bit_identical(got, want)
 
 
 def _reentrant_checkpoint(hcs, step, x, dout):
@@ -1022,12 +1032,11 @@ def test_cpp_steps_in_training_idioms(reference_set, fold_switch, enable_fast_pa
     the CPU, two backwards through a retained graph, gradients accumulated over two steps,
     autocast, module backward hooks): the numbers of the Python steps."""
     torch.manual_seed(3)
-    hcs = [HyperConnection(N, C, nn.Linear(C, C), backend="reference", recompute=recompute,
-                           layer=i) for i in range(3)]
+    hcs = linear_stack(recompute)
     x, dout = torch.randn(5, N, C), torch.randn(5, N, C)
     want = idiom(hcs, lambda h, t: h(t), x, dout)
+    cpp_steps(hcs, reference_set)          # (run through forward's fast path below)
     for h in hcs:
-        h.backend = "cuda"
         for p in h.parameters():
             p.grad = None
     fold_switch(True)
@@ -1039,8 +1048,7 @@ def test_cpp_steps_in_training_idioms(reference_set, fold_switch, enable_fast_pa
     got = idiom(hcs, lambda h, t: h(t), x, dout)
     assert "hc_post_project" in runtime.launches         # the C++ path, chained
     assert ("hc_joint_backward" in runtime.launches) == (idiom is not _module_hooks)
-    for i, (g, w) in enumerate(zip(got, want)):
-        assert torch.equal(g, w), (i, (g - w).abs().max().item())
+    assert_bit_identical(got, want)
 
 
 def test_cpp_steps_refuse_double_backward(reference_set):
@@ -1063,8 +1071,7 @@ def test_eager_fold_waits_for_sharded_parameters(reference_set, fold_switch):
     post from its scale and base before that: the fold is declined for that pair (the middle
     one still folds into the top one) and the numbers are the Python steps'."""
     torch.manual_seed(4)
-    hcs = [HyperConnection(N, C, nn.Linear(C, C), backend="reference", recompute=True,
-                           layer=i) for i in range(3)]
+    hcs = linear_stack()
     x, dout = torch.randn(5, N, C), torch.randn(5, N, C)
     bottom = (hcs[0].scale, hcs[0].base)
     kept = [p.detach().clone() for p in bottom]
@@ -1087,10 +1094,8 @@ def test_eager_fold_waits_for_sharded_parameters(reference_set, fold_switch):
         return [out.detach()] + list(torch.autograd.grad(out, leaves, dout))
 
     want = gradients(lambda h, t: h(t))
-    for h in hcs:
-        h.backend = "cuda"
+    native_step = cpp_steps(hcs, reference_set)
     fold_switch(True)
-    native_step = lambda h, t: h._forward_native(reference_set, t, *h._params(t))  # noqa: E731
     run_chain(hcs, reference_set, x)                     # learn the chain
     runtime = reference_set.runtime
     runtime.launches.clear()
@@ -1099,5 +1104,4 @@ def test_eager_fold_waits_for_sharded_parameters(reference_set, fold_switch):
     assert [op for op in runtime.launches if "backward" in op] == [
         "hc_post_backward", "hc_pre_backward_lower", "hc_joint_backward",
         "hc_post_backward", "hc_pre_backward"]
-    for i, (g, w) in enumerate(zip(got, want)):
-        assert torch.equal(g, w), (i, (g - w).abs().max().item())
+    assert_bit_identical(got, want)

@@ -748,9 +748,8 @@ struct PostStepBackward : Node {
     std::lock_guard<std::mutex> lock(mutex_);
     for (SavedVariable *v : {&y, &x, &post, &comb, &mix, &fn, &scale, &base})
       v->reset_data();
-    for (Tensor *t : {&dxFromAbove, &dyFromAbove, &readyPost, &readyComb})
-      *t = Tensor();
-    forgetUnpacked();
+    dxFromAbove = dyFromAbove = Tensor();
+    endBackward();
   }
 
   // This sublayer's pre_step node (the link's), when there is one.
@@ -806,8 +805,7 @@ struct PostStepBackward : Node {
       // Folded: dy came from above; dpost/dcomb come from the pre step's
       // joint backward, which takes y from here.
       preNode()->join(y.unpack());
-      readyPost = readyComb = Tensor();
-      forgetUnpacked();
+      endBackward();
       foldedSteps.fetch_add(1, std::memory_order_relaxed);
       return {dy, grads[0].contiguous(), Tensor(), Tensor()};
     }
@@ -815,8 +813,7 @@ struct PostStepBackward : Node {
     Tensor dxNext =
         grads[0].defined() ? grads[0].contiguous() : at::zeros_like(xv);
     auto [postv, combv] = coefficients();
-    readyPost = readyComb = Tensor();
-    forgetUnpacked();
+    endBackward();
     auto r = runStep(ks, kPostBackward, {y.unpack(), xv, postv, combv, dxNext});
     // No gradient for x here: dx_next goes through the link to pre_step,
     // which computes all of dx. None for fnNext either: the next sublayer's
@@ -832,9 +829,11 @@ private:
     return unpacked;
   }
 
-  void forgetUnpacked() {
-    for (Tensor *t : {&unpackedX, &unpackedMix, &unpackedFn, &unpackedScale,
-                      &unpackedBase})
+  // Drops what this backward unpacked or recomputed (the next one, through a
+  // retained graph, starts afresh).
+  void endBackward() {
+    for (Tensor *t : {&readyPost, &readyComb, &unpackedX, &unpackedMix,
+                      &unpackedFn, &unpackedScale, &unpackedBase})
       *t = Tensor();
   }
 
