@@ -174,15 +174,9 @@ def test_fold_dy_in_a_compiled_stack(ops_path, monkeypatch, recompute):
     MHC_COMPILE_FOLD_DY=0 (where no fold op appears) and to eager within rounding."""
     backward_ops = []
 
-    def run_pass(record):
-        def compile_graph(gm, _):
-            chain_pass._pass_class()()(gm.graph)
-            gm.graph.lint()
-            gm.recompile()
-            if record:
-                backward_ops.append(targets(gm))
-            return make_boxed_func(gm.forward)
-        return compile_graph
+    def record(gm, backward):
+        if backward:
+            backward_ops.append(targets(gm))
 
     m = model(recompute=recompute).double()
     tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(5))
@@ -191,7 +185,7 @@ def test_fold_dy_in_a_compiled_stack(ops_path, monkeypatch, recompute):
     for fold in ("0", "1"):
         monkeypatch.setenv("MHC_COMPILE_FOLD_DY", fold)
         torch._dynamo.reset()
-        backend = aot_autograd(fw_compiler=run_pass(False), bw_compiler=run_pass(True))
+        backend = chain_pass.passes_only_backend(record)
         results.append(loss_and_grads(torch.compile(m, fullgraph=True, backend=backend), tokens))
 
     mhc = torch.ops.mhc

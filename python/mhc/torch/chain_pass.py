@@ -289,6 +289,29 @@ def _pass_class():
     return ChainHyperConnections
 
 
+def passes_only_backend(on_graph=None):
+    """A torch.compile backend that runs mhc's pass on the forward and backward graphs, as Inductor
+    would, and then runs them op by op, without Inductor's code generation. Two compiles that
+    differ in the pass (MHC_COMPILE_FOLD_DY=0/1) then differ only in what the pass did, where
+    under Inductor the code generated around the mhc ops may differ too (other fusions, reduction
+    configurations picked by timing), and with it the rounding. For checks of the pass.
+    on_graph(gm, backward: bool) sees each graph after the pass."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def compiler(backward):
+        def compile_graph(gm, _example_inputs):
+            _pass_class()()(gm.graph)
+            gm.graph.lint()
+            gm.recompile()
+            if on_graph is not None:
+                on_graph(gm, backward)
+            return make_boxed_func(gm.forward)
+        return compile_graph
+
+    return aot_autograd(fw_compiler=compiler(False), bw_compiler=compiler(True))
+
+
 def install():
     """Makes mhc's pass Inductor's post-grad custom pre-pass (keeping one already set, which runs
     first). Idempotent. Imports Inductor."""
