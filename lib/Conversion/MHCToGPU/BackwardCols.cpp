@@ -121,6 +121,27 @@ SmallVector<ColsKernelBuilder::TileLoad> ColsKernelBuilder::tileLoads() {
   rows(arg(p.x), xS, n, tilePitch());
   rows(arg(p.dout), doutS, n, tilePitch());
   rows(arg(p.du), duS, 1, duPitch());
+  // The dy fold: the lower sublayer's post of the tile's tokens, beside
+  // their records.
+  if (Value postLower = arg(p.postLower))
+    unrolled(TT * n, [&](Value e, Value inRange) {
+      Value t = div(e, n), j = rem(e, n);
+      auto load = [this, t, j, n, TT, postLower](Value tile, Value live) {
+        Value token = add(mul(tile, ci(TT)), t);
+        Value ok = band(live, ult(token, T));
+        return f32OrZero(ok, [&]() {
+          return ld(postLower, add(mul(token, ci(n)), j));
+        });
+      };
+      auto loadWhole = [this, t, j, n, TT, postLower](Value tile) {
+        Value token = add(mul(tile, ci(TT)), t);
+        return ld(postLower, add(mul(token, ci(n)), j));
+      };
+      auto store = [this, t, j](Value v) {
+        st(v, recS, add(mul(t, ci(recPitch(p))), add(ci(recPostLower(p)), j)));
+      };
+      return TileLoad{inRange, load, loadWhole, store, f32};
+    });
   return items;
 }
 
@@ -462,11 +483,11 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
       Value t = div(item, NV), sc = mul(rem(item, NV), ci(acts.vec));
       Value token = add(tok0, t);
       Value live = ult(token, T);
-      Value postRow = mul(select(live, token, ci(0)), ci(n));
+      SmallVector<Value> posts = recs(t, ci(M + recPostLower(p)), n);
       Value dy;
       for (int64_t si = 0; si < n; ++si) {
         Value v = storeDxVector(t, ci(si), sc, token, guarded);
-        Value post = splat(ld(arg(p.postLower), add(postRow, ci(si))), vecF32());
+        Value post = splat(posts[si], vecF32());
         dy = si == 0 ? fmul(post, toF32(v)) : fma(post, toF32(v), dy);
       }
       Value row = mul(token, ci(p.C));

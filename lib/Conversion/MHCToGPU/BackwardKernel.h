@@ -161,9 +161,14 @@ struct ColsKernelBuilder : KernelBuilder {
   static int64_t dmRows(const BackwardPlan &p) { return mixSteps(p) * 16; }
   static int64_t dmPitch(const Schedule &s) { return s.tileTokens + 8; }
   /// What the record holds after dm: comb, pre, 2 dS; padded to whole
-  /// 16-byte vectors (comb's rows and pre are loaded as vectors).
-  static int64_t recPitch(const BackwardPlan &p) {
+  /// 16-byte vectors (comb's rows and pre are loaded as vectors); with the
+  /// dy fold, then the lower sublayer's post (staged with the record, so
+  /// that its loads overlap the products instead of the dx stores).
+  static int64_t recPostLower(const BackwardPlan &p) {
     return (p.recordWidth() - p.M() + 3) / 4 * 4;
+  }
+  static int64_t recPitch(const BackwardPlan &p) {
+    return (recPostLower(p) + (p.postLower ? p.n : 0) + 3) / 4 * 4;
   }
   int64_t tilePitch() const { return tilePitch(p, s); }
   int64_t duPitch() const { return duPitch(s); }

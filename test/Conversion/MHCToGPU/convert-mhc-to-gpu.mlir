@@ -267,13 +267,17 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // The dy fold (hc_joint_backward_lower): the sublayer's own dy is unused, so
 // its rows kernel stores none (x, dout, y, du in; mix, scale, base; the
 // record and partials out), and the cols kernel takes the lower sublayer's
-// post (f32) and writes its dy: per token and vector of columns, dx of each
-// stream as stored, times post_lower[j], summed in the rows kernel's order.
+// post (f32) and writes its dy. post_lower is staged with the tile's records
+// (their rows padded from 24 to 28 floats: 32 x 28), loaded a tile ahead like
+// them; per token and vector of columns the store loop reads it from shared
+// memory and sums dx of each stream as stored times post_lower[j] in the rows
+// kernel's order.
 // BWD:     gpu.func @mhc_backward_3_rows(%arg0: index, %arg1: memref<?xbf16>, %arg2: memref<?xbf16>, %arg3: memref<?xbf16>, %arg4: memref<?xbf16>, %arg5: memref<?xf32>, %arg6: memref<?xf32>, %arg7: memref<?xf32>, %arg8: memref<?xf32>, %arg9: memref<?xf32>)
-// BWD:     gpu.func @mhc_backward_3_cols(%arg0: index, %arg1: memref<?xbf16>, %arg2: memref<?xbf16>, %arg3: memref<?xbf16>, %arg4: memref<?xf32>, %arg5: memref<?xf32>, %arg6: memref<?xbf16>, %arg7: memref<?xf32>, %arg8: memref<?xf32>, %arg9: memref<?xbf16>)
+// BWD:     gpu.func @mhc_backward_3_cols(%arg0: index, %arg1: memref<?xbf16>, %arg2: memref<?xbf16>, %arg3: memref<?xbf16>, %arg4: memref<?xf32>, %arg5: memref<?xf32>, %arg6: memref<?xbf16>, %arg7: memref<?xf32>, %arg8: memref<?xf32>, %arg9: memref<?xbf16>) workgroup(%[[REC:.*]] : memref<896xf32, #gpu.address_space<workgroup>>
+// BWD:       memref.load %arg8[%{{.*}}] : memref<?xf32>
+// BWD:       %[[POSTS:.*]] = vector.load %[[REC]][%{{.*}}] {alignment = 16 : i64} : memref<896xf32, #gpu.address_space<workgroup>>, vector<4xf32>
 // BWD:       %[[DX0:.*]] = vector.load %{{.*}} : memref<8448xbf16, #gpu.address_space<workgroup>>, vector<8xbf16>
 // BWD:       vector.store %[[DX0]], %arg6
-// BWD:       memref.load %arg8[%{{.*}}] : memref<?xf32>
 // BWD:       arith.mulf
 // BWD-COUNT-3: math.fma
 // BWD:       vector.store %{{.*}}, %arg9[%{{.*}}] {alignment = 16 : i64} : memref<?xbf16>, vector<8xbf16>
