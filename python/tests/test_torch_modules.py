@@ -143,6 +143,18 @@ def test_double_backward_refused_on_the_cuda_path(path):
             torch.autograd.grad(hc(x).sum(), x, create_graph=True)
 
 
+def test_double_backward_refused_when_compiled(ops_path):
+    """Compiled, the cuda backend's backward is AOT autograd's: create_graph=True gives a
+    gradient with a graph, and differentiating that refuses with PyTorch's error (not a silently
+    wrong second order)."""
+    hc = make_hc(n=2, C=4, iterations=4)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    torch._dynamo.reset()
+    (g,) = torch.autograd.grad(torch.compile(hc, fullgraph=True)(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not currently support double backward"):
+        g.sum().backward()
+
+
 def test_gradcheck_two_layers_and_unused_output(path):
     a, b = make_hc(n=2, C=4, seed=0, iterations=4), make_hc(n=2, C=4, seed=3, iterations=4)
     x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
