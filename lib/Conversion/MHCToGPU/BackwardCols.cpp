@@ -61,18 +61,25 @@ SmallVector<ColsKernelBuilder::TileLoad> ColsKernelBuilder::tileLoads() {
       items.push_back(place(item, inRange));
     }
   };
-  // The records of the tile's tokens (f32).
-  unrolled(TT * P, [&](Value e, Value inRange) {
-    Value t = div(e, P), col = rem(e, P);
-    auto load = [this, t, col, TT, P](Value tile, Value live) {
+  // Element `col` of token t's row of `width` f32 in `src` (0 past T), to
+  // `store`.
+  auto f32Row = [&](Value src, int64_t width, Value t, Value col, Value inRange,
+                    std::function<void(Value)> store) {
+    auto load = [this, src, width, t, col, TT](Value tile, Value live) {
       Value token = add(mul(tile, ci(TT)), t);
       Value ok = band(live, ult(token, T));
-      return f32OrZero(ok, [&]() { return ld(record, add(mul(token, ci(P)), col)); });
+      return f32OrZero(
+          ok, [&]() { return ld(src, add(mul(token, ci(width)), col)); });
     };
-    auto loadWhole = [this, t, col, TT, P](Value tile) {
+    auto loadWhole = [this, src, width, t, col, TT](Value tile) {
       Value token = add(mul(tile, ci(TT)), t);
-      return ld(record, add(mul(token, ci(P)), col));
+      return ld(src, add(mul(token, ci(width)), col));
     };
+    return TileLoad{inRange, load, loadWhole, std::move(store), f32};
+  };
+  // The records of the tile's tokens.
+  unrolled(TT * P, [&](Value e, Value inRange) {
+    Value t = div(e, P), col = rem(e, P);
     auto store = [this, t, col, M](Value v) {
       emitIf(ult(col, M), [&]() {
         auto [hi, lo] = headAndRemainder(v);
@@ -84,7 +91,7 @@ SmallVector<ColsKernelBuilder::TileLoad> ColsKernelBuilder::tileLoads() {
         st(v, recS, add(mul(t, ci(recPitch(p))), sub(col, ci(M))));
       });
     };
-    return TileLoad{inRange, load, loadWhole, store, f32};
+    return f32Row(record, P, t, col, inRange, store);
   });
   // Rows of NV vectors: `rowsPerToken` rows per token from `src` into `dst`
   // at row pitch `pitch` (a token's rows side by side).
@@ -126,21 +133,10 @@ SmallVector<ColsKernelBuilder::TileLoad> ColsKernelBuilder::tileLoads() {
   if (Value postLower = arg(p.postLower))
     unrolled(TT * n, [&](Value e, Value inRange) {
       Value t = div(e, n), j = rem(e, n);
-      auto load = [this, t, j, n, TT, postLower](Value tile, Value live) {
-        Value token = add(mul(tile, ci(TT)), t);
-        Value ok = band(live, ult(token, T));
-        return f32OrZero(ok, [&]() {
-          return ld(postLower, add(mul(token, ci(n)), j));
-        });
-      };
-      auto loadWhole = [this, t, j, n, TT, postLower](Value tile) {
-        Value token = add(mul(tile, ci(TT)), t);
-        return ld(postLower, add(mul(token, ci(n)), j));
-      };
       auto store = [this, t, j](Value v) {
         st(v, recS, add(mul(t, ci(recPitch(p))), add(ci(recPostLower(p)), j)));
       };
-      return TileLoad{inRange, load, loadWhole, store, f32};
+      return f32Row(postLower, n, t, j, inRange, store);
     });
   return items;
 }
