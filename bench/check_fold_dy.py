@@ -22,12 +22,15 @@ the pass) as a model is trained; then the code Inductor generates around the mhc
 between the two compiles (other fusions; reduction configurations picked by timing on the
 device) and with it the rounding of any gradient -- seen on an H200 and an H100 with the same
 kernels passing and failing by turns (twenty-fifth session): compare with a --tolerance there.
+The ops each mode calls are counted from the backward graphs (passes) or profiled (inductor).
+--smoke runs the passes mode on the CPU at tiny sizes, where the ops are the reference math (CI).
 """
 import argparse
 import collections
 import json
 import os
 import sys
+import time
 
 import torch
 
@@ -52,7 +55,8 @@ def mhc_op_calls(f, x, grad, leaves):
     """How often the profiled step called each mhc:: op (dispatcher records)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         step(f, x, grad, leaves)
-        torch.cuda.synchronize()
+        if x.is_cuda:
+            torch.cuda.synchronize()
     counts = collections.Counter(e.name.removeprefix("mhc::") for e in prof.events()
                                  if e.name.startswith("mhc::"))
     return dict(sorted(counts.items()))
@@ -61,12 +65,17 @@ def mhc_op_calls(f, x, grad, leaves):
 def median_ms(f, x, grad, leaves, reps=10):
     times = []
     for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        step(f, x, grad, leaves)
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
+        if x.is_cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            step(f, x, grad, leaves)
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            start = time.perf_counter()
+            step(f, x, grad, leaves)
+            times.append((time.perf_counter() - start) * 1e3)
     return sorted(times)[len(times) // 2]
 
 
@@ -83,12 +92,29 @@ def main(argv=None):
     p.add_argument("--compiler", choices=("passes", "inductor"), default="passes",
                    help="passes: mhc's pass without Inductor's code generation (bit-identity "
                         "holds); inductor: as trained (see above)")
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU, tiny sizes, where the mhc:: ops run the reference math: the script "
+                        "works end to end (what CI runs); no kernel is checked")
     args = p.parse_args(argv)
+    if args.smoke:
+        from mhc.torch import modules
+        modules.resolve_backend = lambda *a: "cuda"   # the mhc:: ops, on the CPU (as the tests do)
+        args.C, args.seq = 256, 16
     import torch._inductor.config as inductor_config
     inductor_config.fx_graph_cache = False       # each compile must run the pass
     from mhc.torch import chain_pass
-    backend = chain_pass.passes_only_backend() if args.compiler == "passes" else "inductor"
-    dev, dtype = torch.device("cuda"), torch.bfloat16
+    backward_graph_ops = []    # --compiler passes: the mhc ops of each backward graph compiled
+
+    def count_backward_ops(gm, backward):
+        if backward:
+            backward_graph_ops.append(dict(sorted(collections.Counter(
+                str(node.target).removeprefix("mhc.").removesuffix(".default")
+                for node in gm.graph.nodes
+                if node.op == "call_function" and str(node.target).startswith("mhc.")).items())))
+
+    backend = (chain_pass.passes_only_backend(count_backward_ops) if args.compiler == "passes"
+               else "inductor")
+    dev, dtype = torch.device("cpu" if args.smoke else "cuda"), torch.bfloat16
     torch.manual_seed(0)
     sub = bb.Blocks(args.blocks, args.C, 128, dtype, dev)
     h = torch.randn(args.batch, args.seq, args.C, device=dev, dtype=dtype)
@@ -101,7 +127,11 @@ def main(argv=None):
         torch._dynamo.reset()
         compiled = torch.compile(f, fullgraph=True, backend=backend)
         out, grads = step(compiled, x, grad, leaves)
-        rows[fold] = dict(out=out, grads=grads, calls=mhc_op_calls(compiled, x, grad, leaves),
+        # The ops the step calls: with --compiler passes those of its backward graph (the
+        # profiler misses some custom ops run from an FX graph on the CPU), else as profiled.
+        calls = (backward_graph_ops[-1] if args.compiler == "passes"
+                 else mhc_op_calls(compiled, x, grad, leaves))
+        rows[fold] = dict(out=out, grads=grads, calls=calls,
                           ms=median_ms(compiled, x, grad, leaves))
     on, off = rows["1"], rows["0"]
     def relerr(a, b):
@@ -119,7 +149,8 @@ def main(argv=None):
     got_on = {op: n for op, n in on["calls"].items() if op in BACKWARD_OPS}
     got_off = {op: n for op, n in off["calls"].items() if op in BACKWARD_OPS}
     ok = same_out and not differing and got_on == want_on and got_off == want_off
-    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, C=args.C,
+    device_name = torch.cuda.get_device_name() if dev.type == "cuda" else str(dev)
+    result = dict(device=device_name, torch=torch.__version__, C=args.C,
                   blocks=args.blocks, tokens=args.batch * args.seq, leaves=len(leaves),
                   compiler=args.compiler,
                   tolerance=args.tolerance, same_output=same_out, differing_leaves=differing,

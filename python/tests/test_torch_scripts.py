@@ -107,6 +107,17 @@ def test_check_torch_backend_smoke(tmp_path):
     assert "hc_pre_backward[0]" in checks and "module_recompute.dfn" in checks
 
 
+def test_check_fold_dy_smoke(tmp_path):
+    """The compiled stack's fold check (mhc's pass without Inductor) on the CPU: with the fold and
+    without, bit-identical, and the backward graphs hold the ops the fold should leave."""
+    out = tmp_path / "fold.json"
+    text = run("bench/check_fold_dy.py", "--smoke", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["ok"] and result["compiler"] == "passes", text[-2000:]
+    assert result["calls_fold"]["hc_joint_backward_lower"] == 2
+    assert result["calls_no_fold"] == {"hc_post_backward": 4, "hc_pre_backward": 4}
+
+
 def test_torch_compile_depth(tmp_path):
     """The whole example model compiled at four blocks: no implicit fallback for the mhc ops
     (inductor_fallbacks), compiled equal to eager within float rounding."""
