@@ -43,6 +43,15 @@ BACKWARD_OPS = ("hc_post_backward", "hc_pre_backward", "hc_pre_backward_lower",
                 "hc_joint_backward", "hc_joint_backward_lower")
 
 
+def stack(blocks, C, batch, seq, dev, dtype):
+    """The checked stack (seed 0): (f, its input x, the output cotangent, the leaves)."""
+    torch.manual_seed(0)
+    sub = bb.Blocks(blocks, C, 128, dtype, dev)
+    h = torch.randn(batch, seq, C, device=dev, dtype=dtype)
+    x, f = bb.mhc_variant(sub, h, "cuda", recompute=True)
+    return f, x, torch.randn_like(f(x)), bb.leaves(f, x, sub)
+
+
 def step(f, x, grad, leaves):
     for t in leaves:
         t.grad = None
@@ -115,12 +124,7 @@ def main(argv=None):
     backend = (chain_pass.passes_only_backend(count_backward_ops) if args.compiler == "passes"
                else "inductor")
     dev, dtype = torch.device("cpu" if args.smoke else "cuda"), torch.bfloat16
-    torch.manual_seed(0)
-    sub = bb.Blocks(args.blocks, args.C, 128, dtype, dev)
-    h = torch.randn(args.batch, args.seq, args.C, device=dev, dtype=dtype)
-    x, f = bb.mhc_variant(sub, h, "cuda", recompute=True)
-    leaves = bb.leaves(f, x, sub)
-    grad = torch.randn_like(f(x))
+    f, x, grad, leaves = stack(args.blocks, args.C, args.batch, args.seq, dev, dtype)
     rows = {}
     for fold in ("1", "0"):
         os.environ["MHC_COMPILE_FOLD_DY"] = fold

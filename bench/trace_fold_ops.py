@@ -24,7 +24,6 @@ import torch
 sys.path[:0] = ["python", "bench"]
 os.environ["MHC_CACHE"] = sys.argv[1]
 from mhc.torch import kernels as K  # noqa: E402
-import block_bench as bb  # noqa: E402
 import check_fold_dy as cf  # noqa: E402
 
 OTHER_ROOT = Path(sys.argv[2])        # a cache root (KernelKey.folder adds version/chip/name)
@@ -33,7 +32,11 @@ FOLD_OPS = ("hc_joint_backward_lower", "hc_pre_backward_lower")
 orig_run = K.KernelSet.run
 other_sets = {}
 watch = []          # (name, tensor, copy)
-log = []
+
+
+def copies(args):
+    """The arguments with every tensor copied."""
+    return [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
 
 
 def describe(a):
@@ -67,10 +70,10 @@ def bisect(mine, other, op, snap, out, first):
     for i, s in enumerate(snap):
         if not isinstance(s, torch.Tensor) or not s.is_floating_point():
             continue
-        alt = list(s2.clone() if isinstance(s2, torch.Tensor) else s2 for s2 in snap)
+        alt = copies(snap)
         alt[i] = (torch.rand_like(s.float()) * 0.5 + 0.25).to(s.dtype)
         r2 = orig_run(mine, op, *alt)
-        r1 = orig_run(other, op, *[t.clone() if isinstance(t, torch.Tensor) else t for t in alt])
+        r1 = orig_run(other, op, *copies(alt))
         torch.cuda.synchronize()
         print(f"      arg {i} replaced by random: results equal {[torch.equal(a, b) for a, b in zip(r2, r1)]}")
     print("      nonfinite per argument:", [(~torch.isfinite(s)).sum().item() if isinstance(s, torch.Tensor)
@@ -81,7 +84,7 @@ def traced(self, op, *args, stream=0):
     plan = self.plans[op]
     n = plan.n_args
     torch.cuda.synchronize()
-    snap = [a.clone() if isinstance(a, torch.Tensor) else a for a in args[:n]]
+    snap = copies(args[:n])
     out = orig_run(self, op, *args, stream=stream)
     torch.cuda.synchronize()
     rec = dict(op=op, T=K.x_argument(op, args).numel() // (self.key.n * self.key.C))
@@ -95,10 +98,8 @@ def traced(self, op, *args, stream=0):
         if other is None:
             other = other_sets[self.key] = K.KernelSet(self.key.folder(OTHER_ROOT), self.key,
                                                  runtime=self.runtime)
-        again = orig_run(self, op, *[s.clone() if isinstance(s, torch.Tensor) else s
-                                     for s in snap], stream=stream)
-        first = orig_run(other, op, *[s.clone() if isinstance(s, torch.Tensor) else s
-                                   for s in snap], stream=stream)
+        again = orig_run(self, op, *copies(snap), stream=stream)
+        first = orig_run(other, op, *copies(snap), stream=stream)
         torch.cuda.synchronize()
         rec["same_again"] = [torch.equal(a, b) for a, b in zip(out, again)]
         rec["same_as_other"] = [torch.equal(a, b) for a, b in zip(out, first)]
@@ -110,20 +111,13 @@ def traced(self, op, *args, stream=0):
     print(("!! " if bad else "   ") + str({k: v for k, v in rec.items() if k != "args"}))
     if bad or op in FOLD_OPS:
         print("      args:", rec["args"])
-    log.append(rec)
     return out
 
 
 def main():
     import torch._inductor.config as inductor_config
     inductor_config.fx_graph_cache = False
-    dev, dtype = torch.device("cuda"), torch.bfloat16
-    torch.manual_seed(0)
-    sub = bb.Blocks(2, 4096, 128, dtype, dev)
-    h = torch.randn(1, 1024, 4096, device=dev, dtype=dtype)
-    x, f = bb.mhc_variant(sub, h, "cuda", recompute=True)
-    leaves = bb.leaves(f, x, sub)
-    grad = torch.randn_like(f(x))
+    f, x, grad, leaves = cf.stack(2, 4096, 1, 1024, torch.device("cuda"), torch.bfloat16)
     watch.extend((f"leaf{i}", t, t.detach().clone()) for i, t in enumerate(leaves))
     rows = {}
     for fold in ("1", "0"):
