@@ -23,6 +23,12 @@ between the two compiles (other fusions; reduction configurations picked by timi
 device) and with it the rounding of any gradient -- seen on an H200 and an H100 with the same
 kernels passing and failing by turns (twenty-fifth session): compare with a --tolerance there.
 The ops each mode calls are counted from the backward graphs (passes) or profiled (inductor).
+Deterministic algorithms are on (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG):
+PyTorch's flash-attention backward accumulates dq with atomics by default, so two steps of one
+compile may differ in the last bit of a gradient (blocks.0.wqkv's, by 1e-11 normwise, on an H100
+in the twenty-sixth session) -- the block's own noise, not the fold's. --nondeterministic leaves
+PyTorch's defaults. Either way each compile runs its step twice: a leaf whose gradient differs
+between the two is reported as the block's own nondeterminism (repeat_differing_leaves).
 --smoke runs the passes mode on the CPU at tiny sizes, where the ops are the reference math (CI).
 """
 import argparse
@@ -101,6 +107,9 @@ def main(argv=None):
     p.add_argument("--compiler", choices=("passes", "inductor"), default="passes",
                    help="passes: mhc's pass without Inductor's code generation (bit-identity "
                         "holds); inductor: as trained (see above)")
+    p.add_argument("--nondeterministic", action="store_true",
+                   help="leave PyTorch's default (nondeterministic) algorithms, e.g. flash "
+                        "attention's atomic dq (see above)")
     p.add_argument("--smoke", action="store_true",
                    help="CPU, tiny sizes, where the mhc:: ops run the reference math: the script "
                         "works end to end (what CI runs); no kernel is checked")
@@ -109,6 +118,10 @@ def main(argv=None):
         from mhc.torch import modules
         modules.resolve_backend = lambda *a: "cuda"   # the mhc:: ops, on the CPU (as the tests do)
         args.C, args.seq = 256, 16
+    if not args.nondeterministic:
+        # Before the first cuBLAS call: its handles read the workspace setting when created.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     import torch._inductor.config as inductor_config
     inductor_config.fx_graph_cache = False       # each compile must run the pass
     from mhc.torch import chain_pass
@@ -131,11 +144,12 @@ def main(argv=None):
         torch._dynamo.reset()
         compiled = torch.compile(f, fullgraph=True, backend=backend)
         out, grads = step(compiled, x, grad, leaves)
+        _, grads_again = step(compiled, x, grad, leaves)
         # The ops the step calls: with --compiler passes those of its backward graph (the
         # profiler misses some custom ops run from an FX graph on the CPU), else as profiled.
         calls = (backward_graph_ops[-1] if args.compiler == "passes"
                  else mhc_op_calls(compiled, x, grad, leaves))
-        rows[fold] = dict(out=out, grads=grads, calls=calls,
+        rows[fold] = dict(out=out, grads=grads, again=grads_again, calls=calls,
                           ms=median_ms(compiled, x, grad, leaves))
     on, off = rows["1"], rows["0"]
     def relerr(a, b):
@@ -146,6 +160,10 @@ def main(argv=None):
               for a, b in zip(on["grads"], off["grads"])]
     differing = [i for i, (a, b, e) in enumerate(zip(on["grads"], off["grads"], errors))
                  if (a is None) != (b is None) or (e is not None and e > args.tolerance)]
+    # Two steps of one compile: what differs there is the block's own nondeterminism.
+    repeat_differing = sorted({i for row in (on, off)
+                               for i, (a, b) in enumerate(zip(row["grads"], row["again"]))
+                               if a is not None and b is not None and not torch.equal(a, b)})
     k = 2 * args.blocks
     want_on = {"hc_post_backward": 1, "hc_pre_backward_lower": 1,
                "hc_joint_backward_lower": k - 2, "hc_joint_backward": 1}
@@ -156,7 +174,8 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name() if dev.type == "cuda" else str(dev)
     result = dict(device=device_name, torch=torch.__version__, C=args.C,
                   blocks=args.blocks, tokens=args.batch * args.seq, leaves=len(leaves),
-                  compiler=args.compiler,
+                  compiler=args.compiler, deterministic=not args.nondeterministic,
+                  repeat_differing_leaves=repeat_differing,
                   tolerance=args.tolerance, same_output=same_out, differing_leaves=differing,
                   leaf_errors=errors,
                   calls_fold=on["calls"], calls_no_fold=off["calls"],
@@ -164,6 +183,9 @@ def main(argv=None):
     print(f"output within {args.tolerance:g}: {same_out}; leaves whose gradient differs by more: "
           f"{differing or 'none'} (of {len(leaves)}; worst "
           f"{max(e for e in errors if e is not None):.3g})")
+    if repeat_differing:
+        print(f"leaves whose gradient differs between two steps of one compile: "
+              f"{repeat_differing} (the block's own nondeterminism, not the fold's)")
     print(f"backward ops with the fold: {got_on} (want {want_on})")
     print(f"backward ops without it:    {got_off} (want {want_off})")
     print(f"step: {on['ms']:.2f} ms with the fold, {off['ms']:.2f} ms without "

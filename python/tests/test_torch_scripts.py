@@ -114,8 +114,34 @@ def test_check_fold_dy_smoke(tmp_path):
     text = run("bench/check_fold_dy.py", "--smoke", "--json", str(out))
     result = json.loads(out.read_text())
     assert result["ok"] and result["compiler"] == "passes", text[-2000:]
+    assert result["deterministic"] and result["repeat_differing_leaves"] == []
     assert result["calls_fold"]["hc_joint_backward_lower"] == 2
     assert result["calls_no_fold"] == {"hc_post_backward": 4, "hc_pre_backward": 4}
+
+
+def test_check_fold_dy_names_a_nondeterministic_block(tmp_path):
+    """A block whose gradient changes from step to step (as flash attention's atomic dq does on
+    a GPU) fails the check, and the report names it as the block's own nondeterminism (two steps
+    of one compile differ), not the fold's. The noise is a hook on leaf 1's gradient."""
+    out = tmp_path / "fold.json"
+    script = f"""
+import sys, torch
+sys.path.insert(0, "bench")
+import check_fold_dy
+real_stack = check_fold_dy.stack
+def noisy_stack(*args):
+    f, x, grad, leaves = real_stack(*args)
+    leaves[1].register_hook(lambda g: g + torch.rand_like(g) * 1e-6)
+    return f, x, grad, leaves
+check_fold_dy.stack = noisy_stack
+sys.exit(check_fold_dy.main(["--smoke", "--json", {str(out)!r}]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["repeat_differing_leaves"] == [1] and result["differing_leaves"] == [1]
+    assert "the block's own nondeterminism" in proc.stdout
 
 
 def test_torch_compile_depth(tmp_path):
