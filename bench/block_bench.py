@@ -609,6 +609,9 @@ def main(argv=None):
     providers = [q for q in args.providers.split(",") if q]
     rows = []
     for C in Cs:
+        # Each width compiles afresh: what Dynamo kept from the last one (guards, recompile
+        # counts) made Liger's autograd.Function fail to trace at the second C (26th session).
+        torch._dynamo.reset()
         torch.manual_seed(0)
         sub = Blocks(args.blocks, C, args.head_dim, dtype, device)
         h = torch.randn(args.batch, args.seq, C, device=device, dtype=dtype, requires_grad=True)
