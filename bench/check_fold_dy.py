@@ -18,10 +18,11 @@ without it. Also times both steps (CUDA events, median).
 --compiler passes (the default) compiles with chain_pass.passes_only_backend: mhc's pass on the
 captured graphs, run op by op, so that the two compiles differ only in what the fold did.
 --compiler inductor compiles with Inductor (its FX graph cache off, so that each compile runs
-the pass) as a model is trained; then the code Inductor generates around the mhc ops may differ
-between the two compiles (other fusions; reduction configurations picked by timing on the
-device) and with it the rounding of any gradient -- seen on an H200 and an H100 with the same
-kernels passing and failing by turns (twenty-fifth session): compare with a --tolerance there.
+the pass) as a model is trained; the code Inductor generates around the mhc ops could in
+principle differ between the two compiles (other fusions, reduction configurations picked by
+timing), but with deterministic algorithms both modes were bit-identical on an H100 (twenty-sixth
+session; the failures by turns that the twenty-fifth session put down to Inductor were the
+flash-attention atomics below). --tolerance allows a relative error per leaf where needed.
 The ops each mode calls are counted from the backward graphs (passes) or profiled (inductor).
 Deterministic algorithms are on (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG):
 PyTorch's flash-attention backward accumulates dq with atomics by default, so two steps of one

@@ -13,7 +13,9 @@ the fold and without, on the kernel cache SET_ROOT; every mhc op launched throug
     argument by random values changes that.
 Then the output and gradients with the fold against those without it (as check_fold_dy.py
 --compiler inductor). Written to find why the staged fold failed that check (twenty-fifth session,
-session25.log call 1): its ops matched the first version's on every call.
+session25.log call 1): its ops matched the first version's on every call. It runs with
+PyTorch's default algorithms, whose flash-attention backward is not deterministic: the cause of
+that failure, found in the twenty-sixth session (check_fold_dy.py turns them on).
 """
 import os
 import sys
