@@ -578,8 +578,8 @@ def main(argv=None):
                    help="blocks in a row, each with its own weights (a model's stack: mhc.torch "
                         "chains the sublayers; overheads are over as many plain blocks)")
     p.add_argument("--modes", default="eager,compile", help="comma list of eager, compile")
-    p.add_argument("--mhc-backend", default="auto", choices=("auto", "cuda", "reference"),
-                   help="mhc.torch backend of the mHC rows (auto: cuda where its kernels are cached, else reference)")
+    p.add_argument("--mhc-backend", default="auto", choices=("auto", "cuda", "ops", "reference"),
+                   help="mhc.torch backend of the mHC rows (auto: cuda where its kernels are cached, else reference; ops: the mhc:: ops on any device)")
     p.add_argument("--peers", default=".peers", help="folder with load.py, or 'none'")
     p.add_argument("--providers", default="torch_eager,te_triton,liger_triton,tk_tilelang",
                    help="peer implementations to time (comma list of load.py's providers; '' for none)")

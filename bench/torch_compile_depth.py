@@ -7,7 +7,7 @@ A byte-level model as in docs/Torch.md's example (embedding, Expand, `2 x blocks
 HyperConnections around pre-norm SwiGLU-style FFNs, Head, output layer; n = 4, C = 32, 2 x 16
 tokens), compiled whole with torch.compile(fullgraph=True): prints the first compiled step's time
 (forward + backward, including compilation), how many "implicit fallback" messages Inductor logged
-and the largest difference from eager. Runs on the CPU with the cuda backend's graph (the mhc ops;
+and the largest difference from eager. Runs on the CPU with backend="ops" (the mhc ops' graph;
 their CPU implementation is the reference math), with Inductor's INFO log on, where the message
 of an implicit fallback is built (torch 2.11 builds it always): mhc.torch.inductor_fallbacks is
 what keeps compile time linear in depth. --no-fallbacks turns that registration off, to see the
@@ -27,7 +27,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import mhc.torch as mt  # noqa: E402
-from mhc.torch import inductor_fallbacks, modules  # noqa: E402
+from mhc.torch import inductor_fallbacks  # noqa: E402
 
 N, C, VOCAB = 4, 32, 256
 
@@ -45,7 +45,7 @@ class Model(nn.Module):
     def __init__(self, blocks):
         super().__init__()
         self.embed, self.expand = nn.Embedding(VOCAB, C), mt.Expand(N)
-        self.hcs = nn.ModuleList(mt.HyperConnection(N, C, FFN(), layer=i)
+        self.hcs = nn.ModuleList(mt.HyperConnection(N, C, FFN(), layer=i, backend="ops")
                                  for i in range(2 * blocks))
         self.exit, self.out = mt.Head(N, C), nn.Linear(C, VOCAB)
 
@@ -72,7 +72,6 @@ def main(argv=None) -> int:
     p.add_argument("--no-fallbacks", action="store_true",
                    help="do not register the mhc ops' Inductor fallbacks (the slow path)")
     args = p.parse_args(argv)
-    modules.resolve_backend = lambda *a: "cuda"      # the mhc ops' graph, on the CPU
     if args.no_fallbacks:
         inductor_fallbacks.register_if_compiling = lambda: None
     log = logging.getLogger("torch._inductor.graph")

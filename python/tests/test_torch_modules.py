@@ -375,6 +375,31 @@ def test_bad_module_inputs():
         mt.HyperConnection(N, C, Tanh(C), backend="cuda")(torch.randn(2, N, C))
 
 
+def test_ops_backend_runs_the_custom_ops_anywhere():
+    """backend='ops' (public, no patching): the mhc:: ops on the CPU, where they run the reference
+    math -- the values of backend='reference', and a compiled graph of one node per op."""
+    x = torch.randn(3, N, C, dtype=torch.float64)
+    results = {}
+    for backend in ("reference", "ops"):
+        hc = make_hc()
+        hc.backend = backend
+        xr = x.clone().requires_grad_()
+        out = hc(xr)
+        out.backward(torch.ones_like(out))
+        results[backend] = [out.detach(), xr.grad, hc.fn.grad, hc.scale.grad, hc.base.grad]
+    for a, b in zip(results["reference"], results["ops"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    from mhc.torch import chain_pass
+    graphs = []
+    backend = chain_pass.passes_only_backend(lambda gm, backward: graphs.append(
+        [str(node.target) for node in gm.graph.nodes if str(node.target).startswith("mhc.")]))
+    hc = mt.HyperConnection(N, C, Tanh(C), backend="ops")
+    xr = x.float().clone().requires_grad_()
+    torch.compile(hc, fullgraph=True, backend=backend)(xr).sum().backward()
+    assert graphs[0] == ["mhc.hc_pre.default", "mhc.hc_post.default"], graphs
+    assert sorted(graphs[1]) == ["mhc.hc_post_backward.default", "mhc.hc_pre_backward.default"]
+
+
 def test_paper_init():
     """alpha = 0.01; base gives pre = 1/n, post = 1, comb = J/n (exact with fn = 0)."""
     n = 4

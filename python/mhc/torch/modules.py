@@ -52,7 +52,7 @@ from . import native
 from . import reference as ref
 from .ops import DirectOps
 
-_BACKENDS = ("auto", "cuda", "reference")
+_BACKENDS = ("auto", "cuda", "ops", "reference")
 _MODES = ("mhc", "hc")
 
 
@@ -96,9 +96,13 @@ def _native_kernel_set(x, attrs):
 
 def resolve_backend(backend: str, x: torch.Tensor, n: int, C: int) -> str:
     """'cuda' or 'reference' for this input. ``auto``: the kernels for CUDA tensors when their
-    kernel set is in the cache (or can be compiled here), else the reference math."""
+    kernel set is in the cache (or can be compiled here), else the reference math. ``ops``: the
+    mhc:: custom ops on any device ('cuda': the ops path; off CUDA the ops run their reference
+    math), i.e. on the CPU the graph that torch.compile gets on a GPU."""
     if backend == "reference":
         return "reference"
+    if backend == "ops":
+        return "cuda"
     if backend == "cuda":
         if x.device.type != "cuda":
             raise ValueError(f"HyperConnection(backend='cuda') needs CUDA tensors, got x on {x.device} "
@@ -245,7 +249,9 @@ class HyperConnection(nn.Module):
     (pre = one-hot e_{layer mod n}, post = 1, res = I).
 
     ``backend``: "reference" (PyTorch math, any device), "cuda" (mhc's compiled kernels through the
-    ``mhc::`` custom ops; CUDA tensors) or "auto" (cuda when its kernels are cached, else reference).
+    ``mhc::`` custom ops; CUDA tensors), "auto" (cuda when its kernels are cached, else reference)
+    or "ops" (the ``mhc::`` ops on any device: the kernels on CUDA, their reference math elsewhere;
+    to check on the CPU what a model compiles to on a GPU).
     ``recompute``: see the module docstring. Extra positional/keyword arguments of ``forward`` go
     to the sublayer.
     """
