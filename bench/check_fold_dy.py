@@ -152,7 +152,7 @@ def main(argv=None):
         # profiler misses some custom ops run from an FX graph on the CPU), else as profiled.
         calls = (backward_graph_ops[-1] if args.compiler == "passes"
                  else mhc_op_calls(compiled, x, grad, leaves))
-        rows[fold] = dict(out=out, grads=grads, out_again=out_again, again=grads_again,
+        rows[fold] = dict(out=out, grads=grads, out_again=out_again, grads_again=grads_again,
                           calls=calls,
                           ms=median_ms(compiled, x, grad, leaves))
     on, off = rows["1"], rows["0"]
@@ -166,7 +166,7 @@ def main(argv=None):
                  if (a is None) != (b is None) or (e is not None and e > args.tolerance)]
     # Two steps of one compile: what differs there is the block's own nondeterminism.
     repeat_differing = sorted({i for row in (on, off)
-                               for i, (a, b) in enumerate(zip(row["grads"], row["again"]))
+                               for i, (a, b) in enumerate(zip(row["grads"], row["grads_again"]))
                                if a is not None and b is not None and not torch.equal(a, b)})
     repeat_same_output = all(torch.equal(row["out"], row["out_again"]) for row in (on, off))
     k = 2 * args.blocks

@@ -11,10 +11,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run(*args, timeout=600):
+def run(*args, timeout=600, returncode=0):
     proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == returncode, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
 
@@ -136,12 +136,10 @@ def noisy_stack(*args):
 check_fold_dy.stack = noisy_stack
 sys.exit(check_fold_dy.main(["--smoke", "--json", {str(out)!r}]))
 """
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = run("-c", script, returncode=1)
     result = json.loads(out.read_text())
     assert result["repeat_differing_leaves"] == [1] and result["differing_leaves"] == [1]
-    assert "the block's own nondeterminism" in proc.stdout
+    assert "the block's own nondeterminism" in text
 
 
 def test_torch_compile_depth(tmp_path):
