@@ -14,6 +14,10 @@ machine, .mhc-sweep carried along:
 
 times each with bench/bench_backward.py's method (rows, cols, params kernels of the fused sublayer
 backward; CUDA events, median, three input sets rotated), all in one process.
+
+`--C` picks another width (both verbs need the same one); `--token-splits 3,6,13` adds the variants
+"splits3", "splits6", ... (the cols kernel's token splits alone): how the grid's fill of the 132
+SMs (chunks x splits blocks, one per SM) weighs against more partial dfn sums.
 """
 import argparse
 import json
@@ -72,11 +76,17 @@ def edit_cols(changes, which=1):
     return edit
 
 
+def split_variants(args):
+    """{"splitsN": {"token_splits": N}} for each N of --token-splits."""
+    counts = [int(v) for v in args.token_splits.split(",")] if args.token_splits else []
+    return {f"splits{v}": {"token_splits": v} for v in counts}
+
+
 def build(args):
     from mhc.torch import kernels, kernel_build
-    key = kernels.KernelKey(n=4, C=4096, dtype="bf16", chip="sm_90")
+    key = kernels.KernelKey(n=4, C=args.C, dtype="bf16", chip="sm_90")
     runtime = kernels.find_runtime()
-    wanted = [(name, changes, 1) for name, changes in VARIANTS.items()]
+    wanted = [(name, changes, 1) for name, changes in {**VARIANTS, **split_variants(args)}.items()]
     wanted += [(name, changes, 0) for name, changes in ROWS_VARIANTS.items()]
     for name, changes, which in wanted:
         if args.only and name not in args.only.split(","):
@@ -98,7 +108,7 @@ def build(args):
 
 def run(args):
     results = {}
-    variants = {**VARIANTS, **ROWS_VARIANTS}
+    variants = {**VARIANTS, **split_variants(args), **ROWS_VARIANTS}
     for name in variants:
         root = Path(args.out) / name
         if not root.is_dir():
@@ -106,7 +116,7 @@ def run(args):
         out = Path(args.json).with_suffix(f".{name}.json")
         env = dict(os.environ, MHC_CACHE=str(root))
         proc = subprocess.run([sys.executable, str(HERE / "bench_backward.py"), "--json", str(out),
-                               "--Cs", "4096", "--peers", "none", "--providers", "",
+                               "--Cs", str(args.C), "--peers", "none", "--providers", "",
                                "--iters", "30"],
                               env=env, capture_output=True, text=True, timeout=120)
         print(f"== {name} {variants[name]}\n{proc.stdout[-1500:]}{proc.stderr[-800:]}", flush=True)
@@ -123,6 +133,8 @@ def main(argv=None):
     p.add_argument("--out", default=".mhc-sweep")
     p.add_argument("--json")
     p.add_argument("--only", help="build only these variants (comma-separated names)")
+    p.add_argument("--C", type=int, default=4096, help="stream width (default 4096)")
+    p.add_argument("--token-splits", help="also the variants splitsN for these N (comma-separated)")
     args = p.parse_args(argv)
     build(args) if args.what == "build" else run(args)
 
