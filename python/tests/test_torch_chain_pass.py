@@ -2,8 +2,8 @@
 hc_post_project -> hc_pre_mixed in the compiled forward graph) and the dy fold (each sublayer's
 hc_post_backward's dy computed by the backward of the sublayer above it).
 
-On the CPU the mhc:: ops run the reference math (selected by patching resolve_backend, as in
-test_torch_modules.py), where hc_pre is literally norm_project + hc_pre_mixed and the fold's ops
+The models use backend="ops": the mhc:: custom ops on any device, whose CPU implementation is the
+reference math, where hc_pre is literally norm_project + hc_pre_mixed and the fold's ops
 are the ops they replace composed: the rewritten graphs must give bit-identical losses and
 gradients, and the same as eager within float rounding.
 """
@@ -24,7 +24,8 @@ from sublayers import PreNormFFN
 def model(blocks=3, n=2, C=16, vocab=11, recompute=True):
     torch.manual_seed(0)
     layers = [nn.Embedding(vocab, C), mt.Expand(n)]
-    layers += [mt.HyperConnection(n, C, PreNormFFN(C), layer=i, recompute=recompute, iterations=3)
+    layers += [mt.HyperConnection(n, C, PreNormFFN(C), backend="ops", layer=i, recompute=recompute,
+                                  iterations=3)
                for i in range(blocks)]
     layers += [mt.Head(n, C), nn.Linear(C, vocab)]
     return nn.Sequential(*layers)
@@ -60,7 +61,7 @@ def targets(gm):
 
 
 @pytest.mark.parametrize("recompute", [False, True])
-def test_rewrite_is_bit_identical(ops_path, recompute):
+def test_rewrite_is_bit_identical(recompute):
     """aot_autograd with the pass applied to the forward graph by hand, against the same capture
     without it."""
     graphs = []
@@ -93,7 +94,7 @@ def test_rewrite_is_bit_identical(ops_path, recompute):
     assert torch.allclose(loss, eager_loss, rtol=1e-6)
 
 
-def test_bf16_parameters_chain_too(ops_path):
+def test_bf16_parameters_chain_too():
     """With bf16 parameters HyperConnection casts fn to f32 in its forward, so the next fn's cast
     is traced after this sublayer's hc_post: the pass moves it in front and still chains."""
     graphs = []
@@ -114,7 +115,7 @@ def test_bf16_parameters_chain_too(ops_path):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-def test_pass_left_alone_without_a_chain(ops_path):
+def test_pass_left_alone_without_a_chain():
     """One HyperConnection: nothing to chain; a hc_post whose x_next feeds no hc_pre stays."""
     gm = torch.fx.symbolic_trace(nn.Identity())
     assert chain_pass.chain_hyperconnections(gm.graph) == 0
@@ -126,7 +127,7 @@ def test_pass_left_alone_without_a_chain(ops_path):
     assert chain_pass.chain_hyperconnections(gm.graph) == 0
 
 
-def test_inductor_installs_and_runs_the_pass(ops_path, monkeypatch):
+def test_inductor_installs_and_runs_the_pass(monkeypatch):
     """torch.compile with Inductor: the first mhc op traced installs the pass (keeping a pass the
     user set, which runs first), which chains the forward and folds the backward (Inductor lowers
     the fold's ops), and the compiled model matches eager."""
@@ -167,7 +168,7 @@ FOLD_OPS = ("hc_pre_backward_lower", "hc_joint_backward", "hc_joint_backward_low
 
 
 @pytest.mark.parametrize("recompute", [False, True])
-def test_fold_dy_in_a_compiled_stack(ops_path, monkeypatch, recompute):
+def test_fold_dy_in_a_compiled_stack(monkeypatch, recompute):
     """Three blocks, float64, the whole pass (as Inductor runs it) on both graphs: the backward
     ends as hc_post_backward + hc_pre_backward_lower (top), hc_joint_backward_lower (middle),
     hc_joint_backward (bottom), with loss and gradients equal bit for bit to the same capture with

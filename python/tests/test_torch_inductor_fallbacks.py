@@ -2,7 +2,7 @@
 registered, so Inductor never takes its implicit-fallback path, whose log message prints the
 ops' arguments with everything they are computed from (exponential in a stack's depth).
 
-On the CPU the mhc:: ops run the reference math (conftest.py's ops_path fixture).
+The stack uses backend="ops": the mhc:: custom ops, which run the reference math on the CPU.
 """
 
 import logging
@@ -18,7 +18,8 @@ from sublayers import PreNormFFN
 def stack(blocks, n=2, C=16):
     torch.manual_seed(0)
     return nn.Sequential(mt.Expand(n),
-                         *[mt.HyperConnection(n, C, PreNormFFN(C, norm=False), layer=i, iterations=3)
+                         *[mt.HyperConnection(n, C, PreNormFFN(C, norm=False), backend="ops", layer=i,
+                                               iterations=3)
                            for i in range(blocks)],
                          mt.Head(n, C))
 
@@ -41,7 +42,7 @@ class Messages(logging.Handler):
             self.implicit_mhc.append(text.split("\n")[1].strip())
 
 
-def test_compiled_stack_takes_no_implicit_fallback(ops_path, monkeypatch):
+def test_compiled_stack_takes_no_implicit_fallback(monkeypatch):
     """Two blocks (the implicit path's message is still small there): with Inductor's INFO log
     on, no mhc op goes through the implicit path, and the compiled stack matches eager."""
     import torch._inductor.config as config

@@ -4,8 +4,8 @@ Golden model: mhc.reference (numpy float64) through a sublayer F(u) = tanh(u @ W
 Tolerances: float64 1e-10 relative; bf16 activations: x_next 1e-2, gradients 3e-2 relative to the
 float64 golden run on the same (bf16-stored) inputs (u, y, x_next and dx are bf16-rounded along the
 way, as on the GPU). Both op paths are tested: backend="reference" (plain PyTorch functions) and the
-mhc:: custom ops that backend="cuda" uses (on CPU their implementation is the reference math;
-selected here by patching resolve_backend).
+mhc:: custom ops that backend="cuda" uses (backend="ops": on the CPU their implementation is the
+reference math).
 """
 
 import numpy as np
@@ -15,7 +15,6 @@ from torch import nn
 
 import mhc.torch as mt
 from mhc import reference as R
-from mhc.torch import modules
 from sublayers import PreNormFFN
 
 N, C = 4, 16
@@ -42,15 +41,14 @@ def np_F_vjp(W):
 
 
 @pytest.fixture(params=["reference", "ops"])
-def path(request, monkeypatch):
-    """'reference': backend='reference'; 'ops': the mhc:: custom ops (the cuda backend's path)."""
-    if request.param == "ops":
-        monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
+def path(request):
+    """The backend to build with: 'reference' (plain PyTorch functions) or 'ops' (the mhc:: custom
+    ops, the cuda backend's path)."""
     return request.param
 
 
-def make_hc(n=N, C=C, dtype=torch.float64, recompute=True, seed=0, **kw):
-    hc = mt.HyperConnection(n, C, Tanh(C, seed), backend="reference", recompute=recompute, **kw)
+def make_hc(n=N, C=C, dtype=torch.float64, recompute=True, seed=0, backend="reference", **kw):
+    hc = mt.HyperConnection(n, C, Tanh(C, seed), backend=backend, recompute=recompute, **kw)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():   # away from the init so every term of the gradient is non-trivial
         hc.fn.copy_(torch.randn(hc.fn.shape, generator=g) * 0.1)
@@ -75,7 +73,7 @@ def golden(hc, x, dout):
 
 @pytest.mark.parametrize("recompute", [False, True])
 def test_module_matches_golden_float64(path, recompute):
-    hc = make_hc(recompute=recompute)
+    hc = make_hc(recompute=recompute, backend=path)
     x = torch.randn(2, 3, N, C, dtype=torch.float64, requires_grad=True)
     dout = torch.randn(2, 3, N, C, dtype=torch.float64)
     out = hc(x)
@@ -90,7 +88,7 @@ def test_module_matches_golden_float64(path, recompute):
 def test_module_low_precision(path, dtype):
     # Seeded: dscale is a 3-vector summed over the tokens with cancellation, so its relative error
     # has a long tail over random inputs (median 0.6%, 1.8% worst of 40 seeds, 3.6% once seen).
-    hc = make_hc(C=64, dtype=dtype)
+    hc = make_hc(C=64, dtype=dtype, backend=path)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(8, N, 64, generator=g).to(dtype).requires_grad_()
     dout = torch.randn(8, N, 64, generator=g).to(dtype)
@@ -106,7 +104,7 @@ def test_module_low_precision(path, dtype):
 
 @pytest.mark.parametrize("recompute", [False, True])
 def test_gradcheck_module(path, recompute):
-    hc = make_hc(n=3, C=5, recompute=recompute, iterations=4)   # 4 Sinkhorn steps: a faster check
+    hc = make_hc(n=3, C=5, recompute=recompute, iterations=4, backend=path)   # 4 Sinkhorn steps
     x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
     params = (hc.fn, hc.scale, hc.base, hc.sublayer.W)
 
@@ -133,7 +131,7 @@ def test_gradgradcheck_reference_backend(recompute):
 def test_double_backward_refused_on_the_cuda_path(path):
     """The cuda backend's steps (the mhc:: ops: 'ops') refuse create_graph=True with a clear
     error; the reference backend differentiates twice (test_gradgradcheck_reference_backend)."""
-    hc = make_hc(n=2, C=4, iterations=4)
+    hc = make_hc(n=2, C=4, iterations=4, backend=path)
     x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
     if path == "reference":
         (g,) = torch.autograd.grad(hc(x).sum(), x, create_graph=True)
@@ -143,11 +141,11 @@ def test_double_backward_refused_on_the_cuda_path(path):
             torch.autograd.grad(hc(x).sum(), x, create_graph=True)
 
 
-def test_double_backward_refused_when_compiled(ops_path):
+def test_double_backward_refused_when_compiled():
     """Compiled, the cuda backend's backward is AOT autograd's: create_graph=True gives a
     gradient with a graph, and differentiating that refuses with PyTorch's error (not a silently
     wrong second order)."""
-    hc = make_hc(n=2, C=4, iterations=4)
+    hc = make_hc(n=2, C=4, iterations=4, backend="ops")
     x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
     torch._dynamo.reset()
     (g,) = torch.autograd.grad(torch.compile(hc, fullgraph=True)(x).sum(), x, create_graph=True)
@@ -156,11 +154,12 @@ def test_double_backward_refused_when_compiled(ops_path):
 
 
 def test_gradcheck_two_layers_and_unused_output(path):
-    a, b = make_hc(n=2, C=4, seed=0, iterations=4), make_hc(n=2, C=4, seed=3, iterations=4)
+    a = make_hc(n=2, C=4, seed=0, iterations=4, backend=path)
+    b = make_hc(n=2, C=4, seed=3, iterations=4, backend=path)
     x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: b(a(x)), (x,))
     # An output that does not depend on x_next at all still gives x its pre-step gradient.
-    hc = make_hc(n=2, C=4)
+    hc = make_hc(n=2, C=4, backend=path)
     out = hc(x)
     (g,) = torch.autograd.grad(out[..., 0, :].sum(), x)
     assert torch.isfinite(g).all() and g.abs().sum() > 0
@@ -258,11 +257,10 @@ def _grads(model, tokens):
     return loss, torch.autograd.grad(loss, list(model.parameters()))
 
 
-def test_torch_compile_fullgraph_inductor(monkeypatch):
+def test_torch_compile_fullgraph_inductor():
     """The cuda backend's path (mhc:: ops, the pre->post link, recomputation) under
     torch.compile(fullgraph=True) with inductor: same loss and gradients as eager."""
-    monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
-    model = tiny_lm()
+    model = tiny_lm(backend="ops")
     tokens = torch.randint(0, 11, (2, 6))
     loss, grads = _grads(model, tokens)
     compiled = torch.compile(model, fullgraph=True)
@@ -277,7 +275,7 @@ def test_torch_compile_fullgraph_graph_capture(path, recompute):
     """Both paths, dynamic token counts: dynamo + AOTAutograd capture the whole model in one graph
     (aot_eager: the same capture as inductor without its slow CPU code generation). 3 Sinkhorn
     iterations: the reference path traces every iteration, 20 would only cost time."""
-    model = tiny_lm(recompute=recompute, iterations=3)
+    model = tiny_lm(recompute=recompute, iterations=3, backend=path)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=True)
     for shape in ((2, 6), (3, 5)):
         tokens = torch.randint(0, 11, shape)
@@ -288,13 +286,12 @@ def test_torch_compile_fullgraph_graph_capture(path, recompute):
             assert torch.allclose(g, cg, rtol=1e-5, atol=1e-7)
 
 
-def test_compiled_recompute_saves_the_coefficients(monkeypatch):
+def test_compiled_recompute_saves_the_coefficients():
     """Under torch.compile the recompute hooks are off (u stays saved), so recompute=True must not
     relaunch hc_pre_mixed in the backward just for post/comb: they are saved, the backward graph
     holds no pre op, and loss and gradients equal recompute=False's bit for bit."""
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
-    monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")   # the mhc:: ops
     backward_ops = []
 
     def keep(gm, _):
@@ -307,7 +304,7 @@ def test_compiled_recompute_saves_the_coefficients(monkeypatch):
     results = []
     for recompute in (False, True):
         torch._dynamo.reset()
-        model = tiny_lm(blocks=3, recompute=recompute, iterations=3)
+        model = tiny_lm(blocks=3, recompute=recompute, iterations=3, backend="ops")
         tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(4))
         compiled = torch.compile(model, backend=aot_autograd(fw_compiler=keep, bw_compiler=look))
         results.append(_grads(compiled, tokens))
@@ -319,9 +316,8 @@ def test_compiled_recompute_saves_the_coefficients(monkeypatch):
     assert torch.equal(loss0, loss1) and all(torch.equal(a, b) for a, b in zip(grads0, grads1))
 
 
-def test_gradcheck_under_compile(monkeypatch):
-    monkeypatch.setattr(modules, "resolve_backend", lambda *a: "cuda")
-    hc = make_hc(n=2, C=3, iterations=4)
+def test_gradcheck_under_compile():
+    hc = make_hc(n=2, C=3, iterations=4, backend="ops")
     f = torch.compile(lambda x: hc(x), fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(f, (x,))
@@ -346,7 +342,7 @@ def test_training_loss_decreases():
 
 
 def test_zero_tokens_forward_backward(path):
-    hc = make_hc()
+    hc = make_hc(backend=path)
     x = torch.randn(0, 3, N, C, dtype=torch.float64, requires_grad=True)
     out = hc(x)
     assert out.shape == x.shape
