@@ -430,7 +430,8 @@ def measure(name, mode, make, sub, h, args):
 
 def measure_interleaved(variants, mode, sub, h, args):
     """All variants alive at once and timed in turns: `--interleave` rounds, each running every
-    variant for `--reps` steps (after one untimed step; --timer stream: back to back, one
+    variant for `--reps` steps (after `--round-warmup` untimed ones, so that the GPU's clocks
+    settle on this variant's load before it is timed; --timer stream: back to back, one
     reading per round, else CUDA events per step), in forward order in even
     rounds and backward order in odd ones. A slow drift of the GPU's speed over the run (clocks,
     temperature) then lands on every variant alike instead of on the ones timed last; ms is the
@@ -444,12 +445,12 @@ def measure_interleaved(variants, mode, sub, h, args):
         for row, step, grads in (live if r % 2 == 0 else live[::-1]):
             if args.timer == "stream" and h.device.type == "cuda":
                 # one reading per round: the mean of reps steps
-                gpu_ms, host_ms = time_stream(step, grads, reps=args.reps, warmup=1)
+                gpu_ms, host_ms = time_stream(step, grads, reps=args.reps, warmup=args.round_warmup)
                 ts = [gpu_ms]
                 host[id(row)].append(host_ms)
             else:
                 ts = [time_step(step, grads, h.device, reps=1, warmup=0, timer="events")
-                      for _ in range(args.reps + 1)][1:]
+                      for _ in range(args.reps + args.round_warmup)][args.round_warmup:]
             times[id(row)] += ts
             rounds[id(row)].append(statistics.median(ts))
     for row, step, grads in live:
@@ -457,7 +458,8 @@ def measure_interleaved(variants, mode, sub, h, args):
         row["ms_rounds"] = rounds[id(row)]
         if host[id(row)]:
             row["host_ms_rounds"] = host[id(row)]
-        row["timer"] = (f"interleaved: {args.interleave} rounds x {args.reps} steps, " +
+        row["timer"] = (f"interleaved: {args.interleave} rounds x {args.reps} steps "
+                        f"after {args.round_warmup} untimed, " +
                         ("back to back (stream)" if args.timer == "stream" else "CUDA events"))
         if args.profile and h.device.type == "cuda":
             trace = os.path.abspath(args.json) + ".trace.json"
@@ -592,6 +594,9 @@ def main(argv=None):
     p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
                    help="time the variants in turns, ROUNDS rounds of --reps steps each (all "
                         "variants in memory at once), instead of one after the other")
+    p.add_argument("--round-warmup", type=int, default=1, metavar="STEPS",
+                   help="with --interleave: untimed steps at the start of each round (default 1); "
+                        "more let the clocks settle after the switch from another variant")
     p.add_argument("--profile-stack", action="store_true",
                    help="with --profile: record Python functions too (slower steps; the idle "
                         "stretches' host events then name the Python code)")
