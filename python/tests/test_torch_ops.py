@@ -164,7 +164,8 @@ def test_chain_halves_are_hc_pre_and_hc_post(dtype):
 
 
 def _fold_inputs(n, dtype):
-    """A sublayer's saved tensors and cotangents, and the lower sublayer's y, x, post, comb."""
+    """A sublayer's backward inputs (x, fn, scale, base, y, mix, du, dx_next), and {post, comb,
+    lower: the lower sublayer's (y, x, post, comb)}."""
     C = 8
     x, fn, scale, base, y = make(n, C, lead=(2, 3), dtype=dtype, seed=11)
     x_lower, _, _, _, y_lower = make(n, C, lead=(2, 3), dtype=dtype, seed=12)
@@ -173,8 +174,8 @@ def _fold_inputs(n, dtype):
     g = torch.Generator().manual_seed(13)
     du = torch.randn(y.shape, generator=g, dtype=torch.float64).to(dtype)
     dx_next = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
-    return dict(x=x, fn=fn, scale=scale, base=base, y=y, post=post, comb=comb, mix=mix, du=du,
-                dx_next=dx_next, lower=(y_lower, x_lower, post_lower, comb_lower))
+    return ((x, fn, scale, base, y, mix, du, dx_next),
+            dict(post=post, comb=comb, lower=(y_lower, x_lower, post_lower, comb_lower)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
@@ -184,9 +185,7 @@ def test_fold_ops_are_their_compositions(n, dtype):
     math): dy_lower is the lower sublayer's hc_post_backward dy of this dx, hc_joint_backward is
     hc_post_backward's dpost/dcomb fed into hc_pre_backward."""
     ops = torch.ops.mhc
-    a = _fold_inputs(n, dtype)
-    x, fn, scale, base, y, mix, du, dx_next = (a[k] for k in ("x", "fn", "scale", "base", "y",
-                                                             "mix", "du", "dx_next"))
+    (x, fn, scale, base, y, mix, du, dx_next), a = _fold_inputs(n, dtype)
     lower = a["lower"]
     _, dpost, dcomb = ops.hc_post_backward(y, x, a["post"], a["comb"], dx_next)
     grads = ops.hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, *ATTRS)
@@ -214,9 +213,7 @@ def test_fold_ops_on_an_older_kernel_set(monkeypatch):
     kernels with PyTorch (not the reference's whole backward): here the "kernels" are the
     reference hc_pre_backward, so the results equal the reference ops' bit for bit."""
     from mhc.torch import ops as mops
-    a = _fold_inputs(4, torch.bfloat16)
-    x, fn, scale, base, y, mix, du, dx_next = (a[k] for k in ("x", "fn", "scale", "base", "y",
-                                                             "mix", "du", "dx_next"))
+    (x, fn, scale, base, y, mix, du, dx_next), a = _fold_inputs(4, torch.bfloat16)
     dpost, dcomb = torch.randn_like(a["post"]), torch.randn_like(a["comb"])
     post_lower = a["lower"][2]
     calls = {
@@ -249,9 +246,7 @@ def test_fold_ops_on_an_older_kernel_set(monkeypatch):
 
 def test_fold_ops_bad_inputs():
     ops = torch.ops.mhc
-    a = _fold_inputs(4, torch.bfloat16)
-    x, fn, scale, base, y, mix, du, dx_next = (a[k] for k in ("x", "fn", "scale", "base", "y",
-                                                             "mix", "du", "dx_next"))
+    (x, fn, scale, base, y, mix, du, dx_next), a = _fold_inputs(4, torch.bfloat16)
     dpost, dcomb = torch.randn_like(a["post"]), torch.randn_like(a["comb"])
     post_lower = a["lower"][2]
     with pytest.raises(ValueError, match="mhc::hc_pre_backward_lower: post_lower has dtype"):
