@@ -83,7 +83,9 @@ class ReferenceRuntime:
         k = self.key
         if op == "hc_post_project":             # its norm_project's eps only
             return (k.eps,)
-        return (k.iterations, k.eps, k.pre_eps, k.post_mult) if op in kernels._WITH_ATTRIBUTES else ()
+        if op in kernels.OPS_WITH_ATTRIBUTES:
+            return (k.iterations, k.eps, k.pre_eps, k.post_mult)
+        return ()
 
     def _launch(self, function, gx, gy, gz, bx, by, bz, smem, stream, T, count, pointers, numels):
         try:

@@ -665,14 +665,14 @@ def for_call(op: str, x, attrs=None) -> KernelSet:
 
 # Ops whose last four arguments are the Sinkhorn attributes (iterations, eps, pre_eps, post_mult):
 # they pick the kernel set. (hc_post_project's norm_project uses eps; the others none of them.)
-_WITH_ATTRIBUTES = ("hc_pre", "hc_pre_backward", "hc_pre_mixed", "hc_post_project",
-                    "hc_pre_backward_lower", "hc_joint_backward", "hc_joint_backward_lower")
+OPS_WITH_ATTRIBUTES = ("hc_pre", "hc_pre_backward", "hc_pre_mixed", "hc_post_project",
+                       "hc_pre_backward_lower", "hc_joint_backward", "hc_joint_backward_lower")
 
 
 def _set_for(op: str, args):
     """(the kernel set that runs `op` on these arguments, x)."""
     x = x_argument(op, args)
-    return for_call(op, x, tuple(args[-4:]) if op in _WITH_ATTRIBUTES else None), x
+    return for_call(op, x, tuple(args[-4:]) if op in OPS_WITH_ATTRIBUTES else None), x
 
 
 def run(op: str, *args):
