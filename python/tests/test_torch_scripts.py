@@ -59,6 +59,34 @@ def test_block_bench_round_pairs():
     assert bench.round_pair_overheads([1.0, 2.0], [1.0]) is None
 
 
+def test_block_bench_round_warmup_is_recorded(tmp_path):
+    out = tmp_path / "block.json"
+    run("bench/block_bench.py", "--smoke", "--json", str(out), "--peers", "none",
+        "--providers", "", "--interleave", "2", "--round-warmup", "3")
+    rows = json.loads(out.read_text())["rows"]
+    assert all("after 3 untimed" in r["timer"] and len(r["ms_rounds"]) == 2 for r in rows), rows
+
+
+def test_round_bias_reads_the_switch(tmp_path):
+    """round_bias.py on made-up rounds: plain 10 ms after itself (even rounds after the first)
+    and 12 after mhc (odd ones), mhc 11 after plain and 11.5 after mhc_recompute -- 0% over the
+    second half's rounds, yet 15% each after (the equivalent of) itself."""
+    result = {"blocks": 1, "rows": [
+        {"variant": v, "mode": "compile", "C": 64, "ms_rounds": rounds}
+        for v, rounds in (("plain", [8.0, 12.0, 10.0, 12.0, 10.0, 12.0]),
+                          ("mhc", [11.0, 11.5] * 3), ("mhc_recompute", [11.0] * 6))]}
+    good, other = tmp_path / "good.json", tmp_path / "other.json"
+    good.write_text(json.dumps(result))
+    text = run("bench/round_bias.py", str(good))
+    cells = text.splitlines()[1].split()
+    assert cells[1:4] == ["64", "1", f"{(67.5 / 64 - 1) * 100:.2f}"], text
+    assert cells[4:7] == ["10.00", "/", "12.00"], text
+    assert cells[7:] == ["0.00", "15.00"], text       # late: rounds 3-5; steady: 11.5 over 10
+    result["rows"].reverse()                         # mhc no longer in the middle
+    other.write_text(json.dumps(result))
+    run("bench/round_bias.py", str(other), returncode=1)
+
+
 def test_stability_study_smoke_and_plots(tmp_path):
     out = tmp_path / "stability.json"
     run("examples/stability_study.py", "--smoke", "--json", str(out))
