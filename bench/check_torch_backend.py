@@ -7,7 +7,8 @@ captured in a CUDA graph and replayed on new data (bit-equal to eager); on the G
 module's C++ steps against its Python steps (mhc.torch.native; relative difference <= 1e-6), and
 two chained HyperConnections (hc_post_project + hc_pre_mixed) against the reference backend and
 the unchained Python steps, and their forward captured in a CUDA graph (bit-equal to eager); and
-three chained ones with the eager dy fold against the same without it (bit-identical).
+three chained ones with the eager dy fold against the same without it (bit-identical); and every
+op on the C++ dispatcher kernels (what a compiled graph calls) against its Python implementation.
 Writes JSON.
 
     MHC_CACHE=.mhc-cache python3 bench/check_torch_backend.py --json $OUT/check_torch.json
@@ -121,6 +122,42 @@ def check_native(T, n, C, dtype, device, recompute):
     tag = "native" + ("_recompute" if recompute else "")
     return {f"{tag}.{nm}": {"relerr": relerr(a, b), "tol": 1e-6, "ok": relerr(a, b) <= 1e-6}
             for nm, a, b in zip(names, *runs)}
+
+
+def check_dispatch(T, n, C, dtype, device):
+    """Each op called through torch.ops.mhc on the C++ dispatcher kernels (native.install_ops,
+    what a compiled graph calls) against the same op's Python implementation (native.python_path:
+    the same kernels launched from Python): the same numbers (up to the order of floating-point
+    atomics). And the C++ kernels must be the ones registered for CUDA."""
+    from mhc.torch import kernels, native
+    if native.load() is None or not native.dispatch_installed():
+        return {"dispatch.installed": {"relerr": float("inf"), "tol": 0.0, "ok": False,
+                                       "error": native.failure() or "not installed"}}
+    g = torch.Generator().manual_seed(T + C + 7)
+    M = n * n + 2 * n
+    shapes = {"X": (T, n, C), "Y": (T, C), "P": (T, n), "CB": (T, n, n), "MIX": (T, M),
+              "FN": (M, n * C), "SC": (3,), "B": (M,)}
+    given = {}
+    for name, (shape, dt) in kernels.BUFFER_LAYOUT.items():
+        t = torch.rand(shapes[shape], generator=g) if name in ("post", "comb", "scale",
+                                                               "post_lower") \
+            else torch.randn(shapes[shape], generator=g) * (0.02 if "fn" in name else 1.0)
+        given[name] = t.to(device, dtype if dt == "A" else torch.float32)
+    out = {"dispatch.installed": {"relerr": 0.0, "tol": 0.0, "ok": True}}
+    for op in ("hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward", "hc_pre_mixed",
+               "hc_post_project", "hc_pre_backward_lower", "hc_joint_backward",
+               "hc_joint_backward_lower"):
+        args = [given[name] for name in kernels.OP_BUFFERS[op][0]]
+        args += list(ATTRS) if op in kernels.OPS_WITH_ATTRIBUTES else []
+        call = getattr(torch.ops.mhc, op)
+        got = call(*args)
+        with native.python_path():
+            want = call(*args)
+        got, want = ([r] if isinstance(r, torch.Tensor) else list(r) for r in (got, want))
+        for i, (a, b) in enumerate(zip(got, want)):
+            e = relerr(a, b)
+            out[f"dispatch.{op}[{i}]"] = {"relerr": e, "tol": 1e-6, "ok": e <= 1e-6}
+    return out
 
 
 def check_chain(T, n, C, dtype, device, act_tol, coef_tol, recompute=False):
@@ -292,6 +329,7 @@ def main(argv=None):
                     if device.type == "cuda":
                         entry["checks"].update(check_native(T, args.n, C, dtype, device, rc))
                 if device.type == "cuda" and not args.forward_only:
+                    entry["checks"].update(check_dispatch(T, args.n, C, dtype, device))
                     for rc in (False, True):
                         entry["checks"].update(check_chain(T, args.n, C, dtype, device, act_tol,
                                                            1e-3, rc))

@@ -1105,3 +1105,154 @@ def test_eager_fold_waits_for_sharded_parameters(reference_set, fold_switch):
         "hc_post_backward", "hc_pre_backward_lower", "hc_joint_backward",
         "hc_post_backward", "hc_pre_backward"]
     assert_bit_identical(got, want)
+
+
+# ------------------------------------------------------------------------------------------------
+# The ops' C++ dispatcher kernels (native.install_ops; native.cpp, "dispatcher kernels"). On a GPU
+# machine they serve the CUDA key; here they are installed for the CPU key over the reference
+# runtime's kernel set, so that a torch.ops.mhc call runs native.cpp's kernels and the runtime
+# records the ops launched (the ops' own Python implementations on the CPU launch nothing).
+
+def _op_arguments(op, T=6, seed=0):
+    """Random arguments of `op` (f32, the reference set's shape) with its attributes."""
+    g = torch.Generator().manual_seed(seed)
+    M = N * N + 2 * N
+    shapes = {"X": (T, N, C), "Y": (T, C), "P": (T, N), "CB": (T, N, N), "MIX": (T, M),
+              "FN": (M, N * C), "SC": (3,), "B": (M,)}
+    args = []
+    for name in OP_BUFFERS[op][0]:
+        shape = shapes[kernels.BUFFER_LAYOUT[name][0]]
+        t = torch.rand(shape, generator=g) if name in ("post", "comb", "scale", "post_lower") \
+            else torch.randn(shape, generator=g)
+        args.append(t * 0.1 if name in ("fn", "fn_next") else t)
+    return args + (list(ATTRS) if op in kernels.OPS_WITH_ATTRIBUTES else [])
+
+
+@pytest.fixture
+def cpu_dispatch(tmp_path, built):
+    """install(resolve=None) installs the C++ kernels for the CPU key and returns the reference
+    set; `asked` lists the default resolve's calls. Removed after the test."""
+    ks = _reference_set(tmp_path / "ref", built)
+    asked = []
+
+    def default(op, x, attrs):
+        asked.append((op, tuple(x.shape), attrs))
+        return ks.native_handle()
+
+    def install(resolve=None):
+        assert native.install_ops(built, "CPU", resolve or default), "PyTorch before 2.9?"
+        return ks
+
+    yield install, asked
+    built.uninstall_ops("CPU")
+
+
+@pytest.mark.parametrize("op", ["hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward",
+                                "hc_pre_mixed", "hc_post_project", "hc_pre_backward_lower",
+                                "hc_joint_backward", "hc_joint_backward_lower"])
+def test_dispatcher_kernels_run_each_op(cpu_dispatch, op):
+    """Every op called through torch.ops.mhc runs its kernels from C++ once installed, with the
+    numbers of its Python implementation; the kernel set is asked for once per op and shape."""
+    install, asked = cpu_dispatch
+    args = _op_arguments(op)
+    call = getattr(torch.ops.mhc, op)
+    want = call(*args)                                   # the Python implementation
+    runtime = install().runtime
+    runtime.launches.clear()
+    got = call(*args)
+    again = call(*_op_arguments(op, seed=1))
+    assert runtime.launches == [op, op]
+    assert len(asked) == 1 and asked[0][:2] == (op, (6, N, C))
+    assert asked[0][2] == (ATTRS if op in kernels.OPS_WITH_ATTRIBUTES else None)
+    want, got, again = ([r] if isinstance(r, torch.Tensor) else list(r) for r in (want, got, again))
+    assert len(got) == len(want) == len(again)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+
+
+def test_dispatcher_kernels_fall_back_to_the_python_implementation(cpu_dispatch):
+    """resolve's -1 (the set lacks the op), an unusual call (attributes out of range, an f64 x)
+    and native.python_path() run the Python implementation: its numbers, its errors; uninstalling
+    gives the ops back to Python."""
+    install, asked = cpu_dispatch
+    ks = install(lambda op, x, attrs: -1)
+    runtime = ks.runtime
+    args = _op_arguments("hc_pre")
+    want = torch.ops.mhc.hc_pre(*args)
+    assert runtime.launches == []
+    ks = install()
+    with pytest.raises(ValueError, match="mhc::hc_pre: iterations must be >= 1, got 0"):
+        torch.ops.mhc.hc_pre(*args[:4], 0, *ATTRS[1:])
+    with pytest.raises(ValueError, match="mhc::hc_pre: post_mult must be > 0"):
+        torch.ops.mhc.hc_pre(*args[:4], *ATTRS[:3], 0.0)
+    f64 = [a.double() for a in args[:4]]
+    torch.testing.assert_close(torch.ops.mhc.hc_pre(*f64, *ATTRS)[0], want[0].double(),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="fn has dtype"):          # runOp's check, from C++
+        torch.ops.mhc.hc_pre(args[0], args[1].bfloat16(), *args[2:])
+    with native.python_path():
+        torch.ops.mhc.hc_pre(*args)
+    assert runtime.launches == [] and len(asked) == 1      # the bf16 fn's call resolved
+    torch.ops.mhc.hc_pre(*args)
+    assert runtime.launches == ["hc_pre"]
+    built = native.load()
+    built.uninstall_ops("CPU")
+    torch.ops.mhc.hc_pre(*args)
+    assert runtime.launches == ["hc_pre"]
+
+
+def test_dispatcher_kernels_keep_the_ops_autograd(cpu_dispatch):
+    """A call that records a gradient goes through the custom op's autograd formula, whose ops
+    then run on the C++ kernels: the gradients of hc_pre -> linear -> hc_post are the Python
+    implementation's."""
+    install, _ = cpu_dispatch
+    torch.manual_seed(0)
+    lin = nn.Linear(C, C)
+    x, fn, scale, base = [leaf(t) for t in _op_arguments("hc_pre")[:4]]
+
+    def gradients():
+        u, post, comb, _ = torch.ops.mhc.hc_pre(x, fn, scale, base, *ATTRS)
+        out = torch.ops.mhc.hc_post(lin(u).contiguous(), x, post, comb)
+        return torch.autograd.grad(out.square().sum(), [x, fn, scale, base, lin.weight])
+
+    want = gradients()
+    runtime = install().runtime
+    got = gradients()
+    assert runtime.launches == ["hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward"]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_graph_runs_the_dispatcher_kernels(cpu_dispatch):
+    """torch.compile(fullgraph=True) of hc_pre -> linear -> hc_post: the compiled forward and
+    backward call the ops' C++ kernels (the launches), with the eager numbers."""
+    install, _ = cpu_dispatch
+    torch.manual_seed(0)
+    lin = nn.Linear(C, C)
+    x, fn, scale, base = [leaf(t) for t in _op_arguments("hc_pre")[:4]]
+
+    def f(t):
+        u, post, comb, _ = torch.ops.mhc.hc_pre(t, fn, scale, base, *ATTRS)
+        return torch.ops.mhc.hc_post(lin(u).contiguous(), t, post, comb)
+
+    want = f(x)
+    want_dx, = torch.autograd.grad(want.square().sum(), [x])
+    runtime = install().runtime
+    compiled = torch.compile(f, fullgraph=True)
+    compiled(x)                                          # compile
+    runtime.launches.clear()
+    got = compiled(x)
+    got_dx, = torch.autograd.grad(got.square().sum(), [x])
+    assert runtime.launches == ["hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward"]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_dx, want_dx, rtol=1e-5, atol=1e-5)
+
+
+def test_dispatch_binding_names_the_set_or_the_python_implementation(plain_set, monkeypatch):
+    """kernels.dispatch_binding (the CUDA install's resolve): the set's C++ handle for an op it
+    has kernels for, -1 (the Python implementation and its fall-backs) for one it lacks."""
+    monkeypatch.setattr(kernels, "for_call", lambda op, x, attrs: plain_set)
+    x = inputs(T=2)[0]
+    assert kernels.dispatch_binding("hc_pre", x, ATTRS) == plain_set.native_handle()
+    assert kernels.dispatch_binding("hc_post", x, None) == plain_set.native_handle()
+    assert kernels.dispatch_binding("hc_pre_mixed", x, ATTRS) == -1

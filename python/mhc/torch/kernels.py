@@ -610,6 +610,7 @@ def kernel_set(key: KernelKey, device_index: int = 0) -> KernelSet:
         ks = _LOADED.get((key, device_index))
         if ks is None:
             _BY_CALL.clear()                   # a new set may be the better match for hc_post
+            native.forget_bindings()           # the same for the C++ dispatcher kernels
             folder = key.folder(cache_root())
             if not (folder / MANIFEST_NAME).is_file():
                 if not _can_build():
@@ -689,6 +690,16 @@ def run_if_built(op: str, *args):
     if op not in ks.plans:
         return None
     return ks.run(op, *args, stream=_stream(x.device))
+
+
+def dispatch_binding(op: str, x, attrs) -> int:
+    """For the C++ dispatcher kernels of the ops (native.install_ops), once per op, shape, dtype,
+    device and attributes: the C++ handle of the kernel set that runs `op` on tensors like x, or
+    -1 where the op's Python implementation runs (the set has no kernels for `op`: ops.py's
+    fall-backs; no C++ handle)."""
+    ks = for_call(op, x, attrs)
+    handle = ks.native_handle() if op in ks.plans else None
+    return -1 if handle is None else handle
 
 
 def _post_key(x, n, C) -> KernelKey:

@@ -31,6 +31,8 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
+#include <torch/library.h>
+#include <torch/version.h>
 
 #ifdef MHC_NATIVE_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -1534,6 +1536,261 @@ py::object fastForward(py::handle module, py::handle xObj, py::tuple args,
                            baseRef, args, kwargs);
 }
 
+//===----------------------------------------------------------------------===//
+// The torch.ops.mhc ops' dispatcher kernels (install_ops)
+//
+// The ops are defined in Python (mhc/torch/ops.py, torch.library.custom_op),
+// whose implementation costs tens of us of host time per call: the custom-op
+// wrapper's Python kernels (autograd, backend), the Python checks and the
+// launch glue. Under torch.compile every op of a graph is called that way
+// (eager HyperConnection skips the dispatcher). install_ops registers two
+// kernels per op for one device's dispatch key and its autograd key:
+//
+//   * the backend kernel: runOp (its checks, PyTorch's allocator, the current
+//     stream) on the kernel set that `resolve` (Python, once per op, shape,
+//     dtype, device and attributes) names; the op's Python implementation
+//     where resolve says -1 (the set has no kernels for the op: the
+//     reference or composed fall-backs of ops.py) or where the call is
+//     unusual (x not a [..., n, C] tensor of a kernel dtype, attributes out
+//     of range: the Python checks then say what is wrong);
+//   * the autograd kernel: straight to the backend, below autograd, when no
+//     gradient is recorded (a compiled graph's calls, no_grad); else the
+//     custom op's own Python autograd kernel (its registered formula).
+//
+// The Python kernels are taken from the dispatcher before the C++ ones hide
+// them (c10::SafeKernelFunction, PyTorch 2.9 and later). uninstall_ops
+// removes the C++ kernels; set_dispatch_enabled(false) makes them call the
+// Python ones (native.python_path()).
+//===----------------------------------------------------------------------===//
+
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+#define MHC_DISPATCH_KERNELS 1
+#endif
+
+// What picks an op call's kernel set (kernels.for_call's key).
+struct CallKey {
+  int op;
+  int64_t n, C, device;
+  at::ScalarType dtype;
+  bool hasAttributes;
+  int64_t iterations;
+  double eps, preEps, postMult;
+
+  bool operator==(const CallKey &o) const {
+    return op == o.op && n == o.n && C == o.C && device == o.device &&
+           dtype == o.dtype && hasAttributes == o.hasAttributes &&
+           iterations == o.iterations && eps == o.eps && preEps == o.preEps &&
+           postMult == o.postMult;
+  }
+};
+
+// One install_ops: its key's two libraries of kernels and its resolve
+// function (owned). Freed only by uninstall_ops, never at exit (the
+// dispatcher and the interpreter may be gone by then).
+struct Installed {
+  c10::DispatchKey key;
+  torch::Library *backend, *autograd;
+  PyObject *resolve;
+};
+
+struct Dispatch {
+  std::mutex mutex; // guards bindings (calls may come from any thread)
+  std::vector<std::pair<CallKey, int64_t>> bindings; // -> handle, -1: Python
+  std::atomic<bool> enabled{true};
+  std::vector<Installed> installed; // touched with the GIL held
+};
+
+Dispatch &dispatch() {
+  static Dispatch *state = new Dispatch;
+  return *state;
+}
+
+void forgetBindings() {
+  std::lock_guard<std::mutex> lock(dispatch().mutex);
+  dispatch().bindings.clear();
+}
+
+#ifdef MHC_DISPATCH_KERNELS
+
+bool isKernelDtype(at::ScalarType t) {
+  return t == at::kBFloat16 || t == at::kHalf || t == at::kFloat;
+}
+
+// The kernel set handle for this call, or -1: run the Python implementation.
+int64_t boundSet(int op, bool hasAttributes, PyObject *resolve,
+                 c10::ArrayRef<c10::IValue> args) {
+  const Signature &sig = signatures()[size_t(op)];
+  const c10::IValue &xValue = args[size_t(sig.xIndex)];
+  if (!dispatch().enabled || !xValue.isTensor())
+    return -1;
+  const Tensor &x = xValue.toTensor();
+  if (!x.defined() || x.dim() < 2 || !isKernelDtype(x.scalar_type()))
+    return -1;
+  CallKey key{op, x.size(-2), x.size(-1), x.get_device(), x.scalar_type(),
+              hasAttributes, 0, 0, 0, 0};
+  if (hasAttributes) {
+    const size_t a = args.size() - 4; // (iterations, eps, pre_eps, post_mult)
+    if (!args[a].isInt() || !args[a + 1].isDouble() ||
+        !args[a + 2].isDouble() || !args[a + 3].isDouble())
+      return -1;
+    key.iterations = args[a].toInt();
+    key.eps = args[a + 1].toDouble();
+    key.preEps = args[a + 2].toDouble();
+    key.postMult = args[a + 3].toDouble();
+    if (!(key.iterations >= 1 && key.eps >= 0 && key.preEps >= 0 &&
+          key.postMult > 0))
+      return -1;
+  }
+  {
+    std::lock_guard<std::mutex> lock(dispatch().mutex);
+    for (const auto &[k, handle] : dispatch().bindings)
+      if (k == key)
+        return handle;
+  }
+  // The first call of this op and shape: ask Python (which may load or
+  // compile the kernel set) and remember.
+  py::gil_scoped_acquire gil;
+  py::object attributes = py::none();
+  if (hasAttributes)
+    attributes = py::make_tuple(key.iterations, key.eps, key.preEps,
+                                key.postMult);
+  py::object answer =
+      py::reinterpret_borrow<py::object>(resolve)(sig.name, x, attributes);
+  const int64_t handle = answer.cast<int64_t>();
+  if (handle >= 0)
+    kernelSet(handle); // checks the handle
+  std::lock_guard<std::mutex> lock(dispatch().mutex);
+  dispatch().bindings.emplace_back(key, handle);
+  return handle;
+}
+
+class BackendKernel final : public c10::OperatorKernel {
+public:
+  BackendKernel(int op, bool hasAttributes, PyObject *resolve,
+                c10::SafeKernelFunction python)
+      : op_(op), hasAttributes_(hasAttributes), resolve_(resolve),
+        python_(std::move(python)) {}
+
+  void operator()(const c10::OperatorHandle &handle, c10::DispatchKeySet keys,
+                  torch::jit::Stack *stack) {
+    const size_t count = handle.schema().arguments().size();
+    c10::ArrayRef<c10::IValue> args = torch::jit::last(*stack, count);
+    const int64_t set = boundSet(op_, hasAttributes_, resolve_, args);
+    if (set < 0) {
+      python_.callBoxed(handle, keys, stack);
+      return;
+    }
+    const size_t numTensors = signatures()[size_t(op_)].args.size();
+    c10::SmallVector<Tensor, 16> tensors;
+    for (size_t i = 0; i < numTensors; ++i)
+      tensors.push_back(args[i].toTensor());
+    std::vector<Tensor> results = runOp(kernelSet(set), op_, tensors);
+    torch::jit::drop(*stack, count);
+    for (Tensor &r : results)
+      torch::jit::push(*stack, std::move(r));
+  }
+
+private:
+  int op_;
+  bool hasAttributes_;
+  PyObject *resolve_; // the install's, alive as long as this kernel
+  c10::SafeKernelFunction python_;
+};
+
+class AutogradKernel final : public c10::OperatorKernel {
+public:
+  explicit AutogradKernel(c10::SafeKernelFunction python)
+      : python_(std::move(python)) {}
+
+  void operator()(const c10::OperatorHandle &handle, c10::DispatchKeySet keys,
+                  torch::jit::Stack *stack) {
+    if (dispatch().enabled && !recordsGradient(handle, *stack)) {
+      at::AutoDispatchBelowAutograd below;
+      handle.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+      return;
+    }
+    python_.callBoxed(handle, keys, stack);
+  }
+
+private:
+  static bool recordsGradient(const c10::OperatorHandle &handle,
+                              const torch::jit::Stack &stack) {
+    if (!at::GradMode::is_enabled())
+      return false;
+    for (const c10::IValue &v :
+         torch::jit::last(stack, handle.schema().arguments().size()))
+      if (v.isTensor() && v.toTensor().requires_grad())
+        return true;
+    return false;
+  }
+
+  c10::SafeKernelFunction python_;
+};
+
+#endif // MHC_DISPATCH_KERNELS
+
+// Removes the C++ kernels of `keyName` (the Python ones are back).
+void uninstallOps(const std::string &keyName) {
+  const c10::DispatchKey backend = c10::parseDispatchKey(keyName);
+  auto &installed = dispatch().installed;
+  for (auto it = installed.begin(); it != installed.end(); ++it)
+    if (it->key == backend) {
+      delete it->backend; // deregisters the kernels before resolve goes
+      delete it->autograd;
+      Py_DECREF(it->resolve);
+      installed.erase(it);
+      break;
+    }
+  forgetBindings();
+}
+
+// Registers the C++ kernels of the mhc ops (kStepOpNames: the ops of
+// ops.py, which must be defined) for dispatch key `keyName` ("CUDA"; the
+// tests use "CPU") and its autograd key, replacing an earlier install for
+// that key. `resolve(op, x, attributes or None)` names an op call's kernel
+// set handle (-1: the Python implementation). False where this PyTorch is
+// too old (the Python kernels then stay).
+bool installOps(const std::string &keyName, py::object resolve) {
+#ifndef MHC_DISPATCH_KERNELS
+  (void)keyName;
+  (void)resolve;
+  return false;
+#else
+  TORCH_CHECK(!signatures().empty(), "mhc native: set_signatures first");
+  uninstallOps(keyName);
+  const c10::DispatchKey backend = c10::parseDispatchKey(keyName);
+  const c10::DispatchKey autograd =
+      c10::getAutogradKeyFromBackend(c10::toBackendComponent(backend));
+  auto backendLibrary = std::make_unique<torch::Library>(
+      torch::Library::IMPL, "mhc", backend, __FILE__, __LINE__);
+  auto autogradLibrary = std::make_unique<torch::Library>(
+      torch::Library::IMPL, "mhc", autograd, __FILE__, __LINE__);
+  PyObject *function = resolve.ptr();
+  for (const char *name : kStepOpNames) {
+    auto handle = c10::Dispatcher::singleton().findOp(
+        {std::string("mhc::") + name, ""});
+    TORCH_CHECK(handle, "mhc native: torch.ops.mhc.", name,
+                " is not defined (import mhc.torch.ops first)");
+    const int op = opIndex(name);
+    const bool hasAttributes = handle->schema().arguments().size() >
+                               signatures()[size_t(op)].args.size();
+    backendLibrary->impl(
+        name, torch::CppFunction::makeFromBoxedFunctor(
+                  std::make_unique<BackendKernel>(
+                      op, hasAttributes, function,
+                      handle->getComputedKernelForDispatchKey(backend))));
+    autogradLibrary->impl(
+        name, torch::CppFunction::makeFromBoxedFunctor(
+                  std::make_unique<AutogradKernel>(
+                      handle->getComputedKernelForDispatchKey(autograd))));
+  }
+  dispatch().installed.push_back({backend, backendLibrary.release(),
+                                  autogradLibrary.release(),
+                                  resolve.release().ptr()});
+  return true;
+#endif
+}
+
 bool builtWithCuda() {
 #ifdef MHC_NATIVE_CUDA
   return true;
@@ -1554,6 +1811,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pre_step", &preStep);
   m.def("post_step", &postStep);
   m.def("built_with_cuda", &builtWithCuda);
+  m.def("install_ops", &installOps);
+  m.def("uninstall_ops", &uninstallOps);
+  m.def("forget_bindings", &forgetBindings);
+  m.def("set_dispatch_enabled", [](bool on) { dispatch().enabled = on; });
   m.def("forward", &fastForward);
   m.def("forward_with", &forwardWith);
   m.def("enable_fast_path", &enableFastPath);

@@ -4,6 +4,9 @@ What it replaces, to cut host time per call (docs/Torch.md, "Host time"):
 
 * ``run_op`` does what kernels.py's ``_OpPlan.run`` does (check, allocate with PyTorch's caching
   allocator, launch each kernel through the runtime's ``mhcLaunchFlat`` on the current stream);
+* ``install_ops`` registers C++ kernels of the ``torch.ops.mhc`` ops for the CUDA dispatch key, so
+  that a compiled graph's op calls skip the custom ops' Python kernels (PyTorch 2.9 and later;
+  ``MHC_NATIVE_DISPATCH=0`` leaves them out);
 * ``pre_step`` / ``post_step`` are HyperConnection's two autograd functions (modules.py's
   ``_PreStep`` / ``_PostStep``, the same wiring) as autograd nodes written in C++: no Python runs
   in their forward or backward;
@@ -43,19 +46,31 @@ fast_forward = None           # the module's forward (HyperConnection's fast pat
 @contextlib.contextmanager
 def python_path():
     """Within this block, HyperConnection's steps and the ops' launches run from Python (the
-    ctypes path) even where the C++ path is built: for checks and benchmarks comparing the two."""
+    ctypes path, the ops' Python implementations) even where the C++ path is built: for checks
+    and benchmarks comparing the two."""
     global suspended
     before, suspended = suspended, True
+    if _MODULE is not None:
+        _MODULE.set_dispatch_enabled(False)
     try:
         yield
     finally:
         suspended = before
+        if _MODULE is not None:
+            _MODULE.set_dispatch_enabled(not before)
 
 
 def mode() -> str:
     """'off', 'on' (required) or 'auto', from $MHC_NATIVE."""
     value = os.environ.get("MHC_NATIVE", "auto").strip().lower()
     return {"0": "off", "off": "off", "1": "on", "on": "on"}.get(value, "auto")
+
+
+def dispatch_wanted() -> bool:
+    """Whether load() registers the ops' C++ kernels for the CUDA key (install_ops): on unless
+    ``MHC_NATIVE_DISPATCH=0`` (then a compiled graph's mhc ops run their Python implementations,
+    which launch from C++ too: the comparison benchmarks make)."""
+    return os.environ.get("MHC_NATIVE_DISPATCH", "1").strip().lower() not in ("0", "off", "false")
 
 
 def fold_dy_wanted() -> bool:
@@ -109,6 +124,8 @@ def load():
                 module = _compile()
                 module.set_signatures(signature_table())   # the ops' buffers, shapes, dtypes
                 module.set_fold_dy(fold_dy_wanted())
+                if dispatch_wanted():
+                    install_ops(module)
                 _MODULE, fast_forward = module, module.forward
             except Exception as e:  # noqa: BLE001 - any build problem: fall back, say why
                 _FAILURE = _reason(e)
@@ -116,6 +133,34 @@ def load():
                     raise RuntimeError(f"MHC_NATIVE=1 but mhc's C++ launch path did not build: "
                                        f"{_FAILURE}") from e
     return _MODULE
+
+
+def install_ops(module, key: str = "CUDA", resolve=None) -> bool:
+    """Registers native.cpp's kernels of the torch.ops.mhc ops for dispatch key `key` (and its
+    autograd key): a call of an op on such tensors (a compiled graph's) then runs its kernels
+    from C++, skipping the custom op's Python kernels (native.cpp, "dispatcher kernels").
+    `resolve(op, x, attributes or None)` names the kernel set's handle, -1 for the op's Python
+    implementation (default: kernels.dispatch_binding). False where this PyTorch (before 2.9)
+    cannot take them: the Python kernels stay."""
+    from . import ops  # noqa: F401 - the ops must be defined before their C++ kernels
+    from .kernels import dispatch_binding
+    installed = module.install_ops(key, resolve or dispatch_binding)
+    module.set_dispatch_enabled(not suspended)
+    return installed
+
+
+def dispatch_installed(op: str = "hc_pre") -> bool:
+    """Whether torch.ops.mhc.<op> on CUDA tensors runs native.cpp's kernel (the dispatcher's
+    table says where its CUDA kernel was registered)."""
+    table = torch._C._dispatch_dump_table(f"mhc::{op}")
+    return any(line.startswith("CUDA:") and SOURCE.name in line for line in table.splitlines())
+
+
+def forget_bindings() -> None:
+    """Makes the C++ dispatcher kernels ask kernels.dispatch_binding again (a kernel set was
+    loaded that may be the better match)."""
+    if _MODULE is not None:
+        _MODULE.forget_bindings()
 
 
 def _reason(error: Exception) -> str:

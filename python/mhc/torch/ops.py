@@ -28,7 +28,9 @@ sublayer whose dy came from the one above.
 
 Implementations: on CUDA tensors the compiled kernels from the kernel cache (:mod:`mhc.torch.kernels`);
 on any other device the reference math (:mod:`mhc.torch.reference`), so a model built on these ops
-runs (and is tested) on the CPU. Fake implementations give torch.compile the output metadata, so
+runs (and is tested) on the CPU. Where the C++ launch path is built, C++ kernels registered for the
+CUDA key take the CUDA calls (mhc.torch.native.install_ops: no Python runs per call) and come back
+to the Python implementations below for what they do not handle. Fake implementations give torch.compile the output metadata, so
 the ops stay single nodes in a ``fullgraph=True`` graph and are captured by CUDA graphs.
 
 Autograd (registered here) makes each op correct on its own: hc_pre's backward passes
