@@ -1193,6 +1193,13 @@ def test_dispatcher_kernels_fall_back_to_the_python_implementation(cpu_dispatch)
     with native.python_path():
         torch.ops.mhc.hc_pre(*args)
     assert runtime.launches == [] and len(asked) == 1      # the bf16 fn's call resolved
+
+    def missing(op, x, attrs):
+        raise kernels.KernelsMissing(f"no mhc kernels for {op}")
+    install(missing)                     # resolve's errors reach the caller as they are
+    with pytest.raises(kernels.KernelsMissing, match="no mhc kernels for hc_pre"):
+        torch.ops.mhc.hc_pre(*args)
+    ks = install()
     torch.ops.mhc.hc_pre(*args)
     assert runtime.launches == ["hc_pre"]
     built = native.load()
