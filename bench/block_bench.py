@@ -381,11 +381,17 @@ def prepare(name, mode, make, sub, h):
           file=sys.stderr, flush=True)
     try:
         x, f = make()
-        fwd = torch.compile(f) if mode == "compile" else f
+        graphs = mode == "reduce-overhead"       # torch.compile's CUDA graphs (cudagraph trees)
+        fwd = torch.compile(f, mode="reduce-overhead") if graphs else \
+            torch.compile(f) if mode == "compile" else f
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         grad = torch.randn_like(fwd(x))
         grads = leaves(f, x, sub)
 
         def step():
+            if graphs:          # a new training step: the last one's graph outputs may be reused
+                torch.compiler.cudagraph_mark_step_begin()
             fwd(x).backward(grad)
         step()                                   # compile / autotune / load kernels first
         if h.device.type == "cuda":
@@ -579,7 +585,9 @@ def main(argv=None):
     p.add_argument("--blocks", type=int, default=1,
                    help="blocks in a row, each with its own weights (a model's stack: mhc.torch "
                         "chains the sublayers; overheads are over as many plain blocks)")
-    p.add_argument("--modes", default="eager,compile", help="comma list of eager, compile")
+    p.add_argument("--modes", default="eager,compile",
+                   help="comma list of eager, compile, reduce-overhead (torch.compile with CUDA "
+                        "graphs)")
     p.add_argument("--mhc-backend", default="auto", choices=("auto", "cuda", "ops", "reference"),
                    help="mhc.torch backend of the mHC rows (auto: cuda where its kernels are cached, else reference; ops: the mhc:: ops on any device)")
     p.add_argument("--peers", default=".peers", help="folder with load.py, or 'none'")
