@@ -393,6 +393,8 @@ def prepare(name, mode, make, sub, h):
             if graphs:          # a new training step: the last one's graph outputs may be reused
                 torch.compiler.cudagraph_mark_step_begin()
             fwd(x).backward(grad)
+        for g in grads:     # as before every step: another variant's .grad (with CUDA graphs a
+            g.grad = None   # graph output that a later replay overwrites) is not accumulated into
         step()                                   # compile / autotune / load kernels first
         if h.device.type == "cuda":
             torch.cuda.synchronize()
