@@ -13,7 +13,9 @@ in odd ones. Per file and width (compiled rows) it prints:
   late     the overhead over the second half of the rounds only
   steady   mhc's odd rounds over plain's even rounds, second half: each variant after (the
            equivalent of) itself, as a training run has it -- an estimate; `--round-warmup`
-           measures it directly
+           measures it directly, and did better: one block at C = 4096 on an H100 read +7.40%
+           with 25 warm-up steps where this estimate of a one-warm-up run said +9.16%
+           (session29.log)
 
     python3 bench/round_bias.py bench/results/stack4-*.json bench/results/block1-*.json
 """
