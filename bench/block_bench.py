@@ -381,9 +381,9 @@ def prepare(name, mode, make, sub, h):
           file=sys.stderr, flush=True)
     try:
         x, f = make()
-        graphs = mode == "reduce-overhead"       # torch.compile's CUDA graphs (cudagraph trees)
-        fwd = torch.compile(f, mode="reduce-overhead") if graphs else \
-            torch.compile(f) if mode == "compile" else f
+        compile_mode = {"compile": "default", "reduce-overhead": "reduce-overhead"}.get(mode)
+        graphs = compile_mode == "reduce-overhead"   # torch.compile's CUDA graphs (cudagraph trees)
+        fwd = torch.compile(f, mode=compile_mode) if compile_mode else f
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         grad = torch.randn_like(fwd(x))

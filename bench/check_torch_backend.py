@@ -129,24 +129,19 @@ def check_dispatch(T, n, C, dtype, device):
     what a compiled graph calls) against the same op's Python implementation (native.python_path:
     the same kernels launched from Python): the same numbers (up to the order of floating-point
     atomics). And the C++ kernels must be the ones registered for CUDA."""
-    from mhc.torch import kernels, native
+    from mhc.torch import inductor_fallbacks, kernels, native
     if native.load() is None or not native.dispatch_installed():
         return {"dispatch.installed": {"relerr": float("inf"), "tol": 0.0, "ok": False,
                                        "error": native.failure() or "not installed"}}
     g = torch.Generator().manual_seed(T + C + 7)
-    M = n * n + 2 * n
-    shapes = {"X": (T, n, C), "Y": (T, C), "P": (T, n), "CB": (T, n, n), "MIX": (T, M),
-              "FN": (M, n * C), "SC": (3,), "B": (M,)}
     given = {}
-    for name, (shape, dt) in kernels.BUFFER_LAYOUT.items():
-        t = torch.rand(shapes[shape], generator=g) if name in ("post", "comb", "scale",
-                                                               "post_lower") \
-            else torch.randn(shapes[shape], generator=g) * (0.02 if "fn" in name else 1.0)
+    for name, (_, dt) in kernels.BUFFER_LAYOUT.items():
+        shape = kernels.buffer_shape(name, (T,), n, C)
+        t = torch.rand(shape, generator=g) if name in ("post", "comb", "scale", "post_lower") \
+            else torch.randn(shape, generator=g) * (0.02 if "fn" in name else 1.0)
         given[name] = t.to(device, dtype if dt == "A" else torch.float32)
     out = {"dispatch.installed": {"relerr": 0.0, "tol": 0.0, "ok": True}}
-    for op in ("hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward", "hc_pre_mixed",
-               "hc_post_project", "hc_pre_backward_lower", "hc_joint_backward",
-               "hc_joint_backward_lower"):
+    for op in inductor_fallbacks.MHC_OPS:
         args = [given[name] for name in kernels.OP_BUFFERS[op][0]]
         args += list(ATTRS) if op in kernels.OPS_WITH_ATTRIBUTES else []
         call = getattr(torch.ops.mhc, op)

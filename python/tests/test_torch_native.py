@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from mhc.torch import build_native, kernels, native
+from mhc.torch import build_native, inductor_fallbacks, kernels, native
 from mhc.torch.kernels import KernelSet, OP_BUFFERS
 from mhc.torch.modules import HyperConnection
 
@@ -1116,12 +1116,9 @@ def test_eager_fold_waits_for_sharded_parameters(reference_set, fold_switch):
 def _op_arguments(op, T=6, seed=0):
     """Random arguments of `op` (f32, the reference set's shape) with its attributes."""
     g = torch.Generator().manual_seed(seed)
-    M = N * N + 2 * N
-    shapes = {"X": (T, N, C), "Y": (T, C), "P": (T, N), "CB": (T, N, N), "MIX": (T, M),
-              "FN": (M, N * C), "SC": (3,), "B": (M,)}
     args = []
     for name in OP_BUFFERS[op][0]:
-        shape = shapes[kernels.BUFFER_LAYOUT[name][0]]
+        shape = kernels.buffer_shape(name, (T,), N, C)
         t = torch.rand(shape, generator=g) if name in ("post", "comb", "scale", "post_lower") \
             else torch.randn(shape, generator=g)
         args.append(t * 0.1 if name in ("fn", "fn_next") else t)
@@ -1147,9 +1144,7 @@ def cpu_dispatch(tmp_path, built):
     built.uninstall_ops("CPU")
 
 
-@pytest.mark.parametrize("op", ["hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward",
-                                "hc_pre_mixed", "hc_post_project", "hc_pre_backward_lower",
-                                "hc_joint_backward", "hc_joint_backward_lower"])
+@pytest.mark.parametrize("op", inductor_fallbacks.MHC_OPS)
 def test_dispatcher_kernels_run_each_op(cpu_dispatch, op):
     """Every op called through torch.ops.mhc runs its kernels from C++ once installed, with the
     numbers of its Python implementation; the kernel set is asked for once per op and shape."""

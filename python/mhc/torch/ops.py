@@ -30,8 +30,9 @@ Implementations: on CUDA tensors the compiled kernels from the kernel cache (:mo
 on any other device the reference math (:mod:`mhc.torch.reference`), so a model built on these ops
 runs (and is tested) on the CPU. Where the C++ launch path is built, C++ kernels registered for the
 CUDA key take the CUDA calls (mhc.torch.native.install_ops: no Python runs per call) and come back
-to the Python implementations below for what they do not handle. Fake implementations give torch.compile the output metadata, so
-the ops stay single nodes in a ``fullgraph=True`` graph and are captured by CUDA graphs.
+to the Python implementations below for what they do not handle. Fake implementations give
+torch.compile the output metadata, so the ops stay single nodes in a ``fullgraph=True`` graph and
+are captured by CUDA graphs.
 
 Autograd (registered here) makes each op correct on its own: hc_pre's backward passes
 ``dx_next = 0``, hc_post's adds its residual dx with a PyTorch einsum. ``HyperConnection`` does not
