@@ -53,6 +53,10 @@ ROWS_VARIANTS = {
     "rows_blocks4": {"blocks_per_sm": 4},
     "rows_tile32": {"tile_tokens": 32, "chunk_columns": 64},
     "rows_tile8": {"tile_tokens": 8, "chunk_columns": 256},
+    # Small widths (thirtieth session): at C = 512 the token pass (the Sinkhorn walk, n lanes a
+    # token) outlasts the row walk; more tokens a block give an SM more walks at once.
+    "rows_tile32_blocks3": {"tile_tokens": 32, "chunk_columns": 64, "blocks_per_sm": 3},
+    "rows_tile64": {"tile_tokens": 64, "chunk_columns": 32},
 }
 
 
