@@ -23,10 +23,13 @@ process (T = 16384 tokens unless --T says otherwise, n = 4, bf16; C from --Cs).
   the time at the measured copy bandwidth is each floor. (Until the sixth session the forward was
   counted as 28 elements, the spec's byte count, so the forward and forward + backward floors in
   the results recorded before then are twice too high; rows, cols and backward were right.)
-Timing: CUDA events around each step, three input sets rotated (far over the 60 MB L2), warm-up
-first, median of --iters.
+Timing: CUDA events around each step, back to back; a step the host takes longer to queue than
+the GPU to run is queued behind a sleep kernel, so that the host's launch time does not count
+(since the thirtieth session; before, short kernels timed alone read 20-30 µs too long), three
+input sets rotated (far over the 60 MB L2), warm-up first, median of
+--iters.
 """
-import argparse, json, os, sys
+import argparse, json, os, sys, time
 
 import torch
 
@@ -38,12 +41,29 @@ N, T = 4, 16384
 
 
 def median_ms(step, sets, warmup, iters):
+    """Median GPU ms of `step` over `iters` calls, timed back to back with CUDA events. Where the
+    host takes longer to queue a call than the GPU to run it (a short kernel launched from
+    Python), each call is queued behind a sleep kernel 1.5x as long as the host's time, so that
+    the host's launch time does not count (it did before the thirtieth session: a kernel of a
+    few µs timed alone read 20-37 µs). Steps the GPU takes longer to run than the host to queue
+    run back to back as before, with no idle time between them to change the clocks."""
+    host_s = gpu_s = 0.0
     for i in range(warmup):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        t = time.perf_counter()
         step(sets[i % len(sets)])
-    torch.cuda.synchronize()
+        host_s = time.perf_counter() - t
+        b.record()
+        torch.cuda.synchronize()
+        gpu_s = a.elapsed_time(b) * 1e-3
+    # In cycles of the 2 GHz boost clock: at lower clocks the sleep only lasts longer.
+    queue_ahead = int(1.5 * host_s * 2e9) if host_s > 0.5 * gpu_s else 0
     evs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
            for _ in range(iters)]
     for i, (a, b) in enumerate(evs):
+        if queue_ahead:
+            torch.cuda._sleep(queue_ahead)
         a.record()
         step(sets[i % len(sets)])
         b.record()
