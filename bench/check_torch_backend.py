@@ -134,15 +134,10 @@ def check_dispatch(T, n, C, dtype, device):
         return {"dispatch.installed": {"relerr": float("inf"), "tol": 0.0, "ok": False,
                                        "error": native.failure() or "not installed"}}
     g = torch.Generator().manual_seed(T + C + 7)
-    given = {}
-    for name, (_, dt) in kernels.BUFFER_LAYOUT.items():
-        shape = kernels.buffer_shape(name, (T,), n, C)
-        t = torch.rand(shape, generator=g) if name in ("post", "comb", "scale", "post_lower") \
-            else torch.randn(shape, generator=g) * (0.02 if "fn" in name else 1.0)
-        given[name] = t.to(device, dtype if dt == "A" else torch.float32)
     out = {"dispatch.installed": {"relerr": 0.0, "tol": 0.0, "ok": True}}
     for op in inductor_fallbacks.MHC_OPS:
-        args = [given[name] for name in kernels.OP_BUFFERS[op][0]]
+        args = kernels.random_arguments(op, T, n, C, g, act_dtype=dtype, device=device,
+                                        fn_scale=0.02)
         args += list(ATTRS) if op in kernels.OPS_WITH_ATTRIBUTES else []
         call = getattr(torch.ops.mhc, op)
         got = call(*args)

@@ -150,6 +150,28 @@ def mhc_version():
     return mhc.__version__
 
 
+@pytest.mark.parametrize("op", list(kernels.OP_BUFFERS))
+def test_random_arguments_fit_each_op(op):
+    """random_arguments gives each op's buffers in their layout's shape and dtype, coefficients
+    in [0, 1), fn scaled, and the same values for the same seed."""
+    n, C, T = 3, 10, 5
+    args = kernels.random_arguments(op, T, n, C, torch.Generator().manual_seed(1),
+                                    act_dtype=torch.bfloat16, fn_scale=0.01)
+    names = kernels.OP_BUFFERS[op][0]
+    assert len(args) == len(names)
+    for name, t in zip(names, args):
+        assert tuple(t.shape) == tuple(kernels.buffer_shape(name, (T,), n, C)), name
+        assert t.dtype == (torch.bfloat16 if kernels.BUFFER_LAYOUT[name][1] == "A"
+                           else torch.float32), name
+        if name in ("post", "comb", "scale", "post_lower"):
+            assert 0 <= t.min() and t.max() < 1, name
+        if name in ("fn", "fn_next"):
+            assert t.abs().max() < 0.1, name
+    again = kernels.random_arguments(op, T, n, C, torch.Generator().manual_seed(1),
+                                     act_dtype=torch.bfloat16, fn_scale=0.01)
+    assert all(torch.equal(a, b) for a, b in zip(args, again))
+
+
 def test_valid_manifest_passes(tmp_path):
     write_set(tmp_path)
     assert kernels.load_manifest(tmp_path, KEY)["key"] == KEY.as_dict()

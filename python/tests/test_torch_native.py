@@ -1115,13 +1115,7 @@ def test_eager_fold_waits_for_sharded_parameters(reference_set, fold_switch):
 
 def _op_arguments(op, T=6, seed=0):
     """Random arguments of `op` (f32, the reference set's shape) with its attributes."""
-    g = torch.Generator().manual_seed(seed)
-    args = []
-    for name in OP_BUFFERS[op][0]:
-        shape = kernels.buffer_shape(name, (T,), N, C)
-        t = torch.rand(shape, generator=g) if name in ("post", "comb", "scale", "post_lower") \
-            else torch.randn(shape, generator=g)
-        args.append(t * 0.1 if name in ("fn", "fn_next") else t)
+    args = kernels.random_arguments(op, T, N, C, torch.Generator().manual_seed(seed))
     return args + (list(ATTRS) if op in kernels.OPS_WITH_ATTRIBUTES else [])
 
 

@@ -406,6 +406,25 @@ def buffer_shape(name: str, lead, n: int, C: int):
     return _SHAPES[BUFFER_LAYOUT[name][0]](lead, n, C, n * n + 2 * n)
 
 
+def random_arguments(op: str, T: int, n: int, C: int, generator: torch.Generator,
+                     act_dtype=torch.float32, device="cpu", fn_scale=0.1):
+    """Random tensor arguments of `op` (OP_BUFFERS order) for x [T, n, C], for checks and tests:
+    post, comb, scale and post_lower uniform in [0, 1) (the forward makes them positive), the rest
+    standard normal (fn and fn_next times `fn_scale`); activations in `act_dtype`, coefficients
+    and parameters f32. The op's Sinkhorn attributes (OPS_WITH_ATTRIBUTES) are not included."""
+    args = []
+    for name in OP_BUFFERS[op][0]:
+        shape = buffer_shape(name, (T,), n, C)
+        if name in ("post", "comb", "scale", "post_lower"):
+            t = torch.rand(shape, generator=generator)
+        else:
+            t = torch.randn(shape, generator=generator)
+            if name in ("fn", "fn_next"):
+                t = t * fn_scale
+        args.append(t.to(device, act_dtype if BUFFER_LAYOUT[name][1] == "A" else torch.float32))
+    return args
+
+
 def signature_table():
     """OP_BUFFERS with each buffer's BUFFER_LAYOUT: what native.cpp checks and allocates by."""
     return [(op, [(name, *BUFFER_LAYOUT[name]) for name in args],
