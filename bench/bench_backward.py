@@ -26,8 +26,7 @@ process (T = 16384 tokens unless --T says otherwise, n = 4, bf16; C from --Cs).
 Timing: CUDA events around each step, back to back; a step the host takes longer to queue than
 the GPU to run is queued behind a sleep kernel, so that the host's launch time does not count
 (since the thirtieth session; before, short kernels timed alone read 20-30 µs too long), three
-input sets rotated (far over the 60 MB L2), warm-up first, median of
---iters.
+input sets rotated (far over the 60 MB L2), warm-up first, median of --iters.
 """
 import argparse, json, os, sys, time
 
