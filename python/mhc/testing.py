@@ -811,6 +811,22 @@ def call_backward(p, generated, name, inputs, in_elems, cotangents, elem, per_to
         p.output(Value(f"{bw}#{i}", v.shape, v.elem, inputs[i]))
 
 
+def token_op_cases(f16_leads=None):
+    """The sweep of the per-token op tests under test/Integration/CPU: (n, elem, C, label, lead,
+    dynamic) for n in {1, 2, 4, 8}, f32 / bf16 / f16 and C in {13, 100}; at C = 13 every case of
+    LEADING, at C = 100 two (static 2x3, dynamic ?=7). `f16_leads`, a slice, narrows f16's cases
+    (the backward checks' central differences cost the most there). Always in this order, so
+    that a test's seeded data stay the same."""
+    for n in (1, 2, 4, 8):
+        for elem in ("f32", "bf16", "f16"):
+            for c in (13, 100):
+                leads = LEADING if c == 13 else [l for l in LEADING if l[0] in ("2x3", "?=7")]
+                if elem == "f16" and f16_leads is not None:
+                    leads = leads[f16_leads]
+                for label, lead, dyn in leads:
+                    yield n, elem, c, label, lead, dyn
+
+
 def per_token(p, v, lead, dynamic):
     """``v`` as the op sees it: with its ``lead`` leading dims made dynamic if asked."""
     return p.dynamic_leading(v, lead) if dynamic else v

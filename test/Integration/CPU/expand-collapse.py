@@ -8,25 +8,21 @@
 # CHECK: [[N:[0-9]+]] of [[N]] checks passed
 import numpy as np
 
-from mhc.testing import LEADING, Checker, Program, Tools, per_token
+from mhc.testing import Checker, Program, Tools, per_token, token_op_cases
 
 rng = np.random.default_rng(11)
 p = Program()
 cases = []
-for n in (1, 2, 4, 8):
-    for elem in ("f32", "bf16", "f16"):
-        for c in (13, 100):
-            leads = LEADING if c == 13 else [l for l in LEADING if l[0] in ("2x3", "?=7")]
-            for label, lead, dyn in leads:
-                generic = label == "2x3" and c == 13
-                h = p.random(rng, lead + (c,), elem)
-                x = p.expand(per_token(p, h, len(lead), dyn), n, generic=generic)
-                p.output(x)
-                cases.append((f"expand n={n} C={c} {elem} {label}", x, True))
-                xs = p.random(rng, lead + (n, c), elem)
-                s = p.collapse(per_token(p, xs, len(lead), dyn), generic=generic)
-                p.output(s)
-                cases.append((f"collapse n={n} C={c} {elem} {label}", s, False))
+for n, elem, c, label, lead, dyn in token_op_cases():
+    generic = label == "2x3" and c == 13
+    h = p.random(rng, lead + (c,), elem)
+    x = p.expand(per_token(p, h, len(lead), dyn), n, generic=generic)
+    p.output(x)
+    cases.append((f"expand n={n} C={c} {elem} {label}", x, True))
+    xs = p.random(rng, lead + (n, c), elem)
+    s = p.collapse(per_token(p, xs, len(lead), dyn), generic=generic)
+    p.output(s)
+    cases.append((f"collapse n={n} C={c} {elem} {label}", s, False))
 
 got = p.run(Tools.from_argv())
 check = Checker()

@@ -17,8 +17,8 @@
 import numpy as np
 
 from mhc import reference as ref
-from mhc.testing import (LEADING, Checker, Program, Tools, check_controls, check_vjp,
-                         per_token)
+from mhc.testing import (Checker, Program, Tools, check_controls, check_vjp, per_token,
+                         token_op_cases)
 
 rng = np.random.default_rng(37)
 p = Program()
@@ -40,14 +40,8 @@ def post_res_grad(label, elem, n, c, lead, dyn, generic=False, dynamic_operands=
                   [y.data, x.data, post.data, comb.data], dout.data))
 
 
-for n in (1, 2, 4, 8):
-    for elem in ("f32", "bf16", "f16"):
-        for c in (13, 100):
-            leads = LEADING if c == 13 else [l for l in LEADING if l[0] in ("2x3", "?=7")]
-            if elem == "f16":
-                leads = leads[1:3]
-            for label, lead, dyn in leads:
-                post_res_grad(label, elem, n, c, lead, dyn, generic=(label == "T=5" and c == 13))
+for n, elem, c, label, lead, dyn in token_op_cases(f16_leads=slice(1, 3)):
+    post_res_grad(label, elem, n, c, lead, dyn, generic=(label == "T=5" and c == 13))
 # Mixed staticness: x and dout dynamic, the rest static (the verifier accepts it).
 post_res_grad("x, dout: ? of 6", "bf16", 4, 13, (6,), True, dynamic_operands=(1, 4))
 

@@ -16,29 +16,23 @@
 import numpy as np
 
 from mhc import reference as ref
-from mhc.testing import (LEADING, Checker, Program, Tools, check_controls, check_vjp,
-                         per_token)
+from mhc.testing import (Checker, Program, Tools, check_controls, check_vjp, per_token,
+                         token_op_cases)
 
 rng = np.random.default_rng(31)
 p = Program()
 cases = []
-for n in (1, 2, 4, 8):
-    for elem in ("f32", "bf16", "f16"):
-        for c in (13, 100):
-            leads = LEADING if c == 13 else [l for l in LEADING if l[0] in ("2x3", "?=7")]
-            if elem == "f16":
-                leads = leads[1:3]
-            for label, lead, dyn in leads:
-                x = p.random(rng, lead + (n, c), elem)
-                pre = p.constant(rng.uniform(0.05, 1.0, lead + (n,)).astype(np.float32), "f32")
-                du = p.random(rng, lead + (c,), elem)
-                generic = label == "T=5" and c == 13
-                operands = (per_token(p, v, len(lead), dyn) for v in (x, pre, du))
-                dx, dpre = p.pre_apply_grad(*operands, generic=generic)
-                p.output(dx)
-                p.output(dpre)
-                cases.append((f"n={n} C={c} {elem} {label}" + (" generic" if generic else ""),
-                              elem, x, pre, du))
+for n, elem, c, label, lead, dyn in token_op_cases(f16_leads=slice(1, 3)):
+    x = p.random(rng, lead + (n, c), elem)
+    pre = p.constant(rng.uniform(0.05, 1.0, lead + (n,)).astype(np.float32), "f32")
+    du = p.random(rng, lead + (c,), elem)
+    generic = label == "T=5" and c == 13
+    operands = (per_token(p, v, len(lead), dyn) for v in (x, pre, du))
+    dx, dpre = p.pre_apply_grad(*operands, generic=generic)
+    p.output(dx)
+    p.output(dpre)
+    cases.append((f"n={n} C={c} {elem} {label}" + (" generic" if generic else ""),
+                  elem, x, pre, du))
 
 # Mixed staticness: x and du dynamic, pre static (the verifier accepts it).
 x = p.random(rng, (6, 4, 13), "bf16")

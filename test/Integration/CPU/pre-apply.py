@@ -8,23 +8,19 @@
 # CHECK: [[N:[0-9]+]] of [[N]] checks passed
 import numpy as np
 
-from mhc.testing import LEADING, Checker, Program, Tools, per_token
+from mhc.testing import Checker, Program, Tools, per_token, token_op_cases
 
 rng = np.random.default_rng(3)
 p = Program()
 cases = []
-for n in (1, 2, 4, 8):
-    for elem in ("f32", "bf16", "f16"):
-        for c in (13, 100):
-            leads = LEADING if c == 13 else [l for l in LEADING if l[0] in ("2x3", "?=7")]
-            for label, lead, dyn in leads:
-                x = p.random(rng, lead + (n, c), elem)
-                pre = p.constant(rng.uniform(0.05, 1.0, lead + (n,)).astype(np.float32), "f32")
-                generic = label == "T=5" and c == 13
-                u = p.pre_apply(per_token(p, x, len(lead), dyn),
-                                per_token(p, pre, len(lead), dyn), generic=generic)
-                p.output(u)
-                cases.append((f"n={n} C={c} {elem} {label}" + (" generic" if generic else ""), u))
+for n, elem, c, label, lead, dyn in token_op_cases():
+    x = p.random(rng, lead + (n, c), elem)
+    pre = p.constant(rng.uniform(0.05, 1.0, lead + (n,)).astype(np.float32), "f32")
+    generic = label == "T=5" and c == 13
+    u = p.pre_apply(per_token(p, x, len(lead), dyn),
+                    per_token(p, pre, len(lead), dyn), generic=generic)
+    p.output(u)
+    cases.append((f"n={n} C={c} {elem} {label}" + (" generic" if generic else ""), u))
 # Mixed staticness: x dynamic, pre static (the verifier accepts it).
 x = p.random(rng, (6, 4, 13), "bf16")
 pre = p.constant(rng.uniform(0.05, 1.0, (6, 4)).astype(np.float32), "f32")
