@@ -70,14 +70,19 @@ def dispatch_wanted() -> bool:
     """Whether load() registers the ops' C++ kernels for the CUDA key (install_ops): on unless
     ``MHC_NATIVE_DISPATCH=0`` (then a compiled graph's mhc ops run their Python implementations,
     which launch from C++ too: the comparison benchmarks make)."""
-    return os.environ.get("MHC_NATIVE_DISPATCH", "1").strip().lower() not in ("0", "off", "false")
+    return _switch_on("MHC_NATIVE_DISPATCH")
 
 
 def fold_dy_wanted() -> bool:
     """Whether the C++ steps fold a sublayer's dy into the backward of the sublayer above
     (native.cpp, "The dy fold in eager mode"): on unless ``MHC_EAGER_FOLD_DY=0``. Read when the
     module loads; ``load().set_fold_dy(on)`` switches it in a running process."""
-    return os.environ.get("MHC_EAGER_FOLD_DY", "1").strip().lower() not in ("0", "off", "false")
+    return _switch_on("MHC_EAGER_FOLD_DY")
+
+
+def _switch_on(name: str) -> bool:
+    """An on-by-default switch from the environment: off where $name is 0, off or false."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "off", "false")
 
 
 def build_directory() -> Path:
