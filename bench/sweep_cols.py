@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Times the backward kernels under other schedules than the one --mhc-select-schedule picks: the
-cols kernel (VARIANTS) and the rows kernel (ROWS_VARIANTS).
+cols kernel (VARIANTS), the rows kernel (ROWS_VARIANTS) and the token kernel (TOKEN_VARIANTS).
 
 The schedule of every kernel is an attribute in the IR (#mhc.schedule, docs/GPU.md), so a variant
 is the same compiler with one attribute edited. Here (needs mhc-opt and the CUDA toolkit):
@@ -59,20 +59,52 @@ ROWS_VARIANTS = {
     "rows_tile64": {"tile_tokens": 64, "chunk_columns": 32},
 }
 
+# The token kernel (thirty-first session): the backward's token pass (the Sinkhorn walk) in a kernel
+# of its own between rows and cols, [rows, tokens, cols, params], which --mhc-select-schedule picks
+# for rows of <= 4 KB. Each variant sets the token kernel's (tile_tokens, threads), or removes it
+# (None: the token pass back in the rows kernel); the same edit works at any C.
+TOKEN_VARIANTS = {
+    "tokens_off": None,
+    "tokens64": (64, 256),
+    "tokens32": (32, 128),
+    "tokens128": (128, 512),
+}
 
-def edit_cols(changes, which=1):
-    """Edits schedule `which` (0 rows, 1 cols) of every three-kernel backward group."""
+
+def edit_tokens(wanted):
+    """Gives every backward group with cols and params kernels the token kernel `wanted`
+    ((tile_tokens, threads)) or none (None)."""
     def edit(ir: str) -> str:
         def one(m):
             schedules = re.findall(r"#mhc\.schedule<[^>]*>", m.group(0))
-            if len(schedules) != 3:
+            if len(schedules) not in (3, 4):
                 return m.group(0)
-            edited = schedules[which]
+            kept = [schedules[0]] + schedules[-2:]
+            if wanted:
+                kept.insert(1, f"#mhc.schedule<tile_tokens = {wanted[0]}, chunk_columns = 0, "
+                               f"threads = {wanted[1]}, vector_width = 1, blocks_per_sm = 0>")
+            return "mhc.schedule = [" + ", ".join(kept) + "]"
+        out, count = re.subn(r"mhc\.schedule = \[[^\]]*\]", one, ir)
+        if not count:
+            raise ValueError("no backward schedule in the IR")
+        return out
+    return edit
+
+
+def edit_cols(changes, which=1):
+    """Edits schedule `which` (0 rows, 1 cols) of every backward group with a cols kernel."""
+    def edit(ir: str) -> str:
+        def one(m):
+            schedules = re.findall(r"#mhc\.schedule<[^>]*>", m.group(0))
+            if len(schedules) not in (3, 4):
+                return m.group(0)
+            at = 2 if which == 1 and len(schedules) == 4 else which   # cols after a token kernel
+            edited = schedules[at]
             for field, value in changes.items():
                 edited, count = re.subn(rf"{field} = \d+", f"{field} = {value}", edited)
                 if not count:
                     raise ValueError(f"no {field} in {edited}")
-            return m.group(0).replace(schedules[which], edited)
+            return m.group(0).replace(schedules[at], edited)
         out, count = re.subn(r"mhc\.schedule = \[[^\]]*\]", one, ir)
         if not count:
             raise ValueError("no backward schedule in the IR")
@@ -90,9 +122,11 @@ def build(args):
     from mhc.torch import kernels, kernel_build
     key = kernels.KernelKey(n=4, C=args.C, dtype="bf16", chip="sm_90")
     runtime = kernels.find_runtime()
-    wanted = [(name, changes, 1) for name, changes in {**VARIANTS, **split_variants(args)}.items()]
-    wanted += [(name, changes, 0) for name, changes in ROWS_VARIANTS.items()]
-    for name, changes, which in wanted:
+    wanted = [(name, edit_cols(changes, 1))
+              for name, changes in {**VARIANTS, **split_variants(args)}.items()]
+    wanted += [(name, edit_cols(changes, 0)) for name, changes in ROWS_VARIANTS.items()]
+    wanted += [(name, edit_tokens(tokens)) for name, tokens in TOKEN_VARIANTS.items()]
+    for name, edit in wanted:
         if args.only and name not in args.only.split(","):
             continue
         root = Path(args.out) / name
@@ -100,8 +134,7 @@ def build(args):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         try:
-            kernel_build.compile_kernels(key.as_dict(), folder,
-                                          edit_schedules=edit_cols(changes, which))
+            kernel_build.compile_kernels(key.as_dict(), folder, edit_schedules=edit)
         except Exception as e:  # noqa: BLE001 - an impossible schedule is a diagnostic; go on
             shutil.rmtree(folder, ignore_errors=True)
             print(f"{name}: not built: {str(e).strip().splitlines()[-1][:200]}", flush=True)
@@ -112,7 +145,7 @@ def build(args):
 
 def run(args):
     results = {}
-    variants = {**VARIANTS, **split_variants(args), **ROWS_VARIANTS}
+    variants = {**VARIANTS, **split_variants(args), **ROWS_VARIANTS, **TOKEN_VARIANTS}
     for name in variants:
         root = Path(args.out) / name
         if not root.is_dir():

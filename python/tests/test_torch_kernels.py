@@ -575,18 +575,23 @@ def test_python_path_recomputes_from_the_saved_mix(tmp_path, mock, monkeypatch, 
     kernels._LOADED.clear(), kernels._BY_CALL.clear()
 
 
+@pytest.mark.parametrize("C,walker", [(100, "tokens"), (4096, "rows")])
 @pytest.mark.parametrize("n,lanes", [(2, True), (3, False), (8, True)])
-def test_rows_kernel_sinkhorn_walk_by_lanes(n, lanes):
-    """The backward's rows kernels walk a token's Sinkhorn iterations with n lanes where n divides a
+def test_backward_sinkhorn_walk_by_lanes(n, lanes, C, walker):
+    """The backward's token pass walks a token's Sinkhorn iterations with n lanes where n divides a
     warp (one divisor a step per lane in private memory, warp syncs between the steps) and with one
-    thread otherwise (n divisors a step)."""
+    thread otherwise (n divisors a step). It runs in a token kernel of its own where a row is at
+    most 4 KB (C = 100 bf16: `_tokens`, after a rows kernel without it) and in the rows kernel
+    otherwise (C = 4096: `_rows`)."""
     from mhc.torch import kernel_build
-    key = KernelKey(n=n, C=100, dtype="bf16")
+    key = KernelKey(n=n, C=C, dtype="bf16")
     gpu = compiler._run([compiler.mhc_opt(), "-", "--mhc-fuse", "--convert-mhc-to-gpu=chip=sm_90"],
                         input_text=kernel_build.module_text(key))
-    rows = re.findall(r"gpu\.func @(\w+_rows)\(.*?private\(%\w+ : memref<(\d+)xf32", gpu)
-    assert rows, "no rows kernel with a token pass"
+    walkers = re.findall(r"gpu\.func @(\w+_(?:rows|tokens))\(.*?private\(%\w+ : memref<(\d+)xf32", gpu)
+    assert walkers, "no kernel with a token pass"
     steps = 2 * key.iterations - 1
-    for name, size in rows:
+    for name, size in walkers:
+        assert name.endswith("_" + walker), name
         assert int(size) == steps * (1 if lanes else n), name
     assert ("nvvm.bar.warp.sync" in gpu) == lanes
+    assert bool(re.search(r"gpu\.func @\w+_tokens\(", gpu)) == (walker == "tokens")

@@ -24,6 +24,10 @@ static constexpr int64_t kColsBlocksTarget = 132;
 static constexpr int64_t kColsFragmentWords = 64;
 /// Each split writes a partial dfn [M x nC] that the params kernel sums.
 static constexpr int64_t kMaxTokenSplits = 32;
+/// Rows of at most this many bytes (C x the activation's size) get a token
+/// kernel: their row loads are too short to hide each tile's token pass
+/// (docs/GPU.md, "The token kernel").
+static constexpr int64_t kTokenKernelMaxRowBytes = 4096;
 
 //===----------------------------------------------------------------------===//
 // Planning and legality
@@ -140,7 +144,8 @@ static FailureOr<BackwardPlan> planGroup(const KernelGroup &g) {
 static int64_t elementBytes(Type t) { return t.getIntOrFloatBitWidth() / 8; }
 
 //===----------------------------------------------------------------------===//
-// Schedules: [rows, cols, params] (or [rows] for post_backward)
+// Schedules: [rows, cols, params], [rows, tokens, cols, params] at small
+// widths, or [rows] for post_backward
 //===----------------------------------------------------------------------===//
 
 // File-local: the other of Forward/BackwardKernel.cpp has a SharedBuffer too.
@@ -154,16 +159,24 @@ struct SharedBuffer {
 };
 } // namespace
 
-/// The rows kernel's shared memory, per token of a tile: post, the row sums
-/// and (with a token pass) the parameter partials.
+/// The shared memory of the rows kernel (RowsPart Whole or Rows) or of the
+/// token kernel (Tokens), per token of a tile: post (rows), the row sums
+/// (but where they go to memory), and for the token pass the parameter
+/// partials and, with tokenLanes, the Sinkhorn matrices. In this order
+/// (emitRowsKernel takes the workgroup attributions in it).
 static SmallVector<SharedBuffer> rowsShared(const BackwardPlan &p,
-                                            const Schedule &s) {
+                                            const Schedule &s, RowsPart part) {
   Type f32 = Float32Type::get(p.act.getContext());
   int64_t TT = s.tileTokens;
-  SmallVector<SharedBuffer> shared{{TT * p.n, f32}, {TT * p.rowSums(), f32}};
-  if (p.hasTokenPass())
+  bool tokenPass = p.hasTokenPass() && part != RowsPart::Rows;
+  SmallVector<SharedBuffer> shared;
+  if (part != RowsPart::Tokens)
+    shared.push_back({TT * p.n, f32});
+  if (part != RowsPart::Rows)
+    shared.push_back({TT * p.rowSums(), f32});
+  if (tokenPass)
     shared.push_back({TT * p.paramWidth(), f32});
-  if (p.hasTokenPass() && RowsKernelBuilder::tokenLanes(p, s))
+  if (tokenPass && RowsKernelBuilder::tokenLanes(p, s))
     shared.push_back({TT * 2 * p.n * p.n, f32}); // Y and g of each token
   return shared;
 }
@@ -193,8 +206,9 @@ static int64_t colsSharedBytes(const BackwardPlan &p, const Schedule &s) {
   return sharedBytes(colsShared(p, s));
 }
 
-static int64_t rowsSharedBytes(const BackwardPlan &p, const Schedule &s) {
-  return sharedBytes(rowsShared(p, s));
+static int64_t rowsSharedBytes(const BackwardPlan &p, const Schedule &s,
+                               RowsPart part) {
+  return sharedBytes(rowsShared(p, s, part));
 }
 
 /// The cols kernel's tile: the widest column chunk CC (<= 64: 128-byte row
@@ -252,6 +266,26 @@ static GroupSchedule defaultSchedule(const BackwardPlan &p) {
   if (p.kind == "post_backward")
     return {rows};
 
+  // The token kernel (narrow rows): n lanes a token in blocks of 256
+  // threads where n divides a warp, else a thread a token in blocks of 128;
+  // fewer tokens a block where the shared memory needs it (large n).
+  std::optional<Schedule> tokens;
+  if (p.C * elementBytes(p.act) <= kTokenKernelMaxRowBytes) {
+    bool lanes = 32 % p.n == 0;
+    tokens = Schedule();
+    tokens->vectorWidth = 1;
+    tokens->tileTokens = lanes ? 256 / p.n : 128;
+    auto threadsFor = [&](int64_t tt) {
+      return std::max<int64_t>(32, (tt * (lanes ? p.n : 1) + 31) / 32 * 32);
+    };
+    tokens->threads = threadsFor(tokens->tileTokens);
+    while (tokens->tileTokens > 1 &&
+           rowsSharedBytes(p, *tokens, RowsPart::Tokens) > kSharedMemoryLimit) {
+      tokens->tileTokens /= 2;
+      tokens->threads = threadsFor(tokens->tileTokens);
+    }
+  }
+
   Schedule cols;
   cols.vectorWidth = vec;
   chooseColsTile(p, cols);
@@ -268,20 +302,33 @@ static GroupSchedule defaultSchedule(const BackwardPlan &p) {
   params.threads = 256;
   params.tileTokens = 1;
   params.vectorWidth = 1;
+  if (tokens)
+    return {rows, *tokens, cols, params};
   return {rows, cols, params};
 }
 
 static bool isPowerOf2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 
+/// Whether the group's schedule gives the token pass a kernel of its own:
+/// [rows, tokens, cols, params] instead of [rows, cols, params].
+static bool hasTokenKernel(const BackwardPlan &p, ArrayRef<Schedule> schedule) {
+  return p.hasTokenPass() && schedule.size() == 4;
+}
+
 static LogicalResult verifySchedule(const BackwardPlan &p,
                                     ArrayRef<Schedule> schedule,
                                     Operation *root) {
-  size_t kernels = p.kind == "post_backward" ? 1 : 3;
-  if (schedule.size() != kernels)
-    return root->emitOpError() << "schedule: expects " << kernels
-                               << " schedules ([rows"
-                               << (kernels == 3 ? ", cols, params" : "")
-                               << "]), got " << schedule.size();
+  if (p.kind == "post_backward" ? schedule.size() != 1
+                                : schedule.size() != 3 && schedule.size() != 4)
+    return root->emitOpError()
+           << "schedule: expects "
+           << (p.kind == "post_backward"
+                   ? "1 schedule ([rows])"
+                   : "3 or 4 schedules ([rows, cols, params] or [rows, "
+                     "tokens, cols, params])")
+           << ", got " << schedule.size();
+  bool tokenKernel = hasTokenKernel(p, schedule);
+  RowsPart rowsPart = tokenKernel ? RowsPart::Rows : RowsPart::Whole;
   int64_t vec = 16 / elementBytes(p.act);
   auto bad = [&](StringRef kernel, StringRef field) {
     return root->emitOpError() << "schedule of the " << kernel
@@ -307,14 +354,44 @@ static LogicalResult verifySchedule(const BackwardPlan &p,
     return bad("rows", "blocks_per_sm")
            << "must be >= 0 with blocks_per_sm * threads <= 2048, got "
            << rows.blocksPerSM;
-  if (rowsSharedBytes(p, rows) > kSharedMemoryLimit)
+  if (rowsSharedBytes(p, rows, rowsPart) > kSharedMemoryLimit)
     return bad("rows", "tile_tokens")
-           << "needs " << rowsSharedBytes(p, rows)
+           << "needs " << rowsSharedBytes(p, rows, rowsPart)
            << " bytes of shared memory (limit " << kSharedMemoryLimit << ")";
-  if (kernels == 1)
+  if (schedule.size() == 1)
     return success();
 
-  const Schedule &cols = schedule[1];
+  if (tokenKernel) {
+    const Schedule &tokens = schedule[1];
+    if (tokens.vectorWidth != 1 || tokens.chunkColumns != 0 ||
+        tokens.tokenSplits != 0)
+      return bad("tokens", "vector_width")
+             << "must be 1, with chunk_columns and token_splits 0 (the "
+                "kernel reads no rows), got vector_width = "
+             << tokens.vectorWidth << ", chunk_columns = "
+             << tokens.chunkColumns << ", token_splits = "
+             << tokens.tokenSplits;
+    if (tokens.tileTokens < 1)
+      return bad("tokens", "tile_tokens")
+             << "must be >= 1, got " << tokens.tileTokens;
+    if (tokens.threads < tokens.tileTokens || tokens.threads % 32 != 0 ||
+        tokens.threads > 1024)
+      return bad("tokens", "threads")
+             << "must be a multiple of 32 <= 1024 and >= tile_tokens (a "
+                "thread a token at least), got "
+             << tokens.threads;
+    if (tokens.blocksPerSM < 0 || tokens.blocksPerSM * tokens.threads > 2048)
+      return bad("tokens", "blocks_per_sm")
+             << "must be >= 0 with blocks_per_sm * threads <= 2048, got "
+             << tokens.blocksPerSM;
+    int64_t bytes = rowsSharedBytes(p, tokens, RowsPart::Tokens);
+    if (bytes > kSharedMemoryLimit)
+      return bad("tokens", "tile_tokens")
+             << "needs " << bytes << " bytes of shared memory (limit "
+             << kSharedMemoryLimit << ")";
+  }
+
+  const Schedule &cols = schedule[tokenKernel ? 2 : 1];
   int64_t KB = p.n * cols.chunkColumns;
   if (cols.vectorWidth != vec)
     return bad("cols", "vector_width") << "must be " << vec << ", got "
@@ -344,7 +421,7 @@ static LogicalResult verifySchedule(const BackwardPlan &p,
            << "needs " << colsSharedBytes(p, cols)
            << " bytes of shared memory (limit " << kSharedMemoryLimit
            << "); use fewer chunk_columns or tile_tokens";
-  const Schedule &params = schedule[2];
+  const Schedule &params = schedule.back();
   if (!isPowerOf2(params.threads) || params.threads < 32 ||
       params.threads > 1024)
     return bad("params", "threads")
@@ -469,7 +546,11 @@ public:
     Type f32 = Float32Type::get(ctx);
     int64_t n = p.n, M = p.M(), nC = n * p.C;
     const Schedule &rows = schedule[0];
-    bool threeKernels = schedule.size() == 3;
+    // Whether the group has cols and params kernels (all but post_backward)
+    // and a token kernel between rows and cols.
+    bool colsKernels = schedule.size() >= 3;
+    bool tokenKernel = hasTokenKernel(p, schedule);
+    const Schedule *tokens = tokenKernel ? &schedule[1] : nullptr;
 
     // --- host side: buffers ---------------------------------------------
     HostLaunch host(group.root);
@@ -484,22 +565,28 @@ public:
       buffer[v] = out;
     }
     // Scratch: stand-in values name them in the kernels' argument lists.
-    Value record, paramPartial, dfnPartial;
+    Value record, paramPartial, dfnPartial, rowSums;
     OpBuilder hb(group.root);
+    auto index = [&](int64_t v) {
+      return arith::ConstantIndexOp::create(hb, loc, v);
+    };
+    auto perToken = [&](int64_t width) {
+      return host.scratchBuffer(
+          f32, arith::MulIOp::create(hb, loc, host.tokens(), index(width)));
+    };
     Value rowsGrid = host.tileGrid(rows.tileTokens);
-    if (threeKernels) {
-      record = host.scratchBuffer(
-          f32, arith::MulIOp::create(hb, loc, host.tokens(),
-                                     arith::ConstantIndexOp::create(
-                                         hb, loc, p.recordWidth())));
+    // The blocks that write the parameter partials: the token pass's.
+    Value passGrid = tokens ? host.tileGrid(tokens->tileTokens) : rowsGrid;
+    if (colsKernels) {
+      record = perToken(p.recordWidth());
       paramPartial = host.scratchBuffer(
-          f32, arith::MulIOp::create(
-                   hb, loc, rowsGrid,
-                   arith::ConstantIndexOp::create(hb, loc, p.paramWidth())));
+          f32, arith::MulIOp::create(hb, loc, passGrid,
+                                     index(p.paramWidth())));
       dfnPartial = host.scratchBuffer(
-          f32, arith::ConstantIndexOp::create(
-                   hb, loc, schedule[1].tokenSplits * M * nC));
+          f32, index(schedule[tokenKernel ? 2 : 1].tokenSplits * M * nC));
     }
+    if (tokenKernel)
+      rowSums = perToken(p.storedRowSums());
     auto hostArgs = [&](const KernelArgs &a) {
       SmallVector<Value> out{host.tokens()};
       for (Value v : a.values) {
@@ -511,7 +598,53 @@ public:
     };
     OpBuilder mb = OpBuilder::atBlockEnd(kernels.getBody());
 
-    // --- rows -------------------------------------------------------------
+    // --- rows, and the token kernel -----------------------------------------
+    auto emitRowsKernel = [&](RowsPart part, const Schedule &sched,
+                              StringRef suffix, const KernelArgs &a,
+                              Value grid) {
+      bool tokenPass = p.hasTokenPass() && part != RowsPart::Rows;
+      SmallVector<Type> priv;
+      if (tokenPass) {
+        // The divisors of the thread's lines: n a step, or one (tokenLanes).
+        int64_t lines = RowsKernelBuilder::tokenLanes(p, sched) ? 1 : n;
+        priv.push_back(MemRefType::get(
+            {(2 * p.iterations - 1) * lines}, f32, MemRefLayoutAttrInterface(),
+            gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Private)));
+      }
+      auto kernel = createKernel(
+          mb, loc, (kernelName + suffix).str(), a.types,
+          sharedTypes(ctx, rowsShared(p, sched, part)), priv, sched);
+      OpBuilder b = OpBuilder::atBlockBegin(&kernel.getBody().front());
+      RowsKernelBuilder k(b, loc, p, sched, part);
+      k.acts = {p.act, sched.vectorWidth, p.C};
+      bindArguments(k, kernel, a);
+      k.record = k.argOf.lookup(record);
+      k.paramPartial = k.argOf.lookup(paramPartial);
+      k.rowSumsMem = k.argOf.lookup(rowSums);
+      // The workgroup attributions in rowsShared's order.
+      auto wg = kernel.getWorkgroupAttributions();
+      unsigned next = 0;
+      if (part != RowsPart::Tokens)
+        k.postS = wg[next++];
+      if (part != RowsPart::Rows)
+        k.sumsS = wg[next++];
+      if (tokenPass) {
+        k.paramS = wg[next++];
+        if (k.tokenLanes())
+          k.lineS = wg[next++];
+        k.denominators = kernel.getPrivateAttributions()[0];
+      }
+      k.tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+      k.tile0 = k.mul(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
+                      k.ci(sched.tileTokens));
+      if (part != RowsPart::Tokens)
+        k.aligned = allAligned(k, p, k.argOf,
+                               {p.x, p.y ? p.dout : Value(), p.y, p.du,
+                                p.dyOut});
+      k.emitBody();
+      gpu::ReturnOp::create(b, loc);
+      host.launch(kernel, grid, sched.threads, hostArgs(a));
+    };
     {
       KernelArgs a;
       Value rowsDout = p.y ? p.dout : Value(); // for post_res_grad's sums
@@ -519,48 +652,27 @@ public:
                       p.postIn, p.dpostIn, p.dcombIn, p.dyOut, p.dpostOut,
                       p.dcombOut})
         a.addValue(v);
-      if (threeKernels) {
+      if (tokenKernel) {
+        a.add(rowSums, f32);
+      } else if (colsKernels) {
         a.add(record, f32);
         a.add(paramPartial, f32);
       }
-      int64_t TT = rows.tileTokens;
-      SmallVector<Type> priv;
-      if (p.hasTokenPass()) {
-        // The divisors of the thread's lines: n a step, or one (tokenLanes).
-        int64_t lines = RowsKernelBuilder::tokenLanes(p, rows) ? 1 : n;
-        priv.push_back(MemRefType::get(
-            {(2 * p.iterations - 1) * lines}, f32, MemRefLayoutAttrInterface(),
-            gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Private)));
-      }
-      auto kernel = createKernel(mb, loc, (kernelName + "_rows").str(),
-                                 a.types, sharedTypes(ctx, rowsShared(p, rows)),
-                                 priv, rows);
-      OpBuilder b = OpBuilder::atBlockBegin(&kernel.getBody().front());
-      RowsKernelBuilder k(b, loc, p, rows);
-      k.acts = {p.act, rows.vectorWidth, p.C};
-      bindArguments(k, kernel, a);
-      k.record = k.argOf.lookup(record);
-      k.paramPartial = k.argOf.lookup(paramPartial);
-      auto wg = kernel.getWorkgroupAttributions();
-      k.postS = wg[0];
-      k.sumsS = wg[1];
-      if (p.hasTokenPass()) {
-        k.paramS = wg[2];
-        if (k.tokenLanes())
-          k.lineS = wg[3];
-        k.denominators = kernel.getPrivateAttributions()[0];
-      }
-      k.tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
-      k.tile0 = k.mul(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
-                      k.ci(TT));
-      k.aligned = allAligned(k, p, k.argOf, {p.x, rowsDout, p.y, p.du, p.dyOut});
-      k.emitBody();
-      gpu::ReturnOp::create(b, loc);
-      host.launch(kernel, rowsGrid, rows.threads, hostArgs(a));
+      emitRowsKernel(tokenKernel ? RowsPart::Rows : RowsPart::Whole, rows,
+                     "_rows", a, rowsGrid);
     }
-    if (threeKernels) {
+    if (tokenKernel) {
+      KernelArgs a;
+      for (Value v : {p.x, p.mix, p.scale, p.base, p.dpostIn, p.dcombIn})
+        a.addValue(v);
+      a.add(rowSums, f32);
+      a.add(record, f32);
+      a.add(paramPartial, f32);
+      emitRowsKernel(RowsPart::Tokens, *tokens, "_tokens", a, passGrid);
+    }
+    if (colsKernels) {
       // --- cols -----------------------------------------------------------
-      const Schedule &cols = schedule[1];
+      const Schedule &cols = schedule[tokenKernel ? 2 : 1];
       KernelArgs a;
       for (Value v : {p.x, p.dout, p.du, p.fn})
         a.addValue(v);
@@ -602,7 +714,7 @@ public:
                   cols.tokenSplits);
 
       // --- params ---------------------------------------------------------
-      const Schedule &params = schedule[2];
+      const Schedule &params = schedule.back();
       KernelArgs pa;
       pa.add(paramPartial, f32);
       pa.add(dfnPartial, f32);
@@ -614,7 +726,7 @@ public:
       OpBuilder pb = OpBuilder::atBlockBegin(&pk.getBody().front());
       KernelBuilder kp(pb, loc);
       auto argAt = [&](unsigned i) { return pk.getArgument(i + 1); };
-      emitParamsKernel(kp, p, rows, cols, params, pk.getArgument(0), argAt(1),
+      emitParamsKernel(kp, p, tokens ? *tokens : rows, cols, params, pk.getArgument(0), argAt(1),
                        argAt(0), argAt(2), argAt(3), argAt(4),
                        pk.getWorkgroupAttributions()[0]);
       gpu::ReturnOp::create(pb, loc);

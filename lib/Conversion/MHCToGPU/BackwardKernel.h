@@ -17,6 +17,15 @@
 //   params  dfn, dscale, dbase = the partials summed in a fixed order (two
 //           runs give bit-identical gradients: no float atomics).
 //
+// Where rows are short (<= 4 KB) the token pass is a kernel of its own,
+// between rows and cols (schedule [rows, tokens, cols, params]):
+//
+//   rows    as above up to the row sums, which go to memory (T x W f32);
+//   tokens  tiles of tokens, n lanes a token where n divides a warp: the
+//           token pass of every token at once (short row loads cannot hide
+//           each tile's walk: C = 512's fused backward 0.199 -> 0.186 ms,
+//           docs/GPU.md "The token kernel").
+//
 // Group kinds: "backward" (the whole sublayer, no sublayer F between the
 // post_res and pre_apply gradients), "post_backward" (post_res_grad's dy,
 // dpost, dcomb before an opaque F's VJP: the rows kernel alone) and
@@ -84,17 +93,29 @@ struct BackwardPlan {
   int64_t rowSumDpre() const { return n + n * n; }
   int64_t rowSumSq() const { return 2 * n + n * n; }
   int64_t rowSums() const { return 2 * n + n * n + 1; }
+  /// With a token kernel, the row sums the rows kernel stores per token:
+  /// those from `firstStoredRowSum()` on (pre_backward's dpost and dcomb
+  /// come from memory, so it stores dpre and sum x^2 alone).
+  int64_t firstStoredRowSum() const { return y ? 0 : rowSumDpre(); }
+  int64_t storedRowSums() const { return rowSums() - firstStoredRowSum(); }
 };
+
+/// Which of the kernels a RowsKernelBuilder emits: the rows kernel with its
+/// token pass (Whole), without it (Rows: the row sums go to memory), or the
+/// token kernel (Tokens: the row sums come from memory).
+enum class RowsPart { Whole, Rows, Tokens };
 
 /// Rows kernel body (BackwardRows.cpp + BackwardTokenStage.cpp).
 struct RowsKernelBuilder : KernelBuilder {
   RowsKernelBuilder(OpBuilder &b, Location loc, const BackwardPlan &p,
-                    const Schedule &s)
-      : KernelBuilder(b, loc), p(p), s(s) {}
+                    const Schedule &s, RowsPart part)
+      : KernelBuilder(b, loc), p(p), s(s), part(part) {}
   const BackwardPlan &p;
   const Schedule &s;
+  RowsPart part;
   DenseMap<Value, Value> argOf; // group value -> kernel memref argument
   Value record, paramPartial;   // scratch outputs (null when unused)
+  Value rowSumsMem; // Rows / Tokens: T x storedRowSums() f32 scratch
   Value T, tid, tile0;
   Value postS, sumsS, paramS; // shared memory
   Value lineS;                // tokenLanes: the tile's Sinkhorn matrices
@@ -102,6 +123,7 @@ struct RowsKernelBuilder : KernelBuilder {
 
   /// Whether n lanes share each token's Sinkhorn walk (a line each): n
   /// divides a warp and the tile's tokens fill whole warps of the block.
+  /// (`s`: the schedule of the kernel that runs the token pass.)
   static bool tokenLanes(const BackwardPlan &p, const Schedule &s) {
     int64_t lanes = s.tileTokens * p.n;
     return p.n > 1 && 32 % p.n == 0 && lanes % 32 == 0 && lanes <= s.threads;
@@ -112,6 +134,11 @@ struct RowsKernelBuilder : KernelBuilder {
   void emitBody();
   void loadPost();
   void emitRowLoop();
+  /// Tokens: the tile's row sums from memory into sumsS.
+  void loadRowSums();
+  /// Every token of the tile through the token pass, then the block's
+  /// parameter partials.
+  void emitTokenPass();
   /// The token pass (BackwardTokenStage.cpp): one thread a token, or with
   /// tokenLanes lane `line` of the token's n (the warp's live lanes `mask`).
   void emitTokenBackward(Value t, Value token);
@@ -215,10 +242,11 @@ struct ColsKernelBuilder : KernelBuilder {
   SmallVector<Value> emitTile(SmallVector<Value> dfnAcc);
 };
 
-/// Params kernel body (BackwardParams.cpp).
-/// `reduceS`: [threads] f32 of shared memory.
+/// Params kernel body (BackwardParams.cpp). `partials`: the schedule of the
+/// kernel whose blocks wrote paramPartial (rows, or tokens when the token
+/// pass is a kernel of its own); `reduceS`: [threads] f32 of shared memory.
 void emitParamsKernel(KernelBuilder &k, const BackwardPlan &p,
-                      const Schedule &rows, const Schedule &cols,
+                      const Schedule &partials, const Schedule &cols,
                       const Schedule &params, Value T, Value dfnPartial,
                       Value paramPartial, Value dfn, Value dscale,
                       Value dbase, Value reduceS);

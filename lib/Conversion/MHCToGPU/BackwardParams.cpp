@@ -5,8 +5,9 @@
 //   blocks [0, B):     dfn[e] = sum over the token splits s (in order) of
 //                      the cols kernel's partial[s][e], one element a thread;
 //   blocks [B, B + M + 3): one parameter of dbase (M) or dscale (3) each:
-//                      the rows blocks' partials, strided over the threads
-//                      (in order), then a shared-memory tree.
+//                      the rows (or tokens) kernel's blocks' partials,
+//                      strided over the threads (in order), then a
+//                      shared-memory tree.
 //
 //===----------------------------------------------------------------------===//
 #include "BackwardKernel.h"
@@ -16,7 +17,8 @@ using namespace mlir::mhc;
 using namespace mlir::mhc::gpu_kernels;
 
 void gpu_kernels::emitParamsKernel(KernelBuilder &k, const BackwardPlan &p,
-                                   const Schedule &rows, const Schedule &cols,
+                                   const Schedule &partials,
+                                   const Schedule &cols,
                                    const Schedule &params, Value T,
                                    Value dfnPartial, Value paramPartial,
                                    Value dfn, Value dscale, Value dbase,
@@ -41,11 +43,11 @@ void gpu_kernels::emitParamsKernel(KernelBuilder &k, const BackwardPlan &p,
   k.b.setInsertionPointToStart(ifOp.elseBlock());
   {
     Value param = arith::SubIOp::create(k.b, k.loc, block, k.ci(dfnBlocks));
-    Value rowsBlocks = arith::MaxUIOp::create(
+    Value blocks = arith::MaxUIOp::create(
         k.b, k.loc,
-        arith::CeilDivUIOp::create(k.b, k.loc, T, k.ci(rows.tileTokens)),
+        arith::CeilDivUIOp::create(k.b, k.loc, T, k.ci(partials.tileTokens)),
         k.ci(1));
-    Value sum = k.emitFor(tid, rowsBlocks, k.ci(threads), k.cf(0.0),
+    Value sum = k.emitFor(tid, blocks, k.ci(threads), k.cf(0.0),
                           [&](Value blk, ValueRange acc) -> SmallVector<Value> {
                             return {k.fadd(acc[0],
                                            k.ld(paramPartial,

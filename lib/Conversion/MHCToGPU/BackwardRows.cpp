@@ -9,7 +9,9 @@
 //   sum x^2                                                           (norm_project)
 // accumulate in f32 registers; a shuffle tree then adds the lanes of a row.
 // The token pass (BackwardTokenStage.cpp) turns them into the record the
-// cols kernel reads and into per-block partial sums of dbase and dscale.
+// cols kernel reads and into per-block partial sums of dbase and dscale:
+// here after the tile's rows, or (RowsPart::Rows / Tokens) in a kernel of
+// its own that reads the sums back from memory.
 //
 //===----------------------------------------------------------------------===//
 #include "BackwardKernel.h"
@@ -170,9 +172,34 @@ void RowsKernelBuilder::emitRowLoop() {
   SmallVector<Value> reduced;
   for (Value v : sums)
     reduced.push_back(warpSum(v, NVC));
+  if (part == RowsPart::Rows) { // for the token kernel
+    int64_t W = p.storedRowSums(), firstSum = p.firstStoredRowSum();
+    emitIf(band(first, ok), [&]() {
+      for (auto [slot, v] : llvm::zip(slots, reduced))
+        st(v, rowSumsMem, add(mul(token, ci(W)), ci(slot - firstSum)));
+    });
+    return;
+  }
   emitIf(first, [&]() {
     for (auto [slot, v] : llvm::zip(slots, reduced))
       st(v, sumsS, add(mul(t, ci(p.rowSums())), ci(slot)));
+  });
+  barrier();
+}
+
+void RowsKernelBuilder::loadRowSums() {
+  // Element q of the tile's T x W sums is row sum firstSum + q % W of token
+  // q / W: consecutive threads read consecutive floats.
+  int64_t W = p.storedRowSums(), firstSum = p.firstStoredRowSum();
+  int64_t TT = s.tileTokens;
+  emitFor(tid, ci(TT * W), ci(s.threads), {}, [&](Value q, ValueRange) {
+    Value t = div(q, W);
+    Value token = add(tile0, t);
+    Value v = f32OrZero(ult(token, T), [&]() {
+      return ld(rowSumsMem, add(mul(tile0, ci(W)), q));
+    });
+    st(v, sumsS, add(mul(t, ci(p.rowSums())), add(ci(firstSum), rem(q, W))));
+    return SmallVector<Value>{};
   });
   barrier();
 }
@@ -190,11 +217,41 @@ void RowsKernelBuilder::emitParamPartials() {
 }
 
 void RowsKernelBuilder::emitBody() {
+  if (part == RowsPart::Tokens) {
+    loadRowSums();
+    emitTokenPass();
+    return;
+  }
   if (p.y)
     loadPost();
   emitRowLoop();
+  if (part == RowsPart::Rows)
+    return;
+  if (p.hasTokenPass()) {
+    emitTokenPass();
+    return;
+  }
+  // post_backward: dpost and dcomb go to memory for the pre_backward group.
   int64_t n = p.n;
-  if (p.hasTokenPass() && tokenLanes()) {
+  emitIf(ult(tid, s.tileTokens), [&]() {
+    Value token = add(tile0, tid);
+    emitIf(ult(token, T), [&]() {
+      Value row = mul(tid, ci(p.rowSums()));
+      if (Value out = arg(p.dpostOut))
+        for (int64_t j = 0; j < n; ++j)
+          st(ld(sumsS, add(row, ci(p.rowSumDpost() + j))), out,
+             add(mul(token, ci(n)), ci(j)));
+      if (Value out = arg(p.dcombOut))
+        for (int64_t e = 0; e < n * n; ++e)
+          st(ld(sumsS, add(row, ci(p.rowSumDcomb() + e))), out,
+             add(mul(token, ci(n * n)), ci(e)));
+    });
+  });
+}
+
+void RowsKernelBuilder::emitTokenPass() {
+  int64_t n = p.n;
+  if (tokenLanes()) {
     // n lanes a token (the tile's tokens fill whole warps); the lanes of
     // tokens past T leave the warp's syncs (`mask`: the live prefix).
     emitIf(ult(tid, s.tileTokens * n), [&]() {
@@ -225,33 +282,15 @@ void RowsKernelBuilder::emitBody() {
     emitParamPartials();
     return;
   }
-  if (p.hasTokenPass()) {
-    emitIf(ult(tid, s.tileTokens), [&]() {
-      Value token = add(tile0, tid);
-      emitIfElse(
-          ult(token, T), [&]() { emitTokenBackward(tid, token); },
-          [&]() { // tokens past T add nothing to the parameter gradients
-            for (int64_t q = 0; q < p.paramWidth(); ++q)
-              st(cf(0.0), paramS, add(mul(tid, ci(p.paramWidth())), ci(q)));
-          });
-    });
-    barrier();
-    emitParamPartials();
-    return;
-  }
-  // post_backward: dpost and dcomb go to memory for the pre_backward group.
   emitIf(ult(tid, s.tileTokens), [&]() {
     Value token = add(tile0, tid);
-    emitIf(ult(token, T), [&]() {
-      Value row = mul(tid, ci(p.rowSums()));
-      if (Value out = arg(p.dpostOut))
-        for (int64_t j = 0; j < n; ++j)
-          st(ld(sumsS, add(row, ci(p.rowSumDpost() + j))), out,
-             add(mul(token, ci(n)), ci(j)));
-      if (Value out = arg(p.dcombOut))
-        for (int64_t e = 0; e < n * n; ++e)
-          st(ld(sumsS, add(row, ci(p.rowSumDcomb() + e))), out,
-             add(mul(token, ci(n * n)), ci(e)));
-    });
+    emitIfElse(
+        ult(token, T), [&]() { emitTokenBackward(tid, token); },
+        [&]() { // tokens past T add nothing to the parameter gradients
+          for (int64_t q = 0; q < p.paramWidth(); ++q)
+            st(cf(0.0), paramS, add(mul(tid, ci(p.paramWidth())), ci(q)));
+        });
   });
+  barrier();
+  emitParamPartials();
 }

@@ -209,28 +209,47 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // BWD:     gpu.launch_func  @mhc_kernels::@mhc_post_backward_0_rows {{.*}} threads in (%c256
 // BWD-NOT: gpu.launch_func
 // BWD:     return
-// The whole sublayer: rows, cols and params, with the per-token record
-// [T x 45], the rows blocks' partial sums [blocks x 27] and the token
-// splits' partial dfn [32 x 24 x 256] between them (allocated by the host,
-// freed after their last launch by --mhc-gpu-host-memory).
+// The whole sublayer (C = 64: rows of 128 bytes, so the token pass is a
+// kernel of its own): rows, tokens, cols and params, with the per-token
+// record [T x 45], the token blocks' partial sums [blocks of 64 x 27], the
+// token splits' partial dfn [32 x 24 x 256] and the row sums [T x 25]
+// between them (allocated by the host, freed after their last launch by
+// --mhc-gpu-host-memory).
 // BWD-LABEL: func.func @hc_sublayer_backward
-// BWD-DAG: %[[REC:.*]] = memref.alloc(%{{.*}}) : memref<?xf32>
-// BWD-DAG: %[[PARAM:.*]] = memref.alloc(%{{.*}}) : memref<?xf32>
-// BWD-DAG: %[[DFN:.*]] = memref.alloc(%c196608) : memref<?xf32>
-// BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_rows {{.*}} threads in (%c256
+// BWD:     %[[TILES:.*]] = arith.ceildivui %{{.*}}, %c64
+// BWD:     %[[BLOCKS:.*]] = arith.maxui %[[TILES]]
+// BWD:     %[[RECN:.*]] = arith.muli %{{.*}}, %c45
+// BWD:     %[[REC:.*]] = memref.alloc(%[[RECN]]) : memref<?xf32>
+// BWD:     %[[PARAMN:.*]] = arith.muli %[[BLOCKS]], %c27
+// BWD:     %[[PARAM:.*]] = memref.alloc(%[[PARAMN]]) : memref<?xf32>
+// BWD:     %[[DFN:.*]] = memref.alloc(%c196608) : memref<?xf32>
+// BWD:     %[[SUMSN:.*]] = arith.muli %{{.*}}, %c25
+// BWD:     %[[SUMS:.*]] = memref.alloc(%[[SUMSN]]) : memref<?xf32>
+// BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_rows {{.*}} threads in (%c256{{.*}} %[[SUMS]] : memref<?xf32>)
+// BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_tokens blocks in (%[[BLOCKS]], {{.*}} threads in (%c256{{.*}} %[[SUMS]] : memref<?xf32>, %[[REC]] : memref<?xf32>, %[[PARAM]] : memref<?xf32>)
 // BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_cols blocks in (%c1{{.*}}, %c32, %c1{{.*}}) threads in (%c256
 // BWD:     gpu.launch_func  @mhc_kernels::@mhc_backward_2_params blocks in (%c51
-// The rows kernel walks each token's Sinkhorn iterations with n = 4 lanes (a
-// row or column each: the tile's 16 tokens x 2 matrices x 16 in shared
-// memory, warp syncs between the steps) and keeps each lane's divisors (39
+// The rows kernel keeps only post in shared memory (16 tokens x 4) and
+// stores each row's sums straight to memory; the token kernel reads them
+// back (64 tokens x 25) and walks each token's Sinkhorn iterations with n =
+// 4 lanes (a row or column each: 64 tokens x 2 matrices x 16 in shared
+// memory, warp syncs between the steps), keeping each lane's divisors (39
 // steps) in private memory, not the iterates; the cols kernel stages token
 // tiles (records, x, dout, du, dm^T; rows padded against bank conflicts) in
 // shared memory and multiplies on the tensor cores (its layout is checked
 // below).
 // BWD:     gpu.func @mhc_backward_2_rows
-// BWD-SAME:  memref<512xf32, #gpu.address_space<workgroup>>
-// BWD-SAME:  private(%{{.*}} : memref<39xf32, #gpu.address_space<private>>)
+// BWD-SAME:  workgroup(%{{.*}} : memref<64xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64})
 // BWD-SAME:  nvvm.minctasm = 2
+// BWD-NOT:   nvvm.bar.warp.sync
+// BWD:       memref.store %{{.*}}, %arg9[%{{.*}}] : memref<?xf32>
+// BWD-NOT:   nvvm.bar.warp.sync
+// BWD:     gpu.func @mhc_backward_2_tokens
+// BWD-SAME:  workgroup(%{{.*}} : memref<1600xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<1728xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}, %{{.*}} : memref<2048xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64})
+// BWD-SAME:  private(%{{.*}} : memref<39xf32, #gpu.address_space<private>>)
+// BWD:       scf.for %{{.*}} = %thread_id_x to %c1600{{.*}} step %c256
+// BWD:         memref.load %arg5[%{{.*}}] : memref<?xf32>
+// BWD:       gpu.barrier
 // BWD:       nvvm.bar.warp.sync
 // The token stage's norm factor r as the forward computes it: where the
 // token's f32 sum of squares overflowed, a re-read of its row x (%arg1, K =
@@ -266,13 +285,13 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // BWD:     gpu.func @mhc_backward_2_params
 // The dy fold (hc_joint_backward_lower): the sublayer's own dy is unused, so
 // its rows kernel stores none (x, dout, y, du in; mix, scale, base; the
-// record and partials out), and the cols kernel takes the lower sublayer's
+// row sums out), and the cols kernel takes the lower sublayer's
 // post (f32) and writes its dy. post_lower is staged with the tile's records
 // (their rows padded from 24 to 28 floats: 32 x 28), loaded a tile ahead like
 // them; per token and vector of columns the store loop reads it from shared
 // memory and sums dx of each stream as stored times post_lower[j] in the rows
 // kernel's order.
-// BWD:     gpu.func @mhc_backward_3_rows(%arg0: index, %arg1: memref<?xbf16>, %arg2: memref<?xbf16>, %arg3: memref<?xbf16>, %arg4: memref<?xbf16>, %arg5: memref<?xf32>, %arg6: memref<?xf32>, %arg7: memref<?xf32>, %arg8: memref<?xf32>, %arg9: memref<?xf32>)
+// BWD:     gpu.func @mhc_backward_3_rows(%arg0: index, %arg1: memref<?xbf16>, %arg2: memref<?xbf16>, %arg3: memref<?xbf16>, %arg4: memref<?xbf16>, %arg5: memref<?xf32>, %arg6: memref<?xf32>, %arg7: memref<?xf32>, %arg8: memref<?xf32>)
 // BWD:     gpu.func @mhc_backward_3_cols(%arg0: index, %arg1: memref<?xbf16>, %arg2: memref<?xbf16>, %arg3: memref<?xbf16>, %arg4: memref<?xf32>, %arg5: memref<?xf32>, %arg6: memref<?xbf16>, %arg7: memref<?xf32>, %arg8: memref<?xf32>, %arg9: memref<?xbf16>) workgroup(%[[REC:.*]] : memref<896xf32, #gpu.address_space<workgroup>>
 // BWD:       memref.load %arg8[%{{.*}}] : memref<?xf32>
 // BWD:       %[[POSTS:.*]] = vector.load %[[REC]][%{{.*}}] {alignment = 16 : i64} : memref<896xf32, #gpu.address_space<workgroup>>, vector<4xf32>

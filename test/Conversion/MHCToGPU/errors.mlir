@@ -191,3 +191,15 @@ module {
     }
   }
 }
+
+// The backward's token kernel ([rows, tokens, cols, params]): its schedule
+// edited by hand after --mhc-select-schedule (C = 64 gives it a token kernel
+// of 64 tokens, 256 threads) is checked field by field, at the group.
+// RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-fuse --mhc-select-schedule | sed 's/tile_tokens = 64, chunk_columns = 0, threads = 256/tile_tokens = 64, chunk_columns = 0, threads = 32/' | not mhc-opt --convert-mhc-to-gpu 2>&1 | FileCheck %s --check-prefix=TOKENS-THREADS
+// RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-fuse --mhc-select-schedule | sed 's/tile_tokens = 64, chunk_columns = 0, threads = 256/tile_tokens = 512, chunk_columns = 0, threads = 512/' | not mhc-opt --convert-mhc-to-gpu 2>&1 | FileCheck %s --check-prefix=TOKENS-SHARED
+// RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-fuse --mhc-select-schedule | sed 's/tile_tokens = 64, chunk_columns = 0, threads = 256, vector_width = 1/tile_tokens = 64, chunk_columns = 0, threads = 256, vector_width = 8/' | not mhc-opt --convert-mhc-to-gpu 2>&1 | FileCheck %s --check-prefix=TOKENS-VECTOR
+// RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-fuse --mhc-select-schedule | sed -E 's/(#mhc.schedule<tile_tokens = 64, chunk_columns = 0[^>]*>), /\1, \1, /' | not mhc-opt --convert-mhc-to-gpu 2>&1 | FileCheck %s --check-prefix=TOKENS-COUNT
+// TOKENS-THREADS: <stdin>:13:12: error: 'mhc.fused' op schedule of the tokens kernel: threads must be a multiple of 32 <= 1024 and >= tile_tokens (a thread a token at least), got 32
+// TOKENS-SHARED: error: 'mhc.fused' op schedule of the tokens kernel: tile_tokens needs 106496 bytes of shared memory (limit 49152)
+// TOKENS-VECTOR: error: 'mhc.fused' op schedule of the tokens kernel: vector_width must be 1, with chunk_columns and token_splits 0 (the kernel reads no rows), got vector_width = 8, chunk_columns = 0, token_splits = 0
+// TOKENS-COUNT: error: 'mhc.fused' op schedule: expects 3 or 4 schedules ([rows, cols, params] or [rows, tokens, cols, params]), got 5

@@ -102,21 +102,33 @@ func.func @by_hand(%x: tensor<?x4x64xf32>) -> tensor<?x64xf32> {
   return %h : tensor<?x64xf32>
 }
 
-// The backward groups (test/Transforms/Inputs/backward-sublayer.mlir): one
-// kernel for the first half, [rows, cols, params] for the others. rows: 16
-// tokens a block, 256-byte row runs (16 lanes a row), two blocks per SM (four
-// for pre_backward's rows, which has n + 1 accumulators); cols: 64 columns of
-// every stream a block in tiles of 32 tokens (the tiles fit 48 KB; bf16 x
-// leaves registers for them), 8 warps, one block per SM (its registers hold
-// the next tile's loads), the tokens split 32 ways (C = 64: one column
-// chunk); params: 256 threads.
+// The backward groups (test/Transforms/Inputs/backward-sublayer.mlir, C =
+// 64): one kernel for the first half, [rows, tokens, cols, params] for the
+// others. rows: 16 tokens a block, 256-byte row runs (16 lanes a row), two
+// blocks per SM (four for pre_backward's rows, which has n + 1
+// accumulators); tokens (rows of <= 4 KB: the token pass in a kernel of its
+// own): 64 tokens of n = 4 lanes, 256 threads; cols: 64 columns of every
+// stream a block in tiles of 32 tokens (the tiles fit 48 KB; bf16 x leaves
+// registers for them), 8 warps, one block per SM (its registers hold the
+// next tile's loads), the tokens split 32 ways (C = 64: one column chunk);
+// params: 256 threads.
 // RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-fuse --mhc-select-schedule | FileCheck %s --check-prefix=BWD
 // BWD-LABEL: func.func @hc_post_backward
 // BWD: mhc.schedule = #mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 256, vector_width = 8, blocks_per_sm = 2>
 // BWD-LABEL: func.func @hc_pre_backward
-// BWD: mhc.schedule = [#mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 256, vector_width = 8, blocks_per_sm = 4>, #mhc.schedule<tile_tokens = 32, chunk_columns = 64, threads = 256, vector_width = 8, blocks_per_sm = 1, token_splits = 32>, #mhc.schedule<tile_tokens = 1, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>]
+// BWD: mhc.schedule = [#mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 256, vector_width = 8, blocks_per_sm = 4>, #mhc.schedule<tile_tokens = 64, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>, #mhc.schedule<tile_tokens = 32, chunk_columns = 64, threads = 256, vector_width = 8, blocks_per_sm = 1, token_splits = 32>, #mhc.schedule<tile_tokens = 1, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>]
 // BWD-LABEL: func.func @hc_sublayer_backward
-// BWD: mhc.schedule = [#mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 256, vector_width = 8, blocks_per_sm = 2>,
+// BWD: mhc.schedule = [#mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 256, vector_width = 8, blocks_per_sm = 2>, #mhc.schedule<tile_tokens = 64, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>,
+
+// Rows of 4 KB (C = 2048 bf16) still get the token kernel; wider ones (C =
+// 4096: 8 KB, where the row loads hide the token pass) keep it in the rows
+// kernel: [rows, cols, params], the tokens split 2 ways (64 column chunks).
+// RUN: sed -e 's/x64xbf16/x2048xbf16/g' -e 's/24x256/24x8192/g' %S/../../Transforms/Inputs/backward-sublayer.mlir | mhc-opt --mhc-fuse --mhc-select-schedule | FileCheck %s --check-prefix=BWD-2048
+// BWD-2048-LABEL: func.func @hc_sublayer_backward
+// BWD-2048: mhc.schedule = [#mhc.schedule<tile_tokens = 16, {{.*}}>, #mhc.schedule<tile_tokens = 64, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>, #mhc.schedule<{{.*}}>, #mhc.schedule<{{.*}}>]
+// RUN: sed -e 's/x64xbf16/x4096xbf16/g' -e 's/24x256/24x16384/g' %S/../../Transforms/Inputs/backward-sublayer.mlir | mhc-opt --mhc-fuse --mhc-select-schedule | FileCheck %s --check-prefix=BWD-4096
+// BWD-4096-LABEL: func.func @hc_pre_backward
+// BWD-4096: mhc.schedule = [#mhc.schedule<tile_tokens = 16, chunk_columns = 128, threads = 256, vector_width = 8, blocks_per_sm = 4>, #mhc.schedule<tile_tokens = 32, chunk_columns = 64, threads = 256, vector_width = 8, blocks_per_sm = 1, token_splits = 2>, #mhc.schedule<tile_tokens = 1, chunk_columns = 0, threads = 256, vector_width = 1, blocks_per_sm = 0>]
 
 // f16 activations: x enters the products as head + remainder, which takes the
 // registers a 32-token tile would need (n = 4), so the cols tile stays at 16.

@@ -1,7 +1,8 @@
 # The AOT route for the backward, without a GPU: examples/aot/sublayer_backward.mlir (at C = 64)
 # through mhc.compiler.compile_gpu into a .so linked against libmhc_runtime_mock.so, called
 # through mhc.runtime like a user would. The mock records the launches: one backward group,
-# three kernels (rows, cols, params), and the results come back with the right shapes.
+# four kernels (rows, tokens, cols, params: at C = 64 the token pass is a kernel of its own), and
+# the results come back with the right shapes.
 # REQUIRES: numpy
 # RUN: env MHC_OPT=%mhc_lib_dir/../bin/mhc-opt MHC_RUNTIME_DIR=%mhc_lib_dir MHC_MOCK_QUIET=1 \
 # RUN:   %python %s %t | FileCheck %s
@@ -43,12 +44,14 @@ for T in (40, 0):
             print(line)
 # CHECK: 40 [((40, 4, 64), 'uint16'), ((40, 64), 'uint16'), ((24, 256), 'float32'), ((3,), 'float32'), ((24,), 'float32')]
 # CHECK-NEXT: mgpuLaunchKernel(mhc_backward_0_rows, grid (3,1,1), block (256,1,1)
+# CHECK-NEXT: mgpuLaunchKernel(mhc_backward_0_tokens, grid (1,1,1), block (256,1,1)
 # CHECK-NEXT: mgpuLaunchKernel(mhc_backward_0_cols, grid (1,{{[0-9]+}},1), block (256,1,1)
 # CHECK-NEXT: mgpuLaunchKernel(mhc_backward_0_params,
-# Zero tokens: dx and dy are empty; all three kernels still launch (one block of rows, whose
+# Zero tokens: dx and dy are empty; all four kernels still launch (one block of tokens, whose
 # tokens are all masked, writes the zero partial sums the params kernel reduces). The mock runs
 # no kernels: T = 0 values are checked on the CPU path, not on the GPU yet.
 # CHECK: 0 [((0, 4, 64), 'uint16'), ((0, 64), 'uint16'), ((24, 256), 'float32'), ((3,), 'float32'), ((24,), 'float32')]
 # CHECK-NEXT: mgpuLaunchKernel(mhc_backward_0_rows, grid (1,1,1)
+# CHECK-NEXT: mgpuLaunchKernel(mhc_backward_0_tokens, grid (1,1,1)
 # CHECK-NEXT: mgpuLaunchKernel(mhc_backward_0_cols,
 # CHECK-NEXT: mgpuLaunchKernel(mhc_backward_0_params,
