@@ -163,11 +163,25 @@ void RowsKernelBuilder::emitTokenBackwardLanes(Value t, Value token,
   int64_t n = p.n, R = p.iterations;
   Value eps = cf(p.sinkEps);
   Value rec = mul(token, ci(p.recordWidth()));
-  // This token's n x n matrices in shared memory: Y (the iterate) and g.
-  Value base = mul(t, ci(2 * n * n));
-  auto yAt = [&](Value i, int64_t j) { return add(base, add(mul(i, ci(n)), ci(j))); };
-  auto yAtC = [&](int64_t i, Value j) { return add(base, add(ci(i * n), j)); };
-  auto gOf = [&](Value at) { return add(at, ci(n * n)); };
+  // This token's n x n matrices in shared memory, Y (the iterate) and g,
+  // swizzled so that each access of a step hits 32 banks: a warp's 32 / n
+  // tokens share a region of n x 32 floats per matrix, entry (i, j) of the
+  // warp's token w at 32 i + n ((w + i) mod (32 / n)) + (i + j) mod n. In a
+  // row step (lane l takes i = l) and in a column step (j = l) the warp's 32
+  // (w, l) then fall in 32 different banks. (Token-major, 2 n^2 floats a
+  // token, all of a warp's tokens fell in the same n banks: at n = 4 every
+  // access was an 8-way bank conflict, ~0.05 ms a backward op at T = 16384,
+  // bench/results/session31.log.)
+  int64_t perWarp = 32 / n;
+  Value w = rem(t, perWarp);
+  Value region = mul(div(t, perWarp), ci(2 * n * 32));
+  auto at = [&](Value i, Value j) {
+    Value bank = add(mul(rem(add(w, i), perWarp), ci(n)), rem(add(i, j), n));
+    return add(region, add(mul(i, ci(32)), bank));
+  };
+  auto yAt = [&](Value i, int64_t j) { return at(i, ci(j)); };
+  auto yAtC = [&](int64_t i, Value j) { return at(ci(i), j); };
+  auto gOf = [&](Value a) { return add(a, ci(n * 32)); };
   // The places of line `line` of a row (over j) or column (over i) step.
   auto places = [&](bool rows) {
     SmallVector<Value> at;
