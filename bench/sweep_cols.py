@@ -45,6 +45,10 @@ VARIANTS = {
     "chunk32": {"chunk_columns": 32, "token_splits": 4},
     "chunk32_splits1": {"chunk_columns": 32, "token_splits": 1},
     "tile32_chunk32": {"tile_tokens": 32, "chunk_columns": 32, "token_splits": 1},
+    # Small widths (thirty-first session): at C = 512 the chosen grid is 8 column chunks x 16
+    # token splits, 128 blocks of one per SM; these fill the SMs twice over.
+    "chunk32_splits16": {"chunk_columns": 32, "token_splits": 16},
+    "blocks2_splits33": {"blocks_per_sm": 2, "token_splits": 33},
 }
 # The same for the rows schedule (the first of the three; the pre_backward group's rows kernel,
 # which training runs, has 5 accumulators to the fused kernel's 25, so it may fit more blocks).
