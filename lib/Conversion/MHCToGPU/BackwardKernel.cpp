@@ -334,6 +334,15 @@ static LogicalResult verifySchedule(const BackwardPlan &p,
     return root->emitOpError() << "schedule of the " << kernel
                                << " kernel: " << field << " ";
   };
+  // .minnctapersm: that many blocks must fit an SM's 2048 threads.
+  auto checkBlocksPerSM = [&](StringRef kernel,
+                              const Schedule &s) -> LogicalResult {
+    if (s.blocksPerSM >= 0 && s.blocksPerSM * s.threads <= 2048)
+      return success();
+    return bad(kernel, "blocks_per_sm")
+           << "must be >= 0 with blocks_per_sm * threads <= 2048, got "
+           << s.blocksPerSM;
+  };
   const Schedule &rows = schedule[0];
   if (rows.vectorWidth != vec)
     return bad("rows", "vector_width") << "must be " << vec << ", got "
@@ -350,10 +359,8 @@ static LogicalResult verifySchedule(const BackwardPlan &p,
            << "must be tile_tokens * chunk_columns / vector_width (a row's "
               "lanes walk it), a multiple of 32 <= 1024, got "
            << rows.threads;
-  if (rows.blocksPerSM < 0 || rows.blocksPerSM * rows.threads > 2048)
-    return bad("rows", "blocks_per_sm")
-           << "must be >= 0 with blocks_per_sm * threads <= 2048, got "
-           << rows.blocksPerSM;
+  if (failed(checkBlocksPerSM("rows", rows)))
+    return failure();
   if (rowsSharedBytes(p, rows, rowsPart) > kSharedMemoryLimit)
     return bad("rows", "tile_tokens")
            << "needs " << rowsSharedBytes(p, rows, rowsPart)
@@ -380,10 +387,8 @@ static LogicalResult verifySchedule(const BackwardPlan &p,
              << "must be a multiple of 32 <= 1024 and >= tile_tokens (a "
                 "thread a token at least), got "
              << tokens.threads;
-    if (tokens.blocksPerSM < 0 || tokens.blocksPerSM * tokens.threads > 2048)
-      return bad("tokens", "blocks_per_sm")
-             << "must be >= 0 with blocks_per_sm * threads <= 2048, got "
-             << tokens.blocksPerSM;
+    if (failed(checkBlocksPerSM("tokens", tokens)))
+      return failure();
     int64_t bytes = rowsSharedBytes(p, tokens, RowsPart::Tokens);
     if (bytes > kSharedMemoryLimit)
       return bad("tokens", "tile_tokens")
@@ -412,10 +417,8 @@ static LogicalResult verifySchedule(const BackwardPlan &p,
   if (cols.tokenSplits < 1)
     return bad("cols", "token_splits")
            << "must be >= 1, got " << cols.tokenSplits;
-  if (cols.blocksPerSM < 0 || cols.blocksPerSM * cols.threads > 2048)
-    return bad("cols", "blocks_per_sm")
-           << "must be >= 0 with blocks_per_sm * threads <= 2048, got "
-           << cols.blocksPerSM;
+  if (failed(checkBlocksPerSM("cols", cols)))
+    return failure();
   if (colsSharedBytes(p, cols) > kSharedMemoryLimit)
     return bad("cols", "chunk_columns")
            << "needs " << colsSharedBytes(p, cols)
