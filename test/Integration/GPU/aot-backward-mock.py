@@ -49,7 +49,8 @@ for T in (40, 0):
 # CHECK-NEXT: mgpuLaunchKernel(mhc_backward_0_params,
 # Zero tokens: dx and dy are empty; all four kernels still launch (one block of tokens, whose
 # tokens are all masked, writes the zero partial sums the params kernel reduces). The mock runs
-# no kernels: T = 0 values are checked on the CPU path, not on the GPU yet.
+# no kernels: T = 0 values are checked on the CPU path and on the GPU by
+# test/Integration/GPU/harness/check_backward.py (T = 0 among its token counts).
 # CHECK: 0 [((0, 4, 64), 'uint16'), ((0, 64), 'uint16'), ((24, 256), 'float32'), ((3,), 'float32'), ((24,), 'float32')]
 # CHECK-NEXT: mgpuLaunchKernel(mhc_backward_0_rows, grid (1,1,1)
 # CHECK-NEXT: mgpuLaunchKernel(mhc_backward_0_tokens, grid (1,1,1)

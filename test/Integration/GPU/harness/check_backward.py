@@ -6,10 +6,11 @@ kernel set per (n, C, dtype): the ops of mhc.torch.kernel_build) and carried alo
 
   MHC_CACHE=.mhc-cache python3 test/Integration/GPU/harness/check_backward.py --json out.json
 
-For every kernel set and T in --Ts, on seeded random data (never zeros):
+For every kernel set and T in --Ts (default 0, 1, 1000, 16384), on seeded random data (never
+zeros; at T = 0 the parameter gradients must come back as zeros, written by the kernels):
   * forward: hc_pre (norm_project + split + Sinkhorn + pre_apply) gives u, post, comb and the mix
     the backward takes (the forward's saved value, as in training);
-  * fused: hc_sublayer_backward (the whole sublayer: rows + cols + params kernels);
+  * fused: hc_sublayer_backward (the whole sublayer: rows (+ tokens) + cols + params kernels);
   * split: hc_post_backward then hc_pre_backward (the two halves around a sublayer's own VJP);
   * reference: torch.autograd of spec section 3 (x -> u, x_next) in float64 on the GPU, inputs
     the very values the kernels got (x, y, du, dx_next as stored in the activation dtype);
@@ -203,7 +204,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default=os.environ.get("MHC_CACHE", ".mhc-cache"))
     ap.add_argument("--json", required=True)
-    ap.add_argument("--Ts", default="1,1000,16384")
+    ap.add_argument("--Ts", default="0,1,1000,16384")
     a = ap.parse_args()
     root = os.path.abspath(a.cache)
     runtime = K.load_runtime(K.find_runtime(root))
