@@ -7,7 +7,8 @@ process (T = 16384 tokens unless --T says otherwise, n = 4, bf16; C from --Cs).
 
 * mhc: the forward is the steady-state pair of the forward benchmark (pre from the previous
   sublayer's mix; post_res + the next sublayer's norm_project: op hc_steady_forward), the
-  backward the fused sublayer backward (hc_sublayer_backward: rows, cols, params kernels),
+  backward the fused sublayer backward (hc_sublayer_backward: rows, cols, params kernels, and
+  a token kernel after rows where rows are <= 4 KB),
   launched from the kernel cache of mhc.torch (manifest-driven, on torch's stream). Also timed:
   the backward as training runs it (`backward_split_ms`): mhc.torch's post step's backward
   (hc_post_backward, before the sublayer's backward: dy) and pre step's (hc_pre_backward, after

@@ -12,8 +12,9 @@ machine, .mhc-sweep carried along:
 
     PYTHONPATH=python python3 bench/sweep_cols.py run --out .mhc-sweep --json $OUT/sweep.json
 
-times each with bench/bench_backward.py's method (rows, cols, params kernels of the fused sublayer
-backward; CUDA events, median, three input sets rotated), all in one process.
+times each with bench/bench_backward.py's method (each kernel of the fused sublayer backward --
+rows, tokens where there is one, cols, params; CUDA events, median, three input sets rotated), all
+in one process.
 
 `--C` picks another width (both verbs need the same one); `--token-splits 3,6,13` adds the variants
 "splits3", "splits6", ... (the cols kernel's token splits alone): how the grid's fill of the 132
