@@ -3,7 +3,8 @@
 
 The kernels' grids are ceil(T / tile_tokens) blocks, so at small T most SMs idle. Here the forward
 kernels' #mhc.schedule tile_tokens is edited (the same compiler, one attribute) and each op is
-timed at several T. Build (needs mhc-opt and the CUDA toolkit; n = 4, C = 4096, bf16):
+timed at several T. Build (needs mhc-opt and the CUDA toolkit; n = 4, bf16, C = 4096 unless --C
+says otherwise, the same for both verbs):
 
     PYTHONPATH=python python3 bench/sweep_forward_tiles.py build --out .mhc-cache-sweep-fwd
 
@@ -45,9 +46,9 @@ def edit_tiles(mapping):
     return edit
 
 
-def key():
+def key(C):
     from mhc.torch import kernels
-    return kernels.KernelKey(n=4, C=4096, dtype="bf16", chip="sm_90")
+    return kernels.KernelKey(n=4, C=C, dtype="bf16", chip="sm_90")
 
 
 def build(args):
@@ -55,10 +56,11 @@ def build(args):
     runtime = kernels.find_runtime()
     for name, mapping in VARIANTS.items():
         root = Path(args.out) / name
-        folder = key().folder(root)
+        folder = key(args.C).folder(root)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        kernel_build.compile_kernels(key().as_dict(), folder, edit_schedules=edit_tiles(mapping))
+        kernel_build.compile_kernels(key(args.C).as_dict(), folder,
+                                      edit_schedules=edit_tiles(mapping))
         shutil.copy(runtime, root / kernels.RUNTIME_NAME)
         grids = {op: [l["grid"] for l in spec["launches"]] for op, spec in
                  json.loads((folder / kernels.MANIFEST_NAME).read_text())["ops"].items() if op in OPS}
@@ -69,8 +71,8 @@ def run(args):
     import torch
     from mhc.torch import kernels
     from host_time import gpu_us_per_call as gpu_us
-    n, C, M = 4, 4096, 24
-    sets = {name: kernels.KernelSet(key().folder(Path(args.out) / name)) for name in VARIANTS}
+    n, C, M = 4, args.C, 24
+    sets = {name: kernels.KernelSet(key(C).folder(Path(args.out) / name)) for name in VARIANTS}
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "n": n, "C": C,
            "variants": {name: {str(k): v for k, v in m.items()} for name, m in VARIANTS.items()},
            "us": {}}
@@ -107,6 +109,7 @@ def main(argv=None):
     p.add_argument("what", choices=("build", "run"))
     p.add_argument("--out", default=".mhc-cache-sweep-fwd")
     p.add_argument("--json")
+    p.add_argument("--C", type=int, default=4096, help="stream width (both verbs the same)")
     args = p.parse_args(argv)
     build(args) if args.what == "build" else run(args)
 
