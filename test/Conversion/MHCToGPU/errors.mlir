@@ -201,6 +201,8 @@ module {
 // RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-fuse --mhc-select-schedule | sed -E 's/(#mhc.schedule<tile_tokens = 64, chunk_columns = 0[^>]*>), /\1, \1, /' | not mhc-opt --convert-mhc-to-gpu 2>&1 | FileCheck %s --check-prefix=TOKENS-COUNT
 // RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-fuse --mhc-select-schedule | sed 's/threads = 256, vector_width = 1, blocks_per_sm = 0>, #mhc.schedule<tile_tokens = 32/threads = 256, vector_width = 1, blocks_per_sm = 9>, #mhc.schedule<tile_tokens = 32/' | not mhc-opt --convert-mhc-to-gpu 2>&1 | FileCheck %s --check-prefix=TOKENS-OCCUPANCY
 // TOKENS-OCCUPANCY: error: 'mhc.fused' op schedule of the tokens kernel: blocks_per_sm must be >= 0 with blocks_per_sm * threads <= 2048, got 9
+// RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-fuse --mhc-select-schedule | sed 's/tile_tokens = 64, chunk_columns = 0, threads = 256/tile_tokens = 0, chunk_columns = 0, threads = 256/' | not mhc-opt --convert-mhc-to-gpu 2>&1 | FileCheck %s --check-prefix=TOKENS-TILE
+// TOKENS-TILE: error: 'mhc.fused' op schedule of the tokens kernel: tile_tokens must be >= 1, got 0
 // TOKENS-THREADS: <stdin>:13:12: error: 'mhc.fused' op schedule of the tokens kernel: threads must be a multiple of 32 <= 1024 and >= tile_tokens (a thread a token at least), got 32
 // TOKENS-SHARED: error: 'mhc.fused' op schedule of the tokens kernel: tile_tokens needs 106496 bytes of shared memory (limit 49152)
 // TOKENS-VECTOR: error: 'mhc.fused' op schedule of the tokens kernel: vector_width must be 1, with chunk_columns and token_splits 0 (the kernel reads no rows), got vector_width = 8, chunk_columns = 0, token_splits = 0
