@@ -334,6 +334,14 @@ static LogicalResult verifySchedule(const BackwardPlan &p,
     return root->emitOpError() << "schedule of the " << kernel
                                << " kernel: " << field << " ";
   };
+  // The kernel's static shared memory must fit the limit.
+  auto checkShared = [&](StringRef kernel, int64_t bytes) -> LogicalResult {
+    if (bytes <= kSharedMemoryLimit)
+      return success();
+    return bad(kernel, "tile_tokens") << "needs " << bytes
+                                      << " bytes of shared memory (limit "
+                                      << kSharedMemoryLimit << ")";
+  };
   // .minnctapersm: that many blocks must fit an SM's 2048 threads.
   auto checkBlocksPerSM = [&](StringRef kernel,
                               const Schedule &s) -> LogicalResult {
@@ -361,10 +369,8 @@ static LogicalResult verifySchedule(const BackwardPlan &p,
            << rows.threads;
   if (failed(checkBlocksPerSM("rows", rows)))
     return failure();
-  if (rowsSharedBytes(p, rows, rowsPart) > kSharedMemoryLimit)
-    return bad("rows", "tile_tokens")
-           << "needs " << rowsSharedBytes(p, rows, rowsPart)
-           << " bytes of shared memory (limit " << kSharedMemoryLimit << ")";
+  if (failed(checkShared("rows", rowsSharedBytes(p, rows, rowsPart))))
+    return failure();
   if (schedule.size() == 1)
     return success();
 
@@ -389,11 +395,9 @@ static LogicalResult verifySchedule(const BackwardPlan &p,
              << tokens.threads;
     if (failed(checkBlocksPerSM("tokens", tokens)))
       return failure();
-    int64_t bytes = rowsSharedBytes(p, tokens, RowsPart::Tokens);
-    if (bytes > kSharedMemoryLimit)
-      return bad("tokens", "tile_tokens")
-             << "needs " << bytes << " bytes of shared memory (limit "
-             << kSharedMemoryLimit << ")";
+    if (failed(checkShared("tokens",
+                           rowsSharedBytes(p, tokens, RowsPart::Tokens))))
+      return failure();
   }
 
   const Schedule &cols = schedule[tokenKernel ? 2 : 1];
@@ -602,6 +606,7 @@ public:
     OpBuilder mb = OpBuilder::atBlockEnd(kernels.getBody());
 
     // --- rows, and the token kernel -----------------------------------------
+    Value rowsDout = p.y ? p.dout : Value(); // for post_res_grad's sums
     auto emitRowsKernel = [&](RowsPart part, const Schedule &sched,
                               StringRef suffix, const KernelArgs &a,
                               Value grid) {
@@ -641,16 +646,13 @@ public:
       k.tile0 = k.mul(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
                       k.ci(sched.tileTokens));
       if (part != RowsPart::Tokens)
-        k.aligned = allAligned(k, p, k.argOf,
-                               {p.x, p.y ? p.dout : Value(), p.y, p.du,
-                                p.dyOut});
+        k.aligned = allAligned(k, p, k.argOf, {p.x, rowsDout, p.y, p.du, p.dyOut});
       k.emitBody();
       gpu::ReturnOp::create(b, loc);
       host.launch(kernel, grid, sched.threads, hostArgs(a));
     };
     {
       KernelArgs a;
-      Value rowsDout = p.y ? p.dout : Value(); // for post_res_grad's sums
       for (Value v : {p.x, rowsDout, p.y, p.du, p.mix, p.scale, p.base,
                       p.postIn, p.dpostIn, p.dcombIn, p.dyOut, p.dpostOut,
                       p.dcombOut})
