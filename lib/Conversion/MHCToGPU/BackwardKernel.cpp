@@ -338,9 +338,9 @@ static LogicalResult verifySchedule(const BackwardPlan &p,
   auto checkShared = [&](StringRef kernel, int64_t bytes) -> LogicalResult {
     if (bytes <= kSharedMemoryLimit)
       return success();
-    return bad(kernel, "tile_tokens") << "needs " << bytes
-                                      << " bytes of shared memory (limit "
-                                      << kSharedMemoryLimit << ")";
+    return bad(kernel, "tile_tokens")
+           << "needs " << bytes << " bytes of shared memory (limit "
+           << kSharedMemoryLimit << ")";
   };
   // .minnctapersm: that many blocks must fit an SM's 2048 threads.
   auto checkBlocksPerSM = [&](StringRef kernel,
@@ -381,9 +381,9 @@ static LogicalResult verifySchedule(const BackwardPlan &p,
       return bad("tokens", "vector_width")
              << "must be 1, with chunk_columns and token_splits 0 (the "
                 "kernel reads no rows), got vector_width = "
-             << tokens.vectorWidth << ", chunk_columns = "
-             << tokens.chunkColumns << ", token_splits = "
-             << tokens.tokenSplits;
+             << tokens.vectorWidth
+             << ", chunk_columns = " << tokens.chunkColumns
+             << ", token_splits = " << tokens.tokenSplits;
     if (tokens.tileTokens < 1)
       return bad("tokens", "tile_tokens")
              << "must be >= 1, got " << tokens.tileTokens;
@@ -587,8 +587,7 @@ public:
     if (colsKernels) {
       record = perToken(p.recordWidth());
       paramPartial = host.scratchBuffer(
-          f32, arith::MulIOp::create(hb, loc, passGrid,
-                                     index(p.paramWidth())));
+          f32, arith::MulIOp::create(hb, loc, passGrid, index(p.paramWidth())));
       dfnPartial = host.scratchBuffer(
           f32, index(schedule[tokenKernel ? 2 : 1].tokenSplits * M * nC));
     }
@@ -619,9 +618,9 @@ public:
             {(2 * p.iterations - 1) * lines}, f32, MemRefLayoutAttrInterface(),
             gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Private)));
       }
-      auto kernel = createKernel(
-          mb, loc, (kernelName + suffix).str(), a.types,
-          sharedTypes(ctx, rowsShared(p, sched, part)), priv, sched);
+      auto kernel = createKernel(mb, loc, (kernelName + suffix).str(), a.types,
+                                 sharedTypes(ctx, rowsShared(p, sched, part)),
+                                 priv, sched);
       OpBuilder b = OpBuilder::atBlockBegin(&kernel.getBody().front());
       RowsKernelBuilder k(b, loc, p, sched, part);
       k.acts = {p.act, sched.vectorWidth, p.C};
@@ -646,16 +645,17 @@ public:
       k.tile0 = k.mul(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
                       k.ci(sched.tileTokens));
       if (part != RowsPart::Tokens)
-        k.aligned = allAligned(k, p, k.argOf, {p.x, rowsDout, p.y, p.du, p.dyOut});
+        k.aligned =
+            allAligned(k, p, k.argOf, {p.x, rowsDout, p.y, p.du, p.dyOut});
       k.emitBody();
       gpu::ReturnOp::create(b, loc);
       host.launch(kernel, grid, sched.threads, hostArgs(a));
     };
     {
       KernelArgs a;
-      for (Value v : {p.x, rowsDout, p.y, p.du, p.mix, p.scale, p.base,
-                      p.postIn, p.dpostIn, p.dcombIn, p.dyOut, p.dpostOut,
-                      p.dcombOut})
+      for (Value v :
+           {p.x, rowsDout, p.y, p.du, p.mix, p.scale, p.base, p.postIn,
+            p.dpostIn, p.dcombIn, p.dyOut, p.dpostOut, p.dcombOut})
         a.addValue(v);
       if (tokenKernel) {
         a.add(rowSums, f32);
@@ -731,9 +731,9 @@ public:
       OpBuilder pb = OpBuilder::atBlockBegin(&pk.getBody().front());
       KernelBuilder kp(pb, loc);
       auto argAt = [&](unsigned i) { return pk.getArgument(i + 1); };
-      emitParamsKernel(kp, p, tokens ? *tokens : rows, cols, params, pk.getArgument(0), argAt(1),
-                       argAt(0), argAt(2), argAt(3), argAt(4),
-                       pk.getWorkgroupAttributions()[0]);
+      emitParamsKernel(kp, p, tokens ? *tokens : rows, cols, params,
+                       pk.getArgument(0), argAt(1), argAt(0), argAt(2),
+                       argAt(3), argAt(4), pk.getWorkgroupAttributions()[0]);
       gpu::ReturnOp::create(pb, loc);
       int64_t dfnBlocks = (M * nC + params.threads - 1) / params.threads;
       Value grid = arith::ConstantIndexOp::create(

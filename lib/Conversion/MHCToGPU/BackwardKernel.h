@@ -1,4 +1,5 @@
-//===- BackwardKernel.h - the backward (gradient) kernels --------*- C++ -*-===//
+//===- BackwardKernel.h - the backward (gradient) kernels --------*- C++
+//-*-===//
 //
 // The gradient ops of one sublayer, grouped by --mhc-fuse, become three
 // kernels (docs/GPU.md, "Backward kernels"):
@@ -248,8 +249,8 @@ struct ColsKernelBuilder : KernelBuilder {
 void emitParamsKernel(KernelBuilder &k, const BackwardPlan &p,
                       const Schedule &partials, const Schedule &cols,
                       const Schedule &params, Value T, Value dfnPartial,
-                      Value paramPartial, Value dfn, Value dscale,
-                      Value dbase, Value reduceS);
+                      Value paramPartial, Value dfn, Value dscale, Value dbase,
+                      Value reduceS);
 
 } // namespace mlir::mhc::gpu_kernels
 

@@ -18,11 +18,10 @@ using namespace mlir::mhc::gpu_kernels;
 
 void gpu_kernels::emitParamsKernel(KernelBuilder &k, const BackwardPlan &p,
                                    const Schedule &partials,
-                                   const Schedule &cols,
-                                   const Schedule &params, Value T,
-                                   Value dfnPartial, Value paramPartial,
-                                   Value dfn, Value dscale, Value dbase,
-                                   Value reduceS) {
+                                   const Schedule &cols, const Schedule &params,
+                                   Value T, Value dfnPartial,
+                                   Value paramPartial, Value dfn, Value dscale,
+                                   Value dbase, Value reduceS) {
   int64_t M = p.M(), nC = p.n * p.C, threads = params.threads;
   int64_t PW = p.paramWidth(), dfnBlocks = (M * nC + threads - 1) / threads;
   Value tid = gpu::ThreadIdOp::create(k.b, k.loc, gpu::Dimension::x);

@@ -5,8 +5,7 @@
 // contiguous bytes per row and chunk). Per lane and chunk: dy = sum_j
 // post[j] dout[j] is stored, and the row sums
 //   dpost[j] = sum_c y dout[j],  dcomb[i][j] = sum_c x[i] dout[j]   (post_res)
-//   dpre[i]  = sum_c du x[i]                                          (pre_apply)
-//   sum x^2                                                           (norm_project)
+//   dpre[i]  = sum_c du x[i] (pre_apply) sum x^2 (norm_project)
 // accumulate in f32 registers; a shuffle tree then adds the lanes of a row.
 // The token pass (BackwardTokenStage.cpp) turns them into the record the
 // cols kernel reads and into per-block partial sums of dbase and dscale:
