@@ -76,45 +76,45 @@ TOKEN_VARIANTS = {
 }
 
 
-def edit_tokens(wanted):
-    """Gives every backward group with cols and params kernels the token kernel `wanted`
-    ((tile_tokens, threads)) or none (None)."""
+def edit_backward_schedules(change):
+    """An IR edit: `change` (a backward group's schedule strings, [rows, (tokens,) cols, params]
+    -> the new list) applied to every backward group with a cols kernel."""
     def edit(ir: str) -> str:
         def one(m):
             schedules = re.findall(r"#mhc\.schedule<[^>]*>", m.group(0))
             if len(schedules) not in (3, 4):
                 return m.group(0)
-            kept = [schedules[0]] + schedules[-2:]
-            if wanted:
-                kept.insert(1, f"#mhc.schedule<tile_tokens = {wanted[0]}, chunk_columns = 0, "
-                               f"threads = {wanted[1]}, vector_width = 1, blocks_per_sm = 0>")
-            return "mhc.schedule = [" + ", ".join(kept) + "]"
+            return "mhc.schedule = [" + ", ".join(change(schedules)) + "]"
         out, count = re.subn(r"mhc\.schedule = \[[^\]]*\]", one, ir)
         if not count:
             raise ValueError("no backward schedule in the IR")
         return out
     return edit
+
+
+def edit_tokens(wanted):
+    """Gives every backward group with cols and params kernels the token kernel `wanted`
+    ((tile_tokens, threads)) or none (None)."""
+    def change(schedules):
+        kept = [schedules[0]] + schedules[-2:]
+        if wanted:
+            kept.insert(1, f"#mhc.schedule<tile_tokens = {wanted[0]}, chunk_columns = 0, "
+                           f"threads = {wanted[1]}, vector_width = 1, blocks_per_sm = 0>")
+        return kept
+    return edit_backward_schedules(change)
 
 
 def edit_cols(changes, which=1):
     """Edits schedule `which` (0 rows, 1 cols) of every backward group with a cols kernel."""
-    def edit(ir: str) -> str:
-        def one(m):
-            schedules = re.findall(r"#mhc\.schedule<[^>]*>", m.group(0))
-            if len(schedules) not in (3, 4):
-                return m.group(0)
-            at = 2 if which == 1 and len(schedules) == 4 else which   # cols after a token kernel
-            edited = schedules[at]
-            for field, value in changes.items():
-                edited, count = re.subn(rf"{field} = \d+", f"{field} = {value}", edited)
-                if not count:
-                    raise ValueError(f"no {field} in {edited}")
-            return m.group(0).replace(schedules[at], edited)
-        out, count = re.subn(r"mhc\.schedule = \[[^\]]*\]", one, ir)
-        if not count:
-            raise ValueError("no backward schedule in the IR")
-        return out
-    return edit
+    def change(schedules):
+        at = 2 if which == 1 and len(schedules) == 4 else which   # cols after a token kernel
+        edited = schedules[at]
+        for field, value in changes.items():
+            edited, count = re.subn(rf"{field} = \d+", f"{field} = {value}", edited)
+            if not count:
+                raise ValueError(f"no {field} in {edited}")
+        return schedules[:at] + [edited] + schedules[at + 1:]
+    return edit_backward_schedules(change)
 
 
 def split_variants(args):
