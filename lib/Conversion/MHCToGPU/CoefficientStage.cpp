@@ -62,13 +62,21 @@ void ForwardKernelBuilder::emitPerToken() {
       Value preOut = outputArg(p.sp.getPre());
       Value postOut = outputArg(p.sp.getPost());
       Value logOut = outputArg(p.sp.getLogits());
+      // Every load first: the stores below go to global outputs that may
+      // alias mix and base, so a load after one cannot be hoisted above it
+      // and the M loads would wait for memory one after another (0.3-0.5 us
+      // of the few-token pre kernel; hidden at 16384 tokens,
+      // bench/results/session32.log).
+      SmallVector<Value> mixes, bases;
       for (int64_t m = 0; m < M; ++m) {
-        Value mix =
-            internal
-                ? ld(red, add(mul(t, ci(M)), ci(m)))
-                : ld(arg(p.sp.getMix()), add(mul(token, ci(M)), ci(m)));
+        mixes.push_back(
+            internal ? ld(red, add(mul(t, ci(M)), ci(m)))
+                     : ld(arg(p.sp.getMix()), add(mul(token, ci(M)), ci(m))));
+        bases.push_back(ld(base, ci(m)));
+      }
+      for (int64_t m = 0; m < M; ++m) {
         int64_t g = m < n ? 0 : m < 2 * n ? 1 : 2;
-        Value a = fadd(fmul(mix, s[g]), ld(base, ci(m)));
+        Value a = fadd(fmul(mixes[m], s[g]), bases[m]);
         if (g == 0) {
           Value v = fadd(sigmoid(a), cf(preEps));
           if (preOut)
