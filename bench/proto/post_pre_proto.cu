@@ -37,7 +37,7 @@
     }                                                                                      \
   } while (0)
 
-constexpr int N = 4, VEC = 8, THREADS = 256, UNROLL = 4;
+constexpr int N = 4, VEC = 8, UNROLL = 4;
 
 struct Vec8 {
   uint4 raw;
@@ -63,7 +63,30 @@ struct Args {
 };
 
 // The tile's coefficients (post n, comb n x n, pre n per token) into shared memory.
-template <int TT>
+// L2 eviction hints (HINTS): x and y are read once (evict_first); x_next is written to be read
+// back by the same block (evict_last), then read for the last time (evict_first).
+__device__ uint64_t l2Policy(bool last) {
+  uint64_t p;
+  if (last)
+    asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p));
+  else
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+  return p;
+}
+template <bool HINTS> __device__ uint4 load16(const void *ptr, uint64_t policy) {
+  if (!HINTS) return *reinterpret_cast<const uint4 *>(ptr);
+  uint4 v;
+  asm volatile("ld.global.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(ptr), "l"(policy));
+  return v;
+}
+template <bool HINTS> __device__ void store16(void *ptr, uint4 v, uint64_t policy) {
+  if (!HINTS) { *reinterpret_cast<uint4 *>(ptr) = v; return; }
+  asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1,%2,%3,%4}, %5;"
+               :: "l"(ptr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "l"(policy) : "memory");
+}
+
+template <int TT, int THREADS>
 __device__ void stageCoefficients(const Args &a, int tile0, float (*co)[2 * N + N * N]) {
   for (int i = threadIdx.x; i < TT * (2 * N + N * N); i += THREADS) {
     int t = i / (2 * N + N * N), e = i % (2 * N + N * N), tok = tile0 + t;
@@ -78,9 +101,10 @@ __device__ void stageCoefficients(const Args &a, int tile0, float (*co)[2 * N + 
 
 // x_next for the tile's items (token, 8 columns), UNROLL items a thread in flight; optionally
 // kept in shared memory too.
-template <int TT, bool KEEP>
+template <int TT, bool KEEP, int THREADS = 256, bool HINTS = false>
 __device__ void postPhase(const Args &a, int tile0, float (*co)[2 * N + N * N], Vec8 *kept) {
   const int NV = a.C / VEC, items = TT * NV;
+  const uint64_t first = HINTS ? l2Policy(false) : 0, last = HINTS ? l2Policy(true) : 0;
   for (int it = threadIdx.x; it < items; it += THREADS * UNROLL) {
     Vec8 xv[UNROLL][N], yv[UNROLL];
     bool ok[UNROLL];
@@ -89,10 +113,10 @@ __device__ void postPhase(const Args &a, int tile0, float (*co)[2 * N + N * N], 
       int item = it + k * THREADS, t = item / NV, v = item % NV, tok = tile0 + t;
       ok[k] = item < items && tok < a.T;
       if (!ok[k]) continue;
-      yv[k].raw = *reinterpret_cast<const uint4 *>(a.y + (size_t)tok * a.C + v * VEC);
+      yv[k].raw = load16<HINTS>(a.y + (size_t)tok * a.C + v * VEC, first);
 #pragma unroll
       for (int i = 0; i < N; ++i)
-        xv[k][i].raw = *reinterpret_cast<const uint4 *>(a.x + ((size_t)tok * N + i) * a.C + v * VEC);
+        xv[k][i].raw = load16<HINTS>(a.x + ((size_t)tok * N + i) * a.C + v * VEC, first);
     }
 #pragma unroll
     for (int k = 0; k < UNROLL; ++k) {
@@ -112,7 +136,7 @@ __device__ void postPhase(const Args &a, int tile0, float (*co)[2 * N + N * N], 
           for (int i = 0; i < N; ++i) o[e] = fmaf(co[t][N + i * N + j], xf[i][e], o[e]);
         }
         Vec8 out = Vec8::pack(o);
-        *reinterpret_cast<uint4 *>(a.xn + ((size_t)tok * N + j) * a.C + v * VEC) = out.raw;
+        store16<HINTS>(a.xn + ((size_t)tok * N + j) * a.C + v * VEC, out.raw, last);
         if (KEEP) kept[(t * N + j) * NV + v] = out;
       }
     }
@@ -120,9 +144,10 @@ __device__ void postPhase(const Args &a, int tile0, float (*co)[2 * N + N * N], 
 }
 
 // u for the tile from x_next in global memory (FROM_SMEM false) or from `kept`.
-template <int TT, bool FROM_SMEM>
+template <int TT, bool FROM_SMEM, int THREADS = 256, bool HINTS = false>
 __device__ void prePhase(const Args &a, int tile0, float (*co)[2 * N + N * N], const Vec8 *kept) {
   const int NV = a.C / VEC, items = TT * NV;
+  const uint64_t first = HINTS ? l2Policy(false) : 0;
   for (int it = threadIdx.x; it < items; it += THREADS * UNROLL) {
     Vec8 xv[UNROLL][N];
     bool ok[UNROLL];
@@ -134,8 +159,8 @@ __device__ void prePhase(const Args &a, int tile0, float (*co)[2 * N + N * N], c
 #pragma unroll
       for (int i = 0; i < N; ++i)
         xv[k][i] = FROM_SMEM ? kept[(t * N + i) * NV + v]
-                             : Vec8{*reinterpret_cast<const uint4 *>(
-                                   a.xn + ((size_t)tok * N + i) * a.C + v * VEC)};
+                             : Vec8{load16<HINTS>(a.xn + ((size_t)tok * N + i) * a.C + v * VEC,
+                                                  first)};
     }
 #pragma unroll
     for (int k = 0; k < UNROLL; ++k) {
@@ -153,29 +178,33 @@ __device__ void prePhase(const Args &a, int tile0, float (*co)[2 * N + N * N], c
   }
 }
 
-template <int TT> __global__ void __launch_bounds__(THREADS) postKernel(Args a) {
+template <int TT> __global__ void __launch_bounds__(256) postKernel(Args a) {
   __shared__ float co[TT][2 * N + N * N];
   int tile0 = blockIdx.x * TT;
-  stageCoefficients<TT>(a, tile0, co);
+  stageCoefficients<TT, 256>(a, tile0, co);
   postPhase<TT, false>(a, tile0, co, nullptr);
 }
 
-template <int TT> __global__ void __launch_bounds__(THREADS) preKernel(Args a) {
+template <int TT> __global__ void __launch_bounds__(256) preKernel(Args a) {
   __shared__ float co[TT][2 * N + N * N];
   int tile0 = blockIdx.x * TT;
-  stageCoefficients<TT>(a, tile0, co);
+  stageCoefficients<TT, 256>(a, tile0, co);
   prePhase<TT, false>(a, tile0, co, nullptr);
 }
 
-template <int TT, bool SMEM> __global__ void __launch_bounds__(THREADS) fusedKernel(Args a) {
+// THREADS / MINB: 128 and 4 are the real projection kernel's block and residency (4 blocks of
+// 32-token tiles an SM: 528 tiles of x_next in flight; its 40 KB of shared memory a block are
+// given as unused dynamic shared memory).
+template <int TT, bool SMEM, int THREADS = 256, int MINB = 1, bool HINTS = false>
+__global__ void __launch_bounds__(THREADS, MINB) fusedKernel(Args a) {
   __shared__ float co[TT][2 * N + N * N];
   extern __shared__ uint4 keptRaw[];
   Vec8 *kept = reinterpret_cast<Vec8 *>(keptRaw);
   int tile0 = blockIdx.x * TT;
-  stageCoefficients<TT>(a, tile0, co);
-  postPhase<TT, SMEM>(a, tile0, co, kept);
+  stageCoefficients<TT, THREADS>(a, tile0, co);
+  postPhase<TT, SMEM, THREADS, HINTS>(a, tile0, co, kept);
   __syncthreads(); // the real kernel finishes the projection and the coefficients here
-  prePhase<TT, SMEM>(a, tile0, co, kept);
+  prePhase<TT, SMEM, THREADS, HINTS>(a, tile0, co, kept);
 }
 
 static float timeMs(const std::function<void()> &f, int reps = 30) {
@@ -192,8 +221,9 @@ static float timeMs(const std::function<void()> &f, int reps = 30) {
   return ms / reps;
 }
 
-template <typename Fn> static void launch(Fn kernel, int TT, size_t smem, const Args &a) {
-  kernel<<<(a.T + TT - 1) / TT, THREADS, smem>>>(a);
+template <typename Fn>
+static void launch(Fn kernel, int TT, size_t smem, const Args &a, int threads = 256) {
+  kernel<<<(a.T + TT - 1) / TT, threads, smem>>>(a);
 }
 
 int main() {
@@ -266,6 +296,13 @@ int main() {
     report("fused/L2", 16, timeMs([&] { launch(fusedKernel<16, false>, 16, 0, a); }), 10), check("L2 16");
     report("fused/L2", 32, timeMs([&] { launch(fusedKernel<32, false>, 32, 0, a); }), 10), check("L2 32");
     report("fused/L2", 64, timeMs([&] { launch(fusedKernel<64, false>, 64, 0, a); }), 10), check("L2 64");
+    // As the real kernel runs: 128 threads, 4 blocks an SM, 32-token tiles (40 KB of shared
+    // memory a block), without and with L2 eviction hints.
+    const size_t tile40 = 40 * 1024, tile20 = 20 * 1024;
+    report("real-like", 32, timeMs([&] { launch(fusedKernel<32, false, 128, 4, false>, 32, tile40, a, 128); }), 10), check("real-like");
+    report("real+hints", 32, timeMs([&] { launch(fusedKernel<32, false, 128, 4, true>, 32, tile40, a, 128); }), 10), check("real+hints");
+    report("real+hints", 16, timeMs([&] { launch(fusedKernel<16, false, 128, 4, true>, 16, tile20, a, 128); }), 10), check("real+hints 16");
+    report("fused+hints", 32, timeMs([&] { launch(fusedKernel<32, false, 256, 1, true>, 32, 0, a); }), 10), check("L2+hints 32");
     for (int TT : {4, 8, 16}) {
       size_t smem = (size_t)TT * N * C * 2;
       if (smem > 200 * 1024) continue;
