@@ -34,17 +34,21 @@ def tiles(mapping):
     return lambda f: {**f, "tile_tokens": mapping.get(f["tile_tokens"], f["tile_tokens"])}
 
 
+def where(match, **fields):
+    """The kernels whose schedule has every field of `match`: `fields` set, the others left."""
+    return lambda f: {**f, **fields} if all(f[k] == v for k, v in match.items()) else f
+
+
 def pre_kernel(**fields):
     """The pre kernel alone (hc_pre_mixed and hc_steady_forward's first kernel: no chunk
     loop, 64-token tiles at 16384 tokens; the few-token variants' 16-token tiles are left)."""
-    return lambda f: {**f, **fields} if (f["chunk_columns"], f["tile_tokens"]) == (0, 64) else f
+    return where({"chunk_columns": 0, "tile_tokens": 64}, **fields)
 
 
 def proj_kernel(**fields):
     """The projection kernels alone (hc_post_project's and hc_pre's main kernel: 32-token
     tiles, 128-column chunks, 128 threads at 16384 tokens)."""
-    match = {"tile_tokens": 32, "chunk_columns": 128, "threads": 128}
-    return lambda f: {**f, **fields} if all(f[k] == v for k, v in match.items()) else f
+    return where({"tile_tokens": 32, "chunk_columns": 128, "threads": 128}, **fields)
 
 
 # Each variant edits the fields of every forward schedule it matches (32-token tiles today:
@@ -125,7 +129,7 @@ def run(args):
                 stream = torch.cuda.current_stream().cuda_stream
                 call = lambda: ks.run(op, *args_of[op], stream=stream)  # noqa: E731
                 results = call()
-                if not reference.get(op):   # the first set's results
+                if op not in reference:   # the first set's results
                     reference[op] = [t.float().clone() for t in results]
                 else:   # same numbers as the first set's (up to summation order)
                     err = max(((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
