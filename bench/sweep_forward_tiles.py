@@ -71,14 +71,16 @@ ATTRS = (20, 1e-6, 1e-6, 2.0)
 def edit_schedules(variant):
     """Applies `variant` (fields -> fields) to the forward kernels' schedules: a group's one
     schedule, or the second of [fn prepare kernel, kernel] (the backward's arrays start with
-    rows: left alone)."""
+    rows: left alone). ``edit.changed`` says whether it changed any schedule."""
     def edit(ir: str) -> str:
         def one(m):
-            fields = dict(re.findall(r"(\w+) = (\d+)", m.group(2)))
-            fields = variant({k: int(v) for k, v in fields.items()})
+            old = {k: int(v) for k, v in re.findall(r"(\w+) = (\d+)", m.group(2))}
+            fields = variant(old)
+            edit.changed |= fields != old
             return m.group(1) + ", ".join(f"{k} = {v}" for k, v in fields.items()) + ">"
         return re.sub(r"(mhc\.schedule = (?:\[#mhc\.schedule<tile_tokens = 0,[^>]*>, )?"
                       r"#mhc\.schedule<)([^>]*)>", one, ir)
+    edit.changed = False
     return edit
 
 
@@ -95,8 +97,10 @@ def build(args):
         folder = key(args.C).folder(root)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        kernel_build.compile_kernels(key(args.C).as_dict(), folder,
-                                      edit_schedules=edit_schedules(variant))
+        edit = edit_schedules(variant)
+        kernel_build.compile_kernels(key(args.C).as_dict(), folder, edit_schedules=edit)
+        if name != "chosen" and not edit.changed:   # it would time an unedited copy as the variant
+            raise SystemExit(f"{name}: matches no forward schedule at C = {args.C}")
         shutil.copy(runtime, root / kernels.RUNTIME_NAME)
         grids = {op: [l["grid"] for l in spec["launches"]] for op, spec in
                  json.loads((folder / kernels.MANIFEST_NAME).read_text())["ops"].items() if op in OPS}
