@@ -18,6 +18,12 @@ speed of the host: the time per iteration is the host time. Measured, per sublay
     what mHC adds); ``torch.one_add``: one PyTorch op (this host's cost of a launch);
   * a cProfile of the module's forward + backward (the 25 functions with the most own time), with
     autograd's backward in the calling thread so that the profile sees it;
+  * ``dispatcher.chained.forward`` / ``dispatcher.folded.backward``: what a compiled model's steady
+    sublayer calls instead (mhc.torch.chain_pass): hc_post_project + hc_pre_mixed, and one
+    hc_joint_backward_lower;
+  * ``compiled.*``: a compiled stack of --compiled-depth sublayers (a Linear each), plain and mHC,
+    forward + backward; ``compiled.per_sublayer`` is the difference over the depth: what mHC adds
+    to a compiled step's host time per sublayer, the graphs' own code around the ops included;
   * ``parts.*``: the C++ path's pieces one by one (an allocation, run_op, the two autograd steps,
     the module's Python checks), see breakdown().
 
@@ -113,6 +119,66 @@ def breakdown(record, hc, x, xg, fn, scale, base, y):
     record("parts.sublayer", lambda: hc._sublayer(y, xg, None, (), {}))
 
 
+def compiled_stack(record, out, x, dxn, depth):
+    """A compiled model's host time per sublayer: `depth` residual sublayers (a bias-free Linear
+    each) under torch.compile(fullgraph=True), forward + backward, plain (h + F(h)) and mHC
+    (HyperConnection, chained and folded by mhc.torch.chain_pass); ``compiled.per_sublayer``: their
+    difference over the depth, what mHC adds to a compiled step's host time per sublayer (the
+    graphs' own Python around the ops included)."""
+    T, n, C = x.shape
+    torch.manual_seed(1)
+    linears = [nn.Linear(C, C, bias=False).to(x.device, x.dtype) for _ in range(depth)]
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fs = nn.ModuleList(linears)
+
+        def forward(self, h):
+            for f in self.fs:
+                h = h + f(h)
+            return h
+
+    class Mhc(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hcs = nn.ModuleList(HyperConnection(n, C, f, layer=i, backend="cuda")
+                                     for i, f in enumerate(linears))
+
+        def forward(self, x):
+            for hc in self.hcs:
+                x = hc(x)
+            return x
+
+    plain = torch.compile(Plain().to(x.device), fullgraph=True)
+    mhc_stack = torch.compile(Mhc().to(x.device), fullgraph=True)
+    hg = x[:, 0].clone().requires_grad_()
+    xg = x.clone().requires_grad_()
+    dh = dxn[:, 0].contiguous()
+    record("compiled.plain.forward_backward", lambda: plain(hg).backward(dh))
+    record("compiled.mhc.forward_backward", lambda: mhc_stack(xg).backward(dxn))
+    for stat in ("us_best", "us_median"):
+        out[stat]["compiled.per_sublayer"] = (out[stat]["compiled.mhc.forward_backward"] -
+                                              out[stat]["compiled.plain.forward_backward"]) / depth
+    out["gpu_us"]["compiled.per_sublayer"] = (out["gpu_us"]["compiled.mhc.forward_backward"] -
+                                              out["gpu_us"]["compiled.plain.forward_backward"]) / depth
+    out["compiled_depth"] = depth
+    # Where the compiled mHC step's host time goes (the backward in the calling thread, so that
+    # the profile sees it).
+    with torch.autograd.set_multithreading_enabled(False):
+        for _ in range(3):
+            mhc_stack(xg).backward(dxn)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(100):
+            mhc_stack(xg).backward(dxn)
+        prof.disable()
+    torch.cuda.synchronize()
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
+    out["profile_compiled_mhc_forward_backward_100_calls"] = s.getvalue()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", required=True)
@@ -123,6 +189,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--cpu", type=int, default=None,
                    help="pin the process to this CPU core (less run-to-run spread)")
+    p.add_argument("--compiled-depth", type=int, default=8,
+                   help="sublayers of the compiled stack (compiled.*; 0: skip it)")
     args = p.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
@@ -166,6 +234,15 @@ def main(argv=None):
                 record(f"{path}.{name}.backward", lambda: (
                     ops.hc_post_backward(y, x, post, comb, dxn),
                     ops.hc_pre_backward(x, fn, scale, base, mix, u, post, comb, dxn, *ATTRS)))
+            # What a compiled model's steady sublayer calls (mhc.torch.chain_pass): the chained
+            # forward (post_res + the next projection, then pre from that mix) and the folded
+            # backward of a sublayer in the middle of a stack (one op).
+            ops = torch.ops.mhc
+            record(f"{path}.dispatcher.chained.forward", lambda: (
+                ops.hc_pre_mixed(*ops.hc_post_project(y, x, post, comb, fn, *ATTRS),
+                                 scale, base, *ATTRS)))
+            record(f"{path}.dispatcher.folded.backward", lambda: ops.hc_joint_backward_lower(
+                x, y, fn, scale, base, mix, u, dxn, post, *ATTRS))
             for recompute in (False, True):
                 hc.recompute = recompute
                 tag = f"{path}.module" + (".recompute" if recompute else "")
@@ -197,6 +274,8 @@ def main(argv=None):
             out[f"profile_{path}_module_forward_backward_200_calls"] = s.getvalue()
     if out["native"]:
         breakdown(record, hc, x, xg, fn, scale, base, y)
+    if args.compiled_depth > 0:
+        compiled_stack(record, out, x, dxn, args.compiled_depth)
     for k in out["us_best"]:
         print(f"{k:44s} best {out['us_best'][k]:8.1f} us   median {out['us_median'][k]:8.1f} us"
               f"   GPU {out['gpu_us'][k]:7.1f} us")

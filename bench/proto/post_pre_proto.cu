@@ -14,16 +14,29 @@
 //   post+pre  the two above back to back (x_next partly still in L2 for the second)
 //   fused/L2  one kernel: post for the tile, a barrier, u from the tile's x_next re-read
 //   fused/smem the same with the tile's x_next kept in (dynamic) shared memory
+//   cluster    (C >= 2048) the wide-row design: a cluster of K blocks shares a token tile, block k
+//              owning columns [k C/K, (k+1) C/K) of every stream, so a tile's x_next fits in the
+//              blocks' shared memory and each block would need only its own slice of fn. The
+//              projection's partial sums (here two: sum x_next^2 and one row of fn) go to the
+//              token's owner block through distributed shared memory, one cluster barrier a
+//              tile; the owner runs a stand-in coefficient stage (a 4 x 4 Sinkhorn, `iters`
+//              iterations, one thread a token) and sends each block the token's pre; u follows
+//              from the kept x_next one tile later (software pipelined: the barrier of tile i
+//              also publishes tile i-1's coefficients). Checked against the same math in
+//              separate kernels. Not included: the other 23 rows of the projection (the real
+//              kernel's tensor-core products).
 //
 //   nvcc -O3 -arch=sm_90 -o post_pre_proto bench/proto/post_pre_proto.cu && ./post_pre_proto
 //
 // Not product code (bench/results/session32.log has the command and the numbers).
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <vector>
@@ -60,6 +73,8 @@ struct Args {
   const __nv_bfloat16 *y, *x;
   const float *post, *comb, *pre;
   __nv_bfloat16 *xn, *u;
+  const float *fnRow; // [N * C]: the one projection row the cluster variant computes
+  float *preOut;      // [T * N]: the cluster variant's coefficients (for the check)
 };
 
 // The tile's coefficients (post n, comb n x n, pre n per token) into shared memory.
@@ -207,6 +222,200 @@ __global__ void __launch_bounds__(THREADS, MINB) fusedKernel(Args a) {
   prePhase<TT, SMEM, THREADS, HINTS>(a, tile0, co, kept);
 }
 
+// ---- The cluster variant (see the header) ------------------------------------------------------
+namespace cg = cooperative_groups;
+
+// Stand-in for the coefficient stage, one thread a token: the mixes' normalisation, a 4 x 4
+// Sinkhorn of `iters` iterations (the real stage's dependent chain), pre from the result.
+__device__ void coefficientStage(float ss, float dot, int C, int iters, float *pre) {
+  float m = dot * rsqrtf(ss / (N * C) + 1e-6f);
+  float M[N][N];
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < N; ++j) M[i][j] = __expf(m * 0.01f * (i - j) + 0.1f * ((i + 2 * j) % N));
+  for (int it = 0; it < iters; ++it) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      float r = 0.f;
+#pragma unroll
+      for (int j = 0; j < N; ++j) r += M[i][j];
+#pragma unroll
+      for (int j = 0; j < N; ++j) M[i][j] /= r;
+    }
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      float c = 0.f;
+#pragma unroll
+      for (int i = 0; i < N; ++i) c += M[i][j];
+#pragma unroll
+      for (int i = 0; i < N; ++i) M[i][j] /= c;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) pre[i] = 1.f / (1.f + __expf(-(m * 0.01f + M[i][i])));
+}
+
+// The reference: one block a token, from x_next in global memory (after postKernel).
+__global__ void __launch_bounds__(256) referenceCoefficients(Args a, int iters) {
+  __shared__ float red[2][256];
+  int tok = blockIdx.x;
+  float ss = 0.f, dot = 0.f;
+  for (int e = threadIdx.x; e < N * a.C; e += 256) {
+    float v = __bfloat162float(a.xn[(size_t)tok * N * a.C + e]);
+    ss = fmaf(v, v, ss);
+    dot = fmaf(v, a.fnRow[e], dot);
+  }
+  red[0][threadIdx.x] = ss, red[1][threadIdx.x] = dot;
+  __syncthreads();
+  for (int h = 128; h; h /= 2) {
+    if (threadIdx.x < h)
+      red[0][threadIdx.x] += red[0][threadIdx.x + h], red[1][threadIdx.x] += red[1][threadIdx.x + h];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) coefficientStage(red[0][0], red[1][0], a.C, iters, a.preOut + tok * N);
+}
+
+// u for tile `tile0` from the kept x_next of this block's columns and the tile's coefficients.
+template <int TT, int K>
+__device__ void clusterPre(const Args &a, int tile0, int col0, const Vec8 *kept,
+                           const float (*coef)[N]) {
+  const int NV = a.C / K / VEC, items = TT * NV;
+  for (int item = threadIdx.x; item < items; item += 256) {
+    int t = item / NV, v = item % NV, tok = tile0 + t;
+    if (tok >= a.T) continue;
+    float acc[VEC] = {}, xf[VEC];
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      kept[(t * N + i) * NV + v].unpack(xf);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[e] = fmaf(coef[t][i], xf[e], acc[e]);
+    }
+    *reinterpret_cast<uint4 *>(a.u + (size_t)tok * a.C + col0 + v * VEC) = Vec8::pack(acc).raw;
+  }
+}
+
+// Persistent: cluster c takes tiles c, c + clusters, ... Needs C / K / 8 a multiple of 32 (a
+// warp's items share a token).
+template <int TT, int K, int MINB>
+__global__ void __launch_bounds__(256, MINB) clusterKernel(Args a, int iters) {
+  constexpr int SEGS = 32; // >= C / K / 8 / 32
+  __shared__ float co[TT][2 * N + N * N];
+  __shared__ float red[TT][SEGS][2];
+  __shared__ float part[2][K][TT][2]; // [buffer][sender][token]: written by the senders
+  __shared__ float coef[2][TT][N];    // [buffer][token]: written by the token's owner
+  extern __shared__ uint4 keptRaw[];  // [2][TT][N][C / K] bf16
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = cluster.block_rank(), clusterId = blockIdx.x / K, clusters = gridDim.x / K;
+  const int NV = a.C / K / VEC, items = TT * NV, col0 = rank * (a.C / K);
+  const int tiles = (a.T + TT - 1) / TT;
+  auto keptBuf = [&](int b) { return reinterpret_cast<Vec8 *>(keptRaw) + b * TT * N * NV; };
+  int buf = 0, prevTile = -1;
+  for (int tile = clusterId; tile < tiles; tile += clusters, buf ^= 1) {
+    const int tile0 = tile * TT;
+    stageCoefficients<TT, 256>(a, tile0, co);
+    Vec8 *kept = keptBuf(buf);
+    for (int it = threadIdx.x; it < items; it += 256 * UNROLL) {
+      Vec8 xv[UNROLL][N], yv[UNROLL];
+#pragma unroll
+      for (int k = 0; k < UNROLL; ++k) {
+        int item = it + k * 256, t = item / NV, v = item % NV, tok = tile0 + t;
+        if (item >= items || tok >= a.T) continue;
+        yv[k].raw = *reinterpret_cast<const uint4 *>(a.y + (size_t)tok * a.C + col0 + v * VEC);
+#pragma unroll
+        for (int i = 0; i < N; ++i)
+          xv[k][i].raw =
+              *reinterpret_cast<const uint4 *>(a.x + ((size_t)tok * N + i) * a.C + col0 + v * VEC);
+      }
+#pragma unroll
+      for (int k = 0; k < UNROLL; ++k) {
+        int item = it + k * 256, t = item / NV, v = item % NV, tok = tile0 + t;
+        if (item >= items) continue; // warp-uniform: items is a multiple of 32
+        float ss = 0.f, dot = 0.f;
+        if (tok < a.T) {
+          float yf[VEC], xf[N][VEC];
+          yv[k].unpack(yf);
+#pragma unroll
+          for (int i = 0; i < N; ++i) xv[k][i].unpack(xf[i]);
+#pragma unroll
+          for (int j = 0; j < N; ++j) {
+            float o[VEC];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+              o[e] = co[t][j] * yf[e];
+#pragma unroll
+              for (int i = 0; i < N; ++i) o[e] = fmaf(co[t][N + i * N + j], xf[i][e], o[e]);
+            }
+            Vec8 out = Vec8::pack(o);
+            *reinterpret_cast<uint4 *>(a.xn + ((size_t)tok * N + j) * a.C + col0 + v * VEC) = out.raw;
+            kept[(t * N + j) * NV + v] = out;
+            float r[VEC];
+            out.unpack(r); // the projection reads x_next as stored
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+              ss = fmaf(r[e], r[e], ss);
+              dot = fmaf(r[e], a.fnRow[j * a.C + col0 + v * VEC + e], dot);
+            }
+          }
+        }
+#pragma unroll
+        for (int o = 16; o; o /= 2)
+          ss += __shfl_xor_sync(0xffffffffu, ss, o), dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if ((threadIdx.x & 31) == 0) red[t][v / 32][0] = ss, red[t][v / 32][1] = dot;
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < TT) { // this block's partials of the tile's tokens, to their owners
+      int t = threadIdx.x;
+      float ss = 0.f, dot = 0.f;
+      for (int s2 = 0; s2 < NV / 32; ++s2) ss += red[t][s2][0], dot += red[t][s2][1];
+      float *dst = cluster.map_shared_rank(&part[buf][rank][t][0], t % K);
+      dst[0] = ss, dst[1] = dot;
+    }
+    cluster.sync(); // this tile's partials and the previous tile's coefficients are in place
+    if (prevTile >= 0) clusterPre<TT, K>(a, prevTile * TT, col0, keptBuf(buf ^ 1), coef[buf ^ 1]);
+    if (threadIdx.x < TT && threadIdx.x % K == rank) { // the tokens this block owns
+      int t = threadIdx.x, tok = tile0 + t;
+      float ss = 0.f, dot = 0.f;
+      for (int k = 0; k < K; ++k) ss += part[buf][k][t][0], dot += part[buf][k][t][1];
+      float pre[N];
+      coefficientStage(ss, dot, a.C, iters, pre);
+      for (int k = 0; k < K; ++k) {
+        float *dst = cluster.map_shared_rank(&coef[buf][t][0], k);
+#pragma unroll
+        for (int i = 0; i < N; ++i) dst[i] = pre[i];
+      }
+      if (tok < a.T)
+#pragma unroll
+        for (int i = 0; i < N; ++i) a.preOut[tok * N + i] = pre[i];
+    }
+    prevTile = tile;
+  }
+  cluster.sync(); // the last tile's coefficients are in place; no remote access after this
+  if (prevTile >= 0) clusterPre<TT, K>(a, prevTile * TT, col0, keptBuf(buf ^ 1), coef[buf ^ 1]);
+}
+
+// Launches clusterKernel<TT, K, MINB> persistently (as many clusters as fit at once); 0 if none fit.
+template <int TT, int K, int MINB = 2>
+static int launchCluster(const Args &a, int iters, bool run = true) {
+  auto kernel = clusterKernel<TT, K, MINB>;
+  size_t smem = (size_t)2 * TT * N * (a.C / K) * 2;
+  CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  if (K > 8) CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = K, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+  cfg.blockDim = dim3(256), cfg.dynamicSmemBytes = smem, cfg.attrs = attr, cfg.numAttrs = 1;
+  cfg.gridDim = dim3(K * 64);
+  int clusters = 0;
+  CK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+  if (!clusters || !run) return clusters;
+  cfg.gridDim = dim3(K * clusters);
+  CK(cudaLaunchKernelEx(&cfg, kernel, a, iters));
+  return clusters;
+}
+
 static float timeMs(const std::function<void()> &f, int reps = 30) {
   for (int i = 0; i < 3; ++i) f();
   cudaEvent_t s, e;
@@ -309,6 +518,73 @@ int main() {
       auto k = TT == 4 ? fusedKernel<4, true> : TT == 8 ? fusedKernel<8, true> : fusedKernel<16, true>;
       CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
       report("fused/smem", TT, timeMs([&] { launch(k, TT, smem, a); }), 10), check("smem");
+    }
+    if (C >= 2048) { // the cluster variant against the same math in separate kernels
+      std::vector<float> hw((size_t)N * C);
+      for (auto &v : hw) v = ((rnd() % 2000) / 1000.f - 1.f) * 0.05f;
+      float *w, *pre1, *pre2;
+      CK(cudaMalloc(&w, hw.size() * 4));
+      CK(cudaMalloc(&pre1, T * N * 4));
+      CK(cudaMalloc(&pre2, T * N * 4));
+      CK(cudaMemcpy(w, hw.data(), hw.size() * 4, cudaMemcpyHostToDevice));
+      a.fnRow = w;
+      Args ref = a;
+      ref.preOut = pre1, ref.pre = pre1;
+      launch(postKernel<32>, 32, 0, ref);
+      referenceCoefficients<<<T, 256>>>(ref, 20);
+      launch(preKernel<64>, 64, 0, ref);
+      CK(cudaDeviceSynchronize());
+      std::vector<uint16_t> xnRef(nc), uRef((size_t)T * C), xnGot(nc), uGot((size_t)T * C);
+      std::vector<float> preRef(T * N), preGot(T * N);
+      CK(cudaMemcpy(xnRef.data(), xn, nc * 2, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(uRef.data(), u, uRef.size() * 2, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(preRef.data(), pre1, T * N * 4, cudaMemcpyDeviceToHost));
+      auto f32 = [](uint16_t b) { uint32_t w32 = uint32_t(b) << 16; float f; memcpy(&f, &w32, 4); return f; };
+      Args cl = a;
+      cl.preOut = pre2;
+      // MINB: blocks an SM the registers are capped for (2: <= 128 registers).
+      struct Variant { int TT, K, MINB; int (*fn)(const Args &, int, bool); };
+      const Variant variants[] = {
+          {4, 4, 2, launchCluster<4, 4>},   {8, 4, 2, launchCluster<8, 4>},
+          {4, 8, 2, launchCluster<4, 8>},   {8, 8, 2, launchCluster<8, 8>},
+          {8, 8, 1, launchCluster<8, 8, 1>}, {16, 8, 2, launchCluster<16, 8>},
+          {8, 16, 2, launchCluster<8, 16>}, {16, 16, 2, launchCluster<16, 16>}};
+      for (const Variant &vr : variants) {
+        if ((C / vr.K) % 256 || (size_t)16 * vr.TT * C / vr.K > 200 * 1024) continue;
+        for (int iters : {20, 0}) {
+          int clusters = vr.fn(cl, iters, false);
+          char name[64];
+          snprintf(name, sizeof name, "cluster K=%d%s%s", vr.K, vr.MINB == 1 ? " b1" : "",
+                   iters ? "" : " it0");
+          if (!clusters) { printf("C=%5d %s TT=%d: no cluster fits\n", C, name, vr.TT); continue; }
+          CK(cudaMemset(u, 0xff, (size_t)T * C * 2));
+          CK(cudaMemset(xn, 0xff, nc * 2));
+          float ms = timeMs([&] { vr.fn(cl, iters, true); });
+          CK(cudaGetLastError());
+          report(name, vr.TT, ms, 10);
+          printf("      %d clusters of %d, %zu KB kept a block\n", clusters, vr.K,
+                 (size_t)16 * vr.TT * C / vr.K / 1024);
+          if (iters != 20) continue;
+          CK(cudaMemcpy(xnGot.data(), xn, nc * 2, cudaMemcpyDeviceToHost));
+          CK(cudaMemcpy(uGot.data(), u, uGot.size() * 2, cudaMemcpyDeviceToHost));
+          CK(cudaMemcpy(preGot.data(), pre2, T * N * 4, cudaMemcpyDeviceToHost));
+          size_t xnDiff = 0, uBad = 0, preBad = 0;
+          double preMax = 0;
+          for (size_t i = 0; i < nc; ++i) xnDiff += xnRef[i] != xnGot[i];
+          for (size_t i = 0; i < uRef.size(); ++i) {
+            float r0 = f32(uRef[i]), g0 = f32(uGot[i]);
+            uBad += !(fabsf(r0 - g0) <= 0.02f * fmaxf(1.f, fabsf(r0)));
+          }
+          for (size_t i = 0; i < preRef.size(); ++i) {
+            double d = fabs((double)preRef[i] - preGot[i]);
+            preMax = d > preMax ? d : preMax;
+            preBad += !(d <= 1e-4);
+          }
+          printf("      check: x_next %zu of %zu differ (want 0), u %zu outside 2%% (want 0), pre %zu "
+                 "outside 1e-4 (max %.2e)\n", xnDiff, nc, uBad, preBad, preMax);
+        }
+      }
+      for (void *ptr : {(void *)w, (void *)pre1, (void *)pre2}) CK(cudaFree(ptr));
     }
     for (void *ptr : {(void *)x, (void *)xn, (void *)y, (void *)u, (void *)u2, (void *)p, (void *)c, (void *)q})
       CK(cudaFree(ptr));
