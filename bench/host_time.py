@@ -191,6 +191,8 @@ def main(argv=None):
                    help="pin the process to this CPU core (less run-to-run spread)")
     p.add_argument("--compiled-depth", type=int, default=8,
                    help="sublayers of the compiled stack (compiled.*; 0: skip it)")
+    p.add_argument("--ops-only", action="store_true",
+                   help="only the C++ path's op rows (dispatcher.*, direct.*) and the compiled stack")
     args = p.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
@@ -224,7 +226,7 @@ def main(argv=None):
     hc_nl = HyperConnection(n, C, norm_linear, backend="cuda", recompute=True).to(dev)
     ug = u.clone().requires_grad_()
     record("norm_linear.alone.forward", lambda: norm_linear(ug))
-    for path in ("native", "python"):
+    for path in ("native",) if args.ops_only else ("native", "python"):
         if path == "native" and not out["native"]:
             continue
         with native.python_path() if path == "python" else contextlib.nullcontext():
@@ -243,6 +245,8 @@ def main(argv=None):
                                  scale, base, *ATTRS)))
             record(f"{path}.dispatcher.folded.backward", lambda: ops.hc_joint_backward_lower(
                 x, y, fn, scale, base, mix, u, dxn, post, *ATTRS))
+            if args.ops_only:
+                continue
             for recompute in (False, True):
                 hc.recompute = recompute
                 tag = f"{path}.module" + (".recompute" if recompute else "")
@@ -272,7 +276,7 @@ def main(argv=None):
             s = io.StringIO()
             pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
             out[f"profile_{path}_module_forward_backward_200_calls"] = s.getvalue()
-    if out["native"]:
+    if out["native"] and not args.ops_only:
         breakdown(record, hc, x, xg, fn, scale, base, y)
     if args.compiled_depth > 0:
         compiled_stack(record, out, x, dxn, args.compiled_depth)
