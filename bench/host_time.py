@@ -119,7 +119,7 @@ def breakdown(record, hc, x, xg, fn, scale, base, y):
     record("parts.sublayer", lambda: hc._sublayer(y, xg, None, (), {}))
 
 
-def compiled_stack(record, out, x, dxn, depth):
+def compiled_stack(record, out, x, dxn, depth, reps):
     """A compiled model's host time per sublayer: `depth` residual sublayers (a bias-free Linear
     each) under torch.compile(fullgraph=True), forward + backward, plain (h + F(h)) and mHC
     (HyperConnection, chained and folded by mhc.torch.chain_pass); ``compiled.per_sublayer``: their
@@ -155,8 +155,11 @@ def compiled_stack(record, out, x, dxn, depth):
     hg = x[:, 0].clone().requires_grad_()
     xg = x.clone().requires_grad_()
     dh = dxn[:, 0].contiguous()
-    record("compiled.plain.forward_backward", lambda: plain(hg).backward(dh))
-    record("compiled.mhc.forward_backward", lambda: mhc_stack(xg).backward(dxn))
+    # Few steps a round (`reps`): a compiled step queues ~10 launches a sublayer, and at 64
+    # tokens the GPU is slower than the host here (the few-token kernels' grids are a few
+    # blocks), so longer rounds would fill the launch queue and time the GPU instead.
+    record("compiled.plain.forward_backward", lambda: plain(hg).backward(dh), reps)
+    record("compiled.mhc.forward_backward", lambda: mhc_stack(xg).backward(dxn), reps)
     for stat in ("us_best", "us_median"):
         out[stat]["compiled.per_sublayer"] = (out[stat]["compiled.mhc.forward_backward"] -
                                               out[stat]["compiled.plain.forward_backward"]) / depth
@@ -169,14 +172,15 @@ def compiled_stack(record, out, x, dxn, depth):
         for _ in range(3):
             mhc_stack(xg).backward(dxn)
         prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(100):
-            mhc_stack(xg).backward(dxn)
-        prof.disable()
-    torch.cuda.synchronize()
+        for _ in range(100 // reps):
+            prof.enable()
+            for _ in range(reps):
+                mhc_stack(xg).backward(dxn)
+            prof.disable()
+            torch.cuda.synchronize()          # outside the profile: it sees the host's work
     s = io.StringIO()
     pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
-    out["profile_compiled_mhc_forward_backward_100_calls"] = s.getvalue()
+    out["profile_compiled_mhc_forward_backward"] = s.getvalue()
 
 
 def main(argv=None):
@@ -191,6 +195,8 @@ def main(argv=None):
                    help="pin the process to this CPU core (less run-to-run spread)")
     p.add_argument("--compiled-depth", type=int, default=8,
                    help="sublayers of the compiled stack (compiled.*; 0: skip it)")
+    p.add_argument("--compiled-reps", type=int, default=3,
+                   help="compiled steps a round (few: the launch queue must not fill)")
     p.add_argument("--ops-only", action="store_true",
                    help="only the C++ path's op rows (dispatcher.*, direct.*) and the compiled stack")
     args = p.parse_args(argv)
@@ -210,8 +216,9 @@ def main(argv=None):
            "cpu": args.cpu,
            "us_best": {}, "us_median": {}, "gpu_us": {}}
 
-    def record(name, fn):
-        out["us_best"][name], out["us_median"][name] = per_call_us(fn, args.reps, args.rounds)
+    def record(name, fn, reps=None):
+        out["us_best"][name], out["us_median"][name] = per_call_us(fn, reps or args.reps,
+                                                                   args.rounds)
         out["gpu_us"][name] = gpu_us_per_call(fn)
 
     xg = x.clone().requires_grad_()
@@ -279,7 +286,7 @@ def main(argv=None):
     if out["native"] and not args.ops_only:
         breakdown(record, hc, x, xg, fn, scale, base, y)
     if args.compiled_depth > 0:
-        compiled_stack(record, out, x, dxn, args.compiled_depth)
+        compiled_stack(record, out, x, dxn, args.compiled_depth, args.compiled_reps)
     for k in out["us_best"]:
         print(f"{k:44s} best {out['us_best'][k]:8.1f} us   median {out['us_median'][k]:8.1f} us"
               f"   GPU {out['gpu_us'][k]:7.1f} us")
