@@ -28,7 +28,8 @@
 //
 //   nvcc -O3 -arch=sm_90 -o post_pre_proto bench/proto/post_pre_proto.cu && ./post_pre_proto
 //
-// Not product code (bench/results/session32.log has the command and the numbers).
+// Not product code (bench/results/session32.log has the command and the numbers; session33.log
+// the cluster variant's: 3-6x slower than the split pair at C = 4096, see there why).
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
