@@ -138,24 +138,38 @@ static Value lowerExpand(OpBuilder &b, ExpandOp op) {
       [](OpBuilder &, Location, ValueRange args) { return args[0]; });
 }
 
-/// h[..., c] = sum_i x[..., i, c].
-static Value lowerCollapse(OpBuilder &b, CollapseOp op) {
-  Location loc = op.getLoc();
-  Value x = op.getInput();
-  RankedTensorType resultType = op.getType();
+/// out[..., c] = sum_i w[..., i] * x[..., i, c] in f32, rounded to x's
+/// element type; w = 1 where `weights` is null (collapse).
+static Value sumStreams(OpBuilder &b, Location loc, Value x, Value weights,
+                        RankedTensorType resultType) {
   int64_t c = resultType.getShape().back();
   LoopNest nest{b.getContext(),
                 leadingRank(x, 2),
                 {IteratorType::parallel, IteratorType::reduction}}; // c, i
   AffineExpr cl = nest.loop(0), il = nest.loop(1);
   Value zero = filledF32(b, loc, resultType, nest.lead, {c}, x, 0.0);
+  SmallVector<Value> inputs{x};
+  SmallVector<AffineMap> maps{nest.perToken({il, cl})};
+  if (weights) {
+    inputs.push_back(weights);
+    maps.push_back(nest.perToken({il}));
+  }
+  maps.push_back(nest.perToken({cl}));
   Value sum = buildGeneric(
-      b, loc, nest, x, zero, {nest.perToken({il, cl}), nest.perToken({cl})},
+      b, loc, nest, inputs, zero, maps,
       [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
-        return arith::AddFOp::create(nb, nloc, args[1],
-                                     widenToF32(nb, nloc, args[0]));
+        Value term = widenToF32(nb, nloc, args[0]);
+        if (args.size() == 3) // weighted
+          term = arith::MulFOp::create(nb, nloc, args[1], term);
+        return arith::AddFOp::create(nb, nloc, args.back(), term);
       });
   return roundToElementType(b, loc, sum, resultType, x);
+}
+
+/// h[..., c] = sum_i x[..., i, c]: pre_apply with every weight 1.
+static Value lowerCollapse(OpBuilder &b, CollapseOp op) {
+  return sumStreams(b, op.getLoc(), op.getInput(), /*weights=*/nullptr,
+                    op.getType());
 }
 
 //===----------------------------------------------------------------------===//
@@ -480,24 +494,7 @@ static Value lowerSinkhorn(OpBuilder &b, SinkhornOp op) {
 
 /// u[..., c] = sum_i pre[..., i] * x[..., i, c].
 static Value lowerPreApply(OpBuilder &b, PreApplyOp op) {
-  Location loc = op.getLoc();
-  Value x = op.getX();
-  RankedTensorType resultType = op.getType();
-  int64_t c = resultType.getShape().back();
-  LoopNest nest{b.getContext(),
-                leadingRank(x, 2),
-                {IteratorType::parallel, IteratorType::reduction}}; // c, i
-  AffineExpr cl = nest.loop(0), il = nest.loop(1);
-  Value zero = filledF32(b, loc, resultType, nest.lead, {c}, x, 0.0);
-  Value u = buildGeneric(
-      b, loc, nest, {x, op.getPre()}, zero,
-      {nest.perToken({il, cl}), nest.perToken({il}), nest.perToken({cl})},
-      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
-        Value prod = arith::MulFOp::create(nb, nloc, args[1],
-                                           widenToF32(nb, nloc, args[0]));
-        return arith::AddFOp::create(nb, nloc, args[2], prod);
-      });
-  return roundToElementType(b, loc, u, resultType, x);
+  return sumStreams(b, op.getLoc(), op.getX(), op.getPre(), op.getType());
 }
 
 /// x_next[..., j, c] = post[..., j] * y[..., c] + sum_i comb[..., i, j] *
