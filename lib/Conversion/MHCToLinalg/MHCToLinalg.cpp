@@ -155,14 +155,14 @@ static Value sumStreams(OpBuilder &b, Location loc, Value x, Value weights,
     maps.push_back(nest.perToken({il}));
   }
   maps.push_back(nest.perToken({cl}));
-  Value sum = buildGeneric(
-      b, loc, nest, inputs, zero, maps,
-      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
-        Value term = widenToF32(nb, nloc, args[0]);
-        if (args.size() == 3) // weighted
-          term = arith::MulFOp::create(nb, nloc, args[1], term);
-        return arith::AddFOp::create(nb, nloc, args.back(), term);
-      });
+  Value sum =
+      buildGeneric(b, loc, nest, inputs, zero, maps,
+                   [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+                     Value term = widenToF32(nb, nloc, args[0]);
+                     if (args.size() == 3) // weighted
+                       term = arith::MulFOp::create(nb, nloc, args[1], term);
+                     return arith::AddFOp::create(nb, nloc, args.back(), term);
+                   });
   return roundToElementType(b, loc, sum, resultType, x);
 }
 
