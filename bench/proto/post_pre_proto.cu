@@ -115,6 +115,19 @@ __device__ void stageCoefficients(const Args &a, int tile0, float (*co)[2 * N + 
   __syncthreads();
 }
 
+// x_next of stream j for one item (8 columns): post[j] y + sum_i comb[i][j] x[i], with the
+// tile token's coefficients `co` (post n, comb n x n).
+__device__ Vec8 postStream(const float *co, const float *yf, const float (*xf)[VEC], int j) {
+  float o[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    o[e] = co[j] * yf[e];
+#pragma unroll
+    for (int i = 0; i < N; ++i) o[e] = fmaf(co[N + i * N + j], xf[i][e], o[e]);
+  }
+  return Vec8::pack(o);
+}
+
 // x_next for the tile's items (token, 8 columns), UNROLL items a thread in flight; optionally
 // kept in shared memory too.
 template <int TT, bool KEEP, int THREADS = 256, bool HINTS = false>
@@ -144,14 +157,7 @@ __device__ void postPhase(const Args &a, int tile0, float (*co)[2 * N + N * N], 
       for (int i = 0; i < N; ++i) xv[k][i].unpack(xf[i]);
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        float o[VEC];
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          o[e] = co[t][j] * yf[e];
-#pragma unroll
-          for (int i = 0; i < N; ++i) o[e] = fmaf(co[t][N + i * N + j], xf[i][e], o[e]);
-        }
-        Vec8 out = Vec8::pack(o);
+        Vec8 out = postStream(co[t], yf, xf, j);
         store16<HINTS>(a.xn + ((size_t)tok * N + j) * a.C + v * VEC, out.raw, last);
         if (KEEP) kept[(t * N + j) * NV + v] = out;
       }
@@ -340,14 +346,7 @@ __global__ void __launch_bounds__(256, MINB) clusterKernel(Args a, int iters) {
           for (int i = 0; i < N; ++i) xv[k][i].unpack(xf[i]);
 #pragma unroll
           for (int j = 0; j < N; ++j) {
-            float o[VEC];
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-              o[e] = co[t][j] * yf[e];
-#pragma unroll
-              for (int i = 0; i < N; ++i) o[e] = fmaf(co[t][N + i * N + j], xf[i][e], o[e]);
-            }
-            Vec8 out = Vec8::pack(o);
+            Vec8 out = postStream(co[t], yf, xf, j);
             *reinterpret_cast<uint4 *>(a.xn + ((size_t)tok * N + j) * a.C + col0 + v * VEC) = out.raw;
             kept[(t * N + j) * NV + v] = out;
             float r[VEC];
