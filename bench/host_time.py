@@ -23,7 +23,9 @@ speed of the host: the time per iteration is the host time. Measured, per sublay
     hc_joint_backward_lower;
   * ``compiled.*``: a compiled stack of --compiled-depth sublayers (a Linear each), plain and mHC,
     forward + backward; ``compiled.per_sublayer`` is the difference over the depth: what mHC adds
-    to a compiled step's host time per sublayer, the graphs' own code around the ops included;
+    to a compiled step's host time per sublayer, the graphs' own code around the ops included
+    (a host reading only where the GPU keeps up at --T tokens: at C = 4096 and 64 tokens the
+    launches wait for it, bench/results/session33.log call 2);
   * ``parts.*``: the C++ path's pieces one by one (an allocation, run_op, the two autograd steps,
     the module's Python checks), see breakdown().
 
@@ -88,6 +90,26 @@ def gpu_us_per_call(fn, calls=40):
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) * 1e3 / calls
+
+
+def host_profile(fn, calls, per_round, top, warmup=0):
+    """cProfile of `calls` calls of `fn` (after `warmup` unprofiled ones), the `top` functions by
+    own time, as text. Autograd's backward runs in the calling thread, so that the profile sees
+    it; the GPU is waited for every `per_round` calls, outside the profile, which so sees the
+    host's work (where the GPU is slower, a long round would fill the launch queue)."""
+    with torch.autograd.set_multithreading_enabled(False):
+        for _ in range(warmup):
+            fn()
+        prof = cProfile.Profile()
+        for _ in range(calls // per_round):
+            prof.enable()
+            for _ in range(per_round):
+                fn()
+            prof.disable()
+            torch.cuda.synchronize()
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(top)
+    return s.getvalue()
 
 
 def breakdown(record, hc, x, xg, fn, scale, base, y):
@@ -166,21 +188,9 @@ def compiled_stack(record, out, x, dxn, depth, reps):
     out["gpu_us"]["compiled.per_sublayer"] = (out["gpu_us"]["compiled.mhc.forward_backward"] -
                                               out["gpu_us"]["compiled.plain.forward_backward"]) / depth
     out["compiled_depth"] = depth
-    # Where the compiled mHC step's host time goes (the backward in the calling thread, so that
-    # the profile sees it).
-    with torch.autograd.set_multithreading_enabled(False):
-        for _ in range(3):
-            mhc_stack(xg).backward(dxn)
-        prof = cProfile.Profile()
-        for _ in range(100 // reps):
-            prof.enable()
-            for _ in range(reps):
-                mhc_stack(xg).backward(dxn)
-            prof.disable()
-            torch.cuda.synchronize()          # outside the profile: it sees the host's work
-    s = io.StringIO()
-    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
-    out["profile_compiled_mhc_forward_backward"] = s.getvalue()
+    # Where the compiled mHC step's host time goes.
+    out["profile_compiled_mhc_forward_backward"] = host_profile(
+        lambda: mhc_stack(xg).backward(dxn), calls=100, per_round=reps, top=30, warmup=3)
 
 
 def main(argv=None):
@@ -246,11 +256,11 @@ def main(argv=None):
             # What a compiled model's steady sublayer calls (mhc.torch.chain_pass): the chained
             # forward (post_res + the next projection, then pre from that mix) and the folded
             # backward of a sublayer in the middle of a stack (one op).
-            ops = torch.ops.mhc
+            mhc_ops = torch.ops.mhc
             record(f"{path}.dispatcher.chained.forward", lambda: (
-                ops.hc_pre_mixed(*ops.hc_post_project(y, x, post, comb, fn, *ATTRS),
-                                 scale, base, *ATTRS)))
-            record(f"{path}.dispatcher.folded.backward", lambda: ops.hc_joint_backward_lower(
+                mhc_ops.hc_pre_mixed(*mhc_ops.hc_post_project(y, x, post, comb, fn, *ATTRS),
+                                     scale, base, *ATTRS)))
+            record(f"{path}.dispatcher.folded.backward", lambda: mhc_ops.hc_joint_backward_lower(
                 x, y, fn, scale, base, mix, u, dxn, post, *ATTRS))
             if args.ops_only:
                 continue
@@ -274,15 +284,8 @@ def main(argv=None):
             with torch.autograd.set_multithreading_enabled(False):
                 record(f"{path}.module.forward_backward_one_thread",
                        lambda: hc(xg).backward(dxn))
-                prof = cProfile.Profile()
-                prof.enable()
-                for _ in range(200):
-                    hc(xg).backward(dxn)
-                prof.disable()
-            torch.cuda.synchronize()
-            s = io.StringIO()
-            pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
-            out[f"profile_{path}_module_forward_backward_200_calls"] = s.getvalue()
+            out[f"profile_{path}_module_forward_backward_200_calls"] = host_profile(
+                lambda: hc(xg).backward(dxn), calls=200, per_round=200, top=25)
     if out["native"] and not args.ops_only:
         breakdown(record, hc, x, xg, fn, scale, base, y)
     if args.compiled_depth > 0:
