@@ -28,6 +28,7 @@ __all__ = [
     "sinkhorn", "sinkhorn_backward",
     "pre_apply", "pre_apply_backward",
     "post_res", "post_res_backward",
+    "rms_norm", "rms_norm_backward",
     "mhc_sublayer", "mhc_sublayer_backward",
     "hc_coefficients",
     "forward_gain", "backward_gain", "composite",
@@ -226,6 +227,31 @@ def post_res_backward(y, x, post, comb, dout, dtype=None):
     dpost = np.einsum("...c,...jc->...j", y, dout)
     dcomb = np.einsum("...ic,...jc->...ij", x, dout)
     return dy, dx, dpost, dcomb
+
+
+# --------------------------------------------------------------------------------------------------
+# The sublayer's pre-norm (an extension op, mhc.rms_norm: fusable with pre_apply on the GPU)
+# --------------------------------------------------------------------------------------------------
+
+def _rms_factor(u, eps):
+    return 1.0 / np.sqrt(np.mean(u * u, axis=-1, keepdims=True) + eps)
+
+
+def rms_norm(u, weight, eps=1e-6, dtype=None):
+    """out[c] = u[c] * rsqrt(mean_c u^2 + eps) * weight[c] (torch.nn.RMSNorm).  ``[..., C]``"""
+    u, weight = _cast(dtype, u, weight)
+    return u * _rms_factor(u, eps) * weight
+
+
+def rms_norm_backward(u, weight, dout, eps=1e-6, dtype=None):
+    """Returns (du ``[..., C]``, dweight ``[C]``, summed over all tokens)."""
+    u, weight, dout = _cast(dtype, u, weight, dout)
+    r = _rms_factor(u, eps)
+    g = dout * weight
+    s = np.sum(g * u, axis=-1, keepdims=True)
+    du = r * g - u * r ** 3 * s / u.shape[-1]
+    dweight = np.sum((dout * u * r).reshape(-1, u.shape[-1]), axis=0)
+    return du, dweight
 
 
 # --------------------------------------------------------------------------------------------------

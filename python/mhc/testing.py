@@ -259,6 +259,17 @@ class Program:
                              f"{y.type}, {x.type}, {post.type}, {comb.type} -> {rs[0].type}")
         return rs[0]
 
+    def rms_norm(self, u, weight, eps=None, generic=False):
+        e = 1e-6 if eps is None else eps
+        data = ref.rms_norm(u.data, weight.data, _f32(e), dtype=np.float64)
+        attrs = {"eps": _attr_f32(e)}
+        rs = self._op("mhc.rms_norm", [u, weight], attrs, [u.shape], [u.elem], generic, [data])
+        if not generic:
+            a = "" if eps is None else f" {{eps = {_attr_f32(eps)}}}"
+            self._custom(rs, f"mhc.rms_norm {u.name}, {weight.name}{a} : {u.type}, "
+                             f"{weight.type} -> {rs[0].type}")
+        return rs[0]
+
     # -- gradient ops (spec section 9b): results take their operands' types ------------------
 
     @staticmethod
@@ -326,6 +337,14 @@ class Program:
                                       dtype=np.float64)
         return self._grad("mhc.post_res_grad", [y, x, post, comb, dout], {}, {},
                           [y, x, post, comb], datas, generic)
+
+    def rms_norm_grad(self, u, weight, dout, eps=None, generic=False):
+        """(du, dweight)."""
+        e = 1e-6 if eps is None else eps
+        datas = ref.rms_norm_backward(u.data, weight.data, dout.data, _f32(e), dtype=np.float64)
+        opt = {} if eps is None else {"eps": _attr_f32(eps)}
+        return self._grad("mhc.rms_norm_grad", [u, weight, dout], {"eps": _attr_f32(e)}, opt,
+                          [u, weight], datas, generic)
 
     def tanh(self, u):
         """A stand-in sublayer F: tanh computed in f32, stored like u (one rounding)."""

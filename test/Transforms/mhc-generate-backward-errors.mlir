@@ -9,7 +9,7 @@
 
 func.func @unsupported_op(%x: tensor<8x2x13xf32>) -> tensor<8x2x13xf32> {
   %h = mhc.collapse %x : tensor<8x2x13xf32> -> tensor<8x13xf32>
-  // expected-error @+1 {{mhc-generate-backward: cannot differentiate 'arith.addf' (supported: mhc.expand, mhc.collapse, mhc.norm_project, mhc.split_mixes, mhc.sinkhorn, mhc.pre_apply, mhc.post_res, arith.constant, and func.call of a function with a vector-Jacobian product; run this pass before --mhc-fuse)}}
+  // expected-error @+1 {{mhc-generate-backward: cannot differentiate 'arith.addf' (supported: mhc.expand, mhc.collapse, mhc.norm_project, mhc.split_mixes, mhc.sinkhorn, mhc.pre_apply, mhc.post_res, mhc.rms_norm, arith.constant, and func.call of a function with a vector-Jacobian product; run this pass before --mhc-fuse)}}
   %s = arith.addf %h, %h : tensor<8x13xf32>
   %x2 = mhc.expand %s, streams = 2 : tensor<8x13xf32> -> tensor<8x2x13xf32>
   return %x2 : tensor<8x2x13xf32>

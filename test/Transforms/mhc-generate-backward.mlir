@@ -185,3 +185,36 @@ func.func @entry_exit(%h: tensor<8x13xf32>, %fn: tensor<8x26xf32>, %base: tensor
   %out = mhc.collapse %xn : tensor<8x2x13xf32> -> tensor<8x13xf32>
   return %out : tensor<8x13xf32>
 }
+
+// -----
+
+// The sublayer's pre-norm (mhc.rms_norm, an extension op): the sublayer's VJP
+// gets the normed input, rms_norm_grad turns its cotangent into du for
+// pre_apply_grad, and the weight gets its gradient. Under the default save
+// mode u and the normed input are saved; save=inputs recomputes both.
+// CHECK-LABEL: func.func @prenorm_backward
+// CHECK-SAME: %[[U:[a-z0-9]+]]: tensor<?x64xbf16> {mhc.saved = "sublayer 0: u"}, %[[O:[a-z0-9]+]]: tensor<?x64xbf16> {mhc.saved = "rms_norm 0: result"}
+// CHECK-SAME: -> ({{.*}}, tensor<64xbf16> {mhc.gradient_of = 4 : i64})
+// CHECK:       %[[DO:.*]] = call @attn_vjp(%[[O]], %{{.*}})
+// CHECK:       %[[DU:.*]], %[[DW:.*]] = mhc.rms_norm_grad %[[U]], %arg4, %[[DO]] {eps = 7.812500e-03 : f32}
+// CHECK:       mhc.pre_apply_grad %{{.*}}, %{{.*}}, %[[DU]]
+// CHECK:       return {{.*}}, %[[DW]] :
+// INPUTS-LABEL: func.func @prenorm_backward
+// INPUTS:       %[[U:.*]] = mhc.pre_apply
+// INPUTS:       mhc.rms_norm %[[U]], %arg4 {eps = 7.812500e-03 : f32}
+// INPUTS:       mhc.rms_norm_grad %[[U]], %arg4
+func.func private @attn(tensor<?x64xbf16>) -> tensor<?x64xbf16>
+func.func private @attn_vjp(tensor<?x64xbf16>, tensor<?x64xbf16>) -> tensor<?x64xbf16>
+func.func @prenorm(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>, %scale: tensor<3xf32>,
+                   %base: tensor<24xf32>, %w: tensor<64xbf16>) -> tensor<?x4x64xbf16> {
+  %mix = mhc.norm_project %x, %fn : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  %pre, %post, %l = mhc.split_mixes %mix, %scale, %base
+      : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %comb = mhc.sinkhorn %l : tensor<?x4x4xf32>
+  %u = mhc.pre_apply %x, %pre : tensor<?x4x64xbf16>, tensor<?x4xf32> -> tensor<?x64xbf16>
+  %o = mhc.rms_norm %u, %w {eps = 0.0078125 : f32} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  %y = func.call @attn(%o) : (tensor<?x64xbf16>) -> tensor<?x64xbf16>
+  %xn = mhc.post_res %y, %x, %post, %comb
+      : tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32> -> tensor<?x4x64xbf16>
+  return %xn : tensor<?x4x64xbf16>
+}

@@ -546,6 +546,61 @@ static Value lowerPostRes(OpBuilder &b, PostResOp op) {
 }
 
 //===----------------------------------------------------------------------===//
+// rms_norm
+//===----------------------------------------------------------------------===//
+
+/// r[...] = rsqrt(sum_c u[..., c]^2 / C + eps) per token of u [..., C], as
+/// normFactor evaluates it (overflow-free, like norm_project's).
+static Value rmsFactor(OpBuilder &b, Location loc, Value u, float eps) {
+  auto uType = cast<RankedTensorType>(u.getType());
+  unsigned lead = leadingRank(u, 1);
+  LoopNest sums{b.getContext(), lead, {IteratorType::reduction}}; // c
+  auto squares = [&](double scale) {
+    return buildGeneric(
+        b, loc, sums, u, filledF32(b, loc, uType, lead, {}, u, 0.0),
+        {sums.perToken({sums.loop(0)}), sums.perToken({})},
+        [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+          Value v = widenToF32(nb, nloc, args[0]);
+          if (scale != 1.0)
+            v = arith::MulFOp::create(nb, nloc, v, f32Const(nb, nloc, scale));
+          return arith::AddFOp::create(nb, nloc, args[1],
+                                       arith::MulFOp::create(nb, nloc, v, v));
+        });
+  };
+  Value sqrsum = squares(1.0), scaled = squares(kOverflowScale);
+  LoopNest perToken{b.getContext(), lead, {}};
+  AffineMap id = perToken.perToken({});
+  return buildGeneric(
+      b, loc, perToken, {sqrsum, scaled}, emptyTensor(b, loc,
+      cast<RankedTensorType>(sqrsum.getType()), u), {id, id, id},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        return normFactor(nb, nloc, args[0], args[1], uType.getShape().back(),
+                          eps);
+      });
+}
+
+/// out[..., c] = round(u[..., c] * r * weight[c]).
+static Value lowerRmsNorm(OpBuilder &b, RmsNormOp op) {
+  Location loc = op.getLoc();
+  Value u = op.getU();
+  RankedTensorType type = op.getType();
+  Value r = rmsFactor(b, loc, u, op.getEps().convertToFloat());
+  LoopNest nest{b.getContext(), leadingRank(u, 1), {IteratorType::parallel}};
+  AffineExpr c = nest.loop(0);
+  Type elem = type.getElementType();
+  return buildGeneric(
+      b, loc, nest, {u, r, op.getWeight()}, emptyTensor(b, loc, type, u),
+      {nest.perToken({c}), nest.perToken({}), nest.shared({c}),
+       nest.perToken({c})},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value v = arith::MulFOp::create(nb, nloc, widenToF32(nb, nloc, args[0]),
+                                        args[1]);
+        v = arith::MulFOp::create(nb, nloc, v, widenToF32(nb, nloc, args[2]));
+        return elem.isF32() ? v : arith::TruncFOp::create(nb, nloc, elem, v);
+      });
+}
+
+//===----------------------------------------------------------------------===//
 // Gradients (spec section 5)
 //===----------------------------------------------------------------------===//
 
@@ -958,6 +1013,75 @@ static Value lowerSinkhornGrad(OpBuilder &b, SinkhornGradOp op) {
       });
 }
 
+/// du = round(r g - u r^3 S / C) with g = dout * weight and S = sum_c g u;
+/// dweight = round(sum over tokens of dout u r).
+static SmallVector<Value> lowerRmsNormGrad(OpBuilder &b, RmsNormGradOp op) {
+  Location loc = op.getLoc();
+  MLIRContext *ctx = b.getContext();
+  Value u = op.getU(), weight = op.getWeight(), dout = op.getDout();
+  RankedTensorType uType = op.getU().getType();
+  unsigned lead = leadingRank(u, 1);
+  int64_t width = uType.getShape().back();
+  Value r = rmsFactor(b, loc, u, op.getEps().convertToFloat());
+
+  LoopNest overWidth{ctx, lead, {IteratorType::reduction}}; // c
+  AffineExpr sc = overWidth.loop(0);
+  Value s = buildGeneric(
+      b, loc, overWidth, {dout, weight, u},
+      filledF32(b, loc, uType, lead, {}, u, 0.0),
+      {overWidth.perToken({sc}), overWidth.shared({sc}),
+       overWidth.perToken({sc}), overWidth.perToken({})},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value g = arith::MulFOp::create(nb, nloc, widenToF32(nb, nloc, args[0]),
+                                        widenToF32(nb, nloc, args[1]));
+        Value gu =
+            arith::MulFOp::create(nb, nloc, g, widenToF32(nb, nloc, args[2]));
+        return arith::AddFOp::create(nb, nloc, args[3], gu);
+      });
+
+  LoopNest nest{ctx, lead, {IteratorType::parallel}}; // c
+  AffineExpr c = nest.loop(0);
+  Type elem = uType.getElementType();
+  Value du = buildGeneric(
+      b, loc, nest, {dout, weight, u, r, s}, emptyTensor(b, loc, uType, u),
+      {nest.perToken({c}), nest.shared({c}), nest.perToken({c}),
+       nest.perToken({}), nest.perToken({}), nest.perToken({c})},
+      [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value g = arith::MulFOp::create(nb, nloc, widenToF32(nb, nloc, args[0]),
+                                        widenToF32(nb, nloc, args[1]));
+        Value rr = args[3];
+        Value r3 = arith::MulFOp::create(
+            nb, nloc, arith::MulFOp::create(nb, nloc, rr, rr), rr);
+        Value k = arith::DivFOp::create(
+            nb, nloc, arith::MulFOp::create(nb, nloc, r3, args[4]),
+            f32Const(nb, nloc, static_cast<double>(width)));
+        Value v = arith::SubFOp::create(
+            nb, nloc, arith::MulFOp::create(nb, nloc, rr, g),
+            arith::MulFOp::create(nb, nloc, widenToF32(nb, nloc, args[2]), k));
+        return elem.isF32() ? v : arith::TruncFOp::create(nb, nloc, elem, v);
+      });
+
+  // dweight[c] = sum over tokens of dout[..., c] * u[..., c] * r[...].
+  LoopNest param{ctx, lead, {IteratorType::parallel}, IteratorType::reduction};
+  AffineExpr pc = param.loop(0);
+  auto accType = RankedTensorType::get({width}, b.getF32Type());
+  Value acc = buildGeneric(
+      b, loc, param, {dout, u, r},
+      fillF32(b, loc, tensor::EmptyOp::create(b, loc, accType, ValueRange{}),
+              0.0),
+      {param.perToken({pc}), param.perToken({pc}), param.perToken({}),
+       param.shared({pc})},
+      [](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
+        Value prod = arith::MulFOp::create(nb, nloc, widenToF32(nb, nloc, args[0]),
+                                           widenToF32(nb, nloc, args[1]));
+        prod = arith::MulFOp::create(nb, nloc, prod, args[2]);
+        return arith::AddFOp::create(nb, nloc, args[3], prod);
+      });
+  Value dweight =
+      roundToElementType(b, loc, acc, op.getWeight().getType(), weight);
+  return {du, dweight};
+}
+
 /// dx[..., i, c] = round(pre[..., i] * du[..., c]),
 /// dpre[..., i] = sum_c du[..., c] * x[..., i, c].
 static SmallVector<Value> lowerPreApplyGrad(OpBuilder &b, PreApplyGradOp op) {
@@ -1113,12 +1237,12 @@ LogicalResult checkSupported(Operation *root) {
       return WalkResult::advance();
     if (!isa<ExpandOp, CollapseOp, NormProjectOp, SplitMixesOp, SinkhornOp,
              PreApplyOp, PostResOp, NormProjectGradOp, SplitMixesGradOp,
-             SinkhornGradOp, PreApplyGradOp, PostResGradOp, FusedOp, YieldOp>(
-            op)) {
+             SinkhornGradOp, PreApplyGradOp, PostResGradOp, RmsNormOp,
+             RmsNormGradOp, FusedOp, YieldOp>(op)) {
       op->emitOpError() << "has no lowering to linalg (convert-mhc-to-linalg "
                            "handles expand, collapse, norm_project, "
-                           "split_mixes, sinkhorn, pre_apply, post_res, their "
-                           "_grad ops and mhc.fused)";
+                           "split_mixes, sinkhorn, pre_apply, post_res, "
+                           "rms_norm, their _grad ops and mhc.fused)";
       return WalkResult::interrupt();
     }
     for (Type t :
@@ -1166,7 +1290,9 @@ struct ConvertMHCToLinalgPass
         LowerOp<SplitMixesGradOp, lowerSplitMixesGrad>,
         LowerOp<SinkhornGradOp, lowerSinkhornGrad>,
         LowerOp<PreApplyGradOp, lowerPreApplyGrad>,
-        LowerOp<PostResGradOp, lowerPostResGrad>>(ctx);
+        LowerOp<PostResGradOp, lowerPostResGrad>,
+        LowerOp<RmsNormOp, lowerRmsNorm>,
+        LowerOp<RmsNormGradOp, lowerRmsNormGrad>>(ctx);
     ConversionTarget target(*ctx);
     target.addIllegalDialect<MHCDialect>();
     target.markUnknownOpDynamicallyLegal([](Operation *) { return true; });

@@ -207,3 +207,12 @@ module {
 // TOKENS-SHARED: error: 'mhc.fused' op schedule of the tokens kernel: tile_tokens needs 106496 bytes of shared memory (limit 49152)
 // TOKENS-VECTOR: error: 'mhc.fused' op schedule of the tokens kernel: vector_width must be 1, with chunk_columns and token_splits 0 (the kernel reads no rows), got vector_width = 8, chunk_columns = 0, token_splits = 0
 // TOKENS-COUNT: error: 'mhc.fused' op schedule: expects 3 or 4 schedules ([rows, cols, params] or [rows, tokens, cols, params]), got 5
+
+// -----
+
+// The sublayer's pre-norm has a CPU lowering only so far.
+// CHECK: error: 'mhc.rms_norm' op has no GPU kernel yet (the CPU path, --mhc-cpu-pipeline, computes it)
+func.func @rms_norm(%u: tensor<?x64xbf16>, %w: tensor<64xbf16>) -> tensor<?x64xbf16> {
+  %o = mhc.rms_norm %u, %w : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  return %o : tensor<?x64xbf16>
+}

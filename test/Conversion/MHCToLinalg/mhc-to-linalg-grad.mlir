@@ -111,3 +111,30 @@ func.func @post_res_grad(%y: tensor<5x13xbf16>, %x: tensor<?x2x13xbf16>, %post: 
       : tensor<5x13xbf16>, tensor<?x2x13xbf16>, tensor<5x2xf32>, tensor<5x2x2xf32>, tensor<?x2x13xbf16>
   return %dy, %dx, %dpost, %dcomb : tensor<5x13xbf16>, tensor<?x2x13xbf16>, tensor<5x2xf32>, tensor<5x2x2xf32>
 }
+
+// -----
+
+// rms_norm_grad: r as in the forward, S = sum_c dout * weight * u per token,
+// du in one elementwise generic, dweight reduced over both token loops into
+// an f32 [C] and rounded once to the weight's type.
+// CHECK-DAG: #[[$UC:.*]] = affine_map<(d0, d1, d2) -> (d0, d1, d2)>
+// CHECK-DAG: #[[$TOK:.*]] = affine_map<(d0, d1, d2) -> (d0, d1)>
+// CHECK-DAG: #[[$WC:.*]] = affine_map<(d0, d1, d2) -> (d2)>
+// CHECK-LABEL: func @rms_norm_grad
+// CHECK-SAME: (%[[U:.*]]: tensor<2x?x64xbf16>, %[[W:.*]]: tensor<64xbf16>, %[[D:.*]]: tensor<2x?x64xbf16>)
+// CHECK:       %[[S:.*]] = linalg.generic {indexing_maps = [#[[$UC]], #[[$WC]], #[[$UC]], #[[$TOK]]], iterator_types = ["parallel", "parallel", "reduction"]}
+// CHECK-SAME:    ins(%[[D]], %[[W]], %[[U]] : tensor<2x?x64xbf16>, tensor<64xbf16>, tensor<2x?x64xbf16>)
+// CHECK:       linalg.generic {{.*}} iterator_types = ["parallel", "parallel", "parallel"]}
+// CHECK-SAME:    ins(%[[D]], %[[W]], %[[U]], %{{.*}}, %[[S]] : {{.*}}) outs(%{{.*}} : tensor<2x?x64xbf16>)
+// CHECK:         arith.subf
+// CHECK:         arith.truncf %{{.*}} : f32 to bf16
+// CHECK:       %[[DW:.*]] = linalg.generic {indexing_maps = [#[[$UC]], #[[$UC]], #[[$TOK]], #[[$WC]]], iterator_types = ["reduction", "reduction", "parallel"]}
+// CHECK-SAME:    outs(%{{.*}} : tensor<64xf32>)
+// CHECK:       linalg.generic
+// CHECK-SAME:    ins(%[[DW]] : tensor<64xf32>) outs(%{{.*}} : tensor<64xbf16>)
+// CHECK:         arith.truncf %{{.*}} : f32 to bf16
+func.func @rms_norm_grad(%u: tensor<2x?x64xbf16>, %w: tensor<64xbf16>, %d: tensor<2x?x64xbf16>)
+    -> (tensor<2x?x64xbf16>, tensor<64xbf16>) {
+  %du, %dw = mhc.rms_norm_grad %u, %w, %d : tensor<2x?x64xbf16>, tensor<64xbf16>, tensor<2x?x64xbf16>
+  return %du, %dw : tensor<2x?x64xbf16>, tensor<64xbf16>
+}

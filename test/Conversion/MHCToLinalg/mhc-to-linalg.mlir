@@ -266,3 +266,32 @@ func.func @mixed_staticness(%x: tensor<?x4x13xbf16>, %pre: tensor<6x4xf32>, %fn:
   %h = mhc.collapse %xs : tensor<6x4x13xbf16> -> tensor<?x13xbf16>
   return %u, %m, %h : tensor<6x13xbf16>, tensor<6x24xf32>, tensor<?x13xbf16>
 }
+
+// -----
+
+// rms_norm: the sum of squares over C (and its overflow-free twin, scaled by
+// 2^-96), the factor r per token, then u * r * weight rounded once; the
+// weight is read through a shared map (d1 -> C).
+// CHECK-DAG: #[[$UC:.*]] = affine_map<(d0, d1) -> (d0, d1)>
+// CHECK-DAG: #[[$TOK:.*]] = affine_map<(d0, d1) -> (d0)>
+// CHECK-DAG: #[[$WC:.*]] = affine_map<(d0, d1) -> (d1)>
+// CHECK-LABEL: func @rms_norm
+// CHECK-SAME: (%[[U:.*]]: tensor<?x64xbf16>, %[[W:.*]]: tensor<64xbf16>)
+// CHECK:       %[[SQ:.*]] = linalg.generic {indexing_maps = [#[[$UC]], #[[$TOK]]], iterator_types = ["parallel", "reduction"]}
+// CHECK-SAME:    ins(%[[U]] : tensor<?x64xbf16>) outs(%{{.*}} : tensor<?xf32>)
+// CHECK:       %[[SC:.*]] = linalg.generic {indexing_maps = [#[[$UC]], #[[$TOK]]], iterator_types = ["parallel", "reduction"]}
+// CHECK:         arith.constant 1.26217745E-29 : f32
+// CHECK:       %[[R:.*]] = linalg.generic
+// CHECK-SAME:    ins(%[[SQ]], %[[SC]] : tensor<?xf32>, tensor<?xf32>)
+// CHECK:         arith.constant 6.400000e+01 : f32
+// CHECK:         math.rsqrt
+// CHECK:         arith.select
+// CHECK:       linalg.generic {indexing_maps = [#[[$UC]], #[[$TOK]], #[[$WC]], #[[$UC]]], iterator_types = ["parallel", "parallel"]}
+// CHECK-SAME:    ins(%[[U]], %[[R]], %[[W]] : tensor<?x64xbf16>, tensor<?xf32>, tensor<64xbf16>) outs(%{{.*}} : tensor<?x64xbf16>)
+// CHECK:         arith.mulf
+// CHECK:         arith.mulf
+// CHECK:         arith.truncf %{{.*}} : f32 to bf16
+func.func @rms_norm(%u: tensor<?x64xbf16>, %w: tensor<64xbf16>) -> tensor<?x64xbf16> {
+  %o = mhc.rms_norm %u, %w : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  return %o : tensor<?x64xbf16>
+}

@@ -261,3 +261,22 @@ func.func @partly_zero_cotangents(%mix: tensor<8x24xf32>, %scale: tensor<3xf32>,
       : tensor<8x24xf32>, tensor<3xf32>, tensor<24xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4x4xf32>
   return %b#0 : tensor<8x24xf32>
 }
+
+// -----
+
+// rms_norm_grad with a zero dout: du zero with u's dynamic token dim, dweight
+// a zero constant of the weight's type.
+// CHECK-LABEL: func @zero_cotangent_rms_norm
+// CHECK-DAG: %[[DW:.*]] = arith.constant dense<0.000000e+00> : tensor<13xf32>
+// CHECK-DAG: %[[ZB:.*]] = arith.constant 0.000000e+00 : bf16
+// CHECK-NOT: mhc.rms_norm_grad
+// CHECK: %[[DU:.*]] = tensor.splat %[[ZB]][%{{.*}}] : tensor<?x13xbf16>
+// CHECK: return %[[DU]], %[[DW]]
+func.func @zero_cotangent_rms_norm(%u: tensor<?x13xbf16>, %w: tensor<13xf32>) -> (tensor<?x13xbf16>, tensor<13xf32>) {
+  %c0 = arith.constant 0 : index
+  %t = tensor.dim %u, %c0 : tensor<?x13xbf16>
+  %zb = arith.constant 0.0 : bf16
+  %d = tensor.splat %zb[%t] : tensor<?x13xbf16>
+  %du, %dw = mhc.rms_norm_grad %u, %w, %d : tensor<?x13xbf16>, tensor<13xf32>, tensor<?x13xbf16>
+  return %du, %dw : tensor<?x13xbf16>, tensor<13xf32>
+}

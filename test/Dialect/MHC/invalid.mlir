@@ -863,3 +863,99 @@ func.func @norm_project_grad_inf_eps(%x: tensor<8x4x64xbf16>, %fn: tensor<24x256
   %dx, %dfn = mhc.norm_project_grad %x, %fn, %d {eps = 0x7F800000 : f32} : tensor<8x4x64xbf16>, tensor<24x256xf32>, tensor<8x24xf32>
   return
 }
+
+// -----
+
+func.func @rms_norm_rank(%u: tensor<bf16>, %w: tensor<64xbf16>) {
+  // expected-error @+1 {{expects u of shape [C] (rank >= 1), got 'tensor<bf16>'}}
+  %o = mhc.rms_norm %u, %w : tensor<bf16>, tensor<64xbf16> -> tensor<bf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_dynamic_width(%u: tensor<8x?xbf16>, %w: tensor<64xbf16>) {
+  // expected-error @+1 {{expects the trailing dims [C] of u to be static, got 'tensor<8x?xbf16>'}}
+  %o = mhc.rms_norm %u, %w : tensor<8x?xbf16>, tensor<64xbf16> -> tensor<8x?xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_empty_width(%u: tensor<8x0xbf16>, %w: tensor<0xbf16>) {
+  // expected-error @+1 {{expects u of width C >= 1, got C = 0}}
+  %o = mhc.rms_norm %u, %w : tensor<8x0xbf16>, tensor<0xbf16> -> tensor<8x0xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_weight_size(%u: tensor<8x64xbf16>, %w: tensor<63xbf16>) {
+  // expected-error @+1 {{expects the size of weight (= C of u) to be 64, got 63}}
+  %o = mhc.rms_norm %u, %w : tensor<8x64xbf16>, tensor<63xbf16> -> tensor<8x64xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_weight_rank(%u: tensor<8x64xbf16>, %w: tensor<1x64xbf16>) {
+  // expected-error @+1 {{expects weight of shape [C], got 'tensor<1x64xbf16>'}}
+  %o = mhc.rms_norm %u, %w : tensor<8x64xbf16>, tensor<1x64xbf16> -> tensor<8x64xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_weight_type(%u: tensor<8x64xbf16>, %w: tensor<64xf16>) {
+  // expected-error @+1 {{expects weight of u's element type or f32, got 'f16' with u of 'bf16'}}
+  %o = mhc.rms_norm %u, %w : tensor<8x64xbf16>, tensor<64xf16> -> tensor<8x64xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_result_type(%u: tensor<8x64xbf16>, %w: tensor<64xbf16>) {
+  // expected-error @+1 {{all of {u, result} have same type}}
+  %o = "mhc.rms_norm"(%u, %w) : (tensor<8x64xbf16>, tensor<64xbf16>) -> tensor<8x64xf32>
+  return
+}
+
+// -----
+
+func.func @rms_norm_negative_eps(%u: tensor<8x64xbf16>, %w: tensor<64xbf16>) {
+  // expected-error @+1 {{expects 'eps' to be non-negative, got -1}}
+  %o = mhc.rms_norm %u, %w {eps = -1.0 : f32} : tensor<8x64xbf16>, tensor<64xbf16> -> tensor<8x64xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_grad_dout_type(%u: tensor<8x64xbf16>, %w: tensor<64xbf16>, %d: tensor<8x64xf32>) {
+  // expected-error @+1 {{expects dout and u to have the same element type, got 'f32' and 'bf16'}}
+  %du, %dw = mhc.rms_norm_grad %u, %w, %d : tensor<8x64xbf16>, tensor<64xbf16>, tensor<8x64xf32>
+  return
+}
+
+// -----
+
+func.func @rms_norm_grad_dout_width(%u: tensor<8x64xbf16>, %w: tensor<64xbf16>, %d: tensor<8x63xbf16>) {
+  // expected-error @+1 {{expects the width of dout (= C of u) to be 64, got 63}}
+  %du, %dw = mhc.rms_norm_grad %u, %w, %d : tensor<8x64xbf16>, tensor<64xbf16>, tensor<8x63xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_grad_dout_leading(%u: tensor<8x64xbf16>, %w: tensor<64xbf16>, %d: tensor<9x64xbf16>) {
+  // expected-error @+1 {{leading dims of dout (9) do not match the leading dims of u (8)}}
+  %du, %dw = mhc.rms_norm_grad %u, %w, %d : tensor<8x64xbf16>, tensor<64xbf16>, tensor<9x64xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_grad_dout_rank(%u: tensor<8x64xbf16>, %w: tensor<64xbf16>, %d: tensor<2x4x64xbf16>) {
+  // expected-error @+1 {{expects dout of u's rank, got 'tensor<2x4x64xbf16>' with u 'tensor<8x64xbf16>'}}
+  %du, %dw = mhc.rms_norm_grad %u, %w, %d : tensor<8x64xbf16>, tensor<64xbf16>, tensor<2x4x64xbf16>
+  return
+}

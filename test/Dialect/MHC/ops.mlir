@@ -125,3 +125,19 @@ func.func @gradients_generic(%x: tensor<3x4x12xf32>, %fn: tensor<24x48xf32>, %dm
   %c = "mhc.sinkhorn_grad"(%l, %dc) <{eps = 1.0e-06 : f32, iterations = 20 : i64}> : (tensor<2x5x1x1xf32>, tensor<2x5x1x1xf32>) -> tensor<2x5x1x1xf32>
   return %dx, %dfn : tensor<3x4x12xf32>, tensor<24x48xf32>
 }
+
+// The sublayer's pre-norm (an extension op) and its gradient, weights of u's
+// type and f32.
+// CHECK-LABEL: func @rms_norm
+// CHECK: %[[O:.*]] = mhc.rms_norm %{{.*}}, %{{.*}} {eps = 7.812500e-03 : f32} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+// CHECK: mhc.rms_norm %{{.*}}, %{{.*}} : tensor<2x3x64xbf16>, tensor<64xf32> -> tensor<2x3x64xbf16>
+// CHECK: %{{.*}}, %{{.*}} = mhc.rms_norm_grad %{{.*}}, %{{.*}}, %{{.*}} : tensor<?x64xbf16>, tensor<64xbf16>, tensor<?x64xbf16>
+// GENERIC: "mhc.rms_norm"(%{{.*}}, %{{.*}}) <{eps = 7.812500e-03 : f32}> : (tensor<?x64xbf16>, tensor<64xbf16>) -> tensor<?x64xbf16>
+// GENERIC: "mhc.rms_norm_grad"(%{{.*}}, %{{.*}}, %{{.*}}) <{eps = 9.99999997E-7 : f32}> : (tensor<?x64xbf16>, tensor<64xbf16>, tensor<?x64xbf16>) -> (tensor<?x64xbf16>, tensor<64xbf16>)
+func.func @rms_norm(%u: tensor<?x64xbf16>, %w: tensor<64xbf16>, %u2: tensor<2x3x64xbf16>,
+                    %w2: tensor<64xf32>, %d: tensor<?x64xbf16>) {
+  %o = mhc.rms_norm %u, %w {eps = 0.0078125 : f32} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  %o2 = mhc.rms_norm %u2, %w2 : tensor<2x3x64xbf16>, tensor<64xf32> -> tensor<2x3x64xbf16>
+  %du, %dw = mhc.rms_norm_grad %u, %w, %d : tensor<?x64xbf16>, tensor<64xbf16>, tensor<?x64xbf16>
+  return
+}

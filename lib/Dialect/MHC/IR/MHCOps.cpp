@@ -606,6 +606,41 @@ LogicalResult PreApplyOp::verify() {
 }
 
 //===----------------------------------------------------------------------===//
+// RmsNormOp
+//===----------------------------------------------------------------------===//
+
+/// The relations shared by rms_norm and rms_norm_grad: u [..., C] with a
+/// static C >= 1, weight [C] of u's element type or f32, and a finite,
+/// non-negative eps.
+static LogicalResult verifyRmsNormShapes(Operation *op, RankedTensorType u,
+                                         RankedTensorType weight,
+                                         FloatAttr eps) {
+  if (failed(verifyTrailingStatic(op, u, "u", 1, "[C]")))
+    return failure();
+  int64_t c = u.getShape().back();
+  if (c < 1)
+    return op->emitOpError() << "expects u of width C >= 1, got C = " << c;
+  if (weight.getRank() != 1)
+    return op->emitOpError() << "expects weight of shape [C], got " << weight;
+  if (failed(verifyDim(op, weight.getDimSize(0), c,
+                       "the size of weight (= C of u)")))
+    return failure();
+  Type we = weight.getElementType();
+  if (we != u.getElementType() && !we.isF32())
+    return op->emitOpError() << "expects weight of u's element type or f32, "
+                                "got "
+                             << we << " with u of " << u.getElementType();
+  return verifyNonNegative(op, eps, "eps");
+}
+
+LogicalResult RmsNormOp::verify() {
+  if (failed(verifyRmsNormShapes(*this, getU().getType(),
+                                 getWeight().getType(), getEpsAttr())))
+    return failure();
+  return verifyElementCounts(*this);
+}
+
+//===----------------------------------------------------------------------===//
 // PostResOp
 //===----------------------------------------------------------------------===//
 
@@ -791,6 +826,29 @@ LogicalResult PreApplyGradOp::verify() {
 void PreApplyGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
                                                  MLIRContext *context) {
   results.add<ZeroCotangents<PreApplyGradOp>>(context);
+}
+
+LogicalResult RmsNormGradOp::verify() {
+  auto u = getU().getType();
+  auto dout = getDout().getType();
+  if (failed(verifyRmsNormShapes(*this, u, getWeight().getType(),
+                                 getEpsAttr())) ||
+      failed(verifySameElementType(*this, dout, "dout", u, "u")))
+    return failure();
+  if (dout.getRank() != u.getRank())
+    return emitOpError() << "expects dout of u's rank, got " << dout
+                         << " with u " << u;
+  if (failed(verifyDim(*this, dout.getShape().back(), u.getShape().back(),
+                       "the width of dout (= C of u)")) ||
+      failed(verifyLeadingMatch(*this, leadingDims(dout, 1), "dout",
+                                leadingDims(u, 1), "u")))
+    return failure();
+  return verifyElementCounts(*this);
+}
+
+void RmsNormGradOp::getCanonicalizationPatterns(RewritePatternSet &results,
+                                                MLIRContext *context) {
+  results.add<ZeroCotangents<RmsNormGradOp>>(context);
 }
 
 LogicalResult PostResGradOp::verify() {

@@ -41,7 +41,7 @@ constexpr StringLiteral kPassName = "mhc-generate-backward";
 
 bool isForwardMHCOp(Operation *op) {
   return isa<ExpandOp, CollapseOp, NormProjectOp, SplitMixesOp, SinkhornOp,
-             PreApplyOp, PostResOp>(op);
+             PreApplyOp, PostResOp, RmsNormOp>(op);
 }
 
 bool isFloatTensor(Type type) {
@@ -156,7 +156,7 @@ LogicalResult checkDifferentiable(func::FuncOp f, const SymbolTable &symbols) {
            << kPassName << ": cannot differentiate '" << op.getName()
            << "' (supported: mhc.expand, mhc.collapse, mhc.norm_project, "
               "mhc.split_mixes, mhc.sinkhorn, mhc.pre_apply, mhc.post_res, "
-              "arith.constant, and func.call of a function with a "
+              "mhc.rms_norm, arith.constant, and func.call of a function with a "
               "vector-Jacobian product; run this pass before --mhc-fuse)";
   }
   return success();
@@ -177,6 +177,9 @@ SmallVector<Value> primalOperands(Operation *op) {
       })
       .Case([](PostResOp o) -> SmallVector<Value> {
         return {o.getY(), o.getX(), o.getPost(), o.getComb()};
+      })
+      .Case([](RmsNormOp o) -> SmallVector<Value> {
+        return {o.getU(), o.getWeight()};
       })
       .Case([](func::CallOp o) -> SmallVector<Value> {
         return SmallVector<Value>(o.getOperands());
@@ -201,6 +204,7 @@ std::string savedLabel(Value v, const DenseMap<Operation *, unsigned> &index) {
       .Case([&](SinkhornOp) { os << "sublayer " << k << ": comb"; })
       .Case([&](PreApplyOp) { os << "sublayer " << k << ": u"; })
       .Case([&](PostResOp) { os << "sublayer " << k << ": x_next"; })
+      .Case([&](RmsNormOp) { os << "rms_norm " << k << ": result"; })
       .Case([&](ExpandOp) { os << "expand " << k << ": x"; })
       .Case([&](CollapseOp) { os << "collapse " << k << ": h"; })
       .Case([&](func::CallOp call) {
@@ -474,6 +478,15 @@ private:
           contribute(o.getX(), g.getDx());
           contribute(o.getPost(), g.getDpost());
           contribute(o.getComb(), g.getDcomb());
+        })
+        .Case([&](RmsNormOp o) {
+          Value u = materialize(o.getU());
+          Value weight = materialize(o.getWeight());
+          Value dout = resultCotangent(o.getResult(), u);
+          auto g = RmsNormGradOp::create(ob, loc, u, weight, dout,
+                                         o.getEpsAttr());
+          contribute(o.getU(), g.getDu());
+          contribute(o.getWeight(), g.getDweight());
         })
         .Case([&](ExpandOp o) {
           // The gradient of a broadcast is the sum over the streams.

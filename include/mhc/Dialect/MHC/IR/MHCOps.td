@@ -194,6 +194,35 @@ def MHC_PostResOp : MHC_Op<"post_res", [Pure]> {
   let hasVerifier = 1;
 }
 
+def MHC_RmsNormOp : MHC_Op<"rms_norm", [Pure, AllTypesMatch<["u", "result"]>]> {
+  let summary = "the sublayer's RMSNorm of its input u (fusable with pre_apply)";
+  let description = [{
+    The pre-norm that a sublayer applies to its input, as `torch.nn.RMSNorm`
+    does, so that the GPU path can compute it in the kernel that writes `u`
+    (not part of the spec's ops: an extension, docs/PreNorm.md). Per token,
+    in f32:
+
+    ```
+    r             = rsqrt(sum_c u[..., c]^2 / C + eps)
+    out[..., c]   = u[..., c] * r * weight[c]      // rounded once to u's type
+    ```
+
+    `weight` is `[C]`, of u's element type or f32 (a model's parameter).
+
+    ```mlir
+    %o = mhc.rms_norm %u, %w {eps = 1.0e-06 : f32}
+        : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+    ```
+  }];
+  let arguments = (ins MHC_ActTensor:$u, MHC_ActTensor:$weight,
+                       DefaultValuedAttr<F32Attr, "1.0e-6">:$eps);
+  let results = (outs MHC_ActTensor:$result);
+  let assemblyFormat = [{
+    $u `,` $weight attr-dict `:` type($u) `,` type($weight) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
 //===----------------------------------------------------------------------===//
 // Gradients (vector-Jacobian products, spec section 5)
 //
@@ -370,6 +399,38 @@ def MHC_PostResGradOp : MHC_Op<"post_res_grad", [Pure,
   let assemblyFormat = [{
     $y `,` $x `,` $post `,` $comb `,` $dout attr-dict `:` type($y) `,`
     type($x) `,` type($post) `,` type($comb) `,` type($dout)
+  }];
+  let hasVerifier = 1;
+  let hasCanonicalizer = 1;
+}
+
+def MHC_RmsNormGradOp : MHC_Op<"rms_norm_grad", [Pure,
+    AllTypesMatch<["u", "du"]>, AllTypesMatch<["weight", "dweight"]>]> {
+  let summary = "gradient of mhc.rms_norm";
+  let description = [{
+    With `r` as in mhc.rms_norm, `g = dout * weight` and
+    `S = sum_c g[..., c] * u[..., c]`, in f32:
+
+    ```
+    du[..., c]  = r * g[..., c] - u[..., c] * r^3 * S / C   // rounded once
+    dweight[c]  = sum over all tokens of dout[..., c] * u[..., c] * r
+                                                  // rounded once to weight's type
+    ```
+
+    `dout` has u's type.
+
+    ```mlir
+    %du, %dw = mhc.rms_norm_grad %u, %w, %dout {eps = 1.0e-06 : f32}
+        : tensor<?x64xbf16>, tensor<64xbf16>, tensor<?x64xbf16>
+    ```
+  }];
+  let arguments = (ins MHC_ActTensor:$u, MHC_ActTensor:$weight,
+                       MHC_ActTensor:$dout,
+                       DefaultValuedAttr<F32Attr, "1.0e-6">:$eps);
+  let results = (outs MHC_ActTensor:$du, MHC_ActTensor:$dweight);
+  let assemblyFormat = [{
+    $u `,` $weight `,` $dout attr-dict `:` type($u) `,` type($weight) `,`
+    type($dout)
   }];
   let hasVerifier = 1;
   let hasCanonicalizer = 1;
