@@ -505,3 +505,23 @@ def test_gains_and_composite():
     # while unconstrained maps of similar size blow up
     raw = R.composite([np.eye(4) + randn(rng, 16, 4, 4, scale=0.5) for _ in range(60)])
     assert R.forward_gain(raw) > 100.0
+
+
+@pytest.mark.parametrize("C", [1, 7, 64])
+def test_rms_norm_matches_torch(C):
+    """The pre-norm extension op is torch.nn.RMSNorm's math (forward and both gradients)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(C)
+    u = rng.standard_normal((3, 5, C))
+    w = rng.uniform(0.5, 1.5, C)
+    dout = rng.standard_normal((3, 5, C))
+    eps = 1e-3
+    ut = torch.tensor(u, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    out = torch.nn.functional.rms_norm(ut, (C,), wt, eps)
+    out.backward(torch.tensor(dout))
+    np.testing.assert_allclose(R.rms_norm(u, w, eps, dtype=np.float64), out.detach().numpy(),
+                               rtol=1e-12, atol=1e-14)
+    du, dw = R.rms_norm_backward(u, w, dout, eps, dtype=np.float64)
+    np.testing.assert_allclose(du, ut.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-12)
