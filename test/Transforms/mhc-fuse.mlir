@@ -274,3 +274,30 @@ func.func @lower_dpost_used(%x: tensor<?x4x64xbf16>, %y: tensor<?x64xbf16>, %fn:
   %dy_lower, %dxl_, %dpl_, %dcl_ = "mhc.post_res_grad"(%du, %x, %post_lower, %comb_lower, %dx) : (tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>, tensor<?x4x64xbf16>) -> (tensor<?x64xbf16>, tensor<?x4x64xbf16>, tensor<?x4xf32>, tensor<?x4x4xf32>)
   return %dx, %dfn, %dscale, %dbase, %dy_lower, %dpl_ : tensor<?x4x64xbf16>, tensor<24x256xf32>, tensor<3xf32>, tensor<24xf32>, tensor<?x64xbf16>, tensor<?x4xf32>
 }
+
+// -----
+
+// The sublayer's pre-norm joins the pre group (docs/PreNorm.md): u stays on
+// chip when nothing else reads it, and leaves the group when something does.
+// CHECK-LABEL: func @prenorm
+// CHECK:       %[[G:.*]]:2 = mhc.fused "pre" -> tensor<?x4xf32>, tensor<?x64xbf16> {
+// CHECK:         %[[U:.*]] = mhc.pre_apply
+// CHECK-NEXT:    %[[O:.*]] = mhc.rms_norm %[[U]], %arg4
+// CHECK-NEXT:    mhc.yield %{{.*}}, %[[O]] : tensor<?x4xf32>, tensor<?x64xbf16>
+// CHECK:       mhc.fused "pre" -> tensor<?x4xf32>, tensor<?x64xbf16>, tensor<?x64xbf16> {
+// CHECK:         mhc.yield %{{.*}}, %{{.*}}, %{{.*}} : tensor<?x4xf32>, tensor<?x64xbf16>, tensor<?x64xbf16>
+func.func @prenorm(%x: tensor<?x4x64xbf16>, %fn: tensor<24x256xf32>, %scale: tensor<3xf32>,
+                   %base: tensor<24xf32>, %w: tensor<64xbf16>)
+    -> (tensor<?x4xf32>, tensor<?x64xbf16>, tensor<?x4xf32>, tensor<?x64xbf16>, tensor<?x64xbf16>) {
+  %mix = mhc.norm_project %x, %fn : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  %pre, %post, %l = mhc.split_mixes %mix, %scale, %base
+      : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %u = mhc.pre_apply %x, %pre : tensor<?x4x64xbf16>, tensor<?x4xf32> -> tensor<?x64xbf16>
+  %o = mhc.rms_norm %u, %w : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  %mix2 = mhc.norm_project %x, %fn : tensor<?x4x64xbf16>, tensor<24x256xf32> -> tensor<?x24xf32>
+  %pre2, %post2, %l2 = mhc.split_mixes %mix2, %scale, %base
+      : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
+  %u2 = mhc.pre_apply %x, %pre2 : tensor<?x4x64xbf16>, tensor<?x4xf32> -> tensor<?x64xbf16>
+  %o2 = mhc.rms_norm %u2, %w : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  return %post, %o, %post2, %u2, %o2 : tensor<?x4xf32>, tensor<?x64xbf16>, tensor<?x4xf32>, tensor<?x64xbf16>, tensor<?x64xbf16>
+}

@@ -46,6 +46,8 @@ static FailureOr<ForwardPlan> planGroup(const KernelGroup &g) {
       set(p.sk, o);
     else if (auto o = dyn_cast<PreApplyOp>(op))
       set(p.pa, o);
+    else if (auto o = dyn_cast<RmsNormOp>(op))
+      set(p.rn, o);
     else if (auto o = dyn_cast<ExpandOp>(op))
       set(p.ex, o);
     else if (auto o = dyn_cast<CollapseOp>(op))
@@ -72,6 +74,12 @@ static FailureOr<ForwardPlan> planGroup(const KernelGroup &g) {
                (internal(p.pa.getPre()) && !p.preFromSplit())))
     return root->emitOpError("unsupported group: pre_apply must read x from "
                              "memory and pre from split_mixes or memory");
+  if (p.rn && ((internal(p.rn.getU()) &&
+                !(p.pa && p.rn.getU() == p.pa.getU())) ||
+               internal(p.rn.getWeight()) || p.pr))
+    return root->emitOpError("unsupported group: rms_norm must read u from "
+                             "the group's pre_apply or from memory, and its "
+                             "weight from memory");
   if (p.sp && internal(p.sp.getMix()) &&
       !(p.np && p.sp.getMix() == p.np.getMix()))
     return root->emitOpError("unsupported group for split_mixes");
@@ -96,7 +104,11 @@ static FailureOr<ForwardPlan> planGroup(const KernelGroup &g) {
     streamShape(p.np.getX());
   else if (p.pa)
     streamShape(p.pa.getX());
-  else if (p.ex)
+  else if (p.rn) { // alone: one row of C per token
+    auto t = p.rn.getU().getType();
+    p.C = t.getShape().back();
+    p.act = t.getElementType();
+  } else if (p.ex)
     streamShape(p.ex.getResult());
   else if (p.co)
     streamShape(p.co.getInput());
@@ -123,6 +135,8 @@ static std::pair<Value, unsigned> tokenSource(ForwardPlan &p) {
     return {p.np.getX(), 2};
   if (p.pa)
     return {p.pa.getX(), 2};
+  if (p.rn)
+    return {p.rn.getU(), 1};
   if (p.ex)
     return {p.ex.getInput(), 1};
   if (p.co)
@@ -167,7 +181,7 @@ static Schedule defaultSchedule(const ForwardPlan &p,
                                 const ScheduleOptions &options) {
   Schedule s;
   s.vectorWidth = 16 / elementBytes(p);
-  bool streaming = p.pr || p.np || p.pa || p.ex || p.co;
+  bool streaming = p.pr || p.np || p.pa || p.rn || p.ex || p.co;
   bool fewTokens = options.maxTokens > 0 && options.maxTokens <= kFewTokens;
   // Projection kernels: 4 warps over a small token tile, so that several
   // blocks share an SM and overlap each other's load and mma phases; fn is
@@ -451,11 +465,12 @@ static gpu::GPUFuncOp buildKernel(OpBuilder &mb, Location loc,
     k.emitChunkLoop(); // StreamStage.cpp (+ ProjectionStage.cpp)
   if (p.sp || p.sk)
     k.emitPerToken(); // CoefficientStage.cpp
-  if (p.pa) {
-    if (p.sp)
-      k.barrier();
+  if (p.pa && p.sp)
+    k.barrier();
+  if (p.rn)
+    k.emitRowNorm(); // MixStage.cpp (with pre_apply's u, when in the group)
+  else if (p.pa)
     k.emitPreApply(); // MixStage.cpp
-  }
   if (p.ex)
     k.emitExpand();
   if (p.co)
@@ -501,7 +516,7 @@ public:
   bool accepts(const KernelGroup &group) const override {
     return llvm::all_of(group.members, [](Operation *op) {
       return isa<PostResOp, NormProjectOp, SplitMixesOp, SinkhornOp,
-                 PreApplyOp, ExpandOp, CollapseOp>(op);
+                 PreApplyOp, RmsNormOp, ExpandOp, CollapseOp>(op);
     });
   }
 

@@ -1,7 +1,8 @@
 //===- ForwardKernel.h - the forward mhc kernels -----------------*- C++ -*-===//
 //
 // One kernel per forward group: "post" (post_res [+ the next norm_project]),
-// "pre" ([norm_project +] split_mixes + sinkhorn + pre_apply) or any forward
+// "pre" ([norm_project +] split_mixes + sinkhorn + pre_apply [+ rms_norm of
+// its u]) or any forward
 // op alone; before a norm_project kernel, when its schedule says so, a small
 // kernel that prepares fn once per call (`<kernel>_prepare_fn`). One block
 // owns a tile of `tileTokens` tokens and runs the stages its members need,
@@ -15,7 +16,8 @@
 //                        prepare kernel
 //   CoefficientStage.cpp split_mixes + sinkhorn, one thread per token
 //   MixStage.cpp         pre_apply, expand, collapse (vectorised over the
-//                        tile's [tokens x C] positions)
+//                        tile's [tokens x C] positions), and rms_norm of
+//                        pre_apply's u or of an input (one warp a row)
 //
 // ForwardKernel.cpp holds the family (legality, default schedule, schedule
 // checks), the kernel's shared memory and the order of the stages.
@@ -40,6 +42,7 @@ struct ForwardPlan {
   SplitMixesOp sp;
   SinkhornOp sk;
   PreApplyOp pa;
+  RmsNormOp rn;
   ExpandOp ex;
   CollapseOp co;
   int64_t n = 1, C = 0;
@@ -118,6 +121,8 @@ struct ForwardKernelBuilder : KernelBuilder {
   template <typename L, typename S> void forTileVectors(L load, S compute);
   SmallVector<Value> loadStreams(Value mem, Value token, Value c, Value ok);
   void emitPreApply();
+  Value loadNormWeight(Value c, Value ok);
+  void emitRowNorm();
   void emitExpand();
   void emitCollapse();
 };

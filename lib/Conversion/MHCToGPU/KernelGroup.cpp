@@ -107,9 +107,9 @@ const KernelFamily *gpu_kernels::findKernelFamily(const KernelGroup &group) {
           KernelGroup alone = KernelGroup::collect(op);
           return f->accepts(alone);
         })) {
-      // The sublayer's pre-norm is an extension op with a CPU lowering only
-      // so far (docs/PreNorm.md): say so rather than "cannot".
-      if (isa<RmsNormOp, RmsNormGradOp>(op))
+      // The pre-norm's gradient has a CPU lowering only so far
+      // (docs/PreNorm.md): say so rather than "cannot".
+      if (isa<RmsNormGradOp>(op))
         return op->emitOpError("has no GPU kernel yet (the CPU path, "
                                "--mhc-cpu-pipeline, computes it)"),
                nullptr;

@@ -1,8 +1,9 @@
-//===- MixStage.cpp - pre_apply, expand, collapse -------------------------===//
+//===- MixStage.cpp - pre_apply, rms_norm, expand, collapse ---------------===//
 //
 // Vectorised over the tile's [tokens x ceil(C / vec)] vector positions,
 // kUnroll per thread and iteration: all loads of an iteration are issued
-// before the first use, to keep enough bytes in flight.
+// before the first use, to keep enough bytes in flight. rms_norm needs each
+// row's sum of squares before it writes: one warp a row instead.
 //
 //===----------------------------------------------------------------------===//
 #include "ForwardKernel.h"
@@ -68,6 +69,115 @@ void ForwardKernelBuilder::emitPreApply() {
         }
         storeAct(acc, u, mul(token, ci(C)), c, ok);
       });
+}
+
+/// `vec` elements of rms_norm's weight at column c as f32 (0 past C).
+Value ForwardKernelBuilder::loadNormWeight(Value c, Value ok) {
+  Value w = arg(p.rn.getWeight());
+  if (cast<ShapedType>(p.rn.getWeight().getType()).getElementType() == acts.act)
+    return loadAct(w, ci(0), c, ok);
+  // An f32 weight with bf16/f16 activations: element loads (L1-resident).
+  Value v = arith::ConstantOp::create(b, loc, b.getZeroAttr(vecF32()));
+  for (int64_t e = 0; e < acts.vec; ++e) {
+    Value ce = add(c, ci(e));
+    Value s = f32OrZero(band(ok, ult(ce, ci(acts.C))),
+                        [&]() { return ld(w, ce); });
+    v = vector::InsertOp::create(b, loc, s, v, e);
+  }
+  return v;
+}
+
+/// out = u * r * weight with r = rsqrt(mean(u^2) + eps) per token, u being
+/// the group's pre_apply result or an input (docs/PreNorm.md). One warp a
+/// token row, its lanes kUnroll 16-byte vectors at a time: pass 1 makes u
+/// (rounded as stored), stores it where pass 2 reads it back (pre_apply's
+/// output when u is used outside, else `out` itself: the row comes back
+/// from L2) and sums its squares; a shuffle tree gives r; pass 2 writes
+/// u * r * weight. A thread reads back only what it wrote itself.
+void ForwardKernelBuilder::emitRowNorm() {
+  int64_t n = p.n, C = p.C, vec = acts.vec;
+  Value out = outputArg(p.rn.getResult());
+  if (!out)
+    return;
+  Value x = p.pa ? arg(p.pa.getX()) : Value();
+  Value u = p.pa ? outputArg(p.pa.getU()) : arg(p.rn.getU());
+  Value rowOfU = u ? u : out; // where pass 2 reads u
+  int64_t lanesStep = 32 * vec * kUnroll;
+  int64_t steps = (C + lanesStep - 1) / lanesStep;
+  Value scale = cf(0x1p-96);
+  float eps = p.rn.getEps().convertToFloat();
+  auto columnOf = [&](Value step, int64_t k) {
+    return add(mul(step, ci(lanesStep)), mul(add(lane, ci(32 * k)), ci(vec)));
+  };
+  emitFor(warp, ci(p.s.tileTokens), ci(p.warps()), {}, [&](Value t,
+                                                          ValueRange) {
+    Value token = add(tile0, t);
+    emitIf(ult(token, T), [&]() {
+      Value base = mul(token, ci(C));
+      Value zero = arith::ConstantOp::create(b, loc, b.getZeroAttr(vecF32()));
+      Value ok = ult(token, T);
+      // Pass 1: u as stored, and the sums of its squares (plain and scaled
+      // by 2^-96: the overflow-free factor of the CPU lowering).
+      SmallVector<Value> sums = emitFor(
+          ci(0), ci(steps), ci(1), {zero, zero},
+          [&](Value step, ValueRange acc) -> SmallVector<Value> {
+            SmallVector<SmallVector<Value>> loaded;
+            for (int64_t k = 0; k < kUnroll; ++k) {
+              Value c = columnOf(step, k);
+              loaded.push_back(x ? loadStreams(x, token, c, ok)
+                                 : SmallVector<Value>{
+                                       loadAct(rowOfU, base, c, ok)});
+            }
+            Value ss = acc[0], scaled = acc[1];
+            for (int64_t k = 0; k < kUnroll; ++k) {
+              Value c = columnOf(step, k), v;
+              if (x) {
+                for (int64_t i = 0; i < n; ++i) {
+                  Value w = splat(ld(preS, add(mul(t, ci(n)), ci(i))),
+                                  vecF32());
+                  Value xi = toF32(loaded[k][i]);
+                  v = i ? fma(w, xi, v) : fmul(w, xi);
+                }
+                storeAct(v, rowOfU, base, c, ok);
+                v = roundAct(v); // what rms_norm reads
+              } else {
+                v = loaded[k][0];
+              }
+              ss = fma(v, v, ss);
+              Value vs = fmul(v, splat(scale, vecF32()));
+              scaled = fma(vs, vs, scaled);
+            }
+            return {ss, scaled};
+          });
+      auto rowSum = [&](Value v) {
+        return warpSum(vector::ReductionOp::create(
+                           b, loc, vector::CombiningKind::ADD, v),
+                       32);
+      };
+      Value ss = rowSum(sums[0]), scaled = rowSum(sums[1]);
+      Value plain = math::RsqrtOp::create(
+          b, loc, fadd(fdiv(ss, cf(double(C))), cf(eps)));
+      Value rescued = fmul(
+          scale, math::RsqrtOp::create(b, loc, fdiv(scaled, cf(double(C)))));
+      Value r = splat(select(sumOfSquaresOverflowed(ss), rescued, plain),
+                      vecF32());
+      // Pass 2: out = u * r * weight.
+      emitFor(ci(0), ci(steps), ci(1), {},
+              [&](Value step, ValueRange) -> SmallVector<Value> {
+                SmallVector<Value> us, ws;
+                for (int64_t k = 0; k < kUnroll; ++k) {
+                  Value c = columnOf(step, k);
+                  us.push_back(loadAct(rowOfU, base, c, ok));
+                  ws.push_back(loadNormWeight(c, ok));
+                }
+                for (int64_t k = 0; k < kUnroll; ++k)
+                  storeAct(fmul(fmul(us[k], r), ws[k]), out, base,
+                           columnOf(step, k), ok);
+                return {};
+              });
+    });
+    return SmallVector<Value>{};
+  });
 }
 
 void ForwardKernelBuilder::emitExpand() {

@@ -33,6 +33,7 @@ static std::pair<Value, int64_t> tokenOperand(Operation *op) {
       .Case([](SinkhornOp o) { return std::make_pair(o->getOperand(0), 2); })
       .Case([](PreApplyOp o) { return std::make_pair(o->getOperand(0), 2); })
       .Case([](PostResOp o) { return std::make_pair(o->getOperand(0), 1); })
+      .Case([](RmsNormOp o) { return std::make_pair(o->getOperand(0), 1); })
       .Case([](ExpandOp o) { return std::make_pair(o->getOperand(0), 1); })
       .Case([](CollapseOp o) { return std::make_pair(o->getOperand(0), 2); })
       .Default([](Operation *) { return std::make_pair(Value(), int64_t(0)); });

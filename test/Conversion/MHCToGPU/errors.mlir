@@ -210,9 +210,9 @@ module {
 
 // -----
 
-// The sublayer's pre-norm has a CPU lowering only so far.
-// CHECK: error: 'mhc.rms_norm' op has no GPU kernel yet (the CPU path, --mhc-cpu-pipeline, computes it)
-func.func @rms_norm(%u: tensor<?x64xbf16>, %w: tensor<64xbf16>) -> tensor<?x64xbf16> {
-  %o = mhc.rms_norm %u, %w : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
-  return %o : tensor<?x64xbf16>
+// The pre-norm's gradient has a CPU lowering only so far.
+// CHECK: error: 'mhc.rms_norm_grad' op has no GPU kernel yet (the CPU path, --mhc-cpu-pipeline, computes it)
+func.func @rms_norm_grad(%u: tensor<?x64xbf16>, %w: tensor<64xbf16>, %d: tensor<?x64xbf16>) -> tensor<?x64xbf16> {
+  %du, %dw = mhc.rms_norm_grad %u, %w, %d : tensor<?x64xbf16>, tensor<64xbf16>, tensor<?x64xbf16>
+  return %du : tensor<?x64xbf16>
 }

@@ -6,7 +6,8 @@
 //   "post": post_res(l) + the norm_project that reads its result (the next
 //           sublayer's coefficients, computed while x_next is on chip);
 //   "pre":  split_mixes + sinkhorn + pre_apply, plus the norm_project that
-//           feeds split_mixes when no post group took it (the first sublayer).
+//           feeds split_mixes when no post group took it (the first sublayer)
+//           and the rms_norm of pre_apply's u (the sublayer's pre-norm).
 //
 // and the gradient ops of each sublayer (the shape --mhc-generate-backward
 // emits: split_mixes + sinkhorn recomputed from the saved mix, post_res_grad,
@@ -393,6 +394,12 @@ struct MHCFusePass : mhc::impl::MHCFuseBase<MHCFusePass> {
         members.push_back(sk);
       if (!canGroupAtLast(members))
         return;
+      // The sublayer's pre-norm of u (docs/PreNorm.md): u need not leave.
+      if (auto rn = userOfType<RmsNormOp>(apply.getU(), apply->getBlock())) {
+        members.push_back(rn);
+        if (!canGroupAtLast(members))
+          members.pop_back();
+      }
       auto np = split.getMix().getDefiningOp<NormProjectOp>();
       if (np && np->getBlock() == split->getBlock() && !taken.contains(np)) {
         members.push_back(np);

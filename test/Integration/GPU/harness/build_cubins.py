@@ -71,6 +71,40 @@ func.func @steady(%x: {X}, %mix: tensor<?x{M}xf32>, %scale: tensor<3xf32>, %base
 """
 
 
+def prenorm_program(n, C, dt, wdt):
+    """The sublayer's pre-norm (mhc.rms_norm, docs/PreNorm.md): in the pre group with u on chip
+    (@prenorm), with u also returned (@prenorm_u: pass 1 writes it), alone on an input u
+    (@norm_alone), and the pre kernel without it (@pre_only: the baseline of the timing)."""
+    M = n * n + 2 * n
+    K = n * C
+    X = f"tensor<?x{n}x{C}x{dt}>"
+    H = f"tensor<?x{C}x{dt}>"
+    W = f"tensor<{C}x{wdt}>"
+    head = f"""%mix = mhc.norm_project %x, %fn : {X}, tensor<{M}x{K}xf32> -> tensor<?x{M}xf32>
+  %pre, %post, %l = mhc.split_mixes %mix, %scale, %base : tensor<?x{M}xf32>, tensor<3xf32>, tensor<{M}xf32> -> tensor<?x{n}xf32>, tensor<?x{n}xf32>, tensor<?x{n}x{n}xf32>
+  %c = mhc.sinkhorn %l : tensor<?x{n}x{n}xf32>
+  %u = mhc.pre_apply %x, %pre : {X}, tensor<?x{n}xf32> -> {H}
+  %o = mhc.rms_norm %u, %w : {H}, {W} -> {H}"""
+    args = f"%x: {X}, %fn: tensor<{M}x{K}xf32>, %scale: tensor<3xf32>, %base: tensor<{M}xf32>, %w: {W}"
+    return f"""
+func.func @prenorm({args}) -> (tensor<?x{n}xf32>, {H}) {{
+  {head}
+  return %pre, %o : tensor<?x{n}xf32>, {H}
+}}
+func.func @prenorm_u({args}) -> (tensor<?x{n}xf32>, {H}, {H}) {{
+  {head}
+  return %pre, %u, %o : tensor<?x{n}xf32>, {H}, {H}
+}}
+func.func @norm_alone(%u: {H}, %w: {W}) -> {H} {{
+  %o = mhc.rms_norm %u, %w {{eps = 1.0e-03 : f32}} : {H}, {W} -> {H}
+  return %o : {H}
+}}
+func.func @pre_only({args}) -> (tensor<?x{n}xf32>, {H}) {{
+  {head}
+  return %pre, %u : tensor<?x{n}xf32>, {H}
+}}
+"""
+
 
 SCHEDULE = re.compile(r"#mhc\.schedule<tile_tokens = (\d+), chunk_columns = (\d+), threads = (\d+), "
                       r"vector_width = (\d+), blocks_per_sm = (\d+)>")
@@ -125,6 +159,13 @@ def jobs(quick=False):
             out.append((name, every_op_program(n, C, dt), fuse, dict(kind="every", n=n, C=C, dt=dt, fused=fuse)))
     for (n, C, dt) in [(4, 4096, "bf16"), (4, 2560, "bf16"), (4, 7168, "bf16"), (4, 4096, "f32")]:
         out.append((f"steady_n{n}_c{C}_{dt}", steady_program(n, C, dt), 1, dict(kind="steady", n=n, C=C, dt=dt, fused=1)))
+    prenorm = [(4, 4096, "bf16", "bf16"), (4, 100, "f32", "f32"), (2, 100, "bf16", "f32")]
+    if not quick:
+        prenorm += [(2, 1000, "bf16", "f32"), (4, 7168, "bf16", "bf16"), (4, 2560, "bf16", "bf16"), (4, 4096, "f16", "f16"),
+                    (3, 520, "f32", "f32")]
+    for (n, C, dt, wdt) in prenorm:
+        out.append((f"prenorm_n{n}_c{C}_{dt}_w{wdt}", prenorm_program(n, C, dt, wdt), 1,
+                    dict(kind="prenorm", n=n, C=C, dt=dt, wdt=wdt, fused=1)))
     # The tile-size knob, for the record (default is 32 for n = 4).
     for tt in (16,):  # the tile-tokens knob (64 no longer fits the 48 KB tile)
         out.append((f"steady_n4_c4096_bf16_tt{tt}", steady_program(4, 4096, "bf16"), 1,
@@ -137,9 +178,13 @@ def main():
     ap.add_argument("--mhc-opt", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--kinds", default="", help="only these kinds (comma-separated: every, "
+                                                "steady, prenorm); default all")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     todo = jobs(a.quick)
+    if a.kinds:
+        todo = [j for j in todo if j[3]["kind"] in a.kinds.split(",")]
     manifest = {}
 
     def run(job):

@@ -223,6 +223,81 @@ def check_every(mod_fused, mod_single, meta_f, meta_s, T, seed):
     return res
 
 
+def check_prenorm(mod, meta, T, seed):
+    """The sublayer's pre-norm (docs/PreNorm.md): the pre kernel with rms_norm of its u on chip,
+    the same with u also written, and rms_norm alone (eps 1e-3), against the reference fed the
+    kernel's own pre; a token of ~1e19 (f32 sum of squares overflows) in the lone kernel."""
+    n, C, dt = meta["n"], meta["C"], meta["dt"]
+    d, wd = DT[dt], DT[meta["wdt"]]
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    I = make_inputs(T, n, C, dt, gen)
+    w = (torch.rand(C, generator=gen, device="cuda") + 0.5).to(wd)
+    idx = sample_idx(T, rng)
+    x64, w64 = f64(I["x"], idx), f64(w)
+    at = ACT_TOL[dt]
+    res = {}
+
+    def rec(key, out, ref, tol):
+        e = relerr(out, ref)
+        res[key] = dict(err=e, tol=tol, ok=bool(e <= tol))
+
+    k = meta["kernels"]
+    ins = [I["x"], I["fn"], I["scale"], I["base"], w]
+    pre, o = empty((T, n), torch.float32), empty((T, C), d)
+    mod.launch(k[0], T, ins, [pre, o])
+    pre2, u2, o2 = empty((T, n), torch.float32), empty((T, C), d), empty((T, C), d)
+    mod.launch(k[1], T, ins, [pre2, u2, o2])
+    ua = I["y"].float()
+    if dt != "f16" and T > 0:
+        ua[0] *= 1e19
+    ua = ua.to(d).contiguous()
+    oa = empty((T, C), d)
+    mod.launch(k[2], T, [ua, w], [oa])
+    torch.cuda.synchronize()
+    g_pre = f64(pre, idx)
+    u_ref = R.round_to(R.pre_apply(x64, g_pre, dtype=np.float64), dt)
+    rec("prenorm.o", f64(o, idx), R.rms_norm(u_ref, w64, np.float32(1e-6), dtype=np.float64), at)
+    rec("prenorm_u.pre", f64(pre2, idx), g_pre, 0.0)
+    rec("prenorm_u.u", f64(u2, idx), u_ref, at)
+    rec("prenorm_u.o", f64(o2, idx), f64(o, idx), 0.0)
+    rec("rms_norm_alone.o", f64(oa, idx),
+        R.rms_norm(f64(ua, idx), w64, np.float32(1e-3), dtype=np.float64), at)
+    return res
+
+
+def time_prenorm(mod, meta, T, copy_bw, seed):
+    """The pre kernel with the norm fused against the pre kernel without it followed by
+    torch's RMSNorm (F.rms_norm, eager: one fused kernel) and by torch.compile of it, at T tokens;
+    bytes: x read once, out written once (the fused kernel's floor), plus u written and read
+    again for the separate norm."""
+    n, C, dt = meta["n"], meta["C"], meta["dt"]
+    d, wd = DT[dt], DT[meta["wdt"]]
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    I = make_inputs(T, n, C, dt, gen)
+    w = (torch.rand(C, generator=gen, device="cuda") + 0.5).to(wd)
+    k = meta["kernels"]
+    ins = [I["x"], I["fn"], I["scale"], I["base"], w]
+    pre, o, u = empty((T, n), torch.float32), empty((T, C), d), empty((T, C), d)
+    norm = torch.nn.functional.rms_norm
+    compiled = torch.compile(lambda u, w: norm(u, (C,), w, 1e-6))
+    compiled(u.fill_(1.0), w)
+    runs = dict(
+        fused=lambda i: mod.launch(k[0], T, ins, [pre, o]),
+        pre_only=lambda i: mod.launch(k[3], T, ins, [pre, u]),
+        separate_eager=lambda i: (mod.launch(k[3], T, ins, [pre, u]), norm(u, (C,), w, 1e-6)),
+        separate_compiled=lambda i: (mod.launch(k[3], T, ins, [pre, u]), compiled(u, w)))
+    ms = {}
+    for _ in range(2):           # alternated twice, the second reading kept
+        for name, fn in runs.items():
+            ms[name] = median_ms(fn, 200)
+    x_bytes = T * n * C * I["x"].element_size()
+    out_bytes = T * C * o.element_size()
+    floor = (x_bytes + out_bytes) / copy_bw * 1e3
+    return dict(n=n, C=C, dt=dt, wdt=meta["wdt"], T=T, ms=ms, floor_ms=floor,
+                fused_frac_copy=floor / ms["fused"])
+
+
 def median_ms(fn, iters):
     evs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
     for i in range(iters):
@@ -343,6 +418,25 @@ def main():
                 out["checks"].append(dict(n=meta["n"], C=meta["C"], dt=meta["dt"], T=T, results=res))
                 json.dump(out, open(a.json, "w"), indent=1)
                 torch.cuda.empty_cache()
+        for name, meta in manifest.items():
+            if meta["kind"] != "prenorm":
+                continue
+            for T in Ts + [0]:
+                seed = (hash((meta["n"], meta["C"], meta["dt"], T, "prenorm")) & 0xFFFF)
+                try:
+                    res = check_prenorm(mod(name), meta, T, seed)
+                except Exception as e:  # report, keep going
+                    res = {"exception": dict(err=repr(e), ok=False)}
+                bad = [k for k, v in res.items() if v.get("ok") is False]
+                failures += len(bad)
+                worst = max((v["err"] / v["tol"] for v in res.values() if v.get("tol")),
+                            default=float("nan"))
+                print(f"prenorm n={meta['n']} C={meta['C']:5d} {meta['dt']:4s} w {meta['wdt']:4s} "
+                      f"T={T:5d}  worst err/tol={worst:.3g}  {'OK' if not bad else 'FAIL ' + ','.join(bad)}"
+                      f"  [{time.time() - t0:.0f}s]", flush=True)
+                out["checks"].append(dict(kind="prenorm", n=meta["n"], C=meta["C"], dt=meta["dt"],
+                                          wdt=meta["wdt"], T=T, results=res))
+                json.dump(out, open(a.json, "w"), indent=1)
     if a.no_timing:
         out["failures"] = failures
         json.dump(out, open(a.json, "w"), indent=1)
@@ -361,6 +455,18 @@ def main():
               f"sublayer {r['sublayer_ms']:.4f} ms = {r['sublayer_frac_copy_28C']:.0%} of copy bw on 28C "
               f"(floor {r['floor28_ms']:.3f} ms)  errs {', '.join(f'{k}={v:.1e}' for k, v in r['errors'].items())}",
               flush=True)
+        json.dump(out, open(a.json, "w"), indent=1)
+        torch.cuda.empty_cache()
+    for name, meta in manifest.items():
+        if meta["kind"] != "prenorm" or meta["C"] < 2560:
+            continue
+        r = time_prenorm(mod(name), meta, 16384, bw, 11)
+        out.setdefault("prenorm_timings", []).append(r)
+        ms = r["ms"]
+        print(f"prenorm n={r['n']} C={r['C']} {r['dt']} T=16384: fused {ms['fused']:.4f} ms "
+              f"({r['fused_frac_copy']:.0%} of copy on x + out; floor {r['floor_ms']:.4f})  "
+              f"pre only {ms['pre_only']:.4f}  pre + F.rms_norm {ms['separate_eager']:.4f}  "
+              f"pre + compiled rms_norm {ms['separate_compiled']:.4f}", flush=True)
         json.dump(out, open(a.json, "w"), indent=1)
         torch.cuda.empty_cache()
     out["failures"] = failures
