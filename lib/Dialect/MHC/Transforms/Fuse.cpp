@@ -24,6 +24,9 @@
 //                    and post_res_grad (for post_res_grad's dx, which the
 //                    kernels compute in the same pass as the other two dx).
 //
+// Where du comes through the sublayer's pre-norm (rms_norm_grad of u =
+// pre_apply(x, pre) made again, docs/PreNorm.md), those two join the group.
+//
 // A "backward" or "pre_backward" group also takes the lower sublayer's
 // post_res_grad when only its dy is used and its dout is the group's dx (the
 // dy fold: dy is computed where dx is made). In a whole-model backward every
@@ -123,6 +126,10 @@ struct SublayerBackward {
   SplitMixesGradOp smg;
   NormProjectGradOp npg;
   arith::AddFOp firstAdd, secondAdd; // (two of the dx) + the third
+  // The sublayer's pre-norm (docs/PreNorm.md): du from rms_norm_grad of u
+  // made again from x and the recomputed pre (both null without it).
+  RmsNormGradOp rng;
+  PreApplyOp paU;
 };
 
 /// The only user of `v`, if it has exactly one.
@@ -208,6 +215,18 @@ static FailureOr<SublayerBackward> matchSublayerBackward(SplitMixesGradOp smg) {
                         m.firstAdd.getOperation(), m.secondAdd.getOperation()})
     if (op->getBlock() != smg->getBlock())
       return failure();
+  // du through the pre-norm: rms_norm_grad of u = pre_apply(x, pre), each
+  // read only there (else the norm's ops stay out and become lone kernels).
+  if (auto rng = m.pag.getDu().getDefiningOp<RmsNormGradOp>()) {
+    auto paU = rng.getU().getDefiningOp<PreApplyOp>();
+    if (rng.getDu().hasOneUse() && paU && paU.getU().hasOneUse() &&
+        paU.getX() == x && paU.getPre() == m.sm.getPre() &&
+        rng->getBlock() == smg->getBlock() &&
+        paU->getBlock() == smg->getBlock()) {
+      m.rng = rng;
+      m.paU = paU;
+    }
+  }
   return m;
 }
 
@@ -277,8 +296,10 @@ static void splitDyForFold(SublayerBackward &m,
 
 /// Forms the backward group(s) of one matched sublayer.
 static void formBackward(SublayerBackward &m, bool foldDy) {
-  SmallVector<Operation *> tail{m.pag, m.skg, m.smg, m.npg, m.firstAdd,
-                                m.secondAdd};
+  SmallVector<Operation *> tail;
+  if (m.rng)
+    tail.append({m.paU, m.rng});
+  tail.append({m.pag, m.skg, m.smg, m.npg, m.firstAdd, m.secondAdd});
   if (PostResGradOp lower = foldDy ? lowerDyOf(m) : nullptr)
     tail.push_back(lower);
   if (m.prg.getDpost() != m.smg.getDpost()) {
@@ -299,7 +320,7 @@ static void formBackward(SublayerBackward &m, bool foldDy) {
   // An opaque F's VJP turns dy into du: split at it. The second group gets
   // its own split_mixes, sinkhorn and post_res_grad (for post_res_grad's
   // dx); the first computes dy, dpost and dcomb.
-  OpBuilder b(m.pag);
+  OpBuilder b(m.paU ? m.paU.getOperation() : m.pag.getOperation());
   auto sm = cast<SplitMixesOp>(b.clone(*m.sm));
   auto sk = cast<SinkhornOp>(b.clone(*m.sk));
   sk->setOperand(0, sm.getLogits());
@@ -307,6 +328,8 @@ static void formBackward(SublayerBackward &m, bool foldDy) {
   prg.getPostMutable().assign(sm.getPost());
   prg.getCombMutable().assign(sk.getComb());
   m.pag.getPreMutable().assign(sm.getPre());
+  if (m.paU)
+    m.paU.getPreMutable().assign(sm.getPre());
   m.skg.getLogitsMutable().assign(sm.getLogits());
   m.prg.getDx().replaceUsesWithIf(prg.getDx(), [&](OpOperand &use) {
     return use.getOwner() == m.firstAdd || use.getOwner() == m.secondAdd;

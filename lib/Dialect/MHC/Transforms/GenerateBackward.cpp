@@ -296,6 +296,12 @@ private:
       return true;
     switch (save) {
     case BackwardSave::Mixes:
+      // u feeding only the sublayer's pre-norm: the backward needs it for
+      // rms_norm_grad alone, and the GPU kernels that read x anyway make it
+      // again (docs/PreNorm.md) instead of keeping T x C of it.
+      if (auto apply = dyn_cast<PreApplyOp>(op))
+        return llvm::all_of(apply.getU().getUsers(),
+                            [](Operation *u) { return isa<RmsNormOp>(u); });
       return isa<SplitMixesOp, SinkhornOp>(op);
     case BackwardSave::All:
       return false;

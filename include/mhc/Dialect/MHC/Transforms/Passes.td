@@ -202,7 +202,8 @@ def MHCGenerateBackward : Pass<"mhc-generate-backward", "ModuleOp"> {
            [{::llvm::cl::values(
              clEnumValN(::mlir::mhc::BackwardSave::Mixes, "mixes",
                         "the paper's choice: each sublayer's mix (4*M bytes "
-                        "per token); split_mixes and sinkhorn are recomputed"),
+                        "per token); split_mixes and sinkhorn are recomputed, "
+                        "and pre_apply where only an rms_norm reads u"),
              clEnumValN(::mlir::mhc::BackwardSave::All, "all",
                         "also pre, post, logits and comb: nothing is "
                         "recomputed but the Sinkhorn iterates"),
