@@ -467,10 +467,10 @@ static gpu::GPUFuncOp buildKernel(OpBuilder &mb, Location loc,
     k.emitPerToken(); // CoefficientStage.cpp
   if (p.pa && p.sp)
     k.barrier();
-  if (p.rn)
+  if (p.rn && k.outputArg(p.rn.getResult()))
     k.emitRowNorm(); // MixStage.cpp (with pre_apply's u, when in the group)
   else if (p.pa)
-    k.emitPreApply(); // MixStage.cpp
+    k.emitPreApply(); // MixStage.cpp (a norm nobody reads computes nothing)
   if (p.ex)
     k.emitExpand();
   if (p.co)

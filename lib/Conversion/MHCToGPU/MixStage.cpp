@@ -87,92 +87,108 @@ Value ForwardKernelBuilder::loadNormWeight(Value c, Value ok) {
   return v;
 }
 
+/// Vectors of u a lane reads back at once in rms_norm's pass 2 (64
+/// registers of bf16): all of a 4096-wide bf16 row, one L2 round trip.
+static constexpr int64_t kReadBackVectors = 8;
+/// Vectors a lane loads at once in rms_norm's pass 1 (n of them each): with
+/// kUnroll the mixed kernel took 160+ registers.
+static constexpr int64_t kNormUnroll = 2;
+
 /// out = u * r * weight with r = rsqrt(mean(u^2) + eps) per token, u being
 /// the group's pre_apply result or an input (docs/PreNorm.md). One warp a
-/// token row, its lanes kUnroll 16-byte vectors at a time: pass 1 makes u
-/// (rounded as stored), stores it where pass 2 reads it back (pre_apply's
-/// output when u is used outside, else `out` itself: the row comes back
-/// from L2) and sums its squares; a shuffle tree gives r; pass 2 writes
-/// u * r * weight. A thread reads back only what it wrote itself.
+/// token row, its lanes kNormUnroll 16-byte vectors at a time. Pass 1 makes u
+/// (rounded as stored: what rms_norm reads), stores it (pre_apply's output
+/// when u is used outside, else `out` itself) and sums its squares (plain
+/// and scaled by 2^-96: the overflow-free factor of the CPU lowering); a
+/// shuffle tree gives r; pass 2 reads back what the same lane wrote (from
+/// L2), kReadBackVectors at a time with all loads before the stores (they
+/// alias: each load would otherwise wait for the store before it), and
+/// writes u * r * weight.
 void ForwardKernelBuilder::emitRowNorm() {
   int64_t n = p.n, C = p.C, vec = acts.vec;
   Value out = outputArg(p.rn.getResult());
-  if (!out)
-    return;
   Value x = p.pa ? arg(p.pa.getX()) : Value();
   Value u = p.pa ? outputArg(p.pa.getU()) : arg(p.rn.getU());
-  Value rowOfU = u ? u : out; // where pass 2 reads u
-  int64_t lanesStep = 32 * vec * kUnroll;
+  Value rowOfU = u ? u : out; // where pass 2 reads u back
+  int64_t lanesStep = 32 * vec * kNormUnroll;
   int64_t steps = (C + lanesStep - 1) / lanesStep;
+  int64_t groupSteps = std::min(kReadBackVectors / kNormUnroll, steps);
   Value scale = cf(0x1p-96);
   float eps = p.rn.getEps().convertToFloat();
-  auto columnOf = [&](Value step, int64_t k) {
-    return add(mul(step, ci(lanesStep)), mul(add(lane, ci(32 * k)), ci(vec)));
+  // Column of vector k of the batch at c0: each vector 32 lanes wide (a warp
+  // covers 32 * vec contiguous columns of a row). The loops start at the
+  // lane's own column: a trip count LLVM does not know, so it does not
+  // unroll them and hoist every batch's loads (hundreds of registers).
+  Value laneColumn = mul(lane, ci(vec));
+  auto columnOf = [&](Value c0, int64_t k) {
+    return add(c0, ci(32 * vec * k));
   };
   emitFor(warp, ci(p.s.tileTokens), ci(p.warps()), {}, [&](Value t,
                                                           ValueRange) {
     Value token = add(tile0, t);
     emitIf(ult(token, T), [&]() {
       Value base = mul(token, ci(C));
-      Value zero = arith::ConstantOp::create(b, loc, b.getZeroAttr(vecF32()));
       Value ok = ult(token, T);
-      // Pass 1: u as stored, and the sums of its squares (plain and scaled
-      // by 2^-96: the overflow-free factor of the CPU lowering).
+      SmallVector<Value> pre;
+      if (x)
+        for (int64_t i = 0; i < n; ++i)
+          pre.push_back(splat(ld(preS, add(mul(t, ci(n)), ci(i))), vecF32()));
+      Value zero = cf(0.0);
+      // Pass 1.
       SmallVector<Value> sums = emitFor(
-          ci(0), ci(steps), ci(1), {zero, zero},
+          laneColumn, ci(steps * lanesStep), ci(lanesStep), {zero, zero},
           [&](Value step, ValueRange acc) -> SmallVector<Value> {
             SmallVector<SmallVector<Value>> loaded;
-            for (int64_t k = 0; k < kUnroll; ++k) {
+            for (int64_t k = 0; k < kNormUnroll; ++k) {
               Value c = columnOf(step, k);
               loaded.push_back(x ? loadStreams(x, token, c, ok)
                                  : SmallVector<Value>{
-                                       loadAct(rowOfU, base, c, ok)});
+                                       loadAct(rowOfU, base, c, ok, true)});
             }
             Value ss = acc[0], scaled = acc[1];
-            for (int64_t k = 0; k < kUnroll; ++k) {
-              Value c = columnOf(step, k), v;
+            auto sum = [&](Value v) {
+              return vector::ReductionOp::create(
+                  b, loc, vector::CombiningKind::ADD, v);
+            };
+            for (int64_t k = 0; k < kNormUnroll; ++k) {
+              Value v;
               if (x) {
                 for (int64_t i = 0; i < n; ++i) {
-                  Value w = splat(ld(preS, add(mul(t, ci(n)), ci(i))),
-                                  vecF32());
                   Value xi = toF32(loaded[k][i]);
-                  v = i ? fma(w, xi, v) : fmul(w, xi);
+                  v = i ? fma(pre[i], xi, v) : fmul(pre[i], xi);
                 }
-                storeAct(v, rowOfU, base, c, ok);
-                v = roundAct(v); // what rms_norm reads
+                storeAct(v, rowOfU, base, columnOf(step, k), ok);
+                v = roundAct(v);
               } else {
-                v = loaded[k][0];
+                v = toF32(loaded[k][0]);
               }
-              ss = fma(v, v, ss);
               Value vs = fmul(v, splat(scale, vecF32()));
-              scaled = fma(vs, vs, scaled);
+              ss = fadd(ss, sum(fmul(v, v)));
+              scaled = fadd(scaled, sum(fmul(vs, vs)));
             }
             return {ss, scaled};
           });
-      auto rowSum = [&](Value v) {
-        return warpSum(vector::ReductionOp::create(
-                           b, loc, vector::CombiningKind::ADD, v),
-                       32);
-      };
-      Value ss = rowSum(sums[0]), scaled = rowSum(sums[1]);
+      Value ss = warpSum(sums[0], 32), scaled = warpSum(sums[1], 32);
       Value plain = math::RsqrtOp::create(
           b, loc, fadd(fdiv(ss, cf(double(C))), cf(eps)));
       Value rescued = fmul(
           scale, math::RsqrtOp::create(b, loc, fdiv(scaled, cf(double(C)))));
       Value r = splat(select(sumOfSquaresOverflowed(ss), rescued, plain),
                       vecF32());
-      // Pass 2: out = u * r * weight.
-      emitFor(ci(0), ci(steps), ci(1), {},
-              [&](Value step, ValueRange) -> SmallVector<Value> {
-                SmallVector<Value> us, ws;
-                for (int64_t k = 0; k < kUnroll; ++k) {
-                  Value c = columnOf(step, k);
-                  us.push_back(loadAct(rowOfU, base, c, ok));
-                  ws.push_back(loadNormWeight(c, ok));
+      // Pass 2: groups of groupSteps batches, every read before any write.
+      emitFor(laneColumn, ci(steps * lanesStep), ci(groupSteps * lanesStep), {},
+              [&](Value group, ValueRange) -> SmallVector<Value> {
+                SmallVector<Value> cols, us;
+                for (int64_t g = 0; g < groupSteps; ++g) {
+                  Value step = add(group, ci(g * lanesStep));
+                  for (int64_t k = 0; k < kNormUnroll; ++k) {
+                    cols.push_back(columnOf(step, k));
+                    us.push_back(loadAct(rowOfU, base, cols.back(), ok, true));
+                  }
                 }
-                for (int64_t k = 0; k < kUnroll; ++k)
-                  storeAct(fmul(fmul(us[k], r), ws[k]), out, base,
-                           columnOf(step, k), ok);
+                for (auto [c, v] : llvm::zip(cols, us))
+                  storeAct(fmul(fmul(toF32(v), r), loadNormWeight(c, ok)), out,
+                           base, c, ok);
                 return {};
               });
     });

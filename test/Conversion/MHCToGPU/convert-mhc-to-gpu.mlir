@@ -305,23 +305,24 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // -----
 
 // rms_norm alone (docs/PreNorm.md): one warp a token row (the 8 warps of a
-// 64-token tile step through its rows), pass 1 sums the squares and the
-// 2^-96-scaled squares, two 32-lane shuffle trees, r with the overflow
-// rescue, then pass 2 writes u * r * weight (an f32 weight here: element
-// loads).
+// 64-token tile step through its rows). Pass 1 walks the row from the lane's
+// own column (2 vectors of 8 a step: 512 columns) summing the squares and the
+// 2^-96-scaled squares, two 32-lane shuffle trees give r with the overflow
+// rescue, pass 2 reads u back 8 vectors at a time (2048 columns a step) and
+// writes u * r * weight (an f32 weight here: element loads).
 // CHECK-LABEL: func.func @norm_alone
 // CHECK:       gpu.launch_func  @mhc_kernels::@mhc_rms_norm_0 blocks in ({{.*}}) threads in (%c256, {{.*}}) args(%{{.*}} : index, %{{.*}} : memref<?xbf16>, %{{.*}} : memref<?xf32>, %{{.*}} : memref<?xbf16>)
 // CHECK-LABEL: gpu.func @mhc_rms_norm_0(
 // CHECK:         scf.for %{{.*}} = %{{.*}} to %c64{{.*}} step %c8
-// CHECK:           scf.for {{.*}} iter_args({{.*}}) -> (vector<8xf32>, vector<8xf32>)
-// CHECK:           vector.reduction <add>
-// CHECK-COUNT-5:   gpu.shuffle  xor
-// CHECK:           vector.reduction <add>
-// CHECK-COUNT-5:   gpu.shuffle  xor
+// CHECK:           scf.for %{{.*}} = %{{.*}} to %c4096{{.*}} step %c512 iter_args({{.*}}) -> (f32, f32)
+// CHECK:             vector.load %arg1
+// CHECK:             vector.reduction <add>
+// CHECK-COUNT-10:  gpu.shuffle  xor
 // CHECK:           math.rsqrt
 // CHECK:           math.rsqrt
 // CHECK:           arith.select
-// CHECK:           scf.for
+// CHECK:           scf.for %{{.*}} = %{{.*}} to %c4096{{.*}} step %c2048
+// CHECK:             vector.load %arg1
 // CHECK:             memref.load %arg2
 // CHECK:             vector.store %{{.*}}, %arg3
 func.func @norm_alone(%u: tensor<?x4096xbf16>, %w: tensor<4096xf32>) -> tensor<?x4096xbf16> {
@@ -338,18 +339,20 @@ func.func @norm_alone(%u: tensor<?x4096xbf16>, %w: tensor<4096xf32>) -> tensor<?
 // CHECK:       gpu.func @mhc_pre_0(%{{.*}}: index, %[[X:.*]]: memref<?xbf16>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %[[W:.*]]: memref<?xbf16>, %{{.*}}: memref<?xf32>, %[[O:.*]]: memref<?xbf16>, %{{.*}}: memref<?xi32>)
 // CHECK:         gpu.barrier
 // CHECK:         scf.for %{{.*}} = %{{.*}} to %c32{{.*}} step %c4
-// CHECK:           vector.load %[[X]]
-// CHECK:           vector.store %{{.*}}, %[[O]]
+// CHECK:           scf.for {{.*}} iter_args({{.*}}) -> (f32, f32)
+// CHECK:             vector.load %[[X]]
+// CHECK:             vector.store %{{.*}}, %[[O]]
 // CHECK-COUNT-5:   gpu.shuffle  xor
-// CHECK:           vector.load %[[O]]
-// CHECK:           vector.load %[[W]]
-// CHECK:           vector.store %{{.*}}, %[[O]]
-func.func @pre_norm(%x: tensor<?x4x4096xbf16>, %fn: tensor<24x16384xf32>, %scale: tensor<3xf32>,
-                    %base: tensor<24xf32>, %w: tensor<4096xbf16>) -> (tensor<?x4xf32>, tensor<?x4096xbf16>) {
-  %mix = mhc.norm_project %x, %fn : tensor<?x4x4096xbf16>, tensor<24x16384xf32> -> tensor<?x24xf32>
+// CHECK:           scf.for
+// CHECK:             vector.load %[[O]]
+// CHECK:             vector.load %[[W]]
+// CHECK:             vector.store %{{.*}}, %[[O]]
+func.func @pre_norm(%x: tensor<?x4x8192xbf16>, %fn: tensor<24x32768xf32>, %scale: tensor<3xf32>,
+                    %base: tensor<24xf32>, %w: tensor<8192xbf16>) -> (tensor<?x4xf32>, tensor<?x8192xbf16>) {
+  %mix = mhc.norm_project %x, %fn : tensor<?x4x8192xbf16>, tensor<24x32768xf32> -> tensor<?x24xf32>
   %pre, %post, %l = mhc.split_mixes %mix, %scale, %base
       : tensor<?x24xf32>, tensor<3xf32>, tensor<24xf32> -> tensor<?x4xf32>, tensor<?x4xf32>, tensor<?x4x4xf32>
-  %u = mhc.pre_apply %x, %pre : tensor<?x4x4096xbf16>, tensor<?x4xf32> -> tensor<?x4096xbf16>
-  %o = mhc.rms_norm %u, %w : tensor<?x4096xbf16>, tensor<4096xbf16> -> tensor<?x4096xbf16>
-  return %post, %o : tensor<?x4xf32>, tensor<?x4096xbf16>
+  %u = mhc.pre_apply %x, %pre : tensor<?x4x8192xbf16>, tensor<?x4xf32> -> tensor<?x8192xbf16>
+  %o = mhc.rms_norm %u, %w : tensor<?x8192xbf16>, tensor<8192xbf16> -> tensor<?x8192xbf16>
+  return %post, %o : tensor<?x4xf32>, tensor<?x8192xbf16>
 }

@@ -74,7 +74,8 @@ func.func @steady(%x: {X}, %mix: tensor<?x{M}xf32>, %scale: tensor<3xf32>, %base
 def prenorm_program(n, C, dt, wdt):
     """The sublayer's pre-norm (mhc.rms_norm, docs/PreNorm.md): in the pre group with u on chip
     (@prenorm), with u also returned (@prenorm_u: pass 1 writes it), alone on an input u
-    (@norm_alone), and the pre kernel without it (@pre_only: the baseline of the timing)."""
+    (@norm_alone), and the pre kernel without it (@pre_only: the baseline of the timing); the
+    same from a given mix (the steady state's kernel: @mixed_norm, @mixed_only)."""
     M = n * n + 2 * n
     K = n * C
     X = f"tensor<?x{n}x{C}x{dt}>"
@@ -83,16 +84,21 @@ def prenorm_program(n, C, dt, wdt):
     head = f"""%mix = mhc.norm_project %x, %fn : {X}, tensor<{M}x{K}xf32> -> tensor<?x{M}xf32>
   %pre, %post, %l = mhc.split_mixes %mix, %scale, %base : tensor<?x{M}xf32>, tensor<3xf32>, tensor<{M}xf32> -> tensor<?x{n}xf32>, tensor<?x{n}xf32>, tensor<?x{n}x{n}xf32>
   %c = mhc.sinkhorn %l : tensor<?x{n}x{n}xf32>
-  %u = mhc.pre_apply %x, %pre : {X}, tensor<?x{n}xf32> -> {H}
-  %o = mhc.rms_norm %u, %w : {H}, {W} -> {H}"""
+  %u = mhc.pre_apply %x, %pre : {X}, tensor<?x{n}xf32> -> {H}"""
+    norm = f"%o = mhc.rms_norm %u, %w : {H}, {W} -> {H}"
     args = f"%x: {X}, %fn: tensor<{M}x{K}xf32>, %scale: tensor<3xf32>, %base: tensor<{M}xf32>, %w: {W}"
+    # The steady state's pre kernel: coefficients from the mix the previous post kernel made.
+    mixed_args = f"%mix: tensor<?x{M}xf32>, %scale: tensor<3xf32>, %base: tensor<{M}xf32>, %x: {X}, %w: {W}"
+    mixed = "\n  ".join(head.split("\n  ")[1:])
     return f"""
 func.func @prenorm({args}) -> (tensor<?x{n}xf32>, {H}) {{
   {head}
+  {norm}
   return %pre, %o : tensor<?x{n}xf32>, {H}
 }}
 func.func @prenorm_u({args}) -> (tensor<?x{n}xf32>, {H}, {H}) {{
   {head}
+  {norm}
   return %pre, %u, %o : tensor<?x{n}xf32>, {H}, {H}
 }}
 func.func @norm_alone(%u: {H}, %w: {W}) -> {H} {{
@@ -101,6 +107,15 @@ func.func @norm_alone(%u: {H}, %w: {W}) -> {H} {{
 }}
 func.func @pre_only({args}) -> (tensor<?x{n}xf32>, {H}) {{
   {head}
+  return %pre, %u : tensor<?x{n}xf32>, {H}
+}}
+func.func @mixed_norm({mixed_args}) -> (tensor<?x{n}xf32>, {H}) {{
+  {mixed}
+  {norm}
+  return %pre, %o : tensor<?x{n}xf32>, {H}
+}}
+func.func @mixed_only({mixed_args}) -> (tensor<?x{n}xf32>, {H}) {{
+  {mixed}
   return %pre, %u : tensor<?x{n}xf32>, {H}
 }}
 """

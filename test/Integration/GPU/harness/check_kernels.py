@@ -263,6 +263,21 @@ def check_prenorm(mod, meta, T, seed):
     rec("prenorm_u.o", f64(o2, idx), f64(o, idx), 0.0)
     rec("rms_norm_alone.o", f64(oa, idx),
         R.rms_norm(f64(ua, idx), w64, np.float32(1e-3), dtype=np.float64), at)
+    # The steady state's pre kernel (coefficients from a given mix), with and without the norm.
+    M = n * n + 2 * n
+    mix = torch.randn((T, M), generator=gen, device="cuda")
+    mins = [mix, I["scale"], I["base"], I["x"]]
+    pre4, o4, pre5, u5 = (empty((T, n), torch.float32), empty((T, C), d),
+                          empty((T, n), torch.float32), empty((T, C), d))
+    mod.launch(k[4], T, mins + [w], [pre4, o4])
+    mod.launch(k[5], T, mins, [pre5, u5])
+    pre3, u3 = empty((T, n), torch.float32), empty((T, C), d)
+    mod.launch(k[3], T, ins[:4], [pre3, u3])
+    torch.cuda.synchronize()
+    u4_ref = R.round_to(R.pre_apply(x64, f64(pre4, idx), dtype=np.float64), dt)
+    rec("mixed_norm.o", f64(o4, idx), R.rms_norm(u4_ref, w64, np.float32(1e-6), dtype=np.float64), at)
+    rec("mixed_only.u", f64(u5, idx), R.pre_apply(x64, f64(pre5, idx), dtype=np.float64), at)
+    rec("pre_only.u", f64(u3, idx), R.pre_apply(x64, f64(pre3, idx), dtype=np.float64), at)
     return res
 
 
@@ -282,11 +297,16 @@ def time_prenorm(mod, meta, T, copy_bw, seed):
     norm = torch.nn.functional.rms_norm
     compiled = torch.compile(lambda u, w: norm(u, (C,), w, 1e-6))
     compiled(u.fill_(1.0), w)
+    M = n * n + 2 * n
+    mins = [torch.randn((T, M), generator=gen, device="cuda"), I["scale"], I["base"], I["x"]]
     runs = dict(
         fused=lambda i: mod.launch(k[0], T, ins, [pre, o]),
-        pre_only=lambda i: mod.launch(k[3], T, ins, [pre, u]),
-        separate_eager=lambda i: (mod.launch(k[3], T, ins, [pre, u]), norm(u, (C,), w, 1e-6)),
-        separate_compiled=lambda i: (mod.launch(k[3], T, ins, [pre, u]), compiled(u, w)))
+        pre_only=lambda i: mod.launch(k[3], T, ins[:4], [pre, u]),
+        separate_eager=lambda i: (mod.launch(k[3], T, ins[:4], [pre, u]), norm(u, (C,), w, 1e-6)),
+        separate_compiled=lambda i: (mod.launch(k[3], T, ins[:4], [pre, u]), compiled(u, w)),
+        mixed_fused=lambda i: mod.launch(k[4], T, mins + [w], [pre, o]),
+        mixed_only=lambda i: mod.launch(k[5], T, mins, [pre, u]),
+        mixed_separate_compiled=lambda i: (mod.launch(k[5], T, mins, [pre, u]), compiled(u, w)))
     ms = {}
     for _ in range(2):           # alternated twice, the second reading kept
         for name, fn in runs.items():
@@ -463,10 +483,12 @@ def main():
         r = time_prenorm(mod(name), meta, 16384, bw, 11)
         out.setdefault("prenorm_timings", []).append(r)
         ms = r["ms"]
-        print(f"prenorm n={r['n']} C={r['C']} {r['dt']} T=16384: fused {ms['fused']:.4f} ms "
-              f"({r['fused_frac_copy']:.0%} of copy on x + out; floor {r['floor_ms']:.4f})  "
-              f"pre only {ms['pre_only']:.4f}  pre + F.rms_norm {ms['separate_eager']:.4f}  "
-              f"pre + compiled rms_norm {ms['separate_compiled']:.4f}", flush=True)
+        print(f"prenorm n={r['n']} C={r['C']} {r['dt']} T=16384 (floor {r['floor_ms']:.4f} ms on "
+              f"x + out): pre kernel: fused {ms['fused']:.4f} ({r['fused_frac_copy']:.0%} of copy), "
+              f"alone {ms['pre_only']:.4f}, + F.rms_norm {ms['separate_eager']:.4f}, + compiled "
+              f"rms_norm {ms['separate_compiled']:.4f}; from a mix: fused {ms['mixed_fused']:.4f}, "
+              f"alone {ms['mixed_only']:.4f}, + compiled rms_norm "
+              f"{ms['mixed_separate_compiled']:.4f}", flush=True)
         json.dump(out, open(a.json, "w"), indent=1)
         torch.cuda.empty_cache()
     out["failures"] = failures
