@@ -87,12 +87,14 @@ Value ForwardKernelBuilder::loadNormWeight(Value c, Value ok) {
   return v;
 }
 
-/// Vectors of u a lane reads back at once in rms_norm's pass 2 (64
-/// registers of bf16): all of a 4096-wide bf16 row, one L2 round trip.
+/// Vectors of u a lane reads back at once in rms_norm's pass 2 (32
+/// registers of bf16; 16 vectors took 160+ registers in the steady state's
+/// kernel).
 static constexpr int64_t kReadBackVectors = 8;
-/// Vectors a lane loads at once in rms_norm's pass 1 (n of them each): with
-/// kUnroll the mixed kernel took 160+ registers.
-static constexpr int64_t kNormUnroll = 2;
+/// Vectors a lane loads at once in rms_norm's pass 1 (n loads each; 4 took
+/// 3% off the steady state's kernel at C = 4096 against 2, at 123 registers
+/// against 94: bench/results/session34.log, call 3).
+static constexpr int64_t kNormUnroll = 4;
 
 /// out = u * r * weight with r = rsqrt(mean(u^2) + eps) per token, u being
 /// the group's pre_apply result or an input (docs/PreNorm.md). One warp a

@@ -306,7 +306,7 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 
 // rms_norm alone (docs/PreNorm.md): one warp a token row (the 8 warps of a
 // 64-token tile step through its rows). Pass 1 walks the row from the lane's
-// own column (2 vectors of 8 a step: 512 columns) summing the squares and the
+// own column (4 vectors of 8 a step: 1024 columns) summing the squares and the
 // 2^-96-scaled squares, two 32-lane shuffle trees give r with the overflow
 // rescue, pass 2 reads u back 8 vectors at a time (2048 columns a step) and
 // writes u * r * weight (an f32 weight here: element loads).
@@ -314,7 +314,7 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // CHECK:       gpu.launch_func  @mhc_kernels::@mhc_rms_norm_0 blocks in ({{.*}}) threads in (%c256, {{.*}}) args(%{{.*}} : index, %{{.*}} : memref<?xbf16>, %{{.*}} : memref<?xf32>, %{{.*}} : memref<?xbf16>)
 // CHECK-LABEL: gpu.func @mhc_rms_norm_0(
 // CHECK:         scf.for %{{.*}} = %{{.*}} to %c64{{.*}} step %c8
-// CHECK:           scf.for %{{.*}} = %{{.*}} to %c4096{{.*}} step %c512 iter_args({{.*}}) -> (f32, f32)
+// CHECK:           scf.for %{{.*}} = %{{.*}} to %c4096{{.*}} step %c1024 iter_args({{.*}}) -> (f32, f32)
 // CHECK:             vector.load %arg1
 // CHECK:             vector.reduction <add>
 // CHECK-COUNT-10:  gpu.shuffle  xor
