@@ -182,17 +182,20 @@ static Value lowerCollapse(OpBuilder &b, CollapseOp op) {
 /// A power of two: the scaled values are exact.
 static constexpr double kOverflowScale = 0x1p-96;
 
-/// sqrsum[...] = sum_{i,c} (scale * x[..., i, c])^2 in f32.
+/// sqrsum[...] = sum over the dims after the `lead` token dims (i and c of
+/// x [..., i, c], or c of u [..., c]) of (scale * x)^2, in f32.
 static Value sumOfSquares(OpBuilder &b, Location loc, Value x,
                           RankedTensorType like, unsigned lead,
                           double scale = 1.0) {
-  LoopNest nest{b.getContext(),
-                lead,
-                {IteratorType::reduction, IteratorType::reduction}}; // i, c
+  unsigned trailing = cast<RankedTensorType>(x.getType()).getRank() - lead;
+  LoopNest nest{b.getContext(), lead,
+                SmallVector<IteratorType>(trailing, IteratorType::reduction)};
+  SmallVector<AffineExpr> all;
+  for (unsigned k = 0; k < trailing; ++k)
+    all.push_back(nest.loop(k));
   Value zero = filledF32(b, loc, like, lead, {}, x, 0.0);
   return buildGeneric(
-      b, loc, nest, x, zero,
-      {nest.perToken({nest.loop(0), nest.loop(1)}), nest.perToken({})},
+      b, loc, nest, x, zero, {nest.perToken(all), nest.perToken({})},
       [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
         Value v = widenToF32(nb, nloc, args[0]);
         if (scale != 1.0)
@@ -554,20 +557,8 @@ static Value lowerPostRes(OpBuilder &b, PostResOp op) {
 static Value rmsFactor(OpBuilder &b, Location loc, Value u, float eps) {
   auto uType = cast<RankedTensorType>(u.getType());
   unsigned lead = leadingRank(u, 1);
-  LoopNest sums{b.getContext(), lead, {IteratorType::reduction}}; // c
-  auto squares = [&](double scale) {
-    return buildGeneric(
-        b, loc, sums, u, filledF32(b, loc, uType, lead, {}, u, 0.0),
-        {sums.perToken({sums.loop(0)}), sums.perToken({})},
-        [&](OpBuilder &nb, Location nloc, ValueRange args) -> Value {
-          Value v = widenToF32(nb, nloc, args[0]);
-          if (scale != 1.0)
-            v = arith::MulFOp::create(nb, nloc, v, f32Const(nb, nloc, scale));
-          return arith::AddFOp::create(nb, nloc, args[1],
-                                       arith::MulFOp::create(nb, nloc, v, v));
-        });
-  };
-  Value sqrsum = squares(1.0), scaled = squares(kOverflowScale);
+  Value sqrsum = sumOfSquares(b, loc, u, uType, lead);
+  Value scaled = sumOfSquares(b, loc, u, uType, lead, kOverflowScale);
   LoopNest perToken{b.getContext(), lead, {}};
   AffineMap id = perToken.perToken({});
   return buildGeneric(
