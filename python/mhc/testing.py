@@ -287,13 +287,18 @@ class Program:
             self._custom(rs, f"{name} {names}{self._attr_suffix(custom_attrs)} : {types}")
         return rs
 
+    def _eps_grad(self, name, operands, primals, reference, eps, generic):
+        """A gradient op whose one attribute is eps (default 1e-6); ``reference`` gives its
+        results' data from the operands' data and eps."""
+        e = 1e-6 if eps is None else eps
+        datas = reference(*(o.data for o in operands), _f32(e), dtype=np.float64)
+        opt = {} if eps is None else {"eps": _attr_f32(eps)}
+        return self._grad(name, operands, {"eps": _attr_f32(e)}, opt, primals, datas, generic)
+
     def norm_project_grad(self, x, fn, dmix, eps=None, generic=False):
         """(dx, dfn); reference data from ``reference.norm_project_backward``."""
-        e = 1e-6 if eps is None else eps
-        datas = ref.norm_project_backward(x.data, fn.data, dmix.data, _f32(e), dtype=np.float64)
-        opt = {} if eps is None else {"eps": _attr_f32(eps)}
-        return self._grad("mhc.norm_project_grad", [x, fn, dmix], {"eps": _attr_f32(e)}, opt,
-                          [x, fn], datas, generic)
+        return self._eps_grad("mhc.norm_project_grad", [x, fn, dmix], [x, fn],
+                              ref.norm_project_backward, eps, generic)
 
     def split_mixes_grad(self, mix, scale, base, dpre, dpost, dlogits, post_mult=None,
                          pre_eps=None, generic=False):
@@ -339,12 +344,9 @@ class Program:
                           [y, x, post, comb], datas, generic)
 
     def rms_norm_grad(self, u, weight, dout, eps=None, generic=False):
-        """(du, dweight)."""
-        e = 1e-6 if eps is None else eps
-        datas = ref.rms_norm_backward(u.data, weight.data, dout.data, _f32(e), dtype=np.float64)
-        opt = {} if eps is None else {"eps": _attr_f32(eps)}
-        return self._grad("mhc.rms_norm_grad", [u, weight, dout], {"eps": _attr_f32(e)}, opt,
-                          [u, weight], datas, generic)
+        """(du, dweight); reference data from ``reference.rms_norm_backward``."""
+        return self._eps_grad("mhc.rms_norm_grad", [u, weight, dout], [u, weight],
+                              ref.rms_norm_backward, eps, generic)
 
     def tanh(self, u):
         """A stand-in sublayer F: tanh computed in f32, stored like u (one rounding)."""

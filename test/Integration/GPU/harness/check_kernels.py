@@ -98,6 +98,14 @@ def sample_idx(T, gen_np):
     return np.unique(np.concatenate([[0, T - 1], gen_np.choice(T, 382, replace=False)]))
 
 
+def recorder(res):
+    """rec(key, out, ref, tol): records the relative error of out against ref in `res`."""
+    def rec(key, out, ref, tol):
+        e = relerr(out, ref)
+        res[key] = dict(err=e, tol=tol, ok=bool(e <= tol))
+    return rec
+
+
 def check_every(mod_fused, mod_single, meta_f, meta_s, T, seed):
     n, C, dt = meta_f["n"], meta_f["C"], meta_f["dt"]
     M = n * n + 2 * n
@@ -111,10 +119,7 @@ def check_every(mod_fused, mod_single, meta_f, meta_s, T, seed):
     y64, h64 = f64(I["y"], idx), f64(I["h"], idx)
     at = ACT_TOL[dt]
     res = {}
-
-    def rec(key, out, ref, tol):
-        e = relerr(out, ref)
-        res[key] = dict(err=e, tol=tol, ok=bool(e <= tol))
+    rec = recorder(res)
 
     # ---- fused kernels: pre (np+split+sinkhorn+pre_apply), post (+np), expand, collapse
     kf = meta_f["kernels"]
@@ -237,10 +242,7 @@ def check_prenorm(mod, meta, T, seed):
     x64, w64 = f64(I["x"], idx), f64(w)
     at = ACT_TOL[dt]
     res = {}
-
-    def rec(key, out, ref, tol):
-        e = relerr(out, ref)
-        res[key] = dict(err=e, tol=tol, ok=bool(e <= tol))
+    rec = recorder(res)
 
     k = meta["kernels"]
     ins = [I["x"], I["fn"], I["scale"], I["base"], w]
