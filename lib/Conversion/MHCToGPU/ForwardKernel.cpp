@@ -74,8 +74,9 @@ static FailureOr<ForwardPlan> planGroup(const KernelGroup &g) {
                (internal(p.pa.getPre()) && !p.preFromSplit())))
     return root->emitOpError("unsupported group: pre_apply must read x from "
                              "memory and pre from split_mixes or memory");
-  if (p.rn && ((internal(p.rn.getU()) &&
-                !(p.pa && p.rn.getU() == p.pa.getU())) ||
+  // With a pre_apply in the group, the kernel's norm reads that u (made on
+  // chip); alone, an input u.
+  if (p.rn && ((p.pa ? p.rn.getU() != p.pa.getU() : internal(p.rn.getU())) ||
                internal(p.rn.getWeight()) || p.pr))
     return root->emitOpError("unsupported group: rms_norm must read u from "
                              "the group's pre_apply or from memory, and its "

@@ -216,3 +216,16 @@ func.func @rms_norm_grad(%u: tensor<?x64xbf16>, %w: tensor<64xbf16>, %d: tensor<
   %du, %dw = mhc.rms_norm_grad %u, %w, %d : tensor<?x64xbf16>, tensor<64xbf16>, tensor<?x64xbf16>
   return %du : tensor<?x64xbf16>
 }
+
+// -----
+
+// A hand-written group whose rms_norm reads another u than its pre_apply's.
+// CHECK: error: 'mhc.fused' op unsupported group: rms_norm must read u from the group's pre_apply or from memory, and its weight from memory
+func.func @norm_of_other_u(%x: tensor<?x4x64xbf16>, %p: tensor<?x4xf32>, %v: tensor<?x64xbf16>, %w: tensor<64xbf16>) -> (tensor<?x64xbf16>, tensor<?x64xbf16>) {
+  %r:2 = mhc.fused "pre" -> tensor<?x64xbf16>, tensor<?x64xbf16> {
+    %u = mhc.pre_apply %x, %p : tensor<?x4x64xbf16>, tensor<?x4xf32> -> tensor<?x64xbf16>
+    %o = mhc.rms_norm %v, %w : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+    mhc.yield %u, %o : tensor<?x64xbf16>, tensor<?x64xbf16>
+  }
+  return %r#0, %r#1 : tensor<?x64xbf16>, tensor<?x64xbf16>
+}
