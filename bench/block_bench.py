@@ -28,6 +28,7 @@ torch.cuda.max_memory_allocated over one step minus what was allocated before it
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -59,8 +60,8 @@ class Sublayers(nn.Module):
         self.wqkv, self.wo = mk(C, 3 * C), mk(C, C)
         self.w13, self.w2 = mk(C, 8 * C), mk(4 * C, C)
 
-    def attn(self, u, seq_first=False):
-        qkv = self.attn_norm(u) @ self.wqkv
+    def attn(self, u, seq_first=False, norm=True):
+        qkv = (self.attn_norm(u) if norm else u) @ self.wqkv
         if seq_first:
             S, B = u.shape[:2]
             q, k, v = qkv.view(S, B, 3, self.H, self.d).permute(2, 1, 3, 0, 4)
@@ -71,12 +72,14 @@ class Sublayers(nn.Module):
         o = o.permute(2, 0, 1, 3) if seq_first else o.transpose(1, 2)
         return o.reshape(*u.shape) @ self.wo
 
-    def ffn(self, u, seq_first=False):
-        gate, up = (self.ffn_norm(u) @ self.w13).chunk(2, dim=-1)
+    def ffn(self, u, seq_first=False, norm=True):
+        gate, up = ((self.ffn_norm(u) if norm else u) @ self.w13).chunk(2, dim=-1)
         return (F.silu(gate) * up) @ self.w2
 
-    def sublayers(self):
-        return [self.attn, self.ffn]
+    def sublayers(self, norms=True):
+        if norms:
+            return [self.attn, self.ffn]
+        return [functools.partial(self.attn, norm=False), functools.partial(self.ffn, norm=False)]
 
 
 class Blocks(nn.Module):
@@ -87,9 +90,21 @@ class Blocks(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(Sublayers(C, head_dim, dtype, device) for _ in range(count))
 
-    def sublayers(self):
+    def sublayers(self, norms=True):
         """The sublayers in model order: attention, FFN, attention, FFN, ..."""
-        return [f for b in self.blocks for f in b.sublayers()]
+        return [f for b in self.blocks for f in b.sublayers(norms)]
+
+
+class NormFree:
+    """The same sublayers without their pre-norms (--norm-free): the mHC block as it would run
+    if mhc's kernels computed the norms at no cost, the ceiling of fusing them
+    (docs/PreNorm.md). Not the same model: a bound, not a variant to train."""
+
+    def __init__(self, sub):
+        self.sub = sub
+
+    def sublayers(self):
+        return self.sub.sublayers(norms=False)
 
 
 class _Bound(nn.Module):
@@ -607,6 +622,9 @@ def main(argv=None):
     p.add_argument("--round-warmup", type=int, default=1, metavar="STEPS",
                    help="with --interleave: untimed steps at the start of each round (default 1); "
                         "more let the clocks settle after the switch from another variant")
+    p.add_argument("--norm-free", action="store_true",
+                   help="also time mhc_norm_free: the mHC block with its sublayers' RMSNorms "
+                        "left out, the bound of fusing them into mhc's kernels (docs/PreNorm.md)")
     p.add_argument("--profile-stack", action="store_true",
                    help="with --profile: record Python functions too (slower steps; the idle "
                         "stretches' host events then name the Python code)")
@@ -634,6 +652,9 @@ def main(argv=None):
             variants = [("plain", lambda: plain_variant(sub, h)),
                         ("mhc", lambda: mhc_variant(sub, h, args.mhc_backend, False)),
                         ("mhc_recompute", lambda: mhc_variant(sub, h, args.mhc_backend, True))]
+            if args.norm_free:
+                variants.append(("mhc_norm_free",
+                                 lambda: mhc_variant(NormFree(sub), h, args.mhc_backend, False)))
             for q in providers:
                 if peers is None:
                     rows.append({"variant": q, "mode": mode, "C": C, "error": peers_error})
