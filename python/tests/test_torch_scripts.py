@@ -46,6 +46,19 @@ def test_block_bench_interleaved_smoke(tmp_path):
     assert all(len(r["overhead_pairs_pct"]) == 1 for r in rows[1:])
 
 
+def test_block_bench_norm_free_smoke(tmp_path):
+    """--norm-free adds the mHC block without its sublayers' norms: a different step (fewer
+    kernels), timed like the others."""
+    out = tmp_path / "block.json"
+    run("bench/block_bench.py", "--smoke", "--json", str(out), "--peers", "none",
+        "--providers", "", "--norm-free")
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["plain", "mhc", "mhc_recompute", "mhc_norm_free"]
+    assert rows[-1]["ms"] > 0, rows
+    # the two norms' weights get no gradient there
+    assert rows[-1]["leaves_with_grad"] == rows[1]["leaves_with_grad"] - 2, rows
+
+
 def test_block_bench_round_pairs():
     """The per-pair overhead sums a forward-order and a backward-order round, so a zig-zag from
     the variants' order cancels; an odd last round is left out."""
