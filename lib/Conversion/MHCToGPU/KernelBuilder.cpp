@@ -44,6 +44,16 @@ Value KernelBuilder::normFactor(Value sumSq, Value row,
       })[0];
 }
 
+Value KernelBuilder::normFactorOfSums(Value sumSq, Value scaledSumSq, int64_t K,
+                                      float eps) {
+  Value plain =
+      math::RsqrtOp::create(b, loc, fadd(fdiv(sumSq, cf(double(K))), cf(eps)));
+  Value rescued =
+      fmul(cf(0x1p-96),
+           math::RsqrtOp::create(b, loc, fdiv(scaledSumSq, cf(double(K)))));
+  return select(sumOfSquaresOverflowed(sumSq), rescued, plain);
+}
+
 SmallVector<Value> KernelBuilder::softmaxRows(ArrayRef<Value> L, int64_t n,
                                               Value plus) {
   SmallVector<Value> q(L.size());
@@ -76,7 +86,7 @@ Value KernelBuilder::warpSum(Value v, int64_t width) {
 }
 
 Value KernelBuilder::toF32(Value v) {
-  if (acts.act == f32)
+  if (acts.act == f32 || getElementTypeOrSelf(v.getType()).isF32())
     return v;
   auto vt = dyn_cast<VectorType>(v.getType());
   if (vt && vt.getElementType().isBF16() && vt.getRank() == 1 &&
@@ -126,26 +136,32 @@ Value KernelBuilder::roundAct(Value v) {
   return toF32(toAct(v, t));
 }
 
+Value KernelBuilder::loadElements(Value mem, Value base, Value c, Value ok,
+                                  bool raw) {
+  VectorType vt = raw ? vecAct() : vecF32();
+  Value v = arith::ConstantOp::create(b, loc, b.getZeroAttr(vt));
+  Value zero =
+      arith::ConstantOp::create(b, loc, b.getZeroAttr(vt.getElementType()));
+  for (int64_t e = 0; e < acts.vec; ++e) {
+    Value ce = add(c, ci(e));
+    Value inb = band(ok, ult(ce, ci(acts.C)));
+    Value s = emitIfElse(
+        vt.getElementType(), inb,
+        [&]() -> SmallVector<Value> {
+          Value loaded = ld(mem, add(base, ce));
+          return {raw ? loaded : toF32(loaded)};
+        },
+        [&]() -> SmallVector<Value> { return {zero}; })[0];
+    v = vector::InsertOp::create(b, loc, s, v, e);
+  }
+  return v;
+}
+
 Value KernelBuilder::loadAct(Value mem, Value base, Value c, Value ok,
                              bool raw) {
   VectorType vt = raw ? vecAct() : vecF32();
-  auto conv = [&](Value v) { return raw ? v : toF32(v); };
   auto scalarPath = [&]() -> SmallVector<Value> {
-    Value v = arith::ConstantOp::create(b, loc, b.getZeroAttr(vt));
-    Value zero =
-        arith::ConstantOp::create(b, loc, b.getZeroAttr(vt.getElementType()));
-    for (int64_t e = 0; e < acts.vec; ++e) {
-      Value ce = add(c, ci(e));
-      Value inb = band(ok, ult(ce, ci(acts.C)));
-      Value s = emitIfElse(
-          vt.getElementType(), inb,
-          [&]() -> SmallVector<Value> {
-            return {conv(ld(mem, add(base, ce)))};
-          },
-          [&]() -> SmallVector<Value> { return {zero}; })[0];
-      v = vector::InsertOp::create(b, loc, s, v, e);
-    }
-    return {v};
+    return {loadElements(mem, base, c, ok, raw)};
   };
   if (!aligned)
     return scalarPath()[0];

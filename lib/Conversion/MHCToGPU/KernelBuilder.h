@@ -89,6 +89,10 @@ public:
   /// True where a token's f32 sum of squares overflowed (+inf): the case
   /// normFactor rescues (r ~ 2^-96 or less there).
   Value sumOfSquaresOverflowed(Value sumSq);
+  /// The same factor where the kernel has summed the squares of 2^-96 x
+  /// beside the plain ones (`scaledSumSq`; no row to read again): rsqrt(sumSq
+  /// / K + eps), or 2^-96 rsqrt(scaledSumSq / K) where sumSq overflowed.
+  Value normFactorOfSums(Value sumSq, Value scaledSumSq, int64_t K, float eps);
   /// The softmax of each row of the row-major matrix `L` with rows of n
   /// (held in registers, one value per entry), with the row max subtracted;
   /// `plus`
@@ -185,7 +189,7 @@ public:
   VectorType vecF32() { return VectorType::get({acts.vec}, f32); }
   VectorType vecF32Of(int64_t width) { return VectorType::get({width}, f32); }
   VectorType vecAct() { return VectorType::get({acts.vec}, acts.act); }
-  /// Widens an activation scalar or vector to f32.
+  /// Widens an activation scalar or vector to f32 (f32 passes).
   Value toF32(Value v);
   Value bf16PairsToF32(Value v); // toF32 of a bf16 vector of even length
   /// Rounds f32 to the activation type `t` (scalar or vector type); a value
@@ -197,6 +201,11 @@ public:
   /// activation type when `raw`: half the registers for values held across
   /// a loop); lanes with c + e >= C or !ok read as 0.
   Value loadAct(Value mem, Value base, Value c, Value ok, bool raw = false);
+  /// loadAct's guarded path: `vec` element loads, each behind its guard
+  /// (tails, misaligned pointers). Also reads an f32 row beside bf16/f16
+  /// activations (not raw).
+  Value loadElements(Value mem, Value base, Value c, Value ok,
+                     bool raw = false);
   /// Stores `vec` f32 values rounded to the activation type at
   /// mem[base + c ..]; lanes with c + e >= C or !ok are skipped.
   void storeAct(Value v, Value mem, Value base, Value c, Value ok);

@@ -77,14 +77,7 @@ Value ForwardKernelBuilder::loadNormWeight(Value c, Value ok) {
   if (cast<ShapedType>(p.rn.getWeight().getType()).getElementType() == acts.act)
     return loadAct(w, ci(0), c, ok);
   // An f32 weight with bf16/f16 activations: element loads (L1-resident).
-  Value v = arith::ConstantOp::create(b, loc, b.getZeroAttr(vecF32()));
-  for (int64_t e = 0; e < acts.vec; ++e) {
-    Value ce = add(c, ci(e));
-    Value s = f32OrZero(band(ok, ult(ce, ci(acts.C))),
-                        [&]() { return ld(w, ce); });
-    v = vector::InsertOp::create(b, loc, s, v, e);
-  }
-  return v;
+  return loadElements(w, ci(0), c, ok);
 }
 
 /// Vectors of u a lane reads back at once in rms_norm's pass 2 (32
@@ -128,9 +121,9 @@ void ForwardKernelBuilder::emitRowNorm() {
   emitFor(warp, ci(p.s.tileTokens), ci(p.warps()), {}, [&](Value t,
                                                           ValueRange) {
     Value token = add(tile0, t);
-    emitIf(ult(token, T), [&]() {
+    Value ok = ult(token, T);
+    emitIf(ok, [&]() {
       Value base = mul(token, ci(C));
-      Value ok = ult(token, T);
       SmallVector<Value> pre;
       if (x)
         for (int64_t i = 0; i < n; ++i)
@@ -171,12 +164,7 @@ void ForwardKernelBuilder::emitRowNorm() {
             return {ss, scaled};
           });
       Value ss = warpSum(sums[0], 32), scaled = warpSum(sums[1], 32);
-      Value plain = math::RsqrtOp::create(
-          b, loc, fadd(fdiv(ss, cf(double(C))), cf(eps)));
-      Value rescued = fmul(
-          scale, math::RsqrtOp::create(b, loc, fdiv(scaled, cf(double(C)))));
-      Value r = splat(select(sumOfSquaresOverflowed(ss), rescued, plain),
-                      vecF32());
+      Value r = splat(normFactorOfSums(ss, scaled, C, eps), vecF32());
       // Pass 2: groups of groupSteps batches, every read before any write.
       emitFor(laneColumn, ci(steps * lanesStep), ci(groupSteps * lanesStep), {},
               [&](Value group, ValueRange) -> SmallVector<Value> {
