@@ -38,10 +38,6 @@ static FailureOr<BackwardPlan> planGroup(const KernelGroup &g) {
   p.kind = g.kind();
   Operation *root = g.root;
   SmallVector<PostResGradOp, 2> prgs;
-  for (Operation *op : g.members)
-    if (isa<RmsNormGradOp>(op)) // docs/PreNorm.md: the kernels come next
-      return op->emitOpError("has no GPU kernel yet (the CPU path, "
-                             "--mhc-cpu-pipeline, computes it)");
   for (Operation *op : g.members) {
     if (auto o = dyn_cast<SplitMixesOp>(op))
       p.sm = o;

@@ -99,6 +99,13 @@ const KernelFamily *gpu_kernels::findKernelFamily(const KernelGroup &group) {
                "holds no op to compute: a kernel group needs at least one "
                "mhc op"),
            nullptr;
+  // The pre-norm's gradient has a CPU lowering only so far
+  // (docs/PreNorm.md): say so, alone or in a group, rather than "cannot".
+  for (Operation *op : group.members)
+    if (isa<RmsNormGradOp>(op))
+      return op->emitOpError("has no GPU kernel yet (the CPU path, "
+                             "--mhc-cpu-pipeline, computes it)"),
+             nullptr;
   for (const KernelFamily *family : kernelFamilies())
     if (family->accepts(group))
       return family;
@@ -106,15 +113,8 @@ const KernelFamily *gpu_kernels::findKernelFamily(const KernelGroup &group) {
     if (!llvm::any_of(kernelFamilies(), [&](const KernelFamily *f) {
           KernelGroup alone = KernelGroup::collect(op);
           return f->accepts(alone);
-        })) {
-      // The pre-norm's gradient has a CPU lowering only so far
-      // (docs/PreNorm.md): say so rather than "cannot".
-      if (isa<RmsNormGradOp>(op))
-        return op->emitOpError("has no GPU kernel yet (the CPU path, "
-                               "--mhc-cpu-pipeline, computes it)"),
-               nullptr;
+        }))
       return op->emitOpError("cannot be placed in a GPU kernel"), nullptr;
-    }
   group.root->emitOpError("mixes ops that no single GPU kernel computes");
   return nullptr;
 }
