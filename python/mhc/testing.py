@@ -189,18 +189,21 @@ class Program:
             self._custom(rs, f"mhc.collapse {x.name} : {x.type} -> {rs[0].type}")
         return rs[0]
 
-    def norm_project(self, x, fn, eps=None, generic=False):
-        m = fn.shape[0]
-        shape = x.shape[:-2] + [m]
+    def _eps_op(self, name, operands, shape, elem, reference, eps, generic):
+        """A forward op of one result whose one attribute is eps (default 1e-6); ``reference``
+        gives its data from the operands' data and eps."""
         e = 1e-6 if eps is None else eps
-        data = ref.norm_project(x.data, fn.data, _f32(e), dtype=np.float64)
-        attrs = {"eps": _attr_f32(e)}
-        rs = self._op("mhc.norm_project", [x, fn], attrs, [shape], ["f32"], generic, [data])
+        data = reference(*(o.data for o in operands), _f32(e), dtype=np.float64)
+        rs = self._op(name, operands, {"eps": _attr_f32(e)}, [shape], [elem], generic, [data])
         if not generic:
             a = "" if eps is None else f" {{eps = {_attr_f32(eps)}}}"
-            self._custom(rs, f"mhc.norm_project {x.name}, {fn.name}{a} : {x.type}, {fn.type} "
-                             f"-> {rs[0].type}")
+            self._custom(rs, f"{name} {', '.join(o.name for o in operands)}{a} : "
+                             f"{', '.join(o.type for o in operands)} -> {rs[0].type}")
         return rs[0]
+
+    def norm_project(self, x, fn, eps=None, generic=False):
+        return self._eps_op("mhc.norm_project", [x, fn], x.shape[:-2] + [fn.shape[0]], "f32",
+                            ref.norm_project, eps, generic)
 
     def split_mixes(self, mix, scale, base, post_mult=None, pre_eps=None, generic=False):
         m = mix.shape[-1]
@@ -260,15 +263,8 @@ class Program:
         return rs[0]
 
     def rms_norm(self, u, weight, eps=None, generic=False):
-        e = 1e-6 if eps is None else eps
-        data = ref.rms_norm(u.data, weight.data, _f32(e), dtype=np.float64)
-        attrs = {"eps": _attr_f32(e)}
-        rs = self._op("mhc.rms_norm", [u, weight], attrs, [u.shape], [u.elem], generic, [data])
-        if not generic:
-            a = "" if eps is None else f" {{eps = {_attr_f32(eps)}}}"
-            self._custom(rs, f"mhc.rms_norm {u.name}, {weight.name}{a} : {u.type}, "
-                             f"{weight.type} -> {rs[0].type}")
-        return rs[0]
+        return self._eps_op("mhc.rms_norm", [u, weight], u.shape, u.elem, ref.rms_norm, eps,
+                            generic)
 
     # -- gradient ops (spec section 9b): results take their operands' types ------------------
 
