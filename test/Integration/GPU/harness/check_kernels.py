@@ -228,16 +228,26 @@ def check_every(mod_fused, mod_single, meta_f, meta_s, T, seed):
     return res
 
 
+def prenorm_inputs(meta, T, gen):
+    """The prenorm kinds' data: make_inputs', the norm's weight (uniform in (0.5, 1.5)), the pre
+    kernels' arguments (x, fn, scale, base, weight) and the steady state's kernels' (a mix, scale,
+    base, x), drawn in this order."""
+    n, C = meta["n"], meta["C"]
+    I = make_inputs(T, n, C, meta["dt"], gen)
+    w = (torch.rand(C, generator=gen, device="cuda") + 0.5).to(DT[meta["wdt"]])
+    mix = torch.randn((T, n * n + 2 * n), generator=gen, device="cuda")
+    return I, w, [I["x"], I["fn"], I["scale"], I["base"], w], [mix, I["scale"], I["base"], I["x"]]
+
+
 def check_prenorm(mod, meta, T, seed):
     """The sublayer's pre-norm (docs/PreNorm.md): the pre kernel with rms_norm of its u on chip,
     the same with u also written, and rms_norm alone (eps 1e-3), against the reference fed the
     kernel's own pre; a token of ~1e19 (f32 sum of squares overflows) in the lone kernel."""
     n, C, dt = meta["n"], meta["C"], meta["dt"]
-    d, wd = DT[dt], DT[meta["wdt"]]
+    d = DT[dt]
     gen = torch.Generator(device="cuda").manual_seed(seed)
     rng = np.random.default_rng(seed)
-    I = make_inputs(T, n, C, dt, gen)
-    w = (torch.rand(C, generator=gen, device="cuda") + 0.5).to(wd)
+    I, w, ins, mins = prenorm_inputs(meta, T, gen)
     idx = sample_idx(T, rng)
     x64, w64 = f64(I["x"], idx), f64(w)
     at = ACT_TOL[dt]
@@ -245,7 +255,6 @@ def check_prenorm(mod, meta, T, seed):
     rec = recorder(res)
 
     k = meta["kernels"]
-    ins = [I["x"], I["fn"], I["scale"], I["base"], w]
     pre, o = empty((T, n), torch.float32), empty((T, C), d)
     mod.launch(k[0], T, ins, [pre, o])
     pre2, u2, o2 = empty((T, n), torch.float32), empty((T, C), d), empty((T, C), d)
@@ -266,9 +275,6 @@ def check_prenorm(mod, meta, T, seed):
     rec("rms_norm_alone.o", f64(oa, idx),
         R.rms_norm(f64(ua, idx), w64, np.float32(1e-3), dtype=np.float64), at)
     # The steady state's pre kernel (coefficients from a given mix), with and without the norm.
-    M = n * n + 2 * n
-    mix = torch.randn((T, M), generator=gen, device="cuda")
-    mins = [mix, I["scale"], I["base"], I["x"]]
     pre4, o4, pre5, u5 = (empty((T, n), torch.float32), empty((T, C), d),
                           empty((T, n), torch.float32), empty((T, C), d))
     mod.launch(k[4], T, mins + [w], [pre4, o4])
@@ -289,18 +295,14 @@ def time_prenorm(mod, meta, T, copy_bw, seed):
     bytes: x read once, out written once (the fused kernel's floor), plus u written and read
     again for the separate norm."""
     n, C, dt = meta["n"], meta["C"], meta["dt"]
-    d, wd = DT[dt], DT[meta["wdt"]]
+    d = DT[dt]
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    I = make_inputs(T, n, C, dt, gen)
-    w = (torch.rand(C, generator=gen, device="cuda") + 0.5).to(wd)
+    I, w, ins, mins = prenorm_inputs(meta, T, gen)
     k = meta["kernels"]
-    ins = [I["x"], I["fn"], I["scale"], I["base"], w]
     pre, o, u = empty((T, n), torch.float32), empty((T, C), d), empty((T, C), d)
     norm = torch.nn.functional.rms_norm
     compiled = torch.compile(lambda u, w: norm(u, (C,), w, 1e-6))
     compiled(u.fill_(1.0), w)
-    M = n * n + 2 * n
-    mins = [torch.randn((T, M), generator=gen, device="cuda"), I["scale"], I["base"], I["x"]]
     runs = dict(
         fused=lambda i: mod.launch(k[0], T, ins, [pre, o]),
         pre_only=lambda i: mod.launch(k[3], T, ins[:4], [pre, u]),
@@ -420,6 +422,21 @@ def main():
             mods[name] = Module(os.path.join(a.cubins, name + ".cubin"), manifest[name]["schedules"])
         return mods[name]
 
+    def run_check(label, entry, check):
+        """One check: its results (an exception reported as a failed result), a printed line and
+        an entry of the JSON; returns how many results failed."""
+        try:
+            res = check()
+        except Exception as e:  # report, keep going
+            res = {"exception": dict(err=repr(e), ok=False)}
+        bad = [k for k, v in res.items() if v.get("ok") is False]
+        worst = max((v["err"] / v["tol"] for v in res.values() if v.get("tol")), default=float("nan"))
+        print(f"{label}  worst err/tol={worst:.3g}  {'OK' if not bad else 'FAIL ' + ','.join(bad)}"
+              f"  [{time.time() - t0:.0f}s]", flush=True)
+        out["checks"].append(dict(entry, results=res))
+        json.dump(out, open(a.json, "w"), indent=1)
+        return len(bad)
+
     failures = 0
     if not a.skip_check:
         for name, meta in manifest.items():
@@ -428,37 +445,21 @@ def main():
             sname = name.replace("_fused", "_single")
             for T in Ts:
                 seed = (hash((meta["n"], meta["C"], meta["dt"], T)) & 0xFFFF)
-                try:
-                    res = check_every(mod(name), mod(sname), meta, manifest[sname], T, seed)
-                except Exception as e:  # report, keep going
-                    res = {"exception": dict(err=repr(e), ok=False)}
-                bad = [k for k, v in res.items() if v.get("ok") is False]
-                failures += len(bad)
-                worst = max((v["err"] / v["tol"] for v in res.values() if "tol" in v), default=float("nan"))
-                print(f"n={meta['n']} C={meta['C']:5d} {meta['dt']:4s} T={T:5d}  worst err/tol={worst:.3g}"
-                      f"  {'OK' if not bad else 'FAIL ' + ','.join(bad)}  [{time.time() - t0:.0f}s]", flush=True)
-                out["checks"].append(dict(n=meta["n"], C=meta["C"], dt=meta["dt"], T=T, results=res))
-                json.dump(out, open(a.json, "w"), indent=1)
+                failures += run_check(
+                    f"n={meta['n']} C={meta['C']:5d} {meta['dt']:4s} T={T:5d}",
+                    dict(n=meta["n"], C=meta["C"], dt=meta["dt"], T=T),
+                    lambda: check_every(mod(name), mod(sname), meta, manifest[sname], T, seed))
                 torch.cuda.empty_cache()
         for name, meta in manifest.items():
             if meta["kind"] != "prenorm":
                 continue
             for T in Ts + [0]:
                 seed = (hash((meta["n"], meta["C"], meta["dt"], T, "prenorm")) & 0xFFFF)
-                try:
-                    res = check_prenorm(mod(name), meta, T, seed)
-                except Exception as e:  # report, keep going
-                    res = {"exception": dict(err=repr(e), ok=False)}
-                bad = [k for k, v in res.items() if v.get("ok") is False]
-                failures += len(bad)
-                worst = max((v["err"] / v["tol"] for v in res.values() if v.get("tol")),
-                            default=float("nan"))
-                print(f"prenorm n={meta['n']} C={meta['C']:5d} {meta['dt']:4s} w {meta['wdt']:4s} "
-                      f"T={T:5d}  worst err/tol={worst:.3g}  {'OK' if not bad else 'FAIL ' + ','.join(bad)}"
-                      f"  [{time.time() - t0:.0f}s]", flush=True)
-                out["checks"].append(dict(kind="prenorm", n=meta["n"], C=meta["C"], dt=meta["dt"],
-                                          wdt=meta["wdt"], T=T, results=res))
-                json.dump(out, open(a.json, "w"), indent=1)
+                failures += run_check(
+                    f"prenorm n={meta['n']} C={meta['C']:5d} {meta['dt']:4s} w {meta['wdt']:4s} "
+                    f"T={T:5d}",
+                    dict(kind="prenorm", n=meta["n"], C=meta["C"], dt=meta["dt"], wdt=meta["wdt"], T=T),
+                    lambda: check_prenorm(mod(name), meta, T, seed))
     if a.no_timing:
         out["failures"] = failures
         json.dump(out, open(a.json, "w"), indent=1)
