@@ -127,7 +127,8 @@ SmallVector<ColsKernelBuilder::TileLoad> ColsKernelBuilder::tileLoads() {
   };
   rows(arg(p.x), xS, n, tilePitch());
   rows(arg(p.dout), doutS, n, tilePitch());
-  rows(arg(p.du), duS, 1, duPitch());
+  // du's tile, or with the pre-norm g's (du is formed per element: pass 2).
+  rows(arg(p.preNorm() ? p.g : p.du), duS, 1, duPitch());
   // The dy fold: the lower sublayer's post of the tile's tokens, beside
   // their records.
   if (Value postLower = arg(p.postLower))
@@ -403,8 +404,21 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
   // dx = dm @ fn + the stream mixing + pre du + 2 dS x. The tiles of one
   // column group (tileGroups) share its dout and du pairs, loaded once.
   SmallVector<Value> dxVals, dxAt; // dx pairs (f32) and their place
-  for (const TileGroup &group : tileGroups()) {
+  // With the pre-norm, dweight's partial sums: a column pair per group.
+  int64_t dfnAccs = MTM * NTW * 4;
+  SmallVector<TileGroup> groups = tileGroups();
+  for (auto [gi, group] : llvm::enumerate(groups)) {
     Value c = add(group.column, mul(q, ci(2)));
+    Value weight; // the pre-norm's weight at columns c, c + 1 (0 past C)
+    if (p.preNorm()) {
+      auto at = [&](int64_t e) {
+        Value col = add(col0, add(c, ci(e)));
+        Value ok = ult(col, ci(p.C));
+        return select(ok, toF32(ld(arg(p.normWeight), select(ok, col, ci(0)))),
+                      cf(0.0));
+      };
+      weight = f32Pair(at(0), at(1));
+    }
     for (int64_t mt = 0; mt < MT; ++mt)
       for (int64_t half = 0; half < 2; ++half) { // rows g, g + 8
         Value t = add(g, ci(16 * mt + 8 * half));
@@ -415,14 +429,31 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
         Value du = actPair(duS, add(mul(t, ci(UP)), c));
         // pre of every stream when the members' streams are known here.
         SmallVector<Value> pres;
-        if (streamsShareTiles())
+        if (streamsShareTiles() || p.preNorm())
           pres = recs(t, ci(p.recPre()), n);
+        if (p.preNorm()) {
+          // du = r weight g - k u, u as the forward stored it (the same fma
+          // chain over the streams, one rounding); dweight += g u r.
+          Value u;
+          for (int64_t i = 0; i < n; ++i) {
+            Value xi = actPair(xS, add(rowT, add(ci(i * CC), c)));
+            Value pi = splat(pres[i], vecF32Of(2));
+            u = i ? fma(pi, xi, u) : fmul(pi, xi);
+          }
+          u = toF32(toAct(u, VectorType::get({2}, acts.act)));
+          Value r = splat(rec(t, ci(p.recR())), vecF32Of(2));
+          Value k = splat(rec(t, ci(p.recK())), vecF32Of(2));
+          Value g = du;
+          du = fsub(fmul(r, fmul(weight, g)), fmul(k, u));
+          Value &dw = dfnAcc[dfnAccs + gi];
+          dw = fma(fmul(g, u), r, dw);
+        }
         for (auto [nt, i] : group.members) {
           Value kcol = add(mul(i, ci(CC)), c);
           SmallVector<Value> comb =
               recs(t, add(ci(p.recComb()), mul(i, ci(n))), n);
-          Value pre = pres.empty() ? rec(t, add(ci(p.recPre()), i))
-                                   : pres[size_t(nt / (NTW / n))];
+          Value pre = !streamsShareTiles() ? rec(t, add(ci(p.recPre()), i))
+                                           : pres[size_t(nt / (NTW / n))];
           Value v = f32Pair(accs[nt * MT + mt][2 * half],
                             accs[nt * MT + mt][2 * half + 1]);
           for (int64_t j = 0; j < n; ++j)
@@ -536,7 +567,12 @@ void ColsKernelBuilder::emitBody() {
   // Software pipeline: a tile's global loads are issued before the previous
   // tile's products and land in registers (carried by the loop) while the
   // tensor cores and FMAs work; shared memory holds one tile.
-  SmallVector<Value> carried(MTM * NTW * 4, cf(0.0)); // dfn's accumulators
+  // dfn's accumulators, then (the pre-norm) dweight's: a pair of columns
+  // per tile group.
+  int64_t dweightAccs = p.preNorm() ? tileGroups().size() : 0;
+  Value zeroPair = arith::ConstantOp::create(b, loc, b.getZeroAttr(vecF32Of(2)));
+  SmallVector<Value> carried(MTM * NTW * 4, cf(0.0));
+  carried.append(dweightAccs, zeroPair);
   int64_t accs = carried.size();
   llvm::append_range(carried, issueLoads(first, ult(first, last)));
   SmallVector<Value> done = emitFor(
@@ -555,8 +591,34 @@ void ColsKernelBuilder::emitBody() {
         return out;
       });
   SmallVector<Value> dfnAcc(done.begin(), done.begin() + accs);
-  // This split's partial dfn.
   Value g = div(lane, 4), q = rem(lane, 4);
+  if (p.preNorm()) {
+    // This split's partial dweight: each column pair's sums over the 8 lanes
+    // g that share it (the tokens), stored by g = 0; a column's sums are
+    // taken by the group that holds its stream 0 (one group a column).
+    for (auto [gi, group] : llvm::enumerate(tileGroups())) {
+      Value pair = dfnAcc[MTM * NTW * 4 + gi];
+      SmallVector<Value> sums;
+      for (int64_t e = 0; e < 2; ++e) {
+        Value v = vector::ExtractOp::create(b, loc, pair, e);
+        for (int64_t off : {4, 8, 16})
+          v = fadd(v, gpu::ShuffleOp::create(b, loc, v, off, 32,
+                                             gpu::ShuffleMode::XOR)
+                          .getShuffleResult());
+        sums.push_back(v);
+      }
+      Value holdsStream0 = arith::ConstantOp::create(b, loc, b.getBoolAttr(false));
+      for (auto [nt, i] : group.members)
+        holdsStream0 = arith::OrIOp::create(b, loc, holdsStream0, eq(i, ci(0)));
+      for (int64_t e = 0; e < 2; ++e) {
+        Value col = add(col0, add(group.column, add(mul(q, ci(2)), ci(e))));
+        emitIf(band(band(eq(g, ci(0)), holdsStream0), ult(col, ci(C))), [&]() {
+          st(sums[e], dweightPartial, add(mul(split, ci(C)), col));
+        });
+      }
+    }
+  }
+  // This split's partial dfn.
   for (int64_t mtm = 0; mtm < MTM; ++mtm)
     for (int64_t nt = 0; nt < NTW; ++nt)
       for (int64_t e = 0; e < 4; ++e) {

@@ -47,6 +47,10 @@ static FailureOr<BackwardPlan> planGroup(const KernelGroup &g) {
       prgs.push_back(o);
     else if (auto o = dyn_cast<PreApplyGradOp>(op))
       p.pag = o;
+    else if (auto o = dyn_cast<PreApplyOp>(op))
+      p.paU = o;
+    else if (auto o = dyn_cast<RmsNormGradOp>(op))
+      p.rng = o;
     else if (auto o = dyn_cast<SinkhornGradOp>(op))
       p.skg = o;
     else if (auto o = dyn_cast<SplitMixesGradOp>(op))
@@ -66,7 +70,8 @@ static FailureOr<BackwardPlan> planGroup(const KernelGroup &g) {
     else
       p.prg = prg;
   }
-  size_t members = (postSide ? 3u : 9u) + (p.lowerPrg ? 1u : 0u);
+  size_t members = (postSide ? 3u : 9u) + (p.lowerPrg ? 1u : 0u) +
+                   (p.rng ? 2u : 0u);
   bool loneGrad = postSide && g.members.size() == 1;
   bool complete = p.prg && (loneGrad || (p.sm && p.sk)) &&
                   (postSide ? !(p.pag || p.skg || p.smg || p.npg)
@@ -105,6 +110,27 @@ static FailureOr<BackwardPlan> planGroup(const KernelGroup &g) {
     p.dcombOut = isOutput(p.prg.getDcomb()) ? p.prg.getDcomb() : Value();
   } else {
     p.du = p.pag.getDu();
+    if (p.rng || p.paU) {
+      // du through the pre-norm, u made again: rms_norm_grad(pre_apply(x,
+      // pre), weight, g) as --mhc-fuse groups it (docs/PreNorm.md).
+      if (!p.rng || !p.paU || p.rng.getDu() != p.du ||
+          p.rng.getU() != p.paU.getU() || p.paU.getX() != p.x ||
+          p.paU.getPre() != p.sm.getPre())
+        return root->emitOpError()
+               << "unsupported backward group: the pre-norm's gradient must "
+                  "be rms_norm_grad of the group's pre_apply(x, pre), giving "
+                  "pre_apply_grad's du";
+      if (p.rng.getWeight().getType().getElementType() != p.act)
+        return p.rng->emitOpError()
+               << "has no GPU kernel yet for a weight of another type than "
+                  "the activations' (the CPU path, --mhc-cpu-pipeline, "
+                  "computes it)";
+      p.du = Value();
+      p.g = p.rng.getDout();
+      p.normWeight = p.rng.getWeight();
+      p.dweightOut = p.rng.getDweight();
+      p.rmsEps = p.rng.getEps().convertToFloat();
+    }
     p.fn = p.npg.getFn();
     p.normEps = p.npg.getEps().convertToFloat();
     if (whole)
@@ -131,7 +157,8 @@ static FailureOr<BackwardPlan> planGroup(const KernelGroup &g) {
   // What the kernels write is what may leave the group.
   for (Value v : g.outputs)
     if (!llvm::is_contained({p.dyOut, p.dpostOut, p.dcombOut, p.dxOut,
-                             p.dfnOut, p.dscaleOut, p.dbaseOut, p.dyLowerOut},
+                             p.dfnOut, p.dscaleOut, p.dbaseOut, p.dyLowerOut,
+                             p.dweightOut},
                             v))
       return root->emitOpError()
              << "unsupported backward group: an intermediate value is used "
@@ -160,7 +187,8 @@ struct SharedBuffer {
 } // namespace
 
 /// The shared memory of the rows kernel (RowsPart Whole or Rows) or of the
-/// token kernel (Tokens), per token of a tile: post (rows), the row sums
+/// token kernel (Tokens), per token of a tile: post (rows), pre (rows, with
+/// the pre-norm), the row sums
 /// (but where they go to memory), and for the token pass the parameter
 /// partials and, with tokenLanes, the Sinkhorn matrices. In this order
 /// (emitRowsKernel takes the workgroup attributions in it).
@@ -172,6 +200,8 @@ static SmallVector<SharedBuffer> rowsShared(const BackwardPlan &p,
   SmallVector<SharedBuffer> shared;
   if (part != RowsPart::Tokens)
     shared.push_back({TT * p.n, f32});
+  if (part != RowsPart::Tokens && p.preNorm())
+    shared.push_back({TT * p.n, f32}); // pre, for u in the row walk
   if (part != RowsPart::Rows)
     shared.push_back({TT * p.rowSums(), f32});
   if (tokenPass)
@@ -262,7 +292,11 @@ static GroupSchedule defaultSchedule(const BackwardPlan &p) {
   // pre_backward rows kernel has n + 1 accumulators, not n^2 + 2n + 1:
   // four blocks per SM (<= 64 registers) hide each block's serial token
   // pass better (0.241 -> 0.221 ms at C = 4096, sweep-rows-v10-h200.json).
-  rows.blocksPerSM = p.n > 4 ? 0 : p.kind == "pre_backward" ? 4 : 2;
+  // With the pre-norm the row pass has 2n + 4 more accumulators: two
+  // blocks (<= 128 registers).
+  rows.blocksPerSM = p.n > 4                                     ? 0
+                     : p.kind == "pre_backward" && !p.preNorm() ? 4
+                                                                : 2;
   if (p.kind == "post_backward")
     return {rows};
 
@@ -572,7 +606,7 @@ public:
       buffer[v] = out;
     }
     // Scratch: stand-in values name them in the kernels' argument lists.
-    Value record, paramPartial, dfnPartial, rowSums;
+    Value record, paramPartial, dfnPartial, rowSums, dweightPartial;
     OpBuilder hb(group.root);
     auto index = [&](int64_t v) {
       return arith::ConstantIndexOp::create(hb, loc, v);
@@ -590,6 +624,9 @@ public:
           f32, arith::MulIOp::create(hb, loc, passGrid, index(p.paramWidth())));
       dfnPartial = host.scratchBuffer(
           f32, index(schedule[tokenKernel ? 2 : 1].tokenSplits * M * nC));
+      if (p.preNorm())
+        dweightPartial = host.scratchBuffer(
+            f32, index(schedule[tokenKernel ? 2 : 1].tokenSplits * p.C));
     }
     if (tokenKernel)
       rowSums = perToken(p.storedRowSums());
@@ -633,6 +670,8 @@ public:
       unsigned next = 0;
       if (part != RowsPart::Tokens)
         k.postS = wg[next++];
+      if (part != RowsPart::Tokens && p.preNorm())
+        k.preRowS = wg[next++];
       if (part != RowsPart::Rows)
         k.sumsS = wg[next++];
       if (tokenPass) {
@@ -645,8 +684,9 @@ public:
       k.tile0 = k.mul(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
                       k.ci(sched.tileTokens));
       if (part != RowsPart::Tokens)
-        k.aligned =
-            allAligned(k, p, k.argOf, {p.x, rowsDout, p.y, p.du, p.dyOut});
+        k.aligned = allAligned(k, p, k.argOf,
+                               {p.x, rowsDout, p.y, p.du, p.g, p.normWeight,
+                                p.dyOut});
       k.emitBody();
       gpu::ReturnOp::create(b, loc);
       host.launch(kernel, grid, sched.threads, hostArgs(a));
@@ -654,8 +694,9 @@ public:
     {
       KernelArgs a;
       for (Value v :
-           {p.x, rowsDout, p.y, p.du, p.mix, p.scale, p.base, p.postIn,
-            p.dpostIn, p.dcombIn, p.dyOut, p.dpostOut, p.dcombOut})
+           {p.x, rowsDout, p.y, p.du, p.g, p.normWeight, p.mix, p.scale,
+            p.base, p.postIn, p.dpostIn, p.dcombIn, p.dyOut, p.dpostOut,
+            p.dcombOut})
         a.addValue(v);
       if (tokenKernel) {
         a.add(rowSums, f32);
@@ -679,13 +720,15 @@ public:
       // --- cols -----------------------------------------------------------
       const Schedule &cols = schedule[tokenKernel ? 2 : 1];
       KernelArgs a;
-      for (Value v : {p.x, p.dout, p.du, p.fn})
+      for (Value v : {p.x, p.dout, p.du, p.g, p.normWeight, p.fn})
         a.addValue(v);
       a.add(record, f32);
       a.addValue(p.dxOut);
       a.add(dfnPartial, f32);
       a.addValue(p.postLower);
       a.addValue(p.dyLowerOut);
+      if (dweightPartial)
+        a.add(dweightPartial, f32);
       int64_t CC = cols.chunkColumns;
       auto kernel = createKernel(mb, loc, (kernelName + "_cols").str(),
                                  a.types, sharedTypes(ctx, colsShared(p, cols)),
@@ -696,6 +739,8 @@ public:
       bindArguments(k, kernel, a);
       k.record = k.argOf.lookup(record);
       k.dfnPartial = k.argOf.lookup(dfnPartial);
+      if (dweightPartial)
+        k.dweightPartial = k.argOf.lookup(dweightPartial);
       auto wg = kernel.getWorkgroupAttributions();
       k.recS = wg[0];
       k.xS = wg[1];
@@ -710,7 +755,7 @@ public:
                      k.ci(CC));
       k.split = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
       k.aligned = allAligned(k, p, k.argOf,
-                             {p.x, p.dout, p.du, p.dxOut, p.dyLowerOut});
+                             {p.x, p.dout, p.du, p.g, p.dxOut, p.dyLowerOut});
       k.emitBody();
       gpu::ReturnOp::create(b, loc);
       Value chunks =
@@ -725,6 +770,10 @@ public:
       pa.add(dfnPartial, f32);
       for (Value v : {p.dfnOut, p.dscaleOut, p.dbaseOut})
         pa.addValue(v);
+      if (dweightPartial) {
+        pa.add(dweightPartial, f32);
+        pa.addValue(p.dweightOut);
+      }
       auto pk = createKernel(mb, loc, (kernelName + "_params").str(),
                              pa.types, {sharedOf(ctx, params.threads, f32)},
                              {}, params);
@@ -733,11 +782,15 @@ public:
       auto argAt = [&](unsigned i) { return pk.getArgument(i + 1); };
       emitParamsKernel(kp, p, tokens ? *tokens : rows, cols, params,
                        pk.getArgument(0), argAt(1), argAt(0), argAt(2),
-                       argAt(3), argAt(4), pk.getWorkgroupAttributions()[0]);
+                       argAt(3), argAt(4), pk.getWorkgroupAttributions()[0],
+                       dweightPartial ? argAt(5) : Value(),
+                       dweightPartial ? argAt(6) : Value());
       gpu::ReturnOp::create(pb, loc);
       int64_t dfnBlocks = (M * nC + params.threads - 1) / params.threads;
+      int64_t dweightBlocks =
+          p.preNorm() ? (p.C + params.threads - 1) / params.threads : 0;
       Value grid = arith::ConstantIndexOp::create(
-          hb, loc, dfnBlocks + p.paramWidth());
+          hb, loc, dfnBlocks + dweightBlocks + p.paramWidth());
       host.launch(pk, grid, params.threads, hostArgs(pa));
     }
     host.finish(group.replaced);

@@ -62,6 +62,13 @@ struct BackwardPlan {
   // The dy fold: the lower sublayer's post_res_grad, whose dout is this dx
   // and of which only dy is used (cols: dy = sum_j post[j] dx[j]).
   PostResGradOp lowerPrg;
+  // The sublayer's pre-norm (docs/PreNorm.md): du = rms_norm_grad of u =
+  // pre_apply(x, pre), never in memory. The kernels read the norm's output
+  // cotangent g and its weight instead: rows makes u again and its row sums
+  // give dpre, r and k = r^3 S / C; cols forms du = r weight g - k u per
+  // element; dweight = sum_t g u r is summed like dfn.
+  RmsNormGradOp rng;
+  PreApplyOp paU;
   std::string kind;
 
   int64_t n = 1, C = 0;
@@ -72,18 +79,23 @@ struct BackwardPlan {
   Value postIn;             // post_backward of a lone post_res_grad
   Value postLower, dyLowerOut; // the dy fold (lowerPrg)
   Value dyOut, dpostOut, dcombOut, dxOut, dfnOut, dscaleOut, dbaseOut;
+  Value g, normWeight, dweightOut; // the pre-norm's (rng)
   float postMult = 2.0f, preEps = 1e-6f, sinkEps = 1e-6f, normEps = 1e-6f;
+  float rmsEps = 1e-6f;
   int64_t iterations = 20;
 
   int64_t M() const { return numMixes(n); }
   bool hasTokenPass() const { return static_cast<bool>(smg); }
+  bool preNorm() const { return static_cast<bool>(rng); }
   /// The per-token record written by rows, read by cols:
-  /// [dm (M) | comb (n*n) | pre (n) | 2 dS (1)].
-  int64_t recordWidth() const { return M() + n * n + n + 1; }
+  /// [dm (M) | comb (n*n) | pre (n) | 2 dS (1) | r, k (the pre-norm's)].
+  int64_t recordWidth() const { return M() + n * n + n + 1 + (rng ? 2 : 0); }
   int64_t recDm() const { return 0; }
   int64_t recComb() const { return M(); }
   int64_t recPre() const { return M() + n * n; }
   int64_t recDS() const { return M() + n * n + n; }
+  int64_t recR() const { return recDS() + 1; }
+  int64_t recK() const { return recDS() + 2; }
   /// Per rows block: the partial sums of da (M, for dbase) and of da * mix
   /// per group (3, for dscale).
   int64_t paramWidth() const { return M() + 3; }
@@ -93,7 +105,10 @@ struct BackwardPlan {
   int64_t rowSumDcomb() const { return n; }
   int64_t rowSumDpre() const { return n + n * n; }
   int64_t rowSumSq() const { return 2 * n + n * n; }
-  int64_t rowSums() const { return 2 * n + n * n + 1; }
+  /// With the pre-norm, then its r and k (dpre already through the norm).
+  int64_t rowSumR() const { return rowSumSq() + 1; }
+  int64_t rowSumK() const { return rowSumSq() + 2; }
+  int64_t rowSums() const { return 2 * n + n * n + 1 + (rng ? 2 : 0); }
   /// With a token kernel, the row sums the rows kernel stores per token:
   /// those from `firstStoredRowSum()` on (pre_backward's dpost and dcomb
   /// come from memory, so it stores dpre and sum x^2 alone).
@@ -119,6 +134,7 @@ struct RowsKernelBuilder : KernelBuilder {
   Value rowSumsMem; // Rows / Tokens: T x storedRowSums() f32 scratch
   Value T, tid, tile0;
   Value postS, sumsS, paramS; // shared memory
+  Value preRowS;              // the pre-norm: the tile's pre for the row walk
   Value lineS;                // tokenLanes: the tile's Sinkhorn matrices
   Value denominators;         // private memory of the Sinkhorn walk
 
@@ -134,6 +150,7 @@ struct RowsKernelBuilder : KernelBuilder {
   Value arg(Value v) { return v ? argOf.lookup(v) : Value(); }
   void emitBody();
   void loadPost();
+  void loadPre();
   void emitRowLoop();
   /// Tokens: the tile's row sums from memory into sumsS.
   void loadRowSums();
@@ -166,6 +183,7 @@ struct ColsKernelBuilder : KernelBuilder {
   const Schedule &s;
   DenseMap<Value, Value> argOf;
   Value record, dfnPartial;
+  Value dweightPartial; // the pre-norm's: [splits x C] f32
   Value T, tid, lane, warp, col0, split;
   Value tileIndex; // the token tile being processed
   // Shared memory: the records' comb, pre and 2 dS (f32), the x, dout, du
@@ -245,12 +263,14 @@ struct ColsKernelBuilder : KernelBuilder {
 
 /// Params kernel body (BackwardParams.cpp). `partials`: the schedule of the
 /// kernel whose blocks wrote paramPartial (rows, or tokens when the token
-/// pass is a kernel of its own); `reduceS`: [threads] f32 of shared memory.
+/// pass is a kernel of its own); `reduceS`: [threads] f32 of shared memory;
+/// with the pre-norm, dweight from the cols kernel's [splits x C] partials.
 void emitParamsKernel(KernelBuilder &k, const BackwardPlan &p,
                       const Schedule &partials, const Schedule &cols,
                       const Schedule &params, Value T, Value dfnPartial,
                       Value paramPartial, Value dfn, Value dscale, Value dbase,
-                      Value reduceS);
+                      Value reduceS, Value dweightPartial = {},
+                      Value dweight = {});
 
 } // namespace mlir::mhc::gpu_kernels
 

@@ -58,20 +58,46 @@ void RowsKernelBuilder::loadPost() {
   barrier();
 }
 
+void RowsKernelBuilder::loadPre() {
+  // pre[t][i] = sigmoid(mix[i] * scale[0] + base[i]) + pre_eps, as
+  // split_mixes computes it: the row walk makes u = sum_i pre[i] x[i] again
+  // for the pre-norm's gradient (docs/PreNorm.md).
+  int64_t n = p.n, M = p.M();
+  Value scalePre = ld(arg(p.scale), ci(0));
+  emitIf(ult(tid, s.tileTokens), [&]() {
+    Value token = add(tile0, tid);
+    Value ok = ult(token, T);
+    for (int64_t i = 0; i < n; ++i) {
+      Value v = f32OrZero(ok, [&]() {
+        Value m = ld(arg(p.mix), add(mul(token, ci(M)), ci(i)));
+        Value a = fadd(fmul(m, scalePre), ld(arg(p.base), ci(i)));
+        return fadd(sigmoid(a), cf(p.preEps));
+      });
+      st(v, preRowS, add(mul(tid, ci(n)), ci(i)));
+    }
+  });
+  barrier();
+}
+
 void RowsKernelBuilder::emitRowLoop() {
   int64_t n = p.n, C = p.C, CC = s.chunkColumns, vec = acts.vec;
   int64_t NVC = CC / vec;
   // post_res_grad's sums need y (not in pre_backward, which gets them).
-  bool post = static_cast<bool>(p.y), pre = static_cast<bool>(p.du);
+  bool post = static_cast<bool>(p.y);
+  bool preNorm = p.preNorm(); // du = rms_norm_grad(u, weight, g), u again
+  bool pre = static_cast<bool>(p.du) || preNorm;
   bool norm = static_cast<bool>(p.npg);
   Value t = div(tid, NVC);
   Value token = add(tile0, t);
   Value ok = ult(token, T);
   Value colInChunk = mul(rem(tid, NVC), ci(vec));
-  SmallVector<Value> postOf;
+  SmallVector<Value> postOf, preOf;
   if (post)
     for (int64_t j = 0; j < n; ++j)
       postOf.push_back(ld(postS, add(mul(t, ci(n)), ci(j))));
+  if (preNorm)
+    for (int64_t i = 0; i < n; ++i)
+      preOf.push_back(ld(preRowS, add(mul(t, ci(n)), ci(i))));
 
   // The accumulators, in rowSum order, of the sums this group needs.
   SmallVector<int64_t> slots;
@@ -83,7 +109,11 @@ void RowsKernelBuilder::emitRowLoop() {
       slots.push_back(p.rowSumDpre() + i);
   if (norm)
     slots.push_back(p.rowSumSq());
-  SmallVector<Value> inits(slots.size(), cf(0.0));
+  // The pre-norm's sums besides (dpre's slots then hold sum_c w g x_i):
+  // B_i = sum_c u x_i, S = sum_c w g u, sum u^2 and sum (2^-96 u)^2.
+  int64_t normB = slots.size(), normS = normB + n, normU2 = normS + 1,
+          normU2s = normS + 2;
+  SmallVector<Value> inits(slots.size() + (preNorm ? n + 3 : 0), cf(0.0));
   auto slotOf = [&](int64_t rowSum) {
     return llvm::find(slots, rowSum) - slots.begin();
   };
@@ -113,8 +143,13 @@ void RowsKernelBuilder::emitRowLoop() {
                   load(arg(p.dout), mul(add(rowBase, ci(j)), ci(C)), c));
             yRaw = load(arg(p.y), mul(token, ci(C)), c);
           }
-          if (pre)
+          Value wRaw;
+          if (preNorm) {
+            duRaw = load(arg(p.g), mul(token, ci(C)), c); // g, the norm's dout
+            wRaw = load(arg(p.normWeight), ci(0), c);
+          } else if (pre) {
             duRaw = load(arg(p.du), mul(token, ci(C)), c);
+          }
 
           SmallVector<SmallVector<Value>> X, D;
           for (Value v : xs)
@@ -142,12 +177,35 @@ void RowsKernelBuilder::emitRowLoop() {
                 acc[q] = dot(*this, X[i], D[j], acc[q]);
               }
           }
-          if (pre) {
+          if (pre && !preNorm) {
             SmallVector<Value> U = lanes(*this, duRaw);
             for (int64_t i = 0; i < n; ++i) {
               int64_t q = slotOf(p.rowSumDpre() + i);
               acc[q] = dot(*this, U, X[i], acc[q]);
             }
+          }
+          if (preNorm) {
+            // wg = weight * g; u as the forward stored it (the same fma
+            // chain over the streams, one rounding).
+            SmallVector<Value> G = lanes(*this, duRaw), Wt = lanes(*this, wRaw);
+            SmallVector<Value> WG, Ub, Us;
+            Value scale = cf(0x1p-96);
+            for (int64_t e = 0; e < vec; ++e) {
+              WG.push_back(fmul(Wt[e], G[e]));
+              Value v = fmul(preOf[0], X[0][e]);
+              for (int64_t i = 1; i < n; ++i)
+                v = fma(preOf[i], X[i][e], v);
+              Ub.push_back(toF32(toAct(v, acts.act)));
+              Us.push_back(fmul(Ub.back(), scale));
+            }
+            for (int64_t i = 0; i < n; ++i) {
+              int64_t q = slotOf(p.rowSumDpre() + i);
+              acc[q] = dot(*this, WG, X[i], acc[q]);
+              acc[normB + i] = dot(*this, Ub, X[i], acc[normB + i]);
+            }
+            acc[normS] = dot(*this, WG, Ub, acc[normS]);
+            acc[normU2] = dot(*this, Ub, Ub, acc[normU2]);
+            acc[normU2s] = dot(*this, Us, Us, acc[normU2s]);
           }
           if (norm) {
             int64_t q = slotOf(p.rowSumSq());
@@ -171,6 +229,26 @@ void RowsKernelBuilder::emitRowLoop() {
   SmallVector<Value> reduced;
   for (Value v : sums)
     reduced.push_back(warpSum(v, NVC));
+  if (preNorm) {
+    // r = rsqrt(sum u^2 / C + eps), overflow-free as the forward's; k =
+    // r^3 S / C; dpre_i = sum_c du x_i = r sum_c w g x_i - k sum_c u x_i.
+    Value u2 = reduced[normU2], u2s = reduced[normU2s];
+    Value plain = math::RsqrtOp::create(
+        b, loc, fadd(fdiv(u2, cf(double(C))), cf(p.rmsEps)));
+    Value rescued = fmul(cf(0x1p-96), math::RsqrtOp::create(
+                                          b, loc, fdiv(u2s, cf(double(C)))));
+    Value r = select(sumOfSquaresOverflowed(u2), rescued, plain);
+    Value k = fdiv(fmul(fmul(fmul(r, r), r), reduced[normS]), cf(double(C)));
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t q = slotOf(p.rowSumDpre() + i);
+      reduced[q] = fsub(fmul(r, reduced[q]), fmul(k, reduced[normB + i]));
+    }
+    reduced.resize(slots.size());
+    slots.push_back(p.rowSumR());
+    reduced.push_back(r);
+    slots.push_back(p.rowSumK());
+    reduced.push_back(k);
+  }
   if (part == RowsPart::Rows) { // for the token kernel
     int64_t W = p.storedRowSums(), firstSum = p.firstStoredRowSum();
     emitIf(band(first, ok), [&]() {
@@ -223,6 +301,8 @@ void RowsKernelBuilder::emitBody() {
   }
   if (p.y)
     loadPost();
+  if (p.preNorm())
+    loadPre();
   emitRowLoop();
   if (part == RowsPart::Rows)
     return;

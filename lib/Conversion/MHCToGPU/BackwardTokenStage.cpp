@@ -345,4 +345,8 @@ void RowsKernelBuilder::emitTokenTail(Value t, Value token,
   Value dS2 =
       fdiv(arith::NegFOp::create(b, loc, mixDotR2), cf(double(K)));
   st(dS2, record, add(rec, ci(p.recDS())));
+  if (p.preNorm()) { // the pre-norm's r and k, for the cols kernel's du
+    st(rowSum(p.rowSumR()), record, add(rec, ci(p.recR())));
+    st(rowSum(p.rowSumK()), record, add(rec, ci(p.recK())));
+  }
 }
