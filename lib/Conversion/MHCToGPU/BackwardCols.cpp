@@ -441,8 +441,12 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
             u = i ? fma(pi, xi, u) : fmul(pi, xi);
           }
           u = toF32(toAct(u, VectorType::get({2}, acts.act)));
-          Value r = splat(rec(t, ci(p.recR())), vecF32Of(2));
-          Value k = splat(rec(t, ci(p.recK())), vecF32Of(2));
+          // r and k sit past the record's vectors: scalar loads.
+          auto scalarRec = [&](int64_t col) {
+            return ld(recS, add(mul(t, ci(recPitch(p))), ci(col - M)));
+          };
+          Value r = splat(scalarRec(p.recR()), vecF32Of(2));
+          Value k = splat(scalarRec(p.recK()), vecF32Of(2));
           Value g = du;
           du = fsub(fmul(r, fmul(weight, g)), fmul(k, u));
           Value &dw = dfnAcc[dfnAccs + gi];
