@@ -232,12 +232,7 @@ void RowsKernelBuilder::emitRowLoop() {
   if (preNorm) {
     // r = rsqrt(sum u^2 / C + eps), overflow-free as the forward's; k =
     // r^3 S / C; dpre_i = sum_c du x_i = r sum_c w g x_i - k sum_c u x_i.
-    Value u2 = reduced[normU2], u2s = reduced[normU2s];
-    Value plain = math::RsqrtOp::create(
-        b, loc, fadd(fdiv(u2, cf(double(C))), cf(p.rmsEps)));
-    Value rescued = fmul(cf(0x1p-96), math::RsqrtOp::create(
-                                          b, loc, fdiv(u2s, cf(double(C)))));
-    Value r = select(sumOfSquaresOverflowed(u2), rescued, plain);
+    Value r = normFactorOfSums(reduced[normU2], reduced[normU2s], C, p.rmsEps);
     Value k = fdiv(fmul(fmul(fmul(r, r), r), reduced[normS]), cf(double(C)));
     for (int64_t i = 0; i < n; ++i) {
       int64_t q = slotOf(p.rowSumDpre() + i);

@@ -99,16 +99,17 @@ const KernelFamily *gpu_kernels::findKernelFamily(const KernelGroup &group) {
                "holds no op to compute: a kernel group needs at least one "
                "mhc op"),
            nullptr;
-  // The pre-norm's gradient has a CPU lowering only so far
-  // (docs/PreNorm.md): say so, alone or in a group, rather than "cannot".
-  for (Operation *op : group.members)
-    if (isa<RmsNormGradOp>(op))
-      return op->emitOpError("has no GPU kernel yet (the CPU path, "
-                             "--mhc-cpu-pipeline, computes it)"),
-             nullptr;
   for (const KernelFamily *family : kernelFamilies())
     if (family->accepts(group))
       return family;
+  // The pre-norm's gradient has GPU kernels only inside a sublayer's
+  // (pre_)backward group (docs/PreNorm.md): say so rather than "cannot".
+  for (Operation *op : group.members)
+    if (isa<RmsNormGradOp>(op))
+      return op->emitOpError("has no GPU kernel outside a (pre_)backward "
+                             "group (the CPU path, --mhc-cpu-pipeline, "
+                             "computes it)"),
+             nullptr;
   for (Operation *op : group.members)
     if (!llvm::any_of(kernelFamilies(), [&](const KernelFamily *f) {
           KernelGroup alone = KernelGroup::collect(op);

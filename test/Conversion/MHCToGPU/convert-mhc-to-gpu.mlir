@@ -302,6 +302,31 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // BWD:       vector.store %{{.*}}, %arg9[%{{.*}}] {alignment = 16 : i64} : memref<?xbf16>, vector<8xbf16>
 // BWD:     gpu.func @mhc_pre_backward_4_cols({{.*}}, %arg8: memref<?xf32>, %arg9: memref<?xbf16>)
 
+// The pre-norm's gradient in the pre_backward group (docs/PreNorm.md): rows
+// reads g and the norm's weight instead of du, makes u again from x and pre
+// (a second shared per-token buffer) and forms r with the overflow-free
+// factor; cols adds dweight partials per token split (its last argument);
+// params sums them after dfn's blocks (24 + 1 + 27 = 52 blocks; 51 without).
+// RUN: mhc-opt %S/../../Transforms/Inputs/prenorm-backward-sublayer.mlir --mhc-fuse --convert-mhc-to-gpu | FileCheck %s --check-prefix=PNB
+// PNB-LABEL: func.func @prenorm_backward
+// PNB:     gpu.launch_func  @mhc_kernels::@mhc_post_backward_0_rows
+// PNB:     call @attn_vjp
+// PNB:     gpu.launch_func  @mhc_kernels::@mhc_pre_backward_1_rows
+// PNB:     gpu.launch_func  @mhc_kernels::@mhc_pre_backward_1_tokens
+// PNB:     gpu.launch_func  @mhc_kernels::@mhc_pre_backward_1_cols {{.*}} %[[DWP:.*]] : memref<?xf32>)
+// PNB:     gpu.launch_func  @mhc_kernels::@mhc_pre_backward_1_params blocks in (%c52{{.*}} %[[DWP]] : memref<?xf32>, %{{.*}} : memref<?xbf16>)
+// PNB:     gpu.func @mhc_pre_backward_1_rows(%arg0: index, %arg1: memref<?xbf16>, %arg2: memref<?xbf16>, %arg3: memref<?xbf16>, {{.*}} workgroup(%arg10 : memref<64xf32, {{.*}}, %arg11 : memref<64xf32,
+// PNB:       memref.load %arg3
+// PNB:       %[[PLAIN:.*]] = math.rsqrt
+// PNB-NEXT:  %[[TINY:.*]] = arith.constant 1.26217745E-29 : f32
+// PNB:       %[[RESCUED:.*]] = math.rsqrt
+// PNB-NEXT:  %[[SCALED:.*]] = arith.mulf %[[TINY]], %[[RESCUED]] : f32
+// PNB:       %[[INF:.*]] = arith.cmpf oeq
+// PNB-NEXT:  arith.select %[[INF]], %[[SCALED]], %[[PLAIN]] : f32
+// PNB:     gpu.func @mhc_pre_backward_1_tokens
+// PNB:     gpu.func @mhc_pre_backward_1_cols({{.*}}, %arg9: memref<?xf32>)
+// PNB:     gpu.func @mhc_pre_backward_1_params({{.*}}, %arg6: memref<?xf32>, %arg7: memref<?xbf16>)
+
 // -----
 
 // rms_norm alone (docs/PreNorm.md): one warp a token row (the 8 warps of a

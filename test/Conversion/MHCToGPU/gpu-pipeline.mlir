@@ -18,6 +18,17 @@
 // row sums reduced by shuffles, the cols kernel's products on the tensor
 // cores.
 // RUN: mhc-opt %S/../../Transforms/Inputs/backward-sublayer.mlir --mhc-gpu-pipeline="format=isa" | FileCheck %s --check-prefix=BWD
+// The pre-norm's gradient in the pre_backward group compiles: the rows kernel's
+// 16-byte loads, its sums' shuffles and factor r, the cols kernel's tensor-core products.
+// RUN: mhc-opt %S/../../Transforms/Inputs/prenorm-backward-sublayer.mlir --mhc-gpu-pipeline="format=isa" | FileCheck %s --check-prefix=PNB
+// PNB: .visible .entry mhc_pre_backward_1_rows(
+// PNB: ld.global.v4.b32
+// PNB: shfl.sync.bfly
+// PNB: rsqrt.approx
+// PNB: .visible .entry mhc_pre_backward_1_tokens(
+// PNB: .visible .entry mhc_pre_backward_1_cols(
+// PNB: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
+// PNB: .visible .entry mhc_pre_backward_1_params(
 // A whole-model backward (two chained sublayers): with the dy fold the upper
 // sublayer runs post_backward + pre_backward (its cols kernel also writing the
 // lower one's dy, from post made by a split_mixes kernel), the lower sublayer

@@ -12,6 +12,7 @@ rms_norm_grad giving pre_apply_grad's du):
     "backward" group (g, the norm's output cotangent, given: no sublayer between);
   * @pre_side(x, fn, scale, base, mix, g, w, dpost, dcomb, dxn) -> (dx, dfn, dscale, dbase,
     dweight): the "pre_backward" group after a sublayer's VJP (dpost, dcomb from post_backward);
+and @pre_side_plain, the same group without the norm (du given; the timing's baseline);
 compiles it (kernels.cubin) and records each function's launches (mhc.torch.kernel_build's
 reading of the host IR: kernels, grids, buffers, scratch) in launches.json.
 
@@ -19,7 +20,8 @@ reading of the host IR: kernels, grids, buffers, scratch) in launches.json.
 saves it) at T = 0, 1, 1000, 16384 (outputs poisoned with NaN) and compares every gradient with
 torch.autograd in float64: relative error ||out - ref|| / ||ref|| <= 1e-2 for bf16 activation
 gradients, 5e-4 for f32 ones and for the parameter gradients (dfn, dscale, dbase; dweight has
-the weight's type). A control re-checks against a reference with another g: it must fail.
+the weight's type). A control re-checks against a reference with another g: it must fail. With --time it also
+times pre_side against pre_side_plain + the norm's backward compiled by torch.compile.
 """
 import argparse, json, os, subprocess, sys
 
@@ -46,6 +48,8 @@ def module(n, C, dt):
   %dxc, %dfn = mhc.norm_project_grad %x, %fn, %dmix : {X}, {F}, {MX}
   %dxab = arith.addf %dxa, %dxb : {X}
   %dx = arith.addf %dxab, %dxc : {X}"""
+    # The baseline of the timing: the same group without the norm (du given).
+    plain = "\n" + norm.split("\n", 3)[3]
     saved = '{mhc.saved = "mix"}'
     return f"""
 func.func @whole(%x: {X}, %y: {H}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved}, %g: {H},
@@ -61,13 +65,25 @@ func.func @pre_side(%x: {X}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {save
   %dy_, %dxa, %dpost_, %dcomb_ = mhc.post_res_grad %y, %x, %post, %comb, %dxn : {H}, {X}, {P}, {Q}, {X}{norm}
   return %dx, %dfn, %dscale, %dbase, %dw : {X}, {F}, {S}, {B}, {W}
 }}
+func.func @pre_side_plain(%x: {X}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved}, %du: {H},
+                          %dpost: {P}, %dcomb: {Q}, %dxn: {X}) -> ({X}, {F}, {S}, {B}) {{{head}
+  %c0 = arith.constant 0 : index
+  %T = tensor.dim %x, %c0 : {X}
+  %y = tensor.empty(%T) : {H}
+  %dy_, %dxa, %dpost_, %dcomb_ = mhc.post_res_grad %y, %x, %post, %comb, %dxn : {H}, {X}, {P}, {Q}, {X}{plain}
+  return %dx, %dfn, %dscale, %dbase : {X}, {F}, {S}, {B}
+}}
 """
 
 
 ARGS = {"whole": (("x", "y", "fn", "scale", "base", "mix", "g", "w", "dxn"),
                   ("dx", "dy", "dfn", "dscale", "dbase", "dweight")),
         "pre_side": (("x", "fn", "scale", "base", "mix", "g", "w", "dpost", "dcomb", "dxn"),
-                     ("dx", "dfn", "dscale", "dbase", "dweight"))}
+                     ("dx", "dfn", "dscale", "dbase", "dweight")),
+        "pre_side_plain": (("x", "fn", "scale", "base", "mix", "du", "dpost", "dcomb", "dxn"),
+                           ("dx", "dfn", "dscale", "dbase"))}
+CHECKED = ("whole", "pre_side")
+TIMED = (4, 4096, "bf16")
 
 
 def build(a):
@@ -124,8 +140,8 @@ def run(a):
             xv = v["x"].double().reshape(T, n * C)
             r0 = torch.rsqrt((xv * xv).sum(-1, keepdim=True) / (n * C) + EPS)
             v["mix"] = ((xv @ v["fn"].double().t()) * r0).float().contiguous()
-            for fname, (argn, resn) in ARGS.items():
-                spec = cfg["ops"][fname]
+            for fname in CHECKED:
+                resn, spec = ARGS[fname][1], cfg["ops"][fname]
                 shapes = dict(dx=(T, n, C), dy=(T, C), dfn=(M, n * C), dscale=(3,), dbase=(M,),
                               dweight=(C,))
                 res = {r: torch.full(shapes[r], float("nan"), device="cuda",
@@ -133,22 +149,7 @@ def run(a):
                        for r in resn}
                 bufs = dict(v)
                 bufs.update(res)
-                for sname, s in spec.get("scratch", {}).items():
-                    size = 1
-                    for f in s["shape"]:
-                        size *= T if f == "T" else (max((T + int(f.split(":")[1]) - 1) // int(f.split(":")[1]), 1)
-                                                    if isinstance(f, str) else f)
-                    bufs[sname] = torch.empty(max(size, 1), device="cuda", dtype=torch.float32)
-                for launch in spec["launches"]:
-                    fn = mod.get_function(launch["kernel"])
-                    args = [np.int64(T)]
-                    for b in launch["buffers"]:
-                        t = bufs[b].contiguous()
-                        p = np.uint64(t.data_ptr())
-                        args += [p, p, np.int64(0), np.int64(t.numel()), np.int64(1)]
-                    gx = launch["grid"]
-                    gridx = gx["x"] if "x" in gx else max((T + gx["tokens_per_block"] - 1) // gx["tokens_per_block"], 1)
-                    fn((gridx, gx.get("y", 1), gx.get("z", 1)), tuple(launch["block"]), tuple(args))
+                launcher(mod, spec, bufs, T, np, torch)()
                 torch.cuda.synchronize()
                 ref = reference(v, n, C, fname, torch)
                 checks = {}
@@ -170,10 +171,90 @@ def run(a):
                           f"{'rejected, OK' if ok else 'NOT rejected: FAIL'}", flush=True)
                 out["checks"].append(dict(config=name, fn=fname, T=T, results=checks))
                 json.dump(out, open(a.json, "w"), indent=1)
+        if a.time and (n, C, dt) == TIMED:
+            out["timing"] = timing(mod, cfg, v, n, C, d, np, torch)
+            print(json.dumps(out["timing"], indent=1), flush=True)
     out["failures"] = failures
     json.dump(out, open(a.json, "w"), indent=1)
     print(f"failures: {failures}")
     return 1 if failures else 0
+
+
+def launcher(mod, spec, bufs, T, np, torch):
+    """A function that launches one recorded function's kernels on bufs (scratch allocated here,
+    arguments marshalled once)."""
+    bufs = dict(bufs)
+    for sname, s in spec.get("scratch", {}).items():
+        size = 1
+        for f in s["shape"]:
+            size *= T if f == "T" else (max((T + int(f.split(":")[1]) - 1) // int(f.split(":")[1]), 1)
+                                        if isinstance(f, str) else f)
+        bufs[sname] = torch.empty(max(size, 1), device="cuda", dtype=torch.float32)
+    calls = []
+    for launch in spec["launches"]:
+        args = [np.int64(T)]
+        for b in launch["buffers"]:
+            t = bufs[b]
+            assert t.is_contiguous()
+            p = np.uint64(t.data_ptr())
+            args += [p, p, np.int64(0), np.int64(t.numel()), np.int64(1)]
+        gx = launch["grid"]
+        gridx = gx["x"] if "x" in gx else max((T + gx["tokens_per_block"] - 1) // gx["tokens_per_block"], 1)
+        calls.append((mod.get_function(launch["kernel"]), (gridx, gx.get("y", 1), gx.get("z", 1)),
+                      tuple(launch["block"]), tuple(args)))
+    keep = bufs   # the launches hold raw pointers: keep the tensors alive with the closure
+
+    def go():
+        assert keep
+        for fn, grid, block, args in calls:
+            fn(grid, block, args)
+    return go
+
+
+def timing(mod, cfg, v, n, C, d, np, torch):
+    """pre_side (the pre_backward group with the norm's gradient) against pre_side_plain (the
+    group without it, du given) + the norm's backward as torch.compile makes it from its math
+    (what the plain path of a block pays), at the T of v. Median of 7 reps of 20 calls each,
+    CUDA events, after a warm-up."""
+    T = v["x"].shape[0]
+    M = n * n + 2 * n
+    f32 = dict(device="cuda", dtype=torch.float32)
+    res = dict(dx=torch.empty(T, n, C, device="cuda", dtype=d), dfn=torch.empty(M, n * C, **f32),
+               dscale=torch.empty(3, **f32), dbase=torch.empty(M, **f32),
+               dweight=torch.empty(C, device="cuda", dtype=d))
+    u = torch.einsum("ti,tic->tc", torch.rand(T, n, device="cuda"), v["x"].float()).to(d)
+    fused = launcher(mod, cfg["ops"]["pre_side"], dict(v, **res), T, np, torch)
+    plain = launcher(mod, cfg["ops"]["pre_side_plain"], dict(v, du=v["g"], **res), T, np, torch)
+
+    def norm_backward(u, w, g):
+        uf, wf, gf = u.float(), w.float(), g.float()
+        r = torch.rsqrt((uf * uf).mean(-1, keepdim=True) + RMS_EPS)
+        wg = wf * gf
+        k = r * r * r * (wg * uf).sum(-1, keepdim=True) / C
+        return (r * wg - k * uf).to(u.dtype), (gf * uf * r).sum(0).to(w.dtype)
+    norm_c = torch.compile(norm_backward)
+
+    def timed(f):
+        for _ in range(3):
+            f()
+        torch.cuda.synchronize()
+        ms = []
+        for _ in range(7):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            for _ in range(20):
+                f()
+            b.record()
+            b.synchronize()
+            ms.append(a.elapsed_time(b) / 20)
+        return sorted(ms)[3]
+    t = dict(T=T, n=n, C=C, dtype=str(d))
+    t["fused_ms"] = timed(fused)
+    t["plain_group_ms"] = timed(plain)
+    t["compiled_norm_backward_ms"] = timed(lambda: norm_c(u, v["w"], v["g"]))
+    t["plain_plus_norm_ms"] = timed(lambda: (norm_c(u, v["w"], v["g"]), plain()))
+    t["saved_ms"] = t["plain_plus_norm_ms"] - t["fused_ms"]
+    return t
 
 
 def reference(v, n, C, fname, torch):
@@ -224,6 +305,8 @@ def main():
     r = sub.add_parser("run")
     r.add_argument("--dir", required=True)
     r.add_argument("--json", required=True)
+    r.add_argument("--time", action="store_true",
+                   help=f"also time pre_side against pre_side_plain + a compiled norm backward at {TIMED}, T = 16384")
     a = ap.parse_args()
     return build(a) if a.cmd == "build" else run(a)
 
