@@ -595,3 +595,26 @@ def test_backward_sinkhorn_walk_by_lanes(n, lanes, C, walker):
         assert int(size) == steps * (1 if lanes else n), name
     assert ("nvvm.bar.warp.sync" in gpu) == lanes
     assert bool(re.search(r"gpu\.func @\w+_tokens\(", gpu)) == (walker == "tokens")
+
+
+def test_norm_set_from_the_real_pipeline(tmp_path):
+    """build_cache --norm-eps adds the *_norm ops (the sublayer's pre-norm fused in) to a set: each
+    compiled by mhc-opt, its manifest entry reading the weight and writing dweight where the op
+    has them, the forward ones again for few tokens. A key without norm_eps has none of them."""
+    assert Path(compiler.mhc_opt()).exists(), "mhc-opt is not built: run scripts/build.sh"
+    from mhc.torch import kernel_build
+    assert "_norm(" not in kernel_build.module_text(KernelKey(n=2, C=64, dtype="bf16"))
+    out = tmp_path / "cache"
+    assert build_cache.main(["--n", "2", "--C", "64", "--dtype", "bf16", "--norm-eps", "1e-5",
+                             "--out", str(out), "--runtime", str(mock_library())]) == 0
+    key = KernelKey(n=2, C=64, dtype="bf16", norm_eps=1e-5)
+    assert key.folder_name().endswith("-rms1e-05")
+    ops = kernels.load_manifest(key.folder(out), key)["ops"]
+    assert set(kernels.NORM_OPS) <= set(ops)
+    for op in kernels.NORM_OPS:
+        read = {b for launch in ops[op]["launches"] for b in launch["buffers"]}
+        args, results = kernels.OP_BUFFERS[op]
+        assert set(args + results) <= read, (op, set(args + results) - read)
+        assert ("few_tokens" in ops[op]) == (op in ("hc_pre_norm", "hc_pre_mixed_norm"))
+    with pytest.raises(ValueError, match="norm_eps must be finite and > 0"):
+        KernelKey(n=2, C=64, dtype="bf16", norm_eps=0.0)

@@ -10,6 +10,7 @@ set ``MHC_CACHE=DIR``; loading needs neither mhc-opt nor MLIR.
 
     python -m mhc.torch.build_cache --check DIR      # validate every manifest in DIR, list the keys
     python -m mhc.torch.build_cache --forward-only ...   # hc_pre + hc_post only (inference)
+    python -m mhc.torch.build_cache --norm-eps 1e-6 ...  # also the *_norm ops (a fused pre-norm)
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ from . import kernels
 
 
 def build_all(out: Path, ns, Cs, dtypes, chip, iterations, eps, pre_eps, post_mult,
-              runtime: Path | None = None, forward_only: bool = False) -> list[Path]:
+              runtime: Path | None = None, forward_only: bool = False,
+              norm_eps: float | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     folders = []
     for n in ns:
         for C in Cs:
             for dtype in dtypes:
                 key = kernels.KernelKey(n=n, C=C, dtype=dtype, chip=chip, iterations=iterations,
-                                        eps=eps, pre_eps=pre_eps, post_mult=post_mult)
+                                        eps=eps, pre_eps=pre_eps, post_mult=post_mult,
+                                        norm_eps=norm_eps)
                 compile_fn = None
                 if forward_only:
                     from .kernel_build import compile_forward_kernels as compile_fn
@@ -74,6 +77,10 @@ def main(argv=None) -> int:
     p.add_argument("--forward-only", action="store_true",
                    help="hc_pre + hc_post only (mhc.torch.kernel_build), "
                         "no compiler hook needed; for inference and checks")
+    p.add_argument("--norm-eps", type=float,
+                   help="also compile the *_norm ops: the sublayer's RMSNorm with this eps fused "
+                        "into the kernels (HyperConnection(..., norm=nn.RMSNorm(C, eps=...)); "
+                        "docs/PreNorm.md)")
     p.add_argument("--runtime", type=Path, help="libmhc_runtime.so to copy (default: the build's)")
     p.add_argument("--out", type=Path, help="cache folder to build into")
     p.add_argument("--check", type=Path, help="validate this cache folder instead of building")
@@ -84,7 +91,8 @@ def main(argv=None) -> int:
         if not (args.out and args.n and args.C):
             p.error("--out, --n and --C are required to build")
         build_all(args.out, args.n, args.C, args.dtype or ["bf16"], args.chip, args.iterations,
-                  args.eps, args.pre_eps, args.post_mult, args.runtime, args.forward_only)
+                  args.eps, args.pre_eps, args.post_mult, args.runtime, args.forward_only,
+                  args.norm_eps)
     except (kernels.KernelsMissing, kernels.ManifestError, ValueError, compiler.CompileError) as e:
         print(f"build_cache: error: {e}", file=sys.stderr)
         return 1

@@ -45,7 +45,8 @@ from pathlib import Path
 from . import kernels
 
 _TYPES = {"bf16": "bf16", "f16": "f16", "f32": "f32"}
-FORWARD_OPS = ("hc_pre", "hc_post", "hc_pre_mixed", "hc_post_project", "hc_steady_forward")
+FORWARD_OPS = ("hc_pre", "hc_post", "hc_pre_mixed", "hc_post_project", "hc_steady_forward",
+               "hc_pre_norm", "hc_pre_mixed_norm")
 FEW_TOKENS = 4096      # the compiler's threshold for 16-token tiles (ForwardKernel.cpp, kFewTokens)
 _FEW = "__few_tokens"
 
@@ -168,7 +169,61 @@ func.func @hc_steady_forward(%x: {X}, %mix: {MX}, %scale: {S}, %base: {B}, %y: {
   return %u, %xn, %mix2 : {H}, {X}, {MX}
 }}
 """
+    if key.norm_eps is not None:
+        text += _norm_ops(key, X, H, P, Q, F, MX, S, B, split, sinkhorn, tail, lower, pre_side, whole)
     return _with_few_token_variants(text)
+
+
+def _norm_ops(key, X, H, P, Q, F, MX, S, B, split, sinkhorn, tail, lower, pre_side, whole) -> str:
+    """The *_norm ops (docs/PreNorm.md): the sublayer's pre-norm o = rms_norm(u, weight) in the pre
+    kernel, and in the backward groups its gradient from o's cotangent g, u made again from x and
+    the recomputed pre (as --mhc-generate-backward writes it under save=mixes)."""
+    W = f"tensor<{key.C}x{_TYPES[key.dtype]}>"
+    rms = f"<{{eps = {float(key.norm_eps):.9e} : f32}}>"
+    norm = f"""
+  %o = "mhc.rms_norm"(%u, %w) {rms} : ({H}, {W}) -> {H}"""
+    grad = f"""
+  %u = "mhc.pre_apply"(%x, %pre) : ({X}, {P}) -> {H}
+  %du, %dw = "mhc.rms_norm_grad"(%u, %w, %g) {rms} : ({H}, {W}, {H}) -> ({H}, {W})"""
+    # The lower sublayer's post_res_grad takes a stand-in y of [T, C]: g (du is made in the group).
+    lower_g = lower.replace('"mhc.post_res_grad"(%du,', '"mhc.post_res_grad"(%g,')
+    pre_side_g = pre_side.replace(tail, grad + tail)
+    whole_g = whole.replace(tail, grad + tail)
+    grads = f"%dx, %dfn, %dscale, %dbase, %dw : {X}, {F}, {S}, {B}, {W}"
+    grads_lower = f"%dx, %dfn, %dscale, %dbase, %dw, %dy_lower : {X}, {F}, {S}, {B}, {W}, {H}"
+    saved = '{mhc.saved = "mix"}'
+    project = f'"mhc.norm_project"(%x, %fn) <{{eps = {float(key.eps):.9e} : f32}}>'
+    return f"""
+func.func @hc_pre_norm(%x: {X}, %fn: {F}, %scale: {S}, %base: {B}, %w: {W}) -> ({H}, {P}, {Q}, {MX}) {{
+  %mix = {project} : ({X}, {F}) -> {MX}
+  %pre, %post, %l = {split}
+  %comb = {sinkhorn}
+  %u = "mhc.pre_apply"(%x, %pre) : ({X}, {P}) -> {H}{norm}
+  return %o, %post, %comb, %mix : {H}, {P}, {Q}, {MX}
+}}
+func.func @hc_pre_mixed_norm(%x: {X}, %mix: {MX}, %scale: {S}, %base: {B}, %w: {W}) -> ({H}, {P}, {Q}) {{
+  %pre, %post, %l = {split}
+  %comb = {sinkhorn}
+  %u = "mhc.pre_apply"(%x, %pre) : ({X}, {P}) -> {H}{norm}
+  return %o, %post, %comb : {H}, {P}, {Q}
+}}
+func.func @hc_pre_backward_norm(%x: {X}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved}, %w: {W},
+                                %g: {H}, %dpost: {P}, %dcomb: {Q}, %dxn: {X}) -> ({X}, {F}, {S}, {B}, {W}) {{{pre_side_g}
+  return {grads}
+}}
+func.func @hc_pre_backward_lower_norm(%x: {X}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved}, %w: {W},
+                                      %g: {H}, %dpost: {P}, %dcomb: {Q}, %dxn: {X}, %post_lower: {P}) -> ({X}, {F}, {S}, {B}, {W}, {H}) {{{pre_side_g}{lower_g}
+  return {grads_lower}
+}}
+func.func @hc_joint_backward_norm(%x: {X}, %y: {H}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved},
+                                  %w: {W}, %g: {H}, %dxn: {X}) -> ({X}, {F}, {S}, {B}, {W}) {{{whole_g}
+  return {grads}
+}}
+func.func @hc_joint_backward_lower_norm(%x: {X}, %y: {H}, %fn: {F}, %scale: {S}, %base: {B}, %mix: {MX} {saved},
+                                        %w: {W}, %g: {H}, %dxn: {X}, %post_lower: {P}) -> ({X}, {F}, {S}, {B}, {W}, {H}) {{{whole_g}{lower_g}
+  return {grads_lower}
+}}
+"""
 
 
 _DEF = re.compile(r"^\s*(%[\w.]+)(?::\d+)? = ([\w.]+)\s*(.*)$")
@@ -341,6 +396,8 @@ def compile_kernels(key: dict, out_dir, forward_only: bool = False, edit_schedul
         "hc_post_backward", "hc_pre_backward", "hc_sublayer_backward", "hc_steady_forward",
         "hc_pre_mixed", "hc_post_project", "hc_joint_backward", "hc_joint_backward_lower",
         "hc_pre_backward_lower"])
+    if k.norm_eps is not None and not forward_only:
+        names += [op for op in kernels.OP_BUFFERS if op.endswith("_norm")]
     ops = {op: launches_of(funcs[op], *kernels.OP_BUFFERS[op], k) for op in names}
     for op in FORWARD_OPS:
         if op in ops:

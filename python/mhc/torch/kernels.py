@@ -102,9 +102,25 @@ OP_BUFFERS = {   # (arguments, results) of each op, in schema order
                           ("dx", "dfn", "dscale", "dbase")),
     "hc_joint_backward_lower": (("x", "y", "fn", "scale", "base", "mix", "du", "dx_next",
                                  "post_lower"), ("dx", "dfn", "dscale", "dbase", "dy_lower")),
+    # The sublayer's pre-norm fused in (sets whose key has a norm_eps; docs/PreNorm.md): the
+    # forward returns o = rms_norm(u, weight) instead of u, and the backward takes o's cotangent
+    # g instead of du (u made again from x and mix) and also returns dweight.
+    "hc_pre_norm": (("x", "fn", "scale", "base", "weight"), ("o", "post", "comb", "mix")),
+    "hc_pre_mixed_norm": (("x", "mix", "scale", "base", "weight"), ("o", "post", "comb")),
+    "hc_pre_backward_norm": (("x", "fn", "scale", "base", "mix", "weight", "g", "dpost", "dcomb",
+                              "dx_next"), ("dx", "dfn", "dscale", "dbase", "dweight")),
+    "hc_pre_backward_lower_norm": (("x", "fn", "scale", "base", "mix", "weight", "g", "dpost",
+                                    "dcomb", "dx_next", "post_lower"),
+                                   ("dx", "dfn", "dscale", "dbase", "dweight", "dy_lower")),
+    "hc_joint_backward_norm": (("x", "y", "fn", "scale", "base", "mix", "weight", "g", "dx_next"),
+                               ("dx", "dfn", "dscale", "dbase", "dweight")),
+    "hc_joint_backward_lower_norm": (("x", "y", "fn", "scale", "base", "mix", "weight", "g",
+                                      "dx_next", "post_lower"),
+                                     ("dx", "dfn", "dscale", "dbase", "dweight", "dy_lower")),
 }
 # Every buffer name's shape, relative to x [lead..., n, C] (X: [lead, n, C], Y: [lead, C], P:
-# [lead, n], CB: [lead, n, n], MIX: [lead, M], FN: [M, n*C], SC: [3], B: [M]; M = n*n + 2n), and
+# [lead, n], CB: [lead, n, n], MIX: [lead, M], FN: [M, n*C], SC: [3], B: [M], W: [C]; M = n*n + 2n),
+# and
 # dtype (A: x's, F: the coefficients' f32). The one table of the ops' shapes: results are allocated
 # from it (allocate_results), and the C++ launch path receives it (native.signature_table).
 BUFFER_LAYOUT = {
@@ -115,6 +131,7 @@ BUFFER_LAYOUT = {
     "mix": ("MIX", "F"), "mix_next": ("MIX", "F"),
     "fn": ("FN", "F"), "fn_next": ("FN", "F"), "dfn": ("FN", "F"),
     "scale": ("SC", "F"), "dscale": ("SC", "F"), "base": ("B", "F"), "dbase": ("B", "F"),
+    "o": ("Y", "A"), "g": ("Y", "A"), "weight": ("W", "A"), "dweight": ("W", "A"),
 }
 # The ops training needs (mhc.torch's autograd functions); the chain and fold ops are optional
 # (sets built before them run the chain's with the reference math, the fold's on their
@@ -156,6 +173,9 @@ class KernelKey:
     eps: float = 1e-6
     pre_eps: float = 1e-6
     post_mult: float = 2.0
+    # The sublayer's pre-norm fused into the kernels (docs/PreNorm.md): its eps, or None for a
+    # set without the *_norm ops.
+    norm_eps: float | None = None
     mhc_version: str = mhc.__version__
 
     def __post_init__(self):
@@ -164,14 +184,19 @@ class KernelKey:
             raise ValueError(f"bad key: n={self.n}, C={self.C}")
         if not (self.chip.startswith("sm_") and self.chip[3:].isdigit()):
             raise ValueError(f"chip must look like sm_90, not {self.chip!r}")
+        if self.norm_eps is not None:
+            object.__setattr__(self, "norm_eps", float(self.norm_eps))
+            if not (math.isfinite(self.norm_eps) and self.norm_eps > 0):
+                raise ValueError(f"bad key: norm_eps must be finite and > 0, got {self.norm_eps}")
 
     @property
     def M(self) -> int:
         return self.n * self.n + 2 * self.n
 
     def folder_name(self) -> str:
+        norm = "" if self.norm_eps is None else f"-rms{self.norm_eps:g}"
         return (f"n{self.n}-C{self.C}-{self.dtype}-r{self.iterations}-eps{self.eps:g}"
-                f"-pre{self.pre_eps:g}-pm{self.post_mult:g}")
+                f"-pre{self.pre_eps:g}-pm{self.post_mult:g}{norm}")
 
     def folder(self, root) -> Path:
         return Path(root) / self.mhc_version / self.chip / self.folder_name()
@@ -398,7 +423,8 @@ _SHAPES = {   # BUFFER_LAYOUT's shape codes for x [*lead, n, C], M = n*n + 2n
     "X": lambda lead, n, C, M: (*lead, n, C), "Y": lambda lead, n, C, M: (*lead, C),
     "P": lambda lead, n, C, M: (*lead, n), "CB": lambda lead, n, C, M: (*lead, n, n),
     "MIX": lambda lead, n, C, M: (*lead, M), "FN": lambda lead, n, C, M: (M, n * C),
-    "SC": lambda lead, n, C, M: (3,), "B": lambda lead, n, C, M: (M,)}
+    "SC": lambda lead, n, C, M: (3,), "B": lambda lead, n, C, M: (M,),
+    "W": lambda lead, n, C, M: (C,)}
 
 
 def buffer_shape(name: str, lead, n: int, C: int):
@@ -617,10 +643,11 @@ def _can_build() -> bool:
         return False
 
 
-def key_for(x, n, C, iterations=20, eps=1e-6, pre_eps=1e-6, post_mult=2.0) -> KernelKey:
+def key_for(x, n, C, iterations=20, eps=1e-6, pre_eps=1e-6, post_mult=2.0,
+            norm_eps=None) -> KernelKey:
     return KernelKey(n=n, C=C, dtype=dtype_name(x.dtype), chip=device_chip(x.device),
                      iterations=int(iterations), eps=float(eps), pre_eps=float(pre_eps),
-                     post_mult=float(post_mult))
+                     post_mult=float(post_mult), norm_eps=norm_eps)
 
 
 def kernel_set(key: KernelKey, device_index: int = 0) -> KernelSet:
@@ -689,10 +716,16 @@ OPS_WITH_ATTRIBUTES = ("hc_pre", "hc_pre_backward", "hc_pre_mixed", "hc_post_pro
                        "hc_pre_backward_lower", "hc_joint_backward", "hc_joint_backward_lower")
 
 
+# The *_norm ops: their last five arguments, the Sinkhorn attributes and norm_eps, pick the set.
+NORM_OPS = tuple(op for op in OP_BUFFERS if op.endswith("_norm"))
+
+
 def _set_for(op: str, args):
     """(the kernel set that runs `op` on these arguments, x)."""
     x = x_argument(op, args)
-    return for_call(op, x, tuple(args[-4:]) if op in OPS_WITH_ATTRIBUTES else None), x
+    attrs = (tuple(args[-5:]) if op in NORM_OPS else
+             tuple(args[-4:]) if op in OPS_WITH_ATTRIBUTES else None)
+    return for_call(op, x, attrs), x
 
 
 def run(op: str, *args):
