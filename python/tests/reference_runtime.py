@@ -83,6 +83,8 @@ class ReferenceRuntime:
         k = self.key
         if op == "hc_post_project":             # its norm_project's eps only
             return (k.eps,)
+        if op in kernels.NORM_OPS:
+            return (k.iterations, k.eps, k.pre_eps, k.post_mult, k.norm_eps)
         if op in kernels.OPS_WITH_ATTRIBUTES:
             return (k.iterations, k.eps, k.pre_eps, k.post_mult)
         return ()

@@ -17,6 +17,7 @@ from mhc.torch.modules import HyperConnection
 from test_torch_kernels import KEY, N, C, inputs, launches, mock, write_set  # noqa: F401
 
 ATTRS = (20, 1e-6, 1e-6, 2.0)
+NORM_EPS = 1e-5   # the reference kernel set's pre-norm eps (its *_norm ops)
 
 
 @pytest.fixture(scope="module")
@@ -833,7 +834,7 @@ def test_eager_fold_needs_the_kernels_in_both_sets(chain_set, fold_set, built, m
 
 def _reference_set(folder, built, dtype="f32"):
     import reference_runtime
-    key = kernels.KernelKey(n=N, C=C, dtype=dtype, chip="sm_90")
+    key = kernels.KernelKey(n=N, C=C, dtype=dtype, chip="sm_90", norm_eps=NORM_EPS)
     runtime = reference_runtime.ReferenceRuntime(key)
     ks = KernelSet(reference_runtime.write_set(folder, key), key, runtime=runtime)
     assert ks.native_handle() is not None and ks.chains
@@ -1116,7 +1117,13 @@ def test_eager_fold_waits_for_sharded_parameters(reference_set, fold_switch):
 def _op_arguments(op, T=6, seed=0):
     """Random arguments of `op` (f32, the reference set's shape) with its attributes."""
     args = kernels.random_arguments(op, T, N, C, torch.Generator().manual_seed(seed))
-    return args + (list(ATTRS) if op in kernels.OPS_WITH_ATTRIBUTES else [])
+    return args + _attributes_of(op)
+
+
+def _attributes_of(op):
+    if op in kernels.NORM_OPS:
+        return [*ATTRS, NORM_EPS]
+    return list(ATTRS) if op in kernels.OPS_WITH_ATTRIBUTES else []
 
 
 @pytest.fixture
@@ -1152,7 +1159,7 @@ def test_dispatcher_kernels_run_each_op(cpu_dispatch, op):
     again = call(*_op_arguments(op, seed=1))
     assert runtime.launches == [op, op]
     assert len(asked) == 1 and asked[0][:2] == (op, (6, N, C))
-    assert asked[0][2] == (ATTRS if op in kernels.OPS_WITH_ATTRIBUTES else None)
+    assert asked[0][2] == (tuple(_attributes_of(op)) or None)
     want, got, again = ([r] if isinstance(r, torch.Tensor) else list(r) for r in (want, got, again))
     assert len(got) == len(want) == len(again)
     for g, w in zip(got, want):

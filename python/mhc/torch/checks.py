@@ -98,8 +98,9 @@ def hc_post_backward(y, x, post, comb, dx_next):
 
 
 def hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iterations, eps, pre_eps,
-                    post_mult, op="hc_pre_backward"):
-    lead, n, C, M = _backward(op, x, fn, scale, base, mix, du, iterations, eps, pre_eps, post_mult)
+                    post_mult, op="hc_pre_backward", du_name="du"):
+    lead, n, C, M = _backward(op, x, fn, scale, base, mix, du, iterations, eps, pre_eps, post_mult,
+                              du_name)
     cd = coefficient_dtype(x)
     _tensor(op, "dpost", dpost, lead + (n,), cd, x.device)
     _tensor(op, "dcomb", dcomb, lead + (n, n), cd, x.device)
@@ -107,12 +108,13 @@ def hc_pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, iteratio
     return lead, n, C, M
 
 
-def _backward(op, x, fn, scale, base, mix, du, iterations, eps, pre_eps, post_mult):
-    """What every pre-side backward op takes: the attributes, x, the parameters, mix and du."""
+def _backward(op, x, fn, scale, base, mix, du, iterations, eps, pre_eps, post_mult, du_name="du"):
+    """What every pre-side backward op takes: the attributes, x, the parameters, mix and du (g,
+    the normed output's cotangent, for the *_norm ops)."""
     attributes(op, iterations, eps, pre_eps, post_mult)
     lead, n, C, M = parameters(op, x, fn, scale, base)
     _tensor(op, "mix", mix, lead + (M,), coefficient_dtype(x), x.device)
-    _tensor(op, "du", du, lead + (C,), x.dtype, x.device)
+    _tensor(op, du_name, du, lead + (C,), x.dtype, x.device)
     return lead, n, C, M
 
 
@@ -131,8 +133,9 @@ def hc_pre_backward_lower(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, po
 
 
 def hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next, iterations, eps, pre_eps, post_mult,
-                      op="hc_joint_backward"):
-    lead, n, C, M = _backward(op, x, fn, scale, base, mix, du, iterations, eps, pre_eps, post_mult)
+                      op="hc_joint_backward", du_name="du"):
+    lead, n, C, M = _backward(op, x, fn, scale, base, mix, du, iterations, eps, pre_eps, post_mult,
+                              du_name)
     _tensor(op, "y", y, lead + (C,), x.dtype, x.device)
     _tensor(op, "dx_next", dx_next, lead + (n, C), x.dtype, x.device)
     return lead, n, C, M
@@ -163,4 +166,28 @@ def hc_post_project(y, x, post, comb, fn_next, iterations, eps, pre_eps, post_mu
     lead, n, C = hc_post(op, y, x, post, comb)
     M = n * n + 2 * n
     _tensor(op, "fn_next", fn_next, (M, n * C), coefficient_dtype(x), x.device)
+    return lead, n, C, M
+
+
+def norm(op, x, weight, norm_eps):
+    """The pre-norm's weight [C] (x's dtype: the backward kernels read it so) and eps of the
+    *_norm ops (docs/PreNorm.md)."""
+    _tensor(op, "weight", weight, (x.shape[-1],), x.dtype, x.device)
+    if not (norm_eps > 0 and norm_eps < float("inf")):
+        fail(op, f"norm_eps must be finite and > 0, got {norm_eps}")
+
+
+def norm_backward(op, x, fn, scale, base, mix, weight, g, dpost, dcomb, dx_next, y, post_lower,
+                  attrs, norm_eps):
+    """The *_norm backward ops: hc_pre_backward's or hc_joint_backward's checks (y given) with g
+    for du, the weight, and post_lower where given."""
+    if y is None:
+        lead, n, C, M = hc_pre_backward(x, fn, scale, base, mix, g, dpost, dcomb, dx_next, *attrs,
+                                        op=op, du_name="g")
+    else:
+        lead, n, C, M = hc_joint_backward(x, y, fn, scale, base, mix, g, dx_next, *attrs, op=op,
+                                          du_name="g")
+    norm(op, x, weight, norm_eps)
+    if post_lower is not None:
+        _post_lower(op, x, post_lower, lead, n)
     return lead, n, C, M

@@ -21,10 +21,12 @@ import sys
 
 import torch
 
-# Every op of the mhc namespace (mhc.torch.ops), including the five chain_pass creates.
+# Every op of the mhc namespace (mhc.torch.ops), including the ones chain_pass creates, and the
+# *_norm ops (the sublayer's pre-norm fused in).
 MHC_OPS = ("hc_pre", "hc_post", "hc_pre_mixed", "hc_post_project", "hc_pre_backward",
            "hc_post_backward", "hc_pre_backward_lower", "hc_joint_backward",
-           "hc_joint_backward_lower")
+           "hc_joint_backward_lower", "hc_pre_norm", "hc_pre_mixed_norm", "hc_pre_backward_norm",
+           "hc_pre_backward_lower_norm", "hc_joint_backward_norm", "hc_joint_backward_lower_norm")
 
 _ATTEMPTED = False     # register_if_compiling ran register() (which may have given up)
 

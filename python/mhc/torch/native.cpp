@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -62,8 +63,9 @@ using torch::autograd::variable_list;
 //===----------------------------------------------------------------------===//
 
 // Shapes relative to x [lead..., n, C]: the stream (X), a channel row (Y), the
-// coefficients (P, CB, MIX) and the parameters (FN, SC, B).
-enum class Shape { X, Y, P, CB, MIX, FN, SC, B };
+// coefficients (P, CB, MIX) and the parameters (FN, SC, B; W: the pre-norm's
+// weight [C] of the *_norm ops).
+enum class Shape { X, Y, P, CB, MIX, FN, SC, B, W };
 // A: the activations' dtype (x's); F: f32 coefficients and parameters.
 enum class Dt { A, F };
 
@@ -115,6 +117,13 @@ int opIndex(const std::string &name) {
 
 std::array<int, kNumStepOps> stepOps; // Op -> index in signatures()
 
+// The ops with the sublayer's pre-norm fused in: only the dispatcher kernels
+// run them (HyperConnection calls them through torch.ops.mhc).
+constexpr const char *kNormOpNames[] = {
+    "hc_pre_norm",          "hc_pre_mixed_norm",
+    "hc_pre_backward_norm", "hc_pre_backward_lower_norm",
+    "hc_joint_backward_norm", "hc_joint_backward_lower_norm"};
+
 // ops: (name, args, results), each buffer (name, shape code, dtype code) as
 // kernels.BUFFER_LAYOUT spells them. Once per process (native.load): the
 // table is kernels.py's constants.
@@ -126,7 +135,7 @@ void setSignatures(const std::vector<OpLayout> &ops) {
   static const std::unordered_map<std::string, Shape> shapes = {
       {"X", Shape::X},   {"Y", Shape::Y},     {"P", Shape::P},
       {"CB", Shape::CB}, {"MIX", Shape::MIX}, {"FN", Shape::FN},
-      {"SC", Shape::SC}, {"B", Shape::B}};
+      {"SC", Shape::SC}, {"B", Shape::B},     {"W", Shape::W}};
   auto buffers = [&](const std::string &op,
                      const std::vector<BufferLayout> &list) {
     std::vector<Buffer> out;
@@ -341,6 +350,8 @@ Dims shapeOf(Shape s, c10::IntArrayRef lead, const KernelSet &ks) {
     return Dims{3};
   case Shape::B:
     return Dims{ks.M};
+  case Shape::W:
+    return Dims{ks.C};
   }
   return shape;
 }
@@ -1572,15 +1583,15 @@ struct CallKey {
   int op;
   int64_t n, C, device;
   at::ScalarType dtype;
-  bool hasAttributes;
+  int attributes; // 0, 4 (iterations, eps, pre_eps, post_mult), 5 (+ norm_eps)
   int64_t iterations;
-  double eps, preEps, postMult;
+  double eps, preEps, postMult, normEps;
 
   bool operator==(const CallKey &o) const {
     return op == o.op && n == o.n && C == o.C && device == o.device &&
-           dtype == o.dtype && hasAttributes == o.hasAttributes &&
+           dtype == o.dtype && attributes == o.attributes &&
            iterations == o.iterations && eps == o.eps && preEps == o.preEps &&
-           postMult == o.postMult;
+           postMult == o.postMult && normEps == o.normEps;
   }
 };
 
@@ -1617,7 +1628,7 @@ bool isKernelDtype(at::ScalarType t) {
 }
 
 // The kernel set handle for this call, or -1: run the Python implementation.
-int64_t boundSet(int op, bool hasAttributes, PyObject *resolve,
+int64_t boundSet(int op, int attributes, PyObject *resolve,
                  c10::ArrayRef<c10::IValue> args) {
   const Signature &sig = signatures()[size_t(op)];
   const c10::IValue &xValue = args[size_t(sig.xIndex)];
@@ -1627,9 +1638,10 @@ int64_t boundSet(int op, bool hasAttributes, PyObject *resolve,
   if (!x.defined() || x.dim() < 2 || !isKernelDtype(x.scalar_type()))
     return -1;
   CallKey key{op, x.size(-2), x.size(-1), x.get_device(), x.scalar_type(),
-              hasAttributes, 0, 0, 0, 0};
-  if (hasAttributes) {
-    const size_t a = args.size() - 4; // (iterations, eps, pre_eps, post_mult)
+              attributes, 0, 0, 0, 0, 0};
+  if (attributes) {
+    // (iterations, eps, pre_eps, post_mult[, norm_eps]): the last arguments.
+    const size_t a = args.size() - size_t(attributes);
     if (!args[a].isInt() || !args[a + 1].isDouble() ||
         !args[a + 2].isDouble() || !args[a + 3].isDouble())
       return -1;
@@ -1640,6 +1652,13 @@ int64_t boundSet(int op, bool hasAttributes, PyObject *resolve,
     if (!(key.iterations >= 1 && key.eps >= 0 && key.preEps >= 0 &&
           key.postMult > 0))
       return -1;
+    if (attributes == 5) {
+      if (!args[a + 4].isDouble())
+        return -1;
+      key.normEps = args[a + 4].toDouble();
+      if (!(key.normEps > 0 && std::isfinite(key.normEps)))
+        return -1;
+    }
   }
   {
     std::lock_guard<std::mutex> lock(dispatch().mutex);
@@ -1650,12 +1669,14 @@ int64_t boundSet(int op, bool hasAttributes, PyObject *resolve,
   // The first call of this op and shape: ask Python (which may load or
   // compile the kernel set) and remember.
   py::gil_scoped_acquire gil;
-  py::object attributes = py::none();
-  if (hasAttributes)
-    attributes = py::make_tuple(key.iterations, key.eps, key.preEps,
-                                key.postMult);
+  py::object given = py::none();
+  if (attributes == 4)
+    given = py::make_tuple(key.iterations, key.eps, key.preEps, key.postMult);
+  else if (attributes == 5)
+    given = py::make_tuple(key.iterations, key.eps, key.preEps, key.postMult,
+                           key.normEps);
   py::object answer =
-      py::reinterpret_borrow<py::object>(resolve)(sig.name, x, attributes);
+      py::reinterpret_borrow<py::object>(resolve)(sig.name, x, given);
   const int64_t handle = answer.cast<int64_t>();
   if (handle >= 0)
     kernelSet(handle); // checks the handle
@@ -1666,16 +1687,16 @@ int64_t boundSet(int op, bool hasAttributes, PyObject *resolve,
 
 class BackendKernel final : public c10::OperatorKernel {
 public:
-  BackendKernel(int op, bool hasAttributes, PyObject *resolve,
+  BackendKernel(int op, int attributes, PyObject *resolve,
                 c10::SafeKernelFunction python)
-      : op_(op), hasAttributes_(hasAttributes), resolve_(resolve),
+      : op_(op), attributes_(attributes), resolve_(resolve),
         python_(std::move(python)) {}
 
   void operator()(const c10::OperatorHandle &handle, c10::DispatchKeySet keys,
                   torch::jit::Stack *stack) {
     const size_t count = handle.schema().arguments().size();
     c10::ArrayRef<c10::IValue> args = torch::jit::last(*stack, count);
-    const int64_t set = boundSet(op_, hasAttributes_, resolve_, args);
+    const int64_t set = boundSet(op_, attributes_, resolve_, args);
     if (set < 0) {
       python_.callBoxed(handle, keys, stack);
       return;
@@ -1692,7 +1713,7 @@ public:
 
 private:
   int op_;
-  bool hasAttributes_;
+  int attributes_;
   PyObject *resolve_; // the install's, alive as long as this kernel
   c10::SafeKernelFunction python_;
 };
@@ -1766,18 +1787,26 @@ bool installOps(const std::string &keyName, py::object resolve) {
   auto autogradLibrary = std::make_unique<torch::Library>(
       torch::Library::IMPL, "mhc", autograd, __FILE__, __LINE__);
   PyObject *function = resolve.ptr();
-  for (const char *name : kStepOpNames) {
+  std::vector<const char *> names(std::begin(kStepOpNames),
+                                  std::end(kStepOpNames));
+  names.insert(names.end(), std::begin(kNormOpNames), std::end(kNormOpNames));
+  for (const char *name : names) {
     auto handle = c10::Dispatcher::singleton().findOp(
         {std::string("mhc::") + name, ""});
     TORCH_CHECK(handle, "mhc native: torch.ops.mhc.", name,
                 " is not defined (import mhc.torch.ops first)");
     const int op = opIndex(name);
-    const bool hasAttributes = handle->schema().arguments().size() >
-                               signatures()[size_t(op)].args.size();
+    // The arguments after the tensors: none, the Sinkhorn attributes, or
+    // those and norm_eps.
+    const int attributes = int(handle->schema().arguments().size() -
+                               signatures()[size_t(op)].args.size());
+    TORCH_CHECK(attributes == 0 || attributes == 4 || attributes == 5,
+                "mhc native: torch.ops.mhc.", name, " has ", attributes,
+                " arguments after its tensors");
     backendLibrary->impl(
         name, torch::CppFunction::makeFromBoxedFunctor(
                   std::make_unique<BackendKernel>(
-                      op, hasAttributes, function,
+                      op, attributes, function,
                       handle->getComputedKernelForDispatchKey(backend))));
     autogradLibrary->impl(
         name, torch::CppFunction::makeFromBoxedFunctor(

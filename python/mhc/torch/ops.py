@@ -309,6 +309,146 @@ def _(x, y, fn, scale, base, mix, du, dx_next, post_lower, iterations, eps, pre_
 
 
 # ------------------------------------------------------------------------------------------------
+# The sublayer's pre-norm fused in: the *_norm ops (docs/PreNorm.md)
+# ------------------------------------------------------------------------------------------------
+# hc_pre(_mixed)_norm return o = rms_norm(u, weight, norm_eps) in u's place; the backward ops
+# take o's cotangent g in du's place (u made again from x and mix) and also return dweight. Their
+# kernels are in the sets whose key has this norm_eps (build_cache --norm-eps); the last five
+# arguments (the Sinkhorn attributes and norm_eps) pick the set. No autograd: HyperConnection
+# wires them (mhc.torch.modules), like the other backward ops.
+
+def _norm_op(op: str, x, args, reference):
+    if _on_gpu(x):
+        return _kernels().run(op, *args)
+    return tuple(t.contiguous() for t in reference(*args))
+
+
+@torch.library.custom_op("mhc::hc_pre_norm", mutates_args=())
+def hc_pre_norm(x: Tensor, fn: Tensor, scale: Tensor, base: Tensor, weight: Tensor,
+                iterations: int, eps: float, pre_eps: float, post_mult: float,
+                norm_eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    args = (x, fn, scale, base, weight, iterations, eps, pre_eps, post_mult, norm_eps)
+    checks.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+    checks.norm("hc_pre_norm", x, weight, norm_eps)
+    return _norm_op("hc_pre_norm", x, args, ref.hc_pre_norm)
+
+
+@hc_pre_norm.register_fake
+def _(x, fn, scale, base, weight, iterations, eps, pre_eps, post_mult, norm_eps):
+    checks.hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+    checks.norm("hc_pre_norm", x, weight, norm_eps)
+    _prepare_inductor()
+    return hc_pre_outputs(x, fn.shape[0])
+
+
+@torch.library.custom_op("mhc::hc_pre_mixed_norm", mutates_args=())
+def hc_pre_mixed_norm(x: Tensor, mix: Tensor, scale: Tensor, base: Tensor, weight: Tensor,
+                      iterations: int, eps: float, pre_eps: float, post_mult: float,
+                      norm_eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    args = (x, mix, scale, base, weight, iterations, eps, pre_eps, post_mult, norm_eps)
+    checks.hc_pre_mixed(x, mix, scale, base, iterations, eps, pre_eps, post_mult)
+    checks.norm("hc_pre_mixed_norm", x, weight, norm_eps)
+    return _norm_op("hc_pre_mixed_norm", x, args, ref.hc_pre_mixed_norm)
+
+
+@hc_pre_mixed_norm.register_fake
+def _(x, mix, scale, base, weight, iterations, eps, pre_eps, post_mult, norm_eps):
+    checks.hc_pre_mixed(x, mix, scale, base, iterations, eps, pre_eps, post_mult)
+    checks.norm("hc_pre_mixed_norm", x, weight, norm_eps)
+    return hc_pre_outputs(x, mix.shape[-1])[:3]
+
+
+def _norm_grads(x, fn, scale, base, weight, lower: bool):
+    """Empty (dx, dfn, dscale, dbase, dweight) and, for the _lower ops, dy_lower."""
+    grads = (*_fold_outputs(x, fn, scale, base, lower=False), torch.empty_like(weight))
+    return (*grads, x.new_empty(x.shape[:-2] + x.shape[-1:])) if lower else grads
+
+
+@torch.library.custom_op("mhc::hc_pre_backward_norm", mutates_args=())
+def hc_pre_backward_norm(x: Tensor, fn: Tensor, scale: Tensor, base: Tensor, mix: Tensor,
+                         weight: Tensor, g: Tensor, dpost: Tensor, dcomb: Tensor, dx_next: Tensor,
+                         iterations: int, eps: float, pre_eps: float, post_mult: float,
+                         norm_eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    args = (x, fn, scale, base, mix, weight, g, dpost, dcomb, dx_next, iterations, eps, pre_eps,
+            post_mult, norm_eps)
+    checks.norm_backward("hc_pre_backward_norm", x, fn, scale, base, mix, weight, g, dpost, dcomb,
+                         dx_next, None, None, args[-5:-1], norm_eps)
+    return _norm_op("hc_pre_backward_norm", x, args, ref.hc_pre_backward_norm)
+
+
+@hc_pre_backward_norm.register_fake
+def _(x, fn, scale, base, mix, weight, g, dpost, dcomb, dx_next, iterations, eps, pre_eps,
+      post_mult, norm_eps):
+    checks.norm_backward("hc_pre_backward_norm", x, fn, scale, base, mix, weight, g, dpost, dcomb,
+                         dx_next, None, None, (iterations, eps, pre_eps, post_mult), norm_eps)
+    return _norm_grads(x, fn, scale, base, weight, lower=False)
+
+
+@torch.library.custom_op("mhc::hc_pre_backward_lower_norm", mutates_args=())
+def hc_pre_backward_lower_norm(x: Tensor, fn: Tensor, scale: Tensor, base: Tensor, mix: Tensor,
+                               weight: Tensor, g: Tensor, dpost: Tensor, dcomb: Tensor,
+                               dx_next: Tensor, post_lower: Tensor, iterations: int, eps: float,
+                               pre_eps: float, post_mult: float, norm_eps: float
+                               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    args = (x, fn, scale, base, mix, weight, g, dpost, dcomb, dx_next, post_lower, iterations, eps,
+            pre_eps, post_mult, norm_eps)
+    checks.norm_backward("hc_pre_backward_lower_norm", x, fn, scale, base, mix, weight, g, dpost,
+                         dcomb, dx_next, None, post_lower, args[-5:-1], norm_eps)
+    return _norm_op("hc_pre_backward_lower_norm", x, args, ref.hc_pre_backward_lower_norm)
+
+
+@hc_pre_backward_lower_norm.register_fake
+def _(x, fn, scale, base, mix, weight, g, dpost, dcomb, dx_next, post_lower, iterations, eps,
+      pre_eps, post_mult, norm_eps):
+    checks.norm_backward("hc_pre_backward_lower_norm", x, fn, scale, base, mix, weight, g, dpost,
+                         dcomb, dx_next, None, post_lower, (iterations, eps, pre_eps, post_mult),
+                         norm_eps)
+    return _norm_grads(x, fn, scale, base, weight, lower=True)
+
+
+@torch.library.custom_op("mhc::hc_joint_backward_norm", mutates_args=())
+def hc_joint_backward_norm(x: Tensor, y: Tensor, fn: Tensor, scale: Tensor, base: Tensor,
+                           mix: Tensor, weight: Tensor, g: Tensor, dx_next: Tensor,
+                           iterations: int, eps: float, pre_eps: float, post_mult: float,
+                           norm_eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    args = (x, y, fn, scale, base, mix, weight, g, dx_next, iterations, eps, pre_eps, post_mult,
+            norm_eps)
+    checks.norm_backward("hc_joint_backward_norm", x, fn, scale, base, mix, weight, g, None, None,
+                         dx_next, y, None, args[-5:-1], norm_eps)
+    return _norm_op("hc_joint_backward_norm", x, args, ref.hc_joint_backward_norm)
+
+
+@hc_joint_backward_norm.register_fake
+def _(x, y, fn, scale, base, mix, weight, g, dx_next, iterations, eps, pre_eps, post_mult,
+      norm_eps):
+    checks.norm_backward("hc_joint_backward_norm", x, fn, scale, base, mix, weight, g, None, None,
+                         dx_next, y, None, (iterations, eps, pre_eps, post_mult), norm_eps)
+    return _norm_grads(x, fn, scale, base, weight, lower=False)
+
+
+@torch.library.custom_op("mhc::hc_joint_backward_lower_norm", mutates_args=())
+def hc_joint_backward_lower_norm(x: Tensor, y: Tensor, fn: Tensor, scale: Tensor, base: Tensor,
+                                 mix: Tensor, weight: Tensor, g: Tensor, dx_next: Tensor,
+                                 post_lower: Tensor, iterations: int, eps: float, pre_eps: float,
+                                 post_mult: float, norm_eps: float
+                                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    args = (x, y, fn, scale, base, mix, weight, g, dx_next, post_lower, iterations, eps, pre_eps,
+            post_mult, norm_eps)
+    checks.norm_backward("hc_joint_backward_lower_norm", x, fn, scale, base, mix, weight, g, None,
+                         None, dx_next, y, post_lower, args[-5:-1], norm_eps)
+    return _norm_op("hc_joint_backward_lower_norm", x, args, ref.hc_joint_backward_lower_norm)
+
+
+@hc_joint_backward_lower_norm.register_fake
+def _(x, y, fn, scale, base, mix, weight, g, dx_next, post_lower, iterations, eps, pre_eps,
+      post_mult, norm_eps):
+    checks.norm_backward("hc_joint_backward_lower_norm", x, fn, scale, base, mix, weight, g, None,
+                         None, dx_next, y, post_lower, (iterations, eps, pre_eps, post_mult),
+                         norm_eps)
+    return _norm_grads(x, fn, scale, base, weight, lower=True)
+
+
+# ------------------------------------------------------------------------------------------------
 # Stand-alone autograd of the forward ops
 # ------------------------------------------------------------------------------------------------
 

@@ -22,7 +22,9 @@ import torch
 __all__ = ["hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward", "hc_pre_mixed",
            "hc_post_project", "hc_pre_backward_lower", "hc_joint_backward",
            "hc_joint_backward_lower", "norm_project", "coefficients_from_mix", "compute_dtype",
-           "sinkhorn"]
+           "sinkhorn", "rms_norm", "rms_norm_backward", "hc_pre_norm", "hc_pre_mixed_norm",
+           "hc_pre_backward_norm", "hc_pre_backward_lower_norm", "hc_joint_backward_norm",
+           "hc_joint_backward_lower_norm"]
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -216,3 +218,89 @@ def hc_joint_backward_lower(x, y, fn, scale, base, mix, du, dx_next, post_lower,
     dx, dfn, dscale, dbase = hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next, iterations,
                                                eps, pre_eps, post_mult, pre_backward)
     return dx, dfn, dscale, dbase, _dy(post_lower, dx, x.dtype).reshape(du.shape)
+
+
+# The sublayer's pre-norm fused in (the *_norm ops; docs/PreNorm.md): o = rms_norm(u, weight)
+# is what the sublayer reads, and the backward takes o's cotangent g, makes u again from x and
+# mix, and passes du = rms_norm's gradient on (in the compute dtype: the kernels keep it in f32).
+
+def rms_norm(u, weight, eps: float):
+    """torch.nn.RMSNorm's o = u * rsqrt(mean(u^2) + eps) * weight, reduced in f32 (f64 for f64
+    u), stored like u."""
+    cd = compute_dtype(u)
+    uf = u.to(cd)
+    r = torch.rsqrt((uf * uf).mean(-1, keepdim=True) + eps)
+    return (uf * r * weight.to(cd)).to(u.dtype)
+
+
+def rms_norm_backward(u, weight, g, eps: float):
+    """(du, dweight) of rms_norm: du = r w g - u r^3 sum(w g u) / C (compute dtype), dweight =
+    sum over tokens of g u r (weight's dtype)."""
+    cd = compute_dtype(u)
+    C = u.shape[-1]
+    uf, gf = u.reshape(-1, C).to(cd), g.reshape(-1, C).to(cd)
+    r = torch.rsqrt((uf * uf).mean(-1, keepdim=True) + eps)
+    wg = weight.to(cd) * gf
+    k = r * r * r * (wg * uf).sum(-1, keepdim=True) / C
+    du = (r * wg - k * uf).reshape(u.shape)
+    return du, (gf * uf * r).sum(0).to(weight.dtype)
+
+
+def hc_pre_norm(x, fn, scale, base, weight, iterations: int, eps: float, pre_eps: float,
+                post_mult: float, norm_eps: float):
+    """hc_pre with the pre-norm: (o, post, comb, mix)."""
+    u, post, comb, mix = hc_pre(x, fn, scale, base, iterations, eps, pre_eps, post_mult)
+    return rms_norm(u, weight, norm_eps), post, comb, mix
+
+
+def hc_pre_mixed_norm(x, mix, scale, base, weight, iterations: int, eps: float, pre_eps: float,
+                      post_mult: float, norm_eps: float):
+    """hc_pre_mixed with the pre-norm: (o, post, comb)."""
+    u, post, comb = hc_pre_mixed(x, mix, scale, base, iterations, eps, pre_eps, post_mult)
+    return rms_norm(u, weight, norm_eps), post, comb
+
+
+def _norm_du(x, mix, scale, base, weight, g, attrs, norm_eps):
+    """(du, dweight) from o's cotangent g, u made again from x and mix."""
+    u = hc_pre_mixed(x, mix, scale, base, *attrs)[0]
+    return rms_norm_backward(u, weight, g, norm_eps)
+
+
+def hc_pre_backward_norm(x, fn, scale, base, mix, weight, g, dpost, dcomb, dx_next,
+                         iterations: int, eps: float, pre_eps: float, post_mult: float,
+                         norm_eps: float, pre_backward=hc_pre_backward):
+    """hc_pre_backward with the pre-norm: (dx, dfn, dscale, dbase, dweight)."""
+    attrs = (iterations, eps, pre_eps, post_mult)
+    du, dw = _norm_du(x, mix, scale, base, weight, g, attrs, norm_eps)
+    return (*pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next, *attrs), dw)
+
+
+def hc_pre_backward_lower_norm(x, fn, scale, base, mix, weight, g, dpost, dcomb, dx_next,
+                               post_lower, iterations: int, eps: float, pre_eps: float,
+                               post_mult: float, norm_eps: float, pre_backward=hc_pre_backward):
+    """hc_pre_backward_lower with the pre-norm: (dx, dfn, dscale, dbase, dweight, dy_lower)."""
+    attrs = (iterations, eps, pre_eps, post_mult)
+    du, dw = _norm_du(x, mix, scale, base, weight, g, attrs, norm_eps)
+    dx, dfn, dscale, dbase = pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next,
+                                          *attrs)
+    return dx, dfn, dscale, dbase, dw, _dy(post_lower, dx, x.dtype).reshape(g.shape)
+
+
+def hc_joint_backward_norm(x, y, fn, scale, base, mix, weight, g, dx_next, iterations: int,
+                           eps: float, pre_eps: float, post_mult: float, norm_eps: float,
+                           pre_backward=hc_pre_backward):
+    """hc_joint_backward with the pre-norm: (dx, dfn, dscale, dbase, dweight)."""
+    attrs = (iterations, eps, pre_eps, post_mult)
+    du, dw = _norm_du(x, mix, scale, base, weight, g, attrs, norm_eps)
+    return (*hc_joint_backward(x, y, fn, scale, base, mix, du, dx_next, *attrs,
+                               pre_backward=pre_backward), dw)
+
+
+def hc_joint_backward_lower_norm(x, y, fn, scale, base, mix, weight, g, dx_next, post_lower,
+                                 iterations: int, eps: float, pre_eps: float, post_mult: float,
+                                 norm_eps: float, pre_backward=hc_pre_backward):
+    """hc_joint_backward_lower with the pre-norm: (dx, dfn, dscale, dbase, dweight, dy_lower)."""
+    dx, dfn, dscale, dbase, dw = hc_joint_backward_norm(
+        x, y, fn, scale, base, mix, weight, g, dx_next, iterations, eps, pre_eps, post_mult,
+        norm_eps, pre_backward)
+    return dx, dfn, dscale, dbase, dw, _dy(post_lower, dx, x.dtype).reshape(g.shape)
