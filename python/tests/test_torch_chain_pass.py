@@ -289,3 +289,76 @@ def test_wraps_a_plain_function_pass():
         finally:
             chain_pass.uninstall()
         assert config.post_grad_custom_pre_pass is not None     # theirs, put back
+
+
+def norm_model(blocks=3, n=2, C=16, vocab=11, recompute=True, fused=True):
+    """model() with each FFN's RMSNorm taken out of the sublayer: HyperConnection(norm=...) (fused:
+    the *_norm ops) or the same weights inside the sublayer (fused=False: the baseline)."""
+    torch.manual_seed(0)
+    layers = [nn.Embedding(vocab, C), mt.Expand(n)]
+    for i in range(blocks):
+        ffn = PreNormFFN(C)
+        with torch.no_grad():
+            ffn.norm.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(i))
+        if fused:
+            norm, ffn.norm = ffn.norm, nn.Identity()
+            layers.append(mt.HyperConnection(n, C, ffn, backend="ops", layer=i,
+                                             recompute=recompute, iterations=3, norm=norm))
+        else:
+            layers.append(mt.HyperConnection(n, C, ffn, backend="ops", layer=i,
+                                             recompute=recompute, iterations=3))
+    layers += [mt.Head(n, C), nn.Linear(C, vocab)]
+    return nn.Sequential(*layers)
+
+
+NORM_FOLD_OPS = ("hc_pre_backward_lower_norm", "hc_joint_backward_norm",
+                 "hc_joint_backward_lower_norm")
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_chain_and_fold_with_the_fused_norm(monkeypatch, recompute):
+    """The pre-norm fused into the ops (HyperConnection(norm=nn.RMSNorm)): the forward chains
+    hc_post -> hc_pre_norm into hc_post_project -> hc_pre_mixed_norm and the backward folds into
+    the *_norm fold ops, with loss and gradients equal bit for bit to the same capture with
+    MHC_COMPILE_CHAIN's fold off, and within rounding (float64) to eager with the norm inside the
+    sublayer (nn.RMSNorm's own autograd)."""
+    graphs = []
+
+    def record(gm, backward):
+        graphs.append((backward, targets(gm)))
+
+    tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(5))
+    base = norm_model(recompute=recompute, fused=False).double()
+    m = norm_model(recompute=recompute).double()
+    base_loss, base_grads = loss_and_grads(base, tokens)
+    eager_loss, eager_grads = loss_and_grads(m, tokens)
+    results = []
+    for fold in ("0", "1"):
+        monkeypatch.setenv("MHC_COMPILE_FOLD_DY", fold)
+        torch._dynamo.reset()
+        backend = chain_pass.passes_only_backend(record)
+        results.append(loss_and_grads(torch.compile(m, fullgraph=True, backend=backend), tokens))
+
+    mhc = torch.ops.mhc
+    forward = [ops for backward, ops in graphs if not backward][-1]
+    plain, folded = [ops for backward, ops in graphs if backward]
+    assert forward.count(mhc.hc_pre_norm.default) == 1
+    assert forward.count(mhc.hc_pre_mixed_norm.default) == 2
+    assert forward.count(mhc.hc_post_project.default) == 2
+    assert mhc.hc_pre.default not in forward
+    assert plain.count(mhc.hc_pre_backward_norm.default) == 3
+    assert folded.count(mhc.hc_post_backward.default) == 1
+    assert mhc.hc_pre_backward_norm.default not in folded
+    for op in NORM_FOLD_OPS:
+        assert folded.count(getattr(mhc, op).default) == 1, op
+    (plain_loss, plain_grads), (loss, grads) = results
+    assert torch.equal(loss, plain_loss)
+    for g, pg, eg in zip(grads, plain_grads, eager_grads):
+        assert torch.equal(g, pg)
+        assert torch.allclose(g, eg, rtol=1e-10, atol=1e-13)
+    # The baseline's parameters in the same order but for the norm weights (in the sublayers).
+    names = [k.replace("sublayer.norm", "norm") for k, _ in base.named_parameters()]
+    mine = dict(zip((k for k, _ in m.named_parameters()), grads))
+    assert torch.allclose(loss, base_loss, rtol=1e-12)
+    for name, bg in zip(names, base_grads):
+        assert torch.allclose(mine[name], bg, rtol=1e-9, atol=1e-12), name

@@ -481,3 +481,135 @@ def test_autocast_keeps_mhc_math_in_float32(mode):
     want = mt.HyperConnection(2, C, Rounded(), mode=mode, backend="reference")
     want.load_state_dict(hc.state_dict(), strict=False)
     assert torch.equal(got, want(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# The sublayer's pre-norm handed to HyperConnection (norm=...; docs/PreNorm.md)
+# ------------------------------------------------------------------------------------------------
+
+def _norm_pair(backend, recompute=True, dtype=torch.float64, n=3, C=8, eps=1e-5):
+    """(norm inside the sublayer, norm given to HyperConnection) with the same weights."""
+    norm = nn.RMSNorm(C, eps=eps, dtype=dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 1.5, C, dtype=dtype))
+    inside = make_hc(n=n, C=C, dtype=dtype, recompute=recompute, iterations=4)
+    W = inside.sublayer
+    inside.sublayer = nn.Sequential(norm, W)
+    fused = make_hc(n=n, C=C, dtype=dtype, recompute=recompute, iterations=4, backend=backend,
+                    norm=nn.RMSNorm(C, eps=eps, dtype=dtype))
+    with torch.no_grad():
+        fused.norm.weight.copy_(norm.weight)
+        fused.sublayer.W.copy_(W.W)
+    return inside, fused
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_fused_norm_matches_the_norm_in_the_sublayer(path, recompute):
+    """HyperConnection(norm=nn.RMSNorm) computes what the same RMSNorm inside the sublayer does
+    (float64): output, dx and every parameter's gradient, the norm weight's included; the norm is
+    reported fused."""
+    inside, fused = _norm_pair(path, recompute)
+    assert fused._fused_norm_module() is fused.norm and "norm fused" in repr(fused)
+    x = torch.randn(2, 5, 3, 8, dtype=torch.float64)
+    w = torch.randn(2, 5, 3, 8, dtype=torch.float64)
+    results = []
+    for m in (inside, fused):
+        xx = x.clone().requires_grad_()
+        out = m(xx)
+        params = [m.fn, m.scale, m.base, m.sublayer[1].W if m is inside else m.sublayer.W,
+                  m.sublayer[0].weight if m is inside else m.norm.weight]
+        grads = torch.autograd.grad((out * w).sum(), [xx] + params)
+        results.append((out, grads))
+    (o0, g0), (o1, g1) = results
+    assert torch.allclose(o1, o0, rtol=1e-12, atol=1e-14)
+    for a, b, name in zip(g1, g0, ("dx", "dfn", "dscale", "dbase", "dW", "dweight")):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-13), name
+
+
+def test_gradcheck_fused_norm(path):
+    """gradcheck in float64 through the fused norm (x also used outside, weight trained)."""
+    _, hc = _norm_pair(path, n=2, C=5)
+    x = torch.randn(2, 2, 5, dtype=torch.float64, requires_grad=True)
+    params = (hc.fn, hc.scale, hc.base, hc.sublayer.W, hc.norm.weight)
+
+    def f(x, fn, scale, base, W, weight):
+        return hc(x) * 1.5 + x.sin(), fn.sum()
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+def test_fused_norm_low_precision_and_default_eps():
+    """bf16 activations with an f32 RMSNorm weight and eps=None: the weight is used in bf16 and
+    eps is finfo(bf16).eps, as nn.RMSNorm on bf16 input would take it; the result agrees with the
+    norm inside the sublayer within bf16 rounding, and the weight's gradient reaches the f32
+    parameter."""
+    torch.manual_seed(0)
+    C = 32
+    norm = nn.RMSNorm(C)
+    inside = mt.HyperConnection(N, C, nn.Sequential(norm, nn.Linear(C, C)), backend="reference")
+    fused = mt.HyperConnection(N, C, nn.Linear(C, C), backend="reference", norm=nn.RMSNorm(C))
+    fused.load_state_dict({k.replace("sublayer.1", "sublayer").replace("sublayer.0", "norm"): v
+                           for k, v in inside.state_dict().items()})
+    x = torch.randn(4, 9, N, C).to(torch.bfloat16)
+    inside_out = inside.to(torch.bfloat16)(x).float().detach()
+    fused.sublayer.to(torch.bfloat16)
+    out = fused(x)
+    assert out.dtype == torch.bfloat16
+    assert relerr(out.float(), inside_out.numpy()) < 2e-2
+    out.float().sum().backward()
+    assert fused.norm.weight.grad is not None and fused.norm.weight.grad.dtype == torch.float32
+
+
+def test_norm_that_is_not_fused_runs_as_it_is(path):
+    """A norm mhc does not compute (LayerNorm; an RMSNorm without weight) runs between mhc and the
+    sublayer: the same as the norm inside the sublayer."""
+    for norm in (nn.LayerNorm(8, dtype=torch.float64),
+                 nn.RMSNorm(8, elementwise_affine=False, dtype=torch.float64)):
+        hc = make_hc(n=3, C=8, iterations=4, backend=path, norm=norm)
+        assert hc._fused_norm_module() is None and "norm fused" not in repr(hc)
+        ref = make_hc(n=3, C=8, iterations=4)
+        ref.sublayer = nn.Sequential(norm, ref.sublayer)
+        x = torch.randn(5, 3, 8, dtype=torch.float64)
+        assert torch.allclose(hc(x), ref(x), rtol=1e-12, atol=1e-14)
+
+
+def test_fused_norm_recompute_saves_the_normed_row():
+    """With recompute, the sublayer's saved input (o = norm(u), which the fused ops return) is
+    not kept: it is made again in the backward (hc_pre_mixed_norm), as u is without a norm."""
+    T, n, C = 64, 4, 32
+    results = {}
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        hc = mt.HyperConnection(n, C, PreNormFFN(C, norm=False), backend="reference",
+                                recompute=recompute, norm=nn.RMSNorm(C))
+        x = torch.randn(T, n, C, requires_grad=True)
+        run = lambda: hc(x)   # noqa: E731
+        run.params = list(hc.parameters())
+        nbytes, out = saved_bytes(run)
+        results[recompute] = (nbytes, torch.autograd.grad(out.square().sum(), (x, hc.norm.weight)))
+    assert results[False][0] - results[True][0] == T * C * 4 + T * (n + n * n) * 4
+    for a, b in zip(results[False][1], results[True][1]):
+        assert torch.equal(a, b)
+
+
+def test_fused_norm_bad_input():
+    """A norm that is not a module, and the *_norm ops' own checks (a weight of the wrong shape or
+    dtype, a bad norm_eps): clear errors naming the argument."""
+    with pytest.raises(ValueError, match="norm must be a module"):
+        mt.HyperConnection(2, 8, nn.Identity(), norm=3)
+    x = torch.randn(3, 2, 8)
+    fn, scale, base = torch.zeros(8, 16), torch.ones(3), torch.zeros(8)
+    attrs = (2, 1e-6, 1e-6, 2.0)
+    with pytest.raises(ValueError, match="hc_pre_norm: weight has shape"):
+        torch.ops.mhc.hc_pre_norm(x, fn, scale, base, torch.ones(7), *attrs, 1e-6)
+    with pytest.raises(ValueError, match="hc_pre_norm: weight has dtype"):
+        torch.ops.mhc.hc_pre_norm(x, fn, scale, base, torch.ones(8, dtype=torch.float64), *attrs,
+                                  1e-6)
+    with pytest.raises(ValueError, match="norm_eps must be finite and > 0"):
+        torch.ops.mhc.hc_pre_norm(x, fn, scale, base, torch.ones(8), *attrs, 0.0)
+    mix = torch.zeros(3, 8)
+    with pytest.raises(ValueError, match="hc_pre_backward_norm: g has shape"):
+        torch.ops.mhc.hc_pre_backward_norm(x, fn, scale, base, mix, torch.ones(8),
+                                           torch.zeros(3, 7), torch.zeros(3, 2),
+                                           torch.zeros(3, 2, 2), torch.zeros_like(x), *attrs,
+                                           1e-6)

@@ -97,11 +97,15 @@ def chain_hyperconnections(graph: torch.fx.Graph) -> int:
     cannot move in front of it (the fused op takes hc_post's place) or when hc_pre's results are
     used other than through getitem (as the tuple itself)."""
     ops = torch.ops.mhc
+    # hc_pre -> hc_pre_mixed; with the fused pre-norm (docs/PreNorm.md) hc_pre_norm ->
+    # hc_pre_mixed_norm, which also takes the weight and norm_eps.
+    mixed_of = {ops.hc_pre.default: ops.hc_pre_mixed.default,
+                ops.hc_pre_norm.default: ops.hc_pre_mixed_norm.default}
     order = {node: i for i, node in enumerate(graph.nodes)}
     rewritten = 0
     for post in [n for n in graph.nodes if _is(n, ops.hc_post.default)]:
         pres = [u for u in post.users
-                if _is(u, ops.hc_pre.default) and _arguments(u)["x"] is post]
+                if u.op == "call_function" and u.target in mixed_of and _arguments(u)["x"] is post]
         if not pres:
             continue
         pre = pres[0]
@@ -125,9 +129,12 @@ def chain_hyperconnections(graph: torch.fx.Graph) -> int:
             x_next.meta["val"], mix.meta["val"] = x_val, pre_val[3]
         post.replace_all_uses_with(x_next)
         graph.erase_node(post)
+        norm = (a["weight"],) if "weight" in a else ()
+        norm_eps = (a["norm_eps"],) if "weight" in a else ()
         with graph.inserting_before(pre):
             mixed = graph.call_function(
-                ops.hc_pre_mixed.default, (x_next, mix, a["scale"], a["base"], *attrs))
+                mixed_of[pre.target], (x_next, mix, a["scale"], a["base"], *norm, *attrs,
+                                       *norm_eps))
         if pre_val is not None:
             mixed.meta["val"] = tuple(pre_val[:3])
         for g in list(pre.users):            # getitem 0-2 -> hc_pre_mixed's, 3 (mix) -> fused's
@@ -178,7 +185,8 @@ def _lower_pair(upper, dx):
             continue
         readers = set(dpost[0].users) | set(dcomb[0].users)
         pre_bw = readers.pop() if len(readers) == 1 else None
-        if pre_bw is None or not _is(pre_bw, ops.hc_pre_backward.default):
+        if pre_bw is None or not (_is(pre_bw, ops.hc_pre_backward.default)
+                                  or _is(pre_bw, ops.hc_pre_backward_norm.default)):
             continue
         r = _arguments(pre_bw)
         if (r["dpost"] is dpost[0] and r["dcomb"] is dcomb[0] and r["dx_next"] is dx
@@ -186,6 +194,15 @@ def _lower_pair(upper, dx):
                 and _same_streams(p["x"], _arguments(upper)["x"])):
             return post_bw, pre_bw
     return None
+
+
+def _lower_ops() -> dict:
+    """The fold's upper ops -> their _lower variants (the *_norm ones too)."""
+    ops = torch.ops.mhc
+    return {ops.hc_pre_backward.default: ops.hc_pre_backward_lower.default,
+            ops.hc_joint_backward.default: ops.hc_joint_backward_lower.default,
+            ops.hc_pre_backward_norm.default: ops.hc_pre_backward_lower_norm.default,
+            ops.hc_joint_backward_norm.default: ops.hc_joint_backward_lower_norm.default}
 
 
 def _fold_one(graph, upper, order):
@@ -202,28 +219,34 @@ def _fold_one(graph, upper, order):
     p, r = _arguments(post_bw), _arguments(pre_bw)
     if not _hoist(p["post"], upper, order):
         return None
-    # The lower variant takes the upper op's tensors, then post_lower, then the attributes.
+    # The lower variant takes the upper op's tensors, then post_lower, then the attributes (and
+    # norm_eps: the *_norm ops, whose dy_lower comes after dweight).
     names = [a.name for a in upper.target._schema.arguments]
     u = _arguments(upper)
-    lower = (ops.hc_pre_backward_lower if upper.target == ops.hc_pre_backward.default
-             else ops.hc_joint_backward_lower).default
+    lower = _lower_ops()[upper.target]
+    k = 5 if "norm_eps" in u else 4
     with graph.inserting_before(upper):
-        folded = graph.call_function(lower, (*(u[n] for n in names[:-4]), p["post"],
-                                             *(u[n] for n in names[-4:])))
+        folded = graph.call_function(lower, (*(u[n] for n in names[:-k]), p["post"],
+                                             *(u[n] for n in names[-k:])))
     upper_val, post_bw_val = upper.meta.get("val"), post_bw.meta.get("val")
     if upper_val is not None and post_bw_val is not None:     # fake values, for later passes
         folded.meta["val"] = (*upper_val, post_bw_val[0])
     order[folded] = order[upper]
-    for g in list(upper.users):             # dx, dfn, dscale, dbase
+    for g in list(upper.users):             # dx, dfn, dscale, dbase (, dweight)
         g.args = (folded, g.args[1])
     graph.erase_node(upper)
     for g in _getitems(post_bw, 0):         # dy: now the folded op's dy_lower
-        g.args = (folded, 4)
+        g.args = (folded, k)
 
     attrs = (r["iterations"], r["eps"], r["pre_eps"], r["post_mult"])
+    if "norm_eps" in r:
+        joint_op, du = ops.hc_joint_backward_norm.default, (r["weight"], r["g"])
+        attrs += (r["norm_eps"],)
+    else:
+        joint_op, du = ops.hc_joint_backward.default, (r["du"],)
     with graph.inserting_before(pre_bw):
-        joint = graph.call_function(ops.hc_joint_backward.default, (
-            r["x"], p["y"], r["fn"], r["scale"], r["base"], r["mix"], r["du"], r["dx_next"],
+        joint = graph.call_function(joint_op, (
+            r["x"], p["y"], r["fn"], r["scale"], r["base"], r["mix"], *du, r["dx_next"],
             *attrs))
     if pre_bw.meta.get("val") is not None:
         joint.meta["val"] = pre_bw.meta["val"]
@@ -247,8 +270,7 @@ def fold_dy(graph: torch.fx.Graph) -> int:
     tuple is used other than through getitem, when the x of P and Q may differ in shape or dtype
     (another kernel set), or when P's post is computed after Q from something that cannot move
     in front of it."""
-    ops = torch.ops.mhc
-    uppers = (ops.hc_pre_backward.default, ops.hc_joint_backward.default)
+    uppers = tuple(_lower_ops())
     order = {node: i for i, node in enumerate(graph.nodes)}
     folded = 0
     node = next(iter(graph.nodes), None)

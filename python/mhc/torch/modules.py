@@ -118,10 +118,11 @@ class _URecompute:
     the backward from the u that _PostStep's backward recomputed (or by calling hc_pre_mixed again).
     The C++ path has its twin (native.cpp's URecompute)."""
 
-    def __init__(self, u, inputs, backend, attrs):
+    def __init__(self, u, inputs, backend, attrs, norm=None):
         self.u_storage = u.untyped_storage().data_ptr()
         self.u_dtype = u.dtype
         self.inputs, self.backend, self.attrs = inputs, backend, attrs   # (x, mix, scale, base)
+        self.norm = norm      # (weight, norm_eps) where the sublayer reads o = rms_norm(u)
         self.recomputed_u = None
         self.outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
 
@@ -141,8 +142,22 @@ class _URecompute:
     def take_u(self):
         u, self.recomputed_u = self.recomputed_u, None   # hand it over once; later unpacks recompute
         if u is None:
-            u = _ops(self.backend).hc_pre_mixed(*self.inputs, *self.attrs)[0]
+            u = _pre_mixed(self.backend, self.inputs, self.attrs, self.norm)[0]
         return u
+
+
+def _pre_mixed(backend, inputs, attrs, norm):
+    """hc_pre_mixed(*inputs, *attrs), or with the fused pre-norm (norm = (weight, norm_eps))
+    hc_pre_mixed_norm: (u or o, post, comb)."""
+    if norm is None:
+        return _ops(backend).hc_pre_mixed(*inputs, *attrs)
+    x, mix, scale, base = inputs
+    return _norm_ops(backend).hc_pre_mixed_norm(x, mix, scale, base, norm[0], *attrs, norm[1])
+
+
+def _norm_ops(backend: str):
+    """The *_norm ops of a resolved backend: the mhc:: custom ops or the reference math."""
+    return torch.ops.mhc if backend == "cuda" else ref
 
 
 def _refuse_double_backward(ctx):
@@ -191,10 +206,42 @@ class _PreStep(torch.autograd.Function):
         return dx, dfn, dscale, dbase, None, None
 
 
+class _PreNormStep(torch.autograd.Function):
+    """_PreStep with the sublayer's pre-norm fused in (docs/PreNorm.md): the forward returns
+    o = rms_norm(u, weight) for the sublayer, the backward takes o's cotangent and also gives
+    the norm weight's gradient (u is made again from x and mix: never saved)."""
+
+    @staticmethod
+    def forward(ctx, x, fn, scale, base, weight, backend, attrs, norm_eps):
+        o, post, comb, mix = _norm_ops(backend).hc_pre_norm(x, fn, scale, base, weight, *attrs,
+                                                            norm_eps)
+        ctx.save_for_backward(x, fn, scale, base, mix, weight)
+        ctx.backend, ctx.attrs, ctx.norm_eps = backend, attrs, norm_eps
+        ctx.mark_non_differentiable(mix)
+        ctx.set_materialize_grads(False)
+        link = x.new_zeros(()).expand(x.shape)      # as _PreStep's
+        return o, post, comb, mix, link
+
+    @staticmethod
+    def backward(ctx, do, dpost, dcomb, _dmix, dx_next):
+        _refuse_double_backward(ctx)
+        x, fn, scale, base, mix, weight = ctx.saved_tensors
+        mix = _differentiable_mix(ctx, x, fn, mix)
+        lead, (n, C) = x.shape[:-2], x.shape[-2:]
+        cd = mix.dtype
+        do = x.new_zeros(*lead, C) if do is None else do.contiguous()
+        dpost = x.new_zeros(*lead, n, dtype=cd) if dpost is None else dpost.contiguous()
+        dcomb = x.new_zeros(*lead, n, n, dtype=cd) if dcomb is None else dcomb.contiguous()
+        dx_next = torch.zeros_like(x) if dx_next is None else dx_next.contiguous()
+        dx, dfn, dscale, dbase, dweight = _norm_ops(ctx.backend).hc_pre_backward_norm(
+            x, fn, scale, base, mix, weight, do, dpost, dcomb, dx_next, *ctx.attrs, ctx.norm_eps)
+        return dx, dfn, dscale, dbase, dweight, None, None, None
+
+
 class _PostStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, x, link, post, comb, mix, fn, scale, base, backend, attrs, recompute):
-        # recompute: the _URecompute of the sublayer's u, or None (save post and comb).
+        # recompute: the _URecompute of the sublayer's u (or o), or None (save post and comb).
         x_next = _ops(backend).hc_post(y, x, post, comb)
         ctx.backend, ctx.attrs, ctx.recompute = backend, attrs, recompute
         if recompute is None:
@@ -214,7 +261,8 @@ class _PostStep(torch.autograd.Function):
             mix = _differentiable_mix(ctx, x, fn, mix)
             # From the saved mix: the same u/post/comb as the forward's (hc_pre is hc_pre_mixed
             # after its norm_project), without the norm_project's pass over x.
-            u, post, comb = _ops(ctx.backend).hc_pre_mixed(x, mix, scale, base, *ctx.attrs)
+            u, post, comb = _pre_mixed(ctx.backend, (x, mix, scale, base), ctx.attrs,
+                                       ctx.recompute.norm)
             ctx.recompute.recomputed_u = u      # the sublayer's backward, next, reads it
         dx_next = dx_next.contiguous()
         dy, dpost, dcomb = _ops(ctx.backend).hc_post_backward(y, x, post, comb, dx_next)
@@ -254,11 +302,19 @@ class HyperConnection(nn.Module):
     to check on the CPU what a model compiles to on a GPU).
     ``recompute``: see the module docstring. Extra positional/keyword arguments of ``forward`` go
     to the sublayer.
+
+    ``norm``: the sublayer's pre-norm, taken out of the sublayer: the sublayer then gets
+    ``norm(u)`` (a trained submodule of this one). An ``nn.RMSNorm(C)`` with a weight, in
+    ``mode="mhc"``, is fused into mhc's kernels (docs/PreNorm.md): the pre kernel writes the
+    normed row, the backward makes u again and computes the norm's gradient in its own passes
+    (the weight is used in x's dtype; eps None means ``torch.finfo(x.dtype).eps``, as
+    nn.RMSNorm's). Any other module runs as it is, between mhc and the sublayer.
     """
 
     def __init__(self, n: int, C: int, sublayer: nn.Module, mode: str = "mhc", iterations: int = 20,
                  eps: float = 1e-6, pre_eps: float = 1e-6, post_mult: float = 2.0,
-                 backend: str = "auto", recompute: bool = True, layer: int = 0):
+                 backend: str = "auto", recompute: bool = True, layer: int = 0,
+                 norm: nn.Module | None = None):
         super().__init__()
         if n < 1 or C < 1:
             raise ValueError(f"HyperConnection: need n >= 1 and C >= 1, got n={n}, C={C}")
@@ -270,6 +326,10 @@ class HyperConnection(nn.Module):
         self.n, self.C, self.mode, self.backend, self.recompute = n, C, mode, backend, recompute
         self.attrs = (int(iterations), float(eps), float(pre_eps), float(post_mult))
         self.sublayer = sublayer
+        self.norm = norm
+        if norm is not None and not callable(norm):
+            raise ValueError(f"HyperConnection: norm must be a module (e.g. nn.RMSNorm({C})), got "
+                             f"{type(norm).__name__}")
         self.record_coefficients = False   # when True, forward keeps comb/res (detached) in .last_res
         self.last_res = None
         self._mhc_next = None              # weakref to the next HyperConnection (chaining)
@@ -304,8 +364,18 @@ class HyperConnection(nn.Module):
 
     def extra_repr(self):
         it, eps, pre_eps, pm = self.attrs
+        fused = ", norm fused" if self._fused_norm_module() is not None else ""
         return (f"n={self.n}, C={self.C}, mode={self.mode}, backend={self.backend}, "
-                f"recompute={self.recompute}, iterations={it}")
+                f"recompute={self.recompute}, iterations={it}{fused}")
+
+    def _fused_norm_module(self):
+        """self.norm where mhc's kernels compute it (an nn.RMSNorm over C with a weight, mode
+        mhc), else None (no norm, or one that runs as it is)."""
+        m = self.norm
+        if (self.mode == "mhc" and isinstance(m, nn.RMSNorm) and m.weight is not None
+                and tuple(m.normalized_shape) == (self.C,)):
+            return m
+        return None
 
     def _check_input(self, x):
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or tuple(x.shape[-2:]) != (self.n, self.C):
@@ -333,7 +403,8 @@ class HyperConnection(nn.Module):
         # and the parameters are as the kernels want them (contiguous x, f32 parameters), and
         # returns None for anything else, which the general path below checks and runs.
         fast = native.fast_forward
-        if fast is not None and not native.suspended and not torch.compiler.is_compiling():
+        if (fast is not None and self.norm is None and not native.suspended
+                and not torch.compiler.is_compiling()):
             x_next = fast(self, x, args, kwargs)
             if x_next is not None:
                 return x_next
@@ -342,7 +413,11 @@ class HyperConnection(nn.Module):
             return self._forward_hc(x, *args, **kwargs)
         backend = resolve_backend(self.backend, x, self.n, self.C)
         fn, scale, base = self._params(x)
-        if backend == "cuda" and x.is_cuda and not torch.compiler.is_compiling():
+        norm = self._fused_norm_module()
+        if norm is not None:
+            return self._forward_fused_norm(norm, backend, x, fn, scale, base, args, kwargs)
+        if (backend == "cuda" and x.is_cuda and self.norm is None
+                and not torch.compiler.is_compiling()):
             ks = _native_kernel_set(x, self.attrs)
             if ks is not None:
                 native.load().enable_fast_path(self.n, self.C, *self.attrs, ks.key.dtype,
@@ -364,18 +439,43 @@ class HyperConnection(nn.Module):
             return _PostStep.apply(y, x, link, post, comb, mix, fn, scale, base, backend,
                                    self.attrs, recompute)
 
+    def _forward_fused_norm(self, norm, backend, x, fn, scale, base, args, kwargs):
+        """forward() with the pre-norm in mhc's ops (_PreNormStep; the Python steps: native.cpp
+        has no pre-norm)."""
+        weight = norm.weight if norm.weight.dtype == x.dtype else norm.weight.to(x.dtype)
+        norm_eps = float(norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps)
+        with _no_autocast(x):
+            o, post, comb, mix, link = _PreNormStep.apply(x, fn, scale, base, weight, backend,
+                                                          self.attrs, norm_eps)
+        if self.record_coefficients:
+            self.last_res = comb.detach()
+        hooks = None
+        if self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            hooks = _URecompute(o, (x, mix, scale, base), backend, self.attrs, (weight, norm_eps))
+        y = self._sublayer(o, x, hooks, args, kwargs)
+        with _no_autocast(x):
+            return _PostStep.apply(y, x, link, post, comb, mix, fn, scale, base, backend,
+                                   self.attrs, hooks)
+
     def _sublayer(self, u, x, hooks, args, kwargs):
         """y = sublayer(u) (its saved u recomputed in the backward when hooks are given), checked
-        and stored like the stream (as `x + y` would be; e.g. a bf16 sublayer under autocast)."""
+        and stored like the stream (as `x + y` would be; e.g. a bf16 sublayer under autocast).
+        """
         if hooks is None:
-            y = self.sublayer(u, *args, **kwargs)
+            y = self._call_sublayer(u, args, kwargs)
         else:
             with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
-                y = self.sublayer(u, *args, **kwargs)
+                y = self._call_sublayer(u, args, kwargs)
         self._check_output(y, x)
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
         return y if y.is_contiguous() else y.contiguous()
+
+    def _call_sublayer(self, u, args, kwargs):
+        """sublayer(u), or sublayer(norm(u)) with a norm that mhc's ops do not compute."""
+        if self.norm is not None and self._fused_norm_module() is None:
+            u = self.norm(u)
+        return self.sublayer(u, *args, **kwargs)
 
     def _forward_native(self, ks, x, fn, scale, base, args=(), kwargs=None):
         """forward() on the C++ path (native.cpp's forward_with: the same kernels and autograd
@@ -395,7 +495,7 @@ class HyperConnection(nn.Module):
             u = torch.einsum("...i,...ic->...c", pre, xf).to(x.dtype)
         if self.record_coefficients:
             self.last_res = res.detach()
-        y = self.sublayer(u, *args, **kwargs)
+        y = self._call_sublayer(u, args, kwargs)
         self._check_output(y, x)
         with _no_autocast(x):
             out = post[..., :, None] * y.to(cd)[..., None, :] + torch.einsum("...ij,...ic->...jc",
