@@ -107,6 +107,21 @@ class NormFree:
         return self.sub.sublayers(norms=False)
 
 
+class FusedNorms:
+    """The same sublayers with their pre-norms handed to mhc (--fused-norm): each
+    HyperConnection gets the sublayer without its RMSNorm and the RMSNorm as `norm`, which mhc's
+    kernels compute (docs/PreNorm.md). The same model as the mhc rows, the same weights."""
+
+    def __init__(self, sub):
+        self.sub = sub
+
+    def sublayers(self):
+        return self.sub.sublayers(norms=False)
+
+    def norms(self):
+        return [m for b in self.sub.blocks for m in (b.attn_norm, b.ffn_norm)]
+
+
 class _Bound(nn.Module):
     def __init__(self, fn, seq_first=False):
         super().__init__()
@@ -141,8 +156,10 @@ def plain_variant(sub, h):
 def mhc_variant(sub, h, backend, recompute):
     C = h.shape[-1]
     layers = []
-    for i, fn in enumerate(sub.sublayers()):
-        hc = mt.HyperConnection(N, C, _Bound(fn), backend=backend, recompute=recompute).to(h.device)
+    norms = sub.norms() if hasattr(sub, "norms") else [None] * len(sub.sublayers())
+    for i, (fn, norm) in enumerate(zip(sub.sublayers(), norms)):
+        hc = mt.HyperConnection(N, C, _Bound(fn), backend=backend, recompute=recompute,
+                                norm=norm).to(h.device)
         p = mhc_params(C, i, h.device)
         with torch.no_grad():
             for param, value in zip((hc.fn, hc.scale, hc.base), p):
@@ -622,6 +639,10 @@ def main(argv=None):
     p.add_argument("--round-warmup", type=int, default=1, metavar="STEPS",
                    help="with --interleave: untimed steps at the start of each round (default 1); "
                         "more let the clocks settle after the switch from another variant")
+    p.add_argument("--fused-norm", action="store_true",
+                   help="also time mhc_fused_norm: the mHC block with its sublayers' RMSNorms "
+                        "computed by mhc's kernels (HyperConnection(norm=...); kernel sets built "
+                        "with build_cache --norm-eps, here torch.finfo(dtype).eps)")
     p.add_argument("--norm-free", action="store_true",
                    help="also time mhc_norm_free: the mHC block with its sublayers' RMSNorms "
                         "left out, the bound of fusing them into mhc's kernels (docs/PreNorm.md)")
@@ -652,6 +673,9 @@ def main(argv=None):
             variants = [("plain", lambda: plain_variant(sub, h)),
                         ("mhc", lambda: mhc_variant(sub, h, args.mhc_backend, False)),
                         ("mhc_recompute", lambda: mhc_variant(sub, h, args.mhc_backend, True))]
+            if args.fused_norm:
+                variants.append(("mhc_fused_norm",
+                                 lambda: mhc_variant(FusedNorms(sub), h, args.mhc_backend, False)))
             if args.norm_free:
                 variants.append(("mhc_norm_free",
                                  lambda: mhc_variant(NormFree(sub), h, args.mhc_backend, False)))

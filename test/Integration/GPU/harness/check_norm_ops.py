@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Checks the *_norm ops (the sublayer's pre-norm fused in, docs/PreNorm.md) on the GPU: each op's
+kernels (torch.ops.mhc, the cuda backend) against the torch reference math (mhc.torch.reference)
+on the same tensors, and HyperConnection(norm=nn.RMSNorm) against the same model with the norm
+inside the sublayer (reference backend), forward and every gradient.
+
+    MHC_CACHE=DIR python3 test/Integration/GPU/harness/check_norm_ops.py --C 512 --json out.json
+
+DIR holds the kernel sets of n = 4 and the --C given, bf16, built with
+``build_cache --norm-eps 0.0078125`` (torch.finfo(bfloat16).eps, nn.RMSNorm's default eps).
+
+The reference runs on the same bf16 inputs (f32 math, u rounded to bf16 like the kernels'), so the
+two agree to the f32 reduction order: relative error ||out - ref|| / ||ref|| <= 1e-2 for bf16
+results (one rounding of the stored value), 1e-4 for f32 ones (coefficients, parameter
+gradients; dweight, bf16, 1e-2). T = 0, 1, 1000, 16384; outputs are fresh allocations the kernels
+must fill. A control checks one op against the reference of another g: it must fail.
+"""
+import argparse, json, os, sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "..", "python"))
+import mhc.torch as mt  # noqa: E402
+from mhc.torch import reference as R  # noqa: E402
+
+N, ATTRS, NORM_EPS = 4, (20, 1e-6, 1e-6, 2.0), 0.0078125
+
+
+def relerr(o, r):
+    o, r = o.double(), r.double()
+    if not torch.isfinite(o).all():
+        return float("inf")
+    d = torch.linalg.norm(r)
+    return float(torch.linalg.norm(o - r) / (d if d > 0 else 1.0))
+
+
+def inputs(T, C, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    M = N * N + 2 * N
+    bf = torch.bfloat16
+    v = dict(x=r(T, N, C).to(bf), y=r(T, C).to(bf), fn=r(M, N * C) / (N * C) ** 0.5,
+             scale=torch.rand(3, generator=g, device="cuda") + 0.25, base=r(M) * 0.5,
+             weight=(torch.rand(C, generator=g, device="cuda") + 0.5).to(bf), g=r(T, C).to(bf),
+             dpost=r(T, N), dcomb=r(T, N, N), dx_next=r(T, N, C).to(bf), post_lower=r(T, N).sigmoid())
+    v["mix"] = R.norm_project(v["x"], v["fn"], ATTRS[1]).contiguous()
+    return v
+
+
+OPS = {   # op: its tensor arguments
+    "hc_pre_norm": ("x", "fn", "scale", "base", "weight"),
+    "hc_pre_mixed_norm": ("x", "mix", "scale", "base", "weight"),
+    "hc_pre_backward_norm": ("x", "fn", "scale", "base", "mix", "weight", "g", "dpost", "dcomb",
+                             "dx_next"),
+    "hc_pre_backward_lower_norm": ("x", "fn", "scale", "base", "mix", "weight", "g", "dpost",
+                                   "dcomb", "dx_next", "post_lower"),
+    "hc_joint_backward_norm": ("x", "y", "fn", "scale", "base", "mix", "weight", "g", "dx_next"),
+    "hc_joint_backward_lower_norm": ("x", "y", "fn", "scale", "base", "mix", "weight", "g",
+                                     "dx_next", "post_lower"),
+}
+
+
+def check_ops(C, T, out):
+    v = inputs(T, C, 11 * T + C)
+    fails = 0
+    for op, names in OPS.items():
+        args = [v[k] for k in names] + [*ATTRS, NORM_EPS]
+        got = getattr(torch.ops.mhc, op)(*args)
+        want = getattr(R, op)(*args)
+        res = {}
+        for i, (o, w) in enumerate(zip(got, want)):
+            tol = 1e-2 if o.dtype == torch.bfloat16 else 1e-4
+            e = relerr(o, w.to(o.dtype) if o.dtype != w.dtype else w)
+            res[str(i)] = dict(err=e, tol=tol, ok=bool(e <= tol and o.shape == w.shape))
+        bad = [k for k, c in res.items() if not c["ok"]]
+        fails += len(bad)
+        worst = max(c["err"] / c["tol"] for c in res.values())
+        print(f"C={C} T={T:5d} {op:30s} worst err/tol={worst:.3g} {'OK' if not bad else 'FAIL ' + ','.join(bad)}",
+              flush=True)
+        out.append(dict(C=C, T=T, op=op, results=res))
+        if op == "hc_pre_backward_norm" and T == 1000:     # control: another g must fail dx
+            other = [v[k] if k != "g" else torch.roll(v["g"], 1, dims=1) for k in names]
+            e = relerr(got[0], R.hc_pre_backward_norm(*other, *ATTRS, NORM_EPS)[0])
+            ok = e > 1e-2
+            fails += 0 if ok else 1
+            print(f"C={C} control (g rolled): dx err {e:.3g} {'rejected, OK' if ok else 'NOT rejected: FAIL'}")
+    return fails
+
+
+def check_module(C, out):
+    """HyperConnection(norm=RMSNorm) on the cuda backend against the same module on the reference
+    backend (same bf16 roundings; that it equals the norm inside the sublayer is a CPU test,
+    python/tests/test_torch_modules.py): output and every gradient."""
+    import copy
+    from torch import nn
+    torch.manual_seed(C)
+    lin = nn.Linear(C, C, device="cuda", dtype=torch.bfloat16)
+    norm = nn.RMSNorm(C, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    ref = mt.HyperConnection(N, C, copy.deepcopy(lin), backend="reference",
+                             norm=copy.deepcopy(norm)).cuda()
+    fused = mt.HyperConnection(N, C, copy.deepcopy(lin), backend="cuda",
+                               norm=copy.deepcopy(norm)).cuda()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 500, N, C, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(2, 500, N, C, device="cuda", dtype=torch.bfloat16)
+    res = {}
+    grads = []
+    for m in (ref, fused):
+        xx = x.clone().requires_grad_()
+        y = m(m_in := xx)
+        (y.float() * w.float()).sum().backward()
+        grads.append((y.detach(), m_in.grad, {k: p.grad for k, p in m.named_parameters()}))
+    (y0, dx0, p0), (y1, dx1, p1) = grads
+    for name, a, b, tol in [("y", y1, y0, 1e-2), ("dx", dx1, dx0, 2e-2)] + \
+            [(k, p1[k], p0[k], 2e-2 if p0[k].dtype == torch.bfloat16 else 5e-3) for k in p0]:
+        e = relerr(a, b)
+        res[name] = dict(err=e, tol=tol, ok=bool(e <= tol))
+    bad = [k for k, c in res.items() if not c["ok"]]
+    print(f"C={C} module (cuda, norm fused) vs the reference backend's: "
+          + " ".join(f"{k}={c['err']:.2g}" for k, c in res.items()) + (" OK" if not bad else " FAIL " + ",".join(bad)),
+          flush=True)
+    out.append(dict(C=C, module=res))
+    return len(bad)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--C", type=int, action="append", required=True)
+    ap.add_argument("--json", required=True)
+    a = ap.parse_args()
+    out, fails = [], 0
+    for C in a.C:
+        for T in (0, 1, 1000, 16384):
+            fails += check_ops(C, T, out)
+        fails += check_module(C, out)
+    json.dump(dict(device=torch.cuda.get_device_name(), checks=out, failures=fails),
+              open(a.json, "w"), indent=1)
+    print(f"failures: {fails}")
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
