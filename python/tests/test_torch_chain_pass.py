@@ -167,6 +167,18 @@ def test_inductor_installs_and_runs_the_pass(monkeypatch):
 FOLD_OPS = ("hc_pre_backward_lower", "hc_joint_backward", "hc_joint_backward_lower")
 
 
+def unfolded_and_folded(m, tokens, monkeypatch, record):
+    """loss_and_grads of m compiled with the whole pass (passes_only_backend, `record` seeing each
+    graph), with MHC_COMPILE_FOLD_DY=0 and then 1."""
+    results = []
+    for fold in ("0", "1"):
+        monkeypatch.setenv("MHC_COMPILE_FOLD_DY", fold)
+        torch._dynamo.reset()
+        backend = chain_pass.passes_only_backend(record)
+        results.append(loss_and_grads(torch.compile(m, fullgraph=True, backend=backend), tokens))
+    return results
+
+
 @pytest.mark.parametrize("recompute", [False, True])
 def test_fold_dy_in_a_compiled_stack(monkeypatch, recompute):
     """Three blocks, float64, the whole pass (as Inductor runs it) on both graphs: the backward
@@ -182,12 +194,7 @@ def test_fold_dy_in_a_compiled_stack(monkeypatch, recompute):
     m = model(recompute=recompute).double()
     tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(5))
     eager_loss, eager_grads = loss_and_grads(m, tokens)
-    results = []
-    for fold in ("0", "1"):
-        monkeypatch.setenv("MHC_COMPILE_FOLD_DY", fold)
-        torch._dynamo.reset()
-        backend = chain_pass.passes_only_backend(record)
-        results.append(loss_and_grads(torch.compile(m, fullgraph=True, backend=backend), tokens))
+    results = unfolded_and_folded(m, tokens, monkeypatch, record)
 
     mhc = torch.ops.mhc
     plain, folded = backward_ops
@@ -332,12 +339,7 @@ def test_chain_and_fold_with_the_fused_norm(monkeypatch, recompute):
     m = norm_model(recompute=recompute).double()
     base_loss, base_grads = loss_and_grads(base, tokens)
     eager_loss, eager_grads = loss_and_grads(m, tokens)
-    results = []
-    for fold in ("0", "1"):
-        monkeypatch.setenv("MHC_COMPILE_FOLD_DY", fold)
-        torch._dynamo.reset()
-        backend = chain_pass.passes_only_backend(record)
-        results.append(loss_and_grads(torch.compile(m, fullgraph=True, backend=backend), tokens))
+    results = unfolded_and_folded(m, tokens, monkeypatch, record)
 
     mhc = torch.ops.mhc
     forward = [ops for backward, ops in graphs if not backward][-1]

@@ -178,6 +178,17 @@ def _differentiable_mix(ctx, x, fn, mix):
     return mix
 
 
+def _cotangents(x, mix, du, dpost, dcomb, dx_next):
+    """The pre step's cotangents, contiguous; absent ones (an output nobody used) are zeros."""
+    lead, (n, C) = x.shape[:-2], x.shape[-2:]
+    cd = mix.dtype
+    du = x.new_zeros(*lead, C) if du is None else du.contiguous()
+    dpost = x.new_zeros(*lead, n, dtype=cd) if dpost is None else dpost.contiguous()
+    dcomb = x.new_zeros(*lead, n, n, dtype=cd) if dcomb is None else dcomb.contiguous()
+    dx_next = torch.zeros_like(x) if dx_next is None else dx_next.contiguous()
+    return du, dpost, dcomb, dx_next
+
+
 class _PreStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fn, scale, base, backend, attrs):
@@ -194,13 +205,7 @@ class _PreStep(torch.autograd.Function):
         _refuse_double_backward(ctx)
         x, fn, scale, base, mix = ctx.saved_tensors
         mix = _differentiable_mix(ctx, x, fn, mix)
-        lead, (n, C) = x.shape[:-2], x.shape[-2:]
-        cd = mix.dtype
-        # Absent cotangents (an output nobody used) are zeros.
-        du = x.new_zeros(*lead, C) if du is None else du.contiguous()
-        dpost = x.new_zeros(*lead, n, dtype=cd) if dpost is None else dpost.contiguous()
-        dcomb = x.new_zeros(*lead, n, n, dtype=cd) if dcomb is None else dcomb.contiguous()
-        dx_next = torch.zeros_like(x) if dx_next is None else dx_next.contiguous()
+        du, dpost, dcomb, dx_next = _cotangents(x, mix, du, dpost, dcomb, dx_next)
         dx, dfn, dscale, dbase = _ops(ctx.backend).hc_pre_backward(
             x, fn, scale, base, mix, du, dpost, dcomb, dx_next, *ctx.attrs)
         return dx, dfn, dscale, dbase, None, None
@@ -227,12 +232,7 @@ class _PreNormStep(torch.autograd.Function):
         _refuse_double_backward(ctx)
         x, fn, scale, base, mix, weight = ctx.saved_tensors
         mix = _differentiable_mix(ctx, x, fn, mix)
-        lead, (n, C) = x.shape[:-2], x.shape[-2:]
-        cd = mix.dtype
-        do = x.new_zeros(*lead, C) if do is None else do.contiguous()
-        dpost = x.new_zeros(*lead, n, dtype=cd) if dpost is None else dpost.contiguous()
-        dcomb = x.new_zeros(*lead, n, n, dtype=cd) if dcomb is None else dcomb.contiguous()
-        dx_next = torch.zeros_like(x) if dx_next is None else dx_next.contiguous()
+        do, dpost, dcomb, dx_next = _cotangents(x, mix, do, dpost, dcomb, dx_next)
         dx, dfn, dscale, dbase, dweight = _norm_ops(ctx.backend).hc_pre_backward_norm(
             x, fn, scale, base, mix, weight, do, dpost, dcomb, dx_next, *ctx.attrs, ctx.norm_eps)
         return dx, dfn, dscale, dbase, dweight, None, None, None

@@ -17,6 +17,9 @@
     torch.ops.mhc.hc_joint_backward_lower(x, y, fn, scale, base, mix, du, dx_next, post_lower,
                                           iterations, eps, pre_eps, post_mult)
                                   -> (dx, dfn, dscale, dbase, dy_lower)
+    torch.ops.mhc.hc_pre_norm, hc_pre_mixed_norm, hc_pre_backward_norm,
+        hc_pre_backward_lower_norm, hc_joint_backward_norm, hc_joint_backward_lower_norm
+                                  the sublayer's pre-norm fused in (below; docs/PreNorm.md)
 
 Each maps 1:1 onto a set of mhc's GPU kernels (docs/Torch.md). ``hc_post_backward`` does not return
 dx: ``hc_pre_backward`` computes the *whole* dx of x, including hc_post's residual path
