@@ -179,6 +179,17 @@ def unfolded_and_folded(m, tokens, monkeypatch, record):
     return results
 
 
+def same_unfolded_and_folded(results, eager_grads):
+    """unfolded_and_folded's two runs give the same loss and gradients bit for bit, and the
+    gradients are eager's within float64 rounding; returns the folded run's (loss, grads)."""
+    (plain_loss, plain_grads), (loss, grads) = results
+    assert torch.equal(loss, plain_loss)
+    for g, pg, eg in zip(grads, plain_grads, eager_grads):
+        assert torch.equal(g, pg)
+        assert torch.allclose(g, eg, rtol=1e-10, atol=1e-13)
+    return loss, grads
+
+
 @pytest.mark.parametrize("recompute", [False, True])
 def test_fold_dy_in_a_compiled_stack(monkeypatch, recompute):
     """Three blocks, float64, the whole pass (as Inductor runs it) on both graphs: the backward
@@ -205,11 +216,7 @@ def test_fold_dy_in_a_compiled_stack(monkeypatch, recompute):
     assert mhc.hc_pre_backward.default not in folded
     for op in FOLD_OPS:
         assert folded.count(getattr(mhc, op).default) == 1, op
-    (plain_loss, plain_grads), (loss, grads) = results
-    assert torch.equal(loss, plain_loss)
-    for g, pg, eg in zip(grads, plain_grads, eager_grads):
-        assert torch.equal(g, pg)
-        assert torch.allclose(g, eg, rtol=1e-10, atol=1e-13)
+    loss, grads = same_unfolded_and_folded(results, eager_grads)
     assert torch.allclose(loss, eager_loss, rtol=1e-12)
 
 
@@ -353,11 +360,7 @@ def test_chain_and_fold_with_the_fused_norm(monkeypatch, recompute):
     assert mhc.hc_pre_backward_norm.default not in folded
     for op in NORM_FOLD_OPS:
         assert folded.count(getattr(mhc, op).default) == 1, op
-    (plain_loss, plain_grads), (loss, grads) = results
-    assert torch.equal(loss, plain_loss)
-    for g, pg, eg in zip(grads, plain_grads, eager_grads):
-        assert torch.equal(g, pg)
-        assert torch.allclose(g, eg, rtol=1e-10, atol=1e-13)
+    loss, grads = same_unfolded_and_folded(results, eager_grads)
     # The baseline's parameters in the same order but for the norm weights (in the sublayers).
     names = [k.replace("sublayer.norm", "norm") for k, _ in base.named_parameters()]
     mine = dict(zip((k for k, _ in m.named_parameters()), grads))

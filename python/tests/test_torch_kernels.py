@@ -536,7 +536,7 @@ def test_auto_backend_picks_up_a_kernel_set_that_appears_later(monkeypatch):
     (after _RECHECK_MISSING_S): a set built or carried in while the process runs gets used."""
     from mhc.torch import modules
     answers = [False, False, True, False]
-    monkeypatch.setattr(kernels, "available", lambda n, C, dtype: answers.pop(0))
+    monkeypatch.setattr(kernels, "available", lambda n, C, dtype, norm_eps=None: answers.pop(0))
     monkeypatch.setattr(modules, "_KERNELS_FOUND", set())
     monkeypatch.setattr(modules, "_KERNELS_MISSING", {})
     monkeypatch.setattr(modules, "_RECHECK_MISSING_S", 3600.0)
@@ -618,3 +618,31 @@ def test_norm_set_from_the_real_pipeline(tmp_path):
         assert ("few_tokens" in ops[op]) == (op in ("hc_pre_norm", "hc_pre_mixed_norm"))
     with pytest.raises(ValueError, match="norm_eps must be finite and > 0"):
         KernelKey(n=2, C=64, dtype="bf16", norm_eps=0.0)
+
+
+def test_auto_backend_looks_for_the_norm_set(tmp_path, monkeypatch):
+    """With a fused pre-norm, "auto" needs the set of that norm eps with its training ops: a set
+    without norm_eps does not do, nor one of another eps."""
+    from mhc.torch import modules
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(kernels, "device_chip", lambda device=None: "sm_90")
+    monkeypatch.setattr(kernels, "_can_build", lambda: False)
+    monkeypatch.setenv("MHC_CACHE", str(tmp_path))
+    launch = {"kernel": "k", "block": [1, 1, 1], "grid": {"x": 1}}
+    for norm_eps, ops in ((None, kernels.TRAINING_OPS), (1e-5, kernels.NORM_TRAINING_OPS)):
+        key = KernelKey(n=4, C=64, dtype="bf16", norm_eps=norm_eps)
+        folder = key.folder(tmp_path)
+        folder.mkdir(parents=True)
+        (folder / "kernels.cubin").write_bytes(b"not a cubin: never loaded")
+        (folder / kernels.MANIFEST_NAME).write_text(json.dumps(
+            {"schema": kernels.SCHEMA, "key": key.as_dict(), "cubin": "kernels.cubin",
+             "ops": {op: {"launches": [dict(launch, buffers=[*kernels.OP_BUFFERS[op][0],
+                                                             *kernels.OP_BUFFERS[op][1]])]}
+                     for op in ops}}))
+    assert kernels.available(4, 64, "bf16")
+    assert kernels.available(4, 64, "bf16", norm_eps=1e-5)
+    assert not kernels.available(4, 64, "bf16", norm_eps=1e-6)
+    monkeypatch.setattr(modules, "_KERNELS_FOUND", set())
+    monkeypatch.setattr(modules, "_KERNELS_MISSING", {})
+    assert modules._cuda_kernels_available(4, 64, "bf16", 1e-5)
+    assert not modules._cuda_kernels_available(4, 64, "bf16", 1e-6)

@@ -137,6 +137,8 @@ BUFFER_LAYOUT = {
 # (sets built before them run the chain's with the reference math, the fold's on their
 # hc_pre_backward kernels: mhc.torch.ops), the other two are for the benchmarks.
 TRAINING_OPS = ("hc_pre", "hc_post", "hc_post_backward", "hc_pre_backward")
+# The same with the sublayer's pre-norm fused in (HyperConnection(norm=nn.RMSNorm)).
+NORM_TRAINING_OPS = ("hc_pre_norm", "hc_post", "hc_post_backward", "hc_pre_backward_norm")
 DTYPE_NAMES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32,
                "f64": torch.float64, "i32": torch.int32, "i64": torch.int64}
 _TORCH_TO_NAME = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
@@ -671,15 +673,17 @@ def kernel_set(key: KernelKey, device_index: int = 0) -> KernelSet:
 
 
 def available(n: int, C: int, dtype: str, iterations=20, eps=1e-6, pre_eps=1e-6,
-              post_mult=2.0) -> bool:
+              post_mult=2.0, norm_eps=None) -> bool:
     """True when the cuda backend can train this shape on the current device: a cached kernel set
-    with all four ops (a forward-only set is used only when asked for, backend="cuda"), or a
-    compiler here that builds one."""
+    with all four ops (a forward-only set is used only when asked for, backend="cuda"; with
+    norm_eps, the set of that pre-norm eps with its training ops), or a compiler here that builds
+    one."""
     if not torch.cuda.is_available():
         return False
     try:
-        key = KernelKey(n, C, dtype, device_chip(), iterations, eps, pre_eps, post_mult)
-        return set(TRAINING_OPS) <= set(load_manifest(key.folder(cache_root()), key)["ops"])
+        key = KernelKey(n, C, dtype, device_chip(), iterations, eps, pre_eps, post_mult, norm_eps)
+        needed = TRAINING_OPS if norm_eps is None else NORM_TRAINING_OPS
+        return set(needed) <= set(load_manifest(key.folder(cache_root()), key)["ops"])
     except ValueError:
         return False
     except KernelsMissing:

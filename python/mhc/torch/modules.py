@@ -68,16 +68,17 @@ _RECHECK_MISSING_S = 1.0
 
 
 @torch.compiler.assume_constant_result
-def _cuda_kernels_available(n: int, C: int, dtype: str) -> bool:
-    """Whether the cache holds (or mhc can build) this shape's kernel set. A "no" is looked up
-    again after a second, so that a set built or copied in while the process runs is picked up."""
-    shape = (n, C, dtype)
+def _cuda_kernels_available(n: int, C: int, dtype: str, norm_eps: float | None = None) -> bool:
+    """Whether the cache holds (or mhc can build) this shape's kernel set (with norm_eps: the set
+    of the *_norm ops for that eps). A "no" is looked up again after a second, so that a set
+    built or copied in while the process runs is picked up."""
+    shape = (n, C, dtype, norm_eps)
     if shape in _KERNELS_FOUND:
         return True
     last = _KERNELS_MISSING.get(shape)
     if last is not None and time.monotonic() - last < _RECHECK_MISSING_S:
         return False
-    if kernels.available(n, C, dtype):
+    if kernels.available(n, C, dtype, norm_eps=norm_eps):
         _KERNELS_FOUND.add(shape)
         _KERNELS_MISSING.pop(shape, None)
         return True
@@ -94,9 +95,11 @@ def _native_kernel_set(x, attrs):
     return ks if ks.native_handle() is not None else None
 
 
-def resolve_backend(backend: str, x: torch.Tensor, n: int, C: int) -> str:
+def resolve_backend(backend: str, x: torch.Tensor, n: int, C: int,
+                    norm_eps: float | None = None) -> str:
     """'cuda' or 'reference' for this input. ``auto``: the kernels for CUDA tensors when their
-    kernel set is in the cache (or can be compiled here), else the reference math. ``ops``: the
+    kernel set is in the cache (or can be compiled here), else the reference math (norm_eps: a
+    fused pre-norm's eps, whose set it must be). ``ops``: the
     mhc:: custom ops on any device ('cuda': the ops path; off CUDA the ops run their reference
     math), i.e. on the CPU the graph that torch.compile gets on a GPU."""
     if backend == "reference":
@@ -108,7 +111,8 @@ def resolve_backend(backend: str, x: torch.Tensor, n: int, C: int) -> str:
             raise ValueError(f"HyperConnection(backend='cuda') needs CUDA tensors, got x on {x.device} "
                              "(use backend='reference' or 'auto' on other devices)")
         return "cuda"
-    if x.device.type == "cuda" and _cuda_kernels_available(n, C, str(x.dtype).replace("torch.", "")):
+    if x.device.type == "cuda" and _cuda_kernels_available(n, C, str(x.dtype).replace("torch.", ""),
+                                                           norm_eps):
         return "cuda"
     return "reference"
 
@@ -153,6 +157,11 @@ def _pre_mixed(backend, inputs, attrs, norm):
         return _ops(backend).hc_pre_mixed(*inputs, *attrs)
     x, mix, scale, base = inputs
     return _norm_ops(backend).hc_pre_mixed_norm(x, mix, scale, base, norm[0], *attrs, norm[1])
+
+
+def _norm_eps(norm, x) -> float:
+    """An nn.RMSNorm's eps as it applies to x (None: the dtype's epsilon, as nn.RMSNorm takes it)."""
+    return float(norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps)
 
 
 def _norm_ops(backend: str):
@@ -411,11 +420,13 @@ class HyperConnection(nn.Module):
         self._check_input(x)
         if self.mode == "hc":
             return self._forward_hc(x, *args, **kwargs)
-        backend = resolve_backend(self.backend, x, self.n, self.C)
-        fn, scale, base = self._params(x)
         norm = self._fused_norm_module()
+        norm_eps = None if norm is None else _norm_eps(norm, x)
+        backend = resolve_backend(self.backend, x, self.n, self.C, norm_eps)
+        fn, scale, base = self._params(x)
         if norm is not None:
-            return self._forward_fused_norm(norm, backend, x, fn, scale, base, args, kwargs)
+            return self._forward_fused_norm(norm, norm_eps, backend, x, fn, scale, base, args,
+                                            kwargs)
         if (backend == "cuda" and x.is_cuda and self.norm is None
                 and not torch.compiler.is_compiling()):
             ks = _native_kernel_set(x, self.attrs)
@@ -439,11 +450,10 @@ class HyperConnection(nn.Module):
             return _PostStep.apply(y, x, link, post, comb, mix, fn, scale, base, backend,
                                    self.attrs, recompute)
 
-    def _forward_fused_norm(self, norm, backend, x, fn, scale, base, args, kwargs):
+    def _forward_fused_norm(self, norm, norm_eps, backend, x, fn, scale, base, args, kwargs):
         """forward() with the pre-norm in mhc's ops (_PreNormStep; the Python steps: native.cpp
         has no pre-norm)."""
         weight = norm.weight if norm.weight.dtype == x.dtype else norm.weight.to(x.dtype)
-        norm_eps = float(norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps)
         with _no_autocast(x):
             o, post, comb, mix, link = _PreNormStep.apply(x, fn, scale, base, weight, backend,
                                                           self.attrs, norm_eps)
