@@ -561,10 +561,15 @@ def test_fused_norm_low_precision_and_default_eps():
 
 
 def test_norm_that_is_not_fused_runs_as_it_is(path):
-    """A norm mhc does not compute (LayerNorm; an RMSNorm without weight) runs between mhc and the
-    sublayer: the same as the norm inside the sublayer."""
+    """A norm mhc does not compute (LayerNorm; an RMSNorm without weight; a subclass of RMSNorm)
+    runs between mhc and the sublayer: the same as the norm inside the sublayer."""
+    class ScaledRMSNorm(nn.RMSNorm):          # a subclass: its own forward
+        def forward(self, u):
+            return super().forward(u) * 2
+
     for norm in (nn.LayerNorm(8, dtype=torch.float64),
-                 nn.RMSNorm(8, elementwise_affine=False, dtype=torch.float64)):
+                 nn.RMSNorm(8, elementwise_affine=False, dtype=torch.float64),
+                 ScaledRMSNorm(8, dtype=torch.float64)):
         hc = make_hc(n=3, C=8, iterations=4, backend=path, norm=norm)
         assert hc._fused_norm_module() is None and "norm fused" not in repr(hc)
         ref = make_hc(n=3, C=8, iterations=4)
@@ -613,3 +618,16 @@ def test_fused_norm_bad_input():
                                            torch.zeros(3, 7), torch.zeros(3, 2),
                                            torch.zeros(3, 2, 2), torch.zeros_like(x), *attrs,
                                            1e-6)
+
+
+def test_fused_norm_zero_tokens_and_leading_dims(path):
+    """T = 0 (the weight's gradient comes back as zeros) and two leading dims with the fused norm."""
+    _, hc = _norm_pair(path)
+    x = torch.randn(0, 3, 3, 8, dtype=torch.float64, requires_grad=True)
+    out = hc(x)
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape and torch.all(hc.norm.weight.grad == 0)
+    inside, hc = _norm_pair(path)
+    x = torch.randn(2, 3, 4, 3, 8, dtype=torch.float64)
+    assert torch.allclose(hc(x), inside(x), rtol=1e-12, atol=1e-14)

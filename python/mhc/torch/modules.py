@@ -379,9 +379,10 @@ class HyperConnection(nn.Module):
 
     def _fused_norm_module(self):
         """self.norm where mhc's kernels compute it (an nn.RMSNorm over C with a weight, mode
-        mhc), else None (no norm, or one that runs as it is)."""
+        mhc; not a subclass, whose forward may differ), else None (no norm, or one that runs as
+        it is)."""
         m = self.norm
-        if (self.mode == "mhc" and isinstance(m, nn.RMSNorm) and m.weight is not None
+        if (self.mode == "mhc" and type(m) is nn.RMSNorm and m.weight is not None
                 and tuple(m.normalized_shape) == (self.C,)):
             return m
         return None
