@@ -440,7 +440,7 @@ SmallVector<Value> ColsKernelBuilder::emitTile(SmallVector<Value> dfnAcc) {
             Value pi = splat(pres[i], vecF32Of(2));
             u = i ? fma(pi, xi, u) : fmul(pi, xi);
           }
-          u = toF32(toAct(u, VectorType::get({2}, acts.act)));
+          u = roundAct(u);
           // r and k sit past the record's vectors: scalar loads.
           auto scalarRec = [&](int64_t col) {
             return ld(recS, add(mul(t, ci(recPitch(p))), ci(col - M)));

@@ -149,6 +149,11 @@ struct RowsKernelBuilder : KernelBuilder {
 
   Value arg(Value v) { return v ? argOf.lookup(v) : Value(); }
   void emitBody();
+  /// The tile's coefficients of split_mixes group `group` (0 pre, 1 post)
+  /// into shared `dest` ([tileTokens x n]), `finish` applied to the
+  /// activation, or read from `given` ([T x n]) when it is set.
+  void loadCoefficients(Value dest, int64_t group, Value given,
+                        function_ref<Value(Value)> finish);
   void loadPost();
   void loadPre();
   void emitRowLoop();

@@ -36,47 +36,41 @@ static Value dot(KernelBuilder &k, ArrayRef<Value> a, ArrayRef<Value> b,
   return acc;
 }
 
-void RowsKernelBuilder::loadPost() {
-  // post[t][j] = post_mult * sigmoid(mix[n + j] * scale[1] + base[n + j])
-  // (or given), what dy needs during the row walk.
+void RowsKernelBuilder::loadCoefficients(Value dest, int64_t group, Value given,
+                                         function_ref<Value(Value)> finish) {
+  // dest[t][i] = finish(mix[group * n + i] * scale[group] + base[group * n +
+  // i]) per token of the tile, as split_mixes computes it (or given [T x n]).
   int64_t n = p.n, M = p.M();
-  Value scalePost = p.postIn ? Value() : ld(arg(p.scale), ci(1));
-  emitIf(ult(tid, s.tileTokens), [&]() {
-    Value token = add(tile0, tid);
-    Value ok = ult(token, T);
-    for (int64_t j = 0; j < n; ++j) {
-      Value v = f32OrZero(ok, [&]() {
-        if (p.postIn)
-          return ld(arg(p.postIn), add(mul(token, ci(n)), ci(j)));
-        Value m = ld(arg(p.mix), add(mul(token, ci(M)), ci(n + j)));
-        Value a = fadd(fmul(m, scalePost), ld(arg(p.base), ci(n + j)));
-        return fmul(sigmoid(a), cf(p.postMult));
-      });
-      st(v, postS, add(mul(tid, ci(n)), ci(j)));
-    }
-  });
-  barrier();
-}
-
-void RowsKernelBuilder::loadPre() {
-  // pre[t][i] = sigmoid(mix[i] * scale[0] + base[i]) + pre_eps, as
-  // split_mixes computes it: the row walk makes u = sum_i pre[i] x[i] again
-  // for the pre-norm's gradient (docs/PreNorm.md).
-  int64_t n = p.n, M = p.M();
-  Value scalePre = ld(arg(p.scale), ci(0));
+  Value scaleOf = given ? Value() : ld(arg(p.scale), ci(group));
   emitIf(ult(tid, s.tileTokens), [&]() {
     Value token = add(tile0, tid);
     Value ok = ult(token, T);
     for (int64_t i = 0; i < n; ++i) {
       Value v = f32OrZero(ok, [&]() {
-        Value m = ld(arg(p.mix), add(mul(token, ci(M)), ci(i)));
-        Value a = fadd(fmul(m, scalePre), ld(arg(p.base), ci(i)));
-        return fadd(sigmoid(a), cf(p.preEps));
+        if (given)
+          return ld(given, add(mul(token, ci(n)), ci(i)));
+        Value m = ld(arg(p.mix), add(mul(token, ci(M)), ci(group * n + i)));
+        Value a = fadd(fmul(m, scaleOf), ld(arg(p.base), ci(group * n + i)));
+        return finish(a);
       });
-      st(v, preRowS, add(mul(tid, ci(n)), ci(i)));
+      st(v, dest, add(mul(tid, ci(n)), ci(i)));
     }
   });
   barrier();
+}
+
+void RowsKernelBuilder::loadPost() {
+  // post = post_mult * sigmoid(a) (or given), what dy needs during the row
+  // walk.
+  loadCoefficients(postS, 1, arg(p.postIn),
+                   [&](Value a) { return fmul(sigmoid(a), cf(p.postMult)); });
+}
+
+void RowsKernelBuilder::loadPre() {
+  // pre = sigmoid(a) + pre_eps: the row walk makes u = sum_i pre[i] x[i]
+  // again for the pre-norm's gradient (docs/PreNorm.md).
+  loadCoefficients(preRowS, 0, Value(),
+                   [&](Value a) { return fadd(sigmoid(a), cf(p.preEps)); });
 }
 
 void RowsKernelBuilder::emitRowLoop() {
@@ -195,7 +189,7 @@ void RowsKernelBuilder::emitRowLoop() {
               Value v = fmul(preOf[0], X[0][e]);
               for (int64_t i = 1; i < n; ++i)
                 v = fma(preOf[i], X[i][e], v);
-              Ub.push_back(toF32(toAct(v, acts.act)));
+              Ub.push_back(roundAct(v));
               Us.push_back(fmul(Ub.back(), scale));
             }
             for (int64_t i = 0; i < n; ++i) {

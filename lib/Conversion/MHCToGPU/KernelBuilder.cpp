@@ -132,7 +132,8 @@ Value KernelBuilder::toAct(Value v, Type t) {
 Value KernelBuilder::roundAct(Value v) {
   if (acts.act == f32)
     return v;
-  auto t = cast<VectorType>(v.getType()).clone(acts.act);
+  auto vt = dyn_cast<VectorType>(v.getType());
+  Type t = vt ? Type(vt.clone(acts.act)) : acts.act;
   return toF32(toAct(v, t));
 }
 

@@ -195,7 +195,8 @@ public:
   /// Rounds f32 to the activation type `t` (scalar or vector type); a value
   /// already of type `t` is returned as it is.
   Value toAct(Value v, Type t);
-  /// Rounds f32 values to the activation type and back (what is stored).
+  /// Rounds f32 values (a scalar or a vector) to the activation type and
+  /// back (what is stored).
   Value roundAct(Value v);
   /// Loads `vec` activations at mem[base + c ..] (as f32, or in the
   /// activation type when `raw`: half the registers for values held across
