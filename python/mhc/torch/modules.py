@@ -425,10 +425,11 @@ class HyperConnection(nn.Module):
         norm_eps = None if norm is None else _norm_eps(norm, x)
         backend = resolve_backend(self.backend, x, self.n, self.C, norm_eps)
         fn, scale, base = self._params(x)
+        fused_norm = None   # (weight, norm_eps): the pre-norm in mhc's ops (the Python steps)
         if norm is not None:
-            return self._forward_fused_norm(norm, norm_eps, backend, x, fn, scale, base, args,
-                                            kwargs)
-        if (backend == "cuda" and x.is_cuda and self.norm is None
+            weight = norm.weight if norm.weight.dtype == x.dtype else norm.weight.to(x.dtype)
+            fused_norm = (weight, norm_eps)
+        elif (backend == "cuda" and x.is_cuda and self.norm is None
                 and not torch.compiler.is_compiling()):
             ks = _native_kernel_set(x, self.attrs)
             if ks is not None:
@@ -436,12 +437,17 @@ class HyperConnection(nn.Module):
                                                x.get_device(), ks.native_handle())
                 return self._forward_native(ks, x, fn, scale, base, args, kwargs)
         with _no_autocast(x):
-            u, post, comb, mix, link = _PreStep.apply(x, fn, scale, base, backend, self.attrs)
+            if fused_norm is None:
+                u, post, comb, mix, link = _PreStep.apply(x, fn, scale, base, backend,
+                                                          self.attrs)
+            else:   # u is the normed row here: what the sublayer reads and saves
+                u, post, comb, mix, link = _PreNormStep.apply(x, fn, scale, base, fused_norm[0],
+                                                              backend, self.attrs, fused_norm[1])
         if self.record_coefficients:
             self.last_res = comb.detach()
         hooks = None
         if self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            hooks = _URecompute(u, (x, mix, scale, base), backend, self.attrs)
+            hooks = _URecompute(u, (x, mix, scale, base), backend, self.attrs, fused_norm)
         y = self._sublayer(u, x, hooks, args, kwargs)
         # Only with the hooks does recomputing pay: the backward's hc_pre_mixed then also gives
         # the sublayer its u. Without them (torch.compile) it would relaunch a kernel that reads
@@ -450,23 +456,6 @@ class HyperConnection(nn.Module):
         with _no_autocast(x):
             return _PostStep.apply(y, x, link, post, comb, mix, fn, scale, base, backend,
                                    self.attrs, recompute)
-
-    def _forward_fused_norm(self, norm, norm_eps, backend, x, fn, scale, base, args, kwargs):
-        """forward() with the pre-norm in mhc's ops (_PreNormStep; the Python steps: native.cpp
-        has no pre-norm)."""
-        weight = norm.weight if norm.weight.dtype == x.dtype else norm.weight.to(x.dtype)
-        with _no_autocast(x):
-            o, post, comb, mix, link = _PreNormStep.apply(x, fn, scale, base, weight, backend,
-                                                          self.attrs, norm_eps)
-        if self.record_coefficients:
-            self.last_res = comb.detach()
-        hooks = None
-        if self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            hooks = _URecompute(o, (x, mix, scale, base), backend, self.attrs, (weight, norm_eps))
-        y = self._sublayer(o, x, hooks, args, kwargs)
-        with _no_autocast(x):
-            return _PostStep.apply(y, x, link, post, comb, mix, fn, scale, base, backend,
-                                   self.attrs, hooks)
 
     def _sublayer(self, u, x, hooks, args, kwargs):
         """y = sublayer(u) (its saved u recomputed in the backward when hooks are given), checked
