@@ -110,9 +110,9 @@ def check_module(C, out):
     grads = []
     for m in (ref, fused):
         xx = x.clone().requires_grad_()
-        y = m(m_in := xx)
+        y = m(xx)
         (y.float() * w.float()).sum().backward()
-        grads.append((y.detach(), m_in.grad, {k: p.grad for k, p in m.named_parameters()}))
+        grads.append((y.detach(), xx.grad, {k: p.grad for k, p in m.named_parameters()}))
     (y0, dx0, p0), (y1, dx1, p1) = grads
     for name, a, b, tol in [("y", y1, y0, 1e-2), ("dx", dx1, dx0, 2e-2)] + \
             [(k, p1[k], p0[k], 2e-2 if p0[k].dtype == torch.bfloat16 else 5e-3) for k in p0]:
