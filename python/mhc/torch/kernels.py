@@ -119,9 +119,8 @@ OP_BUFFERS = {   # (arguments, results) of each op, in schema order
                                      ("dx", "dfn", "dscale", "dbase", "dweight", "dy_lower")),
 }
 # Every buffer name's shape, relative to x [lead..., n, C] (X: [lead, n, C], Y: [lead, C], P:
-# [lead, n], CB: [lead, n, n], MIX: [lead, M], FN: [M, n*C], SC: [3], B: [M], W: [C]; M = n*n + 2n),
-# and
-# dtype (A: x's, F: the coefficients' f32). The one table of the ops' shapes: results are allocated
+# [lead, n], CB: [lead, n, n], MIX: [lead, M], FN: [M, n*C], SC: [3], B: [M], W: [C]; M = n*n +
+# 2n), and dtype (A: x's, F: the coefficients' f32). The one table of the ops' shapes: results are allocated
 # from it (allocate_results), and the C++ launch path receives it (native.signature_table).
 BUFFER_LAYOUT = {
     "x": ("X", "A"), "x_next": ("X", "A"), "dx": ("X", "A"), "dx_next": ("X", "A"),
