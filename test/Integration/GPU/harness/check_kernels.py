@@ -284,6 +284,15 @@ def check_prenorm(mod, meta, T, seed):
     torch.cuda.synchronize()
     u4_ref = R.round_to(R.pre_apply(x64, f64(pre4, idx), dtype=np.float64), dt)
     rec("mixed_norm.o", f64(o4, idx), R.rms_norm(u4_ref, w64, np.float32(1e-6), dtype=np.float64), at)
+    # x one element off a 16-byte boundary: the rows take the guarded path (u read back from
+    # memory) where aligned rows may keep u in registers; each lane sums its vectors in the same
+    # order either way, so the bits are the same.
+    xm = torch.empty(T * n * C + 1, dtype=d, device="cuda")[1:].view(T, n, C)
+    xm.copy_(I["x"])
+    pre6, o6 = empty((T, n), torch.float32), empty((T, C), d)
+    mod.launch(k[4], T, mins[:3] + [xm, w], [pre6, o6])
+    torch.cuda.synchronize()
+    rec("mixed_norm.misaligned.o", f64(o6, idx), f64(o4, idx), 0.0)
     rec("mixed_only.u", f64(u5, idx), R.pre_apply(x64, f64(pre5, idx), dtype=np.float64), at)
     rec("pre_only.u", f64(u3, idx), R.pre_apply(x64, f64(pre3, idx), dtype=np.float64), at)
     return res
