@@ -22,7 +22,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "..", "python"))
 import mhc.torch as mt  # noqa: E402
-from mhc.torch import reference as R  # noqa: E402
+from mhc.torch import kernels, reference as R  # noqa: E402
 
 N, ATTRS, NORM_EPS = 4, (20, 1e-6, 1e-6, 2.0), 0.0078125
 
@@ -48,24 +48,11 @@ def inputs(T, C, seed):
     return v
 
 
-OPS = {   # op: its tensor arguments
-    "hc_pre_norm": ("x", "fn", "scale", "base", "weight"),
-    "hc_pre_mixed_norm": ("x", "mix", "scale", "base", "weight"),
-    "hc_pre_backward_norm": ("x", "fn", "scale", "base", "mix", "weight", "g", "dpost", "dcomb",
-                             "dx_next"),
-    "hc_pre_backward_lower_norm": ("x", "fn", "scale", "base", "mix", "weight", "g", "dpost",
-                                   "dcomb", "dx_next", "post_lower"),
-    "hc_joint_backward_norm": ("x", "y", "fn", "scale", "base", "mix", "weight", "g", "dx_next"),
-    "hc_joint_backward_lower_norm": ("x", "y", "fn", "scale", "base", "mix", "weight", "g",
-                                     "dx_next", "post_lower"),
-}
-
-
 def check_ops(C, T, out):
     v = inputs(T, C, 11 * T + C)
     fails = 0
-    for op, names in OPS.items():
-        args = [v[k] for k in names] + [*ATTRS, NORM_EPS]
+    for op in kernels.NORM_OPS:
+        args = [v[k] for k in kernels.OP_BUFFERS[op][0]] + [*ATTRS, NORM_EPS]
         got = getattr(torch.ops.mhc, op)(*args)
         want = getattr(R, op)(*args)
         res = {}
