@@ -279,10 +279,9 @@ def hc_pre_backward_lower_norm(x, fn, scale, base, mix, weight, g, dpost, dcomb,
                                post_lower, iterations: int, eps: float, pre_eps: float,
                                post_mult: float, norm_eps: float, pre_backward=hc_pre_backward):
     """hc_pre_backward_lower with the pre-norm: (dx, dfn, dscale, dbase, dweight, dy_lower)."""
-    attrs = (iterations, eps, pre_eps, post_mult)
-    du, dw = _norm_du(x, mix, scale, base, weight, g, attrs, norm_eps)
-    dx, dfn, dscale, dbase = pre_backward(x, fn, scale, base, mix, du, dpost, dcomb, dx_next,
-                                          *attrs)
+    dx, dfn, dscale, dbase, dw = hc_pre_backward_norm(
+        x, fn, scale, base, mix, weight, g, dpost, dcomb, dx_next, iterations, eps, pre_eps,
+        post_mult, norm_eps, pre_backward)
     return dx, dfn, dscale, dbase, dw, _dy(post_lower, dx, x.dtype).reshape(g.shape)
 
 
