@@ -397,7 +397,7 @@ def compile_kernels(key: dict, out_dir, forward_only: bool = False, edit_schedul
         "hc_pre_mixed", "hc_post_project", "hc_joint_backward", "hc_joint_backward_lower",
         "hc_pre_backward_lower"])
     if k.norm_eps is not None and not forward_only:
-        names += [op for op in kernels.OP_BUFFERS if op.endswith("_norm")]
+        names += kernels.NORM_OPS
     ops = {op: launches_of(funcs[op], *kernels.OP_BUFFERS[op], k) for op in names}
     for op in FORWARD_OPS:
         if op in ops:
