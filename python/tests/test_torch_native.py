@@ -463,9 +463,9 @@ def test_chain_skips_a_successor_whose_fn_is_not_a_plain_tensor(chain_set, mock)
 def enable_fast_path(built):
     """Gives HyperConnection.forward's fast path an entry, as the general path does on CUDA; the
     entries are per process, so they are cleared after the test."""
-    def enable(hc, x, ks):
+    def enable(hc, x, ks, norm_eps=0.0):
         built.enable_fast_path(hc.n, hc.C, *hc.attrs, ks.key.dtype, x.get_device(),
-                               ks.native_handle())
+                               ks.native_handle(), norm_eps)
     yield enable
     built.clear_fast_path()
 
@@ -880,33 +880,95 @@ def _stack_gradients(hcs, forward, x, dout):
     return [out.detach()] + list(torch.autograd.grad(out, [x] + params, dout))
 
 
+def normed_stack(recompute=True, act=torch.float32, norms=(True, True, True)):
+    """linear_stack's three layers with their sublayers' pre-norms fused (norm=nn.RMSNorm(C) of
+    the reference set's eps and a random f32 weight: cast to x's dtype where x is bf16) where
+    `norms` says, none elsewhere (a model may mix them)."""
+    hcs = linear_stack(recompute, act)
+    for h, fused in zip(hcs, norms):
+        if fused:
+            h.norm = nn.RMSNorm(C, eps=NORM_EPS)
+            nn.init.uniform_(h.norm.weight, 0.5, 1.5)
+    return hcs
+
+
 @pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("norms", [(False,) * 3, (True,) * 3, (True, False, True)],
+                         ids=["", "norms", "some_norms"])
 def test_cpp_steps_compute_what_the_python_steps_compute(tmp_path, built, fold_switch, recompute,
-                                                        dtype):
+                                                        dtype, norms):
     """Three chained HyperConnections around linear sublayers: the C++ steps (chained forward,
     recomputation, the dy fold on and off) give the output and every gradient (x, each
     fn/scale/base, each sublayer's weight and bias) of the Python steps with the reference math,
-    bit for bit (the reference's fold ops compose the ops they replace in the same order)."""
+    bit for bit (the reference's fold ops compose the ops they replace in the same order).
+    norms: the layers whose pre-norm is fused (norm=nn.RMSNorm(C)): there the C++ steps run the
+    *_norm ops chained (hc_post_project + hc_pre_mixed_norm), recompute o and fold
+    (hc_joint_backward[_lower]_norm), the Python steps hc_pre_norm and hc_pre_backward_norm
+    unchained; each norm's weight gradient is compared too."""
     reference_set = _reference_set(tmp_path / "ref", built, dtype)
     torch.manual_seed(0)
     act = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    hcs = linear_stack(recompute, act)
+    hcs = normed_stack(recompute, act, norms)
     x = torch.randn(2, 5, N, C).to(act)
     dout = torch.randn(2, 5, N, C).to(act)
     want = _stack_gradients(hcs, lambda t: hcs[2](hcs[1](hcs[0](t))), x, dout)
+    assert len(want) == 1 + 1 + 3 * 3 + 3 * 2 + sum(norms)
     runtime = reference_set.runtime
     cpp_steps(hcs, reference_set)
+    suffix = ["_norm" if fused else "" for fused in norms]
     for fold in (False, True):
         built.set_fold_dy(fold)
         run_chain(hcs, reference_set, x)                 # learn the chain
         runtime.launches.clear()
         got = _stack_gradients(hcs, lambda t: run_chain(hcs, reference_set, t), x, dout)
-        assert "hc_post_project" in runtime.launches      # it ran chained
-        folded = "hc_joint_backward" in runtime.launches
-        assert folded == fold
+        assert runtime.launches[0] == "hc_pre" + suffix[0]
+        assert runtime.launches.count("hc_post_project") == 2       # it ran chained
+        assert (runtime.launches.count("hc_pre_mixed_norm")
+                == sum(norms[1:]) + recompute * sum(norms))
+        # folded: the top layer's pre backward stores the middle one's dy, the middle one the
+        # bottom one's
+        assert ("hc_joint_backward" + suffix[0] in runtime.launches) == fold
+        assert ("hc_joint_backward_lower" + suffix[1] in runtime.launches) == fold
         assert runtime.launches.count("hc_post_backward") == (1 if fold else 3)
         assert_bit_identical(got, want, fold)
+
+
+def test_fused_norm_fast_path(reference_set, built, enable_fast_path):
+    """forward()'s fast path takes a module with a fused norm when an entry for its norm's eps
+    (None: x's dtype's epsilon) exists, and sends every other module to the general path (on
+    the CPU: backend='cuda' refused): a norm of another eps, one that is not fused (another
+    module type, a subclass of nn.RMSNorm, the wrong width), a module without a norm."""
+    torch.manual_seed(6)
+    hc = normed_stack(norms=(True, False, False))[0]
+    hc.backend = "cuda"
+    x = leaf(torch.randn(4, N, C))
+    enable_fast_path(hc, x, reference_set, NORM_EPS)
+    runtime = reference_set.runtime
+    runtime.launches.clear()
+    x_next = hc(x)
+    assert runtime.launches == ["hc_pre_norm", "hc_post"]
+    x_next.sum().backward()
+    assert hc.norm.weight.grad is not None and "hc_pre_backward_norm" in runtime.launches
+    assert torch.equal(x_next, hc._forward_native(reference_set, x, *hc._params(x)))
+
+    def general_path(norm):
+        hc.norm = norm
+        with pytest.raises(ValueError, match="needs CUDA tensors"):
+            hc(x)
+
+    class Subclass(nn.RMSNorm):
+        pass
+    general_path(nn.RMSNorm(C, eps=2 * NORM_EPS))
+    general_path(nn.RMSNorm(C))                      # eps None: f32's epsilon, no entry
+    general_path(nn.LayerNorm(C))
+    general_path(Subclass(C, eps=NORM_EPS))
+    general_path(None)                               # no entry without a norm either
+    enable_fast_path(hc, x, reference_set, torch.finfo(torch.float32).eps)
+    hc.norm = nn.RMSNorm(C)                          # eps None: now it has an entry
+    runtime.launches.clear()
+    hc(x)
+    assert runtime.launches == ["hc_pre_norm", "hc_post"]
 
 
 @pytest.mark.parametrize("between", ["second_use", "hook", "hook_in_place"])
@@ -1026,14 +1088,16 @@ def _module_hooks(hcs, step, x, dout):
                                    _accumulated, _autocast, _module_hooks],
                          ids=lambda f: f.__name__.strip("_"))
 @pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("norm", [False, True], ids=["", "norm"])
 def test_cpp_steps_in_training_idioms(reference_set, fold_switch, enable_fast_path, idiom,
-                                      recompute):
+                                      recompute, norm):
     """HyperConnection.forward on the C++ path (its fast path, as on CUDA) with the dy fold on,
     in what training code does around it (reentrant checkpointing, saved tensors offloaded to
     the CPU, two backwards through a retained graph, gradients accumulated over two steps,
-    autocast, module backward hooks): the numbers of the Python steps."""
+    autocast, module backward hooks): the numbers of the Python steps. norm: the first and last
+    layers' pre-norms fused."""
     torch.manual_seed(3)
-    hcs = linear_stack(recompute)
+    hcs = normed_stack(recompute, norms=(True, False, True)) if norm else linear_stack(recompute)
     x, dout = torch.randn(5, N, C), torch.randn(5, N, C)
     want = idiom(hcs, lambda h, t: h(t), x, dout)
     cpp_steps(hcs, reference_set)          # (run through forward's fast path below)
@@ -1042,13 +1106,16 @@ def test_cpp_steps_in_training_idioms(reference_set, fold_switch, enable_fast_pa
             p.grad = None
     fold_switch(True)
     enable_fast_path(hcs[0], x, reference_set)
+    if norm:
+        enable_fast_path(hcs[0], x, reference_set, NORM_EPS)
     with torch.no_grad():
         hcs[2](hcs[1](hcs[0](x)))                       # learn the chain
     runtime = reference_set.runtime
     runtime.launches.clear()
     got = idiom(hcs, lambda h, t: h(t), x, dout)
     assert "hc_post_project" in runtime.launches         # the C++ path, chained
-    assert ("hc_joint_backward" in runtime.launches) == (idiom is not _module_hooks)
+    joint = "hc_joint_backward_norm" if norm else "hc_joint_backward"   # the bottom layer's
+    assert (joint in runtime.launches) == (idiom is not _module_hooks)
     assert_bit_identical(got, want)
 
 
@@ -1065,16 +1132,19 @@ def test_cpp_steps_refuse_double_backward(reference_set):
     assert g.shape == x.shape and not g.requires_grad
 
 
-def test_eager_fold_waits_for_sharded_parameters(reference_set, fold_switch):
+@pytest.mark.parametrize("norm", [False, True], ids=["", "norm"])
+def test_eager_fold_waits_for_sharded_parameters(reference_set, fold_switch, norm):
     """A sharding wrapper (FSDP2, ZeRO-3) frees a block's parameters after its forward and
     gathers them again when the gradient reaches the block's output (a hook there). Folding
     the bottom layer's dy into the middle layer's backward would recompute the bottom layer's
-    post from its scale and base before that: the fold is declined for that pair (the middle
-    one still folds into the top one) and the numbers are the Python steps'."""
+    post (and o, with a fused norm) from its scale and base (the norm's weight) before that:
+    the fold is declined for that pair (the middle one still folds into the top one) and the
+    numbers are the Python steps'. norm: every layer's norm fused, the bottom one's weight
+    freed."""
     torch.manual_seed(4)
-    hcs = linear_stack()
+    hcs = normed_stack() if norm else linear_stack()
     x, dout = torch.randn(5, N, C), torch.randn(5, N, C)
-    bottom = (hcs[0].scale, hcs[0].base)
+    bottom = (hcs[0].norm.weight,) if norm else (hcs[0].scale, hcs[0].base)
     kept = [p.detach().clone() for p in bottom]
 
     def gather(_grad):
@@ -1102,9 +1172,10 @@ def test_eager_fold_waits_for_sharded_parameters(reference_set, fold_switch):
     runtime.launches.clear()
     got = gradients(native_step)
     # the top layer folds the middle one's dy, the middle one not the bottom one's
+    suffix = "_norm" if norm else ""
     assert [op for op in runtime.launches if "backward" in op] == [
-        "hc_post_backward", "hc_pre_backward_lower", "hc_joint_backward",
-        "hc_post_backward", "hc_pre_backward"]
+        "hc_post_backward", "hc_pre_backward_lower" + suffix, "hc_joint_backward" + suffix,
+        "hc_post_backward", "hc_pre_backward" + suffix]
     assert_bit_identical(got, want)
 
 

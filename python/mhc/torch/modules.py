@@ -86,12 +86,16 @@ def _cuda_kernels_available(n: int, C: int, dtype: str, norm_eps: float | None =
     return False
 
 
-def _native_kernel_set(x, attrs):
-    """x's kernel set when the C++ steps can run it, else None (the C++ path is off, not built or
-    suspended; HyperConnection then runs the same kernels through _PreStep/_PostStep)."""
+def _native_kernel_set(x, attrs, norm_eps=None):
+    """x's kernel set (with norm_eps: the fused pre-norm's set of that eps) when the C++ steps
+    can run it, else None (the C++ path is off, not built or suspended; HyperConnection then runs
+    the same kernels through _PreStep/_PostStep)."""
     if native.suspended:
         return None
-    ks = kernels.for_call("hc_pre", x, attrs)
+    if norm_eps is None:
+        ks = kernels.for_call("hc_pre", x, attrs)
+    else:
+        ks = kernels.for_call("hc_pre_norm", x, (*attrs, norm_eps))
     return ks if ks.native_handle() is not None else None
 
 
@@ -413,8 +417,7 @@ class HyperConnection(nn.Module):
         # and the parameters are as the kernels want them (contiguous x, f32 parameters), and
         # returns None for anything else, which the general path below checks and runs.
         fast = native.fast_forward
-        if (fast is not None and self.norm is None and not native.suspended
-                and not torch.compiler.is_compiling()):
+        if fast is not None and not native.suspended and not torch.compiler.is_compiling():
             x_next = fast(self, x, args, kwargs)
             if x_next is not None:
                 return x_next
@@ -425,17 +428,18 @@ class HyperConnection(nn.Module):
         norm_eps = None if norm is None else _norm_eps(norm, x)
         backend = resolve_backend(self.backend, x, self.n, self.C, norm_eps)
         fn, scale, base = self._params(x)
+        if (backend == "cuda" and x.is_cuda and (norm is not None or self.norm is None)
+                and not torch.compiler.is_compiling()):
+            ks = _native_kernel_set(x, self.attrs, norm_eps)
+            if ks is not None:
+                native.load().enable_fast_path(self.n, self.C, *self.attrs, ks.key.dtype,
+                                               x.get_device(), ks.native_handle(),
+                                               norm_eps or 0.0)
+                return self._forward_native(ks, x, fn, scale, base, args, kwargs)
         fused_norm = None   # (weight, norm_eps): the pre-norm in mhc's ops (the Python steps)
         if norm is not None:
             weight = norm.weight if norm.weight.dtype == x.dtype else norm.weight.to(x.dtype)
             fused_norm = (weight, norm_eps)
-        elif (backend == "cuda" and x.is_cuda and self.norm is None
-                and not torch.compiler.is_compiling()):
-            ks = _native_kernel_set(x, self.attrs)
-            if ks is not None:
-                native.load().enable_fast_path(self.n, self.C, *self.attrs, ks.key.dtype,
-                                               x.get_device(), ks.native_handle())
-                return self._forward_native(ks, x, fn, scale, base, args, kwargs)
         with _no_autocast(x):
             if fused_norm is None:
                 u, post, comb, mix, link = _PreStep.apply(x, fn, scale, base, backend,
@@ -481,9 +485,12 @@ class HyperConnection(nn.Module):
         """forward() on the C++ path (native.cpp's forward_with: the same kernels and autograd
         wiring as _PreStep/_PostStep, the sublayer's u recomputed like _URecompute does, chained
         to the neighbouring HyperConnections; see native.cpp), for x's kernel set ks
-        (_native_kernel_set). args/kwargs go to the sublayer (packed: a keyword argument of the
-        sublayer may be called `scale`)."""
+        (_native_kernel_set; the fused pre-norm's set where self.norm is fused, whose weight
+        the C++ side casts to x's dtype). args/kwargs go to the sublayer (packed: a keyword
+        argument of the sublayer may be called `scale`)."""
+        norm = self._fused_norm_module()
         return native.load().forward_with(self, ks.native_handle(), x, fn, scale, base,
+                                          None if norm is None else norm.weight,
                                           tuple(args), kwargs or {})
 
     # Plain HC (spec 5b), the parametrisation of mhc-opt's --mhc-hyperconnect mode=hc.

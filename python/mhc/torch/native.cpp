@@ -44,12 +44,13 @@
 #include <cmath>
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <type_traits>
-#include <utility>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -98,14 +99,57 @@ enum Op {
   kPreBackwardLower, // the dy fold's three (below)
   kJointBackward,
   kJointBackwardLower,
+  // The same with the sublayer's pre-norm fused in (docs/PreNorm.md): in sets
+  // whose key has a norm_eps, for a HyperConnection(norm=nn.RMSNorm(C)).
+  kPreNorm,
+  kPreMixedNorm,
+  kPreBackwardNorm,
+  kPreBackwardLowerNorm,
+  kJointBackwardNorm,
+  kJointBackwardLowerNorm,
   kNumStepOps
 };
 constexpr const char *kStepOpNames[kNumStepOps] = {
-    "hc_pre",          "hc_post",
-    "hc_post_backward", "hc_pre_backward",
-    "hc_pre_mixed",     "hc_post_project",
-    "hc_pre_backward_lower", "hc_joint_backward",
-    "hc_joint_backward_lower"};
+    "hc_pre",
+    "hc_post",
+    "hc_post_backward",
+    "hc_pre_backward",
+    "hc_pre_mixed",
+    "hc_post_project",
+    "hc_pre_backward_lower",
+    "hc_joint_backward",
+    "hc_joint_backward_lower",
+    "hc_pre_norm",
+    "hc_pre_mixed_norm",
+    "hc_pre_backward_norm",
+    "hc_pre_backward_lower_norm",
+    "hc_joint_backward_norm",
+    "hc_joint_backward_lower_norm"};
+
+// op's twin with the pre-norm fused in where `norm`; each takes the norm's
+// weight right after mix (after base where there is no mix) and, for the
+// backwards, the cotangent g of o in du's place, and returns dweight after
+// dbase.
+Op normed(Op op, bool norm) {
+  if (!norm)
+    return op;
+  switch (op) {
+  case kPre:
+    return kPreNorm;
+  case kPreMixed:
+    return kPreMixedNorm;
+  case kPreBackward:
+    return kPreBackwardNorm;
+  case kPreBackwardLower:
+    return kPreBackwardLowerNorm;
+  case kJointBackward:
+    return kJointBackwardNorm;
+  case kJointBackwardLower:
+    return kJointBackwardLowerNorm;
+  default:
+    return op; // hc_post and its kin take no norm
+  }
+}
 
 int opIndex(const std::string &name) {
   const auto &table = signatures();
@@ -116,13 +160,6 @@ int opIndex(const std::string &name) {
 }
 
 std::array<int, kNumStepOps> stepOps; // Op -> index in signatures()
-
-// The ops with the sublayer's pre-norm fused in: only the dispatcher kernels
-// run them (HyperConnection calls them through torch.ops.mhc).
-constexpr const char *kNormOpNames[] = {
-    "hc_pre_norm",          "hc_pre_mixed_norm",
-    "hc_pre_backward_norm", "hc_pre_backward_lower_norm",
-    "hc_joint_backward_norm", "hc_joint_backward_lower_norm"};
 
 // ops: (name, args, results), each buffer (name, shape code, dtype code) as
 // kernels.BUFFER_LAYOUT spells them. Once per process (native.load): the
@@ -571,17 +608,20 @@ bool hasStep(const KernelSet &ks, Op op) {
   return ks.ops[size_t(stepOps[size_t(op)])] != nullptr;
 }
 
-// u, post, comb again from the mix the forward saved (recomputation): the
-// same values as the forward's, since hc_pre is hc_pre_mixed after its
-// norm_project, without that projection's pass over x. Kernel sets built
-// before the chain ops have only hc_pre.
+// u (o with the fused norm's weight), post, comb again from the mix the
+// forward saved (recomputation): the same values as the forward's, since
+// hc_pre is hc_pre_mixed after its norm_project, without that projection's
+// pass over x. Kernel sets built before the chain ops have only hc_pre.
 std::vector<Tensor> recomputePre(const KernelSet &ks, const Tensor &x,
                                  const Tensor &mix, const Tensor &fn,
                                  const Tensor &scale, const Tensor &base,
-                                 Grouping grouping) {
-  if (hasStep(ks, kPreMixed))
-    return runStep(ks, kPreMixed, {x, mix, scale, base}, grouping);
-  return runStep(ks, kPre, {x, fn, scale, base}, grouping);
+                                 const Tensor &weight, Grouping grouping) {
+  const bool norm = weight.defined();
+  const bool mixed = hasStep(ks, normed(kPreMixed, norm));
+  std::vector<Tensor> args = {x, mixed ? mix : fn, scale, base};
+  if (norm)
+    args.push_back(weight);
+  return runStep(ks, normed(mixed ? kPreMixed : kPre, norm), args, grouping);
 }
 
 std::vector<Tensor> runOpByName(int64_t handle, const std::string &name,
@@ -709,11 +749,12 @@ std::atomic<int64_t> foldedSteps{0}; // post_step backwards that took their dy f
 
 struct PostStepBackward;
 
-// pre_step's backward: next edges x, fn, scale, base; inputs the gradients
-// of u, post, comb and the link.
+// pre_step's backward: next edges x, fn, scale, base (and the norm's weight
+// where it is fused); inputs the gradients of u (o), post, comb and the link.
 struct PreStepBackward : Node {
-  SavedVariable x, fn, scale, base, mix;
+  SavedVariable x, fn, scale, base, mix, weight;
   int64_t handle = 0;
+  bool norm = false; // the pre-norm fused: weight saved, the *_norm kernels
   // The dy fold: this sublayer's y, set by its post_step backward when that
   // left dpost/dcomb to this step (hc_joint_backward); taken by apply.
   Tensor jointY;
@@ -722,7 +763,7 @@ struct PreStepBackward : Node {
 
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (SavedVariable *v : {&x, &fn, &scale, &base, &mix})
+    for (SavedVariable *v : {&x, &fn, &scale, &base, &mix, &weight})
       v->reset_data();
     jointY = Tensor();
   }
@@ -741,11 +782,13 @@ private:
 // post_step's backward: next edges y, the link, post, comb; input the
 // gradient of x_next.
 struct PostStepBackward : Node {
-  // Without recomputation post and comb; with it mix, fn, scale and base
-  // (pre_step's saved tensors: no extra memory) to recompute them.
-  SavedVariable y, x, post, comb, mix, fn, scale, base;
+  // Without recomputation post and comb; with it mix, fn, scale, base and
+  // the fused norm's weight (pre_step's saved tensors: no extra memory) to
+  // recompute them and the sublayer's input.
+  SavedVariable y, x, post, comb, mix, fn, scale, base, weight;
   int64_t handle = 0;
   bool recompute = false;
+  bool norm = false; // the pre-norm fused (as this sublayer's pre_step)
   std::weak_ptr<USlot> uSlot; // recomputing: where the sublayer's hook reads u
   // The dy fold: what the backward of the sublayer above left here (its dx,
   // as made, and this sublayer's dy), and post/comb recomputed early for it.
@@ -753,13 +796,15 @@ struct PostStepBackward : Node {
   uint32_t dxFromAboveVersion = 0;
   // The saved tensors as unpacked in this backward: each is unpacked once per
   // backward (torch.utils.checkpoint's hooks refuse a second unpack).
-  Tensor unpackedX, unpackedMix, unpackedFn, unpackedScale, unpackedBase;
+  Tensor unpackedX, unpackedMix, unpackedFn, unpackedScale, unpackedBase,
+      unpackedWeight;
 
   std::string name() const override { return "mhc::PostStepBackward"; }
 
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (SavedVariable *v : {&y, &x, &post, &comb, &mix, &fn, &scale, &base})
+    for (SavedVariable *v :
+         {&y, &x, &post, &comb, &mix, &fn, &scale, &base, &weight})
       v->reset_data();
     dxFromAbove = dyFromAbove = Tensor();
     endBackward();
@@ -774,7 +819,8 @@ struct PostStepBackward : Node {
   // backward exists and can run the joint backward.
   bool canJoin() const {
     const KernelSet &ks = kernelSet(handle);
-    return hasStep(ks, kJointBackward) && hasStep(ks, kJointBackwardLower) &&
+    return hasStep(ks, normed(kJointBackward, norm)) &&
+           hasStep(ks, normed(kJointBackwardLower, norm)) &&
            preNode() != nullptr;
   }
 
@@ -782,16 +828,18 @@ struct PostStepBackward : Node {
   // (no fold) when recomputing cannot happen yet: it reads this sublayer's
   // scale and base (fn too without hc_pre_mixed), whose memory a sharding
   // wrapper (FSDP, ZeRO-3) may free after the forward and gather again only
-  // when this sublayer's own backward comes.
+  // when this sublayer's own backward comes (the fused norm's weight too).
   Tensor postForFold() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (recompute && !readyPost.defined()) {
-      bool needFn = !hasStep(kernelSet(handle), kPreMixed);
+      bool needFn = !hasStep(kernelSet(handle), normed(kPreMixed, norm));
       for (const Tensor *p : {&once(scale, unpackedScale),
                               &once(base, unpackedBase)})
         if (!inMemory(*p))
           return Tensor();
       if (needFn && !inMemory(once(fn, unpackedFn)))
+        return Tensor();
+      if (norm && !inMemory(once(weight, unpackedWeight)))
         return Tensor();
     }
     return coefficients().first;
@@ -845,8 +893,9 @@ private:
   // Drops what this backward unpacked or recomputed (the next one, through a
   // retained graph, starts afresh).
   void endBackward() {
-    for (Tensor *t : {&readyPost, &readyComb, &unpackedX, &unpackedMix,
-                      &unpackedFn, &unpackedScale, &unpackedBase})
+    for (Tensor *t :
+         {&readyPost, &readyComb, &unpackedX, &unpackedMix, &unpackedFn,
+          &unpackedScale, &unpackedBase, &unpackedWeight})
       *t = Tensor();
   }
 
@@ -871,10 +920,13 @@ private:
     if (!readyPost.defined()) {
       const KernelSet &ks = kernelSet(handle);
       // fn only where hc_pre_mixed is missing (recomputePre then runs hc_pre).
-      Tensor fnv = hasStep(ks, kPreMixed) ? Tensor() : once(fn, unpackedFn);
-      auto r = recomputePre(ks, once(x, unpackedX), once(mix, unpackedMix), fnv,
-                            once(scale, unpackedScale), once(base, unpackedBase),
-                            Grouping::AllButMix);
+      Tensor fnv = hasStep(ks, normed(kPreMixed, norm)) ? Tensor()
+                                                        : once(fn, unpackedFn);
+      Tensor weightv = norm ? once(weight, unpackedWeight) : Tensor();
+      auto r =
+          recomputePre(ks, once(x, unpackedX), once(mix, unpackedMix), fnv,
+                       once(scale, unpackedScale), once(base, unpackedBase),
+                       weightv, Grouping::AllButMix);
       readyPost = r[1];
       readyComb = r[2];
       if (std::shared_ptr<USlot> slot = uSlot.lock())
@@ -891,7 +943,8 @@ private:
 // the dy made here goes out through that node).
 PostStepBackward *PreStepBackward::foldableLower(const KernelSet &ks) {
   if (!eagerFoldOn.load(std::memory_order_relaxed) ||
-      !hasStep(ks, kPreBackwardLower) || !hasStep(ks, kJointBackwardLower))
+      !hasStep(ks, normed(kPreBackwardLower, norm)) ||
+      !hasStep(ks, normed(kJointBackwardLower, norm)))
     return nullptr;
   const torch::autograd::Edge &edge = next_edge(0);
   auto *lower = dynamic_cast<PostStepBackward *>(edge.function.get());
@@ -917,36 +970,41 @@ variable_list PreStepBackward::apply(variable_list &&grads) {
   Tensor postLower = lower ? lower->postForFold() : Tensor();
   if (!postLower.defined())
     lower = nullptr;
-  std::vector<Tensor> r;
+  // The kernel's arguments: the saved tensors (y after x for the joint
+  // backward), the norm's weight after mix, the cotangents, post_lower.
+  Op op;
+  std::vector<Tensor> args;
   if (y.defined()) {
     // The post step launched nothing: no dpost/dcomb came (post and comb
     // feed only it), this kernel computes them.
     TORCH_INTERNAL_ASSERT(!grads[1].defined() && !grads[2].defined());
-    if (lower)
-      r = runStep(ks, kJointBackwardLower,
-                  {xv, y, fnv, scalev, basev, mixv, du, dxNext, postLower});
-    else
-      r = runStep(ks, kJointBackward,
-                  {xv, y, fnv, scalev, basev, mixv, du, dxNext});
+    op = lower ? kJointBackwardLower : kJointBackward;
+    args = {xv, y, fnv, scalev, basev, mixv};
   } else {
-    Tensor dpost =
-        gradOrZeros(grads[1], Shape::P, lead, ks, xv, mixv.scalar_type());
-    Tensor dcomb =
-        gradOrZeros(grads[2], Shape::CB, lead, ks, xv, mixv.scalar_type());
     // The same backward whichever kernel computed the mix: it is the
     // norm_project of x with fn either way, and hc_pre_backward
     // differentiates through it.
-    if (lower)
-      r = runStep(ks, kPreBackwardLower,
-                  {xv, fnv, scalev, basev, mixv, du, dpost, dcomb, dxNext,
-                   postLower});
-    else
-      r = runStep(ks, kPreBackward,
-                  {xv, fnv, scalev, basev, mixv, du, dpost, dcomb, dxNext});
+    op = lower ? kPreBackwardLower : kPreBackward;
+    args = {xv, fnv, scalev, basev, mixv};
   }
+  if (norm)
+    args.push_back(weight.unpack());
+  args.push_back(du);
+  if (!y.defined()) {
+    args.push_back(
+        gradOrZeros(grads[1], Shape::P, lead, ks, xv, mixv.scalar_type()));
+    args.push_back(
+        gradOrZeros(grads[2], Shape::CB, lead, ks, xv, mixv.scalar_type()));
+  }
+  args.push_back(dxNext);
   if (lower)
-    lower->handOff(r[0], r[4]);
-  return {r[0], r[1], r[2], r[3]};
+    args.push_back(postLower);
+  // dx, dfn, dscale, dbase, then dweight (norm) and dy_lower (lower).
+  std::vector<Tensor> r = runStep(ks, normed(op, norm), args);
+  if (lower)
+    lower->handOff(r[0], r.back());
+  r.resize(norm ? 5 : 4);
+  return r;
 }
 
 // mixIn: the mix the previous sublayer's post_step computed for this one
@@ -954,22 +1012,24 @@ variable_list PreStepBackward::apply(variable_list &&grads) {
 // results in one allocation (without recomputation they live until the
 // backward anyway: post_step saves post/comb, the sublayer u); otherwise all
 // but mix, which this step saves (with recomputation u, post and comb die
-// after the forward: one allocation when the mix came chained).
+// after the forward: one allocation when the mix came chained). weight: the
+// sublayer's pre-norm fused in (its weight, in x's dtype; undefined: none),
+// which makes u the normed row o = rms_norm(u, weight).
 // Returns u, post, comb, mix (not differentiable) and the link.
 variable_list preStep(const Tensor &x, const Tensor &fn, const Tensor &scale,
                       const Tensor &base, const std::optional<Tensor> &mixIn,
-                      int64_t handle, bool together) {
+                      int64_t handle, bool together, const Tensor &weight) {
   const KernelSet &ks = kernelSet(handle);
-  const bool record = recordsNode({&x, &fn, &scale, &base}); // before launching
+  const bool norm = weight.defined();
+  const bool record =
+      norm ? recordsNode({&x, &fn, &scale, &base, &weight})
+           : recordsNode({&x, &fn, &scale, &base}); // before launching
   auto grouping = together ? Grouping::All : Grouping::AllButMix;
-  Tensor u, post, comb, mix;
-  if (mixIn) {
-    auto r = runStep(ks, kPreMixed, {x, *mixIn, scale, base}, grouping);
-    u = r[0], post = r[1], comb = r[2], mix = *mixIn;
-  } else {
-    auto r = runStep(ks, kPre, {x, fn, scale, base}, grouping);
-    u = r[0], post = r[1], comb = r[2], mix = r[3];
-  }
+  std::vector<Tensor> args = {x, mixIn ? *mixIn : fn, scale, base};
+  if (norm)
+    args.push_back(weight);
+  auto r = runStep(ks, normed(mixIn ? kPreMixed : kPre, norm), args, grouping);
+  Tensor u = r[0], post = r[1], comb = r[2], mix = mixIn ? *mixIn : r[3];
   // The link: x's shape and dtype, all strides 0, over mix's first element
   // (no allocation: nothing ever reads it); its only job is to carry
   // dx_next from post_step's backward to this step's backward.
@@ -979,12 +1039,17 @@ variable_list preStep(const Tensor &x, const Tensor &fn, const Tensor &scale,
   if (record) {
     NodePtr node = newNode<PreStepBackward>();
     auto *step = static_cast<PreStepBackward *>(node.get());
-    node->set_next_edges(torch::autograd::collect_next_edges(x, fn, scale, base));
+    node->set_next_edges(
+        norm ? torch::autograd::collect_next_edges(x, fn, scale, base, weight)
+             : torch::autograd::collect_next_edges(x, fn, scale, base));
     step->x = SavedVariable(x, false);
     step->fn = SavedVariable(fn, false);
     step->scale = SavedVariable(scale, false);
     step->base = SavedVariable(base, false);
     step->mix = SavedVariable(mix, false);
+    if (norm)
+      step->weight = SavedVariable(weight, false);
+    step->norm = norm;
     step->handle = handle;
     for (Tensor *out : {&u, &post, &comb, &link})
       attach(*out, node);
@@ -996,13 +1061,15 @@ variable_list preStep(const Tensor &x, const Tensor &fn, const Tensor &scale,
 // sublayer's mix (hc_post_project, not differentiable), which the next
 // pre_step then takes. recompute: false saves post/comb; otherwise they are
 // recomputed in the backward from the saved mix (recomputePre), and uSlot
-// (null: none) receives the recomputed u.
+// (null: none) receives the recomputed u (o, with the fused norm's weight,
+// pre_step's).
 variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
                        const Tensor &post, const Tensor &comb,
                        const Tensor &mix, const Tensor &fn, const Tensor &scale,
                        const Tensor &base, const std::optional<Tensor> &fnNext,
                        int64_t handle, bool recompute,
-                       const std::shared_ptr<USlot> &uSlot) {
+                       const std::shared_ptr<USlot> &uSlot,
+                       const Tensor &weight) {
   const KernelSet &ks = kernelSet(handle);
   const bool record = recordsNode({&y, &link, &post, &comb}); // before launching
   variable_list out;
@@ -1025,7 +1092,10 @@ variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
       step->fn = SavedVariable(fn, false);
       step->scale = SavedVariable(scale, false);
       step->base = SavedVariable(base, false);
+      if (weight.defined())
+        step->weight = SavedVariable(weight, false);
     }
+    step->norm = weight.defined();
     step->handle = handle;
     step->recompute = recompute;
     step->uSlot = uSlot;
@@ -1058,7 +1128,8 @@ variable_list postStep(const Tensor &y, const Tensor &x, const Tensor &link,
 struct Names {
   PyObject *mode, *backend, *n, *C, *attrs, *recompute, *recordCoefficients,
       *next, *parameters, *modules, *sublayer, *fn, *scale, *base, *chainTag,
-      *lastRes, *checkOutput;
+      *lastRes, *checkOutput, *norm, *weight, *eps, *normalizedShape;
+  PyObject *rmsNormType; // torch.nn.RMSNorm
 };
 
 const Names &names() {
@@ -1080,7 +1151,14 @@ const Names &names() {
                  s("base"),
                  s("_mhc_chain"),
                  s("last_res"),
-                 s("_check_output")};
+                 s("_check_output"),
+                 s("norm"),
+                 s("weight"),
+                 s("eps"),
+                 s("normalized_shape"),
+                 py::object(py::module_::import("torch.nn").attr("RMSNorm"))
+                     .release()
+                     .ptr()};
   }();
   return table;
 }
@@ -1218,16 +1296,16 @@ std::pair<PyObject *, const Tensor *> successorOf(py::handle module,
 // The C++ twin of modules.py's _URecompute (the Python steps' version).
 struct URecompute {
   URecompute(const Tensor &u, Tensor x, Tensor fn, Tensor scale, Tensor base,
-             Tensor mix, int64_t handle, py::object outer)
+             Tensor mix, Tensor weight, int64_t handle, py::object outer)
       : uData(u.storage().data()), uDtype(u.scalar_type()), x(std::move(x)),
         fn(std::move(fn)), scale(std::move(scale)), base(std::move(base)),
-        mix(std::move(mix)), handle(handle),
+        mix(std::move(mix)), weight(std::move(weight)), handle(handle),
         outer(std::move(outer)) {}
 
   std::shared_ptr<USlot> slot = std::make_shared<USlot>();
   const void *uData;
   at::ScalarType uDtype;
-  Tensor x, fn, scale, base, mix;
+  Tensor x, fn, scale, base, mix, weight; // weight: the fused norm's, or none
   int64_t handle;
   py::object outer;
 
@@ -1235,7 +1313,8 @@ struct URecompute {
     if (std::optional<Tensor> u = slot->take())
       return *u;
     const KernelSet &ks = kernelSet(handle);
-    return recomputePre(ks, x, mix, fn, scale, base, Grouping::Coefficients)[0];
+    return recomputePre(ks, x, mix, fn, scale, base, weight,
+                        Grouping::Coefficients)[0];
   }
 };
 
@@ -1391,18 +1470,27 @@ Tensor callSublayer(py::handle module, const Tensor &u, const Tensor &x,
   return out.contiguous();
 }
 
-// One HyperConnection forward on the C++ path with kernel set `handle`.
-py::object connectionForward(py::handle module, int64_t handle,
-                             py::handle xObj, const Tensor &x,
-                             const Tensor &fn, const Tensor &scale,
-                             const Tensor &base, py::tuple args,
+// One HyperConnection forward on the C++ path with kernel set `handle`;
+// normWeight: the fused pre-norm's weight (undefined: none; the kernel set is
+// then that norm eps's).
+py::object connectionForward(py::handle module, int64_t handle, py::handle xObj,
+                             const Tensor &x, const Tensor &fn,
+                             const Tensor &scale, const Tensor &base,
+                             const Tensor &normWeight, py::tuple args,
                              py::dict kwargs) {
   const Names &k = names();
   const KernelSet &ks = kernelSet(handle);
   PyObject *self = module.ptr();
   const bool recompute = truthy(instanceAttr(self, k.recompute));
+  const bool norm = normWeight.defined();
+  // The kernels take the weight in x's dtype (a differentiable cast, as
+  // modules.py's).
+  const Tensor weight = !norm || normWeight.scalar_type() == x.scalar_type()
+                            ? normWeight
+                            : normWeight.to(x.scalar_type());
   // Inference tensors have no version counter: no chaining there.
-  const bool chain = hasStep(ks, kPreMixed) && hasStep(ks, kPostProject) &&
+  const bool chain = hasStep(ks, normed(kPreMixed, norm)) &&
+                     hasStep(ks, kPostProject) &&
                      !c10::InferenceMode::is_enabled() && !x.is_inference();
   py::object me;
   std::optional<Tensor> mixIn;
@@ -1411,7 +1499,7 @@ py::object connectionForward(py::handle module, int64_t handle,
     mixIn = chainedMix(module, me, xObj, x, fn);
   }
   variable_list pre = preStep(x, fn, scale, base, mixIn, handle,
-                               /*together=*/!recompute);
+                              /*together=*/!recompute, weight);
   const Tensor &u = pre[0], &post = pre[1], &comb = pre[2], &mix = pre[3],
                &link = pre[4];
   // record_coefficients keeps a copy: comb may share an allocation with u.
@@ -1420,9 +1508,8 @@ py::object connectionForward(py::handle module, int64_t handle,
   std::shared_ptr<URecompute> hooks;
   if (recompute && at::GradMode::is_enabled()) {
     py::object outer = hookStack().top(false);
-    hooks = std::make_shared<URecompute>(u, x, fn, scale, base, mix,
-                                         handle,
-                                         std::move(outer));
+    hooks = std::make_shared<URecompute>(u, x, fn, scale, base, mix, weight,
+                                         handle, std::move(outer));
   }
   Tensor y = callSublayer(module, u, x, xObj, hooks, args, kwargs);
   auto [successor, fnNext] =
@@ -1431,9 +1518,9 @@ py::object connectionForward(py::handle module, int64_t handle,
   std::optional<Tensor> nextFn;
   if (fnNext)
     nextFn = *fnNext;
-  variable_list out = postStep(y, x, link, post, comb, mix, fn, scale, base,
-                               nextFn, handle, recompute,
-                               hooks ? hooks->slot : nullptr);
+  variable_list out =
+      postStep(y, x, link, post, comb, mix, fn, scale, base, nextFn, handle,
+               recompute, hooks ? hooks->slot : nullptr, weight);
   py::object xNext = wrap(out[0]);
   if (chain) {
     py::object tag;
@@ -1453,26 +1540,29 @@ py::object connectionForward(py::handle module, int64_t handle,
 // set and checked x and the parameters.
 py::object forwardWith(py::handle module, int64_t handle, py::handle xObj,
                        const Tensor &fn, const Tensor &scale,
-                       const Tensor &base, py::tuple args, py::dict kwargs) {
+                       const Tensor &base, const std::optional<Tensor> &weight,
+                       py::tuple args, py::dict kwargs) {
   TORCH_CHECK_VALUE(THPVariable_Check(xObj.ptr()),
                     "HyperConnection: x must be a tensor");
   return connectionForward(module, handle, xObj, THPVariable_Unpack(xObj.ptr()),
-                           fn, scale, base, args, kwargs);
+                           fn, scale, base, weight.value_or(Tensor()), args,
+                           kwargs);
 }
 
-// The (n, C, Sinkhorn attributes, x's dtype, device) HyperConnection's general
-// path has run on the C++ path, with their kernel set: what forward() takes
-// without Python. Touched only with the GIL held.
+// The (n, C, Sinkhorn attributes, x's dtype, device, fused norm's eps)
+// HyperConnection's general path has run on the C++ path, with their kernel
+// set: what forward() takes without Python. Touched only with the GIL held.
 struct FastPathKey {
   int64_t n, C, iterations;
   double eps, preEps, postMult;
   at::ScalarType dtype;
   int64_t device;
+  double normEps; // 0: no fused norm (a norm's eps is > 0)
 
   bool operator==(const FastPathKey &o) const {
-    return n == o.n && C == o.C && iterations == o.iterations &&
-           eps == o.eps && preEps == o.preEps && postMult == o.postMult &&
-           dtype == o.dtype && device == o.device;
+    return n == o.n && C == o.C && iterations == o.iterations && eps == o.eps &&
+           preEps == o.preEps && postMult == o.postMult && dtype == o.dtype &&
+           device == o.device && normEps == o.normEps;
   }
 };
 std::vector<std::pair<FastPathKey, int64_t>> fastPath; // key -> kernel set
@@ -1487,10 +1577,11 @@ int64_t *fastPathHandle(const FastPathKey &key) {
 
 void enableFastPath(int64_t n, int64_t C, int64_t iterations, double eps,
                     double preEps, double postMult, const std::string &dtype,
-                    int64_t device, int64_t handle) {
+                    int64_t device, int64_t handle, double normEps) {
   kernelSet(handle); // checks the handle
   FastPathKey key{n,      C,        iterations,        eps,
-                  preEps, postMult, scalarType(dtype), device};
+                  preEps, postMult, scalarType(dtype), device,
+                  normEps};
   if (int64_t *known = fastPathHandle(key))
     *known = handle;
   else
@@ -1499,11 +1590,59 @@ void enableFastPath(int64_t n, int64_t C, int64_t iterations, double eps,
 
 void clearFastPath() { fastPath.clear(); }
 
+// nn.RMSNorm's eps for x's dtype where eps is None (torch.finfo(dtype).eps).
+double dtypeEpsilon(at::ScalarType t) {
+  switch (t) {
+  case at::kBFloat16:
+    return 0.0078125;
+  case at::kHalf:
+    return 0.0009765625;
+  case at::kFloat:
+    return double(std::numeric_limits<float>::epsilon());
+  default:
+    return double(std::numeric_limits<double>::epsilon());
+  }
+}
+
+// The module's pre-norm as the fast path runs it: {nullptr, 0} for none;
+// for one mhc's kernels compute (modules.py's _fused_norm_module: exactly an
+// nn.RMSNorm over (C,) with a plain-tensor weight) its weight and eps for x's
+// dtype; {nullptr, -1} for any other (the general path runs it).
+std::pair<const Tensor *, double> fusedNormOf(PyObject *self, int64_t C,
+                                              at::ScalarType dtype) {
+  const Names &k = names();
+  PyObject *norm = dictItem(instanceAttr(self, k.modules), k.norm);
+  if (!norm) // not a submodule: the plain attribute, None
+    norm = instanceAttr(self, k.norm);
+  if (!norm || norm == Py_None)
+    return {nullptr, 0.0};
+  const std::pair<const Tensor *, double> other{nullptr, -1.0};
+  if (Py_TYPE(norm) != reinterpret_cast<PyTypeObject *>(k.rmsNormType))
+    return other;
+  const Tensor *weight =
+      plainTensor(dictItem(instanceAttr(norm, k.parameters), k.weight));
+  PyObject *shape = instanceAttr(norm, k.normalizedShape);
+  PyObject *eps = instanceAttr(norm, k.eps);
+  if (!weight || !shape || !PyTuple_Check(shape) ||
+      PyTuple_GET_SIZE(shape) != 1 ||
+      !PyLong_Check(PyTuple_GET_ITEM(shape, 0)) ||
+      PyLong_AsLongLong(PyTuple_GET_ITEM(shape, 0)) != C || !eps)
+    return other;
+  if (eps == Py_None)
+    return {weight, dtypeEpsilon(dtype)};
+  const double value = PyFloat_AsDouble(eps);
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    return other;
+  }
+  return {weight, value};
+}
+
 // HyperConnection.forward's fast path: the step on the C++ path when this
-// module's (n, C, attributes) with x's dtype and device have an entry and x and
-// the parameters are as the kernels want them (x a contiguous [..., n, C]
-// plain tensor, f32 plain-tensor parameters); None otherwise (the general
-// path then checks x and picks the backend).
+// module's (n, C, attributes, fused norm's eps) with x's dtype and device have
+// an entry and x and the parameters are as the kernels want them (x a
+// contiguous [..., n, C] plain tensor, f32 plain-tensor parameters); None
+// otherwise (the general path then checks x and picks the backend).
 py::object fastForward(py::handle module, py::handle xObj, py::tuple args,
                        py::dict kwargs) {
   const Names &k = names();
@@ -1531,8 +1670,12 @@ py::object fastForward(py::handle module, py::handle xObj, py::tuple args,
     PyErr_Clear();
     return py::none();
   }
-  const int64_t *handle = fastPathHandle(
-      {nv, Cv, it, eps, preEps, postMult, x->scalar_type(), x->get_device()});
+  auto [weight, normEps] = fusedNormOf(self, Cv, x->scalar_type());
+  if (normEps < 0)
+    return py::none();
+  const int64_t *handle =
+      fastPathHandle({nv, Cv, it, eps, preEps, postMult, x->scalar_type(),
+                      x->get_device(), normEps});
   PyObject *params = instanceAttr(self, k.parameters);
   const Tensor *fn = plainTensor(dictItem(params, k.fn));
   const Tensor *scale = plainTensor(dictItem(params, k.scale));
@@ -1543,8 +1686,9 @@ py::object fastForward(py::handle module, py::handle xObj, py::tuple args,
   // Owned references: the sublayer (Python) runs before the parameters' last
   // use and could replace them in the module.
   const Tensor fnRef = *fn, scaleRef = *scale, baseRef = *base;
-  return connectionForward(module, *handle, xObj, *x, fnRef, scaleRef,
-                           baseRef, args, kwargs);
+  const Tensor weightRef = weight ? *weight : Tensor();
+  return connectionForward(module, *handle, xObj, *x, fnRef, scaleRef, baseRef,
+                           weightRef, args, kwargs);
 }
 
 //===----------------------------------------------------------------------===//
@@ -1787,10 +1931,7 @@ bool installOps(const std::string &keyName, py::object resolve) {
   auto autogradLibrary = std::make_unique<torch::Library>(
       torch::Library::IMPL, "mhc", autograd, __FILE__, __LINE__);
   PyObject *function = resolve.ptr();
-  std::vector<const char *> names(std::begin(kStepOpNames),
-                                  std::end(kStepOpNames));
-  names.insert(names.end(), std::begin(kNormOpNames), std::end(kNormOpNames));
-  for (const char *name : names) {
+  for (const char *name : kStepOpNames) {
     auto handle = c10::Dispatcher::singleton().findOp(
         {std::string("mhc::") + name, ""});
     TORCH_CHECK(handle, "mhc native: torch.ops.mhc.", name,
@@ -1837,8 +1978,33 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("new_kernel_set", &newKernelSet);
   m.def("add_op", &addOp);
   m.def("run_op", &runOpByName);
-  m.def("pre_step", &preStep);
-  m.def("post_step", &postStep);
+  // weight: the fused pre-norm's (None: none).
+  m.def(
+      "pre_step",
+      [](const Tensor &x, const Tensor &fn, const Tensor &scale,
+         const Tensor &base, const std::optional<Tensor> &mix, int64_t handle,
+         bool together, const std::optional<Tensor> &weight) {
+        return preStep(x, fn, scale, base, mix, handle, together,
+                       weight.value_or(Tensor()));
+      },
+      py::arg("x"), py::arg("fn"), py::arg("scale"), py::arg("base"),
+      py::arg("mix"), py::arg("handle"), py::arg("together"),
+      py::arg("weight") = py::none());
+  m.def(
+      "post_step",
+      [](const Tensor &y, const Tensor &x, const Tensor &link,
+         const Tensor &post, const Tensor &comb, const Tensor &mix,
+         const Tensor &fn, const Tensor &scale, const Tensor &base,
+         const std::optional<Tensor> &fnNext, int64_t handle, bool recompute,
+         const std::shared_ptr<USlot> &uSlot,
+         const std::optional<Tensor> &weight) {
+        return postStep(y, x, link, post, comb, mix, fn, scale, base, fnNext,
+                        handle, recompute, uSlot, weight.value_or(Tensor()));
+      },
+      py::arg("y"), py::arg("x"), py::arg("link"), py::arg("post"),
+      py::arg("comb"), py::arg("mix"), py::arg("fn"), py::arg("scale"),
+      py::arg("base"), py::arg("fn_next"), py::arg("handle"),
+      py::arg("recompute"), py::arg("u_slot"), py::arg("weight") = py::none());
   m.def("built_with_cuda", &builtWithCuda);
   m.def("install_ops", &installOps);
   m.def("uninstall_ops", &uninstallOps);
@@ -1846,7 +2012,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_dispatch_enabled", [](bool on) { dispatch().enabled = on; });
   m.def("forward", &fastForward);
   m.def("forward_with", &forwardWith);
-  m.def("enable_fast_path", &enableFastPath);
+  m.def("enable_fast_path", &enableFastPath, py::arg("n"), py::arg("C"),
+        py::arg("iterations"), py::arg("eps"), py::arg("pre_eps"),
+        py::arg("post_mult"), py::arg("dtype"), py::arg("device"),
+        py::arg("handle"), py::arg("norm_eps") = 0.0);
   m.def("clear_fast_path", &clearFastPath);
   m.def("set_fold_dy", [](bool on) { eagerFoldOn = on; });
   m.def("fold_dy", [] { return eagerFoldOn.load(); });

@@ -76,41 +76,62 @@ def check_ops(C, T, out):
 
 
 def check_module(C, out):
-    """HyperConnection(norm=RMSNorm) on the cuda backend against the same module on the reference
-    backend (same bf16 roundings; that it equals the norm inside the sublayer is a CPU test,
-    python/tests/test_torch_modules.py): output and every gradient."""
+    """Three HyperConnection(norm=RMSNorm) layers in a row on the cuda backend against the same
+    layers on the reference backend (same bf16 roundings; that they equal the norm inside the
+    sublayer is a CPU test, python/tests/test_torch_modules.py): output and every gradient, on
+    the C++ path (chained: hc_post_project + hc_pre_mixed_norm; the dy fold:
+    hc_joint_backward[_lower]_norm) and on the Python steps (native.python_path: hc_pre_norm,
+    hc_pre_backward_norm). The second step of each is compared (the first learns the chain);
+    the C++ path must fold two of its three post steps."""
+    import contextlib
     import copy
     from torch import nn
+    from mhc.torch import native
     torch.manual_seed(C)
-    lin = nn.Linear(C, C, device="cuda", dtype=torch.bfloat16)
-    norm = nn.RMSNorm(C, device="cuda", dtype=torch.bfloat16)
+    bf16 = dict(device="cuda", dtype=torch.bfloat16)   # the sublayers and norms; mhc's f32
+    ref = nn.Sequential(*[
+        mt.HyperConnection(N, C, nn.Linear(C, C, **bf16), backend="reference", layer=i,
+                           norm=nn.RMSNorm(C, **bf16)).cuda() for i in range(3)])
     with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5)
-    ref = mt.HyperConnection(N, C, copy.deepcopy(lin), backend="reference",
-                             norm=copy.deepcopy(norm)).cuda()
-    fused = mt.HyperConnection(N, C, copy.deepcopy(lin), backend="cuda",
-                               norm=copy.deepcopy(norm)).cuda()
-    fused.load_state_dict(ref.state_dict())
+        for m in ref:
+            m.norm.weight.uniform_(0.5, 1.5)
+    fused = copy.deepcopy(ref)
+    for m in fused:
+        m.backend = "cuda"
     x = torch.randn(2, 500, N, C, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(2, 500, N, C, device="cuda", dtype=torch.bfloat16)
-    res = {}
-    grads = []
-    for m in (ref, fused):
-        xx = x.clone().requires_grad_()
-        y = m(xx)
-        (y.float() * w.float()).sum().backward()
-        grads.append((y.detach(), xx.grad, {k: p.grad for k, p in m.named_parameters()}))
-    (y0, dx0, p0), (y1, dx1, p1) = grads
-    for name, a, b, tol in [("y", y1, y0, 1e-2), ("dx", dx1, dx0, 2e-2)] + \
-            [(k, p1[k], p0[k], 2e-2 if p0[k].dtype == torch.bfloat16 else 5e-3) for k in p0]:
-        e = relerr(a, b)
-        res[name] = dict(err=e, tol=tol, ok=bool(e <= tol))
-    bad = [k for k, c in res.items() if not c["ok"]]
-    print(f"C={C} module (cuda, norm fused) vs the reference backend's: "
-          + " ".join(f"{k}={c['err']:.2g}" for k, c in res.items()) + (" OK" if not bad else " FAIL " + ",".join(bad)),
-          flush=True)
-    out.append(dict(C=C, module=res))
-    return len(bad)
+    module = native.load()
+
+    def step(model, path):
+        with native.python_path() if path == "python" else contextlib.nullcontext():
+            for _ in range(2):
+                model.zero_grad(set_to_none=True)
+                xx = x.clone().requires_grad_()
+                folded = module.folded_steps() if module else 0
+                y = model(xx)
+                (y.float() * w.float()).sum().backward()
+        folded = (module.folded_steps() if module else 0) - folded
+        return y.detach(), xx.grad, {k: p.grad for k, p in model.named_parameters()}, folded
+
+    y0, dx0, p0, _ = step(ref, "reference")
+    bad_total = 0
+    for path in ("cpp", "python"):
+        y1, dx1, p1, folded = step(fused, path)
+        res = {}
+        for name, a, b, tol in [("y", y1, y0, 1e-2), ("dx", dx1, dx0, 2e-2)] + \
+                [(k, p1[k], p0[k], 2e-2 if p0[k].dtype == torch.bfloat16 else 5e-3) for k in p0]:
+            e = relerr(a, b)
+            res[name] = dict(err=e, tol=tol, ok=bool(e <= tol))
+        want_folded = 2 if path == "cpp" and module is not None and module.fold_dy() else 0
+        res["folded_steps"] = dict(got=folded, want=want_folded, ok=folded == want_folded)
+        bad = [k for k, c in res.items() if not c["ok"]]
+        worst = max((c for c in res.values() if "err" in c), key=lambda c: c["err"] / c["tol"])
+        print(f"C={C} three layers, norm fused, cuda ({path} path) vs the reference backend: "
+              f"worst err/tol {worst['err'] / worst['tol']:.2g}, folded steps {folded}"
+              + (" OK" if not bad else " FAIL " + ",".join(bad)), flush=True)
+        out.append(dict(C=C, module=res, path=path))
+        bad_total += len(bad)
+    return bad_total
 
 
 def main():
