@@ -13,7 +13,10 @@ speed of the host: the time per iteration is the host time. Measured, per sublay
     recompute off and on; ``module[.recompute].two_in_a_row``: two of them one after the other
     (on the C++ path the second is chained: the steady state of a model);
     ``module.recompute.norm_linear``: around RMSNorm + Linear, whose saved tensors go through
-    the recomputation's saved-tensor hooks (``norm_linear.alone``: the sublayer by itself); ``plain``: x + Identity(x)
+    the recomputation's saved-tensor hooks (``norm_linear.alone``: the sublayer by itself);
+    with --norm, ``module.recompute[.norm].two_in_a_row.forward_backward``: two in a row around a
+    Linear, without and with the sublayer's pre-norm fused (``norm=nn.RMSNorm(C)``, the *_norm
+    ops; needs the kernel set of that eps, ``build_cache --norm-eps``); ``plain``: x + Identity(x)
     forward, and forward + backward, the autograd cost any residual block pays (subtract it to get
     what mHC adds); ``torch.one_add``: one PyTorch op (this host's cost of a launch);
   * a cProfile of the module's forward + backward (the 25 functions with the most own time), with
@@ -207,6 +210,9 @@ def main(argv=None):
                    help="sublayers of the compiled stack (compiled.*; 0: skip it)")
     p.add_argument("--compiled-reps", type=int, default=3,
                    help="compiled steps a round (few: the launch queue must not fill)")
+    p.add_argument("--norm", action="store_true",
+                   help="also two HyperConnections around a Linear with and without "
+                        "norm=nn.RMSNorm(C) fused (the bf16 norm set: --norm-eps 0.0078125)")
     p.add_argument("--ops-only", action="store_true",
                    help="only the C++ path's op rows (dispatcher.*, direct.*) and the compiled stack")
     args = p.parse_args(argv)
@@ -243,6 +249,15 @@ def main(argv=None):
     hc_nl = HyperConnection(n, C, norm_linear, backend="cuda", recompute=True).to(dev)
     ug = u.clone().requires_grad_()
     record("norm_linear.alone.forward", lambda: norm_linear(ug))
+    # Two in a row around a Linear, with the sublayer's pre-norm outside it: as two
+    # HyperConnection(norm=nn.RMSNorm(C)) (fused) and as plain ones (the norm left out).
+    pairs = {}
+    if args.norm:
+        linears = [nn.Linear(C, C).to(dev, x.dtype) for _ in range(2)]
+        pairs[""] = [HyperConnection(n, C, f, backend="cuda").to(dev) for f in linears]
+        pairs[".norm"] = [HyperConnection(n, C, f, backend="cuda",
+                                          norm=nn.RMSNorm(C, device=dev, dtype=x.dtype)).to(dev)
+                          for f in linears]
     for path in ("native",) if args.ops_only else ("native", "python"):
         if path == "native" and not out["native"]:
             continue
@@ -279,6 +294,9 @@ def main(argv=None):
             record(f"{path}.module.recompute.two_in_a_row.forward", lambda: hc2(hc(xg)))
             hc.recompute = hc2.recompute = False
             record(f"{path}.module.recompute.norm_linear.forward", lambda: hc_nl(xg))
+            for tag, (first, second) in pairs.items():
+                record(f"{path}.module.recompute{tag}.two_in_a_row.forward_backward",
+                       lambda: second(first(xg)).backward(dxn))
             # The backward normally runs on autograd's device thread: here in the calling
             # thread too (the profile below needs that).
             with torch.autograd.set_multithreading_enabled(False):
