@@ -1,7 +1,8 @@
 """mhc.torch.HyperConnection under data parallelism: DDP and FSDP2 (``fully_shard``), CPU, gloo.
 
 Two processes (``torch.multiprocessing``, spawn, world size 2, a free localhost port) train a tiny
-model, Linear(F, C) -> Expand(4) -> 2 x HyperConnection(4, 16, MLP) -> Collapse -> Linear(C, 1),
+model, Linear(F, C) -> Expand(4) -> 2 x HyperConnection(4, 16, MLP) (the second with its sublayer's
+pre-norm given to it: norm=nn.RMSNorm(16), whose weight is sharded too) -> Collapse -> Linear(C, 1),
 float64, the reference backend (with recomputation, the default), AdamW, 3 steps, fixed seed,
 seeded random data. Each rank gets half of the same global batch. Checked:
 
@@ -11,7 +12,7 @@ seeded random data. Each rank gets half of the same global batch. Checked:
   the final parameters (1e-10 relative to the largest entry of each tensor). Observed with torch
   2.11: 1.6e-16 for the losses, 8e-13 for the parameters (AdamW's g / sqrt(v) on small gradients
   magnifies rounding), identical for DDP and FSDP2;
-* every parameter (the mHC fn/scale/base included) moved in training.
+* every parameter (the mHC fn/scale/base and the norm's weight included) moved in training.
 
 Why 1e-10 and not 0: the data-parallel runs sum in a different order (the mean loss over each half
 and then over ranks, gradients summed per rank and then all-reduced) — float64 rounding, ~1e-16
@@ -64,7 +65,8 @@ class Tiny(nn.Module):
         super().__init__()
         self.inp = nn.Linear(FEAT, C)
         self.expand = mt.Expand(N)
-        self.blocks = nn.ModuleList(mt.HyperConnection(N, C, MLP(C), backend="reference", layer=i)
+        self.blocks = nn.ModuleList(mt.HyperConnection(N, C, MLP(C), backend="reference", layer=i,
+                                                       norm=nn.RMSNorm(C) if i else None)
                                     for i in range(2))
         self.collapse = mt.Collapse()
         self.out = nn.Linear(C, 1)
@@ -85,6 +87,8 @@ def make_model():
             b.fn.copy_(torch.randn(b.fn.shape, generator=g, dtype=torch.float64) * 0.1)
             b.scale.copy_(torch.tensor([0.6, 0.8, 1.1], dtype=torch.float64))
             b.base.add_(torch.randn(b.base.shape, generator=g, dtype=torch.float64) * 0.3)
+            if b.norm is not None:
+                b.norm.weight.uniform_(0.5, 1.5, generator=g)
     return model
 
 
