@@ -255,7 +255,9 @@ def leaves(f, x, sub):
     for p in getattr(f, "params", []):
         for t in p:
             out += t if isinstance(t, list) else [t]
-    return [t for t in out if isinstance(t, torch.Tensor) and t.requires_grad]
+    # once each: a fused norm's weight is both the sublayer block's and its HyperConnection's
+    unique = {id(t): t for t in out if isinstance(t, torch.Tensor) and t.requires_grad}
+    return list(unique.values())
 
 
 def time_step(step, grads, device, reps, warmup, timer="do_bench"):

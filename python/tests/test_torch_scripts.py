@@ -59,6 +59,18 @@ def test_block_bench_norm_free_smoke(tmp_path):
     assert rows[-1]["leaves_with_grad"] == rows[1]["leaves_with_grad"] - 2, rows
 
 
+def test_block_bench_fused_norm_smoke(tmp_path):
+    """--fused-norm adds the mHC block with its sublayers' norms given to the HyperConnections
+    (HyperConnection(norm=...)): the same model and leaves as mhc's, every one with a gradient."""
+    out = tmp_path / "block.json"
+    run("bench/block_bench.py", "--smoke", "--json", str(out), "--peers", "none",
+        "--providers", "", "--fused-norm")
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["plain", "mhc", "mhc_recompute", "mhc_fused_norm"]
+    assert rows[-1]["ms"] > 0, rows
+    assert rows[-1]["leaves"] == rows[-1]["leaves_with_grad"] == rows[1]["leaves"], rows
+
+
 def test_block_bench_round_pairs():
     """The per-pair overhead sums a forward-order and a backward-order round, so a zig-zag from
     the variants' order cancels; an odd last round is left out."""
