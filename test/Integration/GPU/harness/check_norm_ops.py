@@ -67,7 +67,8 @@ def check_ops(C, T, out):
               flush=True)
         out.append(dict(C=C, T=T, op=op, results=res))
         if op == "hc_pre_backward_norm" and T == 1000:     # control: another g must fail dx
-            other = [v[k] if k != "g" else torch.roll(v["g"], 1, dims=1) for k in names]
+            other = [v[k] if k != "g" else torch.roll(v["g"], 1, dims=1)
+                     for k in kernels.OP_BUFFERS[op][0]]
             e = relerr(got[0], R.hc_pre_backward_norm(*other, *ATTRS, NORM_EPS)[0])
             ok = e > 1e-2
             fails += 0 if ok else 1
@@ -76,13 +77,17 @@ def check_ops(C, T, out):
 
 
 def check_module(C, out):
-    """Three HyperConnection(norm=RMSNorm) layers in a row on the cuda backend against the same
-    layers on the reference backend (same bf16 roundings; that they equal the norm inside the
-    sublayer is a CPU test, python/tests/test_torch_modules.py): output and every gradient, on
-    the C++ path (chained: hc_post_project + hc_pre_mixed_norm; the dy fold:
-    hc_joint_backward[_lower]_norm) and on the Python steps (native.python_path: hc_pre_norm,
-    hc_pre_backward_norm). The second step of each is compared (the first learns the chain);
-    the C++ path must fold two of its three post steps."""
+    """Three HyperConnection(norm=RMSNorm) layers in a row on the cuda backend, on the C++ path
+    (chained: hc_post_project + hc_pre_mixed_norm; the dy fold: hc_joint_backward[_lower]_norm)
+    and on the Python steps (native.python_path: hc_pre_norm, hc_pre_backward_norm): output and
+    every gradient against the same layers in float64 (reference backend), next to the same
+    layers on the reference backend in bf16. The bf16 reference is itself 1e-2 to 3e-1 away
+    from float64 in the parameter gradients (sums over tokens that cancel; thirty-seventh
+    session, bench/results/session37.log), so a path passes where its error is at most twice the
+    bf16 reference's plus 1e-3. The second step of each is compared (the first learns the chain);
+    the C++ path must fold two of its three post steps; whether it gives the Python steps' bits
+    is reported. (That the layers equal the norm inside the sublayer is a CPU test,
+    python/tests/test_torch_modules.py.)"""
     import contextlib
     import copy
     from torch import nn
@@ -95,6 +100,7 @@ def check_module(C, out):
     with torch.no_grad():
         for m in ref:
             m.norm.weight.uniform_(0.5, 1.5)
+    exact = copy.deepcopy(ref).double()
     fused = copy.deepcopy(ref)
     for m in fused:
         m.backend = "cuda"
@@ -102,35 +108,44 @@ def check_module(C, out):
     w = torch.randn(2, 500, N, C, device="cuda", dtype=torch.bfloat16)
     module = native.load()
 
-    def step(model, path):
+    def step(model, path, xin=x):
         with native.python_path() if path == "python" else contextlib.nullcontext():
             for _ in range(2):
                 model.zero_grad(set_to_none=True)
-                xx = x.clone().requires_grad_()
+                xx = xin.clone().requires_grad_()
                 folded = module.folded_steps() if module else 0
                 y = model(xx)
-                (y.float() * w.float()).sum().backward()
+                (y.double() * w.double()).sum().backward()
         folded = (module.folded_steps() if module else 0) - folded
-        return y.detach(), xx.grad, {k: p.grad for k, p in model.named_parameters()}, folded
+        return {"y": y.detach(), "dx": xx.grad,
+                **{k: p.grad for k, p in model.named_parameters()}}, folded
 
-    y0, dx0, p0, _ = step(ref, "reference")
+    truth, _ = step(exact, "reference", x.double())
+    bf16_ref, _ = step(ref, "reference")
+    ref_err = {k: relerr(bf16_ref[k], truth[k]) for k in truth}
+    got = {}
     bad_total = 0
     for path in ("cpp", "python"):
-        y1, dx1, p1, folded = step(fused, path)
+        got[path], folded = step(fused, path)
         res = {}
-        for name, a, b, tol in [("y", y1, y0, 1e-2), ("dx", dx1, dx0, 2e-2)] + \
-                [(k, p1[k], p0[k], 2e-2 if p0[k].dtype == torch.bfloat16 else 5e-3) for k in p0]:
-            e = relerr(a, b)
-            res[name] = dict(err=e, tol=tol, ok=bool(e <= tol))
+        for k in truth:
+            e = relerr(got[path][k], truth[k])
+            tol = 2 * ref_err[k] + 1e-3
+            res[k] = dict(err=e, bf16_reference_err=ref_err[k], tol=tol, ok=bool(e <= tol))
         want_folded = 2 if path == "cpp" and module is not None and module.fold_dy() else 0
         res["folded_steps"] = dict(got=folded, want=want_folded, ok=folded == want_folded)
         bad = [k for k, c in res.items() if not c["ok"]]
         worst = max((c for c in res.values() if "err" in c), key=lambda c: c["err"] / c["tol"])
-        print(f"C={C} three layers, norm fused, cuda ({path} path) vs the reference backend: "
-              f"worst err/tol {worst['err'] / worst['tol']:.2g}, folded steps {folded}"
+        print(f"C={C} three layers, norm fused, cuda ({path} path) vs float64: worst err/tol "
+              f"{worst['err'] / worst['tol']:.2g} (err {worst['err']:.2g}, the bf16 reference's "
+              f"{worst['bf16_reference_err']:.2g}), folded steps {folded}"
               + (" OK" if not bad else " FAIL " + ",".join(bad)), flush=True)
         out.append(dict(C=C, module=res, path=path))
         bad_total += len(bad)
+    same = all(torch.equal(got["cpp"][k], got["python"][k]) for k in truth)
+    print(f"C={C} the C++ path's results {'equal' if same else 'differ from'} the Python steps' "
+          "bit for bit", flush=True)
+    out.append(dict(C=C, cpp_equals_python=same))
     return bad_total
 
 
