@@ -123,6 +123,8 @@ struct ForwardKernelBuilder : KernelBuilder {
   void emitPreApply();
   Value loadNormWeight(Value c, Value ok);
   void emitRowNorm();
+  void emitNormRow(Value t, Value token, Value ok, Value laneColumn,
+                   bool held);
   void emitExpand();
   void emitCollapse();
 };

@@ -80,110 +80,179 @@ Value ForwardKernelBuilder::loadNormWeight(Value c, Value ok) {
   return loadElements(w, ci(0), c, ok);
 }
 
-/// Vectors of u a lane reads back at once in rms_norm's pass 2 (32
-/// registers of bf16; 16 vectors took 160+ registers in the steady state's
-/// kernel).
-static constexpr int64_t kReadBackVectors = 8;
-/// Vectors a lane loads at once in rms_norm's pass 1 (n loads each; 4 took
-/// 3% off the steady state's kernel at C = 4096 against 2, at 123 registers
-/// against 94: bench/results/session34.log, call 3).
+/// Vectors a lane loads at once in rms_norm's pass 1 when u is read back
+/// (n loads each; 4 took 3% off the steady state's kernel at C = 4096
+/// against 2, at 123 registers against 94: bench/results/session34.log,
+/// call 3), and how many it reads back at once in pass 2 (32 registers of
+/// bf16, all loads before the stores).
 static constexpr int64_t kNormUnroll = 4;
+static constexpr int64_t kReadBackVectors = 8;
+/// A lane's row of u stays in registers from pass 1 to pass 2 when it is at
+/// most kMaxHeldVectors 16-byte vectors (64 registers: C <= 4096 in bf16);
+/// pass 1 then loads kHeldUnroll vectors a step, or the largest divisor of
+/// the lane's vectors below that.
+static constexpr int64_t kMaxHeldVectors = 16;
+static constexpr int64_t kHeldUnroll = 4;
 
 /// out = u * r * weight with r = rsqrt(mean(u^2) + eps) per token, u being
 /// the group's pre_apply result or an input (docs/PreNorm.md). One warp a
-/// token row, its lanes kNormUnroll 16-byte vectors at a time. Pass 1 makes u
-/// (rounded as stored: what rms_norm reads), stores it (pre_apply's output
-/// when u is used outside, else `out` itself) and sums its squares (plain
-/// and scaled by 2^-96: the overflow-free factor of the CPU lowering); a
-/// shuffle tree gives r; pass 2 reads back what the same lane wrote (from
-/// L2), kReadBackVectors at a time with all loads before the stores (they
-/// alias: each load would otherwise wait for the store before it), and
-/// writes u * r * weight.
+/// token row (emitNormRow). Rows of whole 16-byte vectors with every pointer
+/// aligned keep u in registers where it fits (the unguarded accesses behind
+/// one uniform branch: the guarded paths' phis would double the registers);
+/// other rows store u and read it back.
 void ForwardKernelBuilder::emitRowNorm() {
+  int64_t C = p.C, vec = acts.vec;
+  int64_t laneVectors = C % (32 * vec) == 0 ? C / (32 * vec) : 0;
+  bool canHold = aligned && laneVectors > 0 && laneVectors <= kMaxHeldVectors;
+  Value laneColumn = mul(lane, ci(vec));
+  emitFor(warp, ci(p.s.tileTokens), ci(p.warps()), {}, [&](Value t,
+                                                          ValueRange) {
+    Value token = add(tile0, t);
+    Value ok = ult(token, T);
+    if (canHold)
+      emitIfElse(
+          band(aligned, ok), [&]() { emitNormRow(t, token, ok, laneColumn, true); },
+          [&]() { emitIf(ok, [&]() { emitNormRow(t, token, ok, laneColumn, false); }); });
+    else
+      emitIf(ok, [&]() { emitNormRow(t, token, ok, laneColumn, false); });
+    return SmallVector<Value>{};
+  });
+}
+
+/// Row t of the tile. Pass 1 walks the row from the lane's own column,
+/// `unroll` vectors a step: it makes u (rounded as stored: what rms_norm
+/// reads), sums its squares (plain and scaled by 2^-96: the overflow-free
+/// factor of the CPU lowering) and keeps u -- `held`: in registers, else in
+/// memory (pre_apply's output when u is used outside, else `out` itself). A
+/// shuffle tree gives r. Pass 2 writes u * r * weight, from the registers or
+/// reading back what the same lane wrote (from L2). Both loops start at the
+/// lane's own column: a trip count LLVM does not know, so it does not unroll
+/// them and hoist every step's loads (hundreds of registers).
+void ForwardKernelBuilder::emitNormRow(Value t, Value token, Value ok,
+                                       Value laneColumn, bool held) {
   int64_t n = p.n, C = p.C, vec = acts.vec;
   Value out = outputArg(p.rn.getResult());
   Value x = p.pa ? arg(p.pa.getX()) : Value();
   Value u = p.pa ? outputArg(p.pa.getU()) : arg(p.rn.getU());
   Value rowOfU = u ? u : out; // where pass 2 reads u back
-  int64_t lanesStep = 32 * vec * kNormUnroll;
+  Value weight = arg(p.rn.getWeight());
+  bool actWeight =
+      cast<ShapedType>(p.rn.getWeight().getType()).getElementType() == acts.act;
+  int64_t unroll = kNormUnroll, rowVectors = 0;
+  if (held) {
+    rowVectors = C / (32 * vec);
+    unroll = kHeldUnroll;
+    while (rowVectors % unroll != 0)
+      --unroll;
+  }
+  int64_t lanesStep = 32 * vec * unroll;
   int64_t steps = (C + lanesStep - 1) / lanesStep;
-  int64_t groupSteps = std::min(kReadBackVectors / kNormUnroll, steps);
-  Value scale = cf(0x1p-96);
-  float eps = p.rn.getEps().convertToFloat();
-  // Column of vector k of the batch at c0: each vector 32 lanes wide (a warp
-  // covers 32 * vec contiguous columns of a row). The loops start at the
-  // lane's own column: a trip count LLVM does not know, so it does not
-  // unroll them and hoist every batch's loads (hundreds of registers).
-  Value laneColumn = mul(lane, ci(vec));
+  Value base = mul(token, ci(C));
+  // Vector k of the step at c0: each vector 32 lanes wide (a warp covers
+  // 32 * vec contiguous columns of a row).
   auto columnOf = [&](Value c0, int64_t k) {
     return add(c0, ci(32 * vec * k));
   };
-  emitFor(warp, ci(p.s.tileTokens), ci(p.warps()), {}, [&](Value t,
-                                                          ValueRange) {
-    Value token = add(tile0, t);
-    Value ok = ult(token, T);
-    emitIf(ok, [&]() {
-      Value base = mul(token, ci(C));
-      SmallVector<Value> pre;
-      if (x)
-        for (int64_t i = 0; i < n; ++i)
-          pre.push_back(splat(ld(preS, add(mul(t, ci(n)), ci(i))), vecF32()));
-      Value zero = cf(0.0);
-      // Pass 1.
-      SmallVector<Value> sums = emitFor(
-          laneColumn, ci(steps * lanesStep), ci(lanesStep), {zero, zero},
-          [&](Value step, ValueRange acc) -> SmallVector<Value> {
-            SmallVector<SmallVector<Value>> loaded;
-            for (int64_t k = 0; k < kNormUnroll; ++k) {
-              Value c = columnOf(step, k);
-              loaded.push_back(x ? loadStreams(x, token, c, ok)
-                                 : SmallVector<Value>{
-                                       loadAct(rowOfU, base, c, ok, true)});
-            }
-            Value ss = acc[0], scaled = acc[1];
-            auto sum = [&](Value v) {
-              return vector::ReductionOp::create(
-                  b, loc, vector::CombiningKind::ADD, v);
-            };
-            for (int64_t k = 0; k < kNormUnroll; ++k) {
-              Value v;
-              if (x) {
-                for (int64_t i = 0; i < n; ++i) {
-                  Value xi = toF32(loaded[k][i]);
-                  v = i ? fma(pre[i], xi, v) : fmul(pre[i], xi);
-                }
-                storeAct(v, rowOfU, base, columnOf(step, k), ok);
-                v = roundAct(v);
-              } else {
-                v = toF32(loaded[k][0]);
+  // Held rows are in range (whole vectors, aligned): no guards.
+  auto load = [&](Value mem, Value rowBase, Value c) {
+    return held ? loadActInRange(mem, rowBase, c, /*raw=*/true)
+                : loadAct(mem, rowBase, c, ok, /*raw=*/true);
+  };
+  auto store = [&](Value v, Value mem, Value c) {
+    if (held)
+      storeActInRange(v, mem, base, c);
+    else
+      storeAct(v, mem, base, c, ok);
+  };
+  SmallVector<Value> pre;
+  if (x)
+    for (int64_t i = 0; i < n; ++i)
+      pre.push_back(splat(ld(preS, add(mul(t, ci(n)), ci(i))), vecF32()));
+  // Pass 1. Its loop carries the two sums and, held, the lane's row, shifted
+  // by `unroll` vectors a step: after the last step it is in column order.
+  Value zero = cf(0.0);
+  SmallVector<Value> inits{zero, zero};
+  inits.append(rowVectors,
+               arith::ConstantOp::create(b, loc, b.getZeroAttr(vecAct())));
+  SmallVector<Value> carried = emitFor(
+      laneColumn, ci(steps * lanesStep), ci(lanesStep), inits,
+      [&](Value step, ValueRange acc) -> SmallVector<Value> {
+        SmallVector<SmallVector<Value>> loaded(unroll);
+        for (int64_t k = 0; k < unroll; ++k) {
+          Value c = columnOf(step, k);
+          if (!x)
+            loaded[k].push_back(load(rowOfU, base, c));
+          for (int64_t i = 0; x && i < n; ++i)
+            loaded[k].push_back(
+                load(x, mul(add(mul(token, ci(n)), ci(i)), ci(C)), c));
+        }
+        SmallVector<Value> next{acc[0], acc[1]};
+        next.append(acc.begin() + std::min<int64_t>(2 + unroll, acc.size()),
+                    acc.end());
+        for (int64_t k = 0; k < unroll; ++k) {
+          Value raw = loaded[k][0];
+          if (x) {
+            Value v;
+            for (int64_t i = 0; i < n; ++i)
+              v = i ? fma(pre[i], toF32(loaded[k][i]), v)
+                    : fmul(pre[i], toF32(loaded[k][i]));
+            if (u || !held)
+              store(v, rowOfU, columnOf(step, k));
+            raw = toAct(v, vecAct());
+          }
+          if (held)
+            next.push_back(raw);
+          Value v = toF32(raw), vs = fmul(v, splat(cf(0x1p-96), vecF32()));
+          next[0] = fadd(next[0], vector::ReductionOp::create(
+                                      b, loc, vector::CombiningKind::ADD,
+                                      fmul(v, v)));
+          next[1] = fadd(next[1], vector::ReductionOp::create(
+                                      b, loc, vector::CombiningKind::ADD,
+                                      fmul(vs, vs)));
+        }
+        return next;
+      });
+  Value ss = warpSum(carried[0], 32), scaled = warpSum(carried[1], 32);
+  Value r = splat(
+      normFactorOfSums(ss, scaled, C, p.rn.getEps().convertToFloat()),
+      vecF32());
+  auto write = [&](Value v, Value c) {
+    Value w = held && actWeight ? loadActInRange(weight, ci(0), c)
+                                : loadNormWeight(c, ok);
+    store(fmul(fmul(toF32(v), r), w), out, c);
+  };
+  if (held) {
+    // Pass 2 from the registers, in a loop too (unrolled, every step's
+    // weight loads would be hoisted: 25 more registers at C = 4096). Each
+    // step writes the first `unroll` carried vectors and rotates them to
+    // the back.
+    SmallVector<Value> row(carried.begin() + 2, carried.end());
+    emitFor(laneColumn, ci(steps * lanesStep), ci(lanesStep), row,
+            [&](Value step, ValueRange vs) -> SmallVector<Value> {
+              for (int64_t k = 0; k < unroll; ++k)
+                write(vs[k], columnOf(step, k));
+              SmallVector<Value> rotated(vs.begin() + unroll, vs.end());
+              rotated.append(vs.begin(), vs.begin() + unroll);
+              return rotated;
+            });
+    return;
+  }
+  // Pass 2 reading back: kReadBackVectors at a time, all loads before the
+  // stores (they alias: each load would otherwise wait for the store before
+  // it).
+  int64_t groupSteps = std::min(kReadBackVectors / unroll, steps);
+  emitFor(laneColumn, ci(steps * lanesStep), ci(groupSteps * lanesStep), {},
+          [&](Value group, ValueRange) -> SmallVector<Value> {
+            SmallVector<Value> cols, us;
+            for (int64_t g = 0; g < groupSteps; ++g)
+              for (int64_t k = 0; k < unroll; ++k) {
+                cols.push_back(columnOf(add(group, ci(g * lanesStep)), k));
+                us.push_back(load(rowOfU, base, cols.back()));
               }
-              Value vs = fmul(v, splat(scale, vecF32()));
-              ss = fadd(ss, sum(fmul(v, v)));
-              scaled = fadd(scaled, sum(fmul(vs, vs)));
-            }
-            return {ss, scaled};
+            for (auto [c, v] : llvm::zip(cols, us))
+              write(v, c);
+            return {};
           });
-      Value ss = warpSum(sums[0], 32), scaled = warpSum(sums[1], 32);
-      Value r = splat(normFactorOfSums(ss, scaled, C, eps), vecF32());
-      // Pass 2: groups of groupSteps batches, every read before any write.
-      emitFor(laneColumn, ci(steps * lanesStep), ci(groupSteps * lanesStep), {},
-              [&](Value group, ValueRange) -> SmallVector<Value> {
-                SmallVector<Value> cols, us;
-                for (int64_t g = 0; g < groupSteps; ++g) {
-                  Value step = add(group, ci(g * lanesStep));
-                  for (int64_t k = 0; k < kNormUnroll; ++k) {
-                    cols.push_back(columnOf(step, k));
-                    us.push_back(loadAct(rowOfU, base, cols.back(), ok, true));
-                  }
-                }
-                for (auto [c, v] : llvm::zip(cols, us))
-                  storeAct(fmul(fmul(toF32(v), r), loadNormWeight(c, ok)), out,
-                           base, c, ok);
-                return {};
-              });
-    });
-    return SmallVector<Value>{};
-  });
 }
 
 void ForwardKernelBuilder::emitExpand() {

@@ -330,26 +330,41 @@ func.func @norm_project_overflow_free(%x: tensor<?x4x64xbf16>, %fn: tensor<24x25
 // -----
 
 // rms_norm alone (docs/PreNorm.md): one warp a token row (the 8 warps of a
-// 64-token tile step through its rows). Pass 1 walks the row from the lane's
-// own column (4 vectors of 8 a step: 1024 columns) summing the squares and the
-// 2^-96-scaled squares, two 32-lane shuffle trees give r with the overflow
-// rescue, pass 2 reads u back 8 vectors at a time (2048 columns a step) and
-// writes u * r * weight (an f32 weight here: element loads).
+// 64-token tile step through its rows). A row of whole vectors with every
+// pointer aligned keeps u in registers: pass 1 walks the row from the lane's
+// own column (4 vectors of 8 a step: 1024 columns), summing the squares and
+// the 2^-96-scaled squares and carrying the lane's 16 vectors; two 32-lane
+// shuffle trees give r with the overflow rescue; pass 2 writes u * r * weight
+// from the carried vectors (an f32 weight here: element loads). Other rows
+// (the else branch) read u back, 8 vectors at a time (2048 columns a step).
 // CHECK-LABEL: func.func @norm_alone
 // CHECK:       gpu.launch_func  @mhc_kernels::@mhc_rms_norm_0 blocks in ({{.*}}) threads in (%c256, {{.*}}) args(%{{.*}} : index, %{{.*}} : memref<?xbf16>, %{{.*}} : memref<?xf32>, %{{.*}} : memref<?xbf16>)
 // CHECK-LABEL: gpu.func @mhc_rms_norm_0(
 // CHECK:         scf.for %{{.*}} = %{{.*}} to %c64{{.*}} step %c8
-// CHECK:           scf.for %{{.*}} = %{{.*}} to %c4096{{.*}} step %c1024 iter_args({{.*}}) -> (f32, f32)
-// CHECK:             vector.load %arg1
-// CHECK:             vector.reduction <add>
-// CHECK-COUNT-10:  gpu.shuffle  xor
-// CHECK:           math.rsqrt
-// CHECK:           math.rsqrt
-// CHECK:           arith.select
-// CHECK:           scf.for %{{.*}} = %{{.*}} to %c4096{{.*}} step %c2048
-// CHECK:             vector.load %arg1
-// CHECK:             memref.load %arg2
-// CHECK:             vector.store %{{.*}}, %arg3
+// CHECK:           scf.if
+// CHECK:             scf.for %{{.*}} = %{{.*}} to %c4096{{.*}} step %c1024 iter_args({{.*}}) -> (f32, f32{{(, vector<8xbf16>){16} *}})
+// CHECK:               vector.load %arg1
+// CHECK:               vector.reduction <add>
+// CHECK-COUNT-10:    gpu.shuffle  xor
+// CHECK:             math.rsqrt
+// CHECK:             math.rsqrt
+// CHECK:             arith.select
+// CHECK:             scf.for %{{.*}} = %{{.*}} to %c4096{{.*}} step %c1024{{.*}} iter_args({{.*}}) -> (vector<8xbf16>{{(, vector<8xbf16>){15} *}})
+// CHECK-NOT:           vector.load %arg1
+// CHECK:               memref.load %arg2
+// CHECK:               vector.store %{{.*}}, %arg3
+// CHECK:           } else {
+// CHECK:             scf.for %{{.*}} = %{{.*}} to %c4096{{.*}} step %c1024 iter_args({{.*}}) -> (f32, f32)
+// CHECK:               vector.load %arg1
+// CHECK:               vector.reduction <add>
+// CHECK-COUNT-10:    gpu.shuffle  xor
+// CHECK:             math.rsqrt
+// CHECK:             math.rsqrt
+// CHECK:             arith.select
+// CHECK:             scf.for %{{.*}} = %{{.*}} to %c4096{{.*}} step %c2048
+// CHECK:               vector.load %arg1
+// CHECK:               memref.load %arg2
+// CHECK:               vector.store %{{.*}}, %arg3
 func.func @norm_alone(%u: tensor<?x4096xbf16>, %w: tensor<4096xf32>) -> tensor<?x4096xbf16> {
   %o = mhc.rms_norm %u, %w : tensor<?x4096xbf16>, tensor<4096xf32> -> tensor<?x4096xbf16>
   return %o : tensor<?x4096xbf16>
