@@ -971,6 +971,24 @@ def test_fused_norm_fast_path(reference_set, built, enable_fast_path):
     assert runtime.launches == ["hc_pre_norm", "hc_post"]
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+def test_fused_norm_fast_path_default_eps(tmp_path, built, enable_fast_path, dtype):
+    """A norm whose eps is None takes x's dtype's epsilon (torch.finfo, as nn.RMSNorm does) on
+    the fast path too: the entry made with that eps serves it, one with another eps does not."""
+    ks = _reference_set(tmp_path / "ref", built, dtype)
+    act = {"bf16": torch.bfloat16, "f16": torch.float16}[dtype]
+    hc = linear_stack(act=act)[0]
+    hc.backend, hc.norm = "cuda", nn.RMSNorm(C)
+    x = torch.randn(4, N, C).to(act)
+    enable_fast_path(hc, x, ks, 2 * torch.finfo(act).eps)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        hc(x)                                        # the general path: no entry for this eps
+    enable_fast_path(hc, x, ks, torch.finfo(act).eps)
+    ks.runtime.launches.clear()
+    hc(x)
+    assert ks.runtime.launches == ["hc_pre_norm", "hc_post"]
+
+
 @pytest.mark.parametrize("between", ["second_use", "hook", "hook_in_place"])
 def test_cpp_steps_with_the_fold_declined_compute_the_same(reference_set, built, between):
     """With the fold on, the middle layer's output also used elsewhere or its gradient changed

@@ -1594,9 +1594,9 @@ void clearFastPath() { fastPath.clear(); }
 double dtypeEpsilon(at::ScalarType t) {
   switch (t) {
   case at::kBFloat16:
-    return 0.0078125;
+    return double(std::numeric_limits<c10::BFloat16>::epsilon());
   case at::kHalf:
-    return 0.0009765625;
+    return double(std::numeric_limits<c10::Half>::epsilon());
   case at::kFloat:
     return double(std::numeric_limits<float>::epsilon());
   default:
