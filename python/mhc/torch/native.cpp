@@ -126,10 +126,9 @@ constexpr const char *kStepOpNames[kNumStepOps] = {
     "hc_joint_backward_norm",
     "hc_joint_backward_lower_norm"};
 
-// op's twin with the pre-norm fused in where `norm`; each takes the norm's
-// weight right after mix (after base where there is no mix) and, for the
-// backwards, the cotangent g of o in du's place, and returns dweight after
-// dbase.
+// op's twin with the pre-norm fused in where `norm`. The forwards take the
+// norm's weight after base, the backwards after mix, with the cotangent g of o
+// in du's place, and return dweight after dbase (kernels.OP_BUFFERS).
 Op normed(Op op, bool norm) {
   if (!norm)
     return op;

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Checks the *_norm ops (the sublayer's pre-norm fused in, docs/PreNorm.md) on the GPU: each op's
 kernels (torch.ops.mhc, the cuda backend) against the torch reference math (mhc.torch.reference)
-on the same tensors, and HyperConnection(norm=nn.RMSNorm) against the same model with the norm
-inside the sublayer (reference backend), forward and every gradient.
+on the same tensors, and three HyperConnection(norm=nn.RMSNorm) layers on the cuda backend (the
+C++ path and the Python steps) against the same layers in float64, forward and every gradient
+(check_module says with which tolerance).
 
     MHC_CACHE=DIR python3 test/Integration/GPU/harness/check_norm_ops.py --C 512 --json out.json
 
