@@ -119,7 +119,10 @@ struct ForwardKernelBuilder : KernelBuilder {
 
   // MixStage.cpp
   template <typename L, typename S> void forTileVectors(L load, S compute);
-  SmallVector<Value> loadStreams(Value mem, Value token, Value c, Value ok);
+  /// Token's n stream vectors at column c (inRange: unguarded, for callers
+  /// that know them whole and aligned).
+  SmallVector<Value> loadStreams(Value mem, Value token, Value c, Value ok,
+                                 bool inRange = false);
   void emitPreApply();
   Value loadNormWeight(Value c, Value ok);
   void emitRowNorm();

@@ -42,11 +42,14 @@ void ForwardKernelBuilder::forTileVectors(L load, S compute) {
 }
 
 SmallVector<Value> ForwardKernelBuilder::loadStreams(Value mem, Value token,
-                                                     Value c, Value ok) {
+                                                     Value c, Value ok,
+                                                     bool inRange) {
   SmallVector<Value> xs;
-  for (int64_t i = 0; i < p.n; ++i)
-    xs.push_back(loadAct(mem, mul(add(mul(token, ci(p.n)), ci(i)), ci(p.C)),
-                         c, ok, /*raw=*/true));
+  for (int64_t i = 0; i < p.n; ++i) {
+    Value row = mul(add(mul(token, ci(p.n)), ci(i)), ci(p.C));
+    xs.push_back(inRange ? loadActInRange(mem, row, c, /*raw=*/true)
+                         : loadAct(mem, row, c, ok, /*raw=*/true));
+  }
   return xs;
 }
 
@@ -180,11 +183,8 @@ void ForwardKernelBuilder::emitNormRow(Value t, Value token, Value ok,
         SmallVector<SmallVector<Value>> loaded(unroll);
         for (int64_t k = 0; k < unroll; ++k) {
           Value c = columnOf(step, k);
-          if (!x)
-            loaded[k].push_back(load(rowOfU, base, c));
-          for (int64_t i = 0; x && i < n; ++i)
-            loaded[k].push_back(
-                load(x, mul(add(mul(token, ci(n)), ci(i)), ci(C)), c));
+          loaded[k] = x ? loadStreams(x, token, c, ok, /*inRange=*/held)
+                        : SmallVector<Value>{load(rowOfU, base, c)};
         }
         SmallVector<Value> next{acc[0], acc[1]};
         next.append(acc.begin() + std::min<int64_t>(2 + unroll, acc.size()),
