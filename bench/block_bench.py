@@ -572,6 +572,16 @@ def round_pair_overheads(ms_rounds, plain_rounds):
     return pairs or None
 
 
+def steady_overhead(ms_rounds, plain_rounds):
+    """Overhead (%) of the median round over the plain block's, leaving out round 0: in compiled
+    runs every variant's first round is its fastest (the GPU is still cool), and plain is timed
+    first in it, so the all-rounds figure reads high (session 37's files). None without a second
+    round of both."""
+    if not ms_rounds or not plain_rounds or len(ms_rounds) != len(plain_rounds) or len(ms_rounds) < 2:
+        return None
+    return (statistics.median(ms_rounds[1:]) / statistics.median(plain_rounds[1:]) - 1) * 100
+
+
 def write_results(args, argv, device, dtype, peers_error, rows, host=None):
     """Fills in each row's overhead over the plain block of its mode and C and (re)writes
     --json with every row so far; returns what it wrote."""
@@ -584,6 +594,10 @@ def write_results(args, argv, device, dtype, peers_error, rows, host=None):
                      if r is not plain else None)
             if pairs:
                 r["overhead_pairs_pct"] = pairs
+            steady = (steady_overhead(r.get("ms_rounds"), plain.get("ms_rounds"))
+                      if r is not plain else None)
+            if steady is not None:
+                r["overhead_after_round0_pct"] = steady
     result = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "dtype": str(dtype), "batch": args.batch, "seq": args.seq,
@@ -711,14 +725,16 @@ def main(argv=None):
     print(f"\nblock fwd+bwd, T = {args.batch}x{args.seq}, {dtype}, n = {N} ({result['device']})"
           + (f", {args.blocks} blocks in a row" if args.blocks > 1 else ""))
     print(f"{'C':>6} {'mode':8} {'variant':15} {'ms':>9} {'overhead':>9} {'peak MB':>9}"
-          f"  {'round pairs (min..max)':>22}")
+          f"  {'round pairs (min..max)':>22} {'w/o round 0':>11}")
     for r in rows:
         if "ms" in r:
             pairs = r.get("overhead_pairs_pct")
             spread = f"{min(pairs):+.1f}..{max(pairs):+.1f}%" if pairs else ""
+            steady = r.get("overhead_after_round0_pct")
+            steady = f"{steady:+.2f}%" if steady is not None else ""
             print(f"{r['C']:>6} {r['mode']:8} {r['variant']:15} {r['ms']:9.3f} "
                   f"{r.get('overhead_pct', 0):+8.1f}% {r.get('peak_mem_mb', float('nan')):9.0f}"
-                  f"  {spread:>22}")
+                  f"  {spread:>22} {steady:>11}")
         else:
             print(f"{r['C']:>6} {r['mode']:8} {r['variant']:15} error: {r['error'][:60]}")
     return 0

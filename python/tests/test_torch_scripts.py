@@ -44,6 +44,7 @@ def test_block_bench_interleaved_smoke(tmp_path):
     # one whole pair of rounds (forward + backward order); the plain block has none
     assert "overhead_pairs_pct" not in rows[0]
     assert all(len(r["overhead_pairs_pct"]) == 1 for r in rows[1:])
+    assert all("overhead_after_round0_pct" in r for r in rows[1:])
 
 
 @pytest.mark.parametrize("flag, variant, leaves_lost", [("--norm-free", "mhc_norm_free", 2),
@@ -74,6 +75,19 @@ def test_block_bench_round_pairs():
     assert pairs == pytest.approx([(20.5 / 19 - 1) * 100, (20.5 / 20 - 1) * 100])
     assert bench.round_pair_overheads([1.0], [1.0]) is None
     assert bench.round_pair_overheads([1.0, 2.0], [1.0]) is None
+
+
+def test_block_bench_steady_overhead():
+    """The overhead without round 0 is the ratio of the later rounds' medians: a first round that
+    favours one side (the plain block timed first on a cool GPU) does not move it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("block_bench", REPO / "bench" / "block_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    steady = bench.steady_overhead([10.7, 10.6, 10.8, 10.5], [9.0, 10.0, 10.0, 9.9])
+    assert steady == pytest.approx((10.6 / 10.0 - 1) * 100)
+    assert bench.steady_overhead([1.0], [1.0]) is None
+    assert bench.steady_overhead([1.0, 2.0], [1.0]) is None
 
 
 def test_block_bench_round_warmup_is_recorded(tmp_path):
