@@ -41,6 +41,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "python"))
 
 import torch_reference as tr  # noqa: E402
+from mhc.testing import relative_error as rel_err  # noqa: E402
 
 # Datasheet rates for the H200 SXM (leads, not measurements): used only for the FLOP floor.
 FP32_TFLOPS = 67.0
@@ -96,13 +97,6 @@ def measure_copy(nbytes, warmup, iters, device):
 # ---------------------------------------------------------------------------------------------
 # checks
 # ---------------------------------------------------------------------------------------------
-
-def rel_err(out, ref):
-    out, ref = out.double(), ref.double()
-    if not torch.isfinite(out).all():
-        return float("inf")
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
-
 
 def reference64(inp):
     """float64 reference of every intermediate (the inputs are the bf16/f32 stored values)."""

@@ -47,6 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 import block_bench as bb  # noqa: E402
+from mhc.testing import relative_error as relerr  # noqa: E402
 
 BACKWARD_OPS = ("hc_post_backward", "hc_pre_backward", "hc_pre_backward_lower",
                 "hc_joint_backward", "hc_joint_backward_lower")
@@ -156,9 +157,6 @@ def main(argv=None):
                           calls=calls,
                           ms=median_ms(compiled, x, grad, leaves))
     on, off = rows["1"], rows["0"]
-    def relerr(a, b):
-        a, b = a.double(), b.double()
-        return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
     same_out = relerr(on["out"], off["out"]) <= args.tolerance
     errors = [None if a is None or b is None else relerr(a, b)
               for a, b in zip(on["grads"], off["grads"])]

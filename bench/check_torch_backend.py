@@ -31,16 +31,10 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import mhc.torch as mt  # noqa: E402
+from mhc.testing import relative_error as relerr  # noqa: E402
 from mhc.torch import reference as ref  # noqa: E402
 
 ATTRS = (20, 1e-6, 1e-6, 2.0)
-
-
-def relerr(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    if not torch.isfinite(a).all():
-        return float("inf")
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def check_ops(T, n, C, dtype, device, act_tol, coef_tol, forward_only=False):

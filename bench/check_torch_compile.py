@@ -33,13 +33,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 import block_bench as bb  # noqa: E402
+from mhc.testing import relative_error as relerr  # noqa: E402
 
 TOL = 2e-2
-
-
-def relerr(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def run(f, x, grad, leaves):

@@ -41,9 +41,34 @@ __all__ = ["Program", "Value", "Checker", "check_f32", "check_rounded", "round_t
            "Tools", "F32_RTOL", "LEADING", "per_token", "fd_gradient", "vjp_loss", "check_fd",
            "spoil", "FD_RTOL", "FD_ATOL", "check_vjp", "check_controls", "tanh_functions",
            "sublayer_text", "chain_text", "signature_results", "declare_module", "call_backward",
-           "tensor_type"]
+           "tensor_type", "relative_error"]
 
 F32_RTOL = 1e-5
+
+
+def relative_error(out, ref):
+    """Normwise relative error ``||out - ref|| / ||ref||`` in float64 (the absolute error where ref
+    is all zeros), ``inf`` where out has a non-finite element so that a NaN never passes a
+    ``<= tolerance`` test. The GPU checks' and benchmarks' measure: numpy arrays, or torch tensors
+    on any device, computed where they are (a GPU-sized output stays on the GPU); a torch tensor
+    against a numpy array is brought to the host."""
+    if _is_torch(out) and _is_torch(ref):
+        out, ref = out.detach().double(), ref.detach().double()
+        if not bool(out.isfinite().all()):
+            return float("inf")
+        den = float(ref.norm())
+        return float((out - ref).norm()) / (den if den > 0 else 1.0)
+    out = out.detach().double().cpu().numpy() if _is_torch(out) else np.asarray(out, np.float64)
+    ref = ref.detach().double().cpu().numpy() if _is_torch(ref) else np.asarray(ref, np.float64)
+    if not np.all(np.isfinite(out)):
+        return float("inf")
+    den = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(out - ref)) / (den if den > 0 else 1.0)
+
+
+def _is_torch(value):
+    # duck-typed so that this module does not import torch (the CPU path's tests run without it)
+    return hasattr(value, "detach") and hasattr(value, "double")
 
 
 def round_to_dtype(array, elem):

@@ -15,6 +15,7 @@ from torch import nn
 
 import mhc.torch as mt
 from mhc import reference as R
+from mhc.testing import relative_error as relerr
 from sublayers import PreNormFFN
 
 N, C = 4, 16
@@ -55,11 +56,6 @@ def make_hc(n=N, C=C, dtype=torch.float64, recompute=True, seed=0, backend="refe
         hc.scale.copy_(torch.tensor([0.6, 0.8, 1.1]))
         hc.base.copy_(torch.randn(hc.base.shape, generator=g) * 0.5)
     return hc.double() if dtype == torch.float64 else hc
-
-
-def relerr(got, ref):
-    got = got.detach().double().numpy() if isinstance(got, torch.Tensor) else got
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
 
 
 def golden(hc, x, dout):

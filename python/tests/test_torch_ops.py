@@ -12,15 +12,10 @@ import torch
 
 import mhc.torch  # noqa: F401  registers torch.ops.mhc
 from mhc import reference as R
+from mhc.testing import relative_error as relerr
 from mhc.torch import reference as TR
 
 ATTRS = (20, 1e-6, 1e-6, 2.0)
-
-
-def relerr(got, ref):
-    got = got.detach().double().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
-    ref = np.asarray(ref, np.float64)
-    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-300))
 
 
 def make(n, C, lead=(2, 3), dtype=torch.float64, seed=0):

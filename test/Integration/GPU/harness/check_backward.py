@@ -37,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "..", "python"))
 from mhc.torch import kernels as K  # noqa: E402
 from mhc.torch import native  # noqa: E402
+from mhc.testing import relative_error as relerr  # noqa: E402
 
 DT = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
 ACT_TOL = {"bf16": 1e-2, "f16": 1e-2, "f32": 5e-4}
@@ -78,14 +79,6 @@ def compare(res, name, out, ref, key):
     for g in GRADS:
         tol, e = tolerance(key, g), relerr(out[g], ref[g])
         res[f"{name}.{g}"] = dict(err=e, tol=tol, ok=bool(e <= tol))
-
-
-def relerr(out, ref):
-    out, ref = out.double(), ref.double()
-    if not torch.isfinite(out).all():
-        return float("inf")
-    den = ref.norm().item()
-    return (out - ref).norm().item() / (den if den > 0 else 1.0)
 
 
 def poison(results):

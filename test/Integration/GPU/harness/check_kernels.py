@@ -26,6 +26,7 @@ import cupy as cp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "python"))
 from mhc import reference as R  # noqa: E402
+from mhc.testing import relative_error as relerr  # noqa: E402
 
 DT = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
 ACT_TOL = {"bf16": 1e-2, "f16": 1e-2, "f32": 1e-4}
@@ -62,15 +63,6 @@ def f64(t, idx=None):
     if idx is not None:
         t = t[idx]
     return t.to(torch.float64).cpu().numpy()
-
-
-def relerr(out, ref):
-    out = np.asarray(out, np.float64)
-    ref = np.asarray(ref, np.float64)
-    if not np.all(np.isfinite(out)):
-        return float("inf")
-    den = np.linalg.norm(ref)
-    return float(np.linalg.norm(out - ref) / (den if den > 0 else 1.0))
 
 
 def empty(shape, dtype):

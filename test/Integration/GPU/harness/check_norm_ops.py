@@ -23,17 +23,10 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "..", "python"))
 import mhc.torch as mt  # noqa: E402
+from mhc.testing import relative_error as relerr  # noqa: E402
 from mhc.torch import kernels, reference as R  # noqa: E402
 
 N, ATTRS, NORM_EPS = 4, (20, 1e-6, 1e-6, 2.0), 0.0078125
-
-
-def relerr(o, r):
-    o, r = o.double(), r.double()
-    if not torch.isfinite(o).all():
-        return float("inf")
-    d = torch.linalg.norm(r)
-    return float(torch.linalg.norm(o - r) / (d if d > 0 else 1.0))
 
 
 def inputs(T, C, seed):

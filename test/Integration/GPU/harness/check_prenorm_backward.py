@@ -113,17 +113,11 @@ def run(a):
     import numpy as np
     import torch
     import cupy as cp
+    from mhc.testing import relative_error as relerr
     DT = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
     index = json.load(open(os.path.join(a.dir, "launches.json")))
     out = dict(device=torch.cuda.get_device_name(), checks=[])
     failures = 0
-
-    def relerr(o, r):
-        o, r = o.double(), r.double()
-        if not torch.isfinite(o).all():
-            return float("inf")
-        d = torch.linalg.norm(r)
-        return float(torch.linalg.norm(o - r) / (d if d > 0 else 1.0))
 
     for name, cfg in index.items():
         n, C, dt = cfg["n"], cfg["C"], cfg["dt"]
