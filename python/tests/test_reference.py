@@ -525,3 +525,25 @@ def test_rms_norm_matches_torch(C):
     du, dw = R.rms_norm_backward(u, w, dout, eps, dtype=np.float64)
     np.testing.assert_allclose(du, ut.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_relative_error():
+    """mhc.testing.relative_error, the GPU checks' measure: the same value from numpy, torch and
+    a mix of the two; a NaN or inf in the output never passes; an all-zero reference gives the
+    absolute error; empty tensors give 0."""
+    torch = pytest.importorskip("torch")
+    from mhc.testing import relative_error
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal(50)
+    out = ref + 1e-3 * rng.standard_normal(50)
+    expected = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    for a, b in [(out, ref), (torch.tensor(out), torch.tensor(ref)), (torch.tensor(out), ref),
+                 (out.astype(np.float32), torch.tensor(ref).requires_grad_())]:
+        assert relative_error(a, b) == pytest.approx(expected, rel=1e-4)
+    assert relative_error(torch.tensor(out, dtype=torch.bfloat16), torch.tensor(ref)) > expected
+    bad = out.copy()
+    bad[7] = np.nan
+    assert relative_error(bad, ref) == float("inf")
+    assert relative_error(torch.tensor(bad).float(), torch.tensor(ref)) == float("inf")
+    assert relative_error(np.full(3, 2.0), np.zeros(3)) == pytest.approx(np.sqrt(12.0))
+    assert relative_error(torch.zeros(0, 4), torch.zeros(0, 4)) == 0.0
