@@ -259,7 +259,6 @@ def reference(v, n, C, fname, torch):
     T = v["x"].shape[0]
     x, fn, scale, base, w = (v[k].detach().double().requires_grad_() for k in ("x", "fn", "scale", "base", "w"))
     y = v["y"].detach().double().requires_grad_()
-    M = n * n + 2 * n
     xv = x.reshape(T, n * C)
     r0 = torch.rsqrt((xv * xv).sum(-1, keepdim=True) / (n * C) + EPS)
     mix = (xv @ fn.t()) * r0
