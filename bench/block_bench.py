@@ -590,12 +590,12 @@ def write_results(args, argv, device, dtype, peers_error, rows, host=None):
                       and q["C"] == r["C"] and "ms" in q), None)
         if plain and "ms" in r:
             r["overhead_pct"] = (r["ms"] / plain["ms"] - 1) * 100
-            pairs = (round_pair_overheads(r.get("ms_rounds"), plain.get("ms_rounds"))
-                     if r is not plain else None)
+            if r is plain:
+                continue
+            pairs = round_pair_overheads(r.get("ms_rounds"), plain.get("ms_rounds"))
             if pairs:
                 r["overhead_pairs_pct"] = pairs
-            steady = (steady_overhead(r.get("ms_rounds"), plain.get("ms_rounds"))
-                      if r is not plain else None)
+            steady = steady_overhead(r.get("ms_rounds"), plain.get("ms_rounds"))
             if steady is not None:
                 r["overhead_after_round0_pct"] = steady
     result = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
