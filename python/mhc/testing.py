@@ -46,24 +46,28 @@ __all__ = ["Program", "Value", "Checker", "check_f32", "check_rounded", "round_t
 F32_RTOL = 1e-5
 
 
-def relative_error(out, ref):
-    """Normwise relative error ``||out - ref|| / ||ref||`` in float64 (the absolute error where ref
-    is all zeros), ``inf`` where out has a non-finite element so that a NaN never passes a
-    ``<= tolerance`` test. The GPU checks' and benchmarks' measure: numpy arrays, or torch tensors
-    on any device, computed where they are (a GPU-sized output stays on the GPU); a torch tensor
-    against a numpy array is brought to the host."""
+def relative_error(out, ref, zero_ref_norm=1.0):
+    """Normwise relative error ``||out - ref|| / ||ref||`` in float64, ``inf`` where out has a
+    non-finite element so that a NaN never passes a ``<= tolerance`` test. Against an all-zero
+    reference the denominator is ``zero_ref_norm``: 1.0 (the GPU checks' rule) gives the absolute
+    error; a tiny value fails anything but an exact zero. Numpy arrays, or torch tensors on any
+    device, computed where they are (a GPU-sized output stays on the GPU); a torch tensor against
+    a numpy array is brought to the host."""
     if _is_torch(out) and _is_torch(ref):
         out, ref = out.detach().double(), ref.detach().double()
-        if not bool(out.isfinite().all()):
-            return float("inf")
-        den = float(ref.norm())
-        return float((out - ref).norm()) / (den if den > 0 else 1.0)
-    out = out.detach().double().cpu().numpy() if _is_torch(out) else np.asarray(out, np.float64)
-    ref = ref.detach().double().cpu().numpy() if _is_torch(ref) else np.asarray(ref, np.float64)
-    if not np.all(np.isfinite(out)):
+        finite = bool(out.isfinite().all())
+        err, den = float((out - ref).norm()), float(ref.norm())
+    else:
+        out, ref = _host_float64(out), _host_float64(ref)
+        finite = bool(np.all(np.isfinite(out)))
+        err, den = float(np.linalg.norm(out - ref)), float(np.linalg.norm(ref))
+    if not finite:
         return float("inf")
-    den = float(np.linalg.norm(ref))
-    return float(np.linalg.norm(out - ref)) / (den if den > 0 else 1.0)
+    return err / (den if den > 0 else zero_ref_norm)
+
+
+def _host_float64(value):
+    return value.detach().double().cpu().numpy() if _is_torch(value) else np.asarray(value, np.float64)
 
 
 def _is_torch(value):

@@ -530,7 +530,7 @@ def test_rms_norm_matches_torch(C):
 def test_relative_error():
     """mhc.testing.relative_error, the GPU checks' measure: the same value from numpy, torch and
     a mix of the two; a NaN or inf in the output never passes; an all-zero reference gives the
-    absolute error; empty tensors give 0."""
+    absolute error (by default) or fails all but an exact zero; empty tensors give 0."""
     torch = pytest.importorskip("torch")
     from mhc.testing import relative_error
     rng = np.random.default_rng(3)
@@ -546,4 +546,7 @@ def test_relative_error():
     assert relative_error(bad, ref) == float("inf")
     assert relative_error(torch.tensor(bad).float(), torch.tensor(ref)) == float("inf")
     assert relative_error(np.full(3, 2.0), np.zeros(3)) == pytest.approx(np.sqrt(12.0))
+    # the strict rule of the bench scripts and torch tests: only an exact zero matches a zero
+    assert relative_error(np.full(3, 2.0), np.zeros(3), zero_ref_norm=1e-30) > 1e29
+    assert relative_error(torch.zeros(3), torch.zeros(3), zero_ref_norm=1e-30) == 0.0
     assert relative_error(torch.zeros(0, 4), torch.zeros(0, 4)) == 0.0
